@@ -1,0 +1,53 @@
+"""The ``bulksend`` command line: ``demo``, ``send``, ``report``, ``sandbox``.
+
+Each sub-command lives in its own module with ``configure(parser)`` and ``run(args) -> int``, so
+this file only wires them; imports are lazy to keep ``bulksend --help`` fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from bulksend import __version__
+
+# sub-command → module providing configure(parser) and run(args) -> int
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("bulksend.demo", "run a 10,000-recipient demo campaign against the built-in sandbox"),
+    "send": ("bulksend.send", "send a campaign file (TOML) and write per-recipient outcomes"),
+    "report": ("bulksend.report", "summarise an outcomes file (.jsonl or .csv)"),
+    "sandbox": ("bulksend.sandbox.cli", "run a local TEM sandbox server"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bulksend",
+        description="Async bulk email sender for Scaleway Transactional Email.",
+    )
+    parser.add_argument("--version", action="version", version=f"bulksend {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        module.configure(p)
+        p.set_defaults(_module=module_name)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bulksend`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module = importlib.import_module(args._module)
+    try:
+        code: int = module.run(args)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""The bulksend error tree. Every error the package raises on purpose derives from ``BulksendError``.
+
+::
+
+    BulksendError
+    ├── ConfigError              settings missing or invalid (names the variable/key to fix)
+    ├── CampaignError            a campaign-level mistake found before anything is sent
+    │                            (file, line and fix in the message)
+    ├── StoreError               the state store cannot be opened or used
+    └── TemError                 anything that went wrong talking to TEM
+        ├── TemTransportError    no usable HTTP answer (transient)
+        │   ├── TemConnectionError   connection refused, reset or dropped
+        │   └── TemTimeoutError      no answer in time (the send may still have happened)
+        └── TemApiError          TEM answered with a non-2xx status (``status``, ``type``,
+            │                    ``message``, ``raw_body``, ``details``)
+            ├── TemPermanentError            4xx other than 429: never retried
+            │   ├── InvalidArgumentsError    400 (``invalid_arguments`` or ``Validation Error``)
+            │   ├── AuthenticationError      401 ``denied_authentication``
+            │   ├── PermissionsDeniedError   403 ``permissions_denied``
+            │   ├── QuotaExceededError       403 ``quotas_exceeded``
+            │   ├── NotFoundError            404 ``not_found``
+            │   ├── TransientStateError      409 ``transient_state``
+            │   ├── PreconditionFailedError  412 ``precondition_failed``
+            │   └── LockedError              423 ``locked``
+            └── TemTransientError            429 and 5xx: retried with backoff
+                ├── RateLimitedError         429 (``retry_after_s`` when the server said)
+                └── ServerError              5xx (``OutOfStockError`` for 503 ``out_of_stock``)
+
+``error.transient`` tells whether retrying may help. The HTTP → error mapping lives in exactly one
+place, :func:`bulksend.tem.errors.error_from_response`. No error text ever carries the secret key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "AuthenticationError",
+    "BulksendError",
+    "CampaignError",
+    "ConfigError",
+    "InvalidArgumentsError",
+    "LockedError",
+    "NotFoundError",
+    "OutOfStockError",
+    "PermissionsDeniedError",
+    "PreconditionFailedError",
+    "QuotaExceededError",
+    "RateLimitedError",
+    "ServerError",
+    "StoreError",
+    "TemApiError",
+    "TemConnectionError",
+    "TemError",
+    "TemPermanentError",
+    "TemTimeoutError",
+    "TemTransientError",
+    "TemTransportError",
+    "TransientStateError",
+]
+
+
+class BulksendError(Exception):
+    """Base of every error bulksend raises on purpose."""
+
+    transient: bool = False
+
+
+class ConfigError(BulksendError):
+    """A setting is missing or invalid; the message names what to set."""
+
+
+class CampaignError(BulksendError):
+    """A campaign-level mistake, refused before anything is sent.
+
+    ``path`` and ``line`` locate it when known; the message says how to fix it.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None) -> None:
+        self.path = path
+        self.line = line
+        where = ""
+        if path:
+            where = f"{path}:{line}: " if line else f"{path}: "
+        super().__init__(f"{where}{message}")
+
+
+class StoreError(BulksendError):
+    """The state store cannot be opened or used."""
+
+
+class TemError(BulksendError):
+    """Anything that went wrong talking to TEM."""
+
+
+class TemTransportError(TemError):
+    """No usable HTTP answer arrived. Always transient; on a send, the outcome is ambiguous."""
+
+    transient = True
+
+
+class TemConnectionError(TemTransportError):
+    """The connection was refused, reset or dropped."""
+
+
+class TemTimeoutError(TemTransportError):
+    """No answer in time."""
+
+
+class TemApiError(TemError):
+    """TEM answered with a non-2xx status.
+
+    Keeps ``status`` (HTTP code), ``type`` (TEM's error type, "" when absent), ``message``,
+    ``details`` (parsed ``details``/``fields`` when present) and ``raw_body`` (at most 4 KiB of text).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "",
+        raw_body: str = "",
+        details: Any = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        self.status = status
+        self.type = type
+        self.message = message
+        self.raw_body = raw_body
+        self.details = details
+        self.retry_after_s = retry_after_s
+        label = f"{status} {type}".strip() if type else str(status)
+        super().__init__(f"TEM answered {label}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_api_error, (type(self), self.__dict__))
+
+    @property
+    def fields(self) -> Mapping[str, Any]:
+        """Per-argument reasons: ``{argument_name: reason}`` for both 400 shapes."""
+        d = self.details
+        if isinstance(d, Mapping):
+            return d
+        out: dict[str, Any] = {}
+        if isinstance(d, list):
+            for item in d:
+                if isinstance(item, Mapping) and "argument_name" in item:
+                    out[str(item["argument_name"])] = item.get("help_message") or item.get("reason")
+        return out
+
+
+def _rebuild_api_error(cls: type[TemApiError], state: dict[str, Any]) -> TemApiError:
+    err = cls.__new__(cls)
+    err.__dict__.update(state)
+    Exception.__init__(err, f"TEM answered {state.get('status')}: {state.get('message')}")
+    return err
+
+
+class TemPermanentError(TemApiError):
+    """A 4xx other than 429: the same request will fail again; never retried."""
+
+
+class InvalidArgumentsError(TemPermanentError):
+    """400: the request is invalid (``invalid_arguments`` or the older ``Validation Error``)."""
+
+
+class AuthenticationError(TemPermanentError):
+    """401: the secret key was refused."""
+
+
+class PermissionsDeniedError(TemPermanentError):
+    """403: the key lacks a permission (for example TransactionalEmailEmailApiCreate)."""
+
+
+class QuotaExceededError(TemPermanentError):
+    """403 ``quotas_exceeded``: the monthly email quota is used up."""
+
+
+class NotFoundError(TemPermanentError):
+    """404: no such email (or resource)."""
+
+
+class TransientStateError(TemPermanentError):
+    """409 ``transient_state``: the resource is changing; re-read before acting."""
+
+
+class PreconditionFailedError(TemPermanentError):
+    """412 ``precondition_failed`` (for example cancelling an email that is past ``new``)."""
+
+
+class LockedError(TemPermanentError):
+    """423 ``locked``."""
+
+
+class TemTransientError(TemApiError):
+    """429 or 5xx: retrying later may succeed. A 5xx on a send is ambiguous."""
+
+    transient = True
+
+
+class RateLimitedError(TemTransientError):
+    """429: slow down. ``retry_after_s`` is set only when the server sent ``Retry-After``."""
+
+
+class ServerError(TemTransientError):
+    """5xx: TEM or its gateway failed. On a send the email may or may not have been created."""
+
+
+class OutOfStockError(ServerError):
+    """503 ``out_of_stock``."""

@@ -1,0 +1,133 @@
+"""The one place where TEM's HTTP answers become bulksend errors.
+
+Handles every error shape TEM_API documents: typed ``{"type": …, "message": …}`` bodies, the older
+``{"message": "Validation Error", "fields": {…}}`` shape, and non-JSON bodies such as the API
+gateway's bare 429 (no ``Retry-After``, no ``X-RateLimit-*``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import orjson
+
+from bulksend.errors import (
+    AuthenticationError,
+    InvalidArgumentsError,
+    LockedError,
+    NotFoundError,
+    OutOfStockError,
+    PermissionsDeniedError,
+    PreconditionFailedError,
+    QuotaExceededError,
+    RateLimitedError,
+    ServerError,
+    TemApiError,
+    TemPermanentError,
+    TransientStateError,
+)
+
+__all__ = ["error_from_response", "parse_retry_after"]
+
+_MAX_RAW = 4096
+
+_BY_TYPE: dict[str, type[TemApiError]] = {
+    "invalid_arguments": InvalidArgumentsError,
+    "denied_authentication": AuthenticationError,
+    "permissions_denied": PermissionsDeniedError,
+    "quotas_exceeded": QuotaExceededError,
+    "not_found": NotFoundError,
+    "transient_state": TransientStateError,
+    "precondition_failed": PreconditionFailedError,
+    "locked": LockedError,
+    "too_many_requests": RateLimitedError,
+    "out_of_stock": OutOfStockError,
+}
+
+_BY_STATUS: dict[int, type[TemApiError]] = {
+    400: InvalidArgumentsError,
+    401: AuthenticationError,
+    403: PermissionsDeniedError,
+    404: NotFoundError,
+    409: TransientStateError,
+    412: PreconditionFailedError,
+    423: LockedError,
+    429: RateLimitedError,
+    503: ServerError,
+}
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date); None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return max(0.0, seconds)
+
+
+def _class_for(status: int, type_: str) -> type[TemApiError]:
+    cls = _BY_TYPE.get(type_)
+    if cls is not None:
+        # Trust a typed body only when it agrees with the status family: a 5xx is never
+        # "permanent" and a 4xx never "transient", whatever the body says.
+        if status == 429 and cls is RateLimitedError:
+            return cls
+        if status >= 500 and issubclass(cls, ServerError):
+            return cls
+        if 400 <= status < 500 and status != 429 and issubclass(cls, TemPermanentError):
+            return cls
+    if status in _BY_STATUS:
+        return _BY_STATUS[status]
+    if status >= 500:
+        return ServerError
+    return TemPermanentError
+
+
+def error_from_response(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> TemApiError:
+    """Build the typed error for a non-2xx answer. Never raises."""
+    headers = headers or {}
+    raw = body[:_MAX_RAW].decode("utf-8", "replace")
+    data: Any = None
+    if body:
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            data = None
+    type_ = ""
+    message = ""
+    details: Any = None
+    if isinstance(data, Mapping):
+        type_ = str(data.get("type") or "")
+        message = str(data.get("message") or "")
+        if "fields" in data:  # older validation shape
+            details = data.get("fields")
+        elif "details" in data:
+            details = data.get("details")
+        elif type_ == "not_found":
+            details = {k: data[k] for k in ("resource", "resource_id") if k in data}
+    if not message:
+        message = raw.strip()[:200] or _default_message(status)
+    retry_after = parse_retry_after(headers.get("Retry-After") or headers.get("retry-after"))
+    cls = _class_for(status, type_)
+    return cls(status, message, type=type_, raw_body=raw, details=details, retry_after_s=retry_after)
+
+
+def _default_message(status: int) -> str:
+    if status == 429:
+        return "too many requests"
+    if status >= 500:
+        return "server error"
+    return "request refused"

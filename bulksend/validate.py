@@ -1,0 +1,164 @@
+"""TEM's input rules, in one place: used by the renderer (to reject a row before sending) and by
+the sandbox (to answer 400 like TEM does). Each check returns ``None`` when fine, or a reason a
+person can act on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+__all__ = [
+    "ALLOWED_ATTACHMENT_TYPES",
+    "MAX_ATTACHMENTS",
+    "MAX_EMAIL_BYTES",
+    "MAX_RECIPIENTS",
+    "MAX_SUBJECT_CHARS",
+    "check_address",
+    "check_attachment",
+    "check_header",
+    "check_subject",
+    "normalize_address",
+]
+
+MAX_RECIPIENTS = 10
+"""to + cc + bcc per request."""
+MAX_ATTACHMENTS = 10
+MAX_EMAIL_BYTES = 2 * 1024 * 1024
+"""The whole API email, base64 attachments included (not raisable)."""
+MAX_SUBJECT_CHARS = 998
+
+# From the published spec's "Technical limitations" (zip is only on the Scale plan, so not here).
+ALLOWED_ATTACHMENT_TYPES: frozenset[str] = frozenset(
+    {
+        "application/acad-template",
+        "application/acad",
+        "application/autocad_dwg",
+        "application/autocad_dxf",
+        "application/dwf",
+        "application/dxf",
+        "application/ics",
+        "application/pdf",
+        "application/pkcs10",
+        "application/pkcs7-mime",
+        "application/pkcs7-signature",
+        "application/vnd.dwt",
+        "application/vnd.ms-excel",
+        "application/vnd.ms-powerpoint",
+        "application/vnd.oasis.opendocument.spreadsheet",
+        "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+        "application/vnd.openxmlformats-officedocument.presentationml.slideshow",
+        "application/vnd.openxmlformats-officedocument.presentationml.template",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.template",
+        "application/x-dwf",
+        "application/x-dwg",
+        "application/x-dwt",
+        "application/x-dxf",
+        "application/x-pdf",
+        "application/x-pkcs12",
+        "application/x-pkcs7-certificates",
+        "application/x-pkcs7-certreqresp",
+        "application/x-pkcs7-crl",
+        "application/x-pkcs7-mime",
+        "application/x-pkcs7-signature",
+        "application/xml",
+        "image/gif",
+        "image/jpeg",
+        "image/jpg",
+        "image/png",
+        "image/svg+xml",
+        "image/vnd.dwg",
+        "image/vnd.dxf",
+        "model/vnd.dwf",
+        "text/calendar",
+        "text/csv",
+        "text/html",
+        "text/plain",
+        "text/xml",
+        # The digest also names webp, tiff, mpeg/wav audio and Word documents as accepted.
+        "image/webp",
+        "image/tiff",
+        "audio/mpeg",
+        "audio/wav",
+        "application/msword",
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "application/vnd.oasis.opendocument.text",
+    }
+)
+
+# Pragmatic address syntax: a dot-atom local part and a domain of at least two labels. Quoted
+# local parts and IP literals are legal in RFC 5321 but are refused by real senders in practice.
+_LOCAL = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_LABEL = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+_ADDRESS = re.compile(rf"^({_LOCAL})@({_LABEL}(?:\.{_LABEL})+)$")
+
+
+def normalize_address(address: str) -> str:
+    """The dedupe key of an address: trimmed and lower-cased."""
+    return address.strip().lower()
+
+
+def check_address(address: str) -> str | None:
+    """Why ``address`` cannot be sent to, or None. Non-ASCII local parts are refused (they bounce)."""
+    if not address or not address.strip():
+        return "the email address is empty"
+    if address != address.strip():
+        address = address.strip()
+    if len(address) > 254:
+        return f"the email address is longer than 254 characters ({len(address)})"
+    if any(c in address for c in "\r\n\t "):
+        return "the email address contains white space or a line break"
+    if address.count("@") != 1:
+        return f"{address!r} is not an email address (it needs exactly one '@')"
+    local, domain = address.split("@")
+    if not local.isascii():
+        return f"{address!r} has non-ASCII characters before the '@', which TEM reports to bounce"
+    if len(local) > 64:
+        return f"{address!r} has a local part longer than 64 characters"
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            return f"{address!r} has a domain that is not a valid internationalised name"
+    if _ADDRESS.match(f"{local}@{domain}") is None:
+        return f"{address!r} is not a valid email address"
+    return None
+
+
+def check_subject(subject: str) -> str | None:
+    """Why ``subject`` is refused by TEM, or None."""
+    if not subject:
+        return "the subject is empty"
+    if "\r" in subject or "\n" in subject:
+        return "the subject contains a line break"
+    if len(subject) > MAX_SUBJECT_CHARS:
+        return f"the subject is {len(subject)} characters long; TEM allows at most {MAX_SUBJECT_CHARS}"
+    return None
+
+
+def check_header(key: str, value: str) -> str | None:
+    """Why a header is refused, or None. CR/LF in either part would allow header injection."""
+    if not key or not key.strip():
+        return "a header has an empty name"
+    if not value or not value.strip():
+        return f"header {key!r} has an empty value"
+    if any(c in key for c in "\r\n:") or not key.isascii():
+        return f"header name {key!r} contains a line break, a colon or non-ASCII characters"
+    if "\r" in value or "\n" in value:
+        return f"header {key!r} has a line break in its value (header injection is refused)"
+    return None
+
+
+def check_attachment(name: str, mime_type: str, content_b64: str) -> str | None:
+    """Why an attachment is refused by TEM, or None."""
+    if not name:
+        return "an attachment has no file name"
+    if mime_type.lower() not in ALLOWED_ATTACHMENT_TYPES:
+        return f"attachment {name!r} has type {mime_type!r}, which TEM refuses"
+    try:
+        base64.b64decode(content_b64, validate=True)
+    except (binascii.Error, ValueError):
+        return f"attachment {name!r} is not valid base64"
+    return None
