@@ -95,9 +95,27 @@ class TemError(BulksendError):
 
 
 class TemTransportError(TemError):
-    """No usable HTTP answer arrived. Always transient; on a send, the outcome is ambiguous."""
+    """No usable HTTP answer arrived. Always transient.
+
+    ``sent`` is False only when the request certainly never left (the connection was never
+    established); True means TEM may have received it, so on a send the outcome is ambiguous.
+    """
 
     transient = True
+
+    def __init__(self, *args: object, sent: bool = True) -> None:
+        super().__init__(*args)
+        self.sent = sent
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception pickling only replays ``args``; carry ``sent`` across process boundaries too.
+        return (_rebuild_transport_error, (type(self), self.args, self.sent))
+
+
+def _rebuild_transport_error(
+    cls: type[TemTransportError], args: tuple[object, ...], sent: bool
+) -> TemTransportError:
+    return cls(*args, sent=sent)
 
 
 class TemConnectionError(TemTransportError):

@@ -7,6 +7,7 @@ gateway's bare 429 (no ``Retry-After``, no ``X-RateLimit-*``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -75,6 +76,9 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if not math.isfinite(seconds):
+        # "inf"/"nan" parse as floats; honouring them would park a worker forever.
+        return None
     return max(0.0, seconds)
 
 
@@ -116,8 +120,11 @@ def error_from_response(status: int, body: bytes, headers: Mapping[str, str] | N
             details = data.get("fields")
         elif "details" in data:
             details = data.get("details")
-        elif type_ == "not_found":
-            details = {k: data[k] for k in ("resource", "resource_id") if k in data}
+        elif type_:
+            # Typed errors without ``details`` carry their specifics at the top level
+            # (not_found/locked/transient_state: resource, resource_id, current_state;
+            # precondition_failed: precondition, help_message): keep them.
+            details = {k: v for k, v in data.items() if k not in ("message", "type")} or None
     if not message:
         message = raw.strip()[:200] or _default_message(status)
     retry_after = parse_retry_after(headers.get("Retry-After") or headers.get("retry-after"))

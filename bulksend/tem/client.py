@@ -1,0 +1,463 @@
+"""Typed async client of the TEM email endpoints (send, get, list, cancel, statistics).
+
+The client is a thin, fast boundary: it encodes requests, maps every failure to the bulksend error
+tree exactly once, and decodes answers into the typed models. It does **not** retry and does
+**not** rate-limit: the pipeline wraps calls with one shared limiter and a retry policy keyed on
+``error.transient`` (and, for sends, on ``sent`` — a send that may have reached TEM must be
+reconciled, never blindly retried, because the API has no idempotency key).
+
+Failures, mapped here and nowhere else:
+
+- non-2xx → :func:`bulksend.tem.errors.error_from_response` (typed :class:`TemApiError` subclasses);
+- never connected (refused, DNS, TLS handshake, connect timeout) → :class:`TemConnectionError` /
+  :class:`TemTimeoutError` with ``sent=False``;
+- dropped, reset or truncated after the request was written → :class:`TemConnectionError`
+  with ``sent=True`` (ambiguous);
+- no complete answer within ``timeout_s`` → :class:`TemTimeoutError` with ``sent=True``;
+- 2xx whose body is not the expected JSON → :class:`TemProtocolError` (transient, ``sent=True``).
+
+One ``aiohttp.ClientSession`` per process is the rule: build it with :func:`create_session` and
+pass it to every client (the client then leaves it open), or let a client own a private one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Final, Literal, Self
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+import structlog
+
+from bulksend import __version__
+from bulksend.errors import TemConnectionError, TemError, TemTimeoutError, TemTransientError
+from bulksend.tem.config import TemSettings
+from bulksend.tem.errors import error_from_response
+from bulksend.tem.models import (
+    CreateEmailRequest,
+    Email,
+    ListEmailsPage,
+    ListEmailsQuery,
+    Statistics,
+    format_rfc3339,
+)
+
+__all__ = [
+    "MAX_PAGE_SIZE",
+    "USER_AGENT",
+    "EndpointKind",
+    "ResponseObserver",
+    "TemClient",
+    "TemProtocolError",
+    "create_session",
+]
+
+log = structlog.get_logger("bulksend.tem")
+
+USER_AGENT: Final = f"bulksend/{__version__}"
+MAX_PAGE_SIZE: Final = 1000
+_MAX_RAW = 4096
+
+EndpointKind = Literal["send", "get", "list", "cancel", "statistics"]
+ResponseObserver = Callable[[str, int, float], None]
+"""``(endpoint kind, HTTP status or 0 for a transport error, elapsed seconds)``, after every request."""
+
+
+class TemProtocolError(TemTransientError):
+    """TEM answered 2xx, but the body is not the JSON the endpoint promises.
+
+    Transient (a proxy or a partial deploy may be to blame). On a send it is *ambiguous*: a 2xx
+    means TEM probably created the emails, but their ids are unknown, so ``sent`` is True and the
+    send must be reconciled like a timeout rather than retried.
+    """
+
+    sent: bool = True
+
+
+def _orjson_str(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def create_session(
+    *,
+    limit: int = 0,
+    limit_per_host: int = 0,
+    timeout_s: float | None = 30.0,
+    ttl_dns_cache_s: int = 300,
+    keepalive_timeout_s: float = 30.0,
+) -> aiohttp.ClientSession:
+    """A ``ClientSession`` tuned for TEM, to share between every client of the process.
+
+    ``limit``/``limit_per_host`` cap open connections (0 = no cap: concurrency is bounded by the
+    caller's worker pool and limiter, not by the connector). Call it from a running event loop and
+    close it (``await session.close()``) when the process is done.
+    """
+    connector = aiohttp.TCPConnector(
+        limit=limit,
+        limit_per_host=limit_per_host,
+        ttl_dns_cache=ttl_dns_cache_s,
+        keepalive_timeout=keepalive_timeout_s,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        json_serialize=_orjson_str,
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
+        # Authentication travels per request, so a shared session can serve several keys.
+        headers={"User-Agent": USER_AGENT},
+    )
+
+
+class TemClient:
+    """Async client of the TEM email endpoints for one set of :class:`TemSettings`.
+
+    Use it as ``async with TemClient(settings) as tem: ...``. With ``session=`` it shares an existing
+    ``aiohttp.ClientSession`` and never closes it (``limit_per_host`` is then the session's business);
+    without, it creates one on entry (connector with ``limit_per_host``) and closes it on exit.
+
+    ``on_response(kind, status, elapsed_s)`` is called after every request (status 0 for a
+    transport failure) so callers can count and adapt; ``clock`` (seconds, monotonic) measures
+    ``elapsed_s``. The client never retries and never rate-limits: that is the caller's policy.
+    """
+
+    def __init__(
+        self,
+        settings: TemSettings,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeout_s: float = 30.0,
+        limit_per_host: int = 0,
+        on_response: ResponseObserver | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if limit_per_host < 0:
+            raise ValueError(f"limit_per_host must be >= 0, got {limit_per_host}")
+        self._settings = settings
+        self._session = session
+        self._owns_session = session is None
+        self._timeout_s = timeout_s
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._limit_per_host = limit_per_host
+        self._on_response = on_response
+        self._clock = clock
+        self._base_url = settings.base_url
+        # Built once: the hot path must not rebuild headers, and this is the only place the
+        # secret is revealed. Never log or format these dicts.
+        self._headers: dict[str, str] = {
+            "X-Auth-Token": settings.secret_key.reveal(),
+            "User-Agent": USER_AGENT,
+            "Accept": "application/json",
+        }
+        self._json_headers: dict[str, str] = {**self._headers, "Content-Type": "application/json"}
+
+    def __repr__(self) -> str:
+        return (
+            f"TemClient(base_url={self._base_url!r}, project_id={self._settings.project_id!r}, "
+            f"timeout_s={self._timeout_s})"
+        )
+
+    __str__ = __repr__
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> TemSettings:
+        """The settings this client talks with."""
+        return self._settings
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The underlying session (shared or owned). Raises RuntimeError before ``open()``."""
+        if self._session is None:
+            raise RuntimeError("TemClient is not open: use 'async with TemClient(...)' or await open()")
+        return self._session
+
+    async def open(self) -> None:
+        """Create the private session if none was given (idempotent)."""
+        if self._session is None or (self._owns_session and self._session.closed):
+            self._session = create_session(limit_per_host=self._limit_per_host, timeout_s=self._timeout_s)
+            self._owns_session = True
+
+    async def close(self) -> None:
+        """Close the session if this client created it; a shared session is left open."""
+        if self._owns_session and self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- endpoints ---------------------------------------------------------------------------------
+
+    async def send_email(self, request: CreateEmailRequest) -> list[Email]:
+        """``POST /emails``: one :class:`Email` per recipient (to, cc, bcc).
+
+        An empty ``request.project_id`` is filled with the settings' project id.
+        """
+        body = orjson.dumps(request.to_json(default_project_id=self._settings.project_id))
+        return await self.send_email_raw(body)
+
+    async def send_email_raw(self, body: bytes) -> list[Email]:
+        """``POST /emails`` with an already-encoded JSON body, sent as is (the hot path).
+
+        The body must carry its own ``project_id``: nothing is filled in here.
+        """
+        data, status, _ = await self._request("send", "POST", "/emails", body=body)
+        emails = data.get("emails") if isinstance(data, Mapping) else None
+        # A send has at least one recipient, so an empty list is as wrong as a missing one.
+        if (
+            not isinstance(emails, list)
+            or not emails
+            or not all(isinstance(e, Mapping) and e.get("id") for e in emails)
+        ):
+            raise self._protocol_error("send", status, "a send answer without an 'emails' list of ids", data)
+        return [Email.from_json(e) for e in emails]
+
+    async def get_email(self, email_id: str) -> Email:
+        """``GET /emails/{email_id}``."""
+        data, status, _ = await self._request("get", "GET", _email_path(email_id))
+        return self._email_or_error("get", status, data)
+
+    async def cancel_email(self, email_id: str) -> Email:
+        """``POST /emails/{email_id}/cancel``: works only while the email is ``new``.
+
+        Later, TEM answers a 4xx (raised as a :class:`TemPermanentError` subclass): treat any 4xx
+        as "not cancellable" and re-read the email.
+        """
+        data, status, _ = await self._request("cancel", "POST", _email_path(email_id) + "/cancel", body=b"{}")
+        return self._email_or_error("cancel", status, data)
+
+    async def list_emails(
+        self,
+        query: ListEmailsQuery | None = None,
+        *,
+        page: int = 1,
+        page_size: int = 100,
+    ) -> ListEmailsPage:
+        """``GET /emails``: one page (``page`` from 1, ``page_size`` 1..1000).
+
+        ``query.project_id`` None filters on the settings' project; ``""`` lists every project.
+        ``total_count`` comes from the body, else from an ``X-Total-Count`` header.
+        """
+        if page < 1:
+            raise ValueError(f"page must be >= 1, got {page}")
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be in 1..{MAX_PAGE_SIZE}, got {page_size}")
+        query = query or ListEmailsQuery()
+        params = query.to_params()
+        if query.project_id is None:
+            params.insert(0, ("project_id", self._settings.project_id))
+        params += [("page", str(page)), ("page_size", str(page_size))]
+        data, status, headers = await self._request("list", "GET", "/emails", params=params)
+        if not isinstance(data, Mapping) or not isinstance(data.get("emails", []), list):
+            raise self._protocol_error(
+                "list", status, "a list answer that is not an object of 'emails'", data
+            )
+        result = ListEmailsPage.from_json(data)
+        if "total_count" not in data:
+            header = headers.get("X-Total-Count", "")
+            if header.strip().isdigit():
+                result = ListEmailsPage(total_count=int(header), emails=result.emails)
+        return result
+
+    async def iter_emails(
+        self,
+        query: ListEmailsQuery | None = None,
+        *,
+        page_size: int = MAX_PAGE_SIZE,
+    ) -> AsyncIterator[Email]:
+        """Every email matching ``query``, page after page; stops after the first short page.
+
+        Offset pagination: for a stable walk over a growing set, bound the query with ``until`` and
+        sort ascending (``created_at_asc``).
+        """
+        page = 1
+        while True:
+            result = await self.list_emails(query, page=page, page_size=page_size)
+            for email in result.emails:
+                yield email
+            if len(result.emails) < page_size:
+                return
+            page += 1
+
+    async def get_statistics(
+        self,
+        *,
+        project_id: str | None = None,
+        domain_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        mail_from: str | None = None,
+    ) -> Statistics:
+        """``GET /statistics``: counts by status.
+
+        ``project_id`` None filters on the settings' project; ``""`` counts every project.
+        """
+        params: list[tuple[str, str]] = []
+        project = self._settings.project_id if project_id is None else project_id
+        if project:
+            params.append(("project_id", project))
+        if domain_id:
+            params.append(("domain_id", domain_id))
+        if since is not None:
+            params.append(("since", format_rfc3339(since)))
+        if until is not None:
+            params.append(("until", format_rfc3339(until)))
+        if mail_from:
+            params.append(("mail_from", mail_from))
+        data, status, _ = await self._request("statistics", "GET", "/statistics", params=params)
+        if not isinstance(data, Mapping):
+            raise self._protocol_error(
+                "statistics", status, "a statistics answer that is not an object", data
+            )
+        return Statistics.from_json(data)
+
+    # -- plumbing ----------------------------------------------------------------------------------
+
+    def _email_or_error(self, kind: EndpointKind, status: int, data: Any) -> Email:
+        if not isinstance(data, Mapping) or not data.get("id"):
+            raise self._protocol_error(kind, status, "an answer that is not an email object", data)
+        return Email.from_json(data)
+
+    def _protocol_error(self, kind: EndpointKind, status: int, what: str, data: Any) -> TemProtocolError:
+        raw = orjson.dumps(data)[:_MAX_RAW].decode("utf-8", "replace") if data is not None else ""
+        err = TemProtocolError(status, f"{kind}: TEM sent {what}", type="protocol_error", raw_body=raw)
+        log.warning("tem.protocol_error", kind=kind, status=status, reason=what)
+        return err
+
+    async def _request(
+        self,
+        kind: EndpointKind,
+        method: str,
+        path: str,
+        *,
+        params: list[tuple[str, str]] | None = None,
+        body: bytes | None = None,
+    ) -> tuple[Any, int, Mapping[str, str]]:
+        """Send one request; return (decoded JSON, HTTP status, response headers) or raise a TemError."""
+        session = self.session
+        started = self._clock()
+        status = 0
+        payload = b""
+        resp_headers: Mapping[str, str] = {}
+        error: TemError | None = None
+        cause: BaseException | None = None
+        what = f"{kind} ({method} {path})"
+        try:
+            async with session.request(
+                method,
+                self._base_url + path,
+                params=params,
+                data=body,
+                headers=self._json_headers if body is not None else self._headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
+                status = resp.status
+                resp_headers = resp.headers
+                payload = await resp.read()
+        # Order matters: several aiohttp classes inherit from both a timeout and a connection error.
+        except aiohttp.ConnectionTimeoutError as exc:
+            error, cause = (
+                TemTimeoutError(f"{what}: could not connect within {self._timeout_s} s", sent=False),
+                exc,
+            )
+        except TimeoutError as exc:  # asyncio's total timeout and aiohttp's socket read timeout
+            error, cause = (
+                TemTimeoutError(
+                    f"{what}: no answer within {self._timeout_s} s; TEM may have processed the request",
+                    sent=True,
+                ),
+                exc,
+            )
+        except aiohttp.ClientConnectorError as exc:
+            # Never connected: the request did not leave, a retry cannot duplicate anything.
+            error, cause = TemConnectionError(f"{what}: cannot connect to TEM: {exc}", sent=False), exc
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            # Disconnected, reset or truncated once the request was (maybe) written: ambiguous.
+            error, cause = (
+                TemConnectionError(
+                    f"{what}: connection lost ({type(exc).__name__}: {exc}); "
+                    "TEM may have processed the request",
+                    sent=True,
+                ),
+                exc,
+            )
+        except aiohttp.ClientResponseError as exc:
+            # Malformed HTTP answer. The aiohttp error is not chained: its request_info holds the
+            # request headers (X-Auth-Token included) and shows them in its repr.
+            error = TemConnectionError(
+                f"{what}: invalid HTTP answer from TEM (status {exc.status})", sent=True
+            )
+        except aiohttp.ClientError as exc:
+            error, cause = TemConnectionError(f"{what}: {type(exc).__name__}: {exc}", sent=True), exc
+
+        if error is not None:
+            status = 0
+        elapsed_s = self._clock() - started
+        self._notify(kind, status, elapsed_s)
+        if error is not None:
+            log.debug(
+                "tem.request_failed",
+                kind=kind,
+                status=0,
+                error=type(error).__name__,
+                sent=getattr(error, "sent", True),
+                elapsed_s=elapsed_s,
+            )
+            # Raised outside the except blocks so that __context__ does not keep the aiohttp error.
+            raise error from cause
+
+        if not 200 <= status < 300:
+            api_error = error_from_response(status, payload, resp_headers)
+            log.debug(
+                "tem.request_failed",
+                kind=kind,
+                status=status,
+                error=type(api_error).__name__,
+                type=api_error.type,
+                elapsed_s=elapsed_s,
+            )
+            raise api_error
+        try:
+            return orjson.loads(payload), status, resp_headers
+        except orjson.JSONDecodeError:
+            err = TemProtocolError(
+                status,
+                f"{what}: TEM answered {status} with a body that is not JSON",
+                type="protocol_error",
+                raw_body=payload[:_MAX_RAW].decode("utf-8", "replace"),
+            )
+            log.warning("tem.protocol_error", kind=kind, status=status, reason="body is not JSON")
+        raise err
+
+    def _notify(self, kind: str, status: int, elapsed_s: float) -> None:
+        if self._on_response is None:
+            return
+        try:
+            self._on_response(kind, status, elapsed_s)
+        except Exception:
+            # An observer feeds metrics and adaptive limits; its bug must not turn a successful send
+            # into a failed one (which the pipeline would then retry: a duplicate email).
+            log.exception("tem.observer_failed", kind=kind)
+
+
+def _email_path(email_id: str) -> str:
+    if not email_id:
+        raise ValueError("email_id must not be empty")
+    # Quote everything: an id is data, never extra path segments or a query.
+    return "/emails/" + quote(email_id, safe="")
