@@ -1,0 +1,535 @@
+"""The sandbox server: TEM's email endpoints on aiohttp.web, plus inspection endpoints.
+
+Every TEM request goes through the same gate, in the order a real deployment applies them:
+count it → rate limit (the gateway, bare 429) → authentication → region → added latency → fault
+draw → the endpoint itself. The endpoints are synchronous code between two awaits, so the store
+needs no locking: one event loop owns it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import ipaddress
+import random
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import orjson
+from aiohttp import web
+
+from bulksend.validate import MAX_EMAIL_BYTES
+
+from .config import UUID_RE, SandboxConfig, SandboxStats
+from .request import parse_create_email, parse_timestamp
+from .state import ORDER_BY_VALUES, EmailFilter, EmailStore, Timing
+
+__all__ = ["API_PREFIX", "REGION", "Sandbox", "is_loopback_host"]
+
+REGION = "fr-par"
+API_PREFIX = "/transactional-email/v1alpha1/regions/{region}"
+REQUEST_KINDS = ("send", "get", "list", "cancel", "statistics", "other")
+FAULT_KINDS = ("5xx_before", "5xx_after", "drop_created", "drop_not_created")
+_STATUSES = frozenset({"unknown", "new", "sending", "sent", "failed", "canceled"})
+_FLAGS = frozenset(
+    {
+        "unknown_flag",
+        "soft_bounce",
+        "hard_bounce",
+        "spam",
+        "mailbox_full",
+        "mailbox_not_found",
+        "greylisted",
+        "send_before_expiration",
+        "blocklisted",
+    }
+)
+DEFAULT_PAGE_SIZE = 10
+MAX_PAGE_SIZE = 1000
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_JSON = "application/json"
+_UNAUTHORIZED = orjson.dumps(
+    {
+        "message": "authentication is denied",
+        "method": "api_key",
+        "reason": "invalid_argument",
+        "type": "denied_authentication",
+    }
+)
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type=_JSON, headers=headers)
+
+
+def _invalid(errors: list[tuple[str, str]], message: str = "invalid argument(s)") -> web.Response:
+    details = [
+        {"argument_name": name, "reason": "constraint", "help_message": help_} for name, help_ in errors
+    ]
+    return _json({"details": details, "message": message, "type": "invalid_arguments"}, 400)
+
+
+def _not_found(resource: str, resource_id: str) -> web.Response:
+    return _json(
+        {
+            "message": "resource is not found",
+            "resource": resource,
+            "resource_id": resource_id,
+            "type": "not_found",
+        },
+        404,
+    )
+
+
+def is_loopback_host(host: str) -> bool:
+    """True when ``host`` only listens on the loopback interface."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Sandbox:
+    """A local TEM server. Use ``async with Sandbox(cfg) as sb:`` or ``await sb.start()/stop()``.
+
+    ``clock`` returns seconds (default ``time.time``); it drives every lifecycle decision,
+    ``created_at``/``updated_at`` and the rate limiter, so tests can move time by hand.
+    """
+
+    def __init__(
+        self,
+        config: SandboxConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clock: Callable[[], float] | None = None,
+        shutdown_timeout_s: float = 1.0,
+    ) -> None:
+        self._config = config if config is not None else SandboxConfig()
+        self._host = host
+        self._port = port
+        self._clock: Callable[[], float] = clock if clock is not None else time.time
+        self._shutdown_timeout_s = shutdown_timeout_s
+        self._store = EmailStore()
+        self._requests = dict.fromkeys(REQUEST_KINDS, 0)
+        self._faults = dict.fromkeys(FAULT_KINDS, 0)
+        self._rate_limited = 0
+        self._runner: web.AppRunner | None = None
+        self._bound_port: int | None = None
+        self._tokens = 0.0
+        self._tokens_at = 0.0
+        self._rng = random.Random(self._config.seed)
+        self._apply_config(None)
+
+    def __repr__(self) -> str:
+        return f"Sandbox(url={self._url_or_none()!r}, emails={len(self._store)})"
+
+    # -- public API -------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> SandboxConfig:
+        """The current configuration."""
+        return self._config
+
+    @property
+    def url(self) -> str:
+        """The API URL to give clients (``SCW_API_URL``), without a trailing slash."""
+        url = self._url_or_none()
+        if url is None:
+            raise RuntimeError("the sandbox is not started")
+        return url
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port."""
+        if self._bound_port is None:
+            raise RuntimeError("the sandbox is not started")
+        return self._bound_port
+
+    @property
+    def store(self) -> EmailStore:
+        """The email store (read it from the sandbox's own event loop only)."""
+        return self._store
+
+    def stats(self) -> SandboxStats:
+        """A snapshot of the counters (the same content as ``GET /_sandbox/stats``)."""
+        return SandboxStats(
+            accepted_by_recipient=self._store.accepted_by_recipient(),
+            requests=dict(self._requests),
+            rate_limited=self._rate_limited,
+            faults=dict(self._faults),
+            emails_total=len(self._store),
+        )
+
+    def update(self, **changes: Any) -> SandboxConfig:
+        """Change settings live (``dataclasses.replace``); returns the new configuration."""
+        unknown = set(changes) - SandboxConfig.field_names()
+        if unknown:
+            raise ValueError(f"unknown sandbox setting(s): {', '.join(sorted(unknown))}")
+        previous = self._config
+        self._config = dataclasses.replace(previous, **changes)
+        self._apply_config(previous)
+        return self._config
+
+    def reset(self) -> None:
+        """Forget every email and counter (ids handed out before become unknown)."""
+        self._store = EmailStore()
+        self._requests = dict.fromkeys(REQUEST_KINDS, 0)
+        self._faults = dict.fromkeys(FAULT_KINDS, 0)
+        self._rate_limited = 0
+        self._rng = random.Random(self._config.seed)
+        self._tokens = self._config.burst
+        self._tokens_at = self._clock()
+
+    def build_app(self) -> web.Application:
+        """The aiohttp application (``start()`` serves it; tests may mount it elsewhere)."""
+        # Large enough to read an over-limit body and answer TEM's 400 instead of aiohttp's 413.
+        app = web.Application(client_max_size=8 * 1024 * 1024)
+        p = API_PREFIX
+        add = app.router.add_route
+        add("POST", f"{p}/emails", self._gated("send", self._send))
+        add("GET", f"{p}/emails", self._gated("list", self._list))
+        add("GET", f"{p}/emails/{{email_id}}", self._gated("get", self._get))
+        add("POST", f"{p}/emails/{{email_id}}/cancel", self._gated("cancel", self._cancel))
+        add("GET", f"{p}/statistics", self._gated("statistics", self._statistics))
+        add("*", f"{p}/{{tail:.*}}", self._gated("other", self._other))
+        add("GET", "/_sandbox/stats", self._inspect_stats)
+        add("POST", "/_sandbox/reset", self._inspect_reset)
+        add("GET", "/_sandbox/config", self._inspect_config)
+        add("PATCH", "/_sandbox/config", self._inspect_config)
+        return app
+
+    async def start(self) -> None:
+        """Bind and serve. Works inside an already running event loop."""
+        if self._runner is not None:
+            raise RuntimeError("the sandbox is already started")
+        runner = web.AppRunner(
+            self.build_app(),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self._shutdown_timeout_s,
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._bound_port = int(runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        """Stop serving (idempotent); stored emails stay readable through ``stats()``."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _url_or_none(self) -> str | None:
+        if self._bound_port is None or self._runner is None:
+            return None
+        host = self._host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{self._bound_port}"
+
+    def _apply_config(self, previous: SandboxConfig | None) -> None:
+        c = self._config
+        # Emails keep the Timing they were created with, so a live change never rewrites history.
+        self._timing = Timing(c.sending_after_s, c.final_after_s, c.soft_bounce_retry_s, c.hold_s)
+        if previous is None or previous.rate_limit_per_s is None:
+            self._tokens = c.burst
+            self._tokens_at = self._clock()
+        else:
+            self._tokens = min(self._tokens, c.burst)
+        if previous is not None and previous.seed != c.seed:
+            self._rng = random.Random(c.seed)
+        self._secret = c.secret_key.encode()
+        self._faults_on = bool(c.fault_5xx_before_p or c.fault_5xx_after_p or c.fault_drop_p)
+        self._latency_on = bool(c.latency_ms or c.latency_jitter_ms)
+
+    def _take_token(self, rate_per_s: float) -> bool:
+        now = self._clock()
+        elapsed = now - self._tokens_at
+        if elapsed > 0:  # a clock that steps back refills nothing
+            self._tokens = min(self._config.burst, self._tokens + elapsed * rate_per_s)
+            self._tokens_at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def _gated(self, kind: str, endpoint: Handler) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            self._requests[kind] += 1
+            c = self._config
+            if c.rate_limit_per_s is not None and not self._take_token(c.rate_limit_per_s):
+                self._rate_limited += 1
+                # Like the real gateway: bare text, no Retry-After, no X-RateLimit-* headers.
+                return web.Response(status=429, text="Too Many Requests")
+            token = request.headers.get("X-Auth-Token")
+            if token is None or not hmac.compare_digest(token.encode(), self._secret):
+                return web.Response(body=_UNAUTHORIZED, status=401, content_type=_JSON)
+            region = request.match_info.get("region", "")
+            if region != REGION:
+                return _not_found("region", region)
+            if self._latency_on:
+                delay_ms = c.latency_ms + (
+                    self._rng.random() * c.latency_jitter_ms if c.latency_jitter_ms else 0.0
+                )
+                await anyio.sleep(delay_ms / 1000.0)
+            if not self._faults_on:
+                return await endpoint(request)
+            return await self._with_fault(request, endpoint, self._config)
+
+        return handler
+
+    async def _with_fault(
+        self, request: web.Request, endpoint: Handler, c: SandboxConfig
+    ) -> web.StreamResponse:
+        rng = self._rng
+        u = rng.random()
+        if u < c.fault_5xx_before_p:
+            self._faults["5xx_before"] += 1
+            return self._server_error(rng)
+        u -= c.fault_5xx_before_p
+        if u < c.fault_5xx_after_p:
+            await endpoint(request)
+            self._faults["5xx_after"] += 1
+            return self._server_error(rng)
+        u -= c.fault_5xx_after_p
+        if u < c.fault_drop_p:
+            # The second coin: did the request take effect before the connection died?
+            if rng.random() < 0.5:
+                await endpoint(request)
+                self._faults["drop_created"] += 1
+            else:
+                self._faults["drop_not_created"] += 1
+            return self._drop(request)
+        return await endpoint(request)
+
+    @staticmethod
+    def _server_error(rng: random.Random) -> web.Response:
+        # A mix of shapes, as seen behind a gateway: typed JSON, bare HTML, and an untyped JSON body.
+        status = rng.choice((500, 502, 503))
+        if status == 500:
+            return _json({"message": "internal error", "type": "internal_error"}, 500)
+        if status == 502:
+            return web.Response(
+                status=502,
+                text="<html><body><h1>502 Bad Gateway</h1></body></html>",
+                content_type="text/html",
+            )
+        return _json({"message": "service unavailable, please retry later"}, 503)
+
+    @staticmethod
+    def _drop(request: web.Request) -> web.Response:
+        # Closing the transport makes aiohttp's attempt to write the response below fail quietly,
+        # so the client sees the connection end with no HTTP answer at all.
+        request.protocol.force_close()
+        return web.Response(status=500)
+
+    # -- TEM endpoints ----------------------------------------------------------------------------
+
+    async def _send(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        c = self._config
+        data: Any = None
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            # An oversized body is refused for its size below, whatever its content.
+            if len(body) <= MAX_EMAIL_BYTES:
+                return _invalid([("body", "the request body is not valid JSON")])
+        parsed, errors, sender_refused = parse_create_email(
+            body, data, default_project_id=c.project_id, allowed_from_domains=c.allowed_from_domains
+        )
+        if parsed is None:
+            return _invalid(errors, "Invalid email from address" if sender_refused else "invalid argument(s)")
+        now = self._clock()
+        store = self._store
+        positions = store.create(
+            project_id=parsed.project_id,
+            mail_from=parsed.mail_from,
+            subject=parsed.subject,
+            send_before=parsed.send_before,
+            timing=self._timing,
+            recipients=parsed.recipients,
+            now=now,
+        )
+        # TEM answers a send with the emails as queued (`new`), whatever happens next.
+        return _json({"emails": [store.render(p, now, as_created=True) for p in positions]})
+
+    async def _get(self, request: web.Request) -> web.StreamResponse:
+        email_id = request.match_info["email_id"]
+        position = self._store.position_of(email_id)
+        if position is None:
+            return _not_found("email", email_id)
+        return _json(self._store.render(position, self._clock()))
+
+    async def _cancel(self, request: web.Request) -> web.StreamResponse:
+        email_id = request.match_info["email_id"]
+        store = self._store
+        position = store.position_of(email_id)
+        if position is None:
+            return _not_found("email", email_id)
+        now = self._clock()
+        if not store.cancel(position, now):
+            status = store.render(position, now)["status"]
+            return _json(
+                {
+                    "help_message": f"the email is {status}; only a `new` email can be canceled",
+                    "message": "precondition is not respected",
+                    "precondition": "email_not_new",
+                    "type": "precondition_failed",
+                },
+                412,
+            )
+        return _json(store.render(position, now))
+
+    async def _list(self, request: web.Request) -> web.StreamResponse:
+        query = request.rel_url.query
+        errors: list[tuple[str, str]] = []
+        flt = self._parse_filter(query, errors, listing=True)
+        page = _int_param(query, "page", 1, errors)
+        page_size = _int_param(query, "page_size", DEFAULT_PAGE_SIZE, errors)
+        if page < 1:
+            errors.append(("page", "page starts at 1"))
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            errors.append(("page_size", f"page_size must be within 1..{MAX_PAGE_SIZE}"))
+        order_by = query.get("order_by") or "created_at_desc"
+        if order_by not in ORDER_BY_VALUES:
+            errors.append(("order_by", f"unknown order_by {order_by!r}"))
+        if errors:
+            return _invalid(errors)
+        assert flt is not None
+        now = self._clock()
+        store = self._store
+        positions = store.order(store.select(flt, now), order_by, now)
+        start = (page - 1) * page_size
+        emails = [store.render(p, now) for p in positions[start : start + page_size]]
+        total = len(positions)
+        return _json({"total_count": total, "emails": emails}, headers={"X-Total-Count": str(total)})
+
+    async def _statistics(self, request: web.Request) -> web.StreamResponse:
+        errors: list[tuple[str, str]] = []
+        flt = self._parse_filter(request.rel_url.query, errors, listing=False)
+        if errors or flt is None:
+            return _invalid(errors)
+        return _json(self._store.statistics(flt, self._clock()))
+
+    async def _other(self, request: web.Request) -> web.StreamResponse:
+        return _json({"message": "resource is not found", "type": "not_found"}, 404)
+
+    def _parse_filter(
+        self, query: Any, errors: list[tuple[str, str]], *, listing: bool
+    ) -> EmailFilter | None:
+        for name in ("project_id", "domain_id", "message_id") if listing else ("project_id", "domain_id"):
+            value = query.get(name)
+            if value and not UUID_RE.match(value):
+                errors.append((name, f"{name} must be a UUID"))
+        times: dict[str, float | None] = {"since": None, "until": None}
+        for name in times:
+            value = query.get(name)
+            if value:
+                try:
+                    times[name] = parse_timestamp(value)
+                except ValueError:
+                    errors.append((name, f"{name} is not an RFC 3339 timestamp"))
+        mail_from = query.get("mail_from") or None
+        if not listing:
+            if errors:
+                return None
+            return EmailFilter(
+                project_id=query.get("project_id") or None,
+                since=times["since"],
+                until=times["until"],
+                mail_from=mail_from.lower() if mail_from else None,
+            )
+        statuses = query.getall("statuses", [])
+        bad = [s for s in statuses if s not in _STATUSES]
+        if bad:
+            errors.append(("statuses", f"unknown status(es): {', '.join(bad)}"))
+        flags = query.getall("flags", [])
+        bad = [f for f in flags if f not in _FLAGS]
+        if bad:
+            errors.append(("flags", f"unknown flag(s): {', '.join(bad)}"))
+        search = query.get("search") or None
+        if search is not None and not 3 <= len(search) <= 100:
+            errors.append(("search", "search must be 3 to 100 characters long"))
+        mail_rcpt = query.get("mail_rcpt") or None
+        mail_to = query.get("mail_to") or None  # deprecated alias of mail_rcpt
+        if mail_rcpt and mail_to and mail_rcpt.lower() != mail_to.lower():
+            mail_rcpt = "\x00"  # both given and different: nothing can match both
+        mail_rcpt = mail_rcpt or mail_to
+        if errors:
+            return None
+        return EmailFilter(
+            project_id=query.get("project_id") or None,
+            message_id=(query.get("message_id") or "").lower() or None,
+            since=times["since"],
+            until=times["until"],
+            mail_from=mail_from.lower() if mail_from else None,
+            mail_rcpt=mail_rcpt.strip().lower() if mail_rcpt else None,
+            statuses=frozenset(statuses) if statuses else None,
+            flags=frozenset(flags) if flags else None,
+            subject=query.get("subject") or None,
+            search=search.lower() if search else None,
+        )
+
+    # -- inspection endpoints (no auth: the sandbox is for loopback use) -------------------------------
+
+    async def _inspect_stats(self, request: web.Request) -> web.StreamResponse:
+        return _json(self.stats().to_json())
+
+    async def _inspect_reset(self, request: web.Request) -> web.StreamResponse:
+        self.reset()
+        return _json({"ok": True})
+
+    async def _inspect_config(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "PATCH":
+            try:
+                changes = orjson.loads(await request.read())
+            except orjson.JSONDecodeError:
+                return _json({"message": "the body must be a JSON object of settings"}, 400)
+            if not isinstance(changes, dict):
+                return _json({"message": "the body must be a JSON object of settings"}, 400)
+            if isinstance(changes.get("allowed_from_domains"), list):
+                changes["allowed_from_domains"] = tuple(changes["allowed_from_domains"])
+            try:
+                self.update(**changes)
+            except (TypeError, ValueError) as exc:
+                return _json({"message": str(exc)}, 400)
+        return _json(self._config.to_public_json())
+
+
+def _int_param(query: Any, name: str, default: int, errors: list[tuple[str, str]]) -> int:
+    value = query.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        errors.append((name, f"{name} must be an integer"))
+        return default

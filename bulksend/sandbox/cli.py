@@ -1,0 +1,144 @@
+"""``bulksend sandbox`` / ``python -m bulksend.sandbox``: serve a local TEM until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+import anyio
+
+from .app import Sandbox, is_loopback_host
+from .config import DEFAULT_PROJECT_ID, DEFAULT_SECRET_KEY, SandboxConfig
+
+__all__ = ["SECRET_ENV", "config_from_args", "configure", "run"]
+
+SECRET_ENV = "BULKSEND_SANDBOX_SECRET"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the sandbox options to ``parser``."""
+    net = parser.add_argument_group("server")
+    net.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    net.add_argument(
+        "--port", type=int, default=8025, help="TCP port, 0 for any free one (default: %(default)s)"
+    )
+    net.add_argument(
+        "--secret-key",
+        default=None,
+        help=f"X-Auth-Token to expect (default: ${SECRET_ENV} or {DEFAULT_SECRET_KEY!r})",
+    )
+    net.add_argument("--project-id", default=DEFAULT_PROJECT_ID, help="project used when a send omits one")
+    net.add_argument(
+        "--allow-from-domain",
+        action="append",
+        default=None,
+        metavar="DOMAIN",
+        help="only accept senders of this domain (repeatable; default: any)",
+    )
+
+    life = parser.add_argument_group("lifecycle (seconds)")
+    life.add_argument("--sending-after-s", type=float, default=0.0, help="time an email stays `new`")
+    life.add_argument("--final-after-s", type=float, default=0.0, help="time in `sending` per delivery try")
+    life.add_argument("--soft-bounce-retry-s", type=float, default=0.0, help="extra wait before a retry")
+    life.add_argument("--hold-s", type=float, default=3600.0, help="time `hold…` recipients stay `new`")
+
+    chaos = parser.add_argument_group("latency, limits and faults")
+    chaos.add_argument("--latency-ms", type=float, default=0.0, help="added latency per request")
+    chaos.add_argument("--jitter-ms", type=float, default=0.0, help="uniform extra latency per request")
+    chaos.add_argument(
+        "--rate-limit",
+        type=float,
+        default=None,
+        metavar="PER_S",
+        help="requests/s over all API calls; excess gets a bare 429",
+    )
+    chaos.add_argument(
+        "--rate-burst", type=float, default=None, help="token bucket size (default: rate/10, min 1)"
+    )
+    chaos.add_argument(
+        "--fault-5xx-before",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability of a 5xx before the request takes effect",
+    )
+    chaos.add_argument(
+        "--fault-5xx-after",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability of a 5xx after the request took effect (ambiguous send)",
+    )
+    chaos.add_argument(
+        "--fault-drop",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability of closing the connection without an answer",
+    )
+    chaos.add_argument("--seed", type=int, default=None, help="seed for reproducible faults and jitter")
+
+
+def config_from_args(args: argparse.Namespace) -> SandboxConfig:
+    """The :class:`SandboxConfig` the options describe (``ValueError`` when inconsistent)."""
+    return SandboxConfig(
+        secret_key=args.secret_key or os.environ.get(SECRET_ENV) or DEFAULT_SECRET_KEY,
+        project_id=args.project_id,
+        sending_after_s=args.sending_after_s,
+        final_after_s=args.final_after_s,
+        soft_bounce_retry_s=args.soft_bounce_retry_s,
+        hold_s=args.hold_s,
+        rate_limit_per_s=args.rate_limit,
+        rate_limit_burst=args.rate_burst,
+        fault_5xx_before_p=args.fault_5xx_before,
+        fault_5xx_after_p=args.fault_5xx_after,
+        fault_drop_p=args.fault_drop,
+        latency_ms=args.latency_ms,
+        latency_jitter_ms=args.jitter_ms,
+        allowed_from_domains=tuple(args.allow_from_domain) if args.allow_from_domain else None,
+        seed=args.seed,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT or SIGTERM; returns the process exit code."""
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"bulksend sandbox: {exc}", file=sys.stderr)
+        return 2
+    if not is_loopback_host(args.host):
+        print(
+            f"warning: binding {args.host}, which is not loopback: the /_sandbox/* inspection endpoints "
+            "need no authentication, so anyone who can reach this port can read and reset the sandbox",
+            file=sys.stderr,
+        )
+    try:
+        anyio.run(
+            _serve, config, args.host, args.port, backend="asyncio", backend_options={"use_uvloop": True}
+        )
+    except OSError as exc:
+        print(
+            f"bulksend sandbox: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+async def _serve(config: SandboxConfig, host: str, port: int) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with Sandbox(config, host=host, port=port) as sandbox:
+            # The sandbox key is not a real credential, but a custom one might be: only echo the default.
+            key = DEFAULT_SECRET_KEY if config.secret_key == DEFAULT_SECRET_KEY else "<your --secret-key>"
+            print(
+                f"bulksend sandbox listening on {sandbox.url} — point bulksend at it with "
+                f"SCW_API_URL={sandbox.url} SCW_SECRET_KEY={key} (Ctrl-C to stop)",
+                flush=True,
+            )
+            async for _ in signals:
+                break

@@ -1,0 +1,140 @@
+"""Settings and counters of the sandbox: :class:`SandboxConfig` and :class:`SandboxStats`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+__all__ = ["DEFAULT_PROJECT_ID", "DEFAULT_SECRET_KEY", "SandboxConfig", "SandboxStats"]
+
+DEFAULT_SECRET_KEY = "sandbox-secret"
+"""Not a real key: the sandbox only ever compares it with ``X-Auth-Token``."""
+DEFAULT_PROJECT_ID = "11111111-2222-4333-8444-555555555555"
+
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxConfig:
+    """How the sandbox behaves. Change it live with ``Sandbox.update(**changes)``.
+
+    Times are in seconds of the sandbox clock; probabilities are in [0, 1] and the three fault
+    probabilities together must not exceed 1. Lifecycle timings are captured per email when it is
+    created, so a live change affects new emails only.
+    """
+
+    secret_key: str = field(default=DEFAULT_SECRET_KEY, repr=False)
+    """The ``X-Auth-Token`` every TEM request must carry (never shown in a repr)."""
+    project_id: str = DEFAULT_PROJECT_ID
+    """Project used when a send omits ``project_id``."""
+    sending_after_s: float = 0.0
+    """Time an email stays ``new`` before ``sending``."""
+    final_after_s: float = 0.0
+    """Time in ``sending`` before each delivery attempt completes."""
+    soft_bounce_retry_s: float = 0.0
+    """Extra wait before each retry after a soft bounce or greylisting."""
+    hold_s: float = 3600.0
+    """How long ``hold…`` recipients stay ``new`` (so cancel can be exercised)."""
+    rate_limit_per_s: float | None = None
+    """Token bucket on every TEM API request; ``None`` disables it."""
+    rate_limit_burst: float | None = None
+    """Bucket size; ``None`` means ``max(1, rate_limit_per_s / 10)``."""
+    fault_5xx_before_p: float = 0.0
+    """Probability of a 5xx answered before the request takes effect (no email created)."""
+    fault_5xx_after_p: float = 0.0
+    """Probability of a 5xx answered after the request took effect (email created)."""
+    fault_drop_p: float = 0.0
+    """Probability of closing the connection without an answer; a fair coin decides whether the
+    request took effect first."""
+    latency_ms: float = 0.0
+    """Added latency per TEM request."""
+    latency_jitter_ms: float = 0.0
+    """Uniform extra latency in [0, latency_jitter_ms) per TEM request."""
+    allowed_from_domains: tuple[str, ...] | None = None
+    """When set, a sender outside these domains gets 400 "Invalid email from address"."""
+    seed: int | None = None
+    """Seed of the fault and jitter generator, for reproducible runs."""
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if not UUID_RE.match(self.project_id):
+            problems.append(f"project_id must be a UUID, got {self.project_id!r}")
+        for name in (
+            "sending_after_s",
+            "final_after_s",
+            "soft_bounce_retry_s",
+            "hold_s",
+            "latency_ms",
+            "latency_jitter_ms",
+        ):
+            if float(getattr(self, name)) < 0:
+                problems.append(f"{name} must be >= 0")
+        probabilities = ("fault_5xx_before_p", "fault_5xx_after_p", "fault_drop_p")
+        for name in probabilities:
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                problems.append(f"{name} must be within [0, 1]")
+        if sum(float(getattr(self, n)) for n in probabilities) > 1.0 + 1e-9:
+            problems.append("the fault probabilities must add up to at most 1")
+        if self.rate_limit_per_s is not None and self.rate_limit_per_s <= 0:
+            problems.append("rate_limit_per_s must be > 0 (or None to disable)")
+        if self.rate_limit_burst is not None and self.rate_limit_burst < 1:
+            problems.append("rate_limit_burst must be >= 1")
+        if self.allowed_from_domains is not None and not isinstance(self.allowed_from_domains, tuple):
+            # A list would make the dataclass unhashable and invite accidental mutation.
+            object.__setattr__(self, "allowed_from_domains", tuple(self.allowed_from_domains))
+        if problems:
+            raise ValueError("invalid sandbox configuration: " + "; ".join(problems))
+
+    @property
+    def burst(self) -> float:
+        """The effective token-bucket size (only meaningful when rate limiting is on)."""
+        if self.rate_limit_burst is not None:
+            return float(self.rate_limit_burst)
+        return max(1.0, (self.rate_limit_per_s or 0.0) / 10.0)
+
+    def to_public_json(self) -> dict[str, Any]:
+        """The settings as JSON-able data, with the secret key masked."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["secret_key"] = "***"
+        if self.allowed_from_domains is not None:
+            out["allowed_from_domains"] = list(self.allowed_from_domains)
+        return out
+
+    @classmethod
+    def field_names(cls) -> frozenset[str]:
+        """Names accepted by ``Sandbox.update`` and ``PATCH /_sandbox/config``."""
+        return frozenset(f.name for f in fields(cls))
+
+
+@dataclass(slots=True)
+class SandboxStats:
+    """What the sandbox saw; also served as JSON by ``GET /_sandbox/stats``."""
+
+    accepted_by_recipient: dict[str, int] = field(default_factory=dict)
+    """Lower-cased recipient address → number of emails created for it."""
+    requests: dict[str, int] = field(default_factory=dict)
+    """TEM requests by kind: send, get, list, cancel, statistics, other."""
+    rate_limited: int = 0
+    """429 answers served."""
+    faults: dict[str, int] = field(default_factory=dict)
+    """Injected faults: 5xx_before, 5xx_after, drop_created, drop_not_created."""
+    emails_total: int = 0
+    """Emails created (one per recipient)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The stats as JSON-able data."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SandboxStats:
+        """Rebuild from the inspection endpoint's JSON."""
+        return cls(
+            accepted_by_recipient={
+                str(k): int(v) for k, v in (data.get("accepted_by_recipient") or {}).items()
+            },
+            requests={str(k): int(v) for k, v in (data.get("requests") or {}).items()},
+            rate_limited=int(data.get("rate_limited") or 0),
+            faults={str(k): int(v) for k, v in (data.get("faults") or {}).items()},
+            emails_total=int(data.get("emails_total") or 0),
+        )

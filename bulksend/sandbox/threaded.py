@@ -1,0 +1,55 @@
+"""Run a :class:`Sandbox` on its own event loop in a background thread, for synchronous callers
+(the official Scaleway SDK, scripts, sync test suites)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from .app import Sandbox
+from .config import SandboxConfig, SandboxStats
+
+__all__ = ["ThreadedSandbox", "sandbox_in_thread"]
+
+
+class ThreadedSandbox:
+    """A handle on a sandbox served from another thread; every call crosses into its loop."""
+
+    def __init__(self, sandbox: Sandbox, portal: BlockingPortal) -> None:
+        self._sandbox = sandbox
+        self._portal = portal
+
+    @property
+    def url(self) -> str:
+        return self._sandbox.url
+
+    @property
+    def config(self) -> SandboxConfig:
+        return self._sandbox.config
+
+    def stats(self) -> SandboxStats:
+        return self._portal.call(self._sandbox.stats)
+
+    def update(self, **changes: Any) -> SandboxConfig:
+        return self._portal.call(lambda: self._sandbox.update(**changes))
+
+    def reset(self) -> None:
+        self._portal.call(self._sandbox.reset)
+
+
+@contextmanager
+def sandbox_in_thread(
+    config: SandboxConfig | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    clock: Callable[[], float] | None = None,
+) -> Iterator[ThreadedSandbox]:
+    """Serve a sandbox from a background thread for the duration of the ``with`` block."""
+    with start_blocking_portal() as portal:
+        sandbox = Sandbox(config, host=host, port=port, clock=clock)
+        with portal.wrap_async_context_manager(sandbox):
+            yield ThreadedSandbox(sandbox, portal)
