@@ -1,0 +1,928 @@
+"""The campaign model: a TOML campaign file (or an equivalent mapping) turned into a validated,
+immutable :class:`Campaign`.
+
+Every campaign-level mistake is found here, before anything is sent, and raised as
+:class:`~bulksend.errors.CampaignError` naming the file, the line and the fix. Templates are
+compiled up front (syntax errors point into the template's own file), campaign attachments are
+loaded and base64-encoded once, and the recipients file is checked (suffix, existence, CSV header).
+
+The reference of every key is ``docs/campaign-file.md``.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import hashlib
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Any, Final, NoReturn
+
+import orjson
+from jinja2 import StrictUndefined, TemplateSyntaxError
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
+
+from bulksend.errors import CampaignError
+from bulksend.sources.files import RECIPIENT_SUFFIXES, check_recipients
+from bulksend.tem.models import Address, Attachment, format_rfc3339, parse_rfc3339
+from bulksend.validate import (
+    MAX_ATTACHMENTS,
+    MAX_EMAIL_BYTES,
+    check_address,
+    check_attachment,
+    check_header,
+    check_subject,
+)
+
+__all__ = [
+    "CORRELATION_HEADER",
+    "Campaign",
+    "OutputSettings",
+    "SendingSettings",
+    "TrackingSettings",
+    "campaign_from_dict",
+    "guess_attachment_type",
+    "load_campaign",
+    "new_template_environment",
+]
+
+CORRELATION_HEADER: Final = "X-Bulksend-Ref"
+"""Added to every email by the renderer; reserved (a campaign may not set it)."""
+
+MAX_PAGE_SIZE: Final = 1000
+
+# Attachment MIME types by extension. An explicit table rather than the ``mimetypes`` module:
+# that module reads the machine's /etc/mime.types, so the same campaign would be accepted on one
+# machine and refused on another. Extensions not listed get application/octet-stream (refused).
+_MIME_BY_SUFFIX: Final[Mapping[str, str]] = {
+    ".pdf": "application/pdf",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".svg": "image/svg+xml",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+    ".csv": "text/csv",
+    ".txt": "text/plain",
+    ".text": "text/plain",
+    ".htm": "text/html",
+    ".html": "text/html",
+    ".ics": "text/calendar",
+    ".ical": "text/calendar",
+    ".xml": "application/xml",
+    ".doc": "application/msword",
+    ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    ".odt": "application/vnd.oasis.opendocument.text",
+    ".xls": "application/vnd.ms-excel",
+    ".xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    ".xltx": "application/vnd.openxmlformats-officedocument.spreadsheetml.template",
+    ".ods": "application/vnd.oasis.opendocument.spreadsheet",
+    ".ppt": "application/vnd.ms-powerpoint",
+    ".pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    ".ppsx": "application/vnd.openxmlformats-officedocument.presentationml.slideshow",
+    ".potx": "application/vnd.openxmlformats-officedocument.presentationml.template",
+    ".mp3": "audio/mpeg",
+    ".wav": "audio/wav",
+    ".p7m": "application/pkcs7-mime",
+    ".p7s": "application/pkcs7-signature",
+    ".p7c": "application/x-pkcs7-mime",
+    ".p7b": "application/x-pkcs7-certificates",
+    ".p7r": "application/x-pkcs7-certreqresp",
+    ".crl": "application/x-pkcs7-crl",
+    ".p10": "application/pkcs10",
+    ".p12": "application/x-pkcs12",
+    ".pfx": "application/x-pkcs12",
+    ".dwg": "image/vnd.dwg",
+    ".dxf": "image/vnd.dxf",
+    ".dwf": "model/vnd.dwf",
+    ".dwt": "application/vnd.dwt",
+}
+
+
+def guess_attachment_type(name: str) -> str:
+    """The MIME type sent for an attachment file name (``application/octet-stream`` if unknown)."""
+    return _MIME_BY_SUFFIX.get(Path(name).suffix.lower(), "application/octet-stream")
+
+
+def new_template_environment(*, html: bool) -> SandboxedEnvironment:
+    """The Jinja2 environment every campaign template is compiled with.
+
+    Sandboxed (templates cannot reach Python internals, nor modify the lists and objects they are
+    given, so one template cannot change what the next one sees), ``StrictUndefined`` (a missing
+    variable is an error, never an empty string) and autoescaping only for the HTML body. Trailing
+    newlines of template files are kept.
+    """
+    return ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined,
+        autoescape=html,
+        keep_trailing_newline=True,
+        auto_reload=False,
+        cache_size=0,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendingSettings:
+    """How fast to send. ``rate_per_s`` is one budget for every call that costs API quota."""
+
+    rate_per_s: float = 100
+    concurrency: int = 64
+    max_attempts: int = 6
+    max_retry_s: float = 300
+    timeout_s: float = 30
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    """How final statuses are learned. ``settle_s``: wait after an ambiguous send before reconciling."""
+
+    poll_interval_s: float = 5
+    give_up_after_s: float = 259200
+    page_size: int = 1000
+    settle_s: float = 30
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """Where outcomes go (``.jsonl`` or ``.csv``)."""
+
+    outcomes: Path
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """A validated campaign. ``subject``, ``text``, ``html`` and header values are template SOURCES
+    (compiled by :class:`bulksend.render.Renderer`); attachments are loaded and base64-encoded.
+
+    ``fingerprint`` is a sha256 over the resolved content (id, sender, templates, headers,
+    attachments, recipients path, send_before), not over the sending/tracking settings, so a
+    resumed campaign can be told apart from an edited one while its pace may still be changed.
+    """
+
+    id: str
+    path: Path
+    from_: Address
+    subject: str
+    text: str
+    html: str
+    recipients: Path
+    headers: tuple[tuple[str, str], ...]
+    attachments: tuple[Attachment, ...]
+    send_before: datetime | None
+    sending: SendingSettings
+    tracking: TrackingSettings
+    output: OutputSettings
+    store_path: Path
+    fingerprint: str = field(repr=False)
+
+    @property
+    def attachments_bytes(self) -> int:
+        """Size of the campaign attachments once encoded (base64), as they count toward 2 MB."""
+        return sum(len(a.content) for a in self.attachments)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+_SCHEMA: Final[Mapping[str, frozenset[str]]] = {
+    "campaign": frozenset(
+        {
+            "id",
+            "from",
+            "subject",
+            "text",
+            "text_file",
+            "html",
+            "html_file",
+            "recipients",
+            "headers",
+            "attachments",
+            "send_before",
+        }
+    ),
+    "sending": frozenset({"rate_per_s", "concurrency", "max_attempts", "max_retry_s", "timeout_s"}),
+    "tracking": frozenset({"poll_interval_s", "give_up_after_s", "page_size", "settle_s"}),
+    "output": frozenset({"outcomes"}),
+    "store": frozenset({"path"}),
+}
+_FROM_KEYS: Final = frozenset({"email", "name"})
+_ATTACHMENT_KEYS: Final = frozenset({"path", "name", "type"})
+_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_FROM_TEXT_RE: Final = re.compile(r"^\s*(.*?)\s*<\s*([^<>]+?)\s*>\s*$")
+_OFFSET_RE: Final = re.compile(r"([Zz]|[+-]\d{2}:?\d{2})$")
+_TOML_POS_RE: Final = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+def load_campaign(path: Path | str, *, overrides: Mapping[str, Any] | None = None) -> Campaign:
+    """Read, validate and resolve a TOML campaign file.
+
+    ``overrides`` replace keys of the file, either nested (``{"sending": {"rate_per_s": 10}}``) or
+    dotted (``{"sending.rate_per_s": 10}``); they are validated like the file, and relative paths
+    in them are resolved against the campaign file's folder too. Raises :class:`CampaignError`.
+    """
+    p = Path(path)
+    label = str(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise CampaignError("the campaign file does not exist; check the path", path=label) from None
+    except OSError as exc:
+        raise CampaignError(f"the campaign file cannot be read ({exc.strerror})", path=label) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise CampaignError(
+            "the campaign file is not valid UTF-8; save it as UTF-8", path=label, line=line
+        ) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        m = _TOML_POS_RE.search(message)
+        toml_line = int(m.group(1)) if m else None
+        detail = _TOML_POS_RE.sub("", message).strip()
+        col = f", column {m.group(2)}" if m else ""
+        raise CampaignError(
+            f"TOML syntax error{col}: {detail}; fix the syntax (strings need quotes, tables are "
+            f"written [name], each key = value on its own line)",
+            path=label,
+            line=toml_line,
+        ) from None
+    overridden: set[tuple[str, ...]] = set()
+    if overrides:
+        data = _apply_overrides(data, overrides, overridden)
+    builder = _Builder(
+        data,
+        base_dir=p.resolve().parent,
+        source=label,
+        path=p.resolve(),
+        locator=_KeyLocator(text),
+        overridden=overridden,
+    )
+    return builder.build()
+
+
+def campaign_from_dict(data: Mapping[str, Any], *, base_dir: Path, source: str) -> Campaign:
+    """Validate a campaign given as a mapping (same shape and rules as the TOML file).
+
+    Relative paths resolve against ``base_dir``; ``source`` names the campaign in error messages
+    (there are no line numbers). The campaign's ``path`` is ``base_dir``. Raises
+    :class:`CampaignError`.
+    """
+    if not isinstance(data, Mapping):
+        raise CampaignError("a campaign must be an object with a 'campaign' table", path=source)
+    base = Path(base_dir).resolve()
+    builder = _Builder(
+        data,
+        base_dir=base,
+        source=source,
+        path=base,
+        locator=None,
+        overridden=set(),
+    )
+    return builder.build()
+
+
+def _apply_overrides(
+    data: dict[str, Any], overrides: Mapping[str, Any], overridden: set[tuple[str, ...]]
+) -> dict[str, Any]:
+    """Deep-merge ``overrides`` into a copy of ``data``, remembering which key paths came from them."""
+    out: dict[str, Any] = _deep_copy(data)
+
+    def put(keypath: tuple[str, ...], value: Any) -> None:
+        if isinstance(value, Mapping) and not (
+            keypath == ("campaign", "from") or keypath == ("campaign", "headers")
+        ):
+            for k, v in value.items():
+                put((*keypath, *str(k).split(".")), v)
+            return
+        node = out
+        for part in keypath[:-1]:
+            nxt = node.get(part)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[part] = nxt
+            node = nxt
+        node[keypath[-1]] = dict(value) if isinstance(value, Mapping) else value
+        overridden.add(keypath)
+
+    for key, value in overrides.items():
+        put(tuple(str(key).split(".")), value)
+    return out
+
+
+def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+
+
+class _KeyLocator:
+    """Find the line where a key is written in a TOML text (tomllib keeps no positions).
+
+    A light scan: table headers and ``key =`` lines, skipping multi-line strings and arrays. A key
+    written inside an inline table or array is found at its parent key's line.
+    """
+
+    _KEY = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|'[^']*')"""
+    _DOTTED = rf"{_KEY}(?:\s*\.\s*{_KEY})*"
+    _TABLE_RE = re.compile(rf"^\s*\[\[?\s*({_DOTTED})\s*\]\]?")
+    _ASSIGN_RE = re.compile(rf"^\s*({_DOTTED})\s*=\s*(.*)$")
+    _PART_RE = re.compile(_KEY)
+
+    def __init__(self, text: str) -> None:
+        self.lines: dict[tuple[str, ...], int] = {}
+        self.values: dict[tuple[str, ...], str] = {}
+        table: tuple[str, ...] = ()
+        in_string: str | None = None
+        depth = 0
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if in_string is not None:
+                if line.count(in_string) % 2 == 1:
+                    in_string = None
+                continue
+            if depth > 0:
+                depth += _bracket_balance(line)
+                continue
+            m = self._TABLE_RE.match(line)
+            if m and not self._ASSIGN_RE.match(line):
+                table = self._parts(m.group(1))
+                self.lines.setdefault(table, lineno)
+                continue
+            m = self._ASSIGN_RE.match(line)
+            if not m:
+                continue
+            keypath = table + self._parts(m.group(1))
+            self.lines.setdefault(keypath, lineno)
+            self.values.setdefault(keypath, m.group(2))
+            rest = m.group(2)
+            for quote in ('"""', "'''"):
+                if rest.startswith(quote) and rest.count(quote) % 2 == 1:
+                    in_string = quote
+            if in_string is None and rest.startswith("["):
+                depth = _bracket_balance(rest)
+
+    def _parts(self, dotted: str) -> tuple[str, ...]:
+        parts = []
+        for m in self._PART_RE.finditer(dotted):
+            part = m.group(0)
+            if part[0] in "\"'":
+                part = part[1:-1]
+            parts.append(part)
+        return tuple(parts)
+
+    def line(self, keypath: tuple[str, ...]) -> int | None:
+        """The line of ``keypath``, else of its closest written parent, else None."""
+        for n in range(len(keypath), 0, -1):
+            found = self.lines.get(keypath[:n])
+            if found is not None:
+                return found
+        return None
+
+    def value_starts_on_next_line(self, keypath: tuple[str, ...]) -> bool:
+        """True for ``key = \"\"\"`` + newline, where TOML trims that first newline."""
+        rest = self.values.get(keypath, "").strip()
+        return rest in ('"""', "'''")
+
+
+def _bracket_balance(text: str) -> int:
+    # Good enough for arrays of paths and numbers; brackets inside strings are rare in this file.
+    return text.count("[") - text.count("]")
+
+
+class _Builder:
+    def __init__(
+        self,
+        data: Mapping[str, Any],
+        *,
+        base_dir: Path,
+        source: str,
+        path: Path,
+        locator: _KeyLocator | None,
+        overridden: set[tuple[str, ...]],
+    ) -> None:
+        self.data = data
+        self.base_dir = base_dir
+        self.source = source
+        self.path = path
+        self.locator = locator
+        self.overridden = overridden
+
+    # -- errors ---------------------------------------------------------------------------------
+
+    def fail(self, message: str, *keypath: str) -> NoReturn:
+        """Raise a CampaignError located at ``keypath`` (its line in the file, when known)."""
+        for n in range(len(keypath), 0, -1):
+            if keypath[:n] in self.overridden:
+                dotted = ".".join(keypath[:n])
+                raise CampaignError(f"override {dotted!r}: {message}", path=self.source)
+        line = self.locator.line(keypath) if self.locator is not None and keypath else None
+        raise CampaignError(message, path=self.source, line=line)
+
+    def _unknown_key(self, key: str, known: frozenset[str], where: str, *keypath: str) -> NoReturn:
+        hint = ""
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+        if close:
+            hint = f"; did you mean {close[0]!r}?"
+        else:
+            homes = [s for s, keys in _SCHEMA.items() if key in keys]
+            if homes:
+                hint = f"; {key!r} belongs in the [{homes[0]}] table"
+            else:
+                hint = f"; known keys: {', '.join(sorted(known))}"
+        self.fail(f"unknown key {key!r} in {where}{hint}", *keypath, key)
+
+    # -- typed getters --------------------------------------------------------------------------
+
+    def table(self, name: str) -> Mapping[str, Any]:
+        value = self.data.get(name, {})
+        if not isinstance(value, Mapping):
+            self.fail(f"{name!r} must be a table, written [{name}] on its own line", name)
+        for key in value:
+            if key not in _SCHEMA[name]:
+                self._unknown_key(key, _SCHEMA[name], f"[{name}]", name)
+        return value
+
+    def string(self, section: Mapping[str, Any], *keypath: str, required: bool = False) -> str | None:
+        value = section.get(keypath[-1])
+        if value is None:
+            if required:
+                self.fail(f'[{keypath[0]}] needs {keypath[-1]!r}; add {keypath[-1]} = "…"', keypath[0])
+            return None
+        if not isinstance(value, str):
+            self.fail(f"{'.'.join(keypath)} must be a string (in quotes)", *keypath)
+        return value
+
+    def number(
+        self,
+        section: Mapping[str, Any],
+        section_name: str,
+        key: str,
+        default: float,
+        *,
+        integer: bool = False,
+        minimum: float,
+        exclusive: bool = False,
+        maximum: float | None = None,
+    ) -> float:
+        value = section.get(key, default)
+        what = "a whole number" if integer else "a number"
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (integer and not isinstance(value, int))
+        ):
+            self.fail(f"{section_name}.{key} must be {what} (got {value!r})", section_name, key)
+        if not math.isfinite(value):
+            self.fail(f"{section_name}.{key} must be finite (got {value!r})", section_name, key)
+        if value < minimum or (exclusive and value == minimum):
+            bound = f"greater than {minimum:g}" if exclusive else f"at least {minimum:g}"
+            self.fail(f"{section_name}.{key} must be {bound} (got {value!r})", section_name, key)
+        if maximum is not None and value > maximum:
+            self.fail(f"{section_name}.{key} must be at most {maximum:g} (got {value!r})", section_name, key)
+        return value
+
+    def resolve(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    # -- build ----------------------------------------------------------------------------------
+
+    def build(self) -> Campaign:
+        for name in self.data:
+            if name not in _SCHEMA:
+                known = frozenset(_SCHEMA)
+                close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+                homes = [s for s, keys in _SCHEMA.items() if name in keys]
+                if isinstance(self.data[name], Mapping) and close:
+                    hint = f"; did you mean [{close[0]}]?"
+                elif homes:
+                    hint = f"; {name!r} belongs in the [{homes[0]}] table"
+                else:
+                    hint = f"; the tables are {', '.join(f'[{s}]' for s in _SCHEMA)}"
+                self.fail(f"unknown key {name!r} at the top level{hint}", name)
+        if "campaign" not in self.data:
+            self.fail("the [campaign] table is missing; start the file with [campaign] and its keys")
+        c = self.table("campaign")
+
+        campaign_id = self.string(c, "campaign", "id", required=True)
+        assert campaign_id is not None
+        if not _ID_RE.match(campaign_id):
+            self.fail(
+                f"campaign.id {campaign_id!r} is not usable; use 1–64 letters, digits, '.', '_' or "
+                f"'-', starting with a letter or digit",
+                "campaign",
+                "id",
+            )
+
+        from_ = self.sender(c)
+        subject = self.string(c, "campaign", "subject", required=True)
+        assert subject is not None
+        if not subject.strip():
+            self.fail("campaign.subject is empty; write the subject line", "campaign", "subject")
+        self.compile(subject, "subject", ("campaign", "subject"), html=False)
+        if not _has_template_syntax(subject):
+            reason = check_subject(subject)
+            if reason:
+                self.fail(f"campaign.subject: {reason}", "campaign", "subject")
+
+        text = self.body(c, "text", html=False)
+        html = self.body(c, "html", html=True)
+        if not text.strip() and not html.strip():
+            self.fail(
+                "the campaign has no body; add text (or text_file) and/or html (or html_file)",
+                "campaign",
+            )
+
+        recipients = self.recipients(c)
+        headers = self.headers(c)
+        attachments = self.attachments(c)
+        send_before = self.send_before(c)
+        sending = self.sending()
+        tracking = self.tracking()
+        output = self.output(campaign_id)
+        store_path = self.store(output)
+
+        fingerprint = _fingerprint(
+            campaign_id, from_, subject, text, html, headers, attachments, recipients, send_before
+        )
+        return Campaign(
+            id=campaign_id,
+            path=self.path,
+            from_=from_,
+            subject=subject,
+            text=text,
+            html=html,
+            recipients=recipients,
+            headers=headers,
+            attachments=attachments,
+            send_before=send_before,
+            sending=sending,
+            tracking=tracking,
+            output=output,
+            store_path=store_path,
+            fingerprint=fingerprint,
+        )
+
+    def sender(self, c: Mapping[str, Any]) -> Address:
+        value = c.get("from")
+        fix = 'write from = { email = "news@example.com", name = "Example News" }'
+        if value is None:
+            self.fail(f"[campaign] needs 'from' (the sender); {fix}", "campaign")
+        if isinstance(value, str):
+            m = _FROM_TEXT_RE.match(value)
+            email, name = (m.group(2), m.group(1).strip('"').strip()) if m else (value.strip(), "")
+        elif isinstance(value, Mapping):
+            for key in value:
+                if key not in _FROM_KEYS:
+                    self._unknown_key(key, _FROM_KEYS, "campaign.from", "campaign", "from")
+            email, name = value.get("email"), value.get("name", "")
+            if not isinstance(email, str):
+                self.fail(f"campaign.from needs an 'email' string; {fix}", "campaign", "from")
+            if not isinstance(name, str):
+                self.fail("campaign.from.name must be a string", "campaign", "from", "name")
+        else:
+            self.fail(f"campaign.from must be a table or a string; {fix}", "campaign", "from")
+        reason = check_address(email)
+        if reason:
+            self.fail(
+                f"campaign.from: {reason}; use the address of a domain verified in TEM",
+                "campaign",
+                "from",
+            )
+        if "\r" in name or "\n" in name:
+            self.fail("campaign.from.name contains a line break; remove it", "campaign", "from", "name")
+        return Address(email=email.strip(), name=name or None)
+
+    def body(self, c: Mapping[str, Any], kind: str, *, html: bool) -> str:
+        inline = self.string(c, "campaign", kind)
+        file_value = self.string(c, "campaign", f"{kind}_file")
+        if inline is not None and file_value is not None:
+            self.fail(f"give either {kind} or {kind}_file, not both; remove one", "campaign", f"{kind}_file")
+        if file_value is not None:
+            file_path = self.resolve(file_value)
+            try:
+                source = file_path.read_bytes().decode("utf-8-sig")
+            except FileNotFoundError:
+                self.fail(
+                    f"campaign.{kind}_file: {str(file_path)!r} does not exist; fix the path (relative "
+                    f"to the campaign file's folder)",
+                    "campaign",
+                    f"{kind}_file",
+                )
+            except UnicodeDecodeError:
+                self.fail(
+                    f"campaign.{kind}_file: {str(file_path)!r} is not valid UTF-8; save it as UTF-8",
+                    "campaign",
+                    f"{kind}_file",
+                )
+            except OSError as exc:
+                self.fail(
+                    f"campaign.{kind}_file: {str(file_path)!r} cannot be read ({exc.strerror})",
+                    "campaign",
+                    f"{kind}_file",
+                )
+            self.compile(source, kind, ("campaign", f"{kind}_file"), html=html, file=file_path)
+            return source
+        source = inline or ""
+        self.compile(source, kind, ("campaign", kind), html=html)
+        return source
+
+    def compile(
+        self,
+        source: str,
+        what: str,
+        keypath: tuple[str, ...],
+        *,
+        html: bool,
+        file: Path | None = None,
+    ) -> None:
+        """Compile a template now so a syntax error stops the campaign before any send."""
+        try:
+            new_template_environment(html=html).from_string(source)
+        except TemplateSyntaxError as exc:
+            detail = (exc.message or "invalid syntax").rstrip(".")
+            fix = "fix the template ({{ variable }}, {% if %}…{% endif %}, {% for %}…{% endfor %})"
+            if file is not None:
+                raise CampaignError(
+                    f"template syntax error in the {what} template: {detail}; {fix}",
+                    path=str(file),
+                    line=exc.lineno,
+                ) from None
+            for n in range(len(keypath), 0, -1):
+                if keypath[:n] in self.overridden:
+                    self.fail(f"template syntax error in the {what} template: {detail}", *keypath)
+            line = None
+            if self.locator is not None:
+                base = self.locator.line(keypath)
+                if base is not None:
+                    line = base + (exc.lineno or 1) - 1
+                    if self.locator.value_starts_on_next_line(keypath):
+                        line += 1
+            raise CampaignError(
+                f"template syntax error in the {what} template (line {exc.lineno} of the template): "
+                f"{detail}; {fix}",
+                path=self.source,
+                line=line,
+            ) from None
+
+    def recipients(self, c: Mapping[str, Any]) -> Path:
+        value = self.string(c, "campaign", "recipients", required=True)
+        assert value is not None
+        path = self.resolve(value)
+        if path.suffix.lower() not in RECIPIENT_SUFFIXES:
+            self.fail(
+                f"campaign.recipients: cannot read recipients from a {path.suffix or 'suffix-less'} "
+                f"file; use a .csv/.tsv file with an 'email' column or a .jsonl file",
+                "campaign",
+                "recipients",
+            )
+        if not path.is_file():
+            self.fail(
+                f"campaign.recipients: {str(path)!r} does not exist; fix the path (relative to the "
+                f"campaign file's folder)",
+                "campaign",
+                "recipients",
+            )
+        # The CSV header is checked now: a missing 'email' column is a campaign-level mistake.
+        check_recipients(path)
+        return path
+
+    def headers(self, c: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+        value = c.get("headers", {})
+        if not isinstance(value, Mapping):
+            self.fail(
+                'campaign.headers must be a table, like headers = { "List-Unsubscribe" = "<…>" }',
+                "campaign",
+                "headers",
+            )
+        out: list[tuple[str, str]] = []
+        seen: set[str] = set()
+        for key, template in value.items():
+            if not isinstance(template, str):
+                self.fail(f"header {key!r} must have a string value", "campaign", "headers", key)
+            reason = check_header(key, "x")
+            if reason:
+                self.fail(f"campaign.headers: {reason}", "campaign", "headers", key)
+            if key.lower() == CORRELATION_HEADER.lower():
+                self.fail(
+                    f"header {CORRELATION_HEADER!r} is set by bulksend on every email; remove it",
+                    "campaign",
+                    "headers",
+                    key,
+                )
+            if key.lower() in seen:
+                self.fail(f"header {key!r} is given twice; keep one", "campaign", "headers", key)
+            seen.add(key.lower())
+            self.compile(template, f"header {key}", ("campaign", "headers", key), html=False)
+            if not _has_template_syntax(template):
+                reason = check_header(key, template)
+                if reason:
+                    self.fail(f"campaign.headers: {reason}", "campaign", "headers", key)
+            out.append((key, template))
+        return tuple(out)
+
+    def attachments(self, c: Mapping[str, Any]) -> tuple[Attachment, ...]:
+        value = c.get("attachments", [])
+        if not isinstance(value, list):
+            self.fail('campaign.attachments must be a list, like ["brochure.pdf"]', "campaign", "attachments")
+        if len(value) > MAX_ATTACHMENTS:
+            self.fail(
+                f"campaign.attachments lists {len(value)} files; TEM allows at most {MAX_ATTACHMENTS}",
+                "campaign",
+                "attachments",
+            )
+        out: list[Attachment] = []
+        total = 0
+        for item in value:
+            name: Any = None
+            mime: Any = None
+            file_value: Any
+            if isinstance(item, str):
+                file_value = item
+            elif isinstance(item, Mapping):
+                for key in item:
+                    if key not in _ATTACHMENT_KEYS:
+                        self._unknown_key(key, _ATTACHMENT_KEYS, "an attachment", "campaign", "attachments")
+                file_value = item.get("path")
+                name = item.get("name")
+                mime = item.get("type")
+                if (
+                    not isinstance(file_value, str)
+                    or not isinstance(name, str | None)
+                    or not isinstance(mime, str | None)
+                ):
+                    self.fail(
+                        "an attachment table needs a string path (and optional string name and type), like "
+                        '{ path = "a.pdf", name = "Brochure.pdf" }',
+                        "campaign",
+                        "attachments",
+                    )
+            else:
+                self.fail(
+                    "campaign.attachments items must be file paths (strings)", "campaign", "attachments"
+                )
+            attachment = self.load_attachment(file_value, name, mime)
+            total += len(attachment.content)
+            if total > MAX_EMAIL_BYTES:
+                self.fail(
+                    f"the campaign attachments take {total:,} bytes once base64-encoded; a whole email "
+                    f"must stay under {MAX_EMAIL_BYTES:,} bytes; send a link instead",
+                    "campaign",
+                    "attachments",
+                )
+            out.append(attachment)
+        return tuple(out)
+
+    def load_attachment(self, file_value: str, name: str | None, mime: str | None) -> Attachment:
+        path = self.resolve(file_value)
+        name = name or path.name
+        mime = mime or guess_attachment_type(name)
+        try:
+            size = path.stat().st_size
+            # Refuse before reading: a huge file must not be loaded just to say it is too big.
+            encoded_size = 4 * ((size + 2) // 3)
+            if encoded_size > MAX_EMAIL_BYTES:
+                self.fail(
+                    f"attachment {str(path)!r} is {size:,} bytes ({encoded_size:,} once base64-encoded); "
+                    f"a whole email must stay under {MAX_EMAIL_BYTES:,} bytes; send a link instead",
+                    "campaign",
+                    "attachments",
+                )
+            content = base64.b64encode(path.read_bytes()).decode("ascii")
+        except FileNotFoundError:
+            self.fail(
+                f"attachment {str(path)!r} does not exist; fix the path (relative to the campaign file's "
+                f"folder)",
+                "campaign",
+                "attachments",
+            )
+        except IsADirectoryError:
+            self.fail(f"attachment {str(path)!r} is a folder, not a file", "campaign", "attachments")
+        except OSError as exc:
+            self.fail(f"attachment {str(path)!r} cannot be read ({exc.strerror})", "campaign", "attachments")
+        reason = check_attachment(name, mime, content)
+        if reason:
+            self.fail(
+                f"campaign.attachments: {reason}; convert it to an accepted type (PDF, image, text, "
+                f"office document, …)",
+                "campaign",
+                "attachments",
+            )
+        return Attachment(name=name, type=mime, content=content)
+
+    def send_before(self, c: Mapping[str, Any]) -> datetime | None:
+        value = c.get("send_before")
+        fix = 'write it as an RFC 3339 time with an offset, like send_before = "2026-12-31T00:00:00Z"'
+        if value is None:
+            return None
+        if isinstance(value, datetime):
+            if value.tzinfo is None:
+                self.fail(f"campaign.send_before has no time zone; {fix}", "campaign", "send_before")
+            return parse_rfc3339(value)
+        if isinstance(value, date | time):
+            self.fail(f"campaign.send_before must be a date and time; {fix}", "campaign", "send_before")
+        if not isinstance(value, str):
+            self.fail(f"campaign.send_before is not a time; {fix}", "campaign", "send_before")
+        text = value.strip()
+        try:
+            parsed = parse_rfc3339(text)
+        except ValueError:
+            parsed = None
+        if parsed is None:
+            self.fail(f"campaign.send_before {value!r} is not a time; {fix}", "campaign", "send_before")
+        if not _OFFSET_RE.search(text):
+            self.fail(f"campaign.send_before {value!r} has no time zone; {fix}", "campaign", "send_before")
+        return parsed
+
+    def sending(self) -> SendingSettings:
+        s = self.table("sending")
+        d = SendingSettings()
+        return SendingSettings(
+            rate_per_s=self.number(s, "sending", "rate_per_s", d.rate_per_s, minimum=0, exclusive=True),
+            concurrency=int(self.number(s, "sending", "concurrency", d.concurrency, integer=True, minimum=1)),
+            max_attempts=int(
+                self.number(s, "sending", "max_attempts", d.max_attempts, integer=True, minimum=1)
+            ),
+            max_retry_s=self.number(s, "sending", "max_retry_s", d.max_retry_s, minimum=0),
+            timeout_s=self.number(s, "sending", "timeout_s", d.timeout_s, minimum=0, exclusive=True),
+        )
+
+    def tracking(self) -> TrackingSettings:
+        t = self.table("tracking")
+        d = TrackingSettings()
+        return TrackingSettings(
+            poll_interval_s=self.number(
+                t, "tracking", "poll_interval_s", d.poll_interval_s, minimum=0, exclusive=True
+            ),
+            give_up_after_s=self.number(
+                t, "tracking", "give_up_after_s", d.give_up_after_s, minimum=0, exclusive=True
+            ),
+            page_size=int(
+                self.number(
+                    t, "tracking", "page_size", d.page_size, integer=True, minimum=1, maximum=MAX_PAGE_SIZE
+                )
+            ),
+            settle_s=self.number(t, "tracking", "settle_s", d.settle_s, minimum=0),
+        )
+
+    def output(self, campaign_id: str) -> OutputSettings:
+        o = self.table("output")
+        value = self.string(o, "output", "outcomes")
+        path = self.resolve(value) if value is not None else self.base_dir / "out" / f"{campaign_id}.jsonl"
+        if path.suffix.lower() not in (".jsonl", ".csv"):
+            self.fail(f"output.outcomes must end in .jsonl or .csv (got {path.name!r})", "output", "outcomes")
+        return OutputSettings(outcomes=path)
+
+    def store(self, output: OutputSettings) -> Path:
+        s = self.table("store")
+        value = self.string(s, "store", "path")
+        if value is None:
+            return output.outcomes.with_suffix(".db")
+        path = self.resolve(value)
+        if path == output.outcomes:
+            self.fail("store.path is the outcomes file; give the store its own file", "store", "path")
+        return path
+
+
+def _has_template_syntax(source: str) -> bool:
+    return "{{" in source or "{%" in source or "{#" in source
+
+
+def _fingerprint(
+    campaign_id: str,
+    from_: Address,
+    subject: str,
+    text: str,
+    html: str,
+    headers: tuple[tuple[str, str], ...],
+    attachments: tuple[Attachment, ...],
+    recipients: Path,
+    send_before: datetime | None,
+) -> str:
+    doc = {
+        "id": campaign_id,
+        "from": from_.to_json(),
+        "subject": subject,
+        "text": text,
+        "html": html,
+        "headers": [list(h) for h in headers],
+        "attachments": [
+            [a.name, a.type, hashlib.sha256(a.content.encode("ascii")).hexdigest()] for a in attachments
+        ],
+        "recipients": str(recipients),
+        "send_before": format_rfc3339(send_before) if send_before is not None else None,
+    }
+    return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()

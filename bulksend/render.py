@@ -1,0 +1,346 @@
+"""Turn one recipient into a ready-to-POST ``CreateEmailRequest`` body, or a :class:`Rejection`.
+
+:class:`Renderer` compiles every template of a campaign once (sandboxed Jinja2, ``StrictUndefined``,
+autoescaping for the HTML body only) and precomputes everything that is the same for every
+recipient: the JSON of the sender, ``project_id`` and ``send_before``, the campaign attachments'
+JSON fragment (which may be close to 2 MB and is never re-encoded), headers without variables, and
+templates without variables (rendered once). :meth:`Renderer.render` runs once per recipient and
+never raises: every problem becomes a :class:`Rejection` with a reason a person can act on.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+from jinja2 import Template, meta
+from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.sandbox import SandboxedEnvironment
+
+from bulksend.campaign import CORRELATION_HEADER, Campaign, guess_attachment_type, new_template_environment
+from bulksend.errors import CampaignError
+from bulksend.tem.models import Attachment, format_rfc3339
+from bulksend.validate import (
+    MAX_ATTACHMENTS,
+    MAX_EMAIL_BYTES,
+    check_address,
+    check_attachment,
+    check_header,
+    check_subject,
+)
+
+__all__ = ["Rejection", "RenderedEmail", "Renderer"]
+
+_UNDEFINED_RE: Final = re.compile(r"^'([^']+)' is undefined$")
+_ATTACHMENT_CACHE_ENTRIES: Final = 64
+_ATTACHMENT_CACHE_BYTES: Final = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedEmail:
+    """A ready-to-POST request body for exactly one recipient."""
+
+    body: bytes
+    """orjson-encoded CreateEmailRequest (``to`` = that one recipient, ``project_id`` filled)."""
+    subject: str
+    """The rendered subject (reconciliation searches TEM by it)."""
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why this recipient cannot be sent to; the rest of the campaign goes on."""
+
+    reason: str
+
+
+class _Part:
+    """One template: either a constant (no variables: rendered once) or a compiled template."""
+
+    __slots__ = ("constant", "template", "what")
+
+    def __init__(self, env: SandboxedEnvironment, source: str, what: str, campaign_id: str) -> None:
+        self.what = what
+        self.template: Template | None = None
+        self.constant: str | None = None
+        try:
+            template = env.from_string(source)
+            names = meta.find_undeclared_variables(env.parse(source))
+        except Exception as exc:  # the campaign loader compiled it already; this is a safety net
+            raise CampaignError(f"the {what} template does not compile: {exc}") from None
+        # `random` would be frozen by rendering once, so such templates stay per-recipient.
+        if names <= {"campaign"} and "random" not in source:
+            try:
+                self.constant = template.render(campaign=campaign_id)
+            except Exception as exc:
+                raise CampaignError(
+                    f"the {what} template fails for every recipient: {type(exc).__name__}: {exc}; fix it"
+                ) from None
+        else:
+            self.template = template
+
+    def render(self, parent: dict[str, Any]) -> str:
+        """Render with ``parent`` = the environment globals merged with the recipient's variables.
+
+        What Template.render does, minus two costs that dominate a small template: merging the
+        globals into a fresh dict (done once per recipient by the caller, shared by every template
+        since they only read it) and rewriting the traceback of a failure (a failure here is a
+        routine per-row rejection, not something to debug).
+        """
+        if self.constant is not None:
+            return self.constant
+        t = self.template
+        assert t is not None
+        return t.environment.concat(t.root_render_func(t.new_context(parent, shared=True)))
+
+
+class Renderer:
+    """Renders one email per recipient for a campaign. Safe to share; ``render`` never raises."""
+
+    def __init__(self, campaign: Campaign, *, project_id: str) -> None:
+        """Compile every template once and precompute the constant parts of the request body.
+
+        Raises :class:`CampaignError` if a template without variables fails to render or a
+        constant header is refused (that would reject every recipient).
+        """
+        self.campaign = campaign
+        self.project_id = project_id
+        text_env = new_template_environment(html=False)
+        html_env = new_template_environment(html=True)
+        # Both environments have the same (default) globals: range, dict, lipsum, cycler, …
+        self._globals: dict[str, Any] = dict(text_env.globals)
+        cid = campaign.id
+        self._campaign_id = cid
+        self._subject = _Part(text_env, campaign.subject, "subject", cid)
+        self._text = _Part(text_env, campaign.text, "text", cid)
+        self._html = _Part(html_env, campaign.html, "html", cid)
+        if self._subject.constant is not None:
+            reason = check_subject(self._subject.constant)
+            if reason:
+                raise CampaignError(f"the subject is refused for every recipient: {reason}")
+
+        # Headers: constant ones are rendered and checked now; templated ones per recipient.
+        self._headers: list[tuple[str, _Part]] = []
+        for key, source in campaign.headers:
+            part = _Part(text_env, source, f"header {key}", cid)
+            if part.constant is not None:
+                reason = check_header(key, part.constant)
+                if reason:
+                    raise CampaignError(f"header {key!r} is refused for every recipient: {reason}")
+            self._headers.append((key, part))
+        self._all_headers_constant = all(p.constant is not None for _, p in self._headers)
+        self._constant_headers: list[dict[str, str]] = [
+            {"key": k, "value": p.constant} for k, p in self._headers if p.constant is not None
+        ]
+
+        # The body is spliced from bytes: a constant prefix, the attachments array, then the
+        # per-recipient object. The constant prefix and the campaign attachments are encoded once.
+        prefix: dict[str, Any] = {"from": campaign.from_.to_json(), "project_id": project_id}
+        if campaign.send_before is not None:
+            prefix["send_before"] = format_rfc3339(campaign.send_before)
+        self._prefix = orjson.dumps(prefix)[:-1]  # without the closing brace
+        self._campaign_attachments = b",".join(orjson.dumps(a.to_json()) for a in campaign.attachments)
+        self._n_campaign_attachments = len(campaign.attachments)
+
+        self._attachment_root = campaign.recipients.parent.resolve()
+        self._attachment_cache: OrderedDict[Path, tuple[int, int, bytes]] = OrderedDict()
+        self._attachment_cache_bytes = 0
+        # render() may run in worker threads; the cache is the only state it changes.
+        self._attachment_lock = threading.Lock()
+
+    def render(
+        self,
+        email: str,
+        name: str,
+        variables: Mapping[str, Any],
+        *,
+        correlation: str,
+        attachments: Sequence[str] = (),
+    ) -> RenderedEmail | Rejection:
+        """Render the email for one recipient, or say why it cannot be sent.
+
+        Template variables: every entry of ``variables`` plus ``email``, ``name`` and ``campaign``
+        (the campaign id), which win over variables of the same name. ``correlation`` is sent as
+        the ``X-Bulksend-Ref`` header. ``attachments`` are paths relative to the recipients file's
+        folder (and must stay inside it).
+        """
+        try:
+            return self._render(email, name, variables, correlation, attachments)
+        except Exception as exc:  # a last resort: render() must never stop a campaign
+            return Rejection(f"the email could not be built: {type(exc).__name__}: {exc}")
+
+    def _render(
+        self,
+        email: str,
+        name: str,
+        variables: Mapping[str, Any],
+        correlation: str,
+        attachments: Sequence[str],
+    ) -> RenderedEmail | Rejection:
+        email = email.strip()
+        reason = check_address(email)
+        if reason:
+            return Rejection(f"invalid recipient address: {reason}")
+        name = name.strip() if name else ""
+        if "\r" in name or "\n" in name:
+            return Rejection("the recipient name contains a line break; remove it")
+        reason = check_header(CORRELATION_HEADER, correlation)
+        if reason:
+            return Rejection(f"invalid correlation reference: {reason}")
+
+        ctx: dict[str, Any] = {**self._globals, **variables}
+        ctx["email"] = email
+        ctx["name"] = name
+        ctx["campaign"] = self._campaign_id
+
+        part = self._subject
+        try:
+            subject = part.render(ctx)
+            part = self._text
+            text = part.render(ctx)
+            part = self._html
+            html = part.render(ctx)
+            if self._all_headers_constant:
+                headers = [*self._constant_headers]
+            else:
+                headers = []
+                for key, part in self._headers:
+                    value = part.render(ctx)
+                    if part.constant is None:
+                        reason = check_header(key, value)
+                        if reason:
+                            return Rejection(f"after rendering, {reason}")
+                    headers.append({"key": key, "value": value})
+        except UndefinedError as exc:
+            message = str(exc)
+            m = _UNDEFINED_RE.match(message)
+            if m:
+                return Rejection(
+                    f"missing template variable {m.group(1)!r} in the {part.what} template; add a "
+                    f"{m.group(1)!r} column/key for this recipient or use "
+                    f"{{{{ {m.group(1)} | default('') }}}}"
+                )
+            return Rejection(f"missing template variable in the {part.what} template: {message}")
+        except SecurityError as exc:
+            return Rejection(f"the {part.what} template was stopped by the sandbox: {exc}")
+        except Exception as exc:
+            return Rejection(f"the {part.what} template failed: {type(exc).__name__}: {exc}")
+
+        if self._subject.constant is None:
+            reason = check_subject(subject)
+            if reason:
+                return Rejection(f"the rendered subject is refused: {reason}")
+        if not text and not html:
+            return Rejection("both the text and the html body rendered empty for this recipient")
+        headers.append({"key": CORRELATION_HEADER, "value": correlation})
+
+        attachments_json = self._campaign_attachments
+        if attachments:
+            if self._n_campaign_attachments + len(attachments) > MAX_ATTACHMENTS:
+                return Rejection(
+                    f"{self._n_campaign_attachments + len(attachments)} attachments; TEM allows at most "
+                    f"{MAX_ATTACHMENTS} per email"
+                )
+            fragments = [attachments_json] if attachments_json else []
+            for rel in attachments:
+                loaded = self._recipient_attachment(rel)
+                if isinstance(loaded, Rejection):
+                    return loaded
+                fragments.append(loaded)
+            attachments_json = b",".join(fragments)
+
+        to: dict[str, str] = {"email": email}
+        if name:
+            to["name"] = name
+        dynamic = orjson.dumps(
+            {
+                "to": [to],
+                "subject": subject,
+                "text": text,
+                "html": html,
+                "additional_headers": headers,
+            }
+        )
+        if attachments_json:
+            body = b"".join(
+                (self._prefix, b',"attachments":[', attachments_json, b"],", memoryview(dynamic)[1:])
+            )
+        else:
+            body = b"".join((self._prefix, b",", memoryview(dynamic)[1:]))
+        size = len(body)
+        if size > MAX_EMAIL_BYTES:
+            return Rejection(
+                f"the email is {size:,} bytes once encoded; TEM accepts at most {MAX_EMAIL_BYTES:,} "
+                f"(2 MB, attachments included); shorten the content or send a link instead of an attachment"
+            )
+        return RenderedEmail(body=body, subject=subject, size_bytes=size)
+
+    def _recipient_attachment(self, rel: str) -> bytes | Rejection:
+        """The JSON fragment of one per-recipient attachment, loaded (and cached) from disk."""
+        root = self._attachment_root
+        try:
+            path = (root / rel).resolve()
+        except (OSError, RuntimeError, ValueError) as exc:
+            return Rejection(f"attachment {rel!r} cannot be opened ({exc})")
+        # Recipient data may come from elsewhere than the person who wrote the campaign; keeping
+        # paths inside the recipients folder stops a row from mailing out an arbitrary file.
+        if not path.is_relative_to(root):
+            return Rejection(
+                f"attachment {rel!r} is outside the recipients file's folder ({str(root)!r}); "
+                f"put the file in that folder or below it"
+            )
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return Rejection(f"attachment {rel!r} does not exist (looked for {str(path)!r})")
+        except OSError as exc:
+            return Rejection(f"attachment {rel!r} cannot be read ({exc.strerror})")
+        with self._attachment_lock:
+            cached = self._attachment_cache.get(path)
+            if cached is not None and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
+                self._attachment_cache.move_to_end(path)
+                return cached[2]
+        encoded_size = 4 * ((st.st_size + 2) // 3)
+        if encoded_size > MAX_EMAIL_BYTES:
+            return Rejection(
+                f"attachment {rel!r} is {st.st_size:,} bytes ({encoded_size:,} once base64-encoded); "
+                f"a whole email must stay under {MAX_EMAIL_BYTES:,} bytes"
+            )
+        try:
+            data = path.read_bytes()
+        except IsADirectoryError:
+            return Rejection(f"attachment {rel!r} is a folder, not a file")
+        except OSError as exc:
+            return Rejection(f"attachment {rel!r} cannot be read ({exc.strerror})")
+        content = base64.b64encode(data).decode("ascii")
+        mime = guess_attachment_type(path.name)
+        reason = check_attachment(path.name, mime, content)
+        if reason:
+            return Rejection(f"per-recipient {reason}; send a PDF, an image, a text or an office document")
+        fragment = orjson.dumps(Attachment(name=path.name, type=mime, content=content).to_json())
+        self._remember(path, st.st_mtime_ns, st.st_size, fragment)
+        return fragment
+
+    def _remember(self, path: Path, mtime_ns: int, size: int, fragment: bytes) -> None:
+        with self._attachment_lock:
+            self._remember_locked(path, mtime_ns, size, fragment)
+
+    def _remember_locked(self, path: Path, mtime_ns: int, size: int, fragment: bytes) -> None:
+        cache = self._attachment_cache
+        old = cache.pop(path, None)
+        if old is not None:
+            self._attachment_cache_bytes -= len(old[2])
+        cache[path] = (mtime_ns, size, fragment)
+        self._attachment_cache_bytes += len(fragment)
+        while cache and (
+            len(cache) > _ATTACHMENT_CACHE_ENTRIES or self._attachment_cache_bytes > _ATTACHMENT_CACHE_BYTES
+        ):
+            _, evicted = cache.popitem(last=False)
+            self._attachment_cache_bytes -= len(evicted[2])
