@@ -1,0 +1,85 @@
+"""The outbox store: one protocol (:mod:`bulksend.store.base`), one backend per module.
+
+``open_store`` picks the backend from a URL or a path::
+
+    memory:                    MemoryStore (nothing persists; tests and --dry-run)
+    /var/lib/bulksend/x.db     SqliteStore on that file (a relative path is relative to the cwd)
+    sqlite:///abs/path.db      SqliteStore on /abs/path.db (three slashes, then an absolute path)
+    sqlite:relative.db         SqliteStore on relative.db
+    …?durability=normal        SqliteStore with synchronous=NORMAL (see bulksend.store.sqlite)
+    postgresql://…             not available yet
+
+The returned store is not opened yet: ``await store.open()`` (or ``async with store:``).
+"""
+
+from __future__ import annotations
+
+from os import PathLike, fspath
+from urllib.parse import parse_qs
+
+from bulksend.errors import ConfigError
+from bulksend.store.base import (
+    TRANSITIONS,
+    AdmitResult,
+    CampaignRecord,
+    CampaignState,
+    FinalUpdate,
+    NewRecipient,
+    RecipientRow,
+    RowState,
+    Store,
+)
+from bulksend.store.memory import MemoryStore
+from bulksend.store.sqlite import Durability, SqliteStore
+
+__all__ = [
+    "TRANSITIONS",
+    "AdmitResult",
+    "CampaignRecord",
+    "CampaignState",
+    "Durability",
+    "FinalUpdate",
+    "MemoryStore",
+    "NewRecipient",
+    "RecipientRow",
+    "RowState",
+    "SqliteStore",
+    "Store",
+    "open_store",
+]
+
+
+def open_store(url_or_path: str | PathLike[str], *, durability: Durability | None = None) -> Store:
+    """The store named by ``url_or_path`` (see the module docstring), not yet opened.
+
+    ``durability`` applies to SQLite and overrides a ``?durability=`` in the URL; default ``full``.
+    Raises ``ConfigError`` for an unknown scheme or option.
+    """
+    target = fspath(url_or_path)
+    if target in ("memory:", "memory://"):
+        return MemoryStore()
+    scheme = target.split(":", 1)[0].lower() if "://" in target or target.startswith("sqlite:") else ""
+    if scheme in ("postgresql", "postgres"):
+        raise ConfigError("PostgreSQL store not available yet")
+    if scheme and scheme != "sqlite":
+        raise ConfigError(
+            f"unknown store scheme {scheme!r}: use 'memory:', a file path or 'sqlite:///path/to/file.db'"
+        )
+    path, options = target, {}
+    if scheme == "sqlite":
+        rest = target[len("sqlite:") :]
+        if rest.startswith("//"):
+            rest = rest[2:]
+        path, _, query = rest.partition("?")
+        options = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        unknown = sorted(set(options) - {"durability"})
+        if unknown:
+            raise ConfigError(
+                f"unknown SQLite store option(s) {', '.join(unknown)}: only 'durability' is known"
+            )
+    chosen = durability or options.get("durability", "full")
+    if chosen not in ("full", "normal"):
+        raise ConfigError(f"store durability must be 'full' or 'normal', not {chosen!r}")
+    if not path:
+        raise ConfigError(f"no database file in store URL {target!r}")
+    return SqliteStore(path, durability="full" if chosen == "full" else "normal")

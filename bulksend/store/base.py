@@ -217,6 +217,9 @@ class Store(Protocol):
     # -- reads -------------------------------------------------------------------------------
     async def get_row(self, row_id: int) -> RecipientRow | None: ...
 
+    async def rows_by_email_id(self, campaign_id: str, email_ids: Sequence[str]) -> dict[str, RecipientRow]:
+        """The rows holding these TEM email ids (ids not found are absent from the result)."""
+
     def iter_rows(
         self,
         campaign_id: str,

@@ -1,0 +1,399 @@
+"""An in-memory outbox with exactly the semantics of the durable stores, for tests and ``--dry-run``.
+
+Nothing survives the process, but the data survives ``close()`` + ``open()`` on the same instance,
+which is how tests simulate a restart. Every method passes an anyio checkpoint first, so callers
+see the same scheduling points (and cancellation points) as with a real backend; a write that is
+cancelled at its checkpoint is not applied, one that passed it is applied atomically.
+
+Payloads and specs go through an orjson round-trip on the way in and out, as they do in SQL: a
+value that is not JSON-able is refused here too, and a caller mutating a returned ``payload`` never
+changes what the store holds.
+
+The small helpers at the top (datetime normalisation, JSON encoding, transition checks) are shared
+with the SQLite store so both backends refuse the same input with the same messages.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio.lowlevel
+import orjson
+
+from bulksend.errors import StoreError
+from bulksend.store.base import (
+    TRANSITIONS,
+    AdmitResult,
+    CampaignRecord,
+    CampaignState,
+    FinalUpdate,
+    NewRecipient,
+    RecipientRow,
+    RowState,
+)
+
+__all__ = ["MemoryStore"]
+
+# States a row may be admitted in; the others are only reached through transitions.
+ADMIT_STATES = frozenset({RowState.PENDING, RowState.REJECTED, RowState.SKIPPED})
+# States from which ``mark_final`` may finalise a row (``sending``: an email adopted by reconciliation).
+FINALISABLE_STATES = frozenset({RowState.SUBMITTED, RowState.SENDING})
+# A row moving into one of these gives its dedupe key back: it will never be sent.
+KEY_RELEASING_STATES = frozenset({RowState.REJECTED, RowState.SKIPPED})
+
+
+def utc(dt: datetime) -> datetime:
+    """``dt`` as an aware UTC datetime; a naive datetime is taken to be UTC already."""
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+def utc_or_none(dt: datetime | None) -> datetime | None:
+    return None if dt is None else utc(dt)
+
+
+def encode_json(value: Any, what: str) -> bytes:
+    """orjson-encode ``value`` or raise ``StoreError`` naming ``what`` could not be stored."""
+    try:
+        return orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise StoreError(f"{what} is not JSON-serialisable: {exc}") from None
+
+
+def duplicate_reason(first_row: int) -> str:
+    return f"duplicate of row {first_row}"
+
+
+def check_transition(row_id: int, current: RowState, target: RowState) -> None:
+    """Raise ``StoreError`` unless ``current → target`` is in ``TRANSITIONS``."""
+    if target not in TRANSITIONS[current]:
+        raise StoreError(f"row {row_id}: illegal transition {current.value} → {target.value}")
+
+
+def check_new_rows(rows: Sequence[NewRecipient]) -> None:
+    """Refuse rows that may not be admitted as given (before anything is written)."""
+    for r in rows:
+        if r.state not in ADMIT_STATES:
+            raise StoreError(f"row {r.row}: cannot admit a row in state {r.state.value}")
+
+
+def final_problems(problems: list[str]) -> StoreError:
+    shown = ", ".join(problems[:10])
+    more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+    return StoreError(f"mark_final: nothing written; cannot finalise {shown}{more}")
+
+
+class MemoryStore:
+    """The outbox in dicts. Same state machine, dedupe and idempotency rules as ``SqliteStore``."""
+
+    def __init__(self, *, clock: Callable[[], datetime] | None = None) -> None:
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._open = False
+        self._campaigns: dict[str, CampaignRecord] = {}
+        self._specs: dict[str, bytes] = {}
+        self._rows: dict[int, RecipientRow] = {}  # payload held in _payloads, not here
+        self._payloads: dict[int, bytes] = {}
+        self._ids: dict[str, list[int]] = {}  # campaign → row ids, ascending (ids only grow)
+        self._by_input_row: dict[str, dict[int, int]] = {}  # campaign → input row → id
+        self._input_rows: dict[str, list[int]] = {}  # campaign → input rows, sorted
+        self._dedupe: dict[str, dict[str, int]] = {}  # campaign → key → input row of its owner
+        self._by_email_id: dict[str, int] = {}
+        self._next_id = 1
+
+    async def __aenter__(self) -> MemoryStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Make the store usable; data from before a ``close()`` is still there."""
+        await anyio.lowlevel.checkpoint()
+        self._open = True
+
+    async def close(self) -> None:
+        """Refuse further use until ``open()``; nothing is buffered, so nothing to flush."""
+        await anyio.lowlevel.checkpoint()
+        self._open = False
+
+    # -- helpers -----------------------------------------------------------------------------
+    async def _enter(self) -> None:
+        await anyio.lowlevel.checkpoint()
+        if not self._open:
+            raise StoreError("the store is not open")
+
+    def _public(self, row: RecipientRow) -> RecipientRow:
+        return replace(row, payload=orjson.loads(self._payloads[row.id]))
+
+    def _campaign(self, campaign_id: str) -> CampaignRecord:
+        rec = self._campaigns.get(campaign_id)
+        if rec is None:
+            raise StoreError(f"unknown campaign {campaign_id!r}")
+        return rec
+
+    def _row(self, row_id: int) -> RecipientRow:
+        row = self._rows.get(row_id)
+        if row is None:
+            raise StoreError(f"no outbox row with id {row_id}")
+        return row
+
+    def _public_campaign(self, rec: CampaignRecord) -> CampaignRecord:
+        return replace(rec, spec=orjson.loads(self._specs[rec.id]))
+
+    def _move(self, row: RecipientRow, target: RowState, **changes: Any) -> RecipientRow:
+        check_transition(row.id, row.state, target)
+        if target in KEY_RELEASING_STATES and row.key is not None:
+            owners = self._dedupe.get(row.campaign_id, {})
+            if owners.get(row.key) == row.row:
+                del owners[row.key]
+        new = replace(row, state=target, **changes)
+        self._rows[row.id] = new
+        return new
+
+    # -- campaigns ---------------------------------------------------------------------------
+    async def create_campaign(self, campaign_id: str, spec: dict[str, Any]) -> CampaignRecord:
+        """Create the campaign, or return the existing one unchanged (resume)."""
+        await self._enter()
+        existing = self._campaigns.get(campaign_id)
+        if existing is None:
+            blob = encode_json(spec, f"spec of campaign {campaign_id!r}")
+            existing = CampaignRecord(
+                id=campaign_id, created_at=utc(self._clock()), state=CampaignState.RUNNING, spec={}
+            )
+            self._campaigns[campaign_id] = existing
+            self._specs[campaign_id] = blob
+        return self._public_campaign(existing)
+
+    async def get_campaign(self, campaign_id: str) -> CampaignRecord | None:
+        await self._enter()
+        rec = self._campaigns.get(campaign_id)
+        return None if rec is None else self._public_campaign(rec)
+
+    async def list_campaigns(self) -> list[CampaignRecord]:
+        """Every campaign, oldest first."""
+        await self._enter()
+        recs = sorted(self._campaigns.values(), key=lambda c: (c.created_at, c.id))
+        return [self._public_campaign(c) for c in recs]
+
+    async def set_campaign_state(self, campaign_id: str, state: CampaignState) -> None:
+        await self._enter()
+        rec = self._campaign(campaign_id)
+        self._campaigns[campaign_id] = replace(rec, state=CampaignState(state))
+
+    async def mark_admitted_all(self, campaign_id: str) -> None:
+        """Record that every row of the source is admitted."""
+        await self._enter()
+        rec = self._campaign(campaign_id)
+        self._campaigns[campaign_id] = replace(rec, admitted_all=True)
+
+    # -- admission ---------------------------------------------------------------------------
+    async def admit(self, campaign_id: str, rows: Sequence[NewRecipient]) -> list[AdmitResult]:
+        """Insert rows atomically; idempotent on ``row``; first pending row with a key wins it."""
+        await self._enter()
+        self._campaign(campaign_id)
+        check_new_rows(rows)
+        # Encode every payload before touching anything: a bad one fails the whole call, unwritten.
+        blobs = [encode_json(r.payload, f"payload of row {r.row}") for r in rows]
+        by_row = self._by_input_row.setdefault(campaign_id, {})
+        owners = self._dedupe.setdefault(campaign_id, {})
+        ids = self._ids.setdefault(campaign_id, [])
+        input_rows = self._input_rows.setdefault(campaign_id, [])
+        results: list[AdmitResult] = []
+        for r, blob in zip(rows, blobs, strict=True):
+            existing_id = by_row.get(r.row)
+            if existing_id is not None:
+                ex = self._rows[existing_id]
+                results.append(AdmitResult(id=ex.id, row=ex.row, state=ex.state, reason=ex.reason))
+                continue
+            state, reason = r.state, r.reason
+            if state is RowState.PENDING and r.key is not None:
+                owner = owners.get(r.key)
+                if owner is None:
+                    owners[r.key] = r.row
+                else:
+                    state, reason = RowState.SKIPPED, duplicate_reason(owner)
+            row_id = self._next_id
+            self._next_id += 1
+            self._rows[row_id] = RecipientRow(
+                id=row_id,
+                campaign_id=campaign_id,
+                row=r.row,
+                email=r.email,
+                name=r.name,
+                key=r.key,
+                state=state,
+                payload={},
+                reason=reason,
+            )
+            self._payloads[row_id] = blob
+            by_row[r.row] = row_id
+            ids.append(row_id)
+            bisect.insort(input_rows, r.row)
+            results.append(AdmitResult(id=row_id, row=r.row, state=state, reason=reason))
+        return results
+
+    async def max_admitted_row(self, campaign_id: str) -> int:
+        """Highest admitted ``row`` (0 if none)."""
+        await self._enter()
+        input_rows = self._input_rows.get(campaign_id)
+        return input_rows[-1] if input_rows else 0
+
+    # -- dispatch ----------------------------------------------------------------------------
+    async def mark_sending(self, row_id: int, *, started_at: datetime, correlation: str) -> RecipientRow:
+        """pending → sending, attempts += 1; returns the updated row."""
+        await self._enter()
+        row = self._row(row_id)
+        new = self._move(
+            row,
+            RowState.SENDING,
+            attempts=row.attempts + 1,
+            attempt_started_at=utc(started_at),
+            attempt_ended_at=None,
+            correlation=correlation,
+        )
+        return self._public(new)
+
+    async def mark_submitted(
+        self, row_id: int, *, email_id: str, message_id: str, submitted_at: datetime
+    ) -> None:
+        """sending → submitted with TEM's email id."""
+        await self._enter()
+        row = self._row(row_id)
+        self._move(
+            row, RowState.SUBMITTED, email_id=email_id, message_id=message_id, submitted_at=utc(submitted_at)
+        )
+        if email_id:
+            self._by_email_id[email_id] = row_id
+
+    async def mark_ambiguous(self, row_id: int, *, ended_at: datetime, reason: str) -> None:
+        """Stay ``sending`` but record when the ambiguous attempt ended."""
+        await self._enter()
+        row = self._row(row_id)
+        if row.state is not RowState.SENDING:
+            raise StoreError(f"row {row_id}: mark_ambiguous needs state sending, not {row.state.value}")
+        self._rows[row_id] = replace(row, attempt_ended_at=utc(ended_at), reason=reason)
+
+    async def mark_retry(self, row_id: int, *, reason: str) -> None:
+        """sending → pending: reconciliation proved the email was not created."""
+        await self._enter()
+        self._move(self._row(row_id), RowState.PENDING, reason=reason)
+
+    async def mark_rejected(self, row_id: int, *, reason: str) -> None:
+        """pending/sending → rejected."""
+        await self._enter()
+        self._move(self._row(row_id), RowState.REJECTED, reason=reason)
+
+    async def mark_skipped(self, row_id: int, *, reason: str) -> None:
+        """pending → skipped."""
+        await self._enter()
+        self._move(self._row(row_id), RowState.SKIPPED, reason=reason)
+
+    async def mark_final(self, updates: Sequence[FinalUpdate]) -> None:
+        """submitted/sending → final, all or nothing; rows already final are left as they are."""
+        await self._enter()
+        # Validate the whole batch first so a refused batch changes nothing (like one SQL transaction).
+        problems: list[str] = []
+        for u in updates:
+            row = self._rows.get(u.id)
+            if row is None:
+                problems.append(f"row {u.id} (no such row)")
+            elif row.state not in FINALISABLE_STATES and row.state is not RowState.FINAL:
+                problems.append(f"row {u.id} (state {row.state.value})")
+        if problems:
+            raise final_problems(problems)
+        for u in updates:
+            row = self._rows[u.id]
+            if row.state is RowState.FINAL:
+                continue  # the tracker may learn the same final status twice
+            self._move(
+                row,
+                RowState.FINAL,
+                status=str(u.status),
+                flags=tuple(str(f) for f in u.flags),
+                status_details=u.status_details,
+                smtp_code=u.smtp_code,
+                smtp_message=u.smtp_message,
+                try_count=u.try_count,
+                final_at=utc_or_none(u.final_at),
+                reason=u.reason,
+            )
+
+    # -- reads -------------------------------------------------------------------------------
+    async def get_row(self, row_id: int) -> RecipientRow | None:
+        await self._enter()
+        row = self._rows.get(row_id)
+        return None if row is None else self._public(row)
+
+    async def rows_by_email_id(self, campaign_id: str, email_ids: Sequence[str]) -> dict[str, RecipientRow]:
+        """The rows of the campaign holding these TEM email ids (unknown ids are absent)."""
+        await self._enter()
+        found: dict[str, RecipientRow] = {}
+        for email_id in email_ids:
+            row_id = self._by_email_id.get(email_id)
+            if row_id is None:
+                continue
+            row = self._rows[row_id]
+            if row.campaign_id == campaign_id:
+                found[email_id] = self._public(row)
+        return found
+
+    async def iter_rows(
+        self,
+        campaign_id: str,
+        *,
+        states: Sequence[RowState] = (),
+        after_id: int = 0,
+        batch_size: int = 1000,
+    ) -> AsyncIterator[RecipientRow]:
+        """Rows of a campaign in ``id`` order, optionally only in ``states``."""
+        wanted = frozenset(states)
+        last_id = after_id
+        while True:
+            await self._enter()
+            # Re-locate from the last id each batch (keyset), like the SQL stores do.
+            ids = self._ids.get(campaign_id, [])
+            pos = bisect.bisect_right(ids, last_id)
+            batch: list[RecipientRow] = []
+            while pos < len(ids) and len(batch) < batch_size:
+                row = self._rows[ids[pos]]
+                pos += 1
+                last_id = row.id
+                if not wanted or row.state in wanted:
+                    batch.append(self._public(row))
+            for row in batch:
+                yield row
+            if pos >= len(ids):
+                return
+
+    async def iter_outcomes(self, campaign_id: str, *, batch_size: int = 1000) -> AsyncIterator[RecipientRow]:
+        """Every row of the campaign in input ``row`` order."""
+        last_row: int | None = None
+        while True:
+            await self._enter()
+            input_rows = self._input_rows.get(campaign_id, [])
+            by_row = self._by_input_row.get(campaign_id, {})
+            pos = 0 if last_row is None else bisect.bisect_right(input_rows, last_row)
+            chunk = input_rows[pos : pos + batch_size]
+            if not chunk:
+                return
+            last_row = chunk[-1]
+            for n in chunk:
+                yield self._public(self._rows[by_row[n]])
+
+    async def counts(self, campaign_id: str) -> dict[str, int]:
+        """Number of rows by state, and of final rows by status as ``status:<s>`` (zeros omitted)."""
+        await self._enter()
+        out: dict[str, int] = {}
+        for row_id in self._ids.get(campaign_id, []):
+            row = self._rows[row_id]
+            out[row.state.value] = out.get(row.state.value, 0) + 1
+            if row.state is RowState.FINAL:
+                k = f"status:{row.status}"
+                out[k] = out.get(k, 0) + 1
+        return out

@@ -1,0 +1,916 @@
+"""The outbox in one SQLite file: durable, single-host, thousands of acknowledged writes per second.
+
+Threading model
+---------------
+One **writer thread** owns the only write connection. Async callers never touch it: each write is
+queued as a small function, and the caller awaits a future. The writer takes *everything* queued,
+runs it in ONE transaction (``BEGIN IMMEDIATE`` … ``COMMIT``), then resolves every caller's future
+with ``loop.call_soon_threadsafe``. While one commit is being fsynced, the next writes pile up in
+the queue and share the next commit: this **group commit** is what makes ``synchronous=FULL``
+affordable (one fsync for hundreds of ``mark_sending`` calls instead of one each).
+
+Each queued operation runs inside its own ``SAVEPOINT``: an operation that fails (an illegal
+transition, an unknown row) is rolled back to its savepoint and fails only its own caller; the rest
+of the batch commits. A failed ``COMMIT`` (disk full, I/O error) fails every caller of the batch,
+and none of their writes happened.
+
+Reads use separate read-only connections (WAL lets them run while the writer commits) from a
+small pool, in anyio worker threads, so neither reads nor writes ever block the event loop.
+
+Durability
+----------
+The database is in WAL mode. ``durability="full"`` (the default) sets ``synchronous=FULL``: every
+commit is fsynced before its callers are told, so an acknowledged write survives a power loss or
+an OS crash. ``durability="normal"`` sets ``synchronous=NORMAL``: commits are only fsynced at WAL
+checkpoints, so an acknowledged write survives the process being killed (``kill -9``, OOM) but the
+last commits may be lost on a power loss or OS crash — and a lost ``sending`` mark can mean a
+duplicate email. Use ``normal`` only where the machine itself is trusted (or for throughput tests).
+
+An awaited write is committed when the await returns. A caller cancelled while waiting does not
+undo anything: its write may still be committed (or fail) after the caller has gone.
+
+Schema
+------
+``schema_version`` records applied migrations; ``MIGRATIONS`` is append-only (never edit a
+released step, add the next one). ``recipients.recipient_key`` is the dedupe key as admitted (kept
+for output); ``recipients.dedupe_key`` holds it only while the row *owns* it — a duplicate is
+admitted ``skipped`` with ``dedupe_key`` NULL, and a row that becomes ``rejected`` or ``skipped``
+gives its key up — so the unique partial index on ``(campaign_id, dedupe_key)`` enforces "first
+wins" without tripping over skipped duplicates. Datetimes are stored as ISO-8601 UTC text with
+microseconds (sortable as text) and come back as aware UTC datetimes; naive datetimes are taken
+as UTC. ``payload``, ``spec`` and ``flags`` are JSON text (orjson).
+
+The store needs an asyncio event loop (anyio on asyncio, uvloop included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import re
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from os import PathLike, fspath
+from typing import Any, Final, Literal, TypeVar
+
+import anyio
+import anyio.to_thread
+import orjson
+
+from bulksend.errors import BulksendError, ConfigError, StoreError
+from bulksend.store.base import (
+    TRANSITIONS,
+    AdmitResult,
+    CampaignRecord,
+    CampaignState,
+    FinalUpdate,
+    NewRecipient,
+    RecipientRow,
+    RowState,
+)
+from bulksend.store.memory import (
+    FINALISABLE_STATES,
+    KEY_RELEASING_STATES,
+    check_new_rows,
+    check_transition,
+    duplicate_reason,
+    encode_json,
+    final_problems,
+    utc,
+)
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Durability", "SqliteStore"]
+
+Durability = Literal["full", "normal"]
+_T = TypeVar("_T")
+
+# Ordered, append-only: MIGRATIONS[i] brings the schema from version i to i + 1.
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    # v1: campaigns and the outbox.
+    (
+        """CREATE TABLE campaigns (
+            id           TEXT PRIMARY KEY,
+            created_at   TEXT NOT NULL,
+            state        TEXT NOT NULL CHECK (state IN ('running', 'paused', 'canceled', 'finished')),
+            spec         TEXT NOT NULL,
+            admitted_all INTEGER NOT NULL DEFAULT 0
+        )""",
+        """CREATE TABLE recipients (
+            id                 INTEGER PRIMARY KEY,
+            campaign_id        TEXT NOT NULL REFERENCES campaigns (id),
+            input_row          INTEGER NOT NULL,
+            email              TEXT NOT NULL,
+            name               TEXT NOT NULL DEFAULT '',
+            recipient_key      TEXT,
+            dedupe_key         TEXT,
+            state              TEXT NOT NULL CHECK (state IN
+                                   ('pending', 'sending', 'submitted', 'final', 'rejected', 'skipped')),
+            reason             TEXT NOT NULL DEFAULT '',
+            payload            TEXT NOT NULL DEFAULT '{}',
+            attempts           INTEGER NOT NULL DEFAULT 0,
+            attempt_started_at TEXT,
+            attempt_ended_at   TEXT,
+            correlation        TEXT NOT NULL DEFAULT '',
+            email_id           TEXT,
+            message_id         TEXT NOT NULL DEFAULT '',
+            submitted_at       TEXT,
+            status             TEXT NOT NULL DEFAULT '',
+            flags              TEXT NOT NULL DEFAULT '[]',
+            status_details     TEXT NOT NULL DEFAULT '',
+            smtp_code          INTEGER,
+            smtp_message       TEXT NOT NULL DEFAULT '',
+            try_count          INTEGER NOT NULL DEFAULT 0,
+            final_at           TEXT,
+            lease_owner        TEXT NOT NULL DEFAULT '',
+            lease_token        INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE UNIQUE INDEX ux_recipients_campaign_row ON recipients (campaign_id, input_row)",
+        # Only the owner of a key holds it in dedupe_key (see the module docstring).
+        """CREATE UNIQUE INDEX ux_recipients_campaign_dedupe ON recipients (campaign_id, dedupe_key)
+            WHERE dedupe_key IS NOT NULL""",
+        "CREATE INDEX ix_recipients_campaign_state_id ON recipients (campaign_id, state, id)",
+        # (campaign_id) is (campaign_id, id) underneath: keyset pagination of iter_rows without states.
+        "CREATE INDEX ix_recipients_campaign_id ON recipients (campaign_id)",
+        "CREATE INDEX ix_recipients_email_id ON recipients (email_id) WHERE email_id IS NOT NULL",
+    ),
+)
+SCHEMA_VERSION: Final[int] = len(MIGRATIONS)
+
+_ROW_COLUMNS = (
+    "id, campaign_id, input_row, email, name, recipient_key, state, payload, reason, attempts, "
+    "attempt_started_at, attempt_ended_at, correlation, email_id, message_id, submitted_at, status, "
+    "flags, status_details, smtp_code, smtp_message, try_count, final_at, lease_owner, lease_token"
+)
+_CAMPAIGN_COLUMNS = "id, created_at, state, spec, admitted_all"
+# Well under SQLite's bound-parameter limit, and a sensible page for IN lists.
+_IN_CHUNK: Final = 500
+# Upper bound on operations per transaction, so one huge burst cannot hold the write lock for long.
+_MAX_BATCH_OPS: Final = 4096
+_PRAGMA_NAME = re.compile(r"^[a-z_]+$")
+
+
+def _dt_text(dt: datetime | None) -> str | None:
+    return None if dt is None else utc(dt).isoformat(timespec="microseconds")
+
+
+def _dt_parse(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text).astimezone(UTC)
+
+
+def _row_from_db(r: tuple[Any, ...]) -> RecipientRow:
+    return RecipientRow(
+        id=r[0],
+        campaign_id=r[1],
+        row=r[2],
+        email=r[3],
+        name=r[4],
+        key=r[5],
+        state=RowState(r[6]),
+        payload=orjson.loads(r[7]),
+        reason=r[8],
+        attempts=r[9],
+        attempt_started_at=_dt_parse(r[10]),
+        attempt_ended_at=_dt_parse(r[11]),
+        correlation=r[12],
+        email_id=r[13] or "",
+        message_id=r[14],
+        submitted_at=_dt_parse(r[15]),
+        status=r[16],
+        flags=tuple(orjson.loads(r[17])),
+        status_details=r[18],
+        smtp_code=r[19],
+        smtp_message=r[20],
+        try_count=r[21],
+        final_at=_dt_parse(r[22]),
+        lease_owner=r[23],
+        lease_token=r[24],
+    )
+
+
+def _campaign_from_db(r: tuple[Any, ...]) -> CampaignRecord:
+    created = _dt_parse(r[1])
+    assert created is not None  # NOT NULL column
+    return CampaignRecord(
+        id=r[0],
+        created_at=created,
+        state=CampaignState(r[2]),
+        spec=orjson.loads(r[3]),
+        admitted_all=bool(r[4]),
+    )
+
+
+def _chunks(items: Sequence[_T], size: int = _IN_CHUNK) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _current_state(conn: sqlite3.Connection, row_id: int) -> RowState:
+    found = conn.execute("SELECT state FROM recipients WHERE id = ?", (row_id,)).fetchone()
+    if found is None:
+        raise StoreError(f"no outbox row with id {row_id}")
+    return RowState(found[0])
+
+
+# For each state, the states ``TRANSITIONS`` allows to move into it.
+_SOURCES: Final[dict[RowState, tuple[str, ...]]] = {
+    target: tuple(sorted(src.value for src, targets in TRANSITIONS.items() if target in targets))
+    for target in RowState
+}
+
+
+def _transition(
+    conn: sqlite3.Connection,
+    row_id: int,
+    target: RowState,
+    sets: str,
+    params: Sequence[Any],
+    *,
+    returning: bool = False,
+) -> RecipientRow | None:
+    """Move the row to ``target`` with the extra ``sets`` assignments, or raise ``StoreError``.
+
+    One guarded UPDATE (``WHERE state IN <allowed sources>``) on the happy path; the row is read
+    only to explain a refusal. Nothing is written when it raises, so the caller needs no savepoint.
+    With ``returning``, the updated row is returned.
+    """
+    sources = _SOURCES[target]
+    release = ", dedupe_key = NULL" if target in KEY_RELEASING_STATES else ""
+    tail = f" RETURNING {_ROW_COLUMNS}" if returning else ""
+    cur = conn.execute(
+        f"UPDATE recipients SET state = ?{release}{', ' if sets else ''}{sets} "
+        f"WHERE id = ? AND state IN ({_marks(len(sources))}){tail}",
+        (target.value, *params, row_id, *sources),
+    )
+    updated = cur.fetchall() if returning else []
+    moved = bool(updated) if returning else cur.rowcount > 0
+    if not moved:
+        check_transition(row_id, _current_state(conn, row_id), target)  # raises: illegal transition
+        raise StoreError(f"row {row_id}: could not move to {target.value}")  # defensive, unreachable
+    return _row_from_db(updated[0]) if updated else None
+
+
+@dataclass(slots=True)
+class _Op:
+    """One queued write: run ``fn`` on the writer connection, hand the outcome to ``future``."""
+
+    fn: Callable[[sqlite3.Connection], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    single_write: bool
+    """True when ``fn`` writes with at most one statement, after all its checks: if it fails,
+    nothing of it was written, so it can skip the cost of a savepoint."""
+
+
+_STOP: Final = object()
+# (future, result, exception) for one caller.
+_Delivery = tuple[asyncio.Future[Any], Any, BaseException | None]
+
+
+def _deliver(items: list[_Delivery]) -> None:
+    """Resolve futures; runs on the callers' event loop."""
+    for fut, result, exc in items:
+        if fut.done():  # the caller was cancelled; its write happened (or failed) all the same
+            continue
+        if exc is None:
+            fut.set_result(result)
+        else:
+            fut.set_exception(exc)
+
+
+class SqliteStore:
+    """The outbox state machine in a SQLite file, with group commit (see the module docstring).
+
+    ``path`` is the database file (created if missing). ``busy_timeout_s`` is how long a write
+    waits for the file lock held by another process before failing. ``clock`` stamps
+    ``created_at`` of campaigns.
+    """
+
+    def __init__(
+        self,
+        path: str | PathLike[str],
+        *,
+        durability: Durability = "full",
+        busy_timeout_s: float = 10.0,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.path = fspath(path)
+        if self.path in ("", ":memory:") or self.path.startswith("file::memory:"):
+            raise ConfigError(
+                "SqliteStore needs a database file (an in-memory SQLite database cannot be shared "
+                "between its connections); use the 'memory:' store instead"
+            )
+        if durability not in ("full", "normal"):
+            raise ConfigError(f"store durability must be 'full' or 'normal', not {durability!r}")
+        self.durability: Durability = durability
+        self._busy_timeout_ms = int(busy_timeout_s * 1000)
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._queue: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._accepting = False
+        self._commits = 0
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({self.path!r}, durability={self.durability!r})"
+
+    @property
+    def commits(self) -> int:
+        """Write transactions committed by this instance so far (group commit: far fewer than writes)."""
+        return self._commits
+
+    async def __aenter__(self) -> SqliteStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Open the file, switch it to WAL, apply missing migrations, start the writer. Idempotent."""
+        if self._writer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        self._queue = queue.SimpleQueue()
+        writer = threading.Thread(
+            target=self._writer_main,
+            args=(loop, ready),
+            name=f"bulksend-sqlite-writer:{self.path}",
+            daemon=True,
+        )
+        writer.start()
+        try:
+            # Shielded: a cancelled open() must not leave a half-started writer behind unnoticed.
+            with anyio.CancelScope(shield=True):
+                await ready
+        except BaseException:
+            await anyio.to_thread.run_sync(writer.join)
+            raise
+        self._writer = writer
+        self._accepting = True
+
+    async def close(self) -> None:
+        """Commit everything queued, stop the writer, close every connection. Idempotent."""
+        writer = self._writer
+        if writer is None:
+            return
+        self._accepting = False
+        self._queue.put(_STOP)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(writer.join)
+        self._writer = None
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves (the sqlite3 module's implicit
+        # transactions would otherwise open and commit behind our back).
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        return conn
+
+    def _setup_writer(self) -> sqlite3.Connection:
+        conn = self._connect()
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(
+                    f"{self.path}: SQLite refused WAL mode (got {mode!r}); "
+                    "put the store on a local filesystem"
+                )
+            conn.execute(f"PRAGMA synchronous = {'FULL' if self.durability == 'full' else 'NORMAL'}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        # BEGIN IMMEDIATE takes the write lock first, so two processes opening the same new file
+        # cannot both apply v1.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version "
+                "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
+            current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+            if current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: database schema v{current} is newer than this bulksend supports "
+                    f"(v{SCHEMA_VERSION}); upgrade bulksend"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[version - 1]:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                    (version, _dt_text(datetime.now(UTC))),
+                )
+            conn.execute("COMMIT")
+            self._commits += 1
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # -- the writer thread -------------------------------------------------------------------
+    def _writer_main(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
+        try:
+            conn = self._setup_writer()
+        except BaseException as exc:
+            err = exc if isinstance(exc, BulksendError) else StoreError(f"cannot open {self.path}: {exc}")
+            failed: list[_Delivery] = [(ready, None, err)]
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_deliver, failed)
+            return
+        opened: list[_Delivery] = [(ready, None, None)]
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_deliver, opened)
+        try:
+            self._write_loop(conn)
+        finally:
+            conn.close()
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        q = self._queue
+        stopping = False
+        while not stopping:
+            batch: list[_Op] = []
+            item = q.get()
+            # Take everything that is already queued: these writes share one commit.
+            while True:
+                if item is _STOP:
+                    stopping = True
+                elif isinstance(item, _Op):
+                    batch.append(item)
+                if len(batch) >= _MAX_BATCH_OPS:
+                    break
+                try:
+                    item = q.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._run_batch(conn, batch)
+        # Anything queued after the stop marker was sent by a caller racing close(): refuse it.
+        leftovers: list[_Op] = []
+        while True:
+            try:
+                item = q.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Op):
+                leftovers.append(item)
+        self._resolve([(op, None, StoreError("the store is closed")) for op in leftovers])
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        outcomes: list[tuple[_Op, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            err = StoreError(f"{self.path}: cannot start a write transaction: {exc}")
+            self._resolve([(op, None, err) for op in batch])
+            return
+        try:
+            for op in batch:
+                if op.single_write:
+                    try:
+                        result = op.fn(conn)
+                    except Exception as exc:
+                        outcomes.append((op, None, self._as_store_error(conn, exc)))
+                    else:
+                        outcomes.append((op, result, None))
+                    continue
+                conn.execute("SAVEPOINT op")
+                try:
+                    result = op.fn(conn)
+                except Exception as exc:
+                    # Undo only this operation; the rest of the batch still commits.
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((op, None, self._as_store_error(conn, exc)))
+                else:
+                    conn.execute("RELEASE op")
+                    outcomes.append((op, result, None))
+            conn.execute("COMMIT")
+            self._commits += 1
+        except Exception as exc:
+            # The transaction itself broke (I/O error, disk full…): nothing in it was written.
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            err = StoreError(f"{self.path}: commit failed, nothing written: {exc}")
+            self._resolve([(op, None, err) for op in batch])
+            return
+        # Only now, with the commit durable, may any caller learn that its write succeeded.
+        self._resolve(outcomes)
+
+    def _as_store_error(self, conn: sqlite3.Connection, exc: Exception) -> BaseException:
+        if isinstance(exc, sqlite3.Error) and not conn.in_transaction:
+            # SQLite rolled the whole transaction back (disk full, I/O error): the batch fails.
+            raise exc
+        return exc if isinstance(exc, BulksendError) else StoreError(f"{self.path}: write failed: {exc}")
+
+    @staticmethod
+    def _resolve(outcomes: list[tuple[_Op, Any, BaseException | None]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Delivery]] = {}
+        for op, result, exc in outcomes:
+            by_loop.setdefault(op.loop, []).append((op.future, result, exc))
+        for loop, items in by_loop.items():
+            # One wake-up per loop and batch, not per write. A closed loop means its callers are gone.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_deliver, items)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], _T], *, single_write: bool = False) -> _T:
+        if not self._accepting:
+            raise StoreError("the store is not open")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[_T] = loop.create_future()
+        self._queue.put(_Op(fn, loop, fut, single_write))
+        result: _T = await fut
+        return result
+
+    # -- reads -------------------------------------------------------------------------------
+    async def _read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        if not self._accepting:
+            raise StoreError("the store is not open")
+        return await anyio.to_thread.run_sync(self._read_in_thread, fn)
+
+    def _read_in_thread(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        with self._readers_lock:
+            conn = self._readers.pop() if self._readers else None
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only = ON")
+        try:
+            return fn(conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: read failed: {exc}") from exc
+        finally:
+            with self._readers_lock:
+                keep = self._accepting
+                if keep:
+                    self._readers.append(conn)
+            if not keep:  # the store was closed while this read ran
+                conn.close()
+
+    async def pragma(self, name: str) -> Any:
+        """The value of ``PRAGMA <name>`` as the writer connection sees it (for checks and diagnostics)."""
+        if not _PRAGMA_NAME.match(name):
+            raise StoreError(f"not a pragma name: {name!r}")
+        return await self._write(lambda conn: conn.execute(f"PRAGMA {name}").fetchone()[0])
+
+    # -- campaigns ---------------------------------------------------------------------------
+    async def create_campaign(self, campaign_id: str, spec: dict[str, Any]) -> CampaignRecord:
+        """Create the campaign, or return the existing one unchanged (resume)."""
+        blob = encode_json(spec, f"spec of campaign {campaign_id!r}").decode()
+        created = _dt_text(self._clock())
+
+        def op(conn: sqlite3.Connection) -> CampaignRecord:
+            conn.execute(
+                "INSERT INTO campaigns (id, created_at, state, spec) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (id) DO NOTHING",
+                (campaign_id, created, CampaignState.RUNNING.value, blob),
+            )
+            found = conn.execute(f"SELECT {_CAMPAIGN_COLUMNS} FROM campaigns WHERE id = ?", (campaign_id,))
+            return _campaign_from_db(found.fetchone())
+
+        return await self._write(op)
+
+    async def get_campaign(self, campaign_id: str) -> CampaignRecord | None:
+        def op(conn: sqlite3.Connection) -> CampaignRecord | None:
+            found = conn.execute(f"SELECT {_CAMPAIGN_COLUMNS} FROM campaigns WHERE id = ?", (campaign_id,))
+            r = found.fetchone()
+            return None if r is None else _campaign_from_db(r)
+
+        return await self._read(op)
+
+    async def list_campaigns(self) -> list[CampaignRecord]:
+        """Every campaign, oldest first."""
+
+        def op(conn: sqlite3.Connection) -> list[CampaignRecord]:
+            found = conn.execute(f"SELECT {_CAMPAIGN_COLUMNS} FROM campaigns ORDER BY created_at, id")
+            return [_campaign_from_db(r) for r in found]
+
+        return await self._read(op)
+
+    async def set_campaign_state(self, campaign_id: str, state: CampaignState) -> None:
+        value = CampaignState(state).value
+
+        def op(conn: sqlite3.Connection) -> None:
+            cur = conn.execute("UPDATE campaigns SET state = ? WHERE id = ?", (value, campaign_id))
+            if cur.rowcount == 0:
+                raise StoreError(f"unknown campaign {campaign_id!r}")
+
+        await self._write(op)
+
+    async def mark_admitted_all(self, campaign_id: str) -> None:
+        """Record that every row of the source is admitted."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            cur = conn.execute("UPDATE campaigns SET admitted_all = 1 WHERE id = ?", (campaign_id,))
+            if cur.rowcount == 0:
+                raise StoreError(f"unknown campaign {campaign_id!r}")
+
+        await self._write(op)
+
+    # -- admission ---------------------------------------------------------------------------
+    async def admit(self, campaign_id: str, rows: Sequence[NewRecipient]) -> list[AdmitResult]:
+        """Insert rows durably in one commit; idempotent on ``row``; first pending row with a key wins it."""
+        check_new_rows(rows)
+        # Encoded here, on the caller's side, so a bad payload fails before anything is queued.
+        blobs = [encode_json(r.payload, f"payload of row {r.row}").decode() for r in rows]
+        rows = list(rows)
+
+        def op(conn: sqlite3.Connection) -> list[AdmitResult]:
+            if conn.execute("SELECT 1 FROM campaigns WHERE id = ?", (campaign_id,)).fetchone() is None:
+                raise StoreError(f"unknown campaign {campaign_id!r}")
+            done: dict[int, AdmitResult] = {}
+            for numbers in _chunks(sorted({r.row for r in rows})):
+                for rid, n, state, reason in conn.execute(
+                    "SELECT id, input_row, state, reason FROM recipients "
+                    f"WHERE campaign_id = ? AND input_row IN ({_marks(len(numbers))})",
+                    (campaign_id, *numbers),
+                ):
+                    done[n] = AdmitResult(id=rid, row=n, state=RowState(state), reason=reason)
+            new_pending = [r for r in rows if r.state is RowState.PENDING and r.row not in done]
+            keys = sorted({r.key for r in new_pending if r.key is not None})
+            owners: dict[str, int] = {}
+            for chunk in _chunks(keys):
+                for key, n in conn.execute(
+                    "SELECT dedupe_key, input_row FROM recipients "
+                    f"WHERE campaign_id = ? AND dedupe_key IN ({_marks(len(chunk))})",
+                    (campaign_id, *chunk),
+                ):
+                    owners[key] = n
+            results: list[AdmitResult] = []
+            for r, blob in zip(rows, blobs, strict=True):
+                existing = done.get(r.row)
+                if existing is not None:  # admitted before (resume) or earlier in this call
+                    results.append(existing)
+                    continue
+                state, reason, dedupe = r.state, r.reason, None
+                if state is RowState.PENDING and r.key is not None:
+                    owner = owners.get(r.key)
+                    if owner is None:
+                        owners[r.key] = r.row
+                        dedupe = r.key
+                    else:
+                        state, reason = RowState.SKIPPED, duplicate_reason(owner)
+                cur = conn.execute(
+                    "INSERT INTO recipients (campaign_id, input_row, email, name, recipient_key, dedupe_key, "
+                    "state, reason, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (campaign_id, r.row, r.email, r.name, r.key, dedupe, state.value, reason, blob),
+                )
+                assert cur.lastrowid is not None
+                result = AdmitResult(id=cur.lastrowid, row=r.row, state=state, reason=reason)
+                done[r.row] = result
+                results.append(result)
+            return results
+
+        return await self._write(op)
+
+    async def max_admitted_row(self, campaign_id: str) -> int:
+        """Highest admitted ``row`` (0 if none)."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            found = conn.execute(
+                "SELECT COALESCE(MAX(input_row), 0) FROM recipients WHERE campaign_id = ?", (campaign_id,)
+            )
+            return int(found.fetchone()[0])
+
+        return await self._read(op)
+
+    # -- dispatch ----------------------------------------------------------------------------
+    async def mark_sending(self, row_id: int, *, started_at: datetime, correlation: str) -> RecipientRow:
+        """pending → sending, attempts += 1, committed before returning: call it before the POST."""
+        started = _dt_text(started_at)
+
+        def op(conn: sqlite3.Connection) -> RecipientRow:
+            row = _transition(
+                conn,
+                row_id,
+                RowState.SENDING,
+                "attempts = attempts + 1, attempt_started_at = ?, attempt_ended_at = NULL, correlation = ?",
+                (started, correlation),
+                returning=True,
+            )
+            assert row is not None
+            return row
+
+        return await self._write(op, single_write=True)
+
+    async def mark_submitted(
+        self, row_id: int, *, email_id: str, message_id: str, submitted_at: datetime
+    ) -> None:
+        """sending → submitted with TEM's email id."""
+        submitted = _dt_text(submitted_at)
+        await self._write(
+            lambda conn: _transition(
+                conn,
+                row_id,
+                RowState.SUBMITTED,
+                "email_id = ?, message_id = ?, submitted_at = ?",
+                (email_id or None, message_id, submitted),
+            ),
+            single_write=True,
+        )
+
+    async def mark_ambiguous(self, row_id: int, *, ended_at: datetime, reason: str) -> None:
+        """Stay ``sending`` but record when the ambiguous attempt ended (reconcile later)."""
+        ended = _dt_text(ended_at)
+
+        def op(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                "UPDATE recipients SET attempt_ended_at = ?, reason = ? WHERE id = ? AND state = 'sending'",
+                (ended, reason, row_id),
+            )
+            if cur.rowcount == 0:
+                state = _current_state(conn, row_id)
+                raise StoreError(f"row {row_id}: mark_ambiguous needs state sending, not {state.value}")
+
+        await self._write(op, single_write=True)
+
+    async def mark_retry(self, row_id: int, *, reason: str) -> None:
+        """sending → pending: reconciliation proved the email was not created."""
+        await self._transition_op(row_id, RowState.PENDING, reason)
+
+    async def mark_rejected(self, row_id: int, *, reason: str) -> None:
+        """pending/sending → rejected (the row gives its dedupe key up)."""
+        await self._transition_op(row_id, RowState.REJECTED, reason)
+
+    async def mark_skipped(self, row_id: int, *, reason: str) -> None:
+        """pending → skipped (the row gives its dedupe key up)."""
+        await self._transition_op(row_id, RowState.SKIPPED, reason)
+
+    async def _transition_op(self, row_id: int, target: RowState, reason: str) -> None:
+        await self._write(
+            lambda conn: _transition(conn, row_id, target, "reason = ?", (reason,)), single_write=True
+        )
+
+    async def mark_final(self, updates: Sequence[FinalUpdate]) -> None:
+        """submitted/sending → final, many rows in one commit, all or nothing.
+
+        Rows already final are left as they are (the tracker may learn a final status twice).
+        """
+        params = [
+            (
+                u.status,
+                orjson.dumps(list(u.flags)).decode(),
+                u.status_details,
+                u.smtp_code,
+                u.smtp_message,
+                u.try_count,
+                _dt_text(u.final_at),
+                u.reason,
+                u.id,
+            )
+            for u in updates
+        ]
+        finalisable = tuple(s.value for s in FINALISABLE_STATES)
+
+        def op(conn: sqlite3.Connection) -> None:
+            problems: list[str] = []
+            for p in params:
+                cur = conn.execute(
+                    "UPDATE recipients SET state = 'final', status = ?, flags = ?, status_details = ?, "
+                    "smtp_code = ?, smtp_message = ?, try_count = ?, final_at = ?, reason = ? "
+                    f"WHERE id = ? AND state IN ({_marks(len(finalisable))})",
+                    (*p, *finalisable),
+                )
+                if cur.rowcount == 1:
+                    continue
+                row_id = p[-1]
+                found = conn.execute("SELECT state FROM recipients WHERE id = ?", (row_id,)).fetchone()
+                if found is None:
+                    problems.append(f"row {row_id} (no such row)")
+                elif found[0] != RowState.FINAL.value:  # already final: the tracker learned it twice
+                    problems.append(f"row {row_id} (state {found[0]})")
+            if problems:
+                raise final_problems(problems)  # rolls this operation back to its savepoint
+
+        await self._write(op)
+
+    # -- reads -------------------------------------------------------------------------------
+    async def get_row(self, row_id: int) -> RecipientRow | None:
+        def op(conn: sqlite3.Connection) -> RecipientRow | None:
+            r = conn.execute(f"SELECT {_ROW_COLUMNS} FROM recipients WHERE id = ?", (row_id,)).fetchone()
+            return None if r is None else _row_from_db(r)
+
+        return await self._read(op)
+
+    async def rows_by_email_id(self, campaign_id: str, email_ids: Sequence[str]) -> dict[str, RecipientRow]:
+        """The rows of the campaign holding these TEM email ids (unknown ids are absent)."""
+        wanted = sorted({e for e in email_ids if e})
+
+        def op(conn: sqlite3.Connection) -> dict[str, RecipientRow]:
+            found: dict[str, RecipientRow] = {}
+            for chunk in _chunks(wanted):
+                for r in conn.execute(
+                    f"SELECT {_ROW_COLUMNS} FROM recipients "
+                    # "+campaign_id" keeps the planner off the campaign index: without statistics it
+                    # would scan a whole campaign instead of probing ix_recipients_email_id.
+                    f"WHERE email_id IN ({_marks(len(chunk))}) AND +campaign_id = ?",
+                    (*chunk, campaign_id),
+                ):
+                    row = _row_from_db(r)
+                    found[row.email_id] = row
+            return found
+
+        return await self._read(op)
+
+    async def iter_rows(
+        self,
+        campaign_id: str,
+        *,
+        states: Sequence[RowState] = (),
+        after_id: int = 0,
+        batch_size: int = 1000,
+    ) -> AsyncIterator[RecipientRow]:
+        """Rows of a campaign in ``id`` order, optionally only in ``states``; keyset pages on ``id``."""
+        wanted = sorted({RowState(s).value for s in states})
+        if len(wanted) <= 1:
+            state_filter = "AND state = ?" if wanted else ""
+            sql = (
+                f"SELECT {_ROW_COLUMNS} FROM recipients WHERE campaign_id = ? {state_filter} AND id > ? "
+                "ORDER BY id LIMIT ?"
+            )
+        else:
+            # One index-ordered page per state, merged: each part walks (campaign_id, state, id) in
+            # order, so a page costs O(states × batch) however large the campaign is.
+            part = (
+                f"SELECT * FROM (SELECT {_ROW_COLUMNS} FROM recipients "
+                "WHERE campaign_id = ? AND state = ? AND id > ? ORDER BY id LIMIT ?)"
+            )
+            sql = " UNION ALL ".join([part] * len(wanted)) + " ORDER BY id LIMIT ?"
+        last_id = after_id
+        while True:
+
+            def page(conn: sqlite3.Connection, after: int = last_id) -> list[RecipientRow]:
+                if len(wanted) <= 1:
+                    args: tuple[Any, ...] = (campaign_id, *wanted, after, batch_size)
+                else:
+                    per_state = [v for s in wanted for v in (campaign_id, s, after, batch_size)]
+                    args = (*per_state, batch_size)
+                return [_row_from_db(r) for r in conn.execute(sql, args)]
+
+            rows = await self._read(page)
+            for row in rows:
+                yield row
+            if len(rows) < batch_size:
+                return
+            last_id = rows[-1].id
+
+    async def iter_outcomes(self, campaign_id: str, *, batch_size: int = 1000) -> AsyncIterator[RecipientRow]:
+        """Every row of the campaign in input ``row`` order; keyset pages on ``row``."""
+        first_sql = f"SELECT {_ROW_COLUMNS} FROM recipients WHERE campaign_id = ? ORDER BY input_row LIMIT ?"
+        next_sql = (
+            f"SELECT {_ROW_COLUMNS} FROM recipients WHERE campaign_id = ? AND input_row > ? "
+            "ORDER BY input_row LIMIT ?"
+        )
+        last_row: int | None = None
+        while True:
+
+            def page(conn: sqlite3.Connection, after: int | None = last_row) -> list[RecipientRow]:
+                if after is None:
+                    cur = conn.execute(first_sql, (campaign_id, batch_size))
+                else:
+                    cur = conn.execute(next_sql, (campaign_id, after, batch_size))
+                return [_row_from_db(r) for r in cur]
+
+            rows = await self._read(page)
+            for row in rows:
+                yield row
+            if len(rows) < batch_size:
+                return
+            last_row = rows[-1].row
+
+    async def counts(self, campaign_id: str) -> dict[str, int]:
+        """Number of rows by state, and of final rows by status as ``status:<s>`` (zeros omitted)."""
+
+        def op(conn: sqlite3.Connection) -> dict[str, int]:
+            out: dict[str, int] = {}
+            for state, n in conn.execute(
+                "SELECT state, COUNT(*) FROM recipients WHERE campaign_id = ? GROUP BY state", (campaign_id,)
+            ):
+                out[state] = n
+            for status, n in conn.execute(
+                "SELECT status, COUNT(*) FROM recipients "
+                "WHERE campaign_id = ? AND state = 'final' GROUP BY status",
+                (campaign_id,),
+            ):
+                out[f"status:{status}"] = n
+            return out
+
+        return await self._read(op)

@@ -1,0 +1,324 @@
+"""SQLite-only behaviour: durability settings, group commit, crash survival, schema migrations."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import threading
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+import pytest
+from anyio.streams.text import TextReceiveStream
+
+from bulksend.errors import ConfigError, StoreError
+from bulksend.store import NewRecipient, RowState, SqliteStore
+from bulksend.store.sqlite import MIGRATIONS, SCHEMA_VERSION, Durability
+
+NOW = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def recipients(n: int) -> list[NewRecipient]:
+    return [NewRecipient(row=i, email=f"u{i}@example.com", key=f"u{i}@example.com") for i in range(1, n + 1)]
+
+
+async def opened(path: Path, *, durability: Durability = "full", busy_timeout_s: float = 10.0) -> SqliteStore:
+    store = SqliteStore(path, durability=durability, busy_timeout_s=busy_timeout_s)
+    await store.open()
+    return store
+
+
+class WriterHold:
+    """Blocks the store's writer thread inside a write until released.
+
+    It reaches into the store's private queueing on purpose: it is the only way to make "these
+    writes were queued while the writer was busy" deterministic, with no sleeps.
+    """
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def _block(self, conn: sqlite3.Connection) -> None:
+        self.entered.set()
+        self.gate.wait()
+
+    async def start(self, tg: anyio.abc.TaskGroup) -> None:
+        """Queue the blocking write and return once the writer is stuck in it."""
+        tg.start_soon(self.store._write, self._block)
+        await anyio.to_thread.run_sync(self.entered.wait)
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+async def test_default_pragmas_are_wal_and_full(tmp_path: Path) -> None:
+    """By default the writer runs in WAL mode with synchronous=FULL (2), and WAL persists in the file."""
+    store = await opened(tmp_path / "o.db")
+    try:
+        assert await store.pragma("journal_mode") == "wal"
+        assert await store.pragma("synchronous") == 2
+        assert await store.pragma("foreign_keys") == 1
+    finally:
+        await store.close()
+    with sqlite3.connect(tmp_path / "o.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_normal_durability_sets_synchronous_normal(tmp_path: Path) -> None:
+    """durability="normal" runs the writer with synchronous=NORMAL (1)."""
+    store = await opened(tmp_path / "o.db", durability="normal")
+    try:
+        assert await store.pragma("synchronous") == 1
+    finally:
+        await store.close()
+
+
+def test_bad_settings_are_config_errors(tmp_path: Path) -> None:
+    """An unknown durability or an in-memory database is refused with ConfigError."""
+    with pytest.raises(ConfigError):
+        SqliteStore(tmp_path / "o.db", durability="fast")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        SqliteStore(":memory:")
+
+
+async def test_pragma_name_is_checked(tmp_path: Path) -> None:
+    """pragma() only takes a bare pragma name, never SQL."""
+    store = await opened(tmp_path / "o.db")
+    try:
+        with pytest.raises(StoreError):
+            await store.pragma("synchronous = OFF")
+        assert await store.pragma("synchronous") == 2
+    finally:
+        await store.close()
+
+
+async def test_reopen_existing_schema_is_idempotent(tmp_path: Path) -> None:
+    """Reopening a v1 database applies no migration again and keeps the data."""
+    path = tmp_path / "o.db"
+    store = await opened(path)
+    await store.create_campaign("c", {"v": 1})
+    [res] = await store.admit("c", recipients(1))
+    await store.close()
+    for _ in range(2):
+        store = await opened(path)
+        assert (await store.get_row(res.id)) is not None
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        versions = [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY version")]
+        indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert versions == list(range(1, SCHEMA_VERSION + 1)) == [1]
+    assert {
+        "ux_recipients_campaign_row",
+        "ux_recipients_campaign_dedupe",
+        "ix_recipients_campaign_state_id",
+        "ix_recipients_email_id",
+    } <= indexes
+    assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+async def test_two_instances_open_one_new_file(tmp_path: Path) -> None:
+    """Two stores opening the same new file at once apply the schema exactly once."""
+    path = tmp_path / "o.db"
+    stores = [SqliteStore(path), SqliteStore(path)]
+    async with anyio.create_task_group() as tg:
+        for s in stores:
+            tg.start_soon(s.open)
+    for s in stores:
+        await s.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 1
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A database migrated by a newer bulksend is refused instead of being misread."""
+    path = tmp_path / "o.db"
+    store = await opened(path)
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES (?, 'later')", (SCHEMA_VERSION + 1,)
+        )
+    with pytest.raises(StoreError, match="newer"):
+        await SqliteStore(path).open()
+
+
+async def test_group_commit_one_transaction_for_queued_writes(tmp_path: Path) -> None:
+    """Writes queued while the writer is busy are committed together in one transaction."""
+    store = await opened(tmp_path / "o.db")
+    try:
+        await store.create_campaign("c", {})
+        results = await store.admit("c", recipients(500))
+        hold = WriterHold(store)
+        async with anyio.create_task_group() as tg:
+            await hold.start(tg)
+            before = store.commits
+            for res in results:
+                tg.start_soon(partial(store.mark_sending, res.id, started_at=NOW, correlation="c"))
+            await anyio.wait_all_tasks_blocked()  # every write is queued behind the held writer
+            hold.release()
+        # One commit for the held write, one for all 500 writes queued behind it.
+        assert store.commits - before == 2
+        assert await store.counts("c") == {"sending": 500}
+    finally:
+        await store.close()
+
+
+async def test_failed_operation_fails_only_itself(tmp_path: Path) -> None:
+    """An illegal transition in a batch fails its own caller while the rest of the batch commits."""
+    path = tmp_path / "o.db"
+    store = await opened(path)
+    await store.create_campaign("c", {})
+    ids = [r.id for r in await store.admit("c", recipients(6))]
+    await store.mark_sending(ids[0], started_at=NOW, correlation="first")
+    hold = WriterHold(store)
+    outcomes: dict[int, str] = {}
+
+    async def send(row_id: int) -> None:
+        try:
+            await store.mark_sending(row_id, started_at=NOW, correlation="second")
+            outcomes[row_id] = "ok"
+        except StoreError:
+            outcomes[row_id] = "refused"
+
+    async with anyio.create_task_group() as tg:
+        await hold.start(tg)
+        before = store.commits
+        for row_id in [*ids, 999_999]:
+            tg.start_soon(send, row_id)
+        await anyio.wait_all_tasks_blocked()
+        hold.release()
+    assert store.commits - before == 2  # the refused ones were in the same transaction
+    assert outcomes == {ids[0]: "refused", 999_999: "refused", **dict.fromkeys(ids[1:], "ok")}
+    await store.close()
+    store = await opened(path)
+    try:
+        first = await store.get_row(ids[0])
+        assert first is not None
+        assert (first.attempts, first.correlation) == (1, "first")
+        assert await store.counts("c") == {"sending": 6}
+    finally:
+        await store.close()
+
+
+async def test_locked_database_fails_writes_then_recovers(tmp_path: Path) -> None:
+    """While another connection holds the write lock, writes fail with StoreError; afterwards they work."""
+    path = tmp_path / "o.db"
+    store = await opened(path, busy_timeout_s=0.05)
+    try:
+        await store.create_campaign("c", {})
+        [res] = await store.admit("c", recipients(1))
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StoreError, match="write transaction"):
+                await store.mark_sending(res.id, started_at=NOW, correlation="c")
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        row = await store.mark_sending(res.id, started_at=NOW, correlation="c")
+        assert row.attempts == 1
+    finally:
+        await store.close()
+
+
+async def test_close_flushes_queued_writes(tmp_path: Path) -> None:
+    """close() commits writes already queued before it stops the writer."""
+    path = tmp_path / "o.db"
+    store = await opened(path)
+    await store.create_campaign("c", {})
+    ids = [r.id for r in await store.admit("c", recipients(50))]
+    hold = WriterHold(store)
+    async with anyio.create_task_group() as tg:
+        await hold.start(tg)
+        for row_id in ids:
+            tg.start_soon(partial(store.mark_sending, row_id, started_at=NOW, correlation="c"))
+        await anyio.wait_all_tasks_blocked()
+        hold.release()
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM recipients WHERE state = 'sending'").fetchone()[0] == 50
+
+
+CHILD = """
+import sys
+from datetime import UTC, datetime
+
+import anyio
+
+from bulksend.store import NewRecipient, SqliteStore
+
+
+async def main(path: str) -> None:
+    store = SqliteStore(path)
+    await store.open()
+    await store.create_campaign("c", {})
+    rows = [NewRecipient(row=i, email=f"u{i}@example.com", key=f"u{i}@example.com") for i in range(1, 301)]
+    results = await store.admit("c", rows)
+    now = datetime.now(UTC)
+    for res in results[:100]:
+        await store.mark_sending(res.id, started_at=now, correlation=f"c{res.id}")
+    print("done", flush=True)
+    # Keep writing, so that the kill lands while commits are in flight.
+    for res in results[100:]:
+        await store.mark_sending(res.id, started_at=now, correlation=f"c{res.id}")
+        print(f"ack {res.id}", flush=True)
+    await anyio.sleep_forever()
+
+
+anyio.run(main, sys.argv[1])
+"""
+
+
+async def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
+    """Every write a killed (-9) process saw acknowledged is in the database when it is reopened."""
+    path = tmp_path / "o.db"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    lines: list[str] = []
+    with anyio.fail_after(60):  # a guard against a hung child, not a timing assertion
+        async with await anyio.open_process([sys.executable, "-c", CHILD, str(path)], env=env) as proc:
+            assert proc.stdout is not None
+            buffer = ""
+            async for chunk in TextReceiveStream(proc.stdout):
+                buffer += chunk
+                *complete, buffer = buffer.split("\n")
+                lines += complete
+                if "done" in lines:
+                    proc.kill()  # SIGKILL: no cleanup, no close(), no atexit
+                    break
+            assert "done" in lines, "the child exited before acknowledging its writes"
+            await proc.wait()
+            # Lines the child printed before it died are still in the pipe.
+            async for chunk in TextReceiveStream(proc.stdout):
+                buffer += chunk
+            lines += buffer.split("\n")
+    assert proc.returncode == -9
+    acked = {int(line.split()[1]) for line in lines if line.startswith("ack ")}
+
+    store = await opened(path)
+    try:
+        assert await store.max_admitted_row("c") == 300
+        rows = {r.id: r async for r in store.iter_rows("c")}
+        assert len(rows) == 300
+        by_row = {r.row: r for r in rows.values()}
+        for n in range(1, 101):
+            assert by_row[n].state is RowState.SENDING
+            assert by_row[n].correlation == f"c{by_row[n].id}"
+        for row_id in acked:
+            assert rows[row_id].state is RowState.SENDING
+        # Unacknowledged writes may or may not have landed, but nothing else can have happened.
+        assert {r.state for r in rows.values()} <= {RowState.PENDING, RowState.SENDING}
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
