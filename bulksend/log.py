@@ -1,0 +1,79 @@
+"""structlog configuration: console lines for people, JSON lines (orjson) for machines.
+
+A redaction processor runs last before rendering: any registered secret that found its way into
+an event value is replaced, as a second line of defence behind :class:`bulksend.secret.Secret`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Literal
+
+import orjson
+import structlog
+
+__all__ = ["LogFormat", "configure_logging", "register_secret"]
+
+LogFormat = Literal["console", "json", "auto"]
+
+_SECRETS: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    """Make sure ``value`` is masked wherever it would appear in a log event."""
+    if value and len(value) >= 4:
+        _SECRETS.add(value)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        for secret in _SECRETS:
+            if secret in value:
+                value = value.replace(secret, "****")
+        return value
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub(v) for v in value)
+    return value
+
+
+def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    if not _SECRETS:
+        return event
+    for key, value in list(event.items()):
+        event[key] = _scrub(value)
+    return event
+
+
+def _orjson_dumps(obj: Any, default: Any = None) -> str:
+    return orjson.dumps(obj, default=default or str).decode()
+
+
+def configure_logging(fmt: LogFormat = "auto", level: str = "info", *, stream: Any = None) -> None:
+    """Route structlog (and stdlib logging) to ``stream`` (stderr) as console text or JSON."""
+    stream = stream or sys.stderr
+    if fmt == "auto":
+        fmt = "console" if getattr(stream, "isatty", lambda: False)() else "json"
+    numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    renderer: Any
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=getattr(stream, "isatty", lambda: False)())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info if fmt == "json" else structlog.dev.set_exc_info,
+            _redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=max(numeric, logging.WARNING), stream=stream, force=True)

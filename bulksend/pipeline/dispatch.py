@@ -1,0 +1,215 @@
+"""Dispatch: one recipient's email from ``pending`` to ``submitted``, exactly once.
+
+Order of one attempt, and why:
+
+1. take a slot from the shared limiter (every POST costs quota);
+2. write ``sending`` durably (shielded) — *before* the POST, so a crash after TEM created the email
+   leaves a row that will be reconciled instead of blindly re-sent;
+3. POST;
+4. record the answer (shielded, so a cancellation that lands right after TEM answered cannot lose
+   the email id):
+
+   * 200 → ``submitted`` with the email id;
+   * 429 / never connected → the email surely does not exist: back to ``pending`` and retry
+     (tenacity, jittered backoff; the limiter slows down for everyone);
+   * 5xx / timeout / dropped connection → *ambiguous*: the row stays ``sending`` and goes to the
+     reconciler, which looks the email up before anything is sent again;
+   * other 4xx → ``rejected`` with TEM's message, except account-level refusals (401, 403), which
+     stop the campaign: every other email would be refused too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import anyio
+import structlog
+
+from bulksend.errors import (
+    AuthenticationError,
+    BulksendError,
+    PermissionsDeniedError,
+    QuotaExceededError,
+    RateLimitedError,
+    ServerError,
+    TemApiError,
+    TemError,
+    TemPermanentError,
+    TemTransportError,
+)
+from bulksend.pipeline.limiter import RateLimiter
+from bulksend.pipeline.retry import RetryPolicy, is_safe_to_resend, retrying
+from bulksend.pipeline.stats import RunStats
+from bulksend.store.base import Store
+from bulksend.tem.client import TemClient
+from bulksend.tem.models import Email
+
+__all__ = ["AccountRefusedError", "Dispatcher", "SendItem"]
+
+log = structlog.get_logger("bulksend.dispatch")
+
+
+class AccountRefusedError(BulksendError):
+    """TEM refused the account itself (401/403): sending anything else is pointless."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendItem:
+    """A rendered email ready to POST, tied to its outbox row."""
+
+    row_id: int
+    row: int
+    email: str
+    subject: str
+    body: bytes
+    correlation: str
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Retryable(Exception):
+    """Internal: the attempt surely created nothing and may be retried."""
+
+    def __init__(self, cause: TemError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class Dispatcher:
+    """Sends rendered emails through the limiter, recording every step in the store."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        tem: TemClient,
+        limiter: RateLimiter,
+        stats: RunStats,
+        retry: RetryPolicy,
+        on_ambiguous: Callable[[SendItem, datetime, datetime], Awaitable[None]],
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        self._store = store
+        self._tem = tem
+        self._limiter = limiter
+        self._stats = stats
+        self._retry = retry
+        self._on_ambiguous = on_ambiguous
+        self._sleep = sleep
+
+    async def send(self, item: SendItem) -> bool:
+        """Send one email with retries. Returns False when it was left ``pending`` (retries exhausted).
+
+        Raises :class:`AccountRefusedError` when TEM refuses the account (401/403).
+        """
+        try:
+            async for attempt in retrying(
+                self._retry,
+                retry_on=lambda e: isinstance(e, _Retryable),
+                sleep=self._sleep,
+            ):
+                with attempt:
+                    await self._attempt(item)
+        except _Retryable as exc:
+            log.warning(
+                "email.deferred",
+                row=item.row,
+                reason=str(exc.cause),
+                hint="left pending; rerun the same command to resume",
+            )
+            self._stats.deferred += 1
+            return False
+        return True
+
+    async def _attempt(self, item: SendItem) -> None:
+        await self._limiter.acquire("send")
+        started_at = utcnow()
+        with anyio.CancelScope(shield=True):
+            await self._store.mark_sending(item.row_id, started_at=started_at, correlation=item.correlation)
+        self._stats.in_flight += 1
+        try:
+            emails = await self._tem.send_email_raw(item.body)
+        except TemPermanentError as exc:
+            await self._permanent(item, exc)
+            return
+        except TemError as exc:
+            await self._transient(item, exc, started_at)
+            return
+        finally:
+            self._stats.in_flight -= 1
+        self._limiter.on_success()
+        email = _pick(emails, item.email)
+        with anyio.CancelScope(shield=True):
+            await self._store.mark_submitted(
+                item.row_id,
+                email_id=email.id,
+                message_id=email.message_id,
+                submitted_at=email.created_at or utcnow(),
+            )
+        self._stats.add_submitted()
+
+    async def _permanent(self, item: SendItem, exc: TemPermanentError) -> None:
+        # A 4xx means TEM refused the request: no email was created, so the row may leave
+        # `sending` without reconciliation.
+        self._limiter.on_success()
+        if isinstance(exc, AuthenticationError | PermissionsDeniedError | QuotaExceededError):
+            with anyio.CancelScope(shield=True):
+                await self._store.mark_retry(item.row_id, reason=f"account refused: {exc.message}")
+            raise AccountRefusedError(_account_hint(exc)) from exc
+        reason = f"TEM refused the email ({exc.status} {exc.type or 'error'}): {exc.message}"
+        fields = exc.fields
+        if fields:
+            reason += " — " + "; ".join(f"{k}: {v}" for k, v in fields.items())
+        with anyio.CancelScope(shield=True):
+            await self._store.mark_rejected(item.row_id, reason=reason)
+        self._stats.rejected += 1
+        log.debug("email.rejected", row=item.row, reason=reason)
+
+    async def _transient(self, item: SendItem, exc: TemError, started_at: datetime) -> None:
+        retry_after = exc.retry_after_s if isinstance(exc, TemApiError) else None
+        if isinstance(exc, RateLimitedError | ServerError | TemTransportError):
+            self._limiter.on_throttle(retry_after)
+        if is_safe_to_resend(exc):
+            with anyio.CancelScope(shield=True):
+                await self._store.mark_retry(item.row_id, reason=str(exc))
+            raise _Retryable(exc) from exc
+        # Ambiguous: TEM may have created the email. Never resend blindly.
+        ended_at = utcnow()
+        with anyio.CancelScope(shield=True):
+            await self._store.mark_ambiguous(item.row_id, ended_at=ended_at, reason=str(exc))
+        self._stats.ambiguous += 1
+        log.debug("email.ambiguous", row=item.row, error=str(exc))
+        await self._on_ambiguous(item, started_at, ended_at)
+
+
+def _pick(emails: list[Email], address: str) -> Email:
+    """The email created for ``address`` (one request has one recipient, but be exact)."""
+    wanted = address.strip().lower()
+    for email in emails:
+        if email.mail_rcpt.lower() == wanted:
+            return email
+    if emails:
+        return emails[0]
+    raise TemApiError(200, "TEM answered 200 without any email", type="protocol_error")
+
+
+def _account_hint(exc: TemPermanentError) -> str:
+    if isinstance(exc, AuthenticationError):
+        return (
+            f"TEM refused the secret key ({exc.status}: {exc.message}). "
+            "Check SCW_SECRET_KEY (or the scw profile) and try again."
+        )
+    if isinstance(exc, QuotaExceededError):
+        return (
+            f"TEM says the email quota is used up ({exc.message}). Raise the quota in the Scaleway "
+            "console, then rerun the same command to resume."
+        )
+    return (
+        f"TEM denied permission ({exc.status}: {exc.message}). The key needs "
+        "TransactionalEmailEmailApiCreate (send) and TransactionalEmailEmailReadOnly (tracking); "
+        "check the sender domain belongs to SCW_DEFAULT_PROJECT_ID."
+    )

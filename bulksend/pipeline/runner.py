@@ -1,0 +1,423 @@
+"""One campaign's run: admit → dispatch → reconcile → track → outcomes, in one task group.
+
+::
+
+    intake ──(bounded stream)──► N dispatch workers ──► TEM
+      │  resume: pending rows first, then the file after the last admitted row
+      │                         │ ambiguous
+      │                         ▼
+      │                    reconciler (GET /emails, then adopt or resend)
+      ▼
+    store ◄──────────────── tracker (list final emails in batches, stragglers by id)
+
+Stopping: :meth:`CampaignRun.request_stop` stops intake at once, lets in-flight requests finish
+and records them, and gives up after ``grace_s`` (rows left ``sending`` are reconciled by the next
+run). :meth:`CampaignRun.abort` cancels at once; the store writes are shielded, so the next run
+still finds every row where it really is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from bulksend.campaign import Campaign
+from bulksend.errors import CampaignError
+from bulksend.pipeline.dispatch import Dispatcher, SendItem
+from bulksend.pipeline.limiter import RateLimiter
+from bulksend.pipeline.reconcile import Reconciler
+from bulksend.pipeline.retry import RetryPolicy
+from bulksend.pipeline.stats import RunStats
+from bulksend.pipeline.tracker import Tracker, TrackerSettings
+from bulksend.render import Rejection, RenderedEmail, Renderer
+from bulksend.sinks.outcomes import write_outcomes
+from bulksend.sources.files import BadRow, RecipientInput, iter_recipients
+from bulksend.store.base import (
+    CampaignRecord,
+    CampaignState,
+    NewRecipient,
+    RecipientRow,
+    RowState,
+    Store,
+)
+from bulksend.tem.client import TemClient
+from bulksend.validate import normalize_address
+
+__all__ = ["CampaignRun", "RunResult", "correlation_of"]
+
+log = structlog.get_logger("bulksend.run")
+
+ADMIT_BATCH = 500
+"""Rows admitted per store commit: large enough to amortise the commit, small enough to start fast."""
+
+
+def correlation_of(campaign_id: str, row: int) -> str:
+    """The per-recipient correlation reference carried in the ``X-Bulksend-Ref`` header."""
+    return f"{campaign_id}/{row}"
+
+
+@dataclass
+class RunResult:
+    """How a run ended."""
+
+    campaign_id: str
+    complete: bool
+    """Every admitted row reached a terminal state (and the whole source was admitted)."""
+    stopped: bool
+    already_finished: bool
+    counts: dict[str, int]
+    stats: RunStats
+    outcomes_path: Path | None = None
+    outcome_lines: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class CampaignRun:
+    """Runs one campaign to the end (or until stopped), resuming whatever a previous run left."""
+
+    def __init__(
+        self,
+        campaign: Campaign,
+        *,
+        store: Store,
+        tem: TemClient,
+        limiter: RateLimiter,
+        project_id: str,
+        stats: RunStats | None = None,
+        grace_s: float = 30.0,
+        skew_s: float = 5.0,
+    ) -> None:
+        self.campaign = campaign
+        self.store = store
+        self.tem = tem
+        self.limiter = limiter
+        self.stats = stats or RunStats()
+        self.grace_s = grace_s
+        self._skew_s = skew_s
+        self._renderer = Renderer(campaign, project_id=project_id)
+        self._retry = RetryPolicy(
+            max_attempts=campaign.sending.max_attempts, max_elapsed_s=campaign.sending.max_retry_s
+        )
+        self._stopping = False
+        self._root_scope: anyio.CancelScope | None = None
+        self._intake_scope = anyio.CancelScope()
+        self._reconciling: set[int] = set()
+
+    # -- control -----------------------------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def request_stop(self) -> None:
+        """Graceful stop: no new recipients; in-flight requests finish within ``grace_s``."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._intake_scope.cancel()
+        if self._root_scope is not None:
+            self._root_scope.deadline = min(self._root_scope.deadline, anyio.current_time() + self.grace_s)
+        log.info("campaign.stopping", campaign=self.campaign.id, grace_s=self.grace_s)
+
+    def abort(self) -> None:
+        """Immediate stop. Recorded state stays consistent; the next run reconciles."""
+        self._stopping = True
+        self._intake_scope.cancel()
+        if self._root_scope is not None:
+            self._root_scope.cancel()
+
+    # -- run ---------------------------------------------------------------------------------
+    async def run(self) -> RunResult:
+        c = self.campaign
+        record = await self._open_campaign()
+        if record.state is CampaignState.FINISHED:
+            counts = await self.store.counts(c.id)
+            lines = 0
+            if not c.output.outcomes.exists():
+                lines = await write_outcomes(c.output.outcomes, self.store.iter_outcomes(c.id))
+            return RunResult(
+                c.id,
+                complete=True,
+                stopped=False,
+                already_finished=True,
+                counts=counts,
+                stats=self.stats,
+                outcomes_path=c.output.outcomes,
+                outcome_lines=lines,
+            )
+        await self._baseline()
+        log.info(
+            "campaign.start",
+            campaign=c.id,
+            rate_per_s=c.sending.rate_per_s,
+            concurrency=c.sending.concurrency,
+        )
+        # Emails of this campaign were all created after the campaign record; the margin covers
+        # clock skew between this machine and TEM.
+        since = record.created_at - timedelta(minutes=1)
+        tracker = Tracker(
+            campaign_id=c.id,
+            store=self.store,
+            tem=self.tem,
+            limiter=self.limiter,
+            stats=self.stats,
+            settings=TrackerSettings(
+                poll_interval_s=c.tracking.poll_interval_s,
+                give_up_after_s=c.tracking.give_up_after_s,
+                page_size=c.tracking.page_size,
+            ),
+            since=since,
+            mail_from=c.from_.email,
+            retry=self._retry,
+        )
+        sending_done = anyio.Event()
+        with anyio.CancelScope() as root:
+            self._root_scope = root
+            if self._stopping:
+                root.cancel()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._track, tracker, sending_done)
+                await self._send_all(record)
+                sending_done.set()
+        self._root_scope = None
+        return await self._finish(hard_stopped=root.cancelled_caught)
+
+    async def _baseline(self) -> None:
+        """Start the counters from what earlier runs already did (progress of a resumed run)."""
+        counts = await self.store.counts(self.campaign.id)
+        s = self.stats
+        s.rejected = counts.get(RowState.REJECTED.value, 0)
+        s.skipped = counts.get(RowState.SKIPPED.value, 0)
+        s.final = counts.get(RowState.FINAL.value, 0)
+        s.submitted = s.final + counts.get(RowState.SUBMITTED.value, 0)
+        s.admitted = (
+            s.submitted + counts.get(RowState.PENDING.value, 0) + counts.get(RowState.SENDING.value, 0)
+        )
+        for key, n in counts.items():
+            if key.startswith("status:"):
+                s.final_by_status[key.removeprefix("status:")] = n
+
+    async def _track(self, tracker: Tracker, sending_done: anyio.Event) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(tracker.run, sending_done)
+            await sending_done.wait()
+            if self._stopping:
+                # A stopped run does not wait for TEM to finish delivering: the next run tracks.
+                tg.cancel_scope.cancel()
+
+    async def _send_all(self, record: CampaignRecord) -> None:
+        c = self.campaign
+        send, receive = anyio.create_memory_object_stream[SendItem](max_buffer_size=c.sending.concurrency * 2)
+        async with anyio.create_task_group() as recon_tg:
+            dispatcher: Dispatcher
+            reconciler = Reconciler(
+                task_group=recon_tg,
+                store=self.store,
+                tem=self.tem,
+                limiter=self.limiter,
+                stats=self.stats,
+                mail_from=c.from_.email,
+                settle_s=c.tracking.settle_s,
+                skew_s=self._skew_s,
+                timeout_s=c.sending.timeout_s,
+                retry=self._retry,
+                resend=lambda item: self._resend(dispatcher, item),
+            )
+            dispatcher = Dispatcher(
+                store=self.store,
+                tem=self.tem,
+                limiter=self.limiter,
+                stats=self.stats,
+                retry=self._retry,
+                on_ambiguous=lambda item, started, ended: reconciler.submit(item, started, ended),
+            )
+            # Rows a previous run left `sending` may have reached TEM: reconcile, never resend.
+            async for row in self.store.iter_rows(c.id, states=[RowState.SENDING]):
+                item = await self._item_from_row(row)
+                if item is not None and row.attempt_started_at is not None:
+                    self._reconciling.add(row.id)
+                    await reconciler.submit(item, row.attempt_started_at, row.attempt_ended_at)
+            async with anyio.create_task_group() as dispatch_tg:
+                dispatch_tg.start_soon(self._intake, send, record)
+                for _ in range(c.sending.concurrency):
+                    dispatch_tg.start_soon(self._worker, dispatcher, receive.clone())
+                receive.close()
+
+    async def _resend(self, dispatcher: Dispatcher, item: SendItem) -> bool:
+        if self._stopping:
+            return False  # the row is `pending`; the next run sends it
+        return await dispatcher.send(item)
+
+    async def _worker(self, dispatcher: Dispatcher, receive: ObjectReceiveStream[SendItem]) -> None:
+        async with receive:
+            async for item in receive:
+                if self._stopping:
+                    return  # the item's row stays `pending`: durable, and resumed by the next run
+                await dispatcher.send(item)
+
+    # -- intake ------------------------------------------------------------------------------
+    async def _intake(self, send: ObjectSendStream[SendItem], record: CampaignRecord) -> None:
+        c = self.campaign
+        async with send:
+            with self._intake_scope:
+                # Resume first: rows admitted by an earlier run but never sent. Reading by id means
+                # a row this run re-queues (a retry) is never picked up twice.
+                async for row in self.store.iter_rows(c.id, states=[RowState.PENDING]):
+                    if row.id in self._reconciling:
+                        continue
+                    item = await self._item_from_row(row)
+                    if item is not None:
+                        await send.send(item)
+                if not record.admitted_all:
+                    start = await self.store.max_admitted_row(c.id)
+                    await self._admit_file(send, start)
+                    await self.store.mark_admitted_all(c.id)
+
+    async def _admit_file(self, send: ObjectSendStream[SendItem], start_after_row: int) -> None:
+        c = self.campaign
+        reader = iter_recipients(c.recipients, start_after_row=start_after_row)
+        while True:
+            chunk = await anyio.to_thread.run_sync(_take, reader, ADMIT_BATCH)
+            if not chunk:
+                return
+            rows: list[NewRecipient] = []
+            rendered: dict[int, RenderedEmail] = {}
+            for rec in chunk:
+                new, email = self._prepare(rec)
+                rows.append(new)
+                if email is not None:
+                    rendered[new.row] = email
+            # Durable before anything is sent: a crash from here on loses no accepted recipient.
+            with anyio.CancelScope(shield=True):
+                results = await self.store.admit(c.id, rows)
+            by_row = {r.row: r for r in rows}
+            for res in results:
+                if res.state is RowState.PENDING:
+                    self.stats.admitted += 1
+                    email = rendered.get(res.row)
+                    if email is not None:
+                        new = by_row[res.row]
+                        await send.send(
+                            SendItem(
+                                res.id,
+                                res.row,
+                                new.email,
+                                email.subject,
+                                email.body,
+                                correlation_of(c.id, res.row),
+                            )
+                        )
+                elif res.state is RowState.REJECTED:
+                    self.stats.rejected += 1
+                elif res.state is RowState.SKIPPED:
+                    self.stats.skipped += 1
+
+    def _prepare(self, rec: RecipientInput | BadRow) -> tuple[NewRecipient, RenderedEmail | None]:
+        if isinstance(rec, BadRow):
+            return NewRecipient(rec.row, rec.email, rec.name, None, RowState.REJECTED, rec.reason), None
+        attachments = _attachments_of(rec.vars)
+        result = self._renderer.render(
+            rec.email,
+            rec.name,
+            rec.vars,
+            correlation=correlation_of(self.campaign.id, rec.row),
+            attachments=attachments,
+        )
+        if isinstance(result, Rejection):
+            return NewRecipient(rec.row, rec.email, rec.name, None, RowState.REJECTED, result.reason), None
+        payload: dict[str, Any] = {"vars": rec.vars}
+        return (
+            NewRecipient(
+                rec.row, rec.email, rec.name, normalize_address(rec.email), RowState.PENDING, payload=payload
+            ),
+            result,
+        )
+
+    async def _item_from_row(self, row: RecipientRow) -> SendItem | None:
+        """Render a stored row again (resume). A row that no longer renders is rejected."""
+        variables = dict(row.payload.get("vars") or {})
+        correlation = row.correlation or correlation_of(self.campaign.id, row.row)
+        result = self._renderer.render(
+            row.email, row.name, variables, correlation=correlation, attachments=_attachments_of(variables)
+        )
+        if isinstance(result, Rejection):
+            if row.state is RowState.PENDING:
+                with anyio.CancelScope(shield=True):
+                    await self.store.mark_rejected(row.id, reason=result.reason)
+                return None
+            # A `sending` row must still be reconciled: build a lookup-only item.
+            return None
+        return SendItem(row.id, row.row, row.email, result.subject, result.body, correlation)
+
+    # -- end ---------------------------------------------------------------------------------
+    async def _open_campaign(self) -> CampaignRecord:
+        c = self.campaign
+        spec = {
+            "fingerprint": c.fingerprint,
+            "path": str(c.path),
+            "recipients": str(c.recipients),
+            "outcomes": str(c.output.outcomes),
+        }
+        record = await self.store.get_campaign(c.id)
+        if record is None:
+            return await self.store.create_campaign(c.id, spec)
+        if record.spec.get("fingerprint") not in (None, c.fingerprint):
+            raise CampaignError(
+                f"campaign {c.id!r} already ran from different content (template, sender, attachments "
+                f"or recipients changed) in store {c.store_path}. Resuming would mix two versions: "
+                "give the campaign a new `id`, or restore the original files to resume it.",
+                path=str(c.path),
+            )
+        return record
+
+    async def _finish(self, *, hard_stopped: bool) -> RunResult:
+        c = self.campaign
+        counts = await self.store.counts(c.id)
+        record = await self.store.get_campaign(c.id)
+        open_rows = sum(
+            counts.get(s.value, 0) for s in (RowState.PENDING, RowState.SENDING, RowState.SUBMITTED)
+        )
+        complete = bool(record and record.admitted_all) and open_rows == 0 and not hard_stopped
+        result = RunResult(
+            c.id,
+            complete=complete,
+            stopped=self._stopping or hard_stopped,
+            already_finished=False,
+            counts=counts,
+            stats=self.stats,
+        )
+        if complete:
+            await self.store.set_campaign_state(c.id, CampaignState.FINISHED)
+        if not hard_stopped:
+            with anyio.CancelScope(shield=True):
+                result.outcome_lines = await write_outcomes(c.output.outcomes, self.store.iter_outcomes(c.id))
+            result.outcomes_path = c.output.outcomes
+        if not complete:
+            result.notes.append(
+                f"{open_rows} recipients are not final yet; rerun the same command to resume "
+                "(nobody already submitted is sent again)."
+            )
+        log.info("campaign.end", campaign=c.id, complete=complete, **counts)
+        return result
+
+
+def _take(reader: Iterator[RecipientInput | BadRow], n: int) -> list[RecipientInput | BadRow]:
+    out: list[RecipientInput | BadRow] = []
+    for rec in reader:
+        out.append(rec)
+        if len(out) >= n:
+            break
+    return out
+
+
+def _attachments_of(variables: dict[str, Any]) -> list[str]:
+    raw = variables.get("attachments")
+    if not raw or not isinstance(raw, str):
+        return []
+    return [p.strip() for p in raw.split(";") if p.strip()]

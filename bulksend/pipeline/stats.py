@@ -1,0 +1,68 @@
+"""Live counters of one run, read by the progress display, the summary and the metrics.
+
+Plain integers mutated from the event loop only (no locks needed: every stage runs on one loop).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["RunStats"]
+
+
+@dataclass
+class RunStats:
+    """Counters of one campaign run (this process only; the store holds the totals)."""
+
+    started_monotonic: float = field(default_factory=time.monotonic)
+    total_rows: int | None = None
+    """Rows in the source when known (None while streaming an unknown-length file)."""
+    admitted: int = 0
+    rejected: int = 0
+    skipped: int = 0
+    submitted: int = 0
+    final: int = 0
+    final_by_status: Counter[str] = field(default_factory=Counter)
+    final_by_flag: Counter[str] = field(default_factory=Counter)
+    in_flight: int = 0
+    reconciled_adopted: int = 0
+    reconciled_resent: int = 0
+    ambiguous: int = 0
+    deferred: int = 0
+    """Rows left pending after retries ran out (a rerun resumes them)."""
+    api_calls: Counter[tuple[str, int]] = field(default_factory=Counter)
+    """(endpoint kind, HTTP status or 0 for a transport error) → calls."""
+
+    on_submitted: Callable[[int], None] | None = field(default=None, repr=False)
+    """Called with the new ``submitted`` count after each submission (progress hooks, tests)."""
+
+    def add_submitted(self) -> None:
+        """Count one email accepted by TEM (or adopted by reconciliation)."""
+        self.submitted += 1
+        if self.on_submitted is not None:
+            self.on_submitted(self.submitted)
+
+    def on_response(self, kind: str, status: int, elapsed_s: float) -> None:
+        """Hook for ``TemClient(on_response=…)``: counts every API call."""
+        self.api_calls[(kind, status)] += 1
+
+    def calls(self, *kinds: str) -> int:
+        """API calls of these kinds (all kinds when none given)."""
+        return sum(n for (k, _), n in self.api_calls.items() if not kinds or k in kinds)
+
+    @property
+    def throttled(self) -> int:
+        """429 answers seen."""
+        return sum(n for (_, s), n in self.api_calls.items() if s == 429)
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started_monotonic
+
+    def submit_rate_per_s(self) -> float:
+        """Average submissions per second since the start of the run."""
+        elapsed = self.elapsed_s
+        return self.submitted / elapsed if elapsed > 0 else 0.0

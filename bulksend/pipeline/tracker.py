@@ -1,0 +1,254 @@
+"""Tracking: learn every submitted email's final status for a few API calls per thousand emails.
+
+Each poll lists *final* emails of the campaign's window (``since`` the campaign began, sender
+``mail_from``) ordered by ``updated_at`` descending, 1000 per page, and stops paging once it
+reaches emails updated before the previous poll's high-water mark (minus an overlap for clock
+skew and same-instant updates). A poll therefore costs about ``newly final / 1000 + 1`` calls,
+whatever the campaign size. Emails the lists have not reported after ``straggler_after_s`` are
+read one by one (``GET /emails/{id}``), with a per-email backoff so stuck soft bounces stay cheap;
+an email still transient after ``give_up_after_s`` ends ``unknown``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+from typing import TypeVar
+
+import anyio
+import structlog
+
+from bulksend.errors import NotFoundError, TemError
+from bulksend.pipeline.dispatch import utcnow
+from bulksend.pipeline.limiter import RateLimiter
+from bulksend.pipeline.retry import RetryPolicy, is_transient, retrying
+from bulksend.pipeline.stats import RunStats
+from bulksend.store.base import FinalUpdate, RecipientRow, RowState, Store
+from bulksend.tem.client import TemClient
+from bulksend.tem.models import FINAL_STATUSES, Email, ListEmailsQuery, OrderBy
+
+__all__ = ["Tracker", "TrackerSettings", "final_update"]
+
+log = structlog.get_logger("bulksend.tracker")
+
+PAGE_SIZE_MAX = 1000
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerSettings:
+    poll_interval_s: float = 5.0
+    give_up_after_s: float = 259_200.0
+    page_size: int = PAGE_SIZE_MAX
+    overlap_s: float = 5.0
+    """Re-read updates this much older than the last high-water mark (server clock skew)."""
+    straggler_after_s: float | None = None
+    """Read an email by id once the lists have not reported it for this long (default 12 polls, ≥ 60 s)."""
+    straggler_max_per_pass: int = 200
+    """At most this many per-email reads per pass, to bound quota on a stuck campaign."""
+
+    @property
+    def straggler_s(self) -> float:
+        if self.straggler_after_s is not None:
+            return self.straggler_after_s
+        return max(60.0, 12 * self.poll_interval_s)
+
+
+def final_update(row_id: int, email: Email) -> FinalUpdate:
+    """What the store records for a final email."""
+    last = email.last_try
+    return FinalUpdate(
+        id=row_id,
+        status=email.status.value,
+        flags=email.raw_flags,
+        status_details=email.status_details,
+        smtp_code=last.code if last is not None else None,
+        smtp_message=last.message if last is not None else "",
+        try_count=email.try_count,
+        final_at=email.updated_at or utcnow(),
+    )
+
+
+class Tracker:
+    """Follows a campaign's submitted emails to their final status."""
+
+    def __init__(
+        self,
+        *,
+        campaign_id: str,
+        store: Store,
+        tem: TemClient,
+        limiter: RateLimiter,
+        stats: RunStats,
+        settings: TrackerSettings,
+        since: datetime,
+        mail_from: str,
+        retry: RetryPolicy,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        self._campaign_id = campaign_id
+        self._store = store
+        self._tem = tem
+        self._limiter = limiter
+        self._stats = stats
+        self._settings = settings
+        self._since = since
+        self._mail_from = mail_from
+        self._retry = retry
+        self._sleep = sleep or anyio.sleep
+        self._watermark: datetime | None = None
+        # Stragglers and give-ups are found by scanning the store's submitted rows: do it at half
+        # the shorter of the two delays, never more often than once per poll.
+        self._straggler_every = timedelta(
+            seconds=max(settings.poll_interval_s, min(settings.straggler_s, settings.give_up_after_s) / 2)
+        )
+        self._next_straggler_pass = utcnow() + self._straggler_every
+        self._straggler_next_read: dict[int, tuple[datetime, float]] = {}
+
+    async def run(self, sending_done: anyio.Event) -> None:
+        """Poll until ``sending_done`` is set and nothing submitted is left to follow."""
+        while True:
+            await self.poll()
+            if utcnow() >= self._next_straggler_pass:
+                await self.stragglers()
+                self._next_straggler_pass = utcnow() + self._straggler_every
+            if sending_done.is_set() and await self.outstanding() == 0:
+                return
+            await self._sleep(self._settings.poll_interval_s)
+
+    async def outstanding(self) -> int:
+        """Rows submitted and not final yet (rows still ``sending`` belong to reconciliation)."""
+        counts = await self._store.counts(self._campaign_id)
+        return counts.get(RowState.SUBMITTED.value, 0)
+
+    async def _call(self, kind: str, fn: Callable[[], Awaitable[_T]]) -> _T:
+        async for attempt in retrying(self._retry, retry_on=is_transient, sleep=self._sleep):
+            with attempt:
+                await self._limiter.acquire(kind)
+                try:
+                    result = await fn()
+                except TemError as exc:
+                    if exc.transient:
+                        self._limiter.on_throttle(getattr(exc, "retry_after_s", None))
+                    raise
+                self._limiter.on_success()
+                return result
+        raise AssertionError("unreachable")  # pragma: no cover - retrying reraises
+
+    async def poll(self) -> int:
+        """One incremental sweep of newly final emails; returns how many rows became final."""
+        query = ListEmailsQuery(
+            since=self._since,
+            mail_from=self._mail_from or None,
+            statuses=tuple(sorted(FINAL_STATUSES)),
+            order_by=OrderBy.UPDATED_AT_DESC,
+        )
+        stop_before = (
+            self._watermark - timedelta(seconds=self._settings.overlap_s) if self._watermark else None
+        )
+        page_size = self._settings.page_size
+        newest: datetime | None = None
+        made_final = 0
+        page = 1
+        while True:
+            try:
+                result = await self._call(
+                    "list", partial(self._tem.list_emails, query, page=page, page_size=page_size)
+                )
+            except TemError as exc:
+                log.warning("tracker.poll_failed", error=str(exc))
+                return made_final
+            emails = result.emails
+            for e in emails:
+                if e.updated_at is not None and (newest is None or e.updated_at > newest):
+                    newest = e.updated_at
+            made_final += await self._record(emails)
+            if len(emails) < page_size:
+                break
+            oldest = min((e.updated_at for e in emails if e.updated_at is not None), default=None)
+            if stop_before is not None and oldest is not None and oldest < stop_before:
+                break
+            page += 1
+        if newest is not None and (self._watermark is None or newest > self._watermark):
+            self._watermark = newest
+        return made_final
+
+    async def _record(self, emails: Sequence[Email]) -> int:
+        finals = [e for e in emails if e.status.is_final and e.id]
+        if not finals:
+            return 0
+        rows = await self._store.rows_by_email_id(self._campaign_id, [e.id for e in finals])
+        updates = [
+            final_update(rows[e.id].id, e)
+            for e in finals
+            if e.id in rows and rows[e.id].state in (RowState.SUBMITTED, RowState.SENDING)
+        ]
+        if updates:
+            with anyio.CancelScope(shield=True):
+                await self._store.mark_final(updates)
+            self._count(updates)
+        return len(updates)
+
+    def _count(self, updates: Sequence[FinalUpdate]) -> None:
+        for u in updates:
+            self._stats.final += 1
+            self._stats.final_by_status[u.status] += 1
+            for flag in u.flags:
+                self._stats.final_by_flag[flag] += 1
+            self._straggler_next_read.pop(u.id, None)
+
+    async def stragglers(self) -> None:
+        """Read long-unreported emails one by one; give up on those past ``give_up_after_s``."""
+        now = utcnow()
+        straggler_s = self._settings.straggler_s
+        give_up = timedelta(seconds=self._settings.give_up_after_s)
+        reads = 0
+        gave_up: list[FinalUpdate] = []
+        async for row in self._store.iter_rows(self._campaign_id, states=[RowState.SUBMITTED]):
+            submitted = row.submitted_at or now
+            age = now - submitted
+            if age >= give_up:
+                gave_up.append(_give_up(row, now, self._settings.give_up_after_s))
+                continue
+            if age.total_seconds() < straggler_s or reads >= self._settings.straggler_max_per_pass:
+                continue
+            next_read, backoff_s = self._straggler_next_read.get(row.id, (now, straggler_s))
+            if next_read > now:
+                continue
+            reads += 1
+            try:
+                email = await self._call("get", partial(self._tem.get_email, row.email_id))
+            except NotFoundError:
+                continue
+            except TemError as exc:
+                log.warning("tracker.get_failed", row=row.row, error=str(exc))
+                continue
+            if email.status.is_final:
+                await self._record([email])
+            else:
+                # Exponential per-email backoff, capped at an hour: a soft bounce can last 72 h.
+                backoff_s = min(backoff_s * 2, 3600.0)
+                self._straggler_next_read[row.id] = (now + timedelta(seconds=backoff_s), backoff_s)
+        if gave_up:
+            with anyio.CancelScope(shield=True):
+                await self._store.mark_final(gave_up)
+            self._count(gave_up)
+
+
+def _give_up(row: RecipientRow, now: datetime, after_s: float) -> FinalUpdate:
+    hours = after_s / 3600
+    span = f"{hours:g} h" if hours >= 1 else f"{after_s:g} s"
+    return FinalUpdate(
+        id=row.id,
+        status="unknown",
+        flags=row.flags,
+        status_details=row.status_details,
+        try_count=row.try_count,
+        final_at=now,
+        reason=(
+            f"still not final at TEM {span} after submission (tracking.give_up_after_s); "
+            f"look up email {row.email_id} later"
+        ),
+    )

@@ -1,0 +1,33 @@
+"""``bulksend report OUTCOMES``: summarise an outcomes file (.jsonl or .csv) again."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from bulksend.sinks.outcomes import read_outcomes
+from bulksend.summary import print_summary, summarize_outcomes
+
+__all__ = ["configure", "run"]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("outcomes", type=Path, help="outcomes file written by `bulksend send`")
+
+
+def run(args: argparse.Namespace) -> int:
+    path: Path = args.outcomes
+    if not path.exists():
+        Console(stderr=True).print(f"[bold red]error:[/bold red] {path}: no such file")
+        return 1
+    try:
+        summary = summarize_outcomes(f"outcomes of {path}", read_outcomes(path))
+    except (ValueError, UnicodeDecodeError) as exc:
+        Console(stderr=True).print(
+            f"[bold red]error:[/bold red] {path} is not an outcomes file (.jsonl or .csv): {exc}"
+        )
+        return 1
+    print_summary(summary, Console())
+    return 0

@@ -1,0 +1,347 @@
+"""``bulksend send CAMPAIGN.toml``: run a campaign to the end with live progress and a summary.
+
+Exit codes: 0 every recipient has its final outcome; 1 the campaign or the settings are wrong
+(nothing was sent); 2 TEM refused the account (key, permissions, quota); 3 the run ended with
+recipients still open (retries ran out, or tracking gave up early) — rerun to resume;
+130 stopped by Ctrl-C / SIGTERM — rerun to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+from rich.console import Console
+
+from bulksend.campaign import Campaign, load_campaign
+from bulksend.errors import BulksendError, CampaignError, ConfigError
+from bulksend.log import configure_logging, register_secret
+from bulksend.pipeline.dispatch import AccountRefusedError
+from bulksend.pipeline.limiter import AimdLimiter
+from bulksend.pipeline.runner import CampaignRun, RunResult
+from bulksend.pipeline.stats import RunStats
+from bulksend.progress import show_progress
+from bulksend.render import Rejection, Renderer
+from bulksend.sources.files import BadRow, iter_recipients
+from bulksend.store import open_store
+from bulksend.summary import Summary, print_summary, summarize_outcomes
+from bulksend.tem.client import TemClient
+from bulksend.tem.config import TemSettings
+from bulksend.validate import normalize_address
+
+__all__ = ["configure", "run", "run_campaign"]
+
+log = structlog.get_logger("bulksend.send")
+
+EXIT_OK, EXIT_CONFIG, EXIT_ACCOUNT, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def add_api_options(parser: argparse.ArgumentParser) -> None:
+    """Options that override the SCW_* environment and the scw profile."""
+    g = parser.add_argument_group("API settings (override SCW_* variables and the scw profile)")
+    g.add_argument("--api-url", help="API base URL (SCW_API_URL; default https://api.scaleway.com)")
+    g.add_argument("--project-id", help="project id (SCW_DEFAULT_PROJECT_ID)")
+    g.add_argument("--region", help="region (SCW_DEFAULT_REGION; default fr-par)")
+    g.add_argument("--profile", help="scw config profile (SCW_PROFILE)")
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("output")
+    g.add_argument(
+        "--log-format",
+        choices=["auto", "console", "json"],
+        default="auto",
+        help="log lines as console text or JSON (default: console on a terminal)",
+    )
+    g.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
+    g.add_argument("--no-progress", action="store_true", help="no live progress display")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("campaign", type=Path, help="campaign file (TOML)")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="render and validate every recipient, send nothing, say what would be rejected",
+    )
+    parser.add_argument("--store", type=Path, help="state database (SQLite file); default from the campaign")
+    parser.add_argument(
+        "--outcomes", type=Path, help="outcomes file (.jsonl or .csv); default from the campaign"
+    )
+    parser.add_argument(
+        "--grace-s",
+        type=float,
+        default=30.0,
+        help="on Ctrl-C/SIGTERM, seconds to let in-flight requests finish (default 30)",
+    )
+    add_api_options(parser)
+    add_output_options(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_logging(args.log_format, args.log_level)
+    console = Console(stderr=True)
+    try:
+        campaign = load_campaign(args.campaign)
+        campaign = _with_overrides(campaign, store=args.store, outcomes=args.outcomes)
+        if args.dry_run:
+            return dry_run(campaign, console=console)
+        settings = TemSettings.load(
+            api_url=args.api_url, project_id=args.project_id, region=args.region, profile=args.profile
+        )
+    except (CampaignError, ConfigError) as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}")
+        return EXIT_CONFIG
+    return run_campaign(
+        campaign, settings, console=console, progress=not args.no_progress, grace_s=args.grace_s
+    )
+
+
+def _with_overrides(campaign: Campaign, *, store: Path | None, outcomes: Path | None) -> Campaign:
+    if outcomes is not None:
+        campaign = dataclasses.replace(
+            campaign, output=dataclasses.replace(campaign.output, outcomes=outcomes)
+        )
+    if store is not None:
+        campaign = dataclasses.replace(campaign, store_path=store)
+    return campaign
+
+
+def run_campaign(
+    campaign: Campaign,
+    settings: TemSettings,
+    *,
+    serve: Callable[[], AbstractAsyncContextManager[str]] | None = None,
+    console: Console,
+    progress: bool = True,
+    grace_s: float = 30.0,
+    before_run: Callable[[CampaignRun], None] | None = None,
+) -> int:
+    """Run ``campaign`` against the API in ``settings``; prints progress and the summary.
+
+    ``serve``, when given, is entered inside the run's event loop and yields the API URL to use
+    instead of ``settings.api_url`` (the demo runs its sandbox that way, in-process).
+    """
+    register_secret(settings.secret_key.reveal())
+    try:
+        _preflight(campaign)
+    except CampaignError as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}")
+        return EXIT_CONFIG
+    holder: dict[str, Any] = {}
+    try:
+        result = anyio.run(
+            _main,
+            campaign,
+            settings,
+            serve,
+            progress,
+            grace_s,
+            holder,
+            before_run,
+            backend_options={"use_uvloop": _has_uvloop()},
+        )
+    except (BulksendError, BaseExceptionGroup) as raised:
+        found = _first_bulksend_error(raised)
+        if found is None:
+            raise
+        if isinstance(found, AccountRefusedError):
+            console.print(f"[bold red]stopped:[/bold red] {found}")
+            console.print("Nothing was lost: rerun the same command to resume once this is fixed.")
+            return EXIT_ACCOUNT
+        console.print(f"[bold red]error:[/bold red] {found}")
+        return EXIT_CONFIG
+    return _report(result, console)
+
+
+def _first_bulksend_error(exc: BaseException) -> BulksendError | None:
+    """The error to show from what a task group raised (groups nest one per task group)."""
+    if isinstance(exc, BulksendError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_bulksend_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _preflight(campaign: Campaign) -> None:
+    """Campaign-level checks of the recipient file (e.g. no `email` column) before anything runs."""
+    reader = iter_recipients(campaign.recipients)
+    try:
+        next(reader)
+    except StopIteration:
+        pass
+    finally:
+        close = getattr(reader, "close", None)
+        if close is not None:
+            close()
+
+
+def _count_rows(path: Path) -> int:
+    """Approximate recipients in the file (lines minus a CSV header), for the ETA only."""
+    n = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            n += chunk.count(b"\n")
+    return max(0, n - 1) if path.suffix.lower() == ".csv" else n
+
+
+async def _main(
+    campaign: Campaign,
+    settings: TemSettings,
+    serve: Callable[[], AbstractAsyncContextManager[str]] | None,
+    progress: bool,
+    grace_s: float,
+    holder: dict[str, Any],
+    before_run: Callable[[CampaignRun], None] | None,
+) -> RunResult:
+    if serve is None:
+        return await _run(campaign, settings, progress, grace_s, holder, before_run)
+    async with serve() as api_url:
+        return await _run(
+            campaign, dataclasses.replace(settings, api_url=api_url), progress, grace_s, holder, before_run
+        )
+
+
+async def _run(
+    campaign: Campaign,
+    settings: TemSettings,
+    progress: bool,
+    grace_s: float,
+    holder: dict[str, Any],
+    before_run: Callable[[CampaignRun], None] | None,
+) -> RunResult:
+    stats = RunStats()
+    stats.total_rows = await anyio.to_thread.run_sync(_count_rows, campaign.recipients)
+    store = open_store(campaign.store_path)
+    await store.open()
+    try:
+        limiter = AimdLimiter(
+            campaign.sending.rate_per_s, burst=max(1.0, min(10.0, campaign.sending.rate_per_s / 50))
+        )
+        async with TemClient(
+            settings,
+            timeout_s=campaign.sending.timeout_s,
+            limit_per_host=campaign.sending.concurrency + 8,
+            on_response=stats.on_response,
+        ) as tem:
+            runner = CampaignRun(
+                campaign,
+                store=store,
+                tem=tem,
+                limiter=limiter,
+                project_id=settings.project_id,
+                stats=stats,
+                grace_s=grace_s,
+            )
+            holder["runner"] = runner
+            if before_run is not None:
+                before_run(runner)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_watch_signals, runner)
+                if progress:
+                    tg.start_soon(show_progress, stats, limiter)
+                result = await runner.run()
+                tg.cancel_scope.cancel()
+            return result
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.close()
+
+
+async def _watch_signals(runner: CampaignRun) -> None:
+    """First Ctrl-C/SIGTERM: graceful stop. Second: stop now."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            if not runner.stopping:
+                sys.stderr.write("\nstopping: finishing in-flight requests (Ctrl-C again to stop now)\n")
+                runner.request_stop()
+            else:
+                runner.abort()
+
+
+def _report(result: RunResult, console: Console) -> int:
+    stats = result.stats
+    counts = result.counts
+    title = f"campaign {result.campaign_id}"
+    if result.already_finished:
+        title += " (already finished: nothing sent)"
+    summary = Summary(title)
+    for key, n in counts.items():
+        if key.startswith("status:"):
+            summary.by_status[key.removeprefix("status:")] += n
+        elif key in ("rejected", "skipped"):
+            summary.by_status[key] += n
+        elif key in ("pending", "sending", "submitted"):
+            summary.by_status["unknown"] += n
+    if result.outcomes_path is not None and result.outcomes_path.exists():
+        from bulksend.sinks.outcomes import read_outcomes
+
+        full = summarize_outcomes(title, read_outcomes(result.outcomes_path))
+        summary.by_flag, summary.reasons = full.by_flag, full.reasons
+    if not result.already_finished:
+        by_kind: dict[str, int] = {}
+        for (kind, _status), n in stats.api_calls.items():
+            by_kind[kind] = by_kind.get(kind, 0) + n
+        summary.api_calls = by_kind
+        summary.throttled = stats.throttled
+        summary.wall_time_s = stats.elapsed_s
+    if result.outcomes_path is not None:
+        summary.notes.append(f"outcomes: {result.outcomes_path} ({result.outcome_lines:,} lines)")
+    summary.notes.extend(result.notes)
+    print_summary(summary, Console())
+    if result.complete:
+        return EXIT_OK
+    return EXIT_INTERRUPTED if result.stopped else EXIT_INCOMPLETE
+
+
+def dry_run(campaign: Campaign, *, console: Console) -> int:
+    """Render and validate every recipient without sending; report what would be rejected."""
+    renderer = Renderer(campaign, project_id="00000000-0000-4000-8000-000000000000")
+    summary = Summary(f"dry run of campaign {campaign.id} (nothing sent)")
+    seen: dict[str, int] = {}
+    from bulksend.pipeline.runner import _attachments_of, correlation_of
+
+    for rec in iter_recipients(campaign.recipients):
+        if isinstance(rec, BadRow):
+            summary.by_status["rejected"] += 1
+            summary.reasons[f"row {rec.row}: {rec.reason}"[:120]] += 1
+            continue
+        result = renderer.render(
+            rec.email,
+            rec.name,
+            rec.vars,
+            correlation=correlation_of(campaign.id, rec.row),
+            attachments=_attachments_of(rec.vars),
+        )
+        if isinstance(result, Rejection):
+            summary.by_status["rejected"] += 1
+            summary.reasons[f"row {rec.row}: {result.reason}"[:120]] += 1
+            continue
+        key = normalize_address(rec.email)
+        if key in seen:
+            summary.by_status["skipped"] += 1
+            summary.reasons[f"row {rec.row}: duplicate of row {seen[key]}"] += 1
+            continue
+        seen[key] = rec.row
+        summary.by_status["would send"] += 1
+    print_summary(summary, Console())
+    return EXIT_OK

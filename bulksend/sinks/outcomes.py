@@ -1,0 +1,147 @@
+"""Per-recipient outcome lines: one per input row, as JSONL or CSV.
+
+The file is written from the store (in input-row order) into a temporary file and renamed into
+place, so a reader never sees half a file and a crash mid-write leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import AsyncIterable, Iterable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO, Final
+
+import anyio
+import orjson
+
+from bulksend.store.base import RecipientRow, RowState
+
+__all__ = ["OUTCOME_FIELDS", "OUTCOME_STATUSES", "outcome_of", "read_outcomes", "write_outcomes"]
+
+OUTCOME_FIELDS: Final = (
+    "email",
+    "name",
+    "row",
+    "status",
+    "email_id",
+    "message_id",
+    "flags",
+    "status_details",
+    "smtp_code",
+    "smtp_message",
+    "try_count",
+    "submitted_at",
+    "final_at",
+    "attempts",
+    "reason",
+)
+OUTCOME_STATUSES: Final = ("sent", "failed", "canceled", "rejected", "skipped", "unknown")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def outcome_of(row: RecipientRow) -> dict[str, Any]:
+    """The outcome line of one row. A row that is not terminal yet reads as ``unknown``."""
+    if row.state is RowState.FINAL:
+        status = row.status or "unknown"
+        reason = row.reason
+    elif row.state is RowState.REJECTED:
+        status, reason = "rejected", row.reason
+    elif row.state is RowState.SKIPPED:
+        status, reason = "skipped", row.reason
+    else:
+        status = "unknown"
+        reason = row.reason or f"not finished (still {row.state.value}); rerun the same command to resume"
+    return {
+        "email": row.email,
+        "name": row.name,
+        "row": row.row,
+        "status": status,
+        "email_id": row.email_id or None,
+        "message_id": row.message_id or None,
+        "flags": list(row.flags),
+        "status_details": row.status_details or None,
+        "smtp_code": row.smtp_code,
+        "smtp_message": row.smtp_message or None,
+        "try_count": row.try_count,
+        "submitted_at": _iso(row.submitted_at),
+        "final_at": _iso(row.final_at),
+        "attempts": row.attempts,
+        "reason": reason or None,
+    }
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ";".join(str(v) for v in value)
+    return str(value)
+
+
+async def write_outcomes(path: Path, rows: AsyncIterable[RecipientRow]) -> int:
+    """Write every row's outcome to ``path`` (.jsonl or .csv) atomically; returns the line count.
+
+    File I/O runs in a worker thread in 256 KiB chunks, so a daemon serving other work while
+    writing a million-line file is never blocked on the disk.
+    """
+    await anyio.to_thread.run_sync(lambda: path.parent.mkdir(parents=True, exist_ok=True))
+    tmp = path.with_name(f".{path.name}.tmp")
+    as_csv = path.suffix.lower() == ".csv"
+    count = 0
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    chunk = bytearray()
+    fh: BinaryIO = await anyio.to_thread.run_sync(open, tmp, "wb")
+    try:
+        if as_csv:
+            writer.writerow(OUTCOME_FIELDS)
+        async for row in rows:
+            line = outcome_of(row)
+            if as_csv:
+                writer.writerow([_csv_value(line[f]) for f in OUTCOME_FIELDS])
+            else:
+                chunk += orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+            count += 1
+            if as_csv and text.tell() > _CHUNK:
+                chunk += text.getvalue().encode()
+                text.seek(0)
+                text.truncate()
+            if len(chunk) > _CHUNK:
+                await anyio.to_thread.run_sync(fh.write, bytes(chunk))
+                chunk.clear()
+        chunk += text.getvalue().encode()
+        await anyio.to_thread.run_sync(_finish, fh, bytes(chunk))
+    finally:
+        await anyio.to_thread.run_sync(fh.close)
+    await anyio.to_thread.run_sync(os.replace, tmp, path)
+    return count
+
+
+_CHUNK = 256 * 1024
+
+
+def _finish(fh: BinaryIO, data: bytes) -> None:
+    fh.write(data)
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def read_outcomes(path: Path) -> Iterable[Mapping[str, Any]]:
+    """Stream outcome lines back from a .jsonl or .csv file (for ``bulksend report``)."""
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="", encoding="utf-8") as fh:
+            for rec in csv.DictReader(fh):
+                out: dict[str, Any] = dict(rec)
+                out["flags"] = [f for f in (rec.get("flags") or "").split(";") if f]
+                yield out
+    else:
+        with open(path, "rb") as fh:
+            for line in fh:
+                if line.strip():
+                    yield orjson.loads(line)

@@ -1,0 +1,99 @@
+"""The end-of-run summary (and ``bulksend report``): outcomes by status and by flag, API usage."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bulksend.sinks.outcomes import OUTCOME_STATUSES
+
+__all__ = ["Summary", "print_summary", "summarize_outcomes"]
+
+
+@dataclass
+class Summary:
+    """Numbers a person wants at the end of a campaign."""
+
+    title: str
+    by_status: Counter[str] = field(default_factory=Counter)
+    by_flag: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    """Most common reasons for rejected/skipped/unknown (first words, to group similar ones)."""
+    api_calls: Mapping[str, int] | None = None
+    throttled: int | None = None
+    wall_time_s: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_status.values())
+
+
+def _reason_group(reason: str) -> str:
+    # Group "…: 'x@y' is not…" variants by the text that does not depend on the row.
+    text = reason.split(" — ")[0]
+    if "'" in text:
+        head, _, rest = text.partition("'")
+        _, _, tail = rest.partition("'")
+        text = f"{head}…{tail}"
+    return text[:90]
+
+
+def summarize_outcomes(title: str, lines: Iterable[Mapping[str, Any]]) -> Summary:
+    """Build a summary from outcome lines (a file read back, or the store's rows)."""
+    summary = Summary(title)
+    for line in lines:
+        status = str(line.get("status") or "unknown")
+        summary.by_status[status] += 1
+        for flag in line.get("flags") or ():
+            summary.by_flag[str(flag)] += 1
+        if status in ("rejected", "skipped", "unknown") and line.get("reason"):
+            summary.reasons[_reason_group(str(line["reason"]))] += 1
+    return summary
+
+
+def print_summary(summary: Summary, console: Console | None = None) -> None:
+    """Render the summary as tables."""
+    console = console or Console(stderr=False)
+    table = Table(title=summary.title, show_header=True, header_style="bold")
+    table.add_column("status")
+    table.add_column("recipients", justify="right")
+    table.add_column("share", justify="right")
+    total = summary.total or 1
+    order = list(OUTCOME_STATUSES) + sorted(set(summary.by_status) - set(OUTCOME_STATUSES))
+    for status in order:
+        n = summary.by_status.get(status, 0)
+        if n or status in ("sent", "failed"):
+            table.add_row(status, f"{n:,}", f"{100 * n / total:.1f} %")
+    table.add_row("[bold]total[/bold]", f"[bold]{summary.total:,}[/bold]", "")
+    console.print(table)
+    if summary.by_flag:
+        flags = Table(title="flags", show_header=True, header_style="bold")
+        flags.add_column("flag")
+        flags.add_column("emails", justify="right")
+        for flag, n in summary.by_flag.most_common():
+            flags.add_row(flag, f"{n:,}")
+        console.print(flags)
+    if summary.reasons:
+        reasons = Table(title="why not sent (most common)", show_header=True, header_style="bold")
+        reasons.add_column("reason")
+        reasons.add_column("rows", justify="right")
+        for reason, n in summary.reasons.most_common(10):
+            reasons.add_row(reason, f"{n:,}")
+        console.print(reasons)
+    extra: list[str] = []
+    if summary.api_calls is not None:
+        calls = ", ".join(f"{k} {v:,}" for k, v in sorted(summary.api_calls.items()))
+        extra.append(f"API calls: {sum(summary.api_calls.values()):,} ({calls})")
+    if summary.throttled is not None:
+        extra.append(f"429 answers: {summary.throttled:,}")
+    if summary.wall_time_s is not None:
+        rate = summary.total / summary.wall_time_s if summary.wall_time_s > 0 else 0.0
+        extra.append(f"wall time: {summary.wall_time_s:.1f} s ({rate:,.0f} recipients/s)")
+    for line in extra + summary.notes:
+        console.print(line)
