@@ -51,6 +51,7 @@ import queue
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -384,7 +385,7 @@ class SqliteStore:
     def _setup_writer(self) -> sqlite3.Connection:
         conn = self._connect()
         try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = _set_wal(conn, self._busy_timeout_ms / 1000)
             if str(mode).lower() != "wal":
                 raise StoreError(
                     f"{self.path}: SQLite refused WAL mode (got {mode!r}); "
@@ -914,3 +915,22 @@ class SqliteStore:
             return out
 
         return await self._read(op)
+
+
+def _set_wal(conn: sqlite3.Connection, timeout_s: float) -> str:
+    """Switch to WAL, retrying while another connection holds the lock.
+
+    Changing the journal mode of a new file needs an exclusive lock, and SQLite may answer
+    "database is locked" at once instead of waiting on busy_timeout when two processes open the
+    same new file together; so wait here, with a short growing pause, up to ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    pause_s = 0.005
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(pause_s)
+            pause_s = min(pause_s * 2, 0.1)
