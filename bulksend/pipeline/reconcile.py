@@ -52,6 +52,7 @@ class Reconciler:
         timeout_s: float,
         retry: RetryPolicy,
         resend: Callable[[SendItem], Awaitable[bool]],
+        on_final: Callable[[Email, int], Awaitable[None]],
         sleep: Callable[[float], Awaitable[None]] | None = None,
         max_parallel: int = 16,
     ) -> None:
@@ -66,6 +67,7 @@ class Reconciler:
         self._timeout_s = timeout_s
         self._retry = retry
         self._resend = resend
+        self._on_final = on_final
         self._sleep = sleep or anyio.sleep
         self._slots = anyio.CapacityLimiter(max_parallel)
         self.pending = 0
@@ -110,6 +112,10 @@ class Reconciler:
                     )
                 self._stats.reconciled_adopted += 1
                 self._stats.add_submitted()
+                if found.is_final:
+                    # The lookup already tells the final status: record it now, as the tracker's
+                    # incremental lists may have passed this email's update while it was unowned.
+                    await self._on_final(found, item.row_id)
                 log.debug("email.reconciled", row=item.row, outcome="adopted", email_id=found.id)
                 return
             with anyio.CancelScope(shield=True):

@@ -183,7 +183,7 @@ class CampaignRun:
                 root.cancel()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._track, tracker, sending_done)
-                await self._send_all(record)
+                await self._send_all(record, tracker)
                 sending_done.set()
         self._root_scope = None
         return await self._finish(hard_stopped=root.cancelled_caught)
@@ -211,7 +211,7 @@ class CampaignRun:
                 # A stopped run does not wait for TEM to finish delivering: the next run tracks.
                 tg.cancel_scope.cancel()
 
-    async def _send_all(self, record: CampaignRecord) -> None:
+    async def _send_all(self, record: CampaignRecord, tracker: Tracker) -> None:
         c = self.campaign
         send, receive = anyio.create_memory_object_stream[SendItem](max_buffer_size=c.sending.concurrency * 2)
         async with anyio.create_task_group() as recon_tg:
@@ -228,6 +228,7 @@ class CampaignRun:
                 timeout_s=c.sending.timeout_s,
                 retry=self._retry,
                 resend=lambda item: self._resend(dispatcher, item),
+                on_final=tracker.record_known,
             )
             dispatcher = Dispatcher(
                 store=self.store,

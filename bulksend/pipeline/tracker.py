@@ -11,11 +11,11 @@ an email still transient after ``give_up_after_s`` ends ``unknown``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import structlog
@@ -27,13 +27,15 @@ from bulksend.pipeline.retry import RetryPolicy, is_transient, retrying
 from bulksend.pipeline.stats import RunStats
 from bulksend.store.base import FinalUpdate, RecipientRow, RowState, Store
 from bulksend.tem.client import TemClient
-from bulksend.tem.models import FINAL_STATUSES, Email, ListEmailsQuery, OrderBy
+from bulksend.tem.models import FINAL_STATUSES, Email, ListEmailsQuery, OrderBy, parse_rfc3339
 
 __all__ = ["Tracker", "TrackerSettings", "final_update"]
 
 log = structlog.get_logger("bulksend.tracker")
 
 PAGE_SIZE_MAX = 1000
+_RECENT_MAX = 200_000
+_FINAL_VALUES = frozenset(s.value for s in FINAL_STATUSES)
 _T = TypeVar("_T")
 
 
@@ -99,6 +101,8 @@ class Tracker:
         self._retry = retry
         self._sleep = sleep or anyio.sleep
         self._watermark: datetime | None = None
+        self._recent: dict[str, None] = {}
+        """Final email ids already handled, so the overlap of the next poll costs no parsing."""
         # Stragglers and give-ups are found by scanning the store's submitted rows: do it at half
         # the shorter of the two delays, never more often than once per poll.
         self._straggler_every = timedelta(
@@ -145,40 +149,59 @@ class Tracker:
             statuses=tuple(sorted(FINAL_STATUSES)),
             order_by=OrderBy.UPDATED_AT_DESC,
         )
-        stop_before = (
-            self._watermark - timedelta(seconds=self._settings.overlap_s) if self._watermark else None
-        )
+        overlap = timedelta(seconds=self._settings.overlap_s)
+        stop_before = self._watermark - overlap if self._watermark else None
         page_size = self._settings.page_size
         newest: datetime | None = None
+        seen: dict[str, None] = {}
         made_final = 0
         page = 1
         while True:
             try:
-                result = await self._call(
-                    "list", partial(self._tem.list_emails, query, page=page, page_size=page_size)
+                emails = await self._call(
+                    "list", partial(self._tem.list_emails_raw, query, page=page, page_size=page_size)
                 )
             except TemError as exc:
                 log.warning("tracker.poll_failed", error=str(exc))
                 return made_final
-            emails = result.emails
-            for e in emails:
-                if e.updated_at is not None and (newest is None or e.updated_at > newest):
-                    newest = e.updated_at
-            made_final += await self._record(emails)
+            if emails and page == 1:
+                newest = _updated_at(emails[0])
+            fresh: list[Mapping[str, Any]] = []
+            for raw in emails:
+                email_id = raw.get("id")
+                if not isinstance(email_id, str) or email_id in self._recent:
+                    continue
+                if raw.get("status") in _FINAL_VALUES:
+                    fresh.append(raw)
+            # Only emails not met before are parsed into models: in the overlap window most are known.
+            recorded, matched = await self._record_matched([Email.from_json(raw) for raw in fresh])
+            made_final += recorded
+            # Remember only emails that matched a row: an unmatched one may be ours but not
+            # recorded yet (its send is still being reconciled), so it must be looked at again.
+            seen.update(dict.fromkeys(matched))
             if len(emails) < page_size:
                 break
-            oldest = min((e.updated_at for e in emails if e.updated_at is not None), default=None)
+            oldest = _updated_at(emails[-1])
             if stop_before is not None and oldest is not None and oldest < stop_before:
                 break
             page += 1
         if newest is not None and (self._watermark is None or newest > self._watermark):
             self._watermark = newest
+        # Remember what the next poll's overlap will show again; bounded (oldest forgotten first).
+        self._recent.update(seen)
+        if len(self._recent) > _RECENT_MAX:
+            self._recent = dict(list(self._recent.items())[-_RECENT_MAX // 2 :])
         return made_final
 
     async def _record(self, emails: Sequence[Email]) -> int:
+        recorded, _ = await self._record_matched(emails)
+        return recorded
+
+    async def _record_matched(self, emails: Sequence[Email]) -> tuple[int, list[str]]:
+        """Record the final ones among ``emails``; returns (rows made final, ids matching a row)."""
         finals = [e for e in emails if e.status.is_final and e.id]
         if not finals:
-            return 0
+            return 0, []
         rows = await self._store.rows_by_email_id(self._campaign_id, [e.id for e in finals])
         updates = [
             final_update(rows[e.id].id, e)
@@ -189,7 +212,15 @@ class Tracker:
             with anyio.CancelScope(shield=True):
                 await self._store.mark_final(updates)
             self._count(updates)
-        return len(updates)
+        return len(updates), list(rows)
+
+    async def record_known(self, email: Email, row_id: int) -> None:
+        """Record a final email learned elsewhere (reconciliation) for ``row_id``."""
+        if email.status.is_final:
+            update = final_update(row_id, email)
+            with anyio.CancelScope(shield=True):
+                await self._store.mark_final([update])
+            self._count([update])
 
     def _count(self, updates: Sequence[FinalUpdate]) -> None:
         for u in updates:
@@ -252,3 +283,10 @@ def _give_up(row: RecipientRow, now: datetime, after_s: float) -> FinalUpdate:
             f"look up email {row.email_id} later"
         ),
     )
+
+
+def _updated_at(raw: Mapping[str, Any]) -> datetime | None:
+    try:
+        return parse_rfc3339(raw.get("updated_at"))
+    except ValueError:
+        return None

@@ -138,6 +138,12 @@ def parse_rfc3339(value: object) -> datetime | None:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     text = str(value).strip()
+    if text.endswith("Z") and len(text) <= 30:
+        # Fast path for the common "…T…[.fffffffff]Z" shape (fromisoformat truncates nanoseconds).
+        try:
+            return datetime.fromisoformat(text)
+        except ValueError:
+            pass
     m = _RFC3339.match(text)
     if m is None:
         raise ValueError(f"not an RFC 3339 timestamp: {text[:64]!r}")
