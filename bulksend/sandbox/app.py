@@ -299,9 +299,14 @@ class Sandbox:
                     self._rng.random() * c.latency_jitter_ms if c.latency_jitter_ms else 0.0
                 )
                 await anyio.sleep(delay_ms / 1000.0)
-            if not self._faults_on:
-                return await endpoint(request)
-            return await self._with_fault(request, endpoint, self._config)
+            try:
+                if not self._faults_on:
+                    return await endpoint(request)
+                return await self._with_fault(request, endpoint, self._config)
+            except ConnectionResetError:
+                # The client went away mid-request (a killed sender): nobody is left to answer,
+                # and it is not a server error worth a traceback.
+                return web.Response(status=499)
 
         return handler
 

@@ -1,0 +1,246 @@
+"""Chaos run: a campaign against a faulty sandbox, the sender killed with SIGKILL again and again.
+
+The sandbox runs in this process (so its per-recipient counts survive every kill); the sender is
+``bulksend send`` in a child process, killed at random moments after it has started sending and
+restarted each time, then left to finish. The verdict: every valid recipient got exactly one email
+(0 duplicates, 0 missing) and the outcomes file has exactly one line per input row.
+
+    python -m scripts.chaos --recipients 20000 --kills 50      # the long run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import orjson
+from anyio.abc import Process
+
+from bulksend.sandbox import Sandbox, SandboxConfig
+
+SECRET = "chaos-sandbox-secret"
+PROJECT = "11111111-2222-4333-8444-555555555555"
+
+CAMPAIGN = """\
+[campaign]
+id = "chaos"
+from = {{ email = "news@example.com", name = "Chaos" }}
+subject = "Hello {{{{ first_name }}}}"
+text = "Hi {{{{ first_name }}}}, this is row {{{{ n }}}}."
+recipients = "recipients.csv"
+
+[sending]
+rate_per_s = {rate}
+concurrency = {concurrency}
+timeout_s = 2
+max_attempts = 10
+
+[tracking]
+poll_interval_s = 0.2
+settle_s = 0.3
+
+[output]
+outcomes = "outcomes.jsonl"
+"""
+
+
+@dataclass
+class ChaosResult:
+    recipients: int
+    valid: int
+    kills: int
+    runs: int
+    duplicates: int
+    missing: int
+    outcome_lines: int
+    outcome_rows_unique: int
+    final_exit_code: int
+    statuses: dict[str, int] = field(default_factory=dict)
+    faults: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.duplicates == 0
+            and self.missing == 0
+            and self.outcome_lines == self.recipients
+            and self.outcome_rows_unique == self.recipients
+            and self.final_exit_code == 0
+        )
+
+
+def write_campaign(
+    folder: Path, recipients: int, *, rate_per_s: float, concurrency: int
+) -> tuple[Path, set[str]]:
+    """A CSV campaign with a few invalid rows; returns the campaign file and the valid addresses."""
+    folder.mkdir(parents=True, exist_ok=True)
+    valid: set[str] = set()
+    with open(folder / "recipients.csv", "w", encoding="utf-8") as fh:
+        fh.write("email,first_name,n\n")
+        for i in range(recipients):
+            if i % 500 == 250:
+                fh.write(f"broken-{i},X,{i}\n")  # invalid address: rejected, never sent
+                continue
+            address = f"user{i}@example.com"
+            valid.add(address)
+            fh.write(f"{address},P{i},{i}\n")
+    path = folder / "campaign.toml"
+    path.write_text(CAMPAIGN.format(rate=rate_per_s, concurrency=concurrency), encoding="utf-8")
+    return path, valid
+
+
+async def _start_sender(campaign: Path, api_url: str) -> Process:
+    env = dict(os.environ)
+    env.update(SCW_SECRET_KEY=SECRET, SCW_DEFAULT_PROJECT_ID=PROJECT, SCW_API_URL=api_url)
+    return await anyio.open_process(
+        [
+            sys.executable,
+            "-m",
+            "bulksend.cli",
+            "send",
+            str(campaign),
+            "--no-progress",
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+async def _wait_for_event(proc: Process, event: str) -> bool:
+    """Read the child's JSON log until ``event`` appears (True) or the child exits (False)."""
+    assert proc.stderr is not None
+    buffer = b""
+    async for chunk in proc.stderr:
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if f'"event":"{event}"'.encode() in line:
+                return True
+    return False
+
+
+async def _drain(proc: Process) -> None:
+    assert proc.stderr is not None
+    async for _ in proc.stderr:
+        pass
+
+
+async def run_chaos(
+    folder: Path,
+    *,
+    recipients: int = 3000,
+    kills: int = 5,
+    seed: int = 1,
+    latency_ms: float = 20,
+    fault_5xx_before_p: float = 0.03,
+    fault_5xx_after_p: float = 0.02,
+    fault_drop_p: float = 0.01,
+    rate_per_s: float = 5000,
+    concurrency: int = 64,
+    max_kill_delay_s: float = 1.0,
+    timeout_s: float = 600,
+) -> ChaosResult:
+    """Run the chaos scenario; raises TimeoutError if it does not finish within ``timeout_s``."""
+    rng = random.Random(seed)
+    campaign, valid = write_campaign(folder, recipients, rate_per_s=rate_per_s, concurrency=concurrency)
+    config = SandboxConfig(
+        secret_key=SECRET,
+        project_id=PROJECT,
+        sending_after_s=0.0,
+        final_after_s=0.1,
+        latency_ms=latency_ms,
+        latency_jitter_ms=latency_ms / 4,
+        fault_5xx_before_p=fault_5xx_before_p,
+        fault_5xx_after_p=fault_5xx_after_p,
+        fault_drop_p=fault_drop_p,
+        seed=seed,
+    )
+    runs = 0
+    done_kills = 0
+    with anyio.fail_after(timeout_s):
+        async with Sandbox(config, host="127.0.0.1", port=0) as sandbox:
+            while done_kills < kills:
+                proc = await _start_sender(campaign, sandbox.url)
+                runs += 1
+                started = await _wait_for_event(proc, "campaign.start")
+                if not started:  # finished (or failed) before it could be killed
+                    await proc.wait()
+                    break
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_drain, proc)
+                    # The chaos itself: a random moment while it is sending.
+                    await anyio.sleep(rng.uniform(0.05, max_kill_delay_s))
+                    if proc.returncode is None:
+                        proc.send_signal(signal.SIGKILL)
+                        done_kills += 1
+                    await proc.wait()
+            # Last run: no kill, it must finish.
+            proc = await _start_sender(campaign, sandbox.url)
+            runs += 1
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_drain, proc)
+                final_code = await proc.wait()
+            stats = sandbox.stats()
+    counts = stats.accepted_by_recipient
+    duplicates = sum(1 for n in counts.values() if n > 1)
+    missing = sum(1 for address in valid if counts.get(address, 0) == 0)
+    lines = [orjson.loads(line) for line in (folder / "outcomes.jsonl").read_bytes().splitlines() if line]
+    statuses: dict[str, int] = {}
+    for line in lines:
+        statuses[line["status"]] = statuses.get(line["status"], 0) + 1
+    return ChaosResult(
+        recipients=recipients,
+        valid=len(valid),
+        kills=done_kills,
+        runs=runs,
+        duplicates=duplicates,
+        missing=missing,
+        outcome_lines=len(lines),
+        outcome_rows_unique=len({line["row"] for line in lines}),
+        final_exit_code=final_code,
+        statuses=statuses,
+        faults=dict(stats.faults),
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--recipients", type=int, default=20_000)
+    parser.add_argument("--kills", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--max-kill-delay-s", type=float, default=0.6)
+    parser.add_argument("--rate", type=float, default=1000, help="campaign rate_per_s (default 1000)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bulksend-chaos-") as tmp:
+        result = anyio.run(
+            lambda: run_chaos(
+                Path(tmp),
+                recipients=args.recipients,
+                kills=args.kills,
+                seed=args.seed,
+                max_kill_delay_s=args.max_kill_delay_s,
+                rate_per_s=args.rate,
+                timeout_s=3600,
+            )
+        )
+    print(orjson.dumps({**result.__dict__, "ok": result.ok}, option=orjson.OPT_INDENT_2).decode())
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
