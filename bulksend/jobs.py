@@ -1,0 +1,314 @@
+"""Send jobs: the messages other services publish to bulksend's queues (format version 1).
+
+A job asks for one templated email to one recipient::
+
+    {"version": 1, "template": "welcome", "idempotency_key": "order-1234-welcome",
+     "recipient": {"email": "a@example.com", "name": "Ann"},
+     "variables": {"first_name": "Ann", "plan": "pro"},
+     "send_before": "2026-12-31T00:00:00Z",
+     "results": true}
+
+:func:`parse_job` turns a message body into a :class:`SendJob` or raises :class:`JobError` whose
+``reason`` says what to fix. The rules (also in ``docs/message-format.md`` and, as JSON Schema,
+``docs/job.schema.json``; a test keeps the three in step):
+
+- the body is UTF-8 JSON, at most :data:`MAX_JOB_BYTES` bytes, holding one object;
+- ``version`` is checked first and must be ``1``: a newer producer gets "unsupported version"
+  rather than a confusing complaint about a field this version does not know;
+- ``template`` and ``idempotency_key`` are strings of 1..200 characters;
+- ``recipient`` is an object with a non-empty string ``email`` and an optional ``name``;
+- ``variables`` (optional) is an object; its values are any JSON;
+- ``send_before`` (optional) is an RFC 3339 time *with* an offset (``Z`` or ``±hh:mm``);
+- ``results`` (optional) is a boolean: publish the final outcome or not (absent: daemon default);
+- optional fields may also be ``null``, which means the same as leaving them out;
+- unknown fields are refused, at the top level and inside ``recipient``: a typo such as
+  ``"send_befor"`` must not silently drop a deadline.
+
+Whether the template exists, whether the address is deliverable and whether ``send_before`` is
+already past are the daemon's checks, not the format's: they depend on its state and clock.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+import orjson
+
+from bulksend.errors import BulksendError
+
+__all__ = [
+    "JOB_VERSION",
+    "MAX_JOB_BYTES",
+    "MAX_KEY_CHARS",
+    "MAX_TEMPLATE_CHARS",
+    "JobError",
+    "JobErrorKind",
+    "SendJob",
+    "parse_job",
+]
+
+JOB_VERSION: Final = 1
+"""The job format version this bulksend reads."""
+
+MAX_JOB_BYTES: Final = 1 << 20
+"""Largest accepted message body (1 MiB, NATS's default ``max_payload``)."""
+
+MAX_TEMPLATE_CHARS: Final = 200
+MAX_KEY_CHARS: Final = 200
+
+_TOP_FIELDS: Final = (
+    "version",
+    "template",
+    "idempotency_key",
+    "recipient",
+    "variables",
+    "send_before",
+    "results",
+)
+_RECIPIENT_FIELDS: Final = ("email", "name")
+
+# RFC 3339 date-time (section 5.6). The same pattern is in docs/job.schema.json; ``\Z`` rather than
+# ``$`` because Python's ``$`` would also accept a trailing newline.
+_RFC3339: Final = re.compile(
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})\Z"
+)
+
+JobErrorKind = Literal[
+    "too_large", "not_json", "not_object", "version", "unknown_field", "missing_field", "invalid_field"
+]
+
+
+class JobError(BulksendError):
+    """A message is not a valid send job.
+
+    ``reason`` is a sentence a person can act on (it is also the exception text); ``kind`` is a
+    short fixed word for metrics labels; ``field`` names the offending field (dotted, such as
+    ``recipient.email``) when there is one.
+    """
+
+    def __init__(self, reason: str, *, kind: JobErrorKind, field: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.kind: JobErrorKind = kind
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class SendJob:
+    """One parsed, format-valid job.
+
+    ``send_before`` is in UTC. ``want_result`` is None when the job did not say (the daemon's
+    configuration decides).
+    """
+
+    version: int
+    template: str
+    idempotency_key: str
+    email: str
+    name: str | None = None
+    variables: dict[str, Any] = field(default_factory=dict)
+    send_before: datetime | None = None
+    want_result: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job as a version-1 JSON object (optional fields left out when unset)."""
+        recipient: dict[str, Any] = {"email": self.email}
+        if self.name is not None:
+            recipient["name"] = self.name
+        out: dict[str, Any] = {
+            "version": self.version,
+            "template": self.template,
+            "idempotency_key": self.idempotency_key,
+            "recipient": recipient,
+        }
+        if self.variables:
+            out["variables"] = dict(self.variables)
+        if self.send_before is not None:
+            out["send_before"] = self.send_before.isoformat().replace("+00:00", "Z")
+        if self.want_result is not None:
+            out["results"] = self.want_result
+        return out
+
+
+def parse_job(body: bytes) -> SendJob:
+    """Parse and check one message body; raise :class:`JobError` with a precise reason if invalid."""
+    if len(body) > MAX_JOB_BYTES:
+        raise JobError(
+            f"message is {len(body):,} bytes; a job may be at most {MAX_JOB_BYTES:,} bytes",
+            kind="too_large",
+        )
+    if not body.strip():
+        raise JobError("empty message: expected a JSON job object", kind="not_json")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise JobError(f"not JSON: {exc}", kind="not_json") from None
+    if not isinstance(doc, dict):
+        raise JobError(f"a job must be a JSON object, got {_json_type(doc)}", kind="not_object")
+
+    # Version first: a job from a newer producer should say so, not trip over its new fields.
+    version = _version(doc)
+    _refuse_unknown(doc, _TOP_FIELDS, prefix="")
+
+    template = _bounded_str(doc, "template", MAX_TEMPLATE_CHARS)
+    key = _bounded_str(doc, "idempotency_key", MAX_KEY_CHARS)
+
+    if "recipient" not in doc:
+        raise JobError("missing field 'recipient'", kind="missing_field", field="recipient")
+    recipient = doc["recipient"]
+    if not isinstance(recipient, dict):
+        raise JobError(
+            f'recipient must be an object like {{"email": "a@example.com"}}, got {_json_type(recipient)}',
+            kind="invalid_field",
+            field="recipient",
+        )
+    _refuse_unknown(recipient, _RECIPIENT_FIELDS, prefix="recipient.")
+    if "email" not in recipient:
+        raise JobError("missing field 'recipient.email'", kind="missing_field", field="recipient.email")
+    email = recipient["email"]
+    if not isinstance(email, str):
+        raise JobError(
+            f"recipient.email must be a string, got {_json_type(email)}",
+            kind="invalid_field",
+            field="recipient.email",
+        )
+    if not email:
+        raise JobError("recipient.email is empty", kind="invalid_field", field="recipient.email")
+    name = recipient.get("name")
+    if name is not None and not isinstance(name, str):
+        raise JobError(
+            f"recipient.name must be a string or null, got {_json_type(name)}",
+            kind="invalid_field",
+            field="recipient.name",
+        )
+
+    variables = doc.get("variables")
+    if variables is None:
+        variables = {}
+    elif not isinstance(variables, dict):
+        raise JobError(
+            f"variables must be an object of template variables, got {_json_type(variables)}",
+            kind="invalid_field",
+            field="variables",
+        )
+
+    want_result = doc.get("results")
+    if want_result is not None and not isinstance(want_result, bool):
+        raise JobError(
+            f"results must be true, false or null, got {_json_type(want_result)}",
+            kind="invalid_field",
+            field="results",
+        )
+
+    return SendJob(
+        version=version,
+        template=template,
+        idempotency_key=key,
+        email=email,
+        name=name,
+        variables=variables,
+        send_before=_send_before(doc.get("send_before")),
+        want_result=want_result,
+    )
+
+
+def _version(doc: Mapping[str, Any]) -> int:
+    if "version" not in doc:
+        raise JobError(
+            f"missing field 'version' (this bulksend reads version {JOB_VERSION})",
+            kind="missing_field",
+            field="version",
+        )
+    version = doc["version"]
+    # bool is an int in Python but not a number in JSON; 1.0 is the integer 1 in JSON Schema.
+    if isinstance(version, bool) or not isinstance(version, int | float):
+        raise JobError(
+            f"version must be the number {JOB_VERSION}, got {_json_type(version)}",
+            kind="version",
+            field="version",
+        )
+    if version != JOB_VERSION:
+        shown = int(version) if isinstance(version, float) and version.is_integer() else version
+        raise JobError(
+            f"unsupported version {shown} (this bulksend reads version {JOB_VERSION})",
+            kind="version",
+            field="version",
+        )
+    return JOB_VERSION
+
+
+def _refuse_unknown(doc: Mapping[str, Any], allowed: tuple[str, ...], *, prefix: str) -> None:
+    unknown = sorted(k for k in doc if k not in allowed)
+    if not unknown:
+        return
+    first = unknown[0]
+    close = difflib.get_close_matches(first, allowed, n=1, cutoff=0.6)
+    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+    more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
+    allowed_list = ", ".join(allowed)
+    where = f"in {prefix.rstrip('.')} " if prefix else ""
+    raise JobError(
+        f"unknown field '{prefix}{first}'{hint}{more}; {where}version {JOB_VERSION} allows: {allowed_list}",
+        kind="unknown_field",
+        field=f"{prefix}{first}",
+    )
+
+
+def _bounded_str(doc: Mapping[str, Any], name: str, max_chars: int) -> str:
+    if name not in doc:
+        raise JobError(f"missing field '{name}'", kind="missing_field", field=name)
+    value = doc[name]
+    if not isinstance(value, str):
+        raise JobError(f"{name} must be a string, got {_json_type(value)}", kind="invalid_field", field=name)
+    if not 1 <= len(value) <= max_chars:
+        raise JobError(
+            f"{name} must be 1..{max_chars} characters (it has {len(value)})",
+            kind="invalid_field",
+            field=name,
+        )
+    return value
+
+
+def _send_before(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    example = "for example 2026-12-31T00:00:00Z"
+    if not isinstance(value, str):
+        raise JobError(
+            f"send_before must be an RFC 3339 time string ({example}), got {_json_type(value)}",
+            kind="invalid_field",
+            field="send_before",
+        )
+    if not _RFC3339.match(value):
+        raise JobError(
+            f"send_before {value[:60]!r} is not an RFC 3339 time with an offset ({example})",
+            kind="invalid_field",
+            field="send_before",
+        )
+    try:
+        # Only the letters T and Z can occur here; fromisoformat wants them upper-case.
+        parsed = datetime.fromisoformat(value.upper())
+    except ValueError as exc:
+        raise JobError(
+            f"send_before {value!r} is not a real time: {exc}", kind="invalid_field", field="send_before"
+        ) from None
+    return parsed.astimezone(UTC)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"

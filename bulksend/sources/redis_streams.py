@@ -1,0 +1,398 @@
+"""Jobs from a Redis stream, read through a consumer group.
+
+Producers add one entry per job with the job JSON in one field::
+
+    XADD bulksend:jobs * body '{"version": 1, ...}'
+
+Configuration (``kind = "redis"``):
+
+======================  ==========================  =============================================
+key                     default                     meaning
+======================  ==========================  =============================================
+``url``                 ``redis://127.0.0.1:6379/0`` server URL (``rediss://`` for TLS); the
+                                                    password is never logged
+``stream``              ``bulksend:jobs``           stream of jobs
+``group``               ``bulksend``                consumer group shared by every bulksend process
+``consumer``            ``<hostname>-<pid>``        this process's consumer name in the group
+``dead_letter_stream``  ``bulksend:jobs:dlq``       stream refused jobs are added to
+``claim_idle_s``        ``60``                      a job delivered to a consumer and left
+                                                    unacknowledged this long is taken over (from a
+                                                    crashed process, or after a release)
+``body_field``          ``body``                    entry field holding the job JSON
+``delete_on_ack``       ``true``                    XDEL each job once acked or dead-lettered
+``max_in_flight``       ``1000``                    most unsettled jobs this process holds
+``dead_letter_maxlen``  ``100000``                  the dead-letter stream is trimmed to about
+                                                    this many entries (``MAXLEN ~``)
+``connect_timeout_s``   ``5``                       timeout to connect
+======================  ==========================  =============================================
+
+On :meth:`RedisStreamSource.open`: ``XGROUP CREATE <stream> <group> 0 MKSTREAM`` (an existing group
+is fine), so jobs added before the group existed are delivered too.
+
+Receiving: ``receive(n, timeout_s)`` first takes over (``XAUTOCLAIM``) jobs that have been pending on
+some consumer for more than ``claim_idle_s`` — they come with ``redelivered=True`` — then reads new
+ones with ``XREADGROUP ... COUNT <rest> BLOCK <timeout>`` (not blocking when it already has some).
+Redis has no server-side bound on unacknowledged entries, so ``max_in_flight`` bounds them here.
+Claiming keeps a cursor, so a long pending list is scanned a piece per call.
+
+Settling: ``ack`` is ``XACK`` (plus ``XDEL`` with ``delete_on_ack``, in one MULTI/EXEC);
+``dead_letter`` is ``XADD`` to the dead-letter stream of ``{body, reason, source_stream, source_id,
+consumer}`` together with the ``XACK``/``XDEL``, atomically in one MULTI/EXEC. ``release`` sends
+nothing: the entry stays pending and is claimed again (by this or another process) once idle for
+``claim_idle_s``. Redis streams have no "give back now"; a short ``claim_idle_s`` makes releases
+come back sooner, at the price of taking over jobs from consumers that are merely slow.
+
+``delete_on_ack`` keeps memory bounded (Redis holds streams in RAM) and makes the stream a work
+queue. Turn it off when other consumer groups read the same stream, and trim it otherwise
+(``XADD ... MAXLEN ~`` by the producers, or ``XTRIM``).
+
+On close, this consumer is removed from the group if it holds no pending entries (so per-process
+names do not pile up); otherwise it stays, and its pending jobs are claimed by others later.
+
+An entry without ``body_field`` arrives with an empty body, which :func:`bulksend.jobs.parse_job`
+refuses ("empty message"), so it is dead-lettered like any bad job. ``message_id`` is the entry
+id; ``lag()`` is the group's count of entries not yet delivered (Redis 7's ``lag``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import anyio
+import redis.asyncio as aioredis
+import redis.exceptions
+import structlog
+from redis.typing import EncodableT, FieldT
+
+from bulksend.errors import ConfigError
+from bulksend.sources.base import (
+    BaseDelivery,
+    BrokerError,
+    ConfigReader,
+    Delivery,
+    OpenClose,
+    default_consumer_name,
+    redact_url,
+    scrub,
+)
+
+__all__ = [
+    "RedisStreamDelivery",
+    "RedisStreamSource",
+    "RedisStreamSourceConfig",
+    "connect_redis",
+]
+
+log = structlog.get_logger("bulksend.sources.redis")
+
+_REDIS_ERRORS: Final = (redis.exceptions.RedisError, OSError, TimeoutError)
+_KNOWN_KEYS: Final = (
+    "url",
+    "stream",
+    "group",
+    "consumer",
+    "dead_letter_stream",
+    "claim_idle_s",
+    "body_field",
+    "delete_on_ack",
+    "max_in_flight",
+    "dead_letter_maxlen",
+    "connect_timeout_s",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisStreamSourceConfig:
+    """Settings of a :class:`RedisStreamSource` (see the module docstring for each key)."""
+
+    url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
+    stream: str = "bulksend:jobs"
+    group: str = "bulksend"
+    consumer: str = ""
+    dead_letter_stream: str = "bulksend:jobs:dlq"
+    claim_idle_s: float = 60.0
+    body_field: str = "body"
+    delete_on_ack: bool = True
+    max_in_flight: int = 1000
+    dead_letter_maxlen: int = 100_000
+    connect_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        where = "job source (redis)"
+        if not self.consumer:
+            object.__setattr__(self, "consumer", default_consumer_name())
+        if self.stream == self.dead_letter_stream:
+            raise ConfigError(f"{where}: stream and dead_letter_stream must differ")
+        if self.claim_idle_s < 0 or self.connect_timeout_s <= 0:
+            raise ConfigError(f"{where}: claim_idle_s must be >= 0 and connect_timeout_s > 0")
+        if self.max_in_flight < 1 or self.dead_letter_maxlen < 1:
+            raise ConfigError(f"{where}: max_in_flight and dead_letter_maxlen must be >= 1")
+
+    @classmethod
+    def from_mapping(cls, cfg: Any) -> RedisStreamSourceConfig:
+        r = ConfigReader(cfg, where="job source (redis)", known=_KNOWN_KEYS)
+        d = cls(consumer="-")
+        return cls(
+            url=r.text("url", d.url),
+            stream=r.text("stream", d.stream),
+            group=r.text("group", d.group),
+            consumer=r.optional_text("consumer") or "",
+            dead_letter_stream=r.text("dead_letter_stream", d.dead_letter_stream),
+            claim_idle_s=r.seconds("claim_idle_s", d.claim_idle_s, allow_zero=True),
+            body_field=r.text("body_field", d.body_field),
+            delete_on_ack=r.boolean("delete_on_ack", d.delete_on_ack),
+            max_in_flight=r.integer("max_in_flight", d.max_in_flight),
+            dead_letter_maxlen=r.integer("dead_letter_maxlen", d.dead_letter_maxlen),
+            connect_timeout_s=r.seconds("connect_timeout_s", d.connect_timeout_s),
+        )
+
+
+async def connect_redis(url: str, *, connect_timeout_s: float) -> aioredis.Redis:
+    """A client for ``url``, checked with a PING; errors never show the password."""
+    try:
+        client = aioredis.from_url(url, socket_connect_timeout=connect_timeout_s, decode_responses=False)
+    except ValueError as exc:
+        raise ConfigError(f"bad Redis URL {redact_url(url)}: {scrub(str(exc), url)}") from None
+    try:
+        with anyio.fail_after(connect_timeout_s + 1):
+            await client.ping()
+    except _REDIS_ERRORS as exc:
+        await client.aclose()
+        raise BrokerError(
+            f"cannot connect to Redis at {redact_url(url)}: {scrub(str(exc), url) or type(exc).__name__}"
+        ) from None
+    return client
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisStreamDelivery(BaseDelivery):
+    """A job from a :class:`RedisStreamSource` (``message_id`` is the stream entry id)."""
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner: RedisStreamSource, entry_id: str, body: bytes, *, redelivered: bool) -> None:
+        super().__init__(
+            body=body,
+            source=owner.name,
+            message_id=entry_id,
+            redelivered=redelivered,
+            on_settled=owner._forget,
+        )
+        self._owner = owner
+
+    async def _ack(self) -> None:
+        cfg = self._owner.config
+        client = self._owner._client_or_fail()
+        try:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.xack(cfg.stream, cfg.group, self.message_id)
+                if cfg.delete_on_ack:
+                    pipe.xdel(cfg.stream, self.message_id)
+                await pipe.execute()
+        except _REDIS_ERRORS as exc:
+            raise BrokerError(f"{self.source}: ack of {self.message_id} failed: {exc}") from None
+
+    async def _dead_letter(self, reason: str) -> None:
+        cfg = self._owner.config
+        client = self._owner._client_or_fail()
+        entry: dict[FieldT, EncodableT] = {
+            "body": self.body,
+            "reason": reason,
+            "source_stream": cfg.stream,
+            "source_id": self.message_id,
+            "consumer": cfg.consumer,
+        }
+        try:
+            # One transaction: the dead letter exists if and only if the job was acked.
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.xadd(cfg.dead_letter_stream, entry, maxlen=cfg.dead_letter_maxlen, approximate=True)
+                pipe.xack(cfg.stream, cfg.group, self.message_id)
+                if cfg.delete_on_ack:
+                    pipe.xdel(cfg.stream, self.message_id)
+                await pipe.execute()
+        except _REDIS_ERRORS as exc:
+            raise BrokerError(f"{self.source}: dead-letter of {self.message_id} failed: {exc}") from None
+
+    async def _release(self) -> None:
+        # Nothing to send: the entry stays pending and XAUTOCLAIM hands it out again once it has
+        # been idle for claim_idle_s (see the module docstring).
+        self._owner._client_or_fail()
+
+
+class RedisStreamSource(OpenClose):
+    """A :class:`~bulksend.sources.base.JobSource` over a Redis stream and consumer group."""
+
+    def __init__(self, config: RedisStreamSourceConfig | None = None) -> None:
+        self.config = config or RedisStreamSourceConfig()
+        self._client: aioredis.Redis | None = None
+        # Entry ids handed out and not yet settled: bounds memory (max_in_flight) and keeps a
+        # claim of our own slow entry from handing it out a second time.
+        self._in_flight: set[str] = set()
+        self._claim_cursor = "0-0"
+        self._room_event: anyio.Event | None = None
+        self._receive_lock = anyio.Lock()
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> RedisStreamSource:
+        """Build from a configuration mapping (keys in the module docstring)."""
+        return cls(RedisStreamSourceConfig.from_mapping(cfg))
+
+    @property
+    def name(self) -> str:
+        return f"redis:{self.config.stream}/{self.config.group}"
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries handed out by this process and not yet settled."""
+        return len(self._in_flight)
+
+    def _client_or_fail(self) -> aioredis.Redis:
+        if self._client is None:
+            raise BrokerError(f"{self.name}: not open")
+        return self._client
+
+    def _forget(self, delivery: BaseDelivery) -> None:
+        self._in_flight.discard(delivery.message_id)
+        if self._room_event is not None:
+            self._room_event.set()
+
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        cfg = self.config
+        client = await connect_redis(cfg.url, connect_timeout_s=cfg.connect_timeout_s)
+        try:
+            await client.xgroup_create(cfg.stream, cfg.group, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                await client.aclose()
+                raise BrokerError(f"{self.name}: cannot create the consumer group: {exc}") from None
+        except _REDIS_ERRORS as exc:
+            await client.aclose()
+            raise BrokerError(f"{self.name}: cannot create the consumer group: {exc}") from None
+        self._client = client
+        self._in_flight.clear()
+        self._claim_cursor = "0-0"
+        log.info("redis source open", source=self.name, consumer=cfg.consumer)
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        self._in_flight.clear()
+        if client is None:
+            return
+        cfg = self.config
+        try:
+            with anyio.move_on_after(5):
+                # Drop this consumer from the group only if it holds nothing: deleting a consumer
+                # discards its pending entries, which would lose jobs. We read nothing after this
+                # point, so its pending count can only shrink between the check and the delete.
+                for consumer in await client.xinfo_consumers(cfg.stream, cfg.group):
+                    if _text(consumer.get("name")) == cfg.consumer and int(consumer.get("pending", 1)) == 0:
+                        await client.xgroup_delconsumer(cfg.stream, cfg.group, cfg.consumer)
+        except _REDIS_ERRORS as exc:
+            log.debug("redis consumer cleanup skipped", source=self.name, error=str(exc))
+        finally:
+            await client.aclose()
+        log.info("redis source closed", source=self.name)
+
+    async def receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
+        client = self._client
+        if client is None:
+            raise BrokerError(f"{self.name}: receive() on a source that is not open")
+        if max_messages < 1:
+            return []
+        cfg = self.config
+        async with self._receive_lock:
+            if len(self._in_flight) >= cfg.max_in_flight:
+                # At the bound: wait (up to timeout_s) for a settlement to make room.
+                with anyio.move_on_after(max(0.0, timeout_s)):
+                    while len(self._in_flight) >= cfg.max_in_flight:
+                        self._room_event = anyio.Event()
+                        await self._room_event.wait()
+                self._room_event = None
+            room = min(max_messages, cfg.max_in_flight - len(self._in_flight))
+            if room <= 0:
+                return []
+            try:
+                out = await self._claim(client, room)
+                rest = room - len(out)
+                if rest > 0:
+                    # Block only when there is nothing to return yet; BLOCK 0 would mean forever.
+                    block_ms = int(timeout_s * 1000) if not out else 0
+                    reply: Any = await client.xreadgroup(
+                        cfg.group,
+                        cfg.consumer,
+                        {cfg.stream: ">"},
+                        count=rest,
+                        block=block_ms if block_ms > 0 else None,
+                    )
+                    for _stream, entries in reply or []:
+                        out += self._deliveries(entries, redelivered=False)
+            except _REDIS_ERRORS as exc:
+                raise BrokerError(f"{self.name}: cannot read jobs: {exc}") from None
+            return out
+
+    async def _claim(self, client: aioredis.Redis, count: int) -> list[Delivery]:
+        cfg = self.config
+        reply: Any = await client.xautoclaim(
+            cfg.stream,
+            cfg.group,
+            cfg.consumer,
+            min_idle_time=int(cfg.claim_idle_s * 1000),
+            start_id=self._claim_cursor,
+            count=count,
+        )
+        # Redis 7 answers [next cursor, entries, deleted ids]; "0-0" means the scan wrapped around.
+        self._claim_cursor = _text(reply[0])
+        entries = [(i, f) for i, f in reply[1] if f is not None and _text(i) not in self._in_flight]
+        return self._deliveries(entries, redelivered=True)
+
+    def _deliveries(self, entries: Sequence[tuple[Any, Any]], *, redelivered: bool) -> list[Delivery]:
+        field_name = self.config.body_field.encode()
+        out: list[Delivery] = []
+        for raw_id, fields in entries:
+            entry_id = _text(raw_id)
+            body = fields.get(field_name, b"") if fields else b""
+            self._in_flight.add(entry_id)
+            out.append(RedisStreamDelivery(self, entry_id, bytes(body), redelivered=redelivered))
+        return out
+
+    async def healthy(self) -> bool:
+        client = self._client
+        if client is None:
+            return False
+        try:
+            with anyio.fail_after(2):
+                return bool(await client.ping())
+        except (*_REDIS_ERRORS, TimeoutError):
+            return False
+
+    async def lag(self) -> int | None:
+        client = self._client
+        if client is None:
+            return None
+        cfg = self.config
+        try:
+            groups = await client.xinfo_groups(cfg.stream)
+            group = next((g for g in groups if _text(g.get("name")) == cfg.group), None)
+            if group is None:
+                return None
+            lag = group.get("lag")
+            if lag is not None:
+                return int(lag)
+            if cfg.delete_on_ack:
+                # Redis cannot tell the lag after some deletions; with delete-on-ack the stream
+                # holds exactly the undelivered entries plus the pending ones.
+                return max(0, int(await client.xlen(cfg.stream)) - int(group.get("pending", 0)))
+        except _REDIS_ERRORS as exc:
+            log.debug("redis lag unavailable", source=self.name, error=str(exc))
+        return None
+
+    def __repr__(self) -> str:
+        state = "open" if self._client is not None else "closed"
+        return f"RedisStreamSource({self.name!r}, url={redact_url(self.config.url)!r}, {state})"

@@ -1,0 +1,281 @@
+"""Redis Streams job source and result publisher, against the local Redis (127.0.0.1:6379)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from bulksend.errors import ConfigError
+from bulksend.sinks.results import RedisResultPublisher, publisher_from_config
+from bulksend.sources.base import BrokerError, JobSource, source_from_config
+from bulksend.sources.redis_streams import RedisStreamSource
+
+URL = "redis://127.0.0.1:6379/0"
+
+SourceFactory = Callable[..., Awaitable[RedisStreamSource]]
+
+
+@pytest.fixture
+def names() -> dict[str, str]:
+    """Stream names unique to one test."""
+    uid = uuid.uuid4().hex[:12]
+    return {"stream": f"test:{uid}:jobs", "dead_letter_stream": f"test:{uid}:dlq", "group": "bulksend"}
+
+
+@pytest.fixture
+async def admin(names: dict[str, str]) -> AsyncIterator[Any]:
+    """A separate client for producing and inspecting (untyped replies); deletes the test's streams."""
+    client: Any = aioredis.from_url(URL)
+    yield client
+    await client.delete(names["stream"], names["dead_letter_stream"], names["stream"] + ":results")
+    await client.aclose()
+
+
+@pytest.fixture
+async def make_source(names: dict[str, str], admin: Any) -> AsyncIterator[SourceFactory]:
+    """Open RedisStreamSources on the test's stream; closes whatever is still open at the end."""
+    opened: list[RedisStreamSource] = []
+
+    async def make(**overrides: Any) -> RedisStreamSource:
+        source = RedisStreamSource.from_config({"kind": "redis", "url": URL, **names, **overrides})
+        await source.open()
+        opened.append(source)
+        return source
+
+    yield make
+    for source in opened:
+        await source.close()
+
+
+async def publish(client: Any, stream: str, count: int) -> list[str]:
+    ids = []
+    for i in range(count):
+        entry_id = await client.xadd(stream, {"body": orjson.dumps({"n": i})})
+        ids.append(entry_id.decode())
+    return ids
+
+
+async def group_info(client: Any, stream: str) -> dict[str, Any]:
+    [group] = await client.xinfo_groups(stream)
+    return dict(group)
+
+
+async def test_receive_never_returns_more_than_asked(
+    make_source: SourceFactory, admin: Any, names: dict[str, str]
+) -> None:
+    """With 100 jobs waiting, receive(3) takes exactly 3 from the stream; the other 97 stay undelivered."""
+    source = await make_source()
+    ids = await publish(admin, names["stream"], 100)
+    got = await source.receive(3, timeout_s=1)
+    assert [d.message_id for d in got] == ids[:3]
+    assert (await group_info(admin, names["stream"]))["pending"] == 3
+    assert await source.lag() == 97
+    for d in got:
+        await d.ack()
+    rest = await source.receive(1000, timeout_s=1)
+    assert [d.message_id for d in rest] == ids[3:]
+    assert not any(d.redelivered for d in got + rest)
+
+
+async def test_max_in_flight_bounds_unsettled_jobs(
+    make_source: SourceFactory, admin: Any, names: dict[str, str]
+) -> None:
+    """With max_in_flight=4, four unsettled jobs are all a consumer takes until one is settled."""
+    source = await make_source(max_in_flight=4)
+    await publish(admin, names["stream"], 10)
+    held = await source.receive(10, timeout_s=1)
+    assert len(held) == 4
+    assert await source.receive(10, timeout_s=0.2) == []
+    assert (await group_info(admin, names["stream"]))["pending"] == 4
+    await held[0].ack()
+    assert len(await source.receive(10, timeout_s=1)) == 1
+
+
+async def test_acked_job_is_deleted_and_not_redelivered(
+    make_source: SourceFactory, admin: Any, names: dict[str, str]
+) -> None:
+    """An acked job leaves the pending list and the stream, so even an eager claimer never sees it."""
+    source = await make_source(claim_idle_s=0)
+    await publish(admin, names["stream"], 2)
+    got = await source.receive(10, timeout_s=1)
+    for d in got:
+        await d.ack()
+    assert (await group_info(admin, names["stream"]))["pending"] == 0
+    assert await admin.xlen(names["stream"]) == 0
+    other = await make_source(consumer="other", claim_idle_s=0)
+    assert await other.receive(10, timeout_s=0.2) == []
+
+
+async def test_ack_keeps_the_entry_when_delete_on_ack_is_off(
+    make_source: SourceFactory, admin: Any, names: dict[str, str]
+) -> None:
+    """With delete_on_ack off, an ack only XACKs: the entry stays in the stream for other groups."""
+    source = await make_source(delete_on_ack=False)
+    await publish(admin, names["stream"], 1)
+    [delivery] = await source.receive(1, timeout_s=1)
+    await delivery.ack()
+    assert (await group_info(admin, names["stream"]))["pending"] == 0
+    assert await admin.xlen(names["stream"]) == 1
+
+
+async def test_job_of_a_dead_consumer_is_claimed_by_another(
+    make_source: SourceFactory, admin: Any, names: dict[str, str]
+) -> None:
+    """A job left pending by a consumer that went away is claimed by another one, marked redelivered."""
+    first = await make_source(consumer="first")
+    [entry_id] = await publish(admin, names["stream"], 1)
+    [lost] = await first.receive(1, timeout_s=1)
+    assert lost.redelivered is False
+    await first.close()  # gone without acking; it keeps its pending entry, so it stays in the group
+    consumers = {c["name"]: c["pending"] for c in await admin.xinfo_consumers(names["stream"], "bulksend")}
+    assert consumers == {b"first": 1}
+    # claim_idle_s=0: every pending entry counts as abandoned, so no waiting is needed here.
+    second = await make_source(consumer="second", claim_idle_s=0)
+    [again] = await second.receive(5, timeout_s=1)
+    assert again.redelivered is True
+    assert again.message_id == entry_id
+    assert again.body == lost.body
+    await again.ack()
+    assert (await group_info(admin, names["stream"]))["pending"] == 0
+
+
+async def test_unclaimed_pending_job_waits_for_claim_idle(
+    make_source: SourceFactory, admin: Any, names: dict[str, str]
+) -> None:
+    """A job pending on a live consumer is not taken by another whose claim_idle_s has not passed."""
+    first = await make_source(consumer="first")
+    await publish(admin, names["stream"], 1)
+    assert len(await first.receive(1, timeout_s=1)) == 1
+    second = await make_source(consumer="second", claim_idle_s=3600)
+    assert await second.receive(5, timeout_s=0.1) == []
+
+
+async def test_release_leaves_the_job_for_a_later_claim(
+    make_source: SourceFactory, admin: Any, names: dict[str, str]
+) -> None:
+    """A released job stays pending and is handed out again by the next claim, marked redelivered."""
+    source = await make_source(claim_idle_s=0)
+    [entry_id] = await publish(admin, names["stream"], 1)
+    [delivery] = await source.receive(1, timeout_s=1)
+    await delivery.release()
+    assert delivery.settled == "released"
+    assert source.in_flight == 0
+    assert (await group_info(admin, names["stream"]))["pending"] == 1
+    [again] = await source.receive(1, timeout_s=1)
+    assert again.redelivered is True
+    assert again.message_id == entry_id
+
+
+async def test_own_unsettled_job_is_not_handed_out_twice(
+    make_source: SourceFactory, admin: Any, names: dict[str, str]
+) -> None:
+    """A claim that picks up this process's own unsettled job does not hand it out a second time."""
+    source = await make_source(claim_idle_s=0)
+    await publish(admin, names["stream"], 1)
+    assert len(await source.receive(1, timeout_s=1)) == 1
+    assert await source.receive(1, timeout_s=0.1) == []
+    assert source.in_flight == 1
+
+
+async def test_dead_letter_records_reason_and_removes_original(
+    make_source: SourceFactory, admin: Any, names: dict[str, str]
+) -> None:
+    """dead_letter adds {body, reason, source_id} to the DLQ stream and acks and deletes the original."""
+    source = await make_source(consumer="c1")
+    entry_id = (await admin.xadd(names["stream"], {"body": b"[1, 2]"})).decode()
+    [delivery] = await source.receive(1, timeout_s=1)
+    await delivery.dead_letter("a job must be a JSON object, got an array")
+    [(_, fields)] = await admin.xrange(names["dead_letter_stream"])
+    assert fields[b"body"] == b"[1, 2]"
+    assert fields[b"reason"] == b"a job must be a JSON object, got an array"
+    assert fields[b"source_id"] == entry_id.encode()
+    assert fields[b"source_stream"] == names["stream"].encode()
+    assert fields[b"consumer"] == b"c1"
+    assert await admin.xlen(names["stream"]) == 0
+    assert (await group_info(admin, names["stream"]))["pending"] == 0
+
+
+async def test_entry_without_body_field_arrives_empty(
+    make_source: SourceFactory, admin: Any, names: dict[str, str]
+) -> None:
+    """An entry lacking the body field is delivered with an empty body (which parse_job refuses)."""
+    source = await make_source()
+    await admin.xadd(names["stream"], {"payload": b"{}"})
+    [delivery] = await source.receive(1, timeout_s=1)
+    assert delivery.body == b""
+
+
+async def test_healthy_lag_and_consumer_cleanup(
+    make_source: SourceFactory, admin: Any, names: dict[str, str]
+) -> None:
+    """healthy() follows the connection, lag() counts undelivered jobs, and a clean close leaves the group."""
+    source = await make_source(consumer="tidy")
+    assert isinstance(source, JobSource)
+    assert await source.healthy() is True
+    assert await source.lag() == 0
+    await publish(admin, names["stream"], 6)
+    assert await source.lag() == 6
+    for d in await source.receive(2, timeout_s=1):
+        await d.ack()
+    assert await source.lag() == 4
+    await source.close()
+    assert await source.healthy() is False
+    assert await source.lag() is None
+    assert await admin.xinfo_consumers(names["stream"], "bulksend") == []
+
+
+async def test_open_accepts_an_existing_group(make_source: SourceFactory, names: dict[str, str]) -> None:
+    """Opening twice on the same stream and group reuses the group (BUSYGROUP is not an error)."""
+    await make_source(consumer="a")
+    second = await make_source(consumer="b")
+    assert await second.healthy()
+
+
+def test_config_refuses_unknown_keys_and_bad_values() -> None:
+    """Unknown keys and bad values are configuration errors; the consumer name defaults per process."""
+    with pytest.raises(ConfigError, match="'claim_idle'"):
+        source_from_config({"kind": "redis", "claim_idle": 5})
+    with pytest.raises(ConfigError, match="delete_on_ack"):
+        source_from_config({"kind": "redis", "delete_on_ack": "yes"})
+    with pytest.raises(ConfigError, match="kind"):
+        source_from_config({"kind": "kafka"})
+    source = source_from_config({"kind": "redis", "url": "redis://:hunter2@127.0.0.1:6379/0"})
+    assert isinstance(source, RedisStreamSource)
+    assert "hunter2" not in repr(source)
+    assert "hunter2" not in repr(source.config)
+    assert source.config.consumer.endswith(f"-{os.getpid()}")
+
+
+async def test_unreachable_server_fails_without_password() -> None:
+    """Opening against a closed port raises BrokerError whose text hides the URL's password."""
+    source = RedisStreamSource.from_config(
+        {"kind": "redis", "url": "redis://:s3cr3tpw@127.0.0.1:1/0", "connect_timeout_s": 1}
+    )
+    with pytest.raises(BrokerError) as info:
+        await source.open()
+    assert "s3cr3tpw" not in str(info.value)
+
+
+async def test_result_publisher_adds_to_a_trimmed_stream(admin: Any, names: dict[str, str]) -> None:
+    """Outcomes are XADDed as JSON to the results stream."""
+    stream = names["stream"] + ":results"
+    publisher = publisher_from_config({"kind": "redis", "url": URL, "stream": stream, "maxlen": 1000})
+    assert isinstance(publisher, RedisResultPublisher)
+    async with publisher:
+        assert await publisher.healthy()
+        await publisher.publish(
+            {"idempotency_key": "k-3", "status": "rejected", "reason": "no such template"}
+        )
+    assert not await publisher.healthy()
+    [(_, fields)] = await admin.xrange(stream)
+    assert orjson.loads(fields[b"body"]) == {
+        "idempotency_key": "k-3",
+        "status": "rejected",
+        "reason": "no such template",
+    }
