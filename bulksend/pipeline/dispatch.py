@@ -34,6 +34,7 @@ from bulksend.errors import (
     QuotaExceededError,
     RateLimitedError,
     ServerError,
+    StoreError,
     TemApiError,
     TemError,
     TemPermanentError,
@@ -41,7 +42,7 @@ from bulksend.errors import (
 )
 from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.retry import RetryPolicy, is_safe_to_resend, retrying
-from bulksend.pipeline.stats import RunStats
+from bulksend.pipeline.stats import OutcomeHook, RunStats
 from bulksend.store.base import Store
 from bulksend.tem.client import TemClient
 from bulksend.tem.models import Email
@@ -65,10 +66,17 @@ class SendItem:
     subject: str
     body: bytes
     correlation: str
+    campaign_id: str = ""
+    mail_from: str = ""
+    """Sender address, for reconciliation lookups (campaigns of one process may differ)."""
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class _NotPending(Exception):
+    """Internal: the row is no longer ``pending`` (another task or process owns it): skip it."""
 
 
 class _Retryable(Exception):
@@ -92,6 +100,7 @@ class Dispatcher:
         retry: RetryPolicy,
         on_ambiguous: Callable[[SendItem, datetime, datetime], Awaitable[None]],
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        on_outcome: OutcomeHook | None = None,
     ) -> None:
         self._store = store
         self._tem = tem
@@ -100,6 +109,7 @@ class Dispatcher:
         self._retry = retry
         self._on_ambiguous = on_ambiguous
         self._sleep = sleep
+        self._on_outcome = on_outcome
 
     async def send(self, item: SendItem) -> bool:
         """Send one email with retries. Returns False when it was left ``pending`` (retries exhausted).
@@ -114,6 +124,11 @@ class Dispatcher:
             ):
                 with attempt:
                     await self._attempt(item)
+        except _NotPending:
+            # mark_sending is a compare-and-set from `pending`: a row queued twice (a redelivered
+            # job, a canceled campaign, another worker) is sent by whoever moved it first.
+            log.debug("email.not_pending", row=item.row)
+            return False
         except _Retryable as exc:
             log.warning(
                 "email.deferred",
@@ -128,8 +143,13 @@ class Dispatcher:
     async def _attempt(self, item: SendItem) -> None:
         await self._limiter.acquire("send")
         started_at = utcnow()
-        with anyio.CancelScope(shield=True):
-            await self._store.mark_sending(item.row_id, started_at=started_at, correlation=item.correlation)
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._store.mark_sending(
+                    item.row_id, started_at=started_at, correlation=item.correlation
+                )
+        except StoreError as exc:
+            raise _NotPending from exc
         self._stats.in_flight += 1
         try:
             emails = await self._tem.send_email_raw(item.body)
@@ -168,6 +188,8 @@ class Dispatcher:
             await self._store.mark_rejected(item.row_id, reason=reason)
         self._stats.rejected += 1
         log.debug("email.rejected", row=item.row, reason=reason)
+        if self._on_outcome is not None:
+            await self._on_outcome(item.campaign_id, [(item.row_id, "rejected")])
 
     async def _transient(self, item: SendItem, exc: TemError, started_at: datetime) -> None:
         retry_after = exc.retry_after_s if isinstance(exc, TemApiError) else None

@@ -129,7 +129,7 @@ class Reconciler:
     async def _lookup(self, item: SendItem, since: datetime, until: datetime) -> Email | None:
         query = ListEmailsQuery(
             mail_rcpt=item.email,
-            mail_from=self._mail_from or None,
+            mail_from=item.mail_from or self._mail_from or None,
             subject=item.subject,
             since=since,
             until=until,

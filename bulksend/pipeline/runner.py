@@ -34,7 +34,7 @@ from bulksend.pipeline.dispatch import Dispatcher, SendItem
 from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.reconcile import Reconciler
 from bulksend.pipeline.retry import RetryPolicy
-from bulksend.pipeline.stats import RunStats
+from bulksend.pipeline.stats import OutcomeHook, RunStats
 from bulksend.pipeline.tracker import Tracker, TrackerSettings
 from bulksend.render import Rejection, RenderedEmail, Renderer
 from bulksend.sinks.outcomes import write_outcomes
@@ -93,6 +93,7 @@ class CampaignRun:
         stats: RunStats | None = None,
         grace_s: float = 30.0,
         skew_s: float = 5.0,
+        on_outcome: OutcomeHook | None = None,
     ) -> None:
         self.campaign = campaign
         self.store = store
@@ -105,7 +106,9 @@ class CampaignRun:
         self._retry = RetryPolicy(
             max_attempts=campaign.sending.max_attempts, max_elapsed_s=campaign.sending.max_retry_s
         )
+        self._on_outcome = on_outcome
         self._stopping = False
+        self._keep_tracking = False
         self._root_scope: anyio.CancelScope | None = None
         self._intake_scope = anyio.CancelScope()
         self._reconciling: set[int] = set()
@@ -115,13 +118,18 @@ class CampaignRun:
     def stopping(self) -> bool:
         return self._stopping
 
-    def request_stop(self) -> None:
-        """Graceful stop: no new recipients; in-flight requests finish within ``grace_s``."""
+    def request_stop(self, *, keep_tracking: bool = False) -> None:
+        """Graceful stop: no new recipients; in-flight requests finish within ``grace_s``.
+
+        With ``keep_tracking`` (pause, cancel), the run then goes on tracking what was submitted
+        until it is final, without the grace deadline.
+        """
         if self._stopping:
             return
         self._stopping = True
+        self._keep_tracking = keep_tracking
         self._intake_scope.cancel()
-        if self._root_scope is not None:
+        if self._root_scope is not None and not keep_tracking:
             self._root_scope.deadline = min(self._root_scope.deadline, anyio.current_time() + self.grace_s)
         log.info("campaign.stopping", campaign=self.campaign.id, grace_s=self.grace_s)
 
@@ -175,6 +183,7 @@ class CampaignRun:
             since=since,
             mail_from=c.from_.email,
             retry=self._retry,
+            on_outcome=self._on_outcome,
         )
         sending_done = anyio.Event()
         with anyio.CancelScope() as root:
@@ -207,7 +216,7 @@ class CampaignRun:
         async with anyio.create_task_group() as tg:
             tg.start_soon(tracker.run, sending_done)
             await sending_done.wait()
-            if self._stopping:
+            if self._stopping and not self._keep_tracking:
                 # A stopped run does not wait for TEM to finish delivering: the next run tracks.
                 tg.cancel_scope.cancel()
 
@@ -237,6 +246,7 @@ class CampaignRun:
                 stats=self.stats,
                 retry=self._retry,
                 on_ambiguous=lambda item, started, ended: reconciler.submit(item, started, ended),
+                on_outcome=self._on_outcome,
             )
             # Rows a previous run left `sending` may have reached TEM: reconcile, never resend.
             async for row in self.store.iter_rows(c.id, states=[RowState.SENDING]):
@@ -298,6 +308,7 @@ class CampaignRun:
             with anyio.CancelScope(shield=True):
                 results = await self.store.admit(c.id, rows)
             by_row = {r.row: r for r in rows}
+            terminal: list[tuple[int, str]] = []
             for res in results:
                 if res.state is RowState.PENDING:
                     self.stats.admitted += 1
@@ -312,12 +323,18 @@ class CampaignRun:
                                 email.subject,
                                 email.body,
                                 correlation_of(c.id, res.row),
+                                c.id,
+                                c.from_.email,
                             )
                         )
                 elif res.state is RowState.REJECTED:
                     self.stats.rejected += 1
+                    terminal.append((res.id, "rejected"))
                 elif res.state is RowState.SKIPPED:
                     self.stats.skipped += 1
+                    terminal.append((res.id, "skipped"))
+            if terminal and self._on_outcome is not None:
+                await self._on_outcome(c.id, terminal)
 
     def _prepare(self, rec: RecipientInput | BadRow) -> tuple[NewRecipient, RenderedEmail | None]:
         if isinstance(rec, BadRow):
@@ -354,7 +371,16 @@ class CampaignRun:
                 return None
             # A `sending` row must still be reconciled: build a lookup-only item.
             return None
-        return SendItem(row.id, row.row, row.email, result.subject, result.body, correlation)
+        return SendItem(
+            row.id,
+            row.row,
+            row.email,
+            result.subject,
+            result.body,
+            correlation,
+            row.campaign_id,
+            self.campaign.from_.email,
+        )
 
     # -- end ---------------------------------------------------------------------------------
     async def _open_campaign(self) -> CampaignRecord:

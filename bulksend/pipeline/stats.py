@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["RunStats"]
+__all__ = ["OutcomeHook", "RunStats"]
+
+OutcomeHook = Callable[[str, Sequence[tuple[int, str]]], Awaitable[None]]
+"""Called with (campaign id, [(row id, outcome status)]) after rows reach a terminal state."""
 
 
 @dataclass

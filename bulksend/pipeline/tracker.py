@@ -24,7 +24,7 @@ from bulksend.errors import NotFoundError, TemError
 from bulksend.pipeline.dispatch import utcnow
 from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.retry import RetryPolicy, is_transient, retrying
-from bulksend.pipeline.stats import RunStats
+from bulksend.pipeline.stats import OutcomeHook, RunStats
 from bulksend.store.base import FinalUpdate, RecipientRow, RowState, Store
 from bulksend.tem.client import TemClient
 from bulksend.tem.models import FINAL_STATUSES, Email, ListEmailsQuery, OrderBy, parse_rfc3339
@@ -89,8 +89,10 @@ class Tracker:
         mail_from: str,
         retry: RetryPolicy,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        on_outcome: OutcomeHook | None = None,
     ) -> None:
         self._campaign_id = campaign_id
+        self._on_outcome = on_outcome
         self._store = store
         self._tem = tem
         self._limiter = limiter
@@ -111,14 +113,19 @@ class Tracker:
         self._next_straggler_pass = utcnow() + self._straggler_every
         self._straggler_next_read: dict[int, tuple[datetime, float]] = {}
 
-    async def run(self, sending_done: anyio.Event) -> None:
-        """Poll until ``sending_done`` is set and nothing submitted is left to follow."""
+    async def run(self, sending_done: anyio.Event | None) -> None:
+        """Poll until ``sending_done`` is set and nothing submitted is left to follow.
+
+        With ``sending_done`` None (a daemon's job stream) it polls forever, and only while
+        something is outstanding: an idle stream costs no API calls.
+        """
         while True:
-            await self.poll()
+            if sending_done is not None or await self.outstanding() > 0:
+                await self.poll()
             if utcnow() >= self._next_straggler_pass:
                 await self.stragglers()
                 self._next_straggler_pass = utcnow() + self._straggler_every
-            if sending_done.is_set() and await self.outstanding() == 0:
+            if sending_done is not None and sending_done.is_set() and await self.outstanding() == 0:
                 return
             await self._sleep(self._settings.poll_interval_s)
 
@@ -209,18 +216,20 @@ class Tracker:
             if e.id in rows and rows[e.id].state in (RowState.SUBMITTED, RowState.SENDING)
         ]
         if updates:
-            with anyio.CancelScope(shield=True):
-                await self._store.mark_final(updates)
-            self._count(updates)
+            await self._finalize(updates)
         return len(updates), list(rows)
 
     async def record_known(self, email: Email, row_id: int) -> None:
         """Record a final email learned elsewhere (reconciliation) for ``row_id``."""
         if email.status.is_final:
-            update = final_update(row_id, email)
-            with anyio.CancelScope(shield=True):
-                await self._store.mark_final([update])
-            self._count([update])
+            await self._finalize([final_update(row_id, email)])
+
+    async def _finalize(self, updates: Sequence[FinalUpdate]) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._store.mark_final(updates)
+        self._count(updates)
+        if self._on_outcome is not None:
+            await self._on_outcome(self._campaign_id, [(u.id, u.status) for u in updates])
 
     def _count(self, updates: Sequence[FinalUpdate]) -> None:
         for u in updates:
@@ -263,9 +272,7 @@ class Tracker:
                 backoff_s = min(backoff_s * 2, 3600.0)
                 self._straggler_next_read[row.id] = (now + timedelta(seconds=backoff_s), backoff_s)
         if gave_up:
-            with anyio.CancelScope(shield=True):
-                await self._store.mark_final(gave_up)
-            self._count(gave_up)
+            await self._finalize(gave_up)
 
 
 def _give_up(row: RecipientRow, now: datetime, after_s: float) -> FinalUpdate:
