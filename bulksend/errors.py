@@ -58,6 +58,7 @@ __all__ = [
     "TemTransientError",
     "TemTransportError",
     "TransientStateError",
+    "first_bulksend_error",
 ]
 
 
@@ -228,3 +229,15 @@ class ServerError(TemTransientError):
 
 class OutOfStockError(ServerError):
     """503 ``out_of_stock``."""
+
+
+def first_bulksend_error(exc: BaseException) -> BulksendError | None:
+    """The first :class:`BulksendError` in ``exc`` or in the exception groups nested in it."""
+    if isinstance(exc, BulksendError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = first_bulksend_error(inner)
+            if found is not None:
+                return found
+    return None

@@ -22,7 +22,7 @@ import structlog
 from rich.console import Console
 
 from bulksend.campaign import Campaign, load_campaign
-from bulksend.errors import BulksendError, CampaignError, ConfigError
+from bulksend.errors import BulksendError, CampaignError, ConfigError, first_bulksend_error
 from bulksend.log import configure_logging, register_secret
 from bulksend.pipeline.dispatch import AccountRefusedError
 from bulksend.pipeline.limiter import AimdLimiter
@@ -150,7 +150,7 @@ def run_campaign(
             backend_options={"use_uvloop": _has_uvloop()},
         )
     except (BulksendError, BaseExceptionGroup) as raised:
-        found = _first_bulksend_error(raised)
+        found = first_bulksend_error(raised)
         if found is None:
             raise
         if isinstance(found, AccountRefusedError):
@@ -160,18 +160,6 @@ def run_campaign(
         console.print(f"[bold red]error:[/bold red] {found}")
         return EXIT_CONFIG
     return _report(result, console)
-
-
-def _first_bulksend_error(exc: BaseException) -> BulksendError | None:
-    """The error to show from what a task group raised (groups nest one per task group)."""
-    if isinstance(exc, BulksendError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _first_bulksend_error(inner)
-            if found is not None:
-                return found
-    return None
 
 
 def _has_uvloop() -> bool:

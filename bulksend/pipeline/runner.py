@@ -94,6 +94,7 @@ class CampaignRun:
         grace_s: float = 30.0,
         skew_s: float = 5.0,
         on_outcome: OutcomeHook | None = None,
+        spec_extra: dict[str, Any] | None = None,
     ) -> None:
         self.campaign = campaign
         self.store = store
@@ -107,6 +108,7 @@ class CampaignRun:
             max_attempts=campaign.sending.max_attempts, max_elapsed_s=campaign.sending.max_retry_s
         )
         self._on_outcome = on_outcome
+        self._spec_extra = dict(spec_extra or {})
         self._stopping = False
         self._keep_tracking = False
         self._root_scope: anyio.CancelScope | None = None
@@ -192,7 +194,10 @@ class CampaignRun:
                 root.cancel()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._track, tracker, sending_done)
-                await self._send_all(record, tracker)
+                if record.state is CampaignState.RUNNING:
+                    await self._send_all(record, tracker)
+                # A paused or canceled campaign sends nothing more; its run only tracks what
+                # was already submitted.
                 sending_done.set()
         self._root_scope = None
         return await self._finish(hard_stopped=root.cancelled_caught)
@@ -390,6 +395,7 @@ class CampaignRun:
             "path": str(c.path),
             "recipients": str(c.recipients),
             "outcomes": str(c.output.outcomes),
+            **self._spec_extra,
         }
         record = await self.store.get_campaign(c.id)
         if record is None:
@@ -410,7 +416,8 @@ class CampaignRun:
         open_rows = sum(
             counts.get(s.value, 0) for s in (RowState.PENDING, RowState.SENDING, RowState.SUBMITTED)
         )
-        complete = bool(record and record.admitted_all) and open_rows == 0 and not hard_stopped
+        canceled = record is not None and record.state is CampaignState.CANCELED
+        complete = (bool(record and record.admitted_all) or canceled) and open_rows == 0 and not hard_stopped
         result = RunResult(
             c.id,
             complete=complete,
@@ -419,7 +426,7 @@ class CampaignRun:
             counts=counts,
             stats=self.stats,
         )
-        if complete:
+        if complete and record is not None and record.state is CampaignState.RUNNING:
             await self.store.set_campaign_state(c.id, CampaignState.FINISHED)
         if not hard_stopped:
             with anyio.CancelScope(shield=True):

@@ -45,8 +45,9 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
-def outcome_of(row: RecipientRow) -> dict[str, Any]:
-    """The outcome line of one row. A row that is not terminal yet reads as ``unknown``."""
+def outcome_of(row: RecipientRow, *, unfinished: str = "rerun the same command to resume") -> dict[str, Any]:
+    """The outcome line of one row. A row that is not terminal yet reads as ``unknown``, with a
+    reason ending in ``unfinished`` (what the reader can do about it)."""
     if row.state is RowState.FINAL:
         status = row.status or "unknown"
         reason = row.reason
@@ -56,7 +57,7 @@ def outcome_of(row: RecipientRow) -> dict[str, Any]:
         status, reason = "skipped", row.reason
     else:
         status = "unknown"
-        reason = row.reason or f"not finished (still {row.state.value}); rerun the same command to resume"
+        reason = row.reason or f"not finished (still {row.state.value}); {unfinished}"
     return {
         "email": row.email,
         "name": row.name,

@@ -1,0 +1,32 @@
+"""The admin side of ``bulksend serve``: an HTTP API over a small control protocol.
+
+:mod:`bulksend.admin.control` defines what the API may ask of the daemon (:class:`DaemonControl`)
+and an in-memory implementation; :mod:`bulksend.admin.api` serves it over HTTP. See
+docs/admin-api.md for the endpoints.
+"""
+
+from __future__ import annotations
+
+from bulksend.admin.api import check_listen_address, create_admin_app, validate_template
+from bulksend.admin.control import (
+    CampaignInfo,
+    CampaignStatus,
+    Conflict,
+    ControlError,
+    DaemonControl,
+    MemoryControl,
+    NotFound,
+)
+
+__all__ = [
+    "CampaignInfo",
+    "CampaignStatus",
+    "Conflict",
+    "ControlError",
+    "DaemonControl",
+    "MemoryControl",
+    "NotFound",
+    "check_listen_address",
+    "create_admin_app",
+    "validate_template",
+]

@@ -1,0 +1,462 @@
+"""The control protocol between the admin HTTP API and the daemon, and an in-memory implementation.
+
+The admin API (:mod:`bulksend.admin.api`) knows nothing about queues, stores or TEM: it turns HTTP
+requests into calls on a :class:`DaemonControl` and the results (or :class:`NotFound`,
+:class:`Conflict`, :class:`~bulksend.errors.CampaignError`) into HTTP answers. The daemon implements
+the protocol; :class:`MemoryControl` implements it over an outbox :class:`~bulksend.store.base.Store`
+(a :class:`~bulksend.store.memory.MemoryStore` by default) without sending anything, for tests and
+local experiments.
+
+Campaign lifecycle as seen through the protocol::
+
+    submit ──► running ◄──► paused
+                  │            │
+                  ├────────────┴──► canceled     (pause/resume/cancel of a canceled campaign: 409)
+                  ├──► finished                  (every recipient has its outcome)
+                  └──► failed                    (the run stopped on an error it cannot get past)
+
+``pause`` of a paused campaign, ``resume`` of a running one and ``cancel`` of a canceled one are
+no-ops that return the campaign as it is (a retried request must not fail); any other change out of
+a terminal state (``canceled``, ``finished``, ``failed``) raises :class:`Conflict`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Final, Literal, Protocol, runtime_checkable
+
+import anyio
+import anyio.to_thread
+import orjson
+
+from bulksend.campaign import campaign_from_dict
+from bulksend.errors import BulksendError, CampaignError
+from bulksend.sinks.outcomes import outcome_of
+from bulksend.sources.files import BadRow, RecipientInput, iter_recipients
+from bulksend.store.base import CampaignState, FinalUpdate, NewRecipient, RowState, Store
+from bulksend.store.memory import MemoryStore
+from bulksend.validate import check_address, normalize_address
+
+__all__ = [
+    "CAMPAIGN_STATUSES",
+    "CampaignInfo",
+    "CampaignStatus",
+    "Conflict",
+    "ControlError",
+    "DaemonControl",
+    "MemoryControl",
+    "NotFound",
+    "safe_filename",
+]
+
+CampaignStatus = Literal["running", "paused", "canceled", "finished", "failed"]
+CAMPAIGN_STATUSES: Final[tuple[CampaignStatus, ...]] = ("running", "paused", "canceled", "finished", "failed")
+TERMINAL_STATUSES: Final[frozenset[str]] = frozenset({"canceled", "finished", "failed"})
+
+
+class ControlError(BulksendError):
+    """A control request that cannot be carried out as asked (base of NotFound and Conflict)."""
+
+
+class NotFound(ControlError):
+    """No campaign (or template) with that id: the API answers 404."""
+
+
+class Conflict(ControlError):
+    """The request clashes with the current state (resume a finished campaign, reuse an id): 409."""
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignInfo:
+    """What the daemon says about one campaign.
+
+    ``counts`` are the store's counts: rows by state (``pending``, ``sending``, ``submitted``,
+    ``final``, ``rejected``, ``skipped``) and final rows by TEM status as ``status:<s>``.
+    ``total`` is the number of recipients read from the source when known (None while the
+    source is still being read). ``error`` says why a ``failed`` campaign stopped.
+    """
+
+    id: str
+    state: CampaignStatus
+    created_at: datetime
+    counts: dict[str, int] = field(default_factory=dict)
+    total: int | None = None
+    error: str | None = None
+
+    @property
+    def done(self) -> int:
+        """Recipients with their outcome (final, rejected or skipped)."""
+        c = self.counts
+        return c.get("final", 0) + c.get("rejected", 0) + c.get("skipped", 0)
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON object the admin API answers with (``created_at`` in RFC 3339, UTC)."""
+        created = self.created_at if self.created_at.tzinfo else self.created_at.replace(tzinfo=UTC)
+        return {
+            "id": self.id,
+            "state": self.state,
+            "created_at": created.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "total": self.total,
+            "done": self.done,
+            "counts": dict(self.counts),
+            "error": self.error,
+        }
+
+
+@runtime_checkable
+class DaemonControl(Protocol):
+    """What the admin API may ask of the daemon. Every method may raise ``ControlError`` subclasses."""
+
+    async def submit_campaign(
+        self,
+        campaign: Mapping[str, Any] | str,
+        recipients: AsyncIterator[bytes] | bytes,
+        recipients_filename: str,
+    ) -> CampaignInfo:
+        """Accept a campaign and its recipients and start running it.
+
+        ``campaign`` is TOML text or a parsed JSON object, with the keys of a campaign file
+        (docs/campaign-file.md); the uploaded recipients replace ``campaign.recipients``.
+        ``recipients`` is the CSV/JSONL upload, streamed in chunks: it is only valid until this
+        call returns, so persist it (spool or admit) before returning, and abandon the submission
+        if iterating it raises (the client went away). ``recipients_filename`` is a bare file name
+        (no directory) whose suffix tells the format.
+
+        Raises ``CampaignError`` for bad input (HTTP 400 with its message) and ``Conflict`` when a
+        campaign with the same id exists (409).
+        """
+        ...
+
+    async def list_campaigns(self) -> list[CampaignInfo]:
+        """Every campaign the daemon knows, oldest first."""
+        ...
+
+    async def get_campaign(self, campaign_id: str) -> CampaignInfo | None:
+        """One campaign, or None when unknown."""
+        ...
+
+    def outcomes(self, campaign_id: str) -> AsyncIterator[dict[str, Any]]:
+        """Outcome lines in input order, with the fields of the outcomes file (not finished yet:
+        ``unknown``). Raises ``NotFound`` on first iteration for an unknown campaign."""
+        ...
+
+    async def pause(self, campaign_id: str) -> CampaignInfo:
+        """Stop taking new recipients for sending; in-flight requests finish, tracking goes on."""
+        ...
+
+    async def resume(self, campaign_id: str) -> CampaignInfo:
+        """Undo ``pause``."""
+        ...
+
+    async def cancel(self, campaign_id: str) -> CampaignInfo:
+        """Stop sending for good; every email still ``new`` at TEM is canceled there."""
+        ...
+
+    async def templates(self) -> list[str]:
+        """Names of the registered templates, sorted."""
+        ...
+
+    async def register_template(self, name: str, template: Mapping[str, Any]) -> None:
+        """Create or replace a named template (keys: from, subject, text, html, headers)."""
+        ...
+
+    async def health(self) -> dict[str, bool]:
+        """Readiness of each dependency, e.g. ``{"store": True, "source:nats": False}``."""
+        ...
+
+
+def safe_filename(name: str) -> str:
+    """The last component of an uploaded file name (either slash style), never a path."""
+    base = PureWindowsPath(PurePosixPath(name).name).name
+    return "" if base in ("", ".", "..") else base
+
+
+# -- in-memory implementation --------------------------------------------------------------------
+
+ADMIT_BATCH: Final = 500
+"""Rows admitted per store call (one commit in a durable store)."""
+
+_CANCELED_REASON: Final = "the campaign was canceled before this email was sent"
+_STATUS_OF: Final[dict[CampaignState, CampaignStatus]] = {
+    CampaignState.RUNNING: "running",
+    CampaignState.PAUSED: "paused",
+    CampaignState.CANCELED: "canceled",
+    CampaignState.FINISHED: "finished",
+}
+
+
+class MemoryControl:
+    """A :class:`DaemonControl` that validates and admits campaigns for real but never sends.
+
+    Campaigns are checked by the same rules as campaign files (:func:`campaign_from_dict`), the
+    upload is spooled to ``spool_dir`` chunk by chunk and read by the real recipient reader, and
+    rows are admitted into ``store`` (an open store; by default a fresh :class:`MemoryStore`).
+    Nothing moves by itself afterwards: :meth:`finish` and :meth:`fail` play the part of a run.
+    ``checks`` is what :meth:`health` reports; change it to simulate an unready dependency.
+    """
+
+    def __init__(
+        self,
+        spool_dir: Path,
+        *,
+        store: Store | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.spool_dir = Path(spool_dir)
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._owns_store = store is None
+        self._store: Store = store if store is not None else MemoryStore(clock=self._clock)
+        self._opened = store is not None
+        self._totals: dict[str, int] = {}
+        self._errors: dict[str, str] = {}
+        self._reserved: set[str] = set()
+        self._templates: dict[str, dict[str, Any]] = {}
+        self.checks: dict[str, bool] = {"store": True}
+        self.uploads: dict[str, tuple[int, int]] = {}
+        """campaign id → (bytes, chunks) received for its recipients upload."""
+
+    async def _ready_store(self) -> Store:
+        if not self._opened:
+            await self._store.open()
+            self._opened = True
+        return self._store
+
+    async def aclose(self) -> None:
+        """Close the store if this control created it."""
+        if self._owns_store and self._opened:
+            await self._store.close()
+            self._opened = False
+
+    # -- protocol ----------------------------------------------------------------------------
+    async def submit_campaign(
+        self,
+        campaign: Mapping[str, Any] | str,
+        recipients: AsyncIterator[bytes] | bytes,
+        recipients_filename: str,
+    ) -> CampaignInfo:
+        store = await self._ready_store()
+        data = _parse_campaign(campaign)
+        section = data.get("campaign")
+        campaign_id = section.get("id") if isinstance(section, Mapping) else None
+        if isinstance(campaign_id, str) and (
+            campaign_id in self._reserved or await store.get_campaign(campaign_id) is not None
+        ):
+            raise Conflict(f"a campaign with id {campaign_id!r} already exists; give this one a new id")
+        filename = safe_filename(recipients_filename)
+        if not filename:
+            raise CampaignError("the recipients upload needs a file name ending in .csv, .tsv or .jsonl")
+        folder = self.spool_dir / uuid.uuid4().hex
+        await anyio.Path(folder).mkdir(parents=True)
+        spooled = folder / filename
+        # Reserve the id across the awaits below: two concurrent submissions of one id must not
+        # both pass the check above.
+        reserved = campaign_id if isinstance(campaign_id, str) else None
+        if reserved is not None:
+            self._reserved.add(reserved)
+        try:
+            size, chunks = await _spool(recipients, spooled)
+            if isinstance(section, Mapping):
+                data["campaign"] = {**section, "recipients": str(spooled)}
+            built = await anyio.to_thread.run_sync(
+                lambda: campaign_from_dict(data, base_dir=folder, source="campaign")
+            )
+            if built.id != reserved and (
+                built.id in self._reserved or await store.get_campaign(built.id) is not None
+            ):
+                raise Conflict(f"a campaign with id {built.id!r} already exists; give this one a new id")
+            await store.create_campaign(
+                built.id,
+                {"source": "admin-api", "recipients": filename, "fingerprint": built.fingerprint},
+            )
+            total = await self._admit(store, built.id, spooled)
+            await store.mark_admitted_all(built.id)
+        except BaseException:
+            await _remove_tree(folder)
+            raise
+        finally:
+            if reserved is not None:
+                self._reserved.discard(reserved)
+        self._totals[built.id] = total
+        self.uploads[built.id] = (size, chunks)
+        return await self._info(built.id)
+
+    async def list_campaigns(self) -> list[CampaignInfo]:
+        store = await self._ready_store()
+        return [await self._info(rec.id) for rec in await store.list_campaigns()]
+
+    async def get_campaign(self, campaign_id: str) -> CampaignInfo | None:
+        store = await self._ready_store()
+        if await store.get_campaign(campaign_id) is None:
+            return None
+        return await self._info(campaign_id)
+
+    async def outcomes(self, campaign_id: str) -> AsyncIterator[dict[str, Any]]:
+        store = await self._ready_store()
+        if await store.get_campaign(campaign_id) is None:
+            raise NotFound(f"no campaign with id {campaign_id!r}")
+        async for row in store.iter_outcomes(campaign_id):
+            yield outcome_of(row)
+
+    async def pause(self, campaign_id: str) -> CampaignInfo:
+        return await self._change(campaign_id, "paused", frm=("running",))
+
+    async def resume(self, campaign_id: str) -> CampaignInfo:
+        return await self._change(campaign_id, "running", frm=("paused",))
+
+    async def cancel(self, campaign_id: str) -> CampaignInfo:
+        info = await self._change(campaign_id, "canceled", frm=("running", "paused"))
+        store = await self._ready_store()
+        # Nothing was sent by this control, so every open row is still `pending`: it becomes
+        # `skipped`, which is what the daemon records for an email canceled before its POST.
+        async for row in store.iter_rows(campaign_id, states=[RowState.PENDING]):
+            await store.mark_skipped(row.id, reason=_CANCELED_REASON)
+        return await self._info(info.id)
+
+    async def templates(self) -> list[str]:
+        return sorted(self._templates)
+
+    async def register_template(self, name: str, template: Mapping[str, Any]) -> None:
+        self._templates[name] = orjson.loads(orjson.dumps(dict(template)))
+
+    def template(self, name: str) -> dict[str, Any] | None:
+        """A registered template as stored (a copy), or None."""
+        found = self._templates.get(name)
+        return None if found is None else orjson.loads(orjson.dumps(found))
+
+    async def health(self) -> dict[str, bool]:
+        return dict(self.checks)
+
+    # -- what a run would do ---------------------------------------------------------------------
+    async def finish(self, campaign_id: str, status: str = "sent", *, flags: tuple[str, ...] = ()) -> None:
+        """Play a whole run: every ``pending`` row is sent and ends ``final`` with ``status``."""
+        store = await self._ready_store()
+        await self._require(campaign_id)
+        now = self._clock()
+        async for row in store.iter_rows(campaign_id, states=[RowState.PENDING]):
+            await store.mark_sending(row.id, started_at=now, correlation=f"{campaign_id}/{row.row}")
+            email_id = str(uuid.uuid4())
+            await store.mark_submitted(row.id, email_id=email_id, message_id=email_id, submitted_at=now)
+            await store.mark_final([FinalUpdate(row.id, status=status, flags=flags, final_at=now)])
+        await store.set_campaign_state(campaign_id, CampaignState.FINISHED)
+
+    async def fail(self, campaign_id: str, error: str) -> None:
+        """Mark the campaign ``failed`` with ``error`` (as a run that hit an unrecoverable error)."""
+        await self._require(campaign_id)
+        self._errors[campaign_id] = error
+
+    # -- internals ---------------------------------------------------------------------------
+    async def _require(self, campaign_id: str) -> None:
+        store = await self._ready_store()
+        if await store.get_campaign(campaign_id) is None:
+            raise NotFound(f"no campaign with id {campaign_id!r}")
+
+    async def _info(self, campaign_id: str) -> CampaignInfo:
+        store = await self._ready_store()
+        rec = await store.get_campaign(campaign_id)
+        if rec is None:
+            raise NotFound(f"no campaign with id {campaign_id!r}")
+        counts = {s.value: 0 for s in RowState} | await store.counts(campaign_id)
+        error = self._errors.get(campaign_id)
+        state: CampaignStatus = "failed" if error is not None else _STATUS_OF[rec.state]
+        return CampaignInfo(
+            id=rec.id,
+            state=state,
+            created_at=rec.created_at,
+            counts=counts,
+            total=self._totals.get(campaign_id),
+            error=error,
+        )
+
+    async def _change(
+        self, campaign_id: str, target: CampaignStatus, *, frm: tuple[CampaignStatus, ...]
+    ) -> CampaignInfo:
+        info = await self._info(campaign_id)
+        if info.state == target:
+            return info
+        if info.state not in frm:
+            raise Conflict(f"campaign {campaign_id!r} is {info.state}; it cannot become {target}")
+        store = await self._ready_store()
+        await store.set_campaign_state(campaign_id, CampaignState(target))
+        return await self._info(campaign_id)
+
+    async def _admit(self, store: Store, campaign_id: str, path: Path) -> int:
+        """Read the spooled recipients and admit them in batches; returns the number of rows."""
+        reader = iter_recipients(path)
+        total = 0
+        while True:
+            chunk = await anyio.to_thread.run_sync(_take, reader, ADMIT_BATCH)
+            if not chunk:
+                return total
+            total += len(chunk)
+            await store.admit(campaign_id, [_new_recipient(rec) for rec in chunk])
+
+
+def _parse_campaign(campaign: Mapping[str, Any] | str) -> dict[str, Any]:
+    if isinstance(campaign, str):
+        try:
+            return tomllib.loads(campaign)
+        except tomllib.TOMLDecodeError as exc:
+            raise CampaignError(f"TOML syntax error: {exc}", path="campaign") from None
+    if not isinstance(campaign, Mapping):
+        raise CampaignError("a campaign must be an object with a 'campaign' table", path="campaign")
+    # A deep copy through JSON: the caller's mapping is never changed, and a value that could
+    # not have come from JSON or TOML is refused here.
+    try:
+        copied: dict[str, Any] = orjson.loads(orjson.dumps(campaign))
+    except (TypeError, orjson.JSONEncodeError):
+        raise CampaignError("the campaign holds a value that is not JSON", path="campaign") from None
+    return copied
+
+
+async def _spool(recipients: AsyncIterator[bytes] | bytes, path: Path) -> tuple[int, int]:
+    """Write the upload to ``path`` as it arrives; returns (bytes, chunks)."""
+    size = chunks = 0
+    async with await anyio.open_file(path, "wb") as f:
+        if isinstance(recipients, bytes | bytearray | memoryview):
+            await f.write(bytes(recipients))
+            return len(recipients), 1
+        async for chunk in recipients:
+            await f.write(chunk)
+            size += len(chunk)
+            chunks += 1
+    return size, chunks
+
+
+async def _remove_tree(folder: Path) -> None:
+    with anyio.CancelScope(shield=True):
+        root = anyio.Path(folder)
+        if not await root.exists():
+            return
+        async for child in root.iterdir():
+            await child.unlink(missing_ok=True)
+        await root.rmdir()
+
+
+def _take(reader: Iterator[RecipientInput | BadRow], n: int) -> list[RecipientInput | BadRow]:
+    out: list[RecipientInput | BadRow] = []
+    for rec in reader:
+        out.append(rec)
+        if len(out) >= n:
+            break
+    return out
+
+
+def _new_recipient(rec: RecipientInput | BadRow) -> NewRecipient:
+    if isinstance(rec, BadRow):
+        return NewRecipient(rec.row, rec.email, rec.name, None, RowState.REJECTED, rec.reason)
+    problem = check_address(rec.email)
+    if problem is not None:
+        return NewRecipient(rec.row, rec.email, rec.name, None, RowState.REJECTED, problem)
+    return NewRecipient(
+        rec.row,
+        rec.email,
+        rec.name,
+        normalize_address(rec.email),
+        RowState.PENDING,
+        payload={"vars": rec.vars},
+    )

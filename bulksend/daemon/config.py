@@ -1,0 +1,158 @@
+"""The daemon's configuration file (TOML), documented key by key in configs/daemon.example.toml.
+
+Every section is optional except what the daemon cannot guess; unknown keys are refused with the
+section and key named, since a typo in a daemon config should not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bulksend.errors import ConfigError
+from bulksend.secret import Secret
+
+__all__ = ["AdminSettings", "DaemonConfig", "load_daemon_config"]
+
+_SECTIONS = {
+    "api": {"api_url", "project_id", "region", "profile"},
+    "store": {"url"},
+    "daemon": {"data_dir", "grace_s", "worker_id", "job_batch", "receive_timeout_s", "results_default"},
+    "sending": {"rate_per_s", "concurrency", "max_attempts", "max_retry_s", "timeout_s"},
+    "tracking": {"poll_interval_s", "give_up_after_s", "settle_s", "page_size"},
+    "admin": {"listen", "token", "metrics_public"},
+    "results": None,  # checked by the publisher factory
+    "sources": None,  # a list of tables, checked by the source factory
+    "templates": None,  # name -> template table, checked when compiled
+}
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    host: str = "127.0.0.1"
+    port: int = 8025
+    token: Secret | None = None
+    metrics_public: bool = False
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Everything ``bulksend serve`` needs, resolved and checked."""
+
+    path: Path
+    store_url: str
+    data_dir: Path
+    api: dict[str, str] = field(default_factory=dict)
+    grace_s: float = 30.0
+    worker_id: str = ""
+    job_batch: int = 100
+    receive_timeout_s: float = 1.0
+    results_default: bool = True
+    sending: dict[str, Any] = field(default_factory=dict)
+    tracking: dict[str, Any] = field(default_factory=dict)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    results: dict[str, Any] | None = None
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    templates: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+
+def _table(data: Mapping[str, Any], name: str, path: Path) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path}: [{name}] must be a table")
+    allowed = _SECTIONS[name]
+    if allowed is not None:
+        unknown = set(value) - allowed
+        if unknown:
+            raise ConfigError(
+                f"{path}: unknown key(s) in [{name}]: {', '.join(sorted(unknown))} "
+                f"(allowed: {', '.join(sorted(allowed))})"
+            )
+    return dict(value)
+
+
+def _number(table: Mapping[str, Any], key: str, default: float, where: str, *, minimum: float = 0.0) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+        raise ConfigError(f"{where}.{key} must be a number >= {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def _listen(value: Any, path: Path) -> tuple[str, int]:
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(f"{path}: admin.listen must look like '127.0.0.1:8025', got {value!r}")
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{path}: admin.listen has an invalid port: {value!r}")
+    return host, int(port)
+
+
+def load_daemon_config(path: Path | str, *, env: Mapping[str, str] | None = None) -> DaemonConfig:
+    """Read and check a daemon config file. Raises :class:`ConfigError` naming what to fix."""
+    path = Path(path)
+    env = os.environ if env is None else env
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such daemon config file (see configs/daemon.example.toml)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    unknown = set(data) - set(_SECTIONS)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown section(s) {', '.join(sorted(unknown))} (allowed: {', '.join(_SECTIONS)})"
+        )
+    base = path.parent
+    api = {k: str(v) for k, v in _table(data, "api", path).items()}
+    store = _table(data, "store", path)
+    daemon = _table(data, "daemon", path)
+    admin = _table(data, "admin", path)
+    data_dir = base / str(daemon.get("data_dir", "bulksend-state"))
+    store_url = str(store.get("url", data_dir / "bulksend.db"))
+    if "://" not in store_url and not store_url.startswith(("memory:", "sqlite:")):
+        store_url = str(base / store_url)
+    token_text = admin.get("token") or env.get("BULKSEND_ADMIN_TOKEN") or ""
+    if not isinstance(token_text, str):
+        raise ConfigError(f"{path}: admin.token must be a string")
+    host, port = _listen(admin.get("listen", "127.0.0.1:8025"), path)
+    sources = data.get("sources", [])
+    if not isinstance(sources, list) or not all(isinstance(s, Mapping) for s in sources):
+        raise ConfigError(f"{path}: [[sources]] must be an array of tables")
+    templates = data.get("templates", {})
+    if not isinstance(templates, Mapping) or not all(isinstance(t, Mapping) for t in templates.values()):
+        raise ConfigError(f"{path}: [templates.NAME] must be tables")
+    results = data.get("results")
+    if results is not None and not isinstance(results, Mapping):
+        raise ConfigError(f"{path}: [results] must be a table")
+    return DaemonConfig(
+        path=path,
+        store_url=store_url,
+        data_dir=data_dir,
+        api=api,
+        grace_s=_number(daemon, "grace_s", 30.0, "daemon"),
+        worker_id=str(daemon.get("worker_id") or f"{socket.gethostname()}-{os.getpid()}"),
+        job_batch=int(_number(daemon, "job_batch", 100, "daemon", minimum=1)),
+        receive_timeout_s=_number(daemon, "receive_timeout_s", 1.0, "daemon", minimum=0.01),
+        results_default=bool(daemon.get("results_default", True)),
+        sending=_table(data, "sending", path),
+        tracking=_table(data, "tracking", path),
+        admin=AdminSettings(
+            host=host,
+            port=port,
+            token=Secret(token_text) if token_text else None,
+            metrics_public=bool(admin.get("metrics_public", False)),
+        ),
+        results=dict(results) if results is not None else None,
+        sources=[dict(s) for s in sources],
+        templates={str(k): dict(v) for k, v in templates.items()},
+    )

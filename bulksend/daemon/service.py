@@ -1,0 +1,690 @@
+"""``bulksend serve``: the long-lived daemon — job queues, admin campaigns, one pipeline.
+
+One anyio task group owns everything the process runs::
+
+    admin API (aiohttp.web) ─► DaemonControl methods below ─► CampaignRun per submitted campaign
+    sources (NATS, RabbitMQ, Redis) ─► JobIntake ─► dispatch stream ─► N workers ─► TEM
+                                                         │ ambiguous      ▲ resend
+                                                         ▼                │
+                                                     Reconciler ──────────┘
+    one Tracker per job template ─► outcome hook ─► results publisher + metrics
+
+Everything shares one aiohttp session, one store and one rate limiter (the account's budget).
+
+Stopping (SIGTERM, or :meth:`Daemon.request_stop`) is two-phase: first stop pulling from the
+brokers and stop starting sends, let in-flight requests finish and record them, acknowledging
+nothing that is not recorded; after ``grace_s`` everything left is cancelled. Rows left ``pending``
+or ``sending`` are picked up (resent or reconciled) by the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tomllib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import orjson
+import structlog
+from aiohttp import web
+from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup, TaskStatus
+
+from bulksend.admin.api import check_listen_address, create_admin_app
+from bulksend.admin.control import CampaignInfo, CampaignStatus, Conflict, NotFound, safe_filename
+from bulksend.campaign import Campaign, campaign_from_dict
+from bulksend.daemon.config import DaemonConfig
+from bulksend.daemon.jobs import (
+    JobIntake,
+    JobTemplate,
+    compile_template,
+    item_from_job_row,
+    job_campaign_id,
+)
+from bulksend.errors import BulksendError, CampaignError, TemError, TemPermanentError, first_bulksend_error
+from bulksend.metrics import Metrics
+from bulksend.pipeline.dispatch import Dispatcher, SendItem, utcnow
+from bulksend.pipeline.limiter import AimdLimiter
+from bulksend.pipeline.reconcile import Reconciler
+from bulksend.pipeline.retry import RetryPolicy
+from bulksend.pipeline.runner import CampaignRun
+from bulksend.pipeline.stats import RunStats
+from bulksend.pipeline.tracker import Tracker, TrackerSettings, final_update
+from bulksend.render import Rejection
+from bulksend.sinks.outcomes import outcome_of
+from bulksend.sinks.results import publisher_from_config
+from bulksend.sources.base import JobSource, ResultPublisher, source_from_config
+from bulksend.store import open_store
+from bulksend.store.base import CampaignRecord, CampaignState, RowState, Store
+from bulksend.tem.client import TemClient
+from bulksend.tem.config import TemSettings
+from bulksend.tem.models import Email, EmailStatus, ListEmailsQuery, OrderBy
+
+__all__ = ["Daemon"]
+
+log = structlog.get_logger("bulksend.daemon")
+
+_UNFINISHED = "still in progress"
+
+
+class Daemon:
+    """The daemon: runs until :meth:`request_stop`; implements the admin API's ``DaemonControl``."""
+
+    def __init__(self, config: DaemonConfig, settings: TemSettings, *, store: Store | None = None) -> None:
+        self.config = config
+        self.settings = settings
+        self.store: Store = store or open_store(config.store_url)
+        self.metrics = Metrics()
+        self.stats = RunStats()
+        s = config.sending
+        self.rate_per_s = float(s.get("rate_per_s", 100))
+        self.concurrency = int(s.get("concurrency", 64))
+        self.limiter = AimdLimiter(self.rate_per_s, burst=max(1.0, min(10.0, self.rate_per_s / 50)))
+        self._retry = RetryPolicy(
+            max_attempts=int(s.get("max_attempts", 6)), max_elapsed_s=float(s.get("max_retry_s", 300))
+        )
+        self._templates: dict[str, JobTemplate] = {}
+        self.sources: list[JobSource] = [source_from_config(c) for c in config.sources]
+        self.publisher: ResultPublisher | None = (
+            publisher_from_config(config.results) if config.results is not None else None
+        )
+        self._tem: TemClient | None = None
+        self._tg: TaskGroup | None = None
+        self._tracker_tg: TaskGroup | None = None
+        self._trackers: dict[str, Tracker] = {}
+        self._known_job_campaigns: set[str] = set()
+        self._queued: set[int] = set()
+        self._runs: dict[str, CampaignRun] = {}
+        self._errors: dict[str, str] = {}
+        self._intakes: list[JobIntake] = []
+        self._stop = anyio.Event()
+        self._stopping = False
+        self._root: anyio.CancelScope | None = None
+        self.admin_url: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Graceful stop: stop pulling and sending, finish in-flight within ``grace_s``."""
+        self._stop.set()
+
+    def abort(self) -> None:
+        """Stop now (second signal)."""
+        self._stop.set()
+        if self._root is not None:
+            self._root.cancel()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until stopped. ``task_status.started()`` fires once the admin API listens."""
+        check_listen_address(self.config.admin.host, self.config.admin.token)
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.store.open()
+        try:
+            async with TemClient(
+                self.settings,
+                timeout_s=float(self.config.sending.get("timeout_s", 30)),
+                limit_per_host=self.concurrency + 16,
+                on_response=self._on_response,
+            ) as tem:
+                self._tem = tem
+                await self._load_templates()
+                await self._open_brokers()
+                runner = await self._start_admin()
+                try:
+                    with anyio.CancelScope() as root:
+                        self._root = root
+                        async with anyio.create_task_group() as tg:
+                            self._tg = tg
+                            tg.start_soon(self._jobs_main)
+                            await self._resume_campaigns()
+                            task_status.started()
+                            log.info(
+                                "daemon.started",
+                                admin=self.admin_url,
+                                sources=[s.name for s in self.sources],
+                                templates=sorted(self._templates),
+                            )
+                            await self._stop.wait()
+                            self._begin_stop()
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await runner.cleanup()
+                        await self._close_brokers()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.store.close()
+            log.info("daemon.stopped")
+
+    def _begin_stop(self) -> None:
+        self._stopping = True
+        log.info("daemon.stopping", grace_s=self.config.grace_s)
+        for intake in self._intakes:
+            intake.stop_scope.cancel()
+        for run in list(self._runs.values()):
+            run.request_stop()
+        if self._tracker_tg is not None:
+            self._tracker_tg.cancel_scope.cancel()
+        if self._root is not None:
+            self._root.deadline = anyio.current_time() + self.config.grace_s
+
+    def _on_response(self, kind: str, status: int, elapsed_s: float) -> None:
+        self.stats.on_response(kind, status, elapsed_s)
+        self.metrics.on_api_response(kind, status, elapsed_s)
+
+    async def _open_brokers(self) -> None:
+        for source in self.sources:
+            await source.open()
+        if self.publisher is not None:
+            await self.publisher.open()
+
+    async def _close_brokers(self) -> None:
+        for source in self.sources:
+            try:
+                await source.close()
+            except BulksendError as exc:
+                log.warning("daemon.source_close_failed", source=source.name, error=str(exc))
+        if self.publisher is not None:
+            try:
+                await self.publisher.close()
+            except BulksendError as exc:
+                log.warning("daemon.publisher_close_failed", error=str(exc))
+
+    async def _start_admin(self) -> web.AppRunner:
+        a = self.config.admin
+        app = create_admin_app(self, token=a.token, metrics=self.metrics, metrics_public=a.metrics_public)
+        self.metrics.add_gauge_callback(
+            "bulksend_limiter_current_rate_per_s",
+            lambda: self.limiter.rate_per_s,
+            documentation="Current pace of the shared limiter",
+        )
+        self.metrics.add_gauge_callback(
+            "bulksend_in_flight_requests",
+            self._in_flight,
+            documentation="Send requests waiting for TEM's answer",
+        )
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, a.host, a.port)
+        await site.start()
+        port = a.port
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            port = server.sockets[0].getsockname()[1]
+        self.admin_url = f"http://{a.host}:{port}"
+        return runner
+
+    def _in_flight(self) -> float:
+        return float(self.stats.in_flight + sum(r.stats.in_flight for r in self._runs.values()))
+
+    # -- templates -------------------------------------------------------------------------------
+    def _compile(self, name: str, spec: Mapping[str, Any], source: str) -> JobTemplate:
+        empty = self.config.data_dir / "templates" / "no-recipients.jsonl"
+        empty.parent.mkdir(parents=True, exist_ok=True)
+        empty.touch(exist_ok=True)
+        return compile_template(
+            name,
+            spec,
+            base_dir=self.config.base_dir,
+            empty_recipients=empty,
+            project_id=self.settings.project_id,
+            sending=self.config.sending,
+            tracking=self.config.tracking,
+            outcomes=self.config.data_dir / f"{job_campaign_id(name)}.jsonl",
+            source=source,
+        )
+
+    async def _load_templates(self) -> None:
+        for name, spec in self.config.templates.items():
+            self._templates[name] = self._compile(name, spec, f"{self.config.path} [templates.{name}]")
+        folder = self.config.data_dir / "templates"
+        for path in sorted(folder.glob("*.json")) if folder.exists() else []:
+            spec = orjson.loads(path.read_bytes())
+            self._templates[path.stem] = self._compile(path.stem, spec, str(path))
+
+    async def _ensure_job_campaign(self, template: JobTemplate) -> None:
+        cid = template.campaign.id
+        if cid in self._known_job_campaigns:
+            return
+        record = await self.store.get_campaign(cid)
+        if record is None:
+            record = await self.store.create_campaign(cid, {"kind": "jobs", "template": template.name})
+        self._known_job_campaigns.add(cid)
+        self._start_tracker(template, record)
+
+    def _start_tracker(self, template: JobTemplate, record: CampaignRecord) -> None:
+        cid = template.campaign.id
+        if cid in self._trackers or self._tem is None or self._tracker_tg is None:
+            return
+        t = template.campaign.tracking
+        tracker = Tracker(
+            campaign_id=cid,
+            store=self.store,
+            tem=self._tem,
+            limiter=self.limiter,
+            stats=self.stats,
+            settings=TrackerSettings(
+                poll_interval_s=t.poll_interval_s, give_up_after_s=t.give_up_after_s, page_size=t.page_size
+            ),
+            since=record.created_at - timedelta(minutes=1),
+            mail_from=template.campaign.from_.email,
+            retry=self._retry,
+            on_outcome=self._on_job_outcome,
+        )
+        self._trackers[cid] = tracker
+        self._tracker_tg.start_soon(tracker.run, None)
+
+    # -- the job pipeline ------------------------------------------------------------------------
+    async def _jobs_main(self) -> None:
+        assert self._tem is not None
+        tem = self._tem
+        send, receive = anyio.create_memory_object_stream[SendItem](max_buffer_size=self.concurrency * 2)
+        async with anyio.create_task_group() as tracker_tg:
+            self._tracker_tg = tracker_tg
+            for template in self._templates.values():
+                record = await self.store.get_campaign(template.campaign.id)
+                if record is not None:
+                    self._known_job_campaigns.add(template.campaign.id)
+                    self._start_tracker(template, record)
+            async with anyio.create_task_group() as recon_tg:
+                dispatcher: Dispatcher
+                settle_s = float(self.config.tracking.get("settle_s", 30))
+                reconciler = Reconciler(
+                    task_group=recon_tg,
+                    store=self.store,
+                    tem=tem,
+                    limiter=self.limiter,
+                    stats=self.stats,
+                    mail_from="",
+                    settle_s=settle_s,
+                    skew_s=5.0,
+                    timeout_s=float(self.config.sending.get("timeout_s", 30)),
+                    retry=self._retry,
+                    resend=lambda item: self._resend(dispatcher, item),
+                    on_final=self._record_known,
+                )
+                dispatcher = Dispatcher(
+                    store=self.store,
+                    tem=tem,
+                    limiter=self.limiter,
+                    stats=self.stats,
+                    retry=self._retry,
+                    on_ambiguous=lambda item, started, ended: reconciler.submit(item, started, ended),
+                    on_outcome=self._on_job_outcome,
+                )
+                async with anyio.create_task_group() as work_tg:
+                    work_tg.start_soon(self._resume_jobs, reconciler, send.clone())
+                    for source in self.sources:
+                        intake = JobIntake(
+                            source=source,
+                            store=self.store,
+                            templates=self._templates,
+                            dispatch=send.clone(),
+                            metrics=self.metrics,
+                            batch=self.config.job_batch,
+                            receive_timeout_s=self.config.receive_timeout_s,
+                            is_queued=self._queued.__contains__,
+                            on_queued=self._queued.add,
+                            ensure_campaign=self._ensure_job_campaign,
+                        )
+                        self._intakes.append(intake)
+                        work_tg.start_soon(self._run_intake, intake)
+                        if self._stopping:
+                            intake.stop_scope.cancel()
+                    for _ in range(self.concurrency):
+                        work_tg.start_soon(self._job_worker, dispatcher, receive.clone())
+                    send.close()
+                    receive.close()
+                # Sending has stopped: rows still waiting to be reconciled stay `sending` and the
+                # next start reconciles them, so there is no need to sit out their settle time.
+                recon_tg.cancel_scope.cancel()
+
+    async def _run_intake(self, intake: JobIntake) -> None:
+        try:
+            await intake.run()
+        except anyio.BrokenResourceError:
+            pass  # workers are gone (stopping): what was admitted is pending and resumes later
+
+    async def _job_worker(self, dispatcher: Dispatcher, receive: ObjectReceiveStream[SendItem]) -> None:
+        async with receive:
+            async for item in receive:
+                if self._stopping:
+                    return  # its row is pending and durable: the next start sends it
+                try:
+                    await dispatcher.send(item)
+                finally:
+                    self._queued.discard(item.row_id)
+
+    async def _resend(self, dispatcher: Dispatcher, item: SendItem) -> bool:
+        if self._stopping:
+            return False
+        return await dispatcher.send(item)
+
+    async def _resume_jobs(self, reconciler: Reconciler, send: ObjectSendStream[SendItem]) -> None:
+        """Rows an earlier run left behind: `sending` ones are reconciled, `pending` ones sent."""
+        async with send:
+            try:
+                for template in list(self._templates.values()):
+                    cid = template.campaign.id
+                    if await self.store.get_campaign(cid) is None:
+                        continue
+                    async for row in self.store.iter_rows(cid, states=[RowState.SENDING]):
+                        item = item_from_job_row(row, template)
+                        if isinstance(item, SendItem) and row.attempt_started_at is not None:
+                            self._queued.add(row.id)
+                            await reconciler.submit(item, row.attempt_started_at, row.attempt_ended_at)
+                    async for row in self.store.iter_rows(cid, states=[RowState.PENDING]):
+                        if self._stopping:
+                            return
+                        if row.id in self._queued:
+                            continue
+                        item = item_from_job_row(row, template)
+                        if isinstance(item, Rejection):
+                            await self.store.mark_rejected(row.id, reason=item.reason)
+                            await self._on_job_outcome(cid, [(row.id, "rejected")])
+                            continue
+                        self._queued.add(row.id)
+                        await send.send(item)
+            except anyio.BrokenResourceError:
+                return
+
+    async def _record_known(self, email: Email, row_id: int) -> None:
+        row = await self.store.get_row(row_id)
+        if row is None:
+            return
+        tracker = self._trackers.get(row.campaign_id)
+        if tracker is not None:
+            await tracker.record_known(email, row_id)
+
+    async def _on_job_outcome(self, campaign_id: str, rows: Sequence[tuple[int, str]]) -> None:
+        for _, status in rows:
+            self.metrics.observe_outcome(campaign_id, status)
+        if self.publisher is None:
+            return
+        for row_id, _ in rows:
+            row = await self.store.get_row(row_id)
+            if row is None:
+                continue
+            want = row.payload.get("want_result")
+            if want is False or (want is None and not self.config.results_default):
+                continue
+            message = {
+                **outcome_of(row, unfinished=_UNFINISHED),
+                "idempotency_key": row.payload.get("idempotency_key"),
+                "template": row.payload.get("template"),
+                "campaign": campaign_id,
+            }
+            try:
+                await self.publisher.publish(message)
+            except BulksendError as exc:
+                log.warning("results.publish_failed", row=row.row, error=str(exc))
+
+    async def _on_campaign_outcome(self, campaign_id: str, rows: Sequence[tuple[int, str]]) -> None:
+        for _, status in rows:
+            self.metrics.observe_outcome(campaign_id, status)
+
+    # -- admin campaigns -------------------------------------------------------------------------
+    async def _resume_campaigns(self) -> None:
+        for record in await self.store.list_campaigns():
+            folder = record.spec.get("daemon_dir")
+            if not folder or record.state is CampaignState.FINISHED:
+                continue
+            try:
+                campaign = self._load_submitted(Path(folder))
+            except (OSError, BulksendError) as exc:
+                self._errors[record.id] = f"cannot resume: {exc}"
+                continue
+            self._start_run(campaign, Path(folder))
+
+    def _load_submitted(self, folder: Path) -> Campaign:
+        data = orjson.loads((folder / "campaign.json").read_bytes())
+        return campaign_from_dict(data, base_dir=folder, source=f"campaign {folder.name}")
+
+    def _start_run(self, campaign: Campaign, folder: Path) -> CampaignRun:
+        assert self._tem is not None
+        assert self._tg is not None
+        run = CampaignRun(
+            campaign,
+            store=self.store,
+            tem=self._tem,
+            limiter=self.limiter,
+            project_id=self.settings.project_id,
+            stats=RunStats(),
+            grace_s=self.config.grace_s,
+            on_outcome=self._on_campaign_outcome,
+            spec_extra={"daemon_dir": str(folder)},
+        )
+        self._runs[campaign.id] = run
+        self._errors.pop(campaign.id, None)
+        self._tg.start_soon(self._drive, run)
+        return run
+
+    async def _drive(self, run: CampaignRun) -> None:
+        cid = run.campaign.id
+        try:
+            await run.run()
+        except (BulksendError, BaseExceptionGroup) as raised:
+            error = first_bulksend_error(raised)
+            if error is None:
+                raise
+            self._errors[cid] = str(error)
+            log.error("campaign.failed", campaign=cid, error=str(error))
+        finally:
+            if self._runs.get(cid) is run:
+                del self._runs[cid]
+
+    async def submit_campaign(
+        self,
+        campaign: Mapping[str, Any] | str,
+        recipients: AsyncIterator[bytes] | bytes,
+        recipients_filename: str,
+    ) -> CampaignInfo:
+        if self._stopping:
+            raise Conflict("the daemon is shutting down; submit again once it is back")
+        if isinstance(campaign, str):
+            try:
+                data: dict[str, Any] = tomllib.loads(campaign)
+            except tomllib.TOMLDecodeError as exc:
+                raise CampaignError(f"the campaign is not valid TOML: {exc}", path="campaign") from None
+        else:
+            data = dict(campaign.items())
+        table = data.get("campaign")
+        if not isinstance(table, Mapping) or not isinstance(table.get("id"), str) or not table.get("id"):
+            raise CampaignError("the campaign needs a [campaign] table with an `id`", path="campaign")
+        cid = str(table["id"])
+        if cid in self._runs or await self.store.get_campaign(cid) is not None:
+            raise Conflict(f"a campaign with id {cid!r} already exists; choose another id")
+        filename = safe_filename(recipients_filename) or "recipients.csv"
+        folder = self.config.data_dir / "campaigns" / safe_filename(cid)
+        await anyio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
+        await anyio.to_thread.run_sync(lambda: folder.mkdir(parents=True))
+        try:
+            await _spool(recipients, folder / filename)
+            data["campaign"] = {**table, "recipients": filename}
+            # Outcomes stay inside the campaign's folder whatever the submission asked for.
+            data["output"] = {"outcomes": "outcomes.jsonl"}
+            loaded = campaign_from_dict(data, base_dir=folder, source=f"campaign {cid}")
+            (folder / "campaign.json").write_bytes(orjson.dumps(data))
+        except BaseException:
+            await anyio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
+            raise
+        self._start_run(loaded, folder)
+        log.info("campaign.submitted", campaign=cid)
+        return await self._info(cid, fallback_state="running")
+
+    async def _info(self, cid: str, *, fallback_state: CampaignStatus = "running") -> CampaignInfo:
+        record = await self.store.get_campaign(cid)
+        counts = await self.store.counts(cid) if record is not None else {}
+        state: CampaignStatus
+        if cid in self._errors:
+            state = "failed"
+        elif record is None:
+            state = fallback_state
+        else:
+            state = record.state.value
+        return CampaignInfo(
+            id=cid,
+            state=state,
+            created_at=record.created_at if record else utcnow(),
+            counts=counts,
+            error=self._errors.get(cid),
+        )
+
+    async def list_campaigns(self) -> list[CampaignInfo]:
+        out = []
+        for record in sorted(await self.store.list_campaigns(), key=lambda r: r.created_at):
+            if record.spec.get("kind") == "jobs":
+                continue
+            out.append(await self._info(record.id))
+        return out
+
+    async def get_campaign(self, campaign_id: str) -> CampaignInfo | None:
+        record = await self.store.get_campaign(campaign_id)
+        if record is None and campaign_id not in self._runs:
+            return None
+        return await self._info(campaign_id)
+
+    async def outcomes(self, campaign_id: str) -> AsyncIterator[dict[str, Any]]:
+        if await self.store.get_campaign(campaign_id) is None:
+            raise NotFound(f"no campaign {campaign_id!r}")
+        async for row in self.store.iter_outcomes(campaign_id):
+            yield outcome_of(row, unfinished=_UNFINISHED)
+
+    async def _record_or_404(self, campaign_id: str) -> CampaignRecord:
+        record = await self.store.get_campaign(campaign_id)
+        if record is None or record.spec.get("kind") == "jobs":
+            raise NotFound(f"no campaign {campaign_id!r}")
+        return record
+
+    async def pause(self, campaign_id: str) -> CampaignInfo:
+        record = await self._record_or_404(campaign_id)
+        if record.state is CampaignState.PAUSED:
+            return await self._info(campaign_id)
+        if record.state is not CampaignState.RUNNING or campaign_id in self._errors:
+            raise Conflict(f"campaign {campaign_id!r} is {record.state.value}; only a running one can pause")
+        await self.store.set_campaign_state(campaign_id, CampaignState.PAUSED)
+        run = self._runs.get(campaign_id)
+        if run is not None:
+            run.request_stop(keep_tracking=True)
+        return await self._info(campaign_id)
+
+    async def resume(self, campaign_id: str) -> CampaignInfo:
+        record = await self._record_or_404(campaign_id)
+        if record.state is CampaignState.RUNNING and campaign_id not in self._errors:
+            return await self._info(campaign_id)
+        if record.state not in (CampaignState.PAUSED, CampaignState.RUNNING):
+            raise Conflict(f"campaign {campaign_id!r} is {record.state.value}; it cannot resume")
+        old = self._runs.pop(campaign_id, None)
+        if old is not None:
+            old.abort()  # a paused run only tracks; the new run tracks too
+        await self.store.set_campaign_state(campaign_id, CampaignState.RUNNING)
+        folder = Path(str(record.spec.get("daemon_dir")))
+        self._start_run(self._load_submitted(folder), folder)
+        return await self._info(campaign_id)
+
+    async def cancel(self, campaign_id: str) -> CampaignInfo:
+        record = await self._record_or_404(campaign_id)
+        if record.state is CampaignState.CANCELED:
+            return await self._info(campaign_id)
+        if record.state is CampaignState.FINISHED:
+            raise Conflict(f"campaign {campaign_id!r} is finished; there is nothing left to cancel")
+        await self.store.set_campaign_state(campaign_id, CampaignState.CANCELED)
+        run = self._runs.get(campaign_id)
+        if run is not None:
+            run.request_stop(keep_tracking=True)
+        # Rows not sent yet are skipped; a worker racing us loses (mark_sending needs `pending`).
+        skipped = []
+        async for row in self.store.iter_rows(campaign_id, states=[RowState.PENDING]):
+            try:
+                await self.store.mark_skipped(row.id, reason="campaign canceled before this email was sent")
+                skipped.append((row.id, "skipped"))
+            except BulksendError:
+                continue
+        await self._on_campaign_outcome(campaign_id, skipped)
+        await self._cancel_new_at_tem(campaign_id, record)
+        if campaign_id not in self._runs:
+            folder = record.spec.get("daemon_dir")
+            if folder:  # follow what was submitted to its end
+                self._start_run(self._load_submitted(Path(folder)), Path(folder))
+        return await self._info(campaign_id)
+
+    async def _cancel_new_at_tem(self, campaign_id: str, record: CampaignRecord) -> None:
+        """Cancel at TEM every email of the campaign that is still ``new``."""
+        assert self._tem is not None
+        from_address = ""
+        with contextlib.suppress(OSError, BulksendError):
+            from_address = self._load_submitted(Path(str(record.spec.get("daemon_dir")))).from_.email
+        query = ListEmailsQuery(
+            since=record.created_at - timedelta(minutes=1),
+            mail_from=from_address or None,
+            statuses=(EmailStatus.NEW,),
+            order_by=OrderBy.CREATED_AT_ASC,
+        )
+        emails: list[Email] = []
+        try:
+            page = 1
+            while True:
+                await self.limiter.acquire("list")
+                result = await self._tem.list_emails(query, page=page, page_size=1000)
+                emails.extend(result.emails)
+                if len(result.emails) < 1000:
+                    break
+                page += 1
+        except TemError as exc:
+            log.warning("campaign.cancel_list_failed", campaign=campaign_id, error=str(exc))
+            return
+        rows = await self.store.rows_by_email_id(campaign_id, [e.id for e in emails])
+        for email in emails:
+            row = rows.get(email.id)
+            if row is None or row.state is not RowState.SUBMITTED:
+                continue
+            await self.limiter.acquire("cancel")
+            try:
+                canceled = await self._tem.cancel_email(email.id)
+            except TemPermanentError:
+                continue  # already past `new`: its real status comes from tracking
+            except TemError as exc:
+                log.warning("campaign.cancel_failed", email_id=email.id, error=str(exc))
+                continue
+            if canceled.status is EmailStatus.CANCELED:
+                await self.store.mark_final([final_update(row.id, canceled)])
+                await self._on_campaign_outcome(campaign_id, [(row.id, "canceled")])
+
+    async def templates(self) -> list[str]:
+        return sorted(self._templates)
+
+    async def register_template(self, name: str, template: Mapping[str, Any]) -> None:
+        compiled = self._compile(name, template, f"template {name}")
+        folder = self.config.data_dir / "templates"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{safe_filename(name)}.json").write_bytes(orjson.dumps(dict(template)))
+        self._templates[name] = compiled
+        log.info("template.registered", template=name)
+
+    async def health(self) -> dict[str, bool]:
+        checks: dict[str, bool] = {}
+        try:
+            await self.store.counts("__readyz__")
+            checks["store"] = True
+        except Exception:  # any failure at all means "not ready"
+            checks["store"] = False
+        for source in self.sources:
+            checks[f"source:{source.name}"] = await source.healthy()
+        if self.publisher is not None:
+            checks[f"results:{self.publisher.name}"] = await self.publisher.healthy()
+        return checks
+
+
+async def _spool(recipients: AsyncIterator[bytes] | bytes, path: Path) -> None:
+    """Write the uploaded recipients to disk as they arrive (never all in memory)."""
+    fh = await anyio.to_thread.run_sync(open, path, "wb")
+    try:
+        if isinstance(recipients, bytes | bytearray):
+            await anyio.to_thread.run_sync(fh.write, bytes(recipients))
+        else:
+            async for chunk in recipients:
+                await anyio.to_thread.run_sync(fh.write, chunk)
+    finally:
+        await anyio.to_thread.run_sync(fh.close)

@@ -1,0 +1,82 @@
+"""``bulksend serve --config daemon.toml``: run the daemon until SIGTERM/SIGINT.
+
+First signal: stop pulling jobs and starting sends, let in-flight requests finish within
+``daemon.grace_s`` and record them. Second signal: stop at once (the next start reconciles).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+
+import anyio
+from rich.console import Console
+
+from bulksend.daemon.config import load_daemon_config
+from bulksend.daemon.service import Daemon
+from bulksend.errors import BulksendError, first_bulksend_error
+from bulksend.log import configure_logging, register_secret
+from bulksend.send import _has_uvloop
+from bulksend.tem.config import TemSettings
+
+__all__ = ["configure", "run"]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, required=True, help="daemon config file (TOML)")
+    parser.add_argument(
+        "--log-format",
+        choices=["auto", "console", "json"],
+        default="json",
+        help="log lines as JSON (default) or console text",
+    )
+    parser.add_argument("--log-level", default="info", help="debug, info (default), warning, error")
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_logging(args.log_format, args.log_level)
+    console = Console(stderr=True)
+    try:
+        config = load_daemon_config(args.config)
+        api = config.api
+        settings = TemSettings.load(
+            api_url=api.get("api_url"),
+            project_id=api.get("project_id"),
+            region=api.get("region"),
+            profile=api.get("profile"),
+        )
+        register_secret(settings.secret_key.reveal())
+        if config.admin.token is not None:
+            register_secret(config.admin.token.reveal())
+        daemon = Daemon(config, settings)
+    except BulksendError as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}")
+        return 1
+    try:
+        anyio.run(_main, daemon, backend_options={"use_uvloop": _has_uvloop()})
+    except (BulksendError, BaseExceptionGroup) as raised:
+        found = first_bulksend_error(raised)
+        if found is None:
+            raise
+        console.print(f"[bold red]error:[/bold red] {found}")
+        return 1
+    return 0
+
+
+async def _main(daemon: Daemon) -> None:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_signals, daemon)
+        await daemon.run()
+        tg.cancel_scope.cancel()
+
+
+async def _signals(daemon: Daemon) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        first = True
+        async for _ in signals:
+            if first:
+                daemon.request_stop()
+                first = False
+            else:
+                daemon.abort()
