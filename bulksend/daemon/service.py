@@ -342,10 +342,10 @@ class Daemon:
                 recon_tg.cancel_scope.cancel()
 
     async def _run_intake(self, intake: JobIntake) -> None:
-        try:
+        # BrokenResourceError: the workers are gone (stopping); what was admitted is pending in
+        # the store and the next start sends it.
+        with contextlib.suppress(anyio.BrokenResourceError):
             await intake.run()
-        except anyio.BrokenResourceError:
-            pass  # workers are gone (stopping): what was admitted is pending and resumes later
 
     async def _job_worker(self, dispatcher: Dispatcher, receive: ObjectReceiveStream[SendItem]) -> None:
         async with receive:
