@@ -313,6 +313,7 @@ class Daemon:
                     retry=self._retry,
                     on_ambiguous=lambda item, started, ended: reconciler.submit(item, started, ended),
                     on_outcome=self._on_job_outcome,
+                    on_submitted=self._expect,
                 )
                 async with anyio.create_task_group() as work_tg:
                     work_tg.start_soon(self._resume_jobs, reconciler, send.clone())
@@ -389,6 +390,11 @@ class Daemon:
                         await send.send(item)
             except anyio.BrokenResourceError:
                 return
+
+    def _expect(self, item: SendItem, email_id: str) -> None:
+        tracker = self._trackers.get(item.campaign_id)
+        if tracker is not None:
+            tracker.expect(email_id, item.row_id)
 
     async def _record_known(self, email: Email, row_id: int) -> None:
         row = await self.store.get_row(row_id)

@@ -20,6 +20,8 @@ Order of one attempt, and why:
 
 from __future__ import annotations
 
+import dataclasses
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,7 +43,7 @@ from bulksend.errors import (
     TemTransportError,
 )
 from bulksend.pipeline.limiter import RateLimiter
-from bulksend.pipeline.retry import RetryPolicy, is_safe_to_resend, retrying
+from bulksend.pipeline.retry import RetryPolicy, is_safe_to_resend, retry_after_of, retrying
 from bulksend.pipeline.stats import OutcomeHook, RunStats
 from bulksend.store.base import Store
 from bulksend.tem.client import TemClient
@@ -101,6 +103,7 @@ class Dispatcher:
         on_ambiguous: Callable[[SendItem, datetime, datetime], Awaitable[None]],
         sleep: Callable[[float], Awaitable[None]] | None = None,
         on_outcome: OutcomeHook | None = None,
+        on_submitted: Callable[[SendItem, str], None] | None = None,
     ) -> None:
         self._store = store
         self._tem = tem
@@ -110,6 +113,7 @@ class Dispatcher:
         self._on_ambiguous = on_ambiguous
         self._sleep = sleep
         self._on_outcome = on_outcome
+        self._on_submitted = on_submitted
 
     async def send(self, item: SendItem) -> bool:
         """Send one email with retries. Returns False when it was left ``pending`` (retries exhausted).
@@ -117,13 +121,23 @@ class Dispatcher:
         Raises :class:`AccountRefusedError` when TEM refuses the account (401/403).
         """
         try:
-            async for attempt in retrying(
-                self._retry,
-                retry_on=lambda e: isinstance(e, _Retryable),
-                sleep=self._sleep,
-            ):
-                with attempt:
-                    await self._attempt(item)
+            try:
+                # Most sends succeed at once: build the retry machinery only for one that did not.
+                await self._attempt(item)
+            except _Retryable as first:
+                if self._retry.max_attempts <= 1:
+                    raise
+                # The remaining attempts, after a jittered first backoff (honouring Retry-After).
+                retry_after = retry_after_of(first) or 0.0
+                await (self._sleep or anyio.sleep)(
+                    max(retry_after, random.uniform(0, self._retry.initial_backoff_s))
+                )
+                rest = dataclasses.replace(self._retry, max_attempts=self._retry.max_attempts - 1)
+                async for attempt in retrying(
+                    rest, retry_on=lambda e: isinstance(e, _Retryable), sleep=self._sleep
+                ):
+                    with attempt:
+                        await self._attempt(item)
         except _NotPending:
             # mark_sending is a compare-and-set from `pending`: a row queued twice (a redelivered
             # job, a canceled campaign, another worker) is sent by whoever moved it first.
@@ -144,10 +158,10 @@ class Dispatcher:
         await self._limiter.acquire("send")
         started_at = utcnow()
         try:
-            with anyio.CancelScope(shield=True):
-                await self._store.mark_sending(
-                    item.row_id, started_at=started_at, correlation=item.correlation
-                )
+            # Not shielded: a cancellation lands either before the write is queued (nothing
+            # happened) or after it (the store's writer still commits it, no POST follows, and the
+            # next run reconciles the row, finds no email and sends it).
+            await self._store.mark_sending(item.row_id, started_at=started_at, correlation=item.correlation)
         except StoreError as exc:
             raise _NotPending from exc
         self._stats.in_flight += 1
@@ -171,6 +185,8 @@ class Dispatcher:
                 submitted_at=email.created_at or utcnow(),
             )
         self._stats.add_submitted()
+        if self._on_submitted is not None:
+            self._on_submitted(item, email.id)
 
     async def _permanent(self, item: SendItem, exc: TemPermanentError) -> None:
         # A 4xx means TEM refused the request: no email was created, so the row may leave

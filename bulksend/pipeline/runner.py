@@ -252,6 +252,7 @@ class CampaignRun:
                 retry=self._retry,
                 on_ambiguous=lambda item, started, ended: reconciler.submit(item, started, ended),
                 on_outcome=self._on_outcome,
+                on_submitted=lambda item, email_id: tracker.expect(email_id, item.row_id),
             )
             # Rows a previous run left `sending` may have reached TEM: reconcile, never resend.
             async for row in self.store.iter_rows(c.id, states=[RowState.SENDING]):

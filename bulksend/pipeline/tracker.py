@@ -35,6 +35,7 @@ log = structlog.get_logger("bulksend.tracker")
 
 PAGE_SIZE_MAX = 1000
 _RECENT_MAX = 200_000
+_EXPECT_MAX = 100_000
 _FINAL_VALUES = frozenset(s.value for s in FINAL_STATUSES)
 _T = TypeVar("_T")
 
@@ -73,6 +74,23 @@ def final_update(row_id: int, email: Email) -> FinalUpdate:
     )
 
 
+def final_update_raw(row_id: int, raw: Mapping[str, Any]) -> FinalUpdate:
+    """Like :func:`final_update`, straight from the decoded JSON of a final email (hot path)."""
+    tries = [t for t in raw.get("last_tries") or () if isinstance(t, Mapping)]
+    last = max(tries, key=lambda t: t.get("rank") or 0) if tries else None
+    code = last.get("code") if last is not None else None
+    return FinalUpdate(
+        id=row_id,
+        status=str(raw.get("status")),
+        flags=tuple(str(f) for f in raw.get("flags") or ()),
+        status_details=str(raw.get("status_details") or ""),
+        smtp_code=int(code) if isinstance(code, int) else None,
+        smtp_message=str(last.get("message") or "") if last is not None else "",
+        try_count=int(raw.get("try_count") or 0),
+        final_at=_updated_at(raw) or utcnow(),
+    )
+
+
 class Tracker:
     """Follows a campaign's submitted emails to their final status."""
 
@@ -104,6 +122,7 @@ class Tracker:
         self._sleep = sleep or anyio.sleep
         self._watermark: datetime | None = None
         self._recent: dict[str, None] = {}
+        self._expected: dict[str, int] = {}
         """Final email ids already handled, so the overlap of the next poll costs no parsing."""
         # Stragglers and give-ups are found by scanning the store's submitted rows: do it at half
         # the shorter of the two delays, never more often than once per poll.
@@ -181,7 +200,7 @@ class Tracker:
                 if raw.get("status") in _FINAL_VALUES:
                     fresh.append(raw)
             # Only emails not met before are parsed into models: in the overlap window most are known.
-            recorded, matched = await self._record_matched([Email.from_json(raw) for raw in fresh])
+            recorded, matched = await self._record_raw(fresh)
             made_final += recorded
             # Remember only emails that matched a row: an unmatched one may be ours but not
             # recorded yet (its send is still being reconciled), so it must be looked at again.
@@ -204,11 +223,40 @@ class Tracker:
         recorded, _ = await self._record_matched(emails)
         return recorded
 
+    async def _record_raw(self, fresh: Sequence[Mapping[str, Any]]) -> tuple[int, list[str]]:
+        """Record final emails given as decoded JSON; returns (rows made final, ids matching a row)."""
+        if not fresh:
+            return 0, []
+        updates: list[FinalUpdate] = []
+        matched: list[str] = []
+        unknown: list[Mapping[str, Any]] = []
+        for raw in fresh:
+            row_id = self._expected.pop(raw["id"], None)
+            if row_id is None:
+                unknown.append(raw)
+            else:
+                updates.append(final_update_raw(row_id, raw))
+                matched.append(raw["id"])
+        if unknown:
+            # Emails submitted before this run (or beyond the in-memory cap): ask the store.
+            rows = await self._store.rows_by_email_id(self._campaign_id, [str(raw["id"]) for raw in unknown])
+            matched.extend(rows)
+            updates.extend(
+                final_update_raw(rows[raw["id"]].id, raw)
+                for raw in unknown
+                if raw["id"] in rows and rows[raw["id"]].state in (RowState.SUBMITTED, RowState.SENDING)
+            )
+        if updates:
+            await self._finalize(updates)
+        return len(updates), matched
+
     async def _record_matched(self, emails: Sequence[Email]) -> tuple[int, list[str]]:
         """Record the final ones among ``emails``; returns (rows made final, ids matching a row)."""
         finals = [e for e in emails if e.status.is_final and e.id]
         if not finals:
             return 0, []
+        for e in finals:
+            self._expected.pop(e.id, None)  # recorded here: the lists must not record it again
         rows = await self._store.rows_by_email_id(self._campaign_id, [e.id for e in finals])
         updates = [
             final_update(rows[e.id].id, e)
@@ -218,6 +266,14 @@ class Tracker:
         if updates:
             await self._finalize(updates)
         return len(updates), list(rows)
+
+    def expect(self, email_id: str, row_id: int) -> None:
+        """Note that ``email_id`` belongs to ``row_id`` (just submitted), saving a store lookup later.
+
+        Bounded: past ``_EXPECT_MAX`` outstanding emails, the rest is looked up in the store.
+        """
+        if len(self._expected) < _EXPECT_MAX:
+            self._expected[email_id] = row_id
 
     async def record_known(self, email: Email, row_id: int) -> None:
         """Record a final email learned elsewhere (reconciliation) for ``row_id``."""
