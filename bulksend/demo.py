@@ -137,7 +137,12 @@ def write_demo_campaign(
 
     rng = random.Random(seed)
     bad = _bad_rows()
-    special: list[str] = [f"{kind}{i}@example.com" for kind, n in OUTCOME_KINDS.items() for i in range(n)]
+    # The mix of outcome kinds keeps its proportions (at least one of each) for any size.
+    special: list[str] = [
+        f"{kind}{i}@example.com"
+        for kind, n in OUTCOME_KINDS.items()
+        for i in range(max(1, n * recipients // 10_000))
+    ]
     normal = recipients - len(special) - len(bad)
     addresses = [f"user{i}@example.com" for i in range(normal)] + special
     rng.shuffle(addresses)
@@ -180,7 +185,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, args.log_level)
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     if args.recipients < 100:
         console.print("[bold red]error:[/bold red] --recipients must be at least 100")
         return 1

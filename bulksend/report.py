@@ -20,12 +20,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     path: Path = args.outcomes
     if not path.exists():
-        Console(stderr=True).print(f"[bold red]error:[/bold red] {path}: no such file")
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {path}: no such file")
         return 1
     try:
         summary = summarize_outcomes(f"outcomes of {path}", read_outcomes(path))
     except (ValueError, UnicodeDecodeError) as exc:
-        Console(stderr=True).print(
+        Console(stderr=True, soft_wrap=True).print(
             f"[bold red]error:[/bold red] {path} is not an outcomes file (.jsonl or .csv): {exc}"
         )
         return 1

@@ -88,7 +88,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, args.log_level)
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     try:
         campaign = load_campaign(args.campaign)
         campaign = _with_overrides(campaign, store=args.store, outcomes=args.outcomes)
@@ -270,9 +270,9 @@ def _report(result: RunResult, console: Console) -> int:
     stats = result.stats
     counts = result.counts
     title = f"campaign {result.campaign_id}"
-    if result.already_finished:
-        title += " (already finished: nothing sent)"
     summary = Summary(title)
+    if result.already_finished:
+        summary.notes.append("This campaign had already finished: nothing was sent.")
     for key, n in counts.items():
         if key.startswith("status:"):
             summary.by_status[key.removeprefix("status:")] += n
@@ -293,7 +293,8 @@ def _report(result: RunResult, console: Console) -> int:
         summary.throttled = stats.throttled
         summary.wall_time_s = stats.elapsed_s
     if result.outcomes_path is not None:
-        summary.notes.append(f"outcomes: {result.outcomes_path} ({result.outcome_lines:,} lines)")
+        lines = f" ({result.outcome_lines:,} lines)" if result.outcome_lines else ""
+        summary.notes.append(f"outcomes: {result.outcomes_path}{lines}")
     summary.notes.extend(result.notes)
     print_summary(summary, Console())
     if result.complete:

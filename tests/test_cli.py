@@ -1,0 +1,136 @@
+"""The command line as a user runs it: send, --dry-run, report, demo, and the errors people hit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bulksend.cli import main
+from bulksend.sandbox import SandboxConfig, sandbox_in_thread
+from tests.conftest import PROJECT, SECRET
+
+CAMPAIGN = """\
+[campaign]
+id = "cli-test"
+from = {{ email = "news@example.com", name = "News" }}
+subject = "Hello {{{{ first_name }}}}"
+text = "Hi {{{{ first_name }}}}"
+recipients = "people.csv"
+[sending]
+rate_per_s = 2000
+concurrency = 8
+[tracking]
+poll_interval_s = 0.05
+settle_s = 0.05
+[output]
+outcomes = "{outcomes}"
+"""
+
+
+def write(tmp_path: Path, *, outcomes: str = "out.jsonl", rows: str | None = None) -> Path:
+    (tmp_path / "people.csv").write_text(
+        rows
+        or "email,first_name\nann@example.com,Ann\nbounce1@example.com,Bob\nnot-an-address,Cy\nANN@example.com,Dup\n",
+        encoding="utf-8",
+    )
+    path = tmp_path / "campaign.toml"
+    path.write_text(CAMPAIGN.format(outcomes=outcomes), encoding="utf-8")
+    return path
+
+
+def env_for(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("SCW_SECRET_KEY", SECRET)
+    monkeypatch.setenv("SCW_DEFAULT_PROJECT_ID", PROJECT)
+    monkeypatch.setenv("SCW_API_URL", url)
+    monkeypatch.setenv("SCW_CONFIG_PATH", "/nonexistent/config.yaml")
+
+
+def test_send_writes_csv_outcomes_and_reruns_as_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bulksend send` exits 0, writes one CSV line per row, and a rerun sends nothing."""
+    path = write(tmp_path, outcomes="out.csv")
+    with sandbox_in_thread(SandboxConfig(secret_key=SECRET, project_id=PROJECT)) as sb:
+        env_for(monkeypatch, sb.url)
+        assert main(["send", str(path), "--no-progress"]) == 0
+        lines = (tmp_path / "out.csv").read_text(encoding="utf-8").splitlines()
+        assert lines[0].startswith("email,name,row,status,")
+        assert len(lines) == 5
+        statuses = [line.split(",")[3] for line in lines[1:]]
+        assert statuses == ["sent", "failed", "rejected", "skipped"]
+        assert main(["send", str(path), "--no-progress"]) == 0
+        assert sum(sb.stats().accepted_by_recipient.values()) == 2
+    out = capsys.readouterr().out
+    assert "already finished" in out.replace("\n", " ")
+
+
+def test_dry_run_sends_nothing_and_names_rejections(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--dry-run needs no credentials, sends nothing and lists what would be rejected and skipped."""
+    path = write(tmp_path)
+    assert main(["send", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would send" in out
+    assert "not-an-address" in out
+    assert "duplicate of row 2" in out
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_missing_secret_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without a secret key the command exits 1 and says which variable to set."""
+    path = write(tmp_path)
+    monkeypatch.delenv("SCW_SECRET_KEY", raising=False)
+    monkeypatch.setenv("SCW_DEFAULT_PROJECT_ID", PROJECT)
+    monkeypatch.setenv("SCW_CONFIG_PATH", str(tmp_path / "none.yaml"))
+    assert main(["send", str(path), "--no-progress"]) == 1
+    assert "SCW_SECRET_KEY" in capsys.readouterr().err
+
+
+def test_campaign_mistake_is_refused_with_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A template syntax error stops the command before anything is sent, naming file and line."""
+    path = write(tmp_path)
+    path.write_text(path.read_text().replace("Hi {{ first_name }}", "Hi {{ first_name "), encoding="utf-8")
+    assert main(["send", str(path), "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert "campaign.toml" in err
+
+
+def test_report_summarises_an_outcomes_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`bulksend report` counts statuses and flags from a JSONL outcomes file."""
+    outcomes = tmp_path / "o.jsonl"
+    lines = [
+        {"email": "a@example.com", "status": "sent", "flags": []},
+        {"email": "b@example.com", "status": "failed", "flags": ["hard_bounce"]},
+        {"email": "c", "status": "rejected", "flags": [], "reason": "bad address"},
+    ]
+    outcomes.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    assert main(["report", str(outcomes)]) == 0
+    out = capsys.readouterr().out
+    assert "hard_bounce" in out
+    assert "rejected" in out
+    assert "bad address" in out
+
+
+def test_report_refuses_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing outcomes file is a clear error, not a traceback."""
+    assert main(["report", str(tmp_path / "nope.jsonl")]) == 1
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_demo_runs_to_the_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`bulksend demo` (small) completes with one outcome line per recipient and every outcome kind."""
+    folder = tmp_path / "demo"
+    assert main(["demo", "--dir", str(folder), "--recipients", "400", "--no-progress"]) == 0
+    lines = [orjson.loads(line) for line in (folder / "outcomes.jsonl").read_bytes().splitlines()]
+    assert len(lines) == 400
+    statuses = {line["status"] for line in lines}
+    assert statuses == {"sent", "failed", "rejected", "skipped", "unknown"}
+    flags = {flag for line in lines for flag in line["flags"]}
+    assert {"hard_bounce", "soft_bounce", "blocklisted", "spam", "mailbox_full"} <= flags
