@@ -29,10 +29,14 @@ outcomes = "{outcomes}"
 """
 
 
+PEOPLE = (
+    "email,first_name\nann@example.com,Ann\nbounce1@example.com,Bob\nnot-an-address,Cy\nANN@example.com,Dup\n"
+)
+
+
 def write(tmp_path: Path, *, outcomes: str = "out.jsonl", rows: str | None = None) -> Path:
     (tmp_path / "people.csv").write_text(
-        rows
-        or "email,first_name\nann@example.com,Ann\nbounce1@example.com,Bob\nnot-an-address,Cy\nANN@example.com,Dup\n",
+        rows or PEOPLE,
         encoding="utf-8",
     )
     path = tmp_path / "campaign.toml"
