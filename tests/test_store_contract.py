@@ -1,12 +1,19 @@
-"""The outbox contract, run against every store backend (memory and SQLite; PostgreSQL joins later).
+"""The outbox contract, run against every store backend: memory, SQLite and PostgreSQL.
 
 A backend is a factory of store instances over one piece of storage: ``Opener.restart`` closes a
 store and opens a fresh instance on the same storage, which is how resume after a crash or a
-restart is exercised. Adding a backend means adding one branch to the ``backend`` fixture.
+restart is exercised, and opening several instances on one storage is how several workers are
+simulated. Adding a backend means adding one branch to the ``backend`` fixture.
+
+The PostgreSQL backend needs a server: ``BULKSEND_TEST_POSTGRES_DSN`` (default
+``postgresql://postgres@127.0.0.1:5432/test``). Each test gets its own schema, dropped afterwards.
 """
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -21,6 +28,7 @@ from bulksend.store import (
     AdmitResult,
     CampaignState,
     FinalUpdate,
+    LeaseLostError,
     MemoryStore,
     NewRecipient,
     RowState,
@@ -28,6 +36,9 @@ from bulksend.store import (
     Store,
     open_store,
 )
+from bulksend.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
+
+POSTGRES_DSN = os.environ.get("BULKSEND_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
 CAMPAIGN = "spring-sale"
@@ -76,14 +87,36 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Backend:
+async def drop_schema(schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_DSN)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Backend]:
     if request.param == "memory":
         # One instance is the storage: close() + open() on it is a "restart" that keeps the data.
         shared = MemoryStore(clock=clock)
-        return Backend("memory", lambda: shared)
-    path = tmp_path / "outbox.db"
-    return Backend("sqlite", lambda: SqliteStore(path, clock=clock))
+        yield Backend("memory", lambda: shared)
+    elif request.param == "sqlite":
+        path = tmp_path / "outbox.db"
+        yield Backend("sqlite", lambda: SqliteStore(path, clock=clock))
+    else:
+        from bulksend.store.postgres import PostgresStore
+
+        # One schema per test is one storage; several instances on it are several workers.
+        schema = f"bulksend_test_{uuid.uuid4().hex}"
+        try:
+            yield Backend(
+                "postgres", lambda: PostgresStore(POSTGRES_DSN, schema=schema, max_size=4, clock=clock)
+            )
+        finally:
+            await drop_schema(schema)
 
 
 @pytest.fixture
@@ -656,6 +689,375 @@ async def test_cancelled_writer_leaves_store_consistent(store: Store) -> None:
     await store.mark_submitted(ids[0], email_id="e", message_id="m", submitted_at=NOW)
 
 
+# -- leases and fencing (many workers) -------------------------------------------------------
+LEASE_S = 30.0
+
+
+async def pending_rows(store: Store, n: int, start: int = 1) -> list[int]:
+    return [r.id for r in await store.admit(CAMPAIGN, recipients(range(start, start + n)))]
+
+
+async def test_claim_leases_lowest_ids_with_new_token(store: Store, clock: FakeClock) -> None:
+    """claim leases the lowest pending ids: owner set, expiry now + lease_s, token incremented."""
+    ids = await pending_rows(store, 6)
+    await drive(store, ids[0], RowState.SENDING)
+    await drive(store, ids[2], RowState.REJECTED)
+    claimed = await store.claim(CAMPAIGN, worker_id="w1", limit=3, lease_s=LEASE_S)
+    assert [r.id for r in claimed] == [ids[1], ids[3], ids[4]]
+    for row in claimed:
+        assert (row.state, row.lease_owner, row.lease_token) == (RowState.PENDING, "w1", 1)
+        assert row.lease_expires_at == clock.now + timedelta(seconds=LEASE_S)
+        assert row.payload == {"n": row.row, "first": "Zoë"}
+    stored = await store.get_row(ids[1])
+    assert stored == claimed[0]
+    # A live lease is nobody else's to take, and not handed out twice to its holder either.
+    again = await store.claim(CAMPAIGN, worker_id="w2", limit=10, lease_s=LEASE_S)
+    assert [r.id for r in again] == [ids[5]]
+    assert await store.claim(CAMPAIGN, worker_id="w1", limit=10, lease_s=LEASE_S) == []
+
+
+async def test_claim_is_per_campaign_and_limit_zero_claims_nothing(store: Store) -> None:
+    """claim only takes rows of the named campaign, and limit 0 takes none."""
+    await store.create_campaign("other", {})
+    await store.admit("other", recipients([1, 2]))
+    ids = await pending_rows(store, 2)
+    assert await store.claim(CAMPAIGN, worker_id="w1", limit=0, lease_s=LEASE_S) == []
+    claimed = await store.claim(CAMPAIGN, worker_id="w1", limit=10, lease_s=LEASE_S)
+    assert [r.id for r in claimed] == ids
+    assert await store.claim("ghost", worker_id="w1", limit=10, lease_s=LEASE_S) == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"worker_id": "", "lease_s": 10.0},
+        {"worker_id": "w", "lease_s": 0.0},
+        {"worker_id": "w", "lease_s": -1.0},
+        {"worker_id": "w", "lease_s": float("inf")},
+    ],
+)
+async def test_claim_refuses_bad_arguments(store: Store, bad: dict[str, object]) -> None:
+    """claim refuses an empty worker id and a lease that is not a finite positive duration."""
+    await pending_rows(store, 1)
+    with pytest.raises(StoreError):
+        await store.claim(CAMPAIGN, limit=1, **bad)  # type: ignore[arg-type]
+
+
+async def test_concurrent_claims_are_disjoint(opener: Opener, store: Store) -> None:
+    """Four workers on their own store instances claiming at once never get the same row twice."""
+    ids = await pending_rows(store, 120)
+    workers = [await opener.open() for _ in range(4)]
+    claimed: dict[str, list[int]] = {f"w{i}": [] for i in range(len(workers))}
+
+    async def work(name: str, worker: Store) -> None:
+        while True:
+            rows = await worker.claim(CAMPAIGN, worker_id=name, limit=7, lease_s=LEASE_S)
+            if not rows:
+                return
+            claimed[name] += [r.id for r in rows]
+
+    async with anyio.create_task_group() as tg:
+        for i, worker in enumerate(workers):
+            tg.start_soon(work, f"w{i}", worker)
+    everything = [i for got in claimed.values() for i in got]
+    assert sorted(everything) == ids  # each row once, none lost
+    rows = [r async for r in store.iter_rows(CAMPAIGN)]
+    assert {r.id: r.lease_owner for r in rows} == {i: n for n, got in claimed.items() for i in got}
+    assert {r.lease_token for r in rows} == {1}
+
+
+async def test_expired_lease_is_taken_over_and_old_token_fenced(store: Store, clock: FakeClock) -> None:
+    """After expiry another worker claims the row with a new token; the old token's write is refused."""
+    [row_id] = await pending_rows(store, 1)
+    [old] = await store.claim(CAMPAIGN, worker_id="w1", limit=1, lease_s=LEASE_S)
+    clock.advance(LEASE_S - 1)
+    assert await store.claim(CAMPAIGN, worker_id="w2", limit=1, lease_s=LEASE_S) == []
+    clock.advance(1)  # lease_expires_at <= now: expired
+    [new] = await store.claim(CAMPAIGN, worker_id="w2", limit=1, lease_s=LEASE_S)
+    assert (new.id, new.lease_owner, new.lease_token) == (row_id, "w2", old.lease_token + 1)
+    before = await store.get_row(row_id)
+    with pytest.raises(LeaseLostError) as caught:
+        await store.mark_sending(row_id, started_at=NOW, correlation="late", lease_token=old.lease_token)
+    assert caught.value.row_id == row_id
+    assert await store.get_row(row_id) == before
+    sent = await store.mark_sending(row_id, started_at=NOW, correlation="new", lease_token=new.lease_token)
+    assert (sent.state, sent.correlation, sent.lease_owner) == (RowState.SENDING, "new", "w2")
+
+
+async def fenced_write(store: Store, method: str, row_id: int, token: int) -> None:
+    if method == "mark_sending":
+        await store.mark_sending(row_id, started_at=NOW, correlation="c", lease_token=token)
+    elif method == "mark_submitted":
+        await store.mark_submitted(row_id, email_id="e", message_id="m", submitted_at=NOW, lease_token=token)
+    elif method == "mark_ambiguous":
+        await store.mark_ambiguous(row_id, ended_at=NOW, reason="timeout", lease_token=token)
+    elif method == "mark_retry":
+        await store.mark_retry(row_id, reason="not created", lease_token=token)
+    elif method == "mark_rejected":
+        await store.mark_rejected(row_id, reason="4xx", lease_token=token)
+    else:
+        await store.mark_skipped(row_id, reason="canceled", lease_token=token)
+
+
+# Each fenced write, and the state it is legal from.
+FENCED = [
+    ("mark_sending", RowState.PENDING),
+    ("mark_submitted", RowState.SENDING),
+    ("mark_ambiguous", RowState.SENDING),
+    ("mark_retry", RowState.SENDING),
+    ("mark_rejected", RowState.SENDING),
+    ("mark_skipped", RowState.PENDING),
+]
+
+
+@pytest.mark.parametrize(("method", "state"), FENCED, ids=[m for m, _ in FENCED])
+async def test_every_dispatch_write_is_fenced(
+    store: Store, clock: FakeClock, method: str, state: RowState
+) -> None:
+    """A dispatch write with a stale token raises LeaseLostError, row unchanged; the current token works."""
+    [row_id] = await pending_rows(store, 1)
+    await drive(store, row_id, state)
+    [old] = await store.claim(CAMPAIGN, worker_id="w1", limit=1, lease_s=LEASE_S, states=[state])
+    clock.advance(LEASE_S)
+    [new] = await store.claim(CAMPAIGN, worker_id="w2", limit=1, lease_s=LEASE_S, states=[state])
+    before = await store.get_row(row_id)
+    with pytest.raises(LeaseLostError):
+        await fenced_write(store, method, row_id, old.lease_token)
+    assert await store.get_row(row_id) == before
+    await fenced_write(store, method, row_id, new.lease_token)
+    after = await store.get_row(row_id)
+    assert after is not None
+    assert after != before
+
+
+async def test_fence_checked_before_the_state_machine(store: Store) -> None:
+    """A stale token is reported as LeaseLostError even when the transition would be illegal anyway."""
+    [row_id] = await pending_rows(store, 1)
+    [held] = await store.claim(CAMPAIGN, worker_id="w1", limit=1, lease_s=LEASE_S)
+    with pytest.raises(LeaseLostError):
+        await store.mark_submitted(
+            row_id, email_id="e", message_id="m", submitted_at=NOW, lease_token=held.lease_token + 5
+        )
+    with pytest.raises(StoreError) as caught:  # the right token: the state machine speaks
+        await store.mark_submitted(
+            row_id, email_id="e", message_id="m", submitted_at=NOW, lease_token=held.lease_token
+        )
+    assert not isinstance(caught.value, LeaseLostError)
+
+
+async def test_expired_lease_still_serves_its_holder_until_claimed(store: Store, clock: FakeClock) -> None:
+    """A lease that expired but that nobody claimed since still lets its holder record its answer."""
+    [row_id] = await pending_rows(store, 1)
+    [held] = await store.claim(CAMPAIGN, worker_id="w1", limit=1, lease_s=LEASE_S)
+    await store.mark_sending(row_id, started_at=NOW, correlation="c", lease_token=held.lease_token)
+    clock.advance(LEASE_S * 3)
+    await store.mark_submitted(
+        row_id, email_id="e-1", message_id="m", submitted_at=NOW, lease_token=held.lease_token
+    )
+    row = await store.get_row(row_id)
+    assert row is not None
+    assert (row.state, row.email_id) == (RowState.SUBMITTED, "e-1")
+
+
+async def test_writes_without_token_ignore_leases(store: Store) -> None:
+    """Without lease_token a write behaves as in single-process mode, even on a row leased to someone."""
+    [row_id] = await pending_rows(store, 1)
+    await store.claim(CAMPAIGN, worker_id="w1", limit=1, lease_s=LEASE_S)
+    row = await store.mark_sending(row_id, started_at=NOW, correlation="c")
+    assert (row.state, row.lease_owner) == (RowState.SENDING, "w1")
+
+
+async def test_release_makes_rows_claimable_and_fences_the_released_token(store: Store) -> None:
+    """release frees only the caller's leases: claimable at once, and the old token is refused."""
+    ids = await pending_rows(store, 3)
+    mine = await store.claim(CAMPAIGN, worker_id="w1", limit=2, lease_s=LEASE_S)
+    [theirs] = await store.claim(CAMPAIGN, worker_id="w2", limit=1, lease_s=LEASE_S)
+    await store.release(worker_id="w1", row_ids=[ids[0], ids[1], theirs.id, 10**9])
+    released = await store.get_row(ids[0])
+    assert released is not None
+    assert (released.lease_owner, released.lease_expires_at, released.lease_token) == ("", None, 1)
+    kept = await store.get_row(theirs.id)
+    assert kept is not None
+    assert kept.lease_owner == "w2"
+    with pytest.raises(LeaseLostError):
+        await store.mark_sending(ids[0], started_at=NOW, correlation="c", lease_token=mine[0].lease_token)
+    again = await store.claim(CAMPAIGN, worker_id="w3", limit=5, lease_s=LEASE_S)
+    assert [(r.id, r.lease_token) for r in again] == [(ids[0], 2), (ids[1], 2)]
+
+
+async def test_renew_extends_only_leases_still_held(store: Store, clock: FakeClock) -> None:
+    """renew extends the caller's leases and reports which ids are still its own."""
+    ids = await pending_rows(store, 3)
+    await store.claim(CAMPAIGN, worker_id="w1", limit=3, lease_s=LEASE_S)
+    clock.advance(LEASE_S - 5)
+    assert await store.renew(worker_id="w1", row_ids=ids[:2], lease_s=LEASE_S) == set(ids[:2])
+    renewed = await store.get_row(ids[0])
+    assert renewed is not None
+    assert renewed.lease_expires_at == clock.now + timedelta(seconds=LEASE_S)
+    clock.advance(5)  # ids[2] expired, the others were renewed
+    taken = await store.claim(CAMPAIGN, worker_id="w2", limit=3, lease_s=LEASE_S)
+    assert [r.id for r in taken] == [ids[2]]
+    assert await store.renew(worker_id="w1", row_ids=[*ids, 10**9], lease_s=LEASE_S) == set(ids[:2])
+    assert await store.renew(worker_id="w2", row_ids=ids, lease_s=LEASE_S) == {ids[2]}
+
+
+async def test_terminal_transitions_end_the_lease(store: Store) -> None:
+    """rejected, skipped and final rows lose their lease (owner, expiry); the token keeps its value."""
+    ids = await pending_rows(store, 3)
+    held = {r.id: r for r in await store.claim(CAMPAIGN, worker_id="w1", limit=3, lease_s=LEASE_S)}
+    await store.mark_rejected(ids[0], reason="4xx", lease_token=held[ids[0]].lease_token)
+    await store.mark_skipped(ids[1], reason="canceled", lease_token=held[ids[1]].lease_token)
+    token = held[ids[2]].lease_token
+    await store.mark_sending(ids[2], started_at=NOW, correlation="c", lease_token=token)
+    await store.mark_submitted(ids[2], email_id="e", message_id="m", submitted_at=NOW, lease_token=token)
+    submitted = await store.get_row(ids[2])
+    assert submitted is not None
+    assert submitted.lease_owner == "w1"  # non-terminal moves keep the lease
+    await store.mark_final([FinalUpdate(id=ids[2], status="sent")])
+    for row_id in ids:
+        row = await store.get_row(row_id)
+        assert row is not None
+        assert (row.lease_owner, row.lease_expires_at, row.lease_token) == ("", None, 1)
+    assert await store.renew(worker_id="w1", row_ids=ids, lease_s=LEASE_S) == set()
+
+
+async def test_retry_keeps_the_lease(store: Store) -> None:
+    """mark_retry sends the row back to pending under the same lease: its holder may send it again."""
+    [row_id] = await pending_rows(store, 1)
+    [held] = await store.claim(CAMPAIGN, worker_id="w1", limit=1, lease_s=LEASE_S)
+    await store.mark_sending(row_id, started_at=NOW, correlation="c1", lease_token=held.lease_token)
+    await store.mark_retry(row_id, reason="not created", lease_token=held.lease_token)
+    assert await store.claim(CAMPAIGN, worker_id="w2", limit=1, lease_s=LEASE_S) == []
+    row = await store.mark_sending(row_id, started_at=NOW, correlation="c2", lease_token=held.lease_token)
+    assert (row.attempts, row.lease_owner) == (2, "w1")
+
+
+async def test_sending_rows_of_dead_worker_claimable_after_expiry(store: Store, clock: FakeClock) -> None:
+    """A row left sending is claimable with states=(SENDING,) once its lease expired, and not as pending."""
+    ids = await pending_rows(store, 2)
+    [held] = await store.claim(CAMPAIGN, worker_id="dead", limit=1, lease_s=LEASE_S)
+    await store.mark_sending(held.id, started_at=NOW, correlation="c", lease_token=held.lease_token)
+    assert (
+        await store.claim(CAMPAIGN, worker_id="w2", limit=5, lease_s=LEASE_S, states=[RowState.SENDING]) == []
+    )
+    clock.advance(LEASE_S + 1)
+    pending = await store.claim(CAMPAIGN, worker_id="w2", limit=5, lease_s=LEASE_S)
+    assert [r.id for r in pending] == [ids[1]]
+    [adopted] = await store.claim(
+        CAMPAIGN, worker_id="w2", limit=5, lease_s=LEASE_S, states=[RowState.SENDING]
+    )
+    assert (adopted.id, adopted.state, adopted.correlation, adopted.lease_token) == (
+        held.id,
+        RowState.SENDING,
+        "c",
+        held.lease_token + 1,
+    )
+
+
+async def test_leases_survive_a_restart(opener: Opener, store: Store) -> None:
+    """A claimed row keeps its owner, token and expiry across a restart of the store."""
+    await pending_rows(store, 2)
+    [held] = await store.claim(CAMPAIGN, worker_id="w1", limit=1, lease_s=LEASE_S)
+    store = await opener.restart(store)
+    assert await store.get_row(held.id) == held
+    [other] = await store.claim(CAMPAIGN, worker_id="w2", limit=5, lease_s=LEASE_S)
+    assert other.id != held.id
+
+
+# -- campaign roles ----------------------------------------------------------------------------
+async def test_role_is_exclusive_and_renewable(store: Store) -> None:
+    """One worker holds a role; others are refused; the holder renews by acquiring again."""
+    assert await store.acquire_role(CAMPAIGN, "admit", worker_id="w1", ttl_s=10)
+    assert not await store.acquire_role(CAMPAIGN, "admit", worker_id="w2", ttl_s=10)
+    assert await store.acquire_role(CAMPAIGN, "admit", worker_id="w1", ttl_s=10)
+    # Roles are per campaign and per role name.
+    assert await store.acquire_role(CAMPAIGN, "track", worker_id="w2", ttl_s=10)
+    assert await store.acquire_role("other", "admit", worker_id="w2", ttl_s=10)
+
+
+async def test_role_expires_and_can_be_taken_over(store: Store, clock: FakeClock) -> None:
+    """An unrenewed role expires after ttl_s and another worker takes it; a renewal pushes expiry."""
+    assert await store.acquire_role(CAMPAIGN, "track", worker_id="w1", ttl_s=10)
+    clock.advance(8)
+    assert await store.acquire_role(CAMPAIGN, "track", worker_id="w1", ttl_s=10)  # now expires at 18
+    clock.advance(9)
+    assert not await store.acquire_role(CAMPAIGN, "track", worker_id="w2", ttl_s=10)
+    clock.advance(1)
+    assert await store.acquire_role(CAMPAIGN, "track", worker_id="w2", ttl_s=10)
+    assert not await store.acquire_role(CAMPAIGN, "track", worker_id="w1", ttl_s=10)
+
+
+async def test_release_role(store: Store) -> None:
+    """release_role frees the role for others; a non-holder's release changes nothing."""
+    assert await store.acquire_role(CAMPAIGN, "admit", worker_id="w1", ttl_s=10)
+    await store.release_role(CAMPAIGN, "admit", worker_id="w2")
+    assert not await store.acquire_role(CAMPAIGN, "admit", worker_id="w2", ttl_s=10)
+    await store.release_role(CAMPAIGN, "admit", worker_id="w1")
+    assert await store.acquire_role(CAMPAIGN, "admit", worker_id="w2", ttl_s=10)
+    await store.release_role(CAMPAIGN, "never-held", worker_id="w1")
+
+
+async def test_concurrent_role_acquisition_has_one_winner(opener: Opener, store: Store) -> None:
+    """Eight workers racing for a free role on their own store instances: exactly one wins."""
+    workers = [await opener.open() for _ in range(8)]
+    won: list[str] = []
+
+    async def race(name: str, worker: Store) -> None:
+        if await worker.acquire_role(CAMPAIGN, "admit", worker_id=name, ttl_s=30):
+            won.append(name)
+
+    async with anyio.create_task_group() as tg:
+        for i, worker in enumerate(workers):
+            tg.start_soon(race, f"w{i}", worker)
+    assert len(won) == 1
+
+
+async def test_role_refuses_bad_arguments(store: Store) -> None:
+    """acquire_role refuses an empty worker id and a ttl that is not a finite positive duration."""
+    with pytest.raises(StoreError):
+        await store.acquire_role(CAMPAIGN, "admit", worker_id="", ttl_s=10)
+    with pytest.raises(StoreError):
+        await store.acquire_role(CAMPAIGN, "admit", worker_id="w1", ttl_s=0)
+
+
+# -- SQLite schema v2 --------------------------------------------------------------------------
+async def test_sqlite_v1_database_is_migrated_to_leases(tmp_path: Path) -> None:
+    """A database written by the v1 schema is migrated in place: data kept, leases and roles work."""
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+        for statement in SQLITE_MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version VALUES (1, '2026-01-01T00:00:00+00:00')")
+        conn.execute(
+            "INSERT INTO campaigns (id, created_at, state, spec) "
+            "VALUES ('old', '2026-01-01T00:00:00.000000+00:00', 'running', '{}')"
+        )
+        conn.execute(
+            "INSERT INTO recipients (campaign_id, input_row, email, recipient_key, dedupe_key, state, "
+            "payload) VALUES ('old', 1, 'a@example.com', 'a@example.com', 'a@example.com', 'pending', ?)",
+            ('{"n": 1}',),
+        )
+    clock = FakeClock()
+    store = SqliteStore(path, clock=clock)
+    await store.open()
+    try:
+        [row] = [r async for r in store.iter_rows("old")]
+        assert (row.email, row.payload, row.lease_expires_at) == ("a@example.com", {"n": 1}, None)
+        [held] = await store.claim("old", worker_id="w1", limit=5, lease_s=LEASE_S)
+        assert (held.id, held.lease_token, held.lease_expires_at) == (
+            row.id,
+            1,
+            clock.now + timedelta(seconds=LEASE_S),
+        )
+        assert await store.acquire_role("old", "admit", worker_id="w1", ttl_s=10)
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        versions = [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY version")]
+    assert versions == list(range(1, len(SQLITE_MIGRATIONS) + 1))
+
+
 # -- open_store ------------------------------------------------------------------------------
 def test_open_store_picks_backend(tmp_path: Path) -> None:
     """open_store maps 'memory:', paths and sqlite URLs to the right backend and settings."""
@@ -672,10 +1074,26 @@ def test_open_store_picks_backend(tmp_path: Path) -> None:
     assert forced.durability == "full"
 
 
+def test_open_store_picks_postgres() -> None:
+    """open_store maps postgresql:// and postgres:// URLs to PostgresStore, with ?schema=, password hidden."""
+    from bulksend.store.postgres import PostgresStore
+
+    plain = open_store("postgresql://bulksend@db.internal:5432/outbox")
+    assert isinstance(plain, PostgresStore)
+    assert plain.schema == "bulksend"
+    custom = open_store("postgres://u:s3cr3t-pw@db.internal/outbox?schema=tenant_a&sslmode=require")
+    assert isinstance(custom, PostgresStore)
+    assert custom.schema == "tenant_a"
+    assert "s3cr3t-pw" not in repr(custom)
+    assert "s3cr3t-pw" not in custom.dsn
+    assert "sslmode=require" in custom.dsn
+
+
 @pytest.mark.parametrize(
     "target",
     [
-        "postgresql://bulksend@localhost/bulksend",
+        "postgresql://localhost/db?durability=normal",
+        "postgresql://localhost/db?schema=no-dashes",
         "mysql://localhost/db",
         "sqlite:///tmp/x.db?durability=fast",
         "sqlite:///tmp/x.db?journal=off",
@@ -684,6 +1102,6 @@ def test_open_store_picks_backend(tmp_path: Path) -> None:
     ],
 )
 def test_open_store_refuses(target: str) -> None:
-    """open_store raises ConfigError for PostgreSQL (not yet), unknown schemes/options, in-memory SQLite."""
+    """open_store raises ConfigError for unknown schemes/options, bad schema names, in-memory SQLite."""
     with pytest.raises(ConfigError):
         open_store(target)

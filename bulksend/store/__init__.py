@@ -7,7 +7,9 @@
     sqlite:///abs/path.db      SqliteStore on /abs/path.db (three slashes, then an absolute path)
     sqlite:relative.db         SqliteStore on relative.db
     …?durability=normal        SqliteStore with synchronous=NORMAL (see bulksend.store.sqlite)
-    postgresql://…             not available yet
+    postgresql://user@host/db  PostgresStore (also postgres://); ``?schema=name`` picks the
+                               PostgreSQL schema (default ``bulksend``); other query parameters
+                               (``sslmode``…) go to the driver as libpq would read them
 
 The returned store is not opened yet: ``await store.open()`` (or ``async with store:``).
 """
@@ -15,7 +17,8 @@ The returned store is not opened yet: ``await store.open()`` (or ``async with st
 from __future__ import annotations
 
 from os import PathLike, fspath
-from urllib.parse import parse_qs
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from bulksend.errors import ConfigError
 from bulksend.store.base import (
@@ -24,6 +27,7 @@ from bulksend.store.base import (
     CampaignRecord,
     CampaignState,
     FinalUpdate,
+    LeaseLostError,
     NewRecipient,
     RecipientRow,
     RowState,
@@ -32,6 +36,9 @@ from bulksend.store.base import (
 from bulksend.store.memory import MemoryStore
 from bulksend.store.sqlite import Durability, SqliteStore
 
+if TYPE_CHECKING:
+    from bulksend.store.postgres import PostgresStore
+
 __all__ = [
     "TRANSITIONS",
     "AdmitResult",
@@ -39,8 +46,10 @@ __all__ = [
     "CampaignState",
     "Durability",
     "FinalUpdate",
+    "LeaseLostError",
     "MemoryStore",
     "NewRecipient",
+    "PostgresStore",
     "RecipientRow",
     "RowState",
     "SqliteStore",
@@ -52,7 +61,8 @@ __all__ = [
 def open_store(url_or_path: str | PathLike[str], *, durability: Durability | None = None) -> Store:
     """The store named by ``url_or_path`` (see the module docstring), not yet opened.
 
-    ``durability`` applies to SQLite and overrides a ``?durability=`` in the URL; default ``full``.
+    ``durability`` applies to SQLite and overrides a ``?durability=`` in the URL; default ``full``
+    (PostgreSQL ignores it: its durability is the server's ``synchronous_commit``).
     Raises ``ConfigError`` for an unknown scheme or option.
     """
     target = fspath(url_or_path)
@@ -60,7 +70,7 @@ def open_store(url_or_path: str | PathLike[str], *, durability: Durability | Non
         return MemoryStore()
     scheme = target.split(":", 1)[0].lower() if "://" in target or target.startswith("sqlite:") else ""
     if scheme in ("postgresql", "postgres"):
-        raise ConfigError("PostgreSQL store not available yet")
+        return _postgres_store(target)
     if scheme and scheme != "sqlite":
         raise ConfigError(
             f"unknown store scheme {scheme!r}: use 'memory:', a file path or 'sqlite:///path/to/file.db'"
@@ -83,3 +93,28 @@ def open_store(url_or_path: str | PathLike[str], *, durability: Durability | Non
     if not path:
         raise ConfigError(f"no database file in store URL {target!r}")
     return SqliteStore(path, durability="full" if chosen == "full" else "normal")
+
+
+def _postgres_store(url: str) -> PostgresStore:
+    # Imported here: asyncpg is only needed by those who use PostgreSQL.
+    from bulksend.store.postgres import PostgresStore
+
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schemas = [v for k, v in query if k == "schema"]
+    if "durability" in {k for k, _ in query}:
+        raise ConfigError("the 'durability' option is for SQLite; PostgreSQL follows its synchronous_commit")
+    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    dsn = urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment))
+    if schemas:
+        return PostgresStore(dsn, schema=schemas[-1])
+    return PostgresStore(dsn)
+
+
+def __getattr__(name: str) -> object:
+    # ``from bulksend.store import PostgresStore`` works without importing asyncpg up front.
+    if name == "PostgresStore":
+        from bulksend.store.postgres import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,6 +15,39 @@ keeps "nobody gets the email twice" true without an idempotency key on the API.
 
 Every write that a caller awaits is durable when the await returns (implementations group
 concurrent writes into one commit so that durability stays cheap).
+
+Work leases and fencing (many workers on one store)
+---------------------------------------------------
+When several workers share one store (PostgreSQL), each row must be sent by exactly one live
+worker. A worker takes rows with :meth:`Store.claim`, which gives it a *lease* on each row: an
+owner (``lease_owner``), an expiry (``lease_expires_at``) and a **fencing token**
+(``lease_token``), a per-row counter that every claim increments. The worker passes that token to
+every dispatch write (``mark_sending(..., lease_token=row.lease_token)`` and so on); the store
+applies the write only while the row still carries that token and an owner, and otherwise raises
+:class:`LeaseLostError` and writes nothing. A worker that stalled past its lease (a long GC pause,
+a network partition) and whose rows were claimed by another worker therefore cannot record over
+the new owner: its token is stale. Until somebody else claims the row, an expired lease still
+fences correctly for its holder (nobody else can have the row), so a slow worker that comes back
+in time may record the answer it got.
+
+Leases are kept alive with :meth:`Store.renew` and given back with :meth:`Store.release`; a row
+reaching a terminal state (``final``, ``rejected``, ``skipped``) loses its lease (owner and expiry
+are cleared, the token keeps its value). ``mark_final`` is never fenced: any worker may learn an
+email's final status, and it is idempotent. Without ``lease_token`` every write behaves exactly as
+in single-process mode and ignores leases.
+
+A row a dead worker left ``sending`` becomes claimable with ``states=(RowState.SENDING,)`` once its
+lease expired; the new owner must *reconcile* it (look it up at TEM) before any new attempt,
+never resend it blindly. In multi-worker mode every worker must take its rows through ``claim``:
+a row that is ``sending`` without a lease looks abandoned to ``claim``.
+
+Campaign-level roles (:meth:`Store.acquire_role`) make sure one worker at a time admits a
+campaign's recipient file (``"admit"``) and one tracks its emails (``"track"``). A role is a lease
+with a time-to-live, renewed by acquiring it again before it expires.
+
+Time for leases and roles comes from the store's clock: the local clock for the memory and SQLite
+stores (one host), the database server's clock for PostgreSQL (one clock for every worker,
+whatever the skew between their machines), unless a clock is injected (tests).
 """
 
 from __future__ import annotations
@@ -25,16 +58,36 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
+from bulksend.errors import StoreError
+
 __all__ = [
     "AdmitResult",
     "CampaignRecord",
     "CampaignState",
     "FinalUpdate",
+    "LeaseLostError",
     "NewRecipient",
     "RecipientRow",
     "RowState",
     "Store",
 ]
+
+
+class LeaseLostError(StoreError):
+    """A fenced write was refused: the row's lease is no longer the caller's.
+
+    Raised by a dispatch write given a ``lease_token`` that is not the row's current token, or
+    whose lease was released or ended by a terminal transition. Nothing was written. The worker
+    must drop the row (another worker owns it now, or it is finished) and must not retry the write.
+    """
+
+    def __init__(self, row_id: int, message: str) -> None:
+        super().__init__(message)
+        self.row_id = row_id
+
+    def __reduce__(self) -> tuple[type[LeaseLostError], tuple[int, str]]:
+        # Exception pickling only replays ``args``; carry ``row_id`` across process boundaries too.
+        return (type(self), (self.row_id, str(self)))
 
 
 class RowState(StrEnum):
@@ -140,7 +193,11 @@ class RecipientRow:
     try_count: int = 0
     final_at: datetime | None = None
     lease_owner: str = ""
+    """Worker holding the row's lease; empty when nobody does."""
     lease_token: int = 0
+    """Fencing token: incremented by every :meth:`Store.claim` of the row, never reset."""
+    lease_expires_at: datetime | None = None
+    """When the lease runs out (store clock); ``None`` when nobody holds it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,28 +248,92 @@ class Store(Protocol):
         """Highest admitted ``row`` (0 if none): where a resumed reader may skip to."""
 
     # -- dispatch ----------------------------------------------------------------------------
-    async def mark_sending(self, row_id: int, *, started_at: datetime, correlation: str) -> RecipientRow:
+    # ``lease_token`` (keyword, optional) fences a write: given, the write applies only if the row
+    # still carries that token and an owner, else ``LeaseLostError`` is raised and nothing is
+    # written (see the module docstring). ``None`` (the default): no lease check at all.
+    async def mark_sending(
+        self, row_id: int, *, started_at: datetime, correlation: str, lease_token: int | None = None
+    ) -> RecipientRow:
         """pending → sending, attempts += 1, durable before returning: call before the POST."""
 
     async def mark_submitted(
-        self, row_id: int, *, email_id: str, message_id: str, submitted_at: datetime
+        self,
+        row_id: int,
+        *,
+        email_id: str,
+        message_id: str,
+        submitted_at: datetime,
+        lease_token: int | None = None,
     ) -> None:
         """sending → submitted with TEM's email id."""
 
-    async def mark_ambiguous(self, row_id: int, *, ended_at: datetime, reason: str) -> None:
+    async def mark_ambiguous(
+        self, row_id: int, *, ended_at: datetime, reason: str, lease_token: int | None = None
+    ) -> None:
         """Stay ``sending`` but record when the ambiguous attempt ended (reconcile later)."""
 
-    async def mark_retry(self, row_id: int, *, reason: str) -> None:
-        """sending → pending: reconciliation proved the email was not created."""
+    async def mark_retry(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
+        """sending → pending: reconciliation proved the email was not created. The lease stays."""
 
-    async def mark_rejected(self, row_id: int, *, reason: str) -> None:
-        """pending/sending → rejected (bad input found late, or a permanent API 4xx)."""
+    async def mark_rejected(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
+        """pending/sending → rejected (bad input found late, or a permanent API 4xx); ends the lease."""
 
-    async def mark_skipped(self, row_id: int, *, reason: str) -> None:
-        """pending → skipped (for example the campaign was canceled)."""
+    async def mark_skipped(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
+        """pending → skipped (for example the campaign was canceled); ends the lease."""
 
     async def mark_final(self, updates: Sequence[FinalUpdate]) -> None:
-        """submitted (or sending, for an adopted email) → final, many rows in one commit."""
+        """submitted (or sending, for an adopted email) → final, many rows in one commit.
+
+        Never fenced (any worker may learn a final status); ends the lease of every row it finalises.
+        """
+
+    # -- leases (many workers) -----------------------------------------------------------------
+    async def claim(
+        self,
+        campaign_id: str,
+        *,
+        worker_id: str,
+        limit: int,
+        lease_s: float,
+        states: Sequence[RowState] = (RowState.PENDING,),
+    ) -> list[RecipientRow]:
+        """Lease up to ``limit`` rows of the campaign for ``worker_id``, lowest ids first; durable.
+
+        Claimable: rows in ``states`` with no lease or an expired one (``lease_expires_at <= now``),
+        whoever held it. Each claimed row gets ``lease_owner = worker_id``,
+        ``lease_expires_at = now + lease_s`` and ``lease_token = lease_token + 1``; the rows are
+        returned as they stand after the claim, in ``id`` order. Rows this worker already holds
+        on a live lease are not returned again. Two concurrent claims never return the same row.
+
+        Claiming ``states=(RowState.SENDING,)`` takes over rows a dead worker left ``sending``: the
+        new owner must reconcile them (look them up at TEM), never resend them blindly.
+        ``limit <= 0`` claims nothing. ``worker_id`` must not be empty, ``lease_s`` must be > 0.
+        """
+
+    async def renew(self, *, worker_id: str, row_ids: Sequence[int], lease_s: float) -> set[int]:
+        """Extend to ``now + lease_s`` the leases ``worker_id`` holds on these rows; durable.
+
+        Returns the ids whose lease is still this worker's (renewed). An id absent from the result
+        was claimed by another worker, released, finished or never existed: stop working on it.
+        A lease that expired but that nobody claimed since is still this worker's and is renewed.
+        """
+
+    async def release(self, *, worker_id: str, row_ids: Sequence[int]) -> None:
+        """Give back the leases ``worker_id`` holds on these rows (others are left alone); durable.
+
+        The rows become claimable at once; a write fenced with the released token is refused.
+        """
+
+    async def acquire_role(self, campaign_id: str, role: str, *, worker_id: str, ttl_s: float) -> bool:
+        """Take or renew the campaign-level ``role`` (say ``"admit"`` or ``"track"``) for ``ttl_s``.
+
+        True if ``worker_id`` now holds the role until ``now + ttl_s`` (it was free, expired, or
+        already this worker's: calling again before expiry renews it). False if another worker
+        holds it on a live lease. Durable. The campaign need not exist.
+        """
+
+    async def release_role(self, campaign_id: str, role: str, *, worker_id: str) -> None:
+        """Give the role back if ``worker_id`` holds it (no-op otherwise); durable."""
 
     # -- reads -------------------------------------------------------------------------------
     async def get_row(self, row_id: int) -> RecipientRow | None: ...

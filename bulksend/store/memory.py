@@ -9,16 +9,20 @@ Payloads and specs go through an orjson round-trip on the way in and out, as the
 value that is not JSON-able is refused here too, and a caller mutating a returned ``payload`` never
 changes what the store holds.
 
-The small helpers at the top (datetime normalisation, JSON encoding, transition checks) are shared
-with the SQLite store so both backends refuse the same input with the same messages.
+The small helpers at the top (datetime normalisation, JSON encoding, transition and lease checks)
+are shared with the SQLite and PostgreSQL stores so every backend refuses the same input with the
+same messages.
+
+Leases and roles use the injected ``clock`` (default: the system clock, UTC) for ``now``.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio.lowlevel
@@ -31,6 +35,7 @@ from bulksend.store.base import (
     CampaignRecord,
     CampaignState,
     FinalUpdate,
+    LeaseLostError,
     NewRecipient,
     RecipientRow,
     RowState,
@@ -82,14 +87,48 @@ def check_new_rows(rows: Sequence[NewRecipient]) -> None:
             raise StoreError(f"row {r.row}: cannot admit a row in state {r.state.value}")
 
 
+def check_lease_args(worker_id: str, seconds: float, what: str = "lease_s") -> timedelta:
+    """Refuse an empty ``worker_id`` or a duration that is not finite and > 0; the duration as timedelta."""
+    if not worker_id:
+        raise StoreError("worker_id must not be empty")
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise StoreError(f"{what} must be a number of seconds, got {seconds!r}")
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise StoreError(f"{what} must be a finite number of seconds > 0, got {seconds!r}")
+    return timedelta(seconds=seconds)
+
+
+def holds_lease(lease_token: int | None, row_token: int, row_owner: str) -> bool:
+    """True if a write fenced with ``lease_token`` may apply to a row with this token and owner."""
+    return lease_token is None or (row_token == lease_token and row_owner != "")
+
+
+def lease_lost(row_id: int, lease_token: int, row_token: int, row_owner: str) -> LeaseLostError:
+    """The error for a fenced write refused because the row's lease is not the caller's any more."""
+    if row_token != lease_token:
+        why = f"the row was claimed again (token {row_token})"
+    else:
+        why = "the lease was released or ended"
+    return LeaseLostError(row_id, f"row {row_id}: lease token {lease_token} is stale: {why}; nothing written")
+
+
 def final_problems(problems: list[str]) -> StoreError:
     shown = ", ".join(problems[:10])
     more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
     return StoreError(f"mark_final: nothing written; cannot finalise {shown}{more}")
 
 
+@dataclass(slots=True)
+class _Role:
+    owner: str
+    expires_at: datetime
+
+
 class MemoryStore:
-    """The outbox in dicts. Same state machine, dedupe and idempotency rules as ``SqliteStore``."""
+    """The outbox in dicts. Same state machine, dedupe, idempotency and lease rules as ``SqliteStore``.
+
+    ``clock`` gives ``now`` (aware UTC) for campaign creation times, leases and roles.
+    """
 
     def __init__(self, *, clock: Callable[[], datetime] | None = None) -> None:
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -103,6 +142,7 @@ class MemoryStore:
         self._input_rows: dict[str, list[int]] = {}  # campaign → input rows, sorted
         self._dedupe: dict[str, dict[str, int]] = {}  # campaign → key → input row of its owner
         self._by_email_id: dict[str, int] = {}
+        self._roles: dict[tuple[str, str], _Role] = {}
         self._next_id = 1
 
     async def __aenter__(self) -> MemoryStore:
@@ -146,12 +186,25 @@ class MemoryStore:
     def _public_campaign(self, rec: CampaignRecord) -> CampaignRecord:
         return replace(rec, spec=orjson.loads(self._specs[rec.id]))
 
+    def _now(self) -> datetime:
+        return utc(self._clock())
+
+    def _fenced_row(self, row_id: int, lease_token: int | None) -> RecipientRow:
+        """The row, or ``StoreError`` if unknown, or ``LeaseLostError`` if the fence refuses."""
+        row = self._row(row_id)
+        if lease_token is not None and not holds_lease(lease_token, row.lease_token, row.lease_owner):
+            raise lease_lost(row_id, lease_token, row.lease_token, row.lease_owner)
+        return row
+
     def _move(self, row: RecipientRow, target: RowState, **changes: Any) -> RecipientRow:
         check_transition(row.id, row.state, target)
         if target in KEY_RELEASING_STATES and row.key is not None:
             owners = self._dedupe.get(row.campaign_id, {})
             if owners.get(row.key) == row.row:
                 del owners[row.key]
+        if target.is_terminal:
+            # A finished row needs no worker: its lease ends (the token keeps its value).
+            changes = {**changes, "lease_owner": "", "lease_expires_at": None}
         new = replace(row, state=target, **changes)
         self._rows[row.id] = new
         return new
@@ -245,10 +298,12 @@ class MemoryStore:
         return input_rows[-1] if input_rows else 0
 
     # -- dispatch ----------------------------------------------------------------------------
-    async def mark_sending(self, row_id: int, *, started_at: datetime, correlation: str) -> RecipientRow:
-        """pending → sending, attempts += 1; returns the updated row."""
+    async def mark_sending(
+        self, row_id: int, *, started_at: datetime, correlation: str, lease_token: int | None = None
+    ) -> RecipientRow:
+        """pending → sending, attempts += 1; returns the updated row. Fenced by ``lease_token``."""
         await self._enter()
-        row = self._row(row_id)
+        row = self._fenced_row(row_id, lease_token)
         new = self._move(
             row,
             RowState.SENDING,
@@ -260,39 +315,47 @@ class MemoryStore:
         return self._public(new)
 
     async def mark_submitted(
-        self, row_id: int, *, email_id: str, message_id: str, submitted_at: datetime
+        self,
+        row_id: int,
+        *,
+        email_id: str,
+        message_id: str,
+        submitted_at: datetime,
+        lease_token: int | None = None,
     ) -> None:
-        """sending → submitted with TEM's email id."""
+        """sending → submitted with TEM's email id. Fenced by ``lease_token``."""
         await self._enter()
-        row = self._row(row_id)
+        row = self._fenced_row(row_id, lease_token)
         self._move(
             row, RowState.SUBMITTED, email_id=email_id, message_id=message_id, submitted_at=utc(submitted_at)
         )
         if email_id:
             self._by_email_id[email_id] = row_id
 
-    async def mark_ambiguous(self, row_id: int, *, ended_at: datetime, reason: str) -> None:
-        """Stay ``sending`` but record when the ambiguous attempt ended."""
+    async def mark_ambiguous(
+        self, row_id: int, *, ended_at: datetime, reason: str, lease_token: int | None = None
+    ) -> None:
+        """Stay ``sending`` but record when the ambiguous attempt ended. Fenced by ``lease_token``."""
         await self._enter()
-        row = self._row(row_id)
+        row = self._fenced_row(row_id, lease_token)
         if row.state is not RowState.SENDING:
             raise StoreError(f"row {row_id}: mark_ambiguous needs state sending, not {row.state.value}")
         self._rows[row_id] = replace(row, attempt_ended_at=utc(ended_at), reason=reason)
 
-    async def mark_retry(self, row_id: int, *, reason: str) -> None:
-        """sending → pending: reconciliation proved the email was not created."""
+    async def mark_retry(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
+        """sending → pending: reconciliation proved the email was not created. The lease stays."""
         await self._enter()
-        self._move(self._row(row_id), RowState.PENDING, reason=reason)
+        self._move(self._fenced_row(row_id, lease_token), RowState.PENDING, reason=reason)
 
-    async def mark_rejected(self, row_id: int, *, reason: str) -> None:
-        """pending/sending → rejected."""
+    async def mark_rejected(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
+        """pending/sending → rejected; the lease ends."""
         await self._enter()
-        self._move(self._row(row_id), RowState.REJECTED, reason=reason)
+        self._move(self._fenced_row(row_id, lease_token), RowState.REJECTED, reason=reason)
 
-    async def mark_skipped(self, row_id: int, *, reason: str) -> None:
-        """pending → skipped."""
+    async def mark_skipped(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
+        """pending → skipped; the lease ends."""
         await self._enter()
-        self._move(self._row(row_id), RowState.SKIPPED, reason=reason)
+        self._move(self._fenced_row(row_id, lease_token), RowState.SKIPPED, reason=reason)
 
     async def mark_final(self, updates: Sequence[FinalUpdate]) -> None:
         """submitted/sending → final, all or nothing; rows already final are left as they are."""
@@ -323,6 +386,80 @@ class MemoryStore:
                 final_at=utc_or_none(u.final_at),
                 reason=u.reason,
             )
+
+    # -- leases ------------------------------------------------------------------------------
+    async def claim(
+        self,
+        campaign_id: str,
+        *,
+        worker_id: str,
+        limit: int,
+        lease_s: float,
+        states: Sequence[RowState] = (RowState.PENDING,),
+    ) -> list[RecipientRow]:
+        """Lease up to ``limit`` unleased (or expired) rows in ``states``, lowest ids first."""
+        await self._enter()
+        duration = check_lease_args(worker_id, lease_s)
+        wanted = frozenset(RowState(s) for s in states)
+        if limit <= 0 or not wanted:
+            return []
+        now = self._now()
+        claimed: list[RecipientRow] = []
+        for row_id in self._ids.get(campaign_id, []):
+            row = self._rows[row_id]
+            if row.state not in wanted:
+                continue
+            if row.lease_owner and row.lease_expires_at is not None and row.lease_expires_at > now:
+                continue  # a live lease, whoever holds it
+            new = replace(
+                row, lease_owner=worker_id, lease_expires_at=now + duration, lease_token=row.lease_token + 1
+            )
+            self._rows[row_id] = new
+            claimed.append(self._public(new))
+            if len(claimed) >= limit:
+                break
+        return claimed
+
+    async def renew(self, *, worker_id: str, row_ids: Sequence[int], lease_s: float) -> set[int]:
+        """Extend this worker's leases on these rows; the ids still this worker's."""
+        await self._enter()
+        duration = check_lease_args(worker_id, lease_s)
+        expires = self._now() + duration
+        kept: set[int] = set()
+        for row_id in set(row_ids):
+            row = self._rows.get(row_id)
+            if row is not None and row.lease_owner == worker_id:
+                self._rows[row_id] = replace(row, lease_expires_at=expires)
+                kept.add(row_id)
+        return kept
+
+    async def release(self, *, worker_id: str, row_ids: Sequence[int]) -> None:
+        """Give back this worker's leases on these rows."""
+        await self._enter()
+        if not worker_id:
+            raise StoreError("worker_id must not be empty")
+        for row_id in set(row_ids):
+            row = self._rows.get(row_id)
+            if row is not None and row.lease_owner == worker_id:
+                self._rows[row_id] = replace(row, lease_owner="", lease_expires_at=None)
+
+    async def acquire_role(self, campaign_id: str, role: str, *, worker_id: str, ttl_s: float) -> bool:
+        """Take or renew the campaign role for ``ttl_s``; False if another live worker holds it."""
+        await self._enter()
+        duration = check_lease_args(worker_id, ttl_s, "ttl_s")
+        now = self._now()
+        held = self._roles.get((campaign_id, role))
+        if held is not None and held.owner != worker_id and held.expires_at > now:
+            return False
+        self._roles[(campaign_id, role)] = _Role(owner=worker_id, expires_at=now + duration)
+        return True
+
+    async def release_role(self, campaign_id: str, role: str, *, worker_id: str) -> None:
+        """Give the role back if this worker holds it."""
+        await self._enter()
+        held = self._roles.get((campaign_id, role))
+        if held is not None and held.owner == worker_id:
+            del self._roles[(campaign_id, role)]
 
     # -- reads -------------------------------------------------------------------------------
     async def get_row(self, row_id: int) -> RecipientRow | None:

@@ -31,14 +31,23 @@ undo anything: its write may still be committed (or fail) after the caller has g
 
 Schema
 ------
-``schema_version`` records applied migrations; ``MIGRATIONS`` is append-only (never edit a
-released step, add the next one). ``recipients.recipient_key`` is the dedupe key as admitted (kept
-for output); ``recipients.dedupe_key`` holds it only while the row *owns* it — a duplicate is
-admitted ``skipped`` with ``dedupe_key`` NULL, and a row that becomes ``rejected`` or ``skipped``
-gives its key up — so the unique partial index on ``(campaign_id, dedupe_key)`` enforces "first
-wins" without tripping over skipped duplicates. Datetimes are stored as ISO-8601 UTC text with
-microseconds (sortable as text) and come back as aware UTC datetimes; naive datetimes are taken
-as UTC. ``payload``, ``spec`` and ``flags`` are JSON text (orjson).
+``schema_version`` records applied migrations; ``MIGRATIONS`` is append-only (never edit a released
+step, add the next one): v1 is the outbox, v2 adds lease expiry and campaign roles (a v1 file is
+migrated in place when a newer bulksend opens it). ``recipients.recipient_key`` is the dedupe key
+as admitted (kept for output); ``recipients.dedupe_key`` holds it only while the row *owns* it — a
+duplicate is admitted ``skipped`` with ``dedupe_key`` NULL, and a row that becomes ``rejected`` or
+``skipped`` gives its key up — so the unique partial index on ``(campaign_id, dedupe_key)``
+enforces "first wins" without tripping over skipped duplicates. Datetimes are stored as ISO-8601
+UTC text with microseconds (sortable as text) and come back as aware UTC datetimes; naive datetimes
+are taken as UTC. ``payload``, ``spec`` and ``flags`` are JSON text (orjson).
+
+Leases
+------
+``claim``/``renew``/``release`` and the roles are ordinary queued writes (committed before they
+return, grouped like any other). Their ``now`` is the store's ``clock``: one host shares one clock,
+so leases mean the same to every process on it. Fenced writes add
+``lease_token = ? AND lease_owner <> ''`` to their guarded UPDATE, so the fence and the state
+check are one atomic statement.
 
 The store needs an asyncio event loop (anyio on asyncio, uvloop included).
 """
@@ -76,11 +85,14 @@ from bulksend.store.base import (
 from bulksend.store.memory import (
     FINALISABLE_STATES,
     KEY_RELEASING_STATES,
+    check_lease_args,
     check_new_rows,
     check_transition,
     duplicate_reason,
     encode_json,
     final_problems,
+    holds_lease,
+    lease_lost,
     utc,
 )
 
@@ -138,13 +150,25 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX ix_recipients_campaign_id ON recipients (campaign_id)",
         "CREATE INDEX ix_recipients_email_id ON recipients (email_id) WHERE email_id IS NOT NULL",
     ),
+    # v2: work leases (owner and token exist since v1; the expiry is new) and campaign roles.
+    (
+        "ALTER TABLE recipients ADD COLUMN lease_expires_at TEXT",
+        """CREATE TABLE roles (
+            campaign_id TEXT NOT NULL,
+            role        TEXT NOT NULL,
+            owner       TEXT NOT NULL,
+            expires_at  TEXT NOT NULL,
+            PRIMARY KEY (campaign_id, role)
+        )""",
+    ),
 )
 SCHEMA_VERSION: Final[int] = len(MIGRATIONS)
 
 _ROW_COLUMNS = (
     "id, campaign_id, input_row, email, name, recipient_key, state, payload, reason, attempts, "
     "attempt_started_at, attempt_ended_at, correlation, email_id, message_id, submitted_at, status, "
-    "flags, status_details, smtp_code, smtp_message, try_count, final_at, lease_owner, lease_token"
+    "flags, status_details, smtp_code, smtp_message, try_count, final_at, lease_owner, lease_token, "
+    "lease_expires_at"
 )
 _CAMPAIGN_COLUMNS = "id, created_at, state, spec, admitted_all"
 # Well under SQLite's bound-parameter limit, and a sensible page for IN lists.
@@ -189,6 +213,7 @@ def _row_from_db(r: tuple[Any, ...]) -> RecipientRow:
         final_at=_dt_parse(r[22]),
         lease_owner=r[23],
         lease_token=r[24],
+        lease_expires_at=_dt_parse(r[25]),
     )
 
 
@@ -213,11 +238,21 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
-def _current_state(conn: sqlite3.Connection, row_id: int) -> RowState:
-    found = conn.execute("SELECT state FROM recipients WHERE id = ?", (row_id,)).fetchone()
+def _current_state(conn: sqlite3.Connection, row_id: int, lease_token: int | None = None) -> RowState:
+    """The row's state; ``StoreError`` if it does not exist, ``LeaseLostError`` if the fence refuses."""
+    found = conn.execute(
+        "SELECT state, lease_token, lease_owner FROM recipients WHERE id = ?", (row_id,)
+    ).fetchone()
     if found is None:
         raise StoreError(f"no outbox row with id {row_id}")
-    return RowState(found[0])
+    state, token, owner = found
+    if lease_token is not None and not holds_lease(lease_token, token, owner):
+        raise lease_lost(row_id, lease_token, token, owner)
+    return RowState(state)
+
+
+# Appended to a guarded UPDATE's WHERE, with (lease_token, lease_token) as parameters: no token, no check.
+_FENCE: Final = " AND (? IS NULL OR (lease_token = ? AND lease_owner <> ''))"
 
 
 # For each state, the states ``TRANSITIONS`` allows to move into it.
@@ -234,26 +269,31 @@ def _transition(
     sets: str,
     params: Sequence[Any],
     *,
+    lease_token: int | None = None,
     returning: bool = False,
 ) -> RecipientRow | None:
     """Move the row to ``target`` with the extra ``sets`` assignments, or raise ``StoreError``.
 
-    One guarded UPDATE (``WHERE state IN <allowed sources>``) on the happy path; the row is read
-    only to explain a refusal. Nothing is written when it raises, so the caller needs no savepoint.
-    With ``returning``, the updated row is returned.
+    One guarded UPDATE (``WHERE state IN <allowed sources>``, plus the lease fence when
+    ``lease_token`` is given) on the happy path; the row is read only to explain a refusal.
+    Nothing is written when it raises, so the caller needs no savepoint. With ``returning``, the
+    updated row is returned. A terminal target ends the lease.
     """
     sources = _SOURCES[target]
     release = ", dedupe_key = NULL" if target in KEY_RELEASING_STATES else ""
+    if target.is_terminal:
+        release += ", lease_owner = '', lease_expires_at = NULL"
     tail = f" RETURNING {_ROW_COLUMNS}" if returning else ""
     cur = conn.execute(
         f"UPDATE recipients SET state = ?{release}{', ' if sets else ''}{sets} "
-        f"WHERE id = ? AND state IN ({_marks(len(sources))}){tail}",
-        (target.value, *params, row_id, *sources),
+        f"WHERE id = ? AND state IN ({_marks(len(sources))}){_FENCE}{tail}",
+        (target.value, *params, row_id, *sources, lease_token, lease_token),
     )
     updated = cur.fetchall() if returning else []
     moved = bool(updated) if returning else cur.rowcount > 0
     if not moved:
-        check_transition(row_id, _current_state(conn, row_id), target)  # raises: illegal transition
+        # Raises: unknown row, stale lease, or illegal transition (checked in that order).
+        check_transition(row_id, _current_state(conn, row_id, lease_token), target)
         raise StoreError(f"row {row_id}: could not move to {target.value}")  # defensive, unreachable
     return _row_from_db(updated[0]) if updated else None
 
@@ -291,7 +331,7 @@ class SqliteStore:
 
     ``path`` is the database file (created if missing). ``busy_timeout_s`` is how long a write
     waits for the file lock held by another process before failing. ``clock`` stamps
-    ``created_at`` of campaigns.
+    ``created_at`` of campaigns and is ``now`` for leases and roles.
     """
 
     def __init__(
@@ -694,8 +734,13 @@ class SqliteStore:
         return await self._read(op)
 
     # -- dispatch ----------------------------------------------------------------------------
-    async def mark_sending(self, row_id: int, *, started_at: datetime, correlation: str) -> RecipientRow:
-        """pending → sending, attempts += 1, committed before returning: call it before the POST."""
+    async def mark_sending(
+        self, row_id: int, *, started_at: datetime, correlation: str, lease_token: int | None = None
+    ) -> RecipientRow:
+        """pending → sending, attempts += 1, committed before returning: call it before the POST.
+
+        Fenced by ``lease_token`` when given (``LeaseLostError``, nothing written).
+        """
         started = _dt_text(started_at)
 
         def op(conn: sqlite3.Connection) -> RecipientRow:
@@ -705,6 +750,7 @@ class SqliteStore:
                 RowState.SENDING,
                 "attempts = attempts + 1, attempt_started_at = ?, attempt_ended_at = NULL, correlation = ?",
                 (started, correlation),
+                lease_token=lease_token,
                 returning=True,
             )
             assert row is not None
@@ -713,9 +759,15 @@ class SqliteStore:
         return await self._write(op, single_write=True)
 
     async def mark_submitted(
-        self, row_id: int, *, email_id: str, message_id: str, submitted_at: datetime
+        self,
+        row_id: int,
+        *,
+        email_id: str,
+        message_id: str,
+        submitted_at: datetime,
+        lease_token: int | None = None,
     ) -> None:
-        """sending → submitted with TEM's email id."""
+        """sending → submitted with TEM's email id. Fenced by ``lease_token`` when given."""
         submitted = _dt_text(submitted_at)
         await self._write(
             lambda conn: _transition(
@@ -724,40 +776,47 @@ class SqliteStore:
                 RowState.SUBMITTED,
                 "email_id = ?, message_id = ?, submitted_at = ?",
                 (email_id or None, message_id, submitted),
+                lease_token=lease_token,
             ),
             single_write=True,
         )
 
-    async def mark_ambiguous(self, row_id: int, *, ended_at: datetime, reason: str) -> None:
-        """Stay ``sending`` but record when the ambiguous attempt ended (reconcile later)."""
+    async def mark_ambiguous(
+        self, row_id: int, *, ended_at: datetime, reason: str, lease_token: int | None = None
+    ) -> None:
+        """Stay ``sending`` but record when the ambiguous attempt ended (reconcile later). Fenced."""
         ended = _dt_text(ended_at)
 
         def op(conn: sqlite3.Connection) -> None:
             cur = conn.execute(
-                "UPDATE recipients SET attempt_ended_at = ?, reason = ? WHERE id = ? AND state = 'sending'",
-                (ended, reason, row_id),
+                "UPDATE recipients SET attempt_ended_at = ?, reason = ? WHERE id = ? AND state = 'sending'"
+                + _FENCE,
+                (ended, reason, row_id, lease_token, lease_token),
             )
             if cur.rowcount == 0:
-                state = _current_state(conn, row_id)
+                state = _current_state(conn, row_id, lease_token)
                 raise StoreError(f"row {row_id}: mark_ambiguous needs state sending, not {state.value}")
 
         await self._write(op, single_write=True)
 
-    async def mark_retry(self, row_id: int, *, reason: str) -> None:
-        """sending → pending: reconciliation proved the email was not created."""
-        await self._transition_op(row_id, RowState.PENDING, reason)
+    async def mark_retry(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
+        """sending → pending: reconciliation proved the email was not created. The lease stays."""
+        await self._transition_op(row_id, RowState.PENDING, reason, lease_token)
 
-    async def mark_rejected(self, row_id: int, *, reason: str) -> None:
-        """pending/sending → rejected (the row gives its dedupe key up)."""
-        await self._transition_op(row_id, RowState.REJECTED, reason)
+    async def mark_rejected(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
+        """pending/sending → rejected (the row gives its dedupe key and its lease up)."""
+        await self._transition_op(row_id, RowState.REJECTED, reason, lease_token)
 
-    async def mark_skipped(self, row_id: int, *, reason: str) -> None:
-        """pending → skipped (the row gives its dedupe key up)."""
-        await self._transition_op(row_id, RowState.SKIPPED, reason)
+    async def mark_skipped(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
+        """pending → skipped (the row gives its dedupe key and its lease up)."""
+        await self._transition_op(row_id, RowState.SKIPPED, reason, lease_token)
 
-    async def _transition_op(self, row_id: int, target: RowState, reason: str) -> None:
+    async def _transition_op(
+        self, row_id: int, target: RowState, reason: str, lease_token: int | None
+    ) -> None:
         await self._write(
-            lambda conn: _transition(conn, row_id, target, "reason = ?", (reason,)), single_write=True
+            lambda conn: _transition(conn, row_id, target, "reason = ?", (reason,), lease_token=lease_token),
+            single_write=True,
         )
 
     async def mark_final(self, updates: Sequence[FinalUpdate]) -> None:
@@ -786,7 +845,8 @@ class SqliteStore:
             for p in params:
                 cur = conn.execute(
                     "UPDATE recipients SET state = 'final', status = ?, flags = ?, status_details = ?, "
-                    "smtp_code = ?, smtp_message = ?, try_count = ?, final_at = ?, reason = ? "
+                    "smtp_code = ?, smtp_message = ?, try_count = ?, final_at = ?, reason = ?, "
+                    "lease_owner = '', lease_expires_at = NULL "
                     f"WHERE id = ? AND state IN ({_marks(len(finalisable))})",
                     (*p, *finalisable),
                 )
@@ -802,6 +862,104 @@ class SqliteStore:
                 raise final_problems(problems)  # rolls this operation back to its savepoint
 
         await self._write(op)
+
+    # -- leases ------------------------------------------------------------------------------
+    async def claim(
+        self,
+        campaign_id: str,
+        *,
+        worker_id: str,
+        limit: int,
+        lease_s: float,
+        states: Sequence[RowState] = (RowState.PENDING,),
+    ) -> list[RecipientRow]:
+        """Lease up to ``limit`` unleased (or expired) rows in ``states``, lowest ids first; durable.
+
+        One UPDATE on the single writer connection, so two claims can never take the same row.
+        """
+        duration = check_lease_args(worker_id, lease_s)
+        wanted = sorted({RowState(s).value for s in states})
+        if limit <= 0 or not wanted:
+            return []
+        now = utc(self._clock())
+        now_text, expires_text = _dt_text(now), _dt_text(now + duration)
+
+        def op(conn: sqlite3.Connection) -> list[RecipientRow]:
+            cur = conn.execute(
+                "UPDATE recipients SET lease_owner = ?, lease_expires_at = ?, lease_token = lease_token + 1 "
+                "WHERE id IN (SELECT id FROM recipients WHERE campaign_id = ? "
+                f"AND state IN ({_marks(len(wanted))}) AND (lease_owner = '' OR lease_expires_at <= ?) "
+                f"ORDER BY id LIMIT ?) RETURNING {_ROW_COLUMNS}",
+                (worker_id, expires_text, campaign_id, *wanted, now_text, limit),
+            )
+            return sorted((_row_from_db(r) for r in cur.fetchall()), key=lambda row: row.id)
+
+        return await self._write(op, single_write=True)
+
+    async def renew(self, *, worker_id: str, row_ids: Sequence[int], lease_s: float) -> set[int]:
+        """Extend this worker's leases on these rows to now + ``lease_s``; the ids still this worker's."""
+        duration = check_lease_args(worker_id, lease_s)
+        expires_text = _dt_text(utc(self._clock()) + duration)
+        ids = sorted(set(row_ids))
+
+        def op(conn: sqlite3.Connection) -> set[int]:
+            kept: set[int] = set()
+            for chunk in _chunks(ids):
+                cur = conn.execute(
+                    "UPDATE recipients SET lease_expires_at = ? "
+                    f"WHERE lease_owner = ? AND id IN ({_marks(len(chunk))}) RETURNING id",
+                    (expires_text, worker_id, *chunk),
+                )
+                kept.update(r[0] for r in cur.fetchall())
+            return kept
+
+        return await self._write(op)
+
+    async def release(self, *, worker_id: str, row_ids: Sequence[int]) -> None:
+        """Give back this worker's leases on these rows (others' are left alone)."""
+        if not worker_id:
+            raise StoreError("worker_id must not be empty")
+        ids = sorted(set(row_ids))
+
+        def op(conn: sqlite3.Connection) -> None:
+            for chunk in _chunks(ids):
+                conn.execute(
+                    "UPDATE recipients SET lease_owner = '', lease_expires_at = NULL "
+                    f"WHERE lease_owner = ? AND id IN ({_marks(len(chunk))})",
+                    (worker_id, *chunk),
+                )
+
+        await self._write(op)
+
+    async def acquire_role(self, campaign_id: str, role: str, *, worker_id: str, ttl_s: float) -> bool:
+        """Take or renew the campaign role for ``ttl_s``; False if another live worker holds it."""
+        duration = check_lease_args(worker_id, ttl_s, "ttl_s")
+        now = utc(self._clock())
+        now_text, expires_text = _dt_text(now), _dt_text(now + duration)
+
+        def op(conn: sqlite3.Connection) -> bool:
+            # One upsert: insert, or take over when the holder is us or its lease has run out.
+            cur = conn.execute(
+                "INSERT INTO roles (campaign_id, role, owner, expires_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (campaign_id, role) DO UPDATE SET owner = excluded.owner, "
+                "expires_at = excluded.expires_at "
+                "WHERE roles.owner = excluded.owner OR roles.expires_at <= ? RETURNING owner",
+                (campaign_id, role, worker_id, expires_text, now_text),
+            )
+            return cur.fetchone() is not None
+
+        return await self._write(op, single_write=True)
+
+    async def release_role(self, campaign_id: str, role: str, *, worker_id: str) -> None:
+        """Give the role back if this worker holds it."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "DELETE FROM roles WHERE campaign_id = ? AND role = ? AND owner = ?",
+                (campaign_id, role, worker_id),
+            )
+
+        await self._write(op, single_write=True)
 
     # -- reads -------------------------------------------------------------------------------
     async def get_row(self, row_id: int) -> RecipientRow | None:
