@@ -24,7 +24,7 @@ from bulksend.errors import CampaignError
 from bulksend.log import configure_logging
 from bulksend.sandbox import Sandbox, SandboxConfig
 from bulksend.secret import Secret
-from bulksend.send import add_output_options, run_campaign
+from bulksend.send import RunOptions, add_output_options, run_campaign
 from bulksend.tem.config import TemSettings
 
 __all__ = ["configure", "run", "write_demo_campaign"]
@@ -211,7 +211,8 @@ def run(args: argparse.Namespace) -> int:
         async with Sandbox(config, host="127.0.0.1", port=0) as sandbox:
             yield sandbox.url
 
-    code = run_campaign(campaign, settings, serve=serve, console=console, progress=not args.no_progress)
+    options = RunOptions(progress=not args.no_progress)
+    code = run_campaign(campaign, settings, serve=serve, console=console, options=options)
     console.print(
         f"outcomes: [bold]{campaign.output.outcomes}[/bold]  "
         f"(summarise again with: bulksend report {campaign.output.outcomes})"

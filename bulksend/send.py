@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ from bulksend.campaign import Campaign, load_campaign
 from bulksend.errors import BulksendError, CampaignError, ConfigError, first_bulksend_error
 from bulksend.log import configure_logging, register_secret
 from bulksend.pipeline.dispatch import AccountRefusedError
-from bulksend.pipeline.limiter import AimdLimiter
+from bulksend.pipeline.limiter import AimdLimiter, RateLimiter
 from bulksend.pipeline.runner import CampaignRun, RunResult
 from bulksend.pipeline.stats import RunStats
 from bulksend.progress import show_progress
@@ -72,7 +75,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="render and validate every recipient, send nothing, say what would be rejected",
     )
-    parser.add_argument("--store", type=Path, help="state database (SQLite file); default from the campaign")
+    parser.add_argument(
+        "--store",
+        help="state store: a SQLite file (default from the campaign) or postgresql://… shared by workers",
+    )
+    g = parser.add_argument_group("scale-out (several processes on one campaign)")
+    g.add_argument(
+        "--worker",
+        action="store_true",
+        help="run as one of several workers on the campaign (needs a PostgreSQL --store)",
+    )
+    g.add_argument("--worker-id", help="this worker's name (default hostname-pid)")
+    g.add_argument(
+        "--shared-limiter",
+        metavar="REDIS_URL",
+        help="redis://… — one rate limit shared by every process of the account",
+    )
+    g.add_argument(
+        "--lease-s",
+        type=float,
+        default=30.0,
+        help="how long a worker's claim on a recipient lasts without renewal (default 30)",
+    )
     parser.add_argument(
         "--outcomes", type=Path, help="outcomes file (.jsonl or .csv); default from the campaign"
     )
@@ -91,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True, soft_wrap=True)
     try:
         campaign = load_campaign(args.campaign)
-        campaign = _with_overrides(campaign, store=args.store, outcomes=args.outcomes)
+        campaign = _with_overrides(campaign, outcomes=args.outcomes)
         if args.dry_run:
             return dry_run(campaign, console=console)
         settings = TemSettings.load(
@@ -100,18 +124,31 @@ def run(args: argparse.Namespace) -> int:
     except (CampaignError, ConfigError) as exc:
         console.print(f"[bold red]error:[/bold red] {exc}")
         return EXIT_CONFIG
-    return run_campaign(
-        campaign, settings, console=console, progress=not args.no_progress, grace_s=args.grace_s
+    worker_id = None
+    if args.worker or args.worker_id:
+        if not args.store or "://" not in args.store or args.store.startswith("sqlite"):
+            console.print(
+                "[bold red]error:[/bold red] --worker needs a store shared by every worker: "
+                "--store postgresql://user@host/db"
+            )
+            return EXIT_CONFIG
+        worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    options = RunOptions(
+        progress=not args.no_progress,
+        grace_s=args.grace_s,
+        store_url=args.store,
+        worker_id=worker_id,
+        shared_limiter_url=args.shared_limiter,
+        lease_s=args.lease_s,
     )
+    return run_campaign(campaign, settings, console=console, options=options)
 
 
-def _with_overrides(campaign: Campaign, *, store: Path | None, outcomes: Path | None) -> Campaign:
+def _with_overrides(campaign: Campaign, *, outcomes: Path | None) -> Campaign:
     if outcomes is not None:
         campaign = dataclasses.replace(
             campaign, output=dataclasses.replace(campaign.output, outcomes=outcomes)
         )
-    if store is not None:
-        campaign = dataclasses.replace(campaign, store_path=store)
     return campaign
 
 
@@ -121,8 +158,7 @@ def run_campaign(
     *,
     serve: Callable[[], AbstractAsyncContextManager[str]] | None = None,
     console: Console,
-    progress: bool = True,
-    grace_s: float = 30.0,
+    options: RunOptions | None = None,
     before_run: Callable[[CampaignRun], None] | None = None,
 ) -> int:
     """Run ``campaign`` against the API in ``settings``; prints progress and the summary.
@@ -143,8 +179,7 @@ def run_campaign(
             campaign,
             settings,
             serve,
-            progress,
-            grace_s,
+            options or RunOptions(),
             holder,
             before_run,
             backend_options={"use_uvloop": _has_uvloop()},
@@ -192,38 +227,76 @@ def _count_rows(path: Path) -> int:
     return max(0, n - 1) if path.suffix.lower() == ".csv" else n
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a campaign, beyond the campaign file itself."""
+
+    progress: bool = True
+    grace_s: float = 30.0
+    store_url: str | None = None
+    """Overrides the campaign's store: a SQLite path, or ``postgresql://…`` to share state."""
+    worker_id: str | None = None
+    """Scale-out: this process is one of several workers on the campaign (needs a shared store)."""
+    shared_limiter_url: str | None = None
+    """``redis://…``: one rate limit for every process of the account."""
+    lease_s: float = 30.0
+
+
 async def _main(
     campaign: Campaign,
     settings: TemSettings,
     serve: Callable[[], AbstractAsyncContextManager[str]] | None,
-    progress: bool,
-    grace_s: float,
+    options: RunOptions,
     holder: dict[str, Any],
     before_run: Callable[[CampaignRun], None] | None,
 ) -> RunResult:
     if serve is None:
-        return await _run(campaign, settings, progress, grace_s, holder, before_run)
+        return await _run(campaign, settings, options, holder, before_run)
     async with serve() as api_url:
         return await _run(
-            campaign, dataclasses.replace(settings, api_url=api_url), progress, grace_s, holder, before_run
+            campaign, dataclasses.replace(settings, api_url=api_url), options, holder, before_run
         )
+
+
+def account_limiter(
+    rate_per_s: float, *, shared_limiter_url: str | None = None, project_id: str = ""
+) -> RateLimiter:
+    """The one limiter for every API call of the account: in-process, or shared through Redis.
+
+    Tuned for an API whose limit is near the configured rate: a 429 takes the rate down by a
+    quarter (at most once a second, whatever the number of requests in flight that see it) and it
+    climbs back within about a second, so one stray 429 costs a few dozen sends, not seconds of
+    half speed; against a limit far below the target it still converges within a few seconds.
+    """
+    burst = max(1.0, min(10.0, rate_per_s / 50))
+    tuning: dict[str, Any] = {"burst": burst, "decrease_factor": 0.75, "increase_per_s": rate_per_s / 4}
+    if shared_limiter_url is None:
+        return AimdLimiter(rate_per_s, **tuning)
+    import redis.asyncio
+
+    from bulksend.pipeline.shared_limiter import RedisRateLimiter
+
+    client = redis.asyncio.from_url(shared_limiter_url, socket_timeout=5)
+    # One key per TEM account: every process sending for this project shares one budget.
+    return RedisRateLimiter(client, key=f"bulksend:rate:{project_id}", rate_per_s=rate_per_s, **tuning)
 
 
 async def _run(
     campaign: Campaign,
     settings: TemSettings,
-    progress: bool,
-    grace_s: float,
+    options: RunOptions,
     holder: dict[str, Any],
     before_run: Callable[[CampaignRun], None] | None,
 ) -> RunResult:
     stats = RunStats()
     stats.total_rows = await anyio.to_thread.run_sync(_count_rows, campaign.recipients)
-    store = open_store(campaign.store_path)
+    store = open_store(options.store_url or campaign.store_path)
     await store.open()
     try:
-        limiter = AimdLimiter(
-            campaign.sending.rate_per_s, burst=max(1.0, min(10.0, campaign.sending.rate_per_s / 50))
+        limiter = account_limiter(
+            campaign.sending.rate_per_s,
+            shared_limiter_url=options.shared_limiter_url,
+            project_id=settings.project_id,
         )
         async with TemClient(
             settings,
@@ -238,14 +311,16 @@ async def _run(
                 limiter=limiter,
                 project_id=settings.project_id,
                 stats=stats,
-                grace_s=grace_s,
+                grace_s=options.grace_s,
+                worker_id=options.worker_id,
+                lease_s=options.lease_s,
             )
             holder["runner"] = runner
             if before_run is not None:
                 before_run(runner)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_watch_signals, runner)
-                if progress:
+                if options.progress:
                     tg.start_soon(show_progress, stats, limiter)
                 result = await runner.run()
                 tg.cancel_scope.cancel()

@@ -45,7 +45,7 @@ from bulksend.errors import (
 from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.retry import RetryPolicy, is_safe_to_resend, retry_after_of, retrying
 from bulksend.pipeline.stats import OutcomeHook, RunStats
-from bulksend.store.base import Store
+from bulksend.store.base import LeaseLostError, Store
 from bulksend.tem.client import TemClient
 from bulksend.tem.models import Email
 
@@ -71,6 +71,8 @@ class SendItem:
     campaign_id: str = ""
     mail_from: str = ""
     """Sender address, for reconciliation lookups (campaigns of one process may differ)."""
+    lease_token: int | None = None
+    """Fencing token of this worker's lease on the row (scale-out); None in single-process mode."""
 
 
 def utcnow() -> datetime:
@@ -138,6 +140,11 @@ class Dispatcher:
                 ):
                     with attempt:
                         await self._attempt(item)
+        except LeaseLostError:
+            # Our lease expired and another worker owns the row now: it reconciles whatever this
+            # attempt did (the row is `sending`), so recording nothing here keeps exactly-once.
+            log.warning("email.lease_lost", row=item.row)
+            return False
         except _NotPending:
             # mark_sending is a compare-and-set from `pending`: a row queued twice (a redelivered
             # job, a canceled campaign, another worker) is sent by whoever moved it first.
@@ -161,7 +168,9 @@ class Dispatcher:
             # Not shielded: a cancellation lands either before the write is queued (nothing
             # happened) or after it (the store's writer still commits it, no POST follows, and the
             # next run reconciles the row, finds no email and sends it).
-            await self._store.mark_sending(item.row_id, started_at=started_at, correlation=item.correlation)
+            await self._store.mark_sending(
+                item.row_id, started_at=started_at, correlation=item.correlation, lease_token=item.lease_token
+            )
         except StoreError as exc:
             raise _NotPending from exc
         self._stats.in_flight += 1
@@ -183,6 +192,7 @@ class Dispatcher:
                 email_id=email.id,
                 message_id=email.message_id,
                 submitted_at=email.created_at or utcnow(),
+                lease_token=item.lease_token,
             )
         self._stats.add_submitted()
         if self._on_submitted is not None:
@@ -194,14 +204,16 @@ class Dispatcher:
         self._limiter.on_success()
         if isinstance(exc, AuthenticationError | PermissionsDeniedError | QuotaExceededError):
             with anyio.CancelScope(shield=True):
-                await self._store.mark_retry(item.row_id, reason=f"account refused: {exc.message}")
+                await self._store.mark_retry(
+                    item.row_id, reason=f"account refused: {exc.message}", lease_token=item.lease_token
+                )
             raise AccountRefusedError(_account_hint(exc)) from exc
         reason = f"TEM refused the email ({exc.status} {exc.type or 'error'}): {exc.message}"
         fields = exc.fields
         if fields:
             reason += " — " + "; ".join(f"{k}: {v}" for k, v in fields.items())
         with anyio.CancelScope(shield=True):
-            await self._store.mark_rejected(item.row_id, reason=reason)
+            await self._store.mark_rejected(item.row_id, reason=reason, lease_token=item.lease_token)
         self._stats.rejected += 1
         log.debug("email.rejected", row=item.row, reason=reason)
         if self._on_outcome is not None:
@@ -213,12 +225,14 @@ class Dispatcher:
             self._limiter.on_throttle(retry_after)
         if is_safe_to_resend(exc):
             with anyio.CancelScope(shield=True):
-                await self._store.mark_retry(item.row_id, reason=str(exc))
+                await self._store.mark_retry(item.row_id, reason=str(exc), lease_token=item.lease_token)
             raise _Retryable(exc) from exc
         # Ambiguous: TEM may have created the email. Never resend blindly.
         ended_at = utcnow()
         with anyio.CancelScope(shield=True):
-            await self._store.mark_ambiguous(item.row_id, ended_at=ended_at, reason=str(exc))
+            await self._store.mark_ambiguous(
+                item.row_id, ended_at=ended_at, reason=str(exc), lease_token=item.lease_token
+            )
         self._stats.ambiguous += 1
         log.debug("email.ambiguous", row=item.row, error=str(exc))
         await self._on_ambiguous(item, started_at, ended_at)

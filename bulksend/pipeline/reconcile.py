@@ -26,7 +26,7 @@ from bulksend.pipeline.dispatch import SendItem, utcnow
 from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.retry import RetryPolicy, is_transient, retrying
 from bulksend.pipeline.stats import RunStats
-from bulksend.store.base import Store
+from bulksend.store.base import LeaseLostError, Store
 from bulksend.tem.client import TemClient
 from bulksend.tem.models import Email, ListEmailsQuery, OrderBy
 
@@ -102,24 +102,33 @@ class Reconciler:
                     hint="left for reconciliation; rerun the same command to resume",
                 )
                 return
-            if found is not None:
+            try:
+                if found is not None:
+                    with anyio.CancelScope(shield=True):
+                        await self._store.mark_submitted(
+                            item.row_id,
+                            email_id=found.id,
+                            message_id=found.message_id,
+                            submitted_at=found.created_at or utcnow(),
+                            lease_token=item.lease_token,
+                        )
+                    self._stats.reconciled_adopted += 1
+                    self._stats.add_submitted()
+                    if found.is_final:
+                        # The lookup already tells the final status: record it now, as the
+                        # tracker's incremental lists may have passed this email's update while
+                        # no row owned it.
+                        await self._on_final(found, item.row_id)
+                    log.debug("email.reconciled", row=item.row, outcome="adopted", email_id=found.id)
+                    return
                 with anyio.CancelScope(shield=True):
-                    await self._store.mark_submitted(
-                        item.row_id,
-                        email_id=found.id,
-                        message_id=found.message_id,
-                        submitted_at=found.created_at or utcnow(),
+                    await self._store.mark_retry(
+                        item.row_id, reason="reconciled: TEM had not created it", lease_token=item.lease_token
                     )
-                self._stats.reconciled_adopted += 1
-                self._stats.add_submitted()
-                if found.is_final:
-                    # The lookup already tells the final status: record it now, as the tracker's
-                    # incremental lists may have passed this email's update while it was unowned.
-                    await self._on_final(found, item.row_id)
-                log.debug("email.reconciled", row=item.row, outcome="adopted", email_id=found.id)
+            except LeaseLostError:
+                # Another worker took the row over (our lease expired): it reconciles it itself.
+                log.warning("email.lease_lost", row=item.row)
                 return
-            with anyio.CancelScope(shield=True):
-                await self._store.mark_retry(item.row_id, reason="reconciled: TEM had not created it")
             self._stats.reconciled_resent += 1
             log.debug("email.reconciled", row=item.row, outcome="resend")
         finally:

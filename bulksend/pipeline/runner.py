@@ -30,7 +30,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from bulksend.campaign import Campaign
 from bulksend.errors import CampaignError
-from bulksend.pipeline.dispatch import Dispatcher, SendItem
+from bulksend.pipeline.dispatch import Dispatcher, SendItem, utcnow
 from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.reconcile import Reconciler
 from bulksend.pipeline.retry import RetryPolicy
@@ -95,8 +95,18 @@ class CampaignRun:
         skew_s: float = 5.0,
         on_outcome: OutcomeHook | None = None,
         spec_extra: dict[str, Any] | None = None,
+        worker_id: str | None = None,
+        lease_s: float = 30.0,
+        claim_batch: int = 100,
+        claim_idle_s: float = 0.2,
     ) -> None:
         self.campaign = campaign
+        self.worker_id = worker_id
+        """Set for scale-out: several processes share the campaign through leases in the store."""
+        self.lease_s = lease_s
+        self.claim_batch = claim_batch
+        self.claim_idle_s = claim_idle_s
+        self._held: set[int] = set()
         self.store = store
         self.tem = tem
         self.limiter = limiter
@@ -219,11 +229,35 @@ class CampaignRun:
 
     async def _track(self, tracker: Tracker, sending_done: anyio.Event) -> None:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(tracker.run, sending_done)
+            if self.worker_id is None:
+                tg.start_soon(tracker.run, sending_done)
+            else:
+                tg.start_soon(self._track_shared, tracker, sending_done)
             await sending_done.wait()
             if self._stopping and not self._keep_tracking:
                 # A stopped run does not wait for TEM to finish delivering: the next run tracks.
                 tg.cancel_scope.cancel()
+
+    async def _track_shared(self, tracker: Tracker, sending_done: anyio.Event) -> None:
+        """Scale-out tracking: one worker at a time holds the campaign's "track" role and polls;
+        the others stand by and take over within the role's TTL if it dies."""
+        c = self.campaign
+        assert self.worker_id is not None
+        ttl_s = max(self.lease_s, 5 * c.tracking.poll_interval_s)
+        try:
+            while True:
+                if await self.store.acquire_role(c.id, "track", worker_id=self.worker_id, ttl_s=ttl_s):
+                    await tracker.step()
+                if sending_done.is_set() and await self._open_rows() == 0:
+                    return
+                await anyio.sleep(c.tracking.poll_interval_s)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.store.release_role(c.id, "track", worker_id=self.worker_id)
+
+    async def _open_rows(self) -> int:
+        counts = await self.store.counts(self.campaign.id)
+        return sum(counts.get(s.value, 0) for s in (RowState.PENDING, RowState.SENDING, RowState.SUBMITTED))
 
     async def _send_all(self, record: CampaignRecord, tracker: Tracker) -> None:
         c = self.campaign
@@ -254,29 +288,118 @@ class CampaignRun:
                 on_outcome=self._on_outcome,
                 on_submitted=lambda item, email_id: tracker.expect(email_id, item.row_id),
             )
-            # Rows a previous run left `sending` may have reached TEM: reconcile, never resend.
-            async for row in self.store.iter_rows(c.id, states=[RowState.SENDING]):
-                item = await self._item_from_row(row)
-                if item is not None and row.attempt_started_at is not None:
-                    self._reconciling.add(row.id)
-                    await reconciler.submit(item, row.attempt_started_at, row.attempt_ended_at)
-            async with anyio.create_task_group() as dispatch_tg:
-                dispatch_tg.start_soon(self._intake, send, record)
-                for _ in range(c.sending.concurrency):
-                    dispatch_tg.start_soon(self._worker, dispatcher, receive.clone())
-                receive.close()
+            if self.worker_id is None:
+                # Rows a previous run left `sending` may have reached TEM: reconcile, never resend.
+                async for row in self.store.iter_rows(c.id, states=[RowState.SENDING]):
+                    item = await self._item_from_row(row)
+                    if item is not None and row.attempt_started_at is not None:
+                        self._reconciling.add(row.id)
+                        await reconciler.submit(item, row.attempt_started_at, row.attempt_ended_at)
+            async with anyio.create_task_group() as renew_tg:
+                if self.worker_id is not None:
+                    renew_tg.start_soon(self._renew_leases)
+                async with anyio.create_task_group() as dispatch_tg:
+                    if self.worker_id is None:
+                        dispatch_tg.start_soon(self._intake, send, record)
+                    else:
+                        dispatch_tg.start_soon(self._intake_claiming, send, record, reconciler)
+                    for _ in range(c.sending.concurrency):
+                        dispatch_tg.start_soon(self._worker, dispatcher, receive.clone())
+                    receive.close()
+                renew_tg.cancel_scope.cancel()
+            if self.worker_id is not None and self._held:
+                # Give back what this worker still holds (stopped early): others take it at once.
+                with anyio.CancelScope(shield=True):
+                    await self.store.release(worker_id=self.worker_id, row_ids=sorted(self._held))
 
     async def _resend(self, dispatcher: Dispatcher, item: SendItem) -> bool:
         if self._stopping:
             return False  # the row is `pending`; the next run sends it
-        return await dispatcher.send(item)
+        try:
+            return await dispatcher.send(item)
+        finally:
+            self._held.discard(item.row_id)
 
     async def _worker(self, dispatcher: Dispatcher, receive: ObjectReceiveStream[SendItem]) -> None:
         async with receive:
             async for item in receive:
                 if self._stopping:
                     return  # the item's row stays `pending`: durable, and resumed by the next run
-                await dispatcher.send(item)
+                try:
+                    await dispatcher.send(item)
+                finally:
+                    self._held.discard(item.row_id)
+
+    # -- scale-out intake --------------------------------------------------------------------
+    async def _intake_claiming(
+        self, send: ObjectSendStream[SendItem], record: CampaignRecord, reconciler: Reconciler
+    ) -> None:
+        """Scale-out intake: admit the file if this worker holds the "admit" role, and send the
+        rows this worker claims (leases with fencing tokens). Rows a dead worker held become
+        claimable when its leases expire: `pending` ones are sent, `sending` ones reconciled.
+        Runs until nothing of the campaign is left to send, by anyone."""
+        c = self.campaign
+        assert self.worker_id is not None
+        worker = self.worker_id
+        admitted_all = record.admitted_all
+        reader: Iterator[RecipientInput | BadRow] | None = None
+        async with send:
+            with self._intake_scope:
+                while True:
+                    if not admitted_all:
+                        if await self.store.acquire_role(c.id, "admit", worker_id=worker, ttl_s=self.lease_s):
+                            if reader is None:
+                                start = await self.store.max_admitted_row(c.id)
+                                reader = iter_recipients(c.recipients, start_after_row=start)
+                            if not await self._admit_batch(reader, None):
+                                await self.store.mark_admitted_all(c.id)
+                                await self.store.release_role(c.id, "admit", worker_id=worker)
+                                admitted_all = True
+                        else:
+                            reader = None  # another worker admits; re-read from its progress if we take over
+                            fresh = await self.store.get_campaign(c.id)
+                            admitted_all = bool(fresh and fresh.admitted_all)
+                    stale = await self.store.claim(
+                        c.id,
+                        worker_id=worker,
+                        limit=self.claim_batch,
+                        lease_s=self.lease_s,
+                        states=(RowState.SENDING,),
+                    )
+                    for row in stale:
+                        item = await self._item_from_row(row)
+                        if item is not None:
+                            self._held.add(row.id)
+                            started = row.attempt_started_at or utcnow()
+                            await reconciler.submit(item, started, row.attempt_ended_at)
+                    claimed = await self.store.claim(
+                        c.id, worker_id=worker, limit=self.claim_batch, lease_s=self.lease_s
+                    )
+                    for row in claimed:
+                        item = await self._item_from_row(row)
+                        if item is not None:
+                            self._held.add(row.id)
+                            await send.send(item)
+                    if claimed or stale:
+                        continue
+                    if admitted_all:
+                        counts = await self.store.counts(c.id)
+                        if counts.get(RowState.PENDING.value, 0) + counts.get(RowState.SENDING.value, 0) == 0:
+                            return
+                    # Rows may still be leased by others (or a dead worker): look again shortly.
+                    await anyio.sleep(self.claim_idle_s)
+
+    async def _renew_leases(self) -> None:
+        """Keep this worker's leases alive while its rows wait, are in flight or are reconciled."""
+        assert self.worker_id is not None
+        while True:
+            await anyio.sleep(self.lease_s / 3)
+            if self._held:
+                held = sorted(self._held)
+                kept = await self.store.renew(worker_id=self.worker_id, row_ids=held, lease_s=self.lease_s)
+                # Not kept: finished (a terminal state clears the lease) or taken over by another
+                # worker, whose fencing token now makes our writes for that row fail harmlessly.
+                self._held.difference_update(set(held) - kept)
 
     # -- intake ------------------------------------------------------------------------------
     async def _intake(self, send: ObjectSendStream[SendItem], record: CampaignRecord) -> None:
@@ -297,50 +420,61 @@ class CampaignRun:
                     await self.store.mark_admitted_all(c.id)
 
     async def _admit_file(self, send: ObjectSendStream[SendItem], start_after_row: int) -> None:
+        reader = iter_recipients(self.campaign.recipients, start_after_row=start_after_row)
+        while await self._admit_batch(reader, send):
+            pass
+
+    async def _admit_batch(
+        self, reader: Iterator[RecipientInput | BadRow], send: ObjectSendStream[SendItem] | None
+    ) -> bool:
+        """Admit the next batch of the source (one commit); False once the source is exhausted.
+
+        With ``send``, the new pending rows go straight to dispatch; without (scale-out), they
+        wait in the store for whichever worker claims them.
+        """
         c = self.campaign
-        reader = iter_recipients(c.recipients, start_after_row=start_after_row)
-        while True:
-            chunk = await anyio.to_thread.run_sync(_take, reader, ADMIT_BATCH)
-            if not chunk:
-                return
-            rows: list[NewRecipient] = []
-            rendered: dict[int, RenderedEmail] = {}
-            for rec in chunk:
-                new, email = self._prepare(rec)
-                rows.append(new)
-                if email is not None:
-                    rendered[new.row] = email
-            # Durable before anything is sent: a crash from here on loses no accepted recipient.
-            with anyio.CancelScope(shield=True):
-                results = await self.store.admit(c.id, rows)
-            by_row = {r.row: r for r in rows}
-            terminal: list[tuple[int, str]] = []
-            for res in results:
-                if res.state is RowState.PENDING:
-                    self.stats.admitted += 1
-                    email = rendered.get(res.row)
-                    if email is not None:
-                        new = by_row[res.row]
-                        await send.send(
-                            SendItem(
-                                res.id,
-                                res.row,
-                                new.email,
-                                email.subject,
-                                email.body,
-                                correlation_of(c.id, res.row),
-                                c.id,
-                                c.from_.email,
-                            )
+        chunk = await anyio.to_thread.run_sync(_take, reader, ADMIT_BATCH)
+        if not chunk:
+            return False
+        rows: list[NewRecipient] = []
+        rendered: dict[int, RenderedEmail] = {}
+        for rec in chunk:
+            new, email = self._prepare(rec)
+            rows.append(new)
+            if email is not None:
+                rendered[new.row] = email
+        # Durable before anything is sent: a crash from here on loses no accepted recipient.
+        with anyio.CancelScope(shield=True):
+            results = await self.store.admit(c.id, rows)
+        by_row = {r.row: r for r in rows}
+        terminal: list[tuple[int, str]] = []
+        for res in results:
+            if res.state is RowState.PENDING:
+                self.stats.admitted += 1
+                email = rendered.get(res.row)
+                if email is not None and send is not None:
+                    new = by_row[res.row]
+                    await send.send(
+                        SendItem(
+                            res.id,
+                            res.row,
+                            new.email,
+                            email.subject,
+                            email.body,
+                            correlation_of(c.id, res.row),
+                            c.id,
+                            c.from_.email,
                         )
-                elif res.state is RowState.REJECTED:
-                    self.stats.rejected += 1
-                    terminal.append((res.id, "rejected"))
-                elif res.state is RowState.SKIPPED:
-                    self.stats.skipped += 1
-                    terminal.append((res.id, "skipped"))
-            if terminal and self._on_outcome is not None:
-                await self._on_outcome(c.id, terminal)
+                    )
+            elif res.state is RowState.REJECTED:
+                self.stats.rejected += 1
+                terminal.append((res.id, "rejected"))
+            elif res.state is RowState.SKIPPED:
+                self.stats.skipped += 1
+                terminal.append((res.id, "skipped"))
+        if terminal and self._on_outcome is not None:
+            await self._on_outcome(c.id, terminal)
+        return True
 
     def _prepare(self, rec: RecipientInput | BadRow) -> tuple[NewRecipient, RenderedEmail | None]:
         if isinstance(rec, BadRow):
@@ -386,6 +520,7 @@ class CampaignRun:
             correlation,
             row.campaign_id,
             self.campaign.from_.email,
+            row.lease_token if self.worker_id is not None else None,
         )
 
     # -- end ---------------------------------------------------------------------------------

@@ -140,13 +140,17 @@ class Tracker:
         """
         while True:
             if sending_done is not None or await self.outstanding() > 0:
-                await self.poll()
-            if utcnow() >= self._next_straggler_pass:
-                await self.stragglers()
-                self._next_straggler_pass = utcnow() + self._straggler_every
+                await self.step()
             if sending_done is not None and sending_done.is_set() and await self.outstanding() == 0:
                 return
             await self._sleep(self._settings.poll_interval_s)
+
+    async def step(self) -> None:
+        """One round: a poll, plus the straggler pass when it is due."""
+        await self.poll()
+        if utcnow() >= self._next_straggler_pass:
+            await self.stragglers()
+            self._next_straggler_pass = utcnow() + self._straggler_every
 
     async def outstanding(self) -> int:
         """Rows submitted and not final yet (rows still ``sending`` belong to reconciliation)."""

@@ -92,7 +92,8 @@ async def write_outcomes(path: Path, rows: AsyncIterable[RecipientRow]) -> int:
     writing a million-line file is never blocked on the disk.
     """
     await anyio.to_thread.run_sync(lambda: path.parent.mkdir(parents=True, exist_ok=True))
-    tmp = path.with_name(f".{path.name}.tmp")
+    # Per process: several workers of one campaign may write the same file at the same time.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     as_csv = path.suffix.lower() == ".csv"
     count = 0
     text = io.StringIO()

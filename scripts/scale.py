@@ -1,0 +1,244 @@
+"""Scale-out run: N `bulksend send --worker` processes share one campaign through PostgreSQL and
+one rate limit through Redis, against a sandbox whose own rate limit equals the campaign's.
+
+Optionally one worker is killed with SIGKILL mid-way; its leased rows are taken over when the
+leases expire. The verdict: every valid recipient emailed exactly once, the 429 share, and the
+aggregate send rate (from TEM's creation times of the emails) against ``rate_per_s``.
+
+    python -m scripts.scale --workers 3 --recipients 10000 --rate 400 --kill
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import anyio
+import orjson
+from anyio.abc import Process
+
+from bulksend.sandbox import Sandbox, SandboxConfig
+from scripts.chaos import _drain, _wait_for_event
+
+SECRET = "scale-sandbox-secret"
+PG_DSN = os.environ.get("BULKSEND_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("BULKSEND_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+CAMPAIGN = """\
+[campaign]
+id = "{campaign_id}"
+from = {{ email = "news@example.com", name = "Scale" }}
+subject = "Hello {{{{ first_name }}}}"
+text = "Hi {{{{ first_name }}}}, row {{{{ n }}}}."
+recipients = "recipients.csv"
+
+[sending]
+rate_per_s = {rate}
+concurrency = {concurrency}
+timeout_s = 5
+
+[tracking]
+poll_interval_s = 0.5
+settle_s = 0.5
+
+[output]
+outcomes = "outcomes.jsonl"
+"""
+
+
+@dataclass
+class ScaleResult:
+    workers: int
+    recipients: int
+    killed: bool
+    duplicates: int
+    missing: int
+    send_requests: int
+    throttled: int
+    rate_per_s: float
+    achieved_rate_per_s: float
+    wall_s: float
+    exit_codes: list[int] = field(default_factory=list)
+
+    @property
+    def throttled_share(self) -> float:
+        total = self.send_requests + self.throttled
+        return self.throttled / total if total else 0.0
+
+
+def write_campaign(folder: Path, recipients: int, *, rate: float, concurrency: int) -> tuple[Path, set[str]]:
+    folder.mkdir(parents=True, exist_ok=True)
+    valid: set[str] = set()
+    with open(folder / "recipients.csv", "w", encoding="utf-8") as fh:
+        fh.write("email,first_name,n\n")
+        for i in range(recipients):
+            address = f"user{i}@example.com"
+            valid.add(address)
+            fh.write(f"{address},P{i},{i}\n")
+    path = folder / "campaign.toml"
+    path.write_text(
+        CAMPAIGN.format(campaign_id=f"scale-{uuid.uuid4().hex[:8]}", rate=rate, concurrency=concurrency),
+        encoding="utf-8",
+    )
+    return path, valid
+
+
+async def _worker(
+    campaign: Path, api_url: str, project: str, store_url: str, n: int, lease_s: float
+) -> Process:
+    env = dict(os.environ)
+    env.update(SCW_SECRET_KEY=SECRET, SCW_DEFAULT_PROJECT_ID=project, SCW_API_URL=api_url)
+    return await anyio.open_process(
+        [
+            sys.executable,
+            "-m",
+            "bulksend.cli",
+            "send",
+            str(campaign),
+            "--no-progress",
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+            "--store",
+            store_url,
+            "--worker",
+            "--worker-id",
+            f"w{n}",
+            "--shared-limiter",
+            REDIS_URL,
+            "--lease-s",
+            str(lease_s),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+async def _drop_schema(store_url: str, schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def run_scale(
+    folder: Path,
+    *,
+    workers: int = 3,
+    recipients: int = 10_000,
+    rate_per_s: float = 400,
+    concurrency: int = 32,
+    kill: bool = True,
+    lease_s: float = 4.0,
+    rate_limited: bool = True,
+    seed: int = 1,
+    timeout_s: float = 300,
+) -> ScaleResult:
+    """Run the scale-out scenario and return what the sandbox and the outcomes say."""
+    rng = random.Random(seed)
+    campaign, valid = write_campaign(folder, recipients, rate=rate_per_s, concurrency=concurrency)
+    project = str(uuid.uuid4())  # the shared limiter's key is per account: keep runs apart
+    schema = f"bulksend_scale_{uuid.uuid4().hex[:10]}"
+    store_url = f"{PG_DSN}?schema={schema}"
+    config = SandboxConfig(
+        secret_key=SECRET,
+        project_id=project,
+        final_after_s=0.1,
+        rate_limit_per_s=rate_per_s if rate_limited else None,
+        rate_limit_burst=max(1.0, rate_per_s / 10) if rate_limited else None,
+    )
+    codes: list[int] = []
+    started = anyio.current_time()
+    try:
+        with anyio.fail_after(timeout_s):
+            async with Sandbox(config, host="127.0.0.1", port=0) as sandbox:
+                procs = [
+                    await _worker(campaign, sandbox.url, project, store_url, n, lease_s)
+                    for n in range(workers)
+                ]
+                async with anyio.create_task_group() as tg:
+                    if kill:
+                        victim = procs[0]
+                        assert await _wait_for_event(victim, "campaign.start")
+                        tg.start_soon(_drain, victim)
+                        # Mid-way through sending: about a third of the expected run time.
+                        await anyio.sleep(recipients / rate_per_s / 3 * rng.uniform(0.8, 1.2))
+                        victim.send_signal(signal.SIGKILL)
+                        codes.append(await victim.wait())
+                        rest = procs[1:]
+                    else:
+                        rest = procs
+                    for proc in rest:
+                        tg.start_soon(_drain, proc)
+                    for proc in rest:
+                        codes.append(await proc.wait())
+                stats = sandbox.stats()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _drop_schema(store_url, schema)
+    wall = anyio.current_time() - started
+    counts = stats.accepted_by_recipient
+    lines = [orjson.loads(x) for x in (folder / "outcomes.jsonl").read_bytes().splitlines() if x]
+    created = sorted(
+        datetime.fromisoformat(line["submitted_at"].replace("Z", "+00:00"))
+        for line in lines
+        if line.get("submitted_at")
+    )
+    span = (created[-1] - created[0]).total_seconds() if len(created) > 1 else 0.0
+    return ScaleResult(
+        workers=workers,
+        recipients=recipients,
+        killed=kill,
+        duplicates=sum(1 for n in counts.values() if n > 1),
+        missing=sum(1 for a in valid if counts.get(a, 0) == 0),
+        send_requests=stats.requests.get("send", 0),
+        throttled=stats.rate_limited,
+        rate_per_s=rate_per_s,
+        achieved_rate_per_s=(len(created) - 1) / span if span else 0.0,
+        wall_s=wall,
+        exit_codes=codes,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--recipients", type=int, default=10_000)
+    parser.add_argument("--rate", type=float, default=400)
+    parser.add_argument("--kill", action="store_true")
+    parser.add_argument("--no-rate-limit", action="store_true", help="uncapped: measure raw throughput")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bulksend-scale-") as tmp:
+        result = anyio.run(
+            lambda: run_scale(
+                Path(tmp),
+                workers=args.workers,
+                recipients=args.recipients,
+                rate_per_s=args.rate,
+                kill=args.kill,
+                rate_limited=not args.no_rate_limit,
+            )
+        )
+    out = {**result.__dict__, "throttled_share": result.throttled_share}
+    print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+    return 0 if result.duplicates == 0 and result.missing == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
