@@ -11,6 +11,7 @@ localhost (BULKSEND_TEST_PG / BULKSEND_TEST_REDIS override the URLs).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 from pathlib import Path
@@ -21,7 +22,9 @@ from scripts.scale import run_scale
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--recipients", type=int, default=10_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--concurrency", type=int, default=64, help="per worker")
@@ -29,12 +32,18 @@ def main() -> int:
     print(f"{'workers':>7} {'emails/s':>9} {'wall s':>7} {'dupes':>5} {'missing':>7}")
     for workers in args.workers:
         with tempfile.TemporaryDirectory(prefix="bulksend-scale-") as tmp:
-            result = anyio.run(
-                lambda w=workers, t=tmp: run_scale(
-                    Path(t), workers=w, recipients=args.recipients, rate_per_s=1_000_000,
-                    concurrency=args.concurrency, kill=False, rate_limited=False, timeout_s=900,
-                )
+            run = functools.partial(
+                run_scale,
+                Path(tmp),
+                workers=workers,
+                recipients=args.recipients,
+                rate_per_s=1_000_000,
+                concurrency=args.concurrency,
+                kill=False,
+                rate_limited=False,
+                timeout_s=900,
             )
+            result = anyio.run(run)
         print(
             f"{workers:>7} {result.achieved_rate_per_s:>9.0f} {result.wall_s:>7.1f} "
             f"{result.duplicates:>5} {result.missing:>7}",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import structlog
 
 from bulksend.campaign import Campaign, load_campaign
 from bulksend.pipeline.limiter import AimdLimiter
@@ -22,6 +24,15 @@ from bulksend.tem.config import TemSettings
 
 SECRET = "test-sandbox-secret-5f1c"
 PROJECT = "11111111-2222-4333-8444-555555555555"
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """Commands run in-process point structlog at the test's captured stderr: undo that after
+    each test, so a later test's log line never goes to a closed stream."""
+    yield
+    structlog.reset_defaults()
+    logging.getLogger().handlers.clear()
 
 
 @pytest.fixture

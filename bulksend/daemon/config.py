@@ -35,7 +35,7 @@ _SECTIONS = {
 @dataclass(frozen=True)
 class AdminSettings:
     host: str = "127.0.0.1"
-    port: int = 8025
+    port: int = 8080
     token: Secret | None = None
     metrics_public: bool = False
 
@@ -87,9 +87,35 @@ def _number(table: Mapping[str, Any], key: str, default: float, where: str, *, m
     return float(value)
 
 
+# Every key of [sending] and [tracking] is a number; its smallest allowed value.
+_SENDING_MINIMUMS = {
+    "rate_per_s": 0.001,
+    "concurrency": 1,
+    "max_attempts": 1,
+    "max_retry_s": 0,
+    "timeout_s": 0.001,
+}
+_TRACKING_MINIMUMS = {"poll_interval_s": 0.001, "give_up_after_s": 0, "settle_s": 0, "page_size": 1}
+
+
+def _numbers(table: dict[str, Any], where: str, minimums: Mapping[str, float]) -> dict[str, Any]:
+    """``table`` unchanged once every value is a number at or above its minimum."""
+    for key, minimum in minimums.items():
+        if key in table:
+            _number(table, key, minimum, where, minimum=minimum)
+    return table
+
+
+def _boolean(table: Mapping[str, Any], key: str, default: bool, where: str) -> bool:
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}.{key} must be true or false, got {value!r}")
+    return value
+
+
 def _listen(value: Any, path: Path) -> tuple[str, int]:
     if not isinstance(value, str) or ":" not in value:
-        raise ConfigError(f"{path}: admin.listen must look like '127.0.0.1:8025', got {value!r}")
+        raise ConfigError(f"{path}: admin.listen must look like '127.0.0.1:8080', got {value!r}")
     host, _, port = value.rpartition(":")
     host = host.strip("[]")
     if not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -124,7 +150,7 @@ def load_daemon_config(path: Path | str, *, env: Mapping[str, str] | None = None
     token_text = admin.get("token") or env.get("BULKSEND_ADMIN_TOKEN") or ""
     if not isinstance(token_text, str):
         raise ConfigError(f"{path}: admin.token must be a string")
-    host, port = _listen(admin.get("listen", "127.0.0.1:8025"), path)
+    host, port = _listen(admin.get("listen", "127.0.0.1:8080"), path)
     sources = data.get("sources", [])
     if not isinstance(sources, list) or not all(isinstance(s, Mapping) for s in sources):
         raise ConfigError(f"{path}: [[sources]] must be an array of tables")
@@ -143,14 +169,14 @@ def load_daemon_config(path: Path | str, *, env: Mapping[str, str] | None = None
         worker_id=str(daemon.get("worker_id") or f"{socket.gethostname()}-{os.getpid()}"),
         job_batch=int(_number(daemon, "job_batch", 100, "daemon", minimum=1)),
         receive_timeout_s=_number(daemon, "receive_timeout_s", 1.0, "daemon", minimum=0.01),
-        results_default=bool(daemon.get("results_default", True)),
-        sending=_table(data, "sending", path),
-        tracking=_table(data, "tracking", path),
+        results_default=_boolean(daemon, "results_default", True, "daemon"),
+        sending=_numbers(_table(data, "sending", path), "sending", _SENDING_MINIMUMS),
+        tracking=_numbers(_table(data, "tracking", path), "tracking", _TRACKING_MINIMUMS),
         admin=AdminSettings(
             host=host,
             port=port,
             token=Secret(token_text) if token_text else None,
-            metrics_public=bool(admin.get("metrics_public", False)),
+            metrics_public=_boolean(admin, "metrics_public", False, "admin"),
         ),
         results=dict(results) if results is not None else None,
         sources=[dict(s) for s in sources],

@@ -13,10 +13,15 @@ Order for every message, and why:
 3. only then acknowledge each message to its broker (a crash before this point redelivers, and
    step 2 absorbs the redelivery);
 4. queue the new rows for sending; stop pulling while the queue is full (backpressure).
+
+A broker or store failure (a pull, an admission) does not end the intake: the messages of the
+batch not yet settled are released (nothing unacknowledged is lost: they come back) and pulling
+resumes after a backoff.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,12 +39,20 @@ from bulksend.metrics import Metrics
 from bulksend.pipeline.dispatch import SendItem
 from bulksend.render import Rejection, Renderer
 from bulksend.sources.base import Delivery, JobSource
-from bulksend.store.base import NewRecipient, RecipientRow, RowState, Store
+from bulksend.store.base import AdmitResult, NewRecipient, RecipientRow, RowState, Store
 from bulksend.tem.models import format_rfc3339
 
 __all__ = ["JobIntake", "JobTemplate", "compile_template", "job_campaign_id", "job_row"]
 
 log = structlog.get_logger("bulksend.jobs")
+
+AfterAdmit = Callable[[str, Sequence[tuple[NewRecipient, AdmitResult]]], Awaitable[None]]
+"""Called with (campaign id, [(row as sent to admit, its admission result)]) right after each
+admission commit, before the batch is acknowledged."""
+
+# Backoff of the intake after a broker or store failure (doubling from the first to the second).
+_RETRY_MIN_S = 0.1
+_RETRY_MAX_S = 5.0
 
 TEMPLATE_KEYS = frozenset(
     {"from", "subject", "text", "html", "text_file", "html_file", "headers", "attachments", "send_before"}
@@ -112,6 +125,7 @@ class JobIntake:
         is_queued: Callable[[int], bool],
         on_queued: Callable[[int], None],
         ensure_campaign: Callable[[JobTemplate], Awaitable[None]],
+        after_admit: AfterAdmit | None = None,
     ) -> None:
         self.source = source
         self._store = store
@@ -123,16 +137,47 @@ class JobIntake:
         self._is_queued = is_queued
         self._on_queued = on_queued
         self._ensure_campaign = ensure_campaign
+        self._after_admit = after_admit
         self.stop_scope = anyio.CancelScope()
 
     async def run(self) -> None:
-        """Pull until stopped. Blocking on a full dispatch queue is the backpressure."""
+        """Pull until stopped. Blocking on a full dispatch queue is the backpressure.
+
+        A broker or store failure does not stop the intake: the batch's unsettled messages are
+        given back (so they are redelivered, never lost), and pulling resumes after a backoff.
+        """
         async with self._dispatch:
             with self.stop_scope:
+                backoff_s = _RETRY_MIN_S
                 while True:
-                    deliveries = await self.source.receive(self._batch, self._timeout_s)
-                    if deliveries:
-                        await self.handle(deliveries)
+                    deliveries: Sequence[Delivery] = ()
+                    try:
+                        deliveries = await self.source.receive(self._batch, self._timeout_s)
+                        if deliveries:
+                            await self.handle(deliveries)
+                    except BulksendError as exc:
+                        await self._give_back(deliveries)
+                        log.warning(
+                            "job.intake_failed",
+                            source=self.source.name,
+                            error=str(exc),
+                            given_back=sum(d.settled == "released" for d in deliveries),
+                            retry_in_s=backoff_s,
+                        )
+                        await anyio.sleep(backoff_s)
+                        backoff_s = min(backoff_s * 2, _RETRY_MAX_S)
+                        continue
+                    backoff_s = _RETRY_MIN_S
+
+    async def _give_back(self, deliveries: Sequence[Delivery]) -> None:
+        """Release what was not settled: nothing of it was acknowledged, so it comes back."""
+        with anyio.CancelScope(shield=True):
+            for delivery in deliveries:
+                if delivery.settled is None:
+                    # A failed release is no loss: the broker redelivers it anyway (closed
+                    # consumer, ack timeout).
+                    with contextlib.suppress(BulksendError):
+                        await delivery.release()
 
     async def handle(self, deliveries: Sequence[Delivery]) -> None:
         """Admit one received batch; shielded so a stop cannot cut between commit and ack."""
@@ -183,14 +228,23 @@ class JobIntake:
             results: dict[tuple[str, int], Any] = {}
             for campaign_id, rows in by_campaign.items():
                 await self._ensure_campaign(self._templates[rows[0].payload["template"]])
-                for res in await self._store.admit(campaign_id, rows):
-                    results[(campaign_id, res.row)] = res
+                admitted = {res.row: res for res in await self._store.admit(campaign_id, rows)}
+                for row_number, res in admitted.items():
+                    results[(campaign_id, row_number)] = res
+                if self._after_admit is not None:
+                    # Still before any ack: what the hook records is durable with the rows.
+                    await self._after_admit(campaign_id, [(new, admitted[new.row]) for new in rows])
             # Durable now: acknowledge (a crash before this line means a redelivery, absorbed above).
             items: list[SendItem] = []
             for delivery, job, template, new, body, subject in accepted:
                 res = results[(template.campaign.id, new.row)]
                 fresh = res.state is RowState.PENDING and not self._is_queued(res.id)
-                await delivery.ack()
+                try:
+                    await delivery.ack()
+                except BulksendError as exc:
+                    # The row is durable, so it is sent all the same; the broker redelivers the
+                    # message and that copy is acked as a duplicate.
+                    log.warning("job.ack_failed", source=name, message_id=delivery.message_id, error=str(exc))
                 self._metrics.job(name, "admitted" if fresh else "duplicate")
                 if fresh:
                     self._on_queued(res.id)

@@ -8,6 +8,8 @@ One anyio task group owns everything the process runs::
                                                          ▼                │
                                                      Reconciler ──────────┘
     one Tracker per job template ─► outcome hook ─► results publisher + metrics
+                                                       (a journal in the store makes a result
+                                                        survive a crash: see "job results")
 
 Everything shares one aiohttp session, one store and one rate limiter (the account's budget).
 
@@ -48,18 +50,18 @@ from bulksend.daemon.jobs import (
 from bulksend.errors import BulksendError, CampaignError, TemError, TemPermanentError, first_bulksend_error
 from bulksend.metrics import Metrics
 from bulksend.pipeline.dispatch import Dispatcher, SendItem, utcnow
-from bulksend.pipeline.limiter import AimdLimiter
 from bulksend.pipeline.reconcile import Reconciler
 from bulksend.pipeline.retry import RetryPolicy
 from bulksend.pipeline.runner import CampaignRun
 from bulksend.pipeline.stats import RunStats
 from bulksend.pipeline.tracker import Tracker, TrackerSettings, final_update
 from bulksend.render import Rejection
+from bulksend.send import account_limiter
 from bulksend.sinks.outcomes import outcome_of
 from bulksend.sinks.results import publisher_from_config
 from bulksend.sources.base import JobSource, ResultPublisher, source_from_config
 from bulksend.store import open_store
-from bulksend.store.base import CampaignRecord, CampaignState, RowState, Store
+from bulksend.store.base import AdmitResult, CampaignRecord, CampaignState, NewRecipient, RowState, Store
 from bulksend.tem.client import TemClient
 from bulksend.tem.config import TemSettings
 from bulksend.tem.models import Email, EmailStatus, ListEmailsQuery, OrderBy
@@ -69,6 +71,17 @@ __all__ = ["Daemon"]
 log = structlog.get_logger("bulksend.daemon")
 
 _UNFINISHED = "still in progress"
+_GAUGES_EVERY_S = 2.0
+"""How often the gauges read from the store and the brokers (backlog, queue lag) are refreshed."""
+_PUBLISH_BUDGET_S = 30.0
+"""Most time one batch of results may take to publish (and at most ``grace_s``, as it holds up a
+stop); what is left is published at the next start."""
+
+
+def _journal_id(job_campaign: str) -> str:
+    """The hidden campaign that journals due results of a job campaign (``:`` is not allowed in
+    submitted campaign ids, so the two can never collide)."""
+    return f"results:{job_campaign}"
 
 
 class Daemon:
@@ -83,7 +96,7 @@ class Daemon:
         s = config.sending
         self.rate_per_s = float(s.get("rate_per_s", 100))
         self.concurrency = int(s.get("concurrency", 64))
-        self.limiter = AimdLimiter(self.rate_per_s, burst=max(1.0, min(10.0, self.rate_per_s / 50)))
+        self.limiter = account_limiter(self.rate_per_s)
         self._retry = RetryPolicy(
             max_attempts=int(s.get("max_attempts", 6)), max_elapsed_s=float(s.get("max_retry_s", 300))
         )
@@ -101,9 +114,13 @@ class Daemon:
         self._runs: dict[str, CampaignRun] = {}
         self._errors: dict[str, str] = {}
         self._intakes: list[JobIntake] = []
+        self._result_due: dict[int, int] = {}
+        """Job row id → its entry in the results journal, while its result is not published yet."""
+        self._journals: set[str] = set()
         self._stop = anyio.Event()
         self._stopping = False
         self._root: anyio.CancelScope | None = None
+        self._gauges_scope: anyio.CancelScope | None = None
         self.admin_url: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -139,6 +156,7 @@ class Daemon:
                         async with anyio.create_task_group() as tg:
                             self._tg = tg
                             tg.start_soon(self._jobs_main)
+                            tg.start_soon(self._refresh_gauges)
                             await self._resume_campaigns()
                             task_status.started()
                             log.info(
@@ -167,6 +185,8 @@ class Daemon:
             run.request_stop()
         if self._tracker_tg is not None:
             self._tracker_tg.cancel_scope.cancel()
+        if self._gauges_scope is not None:
+            self._gauges_scope.cancel()
         if self._root is not None:
             self._root.deadline = anyio.current_time() + self.config.grace_s
 
@@ -195,16 +215,6 @@ class Daemon:
     async def _start_admin(self) -> web.AppRunner:
         a = self.config.admin
         app = create_admin_app(self, token=a.token, metrics=self.metrics, metrics_public=a.metrics_public)
-        self.metrics.add_gauge_callback(
-            "bulksend_limiter_current_rate_per_s",
-            lambda: self.limiter.rate_per_s,
-            documentation="Current pace of the shared limiter",
-        )
-        self.metrics.add_gauge_callback(
-            "bulksend_in_flight_requests",
-            self._in_flight,
-            documentation="Send requests waiting for TEM's answer",
-        )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, a.host, a.port)
@@ -216,8 +226,28 @@ class Daemon:
         self.admin_url = f"http://{a.host}:{port}"
         return runner
 
-    def _in_flight(self) -> float:
-        return float(self.stats.in_flight + sum(r.stats.in_flight for r in self._runs.values()))
+    def _in_flight(self) -> int:
+        return self.stats.in_flight + sum(r.stats.in_flight for r in self._runs.values())
+
+    async def _refresh_gauges(self) -> None:
+        """Keep the documented gauges current: limiter rate, sends in flight, backlog, queue lag."""
+        with anyio.CancelScope() as self._gauges_scope:
+            while not self._stopping:
+                await self._set_gauges()
+                await anyio.sleep(_GAUGES_EVERY_S)
+
+    async def _set_gauges(self) -> None:
+        self.metrics.set_limiter_rate(self.limiter.rate_per_s)
+        self.metrics.set_in_flight(self._in_flight())
+        backlog = 0
+        for cid in [*self._known_job_campaigns, *self._runs]:
+            with contextlib.suppress(BulksendError):
+                backlog += (await self.store.counts(cid)).get(RowState.SUBMITTED.value, 0)
+        self.metrics.set_backlog(backlog)
+        for source in self.sources:
+            lag = await source.lag()
+            if lag is not None:
+                self.metrics.set_queue_lag(source.name, lag)
 
     # -- templates -------------------------------------------------------------------------------
     def _compile(self, name: str, spec: Mapping[str, Any], source: str) -> JobTemplate:
@@ -281,8 +311,9 @@ class Daemon:
         assert self._tem is not None
         tem = self._tem
         send, receive = anyio.create_memory_object_stream[SendItem](max_buffer_size=self.concurrency * 2)
-        async with anyio.create_task_group() as tracker_tg:
-            self._tracker_tg = tracker_tg
+        async with anyio.create_task_group() as jobs_tg:
+            await jobs_tg.start(self._host_trackers)
+            await self._recover_results()
             for template in self._templates.values():
                 record = await self.store.get_campaign(template.campaign.id)
                 if record is not None:
@@ -314,6 +345,7 @@ class Daemon:
                     on_ambiguous=lambda item, started, ended: reconciler.submit(item, started, ended),
                     on_outcome=self._on_job_outcome,
                     on_submitted=self._expect,
+                    should_stop=lambda: self._stopping,
                 )
                 async with anyio.create_task_group() as work_tg:
                     work_tg.start_soon(self._resume_jobs, reconciler, send.clone())
@@ -329,6 +361,7 @@ class Daemon:
                             is_queued=self._queued.__contains__,
                             on_queued=self._queued.add,
                             ensure_campaign=self._ensure_job_campaign,
+                            after_admit=self._note_results_due,
                         )
                         self._intakes.append(intake)
                         work_tg.start_soon(self._run_intake, intake)
@@ -341,6 +374,16 @@ class Daemon:
                 # Sending has stopped: rows still waiting to be reconciled stay `sending` and the
                 # next start reconciles them, so there is no need to sit out their settle time.
                 recon_tg.cancel_scope.cancel()
+
+    async def _host_trackers(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Own the trackers' task group. A stop cancels this group alone: it must not reach the
+        job workers, whose requests in flight are let finish and recorded (nothing left `sending`)."""
+        async with anyio.create_task_group() as tg:
+            self._tracker_tg = tg
+            if self._stopping:
+                tg.cancel_scope.cancel()
+            task_status.started()
+            await anyio.sleep_forever()
 
     async def _run_intake(self, intake: JobIntake) -> None:
         # BrokenResourceError: the workers are gone (stopping); what was admitted is pending in
@@ -404,28 +447,117 @@ class Daemon:
         if tracker is not None:
             await tracker.record_known(email, row_id)
 
+    # -- job results -----------------------------------------------------------------------------
+    # A result is published after its row is final in the store, so a crash in between would lose
+    # it. Hence a journal (a hidden campaign per job campaign): when a job is admitted, and before
+    # it is acknowledged, an entry `pending` says its result is due; once published, the entry
+    # becomes `skipped`. At start, due results of rows already final are published again. Results
+    # are therefore published at least once (a crash right after a publish repeats it).
+    def _wants_result(self, payload: Mapping[str, Any]) -> bool:
+        want = payload.get("want_result")
+        return self.publisher is not None and (want is True or (want is None and self.config.results_default))
+
+    async def _note_results_due(
+        self, campaign_id: str, admitted: Sequence[tuple[NewRecipient, AdmitResult]]
+    ) -> None:
+        """Journal the results these admitted jobs will owe (JobIntake's ``after_admit``)."""
+        due = {
+            new.row: res.id
+            for new, res in admitted
+            if not res.state.is_terminal
+            and res.id not in self._result_due
+            and self._wants_result(new.payload)
+        }
+        if not due:
+            return
+        journal = _journal_id(campaign_id)
+        if journal not in self._journals:
+            spec = {"kind": "jobs", "journal": "results", "of": campaign_id}
+            await self.store.create_campaign(journal, spec)
+            self._journals.add(journal)
+        entries = [
+            NewRecipient(new.row, new.email, "", None, RowState.PENDING, payload={"row_id": due[new.row]})
+            for new, _ in admitted
+            if new.row in due
+        ]
+        for entry in await self.store.admit(journal, entries):
+            if entry.state is RowState.PENDING:
+                self._result_due[due[entry.row]] = entry.id
+
+    async def _recover_results(self) -> None:
+        """Publish the results an earlier run recorded as final but did not get out."""
+        if self.publisher is None:
+            return
+        for template in list(self._templates.values()):
+            cid = template.campaign.id
+            journal = _journal_id(cid)
+            if await self.store.get_campaign(journal) is None:
+                continue
+            self._journals.add(journal)
+            finished: list[int] = []
+            async for entry in self.store.iter_rows(journal, states=[RowState.PENDING]):
+                row_id = int(entry.payload.get("row_id") or 0)
+                self._result_due[row_id] = entry.id
+                row = await self.store.get_row(row_id)
+                if row is None or row.state.is_terminal:
+                    finished.append(row_id)
+            if finished:
+                log.info("results.republish", campaign=cid, results=len(finished))
+                await self._publish_results(cid, finished)
+
     async def _on_job_outcome(self, campaign_id: str, rows: Sequence[tuple[int, str]]) -> None:
         for _, status in rows:
             self.metrics.observe_outcome(campaign_id, status)
+        await self._publish_results(campaign_id, [row_id for row_id, _ in rows])
+
+    async def _publish_results(self, campaign_id: str, row_ids: Sequence[int]) -> None:
         if self.publisher is None:
             return
-        for row_id, _ in rows:
-            row = await self.store.get_row(row_id)
-            if row is None:
-                continue
-            want = row.payload.get("want_result")
-            if want is False or (want is None and not self.config.results_default):
-                continue
-            message = {
-                **outcome_of(row, unfinished=_UNFINISHED),
-                "idempotency_key": row.payload.get("idempotency_key"),
-                "template": row.payload.get("template"),
-                "campaign": campaign_id,
-            }
+        # Shielded, within a bound: a stop must not cut a batch between "final" and "published".
+        # What is cut anyway (a crash, a dead broker) stays due and is published by the next start.
+        budget_s = min(_PUBLISH_BUDGET_S, max(1.0, self.config.grace_s))
+        published: list[int] = []
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(budget_s):
+                for row_id in row_ids:
+                    row = await self.store.get_row(row_id)
+                    if row is not None and self._wants_result(row.payload):
+                        message = {
+                            **outcome_of(row, unfinished=_UNFINISHED),
+                            "idempotency_key": row.payload.get("idempotency_key"),
+                            "template": row.payload.get("template"),
+                            "campaign": campaign_id,
+                        }
+                        try:
+                            await self.publisher.publish(message)
+                        except BulksendError as exc:
+                            # The rest of the batch stays due too: a broker that refused one
+                            # outcome will likely refuse the next.
+                            log.warning(
+                                "results.publish_failed",
+                                row=row.row,
+                                error=str(exc),
+                                hint="published again when the daemon next starts",
+                            )
+                            break
+                    entry = self._result_due.pop(row_id, None)
+                    if entry is not None:
+                        published.append(entry)
+            # Outside the budget: what went out is recorded even when the budget ran out.
+            if published:
+                await self._mark_published(published)
+
+    async def _mark_published(self, entries: Sequence[int]) -> None:
+        async def one(entry: int) -> None:
             try:
-                await self.publisher.publish(message)
+                await self.store.mark_skipped(entry, reason="result published")
             except BulksendError as exc:
-                log.warning("results.publish_failed", row=row.row, error=str(exc))
+                log.warning("results.journal_failed", entry=entry, error=str(exc))
+
+        # Concurrent, so a store with group commit writes the batch in one commit.
+        async with anyio.create_task_group() as tg:
+            for entry in entries:
+                tg.start_soon(one, entry)
 
     async def _on_campaign_outcome(self, campaign_id: str, rows: Sequence[tuple[int, str]]) -> None:
         for _, status in rows:
@@ -500,6 +632,11 @@ class Daemon:
         if not isinstance(table, Mapping) or not isinstance(table.get("id"), str) or not table.get("id"):
             raise CampaignError("the campaign needs a [campaign] table with an `id`", path="campaign")
         cid = str(table["id"])
+        if cid.startswith("jobs."):
+            raise CampaignError(
+                f"campaign id {cid!r}: ids starting with 'jobs.' are reserved for queued jobs; pick another",
+                path="campaign",
+            )
         if cid in self._runs or await self.store.get_campaign(cid) is not None:
             raise Conflict(f"a campaign with id {cid!r} already exists; choose another id")
         filename = safe_filename(recipients_filename) or "recipients.csv"

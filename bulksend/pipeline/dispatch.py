@@ -106,6 +106,7 @@ class Dispatcher:
         sleep: Callable[[float], Awaitable[None]] | None = None,
         on_outcome: OutcomeHook | None = None,
         on_submitted: Callable[[SendItem, str], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self._store = store
         self._tem = tem
@@ -116,6 +117,7 @@ class Dispatcher:
         self._sleep = sleep
         self._on_outcome = on_outcome
         self._on_submitted = on_submitted
+        self._should_stop = should_stop
 
     async def send(self, item: SendItem) -> bool:
         """Send one email with retries. Returns False when it was left ``pending`` (retries exhausted).
@@ -163,6 +165,9 @@ class Dispatcher:
 
     async def _attempt(self, item: SendItem) -> None:
         await self._limiter.acquire("send")
+        if self._should_stop is not None and self._should_stop():
+            # Paused or stopping while this task waited for its slot: the row stays `pending`.
+            raise _NotPending
         started_at = utcnow()
         try:
             # Not shielded: a cancellation lands either before the write is queued (nothing

@@ -287,6 +287,7 @@ class CampaignRun:
                 on_ambiguous=lambda item, started, ended: reconciler.submit(item, started, ended),
                 on_outcome=self._on_outcome,
                 on_submitted=lambda item, email_id: tracker.expect(email_id, item.row_id),
+                should_stop=lambda: self._stopping,
             )
             if self.worker_id is None:
                 # Rows a previous run left `sending` may have reached TEM: reconcile, never resend.
