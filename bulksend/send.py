@@ -263,13 +263,13 @@ def account_limiter(
 ) -> RateLimiter:
     """The one limiter for every API call of the account: in-process, or shared through Redis.
 
-    Tuned for an API whose limit is near the configured rate: a 429 takes the rate down by a
-    quarter (at most once a second, whatever the number of requests in flight that see it) and it
-    climbs back within about a second, so one stray 429 costs a few dozen sends, not seconds of
-    half speed; against a limit far below the target it still converges within a few seconds.
+    Tuned for an API whose limit is near the configured rate: a 429 lowers the rate by 15 % (at
+    most once a second, however many requests in flight see it) and it climbs back at a third of
+    the target per second, so a stray 429 costs a handful of sends, not seconds at half speed;
+    against a limit far below the target it still converges within seconds.
     """
     burst = max(1.0, min(10.0, rate_per_s / 50))
-    tuning: dict[str, Any] = {"burst": burst, "decrease_factor": 0.75, "increase_per_s": rate_per_s / 4}
+    tuning: dict[str, Any] = {"burst": burst, "decrease_factor": 0.85, "increase_per_s": rate_per_s / 3}
     if shared_limiter_url is None:
         return AimdLimiter(rate_per_s, **tuning)
     import redis.asyncio

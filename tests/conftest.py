@@ -86,6 +86,7 @@ def write_campaign(tmp_path: Path) -> CampaignWriter:
         poll_interval_s: float = 0.05,
         give_up_after_s: float = 3600,
         settle_s: float = 0.05,
+        timeout_s: float = 5,
         extra: str = "",
     ) -> Campaign:
         folder = tmp_path / campaign_id
@@ -103,7 +104,9 @@ def write_campaign(tmp_path: Path) -> CampaignWriter:
         if headers:
             campaign["headers"] = dict(headers)
         body = "[campaign]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in campaign.items())
-        body += f"[sending]\nrate_per_s = {rate_per_s}\nconcurrency = {concurrency}\n"
+        body += (
+            f"[sending]\nrate_per_s = {rate_per_s}\nconcurrency = {concurrency}\ntimeout_s = {timeout_s}\n"
+        )
         body += (
             f"[tracking]\npoll_interval_s = {poll_interval_s}\ngive_up_after_s = {give_up_after_s}\n"
             f"settle_s = {settle_s}\n"
