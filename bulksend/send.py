@@ -33,6 +33,7 @@ from bulksend.pipeline.runner import CampaignRun, RunResult
 from bulksend.pipeline.stats import RunStats
 from bulksend.progress import show_progress
 from bulksend.render import Rejection, Renderer
+from bulksend.sinks.outcomes import read_outcomes
 from bulksend.sources.files import BadRow, iter_recipients
 from bulksend.store import open_store
 from bulksend.summary import Summary, print_summary, summarize_outcomes
@@ -301,7 +302,9 @@ async def _run(
         async with TemClient(
             settings,
             timeout_s=campaign.sending.timeout_s,
-            limit_per_host=campaign.sending.concurrency + 8,
+            # The pool is what bounds requests in flight to `concurrency` (plus two connections
+            # so that tracking never queues behind sends).
+            limit_per_host=campaign.sending.concurrency + 2,
             on_response=stats.on_response,
         ) as tem:
             runner = CampaignRun(
@@ -355,10 +358,11 @@ def _report(result: RunResult, console: Console) -> int:
             summary.by_status[key] += n
         elif key in ("pending", "sending", "submitted"):
             summary.by_status["unknown"] += n
-    if result.outcomes_path is not None and result.outcomes_path.exists():
-        from bulksend.sinks.outcomes import read_outcomes
-
+    full = result.summary
+    if full is None and result.outcomes_path is not None and result.outcomes_path.exists():
+        # An already finished campaign: its outcomes file is the record of flags and reasons.
         full = summarize_outcomes(title, read_outcomes(result.outcomes_path))
+    if full is not None:
         summary.by_flag, summary.reasons = full.by_flag, full.reasons
     if not result.already_finished:
         by_kind: dict[str, int] = {}

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from bulksend.sinks.outcomes import OUTCOME_STATUSES
 
-__all__ = ["Summary", "print_summary", "summarize_outcomes"]
+__all__ = ["Summary", "print_summary", "summarize_outcomes", "tally_line"]
 
 
 @dataclass
@@ -44,16 +44,21 @@ def _reason_group(reason: str) -> str:
     return text[:90]
 
 
+def tally_line(summary: Summary, line: Mapping[str, Any]) -> None:
+    """Count one outcome line into ``summary`` (by status, by flag, and why when not sent)."""
+    status = str(line.get("status") or "unknown")
+    summary.by_status[status] += 1
+    for flag in line.get("flags") or ():
+        summary.by_flag[str(flag)] += 1
+    if status in ("rejected", "skipped", "unknown") and line.get("reason"):
+        summary.reasons[_reason_group(str(line["reason"]))] += 1
+
+
 def summarize_outcomes(title: str, lines: Iterable[Mapping[str, Any]]) -> Summary:
     """Build a summary from outcome lines (a file read back, or the store's rows)."""
     summary = Summary(title)
     for line in lines:
-        status = str(line.get("status") or "unknown")
-        summary.by_status[status] += 1
-        for flag in line.get("flags") or ():
-            summary.by_flag[str(flag)] += 1
-        if status in ("rejected", "skipped", "unknown") and line.get("reason"):
-            summary.reasons[_reason_group(str(line["reason"]))] += 1
+        tally_line(summary, line)
     return summary
 
 

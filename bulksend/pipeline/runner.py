@@ -47,6 +47,7 @@ from bulksend.store.base import (
     RowState,
     Store,
 )
+from bulksend.summary import Summary, tally_line
 from bulksend.tem.client import TemClient
 from bulksend.validate import normalize_address
 
@@ -77,6 +78,8 @@ class RunResult:
     outcomes_path: Path | None = None
     outcome_lines: int = 0
     notes: list[str] = field(default_factory=list)
+    summary: Summary | None = None
+    """Outcomes by status and flag, counted while the outcomes file was written."""
 
 
 class CampaignRun:
@@ -261,7 +264,7 @@ class CampaignRun:
 
     async def _send_all(self, record: CampaignRecord, tracker: Tracker) -> None:
         c = self.campaign
-        send, receive = anyio.create_memory_object_stream[SendItem](max_buffer_size=c.sending.concurrency * 2)
+        send, receive = anyio.create_memory_object_stream[SendItem](max_buffer_size=c.sending.concurrency * 4)
         async with anyio.create_task_group() as recon_tg:
             dispatcher: Dispatcher
             reconciler = Reconciler(
@@ -304,7 +307,10 @@ class CampaignRun:
                         dispatch_tg.start_soon(self._intake, send, record)
                     else:
                         dispatch_tg.start_soon(self._intake_claiming, send, record, reconciler)
-                    for _ in range(c.sending.concurrency):
+                    # Twice as many tasks as HTTP slots (the connection pool holds the HTTP
+                    # concurrency): while some wait for their `sending`/`submitted` commits,
+                    # others keep every connection busy.
+                    for _ in range(2 * c.sending.concurrency):
                         dispatch_tg.start_soon(self._worker, dispatcher, receive.clone())
                     receive.close()
                 renew_tg.cancel_scope.cancel()
@@ -567,7 +573,13 @@ class CampaignRun:
             await self.store.set_campaign_state(c.id, CampaignState.FINISHED)
         if not hard_stopped:
             with anyio.CancelScope(shield=True):
-                result.outcome_lines = await write_outcomes(c.output.outcomes, self.store.iter_outcomes(c.id))
+                summary = Summary(f"campaign {c.id}")
+                result.outcome_lines = await write_outcomes(
+                    c.output.outcomes,
+                    self.store.iter_outcomes(c.id),
+                    observe=lambda line: tally_line(summary, line),
+                )
+                result.summary = summary
             result.outcomes_path = c.output.outcomes
         if not complete:
             result.notes.append(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import AsyncIterable, Iterable, Mapping
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -85,7 +85,12 @@ def _csv_value(value: Any) -> str:
     return str(value)
 
 
-async def write_outcomes(path: Path, rows: AsyncIterable[RecipientRow]) -> int:
+async def write_outcomes(
+    path: Path,
+    rows: AsyncIterable[RecipientRow],
+    *,
+    observe: Callable[[Mapping[str, Any]], None] | None = None,
+) -> int:
     """Write every row's outcome to ``path`` (.jsonl or .csv) atomically; returns the line count.
 
     File I/O runs in a worker thread in 256 KiB chunks, so a daemon serving other work while
@@ -105,6 +110,8 @@ async def write_outcomes(path: Path, rows: AsyncIterable[RecipientRow]) -> int:
             writer.writerow(OUTCOME_FIELDS)
         async for row in rows:
             line = outcome_of(row)
+            if observe is not None:
+                observe(line)  # e.g. the end-of-run summary, without reading the file back
             if as_csv:
                 writer.writerow([_csv_value(line[f]) for f in OUTCOME_FIELDS])
             else:

@@ -65,6 +65,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from os import PathLike, fspath
+from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
 import anyio
@@ -380,6 +381,9 @@ class SqliteStore:
         """Open the file, switch it to WAL, apply missing migrations, start the writer. Idempotent."""
         if self._writer is not None:
             return
+        # The store usually sits next to the outcomes file, whose folder may not exist yet.
+        parent = Path(self.path).parent
+        await anyio.to_thread.run_sync(lambda: parent.mkdir(parents=True, exist_ok=True))
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
         self._queue = queue.SimpleQueue()
