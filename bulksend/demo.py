@@ -50,7 +50,7 @@ concurrency = 64
 
 [tracking]
 poll_interval_s = 0.5
-give_up_after_s = 4     # the sandbox's `stuck…` recipients never finish: show how that ends
+give_up_after_s = 2     # the sandbox's `stuck…` recipients never finish: show how that ends
 settle_s = 0.2
 
 [output]
@@ -213,8 +213,5 @@ def run(args: argparse.Namespace) -> int:
 
     options = RunOptions(progress=not args.no_progress)
     code = run_campaign(campaign, settings, serve=serve, console=console, options=options)
-    console.print(
-        f"outcomes: [bold]{campaign.output.outcomes}[/bold]  "
-        f"(summarise again with: bulksend report {campaign.output.outcomes})"
-    )
+    console.print(f"summarise the outcomes again with: bulksend report {campaign.output.outcomes}")
     return code

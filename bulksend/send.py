@@ -371,6 +371,8 @@ def _report(result: RunResult, console: Console) -> int:
         summary.api_calls = by_kind
         summary.throttled = stats.throttled
         summary.wall_time_s = stats.elapsed_s
+        summary.sent_this_run = stats.submitted_this_run
+        summary.send_rate_per_s = stats.submit_rate_per_s()
     if result.outcomes_path is not None:
         lines = f" ({result.outcome_lines:,} lines)" if result.outcome_lines else ""
         summary.notes.append(f"outcomes: {result.outcomes_path}{lines}")

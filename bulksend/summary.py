@@ -27,6 +27,8 @@ class Summary:
     api_calls: Mapping[str, int] | None = None
     throttled: int | None = None
     wall_time_s: float | None = None
+    sent_this_run: int = 0
+    send_rate_per_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -41,7 +43,9 @@ def _reason_group(reason: str) -> str:
         head, _, rest = text.partition("'")
         _, _, tail = rest.partition("'")
         text = f"{head}…{tail}"
-    return text[:90]
+    if len(text) > 140:
+        text = text[:140].rsplit(" ", 1)[0] + " …"
+    return text
 
 
 def tally_line(summary: Summary, line: Mapping[str, Any]) -> None:
@@ -97,8 +101,14 @@ def print_summary(summary: Summary, console: Console | None = None) -> None:
         extra.append(f"API calls: {sum(summary.api_calls.values()):,} ({calls})")
     if summary.throttled is not None:
         extra.append(f"429 answers: {summary.throttled:,}")
+    if summary.sent_this_run:
+        extra.append(
+            f"submitted to TEM: {summary.sent_this_run:,} at {summary.send_rate_per_s:,.0f} emails/s"
+        )
     if summary.wall_time_s is not None:
-        rate = summary.total / summary.wall_time_s if summary.wall_time_s > 0 else 0.0
-        extra.append(f"wall time: {summary.wall_time_s:.1f} s ({rate:,.0f} recipients/s)")
+        extra.append(
+            f"wall time: {summary.wall_time_s:.1f} s, from reading the first recipient to the last "
+            "final status and the outcomes file"
+        )
     for line in extra + summary.notes:
         console.print(line)

@@ -39,11 +39,19 @@ class RunStats:
     api_calls: Counter[tuple[str, int]] = field(default_factory=Counter)
     """(endpoint kind, HTTP status or 0 for a transport error) → calls."""
 
+    submitted_this_run: int = 0
+    first_submit_monotonic: float | None = None
+    last_submit_monotonic: float | None = None
     on_submitted: Callable[[int], None] | None = field(default=None, repr=False)
     """Called with the new ``submitted`` count after each submission (progress hooks, tests)."""
 
     def add_submitted(self) -> None:
         """Count one email accepted by TEM (or adopted by reconciliation)."""
+        now = time.monotonic()
+        if self.first_submit_monotonic is None:
+            self.first_submit_monotonic = now
+        self.last_submit_monotonic = now
+        self.submitted_this_run += 1
         self.submitted += 1
         if self.on_submitted is not None:
             self.on_submitted(self.submitted)
@@ -66,6 +74,8 @@ class RunStats:
         return time.monotonic() - self.started_monotonic
 
     def submit_rate_per_s(self) -> float:
-        """Average submissions per second since the start of the run."""
-        elapsed = self.elapsed_s
-        return self.submitted / elapsed if elapsed > 0 else 0.0
+        """Submissions per second of this run, from its first to its last submission."""
+        first, last = self.first_submit_monotonic, self.last_submit_monotonic
+        if first is None or last is None or last <= first:
+            return 0.0
+        return (self.submitted_this_run - 1) / (last - first)

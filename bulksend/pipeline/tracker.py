@@ -45,7 +45,7 @@ class TrackerSettings:
     poll_interval_s: float = 5.0
     give_up_after_s: float = 259_200.0
     page_size: int = PAGE_SIZE_MAX
-    overlap_s: float = 5.0
+    overlap_s: float = 2.0
     """Re-read updates this much older than the last high-water mark (server clock skew)."""
     straggler_after_s: float | None = None
     """Read an email by id once the lists have not reported it for this long (default 12 polls, ≥ 60 s)."""
@@ -347,7 +347,7 @@ def _give_up(row: RecipientRow, now: datetime, after_s: float) -> FinalUpdate:
         final_at=now,
         reason=(
             f"still not final at TEM {span} after submission (tracking.give_up_after_s); "
-            f"look up email {row.email_id} later"
+            "TEM may still deliver it: look its email_id up later"
         ),
     )
 
