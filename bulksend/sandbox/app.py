@@ -431,10 +431,8 @@ class Sandbox:
         assert flt is not None
         now = self._clock()
         store = self._store
-        positions = store.order(store.select(flt, now), order_by, now)
-        start = (page - 1) * page_size
-        emails = [store.render(p, now) for p in positions[start : start + page_size]]
-        total = len(positions)
+        total, positions = store.list_page(flt, order_by, now, (page - 1) * page_size, page_size)
+        emails = [store.render(p, now) for p in positions]
         return _json({"total_count": total, "emails": emails}, headers={"X-Total-Count": str(total)})
 
     async def _statistics(self, request: web.Request) -> web.StreamResponse:

@@ -10,6 +10,13 @@ never decrease, so a ``since``/``until`` window is two bisections.
 Statuses are never stored: they are computed from the clock whenever an email is read
 (:func:`view_at`), from the email's outcome and the timings captured when it was created. No
 background task runs per email.
+
+When an email turns final (and so its final ``updated_at``) is known when it is created
+(:func:`final_at`), except for a cancel, which is an event. The store keeps a *final index* of
+emails by that moment, and for the latest list filters asking for final statuses by
+``updated_at`` (a tracker's poll), a view of the matching final emails that each request brings up
+to date with what turned final since the previous one. Such a list costs the page it returns
+instead of a filter and sort over every email (:meth:`EmailStore.list_page`).
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ import math
 import secrets
 import sys
 import time
+from array import array
 from bisect import bisect_left, bisect_right
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,6 +42,7 @@ __all__ = [
     "Outcome",
     "StoredEmail",
     "Timing",
+    "final_at",
     "format_timestamp",
     "outcome_for",
     "status_at",
@@ -180,13 +190,34 @@ def status_at(email: StoredEmail, now: float) -> str:
         return "failed"
     if outcome == Outcome.STUCK:
         return "sending"
+    # The same additions, in the same order, as view_at's try times: the moment the status turns
+    # final is then exactly the updated_at view_at shows from then on (see final_at).
+    final_at = leave_new + t.final_after_s
     if outcome == Outcome.SOFTBOUNCE or outcome == Outcome.GREYLIST:
-        final_at = leave_new + 2 * t.final_after_s + t.soft_bounce_retry_s
-    else:
-        final_at = leave_new + t.final_after_s
+        final_at = final_at + t.final_after_s + t.soft_bounce_retry_s
     if now < final_at:
         return "sending"
     return "failed" if outcome in _FINAL_FAILURE else "sent"
+
+
+def final_at(email: StoredEmail) -> float | None:
+    """When ``email`` turns final if it is not canceled; None when it never does (``stuck…``).
+
+    It is also the ``updated_at`` the email shows from that moment on: :func:`status_at` is final
+    exactly when ``now >= final_at(email)``, and :func:`view_at` then reports this very float.
+    """
+    m = email.message
+    t = m.timing
+    outcome = email.outcome
+    leave_new = m.created_at + (t.hold_s if outcome == Outcome.HOLD else t.sending_after_s)
+    if (m.send_before is not None and m.send_before < leave_new) or outcome == Outcome.BLOCKED:
+        return leave_new
+    if outcome == Outcome.STUCK:
+        return None
+    first_try_at = leave_new + t.final_after_s
+    if outcome == Outcome.SOFTBOUNCE or outcome == Outcome.GREYLIST:
+        return first_try_at + t.final_after_s + t.soft_bounce_retry_s
+    return first_try_at
 
 
 def view_at(email: StoredEmail, now: float) -> EmailView:
@@ -311,6 +342,20 @@ class EmailStore:
         self._id_prefix = _uuid_prefix()
         self._msg_prefix = _uuid_prefix()
         self._last_created_at = -math.inf
+        # The final index: every email that will turn final unless canceled, sorted by
+        # (final_at, position). final_at is known at creation, and mostly grows with it, so
+        # entries are appended or inserted near the end.
+        self._final_keys: array[float] = array("d")
+        self._final_positions: array[int] = array("q")
+        # False once a Timing breaks what the index relies on (a negative or NaN duration):
+        # every list then takes the generic path.
+        self._indexable = True
+        self._checked_timing: Timing | None = None
+        # Views of the index for the latest list filters (most recently used last), and the
+        # largest `upto` among them: a new entry at or below it must be shown to the views.
+        self._views: OrderedDict[EmailFilter, _FinalView] = OrderedDict()
+        self._views_upto = -math.inf
+        self._canceled: list[int] = []  # positions, in the order of their cancels
 
     def __len__(self) -> int:
         return len(self.emails)
@@ -373,9 +418,34 @@ class EmailStore:
         )
         self._msg_start.append(start)
         by_rcpt = self._by_rcpt
+        if timing is not self._checked_timing:
+            self._checked_timing = timing
+            if not _timing_indexable(timing):
+                self._drop_index()
+        # final_at of an ordinary recipient (most of them), computed as final_at computes it.
+        leave_new = created_at + timing.sending_after_s
+        if send_before is None or send_before >= leave_new:
+            ordinary_final_at = leave_new + timing.final_after_s
+        else:
+            ordinary_final_at = leave_new
         position = start
         for address, rcpt_type in recipients:
-            emails.append(StoredEmail(message, address, rcpt_type, outcome_for(address)))
+            outcome = outcome_for(address)
+            email = StoredEmail(message, address, rcpt_type, outcome)
+            emails.append(email)
+            if self._indexable:
+                final = ordinary_final_at if outcome == Outcome.OK else final_at(email)
+                final_keys = self._final_keys
+                if (
+                    final is not None
+                    and self._views_upto < final < math.inf
+                    and (not final_keys or final >= final_keys[-1])
+                ):
+                    # The usual case: the latest entry, and no view has reached it yet.
+                    final_keys.append(final)
+                    self._final_positions.append(position)
+                else:
+                    self._index(final, position)
             key = address.lower()
             if key == address:
                 key = address  # share the string instead of keeping a lower-cased copy
@@ -394,8 +464,146 @@ class EmailStore:
         email = self.emails[position]
         if status_at(email, now) != "new":
             return False
-        email.canceled_at = max(now, email.message.created_at)
+        canceled_at = max(now, email.message.created_at)
+        email.canceled_at = canceled_at
+        self._canceled.append(position)
+        if self._views:
+            key = final_at(email)
+            for view in self._views.values():
+                # Only a clock that stepped back can have made the email final in a view already.
+                if key is not None and key <= view.upto:
+                    view.remove(key, position)
+                if view.match(position, canceled_at):
+                    view.add(canceled_at, position)
+                    view.canceled_max = max(view.canceled_max, canceled_at)
         return True
+
+    # -- the final index --------------------------------------------------------------------------
+
+    def _index(self, key: float | None, position: int) -> None:
+        """Add a new email, turning final at ``key``, to the final index and to the views that
+        are past ``key`` already."""
+        if key is None or key == math.inf:
+            return  # never final
+        if key != key:  # NaN: no order to keep
+            self._drop_index()
+            return
+        keys = self._final_keys
+        if not keys or key >= keys[-1]:  # the position is the largest yet
+            keys.append(key)
+            self._final_positions.append(position)
+        else:
+            i = bisect_right(keys, key)
+            keys.insert(i, key)
+            self._final_positions.insert(i, position)
+        if key <= self._views_upto:
+            for view in self._views.values():
+                if key <= view.upto:
+                    view.done += 1
+                    if view.match(position, key):
+                        view.add(key, position)
+
+    def _drop_index(self) -> None:
+        self._indexable = False
+        self._final_keys = array("d")
+        self._final_positions = array("q")
+        self._views.clear()
+        self._views_upto = -math.inf
+
+    def _advance(self, view: _FinalView, now: float) -> None:
+        """Examine the index entries the view has not seen up to ``now``."""
+        if now <= view.upto:
+            return
+        keys = self._final_keys
+        positions = self._final_positions
+        done = view.done
+        end = bisect_right(keys, now, done)
+        emails = self.emails
+        match = view.match
+        view_keys = view.keys
+        view_positions = view.positions
+        for i in range(done, end):
+            p = positions[i]
+            if emails[p].canceled_at is not None:
+                continue  # counted by its cancel, if at all
+            key = keys[i]
+            if match(p, key):
+                if not view_keys or key > view_keys[-1] or (key == view_keys[-1] and p > view_positions[-1]):
+                    view_keys.append(key)
+                    view_positions.append(p)
+                else:  # behind a cancel that happened later than `now` (a clock that stepped back)
+                    view.add(key, p)
+        view.done = end
+        view.upto = now
+        if now > self._views_upto:
+            self._views_upto = now
+
+    def _final_page(
+        self, flt: EmailFilter, descending: bool, now: float, offset: int, limit: int
+    ) -> tuple[int, list[int]] | None:
+        """A page of the final emails matching ``flt`` by updated_at, from the index; None when
+        the generic path must answer (see :meth:`list_page`)."""
+        views = self._views
+        view = views.get(flt)
+        if view is None:
+            view = _FinalView(self._matcher(flt))
+            if flt.since is not None:
+                # An email turns final no earlier than it is created: what turns final before
+                # `since` cannot match, so the view starts past it, as if it had examined it.
+                view.done = bisect_left(self._final_keys, flt.since)
+                view.upto = math.nextafter(flt.since, -math.inf)
+                self._views_upto = max(self._views_upto, view.upto)
+            for p in self._canceled:
+                canceled_at = self.emails[p].canceled_at
+                assert canceled_at is not None
+                if view.match(p, canceled_at):
+                    view.add(canceled_at, p)
+                    view.canceled_max = max(view.canceled_max, canceled_at)
+            views[flt] = view
+            if len(views) > _MAX_VIEWS:
+                views.popitem(last=False)
+        else:
+            views.move_to_end(flt)
+        self._advance(view, now)
+        if view.canceled_max > now:
+            # A cancel stamped later than `now` (the clock stepped back) is canceled all the same,
+            # but sits past the prefix the answer is cut from.
+            return None
+        keys = view.keys
+        total = bisect_right(keys, now)
+        if descending:
+            return total, _descending_slice(keys, view.positions, total, offset, offset + limit)
+        return total, view.positions[offset : min(offset + limit, total)].tolist()
+
+    def _matcher(self, flt: EmailFilter) -> Callable[[int, float], bool]:
+        """Whether the email at a position matches ``flt`` at a given instant (every filter but
+        ``mail_rcpt`` and ``message_id``, which take the generic path)."""
+        emails = self.emails
+        search_matches = self._search_matches
+        since, until = flt.since, flt.until
+        project_id, mail_from, subject, search = flt.project_id, flt.mail_from, flt.subject, flt.search
+        statuses, flags = flt.statuses, flt.flags
+
+        def match(p: int, at: float) -> bool:
+            email = emails[p]
+            m = email.message
+            if since is not None and m.created_at < since:
+                return False
+            if until is not None and m.created_at > until:
+                return False
+            if project_id is not None and m.project_id != project_id:
+                return False
+            if mail_from is not None and m.mail_from.lower() != mail_from:
+                return False
+            if subject is not None and m.subject != subject:
+                return False
+            if search is not None and not search_matches(p, search):
+                return False
+            if statuses is not None and status_at(email, at) not in statuses:
+                return False
+            return flags is None or not flags.isdisjoint(view_at(email, at).flags)
+
+        return match
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -528,6 +736,36 @@ class EmailStore:
         # Stable sort: ties keep creation order either way.
         return sorted(positions, key=key, reverse=descending)
 
+    def list_page(
+        self, flt: EmailFilter, order_by: str, now: float, offset: int, limit: int
+    ) -> tuple[int, list[int]]:
+        """``(total, positions)``: the matches of ``flt`` at ``now`` sorted by ``order_by``, and
+        the ``limit`` of them from ``offset`` on.
+
+        The same answer as slicing ``order(select(flt, now), order_by, now)``. Final statuses by
+        ``updated_at`` over an open-ended window (what a tracker polls: no ``until``, and no
+        ``mail_rcpt`` or ``message_id``, which are indexed already) come from a view of the final
+        index, kept up to date from one request to the next, in time proportional to the page
+        plus the emails turned final since the previous request. Anything else filters and sorts.
+        """
+        if order_by not in ORDER_BY_VALUES:
+            raise ValueError(order_by)
+        statuses = flt.statuses
+        if (
+            self._indexable
+            and statuses is not None
+            and statuses <= _FINAL_OR_UNKNOWN
+            and order_by.startswith("updated_at_")
+            and flt.until is None
+            and flt.mail_rcpt is None
+            and flt.message_id is None
+        ):
+            page = self._final_page(flt, order_by == "updated_at_desc", now, offset, limit)
+            if page is not None:
+                return page
+        positions = self.order(self.select(flt, now), order_by, now)
+        return len(positions), positions[offset : offset + limit]
+
     def statistics(self, flt: EmailFilter, now: float) -> dict[str, int]:
         """Counts by status of the emails matching ``flt``."""
         counts = {"new": 0, "sending": 0, "sent": 0, "failed": 0, "canceled": 0}
@@ -547,3 +785,71 @@ class EmailStore:
 
 def _created_at(email: StoredEmail) -> float:
     return email.message.created_at
+
+
+_FINAL_OR_UNKNOWN = frozenset({"sent", "failed", "canceled", "unknown"})
+_MAX_VIEWS = 8
+
+
+def _timing_indexable(timing: Timing) -> bool:
+    """Whether emails of ``timing`` turn final for good at :func:`final_at` (no negative or NaN
+    duration, which would make the status and the shown try times disagree)."""
+    return all(
+        d >= 0  # False for NaN too
+        for d in (timing.sending_after_s, timing.final_after_s, timing.soft_bounce_retry_s, timing.hold_s)
+    )
+
+
+class _FinalView:
+    """The final emails matching one filter, sorted by (updated_at, position).
+
+    It holds every email of the final index with ``final_at <= upto`` that matches (examined in
+    index order by :meth:`EmailStore._advance`; ``done`` entries so far), plus every canceled email
+    that matches, keyed by its cancel time. The matches at ``now`` are then the prefix of keys
+    ``<= now`` (unless a cancel is stamped later than ``now``, see ``canceled_max``).
+    """
+
+    __slots__ = ("canceled_max", "done", "keys", "match", "positions", "upto")
+
+    def __init__(self, match: Callable[[int, float], bool]) -> None:
+        self.match = match
+        self.keys: array[float] = array("d")
+        self.positions: array[int] = array("q")
+        self.done = 0
+        self.upto = -math.inf
+        self.canceled_max = -math.inf
+
+    def add(self, key: float, position: int) -> None:
+        keys = self.keys
+        lo = bisect_left(keys, key)
+        i = bisect_left(self.positions, position, lo, bisect_right(keys, key, lo))
+        keys.insert(i, key)
+        self.positions.insert(i, position)
+
+    def remove(self, key: float, position: int) -> None:
+        keys = self.keys
+        lo = bisect_left(keys, key)
+        hi = bisect_right(keys, key, lo)
+        i = bisect_left(self.positions, position, lo, hi)
+        if i < hi and self.positions[i] == position:
+            del keys[i]
+            del self.positions[i]
+
+
+def _descending_slice(keys: array[float], positions: array[int], n: int, start: int, stop: int) -> list[int]:
+    """Items ``start:stop`` of the first ``n`` entries (sorted by key, then position) in
+    descending key order, equal keys in ascending position: what a stable descending sort gives."""
+    stop = min(stop, n)
+    if start >= stop:
+        return []
+    lo, hi = n - stop, n - start  # the ascending range holding them, give or take equal keys
+    lo = bisect_left(keys, keys[lo], 0, lo)
+    hi = bisect_right(keys, keys[hi - 1], hi, n)
+    out: list[int] = []
+    end = hi
+    while end > lo:
+        begin = bisect_left(keys, keys[end - 1], lo, end)
+        out.extend(positions[begin:end])
+        end = begin
+    skip = start - (n - hi)
+    return out[skip : skip + stop - start]
