@@ -360,3 +360,28 @@ async def test_attempt_iterator_form_works() -> None:
             results.append(await call())
     assert results == ["listed"]
     assert calls[0] == 3
+
+
+async def test_failures_that_do_not_count_only_spend_time() -> None:
+    """With counts_as_attempt, 429s are retried past max_attempts (bounded by max_elapsed_s),
+    while counted failures still stop at max_attempts."""
+    clock = FakeClock()
+    sleep = Recorder(clock)
+    errors: list[BaseException] = [RateLimitedError(429, "slow down") for _ in range(7)]
+    call, calls = failing(errors, result="sent")
+    policy = RetryPolicy(max_attempts=2, max_elapsed_s=300)
+    not_429 = lambda e: not isinstance(e, RateLimitedError)  # noqa: E731
+    assert await retrying(policy, sleep=sleep, clock=clock, counts_as_attempt=not_429)(call) == "sent"
+    assert calls[0] == 8
+
+    call, calls = failing([server_error(), server_error(), server_error()], result="sent")
+    with pytest.raises(ServerError):
+        await retrying(policy, sleep=sleep, clock=clock, counts_as_attempt=not_429)(call)
+    assert calls[0] == 2
+
+    fresh = FakeClock()
+    call, calls = failing([RateLimitedError(429, "slow down") for _ in range(1000)], result="sent")
+    with pytest.raises(RateLimitedError):
+        await retrying(policy, sleep=Recorder(fresh), clock=fresh, counts_as_attempt=not_429)(call)
+    assert fresh.now <= 300  # the time budget still ends it
+    assert calls[0] < 1000

@@ -138,7 +138,14 @@ class Dispatcher:
                 )
                 rest = dataclasses.replace(self._retry, max_attempts=self._retry.max_attempts - 1)
                 async for attempt in retrying(
-                    rest, retry_on=lambda e: isinstance(e, _Retryable), sleep=self._sleep
+                    rest,
+                    retry_on=lambda e: isinstance(e, _Retryable),
+                    sleep=self._sleep,
+                    # A 429 means "later", and the shared limiter is already slowing everyone
+                    # down: it costs retry time, not one of the few attempts.
+                    counts_as_attempt=lambda e: (
+                        not (isinstance(e, _Retryable) and isinstance(e.cause, RateLimitedError))
+                    ),
                 ):
                     with attempt:
                         await self._attempt(item)

@@ -177,6 +177,24 @@ class _StopAfterElapsed(stop_base):
         return elapsed + retry_state.upcoming_sleep > self._max_elapsed_s
 
 
+class _StopAfterCountedAttempts(stop_base):
+    """Stop after ``max_attempts`` failures that ``counts`` says count (others only cost time)."""
+
+    def __init__(self, max_attempts: int, counts: Callable[[BaseException], bool]) -> None:
+        self._max_attempts = max_attempts
+        self._counts = counts
+        self._counted: weakref.WeakKeyDictionary[RetryCallState, int] = weakref.WeakKeyDictionary()
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None and outcome.failed else None
+        counted = self._counted.get(retry_state, 0)
+        if exc is None or self._counts(exc):
+            counted += 1
+        self._counted[retry_state] = counted
+        return counted >= self._max_attempts
+
+
 def retrying(
     policy: RetryPolicy,
     *,
@@ -184,6 +202,7 @@ def retrying(
     sleep: Callable[[float], Awaitable[None]] | None = None,
     before_sleep: Callable[[RetryCallState], Awaitable[None] | None] | None = None,
     clock: Clock | None = None,
+    counts_as_attempt: Callable[[BaseException], bool] | None = None,
 ) -> tenacity.AsyncRetrying:
     """A tenacity ``AsyncRetrying`` for ``policy``; build a fresh one per call site invocation.
 
@@ -193,6 +212,9 @@ def retrying(
         tests inject a recorder so they never wait.
     :param before_sleep: tenacity hook called before each wait (logging, metrics).
     :param clock: time source for the ``max_elapsed_s`` budget (and the default sleep).
+    :param counts_as_attempt: which failures use up ``max_attempts`` (default: all). Failures it
+        rejects are retried until ``max_elapsed_s`` alone runs out — for a 429, say, which only
+        means "later" and which the shared limiter already answers by slowing down.
 
     Exhausting the budget re-raises the last error itself. The returned object keeps per-iteration
     state, so do not share one instance between concurrent tasks.
@@ -201,9 +223,14 @@ def retrying(
         sleep = clock.sleep if clock is not None else anyio.sleep
     monotonic = clock.monotonic if clock is not None else time.monotonic
     elapsed_stop = _StopAfterElapsed(policy.max_elapsed_s, monotonic)
+    attempts_stop: stop_base = (
+        stop_after_attempt(policy.max_attempts)
+        if counts_as_attempt is None
+        else _StopAfterCountedAttempts(policy.max_attempts, counts_as_attempt)
+    )
     return tenacity.AsyncRetrying(
         sleep=sleep,
-        stop=stop_after_attempt(policy.max_attempts) | elapsed_stop,
+        stop=attempts_stop | elapsed_stop,
         wait=backoff_wait(policy),
         retry=retry_if_exception(retry_on),
         before=elapsed_stop.before,
