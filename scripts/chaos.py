@@ -97,26 +97,15 @@ def write_campaign(
     return path, valid
 
 
-async def _start_sender(campaign: Path, api_url: str) -> Process:
+async def start_sender(
+    campaign: Path, api_url: str, *, project: str = PROJECT, secret: str = SECRET, extra: tuple[str, ...] = ()
+) -> Process:
+    """``bulksend send CAMPAIGN`` as a child process with JSON logs on stderr (``extra``: more options)."""
     env = dict(os.environ)
-    env.update(SCW_SECRET_KEY=SECRET, SCW_DEFAULT_PROJECT_ID=PROJECT, SCW_API_URL=api_url)
-    return await anyio.open_process(
-        [
-            sys.executable,
-            "-m",
-            "bulksend.cli",
-            "send",
-            str(campaign),
-            "--no-progress",
-            "--log-format",
-            "json",
-            "--log-level",
-            "info",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    env.update(SCW_SECRET_KEY=secret, SCW_DEFAULT_PROJECT_ID=project, SCW_API_URL=api_url)
+    command = [sys.executable, "-m", "bulksend.cli", "send", str(campaign), "--no-progress"]
+    command += ["--log-format", "json", "--log-level", "info", *extra]
+    return await anyio.open_process(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 async def _wait_for_event(proc: Process, event: str) -> bool:
@@ -173,7 +162,7 @@ async def run_chaos(
     with anyio.fail_after(timeout_s):
         async with Sandbox(config, host="127.0.0.1", port=0) as sandbox:
             while done_kills < kills:
-                proc = await _start_sender(campaign, sandbox.url)
+                proc = await start_sender(campaign, sandbox.url)
                 runs += 1
                 started = await _wait_for_event(proc, "campaign.start")
                 if not started:  # finished (or failed) before it could be killed
@@ -188,7 +177,7 @@ async def run_chaos(
                         done_kills += 1
                     await proc.wait()
             # Last run: no kill, it must finish.
-            proc = await _start_sender(campaign, sandbox.url)
+            proc = await start_sender(campaign, sandbox.url)
             runs += 1
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_drain, proc)

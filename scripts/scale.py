@@ -14,7 +14,6 @@ import argparse
 import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -27,7 +26,7 @@ import orjson
 from anyio.abc import Process
 
 from bulksend.sandbox import Sandbox, SandboxConfig
-from scripts.chaos import _drain, _wait_for_event
+from scripts.chaos import _drain, _wait_for_event, start_sender
 
 SECRET = "scale-sandbox-secret"
 PG_DSN = os.environ.get("BULKSEND_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -95,37 +94,21 @@ def write_campaign(folder: Path, recipients: int, *, rate: float, concurrency: i
 async def _worker(
     campaign: Path, api_url: str, project: str, store_url: str, n: int, lease_s: float
 ) -> Process:
-    env = dict(os.environ)
-    env.update(SCW_SECRET_KEY=SECRET, SCW_DEFAULT_PROJECT_ID=project, SCW_API_URL=api_url)
-    return await anyio.open_process(
-        [
-            sys.executable,
-            "-m",
-            "bulksend.cli",
-            "send",
-            str(campaign),
-            "--no-progress",
-            "--log-format",
-            "json",
-            "--log-level",
-            "info",
-            "--store",
-            store_url,
-            "--worker",
-            "--worker-id",
-            f"w{n}",
-            "--shared-limiter",
-            REDIS_URL,
-            "--lease-s",
-            str(lease_s),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    extra = (
+        "--store",
+        store_url,
+        "--worker",
+        "--worker-id",
+        f"w{n}",
+        "--shared-limiter",
+        REDIS_URL,
+        "--lease-s",
+        str(lease_s),
     )
+    return await start_sender(campaign, api_url, project=project, secret=SECRET, extra=extra)
 
 
-async def _drop_schema(store_url: str, schema: str) -> None:
+async def _drop_schema(schema: str) -> None:
     import asyncpg
 
     conn = await asyncpg.connect(PG_DSN)
@@ -189,7 +172,7 @@ async def run_scale(
                 stats = sandbox.stats()
     finally:
         with anyio.CancelScope(shield=True):
-            await _drop_schema(store_url, schema)
+            await _drop_schema(schema)
     wall = anyio.current_time() - started
     counts = stats.accepted_by_recipient
     lines = [orjson.loads(x) for x in (folder / "outcomes.jsonl").read_bytes().splitlines() if x]

@@ -10,7 +10,7 @@ import pytest
 
 from bulksend.sandbox import Sandbox, SandboxConfig
 from bulksend.store import open_store
-from scripts.chaos import PROJECT, SECRET, _drain, _start_sender, _wait_for_event, run_chaos, write_campaign
+from scripts.chaos import PROJECT, SECRET, _drain, _wait_for_event, run_chaos, start_sender, write_campaign
 
 
 @pytest.mark.slow
@@ -33,7 +33,7 @@ async def test_sigterm_drains_and_rerun_completes(tmp_path: Path) -> None:
     campaign, valid = write_campaign(tmp_path, 10_000, rate_per_s=1000, concurrency=64)
     config = SandboxConfig(secret_key=SECRET, project_id=PROJECT, latency_ms=20, final_after_s=0.1)
     async with Sandbox(config, host="127.0.0.1", port=0) as sandbox:
-        proc = await _start_sender(campaign, sandbox.url)
+        proc = await start_sender(campaign, sandbox.url)
         assert await _wait_for_event(proc, "campaign.start")
         async with anyio.create_task_group() as tg:
             tg.start_soon(_drain, proc)
@@ -51,7 +51,7 @@ async def test_sigterm_drains_and_rerun_completes(tmp_path: Path) -> None:
             await store.close()
         assert counts.get("sending", 0) == 0, counts
 
-        proc = await _start_sender(campaign, sandbox.url)
+        proc = await start_sender(campaign, sandbox.url)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_drain, proc)
             assert await proc.wait() == 0
