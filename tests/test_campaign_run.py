@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import structlog.contextvars
+import structlog.testing
 
 from bulksend.pipeline.runner import CampaignRun
 from bulksend.pipeline.stats import RunStats
@@ -241,3 +243,14 @@ async def test_stuck_email_ends_unknown(sandbox: Sandbox, write_campaign: Campai
     assert lines["fine@example.com"]["status"] == "sent"
     assert lines["stuck1@example.com"]["status"] == "unknown"
     assert "give_up_after_s" in lines["stuck1@example.com"]["reason"]
+
+
+async def test_log_lines_carry_the_campaign(sandbox: Sandbox, write_campaign: CampaignWriter) -> None:
+    """Events logged by the run's tasks name the campaign even when the call site does not."""
+    sandbox.update(allowed_from_domains=("other.example",))  # TEM refuses every email: 400s
+    campaign = write_campaign(people(3), campaign_id="logged")
+    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as events:
+        await run_once(campaign, sandbox)
+    rejected = [e for e in events if e["event"] == "email.rejected"]
+    assert len(rejected) == 3
+    assert all(e.get("campaign") == "logged" for e in events), events

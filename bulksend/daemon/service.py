@@ -397,7 +397,9 @@ class Daemon:
                 if self._stopping:
                     return  # its row is pending and durable: the next start sends it
                 try:
-                    await dispatcher.send(item)
+                    # Every log line about this job says which job stream and row it concerns.
+                    with structlog.contextvars.bound_contextvars(campaign=item.campaign_id, row=item.row):
+                        await dispatcher.send(item)
                 finally:
                     self._queued.discard(item.row_id)
 

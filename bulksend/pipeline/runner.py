@@ -157,6 +157,11 @@ class CampaignRun:
 
     # -- run ---------------------------------------------------------------------------------
     async def run(self) -> RunResult:
+        """Run the campaign; every log line of the run (its tasks included) carries its id."""
+        with structlog.contextvars.bound_contextvars(campaign=self.campaign.id):
+            return await self._run()
+
+    async def _run(self) -> RunResult:
         c = self.campaign
         record = await self._open_campaign()
         if record.state is CampaignState.FINISHED:
