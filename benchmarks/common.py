@@ -143,9 +143,9 @@ def _revision() -> str | None:
 
 def uses_uvloop() -> bool:
     """Whether ``bulksend send`` runs on uvloop here (it does whenever uvloop imports)."""
-    from bulksend.send import _has_uvloop
+    from bulksend.send import uvloop_available
 
-    return _has_uvloop()
+    return uvloop_available()
 
 
 @dataclass(frozen=True)

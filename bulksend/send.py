@@ -29,7 +29,7 @@ from bulksend.errors import BulksendError, CampaignError, ConfigError, first_bul
 from bulksend.log import configure_logging, register_secret
 from bulksend.pipeline.dispatch import AccountRefusedError
 from bulksend.pipeline.limiter import AimdLimiter, RateLimiter
-from bulksend.pipeline.runner import CampaignRun, RunResult
+from bulksend.pipeline.runner import CampaignRun, RunResult, attachments_of, correlation_of
 from bulksend.pipeline.stats import RunStats
 from bulksend.progress import show_progress
 from bulksend.render import Rejection, Renderer
@@ -183,7 +183,7 @@ def run_campaign(
             options or RunOptions(),
             holder,
             before_run,
-            backend_options={"use_uvloop": _has_uvloop()},
+            backend_options={"use_uvloop": uvloop_available()},
         )
     except (BulksendError, BaseExceptionGroup) as raised:
         found = first_bulksend_error(raised)
@@ -198,7 +198,7 @@ def run_campaign(
     return _report(result, console)
 
 
-def _has_uvloop() -> bool:
+def uvloop_available() -> bool:
     try:
         import uvloop  # noqa: F401
     except ImportError:
@@ -388,8 +388,6 @@ def dry_run(campaign: Campaign, *, console: Console) -> int:
     renderer = Renderer(campaign, project_id="00000000-0000-4000-8000-000000000000")
     summary = Summary(f"dry run of campaign {campaign.id} (nothing sent)")
     seen: dict[str, int] = {}
-    from bulksend.pipeline.runner import _attachments_of, correlation_of
-
     for rec in iter_recipients(campaign.recipients):
         if isinstance(rec, BadRow):
             summary.by_status["rejected"] += 1
@@ -400,7 +398,7 @@ def dry_run(campaign: Campaign, *, console: Console) -> int:
             rec.name,
             rec.vars,
             correlation=correlation_of(campaign.id, rec.row),
-            attachments=_attachments_of(rec.vars),
+            attachments=attachments_of(rec.vars),
         )
         if isinstance(result, Rejection):
             summary.by_status["rejected"] += 1

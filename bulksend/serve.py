@@ -17,7 +17,7 @@ from bulksend.daemon.config import load_daemon_config
 from bulksend.daemon.service import Daemon
 from bulksend.errors import BulksendError, first_bulksend_error
 from bulksend.log import configure_logging, register_secret
-from bulksend.send import _has_uvloop
+from bulksend.send import uvloop_available
 from bulksend.tem.config import TemSettings
 
 __all__ = ["configure", "run"]
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[bold red]error:[/bold red] {exc}")
         return 1
     try:
-        anyio.run(_main, daemon, backend_options={"use_uvloop": _has_uvloop()})
+        anyio.run(_main, daemon, backend_options={"use_uvloop": uvloop_available()})
     except (BulksendError, BaseExceptionGroup) as raised:
         found = first_bulksend_error(raised)
         if found is None:

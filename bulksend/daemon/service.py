@@ -26,6 +26,7 @@ import shutil
 import tomllib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ from bulksend.daemon.jobs import (
 from bulksend.errors import BulksendError, CampaignError, TemError, TemPermanentError, first_bulksend_error
 from bulksend.metrics import Metrics
 from bulksend.pipeline.dispatch import Dispatcher, SendItem, utcnow
+from bulksend.pipeline.paced import paced_call
 from bulksend.pipeline.reconcile import Reconciler
 from bulksend.pipeline.retry import RetryPolicy
 from bulksend.pipeline.runner import CampaignRun
@@ -771,8 +773,12 @@ class Daemon:
         try:
             page = 1
             while True:
-                await self.limiter.acquire("list")
-                result = await self._tem.list_emails(query, page=page, page_size=1000)
+                result = await paced_call(
+                    self.limiter,
+                    self._retry,
+                    "list",
+                    partial(self._tem.list_emails, query, page=page, page_size=1000),
+                )
                 emails.extend(result.emails)
                 if len(result.emails) < 1000:
                     break
@@ -785,9 +791,10 @@ class Daemon:
             row = rows.get(email.id)
             if row is None or row.state is not RowState.SUBMITTED:
                 continue
-            await self.limiter.acquire("cancel")
             try:
-                canceled = await self._tem.cancel_email(email.id)
+                canceled = await paced_call(
+                    self.limiter, self._retry, "cancel", partial(self._tem.cancel_email, email.id)
+                )
             except TemPermanentError:
                 continue  # already past `new`: its real status comes from tracking
             except TemError as exc:

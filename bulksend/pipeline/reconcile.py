@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from functools import partial
 
 import anyio
 import structlog
@@ -24,7 +25,8 @@ from anyio.abc import TaskGroup
 from bulksend.errors import TemError
 from bulksend.pipeline.dispatch import SendItem, utcnow
 from bulksend.pipeline.limiter import RateLimiter
-from bulksend.pipeline.retry import RetryPolicy, is_transient, retrying
+from bulksend.pipeline.paced import paced_call
+from bulksend.pipeline.retry import RetryPolicy
 from bulksend.pipeline.stats import RunStats
 from bulksend.store.base import LeaseLostError, Store
 from bulksend.tem.client import TemClient
@@ -148,16 +150,13 @@ class Reconciler:
         matches: list[Email] = []
         page = 1
         while True:
-            async for attempt in retrying(self._retry, retry_on=is_transient, sleep=self._sleep):
-                with attempt:
-                    await self._limiter.acquire("list")
-                    try:
-                        result = await self._tem.list_emails(query, page=page, page_size=100)
-                    except TemError as exc:
-                        if exc.transient:
-                            self._limiter.on_throttle(getattr(exc, "retry_after_s", None))
-                        raise
-                    self._limiter.on_success()
+            result = await paced_call(
+                self._limiter,
+                self._retry,
+                "list",
+                partial(self._tem.list_emails, query, page=page, page_size=100),
+                sleep=self._sleep,
+            )
             # The server-side filters may be looser than exact equality; check ourselves.
             matches.extend(
                 e for e in result.emails if e.mail_rcpt.lower() == wanted and e.subject == item.subject

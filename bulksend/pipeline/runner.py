@@ -38,7 +38,7 @@ from bulksend.pipeline.stats import OutcomeHook, RunStats
 from bulksend.pipeline.tracker import Tracker, TrackerSettings
 from bulksend.render import Rejection, RenderedEmail, Renderer
 from bulksend.sinks.outcomes import write_outcomes
-from bulksend.sources.files import BadRow, RecipientInput, iter_recipients
+from bulksend.sources.files import BadRow, RecipientInput, iter_recipients, split_attachments
 from bulksend.store.base import (
     CampaignRecord,
     CampaignState,
@@ -51,7 +51,7 @@ from bulksend.summary import Summary, tally_line
 from bulksend.tem.client import TemClient
 from bulksend.validate import normalize_address
 
-__all__ = ["CampaignRun", "RunResult", "correlation_of"]
+__all__ = ["CampaignRun", "RunResult", "attachments_of", "correlation_of"]
 
 log = structlog.get_logger("bulksend.run")
 
@@ -491,7 +491,7 @@ class CampaignRun:
     def _prepare(self, rec: RecipientInput | BadRow) -> tuple[NewRecipient, RenderedEmail | None]:
         if isinstance(rec, BadRow):
             return NewRecipient(rec.row, rec.email, rec.name, None, RowState.REJECTED, rec.reason), None
-        attachments = _attachments_of(rec.vars)
+        attachments = attachments_of(rec.vars)
         result = self._renderer.render(
             rec.email,
             rec.name,
@@ -514,7 +514,7 @@ class CampaignRun:
         variables = dict(row.payload.get("vars") or {})
         correlation = row.correlation or correlation_of(self.campaign.id, row.row)
         result = self._renderer.render(
-            row.email, row.name, variables, correlation=correlation, attachments=_attachments_of(variables)
+            row.email, row.name, variables, correlation=correlation, attachments=attachments_of(variables)
         )
         if isinstance(result, Rejection):
             if row.state is RowState.PENDING:
@@ -604,8 +604,7 @@ def _take(reader: Iterator[RecipientInput | BadRow], n: int) -> list[RecipientIn
     return out
 
 
-def _attachments_of(variables: dict[str, Any]) -> list[str]:
+def attachments_of(variables: dict[str, Any]) -> tuple[str, ...]:
+    """The per-recipient attachment paths carried in a row's ``attachments`` variable."""
     raw = variables.get("attachments")
-    if not raw or not isinstance(raw, str):
-        return []
-    return [p.strip() for p in raw.split(";") if p.strip()]
+    return split_attachments(raw) if isinstance(raw, str) else ()

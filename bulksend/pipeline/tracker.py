@@ -23,7 +23,8 @@ import structlog
 from bulksend.errors import NotFoundError, TemError
 from bulksend.pipeline.dispatch import utcnow
 from bulksend.pipeline.limiter import RateLimiter
-from bulksend.pipeline.retry import RetryPolicy, is_transient, retrying
+from bulksend.pipeline.paced import paced_call
+from bulksend.pipeline.retry import RetryPolicy
 from bulksend.pipeline.stats import OutcomeHook, RunStats
 from bulksend.store.base import FinalUpdate, RecipientRow, RowState, Store
 from bulksend.tem.client import TemClient
@@ -158,18 +159,7 @@ class Tracker:
         return counts.get(RowState.SUBMITTED.value, 0)
 
     async def _call(self, kind: str, fn: Callable[[], Awaitable[_T]]) -> _T:
-        async for attempt in retrying(self._retry, retry_on=is_transient, sleep=self._sleep):
-            with attempt:
-                await self._limiter.acquire(kind)
-                try:
-                    result = await fn()
-                except TemError as exc:
-                    if exc.transient:
-                        self._limiter.on_throttle(getattr(exc, "retry_after_s", None))
-                    raise
-                self._limiter.on_success()
-                return result
-        raise AssertionError("unreachable")  # pragma: no cover - retrying reraises
+        return await paced_call(self._limiter, self._retry, kind, fn, sleep=self._sleep)
 
     async def poll(self) -> int:
         """One incremental sweep of newly final emails; returns how many rows became final."""
