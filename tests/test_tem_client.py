@@ -155,6 +155,17 @@ async def test_send_raw_posts_the_body_as_is(tem: TemClient, sb: Sandbox) -> Non
     assert sb.stats().accepted_by_recipient == {"raw@example.org": 1}
 
 
+async def test_submit_answers_what_a_sender_records(tem: TemClient, sb: Sandbox) -> None:
+    """``submit`` (the campaign hot path) answers id, recipient, message id and creation time."""
+    body = orjson.dumps(one("lean@example.org").to_json(default_project_id=OTHER_PROJECT))
+    sent = await tem.submit(body)
+    assert [s.mail_rcpt for s in sent] == ["lean@example.org"]
+    full = await tem.get_email(sent[0].id)
+    assert sent[0].message_id == full.message_id and sent[0].message_id
+    assert sent[0].created_at == full.created_at and sent[0].created_at is not None
+    assert sb.stats().accepted_by_recipient == {"lean@example.org": 1}
+
+
 async def test_get_follows_the_lifecycle_with_the_sandbox_clock(tem: TemClient, clock: FakeClock) -> None:
     """get_email reads new → sending → sent as the clock advances, with parsed tries and times."""
     (sent,) = await tem.send_email(one("ann@example.org"))

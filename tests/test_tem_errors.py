@@ -532,9 +532,13 @@ async def test_unexpected_2xx_body_on_send_is_a_transient_protocol_error(
     async with TemClient(crafted.settings()) as tem:
         with pytest.raises(TemProtocolError) as info:
             await tem.send_email(send_request(case))
+        # The lean send of the campaign hot path refuses exactly the same answers.
+        with pytest.raises(TemProtocolError) as lean:
+            await tem.submit(orjson.dumps(send_request(case).to_json(default_project_id="p")))
     assert info.value.transient
     assert info.value.sent is True
     assert info.value.status == 200
+    assert lean.value.sent is True and lean.value.status == 200
 
 
 async def test_unexpected_body_on_read_endpoints_is_a_protocol_error(crafted: CraftedTem) -> None:

@@ -46,8 +46,7 @@ from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.retry import RetryPolicy, is_safe_to_resend, retry_after_of, retrying
 from bulksend.pipeline.stats import OutcomeHook, RunStats
 from bulksend.store.base import LeaseLostError, Store
-from bulksend.tem.client import TemClient
-from bulksend.tem.models import Email
+from bulksend.tem.client import SentEmail, TemClient
 
 __all__ = ["AccountRefusedError", "Dispatcher", "SendItem"]
 
@@ -187,7 +186,7 @@ class Dispatcher:
             raise _NotPending from exc
         self._stats.in_flight += 1
         try:
-            emails = await self._tem.send_email_raw(item.body)
+            emails = await self._tem.submit(item.body)
         except TemPermanentError as exc:
             await self._permanent(item, exc)
             return
@@ -250,7 +249,7 @@ class Dispatcher:
         await self._on_ambiguous(item, started_at, ended_at)
 
 
-def _pick(emails: list[Email], address: str) -> Email:
+def _pick(emails: list[SentEmail], address: str) -> SentEmail:
     """The email created for ``address`` (one request has one recipient, but be exact)."""
     wanted = address.strip().lower()
     for email in emails:

@@ -26,12 +26,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Final, Literal, Self
+from typing import Any, Final, Literal, NamedTuple, Self
 from urllib.parse import quote
 
 import aiohttp
 import orjson
 import structlog
+from yarl import URL
 
 from bulksend import __version__
 from bulksend.errors import TemConnectionError, TemError, TemTimeoutError, TemTransientError
@@ -44,6 +45,7 @@ from bulksend.tem.models import (
     ListEmailsQuery,
     Statistics,
     format_rfc3339,
+    parse_rfc3339,
 )
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "USER_AGENT",
     "EndpointKind",
     "ResponseObserver",
+    "SentEmail",
     "TemClient",
     "TemProtocolError",
     "create_session",
@@ -76,6 +79,15 @@ class TemProtocolError(TemTransientError):
     """
 
     sent: bool = True
+
+
+class SentEmail(NamedTuple):
+    """What a send answers for one recipient, as much as a sender records (see :meth:`TemClient.submit`)."""
+
+    id: str
+    mail_rcpt: str
+    message_id: str
+    created_at: datetime | None
 
 
 def _orjson_str(obj: Any) -> str:
@@ -108,6 +120,8 @@ def create_session(
         timeout=aiohttp.ClientTimeout(total=timeout_s),
         # Authentication travels per request, so a shared session can serve several keys.
         headers={"User-Agent": USER_AGENT},
+        # TEM sets no cookies: a real jar would parse and filter on every request for nothing.
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
 
 
@@ -146,6 +160,8 @@ class TemClient:
         self._on_response = on_response
         self._clock = clock
         self._base_url = settings.base_url
+        # Parsed once: a URL string would be parsed again on every send.
+        self._send_url = URL(self._base_url + "/emails")
         # Built once: the hot path must not rebuild headers, and this is the only place the
         # secret is revealed. Never log or format these dicts.
         self._headers: dict[str, str] = {
@@ -212,11 +228,39 @@ class TemClient:
         return await self.send_email_raw(body)
 
     async def send_email_raw(self, body: bytes) -> list[Email]:
-        """``POST /emails`` with an already-encoded JSON body, sent as is (the hot path).
+        """``POST /emails`` with an already-encoded JSON body, sent as is.
 
         The body must carry its own ``project_id``: nothing is filled in here.
         """
-        data, status, _ = await self._request("send", "POST", "/emails", body=body)
+        emails = await self._post_send(body)
+        return [Email.from_json(e) for e in emails]
+
+    async def submit(self, body: bytes) -> list[SentEmail]:
+        """Like :meth:`send_email_raw`, answering only what a sender records per recipient.
+
+        The hot path of a campaign: one send per recipient, so the full :class:`Email` model
+        (every timestamp, enum and flag decoded) would be built only to be thrown away.
+        """
+        emails = await self._post_send(body)
+        out: list[SentEmail] = []
+        for e in emails:
+            created = e.get("created_at")
+            try:
+                created_at = parse_rfc3339(created) if isinstance(created, str) and created else None
+            except ValueError:
+                created_at = None  # the caller falls back to its own clock
+            out.append(
+                SentEmail(
+                    id=str(e["id"]),
+                    mail_rcpt=str(e.get("mail_rcpt") or ""),
+                    message_id=str(e.get("message_id") or ""),
+                    created_at=created_at,
+                )
+            )
+        return out
+
+    async def _post_send(self, body: bytes) -> list[Mapping[str, Any]]:
+        data, status, _ = await self._request("send", "POST", "/emails", body=body, url=self._send_url)
         emails = data.get("emails") if isinstance(data, Mapping) else None
         # A send has at least one recipient, so an empty list is as wrong as a missing one.
         if (
@@ -225,7 +269,7 @@ class TemClient:
             or not all(isinstance(e, Mapping) and e.get("id") for e in emails)
         ):
             raise self._protocol_error("send", status, "a send answer without an 'emails' list of ids", data)
-        return [Email.from_json(e) for e in emails]
+        return emails
 
     async def get_email(self, email_id: str) -> Email:
         """``GET /emails/{email_id}``."""
@@ -368,8 +412,12 @@ class TemClient:
         *,
         params: list[tuple[str, str]] | None = None,
         body: bytes | None = None,
+        url: URL | None = None,
     ) -> tuple[Any, int, Mapping[str, str]]:
-        """Send one request; return (decoded JSON, HTTP status, response headers) or raise a TemError."""
+        """Send one request; return (decoded JSON, HTTP status, response headers) or raise a TemError.
+
+        ``url``, when given, is ``path`` already joined to the base URL and parsed.
+        """
         session = self.session
         started = self._clock()
         status = 0
@@ -381,7 +429,7 @@ class TemClient:
         try:
             async with session.request(
                 method,
-                self._base_url + path,
+                url if url is not None else self._base_url + path,
                 params=params,
                 data=body,
                 headers=self._json_headers if body is not None else self._headers,
