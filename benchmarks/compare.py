@@ -45,6 +45,7 @@ from benchmarks.common import (
     describe_machine,
     machine_info,
     plan_cpus,
+    precompile,
     render_bodies,
     run_measured,
     sandbox_client_env,
@@ -274,6 +275,7 @@ def _summary(runs: Sequence[Measurement]) -> dict[str, Any]:
 def run_compare(opts: CompareOptions) -> dict[str, Any]:
     """Run every client at every latency; returns the raw numbers and the target checks."""
     cpus = plan_cpus(opts.pin)
+    precompile()
     uvloop = uses_uvloop()
     result: dict[str, Any] = {
         "machine": machine_info(),

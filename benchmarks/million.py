@@ -34,6 +34,7 @@ from benchmarks.common import (
     describe_machine,
     machine_info,
     plan_cpus,
+    precompile,
     read_proc_cpu_s,
     read_proc_rss_kb,
     run_measured,
@@ -76,6 +77,7 @@ def run_million(opts: MillionOptions) -> dict[str, Any]:
     """Generate, send, track; returns the raw numbers (and the RSS verdict)."""
     machine = machine_info()
     cpus = plan_cpus(opts.pin)
+    precompile()
     work = Path(tempfile.mkdtemp(prefix="bulksend-bench-million-"))
     samples: list[tuple[float, int]] = []  # (seconds since start, RSS KiB)
     try:

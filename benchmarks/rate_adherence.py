@@ -35,6 +35,7 @@ from benchmarks.common import (
     describe_machine,
     machine_info,
     plan_cpus,
+    precompile,
     run_measured,
     sandbox_client_env,
     write_campaign,
@@ -138,6 +139,7 @@ def run_rate_adherence(opts: RateOptions) -> dict[str, Any]:
     """Run the campaign against the rate-limited sandbox; returns numbers and verdicts."""
     machine = machine_info()
     cpus = plan_cpus(opts.pin)
+    precompile()
     n = opts.emails
     work = Path(tempfile.mkdtemp(prefix="bulksend-bench-rate-"))
     samples: list[tuple[float, int]] = []  # (seconds since the child started, emails accepted)
