@@ -28,7 +28,7 @@ from bulksend.secret import Secret
 from bulksend.sinks.outcomes import OUTCOME_FIELDS
 from bulksend.sinks.results import MemoryResultPublisher
 from bulksend.sources.base import Delivery, MemoryQueue, MemorySource, Settlement
-from bulksend.store.base import AdmitResult, CampaignState, NewRecipient, RecipientRow
+from bulksend.store.base import AdmitResult, CampaignState, NewRecipient
 from bulksend.store.sqlite import SqliteStore
 from bulksend.tem.config import TemSettings
 from tests.conftest import PROJECT, settings_for
@@ -354,10 +354,9 @@ class ObservedStore(SqliteStore):
         await super().set_campaign_state(campaign_id, state)
         self._wake()
 
-    async def mark_sending(self, *args: Any, **kwargs: Any) -> RecipientRow:
-        row = await super().mark_sending(*args, **kwargs)
+    async def mark_sending(self, *args: Any, **kwargs: Any) -> None:
+        await super().mark_sending(*args, **kwargs)
         self._wake()
-        return row
 
     async def mark_submitted(self, *args: Any, **kwargs: Any) -> None:
         await super().mark_submitted(*args, **kwargs)

@@ -31,6 +31,7 @@ from bulksend.store import (
     LeaseLostError,
     MemoryStore,
     NewRecipient,
+    RecipientRow,
     RowState,
     SqliteStore,
     Store,
@@ -146,6 +147,21 @@ def recipients(rows: range | list[int], *, key_of: Callable[[int], str] | None =
 async def one_row(store: Store, row: int = 1) -> int:
     [res] = await store.admit(CAMPAIGN, recipients([row]))
     return res.id
+
+
+async def send_row(
+    store: Store,
+    row_id: int,
+    *,
+    started_at: datetime = NOW,
+    correlation: str = "c",
+    lease_token: int | None = None,
+) -> RecipientRow:
+    """mark_sending, then the row as it stands afterwards."""
+    await store.mark_sending(row_id, started_at=started_at, correlation=correlation, lease_token=lease_token)
+    row = await store.get_row(row_id)
+    assert row is not None
+    return row
 
 
 async def drive(store: Store, row_id: int, state: RowState) -> None:
@@ -387,6 +403,23 @@ async def test_key_released_by_rejection(store: Store) -> None:
     assert later.state is RowState.PENDING
 
 
+async def test_ids_are_unique_across_calls_and_campaigns(store: Store) -> None:
+    """Every admitted row gets its own id, increasing in admission order, whatever the campaign."""
+    await store.create_campaign("other", {})
+    first = await store.admit(CAMPAIGN, recipients([1, 2, 3]))
+    other = await store.admit("other", recipients([1, 2]))
+    again = await store.admit(CAMPAIGN, recipients([5, 2, 4]))
+    assert again[1] == first[1]  # row 2 was admitted before: returned as it stands
+    new_ids = [r.id for r in [*first, *other, again[0], again[2]]]
+    assert new_ids == sorted(new_ids)
+    assert len(set(new_ids)) == len(new_ids)
+    for campaign_id, results in ((CAMPAIGN, first), ("other", other), (CAMPAIGN, again)):
+        for res in results:
+            row = await store.get_row(res.id)
+            assert row is not None
+            assert (row.campaign_id, row.row) == (campaign_id, res.row)
+
+
 async def test_max_admitted_row(store: Store) -> None:
     """``max_admitted_row`` is the highest input row admitted, 0 for none."""
     assert await store.max_admitted_row(CAMPAIGN) == 0
@@ -427,9 +460,9 @@ async def test_unknown_row_raises(store: Store) -> None:
 
 
 async def test_mark_sending_counts_attempts(store: Store) -> None:
-    """mark_sending returns the updated row: attempts += 1, start time and correlation recorded."""
+    """mark_sending counts the attempt (attempts += 1) and records its start time and correlation."""
     row_id = await one_row(store)
-    row = await store.mark_sending(row_id, started_at=NOW, correlation="corr-1")
+    row = await send_row(store, row_id, correlation="corr-1")
     assert (row.state, row.attempts, row.attempt_started_at, row.correlation) == (
         RowState.SENDING,
         1,
@@ -445,7 +478,7 @@ async def test_mark_sending_counts_attempts(store: Store) -> None:
 
     await store.mark_retry(row_id, reason="reconciled: not created")
     later = NOW + timedelta(minutes=5)
-    row = await store.mark_sending(row_id, started_at=later, correlation="corr-2")
+    row = await send_row(store, row_id, started_at=later, correlation="corr-2")
     assert (row.attempts, row.attempt_started_at, row.attempt_ended_at, row.correlation) == (
         2,
         later,
@@ -484,7 +517,7 @@ async def test_datetimes_come_back_aware_utc(store: Store) -> None:
     """Datetimes in any zone come back as the same instant in UTC; naive ones are taken as UTC."""
     row_id = await one_row(store)
     paris = datetime(2026, 6, 1, 14, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
-    row = await store.mark_sending(row_id, started_at=paris, correlation="c")
+    row = await send_row(store, row_id, started_at=paris)
     assert row.attempt_started_at == paris
     assert row.attempt_started_at is not None
     assert row.attempt_started_at.utcoffset() == timedelta(0)
@@ -558,6 +591,50 @@ async def test_mark_final_batch_is_all_or_nothing(store: Store) -> None:
     row = await store.get_row(ids[0])
     assert row is not None
     assert row.state is RowState.SUBMITTED
+
+
+async def test_mark_final_batch_with_repeats_and_final_rows(store: Store) -> None:
+    """A batch may name a row twice (first facts win) and rows already final; all of it is written."""
+    ids = [r.id for r in await store.admit(CAMPAIGN, recipients([1, 2, 3]))]
+    await drive(store, ids[0], RowState.FINAL)
+    await drive(store, ids[1], RowState.SUBMITTED)
+    await drive(store, ids[2], RowState.SENDING)
+    before = await store.get_row(ids[0])
+    await store.mark_final(
+        [
+            FinalUpdate(id=ids[1], status="sent", try_count=1),
+            FinalUpdate(id=ids[0], status="failed"),
+            FinalUpdate(id=ids[1], status="failed", try_count=9),
+            FinalUpdate(id=ids[2], status="unknown"),
+        ]
+    )
+    assert await store.get_row(ids[0]) == before
+    rows = {r.id: (r.state, r.status, r.try_count) async for r in store.iter_rows(CAMPAIGN)}
+    assert rows == {
+        ids[0]: (RowState.FINAL, "sent", 0),
+        ids[1]: (RowState.FINAL, "sent", 1),
+        ids[2]: (RowState.FINAL, "unknown", 0),
+    }
+
+
+async def test_mark_final_names_every_row_it_cannot_finalise(store: Store) -> None:
+    """The error names each row that cannot be finalised, in the order given; nothing is written."""
+    ids = [r.id for r in await store.admit(CAMPAIGN, recipients([1, 2, 3]))]
+    await drive(store, ids[1], RowState.SUBMITTED)
+    updates = [
+        FinalUpdate(id=ids[2], status="sent"),
+        FinalUpdate(id=ids[1], status="sent"),
+        FinalUpdate(id=424242, status="sent"),
+        FinalUpdate(id=ids[0], status="sent"),
+    ]
+    with pytest.raises(StoreError) as caught:
+        await store.mark_final(updates)
+    message = str(caught.value)
+    named = [f"row {ids[2]} ", "row 424242 ", f"row {ids[0]} "]
+    assert all(part in message for part in named)
+    assert [message.index(part) for part in named] == sorted(message.index(part) for part in named)
+    assert f"row {ids[1]} " not in message
+    assert await store.counts(CAMPAIGN) == {"pending": 2, "submitted": 1}
 
 
 # -- reads -----------------------------------------------------------------------------------
@@ -652,24 +729,24 @@ async def test_concurrent_writers_are_all_durable(opener: Opener, store: Store) 
     for start in range(1, 2001, 500):
         ids += [r.id for r in await store.admit(CAMPAIGN, recipients(range(start, start + 500)))]
     commits_before = getattr(store, "commits", None)
-    returned: dict[int, int] = {}
+    acknowledged: set[int] = set()
 
     async def send(row_id: int) -> None:
-        row = await store.mark_sending(row_id, started_at=NOW, correlation=f"c{row_id}")
-        returned[row_id] = row.attempts
+        await store.mark_sending(row_id, started_at=NOW, correlation=f"c{row_id}")
+        acknowledged.add(row_id)
 
     async with anyio.create_task_group() as tg:
         for row_id in ids:
             tg.start_soon(send, row_id)
-    assert returned == dict.fromkeys(ids, 1)
+    assert acknowledged == set(ids)
     if isinstance(commits_before, int):
         commits = getattr(store, "commits") - commits_before  # noqa: B009
         assert 1 <= commits <= len(ids) // 10, f"{commits} commits for {len(ids)} writes"
 
     store = await opener.restart(store)
     assert await store.counts(CAMPAIGN) == {"sending": 2000}
-    correlations = {r.id: r.correlation async for r in store.iter_rows(CAMPAIGN)}
-    assert correlations == {i: f"c{i}" for i in ids}
+    sent = {r.id: (r.correlation, r.attempts) async for r in store.iter_rows(CAMPAIGN)}
+    assert sent == {i: (f"c{i}", 1) for i in ids}
 
 
 async def test_cancelled_writer_leaves_store_consistent(store: Store) -> None:
@@ -780,7 +857,7 @@ async def test_expired_lease_is_taken_over_and_old_token_fenced(store: Store, cl
         await store.mark_sending(row_id, started_at=NOW, correlation="late", lease_token=old.lease_token)
     assert caught.value.row_id == row_id
     assert await store.get_row(row_id) == before
-    sent = await store.mark_sending(row_id, started_at=NOW, correlation="new", lease_token=new.lease_token)
+    sent = await send_row(store, row_id, correlation="new", lease_token=new.lease_token)
     assert (sent.state, sent.correlation, sent.lease_owner) == (RowState.SENDING, "new", "w2")
 
 
@@ -863,7 +940,7 @@ async def test_writes_without_token_ignore_leases(store: Store) -> None:
     """Without lease_token a write behaves as in single-process mode, even on a row leased to someone."""
     [row_id] = await pending_rows(store, 1)
     await store.claim(CAMPAIGN, worker_id="w1", limit=1, lease_s=LEASE_S)
-    row = await store.mark_sending(row_id, started_at=NOW, correlation="c")
+    row = await send_row(store, row_id)
     assert (row.state, row.lease_owner) == (RowState.SENDING, "w1")
 
 
@@ -928,7 +1005,7 @@ async def test_retry_keeps_the_lease(store: Store) -> None:
     await store.mark_sending(row_id, started_at=NOW, correlation="c1", lease_token=held.lease_token)
     await store.mark_retry(row_id, reason="not created", lease_token=held.lease_token)
     assert await store.claim(CAMPAIGN, worker_id="w2", limit=1, lease_s=LEASE_S) == []
-    row = await store.mark_sending(row_id, started_at=NOW, correlation="c2", lease_token=held.lease_token)
+    row = await send_row(store, row_id, correlation="c2", lease_token=held.lease_token)
     assert (row.attempts, row.lease_owner) == (2, "w1")
 
 

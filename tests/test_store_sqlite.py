@@ -6,6 +6,7 @@ import os
 import sqlite3
 import sys
 import threading
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from anyio.streams.text import TextReceiveStream
 
 from bulksend.errors import ConfigError, StoreError
-from bulksend.store import NewRecipient, RowState, SqliteStore
+from bulksend.store import LeaseLostError, NewRecipient, RowState, SqliteStore
 from bulksend.store.sqlite import MIGRATIONS, SCHEMA_VERSION, Durability
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
@@ -208,6 +209,79 @@ async def test_failed_operation_fails_only_itself(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_mixed_row_writes_in_one_batch_each_get_their_own_outcome(tmp_path: Path) -> None:
+    """Different dispatch writes, fenced or not, share one transaction; each refusal fails only itself."""
+    store = await opened(tmp_path / "o.db")
+    try:
+        await store.create_campaign("c", {})
+        ids = [r.id for r in await store.admit("c", recipients(8))]
+        leased = await store.claim("c", worker_id="w", limit=2, lease_s=60)
+        token = {r.id: r.lease_token for r in leased}
+        for row_id in ids[2:6]:
+            await store.mark_sending(row_id, started_at=NOW, correlation="c")
+        hold = WriterHold(store)
+        outcomes: dict[str, str] = {}
+
+        async def write(name: str, call: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await call()
+                outcomes[name] = "ok"
+            except LeaseLostError:
+                outcomes[name] = "lease lost"
+            except StoreError as exc:
+                outcomes[name] = str(exc)
+
+        writes: dict[str, Callable[[], Awaitable[None]]] = {
+            "fenced send": partial(
+                store.mark_sending, ids[0], started_at=NOW, correlation="f", lease_token=token[ids[0]]
+            ),
+            "stale send": partial(
+                store.mark_sending, ids[1], started_at=NOW, correlation="f", lease_token=token[ids[1]] + 1
+            ),
+            "submit": partial(store.mark_submitted, ids[2], email_id="e2", message_id="m", submitted_at=NOW),
+            "submit pending": partial(
+                store.mark_submitted, ids[6], email_id="e6", message_id="m", submitted_at=NOW
+            ),
+            "ambiguous": partial(store.mark_ambiguous, ids[3], ended_at=NOW, reason="timeout"),
+            "ambiguous pending": partial(store.mark_ambiguous, ids[7], ended_at=NOW, reason="timeout"),
+            "retry": partial(store.mark_retry, ids[4], reason="not created"),
+            "reject": partial(store.mark_rejected, ids[5], reason="4xx"),
+            "skip unknown": partial(store.mark_skipped, 999_999, reason="canceled"),
+        }
+        async with anyio.create_task_group() as tg:
+            await hold.start(tg)
+            before = store.commits
+            for name, call in writes.items():
+                tg.start_soon(write, name, call)
+            await anyio.wait_all_tasks_blocked()
+            hold.release()
+        assert store.commits - before == 2  # the held write, then all of these together
+        assert outcomes == {
+            "fenced send": "ok",
+            "stale send": "lease lost",
+            "submit": "ok",
+            "submit pending": f"row {ids[6]}: illegal transition pending → submitted",
+            "ambiguous": "ok",
+            "ambiguous pending": f"row {ids[7]}: mark_ambiguous needs state sending, not pending",
+            "retry": "ok",
+            "reject": "ok",
+            "skip unknown": "no outbox row with id 999999",
+        }
+        states = {r.id: (r.state, r.email_id, r.reason) async for r in store.iter_rows("c")}
+        assert states == {
+            ids[0]: (RowState.SENDING, "", ""),
+            ids[1]: (RowState.PENDING, "", ""),
+            ids[2]: (RowState.SUBMITTED, "e2", ""),
+            ids[3]: (RowState.SENDING, "", "timeout"),
+            ids[4]: (RowState.PENDING, "", "not created"),
+            ids[5]: (RowState.REJECTED, "", "4xx"),
+            ids[6]: (RowState.PENDING, "", ""),
+            ids[7]: (RowState.PENDING, "", ""),
+        }
+    finally:
+        await store.close()
+
+
 async def test_locked_database_fails_writes_then_recovers(tmp_path: Path) -> None:
     """While another connection holds the write lock, writes fail with StoreError; afterwards they work."""
     path = tmp_path / "o.db"
@@ -223,7 +297,9 @@ async def test_locked_database_fails_writes_then_recovers(tmp_path: Path) -> Non
         finally:
             other.execute("ROLLBACK")
             other.close()
-        row = await store.mark_sending(res.id, started_at=NOW, correlation="c")
+        await store.mark_sending(res.id, started_at=NOW, correlation="c")
+        row = await store.get_row(res.id)
+        assert row is not None
         assert row.attempts == 1
     finally:
         await store.close()

@@ -253,8 +253,12 @@ class Store(Protocol):
     # written (see the module docstring). ``None`` (the default): no lease check at all.
     async def mark_sending(
         self, row_id: int, *, started_at: datetime, correlation: str, lease_token: int | None = None
-    ) -> RecipientRow:
-        """pending → sending, attempts += 1, durable before returning: call before the POST."""
+    ) -> None:
+        """pending → sending, attempts += 1, durable before returning: call before the POST.
+
+        Returns nothing: the caller already holds what it needs to send, and reading the row back
+        on every email would cost more than the write itself (``get_row`` reads it when wanted).
+        """
 
     async def mark_submitted(
         self,

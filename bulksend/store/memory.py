@@ -300,11 +300,11 @@ class MemoryStore:
     # -- dispatch ----------------------------------------------------------------------------
     async def mark_sending(
         self, row_id: int, *, started_at: datetime, correlation: str, lease_token: int | None = None
-    ) -> RecipientRow:
-        """pending → sending, attempts += 1; returns the updated row. Fenced by ``lease_token``."""
+    ) -> None:
+        """pending → sending, attempts += 1. Fenced by ``lease_token``."""
         await self._enter()
         row = self._fenced_row(row_id, lease_token)
-        new = self._move(
+        self._move(
             row,
             RowState.SENDING,
             attempts=row.attempts + 1,
@@ -312,7 +312,6 @@ class MemoryStore:
             attempt_ended_at=None,
             correlation=correlation,
         )
-        return self._public(new)
 
     async def mark_submitted(
         self,

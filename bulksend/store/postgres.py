@@ -280,7 +280,6 @@ class _Kind:
     """Assignments, reading this write's parameters as ``u.<param>``."""
     params: tuple[tuple[str, str], ...]
     """(name, SQL type) of each per-row parameter after the id and the lease token."""
-    returning_row: bool = False
 
 
 _KINDS: Final[dict[str, _Kind]] = {
@@ -292,7 +291,6 @@ _KINDS: Final[dict[str, _Kind]] = {
             "attempts = r.attempts + 1, attempt_started_at = u.started_at, attempt_ended_at = NULL, "
             "correlation = u.correlation",
             (("started_at", "timestamptz"), ("correlation", "text")),
-            returning_row=True,
         ),
         _Kind(
             "submitted",
@@ -327,14 +325,13 @@ def _kind_sql(kind: _Kind, s: str) -> str:
     types = ["bigint", "bigint", *(t for _, t in kind.params)]
     arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, start=1))
     in_sources = ", ".join(f"'{v}'" for v in sources)
-    returning = _R_COLUMNS if kind.returning_row else "r.id"
     # The fence and the state check are in one guarded UPDATE: atomic under concurrent claims.
     return (
         f"UPDATE {s}.recipients AS r SET {state_set}{kind.sets} "
         f"FROM unnest({arrays}) AS u({', '.join(names)}) "
         f"WHERE r.id = u.id AND r.state IN ({in_sources}) "
         "AND (u.lease_token IS NULL OR (r.lease_token = u.lease_token AND r.lease_owner <> '')) "
-        f"RETURNING {returning}"
+        "RETURNING r.id"
     )
 
 
@@ -347,13 +344,12 @@ class _RowOp:
     lease_token: int | None
     params: tuple[Any, ...]
     done: bool = False
-    result: Any = None
     error: BaseException | None = None
 
 
 @dataclass(slots=True)
 class _FlushOutcome:
-    results: dict[int, Any] = field(default_factory=dict)
+    written: set[int] = field(default_factory=set)
     errors: dict[int, BaseException] = field(default_factory=dict)
 
 
@@ -561,7 +557,7 @@ class PostgresStore:
             raise StoreError(f"PostgreSQL read failed: {_describe(exc)}") from None
 
     # -- group commit ------------------------------------------------------------------------
-    async def _row_write(self, kind: str, row_id: int, lease_token: int | None, *params: Any) -> Any:
+    async def _row_write(self, kind: str, row_id: int, lease_token: int | None, *params: Any) -> None:
         self._require_pool()
         # Cancellation point before queuing: a caller cancelled here wrote nothing.
         await anyio.lowlevel.checkpoint()
@@ -579,7 +575,6 @@ class PostgresStore:
                     await self._lead()
         if op.error is not None:
             raise op.error
-        return op.result
 
     async def _lead(self) -> None:
         """Flush one batch from the queue as the leader, then wake every waiter."""
@@ -622,13 +617,8 @@ class PostgresStore:
                 columns: list[list[Any]] = [[op.row_id for op in ops], [op.lease_token for op in ops]]
                 columns += [[op.params[i] for op in ops] for i in range(len(kind.params))]
                 updated = await conn.fetch(self._kind_sql[name], *columns)
-                if kind.returning_row:
-                    for r in updated:
-                        outcome.results[r["id"]] = _row(r)
-                else:
-                    for r in updated:
-                        outcome.results[r["id"]] = None
-                failed += [op for op in ops if op.row_id not in outcome.results]
+                outcome.written.update(r["id"] for r in updated)
+                failed += [op for op in ops if op.row_id not in outcome.written]
             if failed:
                 # Explain each refusal from the row as it stands (nothing of these ops was written).
                 found = {
@@ -655,10 +645,7 @@ class PostgresStore:
             return
         # Only now, with the commit done, may any caller learn that its write succeeded.
         for op in batch:
-            if op.row_id in outcome.errors:
-                op.error = outcome.errors[op.row_id]
-            else:
-                op.result = outcome.results.get(op.row_id)
+            op.error = outcome.errors.get(op.row_id)
             op.done = True
 
     # -- campaigns ---------------------------------------------------------------------------
@@ -831,15 +818,12 @@ class PostgresStore:
     # -- dispatch ----------------------------------------------------------------------------
     async def mark_sending(
         self, row_id: int, *, started_at: datetime, correlation: str, lease_token: int | None = None
-    ) -> RecipientRow:
+    ) -> None:
         """pending → sending, attempts += 1, committed before returning: call it before the POST.
 
         Fenced by ``lease_token`` when given (``LeaseLostError``, nothing written). Group-committed.
         """
-        row: RecipientRow = await self._row_write(
-            "sending", row_id, lease_token, utc(started_at), correlation
-        )
-        return row
+        await self._row_write("sending", row_id, lease_token, utc(started_at), correlation)
 
     async def mark_submitted(
         self,

@@ -3,7 +3,8 @@
 Threading model
 ---------------
 One **writer thread** owns the only write connection. Async callers never touch it: each write is
-queued as a small function, and the caller awaits a future. The writer takes *everything* queued,
+queued as a small function (the per-email dispatch writes as a prepared statement and its
+parameters, which costs less), and the caller awaits a future. The writer takes *everything* queued,
 runs it in ONE transaction (``BEGIN IMMEDIATE`` … ``COMMIT``), then resolves every caller's future
 with ``loop.call_soon_threadsafe``. While one commit is being fsynced, the next writes pile up in
 the queue and share the next commit: this **group commit** is what makes ``synchronous=FULL``
@@ -11,8 +12,9 @@ affordable (one fsync for hundreds of ``mark_sending`` calls instead of one each
 
 Each queued operation runs inside its own ``SAVEPOINT``: an operation that fails (an illegal
 transition, an unknown row) is rolled back to its savepoint and fails only its own caller; the rest
-of the batch commits. A failed ``COMMIT`` (disk full, I/O error) fails every caller of the batch,
-and none of their writes happened.
+of the batch commits. An operation that is one guarded ``UPDATE`` (every state transition of a
+single row) skips the savepoint: when it changes nothing, it wrote nothing. A failed ``COMMIT``
+(disk full, I/O error) fails every caller of the batch, and none of their writes happened.
 
 Reads use separate read-only connections (WAL lets them run while the writer commits) from a
 small pool, in anyio worker threads, so neither reads nor writes ever block the event loop.
@@ -62,11 +64,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from os import PathLike, fspath
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, NoReturn, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -180,41 +182,61 @@ _PRAGMA_NAME = re.compile(r"^[a-z_]+$")
 
 
 def _dt_text(dt: datetime | None) -> str | None:
-    return None if dt is None else utc(dt).isoformat(timespec="microseconds")
+    if dt is None:
+        return None
+    return (dt if dt.tzinfo is UTC else utc(dt)).isoformat(timespec="microseconds")
+
+
+_fromisoformat: Final = datetime.fromisoformat
 
 
 def _dt_parse(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text).astimezone(UTC)
+    if text is None:
+        return None
+    # What we store ends in "+00:00", which parses straight to UTC: no conversion needed.
+    parsed = _fromisoformat(text)
+    return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
+
+
+_STATES: Final[dict[str, RowState]] = {s.value: s for s in RowState}
+# _row_from_db passes the columns positionally (keywords cost more for 26 fields): the columns of
+# _ROW_COLUMNS and the fields of RecipientRow must stay in the same order.
+if [f.name for f in fields(RecipientRow)] != [
+    {"input_row": "row", "recipient_key": "key"}.get(c, c) for c in _ROW_COLUMNS.split(", ")
+]:
+    raise ImportError("sqlite store: _ROW_COLUMNS is out of step with the fields of RecipientRow")
 
 
 def _row_from_db(r: tuple[Any, ...]) -> RecipientRow:
+    # Called for every row read (the outcomes file reads them all), hence the shortcuts.
+    flags = r[17]
     return RecipientRow(
-        id=r[0],
-        campaign_id=r[1],
-        row=r[2],
-        email=r[3],
-        name=r[4],
-        key=r[5],
-        state=RowState(r[6]),
-        payload=orjson.loads(r[7]),
-        reason=r[8],
-        attempts=r[9],
-        attempt_started_at=_dt_parse(r[10]),
-        attempt_ended_at=_dt_parse(r[11]),
-        correlation=r[12],
-        email_id=r[13] or "",
-        message_id=r[14],
-        submitted_at=_dt_parse(r[15]),
-        status=r[16],
-        flags=tuple(orjson.loads(r[17])),
-        status_details=r[18],
-        smtp_code=r[19],
-        smtp_message=r[20],
-        try_count=r[21],
-        final_at=_dt_parse(r[22]),
-        lease_owner=r[23],
-        lease_token=r[24],
-        lease_expires_at=_dt_parse(r[25]),
+        r[0],
+        r[1],
+        r[2],
+        r[3],
+        r[4],
+        r[5],
+        _STATES[r[6]],
+        orjson.loads(r[7]),
+        r[8],
+        r[9],
+        _dt_parse(r[10]),
+        _dt_parse(r[11]),
+        r[12],
+        r[13] or "",
+        r[14],
+        _dt_parse(r[15]),
+        r[16],
+        () if flags == "[]" else tuple(orjson.loads(flags)),
+        r[18],
+        r[19],
+        r[20],
+        r[21],
+        _dt_parse(r[22]),
+        r[23],
+        r[24],
+        _dt_parse(r[25]),
     )
 
 
@@ -252,8 +274,9 @@ def _current_state(conn: sqlite3.Connection, row_id: int, lease_token: int | Non
     return RowState(state)
 
 
-# Appended to a guarded UPDATE's WHERE, with (lease_token, lease_token) as parameters: no token, no check.
-_FENCE: Final = " AND (? IS NULL OR (lease_token = ? AND lease_owner <> ''))"
+# Appended to a guarded UPDATE's WHERE, with the lease token as its parameter. A write without a
+# token uses the statement without it: no token, no check.
+_FENCE: Final = " AND lease_token = ? AND lease_owner <> ''"
 
 
 # For each state, the states ``TRANSITIONS`` allows to move into it.
@@ -263,52 +286,83 @@ _SOURCES: Final[dict[RowState, tuple[str, ...]]] = {
 }
 
 
-def _transition(
-    conn: sqlite3.Connection,
-    row_id: int,
-    target: RowState,
-    sets: str,
-    params: Sequence[Any],
-    *,
-    lease_token: int | None = None,
-    returning: bool = False,
-) -> RecipientRow | None:
-    """Move the row to ``target`` with the extra ``sets`` assignments, or raise ``StoreError``.
+@dataclass(frozen=True, slots=True)
+class _Move:
+    """One guarded single-row UPDATE, its SQL built once (not on every write).
 
-    One guarded UPDATE (``WHERE state IN <allowed sources>``, plus the lease fence when
-    ``lease_token`` is given) on the happy path; the row is read only to explain a refusal.
-    Nothing is written when it raises, so the caller needs no savepoint. With ``returning``, the
-    updated row is returned. A terminal target ends the lease.
+    Parameters: the ``sets`` parameters, then the row id, then (``fenced`` only) the lease token.
     """
-    sources = _SOURCES[target]
-    release = ", dedupe_key = NULL" if target in KEY_RELEASING_STATES else ""
+
+    target: RowState | None
+    """The state the row moves to; None: it stays ``sending`` (``mark_ambiguous``)."""
+    plain: str
+    fenced: str
+
+
+def _move(target: RowState, sets: str) -> _Move:
+    # The state values are the enum's own constants, so they are inlined rather than bound.
+    assigns = [f"state = '{target.value}'"]
+    if target in KEY_RELEASING_STATES:
+        assigns.append("dedupe_key = NULL")
     if target.is_terminal:
-        release += ", lease_owner = '', lease_expires_at = NULL"
-    tail = f" RETURNING {_ROW_COLUMNS}" if returning else ""
-    cur = conn.execute(
-        f"UPDATE recipients SET state = ?{release}{', ' if sets else ''}{sets} "
-        f"WHERE id = ? AND state IN ({_marks(len(sources))}){_FENCE}{tail}",
-        (target.value, *params, row_id, *sources, lease_token, lease_token),
-    )
-    updated = cur.fetchall() if returning else []
-    moved = bool(updated) if returning else cur.rowcount > 0
-    if not moved:
-        # Raises: unknown row, stale lease, or illegal transition (checked in that order).
-        check_transition(row_id, _current_state(conn, row_id, lease_token), target)
-        raise StoreError(f"row {row_id}: could not move to {target.value}")  # defensive, unreachable
-    return _row_from_db(updated[0]) if updated else None
+        assigns += ["lease_owner = ''", "lease_expires_at = NULL"]
+    assigns.append(sets)
+    sources = ", ".join(f"'{s}'" for s in _SOURCES[target])
+    plain = f"UPDATE recipients SET {', '.join(assigns)} WHERE id = ? AND state IN ({sources})"
+    return _Move(target, plain, plain + _FENCE)
+
+
+_TO_SENDING: Final = _move(
+    RowState.SENDING,
+    "attempts = attempts + 1, attempt_started_at = ?, attempt_ended_at = NULL, correlation = ?",
+)
+_TO_SUBMITTED: Final = _move(RowState.SUBMITTED, "email_id = ?, message_id = ?, submitted_at = ?")
+_WITH_REASON: Final[dict[RowState, _Move]] = {
+    target: _move(target, "reason = ?") for target in (RowState.PENDING, RowState.REJECTED, RowState.SKIPPED)
+}
+_AMBIGUOUS_SQL: Final = (
+    "UPDATE recipients SET attempt_ended_at = ?, reason = ? WHERE id = ? AND state = 'sending'"
+)
+_AMBIGUOUS: Final = _Move(None, _AMBIGUOUS_SQL, _AMBIGUOUS_SQL + _FENCE)
+_FINALISABLE: Final = ", ".join(f"'{s.value}'" for s in sorted(FINALISABLE_STATES))
+_FINAL: Final = (
+    "UPDATE recipients SET state = 'final', status = ?, flags = ?, status_details = ?, smtp_code = ?, "
+    "smtp_message = ?, try_count = ?, final_at = ?, reason = ?, lease_owner = '', lease_expires_at = NULL "
+    f"WHERE id = ? AND state IN ({_FINALISABLE})"
+)
 
 
 @dataclass(slots=True)
 class _Op:
-    """One queued write: run ``fn`` on the writer connection, hand the outcome to ``future``."""
+    """One queued write, and the future through which its caller learns the outcome.
 
-    fn: Callable[[sqlite3.Connection], Any]
+    Either ``fn``, run on the writer connection, or (``fn`` None) a guarded single-row UPDATE, the
+    hot path of dispatch: ``sql`` with ``params`` must change the row ``row_id``; when it changes
+    nothing, the row is read to tell why (``move``, ``lease_token``). A guarded UPDATE that fails
+    wrote nothing, so it needs no savepoint.
+    """
+
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
+    fn: Callable[[sqlite3.Connection], Any] | None
     single_write: bool
     """True when ``fn`` writes with at most one statement, after all its checks: if it fails,
     nothing of it was written, so it can skip the cost of a savepoint."""
+    sql: str = ""
+    params: tuple[Any, ...] = ()
+    row_id: int = 0
+    move: _Move | None = None
+    lease_token: int | None = None
+
+
+def _refuse(conn: sqlite3.Connection, op: _Op) -> NoReturn:
+    """Raise why ``op``'s guarded UPDATE changed nothing: unknown row, stale lease, or wrong state."""
+    state = _current_state(conn, op.row_id, op.lease_token)  # raises for the first two
+    target = op.move.target if op.move is not None else None
+    if target is None:
+        raise StoreError(f"row {op.row_id}: mark_ambiguous needs state sending, not {state.value}")
+    check_transition(op.row_id, state, target)
+    raise StoreError(f"row {op.row_id}: could not move to {target.value}")  # defensive, unreachable
 
 
 _STOP: Final = object()
@@ -518,48 +572,62 @@ class SqliteStore:
                 break
             if isinstance(item, _Op):
                 leftovers.append(item)
-        self._resolve([(op, None, StoreError("the store is closed")) for op in leftovers])
+        if leftovers:
+            self._fail(leftovers, StoreError("the store is closed"))
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
-        outcomes: list[tuple[_Op, Any, BaseException | None]] = []
+        # deliveries[i] is the outcome of batch[i].
+        deliveries: list[_Delivery] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            err = StoreError(f"{self.path}: cannot start a write transaction: {exc}")
-            self._resolve([(op, None, err) for op in batch])
+            self._fail(batch, StoreError(f"{self.path}: cannot start a write transaction: {exc}"))
             return
+        # One cursor for the guarded UPDATEs: conn.execute would make a new one for each.
+        cur = conn.cursor()
         try:
             for op in batch:
+                fn = op.fn
+                if fn is None:
+                    try:
+                        if cur.execute(op.sql, op.params).rowcount == 0:
+                            _refuse(conn, op)
+                    except Exception as exc:
+                        deliveries.append((op.future, None, self._as_store_error(conn, exc)))
+                    else:
+                        deliveries.append((op.future, None, None))
+                    continue
                 if op.single_write:
                     try:
-                        result = op.fn(conn)
+                        result = fn(conn)
                     except Exception as exc:
-                        outcomes.append((op, None, self._as_store_error(conn, exc)))
+                        deliveries.append((op.future, None, self._as_store_error(conn, exc)))
                     else:
-                        outcomes.append((op, result, None))
+                        deliveries.append((op.future, result, None))
                     continue
                 conn.execute("SAVEPOINT op")
                 try:
-                    result = op.fn(conn)
+                    result = fn(conn)
                 except Exception as exc:
                     # Undo only this operation; the rest of the batch still commits.
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
-                    outcomes.append((op, None, self._as_store_error(conn, exc)))
+                    deliveries.append((op.future, None, self._as_store_error(conn, exc)))
                 else:
                     conn.execute("RELEASE op")
-                    outcomes.append((op, result, None))
+                    deliveries.append((op.future, result, None))
             conn.execute("COMMIT")
             self._commits += 1
         except Exception as exc:
             # The transaction itself broke (I/O error, disk full…): nothing in it was written.
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            err = StoreError(f"{self.path}: commit failed, nothing written: {exc}")
-            self._resolve([(op, None, err) for op in batch])
+            self._fail(batch, StoreError(f"{self.path}: commit failed, nothing written: {exc}"))
             return
+        finally:
+            cur.close()
         # Only now, with the commit durable, may any caller learn that its write succeeded.
-        self._resolve(outcomes)
+        self._resolve(batch, deliveries)
 
     def _as_store_error(self, conn: sqlite3.Connection, exc: Exception) -> BaseException:
         if isinstance(exc, sqlite3.Error) and not conn.in_transaction:
@@ -567,13 +635,22 @@ class SqliteStore:
             raise exc
         return exc if isinstance(exc, BulksendError) else StoreError(f"{self.path}: write failed: {exc}")
 
+    def _fail(self, batch: list[_Op], err: BaseException) -> None:
+        self._resolve(batch, [(op.future, None, err) for op in batch])
+
     @staticmethod
-    def _resolve(outcomes: list[tuple[_Op, Any, BaseException | None]]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Delivery]] = {}
-        for op, result, exc in outcomes:
-            by_loop.setdefault(op.loop, []).append((op.future, result, exc))
+    def _resolve(batch: list[_Op], deliveries: list[_Delivery]) -> None:
+        """Hand ``deliveries[i]`` to the caller of ``batch[i]``: one wake-up per loop and batch."""
+        first = batch[0].loop
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Delivery]]
+        if all(op.loop is first for op in batch):  # the usual case: one event loop
+            by_loop = {first: deliveries}
+        else:
+            by_loop = {}
+            for op, item in zip(batch, deliveries, strict=True):
+                by_loop.setdefault(op.loop, []).append(item)
         for loop, items in by_loop.items():
-            # One wake-up per loop and batch, not per write. A closed loop means its callers are gone.
+            # A closed loop means its callers are gone.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_deliver, items)
 
@@ -582,9 +659,26 @@ class SqliteStore:
             raise StoreError("the store is not open")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[_T] = loop.create_future()
-        self._queue.put(_Op(fn, loop, fut, single_write))
+        self._queue.put(_Op(loop, fut, fn, single_write))
         result: _T = await fut
         return result
+
+    async def _row_write(
+        self, move: _Move, row_id: int, params: tuple[Any, ...], lease_token: int | None
+    ) -> None:
+        """Queue the guarded UPDATE ``move`` of one row (``params``: its assignments) and await it."""
+        if not self._accepting:
+            raise StoreError("the store is not open")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        if lease_token is None:
+            op = _Op(loop, fut, None, True, move.plain, (*params, row_id), row_id, move)
+        else:
+            op = _Op(
+                loop, fut, None, True, move.fenced, (*params, row_id, lease_token), row_id, move, lease_token
+            )
+        self._queue.put(op)
+        await fut
 
     # -- reads -------------------------------------------------------------------------------
     async def _read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
@@ -688,7 +782,7 @@ class SqliteStore:
                     f"WHERE campaign_id = ? AND input_row IN ({_marks(len(numbers))})",
                     (campaign_id, *numbers),
                 ):
-                    done[n] = AdmitResult(id=rid, row=n, state=RowState(state), reason=reason)
+                    done[n] = AdmitResult(rid, n, _STATES[state], reason)
             new_pending = [r for r in rows if r.state is RowState.PENDING and r.row not in done]
             keys = sorted({r.key for r in new_pending if r.key is not None})
             owners: dict[str, int] = {}
@@ -699,6 +793,10 @@ class SqliteStore:
                     (campaign_id, *chunk),
                 ):
                     owners[key] = n
+            # The ids SQLite would pick itself (largest so far + 1; this transaction holds the write
+            # lock), given explicitly so that one executemany inserts every new row.
+            next_id: int = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM recipients").fetchone()[0]
+            inserts: list[tuple[Any, ...]] = []
             results: list[AdmitResult] = []
             for r, blob in zip(rows, blobs, strict=True):
                 existing = done.get(r.row)
@@ -713,15 +811,18 @@ class SqliteStore:
                         dedupe = r.key
                     else:
                         state, reason = RowState.SKIPPED, duplicate_reason(owner)
-                cur = conn.execute(
-                    "INSERT INTO recipients (campaign_id, input_row, email, name, recipient_key, dedupe_key, "
-                    "state, reason, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (campaign_id, r.row, r.email, r.name, r.key, dedupe, state.value, reason, blob),
+                inserts.append(
+                    (next_id, campaign_id, r.row, r.email, r.name, r.key, dedupe, state.value, reason, blob)
                 )
-                assert cur.lastrowid is not None
-                result = AdmitResult(id=cur.lastrowid, row=r.row, state=state, reason=reason)
+                result = AdmitResult(next_id, r.row, state, reason)
+                next_id += 1
                 done[r.row] = result
                 results.append(result)
+            conn.executemany(
+                "INSERT INTO recipients (id, campaign_id, input_row, email, name, recipient_key, dedupe_key, "
+                "state, reason, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                inserts,
+            )
             return results
 
         return await self._write(op)
@@ -740,27 +841,12 @@ class SqliteStore:
     # -- dispatch ----------------------------------------------------------------------------
     async def mark_sending(
         self, row_id: int, *, started_at: datetime, correlation: str, lease_token: int | None = None
-    ) -> RecipientRow:
+    ) -> None:
         """pending → sending, attempts += 1, committed before returning: call it before the POST.
 
         Fenced by ``lease_token`` when given (``LeaseLostError``, nothing written).
         """
-        started = _dt_text(started_at)
-
-        def op(conn: sqlite3.Connection) -> RecipientRow:
-            row = _transition(
-                conn,
-                row_id,
-                RowState.SENDING,
-                "attempts = attempts + 1, attempt_started_at = ?, attempt_ended_at = NULL, correlation = ?",
-                (started, correlation),
-                lease_token=lease_token,
-                returning=True,
-            )
-            assert row is not None
-            return row
-
-        return await self._write(op, single_write=True)
+        await self._row_write(_TO_SENDING, row_id, (_dt_text(started_at), correlation), lease_token)
 
     async def mark_submitted(
         self,
@@ -772,56 +858,26 @@ class SqliteStore:
         lease_token: int | None = None,
     ) -> None:
         """sending → submitted with TEM's email id. Fenced by ``lease_token`` when given."""
-        submitted = _dt_text(submitted_at)
-        await self._write(
-            lambda conn: _transition(
-                conn,
-                row_id,
-                RowState.SUBMITTED,
-                "email_id = ?, message_id = ?, submitted_at = ?",
-                (email_id or None, message_id, submitted),
-                lease_token=lease_token,
-            ),
-            single_write=True,
-        )
+        params = (email_id or None, message_id, _dt_text(submitted_at))
+        await self._row_write(_TO_SUBMITTED, row_id, params, lease_token)
 
     async def mark_ambiguous(
         self, row_id: int, *, ended_at: datetime, reason: str, lease_token: int | None = None
     ) -> None:
         """Stay ``sending`` but record when the ambiguous attempt ended (reconcile later). Fenced."""
-        ended = _dt_text(ended_at)
-
-        def op(conn: sqlite3.Connection) -> None:
-            cur = conn.execute(
-                "UPDATE recipients SET attempt_ended_at = ?, reason = ? WHERE id = ? AND state = 'sending'"
-                + _FENCE,
-                (ended, reason, row_id, lease_token, lease_token),
-            )
-            if cur.rowcount == 0:
-                state = _current_state(conn, row_id, lease_token)
-                raise StoreError(f"row {row_id}: mark_ambiguous needs state sending, not {state.value}")
-
-        await self._write(op, single_write=True)
+        await self._row_write(_AMBIGUOUS, row_id, (_dt_text(ended_at), reason), lease_token)
 
     async def mark_retry(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
         """sending → pending: reconciliation proved the email was not created. The lease stays."""
-        await self._transition_op(row_id, RowState.PENDING, reason, lease_token)
+        await self._row_write(_WITH_REASON[RowState.PENDING], row_id, (reason,), lease_token)
 
     async def mark_rejected(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
         """pending/sending → rejected (the row gives its dedupe key and its lease up)."""
-        await self._transition_op(row_id, RowState.REJECTED, reason, lease_token)
+        await self._row_write(_WITH_REASON[RowState.REJECTED], row_id, (reason,), lease_token)
 
     async def mark_skipped(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
         """pending → skipped (the row gives its dedupe key and its lease up)."""
-        await self._transition_op(row_id, RowState.SKIPPED, reason, lease_token)
-
-    async def _transition_op(
-        self, row_id: int, target: RowState, reason: str, lease_token: int | None
-    ) -> None:
-        await self._write(
-            lambda conn: _transition(conn, row_id, target, "reason = ?", (reason,), lease_token=lease_token),
-            single_write=True,
-        )
+        await self._row_write(_WITH_REASON[RowState.SKIPPED], row_id, (reason,), lease_token)
 
     async def mark_final(self, updates: Sequence[FinalUpdate]) -> None:
         """submitted/sending → final, many rows in one commit, all or nothing.
@@ -831,7 +887,7 @@ class SqliteStore:
         params = [
             (
                 u.status,
-                orjson.dumps(list(u.flags)).decode(),
+                orjson.dumps(u.flags).decode() if u.flags else "[]",
                 u.status_details,
                 u.smtp_code,
                 u.smtp_message,
@@ -842,25 +898,20 @@ class SqliteStore:
             )
             for u in updates
         ]
-        finalisable = tuple(s.value for s in FINALISABLE_STATES)
 
         def op(conn: sqlite3.Connection) -> None:
+            if conn.executemany(_FINAL, params).rowcount == len(params):
+                return
+            # Some rows did not move. Every row that could is final now, so a row found in any other
+            # state (or not found) is a problem; a final one moved now or was final already (the
+            # tracker learned it twice), which is fine.
             problems: list[str] = []
             for p in params:
-                cur = conn.execute(
-                    "UPDATE recipients SET state = 'final', status = ?, flags = ?, status_details = ?, "
-                    "smtp_code = ?, smtp_message = ?, try_count = ?, final_at = ?, reason = ?, "
-                    "lease_owner = '', lease_expires_at = NULL "
-                    f"WHERE id = ? AND state IN ({_marks(len(finalisable))})",
-                    (*p, *finalisable),
-                )
-                if cur.rowcount == 1:
-                    continue
                 row_id = p[-1]
                 found = conn.execute("SELECT state FROM recipients WHERE id = ?", (row_id,)).fetchone()
                 if found is None:
                     problems.append(f"row {row_id} (no such row)")
-                elif found[0] != RowState.FINAL.value:  # already final: the tracker learned it twice
+                elif found[0] != RowState.FINAL.value:
                     problems.append(f"row {row_id} (state {found[0]})")
             if problems:
                 raise final_problems(problems)  # rolls this operation back to its savepoint
