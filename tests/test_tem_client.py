@@ -161,8 +161,10 @@ async def test_submit_answers_what_a_sender_records(tem: TemClient, sb: Sandbox)
     sent = await tem.submit(body)
     assert [s.mail_rcpt for s in sent] == ["lean@example.org"]
     full = await tem.get_email(sent[0].id)
-    assert sent[0].message_id == full.message_id and sent[0].message_id
-    assert sent[0].created_at == full.created_at and sent[0].created_at is not None
+    assert sent[0].message_id == full.message_id
+    assert sent[0].message_id
+    assert sent[0].created_at == full.created_at
+    assert sent[0].created_at is not None
     assert sb.stats().accepted_by_recipient == {"lean@example.org": 1}
 
 

@@ -538,7 +538,8 @@ async def test_unexpected_2xx_body_on_send_is_a_transient_protocol_error(
     assert info.value.transient
     assert info.value.sent is True
     assert info.value.status == 200
-    assert lean.value.sent is True and lean.value.status == 200
+    assert lean.value.sent is True
+    assert lean.value.status == 200
 
 
 async def test_unexpected_body_on_read_endpoints_is_a_protocol_error(crafted: CraftedTem) -> None:

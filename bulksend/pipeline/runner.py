@@ -26,7 +26,7 @@ from typing import Any
 
 import anyio
 import structlog
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from bulksend.campaign import Campaign
 from bulksend.errors import CampaignError
@@ -332,9 +332,21 @@ class CampaignRun:
         finally:
             self._held.discard(item.row_id)
 
-    async def _worker(self, dispatcher: Dispatcher, receive: ObjectReceiveStream[SendItem]) -> None:
+    async def _worker(self, dispatcher: Dispatcher, receive: MemoryObjectReceiveStream[SendItem]) -> None:
         async with receive:
-            async for item in receive:
+            while True:
+                # Take a queued item without a checkpoint (``receive`` yields to the loop first,
+                # once per email for nothing); wait only when the queue is empty. Every send
+                # suspends anyway, so no task can starve the others.
+                try:
+                    item = receive.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        item = await receive.receive()
+                    except anyio.EndOfStream:
+                        return
+                except anyio.EndOfStream:
+                    return
                 if self._stopping:
                     return  # the item's row stays `pending`: durable, and resumed by the next run
                 try:
@@ -344,7 +356,7 @@ class CampaignRun:
 
     # -- scale-out intake --------------------------------------------------------------------
     async def _intake_claiming(
-        self, send: ObjectSendStream[SendItem], record: CampaignRecord, reconciler: Reconciler
+        self, send: MemoryObjectSendStream[SendItem], record: CampaignRecord, reconciler: Reconciler
     ) -> None:
         """Scale-out intake: admit the file if this worker holds the "admit" role, and send the
         rows this worker claims (leases with fencing tokens). Rows a dead worker held become
@@ -414,7 +426,7 @@ class CampaignRun:
                 self._held.difference_update(set(held) - kept)
 
     # -- intake ------------------------------------------------------------------------------
-    async def _intake(self, send: ObjectSendStream[SendItem], record: CampaignRecord) -> None:
+    async def _intake(self, send: MemoryObjectSendStream[SendItem], record: CampaignRecord) -> None:
         c = self.campaign
         async with send:
             with self._intake_scope:
@@ -431,13 +443,13 @@ class CampaignRun:
                     await self._admit_file(send, start)
                     await self.store.mark_admitted_all(c.id)
 
-    async def _admit_file(self, send: ObjectSendStream[SendItem], start_after_row: int) -> None:
+    async def _admit_file(self, send: MemoryObjectSendStream[SendItem], start_after_row: int) -> None:
         reader = iter_recipients(self.campaign.recipients, start_after_row=start_after_row)
         while await self._admit_batch(reader, send):
             pass
 
     async def _admit_batch(
-        self, reader: Iterator[RecipientInput | BadRow], send: ObjectSendStream[SendItem] | None
+        self, reader: Iterator[RecipientInput | BadRow], send: MemoryObjectSendStream[SendItem] | None
     ) -> bool:
         """Admit the next batch of the source (one commit); False once the source is exhausted.
 
@@ -466,18 +478,22 @@ class CampaignRun:
                 email = rendered.get(res.row)
                 if email is not None and send is not None:
                     new = by_row[res.row]
-                    await send.send(
-                        SendItem(
-                            res.id,
-                            res.row,
-                            new.email,
-                            email.subject,
-                            email.body,
-                            correlation_of(c.id, res.row),
-                            c.id,
-                            c.from_.email,
-                        )
+                    item = SendItem(
+                        res.id,
+                        res.row,
+                        new.email,
+                        email.subject,
+                        email.body,
+                        correlation_of(c.id, res.row),
+                        c.id,
+                        c.from_.email,
                     )
+                    # Without a checkpoint while the queue has room (``send`` yields first, once
+                    # per email); wait for room only when dispatch is behind.
+                    try:
+                        send.send_nowait(item)
+                    except anyio.WouldBlock:
+                        await send.send(item)
             elif res.state is RowState.REJECTED:
                 self.stats.rejected += 1
                 terminal.append((res.id, "rejected"))
