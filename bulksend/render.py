@@ -4,8 +4,10 @@
 autoescaping for the HTML body only) and precomputes everything that is the same for every
 recipient: the JSON of the sender, ``project_id`` and ``send_before``, the campaign attachments'
 JSON fragment (which may be close to 2 MB and is never re-encoded), headers without variables, and
-templates without variables (rendered once). :meth:`Renderer.render` runs once per recipient and
-never raises: every problem becomes a :class:`Rejection` with a reason a person can act on.
+templates without variables (rendered once). Templates made only of text and ``{{ name }}`` are
+rendered per recipient by joining text and values, without a Jinja context; the others by Jinja.
+:meth:`Renderer.render` runs once per recipient and never raises: every problem becomes a
+:class:`Rejection` with a reason a person can act on.
 """
 
 from __future__ import annotations
@@ -14,15 +16,16 @@ import base64
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
-from jinja2 import Template, meta
+from jinja2 import Template, meta, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
+from markupsafe import escape
 
 from bulksend.campaign import CORRELATION_HEADER, Campaign, guess_attachment_type, new_template_environment
 from bulksend.errors import CampaignError
@@ -62,17 +65,31 @@ class Rejection:
 
 
 class _Part:
-    """One template: either a constant (no variables: rendered once) or a compiled template."""
+    """One template: a constant (no variables: rendered once), or a compiled template.
 
-    __slots__ = ("constant", "template", "what")
+    A compiled template made only of text and ``{{ name }}`` outputs, which is what most campaign
+    templates are, is also kept as text and ``names``: :meth:`render` then joins the text
+    with each value converted exactly as the compiled template converts it (``str``, or ``escape``
+    where the environment autoescapes), without building a Jinja context. Anything else, and any
+    value the join cannot take as it is (a missing name, a conversion that raises), goes through
+    the compiled template, which gives the same output and raises the same exceptions as ever.
+    """
+
+    __slots__ = ("constant", "context_globals", "convert", "head", "names", "pairs", "template", "what")
 
     def __init__(self, env: SandboxedEnvironment, source: str, what: str, campaign_id: str) -> None:
         self.what = what
         self.template: Template | None = None
         self.constant: str | None = None
+        self.names: tuple[str, ...] | None = None
+        self.head = ""
+        self.pairs: tuple[tuple[str, str], ...] = ()
+        self.convert: Callable[[Any], str] = escape if env.autoescape is True else str
+        self.context_globals: dict[str, Any] = {}
         try:
             template = env.from_string(source)
-            names = meta.find_undeclared_variables(env.parse(source))
+            ast = env.parse(source)
+            names = meta.find_undeclared_variables(ast)
         except Exception as exc:  # the campaign loader compiled it already; this is a safety net
             raise CampaignError(f"the {what} template does not compile: {exc}") from None
         # `random` would be frozen by rendering once, so such templates stay per-recipient.
@@ -83,22 +100,88 @@ class _Part:
                 raise CampaignError(
                     f"the {what} template fails for every recipient: {type(exc).__name__}: {exc}; fix it"
                 ) from None
-        else:
-            self.template = template
+            return
+        self.template = template
+        # A plain dict of the template's globals: the Context copies their keys on every render,
+        # and iterating the ChainMap Jinja keeps them in is almost half the cost of a Context.
+        self.context_globals = dict(template.globals)
+        # The join converts values as the compiled template does only without a finalize hook
+        # and with autoescaping fixed for the whole environment (both hold for campaign
+        # environments; anything else stays with Jinja).
+        if env.finalize is None and isinstance(env.autoescape, bool):
+            simple = _text_and_names(ast)
+            if simple is not None:
+                literals, self.names = simple
+                # The text before the first name, then each name with the text that follows it.
+                self.head = literals[0]
+                self.pairs = tuple(zip(self.names, literals[1:], strict=True))
 
     def render(self, parent: dict[str, Any]) -> str:
         """Render with ``parent`` = the environment globals merged with the recipient's variables.
 
-        What Template.render does, minus two costs that dominate a small template: merging the
-        globals into a fresh dict (done once per recipient by the caller, shared by every template
-        since they only read it) and rewriting the traceback of a failure (a failure here is a
-        routine per-row rejection, not something to debug).
+        A failure raises what the compiled template raises (UndefinedError, SecurityError, …).
+        """
+        if self.constant is not None:
+            return self.constant
+        if self.names is not None:
+            convert = self.convert
+            out = [self.head]
+            append = out.append
+            try:
+                for name, text in self.pairs:
+                    append(convert(parent[name]))
+                    append(text)
+            except Exception:
+                pass  # the compiled template renders it all the same, or fails and says why
+            else:
+                return "".join(out)
+        return self.render_compiled(parent)
+
+    def render_compiled(self, parent: dict[str, Any]) -> str:
+        """Render through the compiled template (what Template.render does, minus two costs).
+
+        The two costs, which dominate a small template: merging the globals into a fresh dict
+        (done once per recipient by the caller, shared by every template since they only read
+        it) and rewriting the traceback of a failure (a failure here is a routine per-row
+        rejection, not something to debug).
         """
         if self.constant is not None:
             return self.constant
         t = self.template
         assert t is not None
-        return t.environment.concat(t.root_render_func(t.new_context(parent, shared=True)))
+        env = t.environment
+        # What Template.new_context(parent, shared=True) builds, with the globals' keys taken
+        # from a plain dict (the same keys) instead of the ChainMap.
+        ctx = env.context_class(env, parent, t.name, t.blocks, globals=self.context_globals)
+        return env.concat(t.root_render_func(ctx))
+
+
+# Names the compiler treats specially at the top level of a template (``self`` is the template
+# reference); a template using one of them is always rendered by Jinja.
+_SPECIAL_NAMES: Final = frozenset({"self", "super", "loop", "caller", "varargs", "kwargs"})
+
+
+def _text_and_names(ast: nodes.Template) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """``(literals, names)`` if the template is only text and ``{{ name }}`` outputs, else None.
+
+    ``literals`` has one more item than ``names``: the text before, between and after them. The
+    text is the parsed template data, as the compiled template writes it (the lexer has already
+    applied whitespace control and newline normalisation).
+    """
+    literals = [""]
+    names: list[str] = []
+    for node in ast.body:
+        if type(node) is not nodes.Output:
+            return None
+        for child in node.nodes:
+            if type(child) is nodes.TemplateData:
+                literals[-1] += child.data
+            elif type(child) is nodes.Name and child.ctx == "load" and child.name not in _SPECIAL_NAMES:
+                names.append(child.name)
+                literals.append("")
+            else:
+                return None
+    return tuple(literals), tuple(names)
 
 
 class Renderer:
@@ -136,12 +219,18 @@ class Renderer:
                     raise CampaignError(f"header {key!r} is refused for every recipient: {reason}")
             self._headers.append((key, part))
         self._all_headers_constant = all(p.constant is not None for _, p in self._headers)
-        self._constant_headers: list[dict[str, str]] = [
-            {"key": k, "value": p.constant} for k, p in self._headers if p.constant is not None
-        ]
+        # Each header object followed by a comma: the correlation header always comes last.
+        self._constant_headers_json = b"".join(
+            orjson.dumps({"key": k, "value": p.constant}) + b","
+            for k, p in self._headers
+            if p.constant is not None
+        )
+        self._correlation_header_start = b'{"key":' + orjson.dumps(CORRELATION_HEADER) + b',"value":'
 
         # The body is spliced from bytes: a constant prefix, the attachments array, then the
-        # per-recipient object. The constant prefix and the campaign attachments are encoded once.
+        # per-recipient members, each string encoded on its own (the bytes orjson writes for a
+        # string do not depend on where it sits, so the body is the same as encoding one dict,
+        # without building it). The constant prefix and the campaign attachments are encoded once.
         prefix: dict[str, Any] = {"from": campaign.from_.to_json(), "project_id": project_id}
         if campaign.send_before is not None:
             prefix["send_before"] = format_rfc3339(campaign.send_before)
@@ -195,10 +284,13 @@ class Renderer:
         if reason:
             return Rejection(f"invalid correlation reference: {reason}")
 
-        ctx: dict[str, Any] = {**self._globals, **variables}
-        ctx["email"] = email
-        ctx["name"] = name
-        ctx["campaign"] = self._campaign_id
+        ctx: dict[str, Any] = {
+            **self._globals,
+            **variables,
+            "email": email,
+            "name": name,
+            "campaign": self._campaign_id,
+        }
 
         part = self._subject
         try:
@@ -207,9 +299,8 @@ class Renderer:
             text = part.render(ctx)
             part = self._html
             html = part.render(ctx)
-            if self._all_headers_constant:
-                headers = [*self._constant_headers]
-            else:
+            headers: list[dict[str, str]] | None = None
+            if not self._all_headers_constant:
                 headers = []
                 for key, part in self._headers:
                     value = part.render(ctx)
@@ -239,7 +330,6 @@ class Renderer:
                 return Rejection(f"the rendered subject is refused: {reason}")
         if not text and not html:
             return Rejection("both the text and the html body rendered empty for this recipient")
-        headers.append({"key": CORRELATION_HEADER, "value": correlation})
 
         attachments_json = self._campaign_attachments
         if attachments:
@@ -256,24 +346,37 @@ class Renderer:
                 fragments.append(loaded)
             attachments_json = b",".join(fragments)
 
-        to: dict[str, str] = {"email": email}
-        if name:
-            to["name"] = name
-        dynamic = orjson.dumps(
-            {
-                "to": [to],
-                "subject": subject,
-                "text": text,
-                "html": html,
-                "additional_headers": headers,
-            }
-        )
-        if attachments_json:
-            body = b"".join(
-                (self._prefix, b',"attachments":[', attachments_json, b"],", memoryview(dynamic)[1:])
-            )
+        dumps = orjson.dumps
+        if headers is None:
+            headers_json = self._constant_headers_json
         else:
-            body = b"".join((self._prefix, b",", memoryview(dynamic)[1:]))
+            headers_json = b"".join(dumps(h) + b"," for h in headers)
+        if attachments_json:
+            open_attachments, close_attachments = b',"attachments":[', b"]"
+        else:
+            open_attachments = close_attachments = b""
+        body = b"".join(
+            (
+                self._prefix,
+                open_attachments,
+                attachments_json,
+                close_attachments,
+                b',"to":[{"email":',
+                dumps(email),
+                b',"name":' + dumps(name) if name else b"",
+                b'}],"subject":',
+                dumps(subject),
+                b',"text":',
+                dumps(text),
+                b',"html":',
+                dumps(html),
+                b',"additional_headers":[',
+                headers_json,
+                self._correlation_header_start,
+                dumps(correlation),
+                b"}]}",
+            )
+        )
         size = len(body)
         if size > MAX_EMAIL_BYTES:
             return Rejection(

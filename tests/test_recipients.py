@@ -324,3 +324,48 @@ def test_a_million_row_csv_streams_with_flat_memory(tmp_path: Path) -> None:
     assert last == 1_000_001
     assert len(peaks) == 2
     assert max(peaks) < 4 * 1024 * 1024, f"peaks {peaks}"
+
+
+# --- CSV: unquoted and quoted rows ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "delimiter"),
+    [
+        ("email,name,first_name,city,code", ","),
+        ("first_name;Email;city;NAME", ";"),
+        ("email\tcity\tcode", "\t"),
+        ("city,email,,code", ","),
+    ],
+)
+def test_csv_unquoted_rows_read_like_quoted_ones(tmp_path: Path, header: str, delimiter: str) -> None:
+    """An unquoted row (split on the delimiter) reads exactly like the same row quoted (csv module).
+
+    Every row is written twice, once plain and once with every value quoted: the recipients,
+    variables (in order) and rejections are the same, row for row.
+    """
+    ncols = len(header.split(delimiter))
+    samples = [
+        [f"user{i}@example.org" if j == 0 else f"v{i}-{j}" for j in range(ncols)] for i in range(3)
+    ] + [
+        [" padded@example.org ", *[" spaced value "] * (ncols - 1)],
+        ["", *[""] * (ncols - 1)],
+        ["x@example.org"] * ncols,
+        ["José@example.org", *["Zoë"] * (ncols - 1)],
+        ["too@few.example"] * (ncols - 1),
+        ["too@many.example"] * (ncols + 1),
+    ]
+    # Rotate each sample so that its first value lands in the email column whatever its position.
+    email_at = [c.strip().lower() for c in header.split(delimiter)].index("email")
+    rows = [s[-email_at:] + s[:-email_at] if email_at else s for s in samples]
+    ends = ["\n", "\r\n"]
+    plain = header + "\n" + "".join(delimiter.join(r) + ends[i % 2] for i, r in enumerate(rows))
+    quoted = (
+        header + "\n" + "".join(delimiter.join(f'"{v}"' for v in r) + ends[i % 2] for i, r in enumerate(rows))
+    )
+    split = read_all(write(tmp_path / "plain.csv", plain))
+    parsed = read_all(write(tmp_path / "quoted.csv", quoted))
+    assert split == parsed
+    assert [list(r.vars.items()) for r in good(split)] == [list(r.vars.items()) for r in good(parsed)]
+    assert len(good(split)) == len(samples) - 2
+    assert len(bad(split)) == 2

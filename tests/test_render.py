@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import base64
+import random
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from markupsafe import Markup
 
-from bulksend.campaign import Campaign, campaign_from_dict
+from bulksend.campaign import Campaign, campaign_from_dict, new_template_environment
 from bulksend.errors import CampaignError
-from bulksend.render import Rejection, RenderedEmail, Renderer
+from bulksend.render import Rejection, RenderedEmail, Renderer, _Part
 from bulksend.tem.models import Address, Attachment, CreateEmailRequest, Header
-from bulksend.validate import MAX_EMAIL_BYTES
+from bulksend.validate import MAX_EMAIL_BYTES, _check_address, check_address
 
 PROJECT = "11111111-2222-3333-4444-555555555555"
 
@@ -148,6 +151,7 @@ def test_invalid_recipient_address_is_rejected(tmp_path: Path, address: str) -> 
         ({"subject": "Hi {{ nickname }}"}, "nickname", "subject"),
         ({"text": "Hi {{ nickname }}"}, "nickname", "text"),
         ({"html": "{% if vip %}VIP{% endif %}"}, "vip", "html"),
+        ({"html": "<p>{{ vip }}</p>"}, "vip", "html"),
         ({"headers": {"X-Tag": "{{ tag }}"}}, "tag", "header X-Tag"),
     ],
 )
@@ -328,3 +332,246 @@ def test_recipient_attachment_changed_on_disk_is_read_again(tmp_path: Path) -> N
     assert content() == base64.b64encode(b"v1").decode()
     f.write_bytes(b"version 2")
     assert content() == base64.b64encode(b"version 2").decode()
+
+
+# --- Fast paths decide exactly like the general ones ----------------------------------------------
+
+
+class _HasHtml:
+    def __html__(self) -> str:
+        return "<i>already safe</i>"
+
+    def __str__(self) -> str:
+        return "<i>as text</i>"
+
+
+class _FailingStr:
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this one")
+
+
+def _outcome(render: Callable[[dict[str, Any]], str], variables: dict[str, Any]) -> tuple[str, str]:
+    """("ok", output) or ("raises", exception type and message)."""
+    try:
+        return ("ok", render(variables))
+    except Exception as exc:
+        return ("raises", f"{type(exc).__name__}: {exc}")
+
+
+_PLAIN_TEMPLATES = [
+    "Hello {{ first_name }}",
+    "{{first_name}}{{ city }}",
+    "{{ first_name }} & <b>{{ city }}</b> {{ first_name }}\n",
+    "  {{- first_name -}}  \r\n{{ city }}\n\n",
+    "{{ email }} {{ name }} {{ campaign }} {{ range }}",
+    "{# a comment #}{% raw %}{{ city }}{% endraw %} {{ first_name }} }} {",
+    "{{ nickname }} and {{ first_name }}",
+]
+_JINJA_TEMPLATES = [
+    "{{ self }} {{ first_name }}",
+    "{{ first_name | upper }}",
+    "{% if first_name %}{{ first_name }}{% endif %}",
+    "{% set x = first_name %}{{ x }}",
+    "{{ first_name.upper() }}",
+    "{{ 'x' }}{{ first_name }}",
+]
+_MISSING: Any = object()
+_VALUES: list[Any] = [
+    "Ann",
+    "<b>Tom & 'Jerry'</b> \"q\"",
+    "",
+    "Zoë\u2028x",
+    0,
+    -7,
+    1.5,
+    float("nan"),
+    None,
+    True,
+    ["<x>", 1],
+    {"k": "<v>"},
+    Markup("<i>marked</i>"),
+    _HasHtml(),
+    _FailingStr(),
+    10**5000,  # str() refuses it (ValueError)
+]
+
+
+@pytest.mark.parametrize("html", [False, True])
+def test_text_and_names_templates_render_like_jinja(html: bool) -> None:
+    """Templates of text and {{ name }} outputs are joined without Jinja, with the same result.
+
+    Every value kind (escaped or not, a missing variable, a conversion that raises) gives the same
+    output or the same exception as the compiled template and as Template.render itself.
+    """
+    env = new_template_environment(html=html)
+    for source in _PLAIN_TEMPLATES + _JINJA_TEMPLATES:
+        part = _Part(env, source, "text", "camp")
+        template = part.template
+        assert template is not None
+        assert (part.names is not None) == (source in _PLAIN_TEMPLATES), source
+        for value in [*_VALUES, _MISSING]:
+            variables: dict[str, Any] = {"city": "Paris & <Co>", "email": "a@example.org", "name": "A"}
+            variables["campaign"] = "camp"
+            if value is not _MISSING:
+                variables["first_name"] = value
+            ctx = {**env.globals, **variables}
+            expected = _outcome(template.render, variables)
+            assert _outcome(part.render, ctx) == expected, (source, value)
+            assert _outcome(part.render_compiled, ctx) == expected, (source, value)
+
+
+def test_missing_variable_in_a_plain_template_is_the_same_rejection_in_each_part(tmp_path: Path) -> None:
+    """A {{ name }} the recipient lacks names the part it is missing from, whichever part it is."""
+    for key in ("subject", "text", "html"):
+        r = Renderer(
+            campaign(tmp_path, **{key: f"x {{{{ first_name }}}} {{{{ {key}_only }}}} y"}), project_id=PROJECT
+        )
+        reason = rejected(r.render("a@example.com", "", {"first_name": "A"}, correlation="c/1"))
+        assert reason == (
+            f"missing template variable '{key}_only' in the {key} template; add a '{key}_only' "
+            f"column/key for this recipient or use {{{{ {key}_only | default('') }}}}"
+        )
+
+
+def _tricky_addresses() -> list[str]:
+    """Addresses at every edge of check_address: characters, lengths, white space, '@', IDNA."""
+    local_chars = "azAZ09!#$%&'*+/=?^_`{|}~-."
+    addresses = [
+        "a@example.com",
+        "A.B-c_d+tag@sub.example.co.uk",
+        "x@a.b",
+        "x@a",
+        "x@-a.com",
+        "x@a-.com",
+        "x@a--b.com",
+        "x@a..com",
+        "x@.a.com",
+        "x@a.com.",
+        ".x@a.com",
+        "x.@a.com",
+        "x..y@a.com",
+        "x@@a.com",
+        "x@a@b.com",
+        "@a.com",
+        "x@",
+        "",
+        " ",
+        " a@example.com",
+        "a@example.com ",
+        "a@example.com\n",
+        "a@example.com\r\n",
+        "\ta@example.com",
+        "a @example.com",
+        "a@exa mple.com",
+        "a\x0b@example.com",
+        "a@example.com\x1c",
+        "\u00a0a@example.com",
+        "a@example.com\u2028",
+        "josé@example.com",
+        "jose@exämple.com",
+        "jose@xn--exmple-cua.com",
+        "jose@例え.テスト",
+        "jose@\udcff.com",
+        "a@ex_ample.com",
+        "a(b)@example.com",
+        "a,b@example.com",
+        'a"b@example.com',
+        "a@[127.0.0.1]",
+        "a@127.0.0.1",
+        "ａ@example.com",
+        "a@ｅxample.com",
+        "a\u0130@example.com",
+        "a\u212a@example.com",
+        "a@example.c\u0131m",
+        "l" * 64 + "@example.com",
+        "l" * 65 + "@example.com",
+        "l@" + "d" * 63 + ".com",
+        "l@" + "d" * 64 + ".com",
+        "l@" + ".".join(["d" * 63] * 3) + "." + "d" * 57,
+        "l@" + ".".join(["d" * 63] * 3) + "." + "d" * 58,
+        " l@" + ".".join(["d" * 63] * 3) + "." + "d" * 57,
+        "l" * 64 + "@" + ".".join(["d" * 60] * 3),
+        "l" * 64 + "@" + ".".join(["d" * 61] * 3),
+    ]
+    addresses += [f"{c}@example.com" for c in local_chars] + [f"a{c}b@example.com" for c in local_chars]
+    addresses += [f"a@ex{c}ample.com" for c in local_chars]
+    # Seeded fuzz over an alphabet of every interesting character, short enough to hit '@' often.
+    rng = random.Random(20260101)
+    alphabet = "aZ09.-_+@ \t\r\n\x0b\x85\u00a0é例ｅ\"(),:;<>[]\\!#$%&'*/=?^`{|}~"
+    for _ in range(20_000):
+        addresses.append("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))))
+        local = "".join(rng.choice("ab.-+_") for _ in range(rng.randint(0, 6)))
+        domain = ".".join(
+            "".join(rng.choice("ab0-é") for _ in range(rng.randint(0, 4))) for _ in range(rng.randint(1, 3))
+        )
+        addresses.append(f"{local}@{domain}")
+    return addresses
+
+
+def test_address_fast_path_decides_like_the_general_path() -> None:
+    """check_address (fast path first) gives the general path's answer for every tricky address."""
+    addresses = _tricky_addresses()
+    accepted = 0
+    for address in addresses:
+        expected = _check_address(address)
+        assert check_address(address) == expected, repr(address)
+        accepted += expected is None
+    # Both outcomes are well represented, so the comparison tests something either way.
+    assert 1_000 < accepted < len(addresses) - 1_000
+
+
+@pytest.mark.parametrize("name", ["", 'Zoë "Z" O\'Neil\t\\ 例'])
+@pytest.mark.parametrize("with_attachments", [False, True])
+def test_body_bytes_are_those_of_the_request_encoded_as_one_object(
+    tmp_path: Path, name: str, with_attachments: bool
+) -> None:
+    """The spliced body is byte for byte the encoding of the whole request as one JSON object."""
+    (tmp_path / "brochure.pdf").write_bytes(b"%PDF-1.4 tiny")
+    (tmp_path / "own.pdf").write_bytes(b"%PDF-1.4 own")
+    c = campaign(
+        tmp_path,
+        subject="Hello {{ first_name }} \u2028",
+        text='Hi {{ first_name }},\n\t"quoted" \\ {{ city | upper }}\x01',
+        html="<p>{{ first_name }} & {{ city }}</p>",
+        headers={"List-Unsubscribe": "<https://example.com/u/{{ id }}>", "X-Campaign": "{{ campaign }}"},
+        attachments=["brochure.pdf"] if with_attachments else [],
+        send_before="2026-12-31T00:00:00Z",
+    )
+    variables = {"first_name": 'Zoë <"x">', "city": "Pa'ris", "id": "42"}
+    own = ("own.pdf",) if with_attachments else ()
+    result = Renderer(c, project_id=PROJECT).render(
+        "ann@example.org", name, variables, correlation="welcome-2026/2", attachments=own
+    )
+    assert isinstance(result, RenderedEmail), result
+    request: dict[str, Any] = {
+        "from": {"email": "news@example.com", "name": "Example News"},
+        "project_id": PROJECT,
+        "send_before": "2026-12-31T00:00:00Z",
+    }
+    if with_attachments:
+        request["attachments"] = [
+            {"name": n, "type": "application/pdf", "content": base64.b64encode(data).decode()}
+            for n, data in (("brochure.pdf", b"%PDF-1.4 tiny"), ("own.pdf", b"%PDF-1.4 own"))
+        ]
+    request["to"] = [{"email": "ann@example.org", "name": name} if name else {"email": "ann@example.org"}]
+    request["subject"] = 'Hello Zoë <"x"> \u2028'
+    request["text"] = 'Hi Zoë <"x">,\n\t"quoted" \\ PA\'RIS\x01'
+    request["html"] = "<p>Zoë &lt;&#34;x&#34;&gt; & Pa&#39;ris</p>"
+    request["additional_headers"] = [
+        {"key": "List-Unsubscribe", "value": "<https://example.com/u/42>"},
+        {"key": "X-Campaign", "value": "welcome-2026"},
+        {"key": "X-Bulksend-Ref", "value": "welcome-2026/2"},
+    ]
+    assert result.body == orjson.dumps(request)
+    assert result.size_bytes == len(result.body)
+
+
+def test_text_that_cannot_be_encoded_is_the_same_last_resort_rejection(tmp_path: Path) -> None:
+    """A lone surrogate (not UTF-8) in any encoded string rejects the row with the encoder's words."""
+    r = Renderer(campaign(tmp_path), project_id=PROJECT)
+    for name, variables in (("\udcff", {"first_name": "A"}), ("", {"first_name": "\udcff"})):
+        reason = rejected(r.render("a@example.com", name, variables, correlation="c/1"))
+        assert (
+            reason
+            == "the email could not be built: TypeError: str is not valid UTF-8: surrogates not allowed"
+        )
