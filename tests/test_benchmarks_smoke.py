@@ -123,3 +123,26 @@ def test_generated_campaign_renders_one_body_per_recipient(tmp_path: Path) -> No
     assert len(lines) == 25
     assert b"user24@example.org" in lines[-1]
     assert b"C00000024" in lines[-1]
+
+
+def test_store_ops_smoke_measures_every_phase(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The store micro-benchmark runs every phase on both stores and writes its figures."""
+    from benchmarks.store_ops import main as store_ops_main
+
+    out = tmp_path / "store.json"
+    assert store_ops_main(["--rows", "300", "--repeat", "1", "--json", str(out)]) == 0
+    report = capsys.readouterr().out
+    for phase in ("admit", "send", "final", "outcomes", "total"):
+        assert phase in report
+    assert out.stat().st_size > 0
+
+
+def test_render_ops_smoke_measures_read_and_render(tmp_path: Path) -> None:
+    """The render micro-benchmark reads and renders a generated campaign, for both template kinds."""
+    from benchmarks.render_ops import run_render_ops
+
+    for templates in ("plain", "jinja"):
+        result = run_render_ops(200, fmt="csv", templates=templates, repeat=1)
+        assert result["rows"] == 200
+        for label in ("read", "render", "both"):
+            assert result[label]["cpu_us_per_row"] > 0
