@@ -142,7 +142,11 @@ async def run_scale(
         project_id=project,
         final_after_s=0.1,
         rate_limit_per_s=rate_per_s if rate_limited else None,
-        rate_limit_burst=max(1.0, rate_per_s / 10) if rate_limited else None,
+        # 200 ms of tolerance. The bucket judges arrival times as the sandbox's handler sees them,
+        # on a machine shared with three workers, PostgreSQL and Redis: with 100 ms, scheduling
+        # jitter alone made 2 % of the sends look early on a slow 2-CPU machine, at the right
+        # average rate (the aggregate still checked against rate_per_s within 5 %).
+        rate_limit_burst=max(1.0, rate_per_s / 5) if rate_limited else None,
     )
     codes: list[int] = []
     started = anyio.current_time()
