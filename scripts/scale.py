@@ -3,7 +3,8 @@ one rate limit through Redis, against a sandbox whose own rate limit equals the 
 
 Optionally one worker is killed with SIGKILL mid-way; its leased rows are taken over when the
 leases expire. The verdict: every valid recipient emailed exactly once, the 429 share, and the
-aggregate send rate (from TEM's creation times of the emails) against ``rate_per_s``.
+aggregate send rate (from TEM's creation times of the emails, over the middle 90 % of them) against
+``rate_per_s``.
 
     python -m scripts.scale --workers 3 --recipients 10000 --rate 400 --kill
 """
@@ -185,7 +186,11 @@ async def run_scale(
         for line in lines
         if line.get("submitted_at")
     )
-    span = (created[-1] - created[0]).total_seconds() if len(created) > 1 else 0.0
+    # The steady aggregate rate: over the middle 90 % of the emails, so that neither the
+    # workers' staggered start nor the tail after the kill (the victim's leased rows wait out
+    # their lease, then trickle out) reads as the rate limiter holding the rate wrongly.
+    lo, hi = len(created) // 20, len(created) - 1 - len(created) // 20
+    span = (created[hi] - created[lo]).total_seconds() if hi > lo else 0.0
     return ScaleResult(
         workers=workers,
         recipients=recipients,
@@ -195,7 +200,7 @@ async def run_scale(
         send_requests=stats.requests.get("send", 0),
         throttled=stats.rate_limited,
         rate_per_s=rate_per_s,
-        achieved_rate_per_s=(len(created) - 1) / span if span else 0.0,
+        achieved_rate_per_s=(hi - lo) / span if span else 0.0,
         wall_s=wall,
         exit_codes=codes,
     )
