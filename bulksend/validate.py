@@ -92,9 +92,8 @@ ALLOWED_ATTACHMENT_TYPES: frozenset[str] = frozenset(
 # local parts and IP literals are legal in RFC 5321 but are refused by real senders in practice.
 _LOCAL = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
 _LABEL = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
-_ADDRESS = re.compile(rf"^({_LOCAL})@({_LABEL}(?:\.{_LABEL})+)$")
-# The same pattern, for fullmatch (``$`` would also match before a final newline).
-_PLAIN_ADDRESS = re.compile(rf"({_LOCAL})@({_LABEL}(?:\.{_LABEL})+)")
+# Used with fullmatch (``$`` would also match before a final newline).
+_ADDRESS = re.compile(rf"({_LOCAL})@({_LABEL}(?:\.{_LABEL})+)")
 
 
 def normalize_address(address: str) -> str:
@@ -108,7 +107,7 @@ def check_address(address: str) -> str | None:
     # patterns (no white space, nothing strip() removes) and exactly one '@', so every check of
     # the general path below passes and its final match is this same match; only the lengths
     # are left to check. Anything else takes the general path, which words the reason.
-    m = _PLAIN_ADDRESS.fullmatch(address)
+    m = _ADDRESS.fullmatch(address)
     if m is not None and len(address) <= 254 and m.end(1) <= 64:
         return None
     return _check_address(address)
@@ -136,7 +135,7 @@ def _check_address(address: str) -> str | None:
             domain = domain.encode("idna").decode("ascii")
         except UnicodeError:
             return f"{address!r} has a domain that is not a valid internationalised name"
-    if _ADDRESS.match(f"{local}@{domain}") is None:
+    if _ADDRESS.fullmatch(f"{local}@{domain}") is None:
         return f"{address!r} is not a valid email address"
     return None
 

@@ -672,12 +672,10 @@ class SqliteStore:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         if lease_token is None:
-            op = _Op(loop, fut, None, True, move.plain, (*params, row_id), row_id, move)
+            sql, args = move.plain, (*params, row_id)
         else:
-            op = _Op(
-                loop, fut, None, True, move.fenced, (*params, row_id, lease_token), row_id, move, lease_token
-            )
-        self._queue.put(op)
+            sql, args = move.fenced, (*params, row_id, lease_token)
+        self._queue.put(_Op(loop, fut, None, True, sql, args, row_id, move, lease_token))
         await fut
 
     # -- reads -------------------------------------------------------------------------------
