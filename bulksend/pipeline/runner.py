@@ -339,12 +339,10 @@ class CampaignRun:
                 # once per email for nothing); wait only when the queue is empty. Every send
                 # suspends anyway, so no task can starve the others.
                 try:
-                    item = receive.receive_nowait()
-                except anyio.WouldBlock:
                     try:
+                        item = receive.receive_nowait()
+                    except anyio.WouldBlock:
                         item = await receive.receive()
-                    except anyio.EndOfStream:
-                        return
                 except anyio.EndOfStream:
                     return
                 if self._stopping:
