@@ -34,6 +34,7 @@ from typing import Any, Literal
 import anyio
 import orjson
 
+from bulksend.send import uvloop_available
 from bulksend.store import FinalUpdate, MemoryStore, NewRecipient, SqliteStore, Store
 
 PHASES = ("admit", "send", "final", "outcomes")
@@ -176,12 +177,8 @@ def _median(values: Sequence[float | None]) -> float | None:
 
 
 def _run(opts: StoreOpsOptions) -> dict[str, Any]:
-    try:
-        import uvloop  # noqa: F401
-
-        backend_options: dict[str, Any] = {"use_uvloop": True}
-    except ImportError:
-        backend_options = {}
+    # The event loop bulksend itself would run on.
+    backend_options: dict[str, Any] = {"use_uvloop": True} if uvloop_available() else {}
     results: dict[str, Any] = {"options": asdict(opts), "uvloop": bool(backend_options), "stores": {}}
     for kind in opts.stores:
         runs = [anyio.run(_run_once, kind, opts, backend_options=backend_options) for _ in range(opts.repeat)]
