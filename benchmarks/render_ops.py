@@ -70,6 +70,7 @@ def run_render_ops(
 ) -> dict[str, Any]:
     """Measure read, render and both over ``rows`` generated recipients; returns the figures."""
     from bulksend.campaign import load_campaign
+    from bulksend.pipeline.runner import correlation_of
     from bulksend.render import Rejection, Renderer
     from bulksend.sources.files import BadRow, RecipientInput, iter_recipients
 
@@ -87,7 +88,7 @@ def run_render_ops(
             if isinstance(rec, BadRow):
                 raise ValueError(f"generated recipient row {rec.row} is bad: {rec.reason}")
             records.append(rec)
-        prepared = [(r.email, r.name, r.vars, f"{cid}/{r.row}") for r in records]
+        prepared = [(r.email, r.name, r.vars, correlation_of(cid, r.row)) for r in records]
         # Every generated row must render: a rejection would be a much cheaper (and wrong) path.
         for email, name, variables, correlation in prepared:
             result = renderer.render(email, name, variables, correlation=correlation)
@@ -112,7 +113,13 @@ def run_render_ops(
             for rec in iter_recipients(path):
                 if isinstance(rec, BadRow):
                     continue
-                r(rec.email, rec.name, rec.vars, correlation=f"{cid}/{rec.row}", attachments=rec.attachments)
+                r(
+                    rec.email,
+                    rec.name,
+                    rec.vars,
+                    correlation=correlation_of(cid, rec.row),
+                    attachments=rec.attachments,
+                )
                 n += 1
             return n
 
