@@ -88,6 +88,10 @@ def test_bad_settings_are_config_errors(tmp_path: Path) -> None:
         SqliteStore(tmp_path / "o.db", durability="fast")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         SqliteStore(":memory:")
+    with pytest.raises(ConfigError, match="commit_linger_s"):
+        SqliteStore(tmp_path / "o.db", commit_linger_s=-0.001)
+    with pytest.raises(ConfigError, match="commit_linger_s"):
+        SqliteStore(tmp_path / "o.db", commit_linger_s=5)
 
 
 async def test_pragma_name_is_checked(tmp_path: Path) -> None:
@@ -169,6 +173,49 @@ async def test_group_commit_one_transaction_for_queued_writes(tmp_path: Path) ->
         assert store.commits - before == 2
         assert await store.counts("c") == {"sending": 500}
     finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("linger_s", [0.002, 0.0])
+async def test_writes_queued_while_the_writer_lingers_share_its_commit(
+    tmp_path: Path, linger_s: float
+) -> None:
+    """After a batch's first write the writer lingers; what is queued meanwhile joins that commit."""
+    store = SqliteStore(tmp_path / "o.db", commit_linger_s=linger_s)
+    lingering = threading.Event()
+    gate = threading.Event()
+    lingers: list[float] = []
+    armed = threading.Event()
+
+    def pause(seconds: float) -> None:
+        if armed.is_set():
+            lingers.append(seconds)
+            lingering.set()
+            gate.wait()
+
+    store._pause = pause
+    await store.open()
+    try:
+        await store.create_campaign("c", {})
+        results = await store.admit("c", recipients(100))
+        armed.set()
+        before = store.commits
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(store.mark_sending, results[0].id, started_at=NOW, correlation="c"))
+            if linger_s:
+                await anyio.to_thread.run_sync(lingering.wait)  # the writer holds the first write
+            for res in results[1:]:
+                tg.start_soon(partial(store.mark_sending, res.id, started_at=NOW, correlation="c"))
+            await anyio.wait_all_tasks_blocked()
+            gate.set()
+        assert await store.counts("c") == {"sending": 100}
+        if linger_s:
+            assert lingers == [linger_s]
+            assert store.commits - before == 1  # the first write and the 99 queued during the linger
+        else:
+            assert lingers == []  # no linger: the writer never pauses
+    finally:
+        gate.set()
         await store.close()
 
 

@@ -10,6 +10,13 @@ with ``loop.call_soon_threadsafe``. While one commit is being fsynced, the next 
 the queue and share the next commit: this **group commit** is what makes ``synchronous=FULL``
 affordable (one fsync for hundreds of ``mark_sending`` calls instead of one each).
 
+The writer **lingers** ``commit_linger_s`` (2 ms by default) after the first write of a batch
+before it takes the queue. Without it, a writer that wakes the moment one write is queued commits
+a dozen writes at a time, and on a busy host every commit costs page writes to the WAL, a
+thread switch each way and a wake-up of the event loop: batching ten times more writes per commit
+takes a sizeable share of a campaign's CPU off (see ``benchmarks/README.md``), for 2 ms more
+latency per write, which a send's own round trip to TEM dwarfs.
+
 Each queued operation runs inside its own ``SAVEPOINT``: an operation that fails (an illegal
 transition, an unknown row) is rolled back to its savepoint and fails only its own caller; the rest
 of the batch commits. An operation that is one guarded ``UPDATE`` (every state transition of a
@@ -386,7 +393,8 @@ class SqliteStore:
 
     ``path`` is the database file (created if missing). ``busy_timeout_s`` is how long a write
     waits for the file lock held by another process before failing. ``clock`` stamps
-    ``created_at`` of campaigns and is ``now`` for leases and roles.
+    ``created_at`` of campaigns and is ``now`` for leases and roles. ``commit_linger_s`` is how
+    long the writer waits after a batch's first write for more to share its commit (0: none).
     """
 
     def __init__(
@@ -396,6 +404,7 @@ class SqliteStore:
         durability: Durability = "full",
         busy_timeout_s: float = 10.0,
         clock: Callable[[], datetime] | None = None,
+        commit_linger_s: float = 0.002,
     ) -> None:
         self.path = fspath(path)
         if self.path in ("", ":memory:") or self.path.startswith("file::memory:"):
@@ -405,7 +414,11 @@ class SqliteStore:
             )
         if durability not in ("full", "normal"):
             raise ConfigError(f"store durability must be 'full' or 'normal', not {durability!r}")
+        if not 0 <= commit_linger_s <= 1:
+            raise ConfigError(f"commit_linger_s must be between 0 and 1 s, not {commit_linger_s!r}")
         self.durability: Durability = durability
+        self._linger_s = commit_linger_s
+        self._pause: Callable[[float], None] = time.sleep  # the linger (replaced by tests)
         self._busy_timeout_ms = int(busy_timeout_s * 1000)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._queue: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
@@ -549,6 +562,9 @@ class SqliteStore:
         while not stopping:
             batch: list[_Op] = []
             item = q.get()
+            if self._linger_s and item is not _STOP:
+                # Let more writes join this commit (module docstring, "group commit").
+                self._pause(self._linger_s)
             # Take everything that is already queued: these writes share one commit.
             while True:
                 if item is _STOP:
