@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import sys
@@ -216,6 +217,26 @@ async def test_writes_queued_while_the_writer_lingers_share_its_commit(
             assert lingers == []  # no linger: the writer never pauses
     finally:
         gate.set()
+        await store.close()
+
+
+async def test_outcome_rows_skip_the_payload_and_keep_the_rest(tmp_path: Path) -> None:
+    """iter_outcomes leaves the payload (never shown in outcome lines) empty; iter_rows keeps it."""
+    store = await opened(tmp_path / "o.db")
+    try:
+        await store.create_campaign("c", {})
+        payload = {"first_name": "Ada", "code": 7}
+        [res] = await store.admit(
+            "c", [NewRecipient(row=1, email="ada@example.com", name="Ada", key="ada", payload=payload)]
+        )
+        await store.mark_sending(res.id, started_at=NOW, correlation="corr")
+        await store.mark_submitted(res.id, email_id="e-1", message_id="m-1", submitted_at=NOW)
+        [full] = [row async for row in store.iter_rows("c")]
+        [outcome] = [row async for row in store.iter_outcomes("c")]
+        assert full.payload == payload
+        assert outcome.payload == {}
+        assert outcome == dataclasses.replace(full, payload={})
+    finally:
         await store.close()
 
 

@@ -356,7 +356,10 @@ class Store(Protocol):
         """Rows of a campaign in ``id`` order, optionally only in ``states``; reads in batches."""
 
     def iter_outcomes(self, campaign_id: str, *, batch_size: int = 1000) -> AsyncIterator[RecipientRow]:
-        """Every row of the campaign in input ``row`` order (for the outcomes file)."""
+        """Every row of the campaign in input ``row`` order (for the outcomes file).
+
+        ``payload`` may come back empty: outcome lines do not show it, and a store may skip it.
+        """
 
     async def counts(self, campaign_id: str) -> dict[str, int]:
         """Number of rows by state, and by final status as ``status:<s>``."""

@@ -180,6 +180,9 @@ _ROW_COLUMNS = (
     "flags, status_details, smtp_code, smtp_message, try_count, final_at, lease_owner, lease_token, "
     "lease_expires_at"
 )
+# The outcomes file reads every row but never shows its payload (the template variables, often the
+# largest column): those rows come back with an empty one, which spares decoding it per row.
+_OUTCOME_COLUMNS = _ROW_COLUMNS.replace(", payload, ", ", '{}', ")
 _CAMPAIGN_COLUMNS = "id, created_at, state, spec, admitted_all"
 # Well under SQLite's bound-parameter limit, and a sensible page for IN lists.
 _IN_CHUNK: Final = 500
@@ -225,7 +228,7 @@ def _row_from_db(r: tuple[Any, ...]) -> RecipientRow:
         r[4],
         r[5],
         _STATES[r[6]],
-        orjson.loads(r[7]),
+        {} if r[7] == "{}" else orjson.loads(r[7]),
         r[8],
         r[9],
         _dt_parse(r[10]),
@@ -1101,10 +1104,12 @@ class SqliteStore:
             last_id = rows[-1].id
 
     async def iter_outcomes(self, campaign_id: str, *, batch_size: int = 1000) -> AsyncIterator[RecipientRow]:
-        """Every row of the campaign in input ``row`` order; keyset pages on ``row``."""
-        first_sql = f"SELECT {_ROW_COLUMNS} FROM recipients WHERE campaign_id = ? ORDER BY input_row LIMIT ?"
+        """Every row of the campaign in input ``row`` order, ``payload`` left empty (keyset pages)."""
+        first_sql = (
+            f"SELECT {_OUTCOME_COLUMNS} FROM recipients WHERE campaign_id = ? ORDER BY input_row LIMIT ?"
+        )
         next_sql = (
-            f"SELECT {_ROW_COLUMNS} FROM recipients WHERE campaign_id = ? AND input_row > ? "
+            f"SELECT {_OUTCOME_COLUMNS} FROM recipients WHERE campaign_id = ? AND input_row > ? "
             "ORDER BY input_row LIMIT ?"
         )
         last_row: int | None = None
