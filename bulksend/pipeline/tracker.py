@@ -77,13 +77,19 @@ def final_update(row_id: int, email: Email) -> FinalUpdate:
 
 def final_update_raw(row_id: int, raw: Mapping[str, Any]) -> FinalUpdate:
     """Like :func:`final_update`, straight from the decoded JSON of a final email (hot path)."""
-    tries = [t for t in raw.get("last_tries") or () if isinstance(t, Mapping)]
-    last = max(tries, key=lambda t: t.get("rank") or 0) if tries else None
+    # Decoded JSON holds plain dicts: the exact type test spares the ABC check for every email.
+    tries = [t for t in raw.get("last_tries") or () if type(t) is dict or isinstance(t, Mapping)]
+    if not tries:
+        last = None
+    elif len(tries) == 1:
+        last = tries[0]
+    else:
+        last = max(tries, key=lambda t: t.get("rank") or 0)
     code = last.get("code") if last is not None else None
     return FinalUpdate(
         id=row_id,
         status=str(raw.get("status")),
-        flags=tuple(str(f) for f in raw.get("flags") or ()),
+        flags=tuple(map(str, raw.get("flags") or ())),
         status_details=str(raw.get("status_details") or ""),
         smtp_code=int(code) if isinstance(code, int) else None,
         smtp_message=str(last.get("message") or "") if last is not None else "",

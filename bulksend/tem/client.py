@@ -261,12 +261,12 @@ class TemClient:
 
     async def _post_send(self, body: bytes) -> list[Mapping[str, Any]]:
         data, status, _ = await self._request("send", "POST", "/emails", body=body, url=self._send_url)
-        emails = data.get("emails") if isinstance(data, Mapping) else None
+        emails = data.get("emails") if isinstance(data, dict) else None
         # A send has at least one recipient, so an empty list is as wrong as a missing one.
         if (
             not isinstance(emails, list)
             or not emails
-            or not all(isinstance(e, Mapping) and e.get("id") for e in emails)
+            or not all(isinstance(e, dict) and e.get("id") for e in emails)
         ):
             raise self._protocol_error("send", status, "a send answer without an 'emails' list of ids", data)
         return emails
@@ -318,7 +318,8 @@ class TemClient:
         :class:`Email` objects (timestamps and all) for them would be wasted work.
         """
         data, _ = await self._list(query, page=page, page_size=page_size)
-        return [e for e in data.get("emails") or () if isinstance(e, Mapping)]
+        # JSON objects decode to dict (orjson): an exact test, not an ABC check per email.
+        return [e for e in data.get("emails") or () if isinstance(e, dict)]
 
     async def _list(
         self, query: ListEmailsQuery | None, *, page: int, page_size: int
