@@ -20,7 +20,7 @@ from anyio.streams.text import TextReceiveStream
 
 from bulksend.errors import ConfigError, StoreError
 from bulksend.store import LeaseLostError, NewRecipient, RowState, SqliteStore
-from bulksend.store.sqlite import MIGRATIONS, SCHEMA_VERSION, Durability
+from bulksend.store.sqlite import _FINAL, _TO_SENDING, _TO_SUBMITTED, MIGRATIONS, SCHEMA_VERSION, Durability
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -128,6 +128,88 @@ async def test_reopen_existing_schema_is_idempotent(tmp_path: Path) -> None:
         "ix_recipients_email_id",
     } <= indexes
     assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+async def test_state_writes_need_no_temporary_btree_and_bad_states_are_still_refused(tmp_path: Path) -> None:
+    """The v3 state CHECK is a chain of equalities: SQLite checks it without building a temporary
+    b-tree on every write (as ``IN (…)`` costs), and still refuses a state that does not exist."""
+    path = tmp_path / "o.db"
+    store = await opened(path)
+    await store.create_campaign("c", {})
+    [res] = await store.admit("c", recipients(1))
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        for sql in (_TO_SENDING.plain, _TO_SUBMITTED.plain, _FINAL):
+            program = [op for (_, op, *_rest) in conn.execute("EXPLAIN " + sql, [None] * sql.count("?"))]
+            assert "OpenEphemeral" not in program, sql
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+            conn.execute("UPDATE recipients SET state = 'lost' WHERE id = ?", (res.id,))
+
+
+async def test_v2_database_is_rebuilt_to_v3_with_every_column_kept(tmp_path: Path) -> None:
+    """Opening a v2 file rebuilds ``recipients`` (v3) and keeps every row, column and index."""
+    path = tmp_path / "v2.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+        for version in (1, 2):
+            for statement in MIGRATIONS[version - 1]:
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version VALUES (?, '2026-01-01T00:00:00+00:00')", (version,))
+        conn.execute(
+            "INSERT INTO campaigns (id, created_at, state, spec) "
+            "VALUES ('old', '2026-01-01T00:00:00.000000+00:00', 'running', '{}')"
+        )
+        conn.execute(
+            "INSERT INTO recipients (id, campaign_id, input_row, email, name, recipient_key, state, "
+            "payload, attempts, attempt_started_at, correlation, email_id, message_id, submitted_at, "
+            "lease_owner, lease_token, lease_expires_at) VALUES (7, 'old', 3, 'a@example.com', 'Ada', "
+            "'a@example.com', 'submitted', '{\"n\": 1}', 2, '2026-01-01T00:00:01.000000+00:00', 'corr', "
+            "'e-1', 'm-1', '2026-01-01T00:00:02.000000+00:00', 'w1', 4, '2026-01-01T00:01:00.000000+00:00')"
+        )
+        conn.execute(
+            "INSERT INTO recipients (id, campaign_id, input_row, email, recipient_key, dedupe_key, state) "
+            "VALUES (8, 'old', 4, 'b@example.com', 'b@example.com', 'b@example.com', 'pending')"
+        )
+    store = await opened(path)
+    try:
+        row = await store.get_row(7)
+        assert row is not None
+        assert (row.row, row.email, row.name, row.state, row.payload, row.attempts) == (
+            3,
+            "a@example.com",
+            "Ada",
+            RowState.SUBMITTED,
+            {"n": 1},
+            2,
+        )
+        assert (row.correlation, row.email_id, row.message_id, row.lease_owner, row.lease_token) == (
+            "corr",
+            "e-1",
+            "m-1",
+            "w1",
+            4,
+        )
+        assert row.submitted_at == datetime(2026, 1, 1, 0, 0, 2, tzinfo=UTC)
+        assert row.lease_expires_at == datetime(2026, 1, 1, 0, 1, tzinfo=UTC)
+        # The dedupe key kept its owner: a second recipient with that key is a skipped duplicate.
+        [dup] = await store.admit("old", [NewRecipient(row=5, email="b@example.com", key="b@example.com")])
+        assert dup.state is RowState.SKIPPED
+        assert [r.id async for r in store.iter_rows("old", states=[RowState.PENDING])] == [8]
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        versions = [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY version")]
+        indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert versions == [1, 2, 3]
+    assert {
+        "ux_recipients_campaign_row",
+        "ux_recipients_campaign_dedupe",
+        "ix_recipients_campaign_state_id",
+        "ix_recipients_campaign_id",
+        "ix_recipients_email_id",
+    } <= indexes
+    assert "recipients_v3" not in tables
 
 
 async def test_two_instances_open_one_new_file(tmp_path: Path) -> None:
