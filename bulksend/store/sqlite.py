@@ -250,7 +250,10 @@ _PRAGMA_NAME = re.compile(r"^[a-z_]+$")
 def _dt_text(dt: datetime | None) -> str | None:
     if dt is None:
         return None
-    return (dt if dt.tzinfo is UTC else utc(dt)).isoformat(timespec="microseconds")
+    if dt.tzinfo is not UTC:
+        dt = utc(dt)
+    # Same text either way; plain isoformat() is the cheaper call, but drops a zero fraction.
+    return dt.isoformat() if dt.microsecond else dt.isoformat(timespec="microseconds")
 
 
 _fromisoformat: Final = datetime.fromisoformat
