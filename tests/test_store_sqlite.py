@@ -19,7 +19,9 @@ import pytest
 from anyio.streams.text import TextReceiveStream
 
 from bulksend.errors import ConfigError, StoreError
-from bulksend.store import LeaseLostError, NewRecipient, RowState, SqliteStore
+from bulksend.sinks.outcomes import outcome_from_values, outcome_lines, outcome_of
+from bulksend.store import FinalUpdate, LeaseLostError, NewRecipient, RowState, SqliteStore
+from bulksend.store.base import OutcomeValuesSource
 from bulksend.store.sqlite import _FINAL, _TO_SENDING, _TO_SUBMITTED, MIGRATIONS, SCHEMA_VERSION, Durability
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
@@ -318,6 +320,65 @@ async def test_outcome_rows_skip_the_payload_and_keep_the_rest(tmp_path: Path) -
         assert full.payload == payload
         assert outcome.payload == {}
         assert outcome == dataclasses.replace(full, payload={})
+    finally:
+        await store.close()
+
+
+async def test_outcome_values_give_the_same_lines_as_full_rows(tmp_path: Path) -> None:
+    """The cheap outcome path (iter_outcome_values) writes exactly the lines the full rows give,
+    in every state, with and without a fraction in the timestamps, across pages."""
+    store = await opened(tmp_path / "o.db")
+    try:
+        assert isinstance(store, OutcomeValuesSource)
+        await store.create_campaign("c", {})
+        admitted = await store.admit(
+            "c",
+            [
+                *(
+                    NewRecipient(row=i, email=f"u{i}@example.com", name=f"U {i}", key=f"k{i}")
+                    for i in range(1, 8)
+                ),
+                NewRecipient(row=8, email="bad", state=RowState.REJECTED, reason="invalid recipient address"),
+                NewRecipient(row=9, email="u1@example.com", key="k1"),  # a duplicate: skipped
+            ],
+        )
+        ids = [r.id for r in admitted]
+        whole = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+        fraction = datetime(2026, 3, 4, 5, 6, 7, 120034, tzinfo=UTC)
+        for row_id in ids[1:6]:
+            await store.mark_sending(row_id, started_at=NOW, correlation=f"corr-{row_id}")
+        for n, row_id in enumerate(ids[2:6]):
+            await store.mark_submitted(
+                row_id,
+                email_id=f"e-{row_id}",
+                message_id=f"m-{row_id}",
+                submitted_at=(whole, fraction)[n % 2],
+            )
+        await store.mark_final(
+            [
+                FinalUpdate(id=ids[3], status="sent", try_count=1, final_at=whole),
+                FinalUpdate(
+                    id=ids[4],
+                    status="failed",
+                    flags=("hard_bounce", "mailbox_not_found"),
+                    status_details="mailbox unavailable",
+                    smtp_code=550,
+                    smtp_message="5.1.1 no such user",
+                    try_count=2,
+                    final_at=fraction,
+                ),
+                FinalUpdate(id=ids[5], status="unknown", final_at=fraction, reason="still not final"),
+            ]
+        )
+        await store.mark_rejected(ids[6], reason="TEM refused the email")
+        expected = [outcome_of(row, unfinished="try again") async for row in store.iter_outcomes("c")]
+        assert {line["status"] for line in expected} == {"unknown", "sent", "failed", "rejected", "skipped"}
+        assert [line async for line in outcome_lines(store, "c", unfinished="try again")] == expected
+        paged = [page async for page in store.iter_outcome_values("c", batch_size=2)]
+        assert [len(page) for page in paged] == [2, 2, 2, 2, 1]
+        assert [outcome_from_values(v, unfinished="try again") for page in paged for v in page] == expected
+        assert expected[3]["submitted_at"] == "2026-03-04T05:06:07.120034Z"
+        assert expected[3]["final_at"] == "2026-03-04T05:06:07Z"
     finally:
         await store.close()
 

@@ -36,7 +36,7 @@ import orjson
 
 from bulksend.campaign import campaign_from_dict
 from bulksend.errors import BulksendError, CampaignError
-from bulksend.sinks.outcomes import outcome_of
+from bulksend.sinks.outcomes import outcome_lines
 from bulksend.sources.files import BadRow, RecipientInput, iter_recipients
 from bulksend.store.base import CampaignState, FinalUpdate, NewRecipient, RowState, Store
 from bulksend.store.memory import MemoryStore
@@ -299,8 +299,8 @@ class MemoryControl:
         store = await self._ready_store()
         if await store.get_campaign(campaign_id) is None:
             raise NotFound(f"no campaign with id {campaign_id!r}")
-        async for row in store.iter_outcomes(campaign_id):
-            yield outcome_of(row)
+        async for line in outcome_lines(store, campaign_id):
+            yield line
 
     async def pause(self, campaign_id: str) -> CampaignInfo:
         return await self._change(campaign_id, "paused", frm=("running",))

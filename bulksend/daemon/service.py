@@ -59,7 +59,7 @@ from bulksend.pipeline.stats import RunStats
 from bulksend.pipeline.tracker import Tracker, TrackerSettings, final_update
 from bulksend.render import Rejection
 from bulksend.send import account_limiter
-from bulksend.sinks.outcomes import outcome_of
+from bulksend.sinks.outcomes import outcome_lines, outcome_of
 from bulksend.sinks.results import publisher_from_config
 from bulksend.sources.base import JobSource, ResultPublisher, source_from_config
 from bulksend.store import open_store
@@ -696,8 +696,8 @@ class Daemon:
     async def outcomes(self, campaign_id: str) -> AsyncIterator[dict[str, Any]]:
         if await self.store.get_campaign(campaign_id) is None:
             raise NotFound(f"no campaign {campaign_id!r}")
-        async for row in self.store.iter_outcomes(campaign_id):
-            yield outcome_of(row, unfinished=_UNFINISHED)
+        async for line in outcome_lines(self.store, campaign_id, unfinished=_UNFINISHED):
+            yield line
 
     async def _record_or_404(self, campaign_id: str) -> CampaignRecord:
         record = await self.store.get_campaign(campaign_id)

@@ -37,7 +37,7 @@ from bulksend.pipeline.retry import RetryPolicy
 from bulksend.pipeline.stats import OutcomeHook, RunStats
 from bulksend.pipeline.tracker import Tracker, TrackerSettings
 from bulksend.render import Rejection, RenderedEmail, Renderer
-from bulksend.sinks.outcomes import write_outcomes
+from bulksend.sinks.outcomes import outcome_lines, write_outcomes
 from bulksend.sources.files import BadRow, RecipientInput, iter_recipients, split_attachments
 from bulksend.store.base import (
     CampaignRecord,
@@ -168,7 +168,7 @@ class CampaignRun:
             counts = await self.store.counts(c.id)
             lines = 0
             if not c.output.outcomes.exists():
-                lines = await write_outcomes(c.output.outcomes, self.store.iter_outcomes(c.id))
+                lines = await write_outcomes(c.output.outcomes, outcome_lines(self.store, c.id))
             return RunResult(
                 c.id,
                 complete=True,
@@ -595,7 +595,7 @@ class CampaignRun:
                 summary = Summary(f"campaign {c.id}")
                 result.outcome_lines = await write_outcomes(
                     c.output.outcomes,
-                    self.store.iter_outcomes(c.id),
+                    outcome_lines(self.store, c.id),
                     observe=lambda line: tally_line(summary, line),
                 )
                 result.summary = summary

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -17,9 +17,17 @@ from typing import Any, BinaryIO, Final
 import anyio
 import orjson
 
-from bulksend.store.base import RecipientRow, RowState
+from bulksend.store.base import OutcomeValuesSource, RecipientRow, Store
 
-__all__ = ["OUTCOME_FIELDS", "OUTCOME_STATUSES", "outcome_of", "read_outcomes", "write_outcomes"]
+__all__ = [
+    "OUTCOME_FIELDS",
+    "OUTCOME_STATUSES",
+    "outcome_from_values",
+    "outcome_lines",
+    "outcome_of",
+    "read_outcomes",
+    "write_outcomes",
+]
 
 OUTCOME_FIELDS: Final = (
     "email",
@@ -39,42 +47,97 @@ OUTCOME_FIELDS: Final = (
     "reason",
 )
 OUTCOME_STATUSES: Final = ("sent", "failed", "canceled", "rejected", "skipped", "unknown")
+_UNFINISHED: Final = "rerun the same command to resume"
 
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
-def outcome_of(row: RecipientRow, *, unfinished: str = "rerun the same command to resume") -> dict[str, Any]:
+def outcome_of(row: RecipientRow, *, unfinished: str = _UNFINISHED) -> dict[str, Any]:
     """The outcome line of one row. A row that is not terminal yet reads as ``unknown``, with a
     reason ending in ``unfinished`` (what the reader can do about it)."""
-    if row.state is RowState.FINAL:
-        status = row.status or "unknown"
-        reason = row.reason
-    elif row.state is RowState.REJECTED:
-        status, reason = "rejected", row.reason
-    elif row.state is RowState.SKIPPED:
-        status, reason = "skipped", row.reason
+    return outcome_from_values(
+        (
+            row.row,
+            row.email,
+            row.name,
+            row.state.value,
+            row.status,
+            row.reason,
+            row.email_id or None,
+            row.message_id,
+            list(row.flags),
+            row.status_details,
+            row.smtp_code,
+            row.smtp_message,
+            row.try_count,
+            _iso(row.submitted_at),
+            _iso(row.final_at),
+            row.attempts,
+        ),
+        unfinished=unfinished,
+    )
+
+
+def outcome_from_values(values: Sequence[Any], *, unfinished: str = _UNFINISHED) -> dict[str, Any]:
+    """The outcome line from a row's values in ``OUTCOME_VALUE_FIELDS`` order (see :func:`outcome_of`)."""
+    (
+        row,
+        email,
+        name,
+        state,
+        status,
+        reason,
+        email_id,
+        message_id,
+        flags,
+        status_details,
+        smtp_code,
+        smtp_message,
+        try_count,
+        submitted_at,
+        final_at,
+        attempts,
+    ) = values
+    if state == "final":
+        status = status or "unknown"
+    elif state == "rejected" or state == "skipped":
+        status = state
     else:
         status = "unknown"
-        reason = row.reason or f"not finished (still {row.state.value}); {unfinished}"
+        reason = reason or f"not finished (still {state}); {unfinished}"
     return {
-        "email": row.email,
-        "name": row.name,
-        "row": row.row,
+        "email": email,
+        "name": name,
+        "row": row,
         "status": status,
-        "email_id": row.email_id or None,
-        "message_id": row.message_id or None,
-        "flags": list(row.flags),
-        "status_details": row.status_details or None,
-        "smtp_code": row.smtp_code,
-        "smtp_message": row.smtp_message or None,
-        "try_count": row.try_count,
-        "submitted_at": _iso(row.submitted_at),
-        "final_at": _iso(row.final_at),
-        "attempts": row.attempts,
+        "email_id": email_id or None,
+        "message_id": message_id or None,
+        "flags": flags,
+        "status_details": status_details or None,
+        "smtp_code": smtp_code,
+        "smtp_message": smtp_message or None,
+        "try_count": try_count,
+        "submitted_at": submitted_at,
+        "final_at": final_at,
+        "attempts": attempts,
         "reason": reason or None,
     }
+
+
+async def outcome_lines(
+    store: Store, campaign_id: str, *, unfinished: str = _UNFINISHED
+) -> AsyncIterator[dict[str, Any]]:
+    """Every row's outcome line, in input row order: through the store's cheaper
+    :class:`OutcomeValuesSource` path when it has one, else from its full rows."""
+    if isinstance(store, OutcomeValuesSource):
+        async for page in store.iter_outcome_values(campaign_id):
+            for values in page:
+                yield outcome_from_values(values, unfinished=unfinished)
+    else:
+        async for row in store.iter_outcomes(campaign_id):
+            yield outcome_of(row, unfinished=unfinished)
 
 
 def _csv_value(value: Any) -> str:
@@ -87,11 +150,12 @@ def _csv_value(value: Any) -> str:
 
 async def write_outcomes(
     path: Path,
-    rows: AsyncIterable[RecipientRow],
+    lines: AsyncIterable[Mapping[str, Any]],
     *,
     observe: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> int:
-    """Write every row's outcome to ``path`` (.jsonl or .csv) atomically; returns the line count.
+    """Write outcome ``lines`` (see :func:`outcome_lines`) to ``path`` (.jsonl or .csv) atomically;
+    returns the line count.
 
     File I/O runs in a worker thread in 256 KiB chunks, so a daemon serving other work while
     writing a million-line file is never blocked on the disk.
@@ -108,8 +172,7 @@ async def write_outcomes(
     try:
         if as_csv:
             writer.writerow(OUTCOME_FIELDS)
-        async for row in rows:
-            line = outcome_of(row)
+        async for line in lines:
             if observe is not None:
                 observe(line)  # e.g. the end-of-run summary, without reading the file back
             if as_csv:

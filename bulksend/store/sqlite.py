@@ -240,6 +240,23 @@ _ROW_COLUMNS = (
 # largest column): those rows come back with an empty one, which spares decoding it per row.
 _OUTCOME_COLUMNS = _ROW_COLUMNS.replace(", payload, ", ", '{}', ")
 _CAMPAIGN_COLUMNS = "id, created_at, state, spec, admitted_all"
+
+
+def _outcome_ts(column: str) -> str:
+    # Stored text is always "…SS.ffffff+00:00" (_dt_text); the outcome text is what
+    # datetime.isoformat gives for it with "Z" for "+00:00": no fraction when it is zero.
+    return (
+        f"CASE WHEN {column} LIKE '%.000000+00:00' THEN substr({column}, 1, length({column}) - 13) || 'Z' "
+        f"ELSE substr({column}, 1, length({column}) - 6) || 'Z' END"
+    )
+
+
+# OUTCOME_VALUE_FIELDS, in that order (iter_outcome_values).
+_OUTCOME_VALUES = (
+    "input_row, email, name, state, status, reason, NULLIF(email_id, ''), message_id, flags, "
+    f"status_details, smtp_code, smtp_message, try_count, {_outcome_ts('submitted_at')}, "
+    f"{_outcome_ts('final_at')}, attempts"
+)
 # Well under SQLite's bound-parameter limit, and a sensible page for IN lists.
 _IN_CHUNK: Final = 500
 # Upper bound on operations per transaction, so one huge burst cannot hold the write lock for long.
@@ -1187,6 +1204,42 @@ class SqliteStore:
             if len(rows) < batch_size:
                 return
             last_row = rows[-1].row
+
+    async def iter_outcome_values(
+        self, campaign_id: str, *, batch_size: int = 1000
+    ) -> AsyncIterator[list[tuple[Any, ...]]]:
+        """Pages of the outcome values of every row (``OUTCOME_VALUE_FIELDS``), in input ``row`` order.
+
+        The cheap path for the outcomes file (see :class:`OutcomeValuesSource`): only the fields
+        a line shows, with the timestamps turned into their outcome text by SQLite itself.
+        """
+        first_sql = (
+            f"SELECT {_OUTCOME_VALUES} FROM recipients WHERE campaign_id = ? ORDER BY input_row LIMIT ?"
+        )
+        next_sql = (
+            f"SELECT {_OUTCOME_VALUES} FROM recipients WHERE campaign_id = ? AND input_row > ? "
+            "ORDER BY input_row LIMIT ?"
+        )
+        last_row: int | None = None
+        while True:
+
+            def page(conn: sqlite3.Connection, after: int | None = last_row) -> list[tuple[Any, ...]]:
+                if after is None:
+                    cur = conn.execute(first_sql, (campaign_id, batch_size))
+                else:
+                    cur = conn.execute(next_sql, (campaign_id, after, batch_size))
+                out = cur.fetchall()
+                for i, r in enumerate(out):
+                    flags = r[8]
+                    out[i] = (*r[:8], [] if flags == "[]" else list(orjson.loads(flags)), *r[9:])
+                return out
+
+            values = await self._read(page)
+            if values:
+                yield values
+            if len(values) < batch_size:
+                return
+            last_row = values[-1][0]
 
     async def counts(self, campaign_id: str) -> dict[str, int]:
         """Number of rows by state, and of final rows by status as ``status:<s>`` (zeros omitted)."""
