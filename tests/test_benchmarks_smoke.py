@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.common import SandboxProcess, render_bodies, run_measured, write_campaign
-from benchmarks.compare import CompareOptions, format_report, run_compare
+from benchmarks.compare import CompareOptions, Measurement, _ratios, _summary, format_report, run_compare
 from benchmarks.million import MillionOptions, run_million
 from benchmarks.rate_adherence import RateOptions, achieved_rate, per_second, run_rate_adherence
 
@@ -51,6 +51,24 @@ def test_compare_smoke_reports_every_client() -> None:
     report = format_report(result)
     assert "bulksend send (end to end)" in report
     assert "NOT RUN" in report
+
+
+def test_cpu_ratio_compares_median_cpus_not_the_median_throughput_runs() -> None:
+    """The CPU ratio divides each client's median CPU per email, whichever run was the median one
+    by throughput (that run's CPU may be the noisiest of the three)."""
+
+    def run(client: str, wall_s: float, cpu_s: float) -> Measurement:
+        return Measurement(client, 20.0, 1000, wall_s, cpu_s, 1024, None, 0)
+
+    floor = [run("floor", 1.0, 0.13), run("floor", 0.9, 0.145), run("floor", 0.8, 0.12)]
+    bulksend = [run("bulksend", 1.2, 0.29), run("bulksend", 1.1, 0.285), run("bulksend", 1.0, 0.28)]
+    summary = {"floor": _summary(floor), "bulksend": _summary(bulksend)}
+    # The median-throughput floor run is the 0.145 s one; the median CPU is 0.13 s.
+    assert summary["floor"]["cpu_us_per_email"] == pytest.approx(145.0)
+    assert summary["floor"]["cpu_us_per_email_median"] == pytest.approx(130.0)
+    ratios = _ratios(summary)
+    assert ratios["bulksend_over_floor_cpu_per_email"] == pytest.approx(285.0 / 130.0)
+    assert ratios["bulksend_over_floor_throughput"] == pytest.approx((1000 / 1.1) / (1000 / 0.9))
 
 
 def test_million_smoke_reports_rss() -> None:
