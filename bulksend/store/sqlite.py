@@ -43,7 +43,9 @@ Schema
 ``schema_version`` records applied migrations; ``MIGRATIONS`` is append-only (never edit a released
 step, add the next one): v1 is the outbox, v2 adds lease expiry and campaign roles (a v1 file is
 migrated in place when a newer bulksend opens it), v3 rebuilds ``recipients`` with a cheaper
-``state`` CHECK (a copy of every row, once, when an older file is first opened).
+``state`` CHECK (a copy of every row, once, when an older file is first opened: about 9 s for a
+million rows on a 2-CPU machine, and the file keeps the old table's pages as free space, reused
+by later rows).
 ``recipients.recipient_key`` is the dedupe key as admitted (kept for output);
 ``recipients.dedupe_key`` holds it only while the row *owns* it — a duplicate is admitted
 ``skipped`` with ``dedupe_key`` NULL, and a row that becomes ``rejected`` or ``skipped`` gives its
