@@ -328,6 +328,12 @@ def _row_from_db(r: tuple[Any, ...]) -> RecipientRow:
     )
 
 
+def _outcome_values_from_db(r: tuple[Any, ...]) -> tuple[Any, ...]:
+    # _OUTCOME_VALUES has everything in its outcome shape but flags, which are stored as JSON.
+    flags = r[8]
+    return (*r[:8], [] if flags == "[]" else list(orjson.loads(flags)), *r[9:])
+
+
 def _campaign_from_db(r: tuple[Any, ...]) -> CampaignRecord:
     created = _dt_parse(r[1])
     assert created is not None  # NOT NULL column
@@ -1183,29 +1189,9 @@ class SqliteStore:
 
     async def iter_outcomes(self, campaign_id: str, *, batch_size: int = 1000) -> AsyncIterator[RecipientRow]:
         """Every row of the campaign in input ``row`` order, ``payload`` left empty (keyset pages)."""
-        first_sql = (
-            f"SELECT {_OUTCOME_COLUMNS} FROM recipients WHERE campaign_id = ? ORDER BY input_row LIMIT ?"
-        )
-        next_sql = (
-            f"SELECT {_OUTCOME_COLUMNS} FROM recipients WHERE campaign_id = ? AND input_row > ? "
-            "ORDER BY input_row LIMIT ?"
-        )
-        last_row: int | None = None
-        while True:
-
-            def page(conn: sqlite3.Connection, after: int | None = last_row) -> list[RecipientRow]:
-                if after is None:
-                    cur = conn.execute(first_sql, (campaign_id, batch_size))
-                else:
-                    cur = conn.execute(next_sql, (campaign_id, after, batch_size))
-                return [_row_from_db(r) for r in cur]
-
-            rows = await self._read(page)
-            for row in rows:
+        async for page in self._in_row_order(_OUTCOME_COLUMNS, 2, _row_from_db, campaign_id, batch_size):
+            for row in page:
                 yield row
-            if len(rows) < batch_size:
-                return
-            last_row = rows[-1].row
 
     async def iter_outcome_values(
         self, campaign_id: str, *, batch_size: int = 1000
@@ -1215,33 +1201,42 @@ class SqliteStore:
         The cheap path for the outcomes file (see :class:`OutcomeValuesSource`): only the fields
         a line shows, with the timestamps turned into their outcome text by SQLite itself.
         """
-        first_sql = (
-            f"SELECT {_OUTCOME_VALUES} FROM recipients WHERE campaign_id = ? ORDER BY input_row LIMIT ?"
-        )
+        async for page in self._in_row_order(
+            _OUTCOME_VALUES, 0, _outcome_values_from_db, campaign_id, batch_size
+        ):
+            yield page
+
+    async def _in_row_order(
+        self,
+        columns: str,
+        row_at: int,
+        build: Callable[[tuple[Any, ...]], _T],
+        campaign_id: str,
+        batch_size: int,
+    ) -> AsyncIterator[list[_T]]:
+        """Pages of ``build(r)`` for every row of the campaign in input ``row`` order, keyset-paged
+        on ``input_row`` (at position ``row_at`` of ``columns``)."""
+        first_sql = f"SELECT {columns} FROM recipients WHERE campaign_id = ? ORDER BY input_row LIMIT ?"
         next_sql = (
-            f"SELECT {_OUTCOME_VALUES} FROM recipients WHERE campaign_id = ? AND input_row > ? "
+            f"SELECT {columns} FROM recipients WHERE campaign_id = ? AND input_row > ? "
             "ORDER BY input_row LIMIT ?"
         )
         last_row: int | None = None
         while True:
 
-            def page(conn: sqlite3.Connection, after: int | None = last_row) -> list[tuple[Any, ...]]:
+            def page(conn: sqlite3.Connection, after: int | None = last_row) -> tuple[list[_T], int | None]:
                 if after is None:
                     cur = conn.execute(first_sql, (campaign_id, batch_size))
                 else:
                     cur = conn.execute(next_sql, (campaign_id, after, batch_size))
-                out = cur.fetchall()
-                for i, r in enumerate(out):
-                    flags = r[8]
-                    out[i] = (*r[:8], [] if flags == "[]" else list(orjson.loads(flags)), *r[9:])
-                return out
+                raw = cur.fetchall()
+                return [build(r) for r in raw], (raw[-1][row_at] if raw else None)
 
-            values = await self._read(page)
-            if values:
-                yield values
-            if len(values) < batch_size:
+            items, last_row = await self._read(page)
+            if items:
+                yield items
+            if len(items) < batch_size:
                 return
-            last_row = values[-1][0]
 
     async def counts(self, campaign_id: str) -> dict[str, int]:
         """Number of rows by state, and of final rows by status as ``status:<s>`` (zeros omitted)."""
