@@ -13,9 +13,9 @@ affordable (one fsync for hundreds of ``mark_sending`` calls instead of one each
 The writer **lingers** ``commit_linger_s`` (2 ms by default) after the first write of a batch
 before it takes the queue. Without it, a writer that wakes the moment one write is queued commits
 a dozen writes at a time, and on a busy host every commit costs page writes to the WAL, a
-thread switch each way and a wake-up of the event loop: batching ten times more writes per commit
-takes a sizeable share of a campaign's CPU off (see ``benchmarks/README.md``), for 2 ms more
-latency per write, which a send's own round trip to TEM dwarfs.
+thread switch each way and a wake-up of the event loop: twice as many writes per commit take
+5–12 % off a campaign's CPU (see ``benchmarks/README.md``), for 2 ms more latency per write,
+which a send's own round trip to TEM dwarfs.
 
 Each queued operation runs inside its own ``SAVEPOINT``: an operation that fails (an illegal
 transition, an unknown row) is rolled back to its savepoint and fails only its own caller; the rest
