@@ -6,6 +6,10 @@ Every campaign-level mistake is found here, before anything is sent, and raised 
 compiled up front (syntax errors point into the template's own file), campaign attachments are
 loaded and base64-encoded once, and the recipients file is checked (suffix, existence, CSV header).
 
+Files a campaign names are read only if they are regular files within a size cap. A campaign
+from the admin API is *confined* (:class:`FileAccess`): its files must resolve, symlinks
+followed, inside the folder the operator allows, or it names no file at all.
+
 The reference of every key is ``docs/campaign-file.md``.
 """
 
@@ -13,9 +17,12 @@ from __future__ import annotations
 
 import base64
 import difflib
+import errno
 import hashlib
 import math
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,21 +47,38 @@ from bulksend.validate import (
 )
 
 __all__ = [
+    "CAMPAIGN_ID_PATTERN",
     "CORRELATION_HEADER",
+    "MAX_ATTACHMENT_FILE_BYTES",
+    "MAX_CAMPAIGN_DEPTH",
+    "MAX_TEMPLATE_FILE_BYTES",
     "Campaign",
+    "FileAccess",
     "OutputSettings",
     "SendingSettings",
     "TrackingSettings",
     "campaign_from_dict",
+    "check_campaign_id",
     "guess_attachment_type",
     "load_campaign",
     "new_template_environment",
+    "parse_campaign_toml",
 ]
 
 CORRELATION_HEADER: Final = "X-Bulksend-Ref"
 """Added to every email by the renderer; reserved (a campaign may not set it)."""
 
 MAX_PAGE_SIZE: Final = 1000
+
+CAMPAIGN_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+"""Every campaign id: 1–64 letters, digits, ``.``, ``_`` or ``-``, starting with a letter or digit
+(so an id is always a safe file name: no ``/``, never ``.`` or ``..``)."""
+MAX_TEMPLATE_FILE_BYTES: Final = 1024 * 1024
+"""Largest ``text_file`` / ``html_file`` read."""
+MAX_ATTACHMENT_FILE_BYTES: Final = MAX_EMAIL_BYTES * 3 // 4
+"""Largest attachment file read: its base64 form alone fills a whole email."""
+MAX_CAMPAIGN_DEPTH: Final = 16
+"""Deepest nesting of tables and arrays in a campaign (a real one needs 4)."""
 
 # Attachment MIME types by extension. An explicit table rather than the ``mimetypes`` module:
 # that module reads the machine's /etc/mime.types, so the same campaign would be accepted on one
@@ -192,6 +216,29 @@ class Campaign:
         """Size of the campaign attachments once encoded (base64), as they count toward 2 MB."""
         return sum(len(a.content) for a in self.attachments)
 
+    attachments_root: Path | None = None
+    """The folder per-recipient attachments resolve against and must stay inside (symlinks
+    resolved); None: recipients may not name files at all."""
+
+
+@dataclass(frozen=True)
+class FileAccess:
+    """Which files a campaign may name (``text_file``, ``html_file``, attachments, and the
+    per-recipient ``attachments`` column).
+
+    Unconfined (the CLI, the daemon's own config): paths are relative to the campaign's folder and
+    per-recipient files to the recipients file's folder. Confined (the admin API): every path is
+    relative to ``root`` and must resolve inside it; with no ``root``, no file may be named.
+    """
+
+    confined: bool = False
+    root: Path | None = None
+
+    @classmethod
+    def confined_to(cls, root: Path | None) -> FileAccess:
+        """Files only from inside ``root`` (resolved now); None: no files at all."""
+        return cls(confined=True, root=Path(root).resolve() if root is not None else None)
+
 
 # ---------------------------------------------------------------------------------------------
 # Loading
@@ -220,7 +267,7 @@ _SCHEMA: Final[Mapping[str, frozenset[str]]] = {
 }
 _FROM_KEYS: Final = frozenset({"email", "name"})
 _ATTACHMENT_KEYS: Final = frozenset({"path", "name", "type"})
-_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ID_RE: Final = re.compile(CAMPAIGN_ID_PATTERN)
 _FROM_TEXT_RE: Final = re.compile(r"^\s*(.*?)\s*<\s*([^<>]+?)\s*>\s*$")
 _OFFSET_RE: Final = re.compile(r"([Zz]|[+-]\d{2}:?\d{2})$")
 _TOML_POS_RE: Final = re.compile(r"\(at line (\d+), column (\d+)\)")
@@ -248,20 +295,7 @@ def load_campaign(path: Path | str, *, overrides: Mapping[str, Any] | None = Non
         raise CampaignError(
             "the campaign file is not valid UTF-8; save it as UTF-8", path=label, line=line
         ) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        message = str(exc)
-        m = _TOML_POS_RE.search(message)
-        toml_line = int(m.group(1)) if m else None
-        detail = _TOML_POS_RE.sub("", message).strip()
-        col = f", column {m.group(2)}" if m else ""
-        raise CampaignError(
-            f"TOML syntax error{col}: {detail}; fix the syntax (strings need quotes, tables are "
-            f"written [name], each key = value on its own line)",
-            path=label,
-            line=toml_line,
-        ) from None
+    data = parse_campaign_toml(text, label)
     overridden: set[tuple[str, ...]] = set()
     if overrides:
         data = _apply_overrides(data, overrides, overridden)
@@ -276,15 +310,19 @@ def load_campaign(path: Path | str, *, overrides: Mapping[str, Any] | None = Non
     return builder.build()
 
 
-def campaign_from_dict(data: Mapping[str, Any], *, base_dir: Path, source: str) -> Campaign:
+def campaign_from_dict(
+    data: Mapping[str, Any], *, base_dir: Path, source: str, files: FileAccess | None = None
+) -> Campaign:
     """Validate a campaign given as a mapping (same shape and rules as the TOML file).
 
-    Relative paths resolve against ``base_dir``; ``source`` names the campaign in error messages
-    (there are no line numbers). The campaign's ``path`` is ``base_dir``. Raises
-    :class:`CampaignError`.
+    Relative paths resolve against ``base_dir`` (with ``files`` confined: the recipients and
+    outputs only; the files the campaign names follow ``files``); ``source`` names the campaign
+    in error messages (there are no line numbers). The campaign's ``path`` is ``base_dir``.
+    Raises :class:`CampaignError`.
     """
     if not isinstance(data, Mapping):
         raise CampaignError("a campaign must be an object with a 'campaign' table", path=source)
+    _check_depth(data, source)
     base = Path(base_dir).resolve()
     builder = _Builder(
         data,
@@ -293,8 +331,68 @@ def campaign_from_dict(data: Mapping[str, Any], *, base_dir: Path, source: str) 
         path=base,
         locator=None,
         overridden=set(),
+        files=files or FileAccess(),
     )
     return builder.build()
+
+
+def parse_campaign_toml(text: str, source: str) -> dict[str, Any]:
+    """Parse campaign TOML, refusing syntax errors and nesting deeper than
+    :data:`MAX_CAMPAIGN_DEPTH` with a :class:`CampaignError` naming ``source``."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        m = _TOML_POS_RE.search(message)
+        toml_line = int(m.group(1)) if m else None
+        detail = _TOML_POS_RE.sub("", message).strip()
+        col = f", column {m.group(2)}" if m else ""
+        raise CampaignError(
+            f"TOML syntax error{col}: {detail}; fix the syntax (strings need quotes, tables are "
+            f"written [name], each key = value on its own line)",
+            path=source,
+            line=toml_line,
+        ) from None
+    except RecursionError:
+        # tomllib recurses once per nested array or inline table: a hostile file exhausts the
+        # stack long before it exhausts memory.
+        _too_deep(source)
+    _check_depth(data, source)
+    return data
+
+
+def check_campaign_id(value: object, source: str = "campaign") -> str:
+    """``value`` if it is a usable campaign id (:data:`CAMPAIGN_ID_PATTERN`), else a CampaignError."""
+    if not isinstance(value, str) or not value:
+        raise CampaignError("the campaign needs a [campaign] table with an `id` string", path=source)
+    if not _ID_RE.match(value):
+        raise CampaignError(
+            f"campaign.id {value[:80]!r} is not usable; use 1–64 letters, digits, '.', '_' or '-', "
+            f"starting with a letter or digit",
+            path=source,
+        )
+    return value
+
+
+def _check_depth(data: Mapping[str, Any], source: str) -> None:
+    # Iterative on purpose: a recursive walk is what a deep document is built to break.
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_CAMPAIGN_DEPTH:
+            _too_deep(source)
+        if isinstance(node, Mapping):
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, Mapping | list))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, Mapping | list))
+
+
+def _too_deep(source: str) -> NoReturn:
+    raise CampaignError(
+        f"the campaign nests tables and arrays more than {MAX_CAMPAIGN_DEPTH} deep; a campaign needs "
+        f"at most 4 levels (like [campaign] → attachments → {{ path = … }}): flatten it",
+        path=source,
+    )
 
 
 def _apply_overrides(
@@ -412,6 +510,7 @@ class _Builder:
         path: Path,
         locator: _KeyLocator | None,
         overridden: set[tuple[str, ...]],
+        files: FileAccess | None = None,
     ) -> None:
         self.data = data
         self.base_dir = base_dir
@@ -419,6 +518,7 @@ class _Builder:
         self.path = path
         self.locator = locator
         self.overridden = overridden
+        self.files = files or FileAccess()
 
     # -- errors ---------------------------------------------------------------------------------
 
@@ -574,6 +674,7 @@ class _Builder:
             output=output,
             store_path=store_path,
             fingerprint=fingerprint,
+            attachments_root=self.files.root if self.files.confined else recipients.parent.resolve(),
         )
 
     def sender(self, c: Mapping[str, Any]) -> Address:
@@ -612,33 +713,61 @@ class _Builder:
         if inline is not None and file_value is not None:
             self.fail(f"give either {kind} or {kind}_file, not both; remove one", "campaign", f"{kind}_file")
         if file_value is not None:
-            file_path = self.resolve(file_value)
+            keypath = ("campaign", f"{kind}_file")
+            file_path, shown = self.locate(file_value, f"campaign.{kind}_file", kind, *keypath)
+            where = "relative to the campaign file's folder"
+            if self.files.confined:
+                where = "relative to the folder the daemon allows files from"
             try:
-                source = file_path.read_bytes().decode("utf-8-sig")
-            except FileNotFoundError:
+                raw = _read_regular_file(file_path, MAX_TEMPLATE_FILE_BYTES, nofollow=self.files.confined)
+                source = raw.decode("utf-8-sig")
+            except _Missing:
+                self.fail(f"campaign.{kind}_file: {shown!r} does not exist; fix the path ({where})", *keypath)
+            except _TooBig as exc:
                 self.fail(
-                    f"campaign.{kind}_file: {str(file_path)!r} does not exist; fix the path (relative "
-                    f"to the campaign file's folder)",
-                    "campaign",
-                    f"{kind}_file",
+                    f"campaign.{kind}_file: {shown!r} is {exc.size_text} bytes; a template may be at most "
+                    f"{MAX_TEMPLATE_FILE_BYTES:,} bytes",
+                    *keypath,
                 )
+            except _Unreadable as exc:
+                self.fail(f"campaign.{kind}_file: {shown!r} {exc}", *keypath)
             except UnicodeDecodeError:
-                self.fail(
-                    f"campaign.{kind}_file: {str(file_path)!r} is not valid UTF-8; save it as UTF-8",
-                    "campaign",
-                    f"{kind}_file",
-                )
-            except OSError as exc:
-                self.fail(
-                    f"campaign.{kind}_file: {str(file_path)!r} cannot be read ({exc.strerror})",
-                    "campaign",
-                    f"{kind}_file",
-                )
-            self.compile(source, kind, ("campaign", f"{kind}_file"), html=html, file=file_path)
+                self.fail(f"campaign.{kind}_file: {shown!r} is not valid UTF-8; save it as UTF-8", *keypath)
+            self.compile(source, kind, keypath, html=html, file=file_path, file_label=shown)
             return source
         source = inline or ""
         self.compile(source, kind, ("campaign", kind), html=html)
         return source
+
+    def locate(self, value: str, what: str, inline_hint: str, *keypath: str) -> tuple[Path, str]:
+        """The path of a file the campaign names, and how to show it in messages.
+
+        Confined, the file must resolve (symlinks followed) inside the allowed folder, and is shown
+        as the caller wrote it, so no message reveals where the daemon keeps its files.
+        """
+        if not self.files.confined:
+            path = self.resolve(value)
+            return path, str(path)
+        root = self.files.root
+        if root is None:
+            hint = f'give it inline ({inline_hint} = "…")' if inline_hint else "leave it out"
+            self.fail(
+                f"{what} {value[:200]!r}: a campaign submitted to the daemon may not name files, as the "
+                f"daemon has no [admin] files_root; {hint}, or ask the operator to set files_root",
+                *keypath,
+            )
+        try:
+            # An absolute value replaces the root here; the containment check below catches it.
+            path = (root / value).resolve()
+        except (OSError, RuntimeError, ValueError):
+            self.fail(f"{what} {value[:200]!r} is not a usable path; name a file inside files_root", *keypath)
+        if not path.is_relative_to(root):
+            self.fail(
+                f"{what} {value[:200]!r} is outside the folder the daemon allows files from ([admin] "
+                f"files_root); name a file inside it, by a path relative to it",
+                *keypath,
+            )
+        return path, value[:200]
 
     def compile(
         self,
@@ -648,6 +777,7 @@ class _Builder:
         *,
         html: bool,
         file: Path | None = None,
+        file_label: str | None = None,
     ) -> None:
         """Compile a template now so a syntax error stops the campaign before any send."""
         try:
@@ -658,7 +788,7 @@ class _Builder:
             if file is not None:
                 raise CampaignError(
                     f"template syntax error in the {what} template: {detail}; {fix}",
-                    path=str(file),
+                    path=file_label or str(file),
                     line=exc.lineno,
                 ) from None
             for n in range(len(keypath), 0, -1):
@@ -787,39 +917,36 @@ class _Builder:
         return tuple(out)
 
     def load_attachment(self, file_value: str, name: str | None, mime: str | None) -> Attachment:
-        path = self.resolve(file_value)
+        keypath = ("campaign", "attachments")
+        path, shown = self.locate(file_value, "attachment", "", *keypath)
         name = name or path.name
         mime = mime or guess_attachment_type(name)
         try:
-            size = path.stat().st_size
-            # Refuse before reading: a huge file must not be loaded just to say it is too big.
-            encoded_size = 4 * ((size + 2) // 3)
-            if encoded_size > MAX_EMAIL_BYTES:
-                self.fail(
-                    f"attachment {str(path)!r} is {size:,} bytes ({encoded_size:,} once base64-encoded); "
-                    f"a whole email must stay under {MAX_EMAIL_BYTES:,} bytes; send a link instead",
-                    "campaign",
-                    "attachments",
-                )
-            content = base64.b64encode(path.read_bytes()).decode("ascii")
-        except FileNotFoundError:
-            self.fail(
-                f"attachment {str(path)!r} does not exist; fix the path (relative to the campaign file's "
-                f"folder)",
-                "campaign",
-                "attachments",
+            # The cap is checked before reading: a huge file is not loaded just to say it is too big.
+            data = _read_regular_file(path, MAX_ATTACHMENT_FILE_BYTES, nofollow=self.files.confined)
+        except _Missing:
+            where = (
+                "the folder the daemon allows files from"
+                if self.files.confined
+                else "the campaign file's folder"
             )
-        except IsADirectoryError:
-            self.fail(f"attachment {str(path)!r} is a folder, not a file", "campaign", "attachments")
-        except OSError as exc:
-            self.fail(f"attachment {str(path)!r} cannot be read ({exc.strerror})", "campaign", "attachments")
+            self.fail(f"attachment {shown!r} does not exist; fix the path (relative to {where})", *keypath)
+        except _TooBig as exc:
+            encoded = f" ({4 * ((exc.size + 2) // 3):,} once base64-encoded)" if exc.exact else ""
+            self.fail(
+                f"attachment {shown!r} is {exc.size_text} bytes{encoded}; a whole email must stay under "
+                f"{MAX_EMAIL_BYTES:,} bytes; send a link instead",
+                *keypath,
+            )
+        except _Unreadable as exc:
+            self.fail(f"attachment {shown!r} {exc}", *keypath)
+        content = base64.b64encode(data).decode("ascii")
         reason = check_attachment(name, mime, content)
         if reason:
             self.fail(
                 f"campaign.attachments: {reason}; convert it to an accepted type (PDF, image, text, "
                 f"office document, …)",
-                "campaign",
-                "attachments",
+                *keypath,
             )
         return Attachment(name=name, type=mime, content=content)
 
@@ -891,6 +1018,8 @@ class _Builder:
         value = self.string(s, "store", "path")
         if value is None:
             return output.outcomes.with_suffix(".db")
+        if self.files.confined:
+            self.fail("store.path: the daemon keeps its own store; remove [store]", "store", "path")
         path = self.resolve(value)
         if path == output.outcomes:
             self.fail("store.path is the outcomes file; give the store its own file", "store", "path")
@@ -926,3 +1055,66 @@ def _fingerprint(
         "send_before": format_rfc3339(send_before) if send_before is not None else None,
     }
     return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class _Unreadable(Exception):
+    """A named file that cannot be used; the message completes "<file> …" and is safe to show."""
+
+
+class _Missing(_Unreadable):
+    pass
+
+
+class _TooBig(_Unreadable):
+    def __init__(self, size: int, *, exact: bool) -> None:
+        super().__init__("is too large")
+        self.size = size
+        self.exact = exact
+
+    @property
+    def size_text(self) -> str:
+        return f"{self.size:,}" if self.exact else f"more than {self.size:,}"
+
+
+def _read_regular_file(path: Path, limit: int, *, nofollow: bool) -> bytes:
+    """The content of a regular file of at most ``limit`` bytes, or :class:`_Unreadable`.
+
+    Devices, pipes and sockets are refused from the opened descriptor's own ``fstat`` (no race
+    with the path), opening never blocks (``O_NONBLOCK``: a FIFO would wait for a writer), and
+    at most ``limit + 1`` bytes are read whatever the size claims (a file that grew, ``/proc``).
+    ``nofollow`` refuses a last component that became a symlink after the path was resolved.
+    """
+    flags = (
+        os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    )
+    if nofollow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise _Missing("does not exist") from None
+    except IsADirectoryError:
+        raise _Unreadable("is a folder, not a file") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _Unreadable("is a symbolic link that changed while it was being read") from None
+        raise _Unreadable(f"cannot be read ({exc.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise _Unreadable("is a folder, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise _Unreadable("is not a regular file (a device, pipe or socket); name a regular file")
+        if st.st_size > limit:
+            raise _TooBig(st.st_size, exact=True)
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            data = fh.read(limit + 1)
+        except OSError as exc:
+            raise _Unreadable(f"cannot be read ({exc.strerror})") from None
+    if len(data) > limit:
+        raise _TooBig(limit, exact=False)
+    return data

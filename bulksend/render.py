@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import re
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -238,7 +239,8 @@ class Renderer:
         self._campaign_attachments = b",".join(orjson.dumps(a.to_json()) for a in campaign.attachments)
         self._n_campaign_attachments = len(campaign.attachments)
 
-        self._attachment_root = campaign.recipients.parent.resolve()
+        self._attachment_root = campaign.attachments_root
+        self._root_is_recipients_folder = self._attachment_root == campaign.recipients.parent.resolve()
         self._attachment_cache: OrderedDict[Path, tuple[int, int, bytes]] = OrderedDict()
         self._attachment_cache_bytes = 0
         # render() may run in worker threads; the cache is the only state it changes.
@@ -388,6 +390,11 @@ class Renderer:
     def _recipient_attachment(self, rel: str) -> bytes | Rejection:
         """The JSON fragment of one per-recipient attachment, loaded (and cached) from disk."""
         root = self._attachment_root
+        if root is None:
+            return Rejection(
+                f"attachment {rel!r}: this campaign may not name files (the daemon accepts files only "
+                f"from its [admin] files_root, which is not set); remove the attachments column"
+            )
         try:
             path = (root / rel).resolve()
         except (OSError, RuntimeError, ValueError) as exc:
@@ -395,16 +402,28 @@ class Renderer:
         # Recipient data may come from elsewhere than the person who wrote the campaign; keeping
         # paths inside the recipients folder stops a row from mailing out an arbitrary file.
         if not path.is_relative_to(root):
+            if not self._root_is_recipients_folder:
+                # A daemon's campaign: its folders are not the caller's business.
+                return Rejection(
+                    f"attachment {rel!r} is outside the folder the daemon allows files from "
+                    f"([admin] files_root); name a file inside it"
+                )
             return Rejection(
                 f"attachment {rel!r} is outside the recipients file's folder ({str(root)!r}); "
                 f"put the file in that folder or below it"
             )
+        shown = str(path) if self._root_is_recipients_folder else rel
         try:
             st = path.stat()
         except FileNotFoundError:
-            return Rejection(f"attachment {rel!r} does not exist (looked for {str(path)!r})")
+            return Rejection(f"attachment {rel!r} does not exist (looked for {shown!r})")
         except OSError as exc:
             return Rejection(f"attachment {rel!r} cannot be read ({exc.strerror})")
+        if stat.S_ISDIR(st.st_mode):
+            return Rejection(f"attachment {rel!r} is a folder, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            # A FIFO would block the read forever; a device has no end.
+            return Rejection(f"attachment {rel!r} is not a regular file; name a regular file")
         with self._attachment_lock:
             cached = self._attachment_cache.get(path)
             if cached is not None and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
