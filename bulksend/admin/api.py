@@ -21,15 +21,20 @@ token, and the ``Authorization`` header, never reach a log line.
 
 The recipients upload is handed to the control as an async iterator of chunks, read from the
 socket as the control consumes it: a 1 GB file never sits in memory.
+
+:func:`serve_admin` listens with bounds on slow and idle clients (``idle_timeout_s`` for a request
+head, ``read_timeout_s`` between body reads, ``max_connections``); see docs/daemon.md, Security.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import re
-from collections.abc import AsyncIterator, Mapping
-from typing import Any, Final
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
 
 import orjson
 import structlog
@@ -37,6 +42,7 @@ from aiohttp import BodyPartReader, MultipartReader, hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
 from bulksend.admin.control import CampaignInfo, Conflict, DaemonControl, NotFound, safe_filename
+from bulksend.campaign import CAMPAIGN_ID_PATTERN
 from bulksend.errors import CampaignError, ConfigError
 from bulksend.metrics import Metrics
 from bulksend.secret import Secret
@@ -45,10 +51,14 @@ from bulksend.validate import check_address, check_header
 __all__ = [
     "MAX_CAMPAIGN_BYTES",
     "OPEN_ROUTES",
+    "AdminServer",
     "check_listen_address",
     "create_admin_app",
+    "serve_admin",
     "validate_template",
 ]
+
+_T = TypeVar("_T")
 
 log = structlog.get_logger("bulksend.admin")
 
@@ -64,6 +74,9 @@ OPEN_ROUTES: Final = frozenset({"healthz", "readyz"})
 NDJSON: Final = "application/x-ndjson"
 TEMPLATE_KEYS: Final = frozenset({"from", "subject", "text", "html", "headers"})
 TEMPLATE_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+JOB_CAMPAIGN_PREFIX: Final = "jobs."
+"""Ids of the daemon's job streams; a submitted campaign may not use them."""
+_SUBMITTED_ID_RE: Final = re.compile(CAMPAIGN_ID_PATTERN)
 RESERVED_HEADERS: Final = frozenset({"x-bulksend-ref"})
 _JSON_TYPES: Final = frozenset({"application/json", "text/json"})
 _RECIPIENT_TYPES: Final = {
@@ -76,6 +89,7 @@ _RECIPIENT_TYPES: Final = {
 
 _CONTROL: Final = web.AppKey("control", DaemonControl)
 _METRICS: Final = web.AppKey("metrics", Metrics)
+_READ_TIMEOUT: Final = web.AppKey("read_timeout_s", float)
 _STREAMING: Final = web.RequestKey("streaming", bool)
 """Request key set once a streamed answer has started: an error after that cannot become JSON."""
 
@@ -121,18 +135,21 @@ def create_admin_app(
     token: Secret | None,
     metrics: Metrics,
     metrics_public: bool = False,
+    read_timeout_s: float = 30.0,
 ) -> web.Application:
     """The admin API as an ``aiohttp.web.Application``, serving ``control``.
 
     ``token`` (None or empty: no authentication, for loopback only — see
     :func:`check_listen_address`) protects every route but ``/healthz`` and ``/readyz``;
-    ``metrics_public`` opens ``/metrics`` too, for a scraper that cannot send a token.
+    ``metrics_public`` opens ``/metrics`` too, for a scraper that cannot send a token. A request
+    body that sends nothing for ``read_timeout_s`` is answered 408 and its connection closed.
     """
     auth = _BearerAuth(token) if token else None
     public = (OPEN_ROUTES | {"metrics"}) if metrics_public else OPEN_ROUTES
     app = web.Application(middlewares=[_error_middleware, _auth_middleware(auth, public)])
     app[_CONTROL] = control
     app[_METRICS] = metrics
+    app[_READ_TIMEOUT] = read_timeout_s
     r = app.router
     r.add_get("/healthz", _healthz, name="healthz", allow_head=True)
     r.add_get("/readyz", _readyz, name="readyz", allow_head=True)
@@ -147,6 +164,120 @@ def create_admin_app(
     r.add_get("/v1/templates", _templates, name="templates")
     r.add_put("/v1/templates/{name}", _put_template, name="template.put")
     return app
+
+
+@dataclass
+class AdminServer:
+    """A listening admin API; :meth:`cleanup` stops listening, then closes every connection."""
+
+    runner: web.AppRunner
+    url: str
+    _listener: asyncio.AbstractServer
+
+    async def cleanup(self) -> None:
+        """Stop accepting connections, then shut the application down."""
+        self._listener.close()
+        await self.runner.cleanup()
+
+
+async def serve_admin(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    idle_timeout_s: float = 15.0,
+    max_connections: int = 256,
+) -> AdminServer:
+    """Listen on ``host:port`` (port 0: any free port) and serve ``app``.
+
+    A connection that has not sent a whole request head ``idle_timeout_s`` after connecting or
+    after its previous answer is closed (aiohttp's keep-alive timer runs from the connection's
+    start, so a half-sent head is covered too). Beyond ``max_connections`` open connections, a
+    new one is answered 503 and closed at once, so idle clients cannot exhaust the process.
+    """
+    read_timeout_s = app.get(_READ_TIMEOUT, 30.0)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        keepalive_timeout=idle_timeout_s,
+        # After a 408 the rest of the body is drained this long at most before closing.
+        lingering_time=min(10.0, read_timeout_s),
+    )
+    await runner.setup()
+    server = runner.server
+    assert server is not None
+    loop = asyncio.get_running_loop()
+    gate = _ConnectionGate(server, max_connections)
+    try:
+        listener = await loop.create_server(gate, host or None, port)
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = listener.sockets[0].getsockname()[1] if listener.sockets else port
+    shown = f"[{host}]" if ":" in host else host
+    return AdminServer(runner=runner, url=f"http://{shown}:{bound}", _listener=listener)
+
+
+_BUSY: Final = orjson.dumps({"error": "too many connections to the admin API; try again shortly"})
+_BUSY_RESPONSE: Final = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: " + str(len(_BUSY)).encode() + b"\r\n\r\n" + _BUSY
+)
+
+
+class _ConnectionGate:
+    """The listener's protocol factory: aiohttp's request handler while fewer than ``limit``
+    connections are open, else a protocol that answers 503 and hangs up."""
+
+    def __init__(self, server: web.Server, limit: int) -> None:
+        self._server = server
+        self._limit = limit
+        self.open = 0
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        if self.open >= self._limit:
+            return _Busy()
+        self.open += 1
+        return _Counted(self, self._server())
+
+
+class _Counted(asyncio.Protocol):
+    """Forwards every event to aiohttp's handler and gives the gate its slot back when the
+    connection is gone (counted here, not from aiohttp's list, which fills only once
+    connection_made has run: a burst of accepts would overshoot the limit)."""
+
+    def __init__(self, gate: _ConnectionGate, inner: asyncio.Protocol) -> None:
+        self._gate = gate
+        self._inner = inner
+        self._released = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._released:
+            self._released = True
+            self._gate.open -= 1
+        self._inner.connection_lost(exc)
+
+
+class _Busy(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(_BUSY_RESPONSE)
+        transport.close()
 
 
 def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -225,7 +356,10 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         if message.startswith(f"{exc.status}: "):
             message = message.removeprefix(f"{exc.status}: ")
         headers = {k: v for k, v in exc.headers.items() if k in (hdrs.ALLOW, hdrs.WWW_AUTHENTICATE)}
-        return _error(exc.status, message, headers)
+        response = _error(exc.status, message, headers)
+        if exc.status == 408:
+            response.force_close()  # the rest of a stalled body is not worth waiting for
+        return response
     except ConnectionError:
         # The client went away (mid-upload or mid-stream): nothing to answer, nothing to alarm about.
         log.info("admin.client_gone", method=request.method, path=request.path)
@@ -272,36 +406,49 @@ async def _submit(request: web.Request) -> web.Response:
         reader = await request.multipart()
     except (ValueError, AssertionError, KeyError):
         return _error(400, "malformed multipart body")
+    timeout_s = request.app[_READ_TIMEOUT]
     campaign: Mapping[str, Any] | str | None = None
     info: CampaignInfo | None = None
     while info is None:
-        part = await _next_part(reader)
+        part = await _next_part(reader, timeout_s)
         if part is None:
             missing = "'campaign' and 'recipients' parts" if campaign is None else "a 'recipients' part"
             return _error(400, f"the upload lacks {missing}")
         if part.name == "campaign":
             if campaign is not None:
                 return _error(400, "the 'campaign' part appears twice")
-            campaign = await _read_campaign(part)
+            campaign = await _read_campaign(part, timeout_s)
         elif part.name == "recipients":
             if campaign is None:
                 # Streaming means the campaign must be known before the first recipient byte.
                 return _error(400, "the 'campaign' part must come before the 'recipients' part")
             filename = _recipients_filename(part)
             control = request.app[_CONTROL]
-            info = await control.submit_campaign(campaign, _chunks(part), filename)
+            info = await control.submit_campaign(campaign, _chunks(part, timeout_s), filename)
         else:
             return _error(400, f"unexpected part {part.name!r}; send 'campaign' and 'recipients'")
     # Whatever follows the recipients is ignored, but read, so the connection can be reused.
-    while (extra := await _next_part(reader)) is not None:
-        await extra.release()
+    while (extra := await _next_part(reader, timeout_s)) is not None:
+        await _within(timeout_s, extra.release())
     location = str(request.app.router["campaign"].url_for(campaign_id=info.id))
     return _json(info.as_json(), 201, {hdrs.LOCATION: location})
 
 
-async def _next_part(reader: MultipartReader) -> BodyPartReader | None:
+async def _within(timeout_s: float, read: Awaitable[_T]) -> _T:
+    """``read``, or 408 when the client sends nothing for ``timeout_s`` (a stalled upload would
+    otherwise hold its connection, and a spooled file, forever)."""
     try:
-        part = await reader.next()
+        async with asyncio.timeout(timeout_s):
+            return await read
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(
+            text=f"the request body stalled: nothing arrived for {timeout_s:g} s; send it again"
+        ) from None
+
+
+async def _next_part(reader: MultipartReader, timeout_s: float) -> BodyPartReader | None:
+    try:
+        part = await _within(timeout_s, reader.next())
     except (ValueError, AssertionError) as exc:
         raise CampaignError(f"malformed multipart body: {exc}") from None
     if part is None:
@@ -311,9 +458,9 @@ async def _next_part(reader: MultipartReader) -> BodyPartReader | None:
     return part
 
 
-async def _read_campaign(part: BodyPartReader) -> Mapping[str, Any] | str:
+async def _read_campaign(part: BodyPartReader, timeout_s: float) -> Mapping[str, Any] | str:
     data = bytearray()
-    while chunk := await part.read_chunk(64 * 1024):
+    while chunk := await _within(timeout_s, part.read_chunk(64 * 1024)):
         data += chunk
         if len(data) > MAX_CAMPAIGN_BYTES:
             raise web.HTTPRequestEntityTooLarge(
@@ -354,11 +501,24 @@ def _recipients_filename(part: BodyPartReader) -> str:
     return guessed
 
 
-async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+async def _chunks(part: BodyPartReader, timeout_s: float) -> AsyncIterator[bytes]:
     # Read from the socket only as fast as the control consumes: TCP flow control then slows the
     # client down, and memory stays at one chunk whatever the upload's size.
-    while chunk := await part.read_chunk(UPLOAD_CHUNK_BYTES):
+    while chunk := await _within(timeout_s, part.read_chunk(UPLOAD_CHUNK_BYTES)):
         yield chunk
+
+
+def _campaign_id(request: web.Request) -> str:
+    """The campaign id of the path, or 404 for an id no submission can have.
+
+    One rule for every campaign route, the same one the list follows: the API shows campaigns,
+    not the daemon's job streams (``jobs.<template>``) nor their results journals. Those are
+    followed through the results queue and /metrics.
+    """
+    campaign_id = request.match_info["campaign_id"]
+    if not _SUBMITTED_ID_RE.match(campaign_id) or campaign_id.startswith(JOB_CAMPAIGN_PREFIX):
+        raise NotFound(f"no campaign with id {campaign_id[:80]!r}")
+    return campaign_id
 
 
 async def _list(request: web.Request) -> web.Response:
@@ -367,7 +527,7 @@ async def _list(request: web.Request) -> web.Response:
 
 
 async def _get(request: web.Request) -> web.Response:
-    campaign_id = request.match_info["campaign_id"]
+    campaign_id = _campaign_id(request)
     info = await request.app[_CONTROL].get_campaign(campaign_id)
     if info is None:
         raise NotFound(f"no campaign with id {campaign_id!r}")
@@ -375,7 +535,7 @@ async def _get(request: web.Request) -> web.Response:
 
 
 async def _outcomes(request: web.Request) -> web.StreamResponse:
-    campaign_id = request.match_info["campaign_id"]
+    campaign_id = _campaign_id(request)
     control = request.app[_CONTROL]
     if await control.get_campaign(campaign_id) is None:
         raise NotFound(f"no campaign with id {campaign_id!r}")
@@ -407,17 +567,17 @@ async def _outcomes(request: web.Request) -> web.StreamResponse:
 
 
 async def _pause(request: web.Request) -> web.Response:
-    info = await request.app[_CONTROL].pause(request.match_info["campaign_id"])
+    info = await request.app[_CONTROL].pause(_campaign_id(request))
     return _json(info.as_json())
 
 
 async def _resume(request: web.Request) -> web.Response:
-    info = await request.app[_CONTROL].resume(request.match_info["campaign_id"])
+    info = await request.app[_CONTROL].resume(_campaign_id(request))
     return _json(info.as_json())
 
 
 async def _cancel(request: web.Request) -> web.Response:
-    info = await request.app[_CONTROL].cancel(request.match_info["campaign_id"])
+    info = await request.app[_CONTROL].cancel(_campaign_id(request))
     return _json(info.as_json())
 
 
@@ -434,7 +594,7 @@ async def _put_template(request: web.Request) -> web.Response:
         )
     if request.content_type != "application/json":
         return _error(415, "send the template as JSON (Content-Type: application/json)")
-    raw = await request.read()
+    raw = await _within(request.app[_READ_TIMEOUT], request.read())
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -22,7 +22,7 @@ a terminal state (``canceled``, ``finished``, ``failed``) raises :class:`Conflic
 
 from __future__ import annotations
 
-import tomllib
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +34,7 @@ import anyio
 import anyio.to_thread
 import orjson
 
-from bulksend.campaign import campaign_from_dict
+from bulksend.campaign import FileAccess, campaign_from_dict, check_campaign_id, parse_campaign_toml
 from bulksend.errors import BulksendError, CampaignError
 from bulksend.sinks.outcomes import outcome_lines
 from bulksend.sources.files import BadRow, RecipientInput, iter_recipients
@@ -51,7 +51,11 @@ __all__ = [
     "DaemonControl",
     "MemoryControl",
     "NotFound",
+    "campaign_folder_error",
+    "parse_submission",
     "safe_filename",
+    "spool_private",
+    "spooled_name",
 ]
 
 CampaignStatus = Literal["running", "paused", "canceled", "finished", "failed"]
@@ -176,6 +180,71 @@ def safe_filename(name: str) -> str:
     return "" if base in ("", ".", "..") else base
 
 
+_DAEMON_FILES: Final = frozenset({"campaign.json", "outcomes.jsonl", "outcomes.db"})
+"""Names the daemon writes in a campaign's folder: an upload never takes one of them."""
+
+
+def spooled_name(uploaded: str) -> str:
+    """The file name an uploaded recipients file is stored under, in its campaign's own folder:
+    the upload's base name (its suffix tells the format), unless it is one the daemon uses."""
+    name = safe_filename(uploaded) or "recipients.csv"
+    if name.lower() in _DAEMON_FILES or name.lower().startswith("outcomes.db"):
+        return "recipients" + PurePosixPath(name).suffix
+    return name
+
+
+def parse_submission(campaign: Mapping[str, Any] | str) -> dict[str, Any]:
+    """A submitted campaign (TOML text or a JSON object) as a fresh dict, its nesting bounded.
+
+    Blocking (a 1 MiB TOML takes a while to parse): run it in a worker thread.
+    """
+    if isinstance(campaign, str):
+        return parse_campaign_toml(campaign, "campaign")
+    if not isinstance(campaign, Mapping):
+        raise CampaignError("a campaign must be an object with a 'campaign' table", path="campaign")
+    # A deep copy through JSON: the caller's mapping is never changed, and a value that could
+    # not have come from JSON or TOML is refused here (orjson also stops at 254 levels).
+    try:
+        copied: dict[str, Any] = orjson.loads(orjson.dumps(campaign))
+    except (TypeError, orjson.JSONEncodeError):
+        raise CampaignError(
+            "the campaign holds a value that is not JSON, or is nested too deep", path="campaign"
+        ) from None
+    return copied
+
+
+def campaign_folder_error(error: CampaignError, folder: Path) -> CampaignError:
+    """``error`` with the campaign's folder taken out of its path and message: a caller sees
+    ``people.csv:3``, never where the daemon keeps its files."""
+    message = str(error)
+    if error.path:
+        where = f"{error.path}:{error.line}: " if error.line else f"{error.path}: "
+        message = message.removeprefix(where)
+    path = error.path
+    for base in {str(folder.resolve()), str(folder)}:
+        message = message.replace(base + os.sep, "").replace(base, "the campaign's folder")
+        if path is not None and path.startswith(base + os.sep):
+            path = path[len(base) + 1 :]
+    return CampaignError(message, path=path, line=error.line)
+
+
+async def spool_private(recipients: AsyncIterator[bytes] | bytes, path: Path) -> tuple[int, int]:
+    """Write an upload to a new file at ``path``, readable by the daemon's user only (0600: it
+    holds personal data), as it arrives; returns (bytes, chunks). Never overwrites a file."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = await anyio.to_thread.run_sync(os.open, path, flags, 0o600)
+    size = chunks = 0
+    async with await anyio.open_file(fd, "wb") as f:
+        if isinstance(recipients, bytes | bytearray | memoryview):
+            await f.write(bytes(recipients))
+            return len(recipients), 1
+        async for chunk in recipients:
+            await f.write(chunk)
+            size += len(chunk)
+            chunks += 1
+    return size, chunks
+
+
 # -- in-memory implementation --------------------------------------------------------------------
 
 ADMIT_BATCH: Final = 500
@@ -206,8 +275,10 @@ class MemoryControl:
         *,
         store: Store | None = None,
         clock: Callable[[], datetime] | None = None,
+        files_root: Path | None = None,
     ) -> None:
         self.spool_dir = Path(spool_dir)
+        self.files = FileAccess.confined_to(files_root)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._owns_store = store is None
         self._store: Store = store if store is not None else MemoryStore(clock=self._clock)
@@ -240,47 +311,49 @@ class MemoryControl:
         recipients_filename: str,
     ) -> CampaignInfo:
         store = await self._ready_store()
-        data = _parse_campaign(campaign)
+        data = await anyio.to_thread.run_sync(parse_submission, campaign)
         section = data.get("campaign")
-        campaign_id = section.get("id") if isinstance(section, Mapping) else None
-        if isinstance(campaign_id, str) and (
-            campaign_id in self._reserved or await store.get_campaign(campaign_id) is not None
-        ):
+        if not isinstance(section, Mapping):
+            raise CampaignError("the campaign needs a [campaign] table with an `id`", path="campaign")
+        campaign_id = check_campaign_id(section.get("id"))
+        if campaign_id.startswith("jobs."):
+            raise CampaignError(
+                f"campaign id {campaign_id!r}: ids starting with 'jobs.' are reserved for queued jobs; "
+                "pick another",
+                path="campaign",
+            )
+        if campaign_id in self._reserved or await store.get_campaign(campaign_id) is not None:
             raise Conflict(f"a campaign with id {campaign_id!r} already exists; give this one a new id")
         filename = safe_filename(recipients_filename)
         if not filename:
             raise CampaignError("the recipients upload needs a file name ending in .csv, .tsv or .jsonl")
-        folder = self.spool_dir / uuid.uuid4().hex
-        await anyio.Path(folder).mkdir(parents=True)
-        spooled = folder / filename
-        # Reserve the id across the awaits below: two concurrent submissions of one id must not
+        # Reserve the id before touching the disk: two concurrent submissions of one id must not
         # both pass the check above.
-        reserved = campaign_id if isinstance(campaign_id, str) else None
-        if reserved is not None:
-            self._reserved.add(reserved)
+        self._reserved.add(campaign_id)
+        folder = self.spool_dir / uuid.uuid4().hex
         try:
-            size, chunks = await _spool(recipients, spooled)
-            if isinstance(section, Mapping):
-                data["campaign"] = {**section, "recipients": str(spooled)}
-            built = await anyio.to_thread.run_sync(
-                lambda: campaign_from_dict(data, base_dir=folder, source="campaign")
-            )
-            if built.id != reserved and (
-                built.id in self._reserved or await store.get_campaign(built.id) is not None
-            ):
-                raise Conflict(f"a campaign with id {built.id!r} already exists; give this one a new id")
-            await store.create_campaign(
-                built.id,
-                {"source": "admin-api", "recipients": filename, "fingerprint": built.fingerprint},
-            )
-            total = await self._admit(store, built.id, spooled)
-            await store.mark_admitted_all(built.id)
-        except BaseException:
-            await _remove_tree(folder)
-            raise
+            await anyio.Path(self.spool_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+            await anyio.Path(folder).mkdir(mode=0o700)
+            spooled = folder / filename
+            try:
+                size, chunks = await spool_private(recipients, spooled)
+                data["campaign"] = {**section, "recipients": filename}
+                built = await anyio.to_thread.run_sync(
+                    lambda: campaign_from_dict(data, base_dir=folder, source="campaign", files=self.files)
+                )
+                await store.create_campaign(
+                    built.id,
+                    {"source": "admin-api", "recipients": filename, "fingerprint": built.fingerprint},
+                )
+                total = await self._admit(store, built.id, spooled)
+                await store.mark_admitted_all(built.id)
+            except BaseException as exc:
+                await _remove_tree(folder)
+                if isinstance(exc, CampaignError):
+                    raise campaign_folder_error(exc, folder) from None
+                raise
         finally:
-            if reserved is not None:
-                self._reserved.discard(reserved)
+            self._reserved.discard(campaign_id)
         self._totals[built.id] = total
         self.uploads[built.id] = (size, chunks)
         return await self._info(built.id)
@@ -394,37 +467,6 @@ class MemoryControl:
                 return total
             total += len(chunk)
             await store.admit(campaign_id, [_new_recipient(rec) for rec in chunk])
-
-
-def _parse_campaign(campaign: Mapping[str, Any] | str) -> dict[str, Any]:
-    if isinstance(campaign, str):
-        try:
-            return tomllib.loads(campaign)
-        except tomllib.TOMLDecodeError as exc:
-            raise CampaignError(f"TOML syntax error: {exc}", path="campaign") from None
-    if not isinstance(campaign, Mapping):
-        raise CampaignError("a campaign must be an object with a 'campaign' table", path="campaign")
-    # A deep copy through JSON: the caller's mapping is never changed, and a value that could
-    # not have come from JSON or TOML is refused here.
-    try:
-        copied: dict[str, Any] = orjson.loads(orjson.dumps(campaign))
-    except (TypeError, orjson.JSONEncodeError):
-        raise CampaignError("the campaign holds a value that is not JSON", path="campaign") from None
-    return copied
-
-
-async def _spool(recipients: AsyncIterator[bytes] | bytes, path: Path) -> tuple[int, int]:
-    """Write the upload to ``path`` as it arrives; returns (bytes, chunks)."""
-    size = chunks = 0
-    async with await anyio.open_file(path, "wb") as f:
-        if isinstance(recipients, bytes | bytearray | memoryview):
-            await f.write(bytes(recipients))
-            return len(recipients), 1
-        async for chunk in recipients:
-            await f.write(chunk)
-            size += len(chunk)
-            chunks += 1
-    return size, chunks
 
 
 async def _remove_tree(folder: Path) -> None:

@@ -25,7 +25,15 @@ _SECTIONS = {
     "daemon": {"data_dir", "grace_s", "worker_id", "job_batch", "receive_timeout_s", "results_default"},
     "sending": {"rate_per_s", "concurrency", "max_attempts", "max_retry_s", "timeout_s"},
     "tracking": {"poll_interval_s", "give_up_after_s", "settle_s", "page_size"},
-    "admin": {"listen", "token", "metrics_public"},
+    "admin": {
+        "listen",
+        "token",
+        "metrics_public",
+        "files_root",
+        "idle_timeout_s",
+        "read_timeout_s",
+        "max_connections",
+    },
     "results": None,  # checked by the publisher factory
     "sources": None,  # a list of tables, checked by the source factory
     "templates": None,  # name -> template table, checked when compiled
@@ -34,10 +42,21 @@ _SECTIONS = {
 
 @dataclass(frozen=True)
 class AdminSettings:
+    """The ``[admin]`` table: where the API listens, who may call it, what it may read, how long
+    it waits. Submitted campaigns may name files only under ``files_root`` (None: no files)."""
+
     host: str = "127.0.0.1"
     port: int = 8080
     token: Secret | None = None
     metrics_public: bool = False
+    files_root: Path | None = None
+    idle_timeout_s: float = 15.0
+    """A connection that has not sent a whole request head this long after connecting (or after
+    its previous answer) is closed."""
+    read_timeout_s: float = 30.0
+    """Longest wait for the next bytes of a request body (a stalled upload gets 408 and is closed)."""
+    max_connections: int = 256
+    """Connections served at once; more are answered 503 and closed."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +125,27 @@ def _numbers(table: dict[str, Any], where: str, minimums: Mapping[str, float]) -
     return table
 
 
+def _whole(table: Mapping[str, Any], key: str, default: int, where: str, *, minimum: int) -> int:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{where}.{key} must be a whole number >= {minimum}, got {value!r}")
+    return value
+
+
+def _files_root(value: Any, base: Path, path: Path) -> Path | None:
+    """``admin.files_root`` resolved (symlinks too, so confinement compares real paths)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{path}: admin.files_root must be a folder path (a string), got {value!r}")
+    root = (base / Path(value).expanduser()).resolve()
+    if not root.is_dir():
+        raise ConfigError(
+            f"{path}: admin.files_root {value!r} is not a folder ({root}); create it or fix the path"
+        )
+    return root
+
+
 def _boolean(table: Mapping[str, Any], key: str, default: bool, where: str) -> bool:
     value = table.get(key, default)
     if not isinstance(value, bool):
@@ -151,6 +191,16 @@ def load_daemon_config(path: Path | str, *, env: Mapping[str, str] | None = None
     if not isinstance(token_text, str):
         raise ConfigError(f"{path}: admin.token must be a string")
     host, port = _listen(admin.get("listen", "127.0.0.1:8080"), path)
+    files_root = _files_root(admin.get("files_root"), base, path)
+    if files_root is not None:
+        # Campaigns read what is under files_root: the daemon's own state (other campaigns'
+        # recipients, the store) and its config (the admin token) must not be there.
+        for what, inside in (("daemon.data_dir", data_dir.resolve()), ("config file", path.resolve())):
+            if inside.is_relative_to(files_root) or files_root.is_relative_to(inside):
+                raise ConfigError(
+                    f"{path}: admin.files_root {str(files_root)!r} overlaps the {what} ({str(inside)!r}); "
+                    "keep the files campaigns may read in a folder of their own"
+                )
     sources = data.get("sources", [])
     if not isinstance(sources, list) or not all(isinstance(s, Mapping) for s in sources):
         raise ConfigError(f"{path}: [[sources]] must be an array of tables")
@@ -177,6 +227,10 @@ def load_daemon_config(path: Path | str, *, env: Mapping[str, str] | None = None
             port=port,
             token=Secret(token_text) if token_text else None,
             metrics_public=_boolean(admin, "metrics_public", False, "admin"),
+            files_root=files_root,
+            idle_timeout_s=_number(admin, "idle_timeout_s", 15.0, "admin", minimum=0.01),
+            read_timeout_s=_number(admin, "read_timeout_s", 30.0, "admin", minimum=0.01),
+            max_connections=int(_whole(admin, "max_connections", 256, "admin", minimum=1)),
         ),
         results=dict(results) if results is not None else None,
         sources=[dict(s) for s in sources],

@@ -22,8 +22,9 @@ or ``sending`` are picked up (resent or reconciled) by the next start.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
-import tomllib
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 from functools import partial
@@ -34,12 +35,21 @@ import anyio
 import anyio.to_thread
 import orjson
 import structlog
-from aiohttp import web
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup, TaskStatus
 
-from bulksend.admin.api import check_listen_address, create_admin_app
-from bulksend.admin.control import CampaignInfo, CampaignStatus, Conflict, NotFound, safe_filename
-from bulksend.campaign import Campaign, campaign_from_dict
+from bulksend.admin.api import AdminServer, check_listen_address, create_admin_app, serve_admin
+from bulksend.admin.control import (
+    CampaignInfo,
+    CampaignStatus,
+    Conflict,
+    NotFound,
+    campaign_folder_error,
+    parse_submission,
+    safe_filename,
+    spool_private,
+    spooled_name,
+)
+from bulksend.campaign import Campaign, FileAccess, campaign_from_dict, check_campaign_id
 from bulksend.daemon.config import DaemonConfig
 from bulksend.daemon.jobs import (
     JobIntake,
@@ -73,6 +83,9 @@ __all__ = ["Daemon"]
 log = structlog.get_logger("bulksend.daemon")
 
 _UNFINISHED = "still in progress"
+_SUBMIT_ROLE = "submit"
+_SUBMIT_RESERVATION_S = 600.0
+"""How long a submission holds its id in the store without news (renewed while uploading)."""
 _GAUGES_EVERY_S = 2.0
 """How often the gauges read from the store and the brokers (backlog, queue lag) are refreshed."""
 _PUBLISH_BUDGET_S = 30.0
@@ -214,19 +227,20 @@ class Daemon:
             except BulksendError as exc:
                 log.warning("daemon.publisher_close_failed", error=str(exc))
 
-    async def _start_admin(self) -> web.AppRunner:
+    async def _start_admin(self) -> AdminServer:
         a = self.config.admin
-        app = create_admin_app(self, token=a.token, metrics=self.metrics, metrics_public=a.metrics_public)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, a.host, a.port)
-        await site.start()
-        port = a.port
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            port = server.sockets[0].getsockname()[1]
-        self.admin_url = f"http://{a.host}:{port}"
-        return runner
+        app = create_admin_app(
+            self,
+            token=a.token,
+            metrics=self.metrics,
+            metrics_public=a.metrics_public,
+            read_timeout_s=a.read_timeout_s,
+        )
+        server = await serve_admin(
+            app, a.host, a.port, idle_timeout_s=a.idle_timeout_s, max_connections=a.max_connections
+        )
+        self.admin_url = server.url
+        return server
 
     def _in_flight(self) -> int:
         return self.stats.in_flight + sum(r.stats.in_flight for r in self._runs.values())
@@ -582,7 +596,12 @@ class Daemon:
 
     def _load_submitted(self, folder: Path) -> Campaign:
         data = orjson.loads((folder / "campaign.json").read_bytes())
-        return campaign_from_dict(data, base_dir=folder, source=f"campaign {folder.name}")
+        return campaign_from_dict(
+            data, base_dir=folder, source=f"campaign {folder.name}", files=self._submitted_files()
+        )
+
+    def _submitted_files(self) -> FileAccess:
+        return FileAccess.confined_to(self.config.admin.files_root)
 
     def _start_run(self, campaign: Campaign, folder: Path) -> CampaignRun:
         assert self._tem is not None
@@ -625,41 +644,90 @@ class Daemon:
     ) -> CampaignInfo:
         if self._stopping:
             raise Conflict("the daemon is shutting down; submit again once it is back")
-        if isinstance(campaign, str):
-            try:
-                data: dict[str, Any] = tomllib.loads(campaign)
-            except tomllib.TOMLDecodeError as exc:
-                raise CampaignError(f"the campaign is not valid TOML: {exc}", path="campaign") from None
-        else:
-            data = dict(campaign.items())
+        data = await anyio.to_thread.run_sync(parse_submission, campaign)
         table = data.get("campaign")
-        if not isinstance(table, Mapping) or not isinstance(table.get("id"), str) or not table.get("id"):
+        if not isinstance(table, Mapping):
             raise CampaignError("the campaign needs a [campaign] table with an `id`", path="campaign")
-        cid = str(table["id"])
+        # The id becomes a folder name: it is checked before anything else happens.
+        cid = check_campaign_id(table.get("id"))
         if cid.startswith("jobs."):
             raise CampaignError(
                 f"campaign id {cid!r}: ids starting with 'jobs.' are reserved for queued jobs; pick another",
                 path="campaign",
             )
-        if cid in self._runs or await self.store.get_campaign(cid) is not None:
-            raise Conflict(f"a campaign with id {cid!r} already exists; choose another id")
-        filename = safe_filename(recipients_filename) or "recipients.csv"
-        folder = self.config.data_dir / "campaigns" / safe_filename(cid)
-        await anyio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
-        await anyio.to_thread.run_sync(lambda: folder.mkdir(parents=True))
+        await self._refuse_taken(cid)
+        # Reserved in the store before the disk is touched: of two submissions of one id (in this
+        # process or another sharing the store), one gets the folder and the other a 409.
+        token = f"submit-{uuid.uuid4().hex}"
+        if not await self.store.acquire_role(cid, _SUBMIT_ROLE, worker_id=token, ttl_s=_SUBMIT_RESERVATION_S):
+            raise Conflict(f"campaign id {cid!r} is being submitted right now; choose another id")
+        folder: Path | None = None
         try:
-            await _spool(recipients, folder / filename)
+            await self._refuse_taken(cid)
+            folder = await anyio.to_thread.run_sync(
+                _new_campaign_folder, self.config.data_dir / "campaigns", cid
+            )
+            filename = spooled_name(recipients_filename)
+            chunks = self._renewing(cid, token, recipients)
+            await spool_private(chunks, folder / filename)
             data["campaign"] = {**table, "recipients": filename}
             # Outcomes stay inside the campaign's folder whatever the submission asked for.
             data["output"] = {"outcomes": "outcomes.jsonl"}
-            loaded = campaign_from_dict(data, base_dir=folder, source=f"campaign {cid}")
-            (folder / "campaign.json").write_bytes(orjson.dumps(data))
-        except BaseException:
-            await anyio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
+            loaded = await anyio.to_thread.run_sync(
+                partial(
+                    campaign_from_dict,
+                    data,
+                    base_dir=folder,
+                    source=f"campaign {cid}",
+                    files=self._submitted_files(),
+                )
+            )
+            await anyio.to_thread.run_sync(_write_private, folder / "campaign.json", orjson.dumps(data))
+            # The record exists before the reservation ends, so a later submission of this id
+            # finds it; the run finds it too (same fingerprint) and goes on from it.
+            await self.store.create_campaign(
+                cid,
+                {
+                    "fingerprint": loaded.fingerprint,
+                    "path": str(loaded.path),
+                    "recipients": str(loaded.recipients),
+                    "outcomes": str(loaded.output.outcomes),
+                    "daemon_dir": str(folder),
+                },
+            )
+        except BaseException as exc:
+            if folder is not None:
+                created = folder
+                # Only the folder this request created, never a path built from the id alone.
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(lambda: shutil.rmtree(created, ignore_errors=True))
+            if isinstance(exc, CampaignError) and folder is not None:
+                raise campaign_folder_error(exc, folder) from None
             raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.store.release_role(cid, _SUBMIT_ROLE, worker_id=token)
         self._start_run(loaded, folder)
         log.info("campaign.submitted", campaign=cid)
         return await self._info(cid, fallback_state="running")
+
+    async def _refuse_taken(self, cid: str) -> None:
+        if cid in self._runs or await self.store.get_campaign(cid) is not None:
+            raise Conflict(f"a campaign with id {cid!r} already exists; choose another id")
+
+    async def _renewing(
+        self, cid: str, token: str, recipients: AsyncIterator[bytes] | bytes
+    ) -> AsyncIterator[bytes]:
+        """The upload, renewing the id's reservation as it arrives (an upload may outlast it)."""
+        if isinstance(recipients, bytes | bytearray):
+            yield bytes(recipients)
+            return
+        renewed = anyio.current_time()
+        async for chunk in recipients:
+            if anyio.current_time() - renewed > _SUBMIT_RESERVATION_S / 4:
+                await self.store.acquire_role(cid, _SUBMIT_ROLE, worker_id=token, ttl_s=_SUBMIT_RESERVATION_S)
+                renewed = anyio.current_time()
+            yield chunk
 
     async def _info(self, cid: str, *, fallback_state: CampaignStatus = "running") -> CampaignInfo:
         record = await self.store.get_campaign(cid)
@@ -829,14 +897,22 @@ class Daemon:
         return checks
 
 
-async def _spool(recipients: AsyncIterator[bytes] | bytes, path: Path) -> None:
-    """Write the uploaded recipients to disk as they arrive (never all in memory)."""
-    fh = await anyio.to_thread.run_sync(open, path, "wb")
+def _new_campaign_folder(parent: Path, cid: str) -> Path:
+    """Create ``parent/cid`` (0700), refusing one that exists: it is not this request's to reuse."""
+    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder = parent / cid
     try:
-        if isinstance(recipients, bytes | bytearray):
-            await anyio.to_thread.run_sync(fh.write, bytes(recipients))
-        else:
-            async for chunk in recipients:
-                await anyio.to_thread.run_sync(fh.write, chunk)
-    finally:
-        await anyio.to_thread.run_sync(fh.close)
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        raise Conflict(
+            f"campaign id {cid!r}: files of an earlier, unfinished submission of this id remain on the "
+            f"daemon (campaigns/{cid} in its data folder); choose another id, or have the operator "
+            "remove them"
+        ) from None
+    return folder
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
