@@ -19,6 +19,7 @@ from anyio.abc import SocketStream
 
 from bulksend.daemon.config import load_daemon_config
 from bulksend.daemon.service import Daemon
+from bulksend.errors import ConfigError
 from bulksend.sandbox import Sandbox
 from tests.conftest import settings_for
 from tests.test_daemon import (
@@ -398,3 +399,17 @@ async def test_uploaded_recipients_are_readable_by_the_daemon_only(tmp_path: Pat
         assert stat.S_IMODE(campaigns_dir(daemon).stat().st_mode) == 0o700
         await admin.wait_until("private", lambda c: c["state"] == "finished")
     assert modes == {"people.csv": 0o600, "campaign.json": 0o600}
+
+
+def test_files_root_must_be_a_folder_apart_from_the_daemons_state(tmp_path: Path) -> None:
+    """files_root is refused at start when it is missing, holds the data_dir or the config file
+    (the token), or lies inside the data_dir; a separate folder is resolved and accepted."""
+    (tmp_path / "files").mkdir()
+    cases = {"missing": "is not a folder", ".": "overlaps", "state": "overlaps", "state/inner": "overlaps"}
+    (tmp_path / "state" / "inner").mkdir(parents=True)
+    for value, problem in cases.items():
+        path = write_config(tmp_path, admin={"files_root": value})
+        with pytest.raises(ConfigError, match=problem):
+            load_daemon_config(path)
+    loaded = load_daemon_config(write_config(tmp_path, admin={"files_root": "files"}))
+    assert loaded.admin.files_root == (tmp_path / "files").resolve()

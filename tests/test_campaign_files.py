@@ -23,6 +23,7 @@ from bulksend.campaign import (
     check_campaign_id,
     load_campaign,
 )
+from bulksend.cli import main
 from bulksend.errors import CampaignError
 from tests.test_campaign import BASE, make
 
@@ -268,3 +269,16 @@ def test_spooled_name_is_a_bare_name_the_daemon_does_not_use(value: str) -> None
     assert "\\" not in name
     assert name not in (".", "..")
     assert name.lower() not in {"campaign.json", "outcomes.jsonl", "outcomes.db"}
+
+
+def test_cli_refuses_a_deeply_nested_campaign_with_exit_1_and_a_short_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bulksend send --dry-run` on a campaign nested 5,000 deep exits 1 with a short message
+    naming the limit, no traceback."""
+    path = make(tmp_path, BASE + "extra = " + "[" * 5000 + "]" * 5000 + "\n")
+    assert main(["send", str(path), "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert "deep" in err
+    assert "Traceback" not in err
+    assert len(err) < 1000
