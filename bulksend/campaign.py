@@ -365,7 +365,7 @@ def check_campaign_id(value: object, source: str = "campaign") -> str:
     """``value`` if it is a usable campaign id (:data:`CAMPAIGN_ID_PATTERN`), else a CampaignError."""
     if not isinstance(value, str) or not value:
         raise CampaignError("the campaign needs a [campaign] table with an `id` string", path=source)
-    if not _ID_RE.match(value):
+    if not _ID_RE.fullmatch(value):
         raise CampaignError(
             f"campaign.id {value[:80]!r} is not usable; use 1–64 letters, digits, '.', '_' or '-', "
             f"starting with a letter or digit",
@@ -619,7 +619,7 @@ class _Builder:
 
         campaign_id = self.string(c, "campaign", "id", required=True)
         assert campaign_id is not None
-        if not _ID_RE.match(campaign_id):
+        if not _ID_RE.fullmatch(campaign_id):
             self.fail(
                 f"campaign.id {campaign_id!r} is not usable; use 1–64 letters, digits, '.', '_' or "
                 f"'-', starting with a letter or digit",

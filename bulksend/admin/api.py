@@ -516,7 +516,7 @@ def _campaign_id(request: web.Request) -> str:
     followed through the results queue and /metrics.
     """
     campaign_id = request.match_info["campaign_id"]
-    if not _SUBMITTED_ID_RE.match(campaign_id) or campaign_id.startswith(JOB_CAMPAIGN_PREFIX):
+    if not _SUBMITTED_ID_RE.fullmatch(campaign_id) or campaign_id.startswith(JOB_CAMPAIGN_PREFIX):
         raise NotFound(f"no campaign with id {campaign_id[:80]!r}")
     return campaign_id
 
@@ -588,7 +588,7 @@ async def _templates(request: web.Request) -> web.Response:
 
 async def _put_template(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    if not TEMPLATE_NAME_RE.match(name):
+    if not TEMPLATE_NAME_RE.fullmatch(name):
         return _error(
             400, f"template name {name!r}: use 1–64 of A–Z a–z 0–9 . _ -, starting with a letter or digit"
         )
