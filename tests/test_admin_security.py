@@ -168,7 +168,7 @@ async def test_submitted_campaign_cannot_mail_files_of_the_daemon_machine(
 async def test_files_root_serves_its_own_files_and_nothing_beyond(tmp_path: Path, sandbox: Sandbox) -> None:
     """With files_root set, a campaign's text_file and attachment inside it are sent; a `..` path,
     an absolute path elsewhere and a symlink leading out are refused without revealing the
-    daemon's folders."""
+    daemon's folders; recipients' attachments follow the same folder."""
     root = tmp_path / "allowed"
     root.mkdir()
     (root / "body.txt").write_text("Hi {{ first_name }}, from a file.")
@@ -189,6 +189,19 @@ async def test_files_root_serves_its_own_files_and_nothing_beyond(tmp_path: Path
             assert status == 400, answer
             assert "outside the folder the daemon allows" in answer["error"]
             assert str(daemon.config.data_dir) not in answer["error"]
+        rows = (
+            b"email,first_name,attachments\n"
+            b"ann@example.com,Ann,leaflet.pdf\n"
+            b"bob@example.com,Bob,../secret.txt\n"
+        )
+        status, created = await admin.call("POST", "/v1/campaigns", data=form(campaign_toml("per-row"), rows))
+        assert status == 201, created
+        await admin.wait_until("per-row", lambda c: c["state"] == "finished")
+        lines = {line["email"]: line for line in await admin.outcomes("per-row")}
+    assert lines["ann@example.com"]["status"] == "sent"
+    assert lines["bob@example.com"]["status"] == "rejected"
+    assert "files_root" in lines["bob@example.com"]["reason"]
+    assert str(tmp_path) not in lines["bob@example.com"]["reason"]
 
 
 async def test_recipients_may_not_attach_the_campaigns_own_files(tmp_path: Path, sandbox: Sandbox) -> None:
