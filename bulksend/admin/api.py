@@ -22,8 +22,7 @@ token, and the ``Authorization`` header, never reach a log line.
 The recipients upload is handed to the control as an async iterator of chunks, read from the
 socket as the control consumes it: a 1 GB file never sits in memory.
 
-:func:`serve_admin` listens with bounds on slow and idle clients (``idle_timeout_s`` for a request
-head, ``read_timeout_s`` between body reads, ``max_connections``); see docs/daemon.md, Security.
+:func:`serve_admin` listens with bounds on idle and slow clients (docs/daemon.md, Security).
 """
 
 from __future__ import annotations
