@@ -40,7 +40,14 @@ import structlog
 from aiohttp import BodyPartReader, MultipartReader, hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
-from bulksend.admin.control import CampaignInfo, Conflict, DaemonControl, NotFound, safe_filename
+from bulksend.admin.control import (
+    JOB_CAMPAIGN_PREFIX,
+    CampaignInfo,
+    Conflict,
+    DaemonControl,
+    NotFound,
+    safe_filename,
+)
 from bulksend.campaign import CAMPAIGN_ID_PATTERN
 from bulksend.errors import CampaignError, ConfigError
 from bulksend.metrics import Metrics
@@ -73,8 +80,6 @@ OPEN_ROUTES: Final = frozenset({"healthz", "readyz"})
 NDJSON: Final = "application/x-ndjson"
 TEMPLATE_KEYS: Final = frozenset({"from", "subject", "text", "html", "headers"})
 TEMPLATE_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-JOB_CAMPAIGN_PREFIX: Final = "jobs."
-"""Ids of the daemon's job streams; a submitted campaign may not use them."""
 _SUBMITTED_ID_RE: Final = re.compile(CAMPAIGN_ID_PATTERN)
 RESERVED_HEADERS: Final = frozenset({"x-bulksend-ref"})
 _JSON_TYPES: Final = frozenset({"application/json", "text/json"})

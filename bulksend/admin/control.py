@@ -44,6 +44,7 @@ from bulksend.validate import check_address, normalize_address
 
 __all__ = [
     "CAMPAIGN_STATUSES",
+    "JOB_CAMPAIGN_PREFIX",
     "CampaignInfo",
     "CampaignStatus",
     "Conflict",
@@ -179,6 +180,9 @@ def safe_filename(name: str) -> str:
     base = PureWindowsPath(PurePosixPath(name).name).name
     return "" if base in ("", ".", "..") else base
 
+
+JOB_CAMPAIGN_PREFIX: Final = "jobs."
+"""Ids of the daemon's job streams; a submitted campaign may not use them."""
 
 _DAEMON_FILES: Final = frozenset({"campaign.json", "outcomes.jsonl", "outcomes.db"})
 """Names the daemon writes in a campaign's folder: an upload never takes one of them."""
@@ -316,7 +320,7 @@ class MemoryControl:
         if not isinstance(section, Mapping):
             raise CampaignError("the campaign needs a [campaign] table with an `id`", path="campaign")
         campaign_id = check_campaign_id(section.get("id"))
-        if campaign_id.startswith("jobs."):
+        if campaign_id.startswith(JOB_CAMPAIGN_PREFIX):
             raise CampaignError(
                 f"campaign id {campaign_id!r}: ids starting with 'jobs.' are reserved for queued jobs; "
                 "pick another",
