@@ -725,7 +725,11 @@ class Daemon:
         renewed = anyio.current_time()
         async for chunk in recipients:
             if anyio.current_time() - renewed > _SUBMIT_RESERVATION_S / 4:
-                await self.store.acquire_role(cid, _SUBMIT_ROLE, worker_id=token, ttl_s=_SUBMIT_RESERVATION_S)
+                if not await self.store.acquire_role(
+                    cid, _SUBMIT_ROLE, worker_id=token, ttl_s=_SUBMIT_RESERVATION_S
+                ):
+                    # Lost while this upload stalled: another submission may own the id now.
+                    raise Conflict(f"campaign id {cid!r} was taken while this upload stalled; submit again")
                 renewed = anyio.current_time()
             yield chunk
 
