@@ -53,10 +53,12 @@ __all__ = [
     "MemoryControl",
     "NotFound",
     "campaign_folder_error",
+    "new_campaign_folder",
     "parse_submission",
     "safe_filename",
     "spool_private",
     "spooled_name",
+    "write_private",
 ]
 
 CampaignStatus = Literal["running", "paused", "canceled", "finished", "failed"]
@@ -230,6 +232,28 @@ def campaign_folder_error(error: CampaignError, folder: Path) -> CampaignError:
         if path is not None and path.startswith(base + os.sep):
             path = path[len(base) + 1 :]
     return CampaignError(message, path=path, line=error.line)
+
+
+def new_campaign_folder(parent: Path, cid: str) -> Path:
+    """Create ``parent/cid`` (0700), refusing one that exists: it is not this request's to reuse."""
+    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder = parent / cid
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        raise Conflict(
+            f"campaign id {cid!r}: files of an earlier, unfinished submission of this id remain on the "
+            f"daemon (campaigns/{cid} in its data folder); choose another id, or have the operator "
+            "remove them"
+        ) from None
+    return folder
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file at ``path`` readable by the daemon's user only (0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
 
 
 async def spool_private(recipients: AsyncIterator[bytes] | bytes, path: Path) -> tuple[int, int]:

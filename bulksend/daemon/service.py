@@ -22,7 +22,6 @@ or ``sending`` are picked up (resent or reconciled) by the next start.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -44,10 +43,12 @@ from bulksend.admin.control import (
     Conflict,
     NotFound,
     campaign_folder_error,
+    new_campaign_folder,
     parse_submission,
     safe_filename,
     spool_private,
     spooled_name,
+    write_private,
 )
 from bulksend.campaign import Campaign, FileAccess, campaign_from_dict, check_campaign_id
 from bulksend.daemon.config import DaemonConfig
@@ -665,7 +666,7 @@ class Daemon:
         try:
             await self._refuse_taken(cid)
             folder = await anyio.to_thread.run_sync(
-                _new_campaign_folder, self.config.data_dir / "campaigns", cid
+                new_campaign_folder, self.config.data_dir / "campaigns", cid
             )
             filename = spooled_name(recipients_filename)
             chunks = self._renewing(cid, token, recipients)
@@ -682,7 +683,7 @@ class Daemon:
                     files=self._submitted_files(),
                 )
             )
-            await anyio.to_thread.run_sync(_write_private, folder / "campaign.json", orjson.dumps(data))
+            await anyio.to_thread.run_sync(write_private, folder / "campaign.json", orjson.dumps(data))
             # The record exists before the reservation ends, so a later submission of this id
             # finds it; the run finds it too (same fingerprint) and goes on from it.
             await self.store.create_campaign(
@@ -899,24 +900,3 @@ class Daemon:
         if self.publisher is not None:
             checks[f"results:{self.publisher.name}"] = await self.publisher.healthy()
         return checks
-
-
-def _new_campaign_folder(parent: Path, cid: str) -> Path:
-    """Create ``parent/cid`` (0700), refusing one that exists: it is not this request's to reuse."""
-    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    folder = parent / cid
-    try:
-        folder.mkdir(mode=0o700)
-    except FileExistsError:
-        raise Conflict(
-            f"campaign id {cid!r}: files of an earlier, unfinished submission of this id remain on the "
-            f"daemon (campaigns/{cid} in its data folder); choose another id, or have the operator "
-            "remove them"
-        ) from None
-    return folder
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
