@@ -19,8 +19,7 @@ import anyio
 import orjson
 from anyio.abc import SocketStream
 
-from bulksend.admin import MemoryControl
-from bulksend.admin.api import create_admin_app, serve_admin
+from bulksend.admin import MemoryControl, create_admin_app, serve_admin
 from bulksend.metrics import Metrics
 from bulksend.secret import Secret
 

@@ -1,13 +1,19 @@
 """The admin side of ``bulksend serve``: an HTTP API over a small control protocol.
 
 :mod:`bulksend.admin.control` defines what the API may ask of the daemon (:class:`DaemonControl`)
-and an in-memory implementation; :mod:`bulksend.admin.api` serves it over HTTP. See
-docs/admin-api.md for the endpoints.
+and an in-memory implementation; :mod:`bulksend.admin.api` serves it over HTTP (``serve_admin``
+listens with bounds on idle and slow clients). See docs/admin-api.md for the endpoints.
 """
 
 from __future__ import annotations
 
-from bulksend.admin.api import check_listen_address, create_admin_app, validate_template
+from bulksend.admin.api import (
+    AdminServer,
+    check_listen_address,
+    create_admin_app,
+    serve_admin,
+    validate_template,
+)
 from bulksend.admin.control import (
     CampaignInfo,
     CampaignStatus,
@@ -19,6 +25,7 @@ from bulksend.admin.control import (
 )
 
 __all__ = [
+    "AdminServer",
     "CampaignInfo",
     "CampaignStatus",
     "Conflict",
@@ -28,5 +35,6 @@ __all__ = [
     "NotFound",
     "check_listen_address",
     "create_admin_app",
+    "serve_admin",
     "validate_template",
 ]
