@@ -242,6 +242,22 @@ async def test_refused_ids_delete_no_other_campaigns_files(tmp_path: Path, sandb
         assert (await admin.campaign("welcome"))["state"] == "finished"
 
 
+async def test_a_leftover_folder_is_never_removed_nor_reused(tmp_path: Path, sandbox: Sandbox) -> None:
+    """A campaign folder no stored campaign owns (left by a crash mid-upload) makes its id answer
+    409 saying what to do, and its files stay as they were."""
+    async with guarded_daemon(tmp_path, sandbox) as (daemon, admin, _, _):
+        ghost = campaigns_dir(daemon) / "ghost"
+        ghost.mkdir(parents=True)
+        (ghost / "people.csv").write_bytes(b"email\nkeep@example.com\n")
+        status, answer = await admin.call("POST", "/v1/campaigns", data=form(campaign_toml("ghost")))
+        assert status == 409, answer
+        assert "choose another id" in answer["error"]
+        assert (ghost / "people.csv").read_bytes() == b"email\nkeep@example.com\n"
+        assert (await admin.call("GET", "/v1/campaigns/ghost"))[0] == 404
+        status, _ = await admin.call("POST", "/v1/campaigns", data=form(campaign_toml("ghost-2")))
+        assert status == 201
+
+
 async def test_concurrent_submissions_of_one_id_give_one_201_and_one_409(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
