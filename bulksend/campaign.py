@@ -1062,7 +1062,7 @@ class _Unreadable(Exception):
 
 
 class _Missing(_Unreadable):
-    pass
+    """The file does not exist (the caller's message says where it was looked for)."""
 
 
 class _TooBig(_Unreadable):
@@ -1090,6 +1090,8 @@ def _read_regular_file(path: Path, limit: int, *, nofollow: bool) -> bytes:
     if nofollow:
         flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
+        # Checked before opening too: opening some devices acts on them (a watchdog, a tape).
+        _check_regular(os.stat(path).st_mode)
         fd = os.open(path, flags)
     except FileNotFoundError:
         raise _Missing("does not exist") from None
@@ -1101,10 +1103,7 @@ def _read_regular_file(path: Path, limit: int, *, nofollow: bool) -> bytes:
         raise _Unreadable(f"cannot be read ({exc.strerror})") from None
     try:
         st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise _Unreadable("is a folder, not a file")
-        if not stat.S_ISREG(st.st_mode):
-            raise _Unreadable("is not a regular file (a device, pipe or socket); name a regular file")
+        _check_regular(st.st_mode)  # again on what was opened: the path may have changed since
         if st.st_size > limit:
             raise _TooBig(st.st_size, exact=True)
     except BaseException:
@@ -1118,3 +1117,10 @@ def _read_regular_file(path: Path, limit: int, *, nofollow: bool) -> bytes:
     if len(data) > limit:
         raise _TooBig(limit, exact=False)
     return data
+
+
+def _check_regular(mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise _Unreadable("is a folder, not a file")
+    if not stat.S_ISREG(mode):
+        raise _Unreadable("is not a regular file (a device, pipe or socket); name a regular file")
