@@ -31,6 +31,7 @@ import asyncio
 import hmac
 import ipaddress
 import re
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -213,7 +214,7 @@ async def serve_admin(
     loop = asyncio.get_running_loop()
     gate = _ConnectionGate(server, max_connections)
     try:
-        listener = await loop.create_server(gate, host or None, port)
+        listener = await loop.create_server(gate, host or None, port, backlog=128)
     except BaseException:
         await runner.cleanup()
         raise
@@ -244,6 +245,9 @@ class _ConnectionGate:
         self.open += 1
         return _Counted(self, self._server())
 
+    def release(self) -> None:
+        self.open -= 1
+
 
 class _Counted(asyncio.Protocol):
     """Forwards every event to aiohttp's handler and gives the gate its slot back when the
@@ -251,9 +255,9 @@ class _Counted(asyncio.Protocol):
     connection_made has run: a burst of accepts would overshoot the limit)."""
 
     def __init__(self, gate: _ConnectionGate, inner: asyncio.Protocol) -> None:
-        self._gate = gate
         self._inner = inner
-        self._released = False
+        # Runs once: at connection_lost, or when collected if the connection never got made.
+        self._release = weakref.finalize(self, gate.release)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._inner.connection_made(transport)
@@ -271,9 +275,7 @@ class _Counted(asyncio.Protocol):
         self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self._released:
-            self._released = True
-            self._gate.open -= 1
+        self._release()
         self._inner.connection_lost(exc)
 
 
