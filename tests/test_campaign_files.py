@@ -230,6 +230,18 @@ def test_parse_submission_refuses_or_returns_a_bounded_mapping(text: str, depth:
         except CampaignError:
             continue
         assert isinstance(data, dict)
+        assert depth_of(data) <= MAX_CAMPAIGN_DEPTH
+
+
+def depth_of(value: Any) -> int:
+    """How deep tables and arrays nest in ``value`` (a scalar: 0)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 @FEW
