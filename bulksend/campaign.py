@@ -1097,6 +1097,8 @@ def _read_regular_file(path: Path, limit: int, *, nofollow: bool) -> bytes:
         raise _Missing("does not exist") from None
     except IsADirectoryError:
         raise _Unreadable("is a folder, not a file") from None
+    except ValueError:
+        raise _Unreadable("is not a usable path (it holds a NUL character)") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise _Unreadable("is a symbolic link that changed while it was being read") from None

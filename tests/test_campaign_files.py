@@ -295,3 +295,12 @@ def test_cli_refuses_a_deeply_nested_campaign_with_exit_1_and_a_short_message(
     assert "deep" in err
     assert "Traceback" not in err
     assert len(err) < 1000
+
+
+def test_a_path_with_a_nul_character_is_a_campaign_error(tmp_path: Path, spool: Path) -> None:
+    """A NUL inside a file path is a CampaignError for the CLI and for a confined campaign alike."""
+    with pytest.raises(CampaignError, match="not a usable path"):
+        campaign_from_dict(submitted(text_file="body\x00.txt"), base_dir=spool, source="c")
+    files = FileAccess.confined_to(tmp_path)
+    with pytest.raises(CampaignError, match="not a usable path"):
+        campaign_from_dict(submitted(text_file="body\x00.txt"), base_dir=spool, source="c", files=files)
