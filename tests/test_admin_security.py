@@ -441,3 +441,20 @@ def test_files_root_must_be_a_folder_apart_from_the_daemons_state(tmp_path: Path
             load_daemon_config(path)
     loaded = load_daemon_config(write_config(tmp_path, admin={"files_root": "files"}))
     assert loaded.admin.files_root == (tmp_path / "files").resolve()
+
+
+async def test_an_unusable_upload_name_is_stored_under_a_plain_one(tmp_path: Path, sandbox: Sandbox) -> None:
+    """An upload named like the daemon's own outcomes file, or too long for the file system, is
+    stored as `recipients.<suffix>`: the campaign runs and the uploaded rows stay as sent."""
+    rows = b'{"email": "ann@example.com", "first_name": "Ann"}\n'
+    async with guarded_daemon(tmp_path, sandbox) as (daemon, admin, _, _):
+        for cid, name, stored in (
+            ("clash", "outcomes.jsonl", "recipients.jsonl"),
+            ("long-name", "p" * 300 + ".jsonl", "recipients.jsonl"),
+        ):
+            status, answer = await admin.call(
+                "POST", "/v1/campaigns", data=form(campaign_toml(cid), rows, name)
+            )
+            assert status == 201, (name, answer)
+            await admin.wait_until(cid, lambda c: c["state"] == "finished")
+            assert (campaigns_dir(daemon) / cid / stored).read_bytes() == rows

@@ -272,16 +272,21 @@ def test_campaign_id_is_always_a_single_safe_file_name(value: str) -> None:
 
 
 @FEW
-@given(value=st.text(max_size=80))
+@given(
+    value=st.text(max_size=300)
+    | st.sampled_from(["a\x00.csv", "x\n.csv", "é" * 100 + ".csv", "outcomes.db-wal"])
+)
 def test_spooled_name_is_a_bare_name_the_daemon_does_not_use(value: str) -> None:
-    """Whatever file name an upload claims, it is stored under a bare name that is none of the
-    daemon's own files in the campaign folder."""
+    """Whatever file name an upload claims, it is stored under a short, printable bare name that
+    is none of the daemon's own files in the campaign folder."""
     name = spooled_name(value)
     assert name
     assert "/" not in name
     assert "\\" not in name
     assert name not in (".", "..")
     assert name.lower() not in {"campaign.json", "outcomes.jsonl", "outcomes.db"}
+    assert name.isprintable()
+    assert len(name.encode()) <= 120
 
 
 def test_cli_refuses_a_deeply_nested_campaign_with_exit_1_and_a_short_message(

@@ -190,12 +190,22 @@ _DAEMON_FILES: Final = frozenset({"campaign.json", "outcomes.jsonl", "outcomes.d
 """Names the daemon writes in a campaign's folder: an upload never takes one of them."""
 
 
+_MAX_NAME_BYTES: Final = 120
+
+
 def spooled_name(uploaded: str) -> str:
     """The file name an uploaded recipients file is stored under, in its campaign's own folder:
-    the upload's base name (its suffix tells the format), unless it is one the daemon uses."""
-    name = safe_filename(uploaded) or "recipients.csv"
-    if name.lower() in _DAEMON_FILES or name.lower().startswith("outcomes.db"):
-        return "recipients" + PurePosixPath(name).suffix
+    the upload's base name (its suffix tells the format) without unprintable characters, unless
+    it is too long or one the daemon uses; then ``recipients`` and the suffix."""
+    name = "".join(ch for ch in safe_filename(uploaded) if ch.isprintable()) or "recipients.csv"
+    suffix = PurePosixPath(name).suffix
+    if (
+        name in (".", "..")
+        or len(name.encode()) > _MAX_NAME_BYTES
+        or name.lower() in _DAEMON_FILES
+        or name.lower().startswith("outcomes.db")
+    ):
+        return "recipients" + (suffix if len(suffix.encode()) <= 16 else "")
     return name
 
 
@@ -352,9 +362,9 @@ class MemoryControl:
             )
         if campaign_id in self._reserved or await store.get_campaign(campaign_id) is not None:
             raise Conflict(f"a campaign with id {campaign_id!r} already exists; give this one a new id")
-        filename = safe_filename(recipients_filename)
-        if not filename:
+        if not safe_filename(recipients_filename):
             raise CampaignError("the recipients upload needs a file name ending in .csv, .tsv or .jsonl")
+        filename = spooled_name(recipients_filename)
         # Reserve the id before touching the disk: two concurrent submissions of one id must not
         # both pass the check above.
         self._reserved.add(campaign_id)
