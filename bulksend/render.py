@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from bulksend.validate import (
     check_subject,
 )
 
-__all__ = ["Rejection", "RenderedEmail", "Renderer"]
+__all__ = ["Rejection", "RenderPacer", "RenderedEmail", "Renderer"]
 
 _UNDEFINED_RE: Final = re.compile(r"^'([^']+)' is undefined$")
 _ATTACHMENT_CACHE_ENTRIES: Final = 64
@@ -63,6 +64,29 @@ class Rejection:
     """Why this recipient cannot be sent to; the rest of the campaign goes on."""
 
     reason: str
+
+
+class RenderPacer:
+    """Tells a loop that renders on the event loop when to let other tasks run.
+
+    One render stops at ``[render] max_render_s``, but a batch of slow ones in a row would hold
+    the loop for the whole batch: signals, health checks and sends in flight wait. A loop asks
+    :meth:`due` after each render and yields (``await anyio.lowlevel.checkpoint()``) when it says
+    so; a batch of fast renders never yields.
+    """
+
+    __slots__ = ("_slice_s", "_until")
+
+    def __init__(self, slice_s: float = 0.02) -> None:
+        self._slice_s = slice_s
+        self._until = time.monotonic() + slice_s
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now < self._until:
+            return False
+        self._until = now + self._slice_s
+        return True
 
 
 class _Part:

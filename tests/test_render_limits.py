@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,10 @@ from bulksend.campaign import RenderLimits, campaign_from_dict, load_campaign, n
 from bulksend.daemon.jobs import compile_template
 from bulksend.errors import CampaignError
 from bulksend.render import Rejection, RenderedEmail, Renderer
-from bulksend.sandbox import Sandbox
+from bulksend.sandbox import Sandbox, SandboxConfig, sandbox_in_thread
 from bulksend.templating import end_render, start_render
+from tests.conftest import PROJECT as PROJECT_ID
+from tests.conftest import SECRET
 from tests.test_daemon import WELCOME, RecordingSource, job, make_daemon, running
 
 PROJECT = "11111111-2222-3333-4444-555555555555"
@@ -265,3 +269,55 @@ def test_dry_run_reports_exhausting_rows_without_building_them(tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     assert "more than 20,000 characters" in done.stdout
     assert "would send" in done.stdout
+
+
+def test_sigterm_stops_a_send_while_slow_templates_render(tmp_path: Path) -> None:
+    """A SIGTERM that arrives while a batch of slow (within-limit) renders runs stops the send
+    gracefully (exit 130) without waiting for the rest of the batch."""
+    slow = "".join(f"bob{i}@example.com,100000\n" for i in range(1000))
+    (tmp_path / "people.csv").write_text("email,n\n" + slow)
+    (tmp_path / "c.toml").write_text(
+        '[campaign]\nid = "slow"\nfrom = "news@example.com"\nsubject = "s"\n'
+        "text = \"{% for i in range(n|int) %}{{ (i ~ 'abc')|upper|replace('A', 'b') }}{% endfor %}\"\n"
+        'recipients = "people.csv"\n'
+    )
+    config = SandboxConfig(secret_key=SECRET, project_id=PROJECT_ID)
+    with sandbox_in_thread(config) as sb:
+        env = {
+            **os.environ,
+            "SCW_SECRET_KEY": SECRET,
+            "SCW_DEFAULT_PROJECT_ID": PROJECT_ID,
+            "SCW_API_URL": sb.url,
+            "SCW_CONFIG_PATH": "/nonexistent/config.yaml",
+        }
+        command = [sys.executable, "-m", "bulksend.cli", "send", str(tmp_path / "c.toml"), "--no-progress"]
+        command += ["--log-format", "json", "--log-level", "info"]
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            assert proc.stderr is not None
+            seen = b""
+            while b"campaign.start" not in seen:  # signals are handled by the run from here on
+                line = proc.stderr.readline()
+                assert line, "the send ended before it started"
+                seen = line
+            # The first admission batch (500 rows, tens of seconds of rendering) is all that runs
+            # now: a second of CPU used means the renders are well under way.
+            start = _cpu_ticks(proc.pid)
+            deadline = time.monotonic() + 60
+            while _cpu_ticks(proc.pid) - start < os.sysconf("SC_CLK_TCK"):
+                assert time.monotonic() < deadline, "the send does not render"
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            # Without yielding between renders, the stop waits for the whole batch.
+            _, err = proc.communicate(timeout=15)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert b"stopping" in err
+
+
+def _cpu_ticks(pid: int) -> int:
+    """User and system CPU time a process has used, in clock ticks (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
