@@ -359,6 +359,8 @@ def _materialize(value: Any, b: RenderBudget) -> list[Any]:
 
 
 _PRECHECKED: Final = frozenset({"indent", "replace", "format", "wordwrap", "urlize", "tojson"})
+# Filters whose whole-number arguments are widths or counts of what they make.
+_SIZED_BY_ARGS: Final = frozenset({"batch", "center", "indent", "slice", "tojson", "wordwrap"})
 # Filters whose output from one string alone may be far larger than that string.
 _GROWING: Final = frozenset({"indent", "wordwrap", "urlize", "join", "sum", "format"})
 
@@ -368,6 +370,7 @@ def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     skip = 1 if getattr(func, "jinja_pass_arg", None) is not None else 0
     stringify = name in _STRINGIFYING
     prechecked = name in _PRECHECKED
+    sized_by_args = name in _SIZED_BY_ARGS
     what = f"the {name} filter"
 
     @functools.wraps(func)
@@ -385,7 +388,7 @@ def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
         if own:
             if stringify and not isinstance(own[0], str):
                 b.check_weight(own[0], what)
-            if len(own) > 1 or kwargs:
+            if sized_by_args and (len(own) > 1 or kwargs):
                 _check_ints([*own[1:], *kwargs.values()], b, what)
             if name == "join":
                 args, kwargs = _prepare_join(b, args, skip, own, kwargs)

@@ -13,6 +13,8 @@ from typing import Any
 import anyio
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from jinja2 import StrictUndefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -321,3 +323,53 @@ def _cpu_ticks(pid: int) -> int:
     """User and system CPU time a process has used, in clock ticks (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
+
+
+def test_large_numbers_as_ordinary_filter_arguments_are_fine(tmp_path: Path) -> None:
+    """Only widths and counts are checked: a big default value or a big number formatted is not refused."""
+    text = "{{ missing|default(12345678901) }} {{ 12345678901|filesizeformat }} {{ name|truncate(99999999) }}"
+    body = orjson.loads(_rendered(render(renderer(tmp_path, text))).body)
+    assert body["text"] == "12345678901 12.3 GB Ann"
+
+
+def _rendered(result: RenderedEmail | Rejection) -> RenderedEmail:
+    assert isinstance(result, RenderedEmail), result
+    return result
+
+
+# Fragments a hostile template might combine: loops, repetition, padding, joining, doubling.
+_FRAGMENTS = st.sampled_from(
+    [
+        "{{ name * N }}",
+        "{{ name|center(N) }}",
+        "{{ name.ljust(N) }}",
+        "{{ '%Ns' % name }}",
+        "{{ '{:>N}'.format(name) }}",
+        "{{ range(N)|join(name) }}",
+        "{{ (name * N)|replace('A', name * N) }}",
+        "{{ [name] * N }}",
+        "{% for i in range(N) %}{{ name }}{% endfor %}",
+        "{% for i in range(N) %}{% for j in range(N) %}.{% endfor %}{% endfor %}",
+        "{% set ns = namespace(s=name) %}{% for i in range(N) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+        "{% macro m(s, n) %}{% if n > 0 %}{{ m(s ~ s, n - 1) }}{% endif %}{% endmacro %}{{ m(name, N) }}",
+        "{{ 3 ** N }}",
+        "{{ lipsum(N) }}",
+    ]
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    parts=st.lists(st.tuples(_FRAGMENTS, st.integers(min_value=0, max_value=10**7)), min_size=1, max_size=4)
+)
+def test_any_mix_of_amplifiers_stays_within_the_limits(tmp_path: Path, parts: list[tuple[str, int]]) -> None:
+    """Whatever the fragments and sizes, a render ends as an email within max_part_chars or a
+    rejection of the template; it never raises."""
+    text = "".join(fragment.replace("N", str(n)) for fragment, n in parts) + "{{ name }}"
+    # Every mix ends with {{ name }}, so it is rendered per recipient, never refused up front.
+    r = renderer(tmp_path, text, max_part_chars=20_000, max_loop_iterations=2_000, max_render_s=2)
+    result = render(r)
+    if isinstance(result, RenderedEmail):
+        assert len(orjson.loads(result.body)["text"]) <= 20_000
+    else:
+        assert result.reason.startswith(("the text template", "the email is")), result.reason
