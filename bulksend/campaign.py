@@ -57,6 +57,8 @@ CORRELATION_HEADER: Final = "X-Bulksend-Ref"
 """Added to every email by the renderer; reserved (a campaign may not set it)."""
 
 MAX_PAGE_SIZE: Final = 1000
+MAX_RENDER_LOOP_ITERATIONS: Final = 10_000_000
+MAX_RENDER_S: Final = 10.0
 
 # Attachment MIME types by extension. An explicit table rather than the ``mimetypes`` module:
 # that module reads the machine's /etc/mime.types, so the same campaign would be accepted on one
@@ -496,7 +498,8 @@ class _Builder:
             bound = f"greater than {minimum:g}" if exclusive else f"at least {minimum:g}"
             self.fail(f"{section_name}.{key} must be {bound} (got {value!r})", section_name, key)
         if maximum is not None and value > maximum:
-            self.fail(f"{section_name}.{key} must be at most {maximum:g} (got {value!r})", section_name, key)
+            bound = f"{int(maximum):,}" if float(maximum).is_integer() else f"{maximum:g}"
+            self.fail(f"{section_name}.{key} must be at most {bound} (got {value!r})", section_name, key)
         return value
 
     def resolve(self, value: str) -> Path:
@@ -886,18 +889,43 @@ class _Builder:
         )
 
     def render(self) -> RenderLimits:
+        # Ceilings as well as floors: campaigns also come through the admin API, and limits
+        # raised without end would let one template hold the daemon. A part longer than a whole
+        # email could never be sent anyway.
         r = self.table("render")
         d = RenderLimits()
         return RenderLimits(
             max_part_chars=int(
-                self.number(r, "render", "max_part_chars", d.max_part_chars, integer=True, minimum=1)
+                self.number(
+                    r,
+                    "render",
+                    "max_part_chars",
+                    d.max_part_chars,
+                    integer=True,
+                    minimum=1,
+                    maximum=MAX_EMAIL_BYTES,
+                )
             ),
             max_loop_iterations=int(
                 self.number(
-                    r, "render", "max_loop_iterations", d.max_loop_iterations, integer=True, minimum=0
+                    r,
+                    "render",
+                    "max_loop_iterations",
+                    d.max_loop_iterations,
+                    integer=True,
+                    minimum=0,
+                    maximum=MAX_RENDER_LOOP_ITERATIONS,
                 )
             ),
-            max_render_s=self.number(r, "render", "max_render_s", d.max_render_s, minimum=0, exclusive=True),
+            max_render_s=self.number(
+                r,
+                "render",
+                "max_render_s",
+                d.max_render_s,
+                minimum=0,
+                exclusive=True,
+                maximum=MAX_RENDER_S,
+            ),
         )
 
     def output(self, campaign_id: str) -> OutputSettings:

@@ -207,6 +207,9 @@ def test_render_limits_come_from_the_campaign_file(tmp_path: Path) -> None:
         ("max_render_s = 0", "render.max_render_s must be greater than 0"),
         ("max_part_chars = 'big'", "render.max_part_chars must be a whole number"),
         ("max_loops = 3", "unknown key 'max_loops'"),
+        ("max_render_s = 3600", "render.max_render_s must be at most 10"),
+        ("max_part_chars = 100000000", "render.max_part_chars must be at most 2,097,152"),
+        ("max_loop_iterations = 100000000000", "render.max_loop_iterations must be at most 10,000,000"),
     ):
         path.write_text(base + f"[render]\n{bad}\n")
         with pytest.raises(CampaignError, match=message):
