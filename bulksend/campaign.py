@@ -498,7 +498,7 @@ class _Builder:
             bound = f"greater than {minimum:g}" if exclusive else f"at least {minimum:g}"
             self.fail(f"{section_name}.{key} must be {bound} (got {value!r})", section_name, key)
         if maximum is not None and value > maximum:
-            bound = f"{int(maximum):,}" if float(maximum).is_integer() else f"{maximum:g}"
+            bound = str(int(maximum)) if float(maximum).is_integer() else f"{maximum:g}"
             self.fail(f"{section_name}.{key} must be at most {bound} (got {value!r})", section_name, key)
         return value
 

@@ -99,7 +99,7 @@ def test_csv_outcomes_of_a_real_send_are_neutralised(
     text = (tmp_path / "out.csv").read_text(encoding="utf-8")
     got = [(r["email"], r["name"]) for r in csv.DictReader(io.StringIO(text, newline=""))]
     assert got == [
-        ("ann@example.com", "'=HYPERLINK(\"http://evil\")"),
+        ("ann@example.com", '\'=HYPERLINK("http://evil")'),
         ("bob@example.com", "'-2+3"),
         ("'=cy@example.com", "'@SUM(A1)"),
     ]
