@@ -36,6 +36,7 @@ from bulksend.validate import (
     check_address,
     check_attachment,
     check_header,
+    check_name,
     check_subject,
 )
 
@@ -602,8 +603,9 @@ class _Builder:
                 "campaign",
                 "from",
             )
-        if "\r" in name or "\n" in name:
-            self.fail("campaign.from.name contains a line break; remove it", "campaign", "from", "name")
+        reason = check_name(name, "campaign.from.name")
+        if reason:
+            self.fail(reason, "campaign", "from", "name")
         return Address(email=email.strip(), name=name or None)
 
     def body(self, c: Mapping[str, Any], kind: str, *, html: bool) -> str:

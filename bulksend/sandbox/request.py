@@ -20,6 +20,7 @@ from bulksend.validate import (
     check_address,
     check_attachment,
     check_header,
+    check_name,
     check_subject,
 )
 
@@ -69,6 +70,10 @@ def _address_list(data: dict[str, Any], key: str, errors: list[ArgumentError]) -
         if name is not None and not isinstance(name, str):
             errors.append((key, f"{key}[{i}].name must be a string"))
             return []
+        problem = check_name(name or "", f"{key}[{i}].name")
+        if problem is not None:
+            errors.append((key, problem))
+            return []
         address: str = item["email"]
         problem = check_address(address)
         if problem is not None:
@@ -113,6 +118,8 @@ def parse_create_email(
             errors.append(("from", problem))
         elif name is not None and not isinstance(name, str):
             errors.append(("from", "from.name must be a string"))
+        elif (problem := check_name(name or "", "from.name")) is not None:
+            errors.append(("from", problem))
         else:
             mail_from = sender["email"].strip()
 
