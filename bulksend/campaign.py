@@ -833,7 +833,12 @@ class _Builder:
         if isinstance(value, datetime):
             if value.tzinfo is None:
                 self.fail(f"campaign.send_before has no time zone; {fix}", "campaign", "send_before")
-            return parse_rfc3339(value)
+            try:
+                return parse_rfc3339(value)
+            except ValueError as exc:
+                self.fail(
+                    f"campaign.send_before is not a usable time ({exc}); {fix}", "campaign", "send_before"
+                )
         if isinstance(value, date | time):
             self.fail(f"campaign.send_before must be a date and time; {fix}", "campaign", "send_before")
         if not isinstance(value, str):
@@ -841,8 +846,10 @@ class _Builder:
         text = value.strip()
         try:
             parsed = parse_rfc3339(text)
-        except ValueError:
-            parsed = None
+        except ValueError as exc:
+            self.fail(
+                f"campaign.send_before {value!r} is not a time ({exc}); {fix}", "campaign", "send_before"
+            )
         if parsed is None:
             self.fail(f"campaign.send_before {value!r} is not a time; {fix}", "campaign", "send_before")
         if not _OFFSET_RE.search(text):

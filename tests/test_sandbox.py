@@ -316,6 +316,18 @@ def _too_long_body() -> bytes:
         ("attachments", {"attachments": [{"name": "a.txt", "type": "text/plain", "content": "not base64!"}]}),
         ("project_id", {"project_id": "my-project"}),
         ("send_before", {"send_before": "tomorrow"}),
+        # Past the end (or before the start) of years 1..9999 once in UTC.
+        ("send_before", {"send_before": "9999-12-31T23:59:59-14:00"}),
+        ("send_before", {"send_before": "0001-01-01T00:00:00+14:00"}),
+        # Control characters, like TEM.
+        ("subject", {"subject": "Hello G\x00"}),
+        ("subject", {"subject": "Hello\x0bG"}),
+        ("subject", {"subject": "Hello\u2028G"}),
+        ("additional_headers", {"additional_headers": [{"key": "X B", "value": "v"}]}),
+        ("additional_headers", {"additional_headers": [{"key": "X-Tag", "value": "a\x0cb"}]}),
+        ("from", {"from": {"email": "news@example.com", "name": "News\x85"}}),
+        ("to", {"to": [{"email": "ann@example.org", "name": "Ann\x00"}]}),
+        ("cc", {"cc": [{"email": "cc@example.org", "name": "C\u2029C"}]}),
     ],
 )
 async def test_each_validation_rule_answers_400_naming_the_field(
@@ -647,6 +659,26 @@ async def test_list_since_until_window_is_inclusive_on_creation_time(
         ids["hold-1@example.org"],
         ids["hold-2@example.org"],
     ]
+
+
+@pytest.mark.parametrize("value", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"])
+@pytest.mark.parametrize("name", ["since", "until"])
+async def test_since_or_until_out_of_range_answers_400_naming_it(api: Api, name: str, value: str) -> None:
+    """A since/until outside years 1..9999 in UTC answers 400 naming it, on the list and statistics."""
+    for call in (api.list_emails, api.statistics):
+        status, data = await call([(name, value)])
+        assert status == 400, data
+        assert [d["argument_name"] for d in data["details"]] == [name]
+        assert "out of range" in data["details"][0]["help_message"]
+
+
+@pytest.mark.parametrize("value", ["1_0", " 7 ", "\u0661\u0662", "1e3", "99999999999", "-1"])
+async def test_page_and_page_size_take_only_plain_whole_numbers(api: Api, value: str) -> None:
+    """page and page_size are plain ASCII whole numbers within uint32, like TEM's; others answer 400."""
+    for name in ("page", "page_size"):
+        status, data = await api.list_emails([(name, value)])
+        assert status == 400, (name, value, data)
+        assert [d["argument_name"] for d in data["details"]] == [name]
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,10 @@ _SPACE_OFFSET = re.compile(r"(?<=\d) (\d{2}:?\d{2})$")
 
 
 def parse_timestamp(value: str) -> float:
-    """Seconds since the epoch of an RFC 3339 timestamp (``ValueError`` when it is not one)."""
+    """Seconds since the epoch of an RFC 3339 timestamp.
+
+    Raises ``ValueError`` (only) when it is not one, or when it lies outside years 1..9999 in UTC.
+    """
     value = _SPACE_OFFSET.sub(r"+\1", value.strip())
     parsed = parse_rfc3339(value)
     if parsed is None:
@@ -187,10 +190,8 @@ def parse_create_email(
         else:
             try:
                 send_before = parse_timestamp(raw_send_before)
-            except ValueError:
-                errors.append(
-                    ("send_before", f"send_before is not an RFC 3339 timestamp: {raw_send_before[:40]!r}")
-                )
+            except ValueError as exc:
+                errors.append(("send_before", f"send_before: {exc}"))
 
     headers = data.get("additional_headers")
     if headers is not None:

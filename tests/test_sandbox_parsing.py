@@ -1,0 +1,108 @@
+"""The sandbox's request parsers against generated hostile input: they refuse, they never raise."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+from typing import Any
+
+import orjson
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from bulksend.sandbox.request import CreateEmail, parse_create_email, parse_timestamp
+from bulksend.tem.models import parse_rfc3339
+from tests.strategies import extreme_times, json_values, odd_text, to_wire
+
+PROJECT = "11111111-2222-4333-8444-555555555555"
+VALID: dict[str, Any] = {
+    "from": {"email": "news@example.com", "name": "News"},
+    "to": [{"email": "ann@example.org", "name": "Ann"}],
+    "subject": "Hello",
+    "text": "Hi",
+    "project_id": PROJECT,
+}
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(extreme_times, odd_text))
+@example("9999-12-31T23:59:59-14:00")
+@example("0001-01-01T00:00:00+14:00")
+@example("9999-12-31 23:59:59 14:00")
+def test_timestamps_parse_or_raise_value_error(value: str) -> None:
+    """since, until and send_before either parse to a finite time or raise ValueError, nothing else."""
+    try:
+        seconds = parse_timestamp(value)
+    except ValueError:
+        return
+    assert math.isfinite(seconds)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(extreme_times, odd_text))
+@example("9999-12-31T23:59:59-14:00")
+def test_parse_rfc3339_returns_utc_or_raises_value_error(value: str) -> None:
+    """parse_rfc3339 gives a UTC time (or None for empty) or raises ValueError, nothing else."""
+    try:
+        parsed = parse_rfc3339(value)
+    except ValueError:
+        return
+    if parsed is not None:
+        assert parsed.utcoffset() == timedelta(0)
+
+
+def _check_answer(body: bytes | None, data: Any) -> None:
+    request, errors, refused = parse_create_email(
+        body, data, default_project_id=PROJECT, allowed_from_domains=None
+    )
+    if request is None:
+        assert errors, "a refused request says why"
+        assert all(isinstance(arg, str) and isinstance(help_, str) and help_ for arg, help_ in errors)
+    else:
+        assert isinstance(request, CreateEmail)
+        assert errors == []
+        assert refused is False
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_any_json_body_is_answered_without_raising(data: Any) -> None:
+    """Whatever JSON a client posts, the send parser answers: a request, or errors naming fields."""
+    body = to_wire(data)
+    try:
+        decoded = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return  # the handler answers "not valid JSON" before this parser
+    _check_answer(body, decoded)
+
+
+_FIELDS = st.sampled_from(
+    [
+        *("from", "to", "cc", "bcc", "subject", "text", "html", "project_id", "attachments"),
+        *("send_before", "additional_headers"),
+    ]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.dictionaries(_FIELDS, json_values, max_size=4),
+    st.one_of(odd_text, extreme_times),
+    st.one_of(odd_text, st.just("X-Tag")),
+)
+@example({"send_before": "9999-12-31T23:59:59-14:00"}, "x", "X-Tag")
+@example({}, "Hello G\x00", "X B")
+def test_valid_request_with_hostile_fields_is_answered_without_raising(
+    changes: dict[str, Any], text: str, header_name: str
+) -> None:
+    """A valid send with any field replaced by junk (or odd subject, names, headers) never raises."""
+    data = {**VALID, **changes}
+    _check_answer(None, data)
+    for field, value in (
+        ("subject", text),
+        ("send_before", text),
+        ("from", {"email": "news@example.com", "name": text}),
+        ("to", [{"email": "ann@example.org", "name": text}]),
+        ("additional_headers", [{"key": header_name, "value": text}]),
+    ):
+        _check_answer(None, {**VALID, field: value})
