@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bulksend.daemon.config import load_daemon_config
-from bulksend.daemon.jobs import JobIntake, JobTemplate, compile_template
+from bulksend.daemon.jobs import JobIntake, JobTemplate, compile_template, job_campaign_id, job_row
 from bulksend.daemon.service import Daemon
 from bulksend.jobs import JobError, parse_job
 from bulksend.metrics import Metrics
@@ -29,7 +29,7 @@ from bulksend.pipeline.dispatch import SendItem
 from bulksend.render import Rejection, RenderedEmail, Renderer
 from bulksend.sandbox import Sandbox, SandboxConfig
 from bulksend.sources.base import MemorySource, clean_reason
-from bulksend.store.base import AdmitResult, NewRecipient
+from bulksend.store.base import AdmitResult, NewRecipient, RecipientRow, RowState
 from bulksend.store.memory import MemoryStore
 from tests.conftest import PROJECT, SECRET, settings_for
 from tests.strategies import deep_nesting, extreme_times, json_values, odd_text, to_wire
@@ -224,6 +224,47 @@ async def test_unexpected_error_on_one_message_dead_letters_it_and_the_intake_go
     assert [d.body for d in dead] == [boom]
     assert "could not be handled (RuntimeError: exploded on this message)" in dead[0].reason
     assert len(source.queue.acked) == 1
+
+
+async def test_stored_job_that_cannot_be_rebuilt_is_rejected_and_the_daemon_starts(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """A pending job row whose stored variables cannot be used (a list, not an object) is rejected
+    with the reason at start, instead of stopping this and every later start of the daemon."""
+    store = ObservedStore(tmp_path / "state" / "bulksend.db")
+    await store.open()
+    cid = job_campaign_id("welcome")
+    await store.create_campaign(cid, {"kind": "jobs", "template": "welcome"})
+    payload = {"vars": [1, 2], "idempotency_key": "old-1", "template": "welcome", "want_result": None}
+    new = NewRecipient(job_row("old-1"), "old@example.com", "", "old-1", RowState.PENDING, payload=payload)
+    [admitted] = await store.admit(cid, [new])
+    await store.close()
+    daemon, source, _ = make_daemon(tmp_path, sandbox, store=store)
+    source.publish(job("new-1", "new@example.com"))
+
+    async def rejected() -> bool:
+        row = await store.get_row(admitted.id)
+        return row is not None and row.state is RowState.REJECTED
+
+    with anyio.fail_after(20):
+        async with running(daemon):
+            await store.wait_until(rejected)
+            assert isinstance(source, RecordingSource)
+            await source.wait_settled(1)
+            assert all((await daemon.health()).values())
+    row = await _row(store, admitted.id)
+    assert "the stored job could not be rebuilt: TypeError" in row.reason
+    assert source.queue.acked  # the intake ran too
+
+
+async def _row(store: ObservedStore, row_id: int) -> RecipientRow:
+    await store.open()
+    try:
+        row = await store.get_row(row_id)
+    finally:
+        await store.close()
+    assert row is not None
+    return row
 
 
 # -- a running daemon on Redis Streams, fed generated junk ----------------------------------------
