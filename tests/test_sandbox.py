@@ -918,6 +918,34 @@ async def test_inspection_config_patch_changes_settings_live(api: Api, sandbox: 
         assert SECRET not in await r.text()
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"secret_key": 5},
+        {"project_id": None},
+        {"latency_ms": 1e308},
+        {"latency_ms": "x"},
+        {"sending_after_s": 1e308},
+        {"hold_s": True},
+        {"allowed_from_domains": [1, None]},
+        {"allowed_from_domains": "example.com"},
+        {"seed": 1.5},
+    ],
+)
+async def test_inspection_config_patch_refuses_wrong_types_and_huge_values(
+    api: Api, sandbox: Sandbox, bad: dict[str, Any]
+) -> None:
+    """A PATCH with a wrong type or an unbounded value answers 400 naming the setting and changes
+    nothing: the sandbox keeps answering sends (it used to answer 500, or hang on a huge latency)."""
+    before = sandbox.config
+    async with api.session.patch(api.sandbox.url + "/_sandbox/config", json=bad) as r:
+        assert r.status == 400
+        assert next(iter(bad)) in (await r.json())["message"]
+    assert sandbox.config == before
+    status, _ = await api.send(message("ann@example.org"))
+    assert status == 200
+
+
 def test_config_validation_and_repr_hide_the_secret() -> None:
     """SandboxConfig refuses inconsistent values and never shows the secret in its repr."""
     cfg = SandboxConfig(secret_key="super-secret-value")

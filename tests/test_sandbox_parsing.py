@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from datetime import timedelta
 from typing import Any
@@ -10,6 +11,7 @@ import orjson
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from bulksend.sandbox import SandboxConfig
 from bulksend.sandbox.request import CreateEmail, parse_create_email, parse_timestamp
 from bulksend.tem.models import parse_rfc3339
 from tests.strategies import extreme_times, json_values, odd_text, to_wire
@@ -106,3 +108,22 @@ def test_valid_request_with_hostile_fields_is_answered_without_raising(
         ("additional_headers", [{"key": header_name, "value": text}]),
     ):
         _check_answer(None, {**VALID, field: value})
+
+
+_SETTINGS = st.sampled_from(sorted(SandboxConfig.field_names()))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_SETTINGS, json_values, max_size=3))
+@example({"secret_key": 5})
+@example({"latency_ms": 1e308})
+def test_sandbox_settings_from_json_are_checked_or_refused(changes: dict[str, Any]) -> None:
+    """Settings as PATCH /_sandbox/config receives them give a usable config or a ValueError."""
+    try:
+        config = dataclasses.replace(SandboxConfig(), **changes)
+    except ValueError:
+        return
+    assert isinstance(config.secret_key, str)
+    assert config.latency_ms + config.latency_jitter_ms <= 2 * 600_000
+    assert config.burst >= 1
+    config.to_public_json()

@@ -175,6 +175,7 @@ class Sandbox:
         if unknown:
             raise ValueError(f"unknown sandbox setting(s): {', '.join(sorted(unknown))}")
         previous = self._config
+        # Checked in full (SandboxConfig refuses bad values) before anything changes.
         self._config = dataclasses.replace(previous, **changes)
         self._apply_config(previous)
         return self._config
