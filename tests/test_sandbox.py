@@ -211,6 +211,19 @@ async def test_get_returns_the_email_and_unknown_ids_are_not_found(api: Api) -> 
         }
 
 
+@pytest.mark.parametrize("tail", ["-00000000001", "+00000000000", " 00000000000", "0000_0000000"])
+async def test_ids_whose_number_is_not_12_hex_digits_are_not_found(api: Api, tail: str) -> None:
+    """An id with our prefix but a sign, space or underscore in its number is unknown: it
+    never reaches another email (\"-00000000001\" used to fetch and cancel the last one)."""
+    await api.send_to("ann@example.org")
+    [last] = await api.send_to("hold-1@example.org")
+    forged = last["id"][:24] + tail
+    assert len(forged) == 36
+    assert (await api.get(forged))[0] == 404
+    assert (await api.cancel(forged))[0] == 404
+    assert (await api.email(last["id"]))["status"] == "new"  # not canceled through the forged id
+
+
 async def test_accepted_by_recipient_counts_every_email_per_lowercased_address(api: Api) -> None:
     """Sending twice to the same address (in any case) counts 2 for its lower-cased form."""
     await api.send_to("Ann@Example.org")
