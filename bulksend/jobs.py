@@ -9,24 +9,12 @@ A job asks for one templated email to one recipient::
      "results": true}
 
 :func:`parse_job` turns a message body into a :class:`SendJob` or raises :class:`JobError` whose
-``reason`` says what to fix. The rules (also in ``docs/message-format.md`` and, as JSON Schema,
-``docs/job.schema.json``; a test keeps the three in step):
-
-- the body is UTF-8 JSON, at most :data:`MAX_JOB_BYTES` bytes, holding one object;
-- ``version`` is checked first and must be ``1``: a newer producer gets "unsupported version"
-  rather than a confusing complaint about a field this version does not know;
-- ``template`` and ``idempotency_key`` are strings of 1..200 characters without control
-  characters;
-- ``recipient`` is an object with a non-empty string ``email`` and an optional ``name`` (no
-  control characters but TAB, as in every mail header);
-- ``variables`` (optional) is an object; its values are any JSON nested at most
-  :data:`MAX_VARIABLE_DEPTH` levels, with no NUL character (PostgreSQL cannot store one);
-- ``send_before`` (optional) is an RFC 3339 time *with* an offset (``Z`` or ``±hh:mm``) that is
-  a real time within years 1..9999 once in UTC;
-- ``results`` (optional) is a boolean: publish the final outcome or not (absent: daemon default);
-- optional fields may also be ``null``, which means the same as leaving them out;
-- unknown fields are refused, at the top level and inside ``recipient``: a typo such as
-  ``"send_befor"`` must not silently drop a deadline.
+``reason`` says what to fix. The rules are in ``docs/message-format.md`` and, as JSON Schema, in
+``docs/job.schema.json`` (a test keeps the schema and the parser in step). In short: UTF-8 JSON
+of at most :data:`MAX_JOB_BYTES` bytes, one object; ``version`` checked first; unknown fields
+refused (a typo must not silently drop a deadline); ``null`` means "not given"; no control
+characters in identifiers and names; variables at most :data:`MAX_VARIABLE_DEPTH` deep and
+without NUL; ``send_before`` a real RFC 3339 time with an offset, within years 1..9999 in UTC.
 
 Whether the template exists, whether the address is deliverable and whether ``send_before`` is
 already past are the daemon's checks, not the format's: they depend on its state and clock.

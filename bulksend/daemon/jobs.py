@@ -5,26 +5,20 @@ job's row number is a 63-bit hash of its idempotency key, and the key is the row
 redelivered or republished job lands on the row it already has: admission is idempotent without a
 lookup and without coordination between daemons.
 
-Order for every message, and why:
+Order for every message: (1) parse and validate — anything wrong is dead-lettered with the
+reason; (2) admit the batch in one shielded commit; (3) only then acknowledge each message (a
+crash before this redelivers, and step 2 absorbs the redelivery); (4) queue the new rows for
+sending, and stop pulling while the queue is full (backpressure).
 
-1. parse and validate (format, template, address, variables) — anything wrong is dead-lettered
-   with the reason: a poison message never blocks the consumer;
-2. admit the batch into the store in one commit (shielded);
-3. only then acknowledge each message to its broker (a crash before this point redelivers, and
-   step 2 absorbs the redelivery);
-4. queue the new rows for sending; stop pulling while the queue is full (backpressure).
+No message can stop the intake. The line between "the message's fault" and "not":
 
-No message can stop the intake. Where the line runs between "the message's fault" and "not":
-
-- any exception raised while parsing, validating or rendering one message, expected or not, is
-  that message's fault: it is dead-lettered with the reason (kind ``internal`` when unexpected);
-- an admission that fails with a store or OS error (:class:`BulksendError`, :class:`OSError`)
-  is an outage, not the message's fault: the batch's unsettled messages are released (they come
-  back, nothing is lost) and pulling resumes after a backoff;
-- any other exception from an admission is retried one message at a time, and a message whose
-  own admission still raises it is dead-lettered;
-- cancellation is never caught, and an unexpected error outside any one message (a pull) is
-  treated like an outage.
+- any exception while parsing, validating or rendering one message, expected or not, is its
+  fault: it is dead-lettered with the reason (kind ``internal`` when unexpected);
+- an admission failing with a store or OS error is an outage: the batch's unsettled messages are
+  released (they come back, nothing is lost) and pulling resumes after a backoff;
+- any other admission error is retried one message at a time, and only a message whose own
+  admission still fails is dead-lettered;
+- cancellation is never caught; an unexpected error outside any one message is an outage.
 """
 
 from __future__ import annotations
