@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from bulksend.sandbox import SandboxConfig
+from bulksend.sandbox import SandboxConfig, ThreadedSandbox, sandbox_in_thread
 from bulksend.sandbox.request import CreateEmail, parse_create_email, parse_timestamp
 from bulksend.tem.models import parse_rfc3339
 from tests.strategies import extreme_times, json_values, odd_text, to_wire
@@ -127,3 +132,61 @@ def test_sandbox_settings_from_json_are_checked_or_refused(changes: dict[str, An
     assert config.latency_ms + config.latency_jitter_ms <= 2 * 600_000
     assert config.burst >= 1
     config.to_public_json()
+
+
+# -- over HTTP: junk in the query or the body gets 200 or 400, never a 500 ------------------------
+
+_PREFIX = "/transactional-email/v1alpha1/regions/fr-par"
+_QUERY_NAMES = st.sampled_from(
+    [
+        *("page", "page_size", "since", "until", "order_by", "statuses", "flags", "search"),
+        *("mail_from", "mail_rcpt", "mail_to", "subject", "message_id", "project_id", "domain_id"),
+    ]
+)
+_QUERY_VALUES = st.one_of(
+    odd_text, extreme_times, st.integers().map(str), st.sampled_from(["9" * 5000, "-0"])
+)
+
+
+@pytest.fixture(scope="module")
+def threaded_sandbox() -> Iterator[ThreadedSandbox]:
+    """One sandbox for every generated request (each example only reads or adds emails)."""
+    with sandbox_in_thread(SandboxConfig(secret_key="s", project_id=PROJECT)) as sb:
+        yield sb
+
+
+def _call(url: str, *, data: bytes | None = None) -> int:
+    request = urllib.request.Request(url, data=data, headers={"X-Auth-Token": "s"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(_QUERY_NAMES, _QUERY_VALUES), max_size=4))
+@example([("since", "9999-12-31T23:59:59-14:00")])
+@example([("page", "9" * 5000), ("page_size", "\u0661")])
+def test_list_and_statistics_answer_junk_queries_with_200_or_400(
+    threaded_sandbox: ThreadedSandbox, params: list[tuple[str, str]]
+) -> None:
+    """Any query string on GET /emails and /statistics is answered 200 or 400, never 500."""
+    query = urllib.parse.urlencode(params)
+    for path in ("/emails", "/statistics"):
+        assert _call(f"{threaded_sandbox.url}{_PREFIX}{path}?{query}") in (200, 400), (path, params)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.one_of(
+        st.builds(to_wire, json_values),
+        st.binary(max_size=40),
+        st.builds(lambda d: to_wire({**VALID, **d}), st.dictionaries(_FIELDS, json_values, max_size=3)),
+    )
+)
+@example(to_wire({**VALID, "send_before": "9999-12-31T23:59:59-14:00"}))
+@example(to_wire({**VALID, "subject": "Hello G\x00"}))
+def test_send_answers_junk_bodies_with_200_or_400(threaded_sandbox: ThreadedSandbox, body: bytes) -> None:
+    """Any POST /emails body is answered 200 or 400, never 500."""
+    assert _call(f"{threaded_sandbox.url}{_PREFIX}/emails", data=body) in (200, 400), body[:80]
