@@ -39,7 +39,7 @@ from bulksend.errors import BulksendError, CampaignError
 from bulksend.jobs import JobError, SendJob, parse_job
 from bulksend.metrics import Metrics
 from bulksend.pipeline.dispatch import SendItem
-from bulksend.render import Rejection, Renderer
+from bulksend.render import Rejection, Renderer, RenderPacer
 from bulksend.sources.base import Delivery, JobSource
 from bulksend.store.base import AdmitResult, NewRecipient, RecipientRow, RowState, Store
 from bulksend.tem.models import format_rfc3339
@@ -207,8 +207,12 @@ class JobIntake:
         """Admit one received batch; shielded so a stop cannot cut between commit and ack."""
         name = self.source.name
         accepted: list[_Accepted] = []
+        pacer = RenderPacer()
         with anyio.CancelScope(shield=True):
             for delivery in deliveries:
+                if pacer.due():
+                    # Slow templates: let health checks and signals run between renders.
+                    await anyio.lowlevel.checkpoint()
                 try:
                     prepared = self._prepare(delivery)
                 except Exception as exc:  # whatever this one message does, it is its own fault
