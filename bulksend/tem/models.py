@@ -173,9 +173,10 @@ def format_rfc3339(value: datetime) -> str:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     value = value.astimezone(UTC)
-    if value.microsecond:
-        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Not strftime: its %Y drops the leading zeros of years before 1000 ("999-01-01…").
+    v = value
+    text = f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}"
+    return f"{text}.{value.microsecond:06d}Z" if value.microsecond else f"{text}Z"
 
 
 def _opt_time(data: Mapping[str, Any], key: str) -> datetime | None:
