@@ -395,3 +395,25 @@ def test_junk_never_stops_a_running_daemon_and_lands_in_the_dead_letter_stream(
         assert dead_by_body.get(body) == reason, body[:80]
     assert all(reason for _, reason in dead)
     assert all(live_daemon.health().values())
+
+
+async def test_dead_letter_reason_reaches_the_log_without_control_characters(
+    tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A job whose unknown field name holds terminal escapes is dead-lettered, and neither the log
+    line nor the dead letter's reason carries the escape sequence (no terminal injection)."""
+    daemon, source, _ = make_daemon(tmp_path, sandbox)
+    assert isinstance(source, RecordingSource)
+    evil = orjson.dumps({**VALID_JOB, "\x1b[2J\x1b]0;owned\x07": 1})
+    source.publish(evil)
+    with anyio.fail_after(20):
+        async with running(daemon):
+            await source.wait_settled(1)
+    [letter] = source.queue.dead_letters
+    assert "unknown field" in letter.reason
+    out = capsys.readouterr().out
+    assert "job.dead_lettered" in out
+    for text in (out, letter.reason):
+        assert "\x1b[2J" not in text
+        assert "\x1b]0;" not in text
+        assert "\x07" not in text
