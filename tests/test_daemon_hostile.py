@@ -108,6 +108,7 @@ async def test_message_whose_admission_raises_is_dead_lettered_alone(
         async with running(daemon):
             await source.wait_settled(5)
             await results.wait_for_keys(good)
+    assert source.batch_sizes[0] == 5  # the poison came in one batch with the good jobs
     assert [d.body for d in source.queue.dead_letters] == [poison]
     reason = source.queue.dead_letters[0].reason
     assert "could not be stored (TypeError: unsupported row (simulated store bug))" in reason
