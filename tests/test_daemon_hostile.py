@@ -28,7 +28,7 @@ from bulksend.metrics import Metrics
 from bulksend.pipeline.dispatch import SendItem
 from bulksend.render import Rejection, RenderedEmail, Renderer
 from bulksend.sandbox import Sandbox, SandboxConfig
-from bulksend.sources.base import MemorySource, clean_reason
+from bulksend.sources.base import Delivery, MemorySource, clean_reason
 from bulksend.store.base import AdmitResult, NewRecipient, RecipientRow, RowState
 from bulksend.store.memory import MemoryStore
 from tests.conftest import PROJECT, SECRET, settings_for
@@ -37,6 +37,7 @@ from tests.test_daemon import (
     WELCOME,
     DaemonWatch,
     ObservedStore,
+    RecordingDelivery,
     RecordingSource,
     job,
     make_daemon,
@@ -418,3 +419,44 @@ async def test_dead_letter_reason_reaches_the_log_without_control_characters(
         assert "\x1b[2J" not in text
         assert "\x1b]0;" not in text
         assert "\x07" not in text
+
+
+class _UnreleasableDelivery(RecordingDelivery):
+    """A delivery whose release fails with an error its broker client did not wrap."""
+
+    def __init__(self, inner: Delivery, owner: UnreleasableSource) -> None:
+        super().__init__(inner, owner)
+        self._source = owner
+
+    async def release(self) -> None:
+        self._source.release_tried.set()
+        raise RuntimeError("channel is closed (simulated client bug)")
+
+
+class UnreleasableSource(RecordingSource):
+    """A real memory source whose deliveries cannot be released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release_tried = anyio.Event()
+
+    async def receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
+        got = await MemorySource.receive(self, max_messages, timeout_s)
+        return [_UnreleasableDelivery(d, self) for d in got]
+
+
+async def test_failed_release_after_an_outage_does_not_stop_the_intake(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """When a store outage makes the intake give a batch back and the release itself fails with an
+    unexpected error, the intake goes on: the next job is admitted and sent."""
+    store = FlakyStore(tmp_path / "state" / "bulksend.db", failures=1)
+    source = UnreleasableSource()
+    daemon, _, results = make_daemon(tmp_path, sandbox, source=source, store=store)
+    source.publish(job("held-1", "held@example.com"))
+    with anyio.fail_after(20):
+        async with running(daemon):
+            await source.release_tried.wait()
+            source.publish(job("next-1", "next@example.com"))
+            await results.wait_for_keys({"next-1"})
+            assert all((await daemon.health()).values())

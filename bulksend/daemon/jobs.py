@@ -23,7 +23,6 @@ No message can stop the intake. The line between "the message's fault" and "not"
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -199,9 +198,11 @@ class JobIntake:
             for delivery in deliveries:
                 if delivery.settled is None:
                     # A failed release is no loss: the broker redelivers it anyway (closed
-                    # consumer, ack timeout).
-                    with contextlib.suppress(BulksendError):
+                    # consumer, ack timeout). Whatever it raised must not end the intake.
+                    try:
                         await delivery.release()
+                    except Exception as exc:
+                        log.warning("job.release_failed", source=self.source.name, error=repr(exc))
 
     async def handle(self, deliveries: Sequence[Delivery]) -> None:
         """Admit one received batch; shielded so a stop cannot cut between commit and ack."""
