@@ -39,6 +39,7 @@ from tests.test_daemon import (
     ObservedStore,
     RecordingDelivery,
     RecordingSource,
+    check_sandbox_once,
     job,
     make_daemon,
     running,
@@ -460,3 +461,33 @@ async def test_failed_release_after_an_outage_does_not_stop_the_intake(
             source.publish(job("next-1", "next@example.com"))
             await results.wait_for_keys({"next-1"})
             assert all((await daemon.health()).values())
+
+
+class _UnackableDelivery(RecordingDelivery):
+    """A delivery whose ack fails with an error its broker client did not wrap."""
+
+    async def ack(self) -> None:
+        raise RuntimeError("connection reset during ack (simulated client bug)")
+
+
+class UnackableSource(RecordingSource):
+    """A real memory source whose deliveries cannot be acknowledged."""
+
+    async def receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
+        got = await MemorySource.receive(self, max_messages, timeout_s)
+        return [_UnackableDelivery(d, self) for d in got]
+
+
+async def test_failed_ack_still_sends_the_admitted_jobs(tmp_path: Path, sandbox: Sandbox) -> None:
+    """An ack that fails with an unexpected error loses nothing: the admitted jobs of the batch are
+    sent and their results published, and the daemon stays healthy."""
+    source = UnackableSource()
+    daemon, _, results = make_daemon(tmp_path, sandbox, source=source)
+    keys = {"unacked-1", "unacked-2"}
+    for key in sorted(keys):
+        source.publish(job(key, f"{key}@example.com"))
+    with anyio.fail_after(20):
+        async with running(daemon):
+            await results.wait_for_keys(keys)
+            assert all((await daemon.health()).values())
+    check_sandbox_once(sandbox, {f"{key}@example.com" for key in keys})

@@ -235,10 +235,13 @@ class JobIntake:
                 fresh = res.state is RowState.PENDING and not self._is_queued(res.id)
                 try:
                     await delivery.ack()
-                except BulksendError as exc:
+                except Exception as exc:
                     # The row is durable, so it is sent all the same; the broker redelivers the
-                    # message and that copy is acked as a duplicate.
-                    log.warning("job.ack_failed", source=name, message_id=delivery.message_id, error=str(exc))
+                    # message and that copy is acked as a duplicate. Any error: one the broker
+                    # client did not wrap must not drop the batch's rows, admitted already.
+                    log.warning(
+                        "job.ack_failed", source=name, message_id=delivery.message_id, error=repr(exc)
+                    )
                 self._metrics.job(name, "admitted" if fresh else "duplicate")
                 if fresh:
                     self._on_queued(res.id)
