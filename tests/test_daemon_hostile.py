@@ -491,3 +491,34 @@ async def test_failed_ack_still_sends_the_admitted_jobs(tmp_path: Path, sandbox:
             await results.wait_for_keys(keys)
             assert all((await daemon.health()).values())
     check_sandbox_once(sandbox, {f"{key}@example.com" for key in keys})
+
+
+class _UndeadletterableDelivery(RecordingDelivery):
+    """A delivery whose dead-lettering fails with an error its broker client did not wrap."""
+
+    async def dead_letter(self, reason: str) -> None:
+        raise RuntimeError("dead-letter exchange vanished (simulated client bug)")
+
+
+class UndeadletterableSource(RecordingSource):
+    """A real memory source whose deliveries cannot be dead-lettered."""
+
+    async def receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
+        got = await MemorySource.receive(self, max_messages, timeout_s)
+        return [_UndeadletterableDelivery(d, self) for d in got]
+
+
+async def test_failed_dead_letter_does_not_hold_up_the_rest_of_the_batch(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """A bad message whose dead-lettering fails with an unexpected error is left for the broker to
+    redeliver; the good job in the same batch is admitted and sent all the same."""
+    source = UndeadletterableSource()
+    daemon, _, results = make_daemon(tmp_path, sandbox, source=source)
+    source.publish(b"not a job")
+    source.publish(job("after-bad-1", "after@example.com"))
+    with anyio.fail_after(20):
+        async with running(daemon):
+            await results.wait_for_keys({"after-bad-1"})
+            assert all((await daemon.health()).values())
+    assert source.queue.dead_letters == []  # never written: the broker keeps the message

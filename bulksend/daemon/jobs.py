@@ -351,9 +351,10 @@ class JobIntake:
     async def _dead_letter(self, delivery: Delivery, reason: str, kind: str) -> None:
         try:
             await delivery.dead_letter(reason)
-        except BulksendError as exc:
-            # The broker redelivers it; it will be dead-lettered again then.
-            log.warning("job.dead_letter_failed", source=self.source.name, error=str(exc))
+        except Exception as exc:
+            # The broker redelivers it; it will be dead-lettered again then. Any error: the rest
+            # of the batch must still be admitted.
+            log.warning("job.dead_letter_failed", source=self.source.name, error=repr(exc))
             return
         self._metrics.job(self.source.name, "dead_lettered")
         self._metrics.dead_letter(self.source.name, kind)
