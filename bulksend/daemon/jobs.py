@@ -171,8 +171,8 @@ class JobIntake:
                         deliveries = await self.source.receive(self._batch, self._timeout_s)
                         if deliveries:
                             await self.handle(deliveries)
-                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                        raise  # the workers are gone: the daemon is stopping
+                    except anyio.BrokenResourceError:
+                        raise  # the send workers are gone: the daemon is stopping
                     except Exception as exc:
                         # An outage (store, broker), or a fault that no one message can be blamed
                         # for: give the batch back and retry later, rather than let the daemon die.
