@@ -44,6 +44,7 @@ from bulksend.validate import (
     check_address,
     check_attachment,
     check_header,
+    check_name,
     check_subject,
 )
 
@@ -713,8 +714,9 @@ class _Builder:
                 "campaign",
                 "from",
             )
-        if "\r" in name or "\n" in name:
-            self.fail("campaign.from.name contains a line break; remove it", "campaign", "from", "name")
+        reason = check_name(name, "campaign.from.name")
+        if reason:
+            self.fail(reason, "campaign", "from", "name")
         return Address(email=email.strip(), name=name or None)
 
     def body(self, c: Mapping[str, Any], kind: str, *, html: bool) -> str:
@@ -968,7 +970,12 @@ class _Builder:
         if isinstance(value, datetime):
             if value.tzinfo is None:
                 self.fail(f"campaign.send_before has no time zone; {fix}", "campaign", "send_before")
-            return parse_rfc3339(value)
+            try:
+                return parse_rfc3339(value)
+            except ValueError as exc:
+                self.fail(
+                    f"campaign.send_before is not a usable time ({exc}); {fix}", "campaign", "send_before"
+                )
         if isinstance(value, date | time):
             self.fail(f"campaign.send_before must be a date and time; {fix}", "campaign", "send_before")
         if not isinstance(value, str):
@@ -976,8 +983,10 @@ class _Builder:
         text = value.strip()
         try:
             parsed = parse_rfc3339(text)
-        except ValueError:
-            parsed = None
+        except ValueError as exc:
+            self.fail(
+                f"campaign.send_before {value!r} is not a time ({exc}); {fix}", "campaign", "send_before"
+            )
         if parsed is None:
             self.fail(f"campaign.send_before {value!r} is not a time; {fix}", "campaign", "send_before")
         if not _OFFSET_RE.search(text):

@@ -9,20 +9,12 @@ A job asks for one templated email to one recipient::
      "results": true}
 
 :func:`parse_job` turns a message body into a :class:`SendJob` or raises :class:`JobError` whose
-``reason`` says what to fix. The rules (also in ``docs/message-format.md`` and, as JSON Schema,
-``docs/job.schema.json``; a test keeps the three in step):
-
-- the body is UTF-8 JSON, at most :data:`MAX_JOB_BYTES` bytes, holding one object;
-- ``version`` is checked first and must be ``1``: a newer producer gets "unsupported version"
-  rather than a confusing complaint about a field this version does not know;
-- ``template`` and ``idempotency_key`` are strings of 1..200 characters;
-- ``recipient`` is an object with a non-empty string ``email`` and an optional ``name``;
-- ``variables`` (optional) is an object; its values are any JSON;
-- ``send_before`` (optional) is an RFC 3339 time *with* an offset (``Z`` or ``±hh:mm``);
-- ``results`` (optional) is a boolean: publish the final outcome or not (absent: daemon default);
-- optional fields may also be ``null``, which means the same as leaving them out;
-- unknown fields are refused, at the top level and inside ``recipient``: a typo such as
-  ``"send_befor"`` must not silently drop a deadline.
+``reason`` says what to fix. The rules are in ``docs/message-format.md`` and, as JSON Schema, in
+``docs/job.schema.json`` (a test keeps the schema and the parser in step). In short: UTF-8 JSON
+of at most :data:`MAX_JOB_BYTES` bytes, one object; ``version`` checked first; unknown fields
+refused (a typo must not silently drop a deadline); ``null`` means "not given"; no control
+characters in identifiers and names; variables at most :data:`MAX_VARIABLE_DEPTH` deep and
+without NUL; ``send_before`` a real RFC 3339 time with an offset, within years 1..9999 in UTC.
 
 Whether the template exists, whether the address is deliverable and whether ``send_before`` is
 already past are the daemon's checks, not the format's: they depend on its state and clock.
@@ -40,12 +32,14 @@ from typing import Any, Final, Literal
 import orjson
 
 from bulksend.errors import BulksendError
+from bulksend.validate import check_name
 
 __all__ = [
     "JOB_VERSION",
     "MAX_JOB_BYTES",
     "MAX_KEY_CHARS",
     "MAX_TEMPLATE_CHARS",
+    "MAX_VARIABLE_DEPTH",
     "JobError",
     "JobErrorKind",
     "SendJob",
@@ -60,6 +54,13 @@ MAX_JOB_BYTES: Final = 1 << 20
 
 MAX_TEMPLATE_CHARS: Final = 200
 MAX_KEY_CHARS: Final = 200
+MAX_VARIABLE_DEPTH: Final = 32
+"""Deepest nesting of ``variables`` (the object itself is level 1). orjson cannot write JSON
+deeper than 254 levels, and no template needs more than a few."""
+
+# In identifiers (template names, idempotency keys): no control character at all, TAB included,
+# nor the Unicode line and paragraph separators. They end up in logs, headers and SQL text.
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 _TOP_FIELDS: Final = (
     "version",
@@ -186,6 +187,8 @@ def parse_job(body: bytes) -> SendJob:
             kind="invalid_field",
             field="recipient.name",
         )
+    if name is not None and (problem := check_name(name, "recipient.name")) is not None:
+        raise JobError(problem, kind="invalid_field", field="recipient.name")
 
     variables = doc.get("variables")
     if variables is None:
@@ -196,6 +199,7 @@ def parse_job(body: bytes) -> SendJob:
             kind="invalid_field",
             field="variables",
         )
+    _check_variables(variables)
 
     want_result = doc.get("results")
     if want_result is not None and not isinstance(want_result, bool):
@@ -271,7 +275,50 @@ def _bounded_str(doc: Mapping[str, Any], name: str, max_chars: int) -> str:
             kind="invalid_field",
             field=name,
         )
+    m = _CONTROL.search(value)
+    if m is not None:
+        raise JobError(
+            f"{name} contains the control character U+{ord(m.group()):04X} at position {m.start() + 1}; "
+            "use printable characters only",
+            kind="invalid_field",
+            field=name,
+        )
     return value
+
+
+def _check_variables(variables: dict[str, Any]) -> None:
+    """Refuse nesting deeper than MAX_VARIABLE_DEPTH and NUL characters (iteratively: no recursion)."""
+    stack: list[tuple[Any, str, int]] = [(variables, "variables", 1)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise JobError(
+                    f"{path} contains a NUL character (U+0000), which cannot be stored; remove it",
+                    kind="invalid_field",
+                    field="variables",
+                )
+            continue
+        if not isinstance(value, dict | list):
+            continue
+        if depth > MAX_VARIABLE_DEPTH:
+            raise JobError(
+                f"variables are nested more than {MAX_VARIABLE_DEPTH} levels deep (at {path[:200]}); "
+                "flatten them",
+                kind="invalid_field",
+                field="variables",
+            )
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if "\x00" in key:
+                    raise JobError(
+                        f"{path} has a key with a NUL character (U+0000), which cannot be stored; rename it",
+                        kind="invalid_field",
+                        field="variables",
+                    )
+                stack.append((item, f"{path}.{key[:40]}", depth + 1))
+        else:
+            stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value))
 
 
 def _send_before(value: Any) -> datetime | None:
@@ -297,7 +344,15 @@ def _send_before(value: Any) -> datetime | None:
         raise JobError(
             f"send_before {value!r} is not a real time: {exc}", kind="invalid_field", field="send_before"
         ) from None
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        # Years 1..9999 are all a datetime holds: 9999-12-31T23:59:59-14:00 is past that in UTC.
+        raise JobError(
+            f"send_before {value!r} is out of range: in UTC it falls outside years 1 to 9999",
+            kind="invalid_field",
+            field="send_before",
+        ) from None
 
 
 def _json_type(value: Any) -> str:

@@ -62,7 +62,17 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info", *, stream: A
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=getattr(stream, "isatty", lambda: False)())
+        colors = bool(getattr(stream, "isatty", lambda: False)())
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=colors,
+            # Rich shows every frame's local variables by default: a header dict or a revealed
+            # key in one would print the secret, past the redaction of the event's own values.
+            exception_formatter=(
+                structlog.dev.RichTracebackFormatter(show_locals=False)
+                if colors
+                else structlog.dev.plain_traceback
+            ),
+        )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

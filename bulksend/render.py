@@ -39,6 +39,7 @@ from bulksend.validate import (
     check_address,
     check_attachment,
     check_header,
+    check_name,
     check_subject,
 )
 
@@ -324,8 +325,9 @@ class Renderer:
         if reason:
             return Rejection(f"invalid recipient address: {reason}")
         name = name.strip() if name else ""
-        if "\r" in name or "\n" in name:
-            return Rejection("the recipient name contains a line break; remove it")
+        reason = check_name(name)
+        if reason:
+            return Rejection(reason)
         reason = check_header(CORRELATION_HEADER, correlation)
         if reason:
             return Rejection(f"invalid correlation reference: {reason}")

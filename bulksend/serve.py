@@ -46,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
             project_id=api.get("project_id"),
             region=api.get("region"),
             profile=api.get("profile"),
+            overrides={
+                key: f"set {key} in [api] of {args.config}" for key in ("project_id", "region", "api_url")
+            },
         )
         register_secret(settings.secret_key.reveal())
         if config.admin.token is not None:

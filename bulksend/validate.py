@@ -18,7 +18,9 @@ __all__ = [
     "check_address",
     "check_attachment",
     "check_header",
+    "check_name",
     "check_subject",
+    "forbidden_character",
     "normalize_address",
 ]
 
@@ -96,6 +98,38 @@ _LABEL = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
 _ADDRESS = re.compile(rf"({_LOCAL})@({_LABEL}(?:\.{_LABEL})+)")
 
 
+# Refused in every text that ends up in a mail header (subject, header values, display names):
+# the C0 controls but TAB (RFC 5322 folding white space), DEL, the C1 controls (NEL among them)
+# and the Unicode line and paragraph separators, which some clients treat as line breaks.
+# Format characters (joiners, direction marks) stay allowed: emoji sequences and right-to-left
+# scripts need them.
+_FORBIDDEN_CHAR = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_CHAR_NAMES = {
+    0x00: "NUL",
+    0x0B: "vertical tab",
+    0x0C: "form feed",
+    0x1B: "ESC",
+    0x7F: "DEL",
+    0x85: "next line (NEL)",
+    0x2028: "line separator",
+    0x2029: "paragraph separator",
+}
+
+
+def forbidden_character(text: str) -> str | None:
+    """The first character of ``text`` that may not appear in a header, described (or None)."""
+    # isprintable() is one fast pass that is true for nearly every real text: no control and no
+    # separator other than the ASCII space at all. Only the rest needs the search.
+    if text.isprintable():
+        return None
+    m = _FORBIDDEN_CHAR.search(text)
+    if m is None:
+        return None
+    code = ord(m.group())
+    name = _CHAR_NAMES.get(code, "control character")
+    return f"{name} U+{code:04X} at position {m.start() + 1}"
+
+
 def normalize_address(address: str) -> str:
     """The dedupe key of an address: trimmed and lower-cased."""
     return address.strip().lower()
@@ -144,23 +178,53 @@ def check_subject(subject: str) -> str | None:
     """Why ``subject`` is refused by TEM, or None."""
     if not subject:
         return "the subject is empty"
-    if "\r" in subject or "\n" in subject:
+    printable = subject.isprintable()  # the common case: none of the checks below can fail
+    if not printable and ("\r" in subject or "\n" in subject):
         return "the subject contains a line break"
     if len(subject) > MAX_SUBJECT_CHARS:
         return f"the subject is {len(subject)} characters long; TEM allows at most {MAX_SUBJECT_CHARS}"
+    bad = None if printable else forbidden_character(subject)
+    if bad is not None:
+        return f"the subject contains a {bad}; remove it"
+    return None
+
+
+def check_name(name: str, what: str = "the recipient name") -> str | None:
+    """Why a display name (a recipient's or the sender's) is refused, or None. Empty is fine."""
+    if name.isprintable():
+        return None
+    if "\r" in name or "\n" in name:
+        return f"{what} contains a line break; remove it"
+    bad = forbidden_character(name)
+    if bad is not None:
+        return f"{what} contains a {bad}; remove it"
     return None
 
 
 def check_header(key: str, value: str) -> str | None:
-    """Why a header is refused, or None. CR/LF in either part would allow header injection."""
+    """Why a header is refused, or None. CR/LF in either part would allow header injection.
+
+    The name must be an RFC 5322 field name; the value may hold TAB (folding white space) but no
+    other control character.
+    """
     if not key or not key.strip():
         return "a header has an empty name"
     if not value or not value.strip():
         return f"header {key!r} has an empty value"
-    if "\r" in key or "\n" in key or ":" in key or not key.isascii():
-        return f"header name {key!r} contains a line break, a colon or non-ASCII characters"
+    # RFC 5322 section 3.6.8: printable US-ASCII (33..126) except the colon. isascii() and
+    # isprintable() together leave 32..126; the space and the colon are then ruled out.
+    if not (key.isascii() and key.isprintable()) or " " in key or ":" in key:
+        return (
+            f"header name {key!r} is not a valid field name: use only printable ASCII characters "
+            "other than ':' (no spaces, line breaks, control or non-ASCII characters)"
+        )
+    if value.isprintable():
+        return None
     if "\r" in value or "\n" in value:
         return f"header {key!r} has a line break in its value (header injection is refused)"
+    bad = forbidden_character(value)
+    if bad is not None:
+        return f"header {key!r} has a {bad} in its value; remove it"
     return None
 
 
@@ -168,6 +232,9 @@ def check_attachment(name: str, mime_type: str, content_b64: str) -> str | None:
     """Why an attachment is refused by TEM, or None."""
     if not name:
         return "an attachment has no file name"
+    bad = forbidden_character(name)
+    if bad is not None:
+        return f"attachment file name {name[:60]!r} contains a {bad}; rename it"
     if mime_type.lower() not in ALLOWED_ATTACHMENT_TYPES:
         return f"attachment {name!r} has type {mime_type!r}, which TEM refuses"
     try:

@@ -106,6 +106,22 @@ def test_campaign_mistake_is_refused_with_file_and_line(
     assert "campaign.toml" in err
 
 
+@pytest.mark.parametrize("value", ['"9999-12-31T23:59:59-14:00"', "0001-01-01T00:00:00+14:00"])
+def test_send_before_out_of_range_is_a_clear_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    """A send_before outside years 1..9999 in UTC (string or TOML time) exits 1 naming it and the fix."""
+    path = write(tmp_path)
+    path.write_text(
+        path.read_text().replace("[sending]", f"send_before = {value}\n[sending]"), encoding="utf-8"
+    )
+    assert main(["send", str(path), "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert "campaign.send_before" in err
+    assert "out of range" in err
+    assert "Traceback" not in err
+
+
 def test_report_summarises_an_outcomes_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`bulksend report` counts statuses and flags from a JSONL outcomes file."""
     outcomes = tmp_path / "o.jsonl"

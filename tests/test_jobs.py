@@ -10,9 +10,11 @@ from typing import Any
 import anyio
 import orjson
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from bulksend.errors import BulksendError, ConfigError
-from bulksend.jobs import MAX_JOB_BYTES, JobError, SendJob, parse_job
+from bulksend.jobs import MAX_JOB_BYTES, MAX_VARIABLE_DEPTH, JobError, SendJob, parse_job
 from bulksend.sinks.results import MemoryResultPublisher, encode_outcome, publisher_from_config
 from bulksend.sources.base import (
     BrokerError,
@@ -25,6 +27,8 @@ from bulksend.sources.base import (
     redact_url,
     source_from_config,
 )
+from bulksend.tem.models import format_rfc3339
+from tests.strategies import deep_nesting, extreme_times, json_values, odd_text, to_wire
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "docs" / "job.schema.json"
 
@@ -43,6 +47,13 @@ def job(**changes: Any) -> bytes:
     """VALID with top-level changes (a value of ... removes the key)."""
     doc = {**VALID, **changes}
     return orjson.dumps({k: v for k, v in doc.items() if v is not ...})
+
+
+def _nested_list(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = [value]
+    return value
 
 
 def recipient(**changes: Any) -> bytes:
@@ -151,6 +162,54 @@ def test_send_before_offsets_are_normalised_to_utc() -> None:
             "is not an RFC 3339 time with an offset",
         ),
         (job(send_before="2026-02-30T00:00:00Z"), "invalid_field", "send_before", "is not a real time"),
+        (
+            job(send_before="9999-12-31T23:59:59-14:00"),
+            "invalid_field",
+            "send_before",
+            "is out of range: in UTC it falls outside years 1 to 9999",
+        ),
+        (
+            job(send_before="0001-01-01T00:00:00+14:00"),
+            "invalid_field",
+            "send_before",
+            "is out of range: in UTC it falls outside years 1 to 9999",
+        ),
+        (
+            job(idempotency_key="order-1\x00"),
+            "invalid_field",
+            "idempotency_key",
+            "idempotency_key contains the control character U+0000 at position 8",
+        ),
+        (
+            job(template="wel\ncome"),
+            "invalid_field",
+            "template",
+            "template contains the control character U+000A",
+        ),
+        (
+            recipient(name="Ann\x0bLee"),
+            "invalid_field",
+            "recipient.name",
+            "recipient.name contains a vertical tab U+000B at position 4; remove it",
+        ),
+        (
+            job(variables={"a": {"b": ["ok", "G\x00"]}}),
+            "invalid_field",
+            "variables",
+            "variables.a.b[1] contains a NUL character (U+0000), which cannot be stored",
+        ),
+        (
+            job(variables={"k\x00": 1}),
+            "invalid_field",
+            "variables",
+            "variables has a key with a NUL character (U+0000)",
+        ),
+        (
+            job(variables={"a": _nested_list(MAX_VARIABLE_DEPTH)}),
+            "invalid_field",
+            "variables",
+            f"variables are nested more than {MAX_VARIABLE_DEPTH} levels deep",
+        ),
         (job(results="yes"), "invalid_field", "results", "results must be true, false or null, got a string"),
         (
             job(send_befor="2026-12-31T00:00:00Z"),
@@ -169,6 +228,73 @@ def test_invalid_job_gives_a_precise_reason(body: bytes, kind: str, field: str |
     assert str(err) == err.reason
     assert (err.kind, err.field) == (kind, field)
     assert isinstance(err, BulksendError)
+
+
+def test_variables_at_the_depth_limit_and_tab_in_names_are_accepted() -> None:
+    """Variables nested exactly MAX_VARIABLE_DEPTH levels, and a TAB in a name, are fine."""
+    parsed = parse_job(
+        job(
+            variables={"a": _nested_list(MAX_VARIABLE_DEPTH - 2)},
+            recipient={"email": "a@b.c", "name": "A\tB"},
+        )
+    )
+    assert parsed.name == "A\tB"
+    assert orjson.dumps(parsed.to_dict())
+
+
+# -- generated junk: parse_job refuses with a JobError, never anything else --------------------
+
+_JOB_FIELDS = st.sampled_from(
+    ["version", "template", "idempotency_key", "recipient", "variables", "send_before", "results"]
+)
+
+
+def _parses_or_refuses(body: bytes) -> None:
+    """parse_job either returns a job that can be written back and sent, or raises JobError."""
+    try:
+        parsed = parse_job(body)
+    except JobError:
+        return
+    # What the daemon does with an accepted job must work too: encode it, format its deadline.
+    assert parse_job(orjson.dumps(parsed.to_dict())) == parsed
+    orjson.dumps({"vars": parsed.variables})
+    if parsed.send_before is not None:
+        format_rfc3339(parsed.send_before)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(json_values, deep_nesting))
+def test_any_json_is_parsed_or_refused(value: Any) -> None:
+    """Random JSON (huge numbers, odd unicode, deep nesting) gives a job or a JobError, nothing else."""
+    _parses_or_refuses(to_wire(value))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64))
+def test_any_bytes_are_parsed_or_refused(body: bytes) -> None:
+    """Arbitrary bytes give a JobError (or, by chance, a job), nothing else."""
+    _parses_or_refuses(body)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.dictionaries(_JOB_FIELDS, st.one_of(json_values, deep_nesting), max_size=3),
+    st.one_of(extreme_times, odd_text),
+    st.one_of(odd_text, json_values),
+    st.one_of(deep_nesting, json_values),
+)
+@example({}, "9999-12-31T23:59:59-14:00", "Ann", {})
+@example({}, "0001-01-01T00:00:00+14:00", "Ann", {})
+@example({}, "2026-12-31T00:00:00Z", "G\x00", {"v": [[[[1]]]]})
+def test_valid_job_with_hostile_fields_is_parsed_or_refused(
+    changes: dict[str, Any], send_before: str, name: Any, variables: Any
+) -> None:
+    """A valid job with fields replaced by junk, extreme times, odd names or deep variables is parsed
+    into a usable job or refused with a JobError; no other exception escapes."""
+    _parses_or_refuses(to_wire({**VALID, **changes}))
+    _parses_or_refuses(job(send_before=send_before))
+    _parses_or_refuses(to_wire({**VALID, "recipient": {"email": "a@example.com", "name": name}}))
+    _parses_or_refuses(to_wire({**VALID, "variables": {"v": variables}}))
 
 
 def test_version_is_checked_before_unknown_fields() -> None:
@@ -264,6 +390,11 @@ SCHEMA_CASES: list[Any] = [
     {**VALID, "send_before": "2026-01-01T00:00:00Z\n"},
     {**VALID, "send_before": "tomorrow"},
     {**VALID, "results": 1},
+    {**VALID, "idempotency_key": "order-1\u0000"},
+    {**VALID, "template": "wel\u2028come"},
+    {**VALID, "recipient": {"email": "a@example.com", "name": "Ann\u000bLee"}},
+    {**VALID, "recipient": {"email": "a@example.com", "name": "Ann\u0085"}},
+    {**VALID, "recipient": {"email": "a@example.com", "name": "Ann\tLee"}},
     [VALID],
     "job",
 ]

@@ -530,8 +530,8 @@ def test_body_bytes_are_those_of_the_request_encoded_as_one_object(
     (tmp_path / "own.pdf").write_bytes(b"%PDF-1.4 own")
     c = campaign(
         tmp_path,
-        subject="Hello {{ first_name }} \u2028",
-        text='Hi {{ first_name }},\n\t"quoted" \\ {{ city | upper }}\x01',
+        subject="Hello {{ first_name }}\t\u2603",
+        text='Hi {{ first_name }},\n\t"quoted" \\ {{ city | upper }}\x01\u2028',
         html="<p>{{ first_name }} & {{ city }}</p>",
         headers={"List-Unsubscribe": "<https://example.com/u/{{ id }}>", "X-Campaign": "{{ campaign }}"},
         attachments=["brochure.pdf"] if with_attachments else [],
@@ -554,8 +554,8 @@ def test_body_bytes_are_those_of_the_request_encoded_as_one_object(
             for n, data in (("brochure.pdf", b"%PDF-1.4 tiny"), ("own.pdf", b"%PDF-1.4 own"))
         ]
     request["to"] = [{"email": "ann@example.org", "name": name} if name else {"email": "ann@example.org"}]
-    request["subject"] = 'Hello Zoë <"x"> \u2028'
-    request["text"] = 'Hi Zoë <"x">,\n\t"quoted" \\ PA\'RIS\x01'
+    request["subject"] = 'Hello Zoë <"x">\t\u2603'
+    request["text"] = 'Hi Zoë <"x">,\n\t"quoted" \\ PA\'RIS\x01\u2028'
     request["html"] = "<p>Zoë &lt;&#34;x&#34;&gt; & Pa&#39;ris</p>"
     request["additional_headers"] = [
         {"key": "List-Unsubscribe", "value": "<https://example.com/u/42>"},

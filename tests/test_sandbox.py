@@ -211,6 +211,19 @@ async def test_get_returns_the_email_and_unknown_ids_are_not_found(api: Api) -> 
         }
 
 
+@pytest.mark.parametrize("tail", ["-00000000001", "+00000000000", " 00000000000", "0000_0000000"])
+async def test_ids_whose_number_is_not_12_hex_digits_are_not_found(api: Api, tail: str) -> None:
+    """An id with our prefix but a sign, space or underscore in its number is unknown: it
+    never reaches another email (\"-00000000001\" used to fetch and cancel the last one)."""
+    await api.send_to("ann@example.org")
+    [last] = await api.send_to("hold-1@example.org")
+    forged = last["id"][:24] + tail
+    assert len(forged) == 36
+    assert (await api.get(forged))[0] == 404
+    assert (await api.cancel(forged))[0] == 404
+    assert (await api.email(last["id"]))["status"] == "new"  # not canceled through the forged id
+
+
 async def test_accepted_by_recipient_counts_every_email_per_lowercased_address(api: Api) -> None:
     """Sending twice to the same address (in any case) counts 2 for its lower-cased form."""
     await api.send_to("Ann@Example.org")
@@ -316,6 +329,18 @@ def _too_long_body() -> bytes:
         ("attachments", {"attachments": [{"name": "a.txt", "type": "text/plain", "content": "not base64!"}]}),
         ("project_id", {"project_id": "my-project"}),
         ("send_before", {"send_before": "tomorrow"}),
+        # Past the end (or before the start) of years 1..9999 once in UTC.
+        ("send_before", {"send_before": "9999-12-31T23:59:59-14:00"}),
+        ("send_before", {"send_before": "0001-01-01T00:00:00+14:00"}),
+        # Control characters, like TEM.
+        ("subject", {"subject": "Hello G\x00"}),
+        ("subject", {"subject": "Hello\x0bG"}),
+        ("subject", {"subject": "Hello\u2028G"}),
+        ("additional_headers", {"additional_headers": [{"key": "X B", "value": "v"}]}),
+        ("additional_headers", {"additional_headers": [{"key": "X-Tag", "value": "a\x0cb"}]}),
+        ("from", {"from": {"email": "news@example.com", "name": "News\x85"}}),
+        ("to", {"to": [{"email": "ann@example.org", "name": "Ann\x00"}]}),
+        ("cc", {"cc": [{"email": "cc@example.org", "name": "C\u2029C"}]}),
     ],
 )
 async def test_each_validation_rule_answers_400_naming_the_field(
@@ -649,6 +674,26 @@ async def test_list_since_until_window_is_inclusive_on_creation_time(
     ]
 
 
+@pytest.mark.parametrize("value", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"])
+@pytest.mark.parametrize("name", ["since", "until"])
+async def test_since_or_until_out_of_range_answers_400_naming_it(api: Api, name: str, value: str) -> None:
+    """A since/until outside years 1..9999 in UTC answers 400 naming it, on the list and statistics."""
+    for call in (api.list_emails, api.statistics):
+        status, data = await call([(name, value)])
+        assert status == 400, data
+        assert [d["argument_name"] for d in data["details"]] == [name]
+        assert "out of range" in data["details"][0]["help_message"]
+
+
+@pytest.mark.parametrize("value", ["1_0", " 7 ", "\u0661\u0662", "1e3", "99999999999", "-1"])
+async def test_page_and_page_size_take_only_plain_whole_numbers(api: Api, value: str) -> None:
+    """page and page_size are plain ASCII whole numbers within uint32, like TEM's; others answer 400."""
+    for name in ("page", "page_size"):
+        status, data = await api.list_emails([(name, value)])
+        assert status == 400, (name, value, data)
+        assert [d["argument_name"] for d in data["details"]] == [name]
+
+
 @pytest.mark.parametrize(
     ("order_by", "key", "reverse"),
     [
@@ -884,6 +929,34 @@ async def test_inspection_config_patch_changes_settings_live(api: Api, sandbox: 
             assert r.status == 400
     async with api.session.get(url) as r:
         assert SECRET not in await r.text()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"secret_key": 5},
+        {"project_id": None},
+        {"latency_ms": 1e308},
+        {"latency_ms": "x"},
+        {"sending_after_s": 1e308},
+        {"hold_s": True},
+        {"allowed_from_domains": [1, None]},
+        {"allowed_from_domains": "example.com"},
+        {"seed": 1.5},
+    ],
+)
+async def test_inspection_config_patch_refuses_wrong_types_and_huge_values(
+    api: Api, sandbox: Sandbox, bad: dict[str, Any]
+) -> None:
+    """A PATCH with a wrong type or an unbounded value answers 400 naming the setting and changes
+    nothing: the sandbox keeps answering sends (it used to answer 500, or hang on a huge latency)."""
+    before = sandbox.config
+    async with api.session.patch(api.sandbox.url + "/_sandbox/config", json=bad) as r:
+        assert r.status == 400
+        assert next(iter(bad)) in (await r.json())["message"]
+    assert sandbox.config == before
+    status, _ = await api.send(message("ann@example.org"))
+    assert status == 200
 
 
 def test_config_validation_and_repr_hide_the_secret() -> None:

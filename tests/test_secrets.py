@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import pickle
+import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator, MutableMapping
@@ -15,6 +17,7 @@ import pytest
 import structlog
 
 from bulksend.errors import BulksendError, ConfigError, TemError
+from bulksend.log import configure_logging
 from bulksend.secret import Secret
 from bulksend.tem import TemClient, TemSettings
 from tests.test_tem_errors import (
@@ -227,3 +230,35 @@ def test_secret_wrapper_masks_every_rendering() -> None:
     assert pickle.loads(pickle.dumps(secret)).reveal() == SECRET
     with pytest.raises(TypeError):
         Secret(123)  # type: ignore[arg-type]
+
+
+class _Terminal(io.StringIO):
+    """A stream that says it is a terminal (so console logs use colours and Rich tracebacks)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("fmt", "stream_type"), [("console", io.StringIO), ("console", _Terminal), ("json", io.StringIO)]
+)
+def test_logged_tracebacks_never_show_the_secret_held_in_a_local(
+    fmt: str, stream_type: type[io.StringIO]
+) -> None:
+    """A traceback logged with log.exception (console, on a terminal or not, or JSON) shows no
+    frame's local variables, so a secret key held in one (a header dict) stays out of the log."""
+    stream = stream_type()
+    configure_logging(fmt, "info", stream=stream)  # type: ignore[arg-type]
+
+    def call_tem() -> None:
+        headers = {"X-Auth-Token": SECRET}  # what a client frame holds
+        raise RuntimeError(f"request failed with {len(headers)} header")
+
+    try:
+        call_tem()
+    except RuntimeError:
+        structlog.get_logger("test").exception("test.failed")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", stream.getvalue())
+    assert "RuntimeError" in text
+    assert "call_tem" in text  # a traceback was logged
+    assert_no_secret(text)

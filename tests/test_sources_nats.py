@@ -288,3 +288,20 @@ async def test_result_publisher_without_stream_reaches_subscribers(names: dict[s
         assert orjson.loads(msg.data) == {"status": "failed", "flags": ["hard_bounce"]}
     finally:
         await listener.close()
+
+
+@pytest.mark.parametrize("status", ["503", "100", "404", "409"])
+async def test_job_with_a_status_header_is_a_job_not_a_server_status(
+    make_source: SourceFactory, admin: JetStreamContext, names: dict[str, str], status: str
+) -> None:
+    """A producer's own "Status" header does not make a stored job look like JetStream's pull
+    status: the job and the one after it are handed out (it used to be skipped for ever, or to
+    fail the whole pull)."""
+    source = await make_source()
+    await admin.publish(names["subject"], b'{"n": 0}', headers={"Status": status, "Description": "mine"})
+    await admin.publish(names["subject"], b'{"n": 1}')
+    got = await source.receive(10, timeout_s=5)
+    assert [orjson.loads(d.body)["n"] for d in got] == [0, 1]
+    for d in got:
+        await d.ack()
+    assert await source.lag() == 0

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 from pathlib import Path
 
 import pytest
 
+from bulksend import send
 from bulksend.errors import ConfigError
 from bulksend.secret import Secret
 from bulksend.tem import TemSettings
@@ -137,7 +140,7 @@ def test_missing_required_value_names_the_variable(
     with pytest.raises(ConfigError) as info:
         TemSettings.load(env=env)
     message = str(info.value)
-    assert f"set {variable} or pass --" in message
+    assert f"set {variable}" in message
     assert "none.yaml" in message
 
 
@@ -209,3 +212,44 @@ def test_settings_repr_hides_the_secret(config_file: Path) -> None:
         assert "work-secret" not in text
         assert "Secret('****')" in text
         assert P_PROFILE in text
+
+
+def _config_errors(tmp_path: Path, **load: object) -> list[str]:
+    """The message of every ConfigError TemSettings.load gives for a missing or invalid setting."""
+    base = {"SCW_CONFIG_PATH": str(tmp_path / "none.yaml")}
+    ok = {**base, "SCW_SECRET_KEY": "k", "SCW_DEFAULT_PROJECT_ID": P_ENV}
+    messages = []
+    for env in (
+        base,
+        {**base, "SCW_SECRET_KEY": "k"},
+        {**ok, "SCW_DEFAULT_PROJECT_ID": "my-project"},
+        {**ok, "SCW_DEFAULT_REGION": "Paris!"},
+        {**ok, "SCW_API_URL": "api.example"},
+    ):
+        with pytest.raises(ConfigError) as info:
+            TemSettings.load(env=env, **load)  # type: ignore[arg-type]
+        messages.append(str(info.value))
+    return messages
+
+
+def test_hints_name_only_options_bulksend_send_has(tmp_path: Path) -> None:
+    """Every option a settings error tells the user to pass is an option of `bulksend send`
+    (there is no --secret-key: the key comes from SCW_SECRET_KEY or the scw config file)."""
+    parser = argparse.ArgumentParser()
+    send.configure(parser)
+    options = {opt for action in parser._actions for opt in action.option_strings}
+    messages = _config_errors(tmp_path)
+    named = {opt for message in messages for opt in re.findall(r"--[a-z][a-z-]*", message)}
+    assert named, messages  # the hints do name options
+    assert named <= options, named - options
+    assert "SCW_SECRET_KEY" in messages[0]
+    assert "--secret-key" not in messages[0]
+
+
+def test_daemon_hints_name_its_config_file_not_command_line_options(tmp_path: Path) -> None:
+    """With the daemon's overrides, the hints name the [api] keys of its config file, no option."""
+    where = {key: f"set {key} in [api] of daemon.toml" for key in ("project_id", "region", "api_url")}
+    messages = _config_errors(tmp_path, overrides=where)
+    assert not any("--" in message for message in messages), messages
+    assert "set project_id in [api] of daemon.toml" in messages[1]
+    assert "set region in [api] of daemon.toml" in messages[3]

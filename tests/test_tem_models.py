@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from bulksend.tem.models import (
     Address,
@@ -88,6 +90,18 @@ FULL_EMAIL = {
     ],
     "flags": ["hard_bounce", "mailbox_not_found"],
 }
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.datetimes(timezones=st.just(UTC)))
+@example(datetime(1, 1, 1, tzinfo=UTC))
+@example(datetime(999, 12, 31, 23, 59, 59, 5, tzinfo=UTC))
+@example(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))
+def test_format_rfc3339_round_trips_every_year(value: datetime) -> None:
+    """Any time of years 1..9999 formats as RFC 3339 (four-digit year) and parses back to itself."""
+    text = format_rfc3339(value)
+    assert len(text.split("-", 1)[0]) == 4, text
+    assert parse_rfc3339(text) == value
 
 
 def test_email_from_json_reads_every_field() -> None:

@@ -5,23 +5,24 @@ job's row number is a 63-bit hash of its idempotency key, and the key is the row
 redelivered or republished job lands on the row it already has: admission is idempotent without a
 lookup and without coordination between daemons.
 
-Order for every message, and why:
+Order for every message: (1) parse and validate — anything wrong is dead-lettered with the
+reason; (2) admit the batch in one shielded commit; (3) only then acknowledge each message (a
+crash before this redelivers, and step 2 absorbs the redelivery); (4) queue the new rows for
+sending, and stop pulling while the queue is full (backpressure).
 
-1. parse and validate (format, template, address, variables) — anything wrong is dead-lettered
-   with the reason: a poison message never blocks the consumer;
-2. admit the batch into the store in one commit (shielded);
-3. only then acknowledge each message to its broker (a crash before this point redelivers, and
-   step 2 absorbs the redelivery);
-4. queue the new rows for sending; stop pulling while the queue is full (backpressure).
+No message can stop the intake. The line between "the message's fault" and "not":
 
-A broker or store failure (a pull, an admission) does not end the intake: the messages of the
-batch not yet settled are released (nothing unacknowledged is lost: they come back) and pulling
-resumes after a backoff.
+- any exception while parsing, validating or rendering one message, expected or not, is its
+  fault: it is dead-lettered with the reason (kind ``internal`` when unexpected);
+- an admission failing with a store or OS error is an outage: the batch's unsettled messages are
+  released (they come back, nothing is lost) and pulling resumes after a backoff;
+- any other admission error is retried one message at a time, and only a message whose own
+  admission still fails is dead-lettered;
+- cancellation is never caught; an unexpected error outside any one message is an outage.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,21 @@ from bulksend.store.base import AdmitResult, NewRecipient, RecipientRow, RowStat
 from bulksend.tem.models import format_rfc3339
 
 __all__ = ["JobIntake", "JobTemplate", "compile_template", "job_campaign_id", "job_row"]
+
+_OUTAGE = (BulksendError, OSError)
+"""Errors that say the store or the broker is unwell, not the message: redeliver, never dead-letter."""
+
+_Accepted = tuple[Delivery, SendJob, "JobTemplate", NewRecipient, bytes, str]
+"""A message ready for admission: (delivery, job, template, its new row, request body, subject)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """Why a message is dead-lettered, and the short ``kind`` for the metrics label."""
+
+    reason: str
+    kind: str
+
 
 log = structlog.get_logger("bulksend.jobs")
 
@@ -155,15 +171,22 @@ class JobIntake:
                         deliveries = await self.source.receive(self._batch, self._timeout_s)
                         if deliveries:
                             await self.handle(deliveries)
-                    except BulksendError as exc:
+                    except anyio.BrokenResourceError:
+                        raise  # the send workers are gone: the daemon is stopping
+                    except Exception as exc:
+                        # An outage (store, broker), or a fault that no one message can be blamed
+                        # for: give the batch back and retry later, rather than let the daemon die.
                         await self._give_back(deliveries)
-                        log.warning(
-                            "job.intake_failed",
-                            source=self.source.name,
-                            error=str(exc),
-                            given_back=sum(d.settled == "released" for d in deliveries),
-                            retry_in_s=backoff_s,
-                        )
+                        fields = {
+                            "source": self.source.name,
+                            "error": f"{type(exc).__name__}: {exc}",
+                            "given_back": sum(d.settled == "released" for d in deliveries),
+                            "retry_in_s": backoff_s,
+                        }
+                        if isinstance(exc, _OUTAGE):
+                            log.warning("job.intake_failed", **fields)
+                        else:
+                            log.exception("job.intake_failed", **fields)
                         await anyio.sleep(backoff_s)
                         backoff_s = min(backoff_s * 2, _RETRY_MAX_S)
                         continue
@@ -175,14 +198,16 @@ class JobIntake:
             for delivery in deliveries:
                 if delivery.settled is None:
                     # A failed release is no loss: the broker redelivers it anyway (closed
-                    # consumer, ack timeout).
-                    with contextlib.suppress(BulksendError):
+                    # consumer, ack timeout). Whatever it raised must not end the intake.
+                    try:
                         await delivery.release()
+                    except Exception as exc:
+                        log.warning("job.release_failed", source=self.source.name, error=repr(exc))
 
     async def handle(self, deliveries: Sequence[Delivery]) -> None:
         """Admit one received batch; shielded so a stop cannot cut between commit and ack."""
         name = self.source.name
-        accepted: list[tuple[Delivery, SendJob, JobTemplate, NewRecipient, bytes, str]] = []
+        accepted: list[_Accepted] = []
         pacer = RenderPacer()
         with anyio.CancelScope(shield=True):
             for delivery in deliveries:
@@ -190,54 +215,19 @@ class JobIntake:
                     # Slow templates: let health checks and signals run between renders.
                     await anyio.lowlevel.checkpoint()
                 try:
-                    job = parse_job(delivery.body)
-                except JobError as exc:
-                    await self._dead_letter(delivery, exc.reason, exc.kind)
-                    continue
-                template = self._templates.get(job.template)
-                if template is None:
-                    known = ", ".join(sorted(self._templates)) or "none"
-                    await self._dead_letter(
-                        delivery, f"unknown template {job.template!r} (registered: {known})", "template"
+                    prepared = self._prepare(delivery)
+                except Exception as exc:  # whatever this one message does, it is its own fault
+                    log.exception("job.handle_failed", source=name, message_id=delivery.message_id)
+                    prepared = _Refusal(
+                        f"this message could not be handled ({type(exc).__name__}: {exc}); check it "
+                        "against docs/message-format.md",
+                        "internal",
                     )
-                    continue
-                row = job_row(job.idempotency_key)
-                correlation = f"{template.campaign.id}/{row}"
-                rendered = template.renderer.render(
-                    job.email, job.name or "", job.variables, correlation=correlation
-                )
-                if isinstance(rendered, Rejection):
-                    await self._dead_letter(delivery, rendered.reason, "render")
-                    continue
-                body = rendered.body
-                if job.send_before is not None:
-                    request = orjson.loads(body)
-                    request["send_before"] = format_rfc3339(job.send_before)
-                    body = orjson.dumps(request)
-                payload = {
-                    "vars": job.variables,
-                    "idempotency_key": job.idempotency_key,
-                    "template": job.template,
-                    "want_result": job.want_result,
-                    "source": name,
-                    "send_before": format_rfc3339(job.send_before) if job.send_before else None,
-                }
-                new = NewRecipient(
-                    row, job.email, job.name or "", job.idempotency_key, RowState.PENDING, payload=payload
-                )
-                accepted.append((delivery, job, template, new, body, rendered.subject))
-            by_campaign: dict[str, list[NewRecipient]] = {}
-            for _, _, template, new, _, _ in accepted:
-                by_campaign.setdefault(template.campaign.id, []).append(new)
-            results: dict[tuple[str, int], Any] = {}
-            for campaign_id, rows in by_campaign.items():
-                await self._ensure_campaign(self._templates[rows[0].payload["template"]])
-                admitted = {res.row: res for res in await self._store.admit(campaign_id, rows)}
-                for row_number, res in admitted.items():
-                    results[(campaign_id, row_number)] = res
-                if self._after_admit is not None:
-                    # Still before any ack: what the hook records is durable with the rows.
-                    await self._after_admit(campaign_id, [(new, admitted[new.row]) for new in rows])
+                if isinstance(prepared, _Refusal):
+                    await self._dead_letter(delivery, prepared.reason, prepared.kind)
+                else:
+                    accepted.append(prepared)
+            accepted, results = await self._admit_isolated(accepted)
             # Durable now: acknowledge (a crash before this line means a redelivery, absorbed above).
             items: list[SendItem] = []
             for delivery, job, template, new, body, subject in accepted:
@@ -245,10 +235,13 @@ class JobIntake:
                 fresh = res.state is RowState.PENDING and not self._is_queued(res.id)
                 try:
                     await delivery.ack()
-                except BulksendError as exc:
+                except Exception as exc:
                     # The row is durable, so it is sent all the same; the broker redelivers the
-                    # message and that copy is acked as a duplicate.
-                    log.warning("job.ack_failed", source=name, message_id=delivery.message_id, error=str(exc))
+                    # message and that copy is acked as a duplicate. Any error: one the broker
+                    # client did not wrap must not drop the batch's rows, admitted already.
+                    log.warning(
+                        "job.ack_failed", source=name, message_id=delivery.message_id, error=repr(exc)
+                    )
                 self._metrics.job(name, "admitted" if fresh else "duplicate")
                 if fresh:
                     self._on_queued(res.id)
@@ -274,12 +267,94 @@ class JobIntake:
         for item in items:
             await self._dispatch.send(item)
 
+    def _prepare(self, delivery: Delivery) -> _Accepted | _Refusal:
+        """Parse, check and render one message (no I/O): what to admit, or why not."""
+        try:
+            job = parse_job(delivery.body)
+        except JobError as exc:
+            return _Refusal(exc.reason, exc.kind)
+        template = self._templates.get(job.template)
+        if template is None:
+            known = ", ".join(sorted(self._templates)) or "none"
+            return _Refusal(f"unknown template {job.template!r} (registered: {known})", "template")
+        row = job_row(job.idempotency_key)
+        correlation = f"{template.campaign.id}/{row}"
+        rendered = template.renderer.render(job.email, job.name or "", job.variables, correlation=correlation)
+        if isinstance(rendered, Rejection):
+            return _Refusal(rendered.reason, "render")
+        body = rendered.body
+        if job.send_before is not None:
+            request = orjson.loads(body)
+            request["send_before"] = format_rfc3339(job.send_before)
+            body = orjson.dumps(request)
+        payload = {
+            "vars": job.variables,
+            "idempotency_key": job.idempotency_key,
+            "template": job.template,
+            "want_result": job.want_result,
+            "source": self.source.name,
+            "send_before": format_rfc3339(job.send_before) if job.send_before else None,
+        }
+        new = NewRecipient(
+            row, job.email, job.name or "", job.idempotency_key, RowState.PENDING, payload=payload
+        )
+        return (delivery, job, template, new, body, rendered.subject)
+
+    async def _admit_isolated(
+        self, accepted: list[_Accepted]
+    ) -> tuple[list[_Accepted], dict[tuple[str, int], AdmitResult]]:
+        """Admit the batch; if it fails for a reason other than an outage, one message at a time.
+
+        Returns what was admitted and the admission results. An outage propagates (the caller
+        gives the batch back); a message whose own admission fails otherwise is dead-lettered.
+        """
+        try:
+            return accepted, await self._admit(accepted)
+        except _OUTAGE:
+            raise
+        except Exception:
+            log.exception("job.admit_failed", source=self.source.name, batch=len(accepted))
+        kept: list[_Accepted] = []
+        results: dict[tuple[str, int], AdmitResult] = {}
+        for item in accepted:
+            try:
+                results.update(await self._admit([item]))
+            except _OUTAGE:
+                raise
+            except Exception as exc:
+                await self._dead_letter(
+                    item[0],
+                    f"this job could not be stored ({type(exc).__name__}: {exc}); check it against "
+                    "docs/message-format.md",
+                    "internal",
+                )
+                continue
+            kept.append(item)
+        return kept, results
+
+    async def _admit(self, accepted: Sequence[_Accepted]) -> dict[tuple[str, int], AdmitResult]:
+        """Admit rows per job campaign, in one commit each; results by (campaign, row)."""
+        by_campaign: dict[str, list[NewRecipient]] = {}
+        for _, _, template, new, _, _ in accepted:
+            by_campaign.setdefault(template.campaign.id, []).append(new)
+        results: dict[tuple[str, int], AdmitResult] = {}
+        for campaign_id, rows in by_campaign.items():
+            await self._ensure_campaign(self._templates[rows[0].payload["template"]])
+            admitted = {res.row: res for res in await self._store.admit(campaign_id, rows)}
+            for row_number, res in admitted.items():
+                results[(campaign_id, row_number)] = res
+            if self._after_admit is not None:
+                # Still before any ack: what the hook records is durable with the rows.
+                await self._after_admit(campaign_id, [(new, admitted[new.row]) for new in rows])
+        return results
+
     async def _dead_letter(self, delivery: Delivery, reason: str, kind: str) -> None:
         try:
             await delivery.dead_letter(reason)
-        except BulksendError as exc:
-            # The broker redelivers it; it will be dead-lettered again then.
-            log.warning("job.dead_letter_failed", source=self.source.name, error=str(exc))
+        except Exception as exc:
+            # The broker redelivers it; it will be dead-lettered again then. Any error: the rest
+            # of the batch must still be admitted.
+            log.warning("job.dead_letter_failed", source=self.source.name, error=repr(exc))
             return
         self._metrics.job(self.source.name, "dead_lettered")
         self._metrics.dead_letter(self.source.name, kind)
@@ -287,7 +362,18 @@ class JobIntake:
 
 
 def item_from_job_row(row: RecipientRow, template: JobTemplate) -> SendItem | Rejection:
-    """Rebuild a stored job's request (resume after a restart)."""
+    """Rebuild a stored job's request (resume after a restart), or say why it cannot be.
+
+    Never raises: a row admitted by an older, laxer version must not stop every later start.
+    """
+    try:
+        return _item_from_job_row(row, template)
+    except Exception as exc:
+        log.exception("job.resume_failed", campaign=template.campaign.id, row=row.row)
+        return Rejection(f"the stored job could not be rebuilt: {type(exc).__name__}: {exc}")
+
+
+def _item_from_job_row(row: RecipientRow, template: JobTemplate) -> SendItem | Rejection:
     payload = row.payload
     correlation = row.correlation or f"{template.campaign.id}/{row.row}"
     rendered = template.renderer.render(

@@ -12,6 +12,7 @@ import dataclasses
 import hmac
 import ipaddress
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -174,6 +175,7 @@ class Sandbox:
         if unknown:
             raise ValueError(f"unknown sandbox setting(s): {', '.join(sorted(unknown))}")
         previous = self._config
+        # Checked in full (SandboxConfig refuses bad values) before anything changes.
         self._config = dataclasses.replace(previous, **changes)
         self._apply_config(previous)
         return self._config
@@ -458,8 +460,8 @@ class Sandbox:
             if value:
                 try:
                     times[name] = parse_timestamp(value)
-                except ValueError:
-                    errors.append((name, f"{name} is not an RFC 3339 timestamp"))
+                except ValueError as exc:
+                    errors.append((name, f"{name}: {exc}"))
         mail_from = query.get("mail_from") or None
         if not listing:
             if errors:
@@ -527,12 +529,15 @@ class Sandbox:
         return _json(self._config.to_public_json())
 
 
+_UINT32 = re.compile(r"[0-9]{1,10}")
+
+
 def _int_param(query: Any, name: str, default: int, errors: list[tuple[str, str]]) -> int:
     value = query.get(name)
     if value is None or value == "":
         return default
-    try:
-        return int(value)
-    except ValueError:
-        errors.append((name, f"{name} must be an integer"))
+    # ASCII digits only, as TEM's uint32 fields: int() would also take "1_000", " 7 " and "١٢".
+    if _UINT32.fullmatch(value) is None or int(value) > 0xFFFFFFFF:
+        errors.append((name, f"{name} must be a whole number from 0 to 4294967295, got {value[:20]!r}"))
         return default
+    return int(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -12,6 +13,15 @@ DEFAULT_SECRET_KEY = "sandbox-secret"
 """Not a real key: the sandbox only ever compares it with ``X-Auth-Token``."""
 DEFAULT_PROJECT_ID = "11111111-2222-4333-8444-555555555555"
 
+MAX_DURATION_S = 365 * 24 * 3600.0
+"""Longest lifecycle time a setting may hold (a year of sandbox clock)."""
+MAX_LATENCY_MS = 600_000.0
+"""Longest added latency per request (10 minutes: longer than any client waits)."""
+
+_DURATIONS = ("sending_after_s", "final_after_s", "soft_bounce_retry_s", "hold_s")
+_LATENCIES = ("latency_ms", "latency_jitter_ms")
+_PROBABILITIES = ("fault_5xx_before_p", "fault_5xx_after_p", "fault_drop_p")
+
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
@@ -19,9 +29,11 @@ UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]
 class SandboxConfig:
     """How the sandbox behaves. Change it live with ``Sandbox.update(**changes)``.
 
-    Times are in seconds of the sandbox clock; probabilities are in [0, 1] and the three fault
-    probabilities together must not exceed 1. Lifecycle timings are captured per email when it is
-    created, so a live change affects new emails only.
+    Times are in seconds of the sandbox clock (at most a year), latencies in milliseconds (at most
+    10 minutes); probabilities are in [0, 1] and the three fault probabilities together must not
+    exceed 1. Every value is type-checked: a wrong one raises ``ValueError`` and changes nothing.
+    Lifecycle timings are captured per email when it is created, so a live change affects new
+    emails only.
     """
 
     secret_key: str = field(default=DEFAULT_SECRET_KEY, repr=False)
@@ -57,24 +69,22 @@ class SandboxConfig:
     """Seed of the fault and jitter generator, for reproducible runs."""
 
     def __post_init__(self) -> None:
+        # Types first: values may come from JSON (PATCH /_sandbox/config), and a wrong type
+        # would only fail later, inside a request.
+        self._check_types()
         problems: list[str] = []
         if not UUID_RE.match(self.project_id):
             problems.append(f"project_id must be a UUID, got {self.project_id!r}")
-        for name in (
-            "sending_after_s",
-            "final_after_s",
-            "soft_bounce_retry_s",
-            "hold_s",
-            "latency_ms",
-            "latency_jitter_ms",
-        ):
-            if float(getattr(self, name)) < 0:
-                problems.append(f"{name} must be >= 0")
-        probabilities = ("fault_5xx_before_p", "fault_5xx_after_p", "fault_drop_p")
-        for name in probabilities:
+        for name in _DURATIONS:
+            if not 0 <= getattr(self, name) <= MAX_DURATION_S:
+                problems.append(f"{name} must be within 0..{MAX_DURATION_S:.0f} s")
+        for name in _LATENCIES:
+            if not 0 <= getattr(self, name) <= MAX_LATENCY_MS:
+                problems.append(f"{name} must be within 0..{MAX_LATENCY_MS:.0f} ms")
+        for name in _PROBABILITIES:
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 problems.append(f"{name} must be within [0, 1]")
-        if sum(float(getattr(self, n)) for n in probabilities) > 1.0 + 1e-9:
+        if sum(float(getattr(self, n)) for n in _PROBABILITIES) > 1.0 + 1e-9:
             problems.append("the fault probabilities must add up to at most 1")
         if self.rate_limit_per_s is not None and self.rate_limit_per_s <= 0:
             problems.append("rate_limit_per_s must be > 0 (or None to disable)")
@@ -83,6 +93,28 @@ class SandboxConfig:
         if self.allowed_from_domains is not None and not isinstance(self.allowed_from_domains, tuple):
             # A list would make the dataclass unhashable and invite accidental mutation.
             object.__setattr__(self, "allowed_from_domains", tuple(self.allowed_from_domains))
+        if problems:
+            raise ValueError("invalid sandbox configuration: " + "; ".join(problems))
+
+    def _check_types(self) -> None:
+        problems: list[str] = []
+        for name in ("secret_key", "project_id"):
+            if not isinstance(getattr(self, name), str):
+                problems.append(f"{name} must be a string")
+        numbers = (*_DURATIONS, *_LATENCIES, *_PROBABILITIES, "rate_limit_per_s", "rate_limit_burst")
+        for name in numbers:
+            value = getattr(self, name)
+            if value is None and name.startswith("rate_limit"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                problems.append(f"{name} must be a finite number")
+        domains = self.allowed_from_domains
+        if domains is not None and (
+            not isinstance(domains, list | tuple) or not all(isinstance(d, str) for d in domains)
+        ):
+            problems.append("allowed_from_domains must be a list of domain names")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            problems.append("seed must be a whole number")
         if problems:
             raise ValueError("invalid sandbox configuration: " + "; ".join(problems))
 

@@ -20,6 +20,7 @@ from bulksend.validate import (
     check_address,
     check_attachment,
     check_header,
+    check_name,
     check_subject,
 )
 
@@ -34,7 +35,10 @@ _SPACE_OFFSET = re.compile(r"(?<=\d) (\d{2}:?\d{2})$")
 
 
 def parse_timestamp(value: str) -> float:
-    """Seconds since the epoch of an RFC 3339 timestamp (``ValueError`` when it is not one)."""
+    """Seconds since the epoch of an RFC 3339 timestamp.
+
+    Raises ``ValueError`` (only) when it is not one, or when it lies outside years 1..9999 in UTC.
+    """
     value = _SPACE_OFFSET.sub(r"+\1", value.strip())
     parsed = parse_rfc3339(value)
     if parsed is None:
@@ -68,6 +72,10 @@ def _address_list(data: dict[str, Any], key: str, errors: list[ArgumentError]) -
         name = item.get("name")
         if name is not None and not isinstance(name, str):
             errors.append((key, f"{key}[{i}].name must be a string"))
+            return []
+        problem = check_name(name or "", f"{key}[{i}].name")
+        if problem is not None:
+            errors.append((key, problem))
             return []
         address: str = item["email"]
         problem = check_address(address)
@@ -113,6 +121,8 @@ def parse_create_email(
             errors.append(("from", problem))
         elif name is not None and not isinstance(name, str):
             errors.append(("from", "from.name must be a string"))
+        elif (problem := check_name(name or "", "from.name")) is not None:
+            errors.append(("from", problem))
         else:
             mail_from = sender["email"].strip()
 
@@ -180,10 +190,8 @@ def parse_create_email(
         else:
             try:
                 send_before = parse_timestamp(raw_send_before)
-            except ValueError:
-                errors.append(
-                    ("send_before", f"send_before is not an RFC 3339 timestamp: {raw_send_before[:40]!r}")
-                )
+            except ValueError as exc:
+                errors.append(("send_before", f"send_before: {exc}"))
 
     headers = data.get("additional_headers")
     if headers is not None:

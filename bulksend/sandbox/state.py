@@ -22,6 +22,7 @@ instead of a filter and sort over every email (:meth:`EmailStore.list_page`).
 from __future__ import annotations
 
 import math
+import re
 import secrets
 import sys
 import time
@@ -297,6 +298,21 @@ def format_timestamp(t: float) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+_HEX12 = re.compile(r"[0-9a-f]{12}")
+
+
+def _sequence(uuid: str, prefix: str) -> int | None:
+    """The number in the last 12 hex digits of one of our UUIDs, or None if ``uuid`` is not one.
+
+    Exactly 12 hex digits: int(..., 16) alone would also read "-00000000001" (the last email),
+    " 0000000001" or "0000_000001" as numbers.
+    """
+    text = uuid.lower()
+    if len(text) != 36 or not text.startswith(prefix) or _HEX12.fullmatch(text, 24) is None:
+        return None
+    return int(text[24:], 16)
+
+
 def _uuid_prefix() -> str:
     """A random "xxxxxxxx-xxxx-4xxx-yxxx-" prefix; the last group (12 hex digits) is a sequence."""
     h = secrets.token_hex(10)
@@ -370,23 +386,12 @@ class EmailStore:
 
     def position_of(self, email_id: str) -> int | None:
         """The position of ``email_id``, or None when no such email exists."""
-        prefix = self._id_prefix
-        if len(email_id) != 36 or not email_id.lower().startswith(prefix):
-            return None
-        try:
-            position = int(email_id[24:], 16)
-        except ValueError:
-            return None
-        return position if position < len(self.emails) else None
+        position = _sequence(email_id, self._id_prefix)
+        return position if position is not None and position < len(self.emails) else None
 
     def _message_seq(self, message_id: str) -> int | None:
-        if len(message_id) != 36 or not message_id.lower().startswith(self._msg_prefix):
-            return None
-        try:
-            seq = int(message_id[24:], 16)
-        except ValueError:
-            return None
-        return seq if seq < len(self._msg_start) else None
+        seq = _sequence(message_id, self._msg_prefix)
+        return seq if seq is not None and seq < len(self._msg_start) else None
 
     # -- writes ---------------------------------------------------------------------------------
 

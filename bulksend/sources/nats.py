@@ -262,8 +262,13 @@ def header_value(text: str) -> str:
 
 
 def _status(msg: Msg) -> str | None:
+    """JetStream's status code of a pull reply (404, 408, 409, 100), or None for a stored job.
+
+    A stored job carries a ``$JS.ACK.`` reply subject; its headers are the producer's, and a
+    producer may well send its own "Status" header.
+    """
     headers = msg.headers
-    if not headers:
+    if not headers or msg.reply.startswith("$JS.ACK."):
         return None
     return headers.get("Status")
 

@@ -28,6 +28,7 @@ from bulksend.errors import ConfigError
 from bulksend.secret import Secret
 
 __all__ = [
+    "CLI_OVERRIDES",
     "DEFAULT_API_URL",
     "DEFAULT_REGION",
     "ENV_API_URL",
@@ -54,13 +55,21 @@ ENV_PROFILE = "SCW_PROFILE"
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _REGION = re.compile(r"^[a-z]{2,}-[a-z0-9-]+$")
 
-# setting → (environment variable, config-file key, command-line option named in errors)
-_SOURCES: dict[str, tuple[str, str, str]] = {
-    "secret_key": (ENV_SECRET_KEY, "secret_key", "--secret-key"),
-    "project_id": (ENV_PROJECT_ID, "default_project_id", "--project-id"),
-    "region": (ENV_REGION, "default_region", "--region"),
-    "api_url": (ENV_API_URL, "api_url", "--api-url"),
+# setting → (environment variable, scw config-file key)
+_SOURCES: dict[str, tuple[str, str]] = {
+    "secret_key": (ENV_SECRET_KEY, "secret_key"),
+    "project_id": (ENV_PROJECT_ID, "default_project_id"),
+    "region": (ENV_REGION, "default_region"),
+    "api_url": (ENV_API_URL, "api_url"),
 }
+
+CLI_OVERRIDES: Mapping[str, str] = {
+    "project_id": "pass --project-id",
+    "region": "pass --region",
+    "api_url": "pass --api-url",
+}
+"""How ``bulksend send`` lets a user override each setting, for error hints. The secret key has no
+option on purpose (a command line is visible to every user of the machine), so none is named."""
 
 
 def default_config_path(env: Mapping[str, str] | None = None) -> Path:
@@ -98,12 +107,21 @@ class TemSettings:
         env: Mapping[str, str] | None = None,
         config_path: str | os.PathLike[str] | None = None,
         profile: str | None = None,
+        overrides: Mapping[str, str] = CLI_OVERRIDES,
     ) -> TemSettings:
         """Resolve the settings: explicit argument > environment > config-file profile > default.
 
         Raises :class:`ConfigError` naming the variable or option to set when the secret key or the
         project id is missing, or when a value, the config file or the requested profile is invalid.
+        ``overrides`` says, per setting, how the caller's user overrides it (such as
+        ``"pass --region"``); the hints name only those, so they never name an option that the
+        caller does not have.
         """
+
+        def hint(name: str) -> str:
+            env_var = _SOURCES[name][0]
+            return f"set {env_var} or {overrides[name]}" if name in overrides else f"set {env_var}"
+
         env = os.environ if env is None else env
         path_from = "config_path argument"
         if config_path is not None:
@@ -120,7 +138,7 @@ class TemSettings:
             "api_url": api_url,
         }
         resolved: dict[str, str | None] = {}
-        for name, (env_var, file_key, _option) in _SOURCES.items():
+        for name, (env_var, file_key) in _SOURCES.items():
             value = explicit[name]
             if not value:
                 value = env.get(env_var) or None
@@ -131,31 +149,28 @@ class TemSettings:
 
         for name in ("secret_key", "project_id"):
             if not resolved[name]:
-                env_var, file_key, option = _SOURCES[name]
+                file_key = _SOURCES[name][1]
                 raise ConfigError(
-                    f"no TEM {name.replace('_', ' ')}: set {env_var} or pass {option} "
+                    f"no TEM {name.replace('_', ' ')}: {hint(name)} "
                     f"(or set {file_key} in the scw config file {path}, found via {path_from})"
                 )
         project = resolved["project_id"] or ""
         if not _UUID.match(project):
             raise ConfigError(
                 # The value is not echoed: a misplaced secret key must not end up in the message.
-                f"the TEM project id is not a UUID: set {ENV_PROJECT_ID} or pass --project-id to the "
-                "Scaleway project id (Console → Project settings)"
+                f"the TEM project id is not a UUID: {hint('project_id')} with the Scaleway project id "
+                "(Console → Project settings)"
             )
         region_value = resolved["region"] or DEFAULT_REGION
         if not _REGION.match(region_value):
             raise ConfigError(
-                f"the TEM region is not a Scaleway region name: set {ENV_REGION} or pass --region "
+                f"the TEM region is not a Scaleway region name: {hint('region')} "
                 f"(TEM runs in {DEFAULT_REGION})"
             )
         url = (resolved["api_url"] or DEFAULT_API_URL).rstrip("/")
         if not url.startswith(("http://", "https://")) or "@" in url:
             # Credentials in a URL would be logged with it; the key goes in X-Auth-Token only.
-            raise ConfigError(
-                f"api url must be http(s)://host[:port] without credentials: set {ENV_API_URL} or "
-                "pass --api-url"
-            )
+            raise ConfigError(f"api url must be http(s)://host[:port] without credentials: {hint('api_url')}")
         return cls(
             secret_key=Secret(resolved["secret_key"] or ""),
             project_id=project,

@@ -130,13 +130,14 @@ _RFC3339 = re.compile(
 def parse_rfc3339(value: object) -> datetime | None:
     """Parse an RFC 3339 timestamp, accepting up to nanosecond fractions (truncated to µs).
 
-    Returns ``None`` for ``None``/empty. A timestamp without offset is taken as UTC.
-    Raises ``ValueError`` for text that is not a timestamp at all.
+    Returns ``None`` for ``None``/empty, else a time in UTC. A timestamp without offset is taken
+    as UTC. Raises ``ValueError`` for text that is not a timestamp at all, and for one that falls
+    outside years 1..9999 once in UTC (such as ``9999-12-31T23:59:59-14:00``).
     """
     if value is None or value == "":
         return None
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return _in_utc(value if value.tzinfo else value.replace(tzinfo=UTC), value)
     text = str(value).strip()
     if text.endswith("Z") and len(text) <= 30:
         # Fast path for the common "…T…[.fffffffff]Z" shape (fromisoformat truncates nanoseconds).
@@ -152,9 +153,19 @@ def parse_rfc3339(value: object) -> datetime | None:
     tz = "+00:00"
     if offset and offset not in ("Z", "z"):
         tz = offset if ":" in offset else f"{offset[:3]}:{offset[3:]}"
-    return datetime.fromisoformat(
-        f"{year}-{month}-{day}T{hour}:{minute}:{second}.{micro:06d}{tz}"
-    ).astimezone(UTC)
+    return _in_utc(
+        datetime.fromisoformat(f"{year}-{month}-{day}T{hour}:{minute}:{second}.{micro:06d}{tz}"), text
+    )
+
+
+def _in_utc(value: datetime, shown: object) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        # datetime cannot hold it (its range is years 1..9999): a ValueError like any bad time.
+        raise ValueError(
+            f"{str(shown)[:64]!r} is out of range: in UTC it falls outside years 1 to 9999"
+        ) from None
 
 
 def format_rfc3339(value: datetime) -> str:
@@ -162,9 +173,10 @@ def format_rfc3339(value: datetime) -> str:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     value = value.astimezone(UTC)
-    if value.microsecond:
-        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Not strftime: its %Y drops the leading zeros of years before 1000 ("999-01-01…").
+    v = value
+    text = f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}"
+    return f"{text}.{value.microsecond:06d}Z" if value.microsecond else f"{text}Z"
 
 
 def _opt_time(data: Mapping[str, Any], key: str) -> datetime | None:
