@@ -264,6 +264,14 @@ async def reconcile_campaign(
             await store.mark_retry(row.id, reason="reconciled: TEM had not created it")
         report.requeued += 1
     log.info("campaign.reconciled_all", campaign=campaign_id, **vars(report))
+    if report.duplicates:
+        log.warning(
+            "campaign.duplicates_found",
+            campaign=campaign_id,
+            recipients=report.duplicates,
+            hint="TEM holds more than one email for these recipients, sent before this reconciliation "
+            "(--log-level debug lists them); none was sent again now",
+        )
     return report
 
 
@@ -317,5 +325,6 @@ async def _adopt_page(
                 continue
             if len(matches) > 1:
                 report.duplicates += 1
-                log.warning("email.duplicate_found", row=row.row, email_ids=[e.id for e in matches])
+                # One line per row at debug: after a lost state there may be thousands of them.
+                log.debug("email.duplicate_found", row=row.row, email_ids=[e.id for e in matches])
             tg.start_soon(adopt, row, matches[0])
