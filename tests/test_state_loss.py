@@ -171,6 +171,10 @@ def _has_wal(db: Path) -> bool:
     return Path(f"{db}-wal").exists()
 
 
+def _lines_of(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines()
+
+
 def _prepend_garbage(path: Path) -> None:
     path.write_bytes(b"garbage\n" + path.read_bytes())
 
@@ -206,6 +210,31 @@ async def test_damaged_journal_line_is_a_loss(tmp_path: Path) -> None:
         loss = store.state_loss("c")
         assert loss is not None
         assert "damaged (line 1)" in loss.what
+    async with SqliteStore(path) as store:  # the rewritten journal keeps the campaign suspect
+        loss = store.state_loss("c")
+        assert loss is not None
+        assert "was found damaged" in loss.what
+        await store.accept_state("c")
+    async with SqliteStore(path) as store:
+        assert store.state_loss("c") is None
+
+
+async def test_journal_is_compacted_and_keeps_its_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past its size bound the journal is rewritten as one snapshot, with every count intact."""
+    monkeypatch.setattr("bulksend.store.journal._COMPACT_BYTES", 300)
+    path = tmp_path / "s.db"
+    async with SqliteStore(path) as store:
+        await store.create_campaign("c", {})
+        rows = await store.admit("c", [_new(i) for i in range(2, 32)])
+        for r in rows:  # one commit, so one journal line, each
+            await store.mark_sending(r.id, started_at=_now(), correlation="x")
+    lines = _lines_of(Path(f"{path}.sends"))
+    assert len(lines) < 10
+    assert SendJournal(Path(f"{path}.sends"), sync=False).load().entries["c"].started == 30
+    async with SqliteStore(path) as store:
+        assert store.state_loss("c") is None
 
 
 async def test_missing_journal_is_rebuilt_and_torn_tail_ignored(tmp_path: Path) -> None:

@@ -27,7 +27,10 @@ import orjson
 
 from bulksend.private import FILE_MODE
 
-__all__ = ["JournalEntry", "JournalState", "SendJournal"]
+__all__ = ["SUSPECT", "JournalEntry", "JournalState", "SendJournal"]
+
+SUSPECT: Final = "suspect"
+"""The store id of an entry found in a damaged journal: no database is vouched for until reconciled."""
 
 _COMPACT_BYTES: Final = 1 << 20
 """Rewrite the journal as one snapshot once appends have made it this large."""

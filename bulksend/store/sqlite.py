@@ -104,7 +104,7 @@ from bulksend.store.base import (
     SendRecord,
     StateLoss,
 )
-from bulksend.store.journal import JournalEntry, SendJournal
+from bulksend.store.journal import SUSPECT, JournalEntry, SendJournal
 from bulksend.store.memory import (
     FINALISABLE_STATES,
     KEY_RELEASING_STATES,
@@ -702,7 +702,12 @@ class SqliteStore:
         losses: dict[str, StateLoss] = {}
         for cid, entry in state.entries.items():
             have = known.get(cid, 0)
-            if entry.started > 0 and entry.store_id != self._store_id:
+            if entry.store_id == SUSPECT:
+                what = (
+                    f"its send journal {self.journal_path} was found damaged, and the campaign was not "
+                    "reconciled since, so the database cannot be vouched for"
+                )
+            elif entry.started > 0 and entry.store_id != self._store_id:
                 what = (
                     f"its send journal {self.journal_path} records {entry.started} sends started from "
                     f"another database than {self.path} (the file was deleted, truncated, replaced or "
@@ -726,14 +731,24 @@ class SqliteStore:
                 ts = at.timestamp() if at is not None else time.time()
                 entries[cid] = JournalEntry(self._store_id, have, ts, time.time())
         if state.damaged_line is not None:
-            for cid in sorted(set(entries) | set(known)):
-                if cid not in losses:
-                    losses[cid] = StateLoss(
-                        cid,
-                        f"the send journal {self.journal_path} is damaged (line {state.damaged_line}), "
-                        "so it cannot vouch for the database",
-                        _send_record(cid, entries[cid]) if cid in entries else None,
-                    )
+            now = time.time()
+            for cid in sorted(set(entries) | {c for c, n in known.items() if n > 0}):
+                if cid in losses:
+                    continue
+                prev = entries.get(cid)
+                # Marked suspect in the rewritten journal: the loss outlives this open.
+                entries[cid] = JournalEntry(
+                    SUSPECT,
+                    max(known.get(cid, 0), prev.started if prev else 0),
+                    prev.first_at if prev else now,
+                    prev.last_at if prev else now,
+                )
+                losses[cid] = StateLoss(
+                    cid,
+                    f"the send journal {self.journal_path} is damaged (line {state.damaged_line}), "
+                    "so it cannot vouch for the database",
+                    _send_record(cid, entries[cid]),
+                )
         if not state.existed and any(known.values()):
             log.warning(
                 "store.journal_rebuilt",
