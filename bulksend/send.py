@@ -340,6 +340,18 @@ async def _run(
                 if options.progress:
                     tg.start_soon(show_progress, stats, limiter)
                 reconciled = await runner.reconcile_all() if options.reconcile_all else None
+                if reconciled is not None and reconciled.interrupted:
+                    result = RunResult(
+                        campaign.id,
+                        complete=False,
+                        stopped=True,
+                        already_finished=False,
+                        counts=await store.counts(campaign.id),
+                        stats=stats,
+                        notes=["stopped during --reconcile-all: nothing was sent; run it again to finish."],
+                    )
+                    tg.cancel_scope.cancel()
+                    return result
                 result = await runner.run()
                 tg.cancel_scope.cancel()
             if reconciled is not None:

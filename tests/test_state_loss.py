@@ -61,6 +61,11 @@ def _forget(path: Path) -> None:
     path.unlink()
 
 
+def _lose_state(db: Path) -> None:
+    _forget_wal(db)
+    db.write_bytes(b"")
+
+
 def _forget_wal(db: Path) -> None:
     for suffix in ("-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
@@ -120,6 +125,30 @@ async def test_lost_state_refuses_then_reconcile_all_sends_each_once(
     # Reconciled: the next run opens without a loss.
     again_result = await run_once(campaign, sandbox)
     assert again_result.complete
+
+
+async def test_stopped_reconcile_all_accepts_nothing(
+    sandbox: Sandbox, write_campaign: CampaignWriter
+) -> None:
+    """A stop during --reconcile-all ends it at once: nothing is sent and the campaign stays refused."""
+    campaign = write_campaign(people(50), timeout_s=1)
+    await run_once(campaign, sandbox)
+    _lose_state(campaign.store_path)
+    store = open_store(campaign.store_path)
+    await store.open()
+    try:
+        async with TemClient(settings_for(sandbox)) as tem:
+            runner = CampaignRun(
+                campaign, store=store, tem=tem, limiter=AimdLimiter(1000), project_id=PROJECT, grace_s=1
+            )
+            runner.request_stop()  # Ctrl-C before (or while) the reconciliation runs
+            report = await runner.reconcile_all()
+        assert report.interrupted
+        assert isinstance(store, SqliteStore)
+        assert store.state_loss(campaign.id) is not None
+    finally:
+        await store.close()
+    assert "--reconcile-all" in await _refusal(campaign, sandbox)
 
 
 async def test_sigkill_then_deleted_wal_is_refused_and_reconciled(tmp_path: Path) -> None:

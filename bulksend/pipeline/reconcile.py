@@ -194,6 +194,8 @@ class CampaignReconcile:
     duplicates: int = 0
     """Rows TEM holds more than one email for (emailed twice before this reconciliation)."""
     list_calls: int = 0
+    interrupted: bool = False
+    """Stopped before the end: nothing was accepted, the campaign stays refused."""
 
 
 async def reconcile_campaign(

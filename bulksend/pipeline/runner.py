@@ -128,6 +128,7 @@ class CampaignRun:
         self._keep_tracking = False
         self._root_scope: anyio.CancelScope | None = None
         self._intake_scope = anyio.CancelScope()
+        self._reconcile_all_scope = anyio.CancelScope()
         self._reconciling: set[int] = set()
         self._sent_since: datetime | None = None
         """Set by :meth:`reconcile_all`: when the campaign's first send may have happened."""
@@ -148,6 +149,7 @@ class CampaignRun:
         self._stopping = True
         self._keep_tracking = keep_tracking
         self._intake_scope.cancel()
+        self._reconcile_all_scope.cancel()
         if self._root_scope is not None and not keep_tracking:
             self._root_scope.deadline = min(self._root_scope.deadline, anyio.current_time() + self.grace_s)
         log.info("campaign.stopping", campaign=self.campaign.id, grace_s=self.grace_s)
@@ -156,6 +158,7 @@ class CampaignRun:
         """Immediate stop. Recorded state stays consistent; the next run reconciles."""
         self._stopping = True
         self._intake_scope.cancel()
+        self._reconcile_all_scope.cancel()
         if self._root_scope is not None:
             self._root_scope.cancel()
 
@@ -244,9 +247,11 @@ class CampaignRun:
         batched lists, adopt the emails TEM already has, then take that as the journal's baseline.
 
         For a state store that lost sends (``bulksend send … --reconcile-all``); see
-        docs/delivery-guarantees.md. Sends nothing. A TEM error propagates and accepts nothing.
+        docs/delivery-guarantees.md. Sends nothing. A TEM error propagates and accepts nothing; a
+        stop (:meth:`request_stop`, :meth:`abort`) ends it at once, ``interrupted``, accepting nothing.
         """
-        with structlog.contextvars.bound_contextvars(campaign=self.campaign.id):
+        report = CampaignReconcile(interrupted=True)
+        with self._reconcile_all_scope, structlog.contextvars.bound_contextvars(campaign=self.campaign.id):
             c = self.campaign
             record = await self._open_campaign()
             if not record.admitted_all:
@@ -292,7 +297,7 @@ class CampaignRun:
             )
             if journal is not None:
                 await journal.accept_state(c.id)
-            return report
+        return report
 
     async def _baseline(self) -> None:
         """Start the counters from what earlier runs already did (progress of a resumed run)."""
