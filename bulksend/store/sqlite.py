@@ -683,6 +683,10 @@ class SqliteStore:
         rewritten as one snapshot that keeps a lost campaign's record as it was, so the loss is
         found again by every open until :meth:`accept_state`.
         """
+        # The journal first, then the database: a process sending into this file meanwhile
+        # journals only after its commits, so what is read here can only show the journal behind.
+        journal = SendJournal(self.journal_path, sync=self.durability == "full")
+        state = journal.load()
         found = conn.execute("SELECT value FROM store_meta WHERE key = 'store_id'").fetchone()
         self._store_id = str(found[0])
         # Every send started added one attempt to its row, and rows are never deleted: the sum is
@@ -696,8 +700,6 @@ class SqliteStore:
         created = {
             str(cid): _dt_parse(at) for cid, at in conn.execute("SELECT id, created_at FROM campaigns")
         }
-        journal = SendJournal(self.journal_path, sync=self.durability == "full")
-        state = journal.load()
         entries: dict[str, JournalEntry] = {}
         losses: dict[str, StateLoss] = {}
         for cid, entry in state.entries.items():
