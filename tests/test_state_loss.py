@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import sqlite3
@@ -151,9 +152,11 @@ async def test_stopped_reconcile_all_accepts_nothing(
     assert "--reconcile-all" in await _refusal(campaign, sandbox)
 
 
-async def test_sigkill_then_deleted_wal_is_refused_and_reconciled(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["deleted", "garbled"])
+async def test_sigkill_then_lost_wal_is_refused_and_reconciled(tmp_path: Path, damage: str) -> None:
     """The issue's scenario with real processes: `bulksend send` killed with SIGKILL, its WAL file
-    deleted, rerun → exit 4 and nothing sent; rerun with --reconcile-all → exit 0, 0 duplicates."""
+    deleted or garbled, rerun → exit 4 and nothing sent; rerun with --reconcile-all → exit 0 and
+    every recipient emailed exactly once."""
     campaign, valid = write_csv_campaign(tmp_path, 3000, rate_per_s=2000, concurrency=32)
     config = SandboxConfig(secret_key=CHAOS_SECRET, project_id=CHAOS_PROJECT, final_after_s=0.05)
     async with Sandbox(config, host="127.0.0.1", port=0) as sandbox:
@@ -166,7 +169,10 @@ async def test_sigkill_then_deleted_wal_is_refused_and_reconciled(tmp_path: Path
             await proc.wait()
         state = _state_file(tmp_path)
         assert _has_wal(state)
-        _forget_wal(state)
+        if damage == "deleted":
+            _forget_wal(state)
+        else:
+            _garble_wal(state)
         sent = sandbox.stats().requests.get("send", 0)
 
         refused = await start_sender(campaign, sandbox.url)
@@ -194,6 +200,16 @@ async def _refusal(campaign: Campaign, sandbox: Sandbox) -> str:
         assert isinstance(error, StateLostError), error
         return str(error)
     raise AssertionError("the run was not refused")
+
+
+def _garble_wal(db: Path) -> None:
+    """Overwrite every WAL frame (past the 32-byte header) with noise: SQLite drops the frames."""
+    wal = Path(f"{db}-wal")
+    size = wal.stat().st_size
+    with open(wal, "r+b") as fh:
+        fh.seek(32)
+        fh.write(random.Random(1).randbytes(size - 32))
+    Path(f"{db}-shm").unlink(missing_ok=True)
 
 
 def _has_wal(db: Path) -> bool:
