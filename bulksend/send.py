@@ -141,6 +141,13 @@ def run(args: argparse.Namespace) -> int:
                 "--store postgresql://user@host/db"
             )
             return EXIT_CONFIG
+        if args.reconcile_all:
+            # Its adoptions are not fenced by leases: one process must do it while no worker runs.
+            console.print(
+                "[bold red]error:[/bold red] --reconcile-all cannot run as one of several workers: "
+                "run it once without --worker, with no worker running, then start the workers"
+            )
+            return EXIT_CONFIG
         worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     options = RunOptions(
         progress=not args.no_progress,

@@ -361,3 +361,19 @@ def _now() -> Any:
     from datetime import UTC, datetime
 
     return datetime.now(UTC)
+
+
+def test_reconcile_all_is_refused_as_one_of_several_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--reconcile-all with --worker exits 1 and says to run it once, alone, before the workers."""
+    from bulksend.cli import main
+
+    campaign, _ = write_csv_campaign(tmp_path, 3, rate_per_s=10, concurrency=1)
+    monkeypatch.setenv("SCW_SECRET_KEY", CHAOS_SECRET)
+    monkeypatch.setenv("SCW_DEFAULT_PROJECT_ID", CHAOS_PROJECT)
+    monkeypatch.setenv("SCW_API_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("SCW_CONFIG_PATH", str(tmp_path / "none.yaml"))
+    args = ["send", str(campaign), "--no-progress", "--reconcile-all", "--worker"]
+    assert main([*args, "--store", "postgresql://nobody@127.0.0.1/test"]) == 1
+    assert "without --worker" in capsys.readouterr().err
