@@ -25,11 +25,12 @@ from typing import Any, Final, NoReturn
 
 import orjson
 from jinja2 import StrictUndefined, TemplateSyntaxError
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
+from jinja2.sandbox import SandboxedEnvironment
 
 from bulksend.errors import CampaignError
 from bulksend.sources.files import RECIPIENT_SUFFIXES, check_recipients
 from bulksend.tem.models import Address, Attachment, format_rfc3339, parse_rfc3339
+from bulksend.templating import BoundedEnvironment, RenderLimits
 from bulksend.validate import (
     MAX_ATTACHMENTS,
     MAX_EMAIL_BYTES,
@@ -43,6 +44,7 @@ __all__ = [
     "CORRELATION_HEADER",
     "Campaign",
     "OutputSettings",
+    "RenderLimits",
     "SendingSettings",
     "TrackingSettings",
     "campaign_from_dict",
@@ -55,6 +57,8 @@ CORRELATION_HEADER: Final = "X-Bulksend-Ref"
 """Added to every email by the renderer; reserved (a campaign may not set it)."""
 
 MAX_PAGE_SIZE: Final = 1000
+MAX_RENDER_LOOP_ITERATIONS: Final = 10_000_000
+MAX_RENDER_S: Final = 10.0
 
 # Attachment MIME types by extension. An explicit table rather than the ``mimetypes`` module:
 # that module reads the machine's /etc/mime.types, so the same campaign would be accepted on one
@@ -117,9 +121,10 @@ def new_template_environment(*, html: bool) -> SandboxedEnvironment:
     Sandboxed (templates cannot reach Python internals, nor modify the lists and objects they are
     given, so one template cannot change what the next one sees), ``StrictUndefined`` (a missing
     variable is an error, never an empty string) and autoescaping only for the HTML body. Trailing
-    newlines of template files are kept.
+    newlines of template files are kept. Renders are bounded in size, loops and time by the
+    :class:`~bulksend.templating.RenderLimits` in effect (see :mod:`bulksend.templating`).
     """
-    return ImmutableSandboxedEnvironment(
+    return BoundedEnvironment(
         undefined=StrictUndefined,
         autoescape=html,
         keep_trailing_newline=True,
@@ -186,6 +191,7 @@ class Campaign:
     output: OutputSettings
     store_path: Path
     fingerprint: str = field(repr=False)
+    render: RenderLimits = field(default_factory=RenderLimits)
 
     @property
     def attachments_bytes(self) -> int:
@@ -217,6 +223,7 @@ _SCHEMA: Final[Mapping[str, frozenset[str]]] = {
     "tracking": frozenset({"poll_interval_s", "give_up_after_s", "page_size", "settle_s"}),
     "output": frozenset({"outcomes"}),
     "store": frozenset({"path"}),
+    "render": frozenset({"max_part_chars", "max_loop_iterations", "max_render_s"}),
 }
 _FROM_KEYS: Final = frozenset({"email", "name"})
 _ATTACHMENT_KEYS: Final = frozenset({"path", "name", "type"})
@@ -491,7 +498,8 @@ class _Builder:
             bound = f"greater than {minimum:g}" if exclusive else f"at least {minimum:g}"
             self.fail(f"{section_name}.{key} must be {bound} (got {value!r})", section_name, key)
         if maximum is not None and value > maximum:
-            self.fail(f"{section_name}.{key} must be at most {maximum:g} (got {value!r})", section_name, key)
+            bound = str(int(maximum)) if float(maximum).is_integer() else f"{maximum:g}"
+            self.fail(f"{section_name}.{key} must be at most {bound} (got {value!r})", section_name, key)
         return value
 
     def resolve(self, value: str) -> Path:
@@ -554,6 +562,7 @@ class _Builder:
         tracking = self.tracking()
         output = self.output(campaign_id)
         store_path = self.store(output)
+        render = self.render()
 
         fingerprint = _fingerprint(
             campaign_id, from_, subject, text, html, headers, attachments, recipients, send_before
@@ -574,6 +583,7 @@ class _Builder:
             output=output,
             store_path=store_path,
             fingerprint=fingerprint,
+            render=render,
         )
 
     def sender(self, c: Mapping[str, Any]) -> Address:
@@ -876,6 +886,46 @@ class _Builder:
                 )
             ),
             settle_s=self.number(t, "tracking", "settle_s", d.settle_s, minimum=0),
+        )
+
+    def render(self) -> RenderLimits:
+        # Ceilings as well as floors: campaigns also come through the admin API, and limits
+        # raised without end would let one template hold the daemon. A part longer than a whole
+        # email could never be sent anyway.
+        r = self.table("render")
+        d = RenderLimits()
+        return RenderLimits(
+            max_part_chars=int(
+                self.number(
+                    r,
+                    "render",
+                    "max_part_chars",
+                    d.max_part_chars,
+                    integer=True,
+                    minimum=1,
+                    maximum=MAX_EMAIL_BYTES,
+                )
+            ),
+            max_loop_iterations=int(
+                self.number(
+                    r,
+                    "render",
+                    "max_loop_iterations",
+                    d.max_loop_iterations,
+                    integer=True,
+                    minimum=0,
+                    maximum=MAX_RENDER_LOOP_ITERATIONS,
+                )
+            ),
+            max_render_s=self.number(
+                r,
+                "render",
+                "max_render_s",
+                d.max_render_s,
+                minimum=0,
+                exclusive=True,
+                maximum=MAX_RENDER_S,
+            ),
         )
 
     def output(self, campaign_id: str) -> OutputSettings:

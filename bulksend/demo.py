@@ -20,6 +20,7 @@ import orjson
 from rich.console import Console
 
 from bulksend.campaign import load_campaign
+from bulksend.display import print_error, print_text, styled
 from bulksend.errors import CampaignError
 from bulksend.log import configure_logging
 from bulksend.sandbox import Sandbox, SandboxConfig
@@ -187,14 +188,16 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, args.log_level)
     console = Console(stderr=True, soft_wrap=True)
     if args.recipients < 100:
-        console.print("[bold red]error:[/bold red] --recipients must be at least 100")
+        print_error(console, "--recipients must be at least 100")
         return 1
     path = write_demo_campaign(args.dir, recipients=args.recipients, rate_per_s=args.rate)
-    console.print(f"demo campaign written to [bold]{path}[/bold]; sending through the built-in sandbox…")
+    console.print(
+        styled("demo campaign written to ", (str(path), "bold"), "; sending through the built-in sandbox…")
+    )
     try:
         campaign = load_campaign(path)
     except CampaignError as exc:
-        console.print(f"[bold red]error:[/bold red] {exc}")
+        print_error(console, exc)
         return 1
     settings = TemSettings(secret_key=Secret(SANDBOX_SECRET), project_id=SANDBOX_PROJECT)
 
@@ -213,5 +216,5 @@ def run(args: argparse.Namespace) -> int:
 
     options = RunOptions(progress=not args.no_progress)
     code = run_campaign(campaign, settings, serve=serve, console=console, options=options)
-    console.print(f"summarise the outcomes again with: bulksend report {campaign.output.outcomes}")
+    print_text(console, f"summarise the outcomes again with: bulksend report {campaign.output.outcomes}")
     return code

@@ -46,7 +46,7 @@ async def show_progress(
     """Render until cancelled. The bar counts recipients that reached a final outcome."""
     console = console or Console(stderr=True)
     progress = Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),

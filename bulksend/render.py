@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from markupsafe import escape
 from bulksend.campaign import CORRELATION_HEADER, Campaign, guess_attachment_type, new_template_environment
 from bulksend.errors import CampaignError
 from bulksend.tem.models import Attachment, format_rfc3339
+from bulksend.templating import check_output, end_render, start_render
 from bulksend.validate import (
     MAX_ATTACHMENTS,
     MAX_EMAIL_BYTES,
@@ -39,7 +41,7 @@ from bulksend.validate import (
     check_subject,
 )
 
-__all__ = ["Rejection", "RenderedEmail", "Renderer"]
+__all__ = ["Rejection", "RenderPacer", "RenderedEmail", "Renderer"]
 
 _UNDEFINED_RE: Final = re.compile(r"^'([^']+)' is undefined$")
 _ATTACHMENT_CACHE_ENTRIES: Final = 64
@@ -62,6 +64,29 @@ class Rejection:
     """Why this recipient cannot be sent to; the rest of the campaign goes on."""
 
     reason: str
+
+
+class RenderPacer:
+    """Tells a loop that renders on the event loop when to let other tasks run.
+
+    One render stops at ``[render] max_render_s``, but a batch of slow ones in a row would hold
+    the loop for the whole batch: signals, health checks and sends in flight wait. A loop asks
+    :meth:`due` after each render and yields (``await anyio.lowlevel.checkpoint()``) when it says
+    so; a batch of fast renders never yields.
+    """
+
+    __slots__ = ("_slice_s", "_until")
+
+    def __init__(self, slice_s: float = 0.02) -> None:
+        self._slice_s = slice_s
+        self._until = time.monotonic() + slice_s
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now < self._until:
+            return False
+        self._until = now + self._slice_s
+        return True
 
 
 class _Part:
@@ -106,9 +131,11 @@ class _Part:
         # and iterating the ChainMap Jinja keeps them in is almost half the cost of a Context.
         self.context_globals = dict(template.globals)
         # The join converts values as the compiled template does only without a finalize hook
+        # that changes them (the campaign environments' hook only measures containers, and the
+        # values a plain template prints are the recipient's own, bounded by the input limits)
         # and with autoescaping fixed for the whole environment (both hold for campaign
         # environments; anything else stays with Jinja).
-        if env.finalize is None and isinstance(env.autoescape, bool):
+        if env.finalize in (None, check_output) and isinstance(env.autoescape, bool):
             simple = _text_and_names(ast)
             if simple is not None:
                 literals, self.names = simple
@@ -201,23 +228,36 @@ class Renderer:
         self._globals: dict[str, Any] = dict(text_env.globals)
         cid = campaign.id
         self._campaign_id = cid
-        self._subject = _Part(text_env, campaign.subject, "subject", cid)
-        self._text = _Part(text_env, campaign.text, "text", cid)
-        self._html = _Part(html_env, campaign.html, "html", cid)
+        self._limits = campaign.render
+        # Constant parts are rendered now, within the limits: a template that exhausts them
+        # without any recipient data is refused here, before anything is admitted.
+        token = start_render(self._limits)
+        try:
+            self._subject = _Part(text_env, campaign.subject, "subject", cid)
+            self._text = _Part(text_env, campaign.text, "text", cid)
+            self._html = _Part(html_env, campaign.html, "html", cid)
+            self._headers: list[tuple[str, _Part]] = [
+                (key, _Part(text_env, source, f"header {key}", cid)) for key, source in campaign.headers
+            ]
+        finally:
+            end_render(token)
+        # Templates made only of text and names need no budget: their output is their text and
+        # the recipient's values.
+        self._needs_budget = any(
+            p.template is not None and p.names is None
+            for p in (self._subject, self._text, self._html, *(p for _, p in self._headers))
+        )
         if self._subject.constant is not None:
             reason = check_subject(self._subject.constant)
             if reason:
                 raise CampaignError(f"the subject is refused for every recipient: {reason}")
 
         # Headers: constant ones are rendered and checked now; templated ones per recipient.
-        self._headers: list[tuple[str, _Part]] = []
-        for key, source in campaign.headers:
-            part = _Part(text_env, source, f"header {key}", cid)
+        for key, part in self._headers:
             if part.constant is not None:
                 reason = check_header(key, part.constant)
                 if reason:
                     raise CampaignError(f"header {key!r} is refused for every recipient: {reason}")
-            self._headers.append((key, part))
         self._all_headers_constant = all(p.constant is not None for _, p in self._headers)
         # Each header object followed by a comma: the correlation header always comes last.
         self._constant_headers_json = b"".join(
@@ -260,10 +300,14 @@ class Renderer:
         the ``X-Bulksend-Ref`` header. ``attachments`` are paths relative to the recipients file's
         folder (and must stay inside it).
         """
+        token = start_render(self._limits) if self._needs_budget else None
         try:
             return self._render(email, name, variables, correlation, attachments)
         except Exception as exc:  # a last resort: render() must never stop a campaign
             return Rejection(f"the email could not be built: {type(exc).__name__}: {exc}")
+        finally:
+            if token is not None:
+                end_render(token)
 
     def _render(
         self,

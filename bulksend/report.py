@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from bulksend.display import print_error
 from bulksend.sinks.outcomes import read_outcomes
 from bulksend.summary import print_summary, summarize_outcomes
 
@@ -20,13 +21,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     path: Path = args.outcomes
     if not path.exists():
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {path}: no such file")
+        print_error(Console(stderr=True, soft_wrap=True), f"{path}: no such file")
         return 1
     try:
         summary = summarize_outcomes(f"outcomes of {path}", read_outcomes(path))
     except (ValueError, UnicodeDecodeError) as exc:
-        Console(stderr=True, soft_wrap=True).print(
-            f"[bold red]error:[/bold red] {path} is not an outcomes file (.jsonl or .csv): {exc}"
+        print_error(
+            Console(stderr=True, soft_wrap=True), f"{path} is not an outcomes file (.jsonl or .csv): {exc}"
         )
         return 1
     print_summary(summary, Console())

@@ -26,6 +26,7 @@ import structlog
 from rich.console import Console
 
 from bulksend.campaign import Campaign, load_campaign
+from bulksend.display import print_error, print_text
 from bulksend.errors import BulksendError, CampaignError, ConfigError, StateLostError, first_bulksend_error
 from bulksend.log import configure_logging, register_secret
 from bulksend.pipeline.dispatch import AccountRefusedError
@@ -131,21 +132,22 @@ def run(args: argparse.Namespace) -> int:
             api_url=args.api_url, project_id=args.project_id, region=args.region, profile=args.profile
         )
     except (CampaignError, ConfigError) as exc:
-        console.print(f"[bold red]error:[/bold red] {exc}")
+        print_error(console, exc)
         return EXIT_CONFIG
     worker_id = None
     if args.worker or args.worker_id:
         if not args.store or "://" not in args.store or args.store.startswith("sqlite"):
-            console.print(
-                "[bold red]error:[/bold red] --worker needs a store shared by every worker: "
-                "--store postgresql://user@host/db"
+            print_error(
+                console,
+                "--worker needs a store shared by every worker: --store postgresql://user@host/db",
             )
             return EXIT_CONFIG
         if args.reconcile_all:
             # Its adoptions are not fenced by leases: one process must do it while no worker runs.
-            console.print(
-                "[bold red]error:[/bold red] --reconcile-all cannot run as one of several workers: "
-                "run it once without --worker, with no worker running, then start the workers"
+            print_error(
+                console,
+                "--reconcile-all cannot run as one of several workers: run it once without --worker, "
+                "with no worker running, then start the workers",
             )
             return EXIT_CONFIG
         worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -187,7 +189,7 @@ def run_campaign(
     try:
         _preflight(campaign)
     except CampaignError as exc:
-        console.print(f"[bold red]error:[/bold red] {exc}")
+        print_error(console, exc)
         return EXIT_CONFIG
     holder: dict[str, Any] = {}
     try:
@@ -206,13 +208,13 @@ def run_campaign(
         if found is None:
             raise
         if isinstance(found, StateLostError):
-            console.print(f"[bold red]refused:[/bold red] {found}")
+            print_error(console, found, label="refused")
             return EXIT_STATE_LOST
         if isinstance(found, AccountRefusedError):
-            console.print(f"[bold red]stopped:[/bold red] {found}")
-            console.print("Nothing was lost: rerun the same command to resume once this is fixed.")
+            print_error(console, found, label="stopped")
+            print_text(console, "Nothing was lost: rerun the same command to resume once this is fixed.")
             return EXIT_ACCOUNT
-        console.print(f"[bold red]error:[/bold red] {found}")
+        print_error(console, found)
         return EXIT_CONFIG
     return _report(result, console)
 

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from bulksend.daemon.config import load_daemon_config
 from bulksend.daemon.service import Daemon
+from bulksend.display import print_error
 from bulksend.errors import BulksendError, first_bulksend_error
 from bulksend.log import configure_logging, register_secret
 from bulksend.send import uvloop_available
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             register_secret(config.admin.token.reveal())
         daemon = Daemon(config, settings)
     except BulksendError as exc:
-        console.print(f"[bold red]error:[/bold red] {exc}")
+        print_error(console, exc)
         return 1
     try:
         anyio.run(_main, daemon, backend_options={"use_uvloop": uvloop_available()})
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         found = first_bulksend_error(raised)
         if found is None:
             raise
-        console.print(f"[bold red]error:[/bold red] {found}")
+        print_error(console, found)
         return 1
     return 0
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from bulksend.sinks.outcomes import OUTCOME_STATUSES
 
@@ -67,9 +68,14 @@ def summarize_outcomes(title: str, lines: Iterable[Mapping[str, Any]]) -> Summar
 
 
 def print_summary(summary: Summary, console: Console | None = None) -> None:
-    """Render the summary as tables."""
+    """Render the summary as tables.
+
+    Every title, cell and note is a :class:`~rich.text.Text`: statuses, flags, reasons and the
+    campaign id come from data (TEM's answers, recipient rows, the campaign file), and Rich
+    would read their ``[...]`` as markup.
+    """
     console = console or Console(stderr=False)
-    table = Table(title=summary.title, show_header=True, header_style="bold")
+    table = Table(title=Text(summary.title), show_header=True, header_style="bold")
     table.add_column("status")
     table.add_column("recipients", justify="right")
     table.add_column("share", justify="right")
@@ -78,22 +84,22 @@ def print_summary(summary: Summary, console: Console | None = None) -> None:
     for status in order:
         n = summary.by_status.get(status, 0)
         if n or status in ("sent", "failed"):
-            table.add_row(status, f"{n:,}", f"{100 * n / total:.1f} %")
-    table.add_row("[bold]total[/bold]", f"[bold]{summary.total:,}[/bold]", "")
+            table.add_row(Text(status), Text(f"{n:,}"), Text(f"{100 * n / total:.1f} %"))
+    table.add_row(Text("total", style="bold"), Text(f"{summary.total:,}", style="bold"), Text(""))
     console.print(table)
     if summary.by_flag:
         flags = Table(title="flags", show_header=True, header_style="bold")
         flags.add_column("flag")
         flags.add_column("emails", justify="right")
         for flag, n in summary.by_flag.most_common():
-            flags.add_row(flag, f"{n:,}")
+            flags.add_row(Text(flag), Text(f"{n:,}"))
         console.print(flags)
     if summary.reasons:
         reasons = Table(title="why not sent (most common)", show_header=True, header_style="bold")
         reasons.add_column("reason")
         reasons.add_column("rows", justify="right")
         for reason, n in summary.reasons.most_common(10):
-            reasons.add_row(reason, f"{n:,}")
+            reasons.add_row(Text(reason), Text(f"{n:,}"))
         console.print(reasons)
     extra: list[str] = []
     if summary.api_calls is not None:
@@ -111,4 +117,4 @@ def print_summary(summary: Summary, console: Console | None = None) -> None:
             "final status and the outcomes file"
         )
     for line in extra + summary.notes:
-        console.print(line)
+        console.print(Text(line))

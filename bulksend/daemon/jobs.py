@@ -37,7 +37,7 @@ from bulksend.errors import BulksendError, CampaignError
 from bulksend.jobs import JobError, SendJob, parse_job
 from bulksend.metrics import Metrics
 from bulksend.pipeline.dispatch import SendItem
-from bulksend.render import Rejection, Renderer
+from bulksend.render import Rejection, Renderer, RenderPacer
 from bulksend.sources.base import Delivery, JobSource
 from bulksend.store.base import AdmitResult, NewRecipient, RecipientRow, RowState, Store
 from bulksend.tem.models import format_rfc3339
@@ -183,8 +183,12 @@ class JobIntake:
         """Admit one received batch; shielded so a stop cannot cut between commit and ack."""
         name = self.source.name
         accepted: list[tuple[Delivery, SendJob, JobTemplate, NewRecipient, bytes, str]] = []
+        pacer = RenderPacer()
         with anyio.CancelScope(shield=True):
             for delivery in deliveries:
+                if pacer.due():
+                    # Slow templates: let health checks and signals run between renders.
+                    await anyio.lowlevel.checkpoint()
                 try:
                     job = parse_job(delivery.body)
                 except JobError as exc:

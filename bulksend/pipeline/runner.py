@@ -36,7 +36,7 @@ from bulksend.pipeline.reconcile import CampaignReconcile, Reconciler, reconcile
 from bulksend.pipeline.retry import RetryPolicy
 from bulksend.pipeline.stats import OutcomeHook, RunStats
 from bulksend.pipeline.tracker import Tracker, TrackerSettings, final_update
-from bulksend.render import Rejection, RenderedEmail, Renderer
+from bulksend.render import Rejection, RenderedEmail, Renderer, RenderPacer
 from bulksend.sinks.outcomes import outcome_lines, write_outcomes
 from bulksend.sources.files import BadRow, RecipientInput, iter_recipients, split_attachments
 from bulksend.store.base import (
@@ -539,11 +539,16 @@ class CampaignRun:
             return False
         rows: list[NewRecipient] = []
         rendered: dict[int, RenderedEmail] = {}
+        pacer = RenderPacer()
         for rec in chunk:
             new, email = self._prepare(rec)
             rows.append(new)
             if email is not None:
                 rendered[new.row] = email
+            if pacer.due():
+                # Slow templates: let signals and sends run between renders (nothing of this
+                # batch is stored yet, so a stop here loses nothing).
+                await anyio.lowlevel.checkpoint()
         # Durable before anything is sent: a crash from here on loses no accepted recipient.
         with anyio.CancelScope(shield=True):
             results = await self.store.admit(c.id, rows)

@@ -2,6 +2,8 @@
 
 The file is written from the store (in input-row order) into a temporary file and renamed into
 place, so a reader never sees half a file and a crash mid-write leaves the previous one intact.
+JSONL keeps every value exactly; in CSV, a text cell that a spreadsheet would run as a formula
+gets a leading ``'`` (:func:`csv_cell`).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from bulksend.private import make_private_dirs
 from bulksend.store.base import OutcomeValuesSource, RecipientRow, Store
 
 __all__ = [
+    "CSV_FORMULA_TRIGGERS",
     "OUTCOME_FIELDS",
     "OUTCOME_STATUSES",
+    "csv_cell",
     "outcome_from_values",
     "outcome_lines",
     "outcome_of",
@@ -142,12 +146,23 @@ async def outcome_lines(
             yield outcome_of(row, unfinished=unfinished)
 
 
-def _csv_value(value: Any) -> str:
+# A spreadsheet opening the CSV runs a cell starting with one of these as a formula
+# (=HYPERLINK(…), @SUM(…), -2+3, …): OWASP's CSV-injection list plus NUL (OWASP ASVS 1.2.10)
+# and line feed.
+CSV_FORMULA_TRIGGERS: Final = ("=", "+", "-", "@", "\t", "\r", "\n", "\0")
+
+
+def csv_cell(value: Any) -> str:
+    """``value`` as a CSV cell a spreadsheet shows as text: a leading ``'`` before a formula trigger.
+
+    Names, addresses, reasons and TEM's answers come from outside; JSONL keeps them exactly.
+    """
     if value is None:
         return ""
-    if isinstance(value, list):
-        return ";".join(str(v) for v in value)
-    return str(value)
+    text = ";".join(str(v) for v in value) if isinstance(value, list) else str(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return text  # a number bulksend counted (row, smtp_code, …), never a formula
+    return "'" + text if text.startswith(CSV_FORMULA_TRIGGERS) else text
 
 
 async def write_outcomes(
@@ -168,7 +183,9 @@ async def write_outcomes(
     as_csv = path.suffix.lower() == ".csv"
     count = 0
     text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
+    # CRLF, as RFC 4180 has it: the csv module then also quotes a cell holding a lone CR, which
+    # with a LF terminator it writes bare, splitting the row for every reader.
+    writer = csv.writer(text, lineterminator="\r\n")
     chunk = bytearray()
     try:
         if as_csv:
@@ -177,7 +194,7 @@ async def write_outcomes(
             if observe is not None:
                 observe(line)  # e.g. the end-of-run summary, without reading the file back
             if as_csv:
-                writer.writerow([_csv_value(line[f]) for f in OUTCOME_FIELDS])
+                writer.writerow([csv_cell(line[f]) for f in OUTCOME_FIELDS])
             else:
                 chunk += orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
             count += 1
