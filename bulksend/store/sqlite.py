@@ -818,6 +818,12 @@ class SqliteStore:
             conn = self._setup_writer()
         except BaseException as exc:
             err = exc if isinstance(exc, BulksendError) else StoreError(f"cannot open {self.path}: {exc}")
+            if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+                err = StoreError(
+                    f"cannot open {self.path}: {exc}. The state file is damaged: move it away (keep it "
+                    f"for inspection, with any -wal file) and rerun; the send journal {self.journal_path} "
+                    "will then refuse to send until --reconcile-all, so nobody is emailed twice"
+                )
             failed: list[_Delivery] = [(ready, None, err)]
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_deliver, failed)
