@@ -7,6 +7,7 @@
     ├── CampaignError            a campaign-level mistake found before anything is sent
     │                            (file, line and fix in the message)
     ├── StoreError               the state store cannot be opened or used
+    │   └── StateLostError       the state is older than what was already sent (reconcile first)
     └── TemError                 anything that went wrong talking to TEM
         ├── TemTransportError    no usable HTTP answer (transient)
         │   ├── TemConnectionError   connection refused, reset or dropped
@@ -49,6 +50,7 @@ __all__ = [
     "QuotaExceededError",
     "RateLimitedError",
     "ServerError",
+    "StateLostError",
     "StoreError",
     "TemApiError",
     "TemConnectionError",
@@ -89,6 +91,10 @@ class CampaignError(BulksendError):
 
 class StoreError(BulksendError):
     """The state store cannot be opened or used."""
+
+
+class StateLostError(StoreError):
+    """The store knows of fewer sends than its send journal: sending now could email people twice."""
 
 
 class TemError(BulksendError):

@@ -3,7 +3,8 @@
 Exit codes: 0 every recipient has its final outcome; 1 the campaign or the settings are wrong
 (nothing was sent); 2 TEM refused the account (key, permissions, quota); 3 the run ended with
 recipients still open (retries ran out, or tracking gave up early) — rerun to resume;
-130 stopped by Ctrl-C / SIGTERM — rerun to resume.
+4 the state store lost sends its journal recorded (nothing was sent) — rerun with
+``--reconcile-all``; 130 stopped by Ctrl-C / SIGTERM — rerun to resume.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from rich.console import Console
 
 from bulksend.campaign import Campaign, load_campaign
 from bulksend.display import print_error, print_text
-from bulksend.errors import BulksendError, CampaignError, ConfigError, first_bulksend_error
+from bulksend.errors import BulksendError, CampaignError, ConfigError, StateLostError, first_bulksend_error
 from bulksend.log import configure_logging, register_secret
 from bulksend.pipeline.dispatch import AccountRefusedError
 from bulksend.pipeline.limiter import AimdLimiter, RateLimiter
@@ -47,6 +48,7 @@ __all__ = ["configure", "run", "run_campaign"]
 log = structlog.get_logger("bulksend.send")
 
 EXIT_OK, EXIT_CONFIG, EXIT_ACCOUNT, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_STATE_LOST = 4
 
 
 def add_api_options(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +78,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--dry-run",
         action="store_true",
         help="render and validate every recipient, send nothing, say what would be rejected",
+    )
+    parser.add_argument(
+        "--reconcile-all",
+        action="store_true",
+        help="before sending, look every unfinished recipient up at TEM (batched lists) and never "
+        "resend what TEM already has: the way back after the state store lost sends",
     )
     parser.add_argument(
         "--store",
@@ -134,6 +142,14 @@ def run(args: argparse.Namespace) -> int:
                 "--worker needs a store shared by every worker: --store postgresql://user@host/db",
             )
             return EXIT_CONFIG
+        if args.reconcile_all:
+            # Its adoptions are not fenced by leases: one process must do it while no worker runs.
+            print_error(
+                console,
+                "--reconcile-all cannot run as one of several workers: run it once without --worker, "
+                "with no worker running, then start the workers",
+            )
+            return EXIT_CONFIG
         worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     options = RunOptions(
         progress=not args.no_progress,
@@ -142,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         worker_id=worker_id,
         shared_limiter_url=args.shared_limiter,
         lease_s=args.lease_s,
+        reconcile_all=args.reconcile_all,
     )
     return run_campaign(campaign, settings, console=console, options=options)
 
@@ -190,6 +207,9 @@ def run_campaign(
         found = first_bulksend_error(raised)
         if found is None:
             raise
+        if isinstance(found, StateLostError):
+            print_error(console, found, label="refused")
+            return EXIT_STATE_LOST
         if isinstance(found, AccountRefusedError):
             print_error(console, found, label="stopped")
             print_text(console, "Nothing was lost: rerun the same command to resume once this is fixed.")
@@ -242,6 +262,8 @@ class RunOptions:
     shared_limiter_url: str | None = None
     """``redis://…``: one rate limit for every process of the account."""
     lease_s: float = 30.0
+    reconcile_all: bool = False
+    """Look every unfinished recipient up at TEM before sending (after a loss of state)."""
 
 
 async def _main(
@@ -326,8 +348,29 @@ async def _run(
                 tg.start_soon(_watch_signals, runner)
                 if options.progress:
                     tg.start_soon(show_progress, stats, limiter)
+                reconciled = await runner.reconcile_all() if options.reconcile_all else None
+                if reconciled is not None and reconciled.interrupted:
+                    result = RunResult(
+                        campaign.id,
+                        complete=False,
+                        stopped=True,
+                        already_finished=False,
+                        counts=await store.counts(campaign.id),
+                        stats=stats,
+                        notes=["stopped during --reconcile-all: nothing was sent; run it again to finish."],
+                    )
+                    tg.cancel_scope.cancel()
+                    return result
                 result = await runner.run()
                 tg.cancel_scope.cancel()
+            if reconciled is not None:
+                result.notes.insert(
+                    0,
+                    f"reconciled before sending: {reconciled.listed:,} emails listed at TEM in "
+                    f"{reconciled.list_calls:,} list calls; {reconciled.adopted:,} recipients TEM already "
+                    f"had were not sent again ({reconciled.duplicates:,} had been emailed more than once "
+                    "before).",
+                )
             return result
     finally:
         with anyio.CancelScope(shield=True):

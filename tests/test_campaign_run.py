@@ -109,7 +109,7 @@ async def test_bad_input_becomes_outcomes(sandbox: Sandbox, write_campaign: Camp
     assert by_row[5]["status"] == "rejected"
     assert "line break" in by_row[5]["reason"]
     assert by_row[6]["status"] == "rejected"
-    assert "2" in by_row[6]["reason"]
+    assert "longer than 1,000,000 bytes" in by_row[6]["reason"]  # the recipient file's line limit
     assert by_row[7]["status"] == "rejected"
     assert by_row[7]["reason"]
     assert by_row[8]["status"] == "rejected"

@@ -722,6 +722,21 @@ async def test_rows_by_email_id(store: Store) -> None:
     assert await store.rows_by_email_id(CAMPAIGN, []) == {}
 
 
+async def test_rows_by_keys(store: Store) -> None:
+    """rows_by_keys maps dedupe keys to the rows owning them in the campaign, beyond one SQL chunk;
+    keys owned in another campaign, by nobody, or only by rejected rows are absent."""
+    rows = await store.admit(CAMPAIGN, recipients(range(1, 1201)))
+    await store.create_campaign("other", {})
+    await store.admit("other", [NewRecipient(1, "x@example.com", key="x@example.com")])
+    keys = {r.row: f"user{r.row}@example.com" for r in rows}
+    await store.mark_rejected(rows[0].id, reason="bad")
+    wanted = [*keys.values(), "x@example.com", "nobody@example.com"]
+    found = await store.rows_by_keys(CAMPAIGN, wanted)
+    assert set(found) == set(list(keys.values())[1:])
+    assert all(found[keys[r.row]].id == r.id for r in rows[1:])
+    assert await store.rows_by_keys(CAMPAIGN, []) == {}
+
+
 # -- concurrency -----------------------------------------------------------------------------
 async def test_concurrent_writers_are_all_durable(opener: Opener, store: Store) -> None:
     """2,000 concurrent mark_sending calls all succeed, survive a restart, and share few commits."""

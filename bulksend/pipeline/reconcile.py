@@ -9,12 +9,16 @@ email TEM was still creating cannot be missed:
 * found → adopt its id (``sending`` → ``submitted``): nobody gets a second copy;
 * not found → ``sending`` → ``pending`` and send again.
 
+:func:`reconcile_campaign` does the same for a whole campaign at once, in pages of 1000 emails,
+when the state store lost sends it had recorded (``bulksend send … --reconcile-all``).
+
 See docs/delivery-guarantees.md for the remaining window.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -28,11 +32,15 @@ from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.paced import paced_call
 from bulksend.pipeline.retry import RetryPolicy
 from bulksend.pipeline.stats import RunStats
-from bulksend.store.base import LeaseLostError, Store
+from bulksend.store.base import LeaseLostError, RecipientRow, RowState, Store
 from bulksend.tem.client import TemClient
 from bulksend.tem.models import Email, ListEmailsQuery, OrderBy
+from bulksend.validate import normalize_address
 
-__all__ = ["Reconciler"]
+__all__ = ["CampaignReconcile", "Reconciler", "reconcile_campaign"]
+
+LIST_PAGE_SIZE = 1000
+"""Emails per list call of :func:`reconcile_campaign` (TEM's largest page)."""
 
 log = structlog.get_logger("bulksend.reconcile")
 
@@ -167,3 +175,158 @@ class Reconciler:
         if len(matches) > 1:
             log.warning("email.duplicate_found", row=item.row, email_ids=[e.id for e in matches])
         return matches[0] if matches else None
+
+
+@dataclass
+class CampaignReconcile:
+    """What :func:`reconcile_campaign` found and did."""
+
+    listed: int = 0
+    """Emails TEM listed for the sender in the campaign's window."""
+    adopted: int = 0
+    """Unfinished rows TEM already had an email for: now ``submitted`` (never sent again)."""
+    final: int = 0
+    """Of those, the ones already final at TEM (recorded ``final`` at once)."""
+    requeued: int = 0
+    """``sending`` rows TEM proved it never created: back to ``pending``, to be sent."""
+    left_sending: int = 0
+    """``sending`` rows whose attempt may still reach TEM: looked up one by one later."""
+    duplicates: int = 0
+    """Rows TEM holds more than one email for (emailed twice before this reconciliation)."""
+    list_calls: int = 0
+    interrupted: bool = False
+    """Stopped before the end: nothing was accepted, the campaign stays refused."""
+
+
+async def reconcile_campaign(
+    *,
+    store: Store,
+    tem: TemClient,
+    limiter: RateLimiter,
+    retry: RetryPolicy,
+    campaign_id: str,
+    mail_from: str,
+    since: datetime,
+    subject_of: Callable[[RecipientRow], Awaitable[str | None]],
+    on_final: Callable[[Email, int], Awaitable[None]],
+    timeout_s: float,
+    settle_s: float,
+    skew_s: float,
+    not_before: datetime | None = None,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
+) -> CampaignReconcile:
+    """Look every unfinished row of the campaign up at TEM in batched lists; adopt what TEM has.
+
+    Lists the sender's emails created since ``since`` (pages of 1000, oldest first), finds each
+    one's row by recipient (the dedupe key) and keeps it when the row's rendered subject
+    (``subject_of``) is the email's: a ``pending`` or ``sending`` row becomes ``submitted`` with
+    that email's id (and ``final`` through ``on_final`` when TEM says so). A ``sending`` row with
+    no email, whose attempt ended ``settle_s`` before the listing began, goes back to ``pending``.
+    Waits first until ``not_before`` (when the last send the journal recorded can no longer be
+    in flight). A TEM error propagates: nothing is taken as "not sent" on a failed lookup.
+    """
+    pause = sleep or anyio.sleep
+    if not_before is not None:
+        delay = (not_before - utcnow()).total_seconds()
+        if delay > 0:
+            await pause(delay)
+    report = CampaignReconcile()
+    listed_at = utcnow()
+    query = ListEmailsQuery(
+        mail_from=mail_from or None,
+        since=since,
+        until=listed_at + timedelta(seconds=skew_s),
+        order_by=OrderBy.CREATED_AT_ASC,
+    )
+    page = 1
+    while True:
+        result = await paced_call(
+            limiter,
+            retry,
+            "list",
+            partial(tem.list_emails, query, page=page, page_size=LIST_PAGE_SIZE),
+            sleep=sleep,
+        )
+        report.list_calls += 1
+        report.listed += len(result.emails)
+        await _adopt_page(store, campaign_id, result.emails, subject_of, on_final, report)
+        if len(result.emails) < LIST_PAGE_SIZE:
+            break
+        page += 1
+    # A `sending` row TEM does not have: not created, if its attempt was over (plus the time TEM
+    # may take to list an email) before the listing began and it started inside the window.
+    settled = listed_at - timedelta(seconds=settle_s)
+    async for row in store.iter_rows(campaign_id, states=[RowState.SENDING]):
+        started = row.attempt_started_at
+        end = row.attempt_ended_at or (started + timedelta(seconds=timeout_s) if started else None)
+        if started is None or end is None or end > settled or started < since + timedelta(seconds=skew_s):
+            report.left_sending += 1
+            continue
+        with anyio.CancelScope(shield=True):
+            await store.mark_retry(row.id, reason="reconciled: TEM had not created it")
+        report.requeued += 1
+    log.info("campaign.reconciled_all", campaign=campaign_id, **vars(report))
+    if report.duplicates:
+        log.warning(
+            "campaign.duplicates_found",
+            campaign=campaign_id,
+            recipients=report.duplicates,
+            hint="TEM holds more than one email for these recipients, sent before this reconciliation "
+            "(--log-level debug lists them); none was sent again now",
+        )
+    return report
+
+
+async def _adopt_page(
+    store: Store,
+    campaign_id: str,
+    emails: tuple[Email, ...],
+    subject_of: Callable[[RecipientRow], Awaitable[str | None]],
+    on_final: Callable[[Email, int], Awaitable[None]],
+    report: CampaignReconcile,
+) -> None:
+    by_key: dict[str, list[Email]] = {}
+    for email in emails:
+        by_key.setdefault(normalize_address(email.mail_rcpt), []).append(email)
+    rows = await store.rows_by_keys(campaign_id, list(by_key))
+
+    async def adopt(row: RecipientRow, found: Email) -> None:
+        with anyio.CancelScope(shield=True):
+            if row.state is RowState.PENDING:
+                # pending → sending → submitted: the row's history says an attempt reached TEM.
+                await store.mark_sending(
+                    row.id,
+                    started_at=found.created_at or utcnow(),
+                    correlation=row.correlation or f"{campaign_id}/{row.row}",
+                )
+            await store.mark_submitted(
+                row.id,
+                email_id=found.id,
+                message_id=found.message_id,
+                submitted_at=found.created_at or utcnow(),
+            )
+        report.adopted += 1
+        if found.is_final:
+            await on_final(found, row.id)
+            report.final += 1
+
+    async with anyio.create_task_group() as tg:
+        for key, found in by_key.items():
+            row = rows.get(key)
+            if row is None:
+                continue  # another campaign's email, or a recipient this campaign never admitted
+            if row.state is RowState.SUBMITTED or row.state is RowState.FINAL:
+                if any(e.id != row.email_id for e in found):
+                    report.duplicates += 1
+                continue
+            if row.state is not RowState.PENDING and row.state is not RowState.SENDING:
+                continue
+            subject = await subject_of(row)
+            matches = [e for e in found if e.subject == subject]
+            if not matches:
+                continue
+            if len(matches) > 1:
+                report.duplicates += 1
+                # One line per row at debug: after a lost state there may be thousands of them.
+                log.debug("email.duplicate_found", row=row.row, email_ids=[e.id for e in matches])
+            tg.start_soon(adopt, row, matches[0])

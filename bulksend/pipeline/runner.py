@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +29,20 @@ import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from bulksend.campaign import Campaign
-from bulksend.errors import CampaignError
+from bulksend.errors import CampaignError, StateLostError
 from bulksend.pipeline.dispatch import Dispatcher, SendItem, utcnow
 from bulksend.pipeline.limiter import RateLimiter
-from bulksend.pipeline.reconcile import Reconciler
+from bulksend.pipeline.reconcile import CampaignReconcile, Reconciler, reconcile_campaign
 from bulksend.pipeline.retry import RetryPolicy
 from bulksend.pipeline.stats import OutcomeHook, RunStats
-from bulksend.pipeline.tracker import Tracker, TrackerSettings
+from bulksend.pipeline.tracker import Tracker, TrackerSettings, final_update
 from bulksend.render import Rejection, RenderedEmail, Renderer, RenderPacer
 from bulksend.sinks.outcomes import outcome_lines, write_outcomes
 from bulksend.sources.files import BadRow, RecipientInput, iter_recipients, split_attachments
 from bulksend.store.base import (
     CampaignRecord,
     CampaignState,
+    JournalledStore,
     NewRecipient,
     RecipientRow,
     RowState,
@@ -49,6 +50,7 @@ from bulksend.store.base import (
 )
 from bulksend.summary import Summary, tally_line
 from bulksend.tem.client import TemClient
+from bulksend.tem.models import Email
 from bulksend.validate import normalize_address
 
 __all__ = ["CampaignRun", "RunResult", "attachments_of", "correlation_of"]
@@ -126,7 +128,10 @@ class CampaignRun:
         self._keep_tracking = False
         self._root_scope: anyio.CancelScope | None = None
         self._intake_scope = anyio.CancelScope()
+        self._reconcile_all_scope = anyio.CancelScope()
         self._reconciling: set[int] = set()
+        self._sent_since: datetime | None = None
+        """Set by :meth:`reconcile_all`: when the campaign's first send may have happened."""
 
     # -- control -----------------------------------------------------------------------------
     @property
@@ -144,6 +149,7 @@ class CampaignRun:
         self._stopping = True
         self._keep_tracking = keep_tracking
         self._intake_scope.cancel()
+        self._reconcile_all_scope.cancel()
         if self._root_scope is not None and not keep_tracking:
             self._root_scope.deadline = min(self._root_scope.deadline, anyio.current_time() + self.grace_s)
         log.info("campaign.stopping", campaign=self.campaign.id, grace_s=self.grace_s)
@@ -152,6 +158,7 @@ class CampaignRun:
         """Immediate stop. Recorded state stays consistent; the next run reconciles."""
         self._stopping = True
         self._intake_scope.cancel()
+        self._reconcile_all_scope.cancel()
         if self._root_scope is not None:
             self._root_scope.cancel()
 
@@ -163,6 +170,7 @@ class CampaignRun:
 
     async def _run(self) -> RunResult:
         c = self.campaign
+        self._check_state()
         record = await self._open_campaign()
         if record.state is CampaignState.FINISHED:
             counts = await self.store.counts(c.id)
@@ -188,7 +196,7 @@ class CampaignRun:
         )
         # Emails of this campaign were all created after the campaign record; the margin covers
         # clock skew between this machine and TEM.
-        since = record.created_at - timedelta(minutes=1)
+        since = min(record.created_at, self._sent_since or record.created_at) - timedelta(minutes=1)
         tracker = Tracker(
             campaign_id=c.id,
             store=self.store,
@@ -219,6 +227,77 @@ class CampaignRun:
                 sending_done.set()
         self._root_scope = None
         return await self._finish(hard_stopped=root.cancelled_caught)
+
+    # -- lost state ----------------------------------------------------------------------------
+    def _check_state(self) -> None:
+        """Refuse to send from a state that lost sends its journal recorded: the recipients whose
+        `sending` marks were lost would be emailed again."""
+        loss = self.store.state_loss(self.campaign.id) if isinstance(self.store, JournalledStore) else None
+        if loss is None:
+            return
+        raise StateLostError(
+            f"campaign {self.campaign.id!r}: {loss.what}. Some recipients TEM already has may look "
+            "unsent, so nothing was sent. Run the same command with --reconcile-all "
+            f"(bulksend send {self.campaign.path} --reconcile-all): it looks every unfinished "
+            "recipient up at TEM first and then sends only to those TEM does not have."
+        )
+
+    async def reconcile_all(self) -> CampaignReconcile:
+        """Before sending: admit the whole recipient file, look every unfinished row up at TEM in
+        batched lists, adopt the emails TEM already has, then take that as the journal's baseline.
+
+        For a state store that lost sends (``bulksend send … --reconcile-all``); see
+        docs/delivery-guarantees.md. Sends nothing. A TEM error propagates and accepts nothing; a
+        stop (:meth:`request_stop`, :meth:`abort`) ends it at once, ``interrupted``, accepting nothing.
+        """
+        report = CampaignReconcile(interrupted=True)
+        with self._reconcile_all_scope, structlog.contextvars.bound_contextvars(campaign=self.campaign.id):
+            c = self.campaign
+            record = await self._open_campaign()
+            if not record.admitted_all:
+                # Every row must exist before the lists are matched: one admitted later would be sent.
+                start = await self.store.max_admitted_row(c.id)
+                reader = iter_recipients(c.recipients, start_after_row=start)
+                while await self._admit_batch(reader, None):
+                    pass
+                await self.store.mark_admitted_all(c.id)
+            journal = self.store if isinstance(self.store, JournalledStore) else None
+            sends = journal.send_record(c.id) if journal is not None else None
+            since = record.created_at if sends is None else min(record.created_at, sends.first_at)
+            # No send the journal recorded can still reach TEM once its client timeout is over.
+            not_before = None
+            if sends is not None:
+                not_before = sends.last_at + timedelta(seconds=c.sending.timeout_s + c.tracking.settle_s)
+            self._sent_since = since
+
+            async def subject_of(row: RecipientRow) -> str | None:
+                item = await self._item_from_row(row)
+                return None if item is None else item.subject
+
+            async def on_final(email: Email, row_id: int) -> None:
+                with anyio.CancelScope(shield=True):
+                    await self.store.mark_final([final_update(row_id, email)])
+                if self._on_outcome is not None:
+                    await self._on_outcome(c.id, [(row_id, email.status.value)])
+
+            report = await reconcile_campaign(
+                store=self.store,
+                tem=self.tem,
+                limiter=self.limiter,
+                retry=self._retry,
+                campaign_id=c.id,
+                mail_from=c.from_.email,
+                since=since - timedelta(minutes=1),
+                subject_of=subject_of,
+                on_final=on_final,
+                timeout_s=c.sending.timeout_s,
+                settle_s=c.tracking.settle_s,
+                skew_s=self._skew_s,
+                not_before=not_before,
+            )
+            if journal is not None:
+                await journal.accept_state(c.id)
+        return report
 
     async def _baseline(self) -> None:
         """Start the counters from what earlier runs already did (progress of a resumed run)."""

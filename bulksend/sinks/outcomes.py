@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, BinaryIO, Final
 import anyio
 import orjson
 
+from bulksend.private import make_private_dirs
 from bulksend.store.base import OutcomeValuesSource, RecipientRow, Store
 
 __all__ = [
@@ -175,9 +177,9 @@ async def write_outcomes(
     File I/O runs in a worker thread in 256 KiB chunks, so a daemon serving other work while
     writing a million-line file is never blocked on the disk.
     """
-    await anyio.to_thread.run_sync(lambda: path.parent.mkdir(parents=True, exist_ok=True))
-    # Per process: several workers of one campaign may write the same file at the same time.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # A unique temporary name (not the PID: every container's worker is PID 1) in the target's
+    # folder, so the rename stays atomic; mkstemp creates it 0600, as the file names recipients.
+    fh, tmp = await anyio.to_thread.run_sync(_create_temp, path)
     as_csv = path.suffix.lower() == ".csv"
     count = 0
     text = io.StringIO()
@@ -185,7 +187,6 @@ async def write_outcomes(
     # with a LF terminator it writes bare, splitting the row for every reader.
     writer = csv.writer(text, lineterminator="\r\n")
     chunk = bytearray()
-    fh: BinaryIO = await anyio.to_thread.run_sync(open, tmp, "wb")
     try:
         if as_csv:
             writer.writerow(OUTCOME_FIELDS)
@@ -206,10 +207,24 @@ async def write_outcomes(
                 chunk.clear()
         chunk += text.getvalue().encode()
         await anyio.to_thread.run_sync(_finish, fh, bytes(chunk))
-    finally:
         await anyio.to_thread.run_sync(fh.close)
-    await anyio.to_thread.run_sync(os.replace, tmp, path)
+        await anyio.to_thread.run_sync(os.replace, tmp, path)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_discard, fh, tmp)
+        raise
     return count
+
+
+def _create_temp(path: Path) -> tuple[BinaryIO, Path]:
+    make_private_dirs(path.parent)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    return os.fdopen(fd, "wb"), Path(name)
+
+
+def _discard(fh: BinaryIO, tmp: Path) -> None:
+    fh.close()
+    tmp.unlink(missing_ok=True)
 
 
 _CHUNK = 256 * 1024

@@ -24,6 +24,11 @@ CSV rules:
 JSONL rules: one JSON object per line with a string ``email``; ``name`` (string or null) and
 ``attachments`` (``;``-separated string or list of strings, kept in ``vars`` as a ``;``-separated
 string) are optional; every other key becomes a template variable with its JSON value.
+
+Sizes are bounded, so a hostile file costs bounded memory: a record (CSV) or line (JSONL) of at
+most :data:`MAX_RECORD_CHARS`, values of at most :data:`MAX_VALUE_CHARS`, at most
+:data:`MAX_COLUMNS` columns or keys. A row past a limit is rejected with the limit in its reason
+(and the address, when it can be read), a header past one refuses the file.
 """
 
 from __future__ import annotations
@@ -31,12 +36,14 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import re
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 import orjson
 
@@ -45,7 +52,10 @@ from bulksend.errors import CampaignError
 __all__ = [
     "CSV_SUFFIXES",
     "JSONL_SUFFIXES",
+    "MAX_COLUMNS",
+    "MAX_RECORD_CHARS",
     "MAX_RECORD_LINES",
+    "MAX_VALUE_CHARS",
     "RECIPIENT_SUFFIXES",
     "BadRow",
     "RecipientInput",
@@ -60,6 +70,15 @@ RECIPIENT_SUFFIXES: Final = CSV_SUFFIXES | JSONL_SUFFIXES
 
 MAX_RECORD_LINES: Final = 100
 """How many physical lines one CSV record (a quoted value with line breaks) may span."""
+
+MAX_RECORD_CHARS: Final = 1_000_000
+"""Longest CSV record (all its lines) or JSONL line, in characters (JSONL: bytes)."""
+MAX_VALUE_CHARS: Final = 100_000
+"""Longest single value (a CSV cell, a JSONL string), in characters."""
+MAX_COLUMNS: Final = 1_000
+"""Most columns in a CSV header, or keys in a JSONL object."""
+_MAX_ADDRESS_CHARS: Final = 320
+"""Longest address kept in a rejected row's outcome (a real one is at most 254)."""
 
 _READ_BUFFER_BYTES: Final = 1 << 20
 _ATTACHMENTS_KEY: Final = "attachments"
@@ -174,7 +193,14 @@ class _Header:
 
 
 def _read_header(path: Path, f: io.TextIOWrapper) -> _Header:
-    line = f.readline()
+    line = f.readline(MAX_RECORD_CHARS + 1)
+    if len(line) > MAX_RECORD_CHARS:
+        raise CampaignError(
+            f"the header line is longer than {MAX_RECORD_CHARS:,} characters; a recipients file may "
+            f"have at most {MAX_COLUMNS:,} columns, with short names",
+            path=str(path),
+            line=1,
+        )
     # Leading blank lines would make "row = line number" confusing; the header must be line 1.
     if not line.strip():
         raise CampaignError(
@@ -204,6 +230,13 @@ def _read_header(path: Path, f: io.TextIOWrapper) -> _Header:
             path=str(path),
             line=1,
         ) from None
+    if len(columns) > MAX_COLUMNS:
+        raise CampaignError(
+            f"the header has {len(columns):,} columns; a recipients file may have at most "
+            f"{MAX_COLUMNS:,}: keep only the columns the templates use",
+            path=str(path),
+            line=1,
+        )
     lowered = [c.lower() for c in columns]
     for special in ("email", "name", _ATTACHMENTS_KEY):
         if lowered.count(special) > 1:
@@ -266,15 +299,29 @@ def _has_surrogate(text: str) -> bool:
     return False
 
 
+class _Overlong(str):
+    """A line longer than MAX_RECORD_CHARS: its first MAX_RECORD_CHARS + 1 characters only."""
+
+    __slots__ = ()
+
+
 def _physical_lines(f: io.TextIOWrapper, pending: deque[str]) -> Iterator[str]:
     """The file's lines, with ``pending`` (lines pushed back for re-reading) served first.
 
     Lines are pushed back only while this generator is suspended, and always precede the line it
     may be holding, so the order of the file is kept. At the end of the file it yields ``""``
     (never a real line: those end with a newline or are non-empty) instead of finishing, so that
-    lines pushed back after a read hit the end are still served.
+    lines pushed back after a read hit the end are still served. A line longer than
+    MAX_RECORD_CHARS comes as an :class:`_Overlong` prefix, the rest read and dropped.
     """
-    for line in f:
+    limit = MAX_RECORD_CHARS + 1
+    # iter(callable, sentinel) loops in C: as cheap as iterating the file, but bounded per line.
+    for line in iter(partial(f.readline, limit), ""):
+        if len(line) == limit and not line.endswith(("\n", "\r")):
+            while rest := f.readline(limit):  # skip the rest of it, one bounded piece at a time
+                if rest.endswith(("\n", "\r")):
+                    break
+            line = _Overlong(line)
         while pending:
             yield pending.popleft()
         yield line
@@ -303,9 +350,21 @@ def _iter_csv(path: Path, start_after_row: int) -> Iterator[RecipientInput | Bad
                     row,
                     f"the line has {len(fields)} values but the header has {ncols} columns; "
                     f"a value containing {_delimiter_name(delimiter)[:-1]}s must be wrapped in double quotes",
+                    email=_recovered(fields, email_i),
+                    name=_recovered(fields, name_i),
                 )
             email = fields[email_i].strip()
             name = fields[name_i].strip() if name_i is not None else ""
+            if len(line) > MAX_VALUE_CHARS:
+                for i, value in enumerate(fields):
+                    if len(value) > MAX_VALUE_CHARS:
+                        return BadRow(
+                            row,
+                            f"the value of column {header.columns[i] or f'#{i + 1}'!r} is "
+                            f"{len(value):,} characters long; at most {MAX_VALUE_CHARS:,} are allowed",
+                            email=_recovered(fields, email_i),
+                            name=_recovered(fields, name_i),
+                        )
             if not line.isascii() and _has_surrogate(line):
                 return _utf8_bad_row(row, fields, line, header, email, name)
             if get_vars is not None:
@@ -326,6 +385,17 @@ def _iter_csv(path: Path, start_after_row: int) -> Iterator[RecipientInput | Bad
             if not line:
                 break  # end of file
             lineno += 1
+            if type(line) is _Overlong:
+                if lineno > start_after_row:
+                    # The prefix may still hold the address (a long value after it, say).
+                    prefix = line.split(delimiter, email_i + 1)
+                    yield BadRow(
+                        lineno,
+                        f"the line is longer than {MAX_RECORD_CHARS:,} characters, the most a record "
+                        f"may have (and a value at most {MAX_VALUE_CHARS:,}); shorten it",
+                        email=_recovered(prefix[:-1], email_i),
+                    )
+                continue
             if '"' not in line:
                 # Fast path, by far the most common: no quoting, so a plain split is exact.
                 if lineno <= start_after_row:
@@ -345,7 +415,17 @@ def _iter_csv(path: Path, start_after_row: int) -> Iterator[RecipientInput | Bad
                 # Reject only the line the record started on and read the others again as
                 # records of their own: a stray quote then costs one row, not the rest of the file.
                 consumed = quoted.consumed
-                if str(exc) == "unexpected end of data":
+                if quoted.too_long:
+                    reason = (
+                        f"the record is longer than {MAX_RECORD_CHARS:,} characters, the most a record may "
+                        "have; shorten it, or close a quoted value left open"
+                    )
+                elif "field larger than field limit" in str(exc):
+                    reason = (
+                        f"a quoted value is longer than {min(MAX_VALUE_CHARS, csv.field_size_limit()):,} "
+                        "characters, the most a value may have; shorten it"
+                    )
+                elif str(exc) == "unexpected end of data":
                     if len(consumed) >= MAX_RECORD_LINES:
                         reason = (
                             f"a quoted value opened on this line is not closed within "
@@ -384,12 +464,14 @@ class _QuotedRecords:
     the lines of the last record, so a failed one can be pushed back and read again.
     """
 
-    __slots__ = ("_delimiter", "_ended", "_fresh", "_lines", "_reader", "consumed")
+    __slots__ = ("_delimiter", "_ended", "_fresh", "_lines", "_reader", "consumed", "too_long")
 
     def __init__(self, lines: Iterator[str], delimiter: str) -> None:
         self._lines = lines
         self._delimiter = delimiter
         self.consumed: list[str] = []
+        self.too_long = False
+        """The last record was cut off at MAX_RECORD_CHARS (or reached an overlong line)."""
         self._fresh = False
         self._ended = False
         self._reader = self._new_reader()
@@ -401,9 +483,11 @@ class _QuotedRecords:
     def _feed(self) -> Iterator[str]:
         consumed = self.consumed
         lines = self._lines
+        size = 0
         while True:
             if self._fresh:
                 self._fresh = False
+                size = len(consumed[0])
                 yield consumed[0]
                 continue
             if len(consumed) >= MAX_RECORD_LINES:
@@ -411,7 +495,11 @@ class _QuotedRecords:
             nxt = next(lines)
             if not nxt:
                 break  # end of file
-            consumed.append(nxt)
+            consumed.append(nxt)  # pushed back with the rest if the record fails
+            size += len(nxt)
+            if type(nxt) is _Overlong or size > MAX_RECORD_CHARS:
+                self.too_long = True
+                break
             yield nxt
         # Ending the iterator makes the reader report "unexpected end of data" for the open
         # quote; this generator is spent, so the next parse needs a new reader.
@@ -421,6 +509,7 @@ class _QuotedRecords:
         """The fields of the record starting with ``line``; raises ``csv.Error`` if it is broken."""
         self.consumed.clear()
         self.consumed.append(line)
+        self.too_long = False
         self._fresh = True
         try:
             return next(self._reader)
@@ -428,6 +517,16 @@ class _QuotedRecords:
             if self._ended:
                 self._reader = self._new_reader()
             raise
+
+
+def _recovered(fields: list[str], index: int | None) -> str:
+    """A rejected row's value at ``index``, kept for its outcome when it is there and plausible."""
+    if index is None or index >= len(fields):
+        return ""
+    value = fields[index].strip()
+    if len(value) > _MAX_ADDRESS_CHARS or _has_surrogate(value):
+        return ""
+    return value
 
 
 def _utf8_bad_row(row: int, fields: list[str], line: str, header: _Header, email: str, name: str) -> BadRow:
@@ -461,22 +560,42 @@ def _utf8_bad_row(row: int, fields: list[str], line: str, header: _Header, email
 # ---------------------------------------------------------------------------------------------
 
 
+def _skip_line(f: BinaryIO, limit: int) -> None:
+    """Read and drop the rest of an overlong line, one bounded piece at a time."""
+    while rest := f.readline(limit):
+        if rest.endswith(b"\n"):
+            return
+
+
 def _iter_jsonl(path: Path, start_after_row: int) -> Iterator[RecipientInput | BadRow]:
     loads = orjson.loads
+    limit = MAX_RECORD_CHARS + 1
     with open(path, "rb", buffering=_READ_BUFFER_BYTES) as f:
         lineno = 0
-        for raw in f:
+        # iter(callable, sentinel) loops in C: as cheap as iterating the file, but bounded per line.
+        for raw in iter(partial(f.readline, limit), b""):
             lineno += 1
+            too_long = len(raw) == limit and not raw.endswith(b"\n")
+            if too_long:
+                _skip_line(f, limit)  # a line over MAX_RECORD_CHARS bytes: only its prefix is kept
             if lineno <= start_after_row:
                 continue
             if lineno == 1 and raw.startswith(_BOM):
                 raw = raw[len(_BOM) :]
+            if too_long:
+                yield BadRow(
+                    lineno,
+                    f"the line is longer than {MAX_RECORD_CHARS:,} bytes, the most a line may have "
+                    f"(and a value at most {MAX_VALUE_CHARS:,} characters); shorten it",
+                    email=_email_in(raw),
+                )
+                continue
             try:
                 obj = loads(raw)
             except orjson.JSONDecodeError as exc:
                 if not raw.strip():
                     continue  # blank line
-                yield BadRow(lineno, _json_reason(raw, exc))
+                yield BadRow(lineno, _json_reason(raw, exc), email=_email_in(raw))
                 continue
             if type(obj) is not dict:
                 yield BadRow(
@@ -484,6 +603,11 @@ def _iter_jsonl(path: Path, start_after_row: int) -> Iterator[RecipientInput | B
                     f"the line is a JSON {_json_type(obj)}, not an object; write one object per line, "
                     f'like {{"email": "ann@example.com", "name": "Ann"}}',
                 )
+                continue
+            problem = _oversized(obj) if len(obj) > MAX_COLUMNS or len(raw) > MAX_VALUE_CHARS else None
+            if problem is not None:
+                found = obj.get("email")
+                yield BadRow(lineno, problem, email=found.strip() if isinstance(found, str) else "")
                 continue
             email = obj.pop("email", None)
             name = obj.pop("name", None)
@@ -523,6 +647,35 @@ def _iter_jsonl(path: Path, start_after_row: int) -> Iterator[RecipientInput | B
                     )
                     continue
             yield RecipientInput(lineno, email.strip(), name.strip(), obj, attachments)
+
+
+# A JSON string after an "email" key, for the outcome of a line that is not valid JSON.
+_EMAIL_IN_RAW: Final = re.compile(rb'"email"\s*:\s*("(?:[^"\\\n]|\\.){0,%d}")' % _MAX_ADDRESS_CHARS)
+
+
+def _email_in(raw: bytes) -> str:
+    """The address of a line that could not be read as a whole, when its "email" can be."""
+    found = _EMAIL_IN_RAW.search(raw)
+    if found is None:
+        return ""
+    try:
+        value = orjson.loads(found.group(1))
+    except orjson.JSONDecodeError:
+        return ""
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _oversized(obj: dict[str, Any]) -> str | None:
+    """Why a JSONL object is past a size limit (keys, value length), or None."""
+    if len(obj) > MAX_COLUMNS:
+        return f"the object has {len(obj):,} keys; at most {MAX_COLUMNS:,} are allowed"
+    for key, value in obj.items():
+        if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
+            return (
+                f"the value of {key[:40]!r} is {len(value):,} characters long; at most "
+                f"{MAX_VALUE_CHARS:,} are allowed"
+            )
+    return None
 
 
 def _json_reason(raw: bytes, exc: orjson.JSONDecodeError) -> str:

@@ -66,11 +66,14 @@ __all__ = [
     "CampaignRecord",
     "CampaignState",
     "FinalUpdate",
+    "JournalledStore",
     "LeaseLostError",
     "NewRecipient",
     "OutcomeValuesSource",
     "RecipientRow",
     "RowState",
+    "SendRecord",
+    "StateLoss",
     "Store",
 ]
 
@@ -245,6 +248,50 @@ class OutcomeValuesSource(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class SendRecord:
+    """What a store's send journal says of one campaign's sends (see :class:`JournalledStore`)."""
+
+    campaign_id: str
+    started: int
+    """Sends started, as the journal counts them."""
+    first_at: datetime
+    last_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StateLoss:
+    """The store's state of a campaign is older than what was already sent: resending is unsafe."""
+
+    campaign_id: str
+    what: str
+    """What was found, in words (e.g. "the database records 120 sends started, the journal 334")."""
+    record: SendRecord | None
+    """The journal's record of the campaign, when it has one."""
+
+
+@runtime_checkable
+class JournalledStore(Protocol):
+    """A store that keeps a send journal beside its state and checks the two agree when opened.
+
+    A campaign whose state lost sends the journal recorded must not send again until every row
+    TEM may already have is reconciled (``bulksend send … --reconcile-all``), then
+    :meth:`accept_state` records the reconciled state as the new baseline.
+    """
+
+    def state_loss(self, campaign_id: str) -> StateLoss | None:
+        """The loss found at open for this campaign, or None."""
+        ...
+
+    def send_record(self, campaign_id: str) -> SendRecord | None:
+        """The journal's record of the campaign's sends (None: it never sent from this store)."""
+        ...
+
+    async def accept_state(self, campaign_id: str) -> None:
+        """Take the campaign's current state as the journal's baseline (after reconciliation)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
 class FinalUpdate:
     """The final facts about one email, as learned from TEM (or from giving up)."""
 
@@ -388,6 +435,10 @@ class Store(Protocol):
 
     async def rows_by_email_id(self, campaign_id: str, email_ids: Sequence[str]) -> dict[str, RecipientRow]:
         """The rows holding these TEM email ids (ids not found are absent from the result)."""
+
+    async def rows_by_keys(self, campaign_id: str, keys: Sequence[str]) -> dict[str, RecipientRow]:
+        """The rows of the campaign that own these dedupe keys (normalised addresses); a key that
+        no row owns (unknown, or only rejected and skipped rows had it) is absent."""
 
     def iter_rows(
         self,

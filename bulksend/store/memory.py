@@ -479,6 +479,18 @@ class MemoryStore:
                 found[email_id] = self._public(row)
         return found
 
+    async def rows_by_keys(self, campaign_id: str, keys: Sequence[str]) -> dict[str, RecipientRow]:
+        """The rows of the campaign that own these dedupe keys (keys nobody owns are absent)."""
+        await self._enter()
+        owners = self._dedupe.get(campaign_id, {})
+        by_row = self._by_input_row.get(campaign_id, {})
+        found: dict[str, RecipientRow] = {}
+        for key in keys:
+            row = owners.get(key)
+            if row is not None and row in by_row:
+                found[key] = self._public(self._rows[by_row[row]])
+        return found
+
     async def iter_rows(
         self,
         campaign_id: str,

@@ -1071,6 +1071,25 @@ class PostgresStore:
 
         return await self._read(op)
 
+    async def rows_by_keys(self, campaign_id: str, keys: Sequence[str]) -> dict[str, RecipientRow]:
+        """The rows of the campaign that own these dedupe keys (keys nobody owns are absent)."""
+        wanted = sorted(set(keys))
+        if not wanted:
+            await anyio.lowlevel.checkpoint()
+            self._require_pool()
+            return {}
+
+        async def op(conn: Connection) -> dict[str, RecipientRow]:
+            found = await conn.fetch(
+                f"SELECT {_R_COLUMNS} FROM {self._s}.recipients r "
+                "WHERE r.campaign_id = $1 AND r.dedupe_key = ANY($2::text[])",
+                campaign_id,
+                wanted,
+            )
+            return {row.key: row for row in map(_row, found) if row.key is not None}
+
+        return await self._read(op)
+
     async def iter_rows(
         self,
         campaign_id: str,

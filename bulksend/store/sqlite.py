@@ -35,6 +35,10 @@ checkpoints, so an acknowledged write survives the process being killed (``kill 
 last commits may be lost on a power loss or OS crash — and a lost ``sending`` mark can mean a
 duplicate email. Use ``normal`` only where the machine itself is trusted (or for throughput tests).
 
+A send journal beside the file (``<path>.sends``, :mod:`bulksend.store.journal`) counts the sends
+started per campaign, so a database that lost some (a deleted WAL, a restored copy) is caught at
+open: :meth:`SqliteStore.state_loss`. The database, its WAL and the journal are created ``0600``.
+
 An awaited write is committed when the await returns. A caller cancelled while waiting does not
 undo anything: its write may still be committed (or fail) after the caller has gone.
 
@@ -45,7 +49,7 @@ step, add the next one): v1 is the outbox, v2 adds lease expiry and campaign rol
 migrated in place when a newer bulksend opens it), v3 rebuilds ``recipients`` with a cheaper
 ``state`` CHECK (a copy of every row, once, when an older file is first opened: about 9 s for a
 million rows on a 2-CPU machine, and the file keeps the old table's pages as free space, reused
-by later rows).
+by later rows); v4 adds ``store_meta`` with the database's random ``store_id``.
 ``recipients.recipient_key`` is the dedupe key as admitted (kept for output);
 ``recipients.dedupe_key`` holds it only while the row *owns* it — a duplicate is admitted
 ``skipped`` with ``dedupe_key`` NULL, and a row that becomes ``rejected`` or ``skipped`` gives its
@@ -84,8 +88,10 @@ from typing import Any, Final, Literal, NoReturn, TypeVar
 import anyio
 import anyio.to_thread
 import orjson
+import structlog
 
 from bulksend.errors import BulksendError, ConfigError, StoreError
+from bulksend.private import create_private_file, make_private_dirs
 from bulksend.store.base import (
     TRANSITIONS,
     AdmitResult,
@@ -95,7 +101,10 @@ from bulksend.store.base import (
     NewRecipient,
     RecipientRow,
     RowState,
+    SendRecord,
+    StateLoss,
 )
+from bulksend.store.journal import SUSPECT, JournalEntry, SendJournal
 from bulksend.store.memory import (
     FINALISABLE_STATES,
     KEY_RELEASING_STATES,
@@ -110,7 +119,7 @@ from bulksend.store.memory import (
     utc,
 )
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Durability", "SqliteStore"]
+__all__ = ["JOURNAL_SUFFIX", "MIGRATIONS", "SCHEMA_VERSION", "Durability", "SqliteStore"]
 
 Durability = Literal["full", "normal"]
 _T = TypeVar("_T")
@@ -229,6 +238,11 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX ix_recipients_campaign_id ON recipients (campaign_id)",
         "CREATE INDEX ix_recipients_email_id ON recipients (email_id) WHERE email_id IS NOT NULL",
     ),
+    # v4: the database's own id, which the send journal names (a replaced file is another id).
+    (
+        "CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "INSERT INTO store_meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))))",
+    ),
 )
 SCHEMA_VERSION: Final[int] = len(MIGRATIONS)
 
@@ -264,6 +278,10 @@ _IN_CHUNK: Final = 500
 # Upper bound on operations per transaction, so one huge burst cannot hold the write lock for long.
 _MAX_BATCH_OPS: Final = 4096
 _PRAGMA_NAME = re.compile(r"^[a-z_]+$")
+JOURNAL_SUFFIX: Final = ".sends"
+"""The send journal is the database's path with this suffix (see bulksend.store.journal)."""
+
+log = structlog.get_logger("bulksend.store")
 
 
 def _dt_text(dt: datetime | None) -> str | None:
@@ -326,6 +344,28 @@ def _row_from_db(r: tuple[Any, ...]) -> RecipientRow:
         r[24],
         _dt_parse(r[25]),
     )
+
+
+def _send_record(campaign_id: str, entry: JournalEntry) -> SendRecord:
+    return SendRecord(
+        campaign_id,
+        entry.started,
+        datetime.fromtimestamp(entry.first_at, UTC),
+        datetime.fromtimestamp(entry.last_at, UTC),
+    )
+
+
+def _campaigns_of(conn: sqlite3.Connection, row_ids: list[int]) -> dict[str, int]:
+    """How many of ``row_ids`` each campaign has."""
+    out: dict[str, int] = {}
+    for chunk in _chunks(row_ids):
+        for cid, n in conn.execute(
+            f"SELECT campaign_id, COUNT(*) FROM recipients WHERE id IN ({_marks(len(chunk))}) "
+            "GROUP BY campaign_id",
+            chunk,
+        ):
+            out[cid] = out.get(cid, 0) + n
+    return out
 
 
 def _outcome_values_from_db(r: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -514,6 +554,12 @@ class SqliteStore:
         self._commits = 0
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        self.journal_path = Path(self.path + JOURNAL_SUFFIX)
+        # Owned by the writer thread once open; ``_losses`` is only read by callers after open.
+        self._journal: SendJournal | None = None
+        self._store_id = ""
+        self._entries: dict[str, JournalEntry] = {}
+        self._losses: dict[str, StateLoss] = {}
 
     def __repr__(self) -> str:
         return f"SqliteStore({self.path!r}, durability={self.durability!r})"
@@ -535,9 +581,12 @@ class SqliteStore:
         """Open the file, switch it to WAL, apply missing migrations, start the writer. Idempotent."""
         if self._writer is not None:
             return
-        # The store usually sits next to the outcomes file, whose folder may not exist yet.
+        # The store usually sits next to the outcomes file, whose folder may not exist yet. Both
+        # name every recipient: folders 0700, the file 0600 (SQLite gives its -wal and -shm files
+        # the database file's mode).
         parent = Path(self.path).parent
-        await anyio.to_thread.run_sync(lambda: parent.mkdir(parents=True, exist_ok=True))
+        await anyio.to_thread.run_sync(make_private_dirs, parent)
+        await anyio.to_thread.run_sync(create_private_file, self.path)
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
         self._queue = queue.SimpleQueue()
@@ -592,6 +641,7 @@ class SqliteStore:
             conn.execute(f"PRAGMA synchronous = {'FULL' if self.durability == 'full' else 'NORMAL'}")
             conn.execute("PRAGMA foreign_keys = ON")
             self._migrate(conn)
+            self._open_journal(conn)
         except BaseException:
             conn.close()
             raise
@@ -625,12 +675,155 @@ class SqliteStore:
             conn.execute("ROLLBACK")
             raise
 
+    # -- the send journal --------------------------------------------------------------------
+    def _open_journal(self, conn: sqlite3.Connection) -> None:
+        """Compare the journal with what the database knows; note every campaign that lost sends.
+
+        Runs on the writer connection before the store accepts writes. The journal is then
+        rewritten as one snapshot that keeps a lost campaign's record as it was, so the loss is
+        found again by every open until :meth:`accept_state`.
+        """
+        # The journal first, then the database: a process sending into this file meanwhile
+        # journals only after its commits, so what is read here can only show the journal behind.
+        journal = SendJournal(self.journal_path, sync=self.durability == "full")
+        state = journal.load()
+        found = conn.execute("SELECT value FROM store_meta WHERE key = 'store_id'").fetchone()
+        self._store_id = str(found[0])
+        # Every send started added one attempt to its row, and rows are never deleted: the sum is
+        # the database's own count of sends started.
+        known = {
+            str(cid): int(n)
+            for cid, n in conn.execute(
+                "SELECT campaign_id, COALESCE(SUM(attempts), 0) FROM recipients GROUP BY campaign_id"
+            )
+        }
+        created = {
+            str(cid): _dt_parse(at) for cid, at in conn.execute("SELECT id, created_at FROM campaigns")
+        }
+        entries: dict[str, JournalEntry] = {}
+        losses: dict[str, StateLoss] = {}
+        for cid, entry in state.entries.items():
+            have = known.get(cid, 0)
+            if entry.store_id == SUSPECT:
+                what = (
+                    f"its send journal {self.journal_path} was found damaged, and the campaign was not "
+                    "reconciled since, so the database cannot be vouched for"
+                )
+            elif entry.started > 0 and entry.store_id != self._store_id:
+                what = (
+                    f"its send journal {self.journal_path} records {entry.started} sends started from "
+                    f"another database than {self.path} (the file was deleted, truncated, replaced or "
+                    f"recreated), which records {have}"
+                )
+            elif have < entry.started:
+                what = (
+                    f"the database {self.path} records {have} sends started, but its send journal "
+                    f"{self.journal_path} records {entry.started}: the database lost writes (a deleted "
+                    "or damaged -wal file, a truncated or restored database file)"
+                )
+            else:
+                entries[cid] = JournalEntry(self._store_id, have, entry.first_at, entry.last_at)
+                continue
+            entries[cid] = entry
+            losses[cid] = StateLoss(cid, what, _send_record(cid, entry))
+        for cid, have in known.items():
+            if cid not in entries and have > 0:
+                # Sends the journal never saw (a database older than journals): from the campaign's start.
+                at = created.get(cid)
+                ts = at.timestamp() if at is not None else time.time()
+                entries[cid] = JournalEntry(self._store_id, have, ts, time.time())
+        if state.damaged_line is not None:
+            now = time.time()
+            for cid in sorted(set(entries) | {c for c, n in known.items() if n > 0}):
+                if cid in losses:
+                    continue
+                prev = entries.get(cid)
+                # Marked suspect in the rewritten journal: the loss outlives this open.
+                entries[cid] = JournalEntry(
+                    SUSPECT,
+                    max(known.get(cid, 0), prev.started if prev else 0),
+                    prev.first_at if prev else now,
+                    prev.last_at if prev else now,
+                )
+                losses[cid] = StateLoss(
+                    cid,
+                    f"the send journal {self.journal_path} is damaged (line {state.damaged_line}), "
+                    "so it cannot vouch for the database",
+                    _send_record(cid, entries[cid]),
+                )
+        if not state.existed and any(known.values()):
+            log.warning(
+                "store.journal_rebuilt",
+                path=str(self.journal_path),
+                hint="the send journal was missing: rebuilt from the database, unchecked this time",
+            )
+        for loss in losses.values():
+            log.error("store.state_lost", campaign=loss.campaign_id, what=loss.what)
+        journal.rewrite(self._store_id, entries)
+        self._journal = journal
+        self._entries = entries
+        self._losses = losses
+
+    def _journal_sends(self, started: dict[str, int]) -> None:
+        """Add this commit's sends started to the journal (writer thread, after the commit)."""
+        journal = self._journal
+        assert journal is not None  # opened with the writer connection
+        now = time.time()
+        touched: dict[str, JournalEntry] = {}
+        for cid, n in started.items():
+            prev = self._entries.get(cid)
+            if prev is None:
+                entry = JournalEntry(self._store_id, n, now, now)
+            else:
+                # A lost campaign keeps counting on its old record: the loss stays visible.
+                entry = JournalEntry(prev.store_id, prev.started + n, prev.first_at, now)
+            self._entries[cid] = touched[cid] = entry
+        journal.append(self._store_id, touched)
+        if journal.wants_compaction():
+            journal.rewrite(self._store_id, self._entries)
+
+    def state_loss(self, campaign_id: str) -> StateLoss | None:
+        """The loss of sends found at open for this campaign (None: the state is as recent as the journal)."""
+        return self._losses.get(campaign_id)
+
+    def send_record(self, campaign_id: str) -> SendRecord | None:
+        """The journal's record of the campaign's sends, None if it never sent from this store."""
+        entry = self._entries.get(campaign_id)
+        return None if entry is None else _send_record(campaign_id, entry)
+
+    async def accept_state(self, campaign_id: str) -> None:
+        """Make the campaign's current state the journal's baseline (once it is reconciled)."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            have = int(
+                conn.execute(
+                    "SELECT COALESCE(SUM(attempts), 0) FROM recipients WHERE campaign_id = ?", (campaign_id,)
+                ).fetchone()[0]
+            )
+            assert self._journal is not None
+            prev = self._entries.get(campaign_id)
+            now = time.time()
+            entry = JournalEntry(
+                self._store_id, have, prev.first_at if prev else now, prev.last_at if prev else now
+            )
+            self._journal.append(self._store_id, {campaign_id: entry})
+            self._entries[campaign_id] = entry
+            self._losses.pop(campaign_id, None)
+
+        await self._write(op)
+
     # -- the writer thread -------------------------------------------------------------------
     def _writer_main(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
         try:
             conn = self._setup_writer()
         except BaseException as exc:
             err = exc if isinstance(exc, BulksendError) else StoreError(f"cannot open {self.path}: {exc}")
+            if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+                err = StoreError(
+                    f"cannot open {self.path}: {exc}. The state file is damaged: move it away (keep it "
+                    f"for inspection, with any -wal file) and rerun; the send journal {self.journal_path} "
+                    "will then refuse to send until --reconcile-all, so nobody is emailed twice"
+                )
             failed: list[_Delivery] = [(ready, None, err)]
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_deliver, failed)
@@ -641,6 +834,11 @@ class SqliteStore:
         try:
             self._write_loop(conn)
         finally:
+            try:
+                if self._journal is not None:
+                    self._journal.close()
+            except OSError as exc:
+                log.error("store.journal_close_failed", path=str(self.journal_path), error=str(exc))
             conn.close()
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
@@ -688,6 +886,8 @@ class SqliteStore:
             return
         # One cursor for the guarded UPDATEs: conn.execute would make a new one for each.
         cur = conn.cursor()
+        started_ids: list[int] = []  # rows this batch moved to `sending`, for the send journal
+        started_at: list[int] = []  # their places in ``deliveries``
         try:
             for op in batch:
                 fn = op.fn
@@ -695,6 +895,9 @@ class SqliteStore:
                     try:
                         if cur.execute(op.sql, op.params).rowcount == 0:
                             _refuse(conn, op)
+                        if op.move is _TO_SENDING:
+                            started_ids.append(op.row_id)
+                            started_at.append(len(deliveries))
                     except Exception as exc:
                         deliveries.append((op.future, None, self._as_store_error(conn, exc)))
                     else:
@@ -719,6 +922,9 @@ class SqliteStore:
                 else:
                     conn.execute("RELEASE op")
                     deliveries.append((op.future, result, None))
+            # Which campaigns the sends belong to, for the journal: one indexed read per batch
+            # (a RETURNING clause on the hot UPDATE would cost a temporary table per row).
+            started = _campaigns_of(conn, started_ids) if started_ids else {}
             conn.execute("COMMIT")
             self._commits += 1
         except Exception as exc:
@@ -729,6 +935,17 @@ class SqliteStore:
             return
         finally:
             cur.close()
+        if started:
+            # Journal the sends before any caller may POST (module docstring of store.journal).
+            try:
+                self._journal_sends(started)
+            except OSError as exc:
+                err = StoreError(
+                    f"{self.journal_path}: cannot write the send journal ({exc}); nothing was sent. "
+                    "Free disk space or fix the folder's permissions, then rerun to resume"
+                )
+                for i in started_at:
+                    deliveries[i] = (deliveries[i][0], None, err)
         # Only now, with the commit durable, may any caller learn that its write succeeded.
         self._resolve(batch, deliveries)
 
@@ -1141,6 +1358,24 @@ class SqliteStore:
                 ):
                     row = _row_from_db(r)
                     found[row.email_id] = row
+            return found
+
+        return await self._read(op)
+
+    async def rows_by_keys(self, campaign_id: str, keys: Sequence[str]) -> dict[str, RecipientRow]:
+        """The rows of the campaign that own these dedupe keys (keys nobody owns are absent)."""
+        wanted = sorted(set(keys))
+
+        def op(conn: sqlite3.Connection) -> dict[str, RecipientRow]:
+            found: dict[str, RecipientRow] = {}
+            for chunk in _chunks(wanted):
+                # The owner of a key holds it in dedupe_key: ux_recipients_campaign_dedupe finds it.
+                for r in conn.execute(
+                    f"SELECT dedupe_key, {_ROW_COLUMNS} FROM recipients "
+                    f"WHERE campaign_id = ? AND dedupe_key IN ({_marks(len(chunk))})",
+                    (campaign_id, *chunk),
+                ):
+                    found[r[0]] = _row_from_db(r[1:])
             return found
 
         return await self._read(op)
