@@ -197,7 +197,7 @@ class Campaign:
     (compiled by :class:`bulksend.render.Renderer`); attachments are loaded and base64-encoded.
 
     ``fingerprint`` is a sha256 over the resolved content (id, sender, templates, headers,
-    attachments, recipients path, send_before), not over the sending/tracking settings, so a
+    attachments, recipient file content, send_before), not over the sending/tracking settings, so a
     resumed campaign can be told apart from an edited one while its pace may still be changed.
     """
 
@@ -1110,10 +1110,21 @@ def _fingerprint(
         "attachments": [
             [a.name, a.type, hashlib.sha256(a.content.encode("ascii")).hexdigest()] for a in attachments
         ],
-        "recipients": str(recipients),
+        # By content, not by path: the same campaign copied to another folder (or mounted at another
+        # path on another worker) is the same campaign; an edited recipient file is not.
+        "recipients": _file_sha256(recipients),
         "send_before": format_rfc3339(send_before) if send_before is not None else None,
     }
     return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    """The sha256 of a file's content, read in 1 MiB chunks (recipient files may be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class _Unreadable(Exception):

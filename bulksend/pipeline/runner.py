@@ -48,6 +48,7 @@ from bulksend.store.base import (
     RowState,
     Store,
 )
+from bulksend.store import describe_store
 from bulksend.summary import Summary, tally_line
 from bulksend.tem.client import TemClient
 from bulksend.tem.models import Email
@@ -649,7 +650,7 @@ class CampaignRun:
         if record.spec.get("fingerprint") not in (None, c.fingerprint):
             raise CampaignError(
                 f"campaign {c.id!r} already ran from different content (template, sender, attachments "
-                f"or recipients changed) in store {c.store_path}. Resuming would mix two versions: "
+                f"or recipients changed) in the {describe_store(self.store)}. Resuming would mix two versions: "
                 "give the campaign a new `id`, or restore the original files to resume it.",
                 path=str(c.path),
             )

@@ -60,6 +60,7 @@ __all__ = [
     "SqliteStore",
     "StateLoss",
     "Store",
+    "describe_store",
     "open_store",
 ]
 
@@ -99,6 +100,19 @@ def open_store(url_or_path: str | PathLike[str], *, durability: Durability | Non
     if not path:
         raise ConfigError(f"no database file in store URL {target!r}")
     return SqliteStore(path, durability="full" if chosen == "full" else "normal")
+
+
+def describe_store(store: Store) -> str:
+    """What an operator needs to find ``store``: its kind and location, never a password."""
+    if isinstance(store, SqliteStore):
+        return f"SQLite store {store.path}"
+    if isinstance(store, MemoryStore):
+        return "in-memory store"
+    dsn = getattr(store, "dsn", None)  # PostgresStore masks the password in ``dsn``
+    schema = getattr(store, "schema", None)
+    if isinstance(dsn, str):
+        return f"PostgreSQL store {dsn} (schema {schema})" if schema else f"PostgreSQL store {dsn}"
+    return type(store).__name__
 
 
 def _postgres_store(url: str) -> PostgresStore:
