@@ -29,12 +29,14 @@ from bulksend.campaign import Campaign, load_campaign
 from bulksend.display import print_error, print_text
 from bulksend.errors import BulksendError, CampaignError, ConfigError, StateLostError, first_bulksend_error
 from bulksend.log import configure_logging, register_secret
+from bulksend.pipeline.ceiling import CeilingLimiter
 from bulksend.pipeline.dispatch import AccountRefusedError
 from bulksend.pipeline.limiter import AimdLimiter, RateLimiter
 from bulksend.pipeline.runner import CampaignRun, RunResult, attachments_of, correlation_of
 from bulksend.pipeline.stats import RunStats
 from bulksend.progress import show_progress
 from bulksend.render import Rejection, Renderer
+from bulksend.settings import DEFAULT_LIMITER_PREFIX, limiter_key, load_account_settings
 from bulksend.sinks.outcomes import read_outcomes
 from bulksend.sources.files import BadRow, iter_recipients
 from bulksend.store import open_store
@@ -87,7 +89,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--store",
-        help="state store: a SQLite file (default from the campaign) or postgresql://… shared by workers",
+        help="state store: a SQLite file (default from the campaign) or postgresql://… shared by workers "
+        "(or BULKSEND_STORE_URL, or store_url in the settings file: keeps a password out of `ps`)",
+    )
+    parser.add_argument(
+        "--settings",
+        type=Path,
+        metavar="FILE",
+        help="account settings file (TOML; default $BULKSEND_SETTINGS or ~/.config/bulksend/settings.toml "
+        "if it exists): store_url, redis_url, limiter_prefix, account_rate_per_s",
     )
     g = parser.add_argument_group("scale-out (several processes on one campaign)")
     g.add_argument(
@@ -99,7 +109,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--shared-limiter",
         metavar="REDIS_URL",
-        help="redis://… — one rate limit shared by every process of the account",
+        help="redis://… — one rate limit shared by every process of the account "
+        "(or BULKSEND_REDIS_URL, or redis_url in the settings file)",
     )
     g.add_argument(
         "--lease-s",
@@ -131,12 +142,16 @@ def run(args: argparse.Namespace) -> int:
         settings = TemSettings.load(
             api_url=args.api_url, project_id=args.project_id, region=args.region, profile=args.profile
         )
+        account = load_account_settings(
+            settings_file=args.settings, store_url=args.store, redis_url=args.shared_limiter
+        )
     except (CampaignError, ConfigError) as exc:
         print_error(console, exc)
         return EXIT_CONFIG
+    store_url = account.store_url
     worker_id = None
     if args.worker or args.worker_id:
-        if not args.store or "://" not in args.store or args.store.startswith("sqlite"):
+        if not store_url or "://" not in store_url or store_url.startswith("sqlite"):
             print_error(
                 console,
                 "--worker needs a store shared by every worker: --store postgresql://user@host/db",
@@ -154,9 +169,11 @@ def run(args: argparse.Namespace) -> int:
     options = RunOptions(
         progress=not args.no_progress,
         grace_s=args.grace_s,
-        store_url=args.store,
+        store_url=store_url,
         worker_id=worker_id,
-        shared_limiter_url=args.shared_limiter,
+        shared_limiter_url=account.redis_url,
+        limiter_prefix=account.limiter_prefix,
+        account_rate_per_s=account.account_rate_per_s,
         lease_s=args.lease_s,
         reconcile_all=args.reconcile_all,
     )
@@ -261,6 +278,11 @@ class RunOptions:
     """Scale-out: this process is one of several workers on the campaign (needs a shared store)."""
     shared_limiter_url: str | None = None
     """``redis://…``: one rate limit for every process of the account."""
+    limiter_prefix: str = DEFAULT_LIMITER_PREFIX
+    """The shared limiter's key is ``<prefix>:<project_id>:<region>``."""
+    account_rate_per_s: float | None = None
+    """The account's rate (account settings); the campaign's ``rate_per_s`` is a ceiling inside it.
+    None: the campaign's rate is the account's, as before account settings existed."""
     lease_s: float = 30.0
     reconcile_all: bool = False
     """Look every unfinished recipient up at TEM before sending (after a loss of state)."""
@@ -283,7 +305,12 @@ async def _main(
 
 
 def account_limiter(
-    rate_per_s: float, *, shared_limiter_url: str | None = None, project_id: str = ""
+    rate_per_s: float,
+    *,
+    shared_limiter_url: str | None = None,
+    project_id: str = "",
+    region: str = "",
+    prefix: str = DEFAULT_LIMITER_PREFIX,
 ) -> RateLimiter:
     """The one limiter for every API call of the account: in-process, or shared through Redis.
 
@@ -301,8 +328,26 @@ def account_limiter(
     from bulksend.pipeline.shared_limiter import RedisRateLimiter
 
     client = redis.asyncio.from_url(shared_limiter_url, socket_timeout=5)
-    # One key per TEM account: every process sending for this project shares one budget.
-    return RedisRateLimiter(client, key=f"bulksend:rate:{project_id}", rate_per_s=rate_per_s, **tuning)
+    # One key per TEM account and region: every process sending for this project shares one budget.
+    key = limiter_key(prefix, project_id, region)
+    return RedisRateLimiter(client, key=key, rate_per_s=rate_per_s, **tuning)
+
+
+def campaign_limiter(campaign: Campaign, settings: TemSettings, options: RunOptions) -> RateLimiter:
+    """The account's limiter, with the campaign's own ``rate_per_s`` as a ceiling inside it when the
+    account's rate comes from the account settings."""
+    account_rate = options.account_rate_per_s or campaign.sending.rate_per_s
+    limiter = account_limiter(
+        account_rate,
+        shared_limiter_url=options.shared_limiter_url,
+        project_id=settings.project_id,
+        region=settings.region,
+        prefix=options.limiter_prefix,
+    )
+    if campaign.sending.rate_per_s < account_rate:
+        burst = max(1.0, min(10.0, campaign.sending.rate_per_s / 50))
+        return CeilingLimiter(limiter, campaign.sending.rate_per_s, burst=burst)
+    return limiter
 
 
 async def _run(
@@ -317,11 +362,7 @@ async def _run(
     store = open_store(options.store_url or campaign.store_path)
     await store.open()
     try:
-        limiter = account_limiter(
-            campaign.sending.rate_per_s,
-            shared_limiter_url=options.shared_limiter_url,
-            project_id=settings.project_id,
-        )
+        limiter = campaign_limiter(campaign, settings, options)
         async with TemClient(
             settings,
             timeout_s=campaign.sending.timeout_s,

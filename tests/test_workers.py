@@ -7,22 +7,34 @@ every test works in its own schema, dropped after.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import types
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
+import redis.asyncio
 
 from bulksend.campaign import load_campaign
-from bulksend.errors import CampaignError
-from bulksend.sandbox import Sandbox
-from tests.conftest import CampaignWriter, run_once
+from bulksend.cli import main
+from bulksend.clock import FakeClock
+from bulksend.errors import CampaignError, ConfigError
+from bulksend.pipeline.ceiling import CeilingLimiter
+from bulksend.pipeline.limiter import AimdLimiter
+from bulksend.sandbox import Sandbox, SandboxConfig, sandbox_in_thread
+from bulksend.secret import Secret
+from bulksend.send import RunOptions, campaign_limiter
+from bulksend.settings import DEFAULT_LIMITER_PREFIX, load_account_settings
+from bulksend.tem.config import TemSettings
+from tests.conftest import PROJECT, SECRET, CampaignWriter, run_once
 
 DSN = os.environ.get("BULKSEND_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 # Trust authentication ignores the password: it is here to prove it never reaches a message.
+REDIS_URL = os.environ.get("BULKSEND_TEST_REDIS", "redis://127.0.0.1:6379/0")
 DSN_WITH_PASSWORD = DSN.replace("postgres@", "postgres:hunter2-pw@", 1)
 
 
@@ -53,7 +65,8 @@ async def test_same_campaign_copied_to_another_folder_resumes(
     moved = load_campaign(copy / "campaign.toml")
     assert moved.recipients != campaign.recipients
     second = await run_once(moved, sandbox, store_url=store_url)
-    assert second.complete and second.already_finished
+    assert second.complete
+    assert second.already_finished
     assert len(sandbox.stats().accepted_by_recipient) == 5
 
 
@@ -71,6 +84,128 @@ async def test_changed_recipients_are_refused_naming_the_store_in_use(
         await run_once(edited, sandbox, store_url=store_url)
     text = str(caught.value)
     assert "already ran from different content" in text
-    assert "PostgreSQL" in text and schema in text
+    assert "PostgreSQL" in text
+    assert schema in text
     assert "hunter2-pw" not in text
-    assert "state.db" not in text and ".db" not in text
+    assert "state.db" not in text
+    assert ".db" not in text
+
+
+# -- account settings ----------------------------------------------------------------------------
+def test_account_settings_precedence_is_flag_then_environment_then_file(tmp_path: Path) -> None:
+    """Each account setting comes from the flag if given, else the environment, else the file."""
+    file = tmp_path / "settings.toml"
+    file.write_text(
+        'store_url = "postgresql://file@db/x"\nredis_url = "redis://file:6379/0"\n'
+        'limiter_prefix = "file:rate"\naccount_rate_per_s = 250\n',
+        encoding="utf-8",
+    )
+    env = {"BULKSEND_SETTINGS": str(file), "BULKSEND_REDIS_URL": "redis://env:6379/0"}
+    only_file = load_account_settings(env={"BULKSEND_SETTINGS": str(file)})
+    assert only_file.store_url == "postgresql://file@db/x"
+    assert only_file.limiter_prefix == "file:rate"
+    assert only_file.account_rate_per_s == 250
+    mixed = load_account_settings(env=env, store_url="postgresql://flag@db/x")
+    assert mixed.store_url == "postgresql://flag@db/x"
+    assert mixed.redis_url == "redis://env:6379/0"
+    assert mixed.source == file
+    env_rate = load_account_settings(env={**env, "BULKSEND_ACCOUNT_RATE_PER_S": "75.5"})
+    assert env_rate.account_rate_per_s == 75.5
+    nothing = load_account_settings(env={"XDG_CONFIG_HOME": str(tmp_path / "empty")})
+    assert nothing.store_url is None
+    assert nothing.limiter_prefix == DEFAULT_LIMITER_PREFIX
+
+
+def test_account_settings_refuse_bad_files_without_quoting_secrets(tmp_path: Path) -> None:
+    """A named settings file that is missing, has unknown keys or a bad rate is refused clearly,
+    and the settings' repr masks the passwords of their URLs."""
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_account_settings(settings_file=tmp_path / "nope.toml", env={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text('store_url = "postgresql://u:s3cret-pw@db/x"\nstore = 1\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="unknown key") as caught:
+        load_account_settings(settings_file=bad, env={})
+    assert "s3cret-pw" not in str(caught.value)
+    with pytest.raises(ConfigError, match="positive"):
+        load_account_settings(env={"BULKSEND_ACCOUNT_RATE_PER_S": "-3"})
+    shown = repr(
+        load_account_settings(
+            env={
+                "BULKSEND_STORE_URL": "postgresql://u:s3cret-pw@db/x",
+                "BULKSEND_REDIS_URL": "redis://:r3dis-pw@h/0",
+            }
+        )
+    )
+    assert "s3cret-pw" not in shown
+    assert "r3dis-pw" not in shown
+    assert "****" in shown
+
+
+def test_campaign_rate_is_a_ceiling_inside_the_account_rate() -> None:
+    """With an account rate in the account settings, the limiter paces the account at that rate and
+    the campaign at its own lower rate_per_s; without one, the campaign's rate is the account's."""
+    campaign = types.SimpleNamespace(sending=types.SimpleNamespace(rate_per_s=50.0))
+    tem = TemSettings(secret_key=Secret("x"), project_id="p", api_url="http://127.0.0.1:9")
+    nested = campaign_limiter(campaign, tem, RunOptions(account_rate_per_s=1000))  # type: ignore[arg-type]
+    assert isinstance(nested, CeilingLimiter)
+    assert nested.ceiling_per_s == 50
+    assert nested.account.target_rate_per_s == 1000
+    assert nested.target_rate_per_s == 50
+    alone = campaign_limiter(campaign, tem, RunOptions())  # type: ignore[arg-type]
+    assert isinstance(alone, AimdLimiter)
+    assert alone.target_rate_per_s == 50
+
+
+async def test_ceiling_paces_the_campaign_and_spends_the_account_budget() -> None:
+    """A campaign ceiling of 10/s inside an account of 1,000/s grants 11 slots over one second of
+    fake time, and every grant also takes a slot of the account's limiter."""
+    clock = FakeClock(autojump=True)
+    account = AimdLimiter(1000, clock=clock)
+    limiter = CeilingLimiter(account, 10, clock=clock)
+    start = clock.monotonic()
+    for _ in range(11):
+        await limiter.acquire()
+    assert clock.monotonic() - start == pytest.approx(1.0)
+    assert account.stats.acquired == 11
+
+
+def test_send_reads_store_and_redis_urls_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, schema: str
+) -> None:
+    """`bulksend send` with no --store/--shared-limiter flags uses BULKSEND_STORE_URL and
+    BULKSEND_REDIS_URL, and the shared limiter's key is <prefix>:<project>:<region>."""
+    prefix = f"bulksend-test:{uuid.uuid4().hex[:8]}"
+    (tmp_path / "people.csv").write_text("email\nann@example.com\nbob@example.com\n", encoding="utf-8")
+    (tmp_path / "c.toml").write_text(
+        '[campaign]\nid = "env-test"\nfrom = "news@example.com"\nsubject = "Hi"\ntext = "Hello"\n'
+        'recipients = "people.csv"\n[tracking]\npoll_interval_s = 0.05\nsettle_s = 0.05\n',
+        encoding="utf-8",
+    )
+    with sandbox_in_thread(SandboxConfig(secret_key=SECRET, project_id=PROJECT)) as sb:
+        monkeypatch.setenv("SCW_SECRET_KEY", SECRET)
+        monkeypatch.setenv("SCW_DEFAULT_PROJECT_ID", PROJECT)
+        monkeypatch.setenv("SCW_API_URL", sb.url)
+        monkeypatch.setenv("SCW_CONFIG_PATH", str(tmp_path / "none.yaml"))
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+        monkeypatch.setenv("BULKSEND_STORE_URL", f"{DSN}?schema={schema}")
+        monkeypatch.setenv("BULKSEND_REDIS_URL", REDIS_URL)
+        monkeypatch.setenv("BULKSEND_LIMITER_PREFIX", prefix)
+        assert main(["send", str(tmp_path / "c.toml"), "--no-progress"]) == 0
+    assert not list(tmp_path.glob("*.db")), "the SQLite default store was used"
+
+    async def look() -> tuple[int, bool]:
+        conn = await asyncpg.connect(DSN)
+        try:
+            rows = await conn.fetchval(f'SELECT count(*) FROM "{schema}".recipients')
+        finally:
+            await conn.close()
+        client = redis.asyncio.from_url(REDIS_URL)
+        try:
+            key = f"{prefix}:{PROJECT}:fr-par"
+            exists = bool(await client.exists(key))
+            await client.delete(key)
+        finally:
+            await client.aclose()
+        return int(rows), exists
+
+    assert asyncio.run(look()) == (2, True)

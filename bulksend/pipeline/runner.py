@@ -39,6 +39,7 @@ from bulksend.pipeline.tracker import Tracker, TrackerSettings, final_update
 from bulksend.render import Rejection, RenderedEmail, Renderer, RenderPacer
 from bulksend.sinks.outcomes import outcome_lines, write_outcomes
 from bulksend.sources.files import BadRow, RecipientInput, iter_recipients, split_attachments
+from bulksend.store import describe_store
 from bulksend.store.base import (
     CampaignRecord,
     CampaignState,
@@ -48,7 +49,6 @@ from bulksend.store.base import (
     RowState,
     Store,
 )
-from bulksend.store import describe_store
 from bulksend.summary import Summary, tally_line
 from bulksend.tem.client import TemClient
 from bulksend.tem.models import Email
@@ -650,8 +650,8 @@ class CampaignRun:
         if record.spec.get("fingerprint") not in (None, c.fingerprint):
             raise CampaignError(
                 f"campaign {c.id!r} already ran from different content (template, sender, attachments "
-                f"or recipients changed) in the {describe_store(self.store)}. Resuming would mix two versions: "
-                "give the campaign a new `id`, or restore the original files to resume it.",
+                f"or recipients changed) in the {describe_store(self.store)}. Resuming would mix two "
+                "versions: give the campaign a new `id`, or restore the original files to resume it.",
                 path=str(c.path),
             )
         return record
