@@ -13,6 +13,7 @@ import shutil
 import types
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -29,6 +30,8 @@ from bulksend.sandbox import Sandbox, SandboxConfig, sandbox_in_thread
 from bulksend.secret import Secret
 from bulksend.send import RunOptions, campaign_limiter
 from bulksend.settings import DEFAULT_LIMITER_PREFIX, load_account_settings
+from bulksend.store import NewRecipient
+from bulksend.store.postgres import PostgresStore
 from bulksend.tem.config import TemSettings
 from tests.conftest import PROJECT, SECRET, CampaignWriter, run_once
 
@@ -209,3 +212,58 @@ def test_send_reads_store_and_redis_urls_from_the_environment(
         return int(rows), exists
 
     assert asyncio.run(look()) == (2, True)
+
+
+# -- stable plans --------------------------------------------------------------------------------
+async def test_mark_sending_plan_is_an_index_scan_after_a_large_admit(schema: str) -> None:
+    """The batched mark_sending UPDATE, prepared and run while the outbox was tiny, is planned as an
+    index scan of recipients (not a sequential scan filtered on state) once 20,000 rows are admitted."""
+    store = PostgresStore(DSN, schema=schema, min_size=1, max_size=1)  # one connection: one plan cache
+    await store.open()
+    try:
+        await store.create_campaign("c", {})
+        first = await store.admit("c", [NewRecipient(row=i, email=f"u{i}@example.com") for i in range(1, 51)])
+        # Eight runs of the cached statement while the table is tiny: PostgreSQL's default would
+        # switch to a generic plan after five and keep it.
+        for res in first[:8]:
+            await store.mark_sending(res.id, started_at=datetime.now(UTC), correlation="x")
+        for start in range(51, 20_051, 500):
+            await store.admit(
+                "c", [NewRecipient(row=i, email=f"u{i}@example.com") for i in range(start, start + 500)]
+            )
+        target = first[20].id
+        pool = store._pool  # the store's own connection, with its session settings and cached statements
+        assert pool is not None
+        async with pool.acquire() as conn:
+            name = await conn.fetchval(
+                "SELECT name FROM pg_prepared_statements WHERE statement LIKE 'UPDATE %' "
+                "AND statement LIKE '%attempts = r.attempts + 1%'"
+            )
+            assert name is not None
+            plan = "\n".join(
+                r[0]
+                for r in await conn.fetch(
+                    f'EXPLAIN EXECUTE "{name}"(ARRAY[{target}]::bigint[], ARRAY[NULL]::bigint[], '
+                    "ARRAY[now()]::timestamptz[], ARRAY['x']::text[])"
+                )
+            )
+    finally:
+        await store.close()
+    assert "Seq Scan on recipients" not in plan, plan
+    assert "Index Scan using recipients_pkey on recipients" in plan, plan
+
+
+async def test_outbox_table_is_tuned_for_frequent_updates(schema: str) -> None:
+    """The outbox table keeps free room per page and is vacuumed and analyzed after 2 % of changes."""
+    async with PostgresStore(DSN, schema=schema) as store:
+        assert store.schema == schema
+    conn = await asyncpg.connect(DSN)
+    try:
+        options = await conn.fetchval(
+            "SELECT reloptions FROM pg_class WHERE oid = $1::regclass", f'"{schema}".recipients'
+        )
+    finally:
+        await conn.close()
+    assert "fillfactor=80" in options
+    assert "autovacuum_analyze_scale_factor=0.02" in options
+    assert "autovacuum_vacuum_scale_factor=0.02" in options
