@@ -32,6 +32,7 @@ from bulksend.log import configure_logging, register_secret
 from bulksend.pipeline.ceiling import CeilingLimiter
 from bulksend.pipeline.dispatch import AccountRefusedError
 from bulksend.pipeline.limiter import AimdLimiter, RateLimiter
+from bulksend.pipeline.presence import worker_presence
 from bulksend.pipeline.runner import CampaignRun, RunResult, attachments_of, correlation_of
 from bulksend.pipeline.stats import RunStats
 from bulksend.progress import show_progress
@@ -113,6 +114,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "(or BULKSEND_REDIS_URL, or redis_url in the settings file)",
     )
     g.add_argument(
+        "--prefetch",
+        type=int,
+        metavar="N",
+        help="rows a worker claims ahead of its sends (default 4 × concurrency); a dead worker's are "
+        "taken back within seconds",
+    )
+    g.add_argument(
         "--lease-s",
         type=float,
         default=30.0,
@@ -165,6 +173,9 @@ def run(args: argparse.Namespace) -> int:
                 "with no worker running, then start the workers",
             )
             return EXIT_CONFIG
+        if args.prefetch is not None and args.prefetch < 0:
+            print_error(console, f"--prefetch must be 0 or more, got {args.prefetch}")
+            return EXIT_CONFIG
         worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     options = RunOptions(
         progress=not args.no_progress,
@@ -175,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         limiter_prefix=account.limiter_prefix,
         account_rate_per_s=account.account_rate_per_s,
         lease_s=args.lease_s,
+        prefetch=args.prefetch,
         reconcile_all=args.reconcile_all,
     )
     return run_campaign(campaign, settings, console=console, options=options)
@@ -284,6 +296,8 @@ class RunOptions:
     """The account's rate (account settings); the campaign's ``rate_per_s`` is a ceiling inside it.
     None: the campaign's rate is the account's, as before account settings existed."""
     lease_s: float = 30.0
+    prefetch: int | None = None
+    """Rows claimed ahead of the sends (scale-out); None: 4 × the campaign's concurrency."""
     reconcile_all: bool = False
     """Look every unfinished recipient up at TEM before sending (after a loss of state)."""
 
@@ -381,11 +395,15 @@ async def _run(
                 grace_s=options.grace_s,
                 worker_id=options.worker_id,
                 lease_s=options.lease_s,
+                prefetch=options.prefetch,
             )
             holder["runner"] = runner
             if before_run is not None:
                 before_run(runner)
-            async with anyio.create_task_group() as tg:
+            presence = worker_presence(
+                store, worker_id=options.worker_id, campaign_id=campaign.id, stats=stats
+            )
+            async with presence, anyio.create_task_group() as tg:
                 tg.start_soon(_watch_signals, runner)
                 if options.progress:
                     tg.start_soon(show_progress, stats, limiter)

@@ -23,16 +23,17 @@ import redis.asyncio
 from bulksend.campaign import load_campaign
 from bulksend.cli import main
 from bulksend.clock import FakeClock
-from bulksend.errors import CampaignError, ConfigError
+from bulksend.errors import CampaignError, ConfigError, StoreError
 from bulksend.pipeline.ceiling import CeilingLimiter
 from bulksend.pipeline.limiter import AimdLimiter
 from bulksend.sandbox import Sandbox, SandboxConfig, sandbox_in_thread
 from bulksend.secret import Secret
 from bulksend.send import RunOptions, campaign_limiter
 from bulksend.settings import DEFAULT_LIMITER_PREFIX, load_account_settings
-from bulksend.store import NewRecipient
+from bulksend.store import NewRecipient, RowState
 from bulksend.store.postgres import PostgresStore
 from bulksend.tem.config import TemSettings
+from scripts.scale import run_scale
 from tests.conftest import PROJECT, SECRET, CampaignWriter, run_once
 
 DSN = os.environ.get("BULKSEND_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -267,3 +268,67 @@ async def test_outbox_table_is_tuned_for_frequent_updates(schema: str) -> None:
     assert "fillfactor=80" in options
     assert "autovacuum_analyze_scale_factor=0.02" in options
     assert "autovacuum_vacuum_scale_factor=0.02" in options
+
+
+# -- dead workers --------------------------------------------------------------------------------
+@pytest.mark.slow
+async def test_killed_workers_rows_are_taken_back_without_waiting_for_its_lease(tmp_path: Path) -> None:
+    """Two workers with a 10-minute lease, one SIGKILLed mid-way: the other takes the dead worker's
+    claimed and `sending` rows back at once (the campaign could not finish otherwise) and every
+    recipient is emailed exactly once."""
+    result = await run_scale(
+        tmp_path, workers=2, recipients=2_000, rate_per_s=400, kill=True, lease_s=600, timeout_s=180
+    )
+    assert result.exit_codes[0] == -9, result
+    assert result.exit_codes[1:] == [0], result
+    assert result.duplicates == 0, result
+    assert result.missing == 0, result
+
+
+async def test_a_dead_workers_rows_are_taken_back_when_its_connection_drops(schema: str) -> None:
+    """When a worker's session ends (its connection dropped, as when its process is killed),
+    another worker's reaping marks it dead, makes its claimed rows claimable at once and hands its
+    `sending` row to reconciliation, although their 10-minute leases have not run out."""
+    # Two store instances: two worker processes' own connections.
+    async with (
+        PostgresStore(DSN, schema=schema, max_size=2) as a_store,
+        PostgresStore(DSN, schema=schema, max_size=2) as b_store,
+    ):
+        await a_store.create_campaign("c", {})
+        await a_store.admit("c", [NewRecipient(row=i, email=f"u{i}@example.com") for i in range(1, 11)])
+        assert await a_store.register_worker("a", campaign_id="c") is None
+        await b_store.register_worker("b", campaign_id="c")
+        held = await a_store.claim("c", worker_id="a", limit=6, lease_s=600)
+        await a_store.mark_sending(
+            held[0].id, started_at=datetime.now(UTC), correlation="x", lease_token=held[0].lease_token
+        )
+        assert await b_store.reap_dead_workers() == []  # a lives: nothing taken
+        assert len(await b_store.claim("c", worker_id="b", limit=10, lease_s=600)) == 4
+        conn = await asyncpg.connect(DSN)
+        try:
+            dropped = await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'bulksend worker a'"
+            )
+        finally:
+            await conn.close()
+        assert dropped == 1
+        reaped = await b_store.reap_dead_workers()
+        assert [(r.worker_id, r.released, r.expired) for r in reaped] == [("a", 5, 1)]
+        taken = await b_store.claim("c", worker_id="b", limit=10, lease_s=600)
+        assert sorted(r.id for r in taken) == sorted(r.id for r in held[1:])
+        stale = await b_store.claim("c", worker_id="b", limit=10, lease_s=600, states=(RowState.SENDING,))
+        assert [r.id for r in stale] == [held[0].id]
+        workers = {w.worker_id: w for w in await b_store.list_workers("c")}
+        assert workers["a"].state == "dead"
+        assert not workers["a"].alive
+        assert workers["b"].alive
+        assert await b_store.reap_dead_workers() == []  # reaped once
+
+
+async def test_a_worker_id_in_use_by_a_live_worker_is_refused(schema: str) -> None:
+    """Registering a worker id that a live worker holds fails with a message saying so."""
+    async with PostgresStore(DSN, schema=schema) as first, PostgresStore(DSN, schema=schema) as second:
+        await first.register_worker("same", campaign_id="c")
+        with pytest.raises(StoreError, match="in use by a live worker"):
+            await second.register_worker("same", campaign_id="c")

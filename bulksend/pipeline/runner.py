@@ -105,12 +105,15 @@ class CampaignRun:
         lease_s: float = 30.0,
         claim_batch: int = 100,
         claim_idle_s: float = 0.2,
+        prefetch: int | None = None,
     ) -> None:
         self.campaign = campaign
         self.worker_id = worker_id
         """Set for scale-out: several processes share the campaign through leases in the store."""
         self.lease_s = lease_s
-        self.claim_batch = claim_batch
+        self.prefetch = campaign.sending.concurrency * 4 if prefetch is None else max(0, prefetch)
+        """Rows queued for the dispatch tasks beyond those they hold (scale-out: claimed ahead)."""
+        self.claim_batch = max(1, min(claim_batch, self.prefetch))
         self.claim_idle_s = claim_idle_s
         self._held: set[int] = set()
         self.store = store
@@ -349,7 +352,7 @@ class CampaignRun:
 
     async def _send_all(self, record: CampaignRecord, tracker: Tracker) -> None:
         c = self.campaign
-        send, receive = anyio.create_memory_object_stream[SendItem](max_buffer_size=c.sending.concurrency * 4)
+        send, receive = anyio.create_memory_object_stream[SendItem](max_buffer_size=self.prefetch)
         async with anyio.create_task_group() as recon_tg:
             dispatcher: Dispatcher
             reconciler = Reconciler(

@@ -60,7 +60,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -93,7 +93,14 @@ from bulksend.store.memory import (
     utc_or_none,
 )
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SESSION_SETTINGS", "PostgresStore"]
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "SESSION_SETTINGS",
+    "PostgresStore",
+    "ReapedWorker",
+    "WorkerRecord",
+]
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -173,8 +180,53 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             autovacuum_analyze_threshold = 1000
         )""",
     ),
+    # v3: workers on the store, for finding dead ones within seconds (see ``register_worker``) and
+    # for ``bulksend status``. ``stats`` holds the worker's last reported counters, which outlive it.
+    (
+        """CREATE TABLE {s}.workers (
+            worker_id    text PRIMARY KEY,
+            campaign_id  text NOT NULL DEFAULT '',
+            state        text NOT NULL CHECK (state IN ('running', 'stopped', 'dead')),
+            started_at   timestamptz NOT NULL,
+            heartbeat_at timestamptz NOT NULL,
+            stopped_at   timestamptz,
+            info         jsonb NOT NULL DEFAULT '{{}}',
+            stats        jsonb NOT NULL DEFAULT '{{}}'
+        )""",
+    ),
 )
 SCHEMA_VERSION: Final[int] = len(MIGRATIONS)
+
+WorkerState = Literal["running", "stopped", "dead"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    """A worker as the store knows it (``bulksend status``)."""
+
+    worker_id: str
+    campaign_id: str
+    state: WorkerState
+    """As recorded: ``running`` may be stale when the worker died and nobody reaped it yet."""
+    alive: bool
+    """Its session lock is held right now: its process and its connection to PostgreSQL live."""
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: datetime | None
+    info: dict[str, Any]
+    stats: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ReapedWorker:
+    """A dead worker whose rows were taken back."""
+
+    worker_id: str
+    released: int
+    """Claimed rows it never marked ``sending``: claimable by anyone at once."""
+    expired: int
+    """Its ``sending`` rows: their leases end now, and whoever claims them reconciles them."""
+
 
 SESSION_SETTINGS: Final[dict[str, str]] = {
     # asyncpg prepares every statement once per connection. With the default plan cache mode,
@@ -183,6 +235,11 @@ SESSION_SETTINGS: Final[dict[str, str]] = {
     # the whole table (40-150 ms per call) for the rest of the run. Custom plans cost a few hundred
     # microseconds of planning per statement and always see the current table size.
     "plan_cache_mode": "force_custom_plan",
+    # A worker's machine that vanishes without closing its connections (power loss, partition) is
+    # noticed by the server within about 25 s, which frees its session lock (see register_worker).
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "3",
 }
 """Session settings of every store connection."""
 ANALYZE_AFTER_ROWS: Final = 2_000
@@ -429,6 +486,8 @@ class PostgresStore:
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._accepting = False
         self._commits = 0
+        self._lock_conns: dict[str, asyncpg.Connection[asyncpg.Record]] = {}
+        """worker id → the connection holding that worker's session lock (see register_worker)."""
         self._unanalyzed = 0
         """Rows this instance admitted since its last ANALYZE of the outbox."""
         self._analyzed_rows = 0.0
@@ -529,6 +588,9 @@ class PostgresStore:
                     await self._lead()
             self._pool = None
             await pool.close()
+            for conn in self._lock_conns.values():
+                await _close_quietly(conn)
+            self._lock_conns.clear()
 
     def _scrub(self, text: str) -> str:
         """``text`` without the DSN's password, should a driver message ever quote it."""
@@ -1096,6 +1158,264 @@ class PostgresStore:
 
         await self._transaction(tx)
 
+    # -- workers -----------------------------------------------------------------------------
+    def _worker_lock_key(self, worker_id: str) -> str:
+        return f"bulksend:worker:{self.schema}:{worker_id}"
+
+    async def register_worker(
+        self, worker_id: str, *, campaign_id: str = "", info: dict[str, Any] | None = None
+    ) -> ReapedWorker | None:
+        """Announce a live worker: take its session lock on a connection of its own, record it.
+
+        The lock is the proof of life: PostgreSQL frees it when the worker's process dies (its
+        socket closes) or its machine vanishes (TCP keepalives), and :meth:`reap_dead_workers`
+        run by any other worker then finds it free. Raises ``StoreError`` if a live worker already
+        uses ``worker_id``. What an earlier, dead run of this worker id still held is taken back
+        at once (returned as a :class:`ReapedWorker`; None if there was nothing).
+        """
+        check_lease_args(worker_id, 1.0)
+        self._require_pool()
+        old = self._lock_conns.pop(worker_id, None)
+        if old is not None:
+            await _close_quietly(old)
+        try:
+            # Named, so that pg_stat_activity shows which connection is which worker's.
+            name = f"bulksend worker {worker_id}"[:63]
+            conn = await asyncpg.connect(
+                self._dsn, server_settings={**SESSION_SETTINGS, "application_name": name}
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+            raise StoreError(
+                f"cannot connect to PostgreSQL at {self.dsn}: {self._scrub(_describe(exc))}"
+            ) from None
+        try:
+            # Another worker reaping this id holds the lock for a moment (one transaction): retry
+            # for a few seconds before concluding that a live worker uses it.
+            for _ in range(30):
+                if await conn.fetchval(
+                    "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", self._worker_lock_key(worker_id)
+                ):
+                    break
+                await anyio.sleep(0.1)
+            else:
+                raise StoreError(
+                    f"worker id {worker_id!r} is in use by a live worker on this store; give each "
+                    "worker its own --worker-id"
+                )
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await _close_quietly(conn)
+            raise
+        self._lock_conns[worker_id] = conn
+        # We hold the lock: any lease still owned by this id is a dead earlier run's.
+        reaped = await self._take_back(worker_id, campaign_id, mark_dead=False)
+        blob = encode_json(info or {}, "worker info").decode()
+        now = self._now()
+
+        async def tx(c: Connection) -> None:
+            await c.execute(
+                f"INSERT INTO {self._s}.workers AS w (worker_id, campaign_id, state, started_at, "
+                f"heartbeat_at, info) VALUES ($1, $2, 'running', {_NOW % 3}, {_NOW % 3}, $4::jsonb) "
+                "ON CONFLICT (worker_id) DO UPDATE SET campaign_id = EXCLUDED.campaign_id, "
+                "state = 'running', started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at, "
+                "stopped_at = NULL, info = EXCLUDED.info, stats = '{}'",
+                worker_id,
+                campaign_id,
+                now,
+                blob,
+            )
+
+        await self._transaction(tx)
+        return reaped if reaped.released or reaped.expired else None
+
+    async def heartbeat_worker(self, worker_id: str, *, stats: dict[str, Any] | None = None) -> None:
+        """Record that the worker lives, with its counters; re-take its lock if its connection dropped.
+
+        Raises ``StoreError`` when the worker is not registered by this store instance.
+        """
+        conn = self._lock_conns.get(worker_id)
+        if conn is None:
+            raise StoreError(f"worker {worker_id!r} is not registered")
+        if conn.is_closed():
+            # The server restarted or the connection broke: the lock is gone, and another worker
+            # may have taken our rows back (our writes for them then fail on their fencing tokens).
+            record = await self._worker_info(worker_id)
+            await self.register_worker(
+                worker_id, campaign_id=record[0] if record else "", info=record[1] if record else None
+            )
+        blob = encode_json(stats or {}, "worker stats").decode()
+        now = self._now()
+
+        async def tx(c: Connection) -> None:
+            await c.execute(
+                f"UPDATE {self._s}.workers SET heartbeat_at = {_NOW % 2}, stats = $3::jsonb, "
+                "state = 'running', stopped_at = NULL WHERE worker_id = $1",
+                worker_id,
+                now,
+                blob,
+            )
+
+        await self._transaction(tx)
+
+    async def unregister_worker(self, worker_id: str, *, stats: dict[str, Any] | None = None) -> None:
+        """A clean stop: record it ``stopped`` (with its last counters) and free its lock."""
+        conn = self._lock_conns.pop(worker_id, None)
+        blob = encode_json(stats or {}, "worker stats").decode()
+        now = self._now()
+
+        async def tx(c: Connection) -> None:
+            await c.execute(
+                f"UPDATE {self._s}.workers SET state = 'stopped', stopped_at = {_NOW % 2}, "
+                f"heartbeat_at = {_NOW % 2}, stats = $3::jsonb WHERE worker_id = $1",
+                worker_id,
+                now,
+                blob,
+            )
+
+        try:
+            await self._transaction(tx)
+        finally:
+            if conn is not None:
+                with anyio.CancelScope(shield=True):
+                    await _close_quietly(conn)
+
+    async def reap_dead_workers(self, *, exclude: Sequence[str] = ()) -> list[ReapedWorker]:
+        """Find workers recorded ``running`` whose lock is free (dead), mark them ``dead`` and take
+        their rows back: claimed rows never marked ``sending`` become claimable at once; the leases
+        of their ``sending`` rows end now, so that another worker claims and reconciles them.
+
+        Cheap when nobody died: one read, and one lock probe per other running worker.
+        """
+        skip = sorted(set(exclude) | set(self._lock_conns))
+
+        async def op(conn: Connection) -> list[tuple[str, str]]:
+            found = await conn.fetch(
+                f"SELECT worker_id, campaign_id FROM {self._s}.workers WHERE state = 'running' "
+                "AND worker_id <> ALL($1::text[]) ORDER BY worker_id",
+                skip,
+            )
+            return [(r["worker_id"], r["campaign_id"]) for r in found]
+
+        reaped: list[ReapedWorker] = []
+        for worker_id, campaign_id in await self._read(op):
+            got = await self._take_back(worker_id, campaign_id, mark_dead=True)
+            if got.worker_id:
+                reaped.append(got)
+        return reaped
+
+    async def _take_back(self, worker_id: str, campaign_id: str, *, mark_dead: bool) -> ReapedWorker:
+        """Release ``worker_id``'s claimed rows and end its ``sending`` leases (in ``campaign_id``,
+        or in every campaign if empty).
+
+        ``mark_dead``: probe its lock first (in this transaction, so it cannot register meanwhile)
+        and do nothing if it is held; the returned record then has an empty ``worker_id``.
+        """
+        s = self._s
+        now = self._now()
+
+        async def tx(conn: Connection) -> ReapedWorker:
+            if mark_dead:
+                free = await conn.fetchval(
+                    "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))",
+                    self._worker_lock_key(worker_id),
+                )
+                if not free:
+                    return ReapedWorker("", 0, 0)
+                status = await conn.execute(
+                    f"UPDATE {s}.workers SET state = 'dead', stopped_at = {_NOW % 2} "
+                    "WHERE worker_id = $1 AND state = 'running'",
+                    worker_id,
+                    now,
+                )
+                if _rowcount(status) == 0:
+                    return ReapedWorker("", 0, 0)  # reaped by another worker meanwhile
+            # ``$2 = ''`` is decided when the (custom) plan is made: with a campaign, the
+            # (campaign_id, state, id) index finds the rows.
+            released = await conn.execute(
+                f"UPDATE {s}.recipients SET lease_owner = '', lease_expires_at = NULL "
+                "WHERE lease_owner = $1 AND state = 'pending' AND ($2 = '' OR campaign_id = $2)",
+                worker_id,
+                campaign_id,
+            )
+            expired = await conn.execute(
+                f"UPDATE {s}.recipients SET lease_expires_at = {_NOW % 3} "
+                "WHERE lease_owner = $1 AND state = 'sending' AND ($2 = '' OR campaign_id = $2) "
+                f"AND lease_expires_at > {_NOW % 3}",
+                worker_id,
+                campaign_id,
+                now,
+            )
+            # Its roles (admit, track) go to the next worker that asks, instead of after their TTL.
+            await conn.execute(f"DELETE FROM {s}.roles WHERE owner = $1", worker_id)
+            return ReapedWorker(worker_id, _rowcount(released), _rowcount(expired))
+
+        return await self._transaction(tx)
+
+    async def _worker_info(self, worker_id: str) -> tuple[str, dict[str, Any]] | None:
+        async def op(conn: Connection) -> tuple[str, dict[str, Any]] | None:
+            found = await conn.fetchrow(
+                f"SELECT campaign_id, info FROM {self._s}.workers WHERE worker_id = $1", worker_id
+            )
+            return None if found is None else (found["campaign_id"], orjson.loads(found["info"]))
+
+        return await self._read(op)
+
+    async def list_workers(self, campaign_id: str | None = None) -> list[WorkerRecord]:
+        """Every worker recorded (of one campaign if given), with whether it is alive right now.
+
+        Liveness is probed with the worker's lock in a transaction of its own, which frees the
+        probe at once: looking changes nothing (reaping is :meth:`reap_dead_workers`'s job).
+        """
+        mine = set(self._lock_conns)
+
+        async def op(conn: Connection) -> list[WorkerRecord]:
+            found = await conn.fetch(
+                f"SELECT worker_id, campaign_id, state, started_at, heartbeat_at, stopped_at, info, stats "
+                f"FROM {self._s}.workers WHERE ($1::text IS NULL OR campaign_id = $1) ORDER BY worker_id",
+                campaign_id,
+            )
+            out: list[WorkerRecord] = []
+            for r in found:
+                alive = r["worker_id"] in mine
+                if not alive and r["state"] == "running":
+                    async with conn.transaction():
+                        alive = not await conn.fetchval(
+                            "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))",
+                            self._worker_lock_key(r["worker_id"]),
+                        )
+                out.append(
+                    WorkerRecord(
+                        worker_id=r["worker_id"],
+                        campaign_id=r["campaign_id"],
+                        state=r["state"],
+                        alive=alive,
+                        started_at=r["started_at"],
+                        heartbeat_at=r["heartbeat_at"],
+                        stopped_at=r["stopped_at"],
+                        info=orjson.loads(r["info"]),
+                        stats=orjson.loads(r["stats"]),
+                    )
+                )
+            return out
+
+        return await self._read(op)
+
+    async def recent_rate(self, campaign_id: str, *, window_s: float = 10.0) -> float:
+        """Emails of the campaign TEM accepted per second over the last ``window_s`` (its submission
+        times, as the workers recorded them)."""
+
+        async def op(conn: Connection) -> float:
+            found = await conn.fetchval(
+                f"SELECT COUNT(*) FROM {self._s}.recipients WHERE campaign_id = $1 "
+                f"AND submitted_at >= {_NOW % 2} - $3::float8 * interval '1 second'",
+                campaign_id,
+                self._now(),
+                float(window_s),
+            )
+            return int(found) / window_s
+
+        return await self._read(op)
+
     # -- reads -------------------------------------------------------------------------------
     async def get_row(self, row_id: int) -> RecipientRow | None:
         async def op(conn: Connection) -> RecipientRow | None:
@@ -1223,6 +1543,14 @@ class PostgresStore:
             return out
 
         return await self._read(op)
+
+
+async def _close_quietly(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Close a connection that may already be broken (closing it is all that is left to do)."""
+    try:
+        await conn.close(timeout=5)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        conn.terminate()
 
 
 def _refusal(op: _RowOp, found: asyncpg.Record | None) -> BaseException:
