@@ -1,4 +1,4 @@
-"""The ``bulksend`` command line: ``demo``, ``send``, ``report``, ``serve``, ``sandbox``.
+"""The ``bulksend`` command line: ``demo``, ``send``, ``report``, ``status``, ``serve``, ``sandbox``.
 
 Each sub-command lives in its own module with ``configure(parser)`` and ``run(args) -> int``, so
 this file only wires them.
@@ -19,6 +19,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("bulksend.demo", "run a 10,000-recipient demo campaign against the built-in sandbox"),
     "send": ("bulksend.send", "send a campaign file (TOML) and write per-recipient outcomes"),
     "report": ("bulksend.report", "summarise an outcomes file (.jsonl or .csv)"),
+    "status": ("bulksend.status", "show workers, rows by state and rates from a shared store"),
     "serve": ("bulksend.serve", "run the daemon: queue-fed jobs and an admin HTTP API"),
     "sandbox": ("bulksend.sandbox.cli", "run a local TEM sandbox server"),
 }

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -45,6 +46,9 @@ from bulksend.summary import Summary, print_summary, summarize_outcomes
 from bulksend.tem.client import TemClient
 from bulksend.tem.config import TemSettings
 from bulksend.validate import normalize_address
+
+if TYPE_CHECKING:
+    from bulksend.metrics import Metrics
 
 __all__ = ["configure", "run", "run_campaign"]
 
@@ -121,6 +125,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "taken back within seconds",
     )
     g.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on GET /metrics at this port (0: a free one, logged as "
+        "metrics.listening); the same series as the daemon's",
+    )
+    g.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="interface of --metrics-port (default 127.0.0.1; no token: keep it private)",
+    )
+    g.add_argument(
         "--lease-s",
         type=float,
         default=30.0,
@@ -187,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
         account_rate_per_s=account.account_rate_per_s,
         lease_s=args.lease_s,
         prefetch=args.prefetch,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         reconcile_all=args.reconcile_all,
     )
     return run_campaign(campaign, settings, console=console, options=options)
@@ -298,6 +316,9 @@ class RunOptions:
     lease_s: float = 30.0
     prefetch: int | None = None
     """Rows claimed ahead of the sends (scale-out); None: 4 × the campaign's concurrency."""
+    metrics_port: int | None = None
+    """Serve Prometheus metrics on this port (0: any free port; None: no metrics)."""
+    metrics_host: str = "127.0.0.1"
     reconcile_all: bool = False
     """Look every unfinished recipient up at TEM before sending (after a loss of state)."""
 
@@ -364,6 +385,36 @@ def campaign_limiter(campaign: Campaign, settings: TemSettings, options: RunOpti
     return limiter
 
 
+@dataclass
+class _WorkerMetrics:
+    """The daemon's Prometheus series, fed by one ``send`` run (``--metrics-port``)."""
+
+    metrics: Metrics
+    stats: RunStats
+    limiter: RateLimiter
+
+    def on_response(self, kind: str, status: int, elapsed_s: float) -> None:
+        self.stats.on_response(kind, status, elapsed_s)
+        self.metrics.on_api_response(kind, status, elapsed_s)
+
+    async def on_outcome(self, campaign_id: str, outcomes: Sequence[tuple[int, str]]) -> None:
+        for _row_id, status in outcomes:
+            self.metrics.observe_outcome(campaign_id, status)
+
+    def refresh(self) -> None:
+        """Copy the gauges whose values live in the run (called at each scrape)."""
+        self.metrics.set_limiter_rate(self.limiter.rate_per_s)
+        self.metrics.set_in_flight(self.stats.in_flight)
+        self.metrics.set_backlog(max(0, self.stats.submitted - self.stats.final))
+
+
+def _worker_metrics(stats: RunStats, limiter: RateLimiter) -> _WorkerMetrics:
+    # Imported here: prometheus-client is only needed by runs that serve metrics.
+    from bulksend.metrics import Metrics
+
+    return _WorkerMetrics(Metrics(), stats, limiter)
+
+
 async def _run(
     campaign: Campaign,
     settings: TemSettings,
@@ -377,13 +428,14 @@ async def _run(
     await store.open()
     try:
         limiter = campaign_limiter(campaign, settings, options)
+        metrics = _worker_metrics(stats, limiter) if options.metrics_port is not None else None
         async with TemClient(
             settings,
             timeout_s=campaign.sending.timeout_s,
             # The pool is what bounds requests in flight to `concurrency` (plus two connections
             # so that tracking never queues behind sends).
             limit_per_host=campaign.sending.concurrency + 2,
-            on_response=stats.on_response,
+            on_response=stats.on_response if metrics is None else metrics.on_response,
         ) as tem:
             runner = CampaignRun(
                 campaign,
@@ -396,6 +448,7 @@ async def _run(
                 worker_id=options.worker_id,
                 lease_s=options.lease_s,
                 prefetch=options.prefetch,
+                on_outcome=None if metrics is None else metrics.on_outcome,
             )
             holder["runner"] = runner
             if before_run is not None:
@@ -405,6 +458,18 @@ async def _run(
             )
             async with presence, anyio.create_task_group() as tg:
                 tg.start_soon(_watch_signals, runner)
+                if metrics is not None and options.metrics_port is not None:
+                    from bulksend.metrics_server import serve_metrics
+
+                    await tg.start(
+                        functools.partial(
+                            serve_metrics,
+                            metrics.metrics,
+                            host=options.metrics_host,
+                            port=options.metrics_port,
+                            refresh=metrics.refresh,
+                        )
+                    )
                 if options.progress:
                     tg.start_soon(show_progress, stats, limiter)
                 reconciled = await runner.reconcile_all() if options.reconcile_all else None

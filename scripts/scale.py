@@ -93,7 +93,13 @@ def write_campaign(folder: Path, recipients: int, *, rate: float, concurrency: i
 
 
 async def _worker(
-    campaign: Path, api_url: str, project: str, store_url: str, n: int, lease_s: float
+    campaign: Path,
+    api_url: str,
+    project: str,
+    store_url: str,
+    n: int,
+    lease_s: float,
+    more: tuple[str, ...] = (),
 ) -> Process:
     extra = (
         "--store",
@@ -105,6 +111,7 @@ async def _worker(
         REDIS_URL,
         "--lease-s",
         str(lease_s),
+        *more,
     )
     return await start_sender(campaign, api_url, project=project, secret=SECRET, extra=extra)
 
@@ -201,6 +208,80 @@ async def run_scale(
         throttled=stats.rate_limited,
         rate_per_s=rate_per_s,
         achieved_rate_per_s=(hi - lo) / span if span else 0.0,
+        wall_s=wall,
+        exit_codes=codes,
+    )
+
+
+async def run_kills(
+    folder: Path,
+    *,
+    workers: int = 3,
+    recipients: int = 6_000,
+    rate_per_s: float = 200,
+    concurrency: int = 32,
+    kills: int = 5,
+    lease_s: float = 30.0,
+    prefetch: int | None = None,
+    timeout_s: float = 600,
+) -> ScaleResult:
+    """N workers on one rate-limited campaign; ``kills`` times, evenly over the expected run time,
+    one worker (in turn) is SIGKILLed and started again with the same worker id, as a supervisor
+    would. ``wall_s`` is from the first start to the last exit: compare with ``kills=0``."""
+    campaign, valid = write_campaign(folder, recipients, rate=rate_per_s, concurrency=concurrency)
+    project = str(uuid.uuid4())
+    schema = f"bulksend_kills_{uuid.uuid4().hex[:10]}"
+    store_url = f"{PG_DSN}?schema={schema}"
+    more = ("--prefetch", str(prefetch)) if prefetch is not None else ()
+    config = SandboxConfig(
+        secret_key=SECRET,
+        project_id=project,
+        final_after_s=0.1,
+        rate_limit_per_s=rate_per_s,
+        rate_limit_burst=max(1.0, rate_per_s / 5),
+    )
+    codes: list[int] = []
+    done = 0
+    started = anyio.current_time()
+    try:
+        with anyio.fail_after(timeout_s):
+            async with Sandbox(config, host="127.0.0.1", port=0) as sandbox:
+
+                async def start(n: int) -> Process:
+                    return await _worker(campaign, sandbox.url, project, store_url, n, lease_s, more)
+
+                procs = [await start(n) for n in range(workers)]
+                async with anyio.create_task_group() as tg:
+                    for proc in procs:
+                        tg.start_soon(_drain, proc)
+                    for k in range(kills):
+                        await anyio.sleep(recipients / rate_per_s / (kills + 1))
+                        n = k % workers
+                        if procs[n].returncode is not None:
+                            break  # the campaign is over: nothing left to kill
+                        procs[n].send_signal(signal.SIGKILL)
+                        codes.append(await procs[n].wait())
+                        done += 1
+                        procs[n] = await start(n)
+                        tg.start_soon(_drain, procs[n])
+                    for proc in procs:
+                        codes.append(await proc.wait())
+                stats = sandbox.stats()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _drop_schema(schema)
+    wall = anyio.current_time() - started
+    counts = stats.accepted_by_recipient
+    return ScaleResult(
+        workers=workers,
+        recipients=recipients,
+        killed=done > 0,
+        duplicates=sum(1 for n in counts.values() if n > 1),
+        missing=sum(1 for a in valid if counts.get(a, 0) == 0),
+        send_requests=stats.requests.get("send", 0),
+        throttled=stats.rate_limited,
+        rate_per_s=rate_per_s,
+        achieved_rate_per_s=len(counts) / wall if wall else 0.0,
         wall_s=wall,
         exit_codes=codes,
     )

@@ -10,20 +10,27 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
+import sys
 import types
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import aiohttp
+import anyio
 import asyncpg
+import orjson
 import pytest
 import redis.asyncio
+from anyio.abc import Process
 
 from bulksend.campaign import load_campaign
 from bulksend.cli import main
 from bulksend.clock import FakeClock
 from bulksend.errors import CampaignError, ConfigError, StoreError
+from bulksend.metrics import Metrics
 from bulksend.pipeline.ceiling import CeilingLimiter
 from bulksend.pipeline.limiter import AimdLimiter
 from bulksend.sandbox import Sandbox, SandboxConfig, sandbox_in_thread
@@ -33,6 +40,7 @@ from bulksend.settings import DEFAULT_LIMITER_PREFIX, load_account_settings
 from bulksend.store import NewRecipient, RowState
 from bulksend.store.postgres import PostgresStore
 from bulksend.tem.config import TemSettings
+from scripts.chaos import _drain, start_sender
 from scripts.scale import run_scale
 from tests.conftest import PROJECT, SECRET, CampaignWriter, run_once
 
@@ -332,3 +340,105 @@ async def test_a_worker_id_in_use_by_a_live_worker_is_refused(schema: str) -> No
         await first.register_worker("same", campaign_id="c")
         with pytest.raises(StoreError, match="in use by a live worker"):
             await second.register_worker("same", campaign_id="c")
+
+
+# -- live view -----------------------------------------------------------------------------------
+async def _cli(*args: str) -> tuple[int, str, str]:
+    """Run ``bulksend ARGS`` as a child process; its exit code, stdout and stderr."""
+    done = await anyio.run_process(
+        [sys.executable, "-m", "bulksend.cli", *args],
+        check=False,
+        env={**os.environ, "XDG_CONFIG_HOME": "/nonexistent"},
+    )
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+async def test_status_shows_workers_rows_by_state_and_rate(schema: str) -> None:
+    """`bulksend status --store URL CAMPAIGN --json` shows a live worker as alive, a killed one as
+    dead with its last counters, the campaign's rows by state and its recent rate, and never the
+    store's password."""
+    async with (
+        PostgresStore(DSN, schema=schema) as live,
+        PostgresStore(DSN, schema=schema) as doomed,
+    ):
+        await live.create_campaign("c", {})
+        admitted = await live.admit(
+            "c", [NewRecipient(row=i, email=f"u{i}@example.com") for i in range(1, 6)]
+        )
+        await live.register_worker("alive-1", campaign_id="c")
+        await doomed.register_worker("killed-1", campaign_id="c")
+        await doomed.heartbeat_worker("killed-1", stats={"submitted": 7, "throttled": 3})
+        for res in admitted[:2]:
+            await live.mark_sending(res.id, started_at=datetime.now(UTC), correlation="x")
+            await live.mark_submitted(
+                res.id, email_id=f"e{res.id}", message_id="m", submitted_at=datetime.now(UTC)
+            )
+        conn = await asyncpg.connect(DSN)
+        try:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'bulksend worker killed-1'"
+            )
+        finally:
+            await conn.close()
+        code, out, err = await _cli(
+            "status", "--store", f"{DSN_WITH_PASSWORD}?schema={schema}", "c", "--json", "--window-s", "600"
+        )
+    assert code == 0, err
+    assert "hunter2-pw" not in out + err
+    status = orjson.loads(out)
+    workers = {w["worker_id"]: w for w in status["workers"]}
+    assert workers["alive-1"]["alive"] is True
+    assert workers["alive-1"]["state"] == "running"
+    assert workers["killed-1"]["alive"] is False
+    assert workers["killed-1"]["state"] == "dead"
+    assert workers["killed-1"]["stats"] == {"submitted": 7, "throttled": 3}
+    [campaign] = status["campaigns"]
+    assert campaign["rows"]["pending"] == 3
+    assert campaign["rows"]["submitted"] == 2
+    assert campaign["rate_per_s"] == pytest.approx(2 / 600)
+
+
+async def test_worker_serves_prometheus_metrics_while_it_sends(
+    write_campaign: CampaignWriter, sandbox: Sandbox, schema: str
+) -> None:
+    """`send --worker --metrics-port 0` serves the daemon's Prometheus series (API calls by code)
+    on the port it logs, while it sends."""
+    campaign = write_campaign([{"email": f"u{i}@example.com"} for i in range(400)], rate_per_s=20)
+    extra = ("--worker", "--worker-id", "m1", "--store", f"{DSN}?schema={schema}", "--metrics-port", "0")
+    proc = await start_sender(campaign.path, sandbox.url, project=PROJECT, secret=SECRET, extra=extra)
+    try:
+        port = await _logged_port(proc)
+        drain = anyio.create_task_group()
+        async with drain, aiohttp.ClientSession() as http:
+            drain.start_soon(_drain, proc)  # keep the child's log pipe from filling up
+            with anyio.fail_after(60):
+                while True:  # until the first sends show up in the series
+                    async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                        assert response.status == 200
+                        text = await response.text()
+                    if 'bulksend_api_calls_total{code="200",endpoint="send"}' in text:
+                        break
+                    await anyio.sleep(0.05)
+            drain.cancel_scope.cancel()
+        # Every series the daemon's metrics define, under the same names.
+        for family in Metrics(process_metrics=False).registry.collect():
+            assert f"# HELP {family.name}" in text, family.name
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        with anyio.fail_after(60):
+            await proc.wait()
+
+
+async def _logged_port(proc: Process) -> int:
+    """The port of the child's ``metrics.listening`` log event (its JSON log on stderr)."""
+    assert proc.stderr is not None
+    buffer = b""
+    with anyio.fail_after(60):
+        async for chunk in proc.stderr:
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if b'"metrics.listening"' in line:
+                    return int(orjson.loads(line)["port"])
+    raise AssertionError("the worker exited without serving metrics")
