@@ -1,8 +1,8 @@
 """Scale-out run: N `bulksend send --worker` processes share one campaign through PostgreSQL and
 one rate limit through Redis, against a sandbox whose own rate limit equals the campaign's.
 
-Optionally one worker is killed with SIGKILL mid-way; its leased rows are taken over when the
-leases expire. The verdict: every valid recipient emailed exactly once, the 429 share, and the
+Optionally one worker is killed with SIGKILL mid-way; the others find it dead within about a
+second and take its claimed rows back (its `sending` ones through reconciliation). The verdict: every valid recipient emailed exactly once, the 429 share, and the
 aggregate send rate (from TEM's creation times of the emails, over the middle 90 % of them) against
 ``rate_per_s``.
 
@@ -194,8 +194,8 @@ async def run_scale(
         if line.get("submitted_at")
     )
     # The steady aggregate rate: over the middle 90 % of the emails, so that neither the
-    # workers' staggered start nor the tail after the kill (the victim's leased rows wait out
-    # their lease, then trickle out) reads as the rate limiter holding the rate wrongly.
+    # workers' staggered start nor the tail after the kill (the victim's `sending` rows wait for
+    # their reconciliation, then trickle out) reads as the rate limiter holding the rate wrongly.
     lo, hi = len(created) // 20, len(created) - 1 - len(created) // 20
     span = (created[hi] - created[lo]).total_seconds() if hi > lo else 0.0
     return ScaleResult(
