@@ -217,6 +217,9 @@ class Campaign:
     store_path: Path
     fingerprint: str = field(repr=False)
     render: RenderLimits = field(default_factory=RenderLimits)
+    legacy_fingerprint: str = field(default="", repr=False)
+    """The fingerprint with the recipient file's path instead of its content, as recorded by
+    earlier versions: a campaign they started still resumes from the same folder."""
 
     @property
     def attachments_bytes(self) -> int:
@@ -665,9 +668,10 @@ class _Builder:
         store_path = self.store(output)
         render = self.render()
 
-        fingerprint = _fingerprint(
-            campaign_id, from_, subject, text, html, headers, attachments, recipients, send_before
-        )
+        parts = (campaign_id, from_, subject, text, html, headers, attachments, recipients, send_before)
+        fingerprint = _fingerprint(*parts)
+        # What versions before the content fingerprint recorded: campaigns they started resume.
+        legacy_fingerprint = _fingerprint(*parts, by_path=True)
         return Campaign(
             id=campaign_id,
             path=self.path,
@@ -684,6 +688,7 @@ class _Builder:
             output=output,
             store_path=store_path,
             fingerprint=fingerprint,
+            legacy_fingerprint=legacy_fingerprint,
             render=render,
             attachments_root=self.files.root if self.files.confined else recipients.parent.resolve(),
         )
@@ -1099,6 +1104,8 @@ def _fingerprint(
     attachments: tuple[Attachment, ...],
     recipients: Path,
     send_before: datetime | None,
+    *,
+    by_path: bool = False,
 ) -> str:
     doc = {
         "id": campaign_id,
@@ -1112,7 +1119,7 @@ def _fingerprint(
         ],
         # By content, not by path: the same campaign copied to another folder (or mounted at another
         # path on another worker) is the same campaign; an edited recipient file is not.
-        "recipients": _file_sha256(recipients),
+        "recipients": str(recipients) if by_path else _file_sha256(recipients),
         "send_before": format_rfc3339(send_before) if send_before is not None else None,
     }
     return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()

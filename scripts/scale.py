@@ -2,8 +2,9 @@
 one rate limit through Redis, against a sandbox whose own rate limit equals the campaign's.
 
 Optionally one worker is killed with SIGKILL mid-way; the others find it dead within about a
-second and take its claimed rows back (its `sending` ones through reconciliation). The verdict: every valid recipient emailed exactly once, the 429 share, and the
-aggregate send rate (from TEM's creation times of the emails, over the middle 90 % of them) against
+second and take its claimed rows back (its `sending` ones through reconciliation). The verdict:
+every valid recipient emailed exactly once, the 429 share, and the aggregate send rate (from TEM's
+creation times of the emails, over the middle 90 % of them) against
 ``rate_per_s``.
 
     python -m scripts.scale --workers 3 --recipients 10000 --rate 400 --kill

@@ -82,6 +82,18 @@ async def test_same_campaign_copied_to_another_folder_resumes(
     assert len(sandbox.stats().accepted_by_recipient) == 5
 
 
+async def test_campaign_started_by_an_earlier_version_still_resumes(
+    write_campaign: CampaignWriter, sandbox: Sandbox, schema: str
+) -> None:
+    """A campaign recorded with the earlier path-based fingerprint resumes from the same folder."""
+    campaign = write_campaign([{"email": f"u{i}@example.com"} for i in range(3)])
+    store_url = f"{DSN}?schema={schema}"
+    async with PostgresStore(DSN, schema=schema) as store:
+        await store.create_campaign(campaign.id, {"fingerprint": campaign.legacy_fingerprint})
+    assert campaign.legacy_fingerprint != campaign.fingerprint
+    assert (await run_once(campaign, sandbox, store_url=store_url)).complete
+
+
 async def test_changed_recipients_are_refused_naming_the_store_in_use(
     write_campaign: CampaignWriter, sandbox: Sandbox, schema: str
 ) -> None:

@@ -650,7 +650,7 @@ class CampaignRun:
         record = await self.store.get_campaign(c.id)
         if record is None:
             return await self.store.create_campaign(c.id, spec)
-        if record.spec.get("fingerprint") not in (None, c.fingerprint):
+        if record.spec.get("fingerprint") not in (None, c.fingerprint, c.legacy_fingerprint or None):
             raise CampaignError(
                 f"campaign {c.id!r} already ran from different content (template, sender, attachments "
                 f"or recipients changed) in the {describe_store(self.store)}. Resuming would mix two "
