@@ -54,13 +54,13 @@ def run(args: argparse.Namespace) -> int:
     except BulksendError as exc:
         print_error(console, exc)
         return 1
+    if args.campaign is not None and not status["campaigns"]:
+        print_error(console, f"no campaign {args.campaign!r} in the {status['store']}")
+        return 1
     if args.json:
         print(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
     else:
         _print_tables(status, Console())
-    if args.campaign is not None and not status["campaigns"]:
-        print_error(console, f"no campaign {args.campaign!r} in the {status['store']}")
-        return 1
     return 0
 
 
