@@ -454,3 +454,17 @@ async def _logged_port(proc: Process) -> int:
                 if b'"metrics.listening"' in line:
                     return int(orjson.loads(line)["port"])
     raise AssertionError("the worker exited without serving metrics")
+
+
+def test_negative_prefetch_is_refused(
+    write_campaign: CampaignWriter, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--prefetch` below 0 is a settings mistake: exit 1 with a message, nothing sent."""
+    campaign = write_campaign([{"email": "a@example.com"}])
+    monkeypatch.setenv("SCW_SECRET_KEY", SECRET)
+    monkeypatch.setenv("SCW_DEFAULT_PROJECT_ID", PROJECT)
+    monkeypatch.setenv("SCW_CONFIG_PATH", "/nonexistent/config.yaml")
+    monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent")
+    argv = ["send", str(campaign.path), "--no-progress", "--worker", "--store", DSN, "--prefetch", "-1"]
+    assert main(argv) == 1
+    assert "--prefetch must be 0 or more" in capsys.readouterr().err
