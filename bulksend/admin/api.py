@@ -13,6 +13,7 @@ Routes (JSON in and out; every error is ``{"error": "…"}`` with a fitting stat
     POST /v1/campaigns/{id}/resume       token
     POST /v1/campaigns/{id}/cancel       token
     GET  /v1/templates                   token  names of the registered templates
+    GET  /v1/dead-letters                token  dead letters since start: counts, recent reasons
     PUT  /v1/templates/{name}            token  create or replace a template → 204
 
 Authentication is ``Authorization: Bearer <admin token>``, compared in constant time. Without a
@@ -168,6 +169,7 @@ def create_admin_app(
     r.add_post("/v1/campaigns/{campaign_id}/cancel", _cancel, name="campaign.cancel")
     r.add_get("/v1/templates", _templates, name="templates")
     r.add_put("/v1/templates/{name}", _put_template, name="template.put")
+    r.add_get("/v1/dead-letters", _dead_letters, name="dead_letters")
     return app
 
 
@@ -391,7 +393,18 @@ async def _readyz(request: web.Request) -> web.Response:
         log.exception("admin.health_failed")
         return _json({"status": "unready", "checks": {}, "failing": ["health"]}, 503)
     failing = sorted(name for name, ok in checks.items() if not ok)
-    body = {"status": "unready" if failing else "ready", "checks": dict(checks), "failing": failing}
+    body: dict[str, Any] = {
+        "status": "unready" if failing else "ready",
+        "checks": dict(checks),
+        "failing": failing,
+    }
+    try:
+        details = await request.app[_CONTROL].health_details()
+    except Exception:
+        log.exception("admin.health_failed")
+        details = {}
+    if details:
+        body["details"] = details
     return _json(body, 503 if failing else 200)
 
 
@@ -585,6 +598,11 @@ async def _resume(request: web.Request) -> web.Response:
 async def _cancel(request: web.Request) -> web.Response:
     info = await request.app[_CONTROL].cancel(_campaign_id(request))
     return _json(info.as_json())
+
+
+# -- dead letters --------------------------------------------------------------------------------
+async def _dead_letters(request: web.Request) -> web.Response:
+    return _json(await request.app[_CONTROL].dead_letters())
 
 
 # -- templates -----------------------------------------------------------------------------------

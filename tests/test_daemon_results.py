@@ -1,0 +1,122 @@
+"""Job results on a real Redis: held while the results broker refuses them, published in the
+background once it takes them again (no restart), with the backlog in /metrics and /readyz."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+import structlog
+
+from bulksend.daemon.config import load_daemon_config
+from bulksend.daemon.jobs import job_campaign_id, job_row
+from bulksend.daemon.results import result_id, result_message
+from bulksend.daemon.service import Daemon
+from bulksend.sandbox import Sandbox
+from bulksend.store.base import RecipientRow, RowState
+from tests.conftest import settings_for
+from tests.test_daemon import job, running, write_config
+from tests.test_daemon_brokers import RedisBroker
+
+
+@pytest.fixture(autouse=True)
+def _plain_logging() -> None:
+    """Log through structlog's defaults (a CLI test may have left it on a closed stream)."""
+    structlog.reset_defaults()
+
+
+class BacklogWatch:
+    """Follows the daemon's results backlog gauge so a test can wait for a value."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.values: list[int] = []
+        self._changed = anyio.Event()
+        setter = daemon.metrics.set_results_backlog
+
+        def observed(n: int) -> None:
+            setter(n)
+            self.values.append(n)
+            self._changed.set()
+            self._changed = anyio.Event()
+
+        daemon.metrics.set_results_backlog = observed  # type: ignore[method-assign]
+
+    async def wait_for(self, n: int, timeout_s: float = 20) -> None:
+        """Return once the backlog is ``n``."""
+        with anyio.fail_after(timeout_s):
+            while not self.values or self.values[-1] != n:
+                await self._changed.wait()
+
+
+async def readyz(daemon: Daemon) -> tuple[int, dict[str, Any]]:
+    """The daemon's /readyz status and body."""
+    async with aiohttp.ClientSession() as http, http.get(f"{daemon.admin_url}/readyz") as response:
+        return response.status, await response.json()
+
+
+async def test_held_results_go_out_when_the_broker_is_back(tmp_path: Path, sandbox: Sandbox) -> None:
+    """Results the Redis results stream refused are held (backlog in /metrics and /readyz), then
+    published by the running daemon once Redis takes them again, each with its stable result_id."""
+    broker = RedisBroker()
+    await broker.open()
+    try:
+        # A key of the wrong type: every XADD to the results stream fails until it is deleted.
+        await broker._client.set(broker.results_stream, b"not a stream")
+        path = write_config(tmp_path, sources=[broker.source_config()], results=broker.results_config())
+        daemon = Daemon(load_daemon_config(path), settings_for(sandbox))
+        watch = BacklogWatch(daemon)
+        keys = {f"held-{i}": f"held{i}@example.com" for i in range(5)}
+        with anyio.fail_after(60):
+            async with running(daemon):
+                await broker.publish([job(k, a) for k, a in keys.items()])
+                await watch.wait_for(len(keys))
+                status, body = await readyz(daemon)
+                assert status == 200, body
+                assert body["details"] == {"results_backlog": len(keys)}
+                assert body["checks"]["results_backlog"] is True
+                daemon.results_backlog_unready = 2
+                status, body = await readyz(daemon)
+                assert (status, body["failing"]) == (503, ["results_backlog"])
+                daemon.results_backlog_unready = 10_000
+                await broker._client.delete(broker.results_stream)  # the broker takes results again
+                await broker.read_results(set(keys), timeout_s=30)
+                await watch.wait_for(0)
+                journal = await daemon.store.counts(f"results:{job_campaign_id('welcome')}")
+                samples = {
+                    name: daemon.metrics.registry.get_sample_value(f"bulksend_results_{name}")
+                    for name in ("published_messages_total", "failed_messages_total", "backlog_messages")
+                }
+        assert journal.get(RowState.PENDING.value, 0) == 0  # nothing left due for a restart
+        assert samples["published_messages_total"] == len(keys)
+        assert (samples["failed_messages_total"] or 0) >= 1
+        assert samples["backlog_messages"] == 0
+        assert sorted(r["idempotency_key"] for r in broker.results) == sorted(keys)
+        for result in broker.results:
+            row = job_row(result["idempotency_key"])
+            assert result["result_id"] == result_id(job_campaign_id("welcome"), row, result["status"])
+    finally:
+        await broker.close()
+
+
+def test_result_id_is_stable_per_job_and_status() -> None:
+    """The same job and status always give the same result_id; another job or status another one."""
+    row = RecipientRow(
+        id=7,
+        campaign_id="jobs.welcome",
+        row=12345,
+        email="ann@example.com",
+        name="",
+        key="order-1",
+        state=RowState.FINAL,
+        payload={"idempotency_key": "order-1", "template": "welcome"},
+        status="sent",
+    )
+    first = result_message(row, "jobs.welcome", unfinished="x")
+    again = result_message(row, "jobs.welcome", unfinished="x")
+    assert first["result_id"] == again["result_id"] == result_id("jobs.welcome", 12345, first["status"])
+    assert len({first["result_id"], result_id("jobs.welcome", 12346, first["status"])}) == 2
+    assert result_id("jobs.welcome", 12345, "sent") != result_id("jobs.welcome", 12345, "failed")
+    assert first["idempotency_key"] == "order-1"
