@@ -61,6 +61,7 @@ from bulksend.daemon.jobs import (
     job_campaign_id,
 )
 from bulksend.daemon.results import RESULTS_BACKLOG_UNREADY, ResultBacklog, result_message
+from bulksend.daemon.summaries import row_states, unsettled_deliveries
 from bulksend.errors import BulksendError, CampaignError, TemError, TemPermanentError, first_bulksend_error
 from bulksend.metrics import Metrics
 from bulksend.pipeline.dispatch import Dispatcher, SendItem, utcnow
@@ -139,6 +140,10 @@ class Daemon:
         """Results whose publish failed, retried in the background."""
         self.results_backlog_unready = RESULTS_BACKLOG_UNREADY
         self.dead_letter_book = DeadLetterBook()
+        self._started = False
+        self._in_flight_at_stop = 0
+        self._stop_summary: dict[str, Any] = {}
+        """The fields of ``daemon.stopped``, filled while stopping."""
         self._stop = anyio.Event()
         self._stopping = False
         self._root: anyio.CancelScope | None = None
@@ -172,6 +177,7 @@ class Daemon:
                 await self._load_templates()
                 await self._open_brokers()
                 runner = await self._start_admin()
+                await self._log_recovery()
                 try:
                     with anyio.CancelScope() as root:
                         self._root = root
@@ -192,15 +198,69 @@ class Daemon:
                             self._begin_stop()
                 finally:
                     with anyio.CancelScope(shield=True):
+                        self._stop_summary["released"] = unsettled_deliveries(self.sources)
                         await runner.cleanup()
                         await self._close_brokers()
         finally:
             with anyio.CancelScope(shield=True):
+                await self._summarise_stop()
                 await self.store.close()
-            log.info("daemon.stopped")
+            log.info("daemon.stopped", **self._stop_summary)
+
+    async def _campaigns_to_recover(self) -> tuple[list[str], list[str]]:
+        """(job campaigns, submitted campaigns not finished) known to the store."""
+        jobs = []
+        for template in self._templates.values():
+            if await self.store.get_campaign(template.campaign.id) is not None:
+                jobs.append(template.campaign.id)
+        submitted = [
+            r.id
+            for r in await self.store.list_campaigns()
+            if r.spec.get("daemon_dir") and r.state is not CampaignState.FINISHED
+        ]
+        return jobs, submitted
+
+    async def _log_recovery(self) -> None:
+        """One line saying what this start takes over from the previous run (``daemon.recovery``)."""
+        jobs, submitted = await self._campaigns_to_recover()
+        job_rows = await row_states(self.store, jobs)
+        campaign_rows = await row_states(self.store, submitted)
+        results_due = 0
+        if self.publisher is not None:
+            for cid in jobs:
+                results_due += (await self.store.counts(_journal_id(cid))).get(RowState.PENDING.value, 0)
+        log.info(
+            "daemon.recovery",
+            rows_to_reconcile=job_rows["sending"] + campaign_rows["sending"],
+            jobs_resumed=job_rows["pending"] + job_rows["sending"],
+            jobs_to_track=job_rows["submitted"],
+            campaigns_resumed=len(submitted),
+            campaign_rows_to_send=campaign_rows["pending"],
+            campaign_rows_to_track=campaign_rows["submitted"],
+            results_due=results_due,
+        )
+        self._started = True
+
+    async def _summarise_stop(self) -> None:
+        """Fill ``daemon.stopped``: what was drained, released, and left for the next start."""
+        summary = self._stop_summary
+        summary["forced"] = self._root is not None and self._root.cancel_called
+        summary["in_flight_at_stop"] = self._in_flight_at_stop
+        summary["results_held"] = len(self.results_backlog)
+        summary.setdefault("released", 0)
+        if not self._started:
+            return
+        try:
+            with anyio.fail_after(5):
+                jobs, submitted = await self._campaigns_to_recover()
+                summary["left"] = await row_states(self.store, [*jobs, *submitted])
+        except Exception as exc:  # the store is what failed: say so rather than hide the line
+            summary["left"] = None
+            summary["left_error"] = f"{type(exc).__name__}: {exc}"
 
     def _begin_stop(self) -> None:
         self._stopping = True
+        self._in_flight_at_stop = self._in_flight()
         log.info("daemon.stopping", grace_s=self.config.grace_s)
         for intake in self._intakes:
             intake.stop_scope.cancel()
@@ -313,6 +373,8 @@ class Daemon:
         cid = template.campaign.id
         if cid in self._trackers or self._tem is None or self._tracker_tg is None:
             return
+        if self._stopping:
+            return  # the trackers' group is closing or closed: the next start tracks these
         t = template.campaign.tracking
         tracker = Tracker(
             campaign_id=cid,
