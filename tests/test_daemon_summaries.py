@@ -3,8 +3,8 @@ rate limit of ``admin.unauthorized`` warnings, asserted on captured event dicts.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from collections.abc import MutableMapping, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
