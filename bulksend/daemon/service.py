@@ -541,8 +541,9 @@ class Daemon:
     # A result is published after its row is final in the store, so a crash in between would lose
     # it. Hence a journal (a hidden campaign per job campaign): when a job is admitted, and before
     # it is acknowledged, an entry `pending` says its result is due; once published, the entry
-    # becomes `skipped`. At start, due results of rows already final are published again. Results
-    # are therefore published at least once (a crash right after a publish repeats it).
+    # becomes `skipped`. At start, due results of rows already final are published again; results
+    # the broker refuses at run time are held and retried in the background (daemon/results.py).
+    # Results are therefore published at least once (a crash right after a publish repeats it).
     def _wants_result(self, payload: Mapping[str, Any]) -> bool:
         want = payload.get("want_result")
         return self.publisher is not None and (want is True or (want is None and self.config.results_default))
