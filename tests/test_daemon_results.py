@@ -1,8 +1,9 @@
-"""Job results on a real Redis: held while the results broker refuses them, published in the
+"""Job results on each real broker: held while the results broker refuses them, published in the
 background once it takes them again (no restart), with the backlog in /metrics and /readyz."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ from bulksend.sandbox import Sandbox
 from bulksend.store.base import RecipientRow, RowState
 from tests.conftest import settings_for
 from tests.test_daemon import job, running, write_config
-from tests.test_daemon_brokers import RedisBroker
+from tests.test_daemon_brokers import Broker, NatsBroker, RabbitBroker, RedisBroker, broker
+
+__all__ = ["broker"]  # the broker fixture (one test per real broker), used here
 
 
 @pytest.fixture(autouse=True)
@@ -57,48 +60,70 @@ async def readyz(daemon: Daemon) -> tuple[int, dict[str, Any]]:
         return response.status, await response.json()
 
 
-async def test_held_results_go_out_when_the_broker_is_back(tmp_path: Path, sandbox: Sandbox) -> None:
-    """Results the Redis results stream refused are held (backlog in /metrics and /readyz), then
-    published by the running daemon once Redis takes them again, each with its stable result_id."""
-    broker = RedisBroker()
-    await broker.open()
-    try:
-        # A key of the wrong type: every XADD to the results stream fails until it is deleted.
+async def refuse_results(broker: Broker) -> None:
+    """Make the broker refuse every result until :func:`take_results` (it stays up for the jobs)."""
+    if isinstance(broker, RedisBroker):
+        # A key of the wrong type: every XADD to the results stream fails (WRONGTYPE).
         await broker._client.set(broker.results_stream, b"not a stream")
-        path = write_config(tmp_path, sources=[broker.source_config()], results=broker.results_config())
-        daemon = Daemon(load_daemon_config(path), settings_for(sandbox))
-        watch = BacklogWatch(daemon)
-        keys = {f"held-{i}": f"held{i}@example.com" for i in range(5)}
-        with anyio.fail_after(60):
-            async with running(daemon):
-                await broker.publish([job(k, a) for k, a in keys.items()])
-                await watch.wait_for(len(keys))
-                status, body = await readyz(daemon)
-                assert status == 200, body
-                assert body["details"] == {"results_backlog": len(keys)}
-                assert body["checks"]["results_backlog"] is True
-                daemon.results_backlog_unready = 2
-                status, body = await readyz(daemon)
-                assert (status, body["failing"]) == (503, ["results_backlog"])
-                daemon.results_backlog_unready = 10_000
-                await broker._client.delete(broker.results_stream)  # the broker takes results again
-                await broker.read_results(set(keys), timeout_s=30)
-                await watch.wait_for(0)
-                journal = await daemon.store.counts(f"results:{job_campaign_id('welcome')}")
-                samples = {
-                    name: daemon.metrics.registry.get_sample_value(f"bulksend_results_{name}")
-                    for name in ("published_messages_total", "failed_messages_total", "backlog_messages")
-                }
-        assert journal.get(RowState.PENDING.value, 0) == 0  # nothing left due for a restart
-        assert samples["published_messages_total"] == len(keys)
-        assert (samples["failed_messages_total"] or 0) >= 1
-        assert samples["backlog_messages"] == 0
-        assert sorted(r["idempotency_key"] for r in broker.results) == sorted(keys)
-        for result in broker.results:
-            row = job_row(result["idempotency_key"])
-            assert result["result_id"] == result_id(job_campaign_id("welcome"), row, result["status"])
-    finally:
-        await broker.close()
+    elif isinstance(broker, RabbitBroker):
+        # No queue behind the routing key: a mandatory publish comes back unroutable.
+        await broker.channel.queue_delete(broker.results_queue)
+    elif isinstance(broker, NatsBroker):
+        # No stream captures the subject any more: a JetStream publish gets no answer.
+        await broker.js.delete_stream(broker.results_stream)
+
+
+async def take_results(broker: Broker) -> None:
+    """Undo :func:`refuse_results`: the broker takes results again."""
+    if isinstance(broker, RedisBroker):
+        await broker._client.delete(broker.results_stream)
+    elif isinstance(broker, RabbitBroker):
+        broker._results = await broker.channel.declare_queue(broker.results_queue, durable=True)
+    elif isinstance(broker, NatsBroker):
+        await broker.js.add_stream(name=broker.results_stream, subjects=[broker.results_subject])
+        broker._results = await broker.js.pull_subscribe(broker.results_subject, durable="reader")
+
+
+async def test_held_results_go_out_when_the_broker_is_back(
+    tmp_path: Path, sandbox: Sandbox, broker: Broker
+) -> None:
+    """Results the results broker refused are held (backlog in /metrics and /readyz), then
+    published by the running daemon once the broker takes them again, each with its stable
+    result_id, and none is left due for a restart."""
+    path = write_config(tmp_path, sources=[broker.source_config()], results=broker.results_config())
+    daemon = Daemon(load_daemon_config(path), settings_for(sandbox))
+    watch = BacklogWatch(daemon)
+    tag = uuid.uuid4().hex[:8]
+    keys = {f"held-{tag}-{i}": f"held{i}.{tag}@example.com" for i in range(5)}
+    with anyio.fail_after(60):
+        async with running(daemon):
+            await refuse_results(broker)
+            await broker.publish([job(k, a) for k, a in keys.items()])
+            await watch.wait_for(len(keys))
+            status, body = await readyz(daemon)
+            assert status == 200, body
+            assert body["details"] == {"results_backlog": len(keys)}
+            assert body["checks"]["results_backlog"] is True
+            daemon.results_backlog_unready = 2
+            status, body = await readyz(daemon)
+            assert (status, body["failing"]) == (503, ["results_backlog"])
+            daemon.results_backlog_unready = 10_000
+            await take_results(broker)
+            await broker.read_results(set(keys), timeout_s=30)
+            await watch.wait_for(0)
+            journal = await daemon.store.counts(f"results:{job_campaign_id('welcome')}")
+            samples = {
+                name: daemon.metrics.registry.get_sample_value(f"bulksend_results_{name}")
+                for name in ("published_messages_total", "failed_messages_total", "backlog_messages")
+            }
+    assert journal.get(RowState.PENDING.value, 0) == 0  # nothing left due for a restart
+    assert samples["published_messages_total"] == len(keys)
+    assert (samples["failed_messages_total"] or 0) >= 1
+    assert samples["backlog_messages"] == 0
+    assert sorted(r["idempotency_key"] for r in broker.results) == sorted(keys)
+    for result in broker.results:
+        row = job_row(result["idempotency_key"])
+        assert result["result_id"] == result_id(job_campaign_id("welcome"), row, result["status"])
 
 
 def test_result_id_is_stable_per_job_and_status() -> None:
