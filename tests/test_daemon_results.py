@@ -4,6 +4,7 @@ background once it takes them again (no restart), with the backlog in /metrics a
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,12 @@ import anyio
 import pytest
 import structlog
 
+from bulksend.clock import FakeClock
 from bulksend.daemon.config import load_daemon_config
 from bulksend.daemon.jobs import job_campaign_id, job_row
-from bulksend.daemon.results import result_id, result_message
+from bulksend.daemon.results import ResultBacklog, result_id, result_message
 from bulksend.daemon.service import Daemon
+from bulksend.metrics import Metrics
 from bulksend.sandbox import Sandbox
 from bulksend.store.base import RecipientRow, RowState
 from tests.conftest import settings_for
@@ -145,3 +148,37 @@ def test_result_id_is_stable_per_job_and_status() -> None:
     assert len({first["result_id"], result_id("jobs.welcome", 12346, first["status"])}) == 2
     assert result_id("jobs.welcome", 12345, "sent") != result_id("jobs.welcome", 12345, "failed")
     assert first["idempotency_key"] == "order-1"
+
+
+async def test_backlog_backs_off_and_keeps_the_order() -> None:
+    """Held results are retried after 0.5 s, then with the wait doubling up to 5 s, and go out in
+    the order they became due, those held meanwhile behind the first ones."""
+    clock = FakeClock(autojump=True)
+    metrics = Metrics(process_metrics=False)
+    calls: list[tuple[float, str, list[int]]] = []
+    published: list[tuple[str, list[int]]] = []
+    backlog: ResultBacklog
+
+    async def publish(campaign_id: str, rows: Sequence[int]) -> list[int]:
+        calls.append((clock.now, campaign_id, list(rows)))
+        if len(calls) == 2:
+            backlog.hold("jobs.b", [9])  # a result that became due while the broker was away
+        if len(calls) <= 5:
+            return list(rows)  # refused: everything is still held
+        published.append((campaign_id, list(rows)))
+        return []
+
+    backlog = ResultBacklog(publish, metrics, clock=clock)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(backlog.run)
+            await anyio.wait_all_tasks_blocked()  # run() waits for something to be held
+            backlog.hold("jobs.a", [1, 2])
+            assert backlog.active
+            while backlog.active:
+                await clock.sleep(1)
+            backlog.stop()
+    assert [t for t, _, _ in calls] == [0.5, 1.0, 2.0, 4.0, 8.0, 13.0, 13.0]
+    assert published == [("jobs.a", [1, 2]), ("jobs.b", [9])]
+    assert backlog.attempts == 6
+    assert metrics.registry.get_sample_value("bulksend_results_backlog_messages") == 0

@@ -79,6 +79,7 @@ class ResultBacklog:
         self._wake: anyio.Event | None = None
         self._scope: anyio.CancelScope | None = None
         self._stopped = False
+        self._attempting = False
         self.attempts = 0
         """Retry attempts made so far (each one publishes what is held, until one fails)."""
 
@@ -87,6 +88,11 @@ class ResultBacklog:
 
     def __repr__(self) -> str:
         return f"ResultBacklog(held={len(self)}, attempts={self.attempts})"
+
+    @property
+    def active(self) -> bool:
+        """Whether results are held or being published again: new results should queue behind."""
+        return self._attempting or bool(self._held)
 
     @property
     def held(self) -> Mapping[str, Sequence[int]]:
@@ -130,13 +136,20 @@ class ResultBacklog:
                 if await self._attempt():
                     wait_s = RETRY_MIN_S
                     continue
-                log.info("results.retry_later", held=len(self), retry_in_s=wait_s)
+                log.debug("results.retry_later", held=len(self), retry_in_s=wait_s)
                 await self._clock.sleep(wait_s)
                 wait_s = min(wait_s * 2, RETRY_MAX_S)
 
     async def _attempt(self) -> bool:
         """Publish everything held, campaign by campaign; False at the first refusal."""
         self.attempts += 1
+        self._attempting = True
+        try:
+            return await self._attempt_all()
+        finally:
+            self._attempting = False
+
+    async def _attempt_all(self) -> bool:
         for campaign_id in list(self._held):
             rows = self._held.pop(campaign_id, {})
             try:
@@ -156,4 +169,4 @@ class ResultBacklog:
     def _put_back(self, campaign_id: str, row_ids: Sequence[int]) -> None:
         # Ahead of anything held meanwhile: the backlog stays in the order results became due.
         later = self._held.pop(campaign_id, {})
-        self._held[campaign_id] = {**dict.fromkeys(row_ids), **later}
+        self._held = {campaign_id: {**dict.fromkeys(row_ids), **later}, **self._held}

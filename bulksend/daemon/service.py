@@ -604,7 +604,7 @@ class Daemon:
     async def _publish_results(self, campaign_id: str, row_ids: Sequence[int]) -> None:
         if self.publisher is None or not row_ids:
             return
-        if len(self.results_backlog):
+        if self.results_backlog.active:
             # The broker refused the last attempt: join the backlog, which its retry publishes in
             # order, rather than have every new outcome knock on a broker that is away.
             self.results_backlog.hold(campaign_id, row_ids)
@@ -633,7 +633,7 @@ class Daemon:
                             # The rest of the batch is held too: a broker that refused one
                             # outcome will likely refuse the next.
                             self.metrics.result_failed()
-                            first = not len(self.results_backlog)
+                            first = not self.results_backlog.active
                             (log.warning if first else log.debug)(
                                 "results.publish_failed",
                                 row=row.row,
