@@ -22,7 +22,7 @@ from bulksend.sandbox import Sandbox
 from bulksend.store.base import NewRecipient, RowState
 from bulksend.store.sqlite import SqliteStore
 from tests.conftest import settings_for
-from tests.test_daemon import running, write_config
+from tests.test_daemon import ObservedStore, job, make_daemon, running, write_config
 from tests.test_daemon_brokers import RedisBroker
 
 
@@ -211,3 +211,25 @@ async def test_stop_right_after_start_is_clean(tmp_path: Path, sandbox: Sandbox)
         async with running(daemon):
             pass
     assert only(events, "daemon.stopped")["forced"] is False
+
+
+async def test_stop_summary_of_a_forced_stop(tmp_path: Path, sandbox: Sandbox) -> None:
+    """A stop whose send outlasts grace_s is forced: daemon.stopped says so, with the request that
+    was in flight and its row left `sending` for the next start to reconcile."""
+    sandbox.update(latency_ms=20_000)  # the send stays on the wire past the grace period
+    store = ObservedStore(tmp_path / "state" / "bulksend.db")
+    daemon, source, _ = make_daemon(
+        tmp_path, sandbox, store=store, daemon={"grace_s": 0.2}, sending={"timeout_s": 60}
+    )
+    source.publish(job("slow-1", "slow@example.com"))
+
+    async def sending() -> bool:
+        return (await store.counts(job_campaign_id("welcome"))).get("sending", 0) == 1
+
+    with structlog.testing.capture_logs() as events, anyio.fail_after(30):
+        async with running(daemon):
+            await store.wait_until(sending)
+    stopped = only(events, "daemon.stopped")
+    assert stopped["forced"] is True
+    assert stopped["in_flight_at_stop"] == 1
+    assert stopped["left"] == {"pending": 0, "sending": 1, "submitted": 0}
