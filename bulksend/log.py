@@ -126,5 +126,8 @@ def configure_logging(
     root.addHandler(handler)
     # Libraries' info lines (every connection, every request) would drown the daemon's own.
     root.setLevel(max(numeric, logging.WARNING))
+    # Off, then on: captureWarnings(True) does nothing when already on, even if something else
+    # (a test runner) has since put its own warnings.showwarning in place.
+    logging.captureWarnings(False)
     logging.captureWarnings(True)
     return fmt
