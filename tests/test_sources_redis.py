@@ -245,7 +245,11 @@ def test_config_refuses_unknown_keys_and_bad_values() -> None:
         source_from_config({"kind": "redis", "delete_on_ack": "yes"})
     with pytest.raises(ConfigError, match="kind"):
         source_from_config({"kind": "kafka"})
+    with pytest.raises(ConfigError, match="forget_consumer_s"):
+        source_from_config({"kind": "redis", "forget_consumer_s": -1})
     source = source_from_config({"kind": "redis", "url": "redis://:hunter2@127.0.0.1:6379/0"})
+    assert isinstance(source, RedisStreamSource)
+    assert source.config.forget_consumer_s == 600
     assert isinstance(source, RedisStreamSource)
     assert "hunter2" not in repr(source)
     assert "hunter2" not in repr(source.config)
