@@ -3,6 +3,7 @@ background once it takes them again (no restart), with the backlog in /metrics a
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ import aiohttp
 import anyio
 import pytest
 import structlog
+from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 
 from bulksend.clock import FakeClock
 from bulksend.daemon.config import load_daemon_config
@@ -182,3 +184,92 @@ async def test_backlog_backs_off_and_keeps_the_order() -> None:
     assert published == [("jobs.a", [1, 2]), ("jobs.b", [9])]
     assert backlog.attempts == 6
     assert metrics.registry.get_sample_value("bulksend_results_backlog_messages") == 0
+
+
+class CuttableProxy:
+    """A TCP proxy to Redis on loopback that can cut every connection and refuse new ones, as a
+    results broker that goes away and comes back looks to the daemon."""
+
+    def __init__(self, target_port: int = 6379) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.up = True
+        self._scopes: set[anyio.CancelScope] = set()
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Listen on a free port until cancelled."""
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        self.port = listener.extra(SocketAttribute.local_port)
+        task_status.started()
+        await listener.serve(self._handle)
+
+    def go_away(self) -> None:
+        """Drop every open connection; new ones are closed at once."""
+        self.up = False
+        for scope in self._scopes:
+            scope.cancel()
+
+    def come_back(self) -> None:
+        """Accept and forward connections again."""
+        self.up = True
+
+    async def _handle(self, client: SocketStream) -> None:
+        async with client:
+            if not self.up:
+                return
+            with anyio.CancelScope() as scope:
+                self._scopes.add(scope)
+                try:
+                    async with (
+                        await anyio.connect_tcp("127.0.0.1", self.target_port) as upstream,
+                        anyio.create_task_group() as tg,
+                    ):
+                        tg.start_soon(self._pipe, client, upstream)
+                        tg.start_soon(self._pipe, upstream, client)
+                finally:
+                    self._scopes.discard(scope)
+
+    @staticmethod
+    async def _pipe(source: SocketStream, sink: SocketStream) -> None:
+        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            async for chunk in source:
+                await sink.send(chunk)
+        # One side ended: end the connection both ways.
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await sink.send_eof()
+
+
+async def test_results_broker_away_then_back_without_restart(tmp_path: Path, sandbox: Sandbox) -> None:
+    """The Redis that takes results goes away (connections cut, new ones refused): outcomes are
+    held and /readyz names the results destination; once it is back, the running daemon publishes
+    every held result and is ready again."""
+    broker = RedisBroker()
+    await broker.open()
+    proxy = CuttableProxy()
+    tag = uuid.uuid4().hex[:8]
+    keys = {f"away-{tag}-{i}": f"away{i}.{tag}@example.com" for i in range(20)}
+    try:
+        async with anyio.create_task_group() as proxy_tg:
+            await proxy_tg.start(proxy.serve)
+            results = {**broker.results_config(), "url": f"redis://127.0.0.1:{proxy.port}/0"}
+            path = write_config(tmp_path, sources=[broker.source_config()], results=results)
+            daemon = Daemon(load_daemon_config(path), settings_for(sandbox))
+            watch = BacklogWatch(daemon)
+            with anyio.fail_after(60):
+                async with running(daemon):
+                    proxy.go_away()
+                    await broker.publish([job(k, a) for k, a in keys.items()])
+                    await watch.wait_for(len(keys))
+                    status, body = await readyz(daemon)
+                    assert status == 503, body
+                    assert f"results:{daemon.publisher.name}" in body["failing"]  # type: ignore[union-attr]
+                    assert body["details"] == {"results_backlog": len(keys)}
+                    proxy.come_back()
+                    await broker.read_results(set(keys), timeout_s=30)
+                    await watch.wait_for(0)
+                    status, body = await readyz(daemon)
+            proxy_tg.cancel_scope.cancel()
+        assert status == 200, body
+        assert sorted(r["idempotency_key"] for r in broker.results) == sorted(keys)
+    finally:
+        await broker.close()
