@@ -2,6 +2,11 @@
 
 A redaction processor runs last before rendering: any registered secret that found its way into
 an event value is replaced, as a second line of defence behind :class:`bulksend.secret.Secret`.
+
+Records of the standard library's ``logging`` (broker clients such as aiormq, aio_pika, nats and
+redis; asyncio; aiohttp) and ``warnings`` go through the same processors and renderer (a
+``structlog.stdlib.ProcessorFormatter`` on the root logger), so in JSON mode every line is one
+JSON object, with the library's logger name under ``logger``.
 """
 
 from __future__ import annotations
@@ -48,12 +53,22 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
+def _add_logger_name(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    record = event.get("_record")
+    if record is not None:
+        event.setdefault("logger", record.name)
+    return event
+
+
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default or str).decode()
 
 
-def configure_logging(fmt: LogFormat = "auto", level: str = "info", *, stream: Any = None) -> None:
-    """Route structlog (and stdlib logging) to ``stream`` (stderr) as console text or JSON."""
+def configure_logging(
+    fmt: LogFormat = "auto", level: str = "info", *, stream: Any = None
+) -> Literal["console", "json"]:
+    """Route structlog (and stdlib logging) to ``stream`` (stderr) as console text or JSON;
+    returns the format chosen (``auto`` resolved)."""
     stream = stream or sys.stderr
     if fmt == "auto":
         fmt = "console" if getattr(stream, "isatty", lambda: False)() else "json"
@@ -73,12 +88,14 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info", *, stream: A
                 else structlog.dev.plain_traceback
             ),
         )
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    exceptions = structlog.processors.format_exc_info if fmt == "json" else structlog.dev.set_exc_info
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info if fmt == "json" else structlog.dev.set_exc_info,
+            timestamper,
+            exceptions,
             _redact,
             renderer,
         ],
@@ -86,4 +103,31 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info", *, stream: A
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=stream, force=True)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.contextvars.merge_contextvars,
+                structlog.processors.add_log_level,
+                _add_logger_name,
+                timestamper,
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                exceptions,
+                _redact,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    # Libraries' info lines (every connection, every request) would drown the daemon's own.
+    root.setLevel(max(numeric, logging.WARNING))
+    # Off, then on: captureWarnings(True) does nothing when already on, even if something else
+    # (a test runner) has since put its own warnings.showwarning in place.
+    logging.captureWarnings(False)
+    logging.captureWarnings(True)
+    return fmt

@@ -22,6 +22,10 @@ Exposed series (all prefixed ``bulksend_``)::
     jobs_total{source,result}              counter  queue messages by result (admitted/duplicate/
                                                     dead_lettered)
     dead_letters_total{source,reason_kind} counter  dead-lettered messages by kind of reason
+    results_published_messages_total       counter  job results the results broker took
+    results_failed_messages_total          counter  job results the results broker refused (held,
+                                                    published again later)
+    results_backlog_messages               gauge    job results held, waiting to be published
 
 plus the standard ``process_*``, ``python_gc_*`` and ``python_info`` series unless disabled.
 
@@ -155,6 +159,21 @@ class Metrics:
             ["source", "reason_kind"],
             registry=r,
         )
+        self.results_published = Counter(
+            "bulksend_results_published_messages_total",
+            "Job results the results broker took.",
+            registry=r,
+        )
+        self.results_failed = Counter(
+            "bulksend_results_failed_messages_total",
+            "Job results whose publish failed (held and published again later).",
+            registry=r,
+        )
+        self.results_backlog = Gauge(
+            "bulksend_results_backlog_messages",
+            "Job results held after a failed publish, waiting to be published again.",
+            registry=r,
+        )
         self._callbacks: dict[str, _CallbackGauge] = {}
         self._statuses_by_campaign: dict[str, set[str]] = {}
         self._lock = Lock()
@@ -210,6 +229,18 @@ class Metrics:
     def dead_letter(self, source: str, reason_kind: str) -> None:
         """Count one message from ``source`` dead-lettered for a reason of kind ``reason_kind``."""
         self.dead_letters.labels(source, reason_kind).inc()
+
+    def result_published(self, n: int = 1) -> None:
+        """Count ``n`` job results the results broker took."""
+        self.results_published.inc(n)
+
+    def result_failed(self, n: int = 1) -> None:
+        """Count ``n`` job results whose publish failed."""
+        self.results_failed.inc(n)
+
+    def set_results_backlog(self, n: int) -> None:
+        """Job results held, waiting to be published again."""
+        self.results_backlog.set(n)
 
     # -- scrape-time gauges ----------------------------------------------------------------------
     def add_gauge_callback(

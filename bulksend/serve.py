@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 
 import anyio
+import structlog
 from rich.console import Console
 
 from bulksend.daemon.config import load_daemon_config
@@ -22,6 +23,8 @@ from bulksend.send import uvloop_available
 from bulksend.tem.config import TemSettings
 
 __all__ = ["configure", "run"]
+
+log = structlog.get_logger("bulksend.serve")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -36,8 +39,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    configure_logging(args.log_format, args.log_level)
+    fmt = configure_logging(args.log_format, args.log_level)
     console = Console(stderr=True, soft_wrap=True)
+
+    def fatal(error: BaseException) -> int:
+        # In JSON mode a fatal error is one more JSON line: a log pipeline must parse every line.
+        if fmt == "json":
+            log.error("daemon.failed", error=str(error), exit_code=1)
+        else:
+            print_error(console, error)
+        return 1
+
     try:
         config = load_daemon_config(args.config)
         api = config.api
@@ -55,15 +67,22 @@ def run(args: argparse.Namespace) -> int:
             register_secret(config.admin.token.reveal())
         daemon = Daemon(config, settings)
     except BulksendError as exc:
-        print_error(console, exc)
-        return 1
+        return fatal(exc)
     try:
         anyio.run(_main, daemon, backend_options={"use_uvloop": uvloop_available()})
     except (BulksendError, BaseExceptionGroup) as raised:
         found = first_bulksend_error(raised)
         if found is None:
+            if fmt != "json":
+                raise
+            log.exception("daemon.crashed", exit_code=1)
+            return 1
+        return fatal(found)
+    except Exception:
+        if fmt != "json":
             raise
-        print_error(console, found)
+        # A bug: the traceback goes out as one JSON line too (the redaction still applies).
+        log.exception("daemon.crashed", exit_code=1)
         return 1
     return 0
 

@@ -166,8 +166,14 @@ async def test_auth_health_and_metrics(tmp_path: Path, sandbox: Sandbox) -> None
         assert await admin.call("GET", "/healthz", token=None) == (200, {"status": "ok"})
         status, ready = await admin.call("GET", "/readyz", token=None)
         assert status == 200, ready
-        checks = {"store": True, f"source:{source.name}": True, "results:memory:results": True}
+        checks = {
+            "store": True,
+            f"source:{source.name}": True,
+            "results:memory:results": True,
+            "results_backlog": True,
+        }
         assert ready["checks"] == checks
+        assert ready["details"] == {"results_backlog": 0}
         assert (await admin.call("GET", "/v1/campaigns"))[1] == {"campaigns": []}
 
         source.publish(job("order-1", "ann@example.com"))

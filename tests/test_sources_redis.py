@@ -245,7 +245,11 @@ def test_config_refuses_unknown_keys_and_bad_values() -> None:
         source_from_config({"kind": "redis", "delete_on_ack": "yes"})
     with pytest.raises(ConfigError, match="kind"):
         source_from_config({"kind": "kafka"})
+    with pytest.raises(ConfigError, match="forget_consumer_s"):
+        source_from_config({"kind": "redis", "forget_consumer_s": -1})
     source = source_from_config({"kind": "redis", "url": "redis://:hunter2@127.0.0.1:6379/0"})
+    assert isinstance(source, RedisStreamSource)
+    assert source.config.forget_consumer_s == 600
     assert isinstance(source, RedisStreamSource)
     assert "hunter2" not in repr(source)
     assert "hunter2" not in repr(source.config)
@@ -279,3 +283,51 @@ async def test_result_publisher_adds_to_a_trimmed_stream(admin: Any, names: dict
         "status": "rejected",
         "reason": "no such template",
     }
+
+
+async def consumers_of(admin: Any, stream: str) -> dict[str, int]:
+    """The group's consumers with their pending counts."""
+    return {c["name"].decode(): int(c["pending"]) for c in await admin.xinfo_consumers(stream, "bulksend")}
+
+
+async def test_dead_consumer_is_deleted_once_its_jobs_are_claimed(
+    make_source: SourceFactory, admin: Any, names: dict[str, str]
+) -> None:
+    """A consumer that died holding jobs (never closed) loses them to a claim and is then deleted
+    from the group, so the group lists only live consumers."""
+    stream = names["stream"]
+    await make_source(consumer="live-before")  # creates the group
+    ids = await publish(admin, stream, 2)
+    # A process killed with -9: it read two jobs and never acked nor closed.
+    await admin.xreadgroup("bulksend", "dead", {stream: ">"}, count=2)
+    assert (await consumers_of(admin, stream))["dead"] == 2
+    survivor = await make_source(consumer="survivor", claim_idle_s=0, forget_consumer_s=0)
+    got = await survivor.receive(5, timeout_s=0.1)
+    assert sorted(d.message_id for d in got) == ids
+    consumers = await consumers_of(admin, stream)
+    assert "dead" not in consumers
+    assert consumers["survivor"] == 2
+    assert "dead" in survivor.forgotten
+    for delivery in got:
+        await delivery.ack()
+
+
+async def test_consumer_with_pending_jobs_or_recently_seen_is_kept(
+    make_source: SourceFactory, admin: Any, names: dict[str, str]
+) -> None:
+    """A consumer still holding jobs is never deleted (that would drop its jobs), nor is one seen
+    more recently than forget_consumer_s."""
+    stream = names["stream"]
+    await make_source(consumer="first")
+    [_, done] = await publish(admin, stream, 2)
+    await admin.xreadgroup("bulksend", "holder", {stream: ">"}, count=1)
+    await admin.xreadgroup("bulksend", "recent", {stream: ">"}, count=1)
+    await admin.xack(stream, "bulksend", done)  # it holds nothing now
+    patient = await make_source(consumer="patient", forget_consumer_s=3600)
+    assert await patient.receive(5, timeout_s=0.05) == []
+    assert await consumers_of(admin, stream) == {"holder": 1, "recent": 0}
+    assert patient.forgotten == []
+    keeper = await make_source(consumer="keeper", claim_idle_s=3600, forget_consumer_s=0)
+    assert await keeper.receive(5, timeout_s=0.05) == []
+    assert await consumers_of(admin, stream) == {"holder": 1}  # idle >= 0 s, holding nothing
+    assert keeper.forgotten == ["recent"]

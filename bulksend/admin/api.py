@@ -13,6 +13,7 @@ Routes (JSON in and out; every error is ``{"error": "…"}`` with a fitting stat
     POST /v1/campaigns/{id}/resume       token
     POST /v1/campaigns/{id}/cancel       token
     GET  /v1/templates                   token  names of the registered templates
+    GET  /v1/dead-letters                token  dead letters since start: counts, recent reasons
     PUT  /v1/templates/{name}            token  create or replace a template → 204
 
 Authentication is ``Authorization: Bearer <admin token>``, compared in constant time. Without a
@@ -28,12 +29,14 @@ socket as the control consumes it: a 1 GB file never sits in memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import re
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -49,6 +52,7 @@ from bulksend.admin.control import (
     NotFound,
     safe_filename,
 )
+from bulksend.admin.throttle import UnauthorizedLog
 from bulksend.campaign import CAMPAIGN_ID_PATTERN
 from bulksend.errors import CampaignError, ConfigError
 from bulksend.metrics import Metrics
@@ -141,6 +145,7 @@ def create_admin_app(
     metrics: Metrics,
     metrics_public: bool = False,
     read_timeout_s: float = 30.0,
+    unauthorized_log: UnauthorizedLog | None = None,
 ) -> web.Application:
     """The admin API as an ``aiohttp.web.Application``, serving ``control``.
 
@@ -148,10 +153,14 @@ def create_admin_app(
     :func:`check_listen_address`) protects every route but ``/healthz`` and ``/readyz``;
     ``metrics_public`` opens ``/metrics`` too, for a scraper that cannot send a token. A request
     body that sends nothing for ``read_timeout_s`` is answered 408 and its connection closed.
+    Refused calls are logged through ``unauthorized_log`` (a fresh :class:`UnauthorizedLog` by
+    default), which keeps a client in a loop from flooding the log.
     """
     auth = _BearerAuth(token) if token else None
     public = (OPEN_ROUTES | {"metrics"}) if metrics_public else OPEN_ROUTES
-    app = web.Application(middlewares=[_error_middleware, _auth_middleware(auth, public)])
+    refusals = unauthorized_log or UnauthorizedLog()
+    app = web.Application(middlewares=[_error_middleware, _auth_middleware(auth, public, refusals)])
+    app.cleanup_ctx.append(partial(_flush_refusals, refusals))
     app[_CONTROL] = control
     app[_METRICS] = metrics
     app[_READ_TIMEOUT] = read_timeout_s
@@ -168,6 +177,7 @@ def create_admin_app(
     r.add_post("/v1/campaigns/{campaign_id}/cancel", _cancel, name="campaign.cancel")
     r.add_get("/v1/templates", _templates, name="templates")
     r.add_put("/v1/templates/{name}", _put_template, name="template.put")
+    r.add_get("/v1/dead-letters", _dead_letters, name="dead_letters")
     return app
 
 
@@ -324,7 +334,25 @@ class _BearerAuth:
         return None
 
 
-def _auth_middleware(auth: _BearerAuth | None, public: frozenset[str]) -> Middleware:
+async def _flush_refusals(refusals: UnauthorizedLog, app: web.Application) -> AsyncIterator[None]:
+    """Write the counts of refused calls when their window ends, even if no refusal follows."""
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(refusals.window_s)
+            refusals.flush()
+
+    task = asyncio.create_task(tick())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    refusals.flush()
+
+
+def _auth_middleware(
+    auth: _BearerAuth | None, public: frozenset[str], refusals: UnauthorizedLog
+) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if auth is None:
@@ -335,7 +363,7 @@ def _auth_middleware(auth: _BearerAuth | None, public: frozenset[str]) -> Middle
         problem = auth.check(request.headers.get(hdrs.AUTHORIZATION))
         if problem is not None:
             # Never log the header: a near-miss token is still a secret.
-            log.warning("admin.unauthorized", method=request.method, path=request.path, remote=request.remote)
+            refusals.refused(request.remote, request.method, request.path)
             challenge = 'Bearer realm="bulksend"'
             if problem == "invalid admin token":
                 challenge += ', error="invalid_token"'
@@ -391,7 +419,18 @@ async def _readyz(request: web.Request) -> web.Response:
         log.exception("admin.health_failed")
         return _json({"status": "unready", "checks": {}, "failing": ["health"]}, 503)
     failing = sorted(name for name, ok in checks.items() if not ok)
-    body = {"status": "unready" if failing else "ready", "checks": dict(checks), "failing": failing}
+    body: dict[str, Any] = {
+        "status": "unready" if failing else "ready",
+        "checks": dict(checks),
+        "failing": failing,
+    }
+    try:
+        details = await request.app[_CONTROL].health_details()
+    except Exception:
+        log.exception("admin.health_failed")
+        details = {}
+    if details:
+        body["details"] = details
     return _json(body, 503 if failing else 200)
 
 
@@ -585,6 +624,11 @@ async def _resume(request: web.Request) -> web.Response:
 async def _cancel(request: web.Request) -> web.Response:
     info = await request.app[_CONTROL].cancel(_campaign_id(request))
     return _json(info.as_json())
+
+
+# -- dead letters --------------------------------------------------------------------------------
+async def _dead_letters(request: web.Request) -> web.Response:
+    return _json(await request.app[_CONTROL].dead_letters())
 
 
 # -- templates -----------------------------------------------------------------------------------

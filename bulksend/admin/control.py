@@ -176,6 +176,15 @@ class DaemonControl(Protocol):
         """Readiness of each dependency, e.g. ``{"store": True, "source:nats": False}``."""
         ...
 
+    async def health_details(self) -> dict[str, Any]:
+        """Figures ``/readyz`` states beside the checks (e.g. ``{"results_backlog": 3}``)."""
+        ...
+
+    async def dead_letters(self) -> dict[str, Any]:
+        """Dead letters since start, per source: ``{"since", "total", "sources": [{"source",
+        "count", "by_kind", "recent": [{"at", "message_id", "kind", "reason"}]}]}``."""
+        ...
+
 
 def safe_filename(name: str) -> str:
     """The last component of an uploaded file name (either slash style), never a path."""
@@ -326,6 +335,7 @@ class MemoryControl:
         self._reserved: set[str] = set()
         self._templates: dict[str, dict[str, Any]] = {}
         self.checks: dict[str, bool] = {"store": True}
+        self._started_at = self._clock()
         self.uploads: dict[str, tuple[int, int]] = {}
         """campaign id → (bytes, chunks) received for its recipients upload."""
 
@@ -441,6 +451,12 @@ class MemoryControl:
 
     async def health(self) -> dict[str, bool]:
         return dict(self.checks)
+
+    async def health_details(self) -> dict[str, Any]:
+        return {}
+
+    async def dead_letters(self) -> dict[str, Any]:
+        return {"since": self._started_at, "total": 0, "sources": []}
 
     # -- what a run would do ---------------------------------------------------------------------
     async def finish(self, campaign_id: str, status: str = "sent", *, flags: tuple[str, ...] = ()) -> None:

@@ -62,6 +62,9 @@ class _Refusal:
 
 log = structlog.get_logger("bulksend.jobs")
 
+OnDeadLetter = Callable[[str, str, str, str], None]
+"""Called with (source, message id, reason, kind) once a message is dead-lettered."""
+
 AfterAdmit = Callable[[str, Sequence[tuple[NewRecipient, AdmitResult]]], Awaitable[None]]
 """Called with (campaign id, [(row as sent to admit, its admission result)]) right after each
 admission commit, before the batch is acknowledged."""
@@ -142,6 +145,7 @@ class JobIntake:
         on_queued: Callable[[int], None],
         ensure_campaign: Callable[[JobTemplate], Awaitable[None]],
         after_admit: AfterAdmit | None = None,
+        on_dead_letter: OnDeadLetter | None = None,
     ) -> None:
         self.source = source
         self._store = store
@@ -154,6 +158,7 @@ class JobIntake:
         self._on_queued = on_queued
         self._ensure_campaign = ensure_campaign
         self._after_admit = after_admit
+        self._on_dead_letter = on_dead_letter
         self.stop_scope = anyio.CancelScope()
 
     async def run(self) -> None:
@@ -358,6 +363,8 @@ class JobIntake:
             return
         self._metrics.job(self.source.name, "dead_lettered")
         self._metrics.dead_letter(self.source.name, kind)
+        if self._on_dead_letter is not None:
+            self._on_dead_letter(self.source.name, delivery.message_id, reason, kind)
         log.info("job.dead_lettered", source=self.source.name, message_id=delivery.message_id, reason=reason)
 
 

@@ -52,6 +52,7 @@ from bulksend.admin.control import (
 )
 from bulksend.campaign import Campaign, FileAccess, campaign_from_dict, check_campaign_id
 from bulksend.daemon.config import DaemonConfig
+from bulksend.daemon.deadletters import DeadLetterBook
 from bulksend.daemon.jobs import (
     JobIntake,
     JobTemplate,
@@ -59,6 +60,8 @@ from bulksend.daemon.jobs import (
     item_from_job_row,
     job_campaign_id,
 )
+from bulksend.daemon.results import RESULTS_BACKLOG_UNREADY, ResultBacklog, result_message
+from bulksend.daemon.summaries import row_states, unsettled_deliveries
 from bulksend.errors import BulksendError, CampaignError, TemError, TemPermanentError, first_bulksend_error
 from bulksend.metrics import Metrics
 from bulksend.pipeline.dispatch import Dispatcher, SendItem, utcnow
@@ -70,7 +73,7 @@ from bulksend.pipeline.stats import RunStats
 from bulksend.pipeline.tracker import Tracker, TrackerSettings, final_update
 from bulksend.render import Rejection
 from bulksend.send import account_limiter
-from bulksend.sinks.outcomes import outcome_lines, outcome_of
+from bulksend.sinks.outcomes import outcome_lines
 from bulksend.sinks.results import publisher_from_config
 from bulksend.sources.base import JobSource, ResultPublisher, source_from_config
 from bulksend.store import open_store
@@ -133,6 +136,14 @@ class Daemon:
         self._result_due: dict[int, int] = {}
         """Job row id → its entry in the results journal, while its result is not published yet."""
         self._journals: set[str] = set()
+        self.results_backlog = ResultBacklog(self._publish_batch, self.metrics)
+        """Results whose publish failed, retried in the background."""
+        self.results_backlog_unready = RESULTS_BACKLOG_UNREADY
+        self.dead_letter_book = DeadLetterBook()
+        self._started = False
+        self._in_flight_at_stop = 0
+        self._stop_summary: dict[str, Any] = {}
+        """The fields of ``daemon.stopped``, filled while stopping."""
         self._stop = anyio.Event()
         self._stopping = False
         self._root: anyio.CancelScope | None = None
@@ -166,6 +177,7 @@ class Daemon:
                 await self._load_templates()
                 await self._open_brokers()
                 runner = await self._start_admin()
+                await self._log_recovery()
                 try:
                     with anyio.CancelScope() as root:
                         self._root = root
@@ -173,6 +185,7 @@ class Daemon:
                             self._tg = tg
                             tg.start_soon(self._jobs_main)
                             tg.start_soon(self._refresh_gauges)
+                            tg.start_soon(self.results_backlog.run)
                             await self._resume_campaigns()
                             task_status.started()
                             log.info(
@@ -185,15 +198,69 @@ class Daemon:
                             self._begin_stop()
                 finally:
                     with anyio.CancelScope(shield=True):
+                        self._stop_summary["released"] = unsettled_deliveries(self.sources)
                         await runner.cleanup()
                         await self._close_brokers()
         finally:
             with anyio.CancelScope(shield=True):
+                await self._summarise_stop()
                 await self.store.close()
-            log.info("daemon.stopped")
+            log.info("daemon.stopped", **self._stop_summary)
+
+    async def _campaigns_to_recover(self) -> tuple[list[str], list[str]]:
+        """(job campaigns, submitted campaigns not finished) known to the store."""
+        jobs = []
+        for template in self._templates.values():
+            if await self.store.get_campaign(template.campaign.id) is not None:
+                jobs.append(template.campaign.id)
+        submitted = [
+            r.id
+            for r in await self.store.list_campaigns()
+            if r.spec.get("daemon_dir") and r.state is not CampaignState.FINISHED
+        ]
+        return jobs, submitted
+
+    async def _log_recovery(self) -> None:
+        """One line saying what this start takes over from the previous run (``daemon.recovery``)."""
+        jobs, submitted = await self._campaigns_to_recover()
+        job_rows = await row_states(self.store, jobs)
+        campaign_rows = await row_states(self.store, submitted)
+        results_due = 0
+        if self.publisher is not None:
+            for cid in jobs:
+                results_due += (await self.store.counts(_journal_id(cid))).get(RowState.PENDING.value, 0)
+        log.info(
+            "daemon.recovery",
+            rows_to_reconcile=job_rows["sending"] + campaign_rows["sending"],
+            jobs_resumed=job_rows["pending"] + job_rows["sending"],
+            jobs_to_track=job_rows["submitted"],
+            campaigns_resumed=len(submitted),
+            campaign_rows_to_send=campaign_rows["pending"],
+            campaign_rows_to_track=campaign_rows["submitted"],
+            results_due=results_due,
+        )
+        self._started = True
+
+    async def _summarise_stop(self) -> None:
+        """Fill ``daemon.stopped``: what was drained, released, and left for the next start."""
+        summary = self._stop_summary
+        summary["forced"] = self._root is not None and self._root.cancel_called
+        summary["in_flight_at_stop"] = self._in_flight_at_stop
+        summary["results_held"] = len(self.results_backlog)
+        summary.setdefault("released", 0)
+        if not self._started:
+            return
+        try:
+            with anyio.fail_after(5):
+                jobs, submitted = await self._campaigns_to_recover()
+                summary["left"] = await row_states(self.store, [*jobs, *submitted])
+        except Exception as exc:  # the store is what failed: say so rather than hide the line
+            summary["left"] = None
+            summary["left_error"] = f"{type(exc).__name__}: {exc}"
 
     def _begin_stop(self) -> None:
         self._stopping = True
+        self._in_flight_at_stop = self._in_flight()
         log.info("daemon.stopping", grace_s=self.config.grace_s)
         for intake in self._intakes:
             intake.stop_scope.cancel()
@@ -203,6 +270,7 @@ class Daemon:
             self._tracker_tg.cancel_scope.cancel()
         if self._gauges_scope is not None:
             self._gauges_scope.cancel()
+        self.results_backlog.stop()
         if self._root is not None:
             self._root.deadline = anyio.current_time() + self.config.grace_s
 
@@ -305,6 +373,8 @@ class Daemon:
         cid = template.campaign.id
         if cid in self._trackers or self._tem is None or self._tracker_tg is None:
             return
+        if self._stopping:
+            return  # the trackers' group is closing or closed: the next start tracks these
         t = template.campaign.tracking
         tracker = Tracker(
             campaign_id=cid,
@@ -379,6 +449,7 @@ class Daemon:
                             on_queued=self._queued.add,
                             ensure_campaign=self._ensure_job_campaign,
                             after_admit=self._note_results_due,
+                            on_dead_letter=self.dead_letter_book.record,
                         )
                         self._intakes.append(intake)
                         work_tg.start_soon(self._run_intake, intake)
@@ -470,8 +541,9 @@ class Daemon:
     # A result is published after its row is final in the store, so a crash in between would lose
     # it. Hence a journal (a hidden campaign per job campaign): when a job is admitted, and before
     # it is acknowledged, an entry `pending` says its result is due; once published, the entry
-    # becomes `skipped`. At start, due results of rows already final are published again. Results
-    # are therefore published at least once (a crash right after a publish repeats it).
+    # becomes `skipped`. At start, due results of rows already final are published again; results
+    # the broker refuses at run time are held and retried in the background (daemon/results.py).
+    # Results are therefore published at least once (a crash right after a publish repeats it).
     def _wants_result(self, payload: Mapping[str, Any]) -> bool:
         want = payload.get("want_result")
         return self.publisher is not None and (want is True or (want is None and self.config.results_default))
@@ -530,41 +602,54 @@ class Daemon:
         await self._publish_results(campaign_id, [row_id for row_id, _ in rows])
 
     async def _publish_results(self, campaign_id: str, row_ids: Sequence[int]) -> None:
-        if self.publisher is None:
+        if self.publisher is None or not row_ids:
             return
+        if self.results_backlog.active:
+            # The broker refused the last attempt: join the backlog, which its retry publishes in
+            # order, rather than have every new outcome knock on a broker that is away.
+            self.results_backlog.hold(campaign_id, row_ids)
+            return
+        self.results_backlog.hold(campaign_id, await self._publish_batch(campaign_id, row_ids))
+
+    async def _publish_batch(self, campaign_id: str, row_ids: Sequence[int]) -> list[int]:
+        """Publish the results of these rows; returns the row ids whose result did not go out."""
+        if self.publisher is None:
+            return []
         # Shielded, within a bound: a stop must not cut a batch between "final" and "published".
         # What is cut anyway (a crash, a dead broker) stays due and is published by the next start.
         budget_s = min(_PUBLISH_BUDGET_S, max(1.0, self.config.grace_s))
         published: list[int] = []
+        done = 0
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(budget_s):
                 for row_id in row_ids:
                     row = await self.store.get_row(row_id)
                     if row is not None and self._wants_result(row.payload):
-                        message = {
-                            **outcome_of(row, unfinished=_UNFINISHED),
-                            "idempotency_key": row.payload.get("idempotency_key"),
-                            "template": row.payload.get("template"),
-                            "campaign": campaign_id,
-                        }
                         try:
-                            await self.publisher.publish(message)
+                            await self.publisher.publish(
+                                result_message(row, campaign_id, unfinished=_UNFINISHED)
+                            )
                         except BulksendError as exc:
-                            # The rest of the batch stays due too: a broker that refused one
+                            # The rest of the batch is held too: a broker that refused one
                             # outcome will likely refuse the next.
-                            log.warning(
+                            self.metrics.result_failed()
+                            first = not self.results_backlog.active
+                            (log.warning if first else log.debug)(
                                 "results.publish_failed",
                                 row=row.row,
                                 error=str(exc),
-                                hint="published again when the daemon next starts",
+                                hint="held, and published again in the background",
                             )
                             break
+                        self.metrics.result_published()
+                    done += 1
                     entry = self._result_due.pop(row_id, None)
                     if entry is not None:
                         published.append(entry)
             # Outside the budget: what went out is recorded even when the budget ran out.
             if published:
                 await self._mark_published(published)
+        return list(row_ids[done:])
 
     async def _mark_published(self, entries: Sequence[int]) -> None:
         async def one(entry: int) -> None:
@@ -899,4 +984,11 @@ class Daemon:
             checks[f"source:{source.name}"] = await source.healthy()
         if self.publisher is not None:
             checks[f"results:{self.publisher.name}"] = await self.publisher.healthy()
+            checks["results_backlog"] = len(self.results_backlog) <= self.results_backlog_unready
         return checks
+
+    async def dead_letters(self) -> dict[str, Any]:
+        return self.dead_letter_book.as_json([s.name for s in self.sources])
+
+    async def health_details(self) -> dict[str, Any]:
+        return {"results_backlog": len(self.results_backlog)} if self.publisher is not None else {}

@@ -24,6 +24,9 @@ key                     default                     meaning
 ``dead_letter_maxlen``  ``100000``                  the dead-letter stream is trimmed to about
                                                     this many entries (``MAXLEN ~``)
 ``connect_timeout_s``   ``5``                       timeout to connect
+``forget_consumer_s``   ``600``                     another consumer of the group idle this long
+                                                    and holding no pending entry is deleted from
+                                                    the group (a process that died)
 ======================  ==========================  =============================================
 
 On :meth:`RedisStreamSource.open`: ``XGROUP CREATE <stream> <group> 0 MKSTREAM`` (an existing group
@@ -48,6 +51,12 @@ queue. Turn it off when other consumer groups read the same stream, and trim it 
 
 On close, this consumer is removed from the group if it holds no pending entries (so per-process
 names do not pile up); otherwise it stays, and its pending jobs are claimed by others later.
+A process that died (``kill -9``) cannot remove itself: once its entries have been claimed
+(``XAUTOCLAIM``, above) it holds none, and the next receive after it has been idle for
+``forget_consumer_s`` deletes it (``XGROUP DELCONSUMER``). The check and the delete run in one
+Lua script, so a consumer that reads an entry in between is never deleted with it (deleting a
+consumer drops its pending entries). The sweep runs at most every ``forget_consumer_s / 4``
+seconds (at least 1 s apart), and logs ``redis.consumers_forgotten``.
 
 An entry without ``body_field`` arrives with an empty body, which :func:`bulksend.jobs.parse_job`
 refuses ("empty message"), so it is dead-lettered like any bad job. ``message_id`` is the entry
@@ -100,7 +109,24 @@ _KNOWN_KEYS: Final = (
     "max_in_flight",
     "dead_letter_maxlen",
     "connect_timeout_s",
+    "forget_consumer_s",
 )
+
+# Deletes the group's consumers (other than ARGV[2]) idle for at least ARGV[3] ms and holding no
+# pending entry. One script, so nothing can be delivered to a consumer between check and delete.
+_FORGET_IDLE_CONSUMERS: Final = """
+local removed = {}
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
+  if info['name'] ~= ARGV[2] and tonumber(info['pending']) == 0
+      and tonumber(info['idle']) >= tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    table.insert(removed, info['name'])
+  end
+end
+return removed
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +144,7 @@ class RedisStreamSourceConfig:
     max_in_flight: int = 1000
     dead_letter_maxlen: int = 100_000
     connect_timeout_s: float = 5.0
+    forget_consumer_s: float = 600.0
 
     def __post_init__(self) -> None:
         where = "job source (redis)"
@@ -125,8 +152,10 @@ class RedisStreamSourceConfig:
             object.__setattr__(self, "consumer", default_consumer_name())
         if self.stream == self.dead_letter_stream:
             raise ConfigError(f"{where}: stream and dead_letter_stream must differ")
-        if self.claim_idle_s < 0 or self.connect_timeout_s <= 0:
-            raise ConfigError(f"{where}: claim_idle_s must be >= 0 and connect_timeout_s > 0")
+        if self.claim_idle_s < 0 or self.connect_timeout_s <= 0 or self.forget_consumer_s < 0:
+            raise ConfigError(
+                f"{where}: claim_idle_s and forget_consumer_s must be >= 0 and connect_timeout_s > 0"
+            )
         if self.max_in_flight < 1 or self.dead_letter_maxlen < 1:
             raise ConfigError(f"{where}: max_in_flight and dead_letter_maxlen must be >= 1")
 
@@ -146,6 +175,7 @@ class RedisStreamSourceConfig:
             max_in_flight=r.integer("max_in_flight", d.max_in_flight),
             dead_letter_maxlen=r.integer("dead_letter_maxlen", d.dead_letter_maxlen),
             connect_timeout_s=r.seconds("connect_timeout_s", d.connect_timeout_s),
+            forget_consumer_s=r.seconds("forget_consumer_s", d.forget_consumer_s, allow_zero=True),
         )
 
 
@@ -236,6 +266,9 @@ class RedisStreamSource(OpenClose):
         self._claim_cursor = "0-0"
         self._room_event: anyio.Event | None = None
         self._receive_lock = anyio.Lock()
+        self._swept_at: float | None = None
+        self.forgotten: list[str] = []
+        """Consumers this process deleted from the group (dead ones), most recent last, bounded."""
 
     @classmethod
     def from_config(cls, cfg: Any) -> RedisStreamSource:
@@ -320,6 +353,7 @@ class RedisStreamSource(OpenClose):
                 return []
             try:
                 out = await self._claim(client, room)
+                await self._forget_dead_consumers(client)
                 rest = room - len(out)
                 if rest > 0:
                     # Block only when there is nothing to return yet; BLOCK 0 would mean forever.
@@ -351,6 +385,27 @@ class RedisStreamSource(OpenClose):
         self._claim_cursor = _text(reply[0])
         entries = [(i, f) for i, f in reply[1] if f is not None and _text(i) not in self._in_flight]
         return self._deliveries(entries, redelivered=True)
+
+    async def _forget_dead_consumers(self, client: aioredis.Redis) -> None:
+        """Delete consumers idle beyond ``forget_consumer_s`` that hold nothing (after a claim has
+        taken their entries over), at most every ``forget_consumer_s / 4`` seconds."""
+        cfg = self.config
+        now = anyio.current_time()
+        if self._swept_at is not None and now - self._swept_at < max(1.0, cfg.forget_consumer_s / 4):
+            return
+        self._swept_at = now
+        removed: Any = await client.eval(
+            _FORGET_IDLE_CONSUMERS,
+            1,
+            cfg.stream,
+            cfg.group,
+            cfg.consumer,
+            int(cfg.forget_consumer_s * 1000),
+        )
+        names = [_text(n) for n in removed or []]
+        if names:
+            self.forgotten = [*self.forgotten, *names][-100:]
+            log.info("redis.consumers_forgotten", source=self.name, consumers=names)
 
     def _deliveries(self, entries: Sequence[tuple[Any, Any]], *, redelivered: bool) -> list[Delivery]:
         field_name = self.config.body_field.encode()
