@@ -80,6 +80,7 @@ async def worker_presence(
         log.info("worker.recovered", worker=worker_id, released=reaped.released, reconcile=reaped.expired)
 
     async def beat() -> None:
+        failing = False
         while True:
             try:
                 await store.heartbeat_worker(worker_id, stats=worker_counters(stats))
@@ -93,7 +94,14 @@ async def worker_presence(
             except StoreError as exc:
                 # The store is unreachable: the sends stop by themselves (no `sending` mark can be
                 # written); keep trying, the next beat re-takes the lock if the connection dropped.
-                log.warning("worker.heartbeat_failed", worker=worker_id, error=str(exc))
+                # One line per outage, not one per second.
+                if not failing:
+                    log.warning("worker.heartbeat_failed", worker=worker_id, error=str(exc))
+                failing = True
+            else:
+                if failing:
+                    log.info("worker.heartbeat_recovered", worker=worker_id)
+                failing = False
             await anyio.sleep(interval_s)
 
     try:
