@@ -837,13 +837,17 @@ async def test_fault_5xx_before_creates_nothing(api: Api, sandbox: Sandbox) -> N
 
 
 async def test_fault_5xx_after_creates_the_email(api: Api, sandbox: Sandbox) -> None:
-    """With fault_5xx_after_p=1 every send answers a 5xx although its email was created."""
+    """With fault_5xx_after_p=1 every send answers a 5xx although its email was created, and never
+    a bare gateway 502/503 (which says the request was not handed over)."""
     sandbox.update(fault_5xx_after_p=1.0)
     statuses = set()
     for i in range(12):
-        status, _ = await api.send(message(f"u{i}@example.org"))
+        status, data = await api.send(message(f"u{i}@example.org"))
         statuses.add(status)
-    assert statuses <= {500, 502, 503}
+        if status in (502, 503):
+            assert isinstance(data, dict)
+            assert data["message"]
+    assert statuses <= {500, 503, 504}
     assert len(statuses) > 1
     stats = await api.inspect()
     assert stats.emails_total == 12
@@ -1100,3 +1104,47 @@ def test_cli_process_serves_and_stops_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_timed_outage_answers_bare_5xx_creates_nothing_and_ends(
+    api: Api, sandbox: Sandbox, clock: FakeClock
+) -> None:
+    """POST /_sandbox/outage makes every TEM request answer a bare 5xx for that many seconds of the
+    sandbox clock, creates nothing, leaves the inspection endpoints alone, and then ends by itself."""
+    async with api.session.post(sandbox.url + "/_sandbox/outage", json={"seconds": 8, "status": 502}) as r:
+        assert r.status == 200
+        assert (await r.json())["status"] == 502
+    for i in range(3):
+        status, body = await api.send(message(f"u{i}@example.org"))
+        assert status == 502
+        assert isinstance(body, str)
+        assert "upstream" in body
+    assert (await api.list_emails())[0] == 502
+    stats = await api.inspect()
+    assert stats.emails_total == 0
+    assert stats.outage_answers == 4
+    clock.advance(8.0)
+    assert (await api.send(message("after@example.org")))[0] == 200
+    assert (await api.inspect()).emails_total == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"[]",
+        b'{"status": 503}',
+        b'{"seconds": -1}',
+        b'{"seconds": 8, "status": 404}',
+        b'{"seconds": 1e9}',
+        b'{"seconds": 8, "extra": 1}',
+        b'{"seconds": true}',
+    ],
+)
+async def test_outage_refuses_bad_bodies(api: Api, sandbox: Sandbox, body: bytes) -> None:
+    """A malformed outage request is a 400 that says what to send, and starts no outage."""
+    async with api.session.post(sandbox.url + "/_sandbox/outage", data=body) as r:
+        assert r.status == 400
+        hint = (await r.json())["message"]
+        assert "seconds" in hint or "status" in hint
+    assert (await api.send(message("ok@example.org")))[0] == 200

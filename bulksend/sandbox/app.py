@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import ipaddress
+import math
 import random
 import re
 import time
@@ -122,6 +123,9 @@ class Sandbox:
         self._requests = dict.fromkeys(REQUEST_KINDS, 0)
         self._faults = dict.fromkeys(FAULT_KINDS, 0)
         self._rate_limited = 0
+        self._outage_until = -math.inf
+        self._outage_status = 503
+        self._outage_answers = 0
         self._runner: web.AppRunner | None = None
         self._bound_port: int | None = None
         self._tokens = 0.0
@@ -167,6 +171,7 @@ class Sandbox:
             rate_limited=self._rate_limited,
             faults=dict(self._faults),
             emails_total=len(self._store),
+            outage_answers=self._outage_answers,
         )
 
     def update(self, **changes: Any) -> SandboxConfig:
@@ -180,12 +185,28 @@ class Sandbox:
         self._apply_config(previous)
         return self._config
 
+    def outage(self, seconds: float, status: int = 503) -> float:
+        """Answer every TEM request with a bare ``status`` for the next ``seconds`` (0 ends it).
+
+        Nothing takes effect during the outage: the gateway cannot reach the API. Returns the
+        sandbox-clock time at which it ends.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds <= 3600:
+            raise ValueError(f"seconds must be a number within 0..3600, got {seconds!r}")
+        if isinstance(status, bool) or not isinstance(status, int) or not 500 <= status <= 599:
+            raise ValueError(f"status must be a 5xx HTTP status, got {status!r}")
+        self._outage_status = status
+        self._outage_until = self._clock() + float(seconds)
+        return self._outage_until
+
     def reset(self) -> None:
         """Forget every email and counter (ids handed out before become unknown)."""
         self._store = EmailStore()
         self._requests = dict.fromkeys(REQUEST_KINDS, 0)
         self._faults = dict.fromkeys(FAULT_KINDS, 0)
         self._rate_limited = 0
+        self._outage_until = -math.inf
+        self._outage_answers = 0
         self._rng = random.Random(self._config.seed)
         self._tokens = self._config.burst
         self._tokens_at = self._clock()
@@ -206,6 +227,7 @@ class Sandbox:
         add("POST", "/_sandbox/reset", self._inspect_reset)
         add("GET", "/_sandbox/config", self._inspect_config)
         add("PATCH", "/_sandbox/config", self._inspect_config)
+        add("POST", "/_sandbox/outage", self._inspect_outage)
         return app
 
     async def start(self) -> None:
@@ -290,6 +312,14 @@ class Sandbox:
                 self._rate_limited += 1
                 # Like the real gateway: bare text, no Retry-After, no X-RateLimit-* headers.
                 return web.Response(status=429, text="Too Many Requests")
+            if self._outage_until > self._clock():
+                # The gateway cannot reach the API: a bare answer, nothing takes effect.
+                self._outage_answers += 1
+                return web.Response(
+                    status=self._outage_status,
+                    text="upstream connect error or disconnect/reset before headers. "
+                    "reset reason: connection failure",
+                )
             token = request.headers.get("X-Auth-Token")
             if token is None or not hmac.compare_digest(token.encode(), self._secret):
                 return web.Response(body=_UNAUTHORIZED, status=401, content_type=_JSON)
@@ -319,12 +349,12 @@ class Sandbox:
         u = rng.random()
         if u < c.fault_5xx_before_p:
             self._faults["5xx_before"] += 1
-            return self._server_error(rng)
+            return self._server_error(rng, took_effect=False)
         u -= c.fault_5xx_before_p
         if u < c.fault_5xx_after_p:
             await endpoint(request)
             self._faults["5xx_after"] += 1
-            return self._server_error(rng)
+            return self._server_error(rng, took_effect=True)
         u -= c.fault_5xx_after_p
         if u < c.fault_drop_p:
             # The second coin: did the request take effect before the connection died?
@@ -337,9 +367,12 @@ class Sandbox:
         return await endpoint(request)
 
     @staticmethod
-    def _server_error(rng: random.Random) -> web.Response:
-        # A mix of shapes, as seen behind a gateway: typed JSON, bare HTML, and an untyped JSON body.
-        status = rng.choice((500, 502, 503))
+    def _server_error(rng: random.Random, *, took_effect: bool) -> web.Response:
+        # A mix of shapes, as seen behind a gateway: typed JSON, untyped JSON, and bare gateway
+        # bodies. As in front of the real API, the gateway answers 502/503 by itself only when it
+        # could not hand the request over; once the API took it, the answer is the API's JSON or
+        # the gateway's 504 (it gave up waiting).
+        status = rng.choice((500, 503, 504) if took_effect else (500, 502, 503))
         if status == 500:
             return _json({"message": "internal error", "type": "internal_error"}, 500)
         if status == 502:
@@ -348,6 +381,8 @@ class Sandbox:
                 text="<html><body><h1>502 Bad Gateway</h1></body></html>",
                 content_type="text/html",
             )
+        if status == 504:
+            return web.Response(status=504, text="upstream request timeout")
         return _json({"message": "service unavailable, please retry later"}, 503)
 
     @staticmethod
@@ -511,6 +546,20 @@ class Sandbox:
     async def _inspect_reset(self, request: web.Request) -> web.StreamResponse:
         self.reset()
         return _json({"ok": True})
+
+    async def _inspect_outage(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict) or set(body) - {"seconds", "status"} or "seconds" not in body:
+            hint = 'the body must be a JSON object like {"seconds": 8, "status": 503}'
+            return _json({"message": hint}, 400)
+        try:
+            until = self.outage(body["seconds"], body.get("status", 503))
+        except ValueError as exc:
+            return _json({"message": str(exc)}, 400)
+        return _json({"seconds": body["seconds"], "status": self._outage_status, "until": until})
 
     async def _inspect_config(self, request: web.Request) -> web.StreamResponse:
         if request.method == "PATCH":

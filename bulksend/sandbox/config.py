@@ -153,6 +153,8 @@ class SandboxStats:
     """Injected faults: 5xx_before, 5xx_after, drop_created, drop_not_created."""
     emails_total: int = 0
     """Emails created (one per recipient)."""
+    outage_answers: int = 0
+    """Requests answered by a timed outage (``POST /_sandbox/outage``)."""
 
     def to_json(self) -> dict[str, Any]:
         """The stats as JSON-able data."""
@@ -169,4 +171,5 @@ class SandboxStats:
             rate_limited=int(data.get("rate_limited") or 0),
             faults={str(k): int(v) for k, v in (data.get("faults") or {}).items()},
             emails_total=int(data.get("emails_total") or 0),
+            outage_answers=int(data.get("outage_answers") or 0),
         )
