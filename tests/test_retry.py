@@ -78,7 +78,8 @@ def failing(
 
 
 def server_error() -> ServerError:
-    return ServerError(502, "bad gateway")
+    # TEM's own JSON error body: the API answered, so a send may have created the email.
+    return ServerError(502, "bad gateway", raw_body='{"message": "bad gateway"}')
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,7 +138,13 @@ def test_permanent_and_foreign_errors_are_not_transient(exc: BaseException) -> N
         (with_sent(TemTimeoutError("read timeout"), sent=True), False),
         (TemTimeoutError("read timeout"), False),
         (ServerError(500, "boom"), False),
-        (ServerError(502, "bad gateway"), False),
+        (ServerError(502, "bad gateway"), True),  # no body: the gateway answered by itself
+        (ServerError(502, "bad gateway", raw_body="<html><h1>502 Bad Gateway</h1></html>"), True),
+        (ServerError(503, "unavailable", raw_body="upstream connect error"), True),
+        (ServerError(503, "unavailable", raw_body='{"message": "service unavailable"}'), False),
+        (ServerError(502, "internal", type="internal_error", raw_body="{}"), False),
+        (ServerError(504, "gateway timeout", raw_body="upstream request timeout"), False),
+        (ServerError(500, "boom", raw_body="<html>500</html>"), False),
         (OutOfStockError(503, "out of stock"), False),
         (InvalidArgumentsError(400, "bad"), False),
         (NotFoundError(404, "gone"), False),
@@ -145,7 +152,8 @@ def test_permanent_and_foreign_errors_are_not_transient(exc: BaseException) -> N
     ],
 )
 def test_is_safe_to_resend(exc: BaseException, safe: bool) -> None:
-    """Only failures that surely created no email (429, never-sent transport errors) are safe to resend."""
+    """Only failures that surely created no email are safe to resend: 429, never-sent transport
+    errors, and a 502/503 the gateway answered without TEM's JSON error body."""
     assert is_safe_to_resend(exc) is safe
 
 

@@ -554,3 +554,24 @@ async def test_unexpected_body_on_read_endpoints_is_a_protocol_error(crafted: Cr
             await tem.list_emails()
         with pytest.raises(TemProtocolError):
             await tem.get_statistics()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers"),
+    [
+        (429, b"Too Many Requests", {}),
+        (503, b"", {"x-envoy-ratelimited": "true"}),
+        (400, b"", {"X-Envoy-RateLimited": ""}),
+        (503, b'{"type": "too_many_requests", "message": "slow down"}', {}),
+        (400, b'{"type": "too_many_requests", "message": "slow down"}', {}),
+    ],
+)
+def test_every_form_of_throttling_is_a_rate_limited_error(
+    status: int, body: bytes, headers: dict[str, str]
+) -> None:
+    """A 429, the gateway's x-envoy-ratelimited header and a too_many_requests type all mean
+    "slow down", whatever status carries them: the one signal that moves the send rate."""
+    err = error_from_response(status, body, headers)
+    assert isinstance(err, RateLimitedError)
+    assert err.status == status
+    assert err.transient

@@ -6,8 +6,11 @@ Two questions decide whether a failed call is tried again:
   This is the right predicate for reads (get, list, statistics), which are harmless to repeat.
 * :func:`is_safe_to_resend` — is it certain that the failed *send* did not create an email? TEM has
   no idempotency key, so a send may only be repeated blindly when the request surely never took
-  effect (a 429 refused at the gateway, a connection that was never made). Every other transient
-  send failure is ambiguous and must go through reconciliation instead.
+  effect (a 429 refused at the gateway, a connection that was never made, a gateway 502/503 that
+  carries no API error body). Every other transient send failure is ambiguous and must go through
+  reconciliation instead. docs/flow-control.md has the table.
+* :func:`signal_of` — which flow-control signal an answer is: throttling, a failure (5xx or
+  transport) or neither.
 
 Use ``retrying(policy, retry_on=is_safe_to_resend)`` around a send and
 ``retrying(policy)`` around reads::
@@ -23,6 +26,7 @@ error is re-raised as itself (never :class:`tenacity.RetryError`).
 
 from __future__ import annotations
 
+import enum
 import math
 import time
 import weakref
@@ -30,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
+import orjson
 import tenacity
 from tenacity import RetryCallState
 from tenacity.retry import retry_if_exception
@@ -39,7 +44,9 @@ from tenacity.wait import wait_base, wait_random_exponential
 from bulksend.clock import Clock
 from bulksend.errors import (
     BulksendError,
+    OutOfStockError,
     RateLimitedError,
+    ServerError,
     TemApiError,
     TemPermanentError,
     TemTransportError,
@@ -47,11 +54,14 @@ from bulksend.errors import (
 
 __all__ = [
     "RetryPolicy",
+    "Signal",
     "backoff_wait",
+    "is_gateway_refusal",
     "is_safe_to_resend",
     "is_transient",
     "retry_after_of",
     "retrying",
+    "signal_of",
 ]
 
 
@@ -102,16 +112,64 @@ def is_safe_to_resend(exc: BaseException) -> bool:
     * 429 (:class:`RateLimitedError`): refused at the gateway before reaching TEM.
     * A transport error whose ``sent`` attribute is exactly ``False``: the request was never
       written (connection refused, DNS failure, connect timeout).
+    * A 502 or 503 whose body is not the API's JSON error: the gateway could not reach TEM and
+      answered by itself (:func:`is_gateway_refusal`).
 
-    False for 5xx, read timeouts, connections dropped after the request was written, transport
-    errors that do not say (``sent`` missing counts as "may have been sent"), permanent 4xx and
-    anything else: those sends are ambiguous or must not be repeated.
+    False for other 5xx, read timeouts, connections dropped after the request was written,
+    transport errors that do not say (``sent`` missing counts as "may have been sent"), permanent
+    4xx and anything else: those sends are ambiguous or must not be repeated.
     """
     if isinstance(exc, RateLimitedError):
         return True
     if isinstance(exc, TemTransportError):
         return getattr(exc, "sent", True) is False
-    return False
+    return is_gateway_refusal(exc)
+
+
+_GATEWAY_REFUSALS = frozenset({502, 503})
+
+
+def is_gateway_refusal(exc: BaseException) -> bool:
+    """A 502/503 answered by the gateway itself: no JSON object with ``message`` or ``type``.
+
+    TEM's API answers its errors in JSON; a bare or HTML 502/503 comes from the gateway in front
+    of it, which could not hand the request over. A 500 or a 504 (the gateway gave up waiting for
+    an answer to a request it had passed on) stays ambiguous, whatever its body.
+    """
+    if not isinstance(exc, ServerError) or exc.status not in _GATEWAY_REFUSALS:
+        return False
+    if exc.type or isinstance(exc, OutOfStockError):
+        return False  # a typed error: the API itself answered
+    raw = exc.raw_body.strip()
+    if not raw:
+        return True
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return True
+    return not (isinstance(data, dict) and ("message" in data or "type" in data))
+
+
+class Signal(enum.Enum):
+    """What a failed call tells flow control (docs/flow-control.md)."""
+
+    THROTTLE = "throttle"
+    """Slow down: the rate moves."""
+    FAILURE = "failure"
+    """A 5xx or a transport failure: the circuit breaker counts it; the rate does not move."""
+    NONE = "none"
+    """A client error (4xx other than 429) or not a TEM error: moves nothing."""
+
+
+def signal_of(exc: BaseException) -> Signal:
+    """The flow-control signal of a failed TEM call."""
+    if isinstance(exc, RateLimitedError):
+        return Signal.THROTTLE
+    if isinstance(exc, TemPermanentError):
+        return Signal.NONE
+    if isinstance(exc, TemApiError | TemTransportError) and exc.transient:
+        return Signal.FAILURE
+    return Signal.NONE
 
 
 def retry_after_of(exc: BaseException | None) -> float | None:

@@ -3,6 +3,9 @@
 Handles every error shape TEM_API documents: typed ``{"type": …, "message": …}`` bodies, the older
 ``{"message": "Validation Error", "fields": {…}}`` shape, and non-JSON bodies such as the API
 gateway's bare 429 (no ``Retry-After``, no ``X-RateLimit-*``).
+
+Throttling is recognised here, in any of its three forms: a 429, a ``too_many_requests`` error
+type, or the gateway's ``x-envoy-ratelimited`` header, whatever the status.
 """
 
 from __future__ import annotations
@@ -82,7 +85,10 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return max(0.0, seconds)
 
 
-def _class_for(status: int, type_: str) -> type[TemApiError]:
+def _class_for(status: int, type_: str, throttled: bool = False) -> type[TemApiError]:
+    if throttled or (type_ == "too_many_requests" and status >= 400):
+        # Throttling moves the send rate, whatever status carries it (docs/flow-control.md).
+        return RateLimitedError
     cls = _BY_TYPE.get(type_)
     if cls is not None:
         # Trust a typed body only when it agrees with the status family: a 5xx is never
@@ -128,7 +134,8 @@ def error_from_response(status: int, body: bytes, headers: Mapping[str, str] | N
     if not message:
         message = raw.strip()[:200] or _default_message(status)
     retry_after = parse_retry_after(headers.get("Retry-After") or headers.get("retry-after"))
-    cls = _class_for(status, type_)
+    throttled = "x-envoy-ratelimited" in headers or "X-Envoy-RateLimited" in headers
+    cls = _class_for(status, type_, throttled)
     return cls(status, message, type=type_, raw_body=raw, details=details, retry_after_s=retry_after)
 
 
