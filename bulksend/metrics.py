@@ -16,6 +16,11 @@ Exposed series (all prefixed ``bulksend_``)::
     api_call_duration_seconds{endpoint}    histogram  TEM call latency
     api_throttled_total                    counter  429 answers
     limiter_rate_per_s                     gauge    current rate of the shared limiter
+    limiter_measured_rate_per_second       gauge    answers not throttled per second (last second)
+    limiter_ceiling_per_second             gauge    the rate the account last refused (429), or the
+                                                    configured rate before any throttling
+    retry_budget_tokens                    gauge    retries the budget allows right now
+    circuit_state                          gauge    0 closed, 1 half-open (probing), 2 open
     in_flight                              gauge    TEM requests in flight
     tracker_backlog                        gauge    emails submitted, not final yet
     queue_lag{source}                      gauge    messages waiting in a source queue
@@ -39,7 +44,7 @@ import contextlib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from threading import Lock
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -48,6 +53,9 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+
+if TYPE_CHECKING:
+    from bulksend.pipeline.flow import FlowStats
 
 __all__ = ["GaugeCallback", "Metrics"]
 
@@ -138,6 +146,24 @@ class Metrics:
             "Current rate of the shared TEM request limiter, in requests per second.",
             registry=r,
         )
+        self.measured_rate = Gauge(
+            "bulksend_limiter_measured_rate_per_second",
+            "TEM answers that were not throttled, per second, over the last second.",
+            registry=r,
+        )
+        self.ceiling = Gauge(
+            "bulksend_limiter_ceiling_per_second",
+            "The rate the account last refused with throttling (the configured rate before any).",
+            registry=r,
+        )
+        self.retry_tokens = Gauge(
+            "bulksend_retry_budget_tokens", "Retries the retry budget allows right now.", registry=r
+        )
+        self.circuit_state = Gauge(
+            "bulksend_circuit_state",
+            "Circuit breaker in front of TEM: 0 closed, 1 half-open (probing), 2 open (waiting).",
+            registry=r,
+        )
         self.in_flight = Gauge("bulksend_in_flight", "TEM send requests in flight.", registry=r)
         self.backlog = Gauge(
             "bulksend_tracker_backlog",
@@ -209,6 +235,15 @@ class Metrics:
     def set_limiter_rate(self, rate_per_s: float) -> None:
         """The shared limiter's current rate (requests per second)."""
         self.limiter_rate.set(rate_per_s)
+
+    def set_flow(self, flow: FlowStats | None) -> None:
+        """The flow-control figures of the account's limiter (nothing for a limiter without them)."""
+        if flow is None:
+            return
+        self.measured_rate.set(flow.measured_rate_per_s or 0.0)
+        self.ceiling.set(flow.ceiling_per_s)
+        self.retry_tokens.set(flow.retry_tokens)
+        self.circuit_state.set(int(flow.circuit))
 
     def set_in_flight(self, n: int) -> None:
         """TEM send requests currently in flight."""

@@ -10,6 +10,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+from bulksend.pipeline.flow import BreakerState, flow_stats
 from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.stats import RunStats
 
@@ -18,7 +19,7 @@ __all__ = ["show_progress"]
 
 def _line(stats: RunStats, limiter: RateLimiter, rate_now: float) -> Text:
     failed = stats.final_by_status.get("failed", 0)
-    return Text.assemble(
+    line = Text.assemble(
         ("submitted ", "dim"),
         (f"{stats.submitted:,}", "bold"),
         ("  final ", "dim"),
@@ -38,6 +39,23 @@ def _line(stats: RunStats, limiter: RateLimiter, rate_now: float) -> Text:
         ("  429s ", "dim"),
         (f"{stats.throttled:,}", "bold"),
     )
+    flow = flow_stats(limiter)
+    if flow is not None:
+        measured = flow.measured_rate_per_s
+        circuit = flow.circuit.name.lower().replace("_", "-")
+        line.append_text(
+            Text.assemble(
+                ("  measured ", "dim"),
+                (f"{measured:,.0f}/s" if measured is not None else "–", "bold"),
+                ("  ceiling ", "dim"),
+                (f"{flow.ceiling_per_s:,.0f}/s", "bold"),
+                ("  retry budget ", "dim"),
+                (f"{flow.retry_tokens:,.0f}", "bold"),
+                ("  circuit ", "dim"),
+                (circuit, "bold" if flow.circuit is BreakerState.CLOSED else "bold red"),
+            )
+        )
+    return line
 
 
 async def show_progress(

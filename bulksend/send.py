@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import math
 import os
 import signal
 import socket
@@ -32,7 +33,8 @@ from bulksend.errors import BulksendError, CampaignError, ConfigError, StateLost
 from bulksend.log import configure_logging, register_secret
 from bulksend.pipeline.ceiling import CeilingLimiter
 from bulksend.pipeline.dispatch import AccountRefusedError
-from bulksend.pipeline.limiter import AimdLimiter, RateLimiter
+from bulksend.pipeline.flow import CubicLimiter, FlowLimiter, flow_stats
+from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.presence import worker_presence
 from bulksend.pipeline.runner import CampaignRun, RunResult, attachments_of, correlation_of
 from bulksend.pipeline.stats import RunStats
@@ -349,23 +351,23 @@ def account_limiter(
 ) -> RateLimiter:
     """The one limiter for every API call of the account: in-process, or shared through Redis.
 
-    Tuned for an API whose limit is near the configured rate: a 429 lowers the rate by 15 % (at
-    most once a second, however many requests in flight see it) and it climbs back at a third of
-    the target per second, so a stray 429 costs a handful of sends, not seconds at half speed;
-    against a limit far below the target it still converges within seconds.
+    Either way it is a :class:`~bulksend.pipeline.flow.FlowLimiter`: a retry budget and a circuit
+    breaker (per process) in front of the pacer. In one process the pacer finds the account's
+    limit by CUBIC from the measured rate (docs/flow-control.md); through Redis the shared rate
+    lives in Redis and adapts by AIMD there.
     """
     burst = max(1.0, min(10.0, rate_per_s / 50))
-    tuning: dict[str, Any] = {"burst": burst, "decrease_factor": 0.85, "increase_per_s": rate_per_s / 3}
     if shared_limiter_url is None:
-        return AimdLimiter(rate_per_s, **tuning)
+        return FlowLimiter(CubicLimiter(rate_per_s, burst=burst))
     import redis.asyncio
 
     from bulksend.pipeline.shared_limiter import RedisRateLimiter
 
+    tuning: dict[str, Any] = {"burst": burst, "decrease_factor": 0.85, "increase_per_s": rate_per_s / 3}
     client = redis.asyncio.from_url(shared_limiter_url, socket_timeout=5)
     # One key per TEM account and region: every process sending for this project shares one budget.
     key = limiter_key(prefix, project_id, region)
-    return RedisRateLimiter(client, key=key, rate_per_s=rate_per_s, **tuning)
+    return FlowLimiter(RedisRateLimiter(client, key=key, rate_per_s=rate_per_s, **tuning))
 
 
 def campaign_limiter(campaign: Campaign, settings: TemSettings, options: RunOptions) -> RateLimiter:
@@ -404,6 +406,7 @@ class _WorkerMetrics:
     def refresh(self) -> None:
         """Copy the gauges whose values live in the run (called at each scrape)."""
         self.metrics.set_limiter_rate(self.limiter.rate_per_s)
+        self.metrics.set_flow(flow_stats(self.limiter))
         self.metrics.set_in_flight(self.stats.in_flight)
         self.metrics.set_backlog(max(0, self.stats.submitted - self.stats.final))
 
@@ -487,6 +490,7 @@ async def _run(
                     return result
                 result = await runner.run()
                 tg.cancel_scope.cancel()
+            result.notes.extend(flow_notes(limiter, stats))
             if reconciled is not None:
                 result.notes.insert(
                     0,
@@ -499,6 +503,37 @@ async def _run(
     finally:
         with anyio.CancelScope(shield=True):
             await store.close()
+
+
+def flow_notes(limiter: RateLimiter, stats: RunStats) -> list[str]:
+    """What flow control did, for the summary: the limit found, the outage waited out."""
+    flow = flow_stats(limiter)
+    if flow is None:
+        return []
+    notes: list[str] = []
+    if flow.found_limit_per_s is not None and stats.throttled:
+        share = stats.throttled / max(1, stats.calls())
+        notes.append(
+            f"found the account's limit at ~{_about(flow.found_limit_per_s)}/s "
+            f"({stats.throttled:,} requests throttled, {share:.1%} of all)"
+        )
+    if flow.circuit_opened:
+        notes.append(
+            f"TEM failed {flow.failures:,} requests in a row or in a bad stretch: sending paused "
+            f"{flow.circuit_opened:,} times while probing until it answered again"
+        )
+    if flow.retries_waited:
+        notes.append(f"{flow.retries_waited:,} retries waited for the retry budget (20 % of requests)")
+    return notes
+
+
+def _about(rate: float) -> str:
+    """Two significant figures: 197.3 → "200", 48.6 → "49", 1013 → "1,000"."""
+    if rate <= 0:
+        return "0"
+    digits = max(0, 1 - math.floor(math.log10(rate)))
+    rounded = round(rate, 1 - math.floor(math.log10(rate)))
+    return f"{rounded:,.{digits}f}" if digits else f"{rounded:,.0f}"
 
 
 async def _watch_signals(runner: CampaignRun) -> None:

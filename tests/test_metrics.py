@@ -209,3 +209,27 @@ async def test_plugs_into_tem_client_as_on_response(sandbox: Sandbox) -> None:
         await tem.list_emails()
     assert value(m, "bulksend_api_calls_total", endpoint="statistics", code="200") == 1
     assert value(m, "bulksend_api_calls_total", endpoint="list", code="200") == 1
+
+
+def test_flow_control_gauges_show_the_limiter_figures() -> None:
+    """Measured rate, ceiling, retry budget and breaker state (0/1/2) of a flow limiter reach
+    /metrics; a limiter without flow control changes none of them."""
+    from bulksend.clock import FakeClock
+    from bulksend.pipeline.flow import CubicLimiter, FlowLimiter, flow_stats
+
+    clock = FakeClock()
+    limiter = FlowLimiter(CubicLimiter(1000.0, clock=clock), clock=clock)
+    for _ in range(100):
+        clock.advance(0.01)
+        limiter.on_success()
+    limiter.on_throttle()
+    for _ in range(10):
+        limiter.on_failure()
+    m = Metrics(process_metrics=False)
+    m.set_flow(flow_stats(limiter))
+    assert value(m, "bulksend_limiter_measured_rate_per_second") == pytest.approx(100.0, rel=0.15)
+    assert value(m, "bulksend_limiter_ceiling_per_second") == pytest.approx(100.0, rel=0.15)
+    assert value(m, "bulksend_retry_budget_tokens") == 100.0
+    assert value(m, "bulksend_circuit_state") == 2
+    m.set_flow(None)
+    assert value(m, "bulksend_circuit_state") == 2

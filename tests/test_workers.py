@@ -32,6 +32,7 @@ from bulksend.clock import FakeClock
 from bulksend.errors import CampaignError, ConfigError, StoreError
 from bulksend.metrics import Metrics
 from bulksend.pipeline.ceiling import CeilingLimiter
+from bulksend.pipeline.flow import FlowLimiter
 from bulksend.pipeline.limiter import AimdLimiter
 from bulksend.sandbox import Sandbox, SandboxConfig, sandbox_in_thread
 from bulksend.secret import Secret
@@ -176,7 +177,7 @@ def test_campaign_rate_is_a_ceiling_inside_the_account_rate() -> None:
     assert nested.account.target_rate_per_s == 1000
     assert nested.target_rate_per_s == 50
     alone = campaign_limiter(campaign, tem, RunOptions())  # type: ignore[arg-type]
-    assert isinstance(alone, AimdLimiter)
+    assert isinstance(alone, FlowLimiter)
     assert alone.target_rate_per_s == 50
 
 

@@ -65,6 +65,7 @@ from bulksend.daemon.summaries import row_states, unsettled_deliveries
 from bulksend.errors import BulksendError, CampaignError, TemError, TemPermanentError, first_bulksend_error
 from bulksend.metrics import Metrics
 from bulksend.pipeline.dispatch import Dispatcher, SendItem, utcnow
+from bulksend.pipeline.flow import flow_stats
 from bulksend.pipeline.paced import paced_call
 from bulksend.pipeline.reconcile import Reconciler
 from bulksend.pipeline.retry import RetryPolicy
@@ -323,6 +324,7 @@ class Daemon:
 
     async def _set_gauges(self) -> None:
         self.metrics.set_limiter_rate(self.limiter.rate_per_s)
+        self.metrics.set_flow(flow_stats(self.limiter))
         self.metrics.set_in_flight(self._in_flight())
         backlog = 0
         for cid in [*self._known_job_campaigns, *self._runs]:

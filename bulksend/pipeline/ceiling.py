@@ -8,6 +8,8 @@ feedback goes to the account's limiter only (a 429 is the account's, not the cam
 
 from __future__ import annotations
 
+from typing import Any
+
 from bulksend.clock import Clock
 from bulksend.pipeline.limiter import AimdLimiter, RateLimiter
 
@@ -33,6 +35,12 @@ class CeilingLimiter:
 
     def on_throttle(self, retry_after_s: float | None = None) -> None:
         self.account.on_throttle(retry_after_s)
+
+    def __getattr__(self, name: str) -> Any:
+        # The account's other signals and figures (on_failure, spend_retry, flow…) are its own.
+        if name == "account":
+            raise AttributeError(name)
+        return getattr(self.account, name)
 
     @property
     def ceiling_per_s(self) -> float:

@@ -10,10 +10,11 @@ Order of one attempt, and why:
    the email id):
 
    * 200 → ``submitted`` with the email id;
-   * 429 / never connected → the email surely does not exist: back to ``pending`` and retry
-     (tenacity, jittered backoff; the limiter slows down for everyone);
-   * 5xx / timeout / dropped connection → *ambiguous*: the row stays ``sending`` and goes to the
-     reconciler, which looks the email up before anything is sent again;
+   * 429 / never connected / a gateway 502-503 without TEM's JSON body → the email surely does not
+     exist: back to ``pending`` and retry (tenacity, jittered backoff, a token of the retry budget;
+     on a 429 the limiter slows down for everyone);
+   * other 5xx / timeout / dropped connection → *ambiguous*: the row stays ``sending`` and goes to
+     the reconciler, which looks the email up before anything is sent again;
    * other 4xx → ``rejected`` with TEM's message, except account-level refusals (401, 403), which
      stop the campaign: every other email would be refused too.
 """
@@ -35,15 +36,21 @@ from bulksend.errors import (
     PermissionsDeniedError,
     QuotaExceededError,
     RateLimitedError,
-    ServerError,
     StoreError,
     TemApiError,
     TemError,
     TemPermanentError,
-    TemTransportError,
 )
+from bulksend.pipeline.flow import report_failure, spend_retry
 from bulksend.pipeline.limiter import RateLimiter
-from bulksend.pipeline.retry import RetryPolicy, is_safe_to_resend, retry_after_of, retrying
+from bulksend.pipeline.retry import (
+    RetryPolicy,
+    Signal,
+    is_safe_to_resend,
+    retry_after_of,
+    retrying,
+    signal_of,
+)
 from bulksend.pipeline.stats import OutcomeHook, RunStats
 from bulksend.store.base import LeaseLostError, Store
 from bulksend.tem.client import SentEmail, TemClient
@@ -147,6 +154,7 @@ class Dispatcher:
                     ),
                 ):
                     with attempt:
+                        await spend_retry(self._limiter)
                         await self._attempt(item)
         except LeaseLostError:
             # Our lease expired and another worker owns the row now: it reconciles whatever this
@@ -231,9 +239,12 @@ class Dispatcher:
             await self._on_outcome(item.campaign_id, [(item.row_id, "rejected")])
 
     async def _transient(self, item: SendItem, exc: TemError, started_at: datetime) -> None:
-        retry_after = exc.retry_after_s if isinstance(exc, TemApiError) else None
-        if isinstance(exc, RateLimitedError | ServerError | TemTransportError):
-            self._limiter.on_throttle(retry_after)
+        signal = signal_of(exc)
+        if signal is Signal.THROTTLE:
+            self._limiter.on_throttle(exc.retry_after_s if isinstance(exc, TemApiError) else None)
+        elif signal is Signal.FAILURE:
+            # A 5xx or a transport failure never slows the rate; a run of them trips the breaker.
+            report_failure(self._limiter)
         if is_safe_to_resend(exc):
             with anyio.CancelScope(shield=True):
                 await self._store.mark_retry(item.row_id, reason=str(exc), lease_token=item.lease_token)
