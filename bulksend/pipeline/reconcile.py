@@ -2,9 +2,10 @@
 
 TEM has no idempotency key, so after a 5xx, a timeout, a dropped connection or a crash between
 the POST and recording its answer, the only way to know is to ask: ``GET /emails`` filtered by
-recipient, sender, subject and a creation-time window around the attempt. The lookup waits until
-the window is safely past (``settle_s`` after the attempt could last have reached TEM), so that an
-email TEM was still creating cannot be missed:
+sender and a creation-time window around the attempts, matched by recipient and subject. The
+lookup waits until the window is safely past (``settle_s`` after the attempt could last have
+reached TEM), so that an email TEM was still creating cannot be missed, and answers every row due
+around the same time with one listing (:class:`Reconciler`):
 
 * found → adopt its id (``sending`` → ``submitted``): nobody gets a second copy;
 * not found → ``sending`` → ``pending`` and send again.
@@ -17,6 +18,8 @@ See docs/delivery-guarantees.md for the remaining window.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,6 +31,7 @@ from anyio.abc import TaskGroup
 
 from bulksend.errors import TemError
 from bulksend.pipeline.dispatch import SendItem, utcnow
+from bulksend.pipeline.flow import spend_retry
 from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.paced import paced_call
 from bulksend.pipeline.retry import RetryPolicy
@@ -45,8 +49,23 @@ LIST_PAGE_SIZE = 1000
 log = structlog.get_logger("bulksend.reconcile")
 
 
+@dataclass(frozen=True, slots=True)
+class _Ambiguous:
+    item: SendItem
+    started_at: datetime
+    ended_at: datetime
+    """When the attempt could last have reached TEM (its end, or its start plus the timeout)."""
+
+
 class Reconciler:
-    """Runs one task per ambiguous row inside the caller's task group."""
+    """Reconciles ambiguous rows in batches, inside the caller's task group.
+
+    Rows wait until their window is settled (``settle_s`` after their attempt ended), then every
+    row due within ``batch_window_s`` of the first is answered by one ``GET /emails`` listing of
+    the sender's emails created in the span of their attempts (pages of 1000), matched by
+    recipient, subject and each row's own window. Found rows adopt the email; the others go back
+    to ``pending`` and are sent again, each resend spending a token of the retry budget.
+    """
 
     def __init__(
         self,
@@ -64,7 +83,7 @@ class Reconciler:
         resend: Callable[[SendItem], Awaitable[bool]],
         on_final: Callable[[Email, int], Awaitable[None]],
         sleep: Callable[[float], Awaitable[None]] | None = None,
-        max_parallel: int = 16,
+        batch_window_s: float = 1.0,
     ) -> None:
         self._tg = task_group
         self._store = store
@@ -79,102 +98,147 @@ class Reconciler:
         self._resend = resend
         self._on_final = on_final
         self._sleep = sleep or anyio.sleep
-        self._slots = anyio.CapacityLimiter(max_parallel)
+        self._batch_window_s = batch_window_s
+        self._due: list[tuple[datetime, int, _Ambiguous]] = []
+        self._seq = itertools.count()
+        self._flushing = False
         self.pending = 0
+        self.list_calls = 0
+        """``GET /emails`` calls made to reconcile (pages included)."""
 
     async def submit(self, item: SendItem, started_at: datetime, ended_at: datetime | None) -> None:
         """Queue ``item`` (whose row is ``sending``) for reconciliation; returns at once."""
         self.pending += 1
-        self._tg.start_soon(self._one, item, started_at, ended_at)
+        # Without a recorded end (a crash mid-POST), the request could have reached TEM up to the
+        # client timeout after it started.
+        end = ended_at or started_at + timedelta(seconds=self._timeout_s)
+        due = end + timedelta(seconds=self._settle_s)
+        heapq.heappush(self._due, (due, next(self._seq), _Ambiguous(item, started_at, end)))
+        if not self._flushing:
+            # The flusher ends when nothing is left, so that the caller's task group can finish.
+            self._flushing = True
+            self._tg.start_soon(self._flush)
 
-    async def _one(self, item: SendItem, started_at: datetime, ended_at: datetime | None) -> None:
+    async def _flush(self) -> None:
         try:
-            # Without a recorded end (a crash mid-POST), the request could have reached TEM up to
-            # the client timeout after it started.
-            end = ended_at or started_at + timedelta(seconds=self._timeout_s)
-            delay = (end - utcnow()).total_seconds() + self._settle_s
-            if delay > 0:
-                await self._sleep(delay)
-            try:
-                async with self._slots:
-                    found = await self._lookup(
-                        item,
-                        started_at - timedelta(seconds=self._skew_s),
-                        end + timedelta(seconds=self._skew_s),
-                    )
-            except TemError as exc:
-                # Unknown is not "not sent": leave the row `sending`; the next run reconciles it.
-                self._stats.deferred += 1
-                log.warning(
-                    "email.reconcile_failed",
-                    row=item.row,
-                    error=str(exc),
-                    hint="left for reconciliation; rerun the same command to resume",
-                )
-                return
-            try:
-                if found is not None:
-                    with anyio.CancelScope(shield=True):
-                        await self._store.mark_submitted(
-                            item.row_id,
-                            email_id=found.id,
-                            message_id=found.message_id,
-                            submitted_at=found.created_at or utcnow(),
-                            lease_token=item.lease_token,
-                        )
-                    self._stats.reconciled_adopted += 1
-                    self._stats.add_submitted()
-                    if found.is_final:
-                        # The lookup already tells the final status: record it now, as the
-                        # tracker's incremental lists may have passed this email's update while
-                        # no row owned it.
-                        await self._on_final(found, item.row_id)
-                    log.debug("email.reconciled", row=item.row, outcome="adopted", email_id=found.id)
-                    return
-                with anyio.CancelScope(shield=True):
-                    await self._store.mark_retry(
-                        item.row_id, reason="reconciled: TEM had not created it", lease_token=item.lease_token
-                    )
-            except LeaseLostError:
-                # Another worker took the row over (our lease expired): it reconciles it itself.
-                log.warning("email.lease_lost", row=item.row)
-                return
-            self._stats.reconciled_resent += 1
-            log.debug("email.reconciled", row=item.row, outcome="resend")
+            while self._due:
+                first_due = self._due[0][0]
+                # Wait for the first row's window to settle, and a little more so that the rows
+                # that went ambiguous just after it share its listing.
+                delay = (first_due - utcnow()).total_seconds() + self._batch_window_s
+                if delay > 0:
+                    await self._sleep(delay)
+                now = utcnow()
+                batch: list[_Ambiguous] = []
+                while self._due and self._due[0][0] <= now:
+                    batch.append(heapq.heappop(self._due)[2])
+                if batch:
+                    await self._reconcile(batch)
         finally:
-            self.pending -= 1
-        await self._resend(item)
+            self._flushing = False
 
-    async def _lookup(self, item: SendItem, since: datetime, until: datetime) -> Email | None:
+    async def _reconcile(self, batch: list[_Ambiguous]) -> None:
+        by_sender: dict[str, list[_Ambiguous]] = {}
+        for amb in batch:
+            by_sender.setdefault(amb.item.mail_from or self._mail_from, []).append(amb)
+        for mail_from, rows in by_sender.items():
+            try:
+                listed = await self._list(mail_from, rows)
+            except TemError as exc:
+                # Unknown is not "not sent": leave the rows `sending`; the next run reconciles them.
+                for amb in rows:
+                    self.pending -= 1
+                    self._stats.deferred += 1
+                    log.warning(
+                        "email.reconcile_failed",
+                        row=amb.item.row,
+                        error=str(exc),
+                        hint="left for reconciliation; rerun the same command to resume",
+                    )
+                continue
+            for amb in rows:
+                await self._decide(amb, _matches(amb, listed, self._skew_s))
+
+    async def _list(self, mail_from: str, rows: list[_Ambiguous]) -> dict[str, list[Email]]:
+        """The sender's emails created over the rows' attempts, by lower-cased recipient."""
+        skew = timedelta(seconds=self._skew_s)
         query = ListEmailsQuery(
-            mail_rcpt=item.email,
-            mail_from=item.mail_from or self._mail_from or None,
-            subject=item.subject,
-            since=since,
-            until=until,
+            mail_from=mail_from or None,
+            since=min(a.started_at for a in rows) - skew,
+            until=max(a.ended_at for a in rows) + skew,
             order_by=OrderBy.CREATED_AT_ASC,
         )
-        wanted = item.email.strip().lower()
-        matches: list[Email] = []
+        by_rcpt: dict[str, list[Email]] = {}
         page = 1
         while True:
             result = await paced_call(
                 self._limiter,
                 self._retry,
                 "list",
-                partial(self._tem.list_emails, query, page=page, page_size=100),
+                partial(self._tem.list_emails, query, page=page, page_size=LIST_PAGE_SIZE),
                 sleep=self._sleep,
             )
-            # The server-side filters may be looser than exact equality; check ourselves.
-            matches.extend(
-                e for e in result.emails if e.mail_rcpt.lower() == wanted and e.subject == item.subject
-            )
-            if len(result.emails) < 100:
-                break
+            self.list_calls += 1
+            for email in result.emails:
+                by_rcpt.setdefault(email.mail_rcpt.lower(), []).append(email)
+            if len(result.emails) < LIST_PAGE_SIZE:
+                return by_rcpt
             page += 1
-        if len(matches) > 1:
-            log.warning("email.duplicate_found", row=item.row, email_ids=[e.id for e in matches])
-        return matches[0] if matches else None
+
+    async def _decide(self, amb: _Ambiguous, matches: list[Email]) -> None:
+        item = amb.item
+        try:
+            if len(matches) > 1:
+                log.warning("email.duplicate_found", row=item.row, email_ids=[e.id for e in matches])
+            if matches:
+                found = matches[0]
+                with anyio.CancelScope(shield=True):
+                    await self._store.mark_submitted(
+                        item.row_id,
+                        email_id=found.id,
+                        message_id=found.message_id,
+                        submitted_at=found.created_at or utcnow(),
+                        lease_token=item.lease_token,
+                    )
+                self._stats.reconciled_adopted += 1
+                self._stats.add_submitted()
+                if found.is_final:
+                    # The lookup already tells the final status: record it now, as the tracker's
+                    # incremental lists may have passed this email's update while no row owned it.
+                    await self._on_final(found, item.row_id)
+                log.debug("email.reconciled", row=item.row, outcome="adopted", email_id=found.id)
+                return
+            with anyio.CancelScope(shield=True):
+                await self._store.mark_retry(
+                    item.row_id, reason="reconciled: TEM had not created it", lease_token=item.lease_token
+                )
+        except LeaseLostError:
+            # Another worker took the row over (our lease expired): it reconciles it itself.
+            log.warning("email.lease_lost", row=item.row)
+            return
+        finally:
+            self.pending -= 1
+        self._stats.reconciled_resent += 1
+        log.debug("email.reconciled", row=item.row, outcome="resend")
+        self._tg.start_soon(self._send_again, item)
+
+    async def _send_again(self, item: SendItem) -> None:
+        # A resend is a retry: it spends the retry budget like any other.
+        await spend_retry(self._limiter)
+        await self._resend(item)
+
+
+def _matches(amb: _Ambiguous, by_rcpt: dict[str, list[Email]], skew_s: float) -> list[Email]:
+    """The listed emails that are this row's: same recipient and subject, created in its window."""
+    item = amb.item
+    since = amb.started_at - timedelta(seconds=skew_s)
+    until = amb.ended_at + timedelta(seconds=skew_s)
+    # The listing's filters may be looser than exact equality; check ourselves.
+    return [
+        e
+        for e in by_rcpt.get(item.email.strip().lower(), ())
+        if e.subject == item.subject and (e.created_at is None or since <= e.created_at <= until)
+    ]
 
 
 @dataclass
