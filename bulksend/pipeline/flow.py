@@ -85,10 +85,12 @@ class CubicLimiter(AimdLimiter):
 
     On throttling (at most once per ``cooldown_s``), the rate that was going through — answers
     that were not throttled over the last second, or the current rate if lower — becomes
-    ``w_max`` and the rate drops to ``beta × w_max``. It then grows back as
-    ``w_max + c × (t − K)³`` with ``K = ∛(w_max (1 − β) / c)``: fast at first, flat near the
-    rate that was refused, then probing above it, never above ``rate_per_s``. Server errors and
-    transport failures are not reported here (see :class:`FlowLimiter`).
+    ``w_max`` and the rate drops to ``beta × w_max``. It then grows back along a cubic: fast at
+    first, flat near the rate that was refused, then probing above it, never above
+    ``rate_per_s``. Both halves are scaled to ``w_max`` so that they take the same time at any
+    rate: back to ``w_max`` in ``recovery_s`` (a stray 429 costs little), then ``probe_s`` more
+    to probe ``(1 − β)`` above it (slowly, so the account is not hammered while probing).
+    Server errors and transport failures are not reported here (see :class:`FlowLimiter`).
     """
 
     def __init__(
@@ -96,7 +98,8 @@ class CubicLimiter(AimdLimiter):
         rate_per_s: float,
         *,
         beta: float = 0.7,
-        scale: float = 0.4,
+        recovery_s: float = 1.0,
+        probe_s: float = 4.0,
         min_rate_per_s: float = 1.0,
         burst: float = 1.0,
         cooldown_s: float = 0.5,
@@ -105,8 +108,14 @@ class CubicLimiter(AimdLimiter):
     ) -> None:
         if isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 < beta < 1:
             raise ValueError(f"beta must be between 0 and 1 (exclusive), got {beta!r}")
-        if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale < math.inf:
-            raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+        if (
+            isinstance(recovery_s, bool)
+            or not isinstance(recovery_s, int | float)
+            or not 0 < recovery_s < math.inf
+        ):
+            raise ValueError(f"recovery_s must be a finite number of seconds > 0, got {recovery_s!r}")
+        if isinstance(probe_s, bool) or not isinstance(probe_s, int | float) or not 0 < probe_s < math.inf:
+            raise ValueError(f"probe_s must be a finite number of seconds > 0, got {probe_s!r}")
         super().__init__(
             rate_per_s,
             min_rate_per_s=min_rate_per_s,
@@ -118,10 +127,10 @@ class CubicLimiter(AimdLimiter):
             clock=clock,
         )
         self._beta = float(beta)
-        self._scale = float(scale)
+        self._recovery_s = float(recovery_s)
+        self._probe_s = float(probe_s)
         self._meter = RateMeter(self._clock)
         self._w_max: float | None = None
-        self._k = 0.0
         self._epoch_start = 0.0
 
     @property
@@ -141,12 +150,13 @@ class CubicLimiter(AimdLimiter):
 
     def _cubic(self, now: float) -> float:
         assert self._w_max is not None
-        t = now - self._epoch_start - self._k
-        return min(self._target, max(self._min_rate, self._w_max + self._scale * t * t * t))
+        t = now - self._epoch_start - self._recovery_s
+        x = t / (self._recovery_s if t < 0 else self._probe_s)
+        rate = self._w_max * (1 + (1 - self._beta) * x * x * x)
+        return min(self._target, max(self._min_rate, rate))
 
     def _restart_epoch(self, now: float, w_max: float) -> None:
         self._w_max = w_max
-        self._k = (w_max * (1 - self._beta) / self._scale) ** (1 / 3)
         self._epoch_start = now
         self._rate = max(self._min_rate, min(self._target, w_max * self._beta))
 
