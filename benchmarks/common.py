@@ -269,6 +269,10 @@ class SandboxProcess:
         final_after_s: float = 0.2,
         rate_limit_per_s: float | None = None,
         rate_burst: float | None = None,
+        fault_5xx_before: float = 0.0,
+        fault_5xx_after: float = 0.0,
+        fault_drop: float = 0.0,
+        seed: int | None = None,
         cpus: frozenset[int] | None = None,
         secret_key: str = BENCH_SECRET_KEY,
         project_id: str = BENCH_PROJECT_ID,
@@ -290,6 +294,15 @@ class SandboxProcess:
             self.args += ["--rate-limit", f"{rate_limit_per_s:g}"]
         if rate_burst is not None:
             self.args += ["--rate-burst", f"{rate_burst:g}"]
+        for flag, p in (
+            ("--fault-5xx-before", fault_5xx_before),
+            ("--fault-5xx-after", fault_5xx_after),
+            ("--fault-drop", fault_drop),
+        ):
+            if p:
+                self.args += [flag, f"{p:g}"]
+        if seed is not None:
+            self.args += ["--seed", str(seed)]
         self._secret_key = secret_key
         self._cpus = cpus
         self._start_timeout_s = start_timeout_s
@@ -358,8 +371,9 @@ class SandboxProcess:
     ) -> None:
         self.stop()
 
-    def _call(self, method: str, path: str) -> Any:
-        req = urllib.request.Request(self.url + path, method=method, data=b"" if method == "POST" else None)
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        data = orjson.dumps(body) if body is not None else (b"" if method == "POST" else None)
+        req = urllib.request.Request(self.url + path, method=method, data=data)
         # The inspection endpoints are on loopback: never send them through a proxy.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with opener.open(req, timeout=30) as resp:
@@ -374,6 +388,15 @@ class SandboxProcess:
     def reset(self) -> None:
         """``POST /_sandbox/reset``: forget every email and counter."""
         self._call("POST", "/_sandbox/reset")
+
+    def full_stats(self) -> dict[str, Any]:
+        """``GET /_sandbox/stats`` with the per-recipient map (duplicates are read from it)."""
+        data: dict[str, Any] = self._call("GET", "/_sandbox/stats")
+        return data
+
+    def outage(self, seconds: float, status: int = 503) -> None:
+        """``POST /_sandbox/outage``: every TEM request answers a bare ``status`` for ``seconds``."""
+        self._call("POST", "/_sandbox/outage", {"seconds": seconds, "status": status})
 
     def cpu_s(self) -> float:
         """CPU seconds the sandbox process has used so far (to tell when it is the bottleneck)."""
@@ -425,6 +448,7 @@ def write_campaign(
     concurrency: int = 64,
     poll_interval_s: float = 1.0,
     give_up_after_s: float = 3600,
+    settle_s: float | None = None,
 ) -> Path:
     """A campaign folder (TOML, recipients, ``out/``) for ``n`` recipients; returns the TOML path.
 
@@ -461,6 +485,7 @@ concurrency = {concurrency}
 [tracking]
 poll_interval_s = {poll_interval_s:g}
 give_up_after_s = {give_up_after_s:g}
+{"" if settle_s is None else f"settle_s = {settle_s:g}"}
 
 [output]
 outcomes = "out/{campaign_id}.jsonl"

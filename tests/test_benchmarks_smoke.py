@@ -164,3 +164,23 @@ def test_render_ops_smoke_measures_read_and_render(tmp_path: Path) -> None:
         assert result["rows"] == 200
         for label in ("read", "render", "both"):
             assert result[label]["cpu_us_per_row"] > 0
+
+
+def test_flow_benchmark_reads_counters_between_samples() -> None:
+    """benchmarks.flow interpolates the sandbox's counters between samples and counts each whole
+    second of the sending phase from the first email created."""
+    from benchmarks.flow import Run, Sample
+
+    samples = [
+        Sample(t=0.0, created=0, requests=0, throttled=0, outage=0),
+        Sample(t=1.0, created=0, requests=10, throttled=0, outage=0),
+        Sample(t=2.0, created=100, requests=120, throttled=10, outage=0),
+        Sample(t=3.0, created=200, requests=230, throttled=20, outage=0),
+    ]
+    run = Run(emails=200, samples=samples, stats={}, wall_s=3.0, summary="")
+    assert run.created_between(1.5, 2.5) == pytest.approx(100.0)
+    assert run.requests_between(0.0, 3.0) == pytest.approx(230.0)
+    assert run.throttled_between(1.0, 3.0) == pytest.approx(20.0)
+    assert run.first_created_t() == 2.0
+    assert run.last_created_t() == 3.0
+    assert run.per_second() == [(100.0, 10.0)]
