@@ -23,6 +23,7 @@ import enum
 import math
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -325,7 +326,7 @@ class CircuitBreaker:
         self._probe_at: float | None = None
         self._probe_successes = 0
         self.opened = 0
-        self.on_closed: list[Any] = []
+        self.on_closed: list[Callable[[], None]] = []
         """Callables run when the breaker closes again (the pacer's ramp back)."""
 
     @property

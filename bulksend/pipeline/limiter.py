@@ -42,11 +42,13 @@ class RateLimiter(Protocol):
         ...
 
     def on_success(self) -> None:
-        """A request finished without being throttled (any answer but 429/5xx/transport error)."""
+        """A request got an answer that was not throttling (a 4xx counts; a 5xx does not)."""
         ...
 
     def on_throttle(self, retry_after_s: float | None = None) -> None:
-        """A request got a 429, a 5xx or a transport error; ``retry_after_s`` if the server said."""
+        """A request was throttled (429, ``too_many_requests``, ``x-envoy-ratelimited``);
+        ``retry_after_s`` if the server said. 5xx and transport failures are not throttling: they
+        go to :func:`bulksend.pipeline.flow.report_failure` (docs/flow-control.md)."""
         ...
 
     @property
@@ -67,7 +69,7 @@ class LimiterStats:
     acquired: int
     """Slots granted so far."""
     throttles: int
-    """``on_throttle`` calls (every 429/5xx/transport error reported)."""
+    """``on_throttle`` calls (every throttling answer reported)."""
     decreases: int
     """Multiplicative decreases applied (at most one per cooldown window)."""
     pauses: int
