@@ -330,6 +330,11 @@ class CircuitBreaker:
         """Callables run when the breaker closes again (the pacer's ramp back)."""
 
     @property
+    def closed(self) -> bool:
+        """Closed: requests go at once (the one check on every request's path)."""
+        return self._state is BreakerState.CLOSED
+
+    @property
     def state(self) -> BreakerState:
         """The state now (an open breaker whose pause is over is half-open)."""
         if self._state is BreakerState.OPEN and self._clock.monotonic() >= self._reopen_at:
@@ -340,7 +345,7 @@ class CircuitBreaker:
 
     def _count(self, failed: bool) -> None:
         now = self._clock.monotonic()
-        index = math.floor(now / self._bucket_s)
+        index = int(now // self._bucket_s)
         window = self._window
         if window and window[-1][0] == index:
             window[-1][1] += 1
@@ -353,11 +358,11 @@ class CircuitBreaker:
 
     def on_success(self) -> None:
         """The server answered (anything but a 5xx)."""
-        state = self.state
-        if state is BreakerState.CLOSED:
+        if self._state is BreakerState.CLOSED:
             self._consecutive = 0
             self._count(False)
-        elif state is BreakerState.HALF_OPEN:
+            return
+        if self.state is BreakerState.HALF_OPEN:
             self._probe_successes += 1
             self._probe_at = None
             if self._probe_successes >= self.successes_to_close:
@@ -448,19 +453,22 @@ class FlowLimiter:
         recovered = getattr(pacer, "on_recovered", None)
         if recovered is not None:
             self.breaker.on_closed.append(recovered)
-        self._meter = RateMeter(clock)
+        # The pacer's own measure when it has one: one count per answer on the hot path.
+        self._meter: RateMeter | None = None if hasattr(pacer, "measured_rate_per_s") else RateMeter(clock)
         self._throttles = 0
         self._failures = 0
 
     async def acquire(self, kind: str = "send", **kwargs: Any) -> None:
         """Wait for the breaker, then for a slot of the pacer."""
-        await self.breaker.wait()
+        if not self.breaker.closed:
+            await self.breaker.wait()
         self.budget.deposit()
         await self.pacer.acquire(kind, **kwargs)
 
     def on_success(self) -> None:
         """An answer that was neither throttled nor a server error (4xx included)."""
-        self._meter.record()
+        if self._meter is not None:
+            self._meter.record()
         self.breaker.on_success()
         self.pacer.on_success()
 
@@ -490,6 +498,9 @@ class FlowLimiter:
     @property
     def measured_rate_per_s(self) -> float | None:
         """Answers not throttled per second, over the last second (this process)."""
+        if self._meter is None:
+            measured = getattr(self.pacer, "measured_rate_per_s", None)
+            return float(measured) if measured is not None else None
         return self._meter.rate_per_s()
 
     @property
