@@ -358,3 +358,20 @@ def test_summary_says_which_limit_was_found_only_after_throttling() -> None:
     notes = flow_notes(limiter, stats)
     assert notes[0].startswith("found the account's limit at ~200/s")
     assert flow_notes(AimdLimiter(100.0), stats) == []
+
+
+def test_progress_line_shows_the_flow_figures() -> None:
+    """The progress line of `bulksend send` shows the measured rate, the ceiling, the retry budget
+    and the breaker state of a flow limiter, and only the old figures for a plain limiter."""
+    from bulksend.pipeline.stats import RunStats
+    from bulksend.progress import _line
+
+    clock = FakeClock()
+    limiter = FlowLimiter(CubicLimiter(300.0, clock=clock), clock=clock)
+    for _ in range(10):
+        limiter.on_failure()
+    text = _line(RunStats(), limiter, 0.0).plain
+    assert "ceiling 300/s" in text
+    assert "retry budget 100" in text
+    assert "circuit open" in text
+    assert "circuit" not in _line(RunStats(), AimdLimiter(300.0), 0.0).plain
