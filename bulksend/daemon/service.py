@@ -3,15 +3,15 @@
 One anyio task group owns everything the process runs::
 
     admin API (aiohttp.web) ─► DaemonControl methods below ─► CampaignRun per submitted campaign
-    sources (NATS, RabbitMQ, Redis) ─► JobIntake ─► dispatch stream ─► N workers ─► TEM
-                                                         │ ambiguous      ▲ resend
-                                                         ▼                │
-                                                     Reconciler ──────────┘
+    sources (NATS, RabbitMQ, Redis) ─► JobIntake ─► a lane's stream ─► SendEngine ─► TEM
     one Tracker per job template ─► outcome hook ─► results publisher + metrics
                                                        (a journal in the store makes a result
                                                         survive a crash: see "job results")
 
-Everything shares one aiohttp session, one store and one rate limiter (the account's budget).
+Job streams and campaign runs send through the same engine (:mod:`bulksend.pipeline.engine`:
+dispatch, reconciliation, resends). Everything shares one aiohttp session, one store and one rate
+limiter, the account's budget; a campaign's own ``rate_per_s`` and a job stream's are ceilings
+nested inside it (:mod:`bulksend.pipeline.nested`).
 
 Stopping (SIGTERM, or :meth:`Daemon.request_stop`) is two-phase: first stop pulling from the
 brokers and stop starting sends, let in-flight requests finish and record them, acknowledging
@@ -34,7 +34,8 @@ import anyio
 import anyio.to_thread
 import orjson
 import structlog
-from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup, TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
+from anyio.streams.memory import MemoryObjectSendStream
 
 from bulksend.admin.api import AdminServer, check_listen_address, create_admin_app, serve_admin
 from bulksend.admin.control import (
@@ -55,6 +56,7 @@ from bulksend.daemon.config import DaemonConfig
 from bulksend.daemon.deadletters import DeadLetterBook
 from bulksend.daemon.jobs import (
     JobIntake,
+    JobSink,
     JobTemplate,
     compile_template,
     item_from_job_row,
@@ -64,13 +66,14 @@ from bulksend.daemon.results import RESULTS_BACKLOG_UNREADY, ResultBacklog, resu
 from bulksend.daemon.summaries import row_states, unsettled_deliveries
 from bulksend.errors import BulksendError, CampaignError, TemError, TemPermanentError, first_bulksend_error
 from bulksend.metrics import Metrics
-from bulksend.pipeline.dispatch import Dispatcher, SendItem, utcnow
+from bulksend.pipeline.dispatch import SendItem, utcnow
+from bulksend.pipeline.engine import EngineSettings, SendEngine, campaign_tracker
+from bulksend.pipeline.nested import NestedLimiter, nested
 from bulksend.pipeline.paced import paced_call
-from bulksend.pipeline.reconcile import Reconciler
 from bulksend.pipeline.retry import RetryPolicy
 from bulksend.pipeline.runner import CampaignRun
 from bulksend.pipeline.stats import RunStats
-from bulksend.pipeline.tracker import Tracker, TrackerSettings, final_update
+from bulksend.pipeline.tracker import Tracker, final_update
 from bulksend.render import Rejection
 from bulksend.send import account_limiter
 from bulksend.sinks.outcomes import outcome_lines
@@ -121,6 +124,12 @@ class Daemon:
         )
         self._templates: dict[str, JobTemplate] = {}
         self.sources: list[JobSource] = [source_from_config(c) for c in config.sources]
+        self.source_rates: dict[str, float] = {
+            source.name: rate
+            for source, rate in zip(self.sources, config.source_rates, strict=False)
+            if rate is not None
+        }
+        """Job streams with a rate of their own (by source name): each is a lane of its own."""
         self.publisher: ResultPublisher | None = (
             publisher_from_config(config.results) if config.results is not None else None
         )
@@ -375,19 +384,14 @@ class Daemon:
             return
         if self._stopping:
             return  # the trackers' group is closing or closed: the next start tracks these
-        t = template.campaign.tracking
-        tracker = Tracker(
-            campaign_id=cid,
+        tracker = campaign_tracker(
+            template.campaign,
             store=self.store,
             tem=self._tem,
             limiter=self.limiter,
             stats=self.stats,
-            settings=TrackerSettings(
-                poll_interval_s=t.poll_interval_s, give_up_after_s=t.give_up_after_s, page_size=t.page_size
-            ),
-            since=record.created_at - timedelta(minutes=1),
-            mail_from=template.campaign.from_.email,
             retry=self._retry,
+            since=record.created_at - timedelta(minutes=1),
             on_outcome=self._on_job_outcome,
         )
         self._trackers[cid] = tracker
@@ -396,8 +400,6 @@ class Daemon:
     # -- the job pipeline ------------------------------------------------------------------------
     async def _jobs_main(self) -> None:
         assert self._tem is not None
-        tem = self._tem
-        send, receive = anyio.create_memory_object_stream[SendItem](max_buffer_size=self.concurrency * 2)
         async with anyio.create_task_group() as jobs_tg:
             await jobs_tg.start(self._host_trackers)
             await self._recover_results()
@@ -406,62 +408,64 @@ class Daemon:
                 if record is not None:
                     self._known_job_campaigns.add(template.campaign.id)
                     self._start_tracker(template, record)
-            async with anyio.create_task_group() as recon_tg:
-                dispatcher: Dispatcher
-                settle_s = float(self.config.tracking.get("settle_s", 30))
-                reconciler = Reconciler(
-                    task_group=recon_tg,
-                    store=self.store,
-                    tem=tem,
-                    limiter=self.limiter,
-                    stats=self.stats,
-                    mail_from="",
-                    settle_s=settle_s,
-                    skew_s=5.0,
+            engine = SendEngine(
+                store=self.store,
+                tem=self._tem,
+                limiter=self.limiter,
+                stats=self.stats,
+                retry=self._retry,
+                sink=JobSink(self._trackers, self.store, self._on_job_outcome),
+                settings=EngineSettings(
+                    settle_s=float(self.config.tracking.get("settle_s", 30)),
                     timeout_s=float(self.config.sending.get("timeout_s", 30)),
-                    retry=self._retry,
-                    resend=lambda item: self._resend(dispatcher, item),
-                    on_final=self._record_known,
-                )
-                dispatcher = Dispatcher(
-                    store=self.store,
-                    tem=tem,
-                    limiter=self.limiter,
-                    stats=self.stats,
-                    retry=self._retry,
-                    on_ambiguous=lambda item, started, ended: reconciler.submit(item, started, ended),
-                    on_outcome=self._on_job_outcome,
-                    on_submitted=self._expect,
-                    should_stop=lambda: self._stopping,
-                )
-                async with anyio.create_task_group() as work_tg:
-                    work_tg.start_soon(self._resume_jobs, reconciler, send.clone())
-                    for source in self.sources:
-                        intake = JobIntake(
-                            source=source,
-                            store=self.store,
-                            templates=self._templates,
-                            dispatch=send.clone(),
-                            metrics=self.metrics,
-                            batch=self.config.job_batch,
-                            receive_timeout_s=self.config.receive_timeout_s,
-                            is_queued=self._queued.__contains__,
-                            on_queued=self._queued.add,
-                            ensure_campaign=self._ensure_job_campaign,
-                            after_admit=self._note_results_due,
-                            on_dead_letter=self.dead_letter_book.record,
-                        )
-                        self._intakes.append(intake)
-                        work_tg.start_soon(self._run_intake, intake)
-                        if self._stopping:
-                            intake.stop_scope.cancel()
+                ),
+                should_stop=lambda: self._stopping,
+                on_done=self._queued.discard,
+                log_items=True,
+            )
+            # One lane per job stream with a rate of its own (a ceiling inside the account's
+            # limiter, with its own queue so a slow stream never holds up the others' sends);
+            # every other stream, and rows resumed from a stream no longer configured, share
+            # the default lane.
+            lanes = {"": anyio.create_memory_object_stream[SendItem](max_buffer_size=self.concurrency * 2)}
+            for source in self.sources:
+                rate = self.source_rates.get(source.name)
+                if rate is not None and source.name not in lanes:
+                    engine.add_lane(source.name, NestedLimiter(self.limiter, rate))
+                    lanes[source.name] = anyio.create_memory_object_stream[SendItem](
+                        max_buffer_size=self.concurrency * 2
+                    )
+            async with engine.running(drain=False), anyio.create_task_group() as work_tg:
+                # Sending stops with the feeders: rows still waiting to be reconciled stay
+                # `sending` and the next start reconciles them (``drain=False``), so there is no
+                # need to sit out their settle time.
+                queues = {name: send.clone() for name, (send, _) in lanes.items()}
+                work_tg.start_soon(self._resume_jobs, engine, queues)
+                for source in self.sources:
+                    send, _ = lanes.get(source.name, lanes[""])
+                    intake = JobIntake(
+                        source=source,
+                        store=self.store,
+                        templates=self._templates,
+                        dispatch=send.clone(),
+                        metrics=self.metrics,
+                        batch=self.config.job_batch,
+                        receive_timeout_s=self.config.receive_timeout_s,
+                        is_queued=self._queued.__contains__,
+                        on_queued=self._queued.add,
+                        ensure_campaign=self._ensure_job_campaign,
+                        after_admit=self._note_results_due,
+                        on_dead_letter=self.dead_letter_book.record,
+                    )
+                    self._intakes.append(intake)
+                    work_tg.start_soon(self._run_intake, intake)
+                    if self._stopping:
+                        intake.stop_scope.cancel()
+                for send, receive in lanes.values():
                     for _ in range(self.concurrency):
-                        work_tg.start_soon(self._job_worker, dispatcher, receive.clone())
+                        work_tg.start_soon(engine.work, receive.clone())
                     send.close()
                     receive.close()
-                # Sending has stopped: rows still waiting to be reconciled stay `sending` and the
-                # next start reconciles them, so there is no need to sit out their settle time.
-                recon_tg.cancel_scope.cancel()
 
     async def _host_trackers(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Own the trackers' task group. A stop cancels this group alone: it must not reach the
@@ -479,26 +483,14 @@ class Daemon:
         with contextlib.suppress(anyio.BrokenResourceError):
             await intake.run()
 
-    async def _job_worker(self, dispatcher: Dispatcher, receive: ObjectReceiveStream[SendItem]) -> None:
-        async with receive:
-            async for item in receive:
-                if self._stopping:
-                    return  # its row is pending and durable: the next start sends it
-                try:
-                    # Every log line about this job says which job stream and row it concerns.
-                    with structlog.contextvars.bound_contextvars(campaign=item.campaign_id, row=item.row):
-                        await dispatcher.send(item)
-                finally:
-                    self._queued.discard(item.row_id)
-
-    async def _resend(self, dispatcher: Dispatcher, item: SendItem) -> bool:
-        if self._stopping:
-            return False
-        return await dispatcher.send(item)
-
-    async def _resume_jobs(self, reconciler: Reconciler, send: ObjectSendStream[SendItem]) -> None:
-        """Rows an earlier run left behind: `sending` ones are reconciled, `pending` ones sent."""
-        async with send:
+    async def _resume_jobs(
+        self, engine: SendEngine, queues: Mapping[str, MemoryObjectSendStream[SendItem]]
+    ) -> None:
+        """Rows an earlier run left behind: `sending` ones are reconciled, `pending` ones sent
+        (each through the lane of the stream it came from)."""
+        with contextlib.ExitStack() as closing:
+            for queue in queues.values():
+                closing.callback(queue.close)
             try:
                 for template in list(self._templates.values()):
                     cid = template.campaign.id
@@ -508,7 +500,7 @@ class Daemon:
                         item = item_from_job_row(row, template)
                         if isinstance(item, SendItem) and row.attempt_started_at is not None:
                             self._queued.add(row.id)
-                            await reconciler.submit(item, row.attempt_started_at, row.attempt_ended_at)
+                            await engine.reconcile(item, row.attempt_started_at, row.attempt_ended_at)
                     async for row in self.store.iter_rows(cid, states=[RowState.PENDING]):
                         if self._stopping:
                             return
@@ -520,22 +512,9 @@ class Daemon:
                             await self._on_job_outcome(cid, [(row.id, "rejected")])
                             continue
                         self._queued.add(row.id)
-                        await send.send(item)
+                        await queues.get(item.lane, queues[""]).send(item)
             except anyio.BrokenResourceError:
                 return
-
-    def _expect(self, item: SendItem, email_id: str) -> None:
-        tracker = self._trackers.get(item.campaign_id)
-        if tracker is not None:
-            tracker.expect(email_id, item.row_id)
-
-    async def _record_known(self, email: Email, row_id: int) -> None:
-        row = await self.store.get_row(row_id)
-        if row is None:
-            return
-        tracker = self._trackers.get(row.campaign_id)
-        if tracker is not None:
-            await tracker.record_known(email, row_id)
 
     # -- job results -----------------------------------------------------------------------------
     # A result is published after its row is final in the store, so a crash in between would lose
@@ -692,11 +671,14 @@ class Daemon:
     def _start_run(self, campaign: Campaign, folder: Path) -> CampaignRun:
         assert self._tem is not None
         assert self._tg is not None
+        # A campaign's own `rate_per_s` is a ceiling inside the account's limiter; without one,
+        # the campaign is paced by the account's limiter alone.
+        given = campaign.sending.rate_given
         run = CampaignRun(
             campaign,
             store=self.store,
             tem=self._tem,
-            limiter=self.limiter,
+            limiter=nested(self.limiter, campaign.sending.rate_per_s if given else None),
             project_id=self.settings.project_id,
             stats=RunStats(),
             grace_s=self.config.grace_s,
