@@ -11,13 +11,15 @@ from datetime import datetime
 from pathlib import Path
 
 import aiohttp
+import anyio
 import pytest
 
 from bulksend.daemon.config import load_daemon_config
 from bulksend.errors import ConfigError
 from bulksend.pipeline.nested import NestedLimiter
 from bulksend.sandbox import Sandbox
-from tests.test_daemon import write_config
+from bulksend.sources.base import MemoryQueue
+from tests.test_daemon import RecordingSource, job, make_daemon, running, write_config
 from tests.test_daemon_admin import CAMPAIGN, admin_daemon, is_over, recipients_csv
 
 
@@ -69,3 +71,28 @@ def test_a_job_stream_may_set_its_own_rate(tmp_path: Path) -> None:
         path = write_config(tmp_path / str(bad), sources=[{"kind": "memory", "rate_per_s": bad}])
         with pytest.raises(ConfigError, match=r"sources\[0\]\.rate_per_s must be a number > 0"):
             load_daemon_config(path)
+
+
+async def test_a_job_stream_with_a_rate_is_paced_in_its_own_lane(tmp_path: Path, sandbox: Sandbox) -> None:
+    """Two job streams under an account of 5,000/s: the one with rate_per_s = 10 has its 20 jobs
+    created over at least 1 s (1.9 s at 10/s), the other is not held to that pace, and every job
+    of both is sent once."""
+    slow_source = RecordingSource(MemoryQueue("slow"))
+    fast_source = RecordingSource(MemoryQueue("fast"))
+    daemon, _, results = make_daemon(tmp_path, sandbox, source=slow_source)
+    daemon.sources = [slow_source, fast_source]
+    daemon.source_rates = {slow_source.name: 10}
+    slow = {f"slow-{i}": f"slow{i}@example.com" for i in range(20)}
+    fast = {f"fast-{i}": f"fast{i}@example.com" for i in range(20)}
+    for key, address in slow.items():
+        slow_source.publish(job(key, address))
+    for key, address in fast.items():
+        fast_source.publish(job(key, address))
+    with anyio.fail_after(60):
+        async with running(daemon):
+            await results.wait_for_keys(set(slow) | set(fast), timeout_s=60)
+    submitted = {o["idempotency_key"]: datetime.fromisoformat(o["submitted_at"]) for o in results.outcomes}
+    slow_times = sorted(submitted[k] for k in slow)
+    assert (slow_times[-1] - slow_times[0]).total_seconds() >= 1.0
+    counts = sandbox.stats().accepted_by_recipient
+    assert all(counts.get(a) == 1 for a in [*slow.values(), *fast.values()])
