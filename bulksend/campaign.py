@@ -172,7 +172,7 @@ class SendingSettings:
     max_attempts: int = 6
     max_retry_s: float = 300
     timeout_s: float = 30
-    rate_given: bool = False
+    rate_given: bool = field(default=False, compare=False)
     """Whether the campaign set ``rate_per_s`` itself: in the daemon, only then is it a ceiling of
     its own inside the account's rate."""
 
