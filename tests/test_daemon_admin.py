@@ -329,3 +329,43 @@ async def test_job_campaign_ids_are_reserved(tmp_path: Path, sandbox: Sandbox) -
             await daemon.submit_campaign(CAMPAIGN.format(id="jobs.x", concurrency=2), b"email\n", "r.csv")
     assert status == 400
     assert "reserved" in body["error"], body
+
+
+async def test_total_counts_and_created_at_are_known_from_the_first_answer(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """The 201 answer already gives `total` (rows of the upload) and `counts` with every state;
+    `created_at` is the same in the 201 answer, every later read and the list; at the end
+    `done == total`."""
+    rows = ["a@example.com", "not-an-address", "b@example.com", "a@example.com"]
+    async with admin_daemon(tmp_path, sandbox) as (_, admin, _, _):
+        created = await admin.submit("totals", rows)
+        read = await admin.campaign("totals")
+        finished = await admin.wait_until("totals", lambda c: c["state"] == "finished")
+        listed = (await admin.call("GET", "/v1/campaigns"))[1]["campaigns"]
+    assert created["total"] == len(rows)
+    assert set(created["counts"]) >= {"pending", "sending", "submitted", "final", "rejected", "skipped"}
+    assert read["total"] == finished["total"] == len(rows)
+    assert finished["done"] == finished["total"]
+    assert created["created_at"] == read["created_at"] == finished["created_at"] == listed[0]["created_at"]
+
+
+def test_a_template_without_a_sender_is_refused_by_name(tmp_path: Path) -> None:
+    """A daemon template without `from` is refused with its name and how to add the sender,
+    not with the campaign file's `[campaign]` wording."""
+    from bulksend.daemon.jobs import compile_template
+
+    empty = tmp_path / "none.jsonl"
+    empty.touch()
+    with pytest.raises(CampaignError, match=r"template 'welcome' needs 'from' \(the sender"):
+        compile_template(
+            "welcome",
+            {"subject": "Hi", "text": "Hello"},
+            base_dir=tmp_path,
+            empty_recipients=empty,
+            project_id="p",
+            sending={},
+            tracking={},
+            outcomes=tmp_path / "out.jsonl",
+            source="daemon.toml [templates.welcome]",
+        )

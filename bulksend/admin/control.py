@@ -53,6 +53,8 @@ __all__ = [
     "MemoryControl",
     "NotFound",
     "campaign_folder_error",
+    "check_sender_given",
+    "count_recipients",
     "new_campaign_folder",
     "parse_submission",
     "safe_filename",
@@ -238,6 +240,34 @@ def parse_submission(campaign: Mapping[str, Any] | str) -> dict[str, Any]:
     return copied
 
 
+SENDER_EXAMPLE: Final = '{"email": "news@example.com", "name": "Example News"}'
+
+
+def check_sender_given(table: Mapping[str, Any], *, as_json: bool) -> None:
+    """Refuse a submitted campaign without a sender, in the words of what was sent: JSON field
+    names for a JSON campaign, the TOML table for a TOML one (every email needs a sender)."""
+    if table.get("from") is not None:
+        return
+    if as_json:
+        raise CampaignError(
+            f'"campaign.from" is required: the sender address, e.g. {SENDER_EXAMPLE}', path="campaign"
+        )
+    raise CampaignError(
+        "[campaign] needs 'from' (the sender); write from = { email = \"news@example.com\", "
+        'name = "Example News" }',
+        path="campaign",
+    )
+
+
+def count_recipients(path: Path) -> int:
+    """Rows of a spooled recipients file, as the run will read them (bad rows included).
+
+    Blocking: run it in a worker thread. Counted once at submission so ``total`` is known from
+    the first answer on, and the same in every later read.
+    """
+    return sum(1 for _ in iter_recipients(path))
+
+
 def campaign_folder_error(error: CampaignError, folder: Path) -> CampaignError:
     """``error`` with the campaign's folder taken out of its path and message: a caller sees
     ``people.csv:3``, never where the daemon keeps its files."""
@@ -370,6 +400,7 @@ class MemoryControl:
                 "pick another",
                 path="campaign",
             )
+        check_sender_given(section, as_json=not isinstance(campaign, str))
         if campaign_id in self._reserved or await store.get_campaign(campaign_id) is not None:
             raise Conflict(f"a campaign with id {campaign_id!r} already exists; give this one a new id")
         if not safe_filename(recipients_filename):

@@ -118,6 +118,12 @@ def compile_template(
             f"(allowed: {', '.join(sorted(TEMPLATE_KEYS))})",
             path=source,
         )
+    if spec.get("from") is None:
+        raise CampaignError(
+            f"template {name!r} needs 'from' (the sender of its emails); write "
+            'from = { email = "news@example.com", name = "Example News" }',
+            path=source,
+        )
     data = {
         "campaign": {**spec, "id": job_campaign_id(name), "recipients": str(empty_recipients)},
         "sending": dict(sending),

@@ -43,6 +43,8 @@ from bulksend.admin.control import (
     Conflict,
     NotFound,
     campaign_folder_error,
+    check_sender_given,
+    count_recipients,
     new_campaign_folder,
     parse_submission,
     safe_filename,
@@ -64,7 +66,7 @@ from bulksend.daemon.results import RESULTS_BACKLOG_UNREADY, ResultBacklog, resu
 from bulksend.daemon.summaries import row_states, unsettled_deliveries
 from bulksend.errors import BulksendError, CampaignError, TemError, TemPermanentError, first_bulksend_error
 from bulksend.metrics import Metrics
-from bulksend.pipeline.dispatch import Dispatcher, SendItem, utcnow
+from bulksend.pipeline.dispatch import Dispatcher, SendItem
 from bulksend.pipeline.paced import paced_call
 from bulksend.pipeline.reconcile import Reconciler
 from bulksend.pipeline.retry import RetryPolicy
@@ -741,6 +743,7 @@ class Daemon:
                 f"campaign id {cid!r}: ids starting with 'jobs.' are reserved for queued jobs; pick another",
                 path="campaign",
             )
+        check_sender_given(table, as_json=not isinstance(campaign, str))
         await self._refuse_taken(cid)
         # Reserved in the store before the disk is touched: of two submissions of one id (in this
         # process or another sharing the store), one gets the folder and the other a 409.
@@ -768,6 +771,7 @@ class Daemon:
                     files=self._submitted_files(),
                 )
             )
+            total = await anyio.to_thread.run_sync(count_recipients, loaded.recipients)
             await anyio.to_thread.run_sync(write_private, folder / "campaign.json", orjson.dumps(data))
             # The record exists before the reservation ends, so a later submission of this id
             # finds it; the run finds it too (same fingerprint) and goes on from it.
@@ -779,6 +783,7 @@ class Daemon:
                     "recipients": str(loaded.recipients),
                     "outcomes": str(loaded.output.outcomes),
                     "daemon_dir": str(folder),
+                    "total": total,
                 },
             )
         except BaseException as exc:
@@ -794,8 +799,8 @@ class Daemon:
             with anyio.CancelScope(shield=True):
                 await self.store.release_role(cid, _SUBMIT_ROLE, worker_id=token)
         self._start_run(loaded, folder)
-        log.info("campaign.submitted", campaign=cid)
-        return await self._info(cid, fallback_state="running")
+        log.info("campaign.submitted", campaign=cid, total=total)
+        return await self._info(cid)
 
     async def _refuse_taken(self, cid: str) -> None:
         if cid in self._runs or await self.store.get_campaign(cid) is not None:
@@ -819,21 +824,25 @@ class Daemon:
                 renewed = anyio.current_time()
             yield chunk
 
-    async def _info(self, cid: str, *, fallback_state: CampaignStatus = "running") -> CampaignInfo:
+    async def _info(self, cid: str) -> CampaignInfo:
+        # Everything comes from the store's record, never from a clock read now: two reads of a
+        # campaign agree on `created_at` (and the 201 answer with both).
         record = await self.store.get_campaign(cid)
-        counts = await self.store.counts(cid) if record is not None else {}
-        state: CampaignStatus
-        if cid in self._errors:
-            state = "failed"
-        elif record is None:
-            state = fallback_state
-        else:
-            state = record.state.value
+        if record is None:
+            raise NotFound(f"no campaign {cid!r}")
+        stored = await self.store.counts(cid)
+        counts = {s.value: 0 for s in RowState} | stored
+        state: CampaignStatus = "failed" if cid in self._errors else record.state.value
+        total = record.spec.get("total")
+        if not isinstance(total, int) and record.admitted_all:
+            # Submitted before the total was recorded: every row is admitted, so they are all.
+            total = sum(stored.get(s.value, 0) for s in RowState)
         return CampaignInfo(
             id=cid,
             state=state,
-            created_at=record.created_at if record else utcnow(),
+            created_at=record.created_at,
             counts=counts,
+            total=total if isinstance(total, int) else None,
             error=self._errors.get(cid),
         )
 
@@ -847,7 +856,7 @@ class Daemon:
 
     async def get_campaign(self, campaign_id: str) -> CampaignInfo | None:
         record = await self.store.get_campaign(campaign_id)
-        if record is None and campaign_id not in self._runs:
+        if record is None or record.spec.get("kind") == "jobs":
             return None
         return await self._info(campaign_id)
 
