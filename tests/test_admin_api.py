@@ -635,7 +635,8 @@ async def test_metrics_endpoint_serves_prometheus_text(client: Client, metrics: 
     assert resp.headers["Content-Type"].startswith("text/plain")
     text = await resp.text()
     names = {f.name for f in text_string_to_metric_families(text)}
-    assert {"bulksend_api_calls", "bulksend_emails", "bulksend_in_flight", "bulksend_queue_lag"} <= names
+    assert {"bulksend_api_calls", "bulksend_emails", "bulksend_in_flight_emails"} <= names
+    assert "bulksend_queue_lag_messages" in names
     assert 'bulksend_emails_total{campaign="spring",status="sent"} 1.0' in text
 
 

@@ -183,11 +183,13 @@ async def test_auth_health_and_metrics(tmp_path: Path, sandbox: Sandbox) -> None
         for series in (
             'bulksend_emails_total{campaign="jobs.welcome",status="sent"} 1.0',
             'bulksend_api_calls_total{code="200",endpoint="send"} 1.0',
-            "bulksend_limiter_rate_per_s 5000.0",
+            "bulksend_limiter_rate_per_second 5000.0",
             f'bulksend_jobs_total{{result="admitted",source="{source.name}"}} 1.0',
-            f'bulksend_queue_lag{{source="{source.name}"}}',
-            "bulksend_tracker_backlog",
-            "\nbulksend_in_flight ",
+            f'bulksend_queue_lag_messages{{source="{source.name}"}}',
+            "bulksend_tracker_backlog_emails",
+            "\nbulksend_in_flight_emails ",
+            'bulksend_reconciliations_total{outcome="adopted"} 0.0',
+            "\nbulksend_ready 1.0",
         ):
             assert series in text, series
 
@@ -369,3 +371,30 @@ def test_a_template_without_a_sender_is_refused_by_name(tmp_path: Path) -> None:
             outcomes=tmp_path / "out.jsonl",
             source="daemon.toml [templates.welcome]",
         )
+
+
+async def test_an_ended_campaign_leaves_no_series_behind(
+    tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a submitted campaign is finished its `campaign` label is gone from /metrics (the label
+    must not grow without bound), while the API still gives its figures; job streams keep theirs."""
+    async with admin_daemon(tmp_path, sandbox) as (daemon, admin, source, watch):
+        forgotten = anyio.Event()
+        forget = daemon.metrics.forget_campaign
+
+        def forget_and_tell(campaign: str) -> None:
+            forget(campaign)
+            if campaign == "brief":
+                forgotten.set()
+
+        monkeypatch.setattr(daemon.metrics, "forget_campaign", forget_and_tell)
+        source.publish(job("order-1", "ann@example.com"))
+        await watch.wait(outcomes=1)
+        await admin.submit("brief", ["a@example.com", "b@example.com"])
+        info = await admin.wait_until("brief", lambda c: c["state"] == "finished")
+        with anyio.fail_after(20):
+            await forgotten.wait()
+        text = (await admin.call("GET", "/metrics"))[1]
+    assert 'campaign="brief"' not in text
+    assert info["counts"]["status:sent"] == 2
+    assert 'bulksend_emails_total{campaign="jobs.welcome",status="sent"} 1.0' in text

@@ -34,7 +34,7 @@ import structlog
 from anyio.abc import ObjectSendStream
 
 from bulksend.campaign import Campaign, campaign_from_dict
-from bulksend.errors import BulksendError, CampaignError
+from bulksend.errors import BulksendError, CampaignError, StoreError
 from bulksend.jobs import JobError, SendJob, parse_job
 from bulksend.metrics import Metrics
 from bulksend.pipeline.dispatch import SendItem
@@ -194,6 +194,8 @@ class JobIntake:
                             "given_back": sum(d.settled == "released" for d in deliveries),
                             "retry_in_s": backoff_s,
                         }
+                        if isinstance(exc, StoreError):
+                            self._metrics.store_error("admit")
                         if isinstance(exc, _OUTAGE):
                             log.warning("job.intake_failed", **fields)
                         else:

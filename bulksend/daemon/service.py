@@ -64,8 +64,15 @@ from bulksend.daemon.jobs import (
 )
 from bulksend.daemon.results import RESULTS_BACKLOG_UNREADY, ResultBacklog, result_message
 from bulksend.daemon.summaries import row_states, unsettled_deliveries
-from bulksend.errors import BulksendError, CampaignError, TemError, TemPermanentError, first_bulksend_error
-from bulksend.metrics import Metrics
+from bulksend.errors import (
+    BulksendError,
+    CampaignError,
+    StoreError,
+    TemError,
+    TemPermanentError,
+    first_bulksend_error,
+)
+from bulksend.metrics import RECONCILE_OUTCOMES, Metrics
 from bulksend.pipeline.dispatch import Dispatcher, SendItem
 from bulksend.pipeline.paced import paced_call
 from bulksend.pipeline.reconcile import Reconciler
@@ -97,6 +104,15 @@ _GAUGES_EVERY_S = 2.0
 _PUBLISH_BUDGET_S = 30.0
 """Most time one batch of results may take to publish (and at most ``grace_s``, as it holds up a
 stop); what is left is published at the next start."""
+
+
+def _reconciled(stats: RunStats, outcome: str) -> int:
+    """Reconciliations of one pipeline that ended with ``outcome``."""
+    if outcome == "adopted":
+        return stats.reconciled_adopted
+    if outcome == "resent":
+        return stats.reconciled_resent
+    return stats.reconcile_deferred
 
 
 def _journal_id(job_campaign: str) -> str:
@@ -142,6 +158,10 @@ class Daemon:
         """Results whose publish failed, retried in the background."""
         self.results_backlog_unready = RESULTS_BACKLOG_UNREADY
         self.dead_letter_book = DeadLetterBook()
+        self._reconciled_seen: dict[str, int] = dict.fromkeys(RECONCILE_OUTCOMES, 0)
+        """Reconciliations already counted in the metrics, by outcome."""
+        self._reconciled_ended: dict[str, int] = dict.fromkeys(RECONCILE_OUTCOMES, 0)
+        """Reconciliations of campaign runs that have ended, by outcome."""
         self._started = False
         self._in_flight_at_stop = 0
         self._stop_summary: dict[str, Any] = {}
@@ -326,15 +346,27 @@ class Daemon:
     async def _set_gauges(self) -> None:
         self.metrics.set_limiter_rate(self.limiter.rate_per_s)
         self.metrics.set_in_flight(self._in_flight())
+        self._count_reconciliations()
         backlog = 0
         for cid in [*self._known_job_campaigns, *self._runs]:
-            with contextlib.suppress(BulksendError):
+            try:
                 backlog += (await self.store.counts(cid)).get(RowState.SUBMITTED.value, 0)
+            except BulksendError:
+                self.metrics.store_error("counts")
         self.metrics.set_backlog(backlog)
+        await self.health()  # keeps bulksend_ready current
         for source in self.sources:
             lag = await source.lag()
             if lag is not None:
                 self.metrics.set_queue_lag(source.name, lag)
+
+    def _count_reconciliations(self) -> None:
+        """Bring ``bulksend_reconciliations_total`` up to what the pipelines counted so far."""
+        live = [self.stats, *(run.stats for run in self._runs.values())]
+        for outcome, done in self._reconciled_ended.items():
+            total = done + sum(_reconciled(stats, outcome) for stats in live)
+            self.metrics.reconciled(outcome, total - self._reconciled_seen[outcome])
+            self._reconciled_seen[outcome] = max(total, self._reconciled_seen[outcome])
 
     # -- templates -------------------------------------------------------------------------------
     def _compile(self, name: str, spec: Mapping[str, Any], source: str) -> JobTemplate:
@@ -658,6 +690,7 @@ class Daemon:
             try:
                 await self.store.mark_skipped(entry, reason="result published")
             except BulksendError as exc:
+                self.metrics.store_error("results_journal")
                 log.warning("results.journal_failed", entry=entry, error=str(exc))
 
         # Concurrent, so a store with group commit writes the batch in one commit.
@@ -719,10 +752,30 @@ class Daemon:
             if error is None:
                 raise
             self._errors[cid] = str(error)
+            if isinstance(error, StoreError):
+                self.metrics.store_error("campaign_run")
             log.error("campaign.failed", campaign=cid, error=str(error))
         finally:
             if self._runs.get(cid) is run:
                 del self._runs[cid]
+            for outcome in self._reconciled_ended:
+                self._reconciled_ended[outcome] += _reconciled(run.stats, outcome)
+            await self._forget_if_over(cid)
+
+    async def _forget_if_over(self, cid: str) -> None:
+        """Drop an ended campaign's per-campaign series: a long-lived daemon must not grow labels
+        without bound. Its figures stay in the API (``GET /v1/campaigns/{id}``)."""
+        if cid in self._runs:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                record = await self.store.get_campaign(cid)
+            except BulksendError:
+                self.metrics.store_error("get_campaign")
+                return
+        over = (CampaignState.FINISHED, CampaignState.CANCELED)
+        if cid in self._errors or (record is not None and record.state in over):
+            self.metrics.forget_campaign(cid)
 
     async def submit_campaign(
         self,
@@ -989,11 +1042,13 @@ class Daemon:
             checks["store"] = True
         except Exception:  # any failure at all means "not ready"
             checks["store"] = False
+            self.metrics.store_error("health_check")
         for source in self.sources:
             checks[f"source:{source.name}"] = await source.healthy()
         if self.publisher is not None:
             checks[f"results:{self.publisher.name}"] = await self.publisher.healthy()
             checks["results_backlog"] = len(self.results_backlog) <= self.results_backlog_unready
+        self.metrics.set_ready(all(checks.values()))
         return checks
 
     async def dead_letters(self) -> dict[str, Any]:
