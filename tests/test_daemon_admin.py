@@ -22,6 +22,7 @@ from bulksend.daemon.service import Daemon
 from bulksend.errors import CampaignError, ConfigError
 from bulksend.sandbox import Sandbox
 from bulksend.sinks.outcomes import OUTCOME_FIELDS
+from bulksend.store.base import CANCELED_BEFORE_SENDING
 from tests.conftest import settings_for
 from tests.test_daemon import (
     CollectingPublisher,
@@ -279,8 +280,9 @@ async def test_pause_under_the_rate_limit_sends_nothing_more(tmp_path: Path, san
 async def test_cancel_skips_pending_rows_and_cancels_new_emails_at_tem(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
-    """Cancel marks rows not sent yet `skipped` and cancels at TEM the emails still `new` (hold…):
-    they end `canceled`; the campaign ends `canceled` with one outcome per row."""
+    """Cancel gives rows not sent yet the outcome `canceled` (with the reason) and cancels at TEM
+    the emails still `new` (hold…): they end `canceled`; the campaign ends `canceled` with one
+    outcome per row."""
     sandbox.update(latency_ms=40)
     holds = [f"hold{i}@example.com" for i in range(4)]
     rest = [f"user{i}@example.com" for i in range(40)]
@@ -298,14 +300,45 @@ async def test_cancel_skips_pending_rows_and_cancels_new_emails_at_tem(
     statuses = {line["email"]: line["status"] for line in lines}
     assert len(lines) == len(holds) + len(rest)
     assert all(statuses[a] == "canceled" for a in holds)
-    skipped = [line for line in lines if line["status"] == "skipped"]
-    assert skipped
-    assert all("canceled" in line["reason"] for line in skipped)
-    assert {line["status"] for line in lines} == {"canceled", "sent", "skipped"}
+    never_sent = [line for line in lines if line["status"] == "canceled" and not line["email_id"]]
+    assert never_sent
+    assert all(line["reason"] == CANCELED_BEFORE_SENDING for line in never_sent)
+    assert {line["status"] for line in lines} == {"canceled", "sent"}
     counts = sandbox.stats().accepted_by_recipient
     assert set(counts.values()) == {1}
-    assert not {line["email"] for line in skipped} & set(counts)
+    assert not {line["email"] for line in never_sent} & set(counts)
     assert info["counts"].get("status:canceled") == len(holds)
+
+
+async def test_cancel_gives_every_row_an_outcome_through_429s_and_ambiguous_answers(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Canceled early, while TEM answers 429s (rows waiting to retry), some answers are lost after
+    the email was created (rows left `sending`), and most of the file is not read yet: the
+    campaign still ends `canceled` with exactly one outcome line per input row, none `unknown`;
+    nobody got two emails, and no row canceled before sending reached TEM."""
+    sandbox.update(rate_limit_per_s=40, rate_limit_burst=5, fault_5xx_after_p=0.2, seed=14)
+    holds = [f"hold{i}@example.com" for i in range(3)]
+    rest = [f"user{i}@example.com" for i in range(1400)]
+    async with admin_daemon(tmp_path, sandbox) as (_, admin, _, watch):
+        await admin.submit("winter", holds + rest, concurrency=8)
+        await watch.wait(outcomes=3)
+        status, canceled = await admin.call("POST", "/v1/campaigns/winter/cancel")
+        assert (status, canceled["state"]) == (200, "canceled"), canceled
+        info = await admin.wait_until("winter", lambda c: is_over(c) and c["done"] == c["total"], 60)
+        lines = await admin.outcomes("winter")
+    assert info["state"] == "canceled"
+    assert info["total"] == len(holds) + len(rest)
+    assert [line["row"] for line in lines] == list(range(2, len(holds) + len(rest) + 2))
+    statuses = [line["status"] for line in lines]
+    assert set(statuses) <= {"sent", "canceled"}, set(statuses)
+    assert sandbox.stats().rate_limited > 0
+    accepted = sandbox.stats().accepted_by_recipient
+    assert set(accepted.values()) == {1}
+    never_sent = {line["email"] for line in lines if line["reason"] == CANCELED_BEFORE_SENDING}
+    assert len(never_sent) > 500  # most of the file was never read when it was canceled
+    assert not never_sent & set(accepted)
+    assert {line["email"] for line in lines if line["status"] == "sent"} <= set(accepted)
 
 
 async def test_refuses_every_interface_without_a_token(

@@ -38,7 +38,14 @@ from bulksend.campaign import FileAccess, campaign_from_dict, check_campaign_id,
 from bulksend.errors import BulksendError, CampaignError
 from bulksend.sinks.outcomes import outcome_lines
 from bulksend.sources.files import BadRow, RecipientInput, iter_recipients
-from bulksend.store.base import CampaignState, FinalUpdate, NewRecipient, RowState, Store
+from bulksend.store.base import (
+    CANCELED_BEFORE_SENDING,
+    CampaignState,
+    FinalUpdate,
+    NewRecipient,
+    RowState,
+    Store,
+)
 from bulksend.store.memory import MemoryStore
 from bulksend.validate import check_address, normalize_address
 
@@ -327,7 +334,6 @@ async def spool_private(recipients: AsyncIterator[bytes] | bytes, path: Path) ->
 ADMIT_BATCH: Final = 500
 """Rows admitted per store call (one commit in a durable store)."""
 
-_CANCELED_REASON: Final = "the campaign was canceled before this email was sent"
 _STATUS_OF: Final[dict[CampaignState, CampaignStatus]] = {
     CampaignState.RUNNING: "running",
     CampaignState.PAUSED: "paused",
@@ -464,9 +470,9 @@ class MemoryControl:
         info = await self._change(campaign_id, "canceled", frm=("running", "paused"))
         store = await self._ready_store()
         # Nothing was sent by this control, so every open row is still `pending`: it becomes
-        # `skipped`, which is what the daemon records for an email canceled before its POST.
+        # `skipped` as canceled, which is what the daemon records for an email never sent.
         async for row in store.iter_rows(campaign_id, states=[RowState.PENDING]):
-            await store.mark_skipped(row.id, reason=_CANCELED_REASON)
+            await store.mark_skipped(row.id, reason=CANCELED_BEFORE_SENDING)
         return await self._info(info.id)
 
     async def templates(self) -> list[str]:

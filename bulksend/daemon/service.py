@@ -53,6 +53,7 @@ from bulksend.admin.control import (
     write_private,
 )
 from bulksend.campaign import Campaign, FileAccess, campaign_from_dict, check_campaign_id
+from bulksend.daemon.cancel import settle_canceled
 from bulksend.daemon.config import DaemonConfig
 from bulksend.daemon.deadletters import DeadLetterBook
 from bulksend.daemon.jobs import (
@@ -68,18 +69,15 @@ from bulksend.errors import (
     BulksendError,
     CampaignError,
     StoreError,
-    TemError,
-    TemPermanentError,
     first_bulksend_error,
 )
 from bulksend.metrics import RECONCILE_OUTCOMES, Metrics
 from bulksend.pipeline.dispatch import Dispatcher, SendItem
-from bulksend.pipeline.paced import paced_call
 from bulksend.pipeline.reconcile import Reconciler
 from bulksend.pipeline.retry import RetryPolicy
 from bulksend.pipeline.runner import CampaignRun
 from bulksend.pipeline.stats import RunStats
-from bulksend.pipeline.tracker import Tracker, TrackerSettings, final_update
+from bulksend.pipeline.tracker import Tracker, TrackerSettings
 from bulksend.render import Rejection
 from bulksend.send import account_limiter
 from bulksend.sinks.outcomes import outcome_lines
@@ -89,7 +87,7 @@ from bulksend.store import open_store
 from bulksend.store.base import AdmitResult, CampaignRecord, CampaignState, NewRecipient, RowState, Store
 from bulksend.tem.client import TemClient
 from bulksend.tem.config import TemSettings
-from bulksend.tem.models import Email, EmailStatus, ListEmailsQuery, OrderBy
+from bulksend.tem.models import Email
 
 __all__ = ["Daemon"]
 
@@ -150,6 +148,8 @@ class Daemon:
         self._queued: set[int] = set()
         self._runs: dict[str, CampaignRun] = {}
         self._errors: dict[str, str] = {}
+        self._canceling: set[str] = set()
+        """Campaigns canceled by this process (the store says so too, once its write is done)."""
         self._intakes: list[JobIntake] = []
         self._result_due: dict[int, int] = {}
         """Job row id → its entry in the results journal, while its result is not published yet."""
@@ -737,6 +737,7 @@ class Daemon:
             grace_s=self.config.grace_s,
             on_outcome=self._on_campaign_outcome,
             spec_extra={"daemon_dir": str(folder)},
+            after_sending=self._after_sending,
         )
         self._runs[campaign.id] = run
         self._errors.pop(campaign.id, None)
@@ -958,71 +959,28 @@ class Daemon:
         if record.state is CampaignState.FINISHED:
             raise Conflict(f"campaign {campaign_id!r} is finished; there is nothing left to cancel")
         await self.store.set_campaign_state(campaign_id, CampaignState.CANCELED)
+        # From here to the end, no checkpoint: either the run has not yet passed its
+        # `after_sending` hook, which then sees `_canceling` and settles every row, or it has
+        # (a paused run only tracking), and a new run of the canceled campaign settles them.
+        self._canceling.add(campaign_id)
         run = self._runs.get(campaign_id)
-        if run is not None:
+        if run is not None and not run.sending_over.is_set():
             run.request_stop(keep_tracking=True)
-        # Rows not sent yet are skipped; a worker racing us loses (mark_sending needs `pending`).
-        skipped = []
-        async for row in self.store.iter_rows(campaign_id, states=[RowState.PENDING]):
-            try:
-                await self.store.mark_skipped(row.id, reason="campaign canceled before this email was sent")
-                skipped.append((row.id, "skipped"))
-            except BulksendError:
-                continue
-        await self._on_campaign_outcome(campaign_id, skipped)
-        await self._cancel_new_at_tem(campaign_id, record)
-        if campaign_id not in self._runs:
-            folder = record.spec.get("daemon_dir")
-            if folder:  # follow what was submitted to its end
-                self._start_run(self._load_submitted(Path(folder)), Path(folder))
+        else:
+            if run is not None:
+                del self._runs[campaign_id]
+                run.abort()  # it only tracks; the new run tracks too
+            folder = Path(str(record.spec.get("daemon_dir")))
+            self._start_run(self._load_submitted(folder), folder)
         return await self._info(campaign_id)
 
-    async def _cancel_new_at_tem(self, campaign_id: str, record: CampaignRecord) -> None:
-        """Cancel at TEM every email of the campaign that is still ``new``."""
-        assert self._tem is not None
-        from_address = ""
-        with contextlib.suppress(OSError, BulksendError):
-            from_address = self._load_submitted(Path(str(record.spec.get("daemon_dir")))).from_.email
-        query = ListEmailsQuery(
-            since=record.created_at - timedelta(minutes=1),
-            mail_from=from_address or None,
-            statuses=(EmailStatus.NEW,),
-            order_by=OrderBy.CREATED_AT_ASC,
-        )
-        emails: list[Email] = []
-        try:
-            page = 1
-            while True:
-                result = await paced_call(
-                    self.limiter,
-                    self._retry,
-                    "list",
-                    partial(self._tem.list_emails, query, page=page, page_size=1000),
-                )
-                emails.extend(result.emails)
-                if len(result.emails) < 1000:
-                    break
-                page += 1
-        except TemError as exc:
-            log.warning("campaign.cancel_list_failed", campaign=campaign_id, error=str(exc))
-            return
-        rows = await self.store.rows_by_email_id(campaign_id, [e.id for e in emails])
-        for email in emails:
-            row = rows.get(email.id)
-            if row is None or row.state is not RowState.SUBMITTED:
-                continue
-            try:
-                canceled = await paced_call(
-                    self.limiter, self._retry, "cancel", partial(self._tem.cancel_email, email.id)
-                )
-            except TemPermanentError:
-                continue  # already past `new`: its real status comes from tracking
-            except TemError as exc:
-                log.warning("campaign.cancel_failed", email_id=email.id, error=str(exc))
-                continue
-            if canceled.status is EmailStatus.CANCELED:
-                await self.store.mark_final([final_update(row.id, canceled)])
-                await self._on_campaign_outcome(campaign_id, [(row.id, "canceled")])
+    async def _after_sending(self, run: CampaignRun) -> None:
+        """A run sends nothing more: if its campaign is canceled, give every row its outcome."""
+        cid = run.campaign.id
+        record = await self.store.get_campaign(cid)
+        # No checkpoint between this test and the return (see `cancel`).
+        if cid in self._canceling or (record is not None and record.state is CampaignState.CANCELED):
+            await settle_canceled(run, self._on_campaign_outcome)
 
     async def templates(self) -> list[str]:
         return sorted(self._templates)
