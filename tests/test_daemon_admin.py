@@ -6,7 +6,8 @@ committed a write (so the tests wait on events, never on the clock).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from bulksend.errors import CampaignError, ConfigError
 from bulksend.sandbox import Sandbox
 from bulksend.sinks.outcomes import OUTCOME_FIELDS
 from bulksend.store.base import CANCELED_BEFORE_SENDING
-from tests.conftest import settings_for
+from tests.conftest import SECRET, settings_for
 from tests.test_daemon import (
     CollectingPublisher,
     DaemonWatch,
@@ -143,6 +144,15 @@ async def admin_daemon(
             yield daemon, Admin(daemon, http, store), source, watch
 
 
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
+    """Poll ``check`` every 50 ms until it is true; fail after ``timeout_s``."""
+    with anyio.fail_after(timeout_s):
+        for _ in itertools.count():
+            if await check():
+                return
+            await anyio.sleep(0.05)
+
+
 def sent_to(sandbox: Sandbox, addresses: list[str]) -> int:
     """Emails the sandbox accepted for these addresses."""
     counts = sandbox.stats().accepted_by_recipient
@@ -172,6 +182,7 @@ async def test_auth_health_and_metrics(tmp_path: Path, sandbox: Sandbox) -> None
             f"source:{source.name}": True,
             "results:memory:results": True,
             "results_backlog": True,
+            "tem": True,
         }
         assert ready["checks"] == checks
         assert ready["details"] == {"results_backlog": 0}
@@ -431,3 +442,50 @@ async def test_an_ended_campaign_leaves_no_series_behind(
     assert 'campaign="brief"' not in text
     assert info["counts"]["status:sent"] == 2
     assert 'bulksend_emails_total{campaign="jobs.welcome",status="sent"} 1.0' in text
+
+
+async def test_a_refused_key_at_run_time_stops_sending_and_the_daemon_stays_up_not_ready(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """TEM starts refusing the key (401) while jobs and a campaign are being sent: the daemon does
+    not exit; it stops sending, /readyz answers 503 with a `tem` check and the reason (never the
+    key), `bulksend_ready` is 0, no row is left `sending`, and one error line says so."""
+    addresses = [f"late{i}@example.com" for i in range(200)]
+    with structlog.testing.capture_logs() as events:
+        async with admin_daemon(tmp_path, sandbox, sending={"rate_per_s": 100}) as (
+            _,
+            admin,
+            source,
+            watch,
+        ):
+            source.publish(job("order-1", "ann@example.com"))
+            await watch.wait(outcomes=1)
+            await admin.submit("late", addresses, concurrency=4)
+            await watch.wait(outcomes=5)
+            sandbox.update(secret_key="rotated-key-9f2c")
+            for i in range(2, 30):
+                source.publish(job(f"order-{i}", f"job{i}@example.com"))
+
+            async def settled() -> bool:
+                status, _ = await admin.call("GET", "/readyz", token=None)
+                late = await admin.campaign("late")
+                return status == 503 and late["counts"]["sending"] == 0 and late["state"] == "failed"
+
+            # Polled: the last step (the run's end) writes nothing the store could signal.
+            await eventually(settled, 30)
+            status, ready = await admin.call("GET", "/readyz", token=None)
+            metrics = (await admin.call("GET", "/metrics"))[1]
+            late = await admin.campaign("late")
+            jobs = await admin.store.counts("jobs.welcome")
+            assert (await admin.call("GET", "/healthz", token=None))[0] == 200  # still serving
+    assert status == 503
+    assert ready["failing"] == ["tem"], ready
+    assert "refused the secret key" in ready["details"]["tem"]
+    assert SECRET not in str(ready)
+    assert "rotated-key-9f2c" not in str(ready)
+    assert "\nbulksend_ready 0.0" in metrics
+    assert late["counts"]["sending"] == 0
+    assert late["counts"]["pending"] > 0  # left for a restart with a valid key
+    assert jobs.get("sending", 0) == 0
+    errors = [e for e in events if e["log_level"] == "error"]
+    assert [e["event"] for e in errors] == ["daemon.tem_refused"], errors

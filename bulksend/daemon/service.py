@@ -72,7 +72,7 @@ from bulksend.errors import (
     first_bulksend_error,
 )
 from bulksend.metrics import RECONCILE_OUTCOMES, Metrics
-from bulksend.pipeline.dispatch import Dispatcher, SendItem
+from bulksend.pipeline.dispatch import AccountRefusedError, Dispatcher, SendItem
 from bulksend.pipeline.reconcile import Reconciler
 from bulksend.pipeline.retry import RetryPolicy
 from bulksend.pipeline.runner import CampaignRun
@@ -148,6 +148,8 @@ class Daemon:
         self._queued: set[int] = set()
         self._runs: dict[str, CampaignRun] = {}
         self._errors: dict[str, str] = {}
+        self._tem_refused: str | None = None
+        """Why TEM refused the account at run time (401/403): sending stopped, not ready."""
         self._canceling: set[str] = set()
         """Campaigns canceled by this process (the store says so too, once its write is done)."""
         self._intakes: list[JobIntake] = []
@@ -296,6 +298,34 @@ class Daemon:
         if self._root is not None:
             self._root.deadline = anyio.current_time() + self.config.grace_s
 
+    def _account_refused(self, reason: str) -> None:
+        """TEM refused the secret key or its permissions: stop sending, stay up, not ready.
+
+        The key cannot change while the process runs, so every further send would be refused
+        too. Exiting would leave requests in flight unrecorded; staying up keeps /readyz and
+        /metrics answering with the reason, and the state stays consistent: refused rows are
+        `pending` again, messages not taken stay on their brokers, and a restart with a valid
+        key goes on. One error line says so.
+        """
+        if self._tem_refused is not None:
+            return
+        self._tem_refused = reason
+        log.error(
+            "daemon.tem_refused",
+            error=reason,
+            hint="sending stopped and /readyz answers 503; fix the key or its permissions and "
+            "restart the daemon: nothing is lost, unsent rows and queued jobs are sent then",
+        )
+        for intake in self._intakes:
+            intake.stop_scope.cancel()
+        if self._tracker_tg is not None:
+            self._tracker_tg.cancel_scope.cancel()
+        for run in list(self._runs.values()):
+            run.request_stop()
+
+    def _sending_stopped(self) -> bool:
+        return self._stopping or self._tem_refused is not None
+
     def _on_response(self, kind: str, status: int, elapsed_s: float) -> None:
         self.stats.on_response(kind, status, elapsed_s)
         self.metrics.on_api_response(kind, status, elapsed_s)
@@ -407,7 +437,7 @@ class Daemon:
         cid = template.campaign.id
         if cid in self._trackers or self._tem is None or self._tracker_tg is None:
             return
-        if self._stopping:
+        if self._sending_stopped():
             return  # the trackers' group is closing or closed: the next start tracks these
         t = template.campaign.tracking
         tracker = Tracker(
@@ -466,7 +496,7 @@ class Daemon:
                     on_ambiguous=lambda item, started, ended: reconciler.submit(item, started, ended),
                     on_outcome=self._on_job_outcome,
                     on_submitted=self._expect,
-                    should_stop=lambda: self._stopping,
+                    should_stop=self._sending_stopped,
                 )
                 async with anyio.create_task_group() as work_tg:
                     work_tg.start_soon(self._resume_jobs, reconciler, send.clone())
@@ -516,19 +546,30 @@ class Daemon:
     async def _job_worker(self, dispatcher: Dispatcher, receive: ObjectReceiveStream[SendItem]) -> None:
         async with receive:
             async for item in receive:
-                if self._stopping:
-                    return  # its row is pending and durable: the next start sends it
+                if self._sending_stopped():
+                    # Its row is pending and durable: the next start sends it. (Refused: the
+                    # queue is drained without sending, so the intakes can close.)
+                    self._queued.discard(item.row_id)
+                    if self._stopping:
+                        return
+                    continue
                 try:
                     # Every log line about this job says which job stream and row it concerns.
                     with structlog.contextvars.bound_contextvars(campaign=item.campaign_id, row=item.row):
                         await dispatcher.send(item)
+                except AccountRefusedError as exc:
+                    self._account_refused(str(exc))
                 finally:
                     self._queued.discard(item.row_id)
 
     async def _resend(self, dispatcher: Dispatcher, item: SendItem) -> bool:
-        if self._stopping:
+        if self._sending_stopped():
             return False
-        return await dispatcher.send(item)
+        try:
+            return await dispatcher.send(item)
+        except AccountRefusedError as exc:
+            self._account_refused(str(exc))
+            return False
 
     async def _resume_jobs(self, reconciler: Reconciler, send: ObjectSendStream[SendItem]) -> None:
         """Rows an earlier run left behind: `sending` ones are reconciled, `pending` ones sent."""
@@ -753,9 +794,12 @@ class Daemon:
             if error is None:
                 raise
             self._errors[cid] = str(error)
-            if isinstance(error, StoreError):
-                self.metrics.store_error("campaign_run")
-            log.error("campaign.failed", campaign=cid, error=str(error))
+            if isinstance(error, AccountRefusedError):
+                self._account_refused(str(error))  # the daemon's one line says it all
+            else:
+                if isinstance(error, StoreError):
+                    self.metrics.store_error("campaign_run")
+                log.error("campaign.failed", campaign=cid, error=str(error))
         finally:
             if self._runs.get(cid) is run:
                 del self._runs[cid]
@@ -1006,6 +1050,7 @@ class Daemon:
         if self.publisher is not None:
             checks[f"results:{self.publisher.name}"] = await self.publisher.healthy()
             checks["results_backlog"] = len(self.results_backlog) <= self.results_backlog_unready
+        checks["tem"] = self._tem_refused is None
         self.metrics.set_ready(all(checks.values()))
         return checks
 
@@ -1013,4 +1058,9 @@ class Daemon:
         return self.dead_letter_book.as_json([s.name for s in self.sources])
 
     async def health_details(self) -> dict[str, Any]:
-        return {"results_backlog": len(self.results_backlog)} if self.publisher is not None else {}
+        details: dict[str, Any] = {}
+        if self.publisher is not None:
+            details["results_backlog"] = len(self.results_backlog)
+        if self._tem_refused is not None:
+            details["tem"] = self._tem_refused
+        return details

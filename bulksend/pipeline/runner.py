@@ -30,7 +30,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from bulksend.campaign import Campaign
 from bulksend.errors import CampaignError, StateLostError
-from bulksend.pipeline.dispatch import Dispatcher, SendItem, utcnow
+from bulksend.pipeline.dispatch import AccountRefusedError, Dispatcher, SendItem, utcnow
 from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.reconcile import CampaignReconcile, Reconciler, reconcile_campaign
 from bulksend.pipeline.retry import RetryPolicy
@@ -138,6 +138,8 @@ class CampaignRun:
         """Set once this run sends nothing more (and ``after_sending`` has returned)."""
         self._spec_extra = dict(spec_extra or {})
         self._stopping = False
+        self.account_refused: AccountRefusedError | None = None
+        """Set when TEM refused the account (401/403): the run stopped sending and raises it."""
         self._keep_tracking = False
         self._root_scope: anyio.CancelScope | None = None
         self._intake_scope = anyio.CancelScope()
@@ -258,7 +260,10 @@ class CampaignRun:
                 self.sending_over.set()
                 sending_done.set()
         self._root_scope = None
-        return await self._finish(hard_stopped=root.cancelled_caught)
+        result = await self._finish(hard_stopped=root.cancelled_caught)
+        if self.account_refused is not None:
+            raise self.account_refused
+        return result
 
     # -- lost state ----------------------------------------------------------------------------
     def _check_state(self) -> None:
@@ -440,8 +445,19 @@ class CampaignRun:
             return False  # the row is `pending`; the next run sends it
         try:
             return await dispatcher.send(item)
+        except AccountRefusedError as exc:
+            self._refused(exc)
+            return False
         finally:
             self._held.discard(item.row_id)
+
+    def _refused(self, exc: AccountRefusedError) -> None:
+        """TEM refused the account: stop sending, but let the requests already out come back and
+        be recorded (they are refused too: their rows go back to `pending`, none stays `sending`).
+        The run then ends and raises ``exc``."""
+        if self.account_refused is None:
+            self.account_refused = exc
+        self.request_stop()
 
     async def _worker(self, dispatcher: Dispatcher, receive: MemoryObjectReceiveStream[SendItem]) -> None:
         async with receive:
@@ -460,6 +476,9 @@ class CampaignRun:
                     return  # the item's row stays `pending`: durable, and resumed by the next run
                 try:
                     await dispatcher.send(item)
+                except AccountRefusedError as exc:
+                    self._refused(exc)
+                    return
                 finally:
                     self._held.discard(item.row_id)
 
