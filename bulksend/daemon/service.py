@@ -64,6 +64,7 @@ from bulksend.daemon.jobs import (
     job_campaign_id,
 )
 from bulksend.daemon.results import RESULTS_BACKLOG_UNREADY, ResultBacklog, result_message
+from bulksend.daemon.stopping import end_reconciliations
 from bulksend.daemon.summaries import row_states, unsettled_deliveries
 from bulksend.errors import (
     BulksendError,
@@ -170,6 +171,8 @@ class Daemon:
         """The fields of ``daemon.stopped``, filled while stopping."""
         self._stop = anyio.Event()
         self._stopping = False
+        self.forced = False
+        """A second signal forced the stop (``serve`` exits 130)."""
         self._root: anyio.CancelScope | None = None
         self._gauges_scope: anyio.CancelScope | None = None
         self.admin_url: str | None = None
@@ -180,7 +183,13 @@ class Daemon:
         self._stop.set()
 
     def abort(self) -> None:
-        """Stop now (second signal)."""
+        """Stop now (second signal): what is in flight is cancelled, the next start reconciles it."""
+        if not self.forced:
+            log.warning(
+                "daemon.forced_stop",
+                hint="stopping now: requests in flight stay `sending` and the next start reconciles them",
+            )
+        self.forced = True
         self._stop.set()
         if self._root is not None:
             self._root.cancel()
@@ -523,9 +532,11 @@ class Daemon:
                         work_tg.start_soon(self._job_worker, dispatcher, receive.clone())
                     send.close()
                     receive.close()
-                # Sending has stopped: rows still waiting to be reconciled stay `sending` and the
-                # next start reconciles them, so there is no need to sit out their settle time.
-                recon_tg.cancel_scope.cancel()
+                # Sending has stopped. A graceful stop lets the reconciliations under way finish
+                # within grace_s, so rows are not left `sending` (daemon/stopping.py).
+                self._stop_summary["reconciling_at_stop"] = end_reconciliations(
+                    reconciler, recon_tg, graceful=self._stopping and not self.forced
+                )
 
     async def _host_trackers(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Own the trackers' task group. A stop cancels this group alone: it must not reach the
