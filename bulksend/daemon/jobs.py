@@ -34,7 +34,7 @@ import structlog
 from anyio.abc import ObjectSendStream
 
 from bulksend.campaign import Campaign, campaign_from_dict
-from bulksend.errors import BulksendError, CampaignError
+from bulksend.errors import BulksendError, CampaignError, StoreError
 from bulksend.jobs import JobError, SendJob, parse_job
 from bulksend.metrics import Metrics
 from bulksend.pipeline.dispatch import SendItem
@@ -120,6 +120,12 @@ def compile_template(
             f"(allowed: {', '.join(sorted(TEMPLATE_KEYS))})",
             path=source,
         )
+    if spec.get("from") is None:
+        raise CampaignError(
+            f"template {name!r} needs 'from' (the sender of its emails); write "
+            'from = { email = "news@example.com", name = "Example News" }',
+            path=source,
+        )
     data = {
         "campaign": {**spec, "id": job_campaign_id(name), "recipients": str(empty_recipients)},
         "sending": dict(sending),
@@ -190,6 +196,8 @@ class JobIntake:
                             "given_back": sum(d.settled == "released" for d in deliveries),
                             "retry_in_s": backoff_s,
                         }
+                        if isinstance(exc, StoreError):
+                            self._metrics.store_error("admit")
                         if isinstance(exc, _OUTAGE):
                             log.warning("job.intake_failed", **fields)
                         else:

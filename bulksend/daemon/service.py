@@ -44,6 +44,8 @@ from bulksend.admin.control import (
     Conflict,
     NotFound,
     campaign_folder_error,
+    check_sender_given,
+    count_recipients,
     new_campaign_folder,
     parse_submission,
     safe_filename,
@@ -52,6 +54,7 @@ from bulksend.admin.control import (
     write_private,
 )
 from bulksend.campaign import Campaign, FileAccess, campaign_from_dict, check_campaign_id
+from bulksend.daemon.cancel import settle_canceled
 from bulksend.daemon.config import DaemonConfig
 from bulksend.daemon.deadletters import DeadLetterBook
 from bulksend.daemon.jobs import (
@@ -63,17 +66,22 @@ from bulksend.daemon.jobs import (
     job_campaign_id,
 )
 from bulksend.daemon.results import RESULTS_BACKLOG_UNREADY, ResultBacklog, result_message
+from bulksend.daemon.stopping import end_reconciliations
 from bulksend.daemon.summaries import row_states, unsettled_deliveries
-from bulksend.errors import BulksendError, CampaignError, TemError, TemPermanentError, first_bulksend_error
-from bulksend.metrics import Metrics
-from bulksend.pipeline.dispatch import SendItem, utcnow
+from bulksend.errors import (
+    BulksendError,
+    CampaignError,
+    StoreError,
+    first_bulksend_error,
+)
+from bulksend.metrics import RECONCILE_OUTCOMES, Metrics
+from bulksend.pipeline.dispatch import AccountRefusedError, SendItem
 from bulksend.pipeline.engine import EngineSettings, SendEngine, campaign_tracker
 from bulksend.pipeline.nested import NestedLimiter, nested
-from bulksend.pipeline.paced import paced_call
 from bulksend.pipeline.retry import RetryPolicy
 from bulksend.pipeline.runner import CampaignRun
 from bulksend.pipeline.stats import RunStats
-from bulksend.pipeline.tracker import Tracker, final_update
+from bulksend.pipeline.tracker import Tracker
 from bulksend.render import Rejection
 from bulksend.send import account_limiter
 from bulksend.sinks.outcomes import outcome_lines
@@ -83,7 +91,6 @@ from bulksend.store import open_store
 from bulksend.store.base import AdmitResult, CampaignRecord, CampaignState, NewRecipient, RowState, Store
 from bulksend.tem.client import TemClient
 from bulksend.tem.config import TemSettings
-from bulksend.tem.models import Email, EmailStatus, ListEmailsQuery, OrderBy
 
 __all__ = ["Daemon"]
 
@@ -98,6 +105,15 @@ _GAUGES_EVERY_S = 2.0
 _PUBLISH_BUDGET_S = 30.0
 """Most time one batch of results may take to publish (and at most ``grace_s``, as it holds up a
 stop); what is left is published at the next start."""
+
+
+def _reconciled(stats: RunStats, outcome: str) -> int:
+    """Reconciliations of one pipeline that ended with ``outcome``."""
+    if outcome == "adopted":
+        return stats.reconciled_adopted
+    if outcome == "resent":
+        return stats.reconciled_resent
+    return stats.reconcile_deferred
 
 
 def _journal_id(job_campaign: str) -> str:
@@ -141,6 +157,10 @@ class Daemon:
         self._queued: set[int] = set()
         self._runs: dict[str, CampaignRun] = {}
         self._errors: dict[str, str] = {}
+        self._tem_refused: str | None = None
+        """Why TEM refused the account at run time (401/403): sending stopped, not ready."""
+        self._canceling: set[str] = set()
+        """Campaigns canceled by this process (the store says so too, once its write is done)."""
         self._intakes: list[JobIntake] = []
         self._result_due: dict[int, int] = {}
         """Job row id → its entry in the results journal, while its result is not published yet."""
@@ -149,12 +169,18 @@ class Daemon:
         """Results whose publish failed, retried in the background."""
         self.results_backlog_unready = RESULTS_BACKLOG_UNREADY
         self.dead_letter_book = DeadLetterBook()
+        self._reconciled_seen: dict[str, int] = dict.fromkeys(RECONCILE_OUTCOMES, 0)
+        """Reconciliations already counted in the metrics, by outcome."""
+        self._reconciled_ended: dict[str, int] = dict.fromkeys(RECONCILE_OUTCOMES, 0)
+        """Reconciliations of campaign runs that have ended, by outcome."""
         self._started = False
         self._in_flight_at_stop = 0
         self._stop_summary: dict[str, Any] = {}
         """The fields of ``daemon.stopped``, filled while stopping."""
         self._stop = anyio.Event()
         self._stopping = False
+        self.forced = False
+        """A second signal forced the stop (``serve`` exits 130)."""
         self._root: anyio.CancelScope | None = None
         self._gauges_scope: anyio.CancelScope | None = None
         self.admin_url: str | None = None
@@ -165,7 +191,13 @@ class Daemon:
         self._stop.set()
 
     def abort(self) -> None:
-        """Stop now (second signal)."""
+        """Stop now (second signal): what is in flight is cancelled, the next start reconciles it."""
+        if not self.forced:
+            log.warning(
+                "daemon.forced_stop",
+                hint="stopping now: requests in flight stay `sending` and the next start reconciles them",
+            )
+        self.forced = True
         self._stop.set()
         if self._root is not None:
             self._root.cancel()
@@ -283,6 +315,40 @@ class Daemon:
         if self._root is not None:
             self._root.deadline = anyio.current_time() + self.config.grace_s
 
+    def _account_refused(self, reason: str) -> None:
+        """TEM refused the secret key or its permissions: stop sending, stay up, not ready.
+
+        The key cannot change while the process runs, so every further send would be refused
+        too. Exiting would leave requests in flight unrecorded; staying up keeps /readyz and
+        /metrics answering with the reason, and the state stays consistent: refused rows are
+        `pending` again, messages not taken stay on their brokers, and a restart with a valid
+        key goes on. One error line says so.
+        """
+        if self._tem_refused is not None:
+            return
+        self._tem_refused = reason
+        log.error(
+            "daemon.tem_refused",
+            error=reason,
+            hint="sending stopped and /readyz answers 503; fix the key or its permissions and "
+            "restart the daemon: nothing is lost, unsent rows and queued jobs are sent then",
+        )
+        for intake in self._intakes:
+            intake.stop_scope.cancel()
+        if self._tracker_tg is not None:
+            self._tracker_tg.cancel_scope.cancel()
+        for run in list(self._runs.values()):
+            run.request_stop()
+
+    def _end_sending(self, reconciling: int) -> bool:
+        """Sending is over (the engine's ``drain``): a graceful stop lets the reconciliations
+        under way finish within grace_s, so rows are not left `sending` (daemon/stopping.py)."""
+        self._stop_summary["reconciling_at_stop"] = reconciling
+        return end_reconciliations(reconciling, graceful=self._stopping and not self.forced)
+
+    def _sending_stopped(self) -> bool:
+        return self._stopping or self._tem_refused is not None
+
     def _on_response(self, kind: str, status: int, elapsed_s: float) -> None:
         self.stats.on_response(kind, status, elapsed_s)
         self.metrics.on_api_response(kind, status, elapsed_s)
@@ -333,15 +399,27 @@ class Daemon:
     async def _set_gauges(self) -> None:
         self.metrics.set_limiter_rate(self.limiter.rate_per_s)
         self.metrics.set_in_flight(self._in_flight())
+        self._count_reconciliations()
         backlog = 0
         for cid in [*self._known_job_campaigns, *self._runs]:
-            with contextlib.suppress(BulksendError):
+            try:
                 backlog += (await self.store.counts(cid)).get(RowState.SUBMITTED.value, 0)
+            except BulksendError:
+                self.metrics.store_error("counts")
         self.metrics.set_backlog(backlog)
+        await self.health()  # keeps bulksend_ready current
         for source in self.sources:
             lag = await source.lag()
             if lag is not None:
                 self.metrics.set_queue_lag(source.name, lag)
+
+    def _count_reconciliations(self) -> None:
+        """Bring ``bulksend_reconciliations_total`` up to what the pipelines counted so far."""
+        live = [self.stats, *(run.stats for run in self._runs.values())]
+        for outcome, done in self._reconciled_ended.items():
+            total = done + sum(_reconciled(stats, outcome) for stats in live)
+            self.metrics.reconciled(outcome, total - self._reconciled_seen[outcome])
+            self._reconciled_seen[outcome] = max(total, self._reconciled_seen[outcome])
 
     # -- templates -------------------------------------------------------------------------------
     def _compile(self, name: str, spec: Mapping[str, Any], source: str) -> JobTemplate:
@@ -382,7 +460,7 @@ class Daemon:
         cid = template.campaign.id
         if cid in self._trackers or self._tem is None or self._tracker_tg is None:
             return
-        if self._stopping:
+        if self._sending_stopped():
             return  # the trackers' group is closing or closed: the next start tracks these
         tracker = campaign_tracker(
             template.campaign,
@@ -419,8 +497,11 @@ class Daemon:
                     settle_s=float(self.config.tracking.get("settle_s", 30)),
                     timeout_s=float(self.config.sending.get("timeout_s", 30)),
                 ),
-                should_stop=lambda: self._stopping,
+                should_stop=self._sending_stopped,
                 on_done=self._queued.discard,
+                on_refused=lambda exc: self._account_refused(str(exc)),
+                # Refused key: the daemon stays up, its queues are emptied without sending.
+                drain_queue=lambda: not self._stopping,
                 log_items=True,
             )
             # One lane per job stream with a rate of its own (a ceiling inside the account's
@@ -435,10 +516,10 @@ class Daemon:
                     lanes[source.name] = anyio.create_memory_object_stream[SendItem](
                         max_buffer_size=self.concurrency * 2
                     )
-            async with engine.running(drain=False), anyio.create_task_group() as work_tg:
-                # Sending stops with the feeders: rows still waiting to be reconciled stay
-                # `sending` and the next start reconciles them (``drain=False``), so there is no
-                # need to sit out their settle time.
+            async with engine.running(drain=self._end_sending), anyio.create_task_group() as work_tg:
+                # Sending stops with the feeders. A graceful stop lets the reconciliations under
+                # way finish within grace_s (``_end_sending``); a forced one leaves their rows
+                # `sending` for the next start to reconcile.
                 queues = {name: send.clone() for name, (send, _) in lanes.items()}
                 work_tg.start_soon(self._resume_jobs, engine, queues)
                 for source in self.sources:
@@ -635,6 +716,7 @@ class Daemon:
             try:
                 await self.store.mark_skipped(entry, reason="result published")
             except BulksendError as exc:
+                self.metrics.store_error("results_journal")
                 log.warning("results.journal_failed", entry=entry, error=str(exc))
 
         # Concurrent, so a store with group commit writes the batch in one commit.
@@ -684,6 +766,7 @@ class Daemon:
             grace_s=self.config.grace_s,
             on_outcome=self._on_campaign_outcome,
             spec_extra={"daemon_dir": str(folder)},
+            after_sending=self._after_sending,
         )
         self._runs[campaign.id] = run
         self._errors.pop(campaign.id, None)
@@ -699,10 +782,33 @@ class Daemon:
             if error is None:
                 raise
             self._errors[cid] = str(error)
-            log.error("campaign.failed", campaign=cid, error=str(error))
+            if isinstance(error, AccountRefusedError):
+                self._account_refused(str(error))  # the daemon's one line says it all
+            else:
+                if isinstance(error, StoreError):
+                    self.metrics.store_error("campaign_run")
+                log.error("campaign.failed", campaign=cid, error=str(error))
         finally:
             if self._runs.get(cid) is run:
                 del self._runs[cid]
+            for outcome in self._reconciled_ended:
+                self._reconciled_ended[outcome] += _reconciled(run.stats, outcome)
+            await self._forget_if_over(cid)
+
+    async def _forget_if_over(self, cid: str) -> None:
+        """Drop an ended campaign's per-campaign series: a long-lived daemon must not grow labels
+        without bound. Its figures stay in the API (``GET /v1/campaigns/{id}``)."""
+        if cid in self._runs:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                record = await self.store.get_campaign(cid)
+            except BulksendError:
+                self.metrics.store_error("get_campaign")
+                return
+        over = (CampaignState.FINISHED, CampaignState.CANCELED)
+        if cid in self._errors or (record is not None and record.state in over):
+            self.metrics.forget_campaign(cid)
 
     async def submit_campaign(
         self,
@@ -723,6 +829,7 @@ class Daemon:
                 f"campaign id {cid!r}: ids starting with 'jobs.' are reserved for queued jobs; pick another",
                 path="campaign",
             )
+        check_sender_given(table, as_json=not isinstance(campaign, str))
         await self._refuse_taken(cid)
         # Reserved in the store before the disk is touched: of two submissions of one id (in this
         # process or another sharing the store), one gets the folder and the other a 409.
@@ -750,6 +857,7 @@ class Daemon:
                     files=self._submitted_files(),
                 )
             )
+            total = await anyio.to_thread.run_sync(count_recipients, loaded.recipients)
             await anyio.to_thread.run_sync(write_private, folder / "campaign.json", orjson.dumps(data))
             # The record exists before the reservation ends, so a later submission of this id
             # finds it; the run finds it too (same fingerprint) and goes on from it.
@@ -761,6 +869,7 @@ class Daemon:
                     "recipients": str(loaded.recipients),
                     "outcomes": str(loaded.output.outcomes),
                     "daemon_dir": str(folder),
+                    "total": total,
                 },
             )
         except BaseException as exc:
@@ -776,8 +885,8 @@ class Daemon:
             with anyio.CancelScope(shield=True):
                 await self.store.release_role(cid, _SUBMIT_ROLE, worker_id=token)
         self._start_run(loaded, folder)
-        log.info("campaign.submitted", campaign=cid)
-        return await self._info(cid, fallback_state="running")
+        log.info("campaign.submitted", campaign=cid, total=total)
+        return await self._info(cid)
 
     async def _refuse_taken(self, cid: str) -> None:
         if cid in self._runs or await self.store.get_campaign(cid) is not None:
@@ -801,21 +910,25 @@ class Daemon:
                 renewed = anyio.current_time()
             yield chunk
 
-    async def _info(self, cid: str, *, fallback_state: CampaignStatus = "running") -> CampaignInfo:
+    async def _info(self, cid: str) -> CampaignInfo:
+        # Everything comes from the store's record, never from a clock read now: two reads of a
+        # campaign agree on `created_at` (and the 201 answer with both).
         record = await self.store.get_campaign(cid)
-        counts = await self.store.counts(cid) if record is not None else {}
-        state: CampaignStatus
-        if cid in self._errors:
-            state = "failed"
-        elif record is None:
-            state = fallback_state
-        else:
-            state = record.state.value
+        if record is None:
+            raise NotFound(f"no campaign {cid!r}")
+        stored = await self.store.counts(cid)
+        counts = {s.value: 0 for s in RowState} | stored
+        state: CampaignStatus = "failed" if cid in self._errors else record.state.value
+        total = record.spec.get("total")
+        if not isinstance(total, int) and record.admitted_all:
+            # Submitted before the total was recorded: every row is admitted, so they are all.
+            total = sum(stored.get(s.value, 0) for s in RowState)
         return CampaignInfo(
             id=cid,
             state=state,
-            created_at=record.created_at if record else utcnow(),
+            created_at=record.created_at,
             counts=counts,
+            total=total if isinstance(total, int) else None,
             error=self._errors.get(cid),
         )
 
@@ -829,7 +942,7 @@ class Daemon:
 
     async def get_campaign(self, campaign_id: str) -> CampaignInfo | None:
         record = await self.store.get_campaign(campaign_id)
-        if record is None and campaign_id not in self._runs:
+        if record is None or record.spec.get("kind") == "jobs":
             return None
         return await self._info(campaign_id)
 
@@ -878,71 +991,28 @@ class Daemon:
         if record.state is CampaignState.FINISHED:
             raise Conflict(f"campaign {campaign_id!r} is finished; there is nothing left to cancel")
         await self.store.set_campaign_state(campaign_id, CampaignState.CANCELED)
+        # From here to the end, no checkpoint: either the run has not yet passed its
+        # `after_sending` hook, which then sees `_canceling` and settles every row, or it has
+        # (a paused run only tracking), and a new run of the canceled campaign settles them.
+        self._canceling.add(campaign_id)
         run = self._runs.get(campaign_id)
-        if run is not None:
+        if run is not None and not run.sending_over.is_set():
             run.request_stop(keep_tracking=True)
-        # Rows not sent yet are skipped; a worker racing us loses (mark_sending needs `pending`).
-        skipped = []
-        async for row in self.store.iter_rows(campaign_id, states=[RowState.PENDING]):
-            try:
-                await self.store.mark_skipped(row.id, reason="campaign canceled before this email was sent")
-                skipped.append((row.id, "skipped"))
-            except BulksendError:
-                continue
-        await self._on_campaign_outcome(campaign_id, skipped)
-        await self._cancel_new_at_tem(campaign_id, record)
-        if campaign_id not in self._runs:
-            folder = record.spec.get("daemon_dir")
-            if folder:  # follow what was submitted to its end
-                self._start_run(self._load_submitted(Path(folder)), Path(folder))
+        else:
+            if run is not None:
+                del self._runs[campaign_id]
+                run.abort()  # it only tracks; the new run tracks too
+            folder = Path(str(record.spec.get("daemon_dir")))
+            self._start_run(self._load_submitted(folder), folder)
         return await self._info(campaign_id)
 
-    async def _cancel_new_at_tem(self, campaign_id: str, record: CampaignRecord) -> None:
-        """Cancel at TEM every email of the campaign that is still ``new``."""
-        assert self._tem is not None
-        from_address = ""
-        with contextlib.suppress(OSError, BulksendError):
-            from_address = self._load_submitted(Path(str(record.spec.get("daemon_dir")))).from_.email
-        query = ListEmailsQuery(
-            since=record.created_at - timedelta(minutes=1),
-            mail_from=from_address or None,
-            statuses=(EmailStatus.NEW,),
-            order_by=OrderBy.CREATED_AT_ASC,
-        )
-        emails: list[Email] = []
-        try:
-            page = 1
-            while True:
-                result = await paced_call(
-                    self.limiter,
-                    self._retry,
-                    "list",
-                    partial(self._tem.list_emails, query, page=page, page_size=1000),
-                )
-                emails.extend(result.emails)
-                if len(result.emails) < 1000:
-                    break
-                page += 1
-        except TemError as exc:
-            log.warning("campaign.cancel_list_failed", campaign=campaign_id, error=str(exc))
-            return
-        rows = await self.store.rows_by_email_id(campaign_id, [e.id for e in emails])
-        for email in emails:
-            row = rows.get(email.id)
-            if row is None or row.state is not RowState.SUBMITTED:
-                continue
-            try:
-                canceled = await paced_call(
-                    self.limiter, self._retry, "cancel", partial(self._tem.cancel_email, email.id)
-                )
-            except TemPermanentError:
-                continue  # already past `new`: its real status comes from tracking
-            except TemError as exc:
-                log.warning("campaign.cancel_failed", email_id=email.id, error=str(exc))
-                continue
-            if canceled.status is EmailStatus.CANCELED:
-                await self.store.mark_final([final_update(row.id, canceled)])
-                await self._on_campaign_outcome(campaign_id, [(row.id, "canceled")])
+    async def _after_sending(self, run: CampaignRun) -> None:
+        """A run sends nothing more: if its campaign is canceled, give every row its outcome."""
+        cid = run.campaign.id
+        record = await self.store.get_campaign(cid)
+        # No checkpoint between this test and the return (see `cancel`).
+        if cid in self._canceling or (record is not None and record.state is CampaignState.CANCELED):
+            await settle_canceled(run, self._on_campaign_outcome)
 
     async def templates(self) -> list[str]:
         return sorted(self._templates)
@@ -962,15 +1032,23 @@ class Daemon:
             checks["store"] = True
         except Exception:  # any failure at all means "not ready"
             checks["store"] = False
+            self.metrics.store_error("health_check")
         for source in self.sources:
             checks[f"source:{source.name}"] = await source.healthy()
         if self.publisher is not None:
             checks[f"results:{self.publisher.name}"] = await self.publisher.healthy()
             checks["results_backlog"] = len(self.results_backlog) <= self.results_backlog_unready
+        checks["tem"] = self._tem_refused is None
+        self.metrics.set_ready(all(checks.values()))
         return checks
 
     async def dead_letters(self) -> dict[str, Any]:
         return self.dead_letter_book.as_json([s.name for s in self.sources])
 
     async def health_details(self) -> dict[str, Any]:
-        return {"results_backlog": len(self.results_backlog)} if self.publisher is not None else {}
+        details: dict[str, Any] = {}
+        if self.publisher is not None:
+            details["results_backlog"] = len(self.results_backlog)
+        if self._tem_refused is not None:
+            details["tem"] = self._tem_refused
+        return details

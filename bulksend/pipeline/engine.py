@@ -33,7 +33,7 @@ import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from bulksend.campaign import Campaign
-from bulksend.pipeline.dispatch import Dispatcher, SendItem
+from bulksend.pipeline.dispatch import AccountRefusedError, Dispatcher, SendItem
 from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.reconcile import Reconciler
 from bulksend.pipeline.retry import RetryPolicy
@@ -131,6 +131,12 @@ class SendEngine:
     :param should_stop: once true, nothing new is sent (items stay ``pending``).
     :param on_done: called with each item the engine is done with (sent, deferred or refused),
         so the caller can forget what it holds for it (a lease, a "queued" mark).
+    :param on_refused: called when TEM refuses the account (401/403): the caller stops sending
+        (through ``should_stop``); the requests already out come back refused too, and their rows
+        go back to ``pending``. Without it, the error propagates.
+    :param drain_queue: once sending stopped, whether the dispatch tasks still take queued items
+        (without sending them) so that feeders never block: a daemon that stays up after TEM
+        refused its key.
     :param log_items: bind ``campaign`` and ``row`` to every log line of a send (job streams,
         whose items belong to different campaigns).
     """
@@ -147,6 +153,8 @@ class SendEngine:
         settings: EngineSettings,
         should_stop: Callable[[], bool],
         on_done: Callable[[int], object] | None = None,
+        on_refused: Callable[[AccountRefusedError], object] | None = None,
+        drain_queue: Callable[[], bool] | None = None,
         log_items: bool = False,
     ) -> None:
         self._store = store
@@ -158,6 +166,8 @@ class SendEngine:
         self._settings = settings
         self._should_stop = should_stop
         self._on_done = on_done
+        self._on_refused = on_refused
+        self._drain_queue = drain_queue
         self._log_items = log_items
         self._default = self._dispatcher(limiter)
         self._lanes: dict[str, Dispatcher] = {}
@@ -182,13 +192,14 @@ class SendEngine:
         )
 
     @asynccontextmanager
-    async def running(self, *, drain: bool = True) -> AsyncIterator[SendEngine]:
+    async def running(self, *, drain: bool | Callable[[int], bool] = True) -> AsyncIterator[SendEngine]:
         """Host the reconciliations while the body feeds the engine.
 
         ``drain``: on leaving, wait for the reconciliations still pending (a run that ends when
         its rows are done); otherwise cancel them, leaving their rows ``sending`` for the next
         start to reconcile (the daemon, once its feeders stopped: no need to sit out their settle
-        time).
+        time). A callable is asked on leaving, with the number of reconciliations under way (a
+        graceful stop lets them finish within its grace).
         """
         s = self._settings
         try:
@@ -209,7 +220,8 @@ class SendEngine:
                     on_final=self._sink.on_found,
                 )
                 yield self
-                if not drain:
+                keep = drain(self._reconciler.pending) if callable(drain) else drain
+                if not keep:
                     tg.cancel_scope.cancel()
         finally:
             self._reconciler = None
@@ -229,6 +241,11 @@ class SendEngine:
                 with structlog.contextvars.bound_contextvars(campaign=item.campaign_id, row=item.row):
                     return await dispatcher.send(item)
             return await dispatcher.send(item)
+        except AccountRefusedError as exc:
+            if self._on_refused is None:
+                raise
+            self._on_refused(exc)
+            return False
         finally:
             if self._on_done is not None:
                 self._on_done(item.row_id)
@@ -255,5 +272,10 @@ class SendEngine:
                 except anyio.EndOfStream:
                     return
                 if self._should_stop():
-                    return  # the item's row stays `pending`: durable, and resumed by the next run
+                    # The item's row stays `pending`: durable, and resumed by the next run.
+                    if self._on_done is not None:
+                        self._on_done(item.row_id)
+                    if self._drain_queue is not None and self._drain_queue():
+                        continue
+                    return
                 await self.send(item)

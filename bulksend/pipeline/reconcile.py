@@ -105,6 +105,7 @@ class Reconciler:
             except TemError as exc:
                 # Unknown is not "not sent": leave the row `sending`; the next run reconciles it.
                 self._stats.deferred += 1
+                self._stats.reconcile_deferred += 1
                 log.warning(
                     "email.reconcile_failed",
                     row=item.row,

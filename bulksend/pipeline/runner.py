@@ -21,7 +21,7 @@ still finds every row where it really is.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -33,7 +33,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from bulksend.campaign import Campaign
 from bulksend.errors import CampaignError, StateLostError
-from bulksend.pipeline.dispatch import SendItem, utcnow
+from bulksend.pipeline.dispatch import AccountRefusedError, SendItem, utcnow
 from bulksend.pipeline.engine import EngineSettings, SendEngine, TrackerSink, campaign_tracker
 from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.reconcile import CampaignReconcile, reconcile_campaign
@@ -58,12 +58,17 @@ from bulksend.tem.client import TemClient
 from bulksend.tem.models import Email
 from bulksend.validate import normalize_address
 
-__all__ = ["CampaignRun", "RunResult", "attachments_of", "correlation_of"]
+__all__ = ["AfterSending", "CampaignRun", "RunResult", "attachments_of", "correlation_of"]
 
 log = structlog.get_logger("bulksend.run")
 
 ADMIT_BATCH = 500
 """Rows admitted per store commit: large enough to amortise the commit, small enough to start fast."""
+
+
+AfterSending = Callable[["CampaignRun"], Awaitable[None]]
+"""Called once a run sends nothing more, before it only tracks (a canceled campaign settles its
+rows there)."""
 
 
 def correlation_of(campaign_id: str, row: int) -> str:
@@ -110,6 +115,7 @@ class CampaignRun:
         claim_batch: int = 100,
         claim_idle_s: float = 0.2,
         prefetch: int | None = None,
+        after_sending: AfterSending | None = None,
     ) -> None:
         self.campaign = campaign
         self.worker_id = worker_id
@@ -131,8 +137,13 @@ class CampaignRun:
             max_attempts=campaign.sending.max_attempts, max_elapsed_s=campaign.sending.max_retry_s
         )
         self._on_outcome = on_outcome
+        self._after_sending = after_sending
+        self.sending_over = anyio.Event()
+        """Set once this run sends nothing more (and ``after_sending`` has returned)."""
         self._spec_extra = dict(spec_extra or {})
         self._stopping = False
+        self.account_refused: AccountRefusedError | None = None
+        """Set when TEM refused the account (401/403): the run stopped sending and raises it."""
         self._keep_tracking = False
         self._root_scope: anyio.CancelScope | None = None
         self._intake_scope = anyio.CancelScope()
@@ -140,6 +151,20 @@ class CampaignRun:
         self._reconciling: set[int] = set()
         self._sent_since: datetime | None = None
         """Set by :meth:`reconcile_all`: when the campaign's first send may have happened."""
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The campaign's retry policy for TEM calls."""
+        return self._retry
+
+    @property
+    def skew_s(self) -> float:
+        """Clock skew allowed between this machine and TEM in lookups."""
+        return self._skew_s
+
+    async def item_from_row(self, row: RecipientRow) -> SendItem | None:
+        """The email of a stored row, rendered again (None when it no longer renders)."""
+        return await self._item_from_row(row)
 
     # -- control -----------------------------------------------------------------------------
     @property
@@ -225,10 +250,18 @@ class CampaignRun:
                 if record.state is CampaignState.RUNNING:
                     await self._send_all(record, tracker)
                 # A paused or canceled campaign sends nothing more; its run only tracks what
-                # was already submitted.
+                # was already submitted (and, through the hook, settles a cancel first).
+                if self._after_sending is not None:
+                    await self._after_sending(self)
+                # No checkpoint between the hook's return and this: whoever looks at
+                # `sending_over` knows whether the hook can still see what it set.
+                self.sending_over.set()
                 sending_done.set()
         self._root_scope = None
-        return await self._finish(hard_stopped=root.cancelled_caught)
+        result = await self._finish(hard_stopped=root.cancelled_caught)
+        if self.account_refused is not None:
+            raise self.account_refused
+        return result
 
     # -- lost state ----------------------------------------------------------------------------
     def _check_state(self) -> None:
@@ -366,6 +399,7 @@ class CampaignRun:
             ),
             should_stop=lambda: self._stopping,
             on_done=self._held.discard,
+            on_refused=self._refused,
         )
         async with engine.running():
             if self.worker_id is None:
@@ -394,6 +428,14 @@ class CampaignRun:
                 # Give back what this worker still holds (stopped early): others take it at once.
                 with anyio.CancelScope(shield=True):
                     await self.store.release(worker_id=self.worker_id, row_ids=sorted(self._held))
+
+    def _refused(self, exc: AccountRefusedError) -> None:
+        """TEM refused the account: stop sending, but let the requests already out come back and
+        be recorded (they are refused too: their rows go back to `pending`, none stays `sending`).
+        The run then ends and raises ``exc``."""
+        if self.account_refused is None:
+            self.account_refused = exc
+        self.request_stop()
 
     # -- scale-out intake --------------------------------------------------------------------
     async def _intake_claiming(
