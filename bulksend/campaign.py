@@ -172,6 +172,9 @@ class SendingSettings:
     max_attempts: int = 6
     max_retry_s: float = 300
     timeout_s: float = 30
+    rate_given: bool = field(default=False, compare=False)
+    """Whether the campaign set ``rate_per_s`` itself: in the daemon, only then is it a ceiling of
+    its own inside the account's rate."""
 
 
 @dataclass(frozen=True)
@@ -1009,6 +1012,7 @@ class _Builder:
             ),
             max_retry_s=self.number(s, "sending", "max_retry_s", d.max_retry_s, minimum=0),
             timeout_s=self.number(s, "sending", "timeout_s", d.timeout_s, minimum=0, exclusive=True),
+            rate_given="rate_per_s" in s,
         )
 
     def tracking(self) -> TrackingSettings:

@@ -7,23 +7,24 @@ plugs into the client directly. Gauges whose value already lives somewhere (a qu
 store count) are better read at scrape time with :meth:`Metrics.add_gauge_callback` than copied
 by a loop.
 
-Exposed series (all prefixed ``bulksend_``)::
+Exposed series (all prefixed ``bulksend_``; the list with PromQL queries is in docs/daemon.md)::
 
     emails_total{campaign,status}          counter  final outcomes (sent/failed/canceled/rejected/
-                                                    skipped/unknown)
+                                                    skipped/unknown); a submitted campaign's series
+                                                    are dropped once it ends (forget_campaign)
     api_calls_total{endpoint,code}         counter  TEM calls (endpoint: send/get/list/cancel/statistics;
                                                     code: HTTP status, "0" for a transport error)
     api_call_duration_seconds{endpoint}    histogram  TEM call latency
     api_throttled_total                    counter  429 answers
-    limiter_rate_per_s                     gauge    current rate of the shared limiter
+    limiter_rate_per_second                gauge    current rate of the shared limiter
     limiter_measured_rate_per_second       gauge    answers not throttled per second (last second)
     limiter_ceiling_per_second             gauge    the rate the account last refused (429), or the
                                                     configured rate before any throttling
     retry_budget_tokens                    gauge    retries the budget allows right now
     circuit_state                          gauge    0 closed, 1 half-open (probing), 2 open
-    in_flight                              gauge    TEM requests in flight
-    tracker_backlog                        gauge    emails submitted, not final yet
-    queue_lag{source}                      gauge    messages waiting in a source queue
+    in_flight_emails                       gauge    TEM send requests in flight
+    tracker_backlog_emails                 gauge    emails submitted, not final yet
+    queue_lag_messages{source}             gauge    messages waiting in a source queue
     jobs_total{source,result}              counter  queue messages by result (admitted/duplicate/
                                                     dead_lettered)
     dead_letters_total{source,reason_kind} counter  dead-lettered messages by kind of reason
@@ -31,6 +32,10 @@ Exposed series (all prefixed ``bulksend_``)::
     results_failed_messages_total          counter  job results the results broker refused (held,
                                                     published again later)
     results_backlog_messages               gauge    job results held, waiting to be published
+    reconciliations_total{outcome}         counter  ambiguous sends looked up at TEM (adopted/
+                                                    resent/deferred)
+    store_errors_total{operation}          counter  store operations that failed
+    ready                                  gauge    1 while /readyz would answer 200, else 0
 
 plus the standard ``process_*``, ``python_gc_*`` and ``python_info`` series unless disabled.
 
@@ -57,7 +62,7 @@ from prometheus_client.process_collector import ProcessCollector
 if TYPE_CHECKING:
     from bulksend.pipeline.flow import FlowStats
 
-__all__ = ["GaugeCallback", "Metrics"]
+__all__ = ["RECONCILE_OUTCOMES", "GaugeCallback", "Metrics"]
 
 log = structlog.get_logger("bulksend.metrics")
 
@@ -66,6 +71,9 @@ GaugeCallback = Callable[[], float | Mapping[tuple[str, ...], float]]
 
 _NAME_RE: Final = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_RE: Final = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+RECONCILE_OUTCOMES: Final = ("adopted", "resent", "deferred")
+"""Label values of ``bulksend_reconciliations_total{outcome}``."""
 
 API_LATENCY_BUCKETS_S: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Histogram buckets of TEM call latency, in seconds (30 s is the default request timeout)."""
@@ -142,7 +150,7 @@ class Metrics:
             "bulksend_api_throttled_total", "TEM API answers 429 (too many requests).", registry=r
         )
         self.limiter_rate = Gauge(
-            "bulksend_limiter_rate_per_s",
+            "bulksend_limiter_rate_per_second",
             "Current rate of the shared TEM request limiter, in requests per second.",
             registry=r,
         )
@@ -164,14 +172,17 @@ class Metrics:
             "Circuit breaker in front of TEM: 0 closed, 1 half-open (probing), 2 open (waiting).",
             registry=r,
         )
-        self.in_flight = Gauge("bulksend_in_flight", "TEM send requests in flight.", registry=r)
+        self.in_flight = Gauge("bulksend_in_flight_emails", "TEM send requests in flight.", registry=r)
         self.backlog = Gauge(
-            "bulksend_tracker_backlog",
+            "bulksend_tracker_backlog_emails",
             "Emails submitted to TEM whose final status is not known yet.",
             registry=r,
         )
         self.queue_lag = Gauge(
-            "bulksend_queue_lag", "Messages waiting in a source queue, by source.", ["source"], registry=r
+            "bulksend_queue_lag_messages",
+            "Messages waiting in a source queue, by source.",
+            ["source"],
+            registry=r,
         )
         self.jobs = Counter(
             "bulksend_jobs_total",
@@ -198,6 +209,26 @@ class Metrics:
         self.results_backlog = Gauge(
             "bulksend_results_backlog_messages",
             "Job results held after a failed publish, waiting to be published again.",
+            registry=r,
+        )
+        self.reconciliations = Counter(
+            "bulksend_reconciliations_total",
+            "Ambiguous sends looked up at TEM, by outcome (adopted: TEM had the email; resent: it "
+            "had not, sent again; deferred: the lookup failed, left for later).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in RECONCILE_OUTCOMES:
+            self.reconciliations.labels(outcome)  # at 0 from the start, so rate() sees the first
+        self.store_errors = Counter(
+            "bulksend_store_errors_total",
+            "Store operations that failed, by operation.",
+            ["operation"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            "bulksend_ready",
+            "1 while every readiness check passes (/readyz answers 200), else 0.",
             registry=r,
         )
         self._callbacks: dict[str, _CallbackGauge] = {}
@@ -276,6 +307,19 @@ class Metrics:
     def set_results_backlog(self, n: int) -> None:
         """Job results held, waiting to be published again."""
         self.results_backlog.set(n)
+
+    def reconciled(self, outcome: str, n: int = 1) -> None:
+        """Count ``n`` reconciliations that ended with ``outcome`` (adopted/resent/deferred)."""
+        if n > 0:
+            self.reconciliations.labels(outcome).inc(n)
+
+    def store_error(self, operation: str) -> None:
+        """Count one failed store operation (``operation`` names what was being done)."""
+        self.store_errors.labels(operation).inc()
+
+    def set_ready(self, ready: bool) -> None:
+        """Whether every readiness check passes."""
+        self.ready.set(1 if ready else 0)
 
     # -- scrape-time gauges ----------------------------------------------------------------------
     def add_gauge_callback(

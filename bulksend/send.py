@@ -31,10 +31,10 @@ from bulksend.campaign import Campaign, load_campaign
 from bulksend.display import print_error, print_text
 from bulksend.errors import BulksendError, CampaignError, ConfigError, StateLostError, first_bulksend_error
 from bulksend.log import configure_logging, register_secret
-from bulksend.pipeline.ceiling import CeilingLimiter
 from bulksend.pipeline.dispatch import AccountRefusedError
 from bulksend.pipeline.flow import CubicLimiter, FlowLimiter, flow_stats
 from bulksend.pipeline.limiter import RateLimiter
+from bulksend.pipeline.nested import NestedLimiter
 from bulksend.pipeline.presence import worker_presence
 from bulksend.pipeline.runner import CampaignRun, RunResult, attachments_of, correlation_of
 from bulksend.pipeline.stats import RunStats
@@ -382,8 +382,7 @@ def campaign_limiter(campaign: Campaign, settings: TemSettings, options: RunOpti
         prefix=options.limiter_prefix,
     )
     if campaign.sending.rate_per_s < account_rate:
-        burst = max(1.0, min(10.0, campaign.sending.rate_per_s / 50))
-        return CeilingLimiter(limiter, campaign.sending.rate_per_s, burst=burst)
+        return NestedLimiter(limiter, campaign.sending.rate_per_s)
     return limiter
 
 

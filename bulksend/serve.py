@@ -1,7 +1,8 @@
 """``bulksend serve --config daemon.toml``: run the daemon until SIGTERM/SIGINT.
 
-First signal: stop pulling jobs and starting sends, let in-flight requests finish within
-``daemon.grace_s`` and record them. Second signal: stop at once (the next start reconciles).
+First signal: stop pulling jobs and starting sends, let in-flight requests finish and ambiguous
+ones be reconciled within ``daemon.grace_s``, and record them (exit 0). Second signal: log
+``daemon.forced_stop`` and stop at once (the next start reconciles), exit 130.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from bulksend.tem.config import TemSettings
 __all__ = ["configure", "run"]
 
 log = structlog.get_logger("bulksend.serve")
+
+EXIT_FORCED = 130
+"""Exit code of a stop forced by a second signal (128 + SIGINT, as shells report an interrupt)."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         # A bug: the traceback goes out as one JSON line too (the redaction still applies).
         log.exception("daemon.crashed", exit_code=1)
         return 1
-    return 0
+    return EXIT_FORCED if daemon.forced else 0
 
 
 async def _main(daemon: Daemon) -> None:

@@ -51,6 +51,9 @@ def toml(campaign_id: str = "spring") -> str:
     return CAMPAIGN_TOML.format(id=campaign_id)
 
 
+SENDER = {"email": "news@example.com", "name": "News"}
+
+
 def campaign_json(campaign_id: str = "autumn", **extra: Any) -> dict[str, Any]:
     return {
         "campaign": {
@@ -284,6 +287,8 @@ async def test_submit_json_campaign_with_jsonl(client: Client) -> None:
         (campaign_json("jobs.welcome"), "reserved"),
         ({"campaign": "not a table"}, "campaign"),
         ({"sending": {"rate_per_s": 10}}, "campaign"),
+        (campaign_json("autumn", **{"from": None}), '"campaign.from" is required: the sender address'),
+        (toml("spring").replace("from = ", "# from = "), "[campaign] needs 'from' (the sender)"),
     ],
 )
 async def test_bad_campaign_is_400_with_the_reason(client: Client, campaign: Any, message: str) -> None:
@@ -561,7 +566,8 @@ async def test_templates_put_then_list(client: Client, control: MemoryControl) -
     }
     resp = await client.put("/v1/templates/welcome", json=template, headers=AUTH)
     assert resp.status == 204
-    resp = await client.put("/v1/templates/a.b-c_1", json={"subject": "S", "html": "<p>x</p>"}, headers=AUTH)
+    other = {"from": "news@example.com", "subject": "S", "html": "<p>x</p>"}
+    resp = await client.put("/v1/templates/a.b-c_1", json=other, headers=AUTH)
     assert resp.status == 204
     assert await (await client.get("/v1/templates", headers=AUTH)).json() == {
         "templates": ["a.b-c_1", "welcome"]
@@ -575,13 +581,14 @@ async def test_templates_put_then_list(client: Client, control: MemoryControl) -
 @pytest.mark.parametrize(
     ("name", "body", "message"),
     [
-        ("t", {"text": "x"}, "subject"),
-        ("t", {"subject": "s"}, "'text' or an 'html'"),
-        ("t", {"subject": "s\nBcc: x@example.com", "text": "x"}, "one line"),
-        ("t", {"subject": "s", "text": "x", "reply_to": "a@example.com"}, "unknown template keys"),
-        ("t", {"subject": "s", "text": "x", "headers": {"X-A": "1\r\nBcc: x@example.com"}}, "line break"),
-        ("t", {"subject": "s", "text": "x", "headers": {"X-Bulksend-Ref": "r"}}, "reserved"),
+        ("t", {"from": SENDER, "text": "x"}, "subject"),
+        ("t", {"from": SENDER, "subject": "s"}, "'text' or an 'html'"),
+        ("t", {"from": SENDER, "subject": "s\nBcc: x@example.com", "text": "x"}, "one line"),
+        ("t", {"from": SENDER, "subject": "s", "text": "x", "reply_to": "a@x.com"}, "unknown template keys"),
+        ("t", {"from": SENDER, "subject": "s", "text": "x", "headers": {"X-A": "1\r\nBcc: x"}}, "line break"),
+        ("t", {"from": SENDER, "subject": "s", "text": "x", "headers": {"X-Bulksend-Ref": "r"}}, "reserved"),
         ("t", {"subject": "s", "text": "x", "from": "not an address"}, "'from'"),
+        ("t", {"subject": "s", "text": "x"}, '"from" is required: the sender address, e.g. {"email"'),
         ("t", ["subject"], "JSON object"),
         ("-bad", {"subject": "s", "text": "x"}, "template name"),
     ],
@@ -628,7 +635,8 @@ async def test_metrics_endpoint_serves_prometheus_text(client: Client, metrics: 
     assert resp.headers["Content-Type"].startswith("text/plain")
     text = await resp.text()
     names = {f.name for f in text_string_to_metric_families(text)}
-    assert {"bulksend_api_calls", "bulksend_emails", "bulksend_in_flight", "bulksend_queue_lag"} <= names
+    assert {"bulksend_api_calls", "bulksend_emails", "bulksend_in_flight_emails"} <= names
+    assert "bulksend_queue_lag_messages" in names
     assert 'bulksend_emails_total{campaign="spring",status="sent"} 1.0' in text
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from benchmarks.common import SandboxProcess, render_bodies, run_measured, write_campaign
 from benchmarks.compare import CompareOptions, Measurement, _ratios, _summary, format_report, run_compare
+from benchmarks.flow_nested import steady_rate
 from benchmarks.million import MillionOptions, run_million
 from benchmarks.rate_adherence import RateOptions, achieved_rate, per_second, run_rate_adherence
 
@@ -184,3 +185,11 @@ def test_flow_benchmark_reads_counters_between_samples() -> None:
     assert run.first_created_t() == 2.0
     assert run.last_created_t() == 3.0
     assert run.per_second() == [(100.0, 10.0)]
+
+
+def test_steady_rate_leaves_out_the_ramps() -> None:
+    """The nested-rates benchmark's steady rate counts the middle 80 % of the creation times: a
+    slow start and a straggler at the end do not move it."""
+    times = [0.0, 5.0] + [5.0 + i / 40 for i in range(1, 81)] + [60.0]
+    assert steady_rate(times) == pytest.approx(40.0, rel=0.05)
+    assert steady_rate([1.0, 2.0]) is None

@@ -118,6 +118,7 @@ path = "state/welcome.sqlite"
     )
     assert c.send_before == datetime(2026, 12, 31, tzinfo=UTC)
     assert c.sending == SendingSettings(50.5, 8, 3, 60, 10)
+    assert c.sending.rate_given  # the file sets rate_per_s itself
     assert c.tracking == TrackingSettings(2, 3600, 500, 12)
     assert c.output == OutputSettings(tmp_path.resolve() / "out/welcome.csv")
     assert c.store_path == tmp_path.resolve() / "state/welcome.sqlite"

@@ -587,3 +587,38 @@ def test_example_config_loads_and_bad_values_are_refused(
         path.write_text(text, encoding="utf-8")
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_daemon_config(path)
+
+
+async def test_a_graceful_stop_reconciles_ambiguous_sends_before_exit(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Stopped while many answers are lost after TEM created the email (ambiguous sends), the
+    daemon looks those rows up within grace_s before it exits: none is left `sending`, and
+    nobody got two emails."""
+    sandbox.update(fault_5xx_after_p=0.3, seed=8)
+    path = write_config(tmp_path, sources=[{"kind": "memory", "name": "jobs"}], daemon={"grace_s": 30})
+    loaded = load_daemon_config(path)
+    store = ObservedStore(loaded.data_dir / "bulksend.db")
+    daemon = Daemon(loaded, settings_for(sandbox), store=store)
+    source = RecordingSource()
+    daemon.sources = [source]
+    watch = DaemonWatch(daemon)
+    with anyio.fail_after(60):
+        async with running(daemon):
+            for i in range(300):
+                source.publish(job(f"order-{i}", f"user{i}@example.com"))
+            await watch.wait(outcomes=20)
+    counts = await _counts_after(loaded.data_dir / "bulksend.db", "jobs.welcome")
+    assert sandbox.stats().faults.get("5xx_after", 0) > 0
+    assert counts.get("sending", 0) == 0, counts
+    assert set(sandbox.stats().accepted_by_recipient.values()) == {1}
+
+
+async def _counts_after(db: Path, campaign_id: str) -> dict[str, int]:
+    """Row counts of a campaign, read from the store the daemon left behind."""
+    store = SqliteStore(db)
+    await store.open()
+    try:
+        return await store.counts(campaign_id)
+    finally:
+        await store.close()

@@ -6,7 +6,8 @@ committed a write (so the tests wait on events, never on the clock).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from bulksend.daemon.service import Daemon
 from bulksend.errors import CampaignError, ConfigError
 from bulksend.sandbox import Sandbox
 from bulksend.sinks.outcomes import OUTCOME_FIELDS
-from tests.conftest import settings_for
+from bulksend.store.base import CANCELED_BEFORE_SENDING
+from tests.conftest import SECRET, settings_for
 from tests.test_daemon import (
     CollectingPublisher,
     DaemonWatch,
@@ -142,6 +144,15 @@ async def admin_daemon(
             yield daemon, Admin(daemon, http, store), source, watch
 
 
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
+    """Poll ``check`` every 50 ms until it is true; fail after ``timeout_s``."""
+    with anyio.fail_after(timeout_s):
+        for _ in itertools.count():
+            if await check():
+                return
+            await anyio.sleep(0.05)
+
+
 def sent_to(sandbox: Sandbox, addresses: list[str]) -> int:
     """Emails the sandbox accepted for these addresses."""
     counts = sandbox.stats().accepted_by_recipient
@@ -171,6 +182,7 @@ async def test_auth_health_and_metrics(tmp_path: Path, sandbox: Sandbox) -> None
             f"source:{source.name}": True,
             "results:memory:results": True,
             "results_backlog": True,
+            "tem": True,
         }
         assert ready["checks"] == checks
         assert ready["details"] == {"results_backlog": 0}
@@ -183,11 +195,13 @@ async def test_auth_health_and_metrics(tmp_path: Path, sandbox: Sandbox) -> None
         for series in (
             'bulksend_emails_total{campaign="jobs.welcome",status="sent"} 1.0',
             'bulksend_api_calls_total{code="200",endpoint="send"} 1.0',
-            "bulksend_limiter_rate_per_s 5000.0",
+            "bulksend_limiter_rate_per_second 5000.0",
             f'bulksend_jobs_total{{result="admitted",source="{source.name}"}} 1.0',
-            f'bulksend_queue_lag{{source="{source.name}"}}',
-            "bulksend_tracker_backlog",
-            "\nbulksend_in_flight ",
+            f'bulksend_queue_lag_messages{{source="{source.name}"}}',
+            "bulksend_tracker_backlog_emails",
+            "\nbulksend_in_flight_emails ",
+            'bulksend_reconciliations_total{outcome="adopted"} 0.0',
+            "\nbulksend_ready 1.0",
         ):
             assert series in text, series
 
@@ -277,8 +291,9 @@ async def test_pause_under_the_rate_limit_sends_nothing_more(tmp_path: Path, san
 async def test_cancel_skips_pending_rows_and_cancels_new_emails_at_tem(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
-    """Cancel marks rows not sent yet `skipped` and cancels at TEM the emails still `new` (hold…):
-    they end `canceled`; the campaign ends `canceled` with one outcome per row."""
+    """Cancel gives rows not sent yet the outcome `canceled` (with the reason) and cancels at TEM
+    the emails still `new` (hold…): they end `canceled`; the campaign ends `canceled` with one
+    outcome per row."""
     sandbox.update(latency_ms=40)
     holds = [f"hold{i}@example.com" for i in range(4)]
     rest = [f"user{i}@example.com" for i in range(40)]
@@ -296,14 +311,45 @@ async def test_cancel_skips_pending_rows_and_cancels_new_emails_at_tem(
     statuses = {line["email"]: line["status"] for line in lines}
     assert len(lines) == len(holds) + len(rest)
     assert all(statuses[a] == "canceled" for a in holds)
-    skipped = [line for line in lines if line["status"] == "skipped"]
-    assert skipped
-    assert all("canceled" in line["reason"] for line in skipped)
-    assert {line["status"] for line in lines} == {"canceled", "sent", "skipped"}
+    never_sent = [line for line in lines if line["status"] == "canceled" and not line["email_id"]]
+    assert never_sent
+    assert all(line["reason"] == CANCELED_BEFORE_SENDING for line in never_sent)
+    assert {line["status"] for line in lines} == {"canceled", "sent"}
     counts = sandbox.stats().accepted_by_recipient
     assert set(counts.values()) == {1}
-    assert not {line["email"] for line in skipped} & set(counts)
+    assert not {line["email"] for line in never_sent} & set(counts)
     assert info["counts"].get("status:canceled") == len(holds)
+
+
+async def test_cancel_gives_every_row_an_outcome_through_429s_and_ambiguous_answers(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Canceled early, while TEM answers 429s (rows waiting to retry), some answers are lost after
+    the email was created (rows left `sending`), and most of the file is not read yet: the
+    campaign still ends `canceled` with exactly one outcome line per input row, none `unknown`;
+    nobody got two emails, and no row canceled before sending reached TEM."""
+    sandbox.update(rate_limit_per_s=40, rate_limit_burst=5, fault_5xx_after_p=0.2, seed=14)
+    holds = [f"hold{i}@example.com" for i in range(3)]
+    rest = [f"user{i}@example.com" for i in range(1400)]
+    async with admin_daemon(tmp_path, sandbox) as (_, admin, _, watch):
+        await admin.submit("winter", holds + rest, concurrency=8)
+        await watch.wait(outcomes=3)
+        status, canceled = await admin.call("POST", "/v1/campaigns/winter/cancel")
+        assert (status, canceled["state"]) == (200, "canceled"), canceled
+        info = await admin.wait_until("winter", lambda c: is_over(c) and c["done"] == c["total"], 60)
+        lines = await admin.outcomes("winter")
+    assert info["state"] == "canceled"
+    assert info["total"] == len(holds) + len(rest)
+    assert [line["row"] for line in lines] == list(range(2, len(holds) + len(rest) + 2))
+    statuses = [line["status"] for line in lines]
+    assert set(statuses) <= {"sent", "canceled"}, set(statuses)
+    assert sandbox.stats().rate_limited > 0
+    accepted = sandbox.stats().accepted_by_recipient
+    assert set(accepted.values()) == {1}
+    never_sent = {line["email"] for line in lines if line["reason"] == CANCELED_BEFORE_SENDING}
+    assert len(never_sent) > 500  # most of the file was never read when it was canceled
+    assert not never_sent & set(accepted)
+    assert {line["email"] for line in lines if line["status"] == "sent"} <= set(accepted)
 
 
 async def test_refuses_every_interface_without_a_token(
@@ -329,3 +375,117 @@ async def test_job_campaign_ids_are_reserved(tmp_path: Path, sandbox: Sandbox) -
             await daemon.submit_campaign(CAMPAIGN.format(id="jobs.x", concurrency=2), b"email\n", "r.csv")
     assert status == 400
     assert "reserved" in body["error"], body
+
+
+async def test_total_counts_and_created_at_are_known_from_the_first_answer(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """The 201 answer already gives `total` (rows of the upload) and `counts` with every state;
+    `created_at` is the same in the 201 answer, every later read and the list; at the end
+    `done == total`."""
+    rows = ["a@example.com", "not-an-address", "b@example.com", "a@example.com"]
+    async with admin_daemon(tmp_path, sandbox) as (_, admin, _, _):
+        created = await admin.submit("totals", rows)
+        read = await admin.campaign("totals")
+        finished = await admin.wait_until("totals", lambda c: c["state"] == "finished")
+        listed = (await admin.call("GET", "/v1/campaigns"))[1]["campaigns"]
+    assert created["total"] == len(rows)
+    assert set(created["counts"]) >= {"pending", "sending", "submitted", "final", "rejected", "skipped"}
+    assert read["total"] == finished["total"] == len(rows)
+    assert finished["done"] == finished["total"]
+    assert created["created_at"] == read["created_at"] == finished["created_at"] == listed[0]["created_at"]
+
+
+def test_a_template_without_a_sender_is_refused_by_name(tmp_path: Path) -> None:
+    """A daemon template without `from` is refused with its name and how to add the sender,
+    not with the campaign file's `[campaign]` wording."""
+    from bulksend.daemon.jobs import compile_template
+
+    empty = tmp_path / "none.jsonl"
+    empty.touch()
+    with pytest.raises(CampaignError, match=r"template 'welcome' needs 'from' \(the sender"):
+        compile_template(
+            "welcome",
+            {"subject": "Hi", "text": "Hello"},
+            base_dir=tmp_path,
+            empty_recipients=empty,
+            project_id="p",
+            sending={},
+            tracking={},
+            outcomes=tmp_path / "out.jsonl",
+            source="daemon.toml [templates.welcome]",
+        )
+
+
+async def test_an_ended_campaign_leaves_no_series_behind(
+    tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a submitted campaign is finished its `campaign` label is gone from /metrics (the label
+    must not grow without bound), while the API still gives its figures; job streams keep theirs."""
+    async with admin_daemon(tmp_path, sandbox) as (daemon, admin, source, watch):
+        forgotten = anyio.Event()
+        forget = daemon.metrics.forget_campaign
+
+        def forget_and_tell(campaign: str) -> None:
+            forget(campaign)
+            if campaign == "brief":
+                forgotten.set()
+
+        monkeypatch.setattr(daemon.metrics, "forget_campaign", forget_and_tell)
+        source.publish(job("order-1", "ann@example.com"))
+        await watch.wait(outcomes=1)
+        await admin.submit("brief", ["a@example.com", "b@example.com"])
+        info = await admin.wait_until("brief", lambda c: c["state"] == "finished")
+        with anyio.fail_after(20):
+            await forgotten.wait()
+        text = (await admin.call("GET", "/metrics"))[1]
+    assert 'campaign="brief"' not in text
+    assert info["counts"]["status:sent"] == 2
+    assert 'bulksend_emails_total{campaign="jobs.welcome",status="sent"} 1.0' in text
+
+
+async def test_a_refused_key_at_run_time_stops_sending_and_the_daemon_stays_up_not_ready(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """TEM starts refusing the key (401) while jobs and a campaign are being sent: the daemon does
+    not exit; it stops sending, /readyz answers 503 with a `tem` check and the reason (never the
+    key), `bulksend_ready` is 0, no row is left `sending`, and one error line says so."""
+    addresses = [f"late{i}@example.com" for i in range(200)]
+    with structlog.testing.capture_logs() as events:
+        async with admin_daemon(tmp_path, sandbox, sending={"rate_per_s": 100}) as (
+            _,
+            admin,
+            source,
+            watch,
+        ):
+            source.publish(job("order-1", "ann@example.com"))
+            await watch.wait(outcomes=1)
+            await admin.submit("late", addresses, concurrency=4)
+            await watch.wait(outcomes=5)
+            sandbox.update(secret_key="rotated-key-9f2c")
+            for i in range(2, 30):
+                source.publish(job(f"order-{i}", f"job{i}@example.com"))
+
+            async def settled() -> bool:
+                status, _ = await admin.call("GET", "/readyz", token=None)
+                late = await admin.campaign("late")
+                return status == 503 and late["counts"]["sending"] == 0 and late["state"] == "failed"
+
+            # Polled: the last step (the run's end) writes nothing the store could signal.
+            await eventually(settled, 30)
+            status, ready = await admin.call("GET", "/readyz", token=None)
+            metrics = (await admin.call("GET", "/metrics"))[1]
+            late = await admin.campaign("late")
+            jobs = await admin.store.counts("jobs.welcome")
+            assert (await admin.call("GET", "/healthz", token=None))[0] == 200  # still serving
+    assert status == 503
+    assert ready["failing"] == ["tem"], ready
+    assert "refused the secret key" in ready["details"]["tem"]
+    assert SECRET not in str(ready)
+    assert "rotated-key-9f2c" not in str(ready)
+    assert "\nbulksend_ready 0.0" in metrics
+    assert late["counts"]["sending"] == 0
+    assert late["counts"]["pending"] > 0  # left for a restart with a valid key
+    assert jobs.get("sending", 0) == 0
+    errors = [e for e in events if e["log_level"] == "error"]
+    assert [e["event"] for e in errors] == ["daemon.tem_refused"], errors

@@ -209,3 +209,41 @@ async def test_sigterm_drains_and_the_restart_finishes(tmp_path: Path) -> None:
         assert counts.get("final") == len(keys), counts
     finally:
         await broker.close()
+
+
+async def test_a_second_signal_forces_the_stop_and_exits_130(tmp_path: Path) -> None:
+    """A first SIGTERM waits for the ambiguous sends to be reconciled (here their settle time is
+    long); a second one stops at once and the daemon exits 130, not 0: the stop was forced. The
+    rows left `sending` are reconciled by the next start."""
+    _, bodies = many_jobs(20, "forced")
+    sandbox_config = SandboxConfig(secret_key=SECRET, project_id=PROJECT, fault_5xx_after_p=1.0, seed=3)
+    broker = NatsBroker()
+    await broker.open()
+    try:
+        async with Sandbox(sandbox_config, host="127.0.0.1", port=0) as sandbox:
+            config = write_config(
+                tmp_path,
+                api_url=sandbox.url,
+                sources=[broker.source_config(ack_wait_s=1)],
+                daemon={"grace_s": 60},
+                sending={"max_attempts": 1},
+                tracking={"settle_s": 120},
+            )
+            async with daemon_process(config) as proc:
+                await broker.publish(bodies)
+                # Polled: the sandbox's own counter of answers lost after the email was created.
+                with anyio.fail_after(20):
+                    for _ in range(10**6):
+                        if sandbox.stats().faults.get("5xx_after", 0) > 0:
+                            break
+                        await anyio.sleep(0.05)
+                # Two different signals: two of the same may be merged into one while pending.
+                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signal.SIGINT)
+                with anyio.fail_after(20):
+                    code = await proc.wait()
+        assert code == 130
+        counts = await store_counts(tmp_path)
+        assert counts.get("sending", 0) > 0, counts  # left for the next start's recovery
+    finally:
+        await broker.close()

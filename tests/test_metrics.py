@@ -66,11 +66,11 @@ def test_gauges_follow_the_last_value_set() -> None:
     m.set_backlog(3400)
     m.set_queue_lag("nats", 17)
     m.set_queue_lag("redis", 0)
-    assert value(m, "bulksend_limiter_rate_per_s") == 62.5
-    assert value(m, "bulksend_in_flight") == 12
-    assert value(m, "bulksend_tracker_backlog") == 3400
-    assert value(m, "bulksend_queue_lag", source="nats") == 17
-    assert value(m, "bulksend_queue_lag", source="redis") == 0
+    assert value(m, "bulksend_limiter_rate_per_second") == 62.5
+    assert value(m, "bulksend_in_flight_emails") == 12
+    assert value(m, "bulksend_tracker_backlog_emails") == 3400
+    assert value(m, "bulksend_queue_lag_messages", source="nats") == 17
+    assert value(m, "bulksend_queue_lag_messages", source="redis") == 0
 
 
 def test_jobs_and_dead_letters_count_by_source() -> None:
@@ -124,13 +124,13 @@ def test_failing_callback_drops_only_its_own_series() -> None:
     assert "bulksend_broken" not in fams
     assert "bulksend_wrong_shape" not in fams
     assert fams["bulksend_fine"] == [({}, 7.0)]
-    assert fams["bulksend_in_flight"] == [({}, 2.0)]
+    assert fams["bulksend_in_flight_emails"] == [({}, 2.0)]
 
 
 @pytest.mark.parametrize(
     ("name", "labels", "message"),
     [
-        ("bulksend_in_flight", (), "Duplicated timeseries"),  # clashes with a built-in series
+        ("bulksend_in_flight_emails", (), "Duplicated timeseries"),  # clashes with a built-in series
         ("bulksend dash", (), "invalid metric name"),
         ("bulksend_ok", ("bad-label",), "invalid label name"),
         ("bulksend_ok", ("__reserved",), "invalid label name"),
@@ -170,13 +170,48 @@ def test_render_is_parseable_prometheus_text_with_every_series() -> None:
         "bulksend_api_calls",
         "bulksend_api_call_duration_seconds",
         "bulksend_api_throttled",
-        "bulksend_limiter_rate_per_s",
-        "bulksend_in_flight",
-        "bulksend_tracker_backlog",
-        "bulksend_queue_lag",
+        "bulksend_limiter_rate_per_second",
+        "bulksend_in_flight_emails",
+        "bulksend_tracker_backlog_emails",
+        "bulksend_queue_lag_messages",
         "bulksend_jobs",
         "bulksend_dead_letters",
+        "bulksend_reconciliations",
+        "bulksend_store_errors",
+        "bulksend_ready",
     } <= names
+
+
+def test_every_series_name_says_its_unit() -> None:
+    """Gauges and counters carry their unit (`_per_second`, `_seconds`, `_emails`, `_messages`) or
+    are counts of one named thing (`_total`) or a 0/1 state: the old unit-less names are gone."""
+    m = Metrics(process_metrics=False)
+    m.set_queue_lag("nats", 1)
+    families = list(text_string_to_metric_families(m.render()[0].decode()))
+    names = {f.name for f in families}
+    for old in ("limiter_rate_per_s", "in_flight", "tracker_backlog", "queue_lag"):
+        assert f"bulksend_{old}" not in names
+    # `_created` gauges are prometheus-client's creation timestamps of the counters.
+    gauges = {f.name for f in families if f.type == "gauge" and not f.name.endswith("_created")}
+    units = ("_per_second", "_emails", "_messages", "_seconds", "_tokens")
+    # States, not quantities: 0/1 readiness, 0/1/2 for the breaker.
+    assert all(name.endswith(units) for name in gauges - {"bulksend_ready", "bulksend_circuit_state"}), gauges
+
+
+def test_reconciliation_and_store_error_counters() -> None:
+    """Reconciliations are counted by outcome (each outcome at 0 from the start); store errors by
+    operation; `bulksend_ready` follows set_ready."""
+    m = Metrics(process_metrics=False)
+    assert value(m, "bulksend_reconciliations_total", outcome="resent") == 0
+    m.reconciled("adopted", 2)
+    m.reconciled("resent", 0)
+    m.store_error("admit")
+    m.set_ready(True)
+    assert value(m, "bulksend_reconciliations_total", outcome="adopted") == 2
+    assert value(m, "bulksend_store_errors_total", operation="admit") == 1
+    assert value(m, "bulksend_ready") == 1
+    m.set_ready(False)
+    assert value(m, "bulksend_ready") == 0
 
 
 def test_render_speaks_openmetrics_when_asked() -> None:

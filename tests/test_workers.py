@@ -34,6 +34,7 @@ from bulksend.metrics import Metrics
 from bulksend.pipeline.ceiling import CeilingLimiter
 from bulksend.pipeline.flow import FlowLimiter
 from bulksend.pipeline.limiter import AimdLimiter
+from bulksend.pipeline.nested import NestedLimiter
 from bulksend.sandbox import Sandbox, SandboxConfig, sandbox_in_thread
 from bulksend.secret import Secret
 from bulksend.send import RunOptions, campaign_limiter
@@ -172,9 +173,9 @@ def test_campaign_rate_is_a_ceiling_inside_the_account_rate() -> None:
     campaign = types.SimpleNamespace(sending=types.SimpleNamespace(rate_per_s=50.0))
     tem = TemSettings(secret_key=Secret("x"), project_id="p", api_url="http://127.0.0.1:9")
     nested = campaign_limiter(campaign, tem, RunOptions(account_rate_per_s=1000))  # type: ignore[arg-type]
-    assert isinstance(nested, CeilingLimiter)
+    assert isinstance(nested, NestedLimiter)
     assert nested.ceiling_per_s == 50
-    assert nested.account.target_rate_per_s == 1000
+    assert nested.outer.target_rate_per_s == 1000
     assert nested.target_rate_per_s == 50
     alone = campaign_limiter(campaign, tem, RunOptions())  # type: ignore[arg-type]
     assert isinstance(alone, FlowLimiter)

@@ -657,9 +657,10 @@ async def _put_template(request: web.Request) -> web.Response:
 def validate_template(body: Any) -> dict[str, Any]:
     """Check the shape of a template given as JSON; returns it, or raises ``CampaignError``.
 
-    Keys: ``subject`` (required), ``text`` and/or ``html`` (at least one), ``from`` (an address
-    string or ``{"email", "name"}``), ``headers`` (object of strings). Values are Jinja2
-    templates, so only what holds for every rendering is checked here; the daemon compiles them.
+    Keys: ``from`` (required: an address string or ``{"email", "name"}``), ``subject``
+    (required), ``text`` and/or ``html`` (at least one), ``headers`` (object of strings). Values
+    are Jinja2 templates, so only what holds for every rendering is checked here; the daemon
+    compiles them.
     """
     if not isinstance(body, dict):
         raise CampaignError("a template must be a JSON object")
@@ -676,8 +677,13 @@ def validate_template(body: Any) -> dict[str, Any]:
             raise CampaignError(f"'{key}' must be a string")
     if not any(isinstance(body.get(k), str) and body[k].strip() for k in ("text", "html")):
         raise CampaignError("a template needs a 'text' or an 'html' body (or both)")
-    if "from" in body:
-        _check_from(body["from"])
+    if body.get("from") is None:
+        # Every email needs a sender: a template without one could never send anything.
+        raise CampaignError(
+            '"from" is required: the sender address, e.g. '
+            '{"email": "news@example.com", "name": "Example News"}'
+        )
+    _check_from(body["from"])
     headers = body.get("headers", {})
     if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
         raise CampaignError("'headers' must be an object of strings")

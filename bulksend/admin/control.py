@@ -38,7 +38,14 @@ from bulksend.campaign import FileAccess, campaign_from_dict, check_campaign_id,
 from bulksend.errors import BulksendError, CampaignError
 from bulksend.sinks.outcomes import outcome_lines
 from bulksend.sources.files import BadRow, RecipientInput, iter_recipients
-from bulksend.store.base import CampaignState, FinalUpdate, NewRecipient, RowState, Store
+from bulksend.store.base import (
+    CANCELED_BEFORE_SENDING,
+    CampaignState,
+    FinalUpdate,
+    NewRecipient,
+    RowState,
+    Store,
+)
 from bulksend.store.memory import MemoryStore
 from bulksend.validate import check_address, normalize_address
 
@@ -53,6 +60,8 @@ __all__ = [
     "MemoryControl",
     "NotFound",
     "campaign_folder_error",
+    "check_sender_given",
+    "count_recipients",
     "new_campaign_folder",
     "parse_submission",
     "safe_filename",
@@ -238,6 +247,34 @@ def parse_submission(campaign: Mapping[str, Any] | str) -> dict[str, Any]:
     return copied
 
 
+SENDER_EXAMPLE: Final = '{"email": "news@example.com", "name": "Example News"}'
+
+
+def check_sender_given(table: Mapping[str, Any], *, as_json: bool) -> None:
+    """Refuse a submitted campaign without a sender, in the words of what was sent: JSON field
+    names for a JSON campaign, the TOML table for a TOML one (every email needs a sender)."""
+    if table.get("from") is not None:
+        return
+    if as_json:
+        raise CampaignError(
+            f'"campaign.from" is required: the sender address, e.g. {SENDER_EXAMPLE}', path="campaign"
+        )
+    raise CampaignError(
+        "[campaign] needs 'from' (the sender); write from = { email = \"news@example.com\", "
+        'name = "Example News" }',
+        path="campaign",
+    )
+
+
+def count_recipients(path: Path) -> int:
+    """Rows of a spooled recipients file, as the run will read them (bad rows included).
+
+    Blocking: run it in a worker thread. Counted once at submission so ``total`` is known from
+    the first answer on, and the same in every later read.
+    """
+    return sum(1 for _ in iter_recipients(path))
+
+
 def campaign_folder_error(error: CampaignError, folder: Path) -> CampaignError:
     """``error`` with the campaign's folder taken out of its path and message: a caller sees
     ``people.csv:3``, never where the daemon keeps its files."""
@@ -297,7 +334,6 @@ async def spool_private(recipients: AsyncIterator[bytes] | bytes, path: Path) ->
 ADMIT_BATCH: Final = 500
 """Rows admitted per store call (one commit in a durable store)."""
 
-_CANCELED_REASON: Final = "the campaign was canceled before this email was sent"
 _STATUS_OF: Final[dict[CampaignState, CampaignStatus]] = {
     CampaignState.RUNNING: "running",
     CampaignState.PAUSED: "paused",
@@ -370,6 +406,7 @@ class MemoryControl:
                 "pick another",
                 path="campaign",
             )
+        check_sender_given(section, as_json=not isinstance(campaign, str))
         if campaign_id in self._reserved or await store.get_campaign(campaign_id) is not None:
             raise Conflict(f"a campaign with id {campaign_id!r} already exists; give this one a new id")
         if not safe_filename(recipients_filename):
@@ -433,9 +470,9 @@ class MemoryControl:
         info = await self._change(campaign_id, "canceled", frm=("running", "paused"))
         store = await self._ready_store()
         # Nothing was sent by this control, so every open row is still `pending`: it becomes
-        # `skipped`, which is what the daemon records for an email canceled before its POST.
+        # `skipped` as canceled, which is what the daemon records for an email never sent.
         async for row in store.iter_rows(campaign_id, states=[RowState.PENDING]):
-            await store.mark_skipped(row.id, reason=_CANCELED_REASON)
+            await store.mark_skipped(row.id, reason=CANCELED_BEFORE_SENDING)
         return await self._info(info.id)
 
     async def templates(self) -> list[str]:

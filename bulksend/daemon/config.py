@@ -77,6 +77,9 @@ class DaemonConfig:
     admin: AdminSettings = field(default_factory=AdminSettings)
     results: dict[str, Any] | None = None
     sources: list[dict[str, Any]] = field(default_factory=list)
+    source_rates: list[float | None] = field(default_factory=list)
+    """Each source's own ``rate_per_s`` (None: none), in the order of ``sources``: a ceiling inside
+    the account's rate for the jobs of that stream."""
     templates: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -123,6 +126,18 @@ def _numbers(table: dict[str, Any], where: str, minimums: Mapping[str, float]) -
         if key in table:
             _number(table, key, minimum, where, minimum=minimum)
     return table
+
+
+def _source_rate(value: Any, index: int, path: Path) -> float | None:
+    """A job stream's ``rate_per_s``: None when not set, else a number > 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+        raise ConfigError(
+            f"{path}: sources[{index}].rate_per_s must be a number > 0 (emails per second of this "
+            f"job stream), got {value!r}; leave it out for no limit but the account's [sending] rate_per_s"
+        )
+    return float(value)
 
 
 def _whole(table: Mapping[str, Any], key: str, default: int, where: str, *, minimum: int) -> int:
@@ -204,6 +219,9 @@ def load_daemon_config(path: Path | str, *, env: Mapping[str, str] | None = None
     sources = data.get("sources", [])
     if not isinstance(sources, list) or not all(isinstance(s, Mapping) for s in sources):
         raise ConfigError(f"{path}: [[sources]] must be an array of tables")
+    sources = [dict(s) for s in sources]
+    # `rate_per_s` is the daemon's, not the broker's: taken out before the source sees its table.
+    source_rates = [_source_rate(source.pop("rate_per_s", None), i, path) for i, source in enumerate(sources)]
     templates = data.get("templates", {})
     if not isinstance(templates, Mapping) or not all(isinstance(t, Mapping) for t in templates.values()):
         raise ConfigError(f"{path}: [templates.NAME] must be tables")
@@ -233,6 +251,7 @@ def load_daemon_config(path: Path | str, *, env: Mapping[str, str] | None = None
             max_connections=int(_whole(admin, "max_connections", 256, "admin", minimum=1)),
         ),
         results=dict(results) if results is not None else None,
-        sources=[dict(s) for s in sources],
+        sources=sources,
+        source_rates=source_rates,
         templates={str(k): dict(v) for k, v in templates.items()},
     )

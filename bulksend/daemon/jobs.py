@@ -34,16 +34,18 @@ import structlog
 from anyio.abc import ObjectSendStream
 
 from bulksend.campaign import Campaign, campaign_from_dict
-from bulksend.errors import BulksendError, CampaignError
+from bulksend.errors import BulksendError, CampaignError, StoreError
 from bulksend.jobs import JobError, SendJob, parse_job
 from bulksend.metrics import Metrics
 from bulksend.pipeline.dispatch import SendItem
+from bulksend.pipeline.stats import OutcomeHook
+from bulksend.pipeline.tracker import Tracker
 from bulksend.render import Rejection, Renderer, RenderPacer
 from bulksend.sources.base import Delivery, JobSource
 from bulksend.store.base import AdmitResult, NewRecipient, RecipientRow, RowState, Store
-from bulksend.tem.models import format_rfc3339
+from bulksend.tem.models import Email, format_rfc3339
 
-__all__ = ["JobIntake", "JobTemplate", "compile_template", "job_campaign_id", "job_row"]
+__all__ = ["JobIntake", "JobSink", "JobTemplate", "compile_template", "job_campaign_id", "job_row"]
 
 _OUTAGE = (BulksendError, OSError)
 """Errors that say the store or the broker is unwell, not the message: redeliver, never dead-letter."""
@@ -118,6 +120,12 @@ def compile_template(
             f"(allowed: {', '.join(sorted(TEMPLATE_KEYS))})",
             path=source,
         )
+    if spec.get("from") is None:
+        raise CampaignError(
+            f"template {name!r} needs 'from' (the sender of its emails); write "
+            'from = { email = "news@example.com", name = "Example News" }',
+            path=source,
+        )
     data = {
         "campaign": {**spec, "id": job_campaign_id(name), "recipients": str(empty_recipients)},
         "sending": dict(sending),
@@ -188,6 +196,8 @@ class JobIntake:
                             "given_back": sum(d.settled == "released" for d in deliveries),
                             "retry_in_s": backoff_s,
                         }
+                        if isinstance(exc, StoreError):
+                            self._metrics.store_error("admit")
                         if isinstance(exc, _OUTAGE):
                             log.warning("job.intake_failed", **fields)
                         else:
@@ -260,6 +270,7 @@ class JobIntake:
                             f"{template.campaign.id}/{new.row}",
                             template.campaign.id,
                             template.campaign.from_.email,
+                            lane=name,
                         )
                     )
                 else:
@@ -368,6 +379,32 @@ class JobIntake:
         log.info("job.dead_lettered", source=self.source.name, message_id=delivery.message_id, reason=reason)
 
 
+class JobSink:
+    """The job streams' :class:`~bulksend.pipeline.engine.OutcomeSink`: the tracker of each job
+    campaign, and the job outcome hook (metrics, results)."""
+
+    def __init__(self, trackers: Mapping[str, Tracker], store: Store, on_outcome: OutcomeHook) -> None:
+        self._trackers = trackers
+        self._store = store
+        self._on_outcome = on_outcome
+
+    def on_submitted(self, item: SendItem, email_id: str) -> None:
+        tracker = self._trackers.get(item.campaign_id)
+        if tracker is not None:
+            tracker.expect(email_id, item.row_id)
+
+    async def on_found(self, email: Email, row_id: int) -> None:
+        row = await self._store.get_row(row_id)
+        if row is None:
+            return
+        tracker = self._trackers.get(row.campaign_id)
+        if tracker is not None:
+            await tracker.record_known(email, row_id)
+
+    async def on_outcome(self, campaign_id: str, rows: Sequence[tuple[int, str]]) -> None:
+        await self._on_outcome(campaign_id, rows)
+
+
 def item_from_job_row(row: RecipientRow, template: JobTemplate) -> SendItem | Rejection:
     """Rebuild a stored job's request (resume after a restart), or say why it cannot be.
 
@@ -402,4 +439,5 @@ def _item_from_job_row(row: RecipientRow, template: JobTemplate) -> SendItem | R
         correlation,
         template.campaign.id,
         template.campaign.from_.email,
+        lane=str(payload.get("source") or ""),
     )

@@ -3,15 +3,15 @@
 One anyio task group owns everything the process runs::
 
     admin API (aiohttp.web) ─► DaemonControl methods below ─► CampaignRun per submitted campaign
-    sources (NATS, RabbitMQ, Redis) ─► JobIntake ─► dispatch stream ─► N workers ─► TEM
-                                                         │ ambiguous      ▲ resend
-                                                         ▼                │
-                                                     Reconciler ──────────┘
+    sources (NATS, RabbitMQ, Redis) ─► JobIntake ─► a lane's stream ─► SendEngine ─► TEM
     one Tracker per job template ─► outcome hook ─► results publisher + metrics
                                                        (a journal in the store makes a result
                                                         survive a crash: see "job results")
 
-Everything shares one aiohttp session, one store and one rate limiter (the account's budget).
+Job streams and campaign runs send through the same engine (:mod:`bulksend.pipeline.engine`:
+dispatch, reconciliation, resends). Everything shares one aiohttp session, one store and one rate
+limiter, the account's budget; a campaign's own ``rate_per_s`` and a job stream's are ceilings
+nested inside it (:mod:`bulksend.pipeline.nested`).
 
 Stopping (SIGTERM, or :meth:`Daemon.request_stop`) is two-phase: first stop pulling from the
 brokers and stop starting sends, let in-flight requests finish and record them, acknowledging
@@ -34,7 +34,8 @@ import anyio
 import anyio.to_thread
 import orjson
 import structlog
-from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup, TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
+from anyio.streams.memory import MemoryObjectSendStream
 
 from bulksend.admin.api import AdminServer, check_listen_address, create_admin_app, serve_admin
 from bulksend.admin.control import (
@@ -43,6 +44,8 @@ from bulksend.admin.control import (
     Conflict,
     NotFound,
     campaign_folder_error,
+    check_sender_given,
+    count_recipients,
     new_campaign_folder,
     parse_submission,
     safe_filename,
@@ -51,27 +54,35 @@ from bulksend.admin.control import (
     write_private,
 )
 from bulksend.campaign import Campaign, FileAccess, campaign_from_dict, check_campaign_id
+from bulksend.daemon.cancel import settle_canceled
 from bulksend.daemon.config import DaemonConfig
 from bulksend.daemon.deadletters import DeadLetterBook
 from bulksend.daemon.jobs import (
     JobIntake,
+    JobSink,
     JobTemplate,
     compile_template,
     item_from_job_row,
     job_campaign_id,
 )
 from bulksend.daemon.results import RESULTS_BACKLOG_UNREADY, ResultBacklog, result_message
+from bulksend.daemon.stopping import end_reconciliations
 from bulksend.daemon.summaries import row_states, unsettled_deliveries
-from bulksend.errors import BulksendError, CampaignError, TemError, TemPermanentError, first_bulksend_error
-from bulksend.metrics import Metrics
-from bulksend.pipeline.dispatch import Dispatcher, SendItem, utcnow
+from bulksend.errors import (
+    BulksendError,
+    CampaignError,
+    StoreError,
+    first_bulksend_error,
+)
+from bulksend.metrics import RECONCILE_OUTCOMES, Metrics
+from bulksend.pipeline.dispatch import AccountRefusedError, SendItem
+from bulksend.pipeline.engine import EngineSettings, SendEngine, campaign_tracker
 from bulksend.pipeline.flow import flow_stats
-from bulksend.pipeline.paced import paced_call
-from bulksend.pipeline.reconcile import Reconciler
+from bulksend.pipeline.nested import NestedLimiter, nested
 from bulksend.pipeline.retry import RetryPolicy
 from bulksend.pipeline.runner import CampaignRun
 from bulksend.pipeline.stats import RunStats
-from bulksend.pipeline.tracker import Tracker, TrackerSettings, final_update
+from bulksend.pipeline.tracker import Tracker
 from bulksend.render import Rejection
 from bulksend.send import account_limiter
 from bulksend.sinks.outcomes import outcome_lines
@@ -81,7 +92,6 @@ from bulksend.store import open_store
 from bulksend.store.base import AdmitResult, CampaignRecord, CampaignState, NewRecipient, RowState, Store
 from bulksend.tem.client import TemClient
 from bulksend.tem.config import TemSettings
-from bulksend.tem.models import Email, EmailStatus, ListEmailsQuery, OrderBy
 
 __all__ = ["Daemon"]
 
@@ -96,6 +106,15 @@ _GAUGES_EVERY_S = 2.0
 _PUBLISH_BUDGET_S = 30.0
 """Most time one batch of results may take to publish (and at most ``grace_s``, as it holds up a
 stop); what is left is published at the next start."""
+
+
+def _reconciled(stats: RunStats, outcome: str) -> int:
+    """Reconciliations of one pipeline that ended with ``outcome``."""
+    if outcome == "adopted":
+        return stats.reconciled_adopted
+    if outcome == "resent":
+        return stats.reconciled_resent
+    return stats.reconcile_deferred
 
 
 def _journal_id(job_campaign: str) -> str:
@@ -122,6 +141,12 @@ class Daemon:
         )
         self._templates: dict[str, JobTemplate] = {}
         self.sources: list[JobSource] = [source_from_config(c) for c in config.sources]
+        self.source_rates: dict[str, float] = {
+            source.name: rate
+            for source, rate in zip(self.sources, config.source_rates, strict=False)
+            if rate is not None
+        }
+        """Job streams with a rate of their own (by source name): each is a lane of its own."""
         self.publisher: ResultPublisher | None = (
             publisher_from_config(config.results) if config.results is not None else None
         )
@@ -133,6 +158,10 @@ class Daemon:
         self._queued: set[int] = set()
         self._runs: dict[str, CampaignRun] = {}
         self._errors: dict[str, str] = {}
+        self._tem_refused: str | None = None
+        """Why TEM refused the account at run time (401/403): sending stopped, not ready."""
+        self._canceling: set[str] = set()
+        """Campaigns canceled by this process (the store says so too, once its write is done)."""
         self._intakes: list[JobIntake] = []
         self._result_due: dict[int, int] = {}
         """Job row id → its entry in the results journal, while its result is not published yet."""
@@ -141,12 +170,18 @@ class Daemon:
         """Results whose publish failed, retried in the background."""
         self.results_backlog_unready = RESULTS_BACKLOG_UNREADY
         self.dead_letter_book = DeadLetterBook()
+        self._reconciled_seen: dict[str, int] = dict.fromkeys(RECONCILE_OUTCOMES, 0)
+        """Reconciliations already counted in the metrics, by outcome."""
+        self._reconciled_ended: dict[str, int] = dict.fromkeys(RECONCILE_OUTCOMES, 0)
+        """Reconciliations of campaign runs that have ended, by outcome."""
         self._started = False
         self._in_flight_at_stop = 0
         self._stop_summary: dict[str, Any] = {}
         """The fields of ``daemon.stopped``, filled while stopping."""
         self._stop = anyio.Event()
         self._stopping = False
+        self.forced = False
+        """A second signal forced the stop (``serve`` exits 130)."""
         self._root: anyio.CancelScope | None = None
         self._gauges_scope: anyio.CancelScope | None = None
         self.admin_url: str | None = None
@@ -157,7 +192,13 @@ class Daemon:
         self._stop.set()
 
     def abort(self) -> None:
-        """Stop now (second signal)."""
+        """Stop now (second signal): what is in flight is cancelled, the next start reconciles it."""
+        if not self.forced:
+            log.warning(
+                "daemon.forced_stop",
+                hint="stopping now: requests in flight stay `sending` and the next start reconciles them",
+            )
+        self.forced = True
         self._stop.set()
         if self._root is not None:
             self._root.cancel()
@@ -275,6 +316,40 @@ class Daemon:
         if self._root is not None:
             self._root.deadline = anyio.current_time() + self.config.grace_s
 
+    def _account_refused(self, reason: str) -> None:
+        """TEM refused the secret key or its permissions: stop sending, stay up, not ready.
+
+        The key cannot change while the process runs, so every further send would be refused
+        too. Exiting would leave requests in flight unrecorded; staying up keeps /readyz and
+        /metrics answering with the reason, and the state stays consistent: refused rows are
+        `pending` again, messages not taken stay on their brokers, and a restart with a valid
+        key goes on. One error line says so.
+        """
+        if self._tem_refused is not None:
+            return
+        self._tem_refused = reason
+        log.error(
+            "daemon.tem_refused",
+            error=reason,
+            hint="sending stopped and /readyz answers 503; fix the key or its permissions and "
+            "restart the daemon: nothing is lost, unsent rows and queued jobs are sent then",
+        )
+        for intake in self._intakes:
+            intake.stop_scope.cancel()
+        if self._tracker_tg is not None:
+            self._tracker_tg.cancel_scope.cancel()
+        for run in list(self._runs.values()):
+            run.request_stop()
+
+    def _end_sending(self, reconciling: int) -> bool:
+        """Sending is over (the engine's ``drain``): a graceful stop lets the reconciliations
+        under way finish within grace_s, so rows are not left `sending` (daemon/stopping.py)."""
+        self._stop_summary["reconciling_at_stop"] = reconciling
+        return end_reconciliations(reconciling, graceful=self._stopping and not self.forced)
+
+    def _sending_stopped(self) -> bool:
+        return self._stopping or self._tem_refused is not None
+
     def _on_response(self, kind: str, status: int, elapsed_s: float) -> None:
         self.stats.on_response(kind, status, elapsed_s)
         self.metrics.on_api_response(kind, status, elapsed_s)
@@ -326,15 +401,27 @@ class Daemon:
         self.metrics.set_limiter_rate(self.limiter.rate_per_s)
         self.metrics.set_flow(flow_stats(self.limiter))
         self.metrics.set_in_flight(self._in_flight())
+        self._count_reconciliations()
         backlog = 0
         for cid in [*self._known_job_campaigns, *self._runs]:
-            with contextlib.suppress(BulksendError):
+            try:
                 backlog += (await self.store.counts(cid)).get(RowState.SUBMITTED.value, 0)
+            except BulksendError:
+                self.metrics.store_error("counts")
         self.metrics.set_backlog(backlog)
+        await self.health()  # keeps bulksend_ready current
         for source in self.sources:
             lag = await source.lag()
             if lag is not None:
                 self.metrics.set_queue_lag(source.name, lag)
+
+    def _count_reconciliations(self) -> None:
+        """Bring ``bulksend_reconciliations_total`` up to what the pipelines counted so far."""
+        live = [self.stats, *(run.stats for run in self._runs.values())]
+        for outcome, done in self._reconciled_ended.items():
+            total = done + sum(_reconciled(stats, outcome) for stats in live)
+            self.metrics.reconciled(outcome, total - self._reconciled_seen[outcome])
+            self._reconciled_seen[outcome] = max(total, self._reconciled_seen[outcome])
 
     # -- templates -------------------------------------------------------------------------------
     def _compile(self, name: str, spec: Mapping[str, Any], source: str) -> JobTemplate:
@@ -375,21 +462,16 @@ class Daemon:
         cid = template.campaign.id
         if cid in self._trackers or self._tem is None or self._tracker_tg is None:
             return
-        if self._stopping:
+        if self._sending_stopped():
             return  # the trackers' group is closing or closed: the next start tracks these
-        t = template.campaign.tracking
-        tracker = Tracker(
-            campaign_id=cid,
+        tracker = campaign_tracker(
+            template.campaign,
             store=self.store,
             tem=self._tem,
             limiter=self.limiter,
             stats=self.stats,
-            settings=TrackerSettings(
-                poll_interval_s=t.poll_interval_s, give_up_after_s=t.give_up_after_s, page_size=t.page_size
-            ),
-            since=record.created_at - timedelta(minutes=1),
-            mail_from=template.campaign.from_.email,
             retry=self._retry,
+            since=record.created_at - timedelta(minutes=1),
             on_outcome=self._on_job_outcome,
         )
         self._trackers[cid] = tracker
@@ -398,8 +480,6 @@ class Daemon:
     # -- the job pipeline ------------------------------------------------------------------------
     async def _jobs_main(self) -> None:
         assert self._tem is not None
-        tem = self._tem
-        send, receive = anyio.create_memory_object_stream[SendItem](max_buffer_size=self.concurrency * 2)
         async with anyio.create_task_group() as jobs_tg:
             await jobs_tg.start(self._host_trackers)
             await self._recover_results()
@@ -408,62 +488,67 @@ class Daemon:
                 if record is not None:
                     self._known_job_campaigns.add(template.campaign.id)
                     self._start_tracker(template, record)
-            async with anyio.create_task_group() as recon_tg:
-                dispatcher: Dispatcher
-                settle_s = float(self.config.tracking.get("settle_s", 30))
-                reconciler = Reconciler(
-                    task_group=recon_tg,
-                    store=self.store,
-                    tem=tem,
-                    limiter=self.limiter,
-                    stats=self.stats,
-                    mail_from="",
-                    settle_s=settle_s,
-                    skew_s=5.0,
+            engine = SendEngine(
+                store=self.store,
+                tem=self._tem,
+                limiter=self.limiter,
+                stats=self.stats,
+                retry=self._retry,
+                sink=JobSink(self._trackers, self.store, self._on_job_outcome),
+                settings=EngineSettings(
+                    settle_s=float(self.config.tracking.get("settle_s", 30)),
                     timeout_s=float(self.config.sending.get("timeout_s", 30)),
-                    retry=self._retry,
-                    resend=lambda item: self._resend(dispatcher, item),
-                    on_final=self._record_known,
-                )
-                dispatcher = Dispatcher(
-                    store=self.store,
-                    tem=tem,
-                    limiter=self.limiter,
-                    stats=self.stats,
-                    retry=self._retry,
-                    on_ambiguous=lambda item, started, ended: reconciler.submit(item, started, ended),
-                    on_outcome=self._on_job_outcome,
-                    on_submitted=self._expect,
-                    should_stop=lambda: self._stopping,
-                )
-                async with anyio.create_task_group() as work_tg:
-                    work_tg.start_soon(self._resume_jobs, reconciler, send.clone())
-                    for source in self.sources:
-                        intake = JobIntake(
-                            source=source,
-                            store=self.store,
-                            templates=self._templates,
-                            dispatch=send.clone(),
-                            metrics=self.metrics,
-                            batch=self.config.job_batch,
-                            receive_timeout_s=self.config.receive_timeout_s,
-                            is_queued=self._queued.__contains__,
-                            on_queued=self._queued.add,
-                            ensure_campaign=self._ensure_job_campaign,
-                            after_admit=self._note_results_due,
-                            on_dead_letter=self.dead_letter_book.record,
-                        )
-                        self._intakes.append(intake)
-                        work_tg.start_soon(self._run_intake, intake)
-                        if self._stopping:
-                            intake.stop_scope.cancel()
+                ),
+                should_stop=self._sending_stopped,
+                on_done=self._queued.discard,
+                on_refused=lambda exc: self._account_refused(str(exc)),
+                # Refused key: the daemon stays up, its queues are emptied without sending.
+                drain_queue=lambda: not self._stopping,
+                log_items=True,
+            )
+            # One lane per job stream with a rate of its own (a ceiling inside the account's
+            # limiter, with its own queue so a slow stream never holds up the others' sends);
+            # every other stream, and rows resumed from a stream no longer configured, share
+            # the default lane.
+            lanes = {"": anyio.create_memory_object_stream[SendItem](max_buffer_size=self.concurrency * 2)}
+            for source in self.sources:
+                rate = self.source_rates.get(source.name)
+                if rate is not None and source.name not in lanes:
+                    engine.add_lane(source.name, NestedLimiter(self.limiter, rate))
+                    lanes[source.name] = anyio.create_memory_object_stream[SendItem](
+                        max_buffer_size=self.concurrency * 2
+                    )
+            async with engine.running(drain=self._end_sending), anyio.create_task_group() as work_tg:
+                # Sending stops with the feeders. A graceful stop lets the reconciliations under
+                # way finish within grace_s (``_end_sending``); a forced one leaves their rows
+                # `sending` for the next start to reconcile.
+                queues = {name: send.clone() for name, (send, _) in lanes.items()}
+                work_tg.start_soon(self._resume_jobs, engine, queues)
+                for source in self.sources:
+                    send, _ = lanes.get(source.name, lanes[""])
+                    intake = JobIntake(
+                        source=source,
+                        store=self.store,
+                        templates=self._templates,
+                        dispatch=send.clone(),
+                        metrics=self.metrics,
+                        batch=self.config.job_batch,
+                        receive_timeout_s=self.config.receive_timeout_s,
+                        is_queued=self._queued.__contains__,
+                        on_queued=self._queued.add,
+                        ensure_campaign=self._ensure_job_campaign,
+                        after_admit=self._note_results_due,
+                        on_dead_letter=self.dead_letter_book.record,
+                    )
+                    self._intakes.append(intake)
+                    work_tg.start_soon(self._run_intake, intake)
+                    if self._stopping:
+                        intake.stop_scope.cancel()
+                for send, receive in lanes.values():
                     for _ in range(self.concurrency):
-                        work_tg.start_soon(self._job_worker, dispatcher, receive.clone())
+                        work_tg.start_soon(engine.work, receive.clone())
                     send.close()
                     receive.close()
-                # Sending has stopped: rows still waiting to be reconciled stay `sending` and the
-                # next start reconciles them, so there is no need to sit out their settle time.
-                recon_tg.cancel_scope.cancel()
 
     async def _host_trackers(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Own the trackers' task group. A stop cancels this group alone: it must not reach the
@@ -481,26 +566,14 @@ class Daemon:
         with contextlib.suppress(anyio.BrokenResourceError):
             await intake.run()
 
-    async def _job_worker(self, dispatcher: Dispatcher, receive: ObjectReceiveStream[SendItem]) -> None:
-        async with receive:
-            async for item in receive:
-                if self._stopping:
-                    return  # its row is pending and durable: the next start sends it
-                try:
-                    # Every log line about this job says which job stream and row it concerns.
-                    with structlog.contextvars.bound_contextvars(campaign=item.campaign_id, row=item.row):
-                        await dispatcher.send(item)
-                finally:
-                    self._queued.discard(item.row_id)
-
-    async def _resend(self, dispatcher: Dispatcher, item: SendItem) -> bool:
-        if self._stopping:
-            return False
-        return await dispatcher.send(item)
-
-    async def _resume_jobs(self, reconciler: Reconciler, send: ObjectSendStream[SendItem]) -> None:
-        """Rows an earlier run left behind: `sending` ones are reconciled, `pending` ones sent."""
-        async with send:
+    async def _resume_jobs(
+        self, engine: SendEngine, queues: Mapping[str, MemoryObjectSendStream[SendItem]]
+    ) -> None:
+        """Rows an earlier run left behind: `sending` ones are reconciled, `pending` ones sent
+        (each through the lane of the stream it came from)."""
+        with contextlib.ExitStack() as closing:
+            for queue in queues.values():
+                closing.callback(queue.close)
             try:
                 for template in list(self._templates.values()):
                     cid = template.campaign.id
@@ -510,7 +583,7 @@ class Daemon:
                         item = item_from_job_row(row, template)
                         if isinstance(item, SendItem) and row.attempt_started_at is not None:
                             self._queued.add(row.id)
-                            await reconciler.submit(item, row.attempt_started_at, row.attempt_ended_at)
+                            await engine.reconcile(item, row.attempt_started_at, row.attempt_ended_at)
                     async for row in self.store.iter_rows(cid, states=[RowState.PENDING]):
                         if self._stopping:
                             return
@@ -522,22 +595,9 @@ class Daemon:
                             await self._on_job_outcome(cid, [(row.id, "rejected")])
                             continue
                         self._queued.add(row.id)
-                        await send.send(item)
+                        await queues.get(item.lane, queues[""]).send(item)
             except anyio.BrokenResourceError:
                 return
-
-    def _expect(self, item: SendItem, email_id: str) -> None:
-        tracker = self._trackers.get(item.campaign_id)
-        if tracker is not None:
-            tracker.expect(email_id, item.row_id)
-
-    async def _record_known(self, email: Email, row_id: int) -> None:
-        row = await self.store.get_row(row_id)
-        if row is None:
-            return
-        tracker = self._trackers.get(row.campaign_id)
-        if tracker is not None:
-            await tracker.record_known(email, row_id)
 
     # -- job results -----------------------------------------------------------------------------
     # A result is published after its row is final in the store, so a crash in between would lose
@@ -658,6 +718,7 @@ class Daemon:
             try:
                 await self.store.mark_skipped(entry, reason="result published")
             except BulksendError as exc:
+                self.metrics.store_error("results_journal")
                 log.warning("results.journal_failed", entry=entry, error=str(exc))
 
         # Concurrent, so a store with group commit writes the batch in one commit.
@@ -694,16 +755,20 @@ class Daemon:
     def _start_run(self, campaign: Campaign, folder: Path) -> CampaignRun:
         assert self._tem is not None
         assert self._tg is not None
+        # A campaign's own `rate_per_s` is a ceiling inside the account's limiter; without one,
+        # the campaign is paced by the account's limiter alone.
+        given = campaign.sending.rate_given
         run = CampaignRun(
             campaign,
             store=self.store,
             tem=self._tem,
-            limiter=self.limiter,
+            limiter=nested(self.limiter, campaign.sending.rate_per_s if given else None),
             project_id=self.settings.project_id,
             stats=RunStats(),
             grace_s=self.config.grace_s,
             on_outcome=self._on_campaign_outcome,
             spec_extra={"daemon_dir": str(folder)},
+            after_sending=self._after_sending,
         )
         self._runs[campaign.id] = run
         self._errors.pop(campaign.id, None)
@@ -719,10 +784,33 @@ class Daemon:
             if error is None:
                 raise
             self._errors[cid] = str(error)
-            log.error("campaign.failed", campaign=cid, error=str(error))
+            if isinstance(error, AccountRefusedError):
+                self._account_refused(str(error))  # the daemon's one line says it all
+            else:
+                if isinstance(error, StoreError):
+                    self.metrics.store_error("campaign_run")
+                log.error("campaign.failed", campaign=cid, error=str(error))
         finally:
             if self._runs.get(cid) is run:
                 del self._runs[cid]
+            for outcome in self._reconciled_ended:
+                self._reconciled_ended[outcome] += _reconciled(run.stats, outcome)
+            await self._forget_if_over(cid)
+
+    async def _forget_if_over(self, cid: str) -> None:
+        """Drop an ended campaign's per-campaign series: a long-lived daemon must not grow labels
+        without bound. Its figures stay in the API (``GET /v1/campaigns/{id}``)."""
+        if cid in self._runs:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                record = await self.store.get_campaign(cid)
+            except BulksendError:
+                self.metrics.store_error("get_campaign")
+                return
+        over = (CampaignState.FINISHED, CampaignState.CANCELED)
+        if cid in self._errors or (record is not None and record.state in over):
+            self.metrics.forget_campaign(cid)
 
     async def submit_campaign(
         self,
@@ -743,6 +831,7 @@ class Daemon:
                 f"campaign id {cid!r}: ids starting with 'jobs.' are reserved for queued jobs; pick another",
                 path="campaign",
             )
+        check_sender_given(table, as_json=not isinstance(campaign, str))
         await self._refuse_taken(cid)
         # Reserved in the store before the disk is touched: of two submissions of one id (in this
         # process or another sharing the store), one gets the folder and the other a 409.
@@ -770,6 +859,7 @@ class Daemon:
                     files=self._submitted_files(),
                 )
             )
+            total = await anyio.to_thread.run_sync(count_recipients, loaded.recipients)
             await anyio.to_thread.run_sync(write_private, folder / "campaign.json", orjson.dumps(data))
             # The record exists before the reservation ends, so a later submission of this id
             # finds it; the run finds it too (same fingerprint) and goes on from it.
@@ -781,6 +871,7 @@ class Daemon:
                     "recipients": str(loaded.recipients),
                     "outcomes": str(loaded.output.outcomes),
                     "daemon_dir": str(folder),
+                    "total": total,
                 },
             )
         except BaseException as exc:
@@ -796,8 +887,8 @@ class Daemon:
             with anyio.CancelScope(shield=True):
                 await self.store.release_role(cid, _SUBMIT_ROLE, worker_id=token)
         self._start_run(loaded, folder)
-        log.info("campaign.submitted", campaign=cid)
-        return await self._info(cid, fallback_state="running")
+        log.info("campaign.submitted", campaign=cid, total=total)
+        return await self._info(cid)
 
     async def _refuse_taken(self, cid: str) -> None:
         if cid in self._runs or await self.store.get_campaign(cid) is not None:
@@ -821,21 +912,25 @@ class Daemon:
                 renewed = anyio.current_time()
             yield chunk
 
-    async def _info(self, cid: str, *, fallback_state: CampaignStatus = "running") -> CampaignInfo:
+    async def _info(self, cid: str) -> CampaignInfo:
+        # Everything comes from the store's record, never from a clock read now: two reads of a
+        # campaign agree on `created_at` (and the 201 answer with both).
         record = await self.store.get_campaign(cid)
-        counts = await self.store.counts(cid) if record is not None else {}
-        state: CampaignStatus
-        if cid in self._errors:
-            state = "failed"
-        elif record is None:
-            state = fallback_state
-        else:
-            state = record.state.value
+        if record is None:
+            raise NotFound(f"no campaign {cid!r}")
+        stored = await self.store.counts(cid)
+        counts = {s.value: 0 for s in RowState} | stored
+        state: CampaignStatus = "failed" if cid in self._errors else record.state.value
+        total = record.spec.get("total")
+        if not isinstance(total, int) and record.admitted_all:
+            # Submitted before the total was recorded: every row is admitted, so they are all.
+            total = sum(stored.get(s.value, 0) for s in RowState)
         return CampaignInfo(
             id=cid,
             state=state,
-            created_at=record.created_at if record else utcnow(),
+            created_at=record.created_at,
             counts=counts,
+            total=total if isinstance(total, int) else None,
             error=self._errors.get(cid),
         )
 
@@ -849,7 +944,7 @@ class Daemon:
 
     async def get_campaign(self, campaign_id: str) -> CampaignInfo | None:
         record = await self.store.get_campaign(campaign_id)
-        if record is None and campaign_id not in self._runs:
+        if record is None or record.spec.get("kind") == "jobs":
             return None
         return await self._info(campaign_id)
 
@@ -898,71 +993,28 @@ class Daemon:
         if record.state is CampaignState.FINISHED:
             raise Conflict(f"campaign {campaign_id!r} is finished; there is nothing left to cancel")
         await self.store.set_campaign_state(campaign_id, CampaignState.CANCELED)
+        # From here to the end, no checkpoint: either the run has not yet passed its
+        # `after_sending` hook, which then sees `_canceling` and settles every row, or it has
+        # (a paused run only tracking), and a new run of the canceled campaign settles them.
+        self._canceling.add(campaign_id)
         run = self._runs.get(campaign_id)
-        if run is not None:
+        if run is not None and not run.sending_over.is_set():
             run.request_stop(keep_tracking=True)
-        # Rows not sent yet are skipped; a worker racing us loses (mark_sending needs `pending`).
-        skipped = []
-        async for row in self.store.iter_rows(campaign_id, states=[RowState.PENDING]):
-            try:
-                await self.store.mark_skipped(row.id, reason="campaign canceled before this email was sent")
-                skipped.append((row.id, "skipped"))
-            except BulksendError:
-                continue
-        await self._on_campaign_outcome(campaign_id, skipped)
-        await self._cancel_new_at_tem(campaign_id, record)
-        if campaign_id not in self._runs:
-            folder = record.spec.get("daemon_dir")
-            if folder:  # follow what was submitted to its end
-                self._start_run(self._load_submitted(Path(folder)), Path(folder))
+        else:
+            if run is not None:
+                del self._runs[campaign_id]
+                run.abort()  # it only tracks; the new run tracks too
+            folder = Path(str(record.spec.get("daemon_dir")))
+            self._start_run(self._load_submitted(folder), folder)
         return await self._info(campaign_id)
 
-    async def _cancel_new_at_tem(self, campaign_id: str, record: CampaignRecord) -> None:
-        """Cancel at TEM every email of the campaign that is still ``new``."""
-        assert self._tem is not None
-        from_address = ""
-        with contextlib.suppress(OSError, BulksendError):
-            from_address = self._load_submitted(Path(str(record.spec.get("daemon_dir")))).from_.email
-        query = ListEmailsQuery(
-            since=record.created_at - timedelta(minutes=1),
-            mail_from=from_address or None,
-            statuses=(EmailStatus.NEW,),
-            order_by=OrderBy.CREATED_AT_ASC,
-        )
-        emails: list[Email] = []
-        try:
-            page = 1
-            while True:
-                result = await paced_call(
-                    self.limiter,
-                    self._retry,
-                    "list",
-                    partial(self._tem.list_emails, query, page=page, page_size=1000),
-                )
-                emails.extend(result.emails)
-                if len(result.emails) < 1000:
-                    break
-                page += 1
-        except TemError as exc:
-            log.warning("campaign.cancel_list_failed", campaign=campaign_id, error=str(exc))
-            return
-        rows = await self.store.rows_by_email_id(campaign_id, [e.id for e in emails])
-        for email in emails:
-            row = rows.get(email.id)
-            if row is None or row.state is not RowState.SUBMITTED:
-                continue
-            try:
-                canceled = await paced_call(
-                    self.limiter, self._retry, "cancel", partial(self._tem.cancel_email, email.id)
-                )
-            except TemPermanentError:
-                continue  # already past `new`: its real status comes from tracking
-            except TemError as exc:
-                log.warning("campaign.cancel_failed", email_id=email.id, error=str(exc))
-                continue
-            if canceled.status is EmailStatus.CANCELED:
-                await self.store.mark_final([final_update(row.id, canceled)])
-                await self._on_campaign_outcome(campaign_id, [(row.id, "canceled")])
+    async def _after_sending(self, run: CampaignRun) -> None:
+        """A run sends nothing more: if its campaign is canceled, give every row its outcome."""
+        cid = run.campaign.id
+        record = await self.store.get_campaign(cid)
+        # No checkpoint between this test and the return (see `cancel`).
+        if cid in self._canceling or (record is not None and record.state is CampaignState.CANCELED):
+            await settle_canceled(run, self._on_campaign_outcome)
 
     async def templates(self) -> list[str]:
         return sorted(self._templates)
@@ -982,15 +1034,23 @@ class Daemon:
             checks["store"] = True
         except Exception:  # any failure at all means "not ready"
             checks["store"] = False
+            self.metrics.store_error("health_check")
         for source in self.sources:
             checks[f"source:{source.name}"] = await source.healthy()
         if self.publisher is not None:
             checks[f"results:{self.publisher.name}"] = await self.publisher.healthy()
             checks["results_backlog"] = len(self.results_backlog) <= self.results_backlog_unready
+        checks["tem"] = self._tem_refused is None
+        self.metrics.set_ready(all(checks.values()))
         return checks
 
     async def dead_letters(self) -> dict[str, Any]:
         return self.dead_letter_book.as_json([s.name for s in self.sources])
 
     async def health_details(self) -> dict[str, Any]:
-        return {"results_backlog": len(self.results_backlog)} if self.publisher is not None else {}
+        details: dict[str, Any] = {}
+        if self.publisher is not None:
+            details["results_backlog"] = len(self.results_backlog)
+        if self._tem_refused is not None:
+            details["tem"] = self._tem_refused
+        return details

@@ -79,6 +79,8 @@ class SendItem:
     """Sender address, for reconciliation lookups (campaigns of one process may differ)."""
     lease_token: int | None = None
     """Fencing token of this worker's lease on the row (scale-out); None in single-process mode."""
+    lane: str = ""
+    """The engine lane that sends it (a job stream's name); empty or unknown: the default lane."""
 
 
 def utcnow() -> datetime:

@@ -149,6 +149,7 @@ class Reconciler:
                 for amb in rows:
                     self.pending -= 1
                     self._stats.deferred += 1
+                    self._stats.reconcile_deferred += 1
                     log.warning(
                         "email.reconcile_failed",
                         row=amb.item.row,

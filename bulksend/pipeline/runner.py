@@ -10,6 +10,9 @@
       ▼
     store ◄──────────────── tracker (list final emails in batches, stragglers by id)
 
+Dispatch, reconciliation and resends are the :class:`~bulksend.pipeline.engine.SendEngine`'s (the
+daemon's job streams use the same engine); this module feeds it and owns the campaign's lifecycle.
+
 Stopping: :meth:`CampaignRun.request_stop` stops intake at once, lets in-flight requests finish
 and records them, and gives up after ``grace_s`` (rows left ``sending`` are reconciled by the next
 run). :meth:`CampaignRun.abort` cancels at once; the store writes are shielded, so the next run
@@ -18,7 +21,7 @@ still finds every row where it really is.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,16 +29,17 @@ from typing import Any
 
 import anyio
 import structlog
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from bulksend.campaign import Campaign
 from bulksend.errors import CampaignError, StateLostError
-from bulksend.pipeline.dispatch import Dispatcher, SendItem, utcnow
+from bulksend.pipeline.dispatch import AccountRefusedError, SendItem, utcnow
+from bulksend.pipeline.engine import EngineSettings, SendEngine, TrackerSink, campaign_tracker
 from bulksend.pipeline.limiter import RateLimiter
-from bulksend.pipeline.reconcile import CampaignReconcile, Reconciler, reconcile_campaign
+from bulksend.pipeline.reconcile import CampaignReconcile, reconcile_campaign
 from bulksend.pipeline.retry import RetryPolicy
 from bulksend.pipeline.stats import OutcomeHook, RunStats
-from bulksend.pipeline.tracker import Tracker, TrackerSettings, final_update
+from bulksend.pipeline.tracker import Tracker, final_update
 from bulksend.render import Rejection, RenderedEmail, Renderer, RenderPacer
 from bulksend.sinks.outcomes import outcome_lines, write_outcomes
 from bulksend.sources.files import BadRow, RecipientInput, iter_recipients, split_attachments
@@ -54,12 +58,17 @@ from bulksend.tem.client import TemClient
 from bulksend.tem.models import Email
 from bulksend.validate import normalize_address
 
-__all__ = ["CampaignRun", "RunResult", "attachments_of", "correlation_of"]
+__all__ = ["AfterSending", "CampaignRun", "RunResult", "attachments_of", "correlation_of"]
 
 log = structlog.get_logger("bulksend.run")
 
 ADMIT_BATCH = 500
 """Rows admitted per store commit: large enough to amortise the commit, small enough to start fast."""
+
+
+AfterSending = Callable[["CampaignRun"], Awaitable[None]]
+"""Called once a run sends nothing more, before it only tracks (a canceled campaign settles its
+rows there)."""
 
 
 def correlation_of(campaign_id: str, row: int) -> str:
@@ -106,6 +115,7 @@ class CampaignRun:
         claim_batch: int = 100,
         claim_idle_s: float = 0.2,
         prefetch: int | None = None,
+        after_sending: AfterSending | None = None,
     ) -> None:
         self.campaign = campaign
         self.worker_id = worker_id
@@ -127,8 +137,13 @@ class CampaignRun:
             max_attempts=campaign.sending.max_attempts, max_elapsed_s=campaign.sending.max_retry_s
         )
         self._on_outcome = on_outcome
+        self._after_sending = after_sending
+        self.sending_over = anyio.Event()
+        """Set once this run sends nothing more (and ``after_sending`` has returned)."""
         self._spec_extra = dict(spec_extra or {})
         self._stopping = False
+        self.account_refused: AccountRefusedError | None = None
+        """Set when TEM refused the account (401/403): the run stopped sending and raises it."""
         self._keep_tracking = False
         self._root_scope: anyio.CancelScope | None = None
         self._intake_scope = anyio.CancelScope()
@@ -136,6 +151,20 @@ class CampaignRun:
         self._reconciling: set[int] = set()
         self._sent_since: datetime | None = None
         """Set by :meth:`reconcile_all`: when the campaign's first send may have happened."""
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The campaign's retry policy for TEM calls."""
+        return self._retry
+
+    @property
+    def skew_s(self) -> float:
+        """Clock skew allowed between this machine and TEM in lookups."""
+        return self._skew_s
+
+    async def item_from_row(self, row: RecipientRow) -> SendItem | None:
+        """The email of a stored row, rendered again (None when it no longer renders)."""
+        return await self._item_from_row(row)
 
     # -- control -----------------------------------------------------------------------------
     @property
@@ -201,20 +230,14 @@ class CampaignRun:
         # Emails of this campaign were all created after the campaign record; the margin covers
         # clock skew between this machine and TEM.
         since = min(record.created_at, self._sent_since or record.created_at) - timedelta(minutes=1)
-        tracker = Tracker(
-            campaign_id=c.id,
+        tracker = campaign_tracker(
+            c,
             store=self.store,
             tem=self.tem,
             limiter=self.limiter,
             stats=self.stats,
-            settings=TrackerSettings(
-                poll_interval_s=c.tracking.poll_interval_s,
-                give_up_after_s=c.tracking.give_up_after_s,
-                page_size=c.tracking.page_size,
-            ),
-            since=since,
-            mail_from=c.from_.email,
             retry=self._retry,
+            since=since,
             on_outcome=self._on_outcome,
         )
         sending_done = anyio.Event()
@@ -227,10 +250,18 @@ class CampaignRun:
                 if record.state is CampaignState.RUNNING:
                     await self._send_all(record, tracker)
                 # A paused or canceled campaign sends nothing more; its run only tracks what
-                # was already submitted.
+                # was already submitted (and, through the hook, settles a cancel first).
+                if self._after_sending is not None:
+                    await self._after_sending(self)
+                # No checkpoint between the hook's return and this: whoever looks at
+                # `sending_over` knows whether the hook can still see what it set.
+                self.sending_over.set()
                 sending_done.set()
         self._root_scope = None
-        return await self._finish(hard_stopped=root.cancelled_caught)
+        result = await self._finish(hard_stopped=root.cancelled_caught)
+        if self.account_refused is not None:
+            raise self.account_refused
+        return result
 
     # -- lost state ----------------------------------------------------------------------------
     def _check_state(self) -> None:
@@ -353,40 +384,31 @@ class CampaignRun:
     async def _send_all(self, record: CampaignRecord, tracker: Tracker) -> None:
         c = self.campaign
         send, receive = anyio.create_memory_object_stream[SendItem](max_buffer_size=self.prefetch)
-        async with anyio.create_task_group() as recon_tg:
-            dispatcher: Dispatcher
-            reconciler = Reconciler(
-                task_group=recon_tg,
-                store=self.store,
-                tem=self.tem,
-                limiter=self.limiter,
-                stats=self.stats,
-                mail_from=c.from_.email,
+        engine = SendEngine(
+            store=self.store,
+            tem=self.tem,
+            limiter=self.limiter,
+            stats=self.stats,
+            retry=self._retry,
+            sink=TrackerSink(tracker, self._on_outcome),
+            settings=EngineSettings(
                 settle_s=c.tracking.settle_s,
-                skew_s=self._skew_s,
                 timeout_s=c.sending.timeout_s,
-                retry=self._retry,
-                resend=lambda item: self._resend(dispatcher, item),
-                on_final=tracker.record_known,
-            )
-            dispatcher = Dispatcher(
-                store=self.store,
-                tem=self.tem,
-                limiter=self.limiter,
-                stats=self.stats,
-                retry=self._retry,
-                on_ambiguous=lambda item, started, ended: reconciler.submit(item, started, ended),
-                on_outcome=self._on_outcome,
-                on_submitted=lambda item, email_id: tracker.expect(email_id, item.row_id),
-                should_stop=lambda: self._stopping,
-            )
+                skew_s=self._skew_s,
+                mail_from=c.from_.email,
+            ),
+            should_stop=lambda: self._stopping,
+            on_done=self._held.discard,
+            on_refused=self._refused,
+        )
+        async with engine.running():
             if self.worker_id is None:
                 # Rows a previous run left `sending` may have reached TEM: reconcile, never resend.
                 async for row in self.store.iter_rows(c.id, states=[RowState.SENDING]):
                     item = await self._item_from_row(row)
                     if item is not None and row.attempt_started_at is not None:
                         self._reconciling.add(row.id)
-                        await reconciler.submit(item, row.attempt_started_at, row.attempt_ended_at)
+                        await engine.reconcile(item, row.attempt_started_at, row.attempt_ended_at)
             async with anyio.create_task_group() as renew_tg:
                 if self.worker_id is not None:
                     renew_tg.start_soon(self._renew_leases)
@@ -394,12 +416,12 @@ class CampaignRun:
                     if self.worker_id is None:
                         dispatch_tg.start_soon(self._intake, send, record)
                     else:
-                        dispatch_tg.start_soon(self._intake_claiming, send, record, reconciler)
+                        dispatch_tg.start_soon(self._intake_claiming, send, record, engine)
                     # Twice as many tasks as HTTP slots (the connection pool holds the HTTP
                     # concurrency): while some wait for their `sending`/`submitted` commits,
                     # others keep every connection busy.
                     for _ in range(2 * c.sending.concurrency):
-                        dispatch_tg.start_soon(self._worker, dispatcher, receive.clone())
+                        dispatch_tg.start_soon(engine.work, receive.clone())
                     receive.close()
                 renew_tg.cancel_scope.cancel()
             if self.worker_id is not None and self._held:
@@ -407,37 +429,17 @@ class CampaignRun:
                 with anyio.CancelScope(shield=True):
                     await self.store.release(worker_id=self.worker_id, row_ids=sorted(self._held))
 
-    async def _resend(self, dispatcher: Dispatcher, item: SendItem) -> bool:
-        if self._stopping:
-            return False  # the row is `pending`; the next run sends it
-        try:
-            return await dispatcher.send(item)
-        finally:
-            self._held.discard(item.row_id)
-
-    async def _worker(self, dispatcher: Dispatcher, receive: MemoryObjectReceiveStream[SendItem]) -> None:
-        async with receive:
-            while True:
-                # Take a queued item without a checkpoint (``receive`` yields to the loop first,
-                # once per email for nothing); wait only when the queue is empty. Every send
-                # suspends anyway, so no task can starve the others.
-                try:
-                    try:
-                        item = receive.receive_nowait()
-                    except anyio.WouldBlock:
-                        item = await receive.receive()
-                except anyio.EndOfStream:
-                    return
-                if self._stopping:
-                    return  # the item's row stays `pending`: durable, and resumed by the next run
-                try:
-                    await dispatcher.send(item)
-                finally:
-                    self._held.discard(item.row_id)
+    def _refused(self, exc: AccountRefusedError) -> None:
+        """TEM refused the account: stop sending, but let the requests already out come back and
+        be recorded (they are refused too: their rows go back to `pending`, none stays `sending`).
+        The run then ends and raises ``exc``."""
+        if self.account_refused is None:
+            self.account_refused = exc
+        self.request_stop()
 
     # -- scale-out intake --------------------------------------------------------------------
     async def _intake_claiming(
-        self, send: MemoryObjectSendStream[SendItem], record: CampaignRecord, reconciler: Reconciler
+        self, send: MemoryObjectSendStream[SendItem], record: CampaignRecord, engine: SendEngine
     ) -> None:
         """Scale-out intake: admit the file if this worker holds the "admit" role, and send the
         rows this worker claims (leases with fencing tokens). Rows a dead worker held become
@@ -476,7 +478,7 @@ class CampaignRun:
                         if item is not None:
                             self._held.add(row.id)
                             started = row.attempt_started_at or utcnow()
-                            await reconciler.submit(item, started, row.attempt_ended_at)
+                            await engine.reconcile(item, started, row.attempt_ended_at)
                     claimed = await self.store.claim(
                         c.id, worker_id=worker, limit=self.claim_batch, lease_s=self.lease_s
                     )

@@ -34,6 +34,8 @@ class RunStats:
     reconciled_adopted: int = 0
     reconciled_resent: int = 0
     ambiguous: int = 0
+    reconcile_deferred: int = 0
+    """Ambiguous rows whose lookup at TEM failed: left ``sending`` for a later reconciliation."""
     deferred: int = 0
     """Rows left pending after retries ran out (a rerun resumes them)."""
     api_calls: Counter[tuple[str, int]] = field(default_factory=Counter)

@@ -21,7 +21,7 @@ import anyio
 import orjson
 
 from bulksend.private import make_private_dirs
-from bulksend.store.base import OutcomeValuesSource, RecipientRow, Store
+from bulksend.store.base import CANCELED_BEFORE_SENDING, OutcomeValuesSource, RecipientRow, Store
 
 __all__ = [
     "CSV_FORMULA_TRIGGERS",
@@ -108,6 +108,8 @@ def outcome_from_values(values: Sequence[Any], *, unfinished: str = _UNFINISHED)
     ) = values
     if state == "final":
         status = status or "unknown"
+    elif state == "skipped" and reason == CANCELED_BEFORE_SENDING:
+        status = "canceled"  # never sent: canceled with its campaign
     elif state == "rejected" or state == "skipped":
         status = state
     else:

@@ -121,6 +121,11 @@ TRANSITIONS: dict[RowState, frozenset[RowState]] = {
 }
 
 
+CANCELED_BEFORE_SENDING = "the campaign was canceled before this email was sent"
+"""The reason of a row ``skipped`` because its campaign was canceled before it was sent (or even
+read): its outcome line says ``canceled``."""
+
+
 class CampaignState(StrEnum):
     RUNNING = "running"
     PAUSED = "paused"
