@@ -6,8 +6,15 @@
     ├── ConfigError              settings missing or invalid (names the variable/key to fix)
     ├── CampaignError            a campaign-level mistake found before anything is sent
     │                            (file, line and fix in the message)
+    ├── JobError                 a broker message is not a valid send job (``reason``, ``kind``)
+    ├── BrokerError              a message broker is unreachable or refused an operation (transient)
+    ├── ControlError             a daemon control request that cannot be carried out as asked
+    │   ├── NotFound             no such campaign or template (the API answers 404)
+    │   └── Conflict             the request clashes with the current state (409)
+    ├── AccountRefusedError      TEM refused the account itself (401/403): stop sending
     ├── StoreError               the state store cannot be opened or used
-    │   └── StateLostError       the state is older than what was already sent (reconcile first)
+    │   ├── StateLostError       the state is older than what was already sent (reconcile first)
+    │   └── LeaseLostError       a fenced write lost its lease (``row_id``): drop the row
     └── TemError                 anything that went wrong talking to TEM
         ├── TemTransportError    no usable HTTP answer (transient)
         │   ├── TemConnectionError   connection refused, reset or dropped
@@ -23,9 +30,11 @@
             │   ├── TransientStateError      409 ``transient_state``
             │   ├── PreconditionFailedError  412 ``precondition_failed``
             │   └── LockedError              423 ``locked``
-            └── TemTransientError            429 and 5xx: retried with backoff
+            └── TemTransientError            429, 5xx and bad 2xx bodies: retried with backoff
                 ├── RateLimitedError         429 (``retry_after_s`` when the server said)
-                └── ServerError              5xx (``OutOfStockError`` for 503 ``out_of_stock``)
+                ├── ServerError              5xx
+                │   └── OutOfStockError      503 ``out_of_stock``
+                └── TemProtocolError         2xx whose body is not the promised JSON (ambiguous)
 
 ``error.transient`` tells whether retrying may help. The HTTP → error mapping lives in exactly one
 place, :func:`bulksend.tem.errors.error_from_response`. No error text ever carries the secret key.
@@ -34,15 +43,23 @@ place, :func:`bulksend.tem.errors.error_from_response`. No error text ever carri
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 __all__ = [
+    "AccountRefusedError",
     "AuthenticationError",
+    "BrokerError",
     "BulksendError",
     "CampaignError",
     "ConfigError",
+    "Conflict",
+    "ControlError",
     "InvalidArgumentsError",
+    "JobError",
+    "JobErrorKind",
+    "LeaseLostError",
     "LockedError",
+    "NotFound",
     "NotFoundError",
     "OutOfStockError",
     "PermissionsDeniedError",
@@ -56,6 +73,7 @@ __all__ = [
     "TemConnectionError",
     "TemError",
     "TemPermanentError",
+    "TemProtocolError",
     "TemTimeoutError",
     "TemTransientError",
     "TemTransportError",
@@ -95,6 +113,65 @@ class StoreError(BulksendError):
 
 class StateLostError(StoreError):
     """The store knows of fewer sends than its send journal: sending now could email people twice."""
+
+
+class LeaseLostError(StoreError):
+    """A fenced write was refused: the row's lease is no longer the caller's.
+
+    Raised by a dispatch write given a ``lease_token`` that is not the row's current token, or
+    whose lease was released or ended by a terminal transition. Nothing was written. The worker
+    must drop the row (another worker owns it now, or it is finished) and must not retry the write.
+    """
+
+    def __init__(self, row_id: int, message: str) -> None:
+        super().__init__(message)
+        self.row_id = row_id
+
+    def __reduce__(self) -> tuple[type[LeaseLostError], tuple[int, str]]:
+        # Exception pickling only replays ``args``; carry ``row_id`` across process boundaries too.
+        return (type(self), (self.row_id, str(self)))
+
+
+JobErrorKind = Literal[
+    "too_large", "not_json", "not_object", "version", "unknown_field", "missing_field", "invalid_field"
+]
+
+
+class JobError(BulksendError):
+    """A message is not a valid send job.
+
+    ``reason`` is a sentence a person can act on (it is also the exception text); ``kind`` is a
+    short fixed word for metrics labels; ``field`` names the offending field (dotted, such as
+    ``recipient.email``) when there is one.
+    """
+
+    def __init__(self, reason: str, *, kind: JobErrorKind, field: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.kind: JobErrorKind = kind
+        self.field = field
+
+
+class BrokerError(BulksendError):
+    """A message broker could not be reached or refused an operation. Usually transient."""
+
+    transient = True
+
+
+class ControlError(BulksendError):
+    """A control request that cannot be carried out as asked (base of NotFound and Conflict)."""
+
+
+class NotFound(ControlError):
+    """No campaign (or template) with that id: the API answers 404."""
+
+
+class Conflict(ControlError):
+    """The request clashes with the current state (resume a finished campaign, reuse an id): 409."""
+
+
+class AccountRefusedError(BulksendError):
+    """TEM refused the account itself (401/403): sending anything else is pointless."""
 
 
 class TemError(BulksendError):
@@ -235,6 +312,17 @@ class ServerError(TemTransientError):
 
 class OutOfStockError(ServerError):
     """503 ``out_of_stock``."""
+
+
+class TemProtocolError(TemTransientError):
+    """TEM answered 2xx, but the body is not the JSON the endpoint promises.
+
+    Transient (a proxy or a partial deploy may be to blame). On a send it is *ambiguous*: a 2xx
+    means TEM probably created the emails, but their ids are unknown, so ``sent`` is True and the
+    send must be reconciled like a timeout rather than retried.
+    """
+
+    sent: bool = True
 
 
 def first_bulksend_error(exc: BaseException) -> BulksendError | None:

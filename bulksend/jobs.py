@@ -27,11 +27,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import orjson
 
-from bulksend.errors import BulksendError
+from bulksend.errors import JobError, JobErrorKind
 from bulksend.validate import check_name
 
 __all__ = [
@@ -78,25 +78,6 @@ _RECIPIENT_FIELDS: Final = ("email", "name")
 _RFC3339: Final = re.compile(
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})\Z"
 )
-
-JobErrorKind = Literal[
-    "too_large", "not_json", "not_object", "version", "unknown_field", "missing_field", "invalid_field"
-]
-
-
-class JobError(BulksendError):
-    """A message is not a valid send job.
-
-    ``reason`` is a sentence a person can act on (it is also the exception text); ``kind`` is a
-    short fixed word for metrics labels; ``field`` names the offending field (dotted, such as
-    ``recipient.email``) when there is one.
-    """
-
-    def __init__(self, reason: str, *, kind: JobErrorKind, field: str | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.kind: JobErrorKind = kind
-        self.field = field
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ import anyio.to_thread
 import orjson
 
 from bulksend.campaign import FileAccess, campaign_from_dict, check_campaign_id, parse_campaign_toml
-from bulksend.errors import BulksendError, CampaignError
+from bulksend.errors import CampaignError, Conflict, ControlError, NotFound
 from bulksend.sinks.outcomes import outcome_lines
 from bulksend.sources.files import BadRow, RecipientInput, iter_recipients
 from bulksend.store.base import (
@@ -73,18 +73,6 @@ __all__ = [
 CampaignStatus = Literal["running", "paused", "canceled", "finished", "failed"]
 CAMPAIGN_STATUSES: Final[tuple[CampaignStatus, ...]] = ("running", "paused", "canceled", "finished", "failed")
 TERMINAL_STATUSES: Final[frozenset[str]] = frozenset({"canceled", "finished", "failed"})
-
-
-class ControlError(BulksendError):
-    """A control request that cannot be carried out as asked (base of NotFound and Conflict)."""
-
-
-class NotFound(ControlError):
-    """No campaign (or template) with that id: the API answers 404."""
-
-
-class Conflict(ControlError):
-    """The request clashes with the current state (resume a finished campaign, reuse an id): 409."""
 
 
 @dataclass(frozen=True, slots=True)

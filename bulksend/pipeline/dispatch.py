@@ -31,8 +31,8 @@ import anyio
 import structlog
 
 from bulksend.errors import (
+    AccountRefusedError,
     AuthenticationError,
-    BulksendError,
     PermissionsDeniedError,
     QuotaExceededError,
     RateLimitedError,
@@ -58,10 +58,6 @@ from bulksend.tem.client import SentEmail, TemClient
 __all__ = ["AccountRefusedError", "Dispatcher", "SendItem"]
 
 log = structlog.get_logger("bulksend.dispatch")
-
-
-class AccountRefusedError(BulksendError):
-    """TEM refused the account itself (401/403): sending anything else is pointless."""
 
 
 @dataclass(frozen=True, slots=True)

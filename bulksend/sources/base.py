@@ -59,7 +59,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 
-from bulksend.errors import BulksendError, ConfigError
+from bulksend.errors import BrokerError, ConfigError
 
 __all__ = [
     "MAX_REASON_CHARS",
@@ -89,12 +89,6 @@ SETTLE_TIMEOUT_S: Final = 10.0
 """How long one settlement may take, shielded from cancellation, before it fails."""
 
 Settlement = Literal["acked", "dead_lettered", "released"]
-
-
-class BrokerError(BulksendError):
-    """A message broker could not be reached or refused an operation. Usually transient."""
-
-    transient = True
 
 
 # -- protocols ----------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final, Protocol, runtime_checkable
 
-from bulksend.errors import StoreError
+from bulksend.errors import LeaseLostError
 
 __all__ = [
     "OUTCOME_VALUE_FIELDS",
@@ -76,23 +76,6 @@ __all__ = [
     "StateLoss",
     "Store",
 ]
-
-
-class LeaseLostError(StoreError):
-    """A fenced write was refused: the row's lease is no longer the caller's.
-
-    Raised by a dispatch write given a ``lease_token`` that is not the row's current token, or
-    whose lease was released or ended by a terminal transition. Nothing was written. The worker
-    must drop the row (another worker owns it now, or it is finished) and must not retry the write.
-    """
-
-    def __init__(self, row_id: int, message: str) -> None:
-        super().__init__(message)
-        self.row_id = row_id
-
-    def __reduce__(self) -> tuple[type[LeaseLostError], tuple[int, str]]:
-        # Exception pickling only replays ``args``; carry ``row_id`` across process boundaries too.
-        return (type(self), (self.row_id, str(self)))
 
 
 class RowState(StrEnum):

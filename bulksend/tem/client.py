@@ -35,7 +35,7 @@ import structlog
 from yarl import URL
 
 from bulksend import __version__
-from bulksend.errors import TemConnectionError, TemError, TemTimeoutError, TemTransientError
+from bulksend.errors import TemConnectionError, TemError, TemProtocolError, TemTimeoutError
 from bulksend.tem.config import TemSettings
 from bulksend.tem.errors import error_from_response
 from bulksend.tem.models import (
@@ -68,17 +68,6 @@ _MAX_RAW = 4096
 EndpointKind = Literal["send", "get", "list", "cancel", "statistics"]
 ResponseObserver = Callable[[str, int, float], None]
 """``(endpoint kind, HTTP status or 0 for a transport error, elapsed seconds)``, after every request."""
-
-
-class TemProtocolError(TemTransientError):
-    """TEM answered 2xx, but the body is not the JSON the endpoint promises.
-
-    Transient (a proxy or a partial deploy may be to blame). On a send it is *ambiguous*: a 2xx
-    means TEM probably created the emails, but their ids are unknown, so ``sent`` is True and the
-    send must be reconciled like a timeout rather than retried.
-    """
-
-    sent: bool = True
 
 
 class SentEmail(NamedTuple):
