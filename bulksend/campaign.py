@@ -19,7 +19,6 @@ import base64
 import difflib
 import errno
 import hashlib
-import math
 import os
 import re
 import stat
@@ -35,6 +34,7 @@ from jinja2 import StrictUndefined, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
 from bulksend.errors import CampaignError
+from bulksend.settings import Bound, SendingSettings, TrackingSettings
 from bulksend.sources.files import RECIPIENT_SUFFIXES, check_recipients
 from bulksend.tem.models import Address, Attachment, format_rfc3339, parse_rfc3339
 from bulksend.templating import BoundedEnvironment, RenderLimits
@@ -71,7 +71,6 @@ __all__ = [
 CORRELATION_HEADER: Final = "X-Bulksend-Ref"
 """Added to every email by the renderer; reserved (a campaign may not set it)."""
 
-MAX_PAGE_SIZE: Final = 1000
 MAX_RENDER_LOOP_ITERATIONS: Final = 10_000_000
 MAX_RENDER_S: Final = 10.0
 
@@ -161,30 +160,6 @@ def new_template_environment(*, html: bool) -> SandboxedEnvironment:
 # ---------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SendingSettings:
-    """How fast to send. ``rate_per_s`` is one budget for every call that costs API quota."""
-
-    rate_per_s: float = 100
-    concurrency: int = 64
-    max_attempts: int = 6
-    max_retry_s: float = 300
-    timeout_s: float = 30
-    rate_given: bool = field(default=False, compare=False)
-    """Whether the campaign set ``rate_per_s`` itself: in the daemon, only then is it a ceiling of
-    its own inside the account's rate."""
-
-
-@dataclass(frozen=True)
-class TrackingSettings:
-    """How final statuses are learned. ``settle_s``: wait after an ambiguous send before reconciling."""
-
-    poll_interval_s: float = 5
-    give_up_after_s: float = 259200
-    page_size: int = 1000
-    settle_s: float = 30
 
 
 @dataclass(frozen=True)
@@ -591,23 +566,26 @@ class _Builder:
         exclusive: bool = False,
         maximum: float | None = None,
     ) -> float:
-        value = section.get(key, default)
-        what = "a whole number" if integer else "a number"
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or (integer and not isinstance(value, int))
-        ):
-            self.fail(f"{section_name}.{key} must be {what} (got {value!r})", section_name, key)
-        if not math.isfinite(value):
-            self.fail(f"{section_name}.{key} must be finite (got {value!r})", section_name, key)
-        if value < minimum or (exclusive and value == minimum):
-            bound = f"greater than {minimum:g}" if exclusive else f"at least {minimum:g}"
-            self.fail(f"{section_name}.{key} must be {bound} (got {value!r})", section_name, key)
-        if maximum is not None and value > maximum:
-            bound = str(int(maximum)) if float(maximum).is_integer() else f"{maximum:g}"
-            self.fail(f"{section_name}.{key} must be at most {bound} (got {value!r})", section_name, key)
+        value: float = section.get(key, default)
+        self.check(
+            section_name, key, value, Bound(minimum, exclusive=exclusive, integer=integer, maximum=maximum)
+        )
         return value
+
+    def check(self, section_name: str, key: str, value: object, bound: Bound) -> None:
+        problem = bound.problem(value)
+        if problem is not None:
+            self.fail(f"{section_name}.{key} {problem}", section_name, key)
+
+    def numbers(
+        self, section: Mapping[str, Any], settings: type[SendingSettings | TrackingSettings]
+    ) -> dict[str, Any]:
+        """The values of ``section`` checked against the settings' own bounds, here so that a
+        wrong one is told with its file and line; keys left out take the settings' defaults."""
+        values = {key: section[key] for key in settings.BOUNDS if key in section}
+        for key, value in values.items():
+            self.check(settings.SECTION, key, value, settings.BOUNDS[key])
+        return values
 
     def resolve(self, value: str) -> Path:
         p = Path(value).expanduser()
@@ -1003,35 +981,10 @@ class _Builder:
 
     def sending(self) -> SendingSettings:
         s = self.table("sending")
-        d = SendingSettings()
-        return SendingSettings(
-            rate_per_s=self.number(s, "sending", "rate_per_s", d.rate_per_s, minimum=0, exclusive=True),
-            concurrency=int(self.number(s, "sending", "concurrency", d.concurrency, integer=True, minimum=1)),
-            max_attempts=int(
-                self.number(s, "sending", "max_attempts", d.max_attempts, integer=True, minimum=1)
-            ),
-            max_retry_s=self.number(s, "sending", "max_retry_s", d.max_retry_s, minimum=0),
-            timeout_s=self.number(s, "sending", "timeout_s", d.timeout_s, minimum=0, exclusive=True),
-            rate_given="rate_per_s" in s,
-        )
+        return SendingSettings(**self.numbers(s, SendingSettings), rate_given="rate_per_s" in s)
 
     def tracking(self) -> TrackingSettings:
-        t = self.table("tracking")
-        d = TrackingSettings()
-        return TrackingSettings(
-            poll_interval_s=self.number(
-                t, "tracking", "poll_interval_s", d.poll_interval_s, minimum=0, exclusive=True
-            ),
-            give_up_after_s=self.number(
-                t, "tracking", "give_up_after_s", d.give_up_after_s, minimum=0, exclusive=True
-            ),
-            page_size=int(
-                self.number(
-                    t, "tracking", "page_size", d.page_size, integer=True, minimum=1, maximum=MAX_PAGE_SIZE
-                )
-            ),
-            settle_s=self.number(t, "tracking", "settle_s", d.settle_s, minimum=0),
-        )
+        return TrackingSettings(**self.numbers(self.table("tracking"), TrackingSettings))
 
     def render(self) -> RenderLimits:
         # Ceilings as well as floors: campaigns also come through the admin API, and limits

@@ -4,6 +4,7 @@
 
     BulksendError
     ├── ConfigError              settings missing or invalid (names the variable/key to fix)
+    │   └── SettingError         one value out of its range (``key``; also a ``ValueError``)
     ├── CampaignError            a campaign-level mistake found before anything is sent
     │                            (file, line and fix in the message)
     ├── JobError                 a broker message is not a valid send job (``reason``, ``kind``)
@@ -67,6 +68,7 @@ __all__ = [
     "QuotaExceededError",
     "RateLimitedError",
     "ServerError",
+    "SettingError",
     "StateLostError",
     "StoreError",
     "TemApiError",
@@ -90,6 +92,17 @@ class BulksendError(Exception):
 
 class ConfigError(BulksendError):
     """A setting is missing or invalid; the message names what to set."""
+
+
+class SettingError(ConfigError, ValueError):
+    """A settings value is outside what it may be: ``key`` names it, the message says what it may be.
+
+    Also a ``ValueError``, since the same checks guard constructors (a limiter's tuning, say).
+    """
+
+    def __init__(self, message: str, *, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class CampaignError(BulksendError):

@@ -1,18 +1,23 @@
-"""Account settings shared by every campaign a machine sends: where the shared store and the shared
-rate limiter live, and the account's rate.
+"""Typed settings: one frozen dataclass per component, each checking itself when built.
 
-They are not campaign settings: a password in a store URL must not have to sit in a campaign file
-nor on a command line (where ``ps`` shows it to every user). Each value comes from, in order of
-precedence: the command-line flag, the environment, the settings file.
+The campaign file loader, the daemon config and the workers share these classes, so a rule (what
+``rate_per_s`` may be, say) is written once: :class:`SendingSettings` and :class:`TrackingSettings`
+(``[sending]``, ``[tracking]``), :class:`LimiterTuning` (both rate limiters), :class:`AdminSettings`
+(the daemon's ``[admin]``) and :class:`AccountSettings`. A wrong value raises
+:class:`~bulksend.errors.SettingError` naming the key and what it may be.
 
-=====================  ==========================  ===========================
-value                  environment                 settings file key
-=====================  ==========================  ===========================
-store URL              ``BULKSEND_STORE_URL``      ``store_url``
-Redis URL (limiter)    ``BULKSEND_REDIS_URL``      ``redis_url``
-limiter key prefix     ``BULKSEND_LIMITER_PREFIX`` ``limiter_prefix``
-account rate           ``BULKSEND_ACCOUNT_RATE_PER_S`` ``account_rate_per_s``
-=====================  ==========================  ===========================
+Account settings are shared by every campaign a machine sends. They are not campaign settings: a
+password in a store URL must not sit in a campaign file nor on a command line (where ``ps`` shows
+it). Each value comes from the command-line flag, else the environment, else the settings file:
+
+=====================  ==================================  =======================
+value                  environment                         settings file key
+=====================  ==================================  =======================
+store URL              ``BULKSEND_STORE_URL``              ``store_url``
+Redis URL (limiter)    ``BULKSEND_REDIS_URL``              ``redis_url``
+limiter key prefix     ``BULKSEND_LIMITER_PREFIX``         ``limiter_prefix``
+account rate           ``BULKSEND_ACCOUNT_RATE_PER_S``     ``account_rate_per_s``
+=====================  ==================================  =======================
 
 The settings file is ``--settings FILE``, else ``$BULKSEND_SETTINGS``, else
 ``$XDG_CONFIG_HOME/bulksend/settings.toml`` (``~/.config/bulksend/settings.toml``) if it exists.
@@ -25,16 +30,24 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from types import MappingProxyType
+from typing import Any, ClassVar, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from bulksend.errors import ConfigError
+from bulksend.errors import ConfigError, SettingError
+from bulksend.secret import Secret
+from bulksend.tem.client import MAX_PAGE_SIZE
 
 __all__ = [
     "DEFAULT_LIMITER_PREFIX",
     "AccountSettings",
+    "AdminSettings",
+    "Bound",
+    "LimiterTuning",
+    "SendingSettings",
+    "TrackingSettings",
     "default_settings_path",
     "limiter_key",
     "load_account_settings",
@@ -48,6 +61,185 @@ _KEYS: Final = {
     "limiter_prefix": "BULKSEND_LIMITER_PREFIX",
     "account_rate_per_s": "BULKSEND_ACCOUNT_RATE_PER_S",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """The numbers one setting accepts. :meth:`problem` says why a value is not one of them."""
+
+    minimum: float
+    exclusive: bool = False
+    """The minimum itself is refused."""
+    integer: bool = False
+    maximum: float | None = None
+    below: bool = False
+    """The maximum itself is refused."""
+    optional: bool = False
+    """None is accepted (a default worked out by the user of the setting)."""
+
+    def problem(self, value: object) -> str | None:
+        """``"must be …"`` (to follow the setting's name in a message), or None if ``value`` fits."""
+        if value is None and self.optional:
+            return None
+        what = "a whole number" if self.integer else "a number"
+        if isinstance(value, bool) or not isinstance(value, int if self.integer else int | float):
+            return f"must be {what} (got {value!r})"
+        if not math.isfinite(value):
+            return f"must be finite (got {value!r})"
+        if value < self.minimum or (self.exclusive and value == self.minimum):
+            bound = f"greater than {self.minimum:g}" if self.exclusive else f"at least {self.minimum:g}"
+            return f"must be {bound} (got {value!r})"
+        top = self.maximum
+        if top is not None and (value > top or (self.below and value == top)):
+            limit = str(int(top)) if float(top).is_integer() else f"{top:g}"
+            return f"must be {'less than' if self.below else 'at most'} {limit} (got {value!r})"
+        return None
+
+
+class _Checked:
+    """A settings dataclass whose numeric fields are checked against ``BOUNDS`` once built."""
+
+    SECTION: ClassVar[str] = ""
+    """The TOML table the settings come from; it prefixes the key in messages."""
+    BOUNDS: ClassVar[Mapping[str, Bound]] = MappingProxyType({})
+
+    def __post_init__(self) -> None:
+        for key, bound in self.BOUNDS.items():
+            problem = bound.problem(getattr(self, key))
+            if problem is not None:
+                raise SettingError(f"{self.name_of(key)} {problem}", key=key)
+
+    @classmethod
+    def name_of(cls, key: str) -> str:
+        """``key`` as a message names it: ``sending.rate_per_s``, or ``burst`` outside any table."""
+        return f"{cls.SECTION}.{key}" if cls.SECTION else key
+
+
+@dataclass(frozen=True)
+class SendingSettings(_Checked):
+    """How fast to send (``[sending]``). ``rate_per_s`` is one budget for every call that costs API quota."""
+
+    SECTION: ClassVar[str] = "sending"
+    BOUNDS: ClassVar[Mapping[str, Bound]] = MappingProxyType(
+        {
+            "rate_per_s": Bound(0, exclusive=True),
+            "concurrency": Bound(1, integer=True),
+            "max_attempts": Bound(1, integer=True),
+            "max_retry_s": Bound(0),
+            "timeout_s": Bound(0, exclusive=True),
+        }
+    )
+
+    rate_per_s: float = 100
+    concurrency: int = 64
+    max_attempts: int = 6
+    max_retry_s: float = 300
+    timeout_s: float = 30
+    rate_given: bool = field(default=False, compare=False)
+    """Whether the campaign set ``rate_per_s`` itself: in the daemon, only then is it a ceiling of
+    its own inside the account's rate."""
+
+    def table(self) -> dict[str, Any]:
+        """The ``[sending]`` table these settings come from (``rate_per_s`` only if it was given)."""
+        return {key: getattr(self, key) for key in self.BOUNDS if key != "rate_per_s" or self.rate_given}
+
+
+@dataclass(frozen=True)
+class TrackingSettings(_Checked):
+    """How final statuses are learned (``[tracking]``). ``settle_s``: wait after an ambiguous send
+    before reconciling."""
+
+    SECTION: ClassVar[str] = "tracking"
+    BOUNDS: ClassVar[Mapping[str, Bound]] = MappingProxyType(
+        {
+            "poll_interval_s": Bound(0, exclusive=True),
+            "give_up_after_s": Bound(0, exclusive=True),
+            "page_size": Bound(1, integer=True, maximum=MAX_PAGE_SIZE),
+            "settle_s": Bound(0),
+        }
+    )
+
+    poll_interval_s: float = 5
+    give_up_after_s: float = 259200
+    page_size: int = 1000
+    settle_s: float = 30
+
+    def table(self) -> dict[str, Any]:
+        """The ``[tracking]`` table of these settings."""
+        return {key: getattr(self, key) for key in self.BOUNDS}
+
+
+@dataclass(frozen=True)
+class LimiterTuning(_Checked):
+    """How a rate limiter paces and adapts: the in-process and the Redis-shared one take the same
+    tuning, so they refuse the same values.
+
+    ``rate_per_s`` is the target (and starting) rate; ``min_rate_per_s`` the floor of decreases
+    (see :attr:`floor_per_s`); on throttling the rate is multiplied by ``decrease_factor``, at most
+    once per ``cooldown_s``, and grows back by ``increase_per_s`` per second of successes (None:
+    ``rate_per_s / 10``); ``burst`` slots may go out back to back after an idle period; a
+    ``Retry-After`` longer than ``max_pause_s`` is capped.
+    """
+
+    BOUNDS: ClassVar[Mapping[str, Bound]] = MappingProxyType(
+        {
+            "rate_per_s": Bound(0, exclusive=True),
+            "min_rate_per_s": Bound(0, exclusive=True),
+            "decrease_factor": Bound(0, exclusive=True, maximum=1, below=True),
+            "increase_per_s": Bound(0, optional=True),
+            "burst": Bound(1),
+            "cooldown_s": Bound(0),
+            "max_pause_s": Bound(0, exclusive=True),
+        }
+    )
+
+    rate_per_s: float
+    min_rate_per_s: float = 1.0
+    decrease_factor: float = 0.5
+    increase_per_s: float | None = None
+    burst: float = 1.0
+    cooldown_s: float = 1.0
+    max_pause_s: float = 300.0
+
+    @property
+    def floor_per_s(self) -> float:
+        """The floor actually applied: a default floor of 1/s must not make a deliberately slow
+        limiter (say 0.5/s) invalid, and a floor above the target would mean nothing."""
+        return float(min(self.min_rate_per_s, self.rate_per_s))
+
+    @property
+    def increase(self) -> float:
+        """``increase_per_s``, or its default."""
+        return float(self.rate_per_s / 10 if self.increase_per_s is None else self.increase_per_s)
+
+
+@dataclass(frozen=True)
+class AdminSettings(_Checked):
+    """The daemon's ``[admin]`` table: where the API listens, who may call it, what it may read,
+    how long it waits. Submitted campaigns may name files only under ``files_root`` (None: no files)."""
+
+    SECTION: ClassVar[str] = "admin"
+    BOUNDS: ClassVar[Mapping[str, Bound]] = MappingProxyType(
+        {
+            "port": Bound(0, integer=True, maximum=65535),
+            "idle_timeout_s": Bound(0, exclusive=True),
+            "read_timeout_s": Bound(0, exclusive=True),
+            "max_connections": Bound(1, integer=True),
+        }
+    )
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: Secret | None = None
+    metrics_public: bool = False
+    files_root: Path | None = None
+    idle_timeout_s: float = 15.0
+    """A connection that has not sent a whole request head this long after connecting (or after
+    its previous answer) is closed."""
+    read_timeout_s: float = 30.0
+    """Longest wait for the next bytes of a request body (a stalled upload gets 408 and is closed)."""
+    max_connections: int = 256
+    """Connections served at once; more are answered 503 and closed."""
 
 
 @dataclass(frozen=True)

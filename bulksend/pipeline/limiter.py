@@ -29,6 +29,7 @@ from types import MappingProxyType
 from typing import Protocol, runtime_checkable
 
 from bulksend.clock import SYSTEM_CLOCK, Clock
+from bulksend.settings import LimiterTuning
 
 __all__ = ["AimdLimiter", "LimiterStats", "RateLimiter"]
 
@@ -83,34 +84,15 @@ class LimiterStats:
     acquired_by_kind: Mapping[str, int] = field(default_factory=dict)
 
 
-def _number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    number = float(value)
-    if math.isnan(number):
-        raise ValueError(f"{name} must be a number, got NaN")
-    return number
-
-
-def _positive_finite(name: str, value: object) -> float:
-    number = _number(name, value)
-    if not (number > 0 and math.isfinite(number)):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return number
-
-
 class AimdLimiter:
     """In-process GCRA pacer with AIMD rate adaptation; share one instance among all tasks.
 
-    :param rate_per_s: target (and starting) rate, requests per second.
-    :param min_rate_per_s: floor for multiplicative decreases (clamped to ``rate_per_s``).
-    :param decrease_factor: the rate is multiplied by this on throttling, in (0, 1).
-    :param increase_per_s: rate added back per second of successes; default ``rate_per_s / 10``.
-    :param burst: slots that may go out back-to-back after an idle period (>= 1).
-    :param cooldown_s: at most one multiplicative decrease per window of this length.
-    :param max_pause_s: a ``Retry-After`` longer than this is capped (protects against absurd
-        HTTP dates stalling every sender).
-    :param clock: time source; :class:`~bulksend.clock.FakeClock` in tests.
+    The tuning (``rate_per_s``, ``min_rate_per_s``, ``decrease_factor``, ``increase_per_s``,
+    ``burst``, ``cooldown_s``, ``max_pause_s``) is described and checked by
+    :class:`~bulksend.settings.LimiterTuning` (kept as :attr:`tuning`); a wrong value raises
+    :class:`~bulksend.errors.SettingError`, a ``ValueError``. ``max_pause_s`` protects against
+    absurd HTTP dates stalling every sender. ``clock``: time source
+    (:class:`~bulksend.clock.FakeClock` in tests).
 
     Not thread-safe: all callers must run on the same event loop (reservation is synchronous code
     between awaits, which is what makes it lock-free).
@@ -128,37 +110,26 @@ class AimdLimiter:
         max_pause_s: float = 300.0,
         clock: Clock | None = None,
     ) -> None:
-        target = _positive_finite("rate_per_s", rate_per_s)
-        min_rate = _positive_finite("min_rate_per_s", min_rate_per_s)
-        factor = _number("decrease_factor", decrease_factor)
-        if not 0 < factor < 1:
-            raise ValueError(f"decrease_factor must be between 0 and 1 (exclusive), got {decrease_factor!r}")
-        if increase_per_s is None:
-            increase = target / 10
-        else:
-            increase = _number("increase_per_s", increase_per_s)
-            if not (increase >= 0 and math.isfinite(increase)):
-                raise ValueError(f"increase_per_s must be a finite number >= 0, got {increase_per_s!r}")
-        burst_f = _number("burst", burst)
-        if not (burst_f >= 1 and math.isfinite(burst_f)):
-            raise ValueError(f"burst must be a finite number >= 1, got {burst!r}")
-        cooldown = _number("cooldown_s", cooldown_s)
-        if not (cooldown >= 0 and math.isfinite(cooldown)):
-            raise ValueError(f"cooldown_s must be a finite number >= 0, got {cooldown_s!r}")
-        max_pause = _positive_finite("max_pause_s", max_pause_s)
-
+        # The Redis-shared limiter checks its tuning with the same class: both refuse the same values.
+        self.tuning = tuning = LimiterTuning(
+            rate_per_s=rate_per_s,
+            min_rate_per_s=min_rate_per_s,
+            decrease_factor=decrease_factor,
+            increase_per_s=increase_per_s,
+            burst=burst,
+            cooldown_s=cooldown_s,
+            max_pause_s=max_pause_s,
+        )
         self._clock: Clock = clock if clock is not None else SYSTEM_CLOCK
-        self._target = target
-        # A floor above the target would be meaningless; a default floor of 1/s must not make a
-        # deliberately slow limiter (say 0.5/s) invalid.
-        self._min_rate = min(min_rate, target)
-        self._factor = factor
-        self._increase_per_s = increase
-        self._burst = burst_f
-        self._cooldown_s = cooldown
-        self._max_pause_s = max_pause
+        self._target = float(tuning.rate_per_s)
+        self._min_rate = tuning.floor_per_s
+        self._factor = float(tuning.decrease_factor)
+        self._increase_per_s = tuning.increase
+        self._burst = float(tuning.burst)
+        self._cooldown_s = float(tuning.cooldown_s)
+        self._max_pause_s = float(tuning.max_pause_s)
 
-        self._rate = target
+        self._rate = self._target
         self._tat = -math.inf  # theoretical arrival time of the next slot
         # The tat as if only granted reservations existed (abandoned ones excluded), and how many
         # reservations are still asleep: together they let cancelled waiters give slots back.

@@ -64,6 +64,7 @@ import structlog
 
 from bulksend.clock import SYSTEM_CLOCK, Clock
 from bulksend.pipeline.limiter import LimiterStats
+from bulksend.settings import LimiterTuning
 
 __all__ = ["RedisRateLimiter", "SharedLimiterState"]
 
@@ -257,13 +258,10 @@ class RedisRateLimiter:
         ``bulksend:limiter:<project id>:<region>``). Every process on the key must use the same
         settings below.
     :param rate_per_s: target (and starting) rate for all processes together, requests per second.
-    :param burst: slots that may go out back-to-back after an idle period (>= 1).
-    :param min_rate_per_s: floor for multiplicative decreases (clamped to ``rate_per_s``).
-    :param decrease_factor: the rate is multiplied by this on throttling, in (0, 1).
-    :param increase_per_s: rate added back per second of successes; default ``rate_per_s / 10``.
-    :param cooldown_s: at most one multiplicative decrease per window of this length, across all
-        processes.
-    :param max_pause_s: a ``Retry-After`` longer than this is capped.
+    :param burst, min_rate_per_s, decrease_factor, increase_per_s, cooldown_s, max_pause_s: as for
+        :class:`~bulksend.pipeline.limiter.AimdLimiter`, checked by the same
+        :class:`~bulksend.settings.LimiterTuning` (kept as :attr:`tuning`); the cooldown holds
+        across all processes.
     :param clock: local time source for sleeping; when given, its ``monotonic()`` is also the
         shared ``now`` (tests); when omitted, the shared ``now`` is the Redis server's clock.
     :param state_ttl_s: the shared state expires after this long without any call.
@@ -294,29 +292,20 @@ class RedisRateLimiter:
     ) -> None:
         if not key:
             raise ValueError("key must not be empty")
-        target = _number("rate_per_s", rate_per_s)
-        if target <= 0:
-            raise ValueError(f"rate_per_s must be > 0, got {rate_per_s!r}")
-        min_rate = _number("min_rate_per_s", min_rate_per_s)
-        if min_rate <= 0:
-            raise ValueError(f"min_rate_per_s must be > 0, got {min_rate_per_s!r}")
-        factor = _number("decrease_factor", decrease_factor)
-        if not 0 < factor < 1:
-            raise ValueError(f"decrease_factor must be between 0 and 1 (exclusive), got {decrease_factor!r}")
-        increase = target / 10 if increase_per_s is None else _number("increase_per_s", increase_per_s)
-        if increase < 0:
-            raise ValueError(f"increase_per_s must be >= 0, got {increase_per_s!r}")
-        burst_f = _number("burst", burst)
-        if burst_f < 1:
-            raise ValueError(f"burst must be >= 1, got {burst!r}")
-        cooldown = _number("cooldown_s", cooldown_s)
-        if cooldown < 0:
-            raise ValueError(f"cooldown_s must be >= 0, got {cooldown_s!r}")
-        max_pause = _number("max_pause_s", max_pause_s)
+        # Checked by the same class as AimdLimiter's tuning, so the two refuse the same values.
+        self.tuning = tuning = LimiterTuning(
+            rate_per_s=rate_per_s,
+            min_rate_per_s=min_rate_per_s,
+            decrease_factor=decrease_factor,
+            increase_per_s=increase_per_s,
+            burst=burst,
+            cooldown_s=cooldown_s,
+            max_pause_s=max_pause_s,
+        )
         ttl = _number("state_ttl_s", state_ttl_s)
         backoff = _number("max_backoff_s", max_backoff_s)
-        if max_pause <= 0 or ttl <= 0 or backoff <= 0:
-            raise ValueError("max_pause_s, state_ttl_s and max_backoff_s must be > 0")
+        if ttl <= 0 or backoff <= 0:
+            raise ValueError("state_ttl_s and max_backoff_s must be > 0")
         if isinstance(max_inflight, bool) or not isinstance(max_inflight, int) or max_inflight < 1:
             raise ValueError(f"max_inflight must be an integer >= 1, got {max_inflight!r}")
 
@@ -325,16 +314,19 @@ class RedisRateLimiter:
         self.key = key
         self._shared_clock = clock is not None
         self._clock: Clock = clock if clock is not None else SYSTEM_CLOCK
-        self._target = target
-        self._min_rate = min(min_rate, target)
-        self._config = (
-            repr(target),
-            repr(self._min_rate),
-            repr(factor),
-            repr(increase),
-            repr(burst_f),
-            repr(cooldown),
-            repr(max_pause),
+        self._target = target = float(tuning.rate_per_s)
+        self._min_rate = tuning.floor_per_s
+        self._config = tuple(
+            repr(float(value))
+            for value in (
+                target,
+                self._min_rate,
+                tuning.decrease_factor,
+                tuning.increase,
+                tuning.burst,
+                tuning.cooldown_s,
+                tuning.max_pause_s,
+            )
         )
         self._ttl_ms = max(1, int(ttl * 1000))
         self._max_backoff_s = backoff
