@@ -125,7 +125,8 @@ class SendingSettings(_Checked):
             "rate_per_s": Bound(0, exclusive=True),
             "concurrency": Bound(1, integer=True),
             "max_attempts": Bound(1, integer=True),
-            "max_retry_s": Bound(0),
+            # The retry policy's time budget: zero would allow no attempt at all.
+            "max_retry_s": Bound(0, exclusive=True),
             "timeout_s": Bound(0, exclusive=True),
         }
     )
@@ -243,8 +244,12 @@ class AdminSettings(_Checked):
 
 
 @dataclass(frozen=True)
-class AccountSettings:
+class AccountSettings(_Checked):
     """Where the shared state lives and how fast the account may send (see the module docstring)."""
+
+    BOUNDS: ClassVar[Mapping[str, Bound]] = MappingProxyType(
+        {"account_rate_per_s": Bound(0, exclusive=True, optional=True)}
+    )
 
     store_url: str | None = None
     """A SQLite path or ``postgresql://…``; None: the campaign's own SQLite file."""
@@ -256,6 +261,15 @@ class AccountSettings:
     """The account's budget for every API call; None: the campaign's ``rate_per_s`` is used."""
     source: Path | None = None
     """The settings file read, if any."""
+
+    def __post_init__(self) -> None:
+        prefix = self.limiter_prefix
+        if not prefix.strip() or any(c.isspace() for c in prefix):
+            raise SettingError(
+                f"limiter_prefix must be a non-empty word without spaces, got {prefix!r}",
+                key="limiter_prefix",
+            )
+        super().__post_init__()
 
     def __repr__(self) -> str:
         # URLs may carry passwords: never in a repr.
@@ -334,13 +348,10 @@ def load_account_settings(
         elif key in from_file:
             chosen[key] = from_file[key]
     rate = chosen.get("account_rate_per_s")
-    prefix = str(chosen.get("limiter_prefix") or DEFAULT_LIMITER_PREFIX)
-    if not prefix.strip() or any(c.isspace() for c in prefix):
-        raise ConfigError(f"limiter_prefix must be a non-empty word without spaces, got {prefix!r}")
     return AccountSettings(
         store_url=_text(chosen.get("store_url")),
         redis_url=_text(chosen.get("redis_url")),
-        limiter_prefix=prefix,
+        limiter_prefix=str(chosen.get("limiter_prefix") or DEFAULT_LIMITER_PREFIX),
         account_rate_per_s=None if rate is None else _rate(rate),
         source=source,
     )
@@ -351,13 +362,11 @@ def _text(value: Any) -> str | None:
 
 
 def _rate(value: Any) -> float:
+    """A rate from a flag, the environment (text) or the file; its range is checked by AccountSettings."""
     try:
-        rate = float(value)
+        return float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"account_rate_per_s must be a number, got {value!r}") from None
-    if not (rate > 0 and math.isfinite(rate)):
-        raise ConfigError(f"account_rate_per_s must be a positive number, got {value!r}")
-    return rate
 
 
 def _read_file(path: Path) -> dict[str, Any]:

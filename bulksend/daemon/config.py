@@ -16,6 +16,7 @@ from typing import Any
 
 from bulksend.errors import ConfigError
 from bulksend.secret import Secret
+from bulksend.settings import AdminSettings, SendingSettings, TrackingSettings
 
 __all__ = ["AdminSettings", "DaemonConfig", "load_daemon_config"]
 
@@ -41,25 +42,6 @@ _SECTIONS = {
 
 
 @dataclass(frozen=True)
-class AdminSettings:
-    """The ``[admin]`` table: where the API listens, who may call it, what it may read, how long
-    it waits. Submitted campaigns may name files only under ``files_root`` (None: no files)."""
-
-    host: str = "127.0.0.1"
-    port: int = 8080
-    token: Secret | None = None
-    metrics_public: bool = False
-    files_root: Path | None = None
-    idle_timeout_s: float = 15.0
-    """A connection that has not sent a whole request head this long after connecting (or after
-    its previous answer) is closed."""
-    read_timeout_s: float = 30.0
-    """Longest wait for the next bytes of a request body (a stalled upload gets 408 and is closed)."""
-    max_connections: int = 256
-    """Connections served at once; more are answered 503 and closed."""
-
-
-@dataclass(frozen=True)
 class DaemonConfig:
     """Everything ``bulksend serve`` needs, resolved and checked."""
 
@@ -72,8 +54,8 @@ class DaemonConfig:
     job_batch: int = 100
     receive_timeout_s: float = 1.0
     results_default: bool = True
-    sending: dict[str, Any] = field(default_factory=dict)
-    tracking: dict[str, Any] = field(default_factory=dict)
+    sending: SendingSettings = field(default_factory=SendingSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     results: dict[str, Any] | None = None
     sources: list[dict[str, Any]] = field(default_factory=list)
@@ -109,7 +91,8 @@ def _number(table: Mapping[str, Any], key: str, default: float, where: str, *, m
     return float(value)
 
 
-# Every key of [sending] and [tracking] is a number; its smallest allowed value.
+# Every key of [sending] and [tracking] is a number; the smallest the daemon's file allows (the
+# settings classes then check the rest: whole numbers, finite values, maximums).
 _SENDING_MINIMUMS = {
     "rate_per_s": 0.001,
     "concurrency": 1,
@@ -228,6 +211,7 @@ def load_daemon_config(path: Path | str, *, env: Mapping[str, str] | None = None
     results = data.get("results")
     if results is not None and not isinstance(results, Mapping):
         raise ConfigError(f"{path}: [results] must be a table")
+    sending = _numbers(_table(data, "sending", path), "sending", _SENDING_MINIMUMS)
     return DaemonConfig(
         path=path,
         store_url=store_url,
@@ -238,8 +222,8 @@ def load_daemon_config(path: Path | str, *, env: Mapping[str, str] | None = None
         job_batch=int(_number(daemon, "job_batch", 100, "daemon", minimum=1)),
         receive_timeout_s=_number(daemon, "receive_timeout_s", 1.0, "daemon", minimum=0.01),
         results_default=_boolean(daemon, "results_default", True, "daemon"),
-        sending=_numbers(_table(data, "sending", path), "sending", _SENDING_MINIMUMS),
-        tracking=_numbers(_table(data, "tracking", path), "tracking", _TRACKING_MINIMUMS),
+        sending=SendingSettings(**sending, rate_given="rate_per_s" in sending),
+        tracking=TrackingSettings(**_numbers(_table(data, "tracking", path), "tracking", _TRACKING_MINIMUMS)),
         admin=AdminSettings(
             host=host,
             port=port,

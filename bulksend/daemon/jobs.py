@@ -41,6 +41,7 @@ from bulksend.pipeline.dispatch import SendItem
 from bulksend.pipeline.stats import OutcomeHook
 from bulksend.pipeline.tracker import Tracker
 from bulksend.render import Rejection, Renderer, RenderPacer
+from bulksend.settings import SendingSettings, TrackingSettings
 from bulksend.sources.base import Delivery, JobSource
 from bulksend.store.base import AdmitResult, NewRecipient, RecipientRow, RowState, Store
 from bulksend.tem.models import Email, format_rfc3339
@@ -107,8 +108,8 @@ def compile_template(
     base_dir: Any,
     empty_recipients: Any,
     project_id: str,
-    sending: Mapping[str, Any],
-    tracking: Mapping[str, Any],
+    sending: SendingSettings | Mapping[str, Any],
+    tracking: TrackingSettings | Mapping[str, Any],
     outcomes: Any,
     source: str,
 ) -> JobTemplate:
@@ -128,8 +129,8 @@ def compile_template(
         )
     data = {
         "campaign": {**spec, "id": job_campaign_id(name), "recipients": str(empty_recipients)},
-        "sending": dict(sending),
-        "tracking": dict(tracking),
+        "sending": dict(sending) if isinstance(sending, Mapping) else sending.table(),
+        "tracking": dict(tracking) if isinstance(tracking, Mapping) else tracking.table(),
         "output": {"outcomes": str(outcomes)},
     }
     campaign = campaign_from_dict(data, base_dir=base_dir, source=source)

@@ -133,12 +133,10 @@ class Daemon:
         self.metrics = Metrics()
         self.stats = RunStats()
         s = config.sending
-        self.rate_per_s = float(s.get("rate_per_s", 100))
-        self.concurrency = int(s.get("concurrency", 64))
+        self.rate_per_s = float(s.rate_per_s)
+        self.concurrency = s.concurrency
         self.limiter = account_limiter(self.rate_per_s)
-        self._retry = RetryPolicy(
-            max_attempts=int(s.get("max_attempts", 6)), max_elapsed_s=float(s.get("max_retry_s", 300))
-        )
+        self._retry = RetryPolicy(max_attempts=s.max_attempts, max_elapsed_s=s.max_retry_s)
         self._templates: dict[str, JobTemplate] = {}
         self.sources: list[JobSource] = [source_from_config(c) for c in config.sources]
         self.source_rates: dict[str, float] = {
@@ -211,7 +209,7 @@ class Daemon:
         try:
             async with TemClient(
                 self.settings,
-                timeout_s=float(self.config.sending.get("timeout_s", 30)),
+                timeout_s=self.config.sending.timeout_s,
                 limit_per_host=self.concurrency + 16,
                 on_response=self._on_response,
             ) as tem:
@@ -496,8 +494,8 @@ class Daemon:
                 retry=self._retry,
                 sink=JobSink(self._trackers, self.store, self._on_job_outcome),
                 settings=EngineSettings(
-                    settle_s=float(self.config.tracking.get("settle_s", 30)),
-                    timeout_s=float(self.config.sending.get("timeout_s", 30)),
+                    settle_s=self.config.tracking.settle_s,
+                    timeout_s=self.config.sending.timeout_s,
                 ),
                 should_stop=self._sending_stopped,
                 on_done=self._queued.discard,
