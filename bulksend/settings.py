@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, TypedDict
 from urllib.parse import urlsplit, urlunsplit
 
 from bulksend.errors import ConfigError, SettingError
@@ -48,6 +48,7 @@ __all__ = [
     "LimiterTuning",
     "SendingSettings",
     "TrackingSettings",
+    "TuningOptions",
     "default_settings_path",
     "limiter_key",
     "load_account_settings",
@@ -170,6 +171,17 @@ class TrackingSettings(_Checked):
         return {key: getattr(self, key) for key in self.BOUNDS}
 
 
+class TuningOptions(TypedDict, total=False):
+    """The tuning a limiter constructor takes as keywords besides its rate (see :class:`LimiterTuning`)."""
+
+    min_rate_per_s: float
+    decrease_factor: float
+    increase_per_s: float | None
+    burst: float
+    cooldown_s: float
+    max_pause_s: float
+
+
 @dataclass(frozen=True)
 class LimiterTuning(_Checked):
     """How a rate limiter paces and adapts: the in-process and the Redis-shared one take the same
@@ -201,6 +213,11 @@ class LimiterTuning(_Checked):
     burst: float = 1.0
     cooldown_s: float = 1.0
     max_pause_s: float = 300.0
+
+    @classmethod
+    def of(cls, rate_per_s: float, options: TuningOptions) -> LimiterTuning:
+        """The tuning a limiter constructor was given: its rate and its keyword options."""
+        return cls(rate_per_s=rate_per_s, **options)
 
     @property
     def floor_per_s(self) -> float:
@@ -244,12 +261,8 @@ class AdminSettings(_Checked):
 
 
 @dataclass(frozen=True)
-class AccountSettings(_Checked):
+class AccountSettings:
     """Where the shared state lives and how fast the account may send (see the module docstring)."""
-
-    BOUNDS: ClassVar[Mapping[str, Bound]] = MappingProxyType(
-        {"account_rate_per_s": Bound(0, exclusive=True, optional=True)}
-    )
 
     store_url: str | None = None
     """A SQLite path or ``postgresql://…``; None: the campaign's own SQLite file."""
@@ -269,7 +282,11 @@ class AccountSettings(_Checked):
                 f"limiter_prefix must be a non-empty word without spaces, got {prefix!r}",
                 key="limiter_prefix",
             )
-        super().__post_init__()
+        rate = self.account_rate_per_s
+        if rate is not None and (isinstance(rate, bool) or not (rate > 0 and math.isfinite(rate))):
+            raise SettingError(
+                f"account_rate_per_s must be a positive number, got {rate!r}", key="account_rate_per_s"
+            )
 
     def __repr__(self) -> str:
         # URLs may carry passwords: never in a repr.

@@ -125,9 +125,9 @@ def test_daemon_config_sections_are_typed(tmp_path: Path) -> None:
 def test_account_settings_check_themselves() -> None:
     """Account settings refuse a rate that is not positive and finite, and a limiter prefix with
     spaces, whether they come from a flag, the environment or are built directly."""
-    with pytest.raises(ConfigError, match="account_rate_per_s must be greater than 0"):
+    with pytest.raises(ConfigError, match="account_rate_per_s must be a positive number"):
         load_account_settings(account_rate_per_s=-1, env={"XDG_CONFIG_HOME": "/nonexistent"})
-    with pytest.raises(ConfigError, match="account_rate_per_s must be finite"):
+    with pytest.raises(ConfigError, match="account_rate_per_s must be a positive number, got inf"):
         load_account_settings(env={"BULKSEND_ACCOUNT_RATE_PER_S": "inf", "XDG_CONFIG_HOME": "/nonexistent"})
     with pytest.raises(ConfigError, match="limiter_prefix must be a non-empty word without spaces"):
         AccountSettings(limiter_prefix="two words")

@@ -26,10 +26,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Unpack, runtime_checkable
 
 from bulksend.clock import SYSTEM_CLOCK, Clock
-from bulksend.settings import LimiterTuning
+from bulksend.settings import LimiterTuning, TuningOptions
 
 __all__ = ["AimdLimiter", "LimiterStats", "RateLimiter"]
 
@@ -99,35 +99,18 @@ class AimdLimiter:
     """
 
     def __init__(
-        self,
-        rate_per_s: float,
-        *,
-        min_rate_per_s: float = 1.0,
-        decrease_factor: float = 0.5,
-        increase_per_s: float | None = None,
-        burst: float = 1.0,
-        cooldown_s: float = 1.0,
-        max_pause_s: float = 300.0,
-        clock: Clock | None = None,
+        self, rate_per_s: float, *, clock: Clock | None = None, **tuning: Unpack[TuningOptions]
     ) -> None:
         # The Redis-shared limiter checks its tuning with the same class: both refuse the same values.
-        self.tuning = tuning = LimiterTuning(
-            rate_per_s=rate_per_s,
-            min_rate_per_s=min_rate_per_s,
-            decrease_factor=decrease_factor,
-            increase_per_s=increase_per_s,
-            burst=burst,
-            cooldown_s=cooldown_s,
-            max_pause_s=max_pause_s,
-        )
+        self.tuning = t = LimiterTuning.of(rate_per_s, tuning)
         self._clock: Clock = clock if clock is not None else SYSTEM_CLOCK
-        self._target = float(tuning.rate_per_s)
-        self._min_rate = tuning.floor_per_s
-        self._factor = float(tuning.decrease_factor)
-        self._increase_per_s = tuning.increase
-        self._burst = float(tuning.burst)
-        self._cooldown_s = float(tuning.cooldown_s)
-        self._max_pause_s = float(tuning.max_pause_s)
+        self._target = float(t.rate_per_s)
+        self._min_rate = t.floor_per_s
+        self._factor = float(t.decrease_factor)
+        self._increase_per_s = t.increase
+        self._burst = float(t.burst)
+        self._cooldown_s = float(t.cooldown_s)
+        self._max_pause_s = float(t.max_pause_s)
 
         self._rate = self._target
         self._tat = -math.inf  # theoretical arrival time of the next slot

@@ -54,7 +54,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final
+from typing import Final, Unpack
 
 import anyio
 import anyio.lowlevel
@@ -64,7 +64,7 @@ import structlog
 
 from bulksend.clock import SYSTEM_CLOCK, Clock
 from bulksend.pipeline.limiter import LimiterStats
-from bulksend.settings import LimiterTuning
+from bulksend.settings import LimiterTuning, TuningOptions
 
 __all__ = ["RedisRateLimiter", "SharedLimiterState"]
 
@@ -279,29 +279,16 @@ class RedisRateLimiter:
         *,
         key: str,
         rate_per_s: float,
-        burst: float = 1.0,
-        min_rate_per_s: float = 1.0,
-        decrease_factor: float = 0.5,
-        increase_per_s: float | None = None,
-        cooldown_s: float = 1.0,
-        max_pause_s: float = 300.0,
         clock: Clock | None = None,
         state_ttl_s: float = 3600.0,
         max_backoff_s: float = 2.0,
         max_inflight: int = 8,
+        **tuning: Unpack[TuningOptions],
     ) -> None:
         if not key:
             raise ValueError("key must not be empty")
         # Checked by the same class as AimdLimiter's tuning, so the two refuse the same values.
-        self.tuning = tuning = LimiterTuning(
-            rate_per_s=rate_per_s,
-            min_rate_per_s=min_rate_per_s,
-            decrease_factor=decrease_factor,
-            increase_per_s=increase_per_s,
-            burst=burst,
-            cooldown_s=cooldown_s,
-            max_pause_s=max_pause_s,
-        )
+        self.tuning = t = LimiterTuning.of(rate_per_s, tuning)
         ttl = _number("state_ttl_s", state_ttl_s)
         backoff = _number("max_backoff_s", max_backoff_s)
         if ttl <= 0 or backoff <= 0:
@@ -314,18 +301,18 @@ class RedisRateLimiter:
         self.key = key
         self._shared_clock = clock is not None
         self._clock: Clock = clock if clock is not None else SYSTEM_CLOCK
-        self._target = target = float(tuning.rate_per_s)
-        self._min_rate = tuning.floor_per_s
+        self._target = target = float(t.rate_per_s)
+        self._min_rate = t.floor_per_s
         self._config = tuple(
             repr(float(value))
             for value in (
                 target,
                 self._min_rate,
-                tuning.decrease_factor,
-                tuning.increase,
-                tuning.burst,
-                tuning.cooldown_s,
-                tuning.max_pause_s,
+                t.decrease_factor,
+                t.increase,
+                t.burst,
+                t.cooldown_s,
+                t.max_pause_s,
             )
         )
         self._ttl_ms = max(1, int(ttl * 1000))
