@@ -9,9 +9,9 @@ Payloads and specs go through an orjson round-trip on the way in and out, as the
 value that is not JSON-able is refused here too, and a caller mutating a returned ``payload`` never
 changes what the store holds.
 
-The small helpers at the top (datetime normalisation, JSON encoding, transition and lease checks)
-are shared with the SQLite and PostgreSQL stores so every backend refuses the same input with the
-same messages.
+The rules (datetime normalisation, JSON encoding, transition and lease checks, what each dispatch
+write changes) are those of every backend, in :mod:`bulksend.store.rules`: the memory store
+applies them in Python where the SQL stores build statements from them.
 
 Leases and roles use the injected ``clock`` (default: the system clock, UTC) for ``now``.
 """
@@ -19,10 +19,9 @@ Leases and roles use the injected ``clock`` (default: the system clock, UTC) for
 from __future__ import annotations
 
 import bisect
-import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio.lowlevel
@@ -30,92 +29,36 @@ import orjson
 
 from bulksend.errors import StoreError
 from bulksend.store.base import (
-    TRANSITIONS,
     AdmitResult,
     CampaignRecord,
     CampaignState,
     FinalUpdate,
-    LeaseLostError,
     NewRecipient,
     RecipientRow,
     RowState,
 )
+from bulksend.store.rules import (
+    FINALISABLE_STATES,
+    KEY_RELEASING_STATES,
+    RowWrite,
+    RowWriteMethods,
+    check_finalisable,
+    check_lease_args,
+    check_new_rows,
+    check_transition,
+    duplicate_reason,
+    encode_json,
+    holds_lease,
+    lease_lost,
+    row_write_refusal,
+    utc,
+    utc_or_none,
+)
 
 __all__ = ["MemoryStore"]
 
-# States a row may be admitted in; the others are only reached through transitions.
-ADMIT_STATES = frozenset({RowState.PENDING, RowState.REJECTED, RowState.SKIPPED})
-# States from which ``mark_final`` may finalise a row (``sending``: an email adopted by reconciliation).
-FINALISABLE_STATES = frozenset({RowState.SUBMITTED, RowState.SENDING})
-# A row moving into one of these gives its dedupe key back: it will never be sent.
-KEY_RELEASING_STATES = frozenset({RowState.REJECTED, RowState.SKIPPED})
-
-
-def utc(dt: datetime) -> datetime:
-    """``dt`` as an aware UTC datetime; a naive datetime is taken to be UTC already."""
-    if dt.tzinfo is None:
-        return dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC)
-
-
-def utc_or_none(dt: datetime | None) -> datetime | None:
-    return None if dt is None else utc(dt)
-
-
-def encode_json(value: Any, what: str) -> bytes:
-    """orjson-encode ``value`` or raise ``StoreError`` naming ``what`` could not be stored."""
-    try:
-        return orjson.dumps(value)
-    except (TypeError, orjson.JSONEncodeError) as exc:
-        raise StoreError(f"{what} is not JSON-serialisable: {exc}") from None
-
-
-def duplicate_reason(first_row: int) -> str:
-    return f"duplicate of row {first_row}"
-
-
-def check_transition(row_id: int, current: RowState, target: RowState) -> None:
-    """Raise ``StoreError`` unless ``current → target`` is in ``TRANSITIONS``."""
-    if target not in TRANSITIONS[current]:
-        raise StoreError(f"row {row_id}: illegal transition {current.value} → {target.value}")
-
-
-def check_new_rows(rows: Sequence[NewRecipient]) -> None:
-    """Refuse rows that may not be admitted as given (before anything is written)."""
-    for r in rows:
-        if r.state not in ADMIT_STATES:
-            raise StoreError(f"row {r.row}: cannot admit a row in state {r.state.value}")
-
-
-def check_lease_args(worker_id: str, seconds: float, what: str = "lease_s") -> timedelta:
-    """Refuse an empty ``worker_id`` or a duration that is not finite and > 0; the duration as timedelta."""
-    if not worker_id:
-        raise StoreError("worker_id must not be empty")
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        raise StoreError(f"{what} must be a number of seconds, got {seconds!r}")
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise StoreError(f"{what} must be a finite number of seconds > 0, got {seconds!r}")
-    return timedelta(seconds=seconds)
-
-
-def holds_lease(lease_token: int | None, row_token: int, row_owner: str) -> bool:
-    """True if a write fenced with ``lease_token`` may apply to a row with this token and owner."""
-    return lease_token is None or (row_token == lease_token and row_owner != "")
-
-
-def lease_lost(row_id: int, lease_token: int, row_token: int, row_owner: str) -> LeaseLostError:
-    """The error for a fenced write refused because the row's lease is not the caller's any more."""
-    if row_token != lease_token:
-        why = f"the row was claimed again (token {row_token})"
-    else:
-        why = "the lease was released or ended"
-    return LeaseLostError(row_id, f"row {row_id}: lease token {lease_token} is stale: {why}; nothing written")
-
-
-def final_problems(problems: list[str]) -> StoreError:
-    shown = ", ".join(problems[:10])
-    more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
-    return StoreError(f"mark_final: nothing written; cannot finalise {shown}{more}")
+# mark_final validates the whole batch before it writes: a row may be finalisable or final already.
+_FINALISABLE_OR_FINAL = frozenset(s.value for s in (*FINALISABLE_STATES, RowState.FINAL))
 
 
 @dataclass(slots=True)
@@ -124,7 +67,7 @@ class _Role:
     expires_at: datetime
 
 
-class MemoryStore:
+class MemoryStore(RowWriteMethods):
     """The outbox in dicts. Same state machine, dedupe, idempotency and lease rules as ``SqliteStore``.
 
     ``clock`` gives ``now`` (aware UTC) for campaign creation times, leases and roles.
@@ -298,77 +241,38 @@ class MemoryStore:
         return input_rows[-1] if input_rows else 0
 
     # -- dispatch ----------------------------------------------------------------------------
-    async def mark_sending(
-        self, row_id: int, *, started_at: datetime, correlation: str, lease_token: int | None = None
-    ) -> None:
-        """pending → sending, attempts += 1. Fenced by ``lease_token``."""
-        await self._enter()
-        row = self._fenced_row(row_id, lease_token)
-        self._move(
-            row,
-            RowState.SENDING,
-            attempts=row.attempts + 1,
-            attempt_started_at=utc(started_at),
-            attempt_ended_at=None,
-            correlation=correlation,
-        )
+    def _timestamp(self, dt: datetime) -> datetime:
+        return utc(dt)
 
-    async def mark_submitted(
-        self,
-        row_id: int,
-        *,
-        email_id: str,
-        message_id: str,
-        submitted_at: datetime,
-        lease_token: int | None = None,
+    async def _row_write(
+        self, write: RowWrite, row_id: int, values: tuple[Any, ...], lease_token: int | None
     ) -> None:
-        """sending → submitted with TEM's email id. Fenced by ``lease_token``."""
+        """Apply the declared ``write`` to the row (the ``mark_*`` methods come from RowWriteMethods)."""
         await self._enter()
         row = self._fenced_row(row_id, lease_token)
-        self._move(
-            row, RowState.SUBMITTED, email_id=email_id, message_id=message_id, submitted_at=utc(submitted_at)
-        )
+        if row.state not in write.sources:
+            raise row_write_refusal(
+                write, row_id, lease_token, (row.state.value, row.lease_token, row.lease_owner)
+            )
+        changes = dict(zip(write.columns, values, strict=True))
+        for column in write.cleared:
+            changes[column] = None
+        for column in write.counted:
+            changes[column] = getattr(row, column) + 1
+        if write.target is None:
+            self._rows[row_id] = replace(row, **changes)
+        else:
+            self._move(row, write.target, **changes)
+        email_id = changes.get("email_id")
         if email_id:
             self._by_email_id[email_id] = row_id
-
-    async def mark_ambiguous(
-        self, row_id: int, *, ended_at: datetime, reason: str, lease_token: int | None = None
-    ) -> None:
-        """Stay ``sending`` but record when the ambiguous attempt ended. Fenced by ``lease_token``."""
-        await self._enter()
-        row = self._fenced_row(row_id, lease_token)
-        if row.state is not RowState.SENDING:
-            raise StoreError(f"row {row_id}: mark_ambiguous needs state sending, not {row.state.value}")
-        self._rows[row_id] = replace(row, attempt_ended_at=utc(ended_at), reason=reason)
-
-    async def mark_retry(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
-        """sending → pending: reconciliation proved the email was not created. The lease stays."""
-        await self._enter()
-        self._move(self._fenced_row(row_id, lease_token), RowState.PENDING, reason=reason)
-
-    async def mark_rejected(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
-        """pending/sending → rejected; the lease ends."""
-        await self._enter()
-        self._move(self._fenced_row(row_id, lease_token), RowState.REJECTED, reason=reason)
-
-    async def mark_skipped(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
-        """pending → skipped; the lease ends."""
-        await self._enter()
-        self._move(self._fenced_row(row_id, lease_token), RowState.SKIPPED, reason=reason)
 
     async def mark_final(self, updates: Sequence[FinalUpdate]) -> None:
         """submitted/sending → final, all or nothing; rows already final are left as they are."""
         await self._enter()
         # Validate the whole batch first so a refused batch changes nothing (like one SQL transaction).
-        problems: list[str] = []
-        for u in updates:
-            row = self._rows.get(u.id)
-            if row is None:
-                problems.append(f"row {u.id} (no such row)")
-            elif row.state not in FINALISABLE_STATES and row.state is not RowState.FINAL:
-                problems.append(f"row {u.id} (state {row.state.value})")
-        if problems:
-            raise final_problems(problems)
+        rows = ((u.id, self._rows.get(u.id)) for u in updates)
+        check_finalisable(((i, None if r is None else r.state.value) for i, r in rows), _FINALISABLE_OR_FINAL)
         for u in updates:
             row = self._rows[u.id]
             if row.state is RowState.FINAL:

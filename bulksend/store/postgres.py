@@ -79,7 +79,7 @@ from bulksend.store.base import (
     RecipientRow,
     RowState,
 )
-from bulksend.store.memory import (
+from bulksend.store.rules import (
     FINALISABLE_STATES,
     check_lease_args,
     check_new_rows,

@@ -105,7 +105,7 @@ from bulksend.store.base import (
     StateLoss,
 )
 from bulksend.store.journal import SUSPECT, JournalEntry, SendJournal
-from bulksend.store.memory import (
+from bulksend.store.rules import (
     FINALISABLE_STATES,
     KEY_RELEASING_STATES,
     check_lease_args,
