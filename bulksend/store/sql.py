@@ -1,0 +1,283 @@
+"""The SQL both SQL stores share: the outbox's columns, the per-row writes, the keyset pages.
+
+Each per-row write is declared once (:class:`~bulksend.store.rules.RowWrite`); this module turns a
+declaration into SQLite's single-row guarded ``UPDATE`` (``?`` parameters, run per call inside a
+group commit) and PostgreSQL's batched ``UPDATE … FROM unnest(…)`` (``$n`` array parameters,
+one statement per kind of write in a group commit). A guarded UPDATE carries the state check and
+the lease fence in its ``WHERE``, so both are one atomic statement in either database.
+
+:class:`SqlReads` holds the reads whose SQL is the same in both dialects but for the parameter
+marks (``?n`` in SQLite, ``$n`` in PostgreSQL) and the table names, and the keyset pager that
+walks a campaign page by page (each page found again from the last key, never an ``OFFSET``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, Final, TypeVar
+
+from bulksend.store.base import CampaignRecord, RecipientRow, RowState
+from bulksend.store.rules import RowWrite
+
+__all__ = [
+    "ALREADY_FINAL",
+    "CAMPAIGN_COLUMNS",
+    "FIRST_INPUT_ROW",
+    "ROW_COLUMNS",
+    "ROW_COLUMN_LIST",
+    "SqlReads",
+    "keyset_pages",
+    "postgres_update",
+    "sqlite_update",
+    "states_in",
+]
+
+_T = TypeVar("_T")
+_K = TypeVar("_K")
+
+ROW_COLUMNS: Final = (
+    "id",
+    "campaign_id",
+    "input_row",
+    "email",
+    "name",
+    "recipient_key",
+    "state",
+    "payload",
+    "reason",
+    "attempts",
+    "attempt_started_at",
+    "attempt_ended_at",
+    "correlation",
+    "email_id",
+    "message_id",
+    "submitted_at",
+    "status",
+    "flags",
+    "status_details",
+    "smtp_code",
+    "smtp_message",
+    "try_count",
+    "final_at",
+    "lease_owner",
+    "lease_token",
+    "lease_expires_at",
+)
+"""The columns of a ``RecipientRow``, in the order of its fields."""
+ROW_COLUMN_LIST: Final = ", ".join(ROW_COLUMNS)
+CAMPAIGN_COLUMNS: Final = "id, created_at, state, spec, admitted_all"
+
+# The PostgreSQL type of every column a RowWrite sets (its values travel as arrays of it).
+# ``jsonb`` values travel as text and are cast in the statement.
+_PG_TYPES: Final[dict[str, str]] = {
+    "attempt_started_at": "timestamptz",
+    "attempt_ended_at": "timestamptz",
+    "correlation": "text",
+    "email_id": "text",
+    "message_id": "text",
+    "submitted_at": "timestamptz",
+    "reason": "text",
+    "status": "text",
+    "flags": "jsonb",
+    "status_details": "text",
+    "smtp_code": "integer",
+    "smtp_message": "text",
+    "try_count": "integer",
+    "final_at": "timestamptz",
+}
+ALREADY_FINAL: Final = frozenset({RowState.FINAL.value})
+"""The one state a row that ``mark_final`` did not move may be in (the tracker learned it twice)."""
+# Input rows are line numbers (>= 1 in practice); a walk in row order starts below any bigint.
+FIRST_INPUT_ROW: Final = -(2**63)
+
+
+def states_in(states: Iterable[RowState]) -> str:
+    """``'a', 'b'``: the states as SQL literals (enum constants, so inlined rather than bound)."""
+    return ", ".join(f"'{s.value}'" for s in states)
+
+
+def _assignments(write: RowWrite, value: Callable[[str], str]) -> str:
+    """The ``SET`` list of ``write``; ``value(column)`` is the SQL of the caller's value for it."""
+    assigns = [] if write.target is None else [f"state = '{write.target.value}'"]
+    if write.releases_key:
+        assigns.append("dedupe_key = NULL")
+    if write.ends_lease:
+        assigns += ["lease_owner = ''", "lease_expires_at = NULL"]
+    assigns += [f"{c} = {c} + 1" for c in write.counted]
+    for column in write.columns:
+        v = value(column)
+        assigns.append(f"{column} = NULLIF({v}, '')" if column in write.empty_is_null else f"{column} = {v}")
+    assigns += [f"{c} = NULL" for c in write.cleared]
+    return ", ".join(assigns)
+
+
+def sqlite_update(write: RowWrite, *, fenced: bool = False) -> str:
+    """SQLite's guarded UPDATE of one row for ``write``.
+
+    Parameters: the values of ``write.columns``, the row id, then (``fenced``) the lease token.
+    """
+    sql = (
+        f"UPDATE recipients SET {_assignments(write, lambda _: '?')} "
+        f"WHERE id = ? AND state IN ({states_in(write.sources)})"
+    )
+    return sql + " AND lease_token = ? AND lease_owner <> ''" if fenced else sql
+
+
+def postgres_update(write: RowWrite, table: str) -> str:
+    """PostgreSQL's guarded UPDATE of a batch of rows for ``write``, returning the ids it moved.
+
+    Parameters, one array each: the row ids, (``write.fenced``) the lease tokens (NULL: no
+    fence), then the values of each of ``write.columns``.
+    """
+    names = ["id", *(["lease_token"] if write.fenced else []), *write.columns]
+    types = ["bigint", *(["bigint"] if write.fenced else []), *(_PG_TYPES[c] for c in write.columns)]
+    arrays = ", ".join(f"${i}::{'text' if t == 'jsonb' else t}[]" for i, t in enumerate(types, start=1))
+
+    def value(column: str) -> str:
+        return f"u.{column}::jsonb" if _PG_TYPES[column] == "jsonb" else f"u.{column}"
+
+    fence = (
+        " AND (u.lease_token IS NULL OR (r.lease_token = u.lease_token AND r.lease_owner <> ''))"
+        if write.fenced
+        else ""
+    )
+    return (
+        f"UPDATE {table} AS r SET {_assignments(write, value)} "
+        f"FROM unnest({arrays}) AS u({', '.join(names)}) "
+        f"WHERE r.id = u.id AND r.state IN ({states_in(write.sources)}){fence} RETURNING r.id"
+    )
+
+
+async def keyset_pages(
+    fetch: Callable[[_K], Awaitable[list[_T]]], after: _K, batch_size: int, key: Callable[[_T], _K]
+) -> AsyncIterator[list[_T]]:
+    """Pages of ``fetch(after)``, each one after the ``key`` of the previous page's last item.
+
+    A short page is the last; an empty page is not yielded.
+    """
+    while True:
+        items = await fetch(after)
+        if items:
+            yield items
+        if len(items) < batch_size:
+            return
+        after = key(items[-1])
+
+
+class SqlReads:
+    """Reads of a SQL store whose SQL both dialects share.
+
+    A store provides its table names, its parameter mark and three fetches; the SQL is built here.
+    """
+
+    _recipients: str
+    """The outbox table's name as SQL (schema-qualified where there is a schema)."""
+    _campaigns: str
+    _OUTCOME_COLUMNS: str = ROW_COLUMN_LIST
+    """The columns ``iter_outcomes`` reads (a store may leave the payload out)."""
+
+    @staticmethod
+    def _mark(n: int) -> str:
+        """The SQL of the ``n``-th (from 1) query parameter."""
+        raise NotImplementedError
+
+    async def _fetch_rows(self, sql: str, args: tuple[Any, ...]) -> list[RecipientRow]:
+        raise NotImplementedError
+
+    async def _fetch_campaigns(self, sql: str, args: tuple[Any, ...]) -> list[CampaignRecord]:
+        raise NotImplementedError
+
+    async def _fetch_value(self, sql: str, args: tuple[Any, ...]) -> Any:
+        """The first column of the first row of the result."""
+        raise NotImplementedError
+
+    async def get_campaign(self, campaign_id: str) -> CampaignRecord | None:
+        found = await self._fetch_campaigns(
+            f"SELECT {CAMPAIGN_COLUMNS} FROM {self._campaigns} WHERE id = {self._mark(1)}", (campaign_id,)
+        )
+        return found[0] if found else None
+
+    async def list_campaigns(self) -> list[CampaignRecord]:
+        """Every campaign, oldest first."""
+        return await self._fetch_campaigns(
+            f"SELECT {CAMPAIGN_COLUMNS} FROM {self._campaigns} ORDER BY created_at, id", ()
+        )
+
+    async def max_admitted_row(self, campaign_id: str) -> int:
+        """Highest admitted ``row`` (0 if none)."""
+        found = await self._fetch_value(
+            f"SELECT COALESCE(MAX(input_row), 0) FROM {self._recipients} WHERE campaign_id = {self._mark(1)}",
+            (campaign_id,),
+        )
+        return int(found)
+
+    async def get_row(self, row_id: int) -> RecipientRow | None:
+        found = await self._fetch_rows(
+            f"SELECT {ROW_COLUMN_LIST} FROM {self._recipients} WHERE id = {self._mark(1)}", (row_id,)
+        )
+        return found[0] if found else None
+
+    async def iter_rows(
+        self,
+        campaign_id: str,
+        *,
+        states: Sequence[RowState] = (),
+        after_id: int = 0,
+        batch_size: int = 1000,
+    ) -> AsyncIterator[RecipientRow]:
+        """Rows of a campaign in ``id`` order, optionally only in ``states``; keyset pages on ``id``."""
+        wanted = sorted({RowState(s).value for s in states})
+        m, t = self._mark, self._recipients
+        # Parameters: the campaign, the last id seen, the page size, then the states.
+        if len(wanted) <= 1:
+            state_filter = f"AND state = {m(4)} " if wanted else ""
+            sql = (
+                f"SELECT {ROW_COLUMN_LIST} FROM {t} WHERE campaign_id = {m(1)} {state_filter}"
+                f"AND id > {m(2)} ORDER BY id LIMIT {m(3)}"
+            )
+        else:
+            # One index-ordered page per state, merged: each part walks (campaign_id, state, id) in
+            # order, so a page costs O(states × batch) however large the campaign is.
+            sql = " UNION ALL ".join(
+                f"SELECT * FROM (SELECT {ROW_COLUMN_LIST} FROM {t} WHERE campaign_id = {m(1)} "
+                f"AND state = {m(i)} AND id > {m(2)} ORDER BY id LIMIT {m(3)}) AS p{i}"
+                for i in range(4, 4 + len(wanted))
+            )
+            sql += f" ORDER BY id LIMIT {m(3)}"
+
+        async def page(after: int) -> list[RecipientRow]:
+            return await self._fetch_rows(sql, (campaign_id, after, batch_size, *wanted))
+
+        async for rows in keyset_pages(page, after_id, batch_size, _row_id):
+            for row in rows:
+                yield row
+
+    async def iter_outcomes(self, campaign_id: str, *, batch_size: int = 1000) -> AsyncIterator[RecipientRow]:
+        """Every row of the campaign in input ``row`` order; keyset pages on ``row``."""
+        sql = self._in_row_order_sql(self._OUTCOME_COLUMNS)
+
+        async def page(after: int) -> list[RecipientRow]:
+            return await self._fetch_rows(sql, (campaign_id, after, batch_size))
+
+        async for rows in keyset_pages(page, FIRST_INPUT_ROW, batch_size, _input_row):
+            for row in rows:
+                yield row
+
+    def _in_row_order_sql(self, columns: str) -> str:
+        """A page of ``columns`` of a campaign's rows in input row order, after the given row.
+
+        Parameters: the campaign, the last input row seen, the page size.
+        """
+        m = self._mark
+        return (
+            f"SELECT {columns} FROM {self._recipients} WHERE campaign_id = {m(1)} AND input_row > {m(2)} "
+            f"ORDER BY input_row LIMIT {m(3)}"
+        )
+
+
+def _row_id(row: RecipientRow) -> int:
+    return row.id
+
+
+def _input_row(row: RecipientRow) -> int:
+    return row.row
