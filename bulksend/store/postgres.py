@@ -46,7 +46,8 @@ parameter), which is how tests move time without sleeping.
 Schema
 ------
 Everything lives in one PostgreSQL schema (``schema``, default ``bulksend``), created if missing.
-``<schema>.schema_version`` records applied migrations; ``MIGRATIONS`` is append-only. Migrations
+``<schema>.schema_version`` records applied migrations; ``MIGRATIONS`` (in
+:mod:`bulksend.store.migrations.postgres`) is append-only. Migrations
 run in one transaction under ``pg_advisory_xact_lock``, so N workers starting at once apply each
 step exactly once, and a database migrated by a newer bulksend is refused. ``payload``, ``spec``
 and ``flags`` are ``jsonb``; datetimes are ``timestamptz`` (they come back as aware UTC datetimes;
@@ -78,6 +79,7 @@ from bulksend.store.base import (
     RecipientRow,
     RowState,
 )
+from bulksend.store.migrations.postgres import MIGRATIONS, SCHEMA_VERSION, migrate
 from bulksend.store.rules import (
     ROW_WRITES,
     TO_FINAL,
@@ -118,93 +120,6 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 
-# Ordered, append-only: MIGRATIONS[i] brings the schema from version i to i + 1. ``{s}`` is the
-# quoted schema name.
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
-    # v1: campaigns, the outbox with its leases, campaign roles.
-    (
-        """CREATE TABLE {s}.campaigns (
-            id           text PRIMARY KEY,
-            created_at   timestamptz NOT NULL,
-            state        text NOT NULL CHECK (state IN ('running', 'paused', 'canceled', 'finished')),
-            spec         jsonb NOT NULL,
-            admitted_all boolean NOT NULL DEFAULT false
-        )""",
-        """CREATE TABLE {s}.recipients (
-            id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            campaign_id        text NOT NULL REFERENCES {s}.campaigns (id),
-            input_row          bigint NOT NULL,
-            email              text NOT NULL,
-            name               text NOT NULL DEFAULT '',
-            recipient_key      text,
-            dedupe_key         text,
-            state              text NOT NULL CHECK (state IN
-                                   ('pending', 'sending', 'submitted', 'final', 'rejected', 'skipped')),
-            reason             text NOT NULL DEFAULT '',
-            payload            jsonb NOT NULL DEFAULT '{{}}',
-            attempts           integer NOT NULL DEFAULT 0,
-            attempt_started_at timestamptz,
-            attempt_ended_at   timestamptz,
-            correlation        text NOT NULL DEFAULT '',
-            email_id           text,
-            message_id         text NOT NULL DEFAULT '',
-            submitted_at       timestamptz,
-            status             text NOT NULL DEFAULT '',
-            flags              jsonb NOT NULL DEFAULT '[]',
-            status_details     text NOT NULL DEFAULT '',
-            smtp_code          integer,
-            smtp_message       text NOT NULL DEFAULT '',
-            try_count          integer NOT NULL DEFAULT 0,
-            final_at           timestamptz,
-            lease_owner        text NOT NULL DEFAULT '',
-            lease_token        bigint NOT NULL DEFAULT 0,
-            lease_expires_at   timestamptz
-        )""",
-        "CREATE UNIQUE INDEX ux_recipients_campaign_row ON {s}.recipients (campaign_id, input_row)",
-        # Only the owner of a key holds it in dedupe_key (as in the SQLite store).
-        """CREATE UNIQUE INDEX ux_recipients_campaign_dedupe ON {s}.recipients (campaign_id, dedupe_key)
-            WHERE dedupe_key IS NOT NULL""",
-        # iter_rows by state and claim (which walks a state's rows in id order, skipping leased ones).
-        "CREATE INDEX ix_recipients_campaign_state_id ON {s}.recipients (campaign_id, state, id)",
-        "CREATE INDEX ix_recipients_campaign_id ON {s}.recipients (campaign_id, id)",
-        "CREATE INDEX ix_recipients_email_id ON {s}.recipients (email_id) WHERE email_id IS NOT NULL",
-        """CREATE TABLE {s}.roles (
-            campaign_id text NOT NULL,
-            role        text NOT NULL,
-            owner       text NOT NULL,
-            expires_at  timestamptz NOT NULL,
-            PRIMARY KEY (campaign_id, role)
-        )""",
-    ),
-    # v2: the outbox is updated 3-5 times per row within minutes of its insert. Free room in each
-    # page lets the lease updates (claim, renew, release: no indexed column changes) stay HOT, and
-    # autovacuum/ANALYZE run after 2 % of changed rows instead of 20 %: a campaign of 20,000 rows
-    # left ~79,000 dead row versions and statistics from when the table was empty.
-    (
-        """ALTER TABLE {s}.recipients SET (
-            fillfactor = 80,
-            autovacuum_vacuum_scale_factor = 0.02,
-            autovacuum_analyze_scale_factor = 0.02,
-            autovacuum_vacuum_threshold = 1000,
-            autovacuum_analyze_threshold = 1000
-        )""",
-    ),
-    # v3: workers on the store, for finding dead ones within seconds (see ``register_worker``) and
-    # for ``bulksend status``. ``stats`` holds the worker's last reported counters, which outlive it.
-    (
-        """CREATE TABLE {s}.workers (
-            worker_id    text PRIMARY KEY,
-            campaign_id  text NOT NULL DEFAULT '',
-            state        text NOT NULL CHECK (state IN ('running', 'stopped', 'dead')),
-            started_at   timestamptz NOT NULL,
-            heartbeat_at timestamptz NOT NULL,
-            stopped_at   timestamptz,
-            info         jsonb NOT NULL DEFAULT '{{}}',
-            stats        jsonb NOT NULL DEFAULT '{{}}'
-        )""",
-    ),
-)
-SCHEMA_VERSION: Final[int] = len(MIGRATIONS)
 
 WorkerState = Literal["running", "stopped", "dead"]
 
@@ -450,7 +365,8 @@ class PostgresStore(RowWriteMethods, SqlReads):
             ) from None
         try:
             async with pool.acquire() as conn:
-                await self._migrate(conn)
+                await migrate(conn, self.schema)
+            self._commits += 1
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await pool.close()
@@ -462,30 +378,6 @@ class PostgresStore(RowWriteMethods, SqlReads):
         self._queue = deque()
         self._flushing = False
         self._flush_done = anyio.Event()
-
-    async def _migrate(self, conn: Connection) -> None:
-        s = self._s
-        async with conn.transaction():
-            # Serialises every worker migrating this schema: each step is applied exactly once.
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"bulksend:migrate:{self.schema}"
-            )
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {s}.schema_version "
-                "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            current = await conn.fetchval(f"SELECT COALESCE(MAX(version), 0) FROM {s}.schema_version")
-            if current > SCHEMA_VERSION:
-                raise StoreError(
-                    f"PostgreSQL schema {self.schema!r} is at v{current}, newer than this bulksend "
-                    f"supports (v{SCHEMA_VERSION}); upgrade bulksend"
-                )
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[version - 1]:
-                    await conn.execute(statement.format(s=s))
-                await conn.execute(f"INSERT INTO {s}.schema_version (version) VALUES ($1)", version)
-        self._commits += 1
 
     async def close(self) -> None:
         """Write everything still queued, then close every connection. Idempotent."""

@@ -44,12 +44,13 @@ undo anything: its write may still be committed (or fail) after the caller has g
 
 Schema
 ------
-``schema_version`` records applied migrations; ``MIGRATIONS`` is append-only (never edit a released
-step, add the next one): v1 is the outbox, v2 adds lease expiry and campaign roles (a v1 file is
-migrated in place when a newer bulksend opens it), v3 rebuilds ``recipients`` with a cheaper
-``state`` CHECK (a copy of every row, once, when an older file is first opened: about 9 s for a
-million rows on a 2-CPU machine, and the file keeps the old table's pages as free space, reused
-by later rows); v4 adds ``store_meta`` with the database's random ``store_id``.
+``schema_version`` records applied migrations; ``MIGRATIONS`` (:mod:`bulksend.store.migrations.sqlite`)
+is append-only (never edit a released step, add the next one): v1 is the outbox, v2 adds lease
+expiry and campaign roles (a v1 file is migrated in place when a newer bulksend opens it), v3
+rebuilds ``recipients`` with a cheaper ``state`` CHECK (a copy of every row, once, when an older
+file is first opened: about 9 s for a million rows on a 2-CPU machine, and the file keeps the old
+table's pages as free space, reused by later rows); v4 adds ``store_meta`` with the database's
+random ``store_id``.
 ``recipients.recipient_key`` is the dedupe key as admitted (kept for output);
 ``recipients.dedupe_key`` holds it only while the row *owns* it — a duplicate is admitted
 ``skipped`` with ``dedupe_key`` NULL, and a row that becomes ``rejected`` or ``skipped`` gives its
@@ -104,6 +105,7 @@ from bulksend.store.base import (
     StateLoss,
 )
 from bulksend.store.journal import SUSPECT, JournalEntry, SendJournal
+from bulksend.store.migrations.sqlite import MIGRATIONS, SCHEMA_VERSION, migrate
 from bulksend.store.rules import (
     ROW_WRITES,
     TO_FINAL,
@@ -135,127 +137,6 @@ __all__ = ["JOURNAL_SUFFIX", "MIGRATIONS", "SCHEMA_VERSION", "Durability", "Sqli
 Durability = Literal["full", "normal"]
 _T = TypeVar("_T")
 
-# Every column of ``recipients`` as of v2, named: the v3 rebuild copies them by name.
-_V3_COLUMNS: Final = (
-    "id, campaign_id, input_row, email, name, recipient_key, dedupe_key, state, reason, payload, "
-    "attempts, attempt_started_at, attempt_ended_at, correlation, email_id, message_id, submitted_at, "
-    "status, flags, status_details, smtp_code, smtp_message, try_count, final_at, lease_owner, "
-    "lease_token, lease_expires_at"
-)
-
-# Ordered, append-only: MIGRATIONS[i] brings the schema from version i to i + 1.
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
-    # v1: campaigns and the outbox.
-    (
-        """CREATE TABLE campaigns (
-            id           TEXT PRIMARY KEY,
-            created_at   TEXT NOT NULL,
-            state        TEXT NOT NULL CHECK (state IN ('running', 'paused', 'canceled', 'finished')),
-            spec         TEXT NOT NULL,
-            admitted_all INTEGER NOT NULL DEFAULT 0
-        )""",
-        """CREATE TABLE recipients (
-            id                 INTEGER PRIMARY KEY,
-            campaign_id        TEXT NOT NULL REFERENCES campaigns (id),
-            input_row          INTEGER NOT NULL,
-            email              TEXT NOT NULL,
-            name               TEXT NOT NULL DEFAULT '',
-            recipient_key      TEXT,
-            dedupe_key         TEXT,
-            state              TEXT NOT NULL CHECK (state IN
-                                   ('pending', 'sending', 'submitted', 'final', 'rejected', 'skipped')),
-            reason             TEXT NOT NULL DEFAULT '',
-            payload            TEXT NOT NULL DEFAULT '{}',
-            attempts           INTEGER NOT NULL DEFAULT 0,
-            attempt_started_at TEXT,
-            attempt_ended_at   TEXT,
-            correlation        TEXT NOT NULL DEFAULT '',
-            email_id           TEXT,
-            message_id         TEXT NOT NULL DEFAULT '',
-            submitted_at       TEXT,
-            status             TEXT NOT NULL DEFAULT '',
-            flags              TEXT NOT NULL DEFAULT '[]',
-            status_details     TEXT NOT NULL DEFAULT '',
-            smtp_code          INTEGER,
-            smtp_message       TEXT NOT NULL DEFAULT '',
-            try_count          INTEGER NOT NULL DEFAULT 0,
-            final_at           TEXT,
-            lease_owner        TEXT NOT NULL DEFAULT '',
-            lease_token        INTEGER NOT NULL DEFAULT 0
-        )""",
-        "CREATE UNIQUE INDEX ux_recipients_campaign_row ON recipients (campaign_id, input_row)",
-        # Only the owner of a key holds it in dedupe_key (see the module docstring).
-        """CREATE UNIQUE INDEX ux_recipients_campaign_dedupe ON recipients (campaign_id, dedupe_key)
-            WHERE dedupe_key IS NOT NULL""",
-        "CREATE INDEX ix_recipients_campaign_state_id ON recipients (campaign_id, state, id)",
-        # (campaign_id) is (campaign_id, id) underneath: keyset pagination of iter_rows without states.
-        "CREATE INDEX ix_recipients_campaign_id ON recipients (campaign_id)",
-        "CREATE INDEX ix_recipients_email_id ON recipients (email_id) WHERE email_id IS NOT NULL",
-    ),
-    # v2: work leases (owner and token exist since v1; the expiry is new) and campaign roles.
-    (
-        "ALTER TABLE recipients ADD COLUMN lease_expires_at TEXT",
-        """CREATE TABLE roles (
-            campaign_id TEXT NOT NULL,
-            role        TEXT NOT NULL,
-            owner       TEXT NOT NULL,
-            expires_at  TEXT NOT NULL,
-            PRIMARY KEY (campaign_id, role)
-        )""",
-    ),
-    # v3: the same outbox, its state CHECK written as a chain of equalities. SQLite evaluates
-    # ``state IN (…)`` in a CHECK by building a temporary b-tree of the six values on every write
-    # to ``state``: three times per email, about a sixth of the writer's CPU. A CHECK cannot be
-    # altered in place, so the table is rebuilt (one copy of every row, once) with its indexes.
-    (
-        """CREATE TABLE recipients_v3 (
-            id                 INTEGER PRIMARY KEY,
-            campaign_id        TEXT NOT NULL REFERENCES campaigns (id),
-            input_row          INTEGER NOT NULL,
-            email              TEXT NOT NULL,
-            name               TEXT NOT NULL DEFAULT '',
-            recipient_key      TEXT,
-            dedupe_key         TEXT,
-            state              TEXT NOT NULL CHECK (state = 'pending' OR state = 'sending'
-                                   OR state = 'submitted' OR state = 'final' OR state = 'rejected'
-                                   OR state = 'skipped'),
-            reason             TEXT NOT NULL DEFAULT '',
-            payload            TEXT NOT NULL DEFAULT '{}',
-            attempts           INTEGER NOT NULL DEFAULT 0,
-            attempt_started_at TEXT,
-            attempt_ended_at   TEXT,
-            correlation        TEXT NOT NULL DEFAULT '',
-            email_id           TEXT,
-            message_id         TEXT NOT NULL DEFAULT '',
-            submitted_at       TEXT,
-            status             TEXT NOT NULL DEFAULT '',
-            flags              TEXT NOT NULL DEFAULT '[]',
-            status_details     TEXT NOT NULL DEFAULT '',
-            smtp_code          INTEGER,
-            smtp_message       TEXT NOT NULL DEFAULT '',
-            try_count          INTEGER NOT NULL DEFAULT 0,
-            final_at           TEXT,
-            lease_owner        TEXT NOT NULL DEFAULT '',
-            lease_token        INTEGER NOT NULL DEFAULT 0,
-            lease_expires_at   TEXT
-        )""",
-        f"INSERT INTO recipients_v3 ({_V3_COLUMNS}) SELECT {_V3_COLUMNS} FROM recipients",
-        "DROP TABLE recipients",
-        "ALTER TABLE recipients_v3 RENAME TO recipients",
-        "CREATE UNIQUE INDEX ux_recipients_campaign_row ON recipients (campaign_id, input_row)",
-        """CREATE UNIQUE INDEX ux_recipients_campaign_dedupe ON recipients (campaign_id, dedupe_key)
-            WHERE dedupe_key IS NOT NULL""",
-        "CREATE INDEX ix_recipients_campaign_state_id ON recipients (campaign_id, state, id)",
-        "CREATE INDEX ix_recipients_campaign_id ON recipients (campaign_id)",
-        "CREATE INDEX ix_recipients_email_id ON recipients (email_id) WHERE email_id IS NOT NULL",
-    ),
-    # v4: the database's own id, which the send journal names (a replaced file is another id).
-    (
-        "CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        "INSERT INTO store_meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))))",
-    ),
-)
-SCHEMA_VERSION: Final[int] = len(MIGRATIONS)
 
 _ROW_COLUMNS: Final = ROW_COLUMN_LIST
 # The outcomes file reads every row but never shows its payload (the template variables, often the
@@ -600,40 +481,13 @@ class SqliteStore(RowWriteMethods, SqlReads):
                 )
             conn.execute(f"PRAGMA synchronous = {'FULL' if self.durability == 'full' else 'NORMAL'}")
             conn.execute("PRAGMA foreign_keys = ON")
-            self._migrate(conn)
+            migrate(conn, self.path)
+            self._commits += 1
             self._open_journal(conn)
         except BaseException:
             conn.close()
             raise
         return conn
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        # BEGIN IMMEDIATE takes the write lock first, so two processes opening the same new file
-        # cannot both apply v1.
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version "
-                "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
-            )
-            current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
-            if current > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path}: database schema v{current} is newer than this bulksend supports "
-                    f"(v{SCHEMA_VERSION}); upgrade bulksend"
-                )
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[version - 1]:
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
-                    (version, _dt_text(datetime.now(UTC))),
-                )
-            conn.execute("COMMIT")
-            self._commits += 1
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     # -- the send journal --------------------------------------------------------------------
     def _open_journal(self, conn: sqlite3.Connection) -> None:
