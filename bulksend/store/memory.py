@@ -19,9 +19,9 @@ Leases and roles use the injected ``clock`` (default: the system clock, UTC) for
 from __future__ import annotations
 
 import bisect
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio.lowlevel
@@ -37,11 +37,11 @@ from bulksend.store.base import (
     RecipientRow,
     RowState,
 )
+from bulksend.store.core import StoreBase
 from bulksend.store.rules import (
     FINALISABLE_STATES,
     KEY_RELEASING_STATES,
     RowWrite,
-    RowWriteMethods,
     check_finalisable,
     check_lease_args,
     check_new_rows,
@@ -67,7 +67,7 @@ class _Role:
     expires_at: datetime
 
 
-class MemoryStore(RowWriteMethods):
+class MemoryStore(StoreBase):
     """The outbox in dicts. Same state machine, dedupe, idempotency and lease rules as ``SqliteStore``.
 
     ``clock`` gives ``now`` (aware UTC) for campaign creation times, leases and roles.
@@ -88,13 +88,6 @@ class MemoryStore(RowWriteMethods):
         self._roles: dict[tuple[str, str], _Role] = {}
         self._next_id = 1
 
-    async def __aenter__(self) -> MemoryStore:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
     async def open(self) -> None:
         """Make the store usable; data from before a ``close()`` is still there."""
         await anyio.lowlevel.checkpoint()
@@ -110,6 +103,8 @@ class MemoryStore(RowWriteMethods):
         await anyio.lowlevel.checkpoint()
         if not self._open:
             raise StoreError("the store is not open")
+
+    _idle = _enter
 
     def _public(self, row: RecipientRow) -> RecipientRow:
         return replace(row, payload=orjson.loads(self._payloads[row.id]))
@@ -291,21 +286,12 @@ class MemoryStore(RowWriteMethods):
             )
 
     # -- leases ------------------------------------------------------------------------------
-    async def claim(
-        self,
-        campaign_id: str,
-        *,
-        worker_id: str,
-        limit: int,
-        lease_s: float,
-        states: Sequence[RowState] = (RowState.PENDING,),
+    async def _claim(
+        self, campaign_id: str, worker_id: str, limit: int, lease_s: float, states: list[str]
     ) -> list[RecipientRow]:
-        """Lease up to ``limit`` unleased (or expired) rows in ``states``, lowest ids first."""
         await self._enter()
-        duration = check_lease_args(worker_id, lease_s)
         wanted = frozenset(RowState(s) for s in states)
-        if limit <= 0 or not wanted:
-            return []
+        duration = timedelta(seconds=lease_s)
         now = self._now()
         claimed: list[RecipientRow] = []
         for row_id in self._ids.get(campaign_id, []):
@@ -395,48 +381,28 @@ class MemoryStore(RowWriteMethods):
                 found[key] = self._public(self._rows[by_row[row]])
         return found
 
-    async def iter_rows(
-        self,
-        campaign_id: str,
-        *,
-        states: Sequence[RowState] = (),
-        after_id: int = 0,
-        batch_size: int = 1000,
-    ) -> AsyncIterator[RecipientRow]:
-        """Rows of a campaign in ``id`` order, optionally only in ``states``."""
-        wanted = frozenset(states)
-        last_id = after_id
-        while True:
-            await self._enter()
-            # Re-locate from the last id each batch (keyset), like the SQL stores do.
-            ids = self._ids.get(campaign_id, [])
-            pos = bisect.bisect_right(ids, last_id)
-            batch: list[RecipientRow] = []
-            while pos < len(ids) and len(batch) < batch_size:
-                row = self._rows[ids[pos]]
-                pos += 1
-                last_id = row.id
-                if not wanted or row.state in wanted:
-                    batch.append(self._public(row))
-            for row in batch:
-                yield row
-            if pos >= len(ids):
-                return
+    async def _rows_page(
+        self, campaign_id: str, states: list[str], after_id: int, batch_size: int
+    ) -> list[RecipientRow]:
+        await self._enter()
+        wanted = frozenset(RowState(s) for s in states)
+        # Re-located from the last id each page (keyset), like the SQL stores do.
+        ids = self._ids.get(campaign_id, [])
+        pos = bisect.bisect_right(ids, after_id)
+        page: list[RecipientRow] = []
+        while pos < len(ids) and len(page) < batch_size:
+            row = self._rows[ids[pos]]
+            pos += 1
+            if not wanted or row.state in wanted:
+                page.append(self._public(row))
+        return page
 
-    async def iter_outcomes(self, campaign_id: str, *, batch_size: int = 1000) -> AsyncIterator[RecipientRow]:
-        """Every row of the campaign in input ``row`` order."""
-        last_row: int | None = None
-        while True:
-            await self._enter()
-            input_rows = self._input_rows.get(campaign_id, [])
-            by_row = self._by_input_row.get(campaign_id, {})
-            pos = 0 if last_row is None else bisect.bisect_right(input_rows, last_row)
-            chunk = input_rows[pos : pos + batch_size]
-            if not chunk:
-                return
-            last_row = chunk[-1]
-            for n in chunk:
-                yield self._public(self._rows[by_row[n]])
+    async def _outcomes_page(self, campaign_id: str, after_row: int, batch_size: int) -> list[RecipientRow]:
+        await self._enter()
+        input_rows = self._input_rows.get(campaign_id, [])
+        by_row = self._by_input_row.get(campaign_id, {})
+        pos = bisect.bisect_right(input_rows, after_row)
+        return [self._public(self._rows[by_row[n]]) for n in input_rows[pos : pos + batch_size]]
 
     async def counts(self, campaign_id: str) -> dict[str, int]:
         """Number of rows by state, and of final rows by status as ``status:<s>`` (zeros omitted)."""

@@ -84,7 +84,6 @@ from bulksend.store.rules import (
     ROW_WRITES,
     TO_FINAL,
     RowWrite,
-    RowWriteMethods,
     check_finalisable,
     check_lease_args,
     check_new_rows,
@@ -100,7 +99,7 @@ from bulksend.store.sql import (
     CAMPAIGN_COLUMNS,
     ROW_COLUMN_LIST,
     ROW_COLUMNS,
-    SqlReads,
+    SqlStore,
     postgres_update,
 )
 
@@ -264,7 +263,7 @@ class _FlushOutcome:
     errors: dict[int, BaseException] = field(default_factory=dict)
 
 
-class PostgresStore(RowWriteMethods, SqlReads):
+class PostgresStore(SqlStore):
     """The outbox state machine in PostgreSQL, shared by many workers (see the module docstring).
 
     :param dsn: a libpq connection URI, ``postgresql://user[:password]@host[:port]/database``.
@@ -334,18 +333,6 @@ class PostgresStore(RowWriteMethods, SqlReads):
         """The connection URI with any password masked."""
         return redact_dsn(self._dsn)
 
-    @property
-    def commits(self) -> int:
-        """Write transactions committed by this instance so far (group commit: far fewer than writes)."""
-        return self._commits
-
-    async def __aenter__(self) -> PostgresStore:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
         """Connect, create the schema or apply missing migrations. Idempotent."""
@@ -406,6 +393,10 @@ class PostgresStore(RowWriteMethods, SqlReads):
             password = None
         return text.replace(password, "****") if password else text
 
+    async def _idle(self) -> None:
+        await anyio.lowlevel.checkpoint()
+        self._require_pool()
+
     def _require_pool(self) -> asyncpg.Pool[asyncpg.Record]:
         if self._pool is None or not self._accepting:
             raise StoreError("the store is not open")
@@ -446,7 +437,7 @@ class PostgresStore(RowWriteMethods, SqlReads):
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
 
-    # Reads of SqlReads: PostgreSQL's parameters and row decoding.
+    # Reads of SqlStore: PostgreSQL's parameters and row decoding.
     @staticmethod
     def _mark(n: int) -> str:
         return f"${n}"
@@ -741,7 +732,7 @@ class PostgresStore(RowWriteMethods, SqlReads):
                 return
         self._analyzed_rows = max(0.0, float(rows or 0))
 
-    # -- dispatch (the mark_* methods are RowWriteMethods', group-committed) ------------------
+    # -- dispatch (the mark_* methods are StoreBase's, group-committed) ------------------------
     async def mark_final(self, updates: Sequence[FinalUpdate]) -> None:
         """submitted/sending → final, the whole batch in one statement and one commit, all or nothing.
 
@@ -753,8 +744,7 @@ class PostgresStore(RowWriteMethods, SqlReads):
             firsts.setdefault(u.id, u)
         batch = list(firsts.values())
         if not batch:
-            await anyio.lowlevel.checkpoint()
-            self._require_pool()
+            await self._idle()
             return
         values = [final_values(u, utc_or_none) for u in batch]
         columns = [[u.id for u in batch], *([v[i] for v in values] for i in range(len(TO_FINAL.columns)))]
@@ -778,26 +768,11 @@ class PostgresStore(RowWriteMethods, SqlReads):
         await self._transaction(tx)
 
     # -- leases ------------------------------------------------------------------------------
-    async def claim(
-        self,
-        campaign_id: str,
-        *,
-        worker_id: str,
-        limit: int,
-        lease_s: float,
-        states: Sequence[RowState] = (RowState.PENDING,),
+    async def _claim(
+        self, campaign_id: str, worker_id: str, limit: int, lease_s: float, wanted: list[str]
     ) -> list[RecipientRow]:
-        """Lease up to ``limit`` unleased (or expired) rows in ``states``, lowest ids first; durable.
-
-        ``SELECT … ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED`` inside the ``UPDATE … RETURNING``:
-        concurrent claimers skip each other's rows instead of waiting or taking them twice.
-        """
-        check_lease_args(worker_id, lease_s)
-        wanted = sorted({RowState(st).value for st in states})
-        if limit <= 0 or not wanted:
-            await anyio.lowlevel.checkpoint()
-            self._require_pool()
-            return []
+        # ``SELECT … ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED`` inside the ``UPDATE … RETURNING``:
+        # concurrent claimers skip each other's rows instead of waiting or taking them twice.
         s = self._s
         state_filter = "state = $3" if len(wanted) == 1 else "state = ANY($3::text[])"
         sql = (
@@ -1161,8 +1136,7 @@ class PostgresStore(RowWriteMethods, SqlReads):
         """The rows of the campaign holding these TEM email ids (unknown ids are absent)."""
         wanted = sorted({e for e in email_ids if e})
         if not wanted:
-            await anyio.lowlevel.checkpoint()
-            self._require_pool()
+            await self._idle()
             return {}
 
         async def op(conn: Connection) -> dict[str, RecipientRow]:
@@ -1183,8 +1157,7 @@ class PostgresStore(RowWriteMethods, SqlReads):
         """The rows of the campaign that own these dedupe keys (keys nobody owns are absent)."""
         wanted = sorted(set(keys))
         if not wanted:
-            await anyio.lowlevel.checkpoint()
-            self._require_pool()
+            await self._idle()
             return {}
 
         async def op(conn: Connection) -> dict[str, RecipientRow]:

@@ -3,8 +3,7 @@
 Datetime normalisation, JSON encoding, the admission, transition and lease checks, and the
 declaration of each per-row dispatch write (:class:`RowWrite`: target state, columns set, states
 it may start from). The memory store applies a declaration in Python; the SQL stores build their
-statements from it (:mod:`bulksend.store.sql`). :class:`RowWriteMethods` gives every backend the
-same ``mark_*`` dispatch methods on top of one ``_row_write`` of its own.
+statements from it (:mod:`bulksend.store.sql`).
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ __all__ = [
     "TO_SKIPPED",
     "TO_SUBMITTED",
     "RowWrite",
-    "RowWriteMethods",
     "check_finalisable",
     "check_lease_args",
     "check_new_rows",
@@ -244,57 +242,3 @@ def row_write_refusal(
         return exc
     # Legal now, refused when the write ran: another transaction moved the row in between.
     return StoreError(f"row {row_id}: could not move to {write.target.value} (changed concurrently)")
-
-
-class RowWriteMethods:
-    """The ``mark_*`` dispatch methods of every store, over its own ``_row_write`` and ``_timestamp``."""
-
-    async def _row_write(
-        self, write: RowWrite, row_id: int, values: tuple[Any, ...], lease_token: int | None
-    ) -> None:
-        """Apply ``write`` to one row, ``values`` for its ``columns``; fenced by ``lease_token``."""
-        raise NotImplementedError
-
-    def _timestamp(self, dt: datetime) -> Any:
-        """``dt`` as the backend stores it."""
-        raise NotImplementedError
-
-    async def mark_sending(
-        self, row_id: int, *, started_at: datetime, correlation: str, lease_token: int | None = None
-    ) -> None:
-        """pending → sending, attempts += 1, committed before returning: call it before the POST.
-
-        Fenced by ``lease_token`` when given (``LeaseLostError``, nothing written).
-        """
-        await self._row_write(TO_SENDING, row_id, (self._timestamp(started_at), correlation), lease_token)
-
-    async def mark_submitted(
-        self,
-        row_id: int,
-        *,
-        email_id: str,
-        message_id: str,
-        submitted_at: datetime,
-        lease_token: int | None = None,
-    ) -> None:
-        """sending → submitted with TEM's email id. Fenced by ``lease_token`` when given."""
-        values = (email_id, message_id, self._timestamp(submitted_at))
-        await self._row_write(TO_SUBMITTED, row_id, values, lease_token)
-
-    async def mark_ambiguous(
-        self, row_id: int, *, ended_at: datetime, reason: str, lease_token: int | None = None
-    ) -> None:
-        """Stay ``sending`` but record when the ambiguous attempt ended (reconcile later). Fenced."""
-        await self._row_write(TO_AMBIGUOUS, row_id, (self._timestamp(ended_at), reason), lease_token)
-
-    async def mark_retry(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
-        """sending → pending: reconciliation proved the email was not created. The lease stays."""
-        await self._row_write(TO_PENDING, row_id, (reason,), lease_token)
-
-    async def mark_rejected(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
-        """pending/sending → rejected (the row gives its dedupe key and its lease up)."""
-        await self._row_write(TO_REJECTED, row_id, (reason,), lease_token)
-
-    async def mark_skipped(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
-        """pending → skipped (the row gives its dedupe key and its lease up)."""
-        await self._row_write(TO_SKIPPED, row_id, (reason,), lease_token)

@@ -6,34 +6,30 @@ group commit) and PostgreSQL's batched ``UPDATE … FROM unnest(…)`` (``$n`` a
 one statement per kind of write in a group commit). A guarded UPDATE carries the state check and
 the lease fence in its ``WHERE``, so both are one atomic statement in either database.
 
-:class:`SqlReads` holds the reads whose SQL is the same in both dialects but for the parameter
-marks (``?n`` in SQLite, ``$n`` in PostgreSQL) and the table names, and the keyset pager that
-walks a campaign page by page (each page found again from the last key, never an ``OFFSET``).
+:class:`SqlStore` holds the reads whose SQL is the same in both dialects but for the parameter
+marks (``?n`` in SQLite, ``$n`` in PostgreSQL) and the table names, among them the pages of the
+keyset walks of :class:`~bulksend.store.core.StoreBase`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import Any, Final, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, Final
 
 from bulksend.store.base import CampaignRecord, RecipientRow, RowState
+from bulksend.store.core import StoreBase
 from bulksend.store.rules import RowWrite
 
 __all__ = [
     "ALREADY_FINAL",
     "CAMPAIGN_COLUMNS",
-    "FIRST_INPUT_ROW",
     "ROW_COLUMNS",
     "ROW_COLUMN_LIST",
-    "SqlReads",
-    "keyset_pages",
+    "SqlStore",
     "postgres_update",
     "sqlite_update",
     "states_in",
 ]
-
-_T = TypeVar("_T")
-_K = TypeVar("_K")
 
 ROW_COLUMNS: Final = (
     "id",
@@ -87,8 +83,6 @@ _PG_TYPES: Final[dict[str, str]] = {
 }
 ALREADY_FINAL: Final = frozenset({RowState.FINAL.value})
 """The one state a row that ``mark_final`` did not move may be in (the tracker learned it twice)."""
-# Input rows are line numbers (>= 1 in practice); a walk in row order starts below any bigint.
-FIRST_INPUT_ROW: Final = -(2**63)
 
 
 def states_in(states: Iterable[RowState]) -> str:
@@ -148,33 +142,23 @@ def postgres_update(write: RowWrite, table: str) -> str:
     )
 
 
-async def keyset_pages(
-    fetch: Callable[[_K], Awaitable[list[_T]]], after: _K, batch_size: int, key: Callable[[_T], _K]
-) -> AsyncIterator[list[_T]]:
-    """Pages of ``fetch(after)``, each one after the ``key`` of the previous page's last item.
-
-    A short page is the last; an empty page is not yielded.
-    """
-    while True:
-        items = await fetch(after)
-        if items:
-            yield items
-        if len(items) < batch_size:
-            return
-        after = key(items[-1])
-
-
-class SqlReads:
-    """Reads of a SQL store whose SQL both dialects share.
+class SqlStore(StoreBase):
+    """What both SQL stores share: the reads whose SQL is the same in both dialects.
 
     A store provides its table names, its parameter mark and three fetches; the SQL is built here.
     """
 
+    _commits: int
     _recipients: str
     """The outbox table's name as SQL (schema-qualified where there is a schema)."""
     _campaigns: str
     _OUTCOME_COLUMNS: str = ROW_COLUMN_LIST
     """The columns ``iter_outcomes`` reads (a store may leave the payload out)."""
+
+    @property
+    def commits(self) -> int:
+        """Write transactions committed by this instance so far (group commit: far fewer than writes)."""
+        return self._commits
 
     @staticmethod
     def _mark(n: int) -> str:
@@ -217,20 +201,13 @@ class SqlReads:
         )
         return found[0] if found else None
 
-    async def iter_rows(
-        self,
-        campaign_id: str,
-        *,
-        states: Sequence[RowState] = (),
-        after_id: int = 0,
-        batch_size: int = 1000,
-    ) -> AsyncIterator[RecipientRow]:
-        """Rows of a campaign in ``id`` order, optionally only in ``states``; keyset pages on ``id``."""
-        wanted = sorted({RowState(s).value for s in states})
+    async def _rows_page(
+        self, campaign_id: str, states: list[str], after_id: int, batch_size: int
+    ) -> list[RecipientRow]:
         m, t = self._mark, self._recipients
         # Parameters: the campaign, the last id seen, the page size, then the states.
-        if len(wanted) <= 1:
-            state_filter = f"AND state = {m(4)} " if wanted else ""
+        if len(states) <= 1:
+            state_filter = f"AND state = {m(4)} " if states else ""
             sql = (
                 f"SELECT {ROW_COLUMN_LIST} FROM {t} WHERE campaign_id = {m(1)} {state_filter}"
                 f"AND id > {m(2)} ORDER BY id LIMIT {m(3)}"
@@ -241,27 +218,14 @@ class SqlReads:
             sql = " UNION ALL ".join(
                 f"SELECT * FROM (SELECT {ROW_COLUMN_LIST} FROM {t} WHERE campaign_id = {m(1)} "
                 f"AND state = {m(i)} AND id > {m(2)} ORDER BY id LIMIT {m(3)}) AS p{i}"
-                for i in range(4, 4 + len(wanted))
+                for i in range(4, 4 + len(states))
             )
             sql += f" ORDER BY id LIMIT {m(3)}"
+        return await self._fetch_rows(sql, (campaign_id, after_id, batch_size, *states))
 
-        async def page(after: int) -> list[RecipientRow]:
-            return await self._fetch_rows(sql, (campaign_id, after, batch_size, *wanted))
-
-        async for rows in keyset_pages(page, after_id, batch_size, _row_id):
-            for row in rows:
-                yield row
-
-    async def iter_outcomes(self, campaign_id: str, *, batch_size: int = 1000) -> AsyncIterator[RecipientRow]:
-        """Every row of the campaign in input ``row`` order; keyset pages on ``row``."""
+    async def _outcomes_page(self, campaign_id: str, after_row: int, batch_size: int) -> list[RecipientRow]:
         sql = self._in_row_order_sql(self._OUTCOME_COLUMNS)
-
-        async def page(after: int) -> list[RecipientRow]:
-            return await self._fetch_rows(sql, (campaign_id, after, batch_size))
-
-        async for rows in keyset_pages(page, FIRST_INPUT_ROW, batch_size, _input_row):
-            for row in rows:
-                yield row
+        return await self._fetch_rows(sql, (campaign_id, after_row, batch_size))
 
     def _in_row_order_sql(self, columns: str) -> str:
         """A page of ``columns`` of a campaign's rows in input row order, after the given row.
@@ -273,11 +237,3 @@ class SqlReads:
             f"SELECT {columns} FROM {self._recipients} WHERE campaign_id = {m(1)} AND input_row > {m(2)} "
             f"ORDER BY input_row LIMIT {m(3)}"
         )
-
-
-def _row_id(row: RecipientRow) -> int:
-    return row.id
-
-
-def _input_row(row: RecipientRow) -> int:
-    return row.row

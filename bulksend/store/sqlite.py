@@ -81,7 +81,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from os import PathLike, fspath
 from pathlib import Path
 from typing import Any, Final, Literal, NoReturn, TypeVar
@@ -104,6 +104,7 @@ from bulksend.store.base import (
     SendRecord,
     StateLoss,
 )
+from bulksend.store.core import FIRST_INPUT_ROW, keyset_pages
 from bulksend.store.journal import SUSPECT, JournalEntry, SendJournal
 from bulksend.store.migrations.sqlite import MIGRATIONS, SCHEMA_VERSION, migrate
 from bulksend.store.rules import (
@@ -112,7 +113,6 @@ from bulksend.store.rules import (
     TO_SENDING,
     TO_SUBMITTED,
     RowWrite,
-    RowWriteMethods,
     check_finalisable,
     check_lease_args,
     check_new_rows,
@@ -125,10 +125,8 @@ from bulksend.store.rules import (
 from bulksend.store.sql import (
     ALREADY_FINAL,
     CAMPAIGN_COLUMNS,
-    FIRST_INPUT_ROW,
     ROW_COLUMN_LIST,
-    SqlReads,
-    keyset_pages,
+    SqlStore,
     sqlite_update,
 )
 
@@ -356,7 +354,7 @@ def _deliver(items: list[_Delivery]) -> None:
             fut.set_exception(exc)
 
 
-class SqliteStore(RowWriteMethods, SqlReads):
+class SqliteStore(SqlStore):
     """The outbox state machine in a SQLite file, with group commit (see the module docstring).
 
     ``path`` is the database file (created if missing). ``busy_timeout_s`` is how long a write
@@ -404,18 +402,6 @@ class SqliteStore(RowWriteMethods, SqlReads):
 
     def __repr__(self) -> str:
         return f"SqliteStore({self.path!r}, durability={self.durability!r})"
-
-    @property
-    def commits(self) -> int:
-        """Write transactions committed by this instance so far (group commit: far fewer than writes)."""
-        return self._commits
-
-    async def __aenter__(self) -> SqliteStore:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -839,7 +825,7 @@ class SqliteStore(RowWriteMethods, SqlReads):
             if not keep:  # the store was closed while this read ran
                 conn.close()
 
-    # Reads of SqlReads: SQLite's tables, parameters and row decoding. The outcomes file never
+    # Reads of SqlStore: SQLite's tables, parameters and row decoding. The outcomes file never
     # shows a payload: iter_outcomes leaves it out (see _OUTCOME_COLUMNS).
     _recipients = "recipients"
     _campaigns = "campaigns"
@@ -964,7 +950,7 @@ class SqliteStore(RowWriteMethods, SqlReads):
 
         return await self._write(op)
 
-    # -- dispatch (the mark_* methods are RowWriteMethods') ------------------------------------
+    # -- dispatch (the mark_* methods are StoreBase's) ----------------------------------------
     async def mark_final(self, updates: Sequence[FinalUpdate]) -> None:
         """submitted/sending → final, many rows in one commit, all or nothing.
 
@@ -988,25 +974,15 @@ class SqliteStore(RowWriteMethods, SqlReads):
         await self._write(op)
 
     # -- leases ------------------------------------------------------------------------------
-    async def claim(
-        self,
-        campaign_id: str,
-        *,
-        worker_id: str,
-        limit: int,
-        lease_s: float,
-        states: Sequence[RowState] = (RowState.PENDING,),
-    ) -> list[RecipientRow]:
-        """Lease up to ``limit`` unleased (or expired) rows in ``states``, lowest ids first; durable.
+    async def _idle(self) -> None:
+        return None
 
-        One UPDATE on the single writer connection, so two claims can never take the same row.
-        """
-        duration = check_lease_args(worker_id, lease_s)
-        wanted = sorted({RowState(s).value for s in states})
-        if limit <= 0 or not wanted:
-            return []
+    async def _claim(
+        self, campaign_id: str, worker_id: str, limit: int, lease_s: float, wanted: list[str]
+    ) -> list[RecipientRow]:
+        # One UPDATE on the single writer connection, so two claims can never take the same row.
         now = utc(self._clock())
-        now_text, expires_text = _dt_text(now), _dt_text(now + duration)
+        now_text, expires_text = _dt_text(now), _dt_text(now + timedelta(seconds=lease_s))
 
         def op(conn: sqlite3.Connection) -> list[RecipientRow]:
             cur = conn.execute(
