@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, TypeVar
 
+from bulksend.sources.base import OpenClose
 from bulksend.store.base import RecipientRow, RowState
 from bulksend.store.rules import (
     TO_AMBIGUOUS,
@@ -51,21 +52,9 @@ async def keyset_pages(
         after = key(items[-1])
 
 
-class StoreBase:
-    """The shared part of every store; a backend provides the primitives that raise here."""
-
-    async def open(self) -> None:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        raise NotImplementedError
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+class StoreBase(OpenClose):
+    """The shared part of every store; a backend provides ``open``, ``close`` and the primitives
+    that raise here."""
 
     # -- the primitives of a backend ---------------------------------------------------------
     async def _row_write(

@@ -1134,42 +1134,31 @@ class PostgresStore(SqlStore):
     # -- reads -------------------------------------------------------------------------------
     async def rows_by_email_id(self, campaign_id: str, email_ids: Sequence[str]) -> dict[str, RecipientRow]:
         """The rows of the campaign holding these TEM email ids (unknown ids are absent)."""
-        wanted = sorted({e for e in email_ids if e})
-        if not wanted:
-            await self._idle()
-            return {}
-
-        async def op(conn: Connection) -> dict[str, RecipientRow]:
-            # Probe the email-id index once per id (OFFSET 0 keeps the subquery from being merged
-            # into a join where stale statistics could make the planner walk the whole campaign).
-            found = await conn.fetch(
-                f"SELECT {_R_COLUMNS} FROM unnest($1::text[]) AS e(eid) "
-                f"CROSS JOIN LATERAL (SELECT {ROW_COLUMN_LIST} FROM {self._s}.recipients "
-                "WHERE email_id = e.eid OFFSET 0) AS r WHERE r.campaign_id = $2",
-                wanted,
-                campaign_id,
-            )
-            return {row.email_id: row for row in map(_row, found)}
-
-        return await self._read(op)
+        # Probe the email-id index once per id (OFFSET 0 keeps the subquery from being merged
+        # into a join where stale statistics could make the planner walk the whole campaign).
+        sql = (
+            f"SELECT {_R_COLUMNS} FROM unnest($1::text[]) AS e(eid) "
+            f"CROSS JOIN LATERAL (SELECT {ROW_COLUMN_LIST} FROM {self._s}.recipients "
+            "WHERE email_id = e.eid OFFSET 0) AS r WHERE r.campaign_id = $2"
+        )
+        rows = await self._rows_with(sql, sorted({e for e in email_ids if e}), campaign_id)
+        return {row.email_id: row for row in rows}
 
     async def rows_by_keys(self, campaign_id: str, keys: Sequence[str]) -> dict[str, RecipientRow]:
         """The rows of the campaign that own these dedupe keys (keys nobody owns are absent)."""
-        wanted = sorted(set(keys))
+        sql = (
+            f"SELECT {_R_COLUMNS} FROM {self._s}.recipients r "
+            "WHERE r.dedupe_key = ANY($1::text[]) AND r.campaign_id = $2"
+        )
+        rows = await self._rows_with(sql, sorted(set(keys)), campaign_id)
+        return {row.key: row for row in rows if row.key is not None}
+
+    async def _rows_with(self, sql: str, wanted: list[str], campaign_id: str) -> list[RecipientRow]:
+        """The rows ``sql`` finds for the values ``wanted`` ($1, an array) in the campaign ($2)."""
         if not wanted:
             await self._idle()
-            return {}
-
-        async def op(conn: Connection) -> dict[str, RecipientRow]:
-            found = await conn.fetch(
-                f"SELECT {_R_COLUMNS} FROM {self._s}.recipients r "
-                "WHERE r.campaign_id = $1 AND r.dedupe_key = ANY($2::text[])",
-                campaign_id,
-                wanted,
-            )
-            return {row.key: row for row in map(_row, found) if row.key is not None}
-
-        return await self._read(op)
+            return []
+        return await self._fetch_rows(sql, (wanted, campaign_id))
 
     async def counts(self, campaign_id: str) -> dict[str, int]:
         """Number of rows by state, and of final rows by status as ``status:<s>`` (zeros omitted)."""

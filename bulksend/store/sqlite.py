@@ -1064,38 +1064,28 @@ class SqliteStore(SqlStore):
     # -- reads -------------------------------------------------------------------------------
     async def rows_by_email_id(self, campaign_id: str, email_ids: Sequence[str]) -> dict[str, RecipientRow]:
         """The rows of the campaign holding these TEM email ids (unknown ids are absent)."""
-        wanted = sorted({e for e in email_ids if e})
-
-        def op(conn: sqlite3.Connection) -> dict[str, RecipientRow]:
-            found: dict[str, RecipientRow] = {}
-            for chunk in _chunks(wanted):
-                for r in conn.execute(
-                    f"SELECT {_ROW_COLUMNS} FROM recipients "
-                    # "+campaign_id" keeps the planner off the campaign index: without statistics it
-                    # would scan a whole campaign instead of probing ix_recipients_email_id.
-                    f"WHERE email_id IN ({_marks(len(chunk))}) AND +campaign_id = ?",
-                    (*chunk, campaign_id),
-                ):
-                    row = _row_from_db(r)
-                    found[row.email_id] = row
-            return found
-
-        return await self._read(op)
+        # "+campaign_id" keeps the planner off the campaign index: without statistics it would
+        # scan a whole campaign instead of probing ix_recipients_email_id.
+        rows = await self._rows_in(
+            "email_id IN ({}) AND +campaign_id = ?", {e for e in email_ids if e}, campaign_id
+        )
+        return {row.email_id: row for row in rows}
 
     async def rows_by_keys(self, campaign_id: str, keys: Sequence[str]) -> dict[str, RecipientRow]:
         """The rows of the campaign that own these dedupe keys (keys nobody owns are absent)."""
-        wanted = sorted(set(keys))
+        # The owner of a key holds it in dedupe_key: ux_recipients_campaign_dedupe finds it.
+        rows = await self._rows_in("dedupe_key IN ({}) AND campaign_id = ?", set(keys), campaign_id)
+        return {row.key: row for row in rows if row.key is not None}
 
-        def op(conn: sqlite3.Connection) -> dict[str, RecipientRow]:
-            found: dict[str, RecipientRow] = {}
-            for chunk in _chunks(wanted):
-                # The owner of a key holds it in dedupe_key: ux_recipients_campaign_dedupe finds it.
-                for r in conn.execute(
-                    f"SELECT dedupe_key, {_ROW_COLUMNS} FROM recipients "
-                    f"WHERE campaign_id = ? AND dedupe_key IN ({_marks(len(chunk))})",
-                    (campaign_id, *chunk),
-                ):
-                    found[r[0]] = _row_from_db(r[1:])
+    async def _rows_in(self, where: str, wanted: set[str], campaign_id: str) -> list[RecipientRow]:
+        """The rows matching ``where`` (its ``{}``: the marks of a chunk of ``wanted``, then the campaign)."""
+        values = sorted(wanted)
+
+        def op(conn: sqlite3.Connection) -> list[RecipientRow]:
+            found: list[RecipientRow] = []
+            for chunk in _chunks(values):
+                sql = f"SELECT {_ROW_COLUMNS} FROM recipients WHERE {where.format(_marks(len(chunk)))}"
+                found += map(_row_from_db, conn.execute(sql, (*chunk, campaign_id)))
             return found
 
         return await self._read(op)
