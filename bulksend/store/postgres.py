@@ -323,6 +323,7 @@ class PostgresStore(SqlStore):
         self._flush_done = anyio.Event()
         self._recipients = f"{self._s}.recipients"
         self._campaigns = f"{self._s}.campaigns"
+        self._roles = f"{self._s}.roles"
         self._update_sql = {w: postgres_update(w, self._recipients) for w in ROW_WRITES}
 
     def __repr__(self) -> str:
@@ -437,7 +438,7 @@ class PostgresStore(SqlStore):
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
 
-    # Reads of SqlStore: PostgreSQL's parameters and row decoding.
+    # The statements of SqlStore: PostgreSQL's parameters and row decoding.
     @staticmethod
     def _mark(n: int) -> str:
         return f"${n}"
@@ -459,6 +460,12 @@ class PostgresStore(SqlStore):
             return await conn.fetchval(sql, *args)
 
         return await self._read(op)
+
+    async def _execute(self, sql: str, args: tuple[Any, ...]) -> int:
+        async def tx(conn: Connection) -> int:
+            return _rowcount(await conn.execute(sql, *args))
+
+        return await self._transaction(tx)
 
     async def _read(self, fn: Callable[[Connection], Awaitable[_T]]) -> _T:
         pool = self._require_pool()
@@ -594,30 +601,6 @@ class PostgresStore(SqlStore):
             return _campaign(found)
 
         return await self._transaction(tx)
-
-    async def set_campaign_state(self, campaign_id: str, state: CampaignState) -> None:
-        value = CampaignState(state).value
-
-        async def tx(conn: Connection) -> None:
-            status = await conn.execute(
-                f"UPDATE {self._s}.campaigns SET state = $1 WHERE id = $2", value, campaign_id
-            )
-            if _rowcount(status) == 0:
-                raise StoreError(f"unknown campaign {campaign_id!r}")
-
-        await self._transaction(tx)
-
-    async def mark_admitted_all(self, campaign_id: str) -> None:
-        """Record that every row of the source is admitted."""
-
-        async def tx(conn: Connection) -> None:
-            status = await conn.execute(
-                f"UPDATE {self._s}.campaigns SET admitted_all = true WHERE id = $1", campaign_id
-            )
-            if _rowcount(status) == 0:
-                raise StoreError(f"unknown campaign {campaign_id!r}")
-
-        await self._transaction(tx)
 
     # -- admission ---------------------------------------------------------------------------
     async def admit(self, campaign_id: str, rows: Sequence[NewRecipient]) -> list[AdmitResult]:
@@ -860,19 +843,6 @@ class PostgresStore(SqlStore):
 
         return await self._transaction(tx)
 
-    async def release_role(self, campaign_id: str, role: str, *, worker_id: str) -> None:
-        """Give the role back if this worker holds it."""
-
-        async def tx(conn: Connection) -> None:
-            await conn.execute(
-                f"DELETE FROM {self._s}.roles WHERE campaign_id = $1 AND role = $2 AND owner = $3",
-                campaign_id,
-                role,
-                worker_id,
-            )
-
-        await self._transaction(tx)
-
     # -- workers -----------------------------------------------------------------------------
     def _worker_lock_key(self, worker_id: str) -> str:
         return f"bulksend:worker:{self.schema}:{worker_id}"
@@ -959,36 +929,22 @@ class PostgresStore(SqlStore):
                 worker_id, campaign_id=record[0] if record else "", info=record[1] if record else None
             )
         blob = encode_json(stats or {}, "worker stats").decode()
-        now = self._now()
-
-        async def tx(c: Connection) -> None:
-            await c.execute(
-                f"UPDATE {self._s}.workers SET heartbeat_at = {_NOW % 2}, stats = $3::jsonb, "
-                "state = 'running', stopped_at = NULL WHERE worker_id = $1",
-                worker_id,
-                now,
-                blob,
-            )
-
-        await self._transaction(tx)
+        await self._execute(
+            f"UPDATE {self._s}.workers SET heartbeat_at = {_NOW % 2}, stats = $3::jsonb, "
+            "state = 'running', stopped_at = NULL WHERE worker_id = $1",
+            (worker_id, self._now(), blob),
+        )
 
     async def unregister_worker(self, worker_id: str, *, stats: dict[str, Any] | None = None) -> None:
         """A clean stop: record it ``stopped`` (with its last counters) and free its lock."""
         conn = self._lock_conns.pop(worker_id, None)
         blob = encode_json(stats or {}, "worker stats").decode()
-        now = self._now()
-
-        async def tx(c: Connection) -> None:
-            await c.execute(
+        try:
+            await self._execute(
                 f"UPDATE {self._s}.workers SET state = 'stopped', stopped_at = {_NOW % 2}, "
                 f"heartbeat_at = {_NOW % 2}, stats = $3::jsonb WHERE worker_id = $1",
-                worker_id,
-                now,
-                blob,
+                (worker_id, self._now(), blob),
             )
-
-        try:
-            await self._transaction(tx)
         finally:
             if conn is not None:
                 with anyio.CancelScope(shield=True):

@@ -6,9 +6,9 @@ group commit) and PostgreSQL's batched ``UPDATE … FROM unnest(…)`` (``$n`` a
 one statement per kind of write in a group commit). A guarded UPDATE carries the state check and
 the lease fence in its ``WHERE``, so both are one atomic statement in either database.
 
-:class:`SqlStore` holds the reads whose SQL is the same in both dialects but for the parameter
-marks (``?n`` in SQLite, ``$n`` in PostgreSQL) and the table names, among them the pages of the
-keyset walks of :class:`~bulksend.store.core.StoreBase`.
+:class:`SqlStore` holds the reads and single-statement writes whose SQL is the same in both
+dialects but for the parameter marks (``?n`` in SQLite, ``$n`` in PostgreSQL) and the table
+names, among them the pages of the keyset walks of :class:`~bulksend.store.core.StoreBase`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-from bulksend.store.base import CampaignRecord, RecipientRow, RowState
+from bulksend.errors import StoreError
+from bulksend.store.base import CampaignRecord, CampaignState, RecipientRow, RowState
 from bulksend.store.core import StoreBase
 from bulksend.store.rules import RowWrite
 
@@ -143,15 +144,17 @@ def postgres_update(write: RowWrite, table: str) -> str:
 
 
 class SqlStore(StoreBase):
-    """What both SQL stores share: the reads whose SQL is the same in both dialects.
+    """What both SQL stores share: the statements that are the same in both dialects.
 
-    A store provides its table names, its parameter mark and three fetches; the SQL is built here.
+    A store provides its table names, its parameter mark, three fetches and ``_execute``; the SQL
+    is built here.
     """
 
     _commits: int
     _recipients: str
     """The outbox table's name as SQL (schema-qualified where there is a schema)."""
     _campaigns: str
+    _roles: str
     _OUTCOME_COLUMNS: str = ROW_COLUMN_LIST
     """The columns ``iter_outcomes`` reads (a store may leave the payload out)."""
 
@@ -174,6 +177,31 @@ class SqlStore(StoreBase):
     async def _fetch_value(self, sql: str, args: tuple[Any, ...]) -> Any:
         """The first column of the first row of the result."""
         raise NotImplementedError
+
+    async def _execute(self, sql: str, args: tuple[Any, ...]) -> int:
+        """Run one writing statement in a transaction of its own; the number of rows it changed."""
+        raise NotImplementedError
+
+    async def set_campaign_state(self, campaign_id: str, state: CampaignState) -> None:
+        value = CampaignState(state).value
+        await self._update_campaign(f"state = {self._mark(1)}", (value,), campaign_id)
+
+    async def mark_admitted_all(self, campaign_id: str) -> None:
+        """Record that every row of the source is admitted."""
+        await self._update_campaign("admitted_all = TRUE", (), campaign_id)
+
+    async def _update_campaign(self, assignment: str, args: tuple[Any, ...], campaign_id: str) -> None:
+        sql = f"UPDATE {self._campaigns} SET {assignment} WHERE id = {self._mark(len(args) + 1)}"
+        if await self._execute(sql, (*args, campaign_id)) == 0:
+            raise StoreError(f"unknown campaign {campaign_id!r}")
+
+    async def release_role(self, campaign_id: str, role: str, *, worker_id: str) -> None:
+        """Give the role back if this worker holds it."""
+        m = self._mark
+        await self._execute(
+            f"DELETE FROM {self._roles} WHERE campaign_id = {m(1)} AND role = {m(2)} AND owner = {m(3)}",
+            (campaign_id, role, worker_id),
+        )
 
     async def get_campaign(self, campaign_id: str) -> CampaignRecord | None:
         found = await self._fetch_campaigns(

@@ -825,10 +825,11 @@ class SqliteStore(SqlStore):
             if not keep:  # the store was closed while this read ran
                 conn.close()
 
-    # Reads of SqlStore: SQLite's tables, parameters and row decoding. The outcomes file never
+    # The statements of SqlStore: SQLite's tables, parameters and row decoding. The outcomes file never
     # shows a payload: iter_outcomes leaves it out (see _OUTCOME_COLUMNS).
     _recipients = "recipients"
     _campaigns = "campaigns"
+    _roles = "roles"
     _OUTCOME_COLUMNS = _OUTCOME_COLUMNS
 
     @staticmethod
@@ -843,6 +844,10 @@ class SqliteStore(SqlStore):
 
     async def _fetch_value(self, sql: str, args: tuple[Any, ...]) -> Any:
         return await self._read(lambda conn: conn.execute(sql, args).fetchone()[0])
+
+    async def _execute(self, sql: str, args: tuple[Any, ...]) -> int:
+        # One statement: when it fails, nothing of it was written (no savepoint needed).
+        return await self._write(lambda conn: conn.execute(sql, args).rowcount, single_write=True)
 
     async def pragma(self, name: str) -> Any:
         """The value of ``PRAGMA <name>`` as the writer connection sees it (for checks and diagnostics)."""
@@ -866,26 +871,6 @@ class SqliteStore(SqlStore):
             return _campaign_from_db(found.fetchone())
 
         return await self._write(op)
-
-    async def set_campaign_state(self, campaign_id: str, state: CampaignState) -> None:
-        value = CampaignState(state).value
-
-        def op(conn: sqlite3.Connection) -> None:
-            cur = conn.execute("UPDATE campaigns SET state = ? WHERE id = ?", (value, campaign_id))
-            if cur.rowcount == 0:
-                raise StoreError(f"unknown campaign {campaign_id!r}")
-
-        await self._write(op)
-
-    async def mark_admitted_all(self, campaign_id: str) -> None:
-        """Record that every row of the source is admitted."""
-
-        def op(conn: sqlite3.Connection) -> None:
-            cur = conn.execute("UPDATE campaigns SET admitted_all = 1 WHERE id = ?", (campaign_id,))
-            if cur.rowcount == 0:
-                raise StoreError(f"unknown campaign {campaign_id!r}")
-
-        await self._write(op)
 
     # -- admission ---------------------------------------------------------------------------
     async def admit(self, campaign_id: str, rows: Sequence[NewRecipient]) -> list[AdmitResult]:
@@ -1049,17 +1034,6 @@ class SqliteStore(SqlStore):
             return cur.fetchone() is not None
 
         return await self._write(op, single_write=True)
-
-    async def release_role(self, campaign_id: str, role: str, *, worker_id: str) -> None:
-        """Give the role back if this worker holds it."""
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "DELETE FROM roles WHERE campaign_id = ? AND role = ? AND owner = ?",
-                (campaign_id, role, worker_id),
-            )
-
-        await self._write(op, single_write=True)
 
     # -- reads -------------------------------------------------------------------------------
     async def rows_by_email_id(self, campaign_id: str, email_ids: Sequence[str]) -> dict[str, RecipientRow]:
