@@ -105,7 +105,9 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
 SCHEMA_VERSION: Final[int] = len(MIGRATIONS)
 
 
-async def migrate(conn: PoolConnectionProxy[asyncpg.Record], schema: str) -> None:
+async def migrate(
+    conn: asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record], schema: str
+) -> None:
     """Create ``schema`` if missing and apply the missing steps, in one transaction.
 
     Migrations run under ``pg_advisory_xact_lock``: N workers
