@@ -236,31 +236,30 @@ class MemoryStore(StoreBase):
         return input_rows[-1] if input_rows else 0
 
     # -- dispatch ----------------------------------------------------------------------------
-    def _timestamp(self, dt: datetime) -> datetime:
-        return utc(dt)
+    _timestamp = staticmethod(utc)
 
     async def _row_write(
         self, write: RowWrite, row_id: int, values: tuple[Any, ...], lease_token: int | None
     ) -> None:
-        """Apply the declared ``write`` to the row (the ``mark_*`` methods come from RowWriteMethods)."""
+        """Apply the declared ``write`` to the row (the ``mark_*`` methods are StoreBase's)."""
         await self._enter()
         row = self._fenced_row(row_id, lease_token)
-        if row.state not in write.sources:
-            raise row_write_refusal(
-                write, row_id, lease_token, (row.state.value, row.lease_token, row.lease_owner)
-            )
         changes = dict(zip(write.columns, values, strict=True))
         for column in write.cleared:
             changes[column] = None
         for column in write.counted:
             changes[column] = getattr(row, column) + 1
-        if write.target is None:
+        target = write.target
+        if target is not None:
+            self._move(row, target, **changes)  # checks the transition
+            if target is RowState.SUBMITTED and changes["email_id"]:
+                self._by_email_id[changes["email_id"]] = row_id
+        elif row.state is RowState.SENDING:
             self._rows[row_id] = replace(row, **changes)
         else:
-            self._move(row, write.target, **changes)
-        email_id = changes.get("email_id")
-        if email_id:
-            self._by_email_id[email_id] = row_id
+            raise row_write_refusal(
+                write, row_id, lease_token, (row.state.value, row.lease_token, row.lease_owner)
+            )
 
     async def mark_final(self, updates: Sequence[FinalUpdate]) -> None:
         """submitted/sending → final, all or nothing; rows already final are left as they are."""
