@@ -91,14 +91,15 @@ def states_in(states: Iterable[RowState]) -> str:
     return ", ".join(f"'{s.value}'" for s in states)
 
 
-def _assignments(write: RowWrite, value: Callable[[str], str]) -> str:
-    """The ``SET`` list of ``write``; ``value(column)`` is the SQL of the caller's value for it."""
+def _assignments(write: RowWrite, value: Callable[[str], str], row: str = "") -> str:
+    """The ``SET`` list of ``write``; ``value(column)`` is the SQL of the caller's value for it,
+    ``row`` what qualifies the row's own columns (``r.``: the UPDATE has a FROM of its own)."""
     assigns = [] if write.target is None else [f"state = '{write.target.value}'"]
     if write.releases_key:
         assigns.append("dedupe_key = NULL")
     if write.ends_lease:
         assigns += ["lease_owner = ''", "lease_expires_at = NULL"]
-    assigns += [f"{c} = {c} + 1" for c in write.counted]
+    assigns += [f"{c} = {row}{c} + 1" for c in write.counted]
     for column in write.columns:
         v = value(column)
         assigns.append(f"{column} = NULLIF({v}, '')" if column in write.empty_is_null else f"{column} = {v}")
@@ -137,7 +138,7 @@ def postgres_update(write: RowWrite, table: str) -> str:
         else ""
     )
     return (
-        f"UPDATE {table} AS r SET {_assignments(write, value)} "
+        f"UPDATE {table} AS r SET {_assignments(write, value, 'r.')} "
         f"FROM unnest({arrays}) AS u({', '.join(names)}) "
         f"WHERE r.id = u.id AND r.state IN ({states_in(write.sources)}){fence} RETURNING r.id"
     )
