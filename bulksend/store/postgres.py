@@ -180,34 +180,13 @@ _NOW: Final = "COALESCE($%d::timestamptz, statement_timestamp())"
 
 
 def _row(r: asyncpg.Record) -> RecipientRow:
-    return RecipientRow(
-        id=r["id"],
-        campaign_id=r["campaign_id"],
-        row=r["input_row"],
-        email=r["email"],
-        name=r["name"],
-        key=r["recipient_key"],
-        state=RowState(r["state"]),
-        payload=orjson.loads(r["payload"]),
-        reason=r["reason"],
-        attempts=r["attempts"],
-        attempt_started_at=r["attempt_started_at"],
-        attempt_ended_at=r["attempt_ended_at"],
-        correlation=r["correlation"],
-        email_id=r["email_id"] or "",
-        message_id=r["message_id"],
-        submitted_at=r["submitted_at"],
-        status=r["status"],
-        flags=tuple(orjson.loads(r["flags"])),
-        status_details=r["status_details"],
-        smtp_code=r["smtp_code"],
-        smtp_message=r["smtp_message"],
-        try_count=r["try_count"],
-        final_at=r["final_at"],
-        lease_owner=r["lease_owner"],
-        lease_token=r["lease_token"],
-        lease_expires_at=r["lease_expires_at"],
-    )
+    # Every row query selects ROW_COLUMNS (or r.<each>), in the order of RecipientRow's fields.
+    v = list(r.values())
+    v[6] = RowState(v[6])  # state
+    v[7] = orjson.loads(v[7])  # payload
+    v[13] = v[13] or ""  # email_id: NULL until TEM gives one
+    v[17] = tuple(orjson.loads(v[17]))  # flags
+    return RecipientRow(*v)
 
 
 def _campaign(r: asyncpg.Record) -> CampaignRecord:

@@ -14,6 +14,7 @@ names, among them the pages of the keyset walks of :class:`~bulksend.store.core.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import fields
 from typing import Any, Final
 
 from bulksend.errors import StoreError
@@ -60,7 +61,15 @@ ROW_COLUMNS: Final = (
     "lease_token",
     "lease_expires_at",
 )
-"""The columns of a ``RecipientRow``, in the order of its fields."""
+"""The columns of a ``RecipientRow``, in the order of its fields.
+
+Both stores build a row from them positionally (keywords cost more for 26 fields), so the order
+is checked when this module is imported.
+"""
+if [f.name for f in fields(RecipientRow)] != [
+    {"input_row": "row", "recipient_key": "key"}.get(c, c) for c in ROW_COLUMNS
+]:
+    raise ImportError("store.sql: ROW_COLUMNS is out of step with the fields of RecipientRow")
 ROW_COLUMN_LIST: Final = ", ".join(ROW_COLUMNS)
 CAMPAIGN_COLUMNS: Final = "id, created_at, state, spec, admitted_all"
 

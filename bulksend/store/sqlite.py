@@ -80,7 +80,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from os import PathLike, fspath
 from pathlib import Path
@@ -189,15 +189,10 @@ def _dt_parse(text: str | None) -> datetime | None:
 
 
 _STATES: Final[dict[str, RowState]] = {s.value: s for s in RowState}
-# _row_from_db passes the columns positionally (keywords cost more for 26 fields): the columns of
-# _ROW_COLUMNS and the fields of RecipientRow must stay in the same order.
-if [f.name for f in fields(RecipientRow)] != [
-    {"input_row": "row", "recipient_key": "key"}.get(c, c) for c in _ROW_COLUMNS.split(", ")
-]:
-    raise ImportError("sqlite store: _ROW_COLUMNS is out of step with the fields of RecipientRow")
 
 
 def _row_from_db(r: tuple[Any, ...]) -> RecipientRow:
+    # The columns come in the order of RecipientRow's fields (ROW_COLUMNS), passed positionally.
     # Called for every row read (the outcomes file reads them all), hence the shortcuts.
     flags = r[17]
     return RecipientRow(
