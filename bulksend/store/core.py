@@ -87,6 +87,14 @@ class StoreBase(OpenClose):
         """Up to ``batch_size`` rows after input row ``after_row``, in input row order."""
         raise NotImplementedError
 
+    def _outward(self, row: RecipientRow) -> RecipientRow:
+        """A row of a page as the caller gets it, made as it is yielded (default: as it is).
+
+        A store whose pages hold its own records hands out copies here, one at a time, rather
+        than a page of them at once.
+        """
+        return row
+
     # -- dispatch ----------------------------------------------------------------------------
 
     async def mark_sending(
@@ -164,7 +172,7 @@ class StoreBase(OpenClose):
 
         async for rows in keyset_pages(page, after_id, batch_size, _row_id):
             for row in rows:
-                yield row
+                yield self._outward(row)
 
     async def iter_outcomes(self, campaign_id: str, *, batch_size: int = 1000) -> AsyncIterator[RecipientRow]:
         """Every row of the campaign in input ``row`` order; keyset pages on ``row``."""
@@ -174,7 +182,7 @@ class StoreBase(OpenClose):
 
         async for rows in keyset_pages(page, FIRST_INPUT_ROW, batch_size, _input_row):
             for row in rows:
-                yield row
+                yield self._outward(row)
 
 
 def _row_id(row: RecipientRow) -> int:

@@ -393,7 +393,7 @@ class MemoryStore(StoreBase):
             row = self._rows[ids[pos]]
             pos += 1
             if not wanted or row.state in wanted:
-                page.append(self._public(row))
+                page.append(row)
         return page
 
     async def _outcomes_page(self, campaign_id: str, after_row: int, batch_size: int) -> list[RecipientRow]:
@@ -401,7 +401,10 @@ class MemoryStore(StoreBase):
         input_rows = self._input_rows.get(campaign_id, [])
         by_row = self._by_input_row.get(campaign_id, {})
         pos = bisect.bisect_right(input_rows, after_row)
-        return [self._public(self._rows[by_row[n]]) for n in input_rows[pos : pos + batch_size]]
+        return [self._rows[by_row[n]] for n in input_rows[pos : pos + batch_size]]
+
+    # Pages hold the stored records; each is copied (payload decoded) only as it is yielded.
+    _outward = _public
 
     async def counts(self, campaign_id: str) -> dict[str, int]:
         """Number of rows by state, and of final rows by status as ``status:<s>`` (zeros omitted)."""
