@@ -9,9 +9,9 @@ Payloads and specs go through an orjson round-trip on the way in and out, as the
 value that is not JSON-able is refused here too, and a caller mutating a returned ``payload`` never
 changes what the store holds.
 
-The small helpers at the top (datetime normalisation, JSON encoding, transition and lease checks)
-are shared with the SQLite and PostgreSQL stores so every backend refuses the same input with the
-same messages.
+The rules (datetime normalisation, JSON encoding, transition and lease checks, what each dispatch
+write changes) are those of every backend, in :mod:`bulksend.store.rules`: the memory store
+applies them in Python where the SQL stores build statements from them.
 
 Leases and roles use the injected ``clock`` (default: the system clock, UTC) for ``now``.
 """
@@ -19,8 +19,7 @@ Leases and roles use the injected ``clock`` (default: the system clock, UTC) for
 from __future__ import annotations
 
 import bisect
-import math
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,92 +29,36 @@ import orjson
 
 from bulksend.errors import StoreError
 from bulksend.store.base import (
-    TRANSITIONS,
     AdmitResult,
     CampaignRecord,
     CampaignState,
     FinalUpdate,
-    LeaseLostError,
     NewRecipient,
     RecipientRow,
     RowState,
 )
+from bulksend.store.core import StoreBase
+from bulksend.store.rules import (
+    FINALISABLE_STATES,
+    KEY_RELEASING_STATES,
+    RowWrite,
+    check_finalisable,
+    check_lease_args,
+    check_new_rows,
+    check_transition,
+    duplicate_reason,
+    encode_json,
+    holds_lease,
+    lease_lost,
+    row_write_refusal,
+    utc,
+    utc_or_none,
+)
 
 __all__ = ["MemoryStore"]
 
-# States a row may be admitted in; the others are only reached through transitions.
-ADMIT_STATES = frozenset({RowState.PENDING, RowState.REJECTED, RowState.SKIPPED})
-# States from which ``mark_final`` may finalise a row (``sending``: an email adopted by reconciliation).
-FINALISABLE_STATES = frozenset({RowState.SUBMITTED, RowState.SENDING})
-# A row moving into one of these gives its dedupe key back: it will never be sent.
-KEY_RELEASING_STATES = frozenset({RowState.REJECTED, RowState.SKIPPED})
-
-
-def utc(dt: datetime) -> datetime:
-    """``dt`` as an aware UTC datetime; a naive datetime is taken to be UTC already."""
-    if dt.tzinfo is None:
-        return dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC)
-
-
-def utc_or_none(dt: datetime | None) -> datetime | None:
-    return None if dt is None else utc(dt)
-
-
-def encode_json(value: Any, what: str) -> bytes:
-    """orjson-encode ``value`` or raise ``StoreError`` naming ``what`` could not be stored."""
-    try:
-        return orjson.dumps(value)
-    except (TypeError, orjson.JSONEncodeError) as exc:
-        raise StoreError(f"{what} is not JSON-serialisable: {exc}") from None
-
-
-def duplicate_reason(first_row: int) -> str:
-    return f"duplicate of row {first_row}"
-
-
-def check_transition(row_id: int, current: RowState, target: RowState) -> None:
-    """Raise ``StoreError`` unless ``current → target`` is in ``TRANSITIONS``."""
-    if target not in TRANSITIONS[current]:
-        raise StoreError(f"row {row_id}: illegal transition {current.value} → {target.value}")
-
-
-def check_new_rows(rows: Sequence[NewRecipient]) -> None:
-    """Refuse rows that may not be admitted as given (before anything is written)."""
-    for r in rows:
-        if r.state not in ADMIT_STATES:
-            raise StoreError(f"row {r.row}: cannot admit a row in state {r.state.value}")
-
-
-def check_lease_args(worker_id: str, seconds: float, what: str = "lease_s") -> timedelta:
-    """Refuse an empty ``worker_id`` or a duration that is not finite and > 0; the duration as timedelta."""
-    if not worker_id:
-        raise StoreError("worker_id must not be empty")
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        raise StoreError(f"{what} must be a number of seconds, got {seconds!r}")
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise StoreError(f"{what} must be a finite number of seconds > 0, got {seconds!r}")
-    return timedelta(seconds=seconds)
-
-
-def holds_lease(lease_token: int | None, row_token: int, row_owner: str) -> bool:
-    """True if a write fenced with ``lease_token`` may apply to a row with this token and owner."""
-    return lease_token is None or (row_token == lease_token and row_owner != "")
-
-
-def lease_lost(row_id: int, lease_token: int, row_token: int, row_owner: str) -> LeaseLostError:
-    """The error for a fenced write refused because the row's lease is not the caller's any more."""
-    if row_token != lease_token:
-        why = f"the row was claimed again (token {row_token})"
-    else:
-        why = "the lease was released or ended"
-    return LeaseLostError(row_id, f"row {row_id}: lease token {lease_token} is stale: {why}; nothing written")
-
-
-def final_problems(problems: list[str]) -> StoreError:
-    shown = ", ".join(problems[:10])
-    more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
-    return StoreError(f"mark_final: nothing written; cannot finalise {shown}{more}")
+# mark_final validates the whole batch before it writes: a row may be finalisable or final already.
+_FINALISABLE_OR_FINAL = frozenset(s.value for s in (*FINALISABLE_STATES, RowState.FINAL))
 
 
 @dataclass(slots=True)
@@ -124,7 +67,7 @@ class _Role:
     expires_at: datetime
 
 
-class MemoryStore:
+class MemoryStore(StoreBase):
     """The outbox in dicts. Same state machine, dedupe, idempotency and lease rules as ``SqliteStore``.
 
     ``clock`` gives ``now`` (aware UTC) for campaign creation times, leases and roles.
@@ -145,13 +88,6 @@ class MemoryStore:
         self._roles: dict[tuple[str, str], _Role] = {}
         self._next_id = 1
 
-    async def __aenter__(self) -> MemoryStore:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
     async def open(self) -> None:
         """Make the store usable; data from before a ``close()`` is still there."""
         await anyio.lowlevel.checkpoint()
@@ -167,6 +103,8 @@ class MemoryStore:
         await anyio.lowlevel.checkpoint()
         if not self._open:
             raise StoreError("the store is not open")
+
+    _idle = _enter
 
     def _public(self, row: RecipientRow) -> RecipientRow:
         return replace(row, payload=orjson.loads(self._payloads[row.id]))
@@ -298,77 +236,37 @@ class MemoryStore:
         return input_rows[-1] if input_rows else 0
 
     # -- dispatch ----------------------------------------------------------------------------
-    async def mark_sending(
-        self, row_id: int, *, started_at: datetime, correlation: str, lease_token: int | None = None
+    _timestamp = staticmethod(utc)
+
+    async def _row_write(
+        self, write: RowWrite, row_id: int, values: tuple[Any, ...], lease_token: int | None
     ) -> None:
-        """pending → sending, attempts += 1. Fenced by ``lease_token``."""
+        """Apply the declared ``write`` to the row (the ``mark_*`` methods are StoreBase's)."""
         await self._enter()
         row = self._fenced_row(row_id, lease_token)
-        self._move(
-            row,
-            RowState.SENDING,
-            attempts=row.attempts + 1,
-            attempt_started_at=utc(started_at),
-            attempt_ended_at=None,
-            correlation=correlation,
-        )
-
-    async def mark_submitted(
-        self,
-        row_id: int,
-        *,
-        email_id: str,
-        message_id: str,
-        submitted_at: datetime,
-        lease_token: int | None = None,
-    ) -> None:
-        """sending → submitted with TEM's email id. Fenced by ``lease_token``."""
-        await self._enter()
-        row = self._fenced_row(row_id, lease_token)
-        self._move(
-            row, RowState.SUBMITTED, email_id=email_id, message_id=message_id, submitted_at=utc(submitted_at)
-        )
-        if email_id:
-            self._by_email_id[email_id] = row_id
-
-    async def mark_ambiguous(
-        self, row_id: int, *, ended_at: datetime, reason: str, lease_token: int | None = None
-    ) -> None:
-        """Stay ``sending`` but record when the ambiguous attempt ended. Fenced by ``lease_token``."""
-        await self._enter()
-        row = self._fenced_row(row_id, lease_token)
-        if row.state is not RowState.SENDING:
-            raise StoreError(f"row {row_id}: mark_ambiguous needs state sending, not {row.state.value}")
-        self._rows[row_id] = replace(row, attempt_ended_at=utc(ended_at), reason=reason)
-
-    async def mark_retry(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
-        """sending → pending: reconciliation proved the email was not created. The lease stays."""
-        await self._enter()
-        self._move(self._fenced_row(row_id, lease_token), RowState.PENDING, reason=reason)
-
-    async def mark_rejected(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
-        """pending/sending → rejected; the lease ends."""
-        await self._enter()
-        self._move(self._fenced_row(row_id, lease_token), RowState.REJECTED, reason=reason)
-
-    async def mark_skipped(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
-        """pending → skipped; the lease ends."""
-        await self._enter()
-        self._move(self._fenced_row(row_id, lease_token), RowState.SKIPPED, reason=reason)
+        changes = dict(zip(write.columns, values, strict=True))
+        for column in write.cleared:
+            changes[column] = None
+        for column in write.counted:
+            changes[column] = getattr(row, column) + 1
+        target = write.target
+        if target is not None:
+            self._move(row, target, **changes)  # checks the transition
+            if target is RowState.SUBMITTED and changes["email_id"]:
+                self._by_email_id[changes["email_id"]] = row_id
+        elif row.state is RowState.SENDING:
+            self._rows[row_id] = replace(row, **changes)
+        else:
+            raise row_write_refusal(
+                write, row_id, lease_token, (row.state.value, row.lease_token, row.lease_owner)
+            )
 
     async def mark_final(self, updates: Sequence[FinalUpdate]) -> None:
         """submitted/sending → final, all or nothing; rows already final are left as they are."""
         await self._enter()
         # Validate the whole batch first so a refused batch changes nothing (like one SQL transaction).
-        problems: list[str] = []
-        for u in updates:
-            row = self._rows.get(u.id)
-            if row is None:
-                problems.append(f"row {u.id} (no such row)")
-            elif row.state not in FINALISABLE_STATES and row.state is not RowState.FINAL:
-                problems.append(f"row {u.id} (state {row.state.value})")
-        if problems:
-            raise final_problems(problems)
+        rows = ((u.id, self._rows.get(u.id)) for u in updates)
+        check_finalisable(((i, None if r is None else r.state.value) for i, r in rows), _FINALISABLE_OR_FINAL)
         for u in updates:
             row = self._rows[u.id]
             if row.state is RowState.FINAL:
@@ -387,21 +285,12 @@ class MemoryStore:
             )
 
     # -- leases ------------------------------------------------------------------------------
-    async def claim(
-        self,
-        campaign_id: str,
-        *,
-        worker_id: str,
-        limit: int,
-        lease_s: float,
-        states: Sequence[RowState] = (RowState.PENDING,),
+    async def _claim(
+        self, campaign_id: str, worker_id: str, limit: int, lease_s: float, states: list[str]
     ) -> list[RecipientRow]:
-        """Lease up to ``limit`` unleased (or expired) rows in ``states``, lowest ids first."""
         await self._enter()
-        duration = check_lease_args(worker_id, lease_s)
         wanted = frozenset(RowState(s) for s in states)
-        if limit <= 0 or not wanted:
-            return []
+        duration = timedelta(seconds=lease_s)
         now = self._now()
         claimed: list[RecipientRow] = []
         for row_id in self._ids.get(campaign_id, []):
@@ -491,48 +380,31 @@ class MemoryStore:
                 found[key] = self._public(self._rows[by_row[row]])
         return found
 
-    async def iter_rows(
-        self,
-        campaign_id: str,
-        *,
-        states: Sequence[RowState] = (),
-        after_id: int = 0,
-        batch_size: int = 1000,
-    ) -> AsyncIterator[RecipientRow]:
-        """Rows of a campaign in ``id`` order, optionally only in ``states``."""
-        wanted = frozenset(states)
-        last_id = after_id
-        while True:
-            await self._enter()
-            # Re-locate from the last id each batch (keyset), like the SQL stores do.
-            ids = self._ids.get(campaign_id, [])
-            pos = bisect.bisect_right(ids, last_id)
-            batch: list[RecipientRow] = []
-            while pos < len(ids) and len(batch) < batch_size:
-                row = self._rows[ids[pos]]
-                pos += 1
-                last_id = row.id
-                if not wanted or row.state in wanted:
-                    batch.append(self._public(row))
-            for row in batch:
-                yield row
-            if pos >= len(ids):
-                return
+    async def _rows_page(
+        self, campaign_id: str, states: list[str], after_id: int, batch_size: int
+    ) -> list[RecipientRow]:
+        await self._enter()
+        wanted = frozenset(RowState(s) for s in states)
+        # Re-located from the last id each page (keyset), like the SQL stores do.
+        ids = self._ids.get(campaign_id, [])
+        pos = bisect.bisect_right(ids, after_id)
+        page: list[RecipientRow] = []
+        while pos < len(ids) and len(page) < batch_size:
+            row = self._rows[ids[pos]]
+            pos += 1
+            if not wanted or row.state in wanted:
+                page.append(row)
+        return page
 
-    async def iter_outcomes(self, campaign_id: str, *, batch_size: int = 1000) -> AsyncIterator[RecipientRow]:
-        """Every row of the campaign in input ``row`` order."""
-        last_row: int | None = None
-        while True:
-            await self._enter()
-            input_rows = self._input_rows.get(campaign_id, [])
-            by_row = self._by_input_row.get(campaign_id, {})
-            pos = 0 if last_row is None else bisect.bisect_right(input_rows, last_row)
-            chunk = input_rows[pos : pos + batch_size]
-            if not chunk:
-                return
-            last_row = chunk[-1]
-            for n in chunk:
-                yield self._public(self._rows[by_row[n]])
+    async def _outcomes_page(self, campaign_id: str, after_row: int, batch_size: int) -> list[RecipientRow]:
+        await self._enter()
+        input_rows = self._input_rows.get(campaign_id, [])
+        by_row = self._by_input_row.get(campaign_id, {})
+        pos = bisect.bisect_right(input_rows, after_row)
+        return [self._rows[by_row[n]] for n in input_rows[pos : pos + batch_size]]
+
+    # Pages hold the stored records; each is copied (payload decoded) only as it is yielded.
+    _outward = _public
 
     async def counts(self, campaign_id: str) -> dict[str, int]:
         """Number of rows by state, and of final rows by status as ``status:<s>`` (zeros omitted)."""

@@ -46,7 +46,8 @@ parameter), which is how tests move time without sleeping.
 Schema
 ------
 Everything lives in one PostgreSQL schema (``schema``, default ``bulksend``), created if missing.
-``<schema>.schema_version`` records applied migrations; ``MIGRATIONS`` is append-only. Migrations
+``<schema>.schema_version`` records applied migrations; ``MIGRATIONS`` (in
+:mod:`bulksend.store.migrations.postgres`) is append-only. Migrations
 run in one transaction under ``pg_advisory_xact_lock``, so N workers starting at once apply each
 step exactly once, and a database migrated by a newer bulksend is refused. ``payload``, ``spec``
 and ``flags`` are ``jsonb``; datetimes are ``timestamptz`` (they come back as aware UTC datetimes;
@@ -57,7 +58,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypeVar
@@ -70,7 +71,6 @@ import orjson
 
 from bulksend.errors import BulksendError, ConfigError, StoreError
 from bulksend.store.base import (
-    TRANSITIONS,
     AdmitResult,
     CampaignRecord,
     CampaignState,
@@ -79,18 +79,28 @@ from bulksend.store.base import (
     RecipientRow,
     RowState,
 )
-from bulksend.store.memory import (
-    FINALISABLE_STATES,
+from bulksend.store.migrations.postgres import MIGRATIONS, SCHEMA_VERSION, migrate
+from bulksend.store.rules import (
+    ROW_WRITES,
+    TO_FINAL,
+    RowWrite,
+    check_finalisable,
     check_lease_args,
     check_new_rows,
-    check_transition,
     duplicate_reason,
     encode_json,
-    final_problems,
-    holds_lease,
-    lease_lost,
+    final_values,
+    row_write_refusal,
     utc,
     utc_or_none,
+)
+from bulksend.store.sql import (
+    ALREADY_FINAL,
+    CAMPAIGN_COLUMNS,
+    ROW_COLUMN_LIST,
+    ROW_COLUMNS,
+    SqlStore,
+    postgres_update,
 )
 
 __all__ = [
@@ -109,93 +119,6 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 
-# Ordered, append-only: MIGRATIONS[i] brings the schema from version i to i + 1. ``{s}`` is the
-# quoted schema name.
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
-    # v1: campaigns, the outbox with its leases, campaign roles.
-    (
-        """CREATE TABLE {s}.campaigns (
-            id           text PRIMARY KEY,
-            created_at   timestamptz NOT NULL,
-            state        text NOT NULL CHECK (state IN ('running', 'paused', 'canceled', 'finished')),
-            spec         jsonb NOT NULL,
-            admitted_all boolean NOT NULL DEFAULT false
-        )""",
-        """CREATE TABLE {s}.recipients (
-            id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            campaign_id        text NOT NULL REFERENCES {s}.campaigns (id),
-            input_row          bigint NOT NULL,
-            email              text NOT NULL,
-            name               text NOT NULL DEFAULT '',
-            recipient_key      text,
-            dedupe_key         text,
-            state              text NOT NULL CHECK (state IN
-                                   ('pending', 'sending', 'submitted', 'final', 'rejected', 'skipped')),
-            reason             text NOT NULL DEFAULT '',
-            payload            jsonb NOT NULL DEFAULT '{{}}',
-            attempts           integer NOT NULL DEFAULT 0,
-            attempt_started_at timestamptz,
-            attempt_ended_at   timestamptz,
-            correlation        text NOT NULL DEFAULT '',
-            email_id           text,
-            message_id         text NOT NULL DEFAULT '',
-            submitted_at       timestamptz,
-            status             text NOT NULL DEFAULT '',
-            flags              jsonb NOT NULL DEFAULT '[]',
-            status_details     text NOT NULL DEFAULT '',
-            smtp_code          integer,
-            smtp_message       text NOT NULL DEFAULT '',
-            try_count          integer NOT NULL DEFAULT 0,
-            final_at           timestamptz,
-            lease_owner        text NOT NULL DEFAULT '',
-            lease_token        bigint NOT NULL DEFAULT 0,
-            lease_expires_at   timestamptz
-        )""",
-        "CREATE UNIQUE INDEX ux_recipients_campaign_row ON {s}.recipients (campaign_id, input_row)",
-        # Only the owner of a key holds it in dedupe_key (as in the SQLite store).
-        """CREATE UNIQUE INDEX ux_recipients_campaign_dedupe ON {s}.recipients (campaign_id, dedupe_key)
-            WHERE dedupe_key IS NOT NULL""",
-        # iter_rows by state and claim (which walks a state's rows in id order, skipping leased ones).
-        "CREATE INDEX ix_recipients_campaign_state_id ON {s}.recipients (campaign_id, state, id)",
-        "CREATE INDEX ix_recipients_campaign_id ON {s}.recipients (campaign_id, id)",
-        "CREATE INDEX ix_recipients_email_id ON {s}.recipients (email_id) WHERE email_id IS NOT NULL",
-        """CREATE TABLE {s}.roles (
-            campaign_id text NOT NULL,
-            role        text NOT NULL,
-            owner       text NOT NULL,
-            expires_at  timestamptz NOT NULL,
-            PRIMARY KEY (campaign_id, role)
-        )""",
-    ),
-    # v2: the outbox is updated 3-5 times per row within minutes of its insert. Free room in each
-    # page lets the lease updates (claim, renew, release: no indexed column changes) stay HOT, and
-    # autovacuum/ANALYZE run after 2 % of changed rows instead of 20 %: a campaign of 20,000 rows
-    # left ~79,000 dead row versions and statistics from when the table was empty.
-    (
-        """ALTER TABLE {s}.recipients SET (
-            fillfactor = 80,
-            autovacuum_vacuum_scale_factor = 0.02,
-            autovacuum_analyze_scale_factor = 0.02,
-            autovacuum_vacuum_threshold = 1000,
-            autovacuum_analyze_threshold = 1000
-        )""",
-    ),
-    # v3: workers on the store, for finding dead ones within seconds (see ``register_worker``) and
-    # for ``bulksend status``. ``stats`` holds the worker's last reported counters, which outlive it.
-    (
-        """CREATE TABLE {s}.workers (
-            worker_id    text PRIMARY KEY,
-            campaign_id  text NOT NULL DEFAULT '',
-            state        text NOT NULL CHECK (state IN ('running', 'stopped', 'dead')),
-            started_at   timestamptz NOT NULL,
-            heartbeat_at timestamptz NOT NULL,
-            stopped_at   timestamptz,
-            info         jsonb NOT NULL DEFAULT '{{}}',
-            stats        jsonb NOT NULL DEFAULT '{{}}'
-        )""",
-    ),
-)
-SCHEMA_VERSION: Final[int] = len(MIGRATIONS)
 
 WorkerState = Literal["running", "stopped", "dead"]
 
@@ -247,37 +170,7 @@ ANALYZE_AFTER_ROWS: Final = 2_000
 as it held, and the admitting call runs ANALYZE: statistics follow a growing campaign at once
 (in O(log n) ANALYZEs), instead of waiting for autovacuum."""
 
-_COLUMNS: Final = (
-    "id",
-    "campaign_id",
-    "input_row",
-    "email",
-    "name",
-    "recipient_key",
-    "state",
-    "payload",
-    "reason",
-    "attempts",
-    "attempt_started_at",
-    "attempt_ended_at",
-    "correlation",
-    "email_id",
-    "message_id",
-    "submitted_at",
-    "status",
-    "flags",
-    "status_details",
-    "smtp_code",
-    "smtp_message",
-    "try_count",
-    "final_at",
-    "lease_owner",
-    "lease_token",
-    "lease_expires_at",
-)
-_ROW_COLUMNS: Final = ", ".join(_COLUMNS)
-_R_COLUMNS: Final = ", ".join(f"r.{c}" for c in _COLUMNS)  # for UPDATE … FROM … RETURNING
-_CAMPAIGN_COLUMNS: Final = "id, created_at, state, spec, admitted_all"
+_R_COLUMNS: Final = ", ".join(f"r.{c}" for c in ROW_COLUMNS)  # for UPDATE … FROM … RETURNING
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # Deadlocks and serialization failures are the database asking us to try again.
 _RETRYABLE: Final = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
@@ -287,34 +180,13 @@ _NOW: Final = "COALESCE($%d::timestamptz, statement_timestamp())"
 
 
 def _row(r: asyncpg.Record) -> RecipientRow:
-    return RecipientRow(
-        id=r["id"],
-        campaign_id=r["campaign_id"],
-        row=r["input_row"],
-        email=r["email"],
-        name=r["name"],
-        key=r["recipient_key"],
-        state=RowState(r["state"]),
-        payload=orjson.loads(r["payload"]),
-        reason=r["reason"],
-        attempts=r["attempts"],
-        attempt_started_at=r["attempt_started_at"],
-        attempt_ended_at=r["attempt_ended_at"],
-        correlation=r["correlation"],
-        email_id=r["email_id"] or "",
-        message_id=r["message_id"],
-        submitted_at=r["submitted_at"],
-        status=r["status"],
-        flags=tuple(orjson.loads(r["flags"])),
-        status_details=r["status_details"],
-        smtp_code=r["smtp_code"],
-        smtp_message=r["smtp_message"],
-        try_count=r["try_count"],
-        final_at=r["final_at"],
-        lease_owner=r["lease_owner"],
-        lease_token=r["lease_token"],
-        lease_expires_at=r["lease_expires_at"],
-    )
+    # Every row query selects ROW_COLUMNS (or r.<each>), in the order of RecipientRow's fields.
+    v = list(r.values())
+    v[6] = RowState(v[6])  # state
+    v[7] = orjson.loads(v[7])  # payload
+    v[13] = v[13] or ""  # email_id: NULL until TEM gives one
+    v[17] = tuple(orjson.loads(v[17]))  # flags
+    return RecipientRow(*v)
 
 
 def _campaign(r: asyncpg.Record) -> CampaignRecord:
@@ -352,81 +224,14 @@ def _rowcount(status: str) -> int:
         return 0
 
 
-# -- the per-row dispatch writes, batched ------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class _Kind:
-    """One kind of per-row write: a guarded ``UPDATE … FROM unnest(…)`` over a batch of rows."""
-
-    name: str
-    target: RowState | None
-    """The state the row moves to; None: it stays ``sending`` (``mark_ambiguous``)."""
-    sets: str
-    """Assignments, reading this write's parameters as ``u.<param>``."""
-    params: tuple[tuple[str, str], ...]
-    """(name, SQL type) of each per-row parameter after the id and the lease token."""
-
-
-_KINDS: Final[dict[str, _Kind]] = {
-    k.name: k
-    for k in (
-        _Kind(
-            "sending",
-            RowState.SENDING,
-            "attempts = r.attempts + 1, attempt_started_at = u.started_at, attempt_ended_at = NULL, "
-            "correlation = u.correlation",
-            (("started_at", "timestamptz"), ("correlation", "text")),
-        ),
-        _Kind(
-            "submitted",
-            RowState.SUBMITTED,
-            "email_id = NULLIF(u.email_id, ''), message_id = u.message_id, submitted_at = u.submitted_at",
-            (("email_id", "text"), ("message_id", "text"), ("submitted_at", "timestamptz")),
-        ),
-        _Kind(
-            "ambiguous",
-            None,
-            "attempt_ended_at = u.ended_at, reason = u.reason",
-            (("ended_at", "timestamptz"), ("reason", "text")),
-        ),
-        _Kind("retry", RowState.PENDING, "reason = u.reason", (("reason", "text"),)),
-        _Kind("rejected", RowState.REJECTED, "reason = u.reason", (("reason", "text"),)),
-        _Kind("skipped", RowState.SKIPPED, "reason = u.reason", (("reason", "text"),)),
-    )
-}
-
-
-def _kind_sql(kind: _Kind, s: str) -> str:
-    if kind.target is None:
-        state_set = ""
-        sources: tuple[str, ...] = (RowState.SENDING.value,)
-    else:
-        state_set = f"state = '{kind.target.value}', "
-        sources = tuple(sorted(src.value for src, targets in TRANSITIONS.items() if kind.target in targets))
-        if kind.target.is_terminal:
-            # A finished row gives its dedupe key (rejected/skipped) and its lease up.
-            state_set += "dedupe_key = NULL, lease_owner = '', lease_expires_at = NULL, "
-    names = ["id", "lease_token", *(n for n, _ in kind.params)]
-    types = ["bigint", "bigint", *(t for _, t in kind.params)]
-    arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, start=1))
-    in_sources = ", ".join(f"'{v}'" for v in sources)
-    # The fence and the state check are in one guarded UPDATE: atomic under concurrent claims.
-    return (
-        f"UPDATE {s}.recipients AS r SET {state_set}{kind.sets} "
-        f"FROM unnest({arrays}) AS u({', '.join(names)}) "
-        f"WHERE r.id = u.id AND r.state IN ({in_sources}) "
-        "AND (u.lease_token IS NULL OR (r.lease_token = u.lease_token AND r.lease_owner <> '')) "
-        "RETURNING r.id"
-    )
-
-
 @dataclass(eq=False, slots=True)
 class _RowOp:
     """One queued per-row write and, once flushed, its outcome."""
 
-    kind: _Kind
+    write: RowWrite
     row_id: int
     lease_token: int | None
-    params: tuple[Any, ...]
+    values: tuple[Any, ...]
     done: bool = False
     error: BaseException | None = None
 
@@ -437,7 +242,7 @@ class _FlushOutcome:
     errors: dict[int, BaseException] = field(default_factory=dict)
 
 
-class PostgresStore:
+class PostgresStore(SqlStore):
     """The outbox state machine in PostgreSQL, shared by many workers (see the module docstring).
 
     :param dsn: a libpq connection URI, ``postgresql://user[:password]@host[:port]/database``.
@@ -495,7 +300,10 @@ class PostgresStore:
         self._queue: deque[_RowOp] = deque()
         self._flushing = False
         self._flush_done = anyio.Event()
-        self._kind_sql = {name: _kind_sql(kind, self._s) for name, kind in _KINDS.items()}
+        self._recipients = f"{self._s}.recipients"
+        self._campaigns = f"{self._s}.campaigns"
+        self._roles = f"{self._s}.roles"
+        self._update_sql = {w: postgres_update(w, self._recipients) for w in ROW_WRITES}
 
     def __repr__(self) -> str:
         return f"PostgresStore({redact_dsn(self._dsn)!r}, schema={self.schema!r})"
@@ -504,18 +312,6 @@ class PostgresStore:
     def dsn(self) -> str:
         """The connection URI with any password masked."""
         return redact_dsn(self._dsn)
-
-    @property
-    def commits(self) -> int:
-        """Write transactions committed by this instance so far (group commit: far fewer than writes)."""
-        return self._commits
-
-    async def __aenter__(self) -> PostgresStore:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -536,7 +332,8 @@ class PostgresStore:
             ) from None
         try:
             async with pool.acquire() as conn:
-                await self._migrate(conn)
+                await migrate(conn, self.schema)
+            self._commits += 1
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await pool.close()
@@ -548,30 +345,6 @@ class PostgresStore:
         self._queue = deque()
         self._flushing = False
         self._flush_done = anyio.Event()
-
-    async def _migrate(self, conn: Connection) -> None:
-        s = self._s
-        async with conn.transaction():
-            # Serialises every worker migrating this schema: each step is applied exactly once.
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"bulksend:migrate:{self.schema}"
-            )
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {s}.schema_version "
-                "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            current = await conn.fetchval(f"SELECT COALESCE(MAX(version), 0) FROM {s}.schema_version")
-            if current > SCHEMA_VERSION:
-                raise StoreError(
-                    f"PostgreSQL schema {self.schema!r} is at v{current}, newer than this bulksend "
-                    f"supports (v{SCHEMA_VERSION}); upgrade bulksend"
-                )
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[version - 1]:
-                    await conn.execute(statement.format(s=s))
-                await conn.execute(f"INSERT INTO {s}.schema_version (version) VALUES ($1)", version)
-        self._commits += 1
 
     async def close(self) -> None:
         """Write everything still queued, then close every connection. Idempotent."""
@@ -599,6 +372,10 @@ class PostgresStore:
         except ValueError:
             password = None
         return text.replace(password, "****") if password else text
+
+    async def _idle(self) -> None:
+        await anyio.lowlevel.checkpoint()
+        self._require_pool()
 
     def _require_pool(self) -> asyncpg.Pool[asyncpg.Record]:
         if self._pool is None or not self._accepting:
@@ -640,6 +417,35 @@ class PostgresStore:
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
 
+    # The statements of SqlStore: PostgreSQL's parameters and row decoding.
+    @staticmethod
+    def _mark(n: int) -> str:
+        return f"${n}"
+
+    async def _fetch_rows(self, sql: str, args: tuple[Any, ...]) -> list[RecipientRow]:
+        async def op(conn: Connection) -> list[RecipientRow]:
+            return [_row(r) for r in await conn.fetch(sql, *args)]
+
+        return await self._read(op)
+
+    async def _fetch_campaigns(self, sql: str, args: tuple[Any, ...]) -> list[CampaignRecord]:
+        async def op(conn: Connection) -> list[CampaignRecord]:
+            return [_campaign(r) for r in await conn.fetch(sql, *args)]
+
+        return await self._read(op)
+
+    async def _fetch_value(self, sql: str, args: tuple[Any, ...]) -> Any:
+        async def op(conn: Connection) -> Any:
+            return await conn.fetchval(sql, *args)
+
+        return await self._read(op)
+
+    async def _execute(self, sql: str, args: tuple[Any, ...]) -> int:
+        async def tx(conn: Connection) -> int:
+            return _rowcount(await conn.execute(sql, *args))
+
+        return await self._transaction(tx)
+
     async def _read(self, fn: Callable[[Connection], Awaitable[_T]]) -> _T:
         pool = self._require_pool()
         try:
@@ -651,12 +457,17 @@ class PostgresStore:
             raise StoreError(f"PostgreSQL read failed: {_describe(exc)}") from None
 
     # -- group commit ------------------------------------------------------------------------
-    async def _row_write(self, kind: str, row_id: int, lease_token: int | None, *params: Any) -> None:
+    _timestamp = staticmethod(utc)
+
+    async def _row_write(
+        self, write: RowWrite, row_id: int, values: tuple[Any, ...], lease_token: int | None
+    ) -> None:
+        """Queue ``write`` of one row for the next group commit and await that commit."""
         self._require_pool()
         # Cancellation point before queuing: a caller cancelled here wrote nothing.
         await anyio.lowlevel.checkpoint()
         self._require_pool()
-        op = _RowOp(_KINDS[kind], row_id, lease_token, params)
+        op = _RowOp(write, row_id, lease_token, values)
         if not self.group_commit:
             await self._flush([op])
         else:
@@ -699,18 +510,17 @@ class PostgresStore:
 
     async def _flush(self, batch: list[_RowOp]) -> None:
         """Write ``batch`` in one transaction; every op ends ``done`` with a result or an error."""
-        by_kind: dict[str, list[_RowOp]] = {}
+        by_write: dict[RowWrite, list[_RowOp]] = {}
         for op in batch:
-            by_kind.setdefault(op.kind.name, []).append(op)
+            by_write.setdefault(op.write, []).append(op)
 
         async def tx(conn: Connection) -> _FlushOutcome:
             outcome = _FlushOutcome()
             failed: list[_RowOp] = []
-            for name, ops in by_kind.items():
-                kind = _KINDS[name]
+            for write, ops in by_write.items():
                 columns: list[list[Any]] = [[op.row_id for op in ops], [op.lease_token for op in ops]]
-                columns += [[op.params[i] for op in ops] for i in range(len(kind.params))]
-                updated = await conn.fetch(self._kind_sql[name], *columns)
+                columns += [[op.values[i] for op in ops] for i in range(len(write.columns))]
+                updated = await conn.fetch(self._update_sql[write], *columns)
                 outcome.written.update(r["id"] for r in updated)
                 failed += [op for op in ops if op.row_id not in outcome.written]
             if failed:
@@ -724,7 +534,13 @@ class PostgresStore:
                     )
                 }
                 for op in failed:
-                    outcome.errors[op.row_id] = _refusal(op, found.get(op.row_id))
+                    r = found.get(op.row_id)
+                    outcome.errors[op.row_id] = row_write_refusal(
+                        op.write,
+                        op.row_id,
+                        op.lease_token,
+                        None if r is None else (r["state"], r["lease_token"], r["lease_owner"]),
+                    )
             return outcome
 
         try:
@@ -758,56 +574,12 @@ class PostgresStore:
                 blob,
             )
             found = await conn.fetchrow(
-                f"SELECT {_CAMPAIGN_COLUMNS} FROM {self._s}.campaigns WHERE id = $1", campaign_id
+                f"SELECT {CAMPAIGN_COLUMNS} FROM {self._s}.campaigns WHERE id = $1", campaign_id
             )
             assert found is not None
             return _campaign(found)
 
         return await self._transaction(tx)
-
-    async def get_campaign(self, campaign_id: str) -> CampaignRecord | None:
-        async def op(conn: Connection) -> CampaignRecord | None:
-            found = await conn.fetchrow(
-                f"SELECT {_CAMPAIGN_COLUMNS} FROM {self._s}.campaigns WHERE id = $1", campaign_id
-            )
-            return None if found is None else _campaign(found)
-
-        return await self._read(op)
-
-    async def list_campaigns(self) -> list[CampaignRecord]:
-        """Every campaign, oldest first."""
-
-        async def op(conn: Connection) -> list[CampaignRecord]:
-            found = await conn.fetch(
-                f"SELECT {_CAMPAIGN_COLUMNS} FROM {self._s}.campaigns ORDER BY created_at, id"
-            )
-            return [_campaign(r) for r in found]
-
-        return await self._read(op)
-
-    async def set_campaign_state(self, campaign_id: str, state: CampaignState) -> None:
-        value = CampaignState(state).value
-
-        async def tx(conn: Connection) -> None:
-            status = await conn.execute(
-                f"UPDATE {self._s}.campaigns SET state = $1 WHERE id = $2", value, campaign_id
-            )
-            if _rowcount(status) == 0:
-                raise StoreError(f"unknown campaign {campaign_id!r}")
-
-        await self._transaction(tx)
-
-    async def mark_admitted_all(self, campaign_id: str) -> None:
-        """Record that every row of the source is admitted."""
-
-        async def tx(conn: Connection) -> None:
-            status = await conn.execute(
-                f"UPDATE {self._s}.campaigns SET admitted_all = true WHERE id = $1", campaign_id
-            )
-            if _rowcount(status) == 0:
-                raise StoreError(f"unknown campaign {campaign_id!r}")
-
-        await self._transaction(tx)
 
     # -- admission ---------------------------------------------------------------------------
     async def admit(self, campaign_id: str, rows: Sequence[NewRecipient]) -> list[AdmitResult]:
@@ -922,58 +694,7 @@ class PostgresStore:
                 return
         self._analyzed_rows = max(0.0, float(rows or 0))
 
-    async def max_admitted_row(self, campaign_id: str) -> int:
-        """Highest admitted ``row`` (0 if none)."""
-
-        async def op(conn: Connection) -> int:
-            found = await conn.fetchval(
-                f"SELECT COALESCE(MAX(input_row), 0) FROM {self._s}.recipients WHERE campaign_id = $1",
-                campaign_id,
-            )
-            return int(found)
-
-        return await self._read(op)
-
-    # -- dispatch ----------------------------------------------------------------------------
-    async def mark_sending(
-        self, row_id: int, *, started_at: datetime, correlation: str, lease_token: int | None = None
-    ) -> None:
-        """pending → sending, attempts += 1, committed before returning: call it before the POST.
-
-        Fenced by ``lease_token`` when given (``LeaseLostError``, nothing written). Group-committed.
-        """
-        await self._row_write("sending", row_id, lease_token, utc(started_at), correlation)
-
-    async def mark_submitted(
-        self,
-        row_id: int,
-        *,
-        email_id: str,
-        message_id: str,
-        submitted_at: datetime,
-        lease_token: int | None = None,
-    ) -> None:
-        """sending → submitted with TEM's email id. Fenced by ``lease_token``. Group-committed."""
-        await self._row_write("submitted", row_id, lease_token, email_id, message_id, utc(submitted_at))
-
-    async def mark_ambiguous(
-        self, row_id: int, *, ended_at: datetime, reason: str, lease_token: int | None = None
-    ) -> None:
-        """Stay ``sending`` but record when the ambiguous attempt ended. Fenced. Group-committed."""
-        await self._row_write("ambiguous", row_id, lease_token, utc(ended_at), reason)
-
-    async def mark_retry(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
-        """sending → pending: reconciliation proved the email was not created. The lease stays."""
-        await self._row_write("retry", row_id, lease_token, reason)
-
-    async def mark_rejected(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
-        """pending/sending → rejected (the row gives its dedupe key and its lease up)."""
-        await self._row_write("rejected", row_id, lease_token, reason)
-
-    async def mark_skipped(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
-        """pending → skipped (the row gives its dedupe key and its lease up)."""
-        await self._row_write("skipped", row_id, lease_token, reason)
-
+    # -- dispatch (the mark_* methods are StoreBase's, group-committed) ------------------------
     async def mark_final(self, updates: Sequence[FinalUpdate]) -> None:
         """submitted/sending → final, the whole batch in one statement and one commit, all or nothing.
 
@@ -985,36 +706,14 @@ class PostgresStore:
             firsts.setdefault(u.id, u)
         batch = list(firsts.values())
         if not batch:
-            await anyio.lowlevel.checkpoint()
-            self._require_pool()
+            await self._idle()
             return
-        columns: tuple[list[Any], ...] = (
-            [u.id for u in batch],
-            [str(u.status) for u in batch],
-            [orjson.dumps([str(f) for f in u.flags]).decode() for u in batch],
-            [u.status_details for u in batch],
-            [u.smtp_code for u in batch],
-            [u.smtp_message for u in batch],
-            [u.try_count for u in batch],
-            [utc_or_none(u.final_at) for u in batch],
-            [u.reason for u in batch],
-        )
-        finalisable = ", ".join(f"'{st.value}'" for st in sorted(FINALISABLE_STATES))
+        values = [final_values(u, utc_or_none) for u in batch]
+        columns = [[u.id for u in batch], *([v[i] for v in values] for i in range(len(TO_FINAL.columns)))]
         s = self._s
 
         async def tx(conn: Connection) -> None:
-            updated = await conn.fetch(
-                f"UPDATE {s}.recipients AS r SET state = 'final', status = u.status, flags = u.flags::jsonb, "
-                "status_details = u.status_details, smtp_code = u.smtp_code, smtp_message = u.smtp_message, "
-                "try_count = u.try_count, final_at = u.final_at, reason = u.reason, "
-                "lease_owner = '', lease_expires_at = NULL "
-                "FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::integer[], $6::text[], "
-                "$7::integer[], $8::timestamptz[], $9::text[]) "
-                "AS u(id, status, flags, status_details, smtp_code, smtp_message, try_count, final_at, "
-                "reason) "
-                f"WHERE r.id = u.id AND r.state IN ({finalisable}) RETURNING r.id",
-                *columns,
-            )
+            updated = await conn.fetch(self._update_sql[TO_FINAL], *columns)
             if len(updated) == len(batch):
                 return
             done = {r["id"] for r in updated}
@@ -1025,39 +724,17 @@ class PostgresStore:
                     f"SELECT id, state FROM {s}.recipients WHERE id = ANY($1::bigint[])", missing
                 )
             }
-            problems: list[str] = []
-            for row_id in missing:
-                state = states.get(row_id)
-                if state is None:
-                    problems.append(f"row {row_id} (no such row)")
-                elif state != RowState.FINAL.value:  # already final: the tracker learned it twice
-                    problems.append(f"row {row_id} (state {state})")
-            if problems:
-                raise final_problems(problems)  # rolls the whole batch back
+            # Raising rolls the whole batch back.
+            check_finalisable(((row_id, states.get(row_id)) for row_id in missing), ALREADY_FINAL)
 
         await self._transaction(tx)
 
     # -- leases ------------------------------------------------------------------------------
-    async def claim(
-        self,
-        campaign_id: str,
-        *,
-        worker_id: str,
-        limit: int,
-        lease_s: float,
-        states: Sequence[RowState] = (RowState.PENDING,),
+    async def _claim(
+        self, campaign_id: str, worker_id: str, limit: int, lease_s: float, wanted: list[str]
     ) -> list[RecipientRow]:
-        """Lease up to ``limit`` unleased (or expired) rows in ``states``, lowest ids first; durable.
-
-        ``SELECT … ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED`` inside the ``UPDATE … RETURNING``:
-        concurrent claimers skip each other's rows instead of waiting or taking them twice.
-        """
-        check_lease_args(worker_id, lease_s)
-        wanted = sorted({RowState(st).value for st in states})
-        if limit <= 0 or not wanted:
-            await anyio.lowlevel.checkpoint()
-            self._require_pool()
-            return []
+        # ``SELECT … ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED`` inside the ``UPDATE … RETURNING``:
+        # concurrent claimers skip each other's rows instead of waiting or taking them twice.
         s = self._s
         state_filter = "state = $3" if len(wanted) == 1 else "state = ANY($3::text[])"
         sql = (
@@ -1145,19 +822,6 @@ class PostgresStore:
 
         return await self._transaction(tx)
 
-    async def release_role(self, campaign_id: str, role: str, *, worker_id: str) -> None:
-        """Give the role back if this worker holds it."""
-
-        async def tx(conn: Connection) -> None:
-            await conn.execute(
-                f"DELETE FROM {self._s}.roles WHERE campaign_id = $1 AND role = $2 AND owner = $3",
-                campaign_id,
-                role,
-                worker_id,
-            )
-
-        await self._transaction(tx)
-
     # -- workers -----------------------------------------------------------------------------
     def _worker_lock_key(self, worker_id: str) -> str:
         return f"bulksend:worker:{self.schema}:{worker_id}"
@@ -1244,36 +908,22 @@ class PostgresStore:
                 worker_id, campaign_id=record[0] if record else "", info=record[1] if record else None
             )
         blob = encode_json(stats or {}, "worker stats").decode()
-        now = self._now()
-
-        async def tx(c: Connection) -> None:
-            await c.execute(
-                f"UPDATE {self._s}.workers SET heartbeat_at = {_NOW % 2}, stats = $3::jsonb, "
-                "state = 'running', stopped_at = NULL WHERE worker_id = $1",
-                worker_id,
-                now,
-                blob,
-            )
-
-        await self._transaction(tx)
+        await self._execute(
+            f"UPDATE {self._s}.workers SET heartbeat_at = {_NOW % 2}, stats = $3::jsonb, "
+            "state = 'running', stopped_at = NULL WHERE worker_id = $1",
+            (worker_id, self._now(), blob),
+        )
 
     async def unregister_worker(self, worker_id: str, *, stats: dict[str, Any] | None = None) -> None:
         """A clean stop: record it ``stopped`` (with its last counters) and free its lock."""
         conn = self._lock_conns.pop(worker_id, None)
         blob = encode_json(stats or {}, "worker stats").decode()
-        now = self._now()
-
-        async def tx(c: Connection) -> None:
-            await c.execute(
+        try:
+            await self._execute(
                 f"UPDATE {self._s}.workers SET state = 'stopped', stopped_at = {_NOW % 2}, "
                 f"heartbeat_at = {_NOW % 2}, stats = $3::jsonb WHERE worker_id = $1",
-                worker_id,
-                now,
-                blob,
+                (worker_id, self._now(), blob),
             )
-
-        try:
-            await self._transaction(tx)
         finally:
             if conn is not None:
                 with anyio.CancelScope(shield=True):
@@ -1417,114 +1067,33 @@ class PostgresStore:
         return await self._read(op)
 
     # -- reads -------------------------------------------------------------------------------
-    async def get_row(self, row_id: int) -> RecipientRow | None:
-        async def op(conn: Connection) -> RecipientRow | None:
-            found = await conn.fetchrow(
-                f"SELECT {_ROW_COLUMNS} FROM {self._s}.recipients WHERE id = $1", row_id
-            )
-            return None if found is None else _row(found)
-
-        return await self._read(op)
-
     async def rows_by_email_id(self, campaign_id: str, email_ids: Sequence[str]) -> dict[str, RecipientRow]:
         """The rows of the campaign holding these TEM email ids (unknown ids are absent)."""
-        wanted = sorted({e for e in email_ids if e})
-        if not wanted:
-            await anyio.lowlevel.checkpoint()
-            self._require_pool()
-            return {}
-
-        async def op(conn: Connection) -> dict[str, RecipientRow]:
-            # Probe the email-id index once per id (OFFSET 0 keeps the subquery from being merged
-            # into a join where stale statistics could make the planner walk the whole campaign).
-            found = await conn.fetch(
-                f"SELECT {_R_COLUMNS} FROM unnest($1::text[]) AS e(eid) "
-                f"CROSS JOIN LATERAL (SELECT {_ROW_COLUMNS} FROM {self._s}.recipients "
-                "WHERE email_id = e.eid OFFSET 0) AS r WHERE r.campaign_id = $2",
-                wanted,
-                campaign_id,
-            )
-            return {row.email_id: row for row in map(_row, found)}
-
-        return await self._read(op)
+        # Probe the email-id index once per id (OFFSET 0 keeps the subquery from being merged
+        # into a join where stale statistics could make the planner walk the whole campaign).
+        sql = (
+            f"SELECT {_R_COLUMNS} FROM unnest($1::text[]) AS e(eid) "
+            f"CROSS JOIN LATERAL (SELECT {ROW_COLUMN_LIST} FROM {self._s}.recipients "
+            "WHERE email_id = e.eid OFFSET 0) AS r WHERE r.campaign_id = $2"
+        )
+        rows = await self._rows_with(sql, sorted({e for e in email_ids if e}), campaign_id)
+        return {row.email_id: row for row in rows}
 
     async def rows_by_keys(self, campaign_id: str, keys: Sequence[str]) -> dict[str, RecipientRow]:
         """The rows of the campaign that own these dedupe keys (keys nobody owns are absent)."""
-        wanted = sorted(set(keys))
-        if not wanted:
-            await anyio.lowlevel.checkpoint()
-            self._require_pool()
-            return {}
-
-        async def op(conn: Connection) -> dict[str, RecipientRow]:
-            found = await conn.fetch(
-                f"SELECT {_R_COLUMNS} FROM {self._s}.recipients r "
-                "WHERE r.campaign_id = $1 AND r.dedupe_key = ANY($2::text[])",
-                campaign_id,
-                wanted,
-            )
-            return {row.key: row for row in map(_row, found) if row.key is not None}
-
-        return await self._read(op)
-
-    async def iter_rows(
-        self,
-        campaign_id: str,
-        *,
-        states: Sequence[RowState] = (),
-        after_id: int = 0,
-        batch_size: int = 1000,
-    ) -> AsyncIterator[RecipientRow]:
-        """Rows of a campaign in ``id`` order, optionally only in ``states``; keyset pages on ``id``."""
-        wanted = sorted({RowState(st).value for st in states})
-        s = self._s
-        if len(wanted) <= 1:
-            state_filter = "AND state = $4" if wanted else ""
-            sql = (
-                f"SELECT {_ROW_COLUMNS} FROM {s}.recipients WHERE campaign_id = $1 AND id > $2 "
-                f"{state_filter} ORDER BY id LIMIT $3"
-            )
-        else:
-            # One index-ordered page per state, merged: a page costs O(states × batch) however
-            # large the campaign is.
-            parts = [
-                f"(SELECT {_ROW_COLUMNS} FROM {s}.recipients WHERE campaign_id = $1 AND id > $2 "
-                f"AND state = ${i} ORDER BY id LIMIT $3)"
-                for i in range(4, 4 + len(wanted))
-            ]
-            sql = f"SELECT * FROM ({' UNION ALL '.join(parts)}) AS p ORDER BY id LIMIT $3"
-        last_id = after_id
-        while True:
-
-            async def page(conn: Connection, after: int = last_id) -> list[RecipientRow]:
-                return [_row(r) for r in await conn.fetch(sql, campaign_id, after, batch_size, *wanted)]
-
-            rows = await self._read(page)
-            for row in rows:
-                yield row
-            if len(rows) < batch_size:
-                return
-            last_id = rows[-1].id
-
-    async def iter_outcomes(self, campaign_id: str, *, batch_size: int = 1000) -> AsyncIterator[RecipientRow]:
-        """Every row of the campaign in input ``row`` order; keyset pages on ``row``."""
         sql = (
-            f"SELECT {_ROW_COLUMNS} FROM {self._s}.recipients WHERE campaign_id = $1 AND input_row > $2 "
-            "ORDER BY input_row LIMIT $3"
+            f"SELECT {_R_COLUMNS} FROM {self._s}.recipients r "
+            "WHERE r.dedupe_key = ANY($1::text[]) AND r.campaign_id = $2"
         )
-        # Input rows are line numbers (>= 1 in practice); start below any bigint to be safe.
-        last_row = -(2**63)
-        while True:
+        rows = await self._rows_with(sql, sorted(set(keys)), campaign_id)
+        return {row.key: row for row in rows if row.key is not None}
 
-            async def page(conn: Connection, after: int = last_row) -> list[RecipientRow]:
-                return [_row(r) for r in await conn.fetch(sql, campaign_id, after, batch_size)]
-
-            rows = await self._read(page)
-            for row in rows:
-                yield row
-            if len(rows) < batch_size:
-                return
-            last_row = rows[-1].row
+    async def _rows_with(self, sql: str, wanted: list[str], campaign_id: str) -> list[RecipientRow]:
+        """The rows ``sql`` finds for the values ``wanted`` ($1, an array) in the campaign ($2)."""
+        if not wanted:
+            await self._idle()
+            return []
+        return await self._fetch_rows(sql, (wanted, campaign_id))
 
     async def counts(self, campaign_id: str) -> dict[str, int]:
         """Number of rows by state, and of final rows by status as ``status:<s>`` (zeros omitted)."""
@@ -1551,25 +1120,6 @@ async def _close_quietly(conn: asyncpg.Connection[asyncpg.Record]) -> None:
         await conn.close(timeout=5)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
         conn.terminate()
-
-
-def _refusal(op: _RowOp, found: asyncpg.Record | None) -> BaseException:
-    """Why a per-row write matched nothing: unknown row, stale lease, or illegal transition."""
-    if found is None:
-        return StoreError(f"no outbox row with id {op.row_id}")
-    state = RowState(found["state"])
-    if op.lease_token is not None and not holds_lease(
-        op.lease_token, found["lease_token"], found["lease_owner"]
-    ):
-        return lease_lost(op.row_id, op.lease_token, found["lease_token"], found["lease_owner"])
-    if op.kind.target is None:
-        return StoreError(f"row {op.row_id}: mark_ambiguous needs state sending, not {state.value}")
-    try:
-        check_transition(op.row_id, state, op.kind.target)
-    except StoreError as exc:
-        return exc
-    # Legal now, refused when the UPDATE ran: another transaction moved the row in between.
-    return StoreError(f"row {op.row_id}: could not move to {op.kind.target.value} (changed concurrently)")
 
 
 def _describe(exc: BaseException) -> str:

@@ -44,12 +44,13 @@ undo anything: its write may still be committed (or fail) after the caller has g
 
 Schema
 ------
-``schema_version`` records applied migrations; ``MIGRATIONS`` is append-only (never edit a released
-step, add the next one): v1 is the outbox, v2 adds lease expiry and campaign roles (a v1 file is
-migrated in place when a newer bulksend opens it), v3 rebuilds ``recipients`` with a cheaper
-``state`` CHECK (a copy of every row, once, when an older file is first opened: about 9 s for a
-million rows on a 2-CPU machine, and the file keeps the old table's pages as free space, reused
-by later rows); v4 adds ``store_meta`` with the database's random ``store_id``.
+``schema_version`` records applied migrations; ``MIGRATIONS`` (:mod:`bulksend.store.migrations.sqlite`)
+is append-only (never edit a released step, add the next one): v1 is the outbox, v2 adds lease
+expiry and campaign roles (a v1 file is migrated in place when a newer bulksend opens it), v3
+rebuilds ``recipients`` with a cheaper ``state`` CHECK (a copy of every row, once, when an older
+file is first opened: about 9 s for a million rows on a 2-CPU machine, and the file keeps the old
+table's pages as free space, reused by later rows); v4 adds ``store_meta`` with the database's
+random ``store_id``.
 ``recipients.recipient_key`` is the dedupe key as admitted (kept for output);
 ``recipients.dedupe_key`` holds it only while the row *owns* it — a duplicate is admitted
 ``skipped`` with ``dedupe_key`` NULL, and a row that becomes ``rejected`` or ``skipped`` gives its
@@ -79,8 +80,8 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from os import PathLike, fspath
 from pathlib import Path
 from typing import Any, Final, Literal, NoReturn, TypeVar
@@ -93,7 +94,6 @@ import structlog
 from bulksend.errors import BulksendError, ConfigError, StoreError
 from bulksend.private import create_private_file, make_private_dirs
 from bulksend.store.base import (
-    TRANSITIONS,
     AdmitResult,
     CampaignRecord,
     CampaignState,
@@ -104,19 +104,30 @@ from bulksend.store.base import (
     SendRecord,
     StateLoss,
 )
+from bulksend.store.core import FIRST_INPUT_ROW, keyset_pages
 from bulksend.store.journal import SUSPECT, JournalEntry, SendJournal
-from bulksend.store.memory import (
-    FINALISABLE_STATES,
-    KEY_RELEASING_STATES,
+from bulksend.store.migrations.sqlite import MIGRATIONS, SCHEMA_VERSION, migrate
+from bulksend.store.rules import (
+    ROW_WRITES,
+    TO_FINAL,
+    TO_SENDING,
+    TO_SUBMITTED,
+    RowWrite,
+    check_finalisable,
     check_lease_args,
     check_new_rows,
-    check_transition,
     duplicate_reason,
     encode_json,
-    final_problems,
-    holds_lease,
-    lease_lost,
+    final_values,
+    row_write_refusal,
     utc,
+)
+from bulksend.store.sql import (
+    ALREADY_FINAL,
+    CAMPAIGN_COLUMNS,
+    ROW_COLUMN_LIST,
+    SqlStore,
+    sqlite_update,
 )
 
 __all__ = ["JOURNAL_SUFFIX", "MIGRATIONS", "SCHEMA_VERSION", "Durability", "SqliteStore"]
@@ -124,138 +135,11 @@ __all__ = ["JOURNAL_SUFFIX", "MIGRATIONS", "SCHEMA_VERSION", "Durability", "Sqli
 Durability = Literal["full", "normal"]
 _T = TypeVar("_T")
 
-# Every column of ``recipients`` as of v2, named: the v3 rebuild copies them by name.
-_V3_COLUMNS: Final = (
-    "id, campaign_id, input_row, email, name, recipient_key, dedupe_key, state, reason, payload, "
-    "attempts, attempt_started_at, attempt_ended_at, correlation, email_id, message_id, submitted_at, "
-    "status, flags, status_details, smtp_code, smtp_message, try_count, final_at, lease_owner, "
-    "lease_token, lease_expires_at"
-)
 
-# Ordered, append-only: MIGRATIONS[i] brings the schema from version i to i + 1.
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
-    # v1: campaigns and the outbox.
-    (
-        """CREATE TABLE campaigns (
-            id           TEXT PRIMARY KEY,
-            created_at   TEXT NOT NULL,
-            state        TEXT NOT NULL CHECK (state IN ('running', 'paused', 'canceled', 'finished')),
-            spec         TEXT NOT NULL,
-            admitted_all INTEGER NOT NULL DEFAULT 0
-        )""",
-        """CREATE TABLE recipients (
-            id                 INTEGER PRIMARY KEY,
-            campaign_id        TEXT NOT NULL REFERENCES campaigns (id),
-            input_row          INTEGER NOT NULL,
-            email              TEXT NOT NULL,
-            name               TEXT NOT NULL DEFAULT '',
-            recipient_key      TEXT,
-            dedupe_key         TEXT,
-            state              TEXT NOT NULL CHECK (state IN
-                                   ('pending', 'sending', 'submitted', 'final', 'rejected', 'skipped')),
-            reason             TEXT NOT NULL DEFAULT '',
-            payload            TEXT NOT NULL DEFAULT '{}',
-            attempts           INTEGER NOT NULL DEFAULT 0,
-            attempt_started_at TEXT,
-            attempt_ended_at   TEXT,
-            correlation        TEXT NOT NULL DEFAULT '',
-            email_id           TEXT,
-            message_id         TEXT NOT NULL DEFAULT '',
-            submitted_at       TEXT,
-            status             TEXT NOT NULL DEFAULT '',
-            flags              TEXT NOT NULL DEFAULT '[]',
-            status_details     TEXT NOT NULL DEFAULT '',
-            smtp_code          INTEGER,
-            smtp_message       TEXT NOT NULL DEFAULT '',
-            try_count          INTEGER NOT NULL DEFAULT 0,
-            final_at           TEXT,
-            lease_owner        TEXT NOT NULL DEFAULT '',
-            lease_token        INTEGER NOT NULL DEFAULT 0
-        )""",
-        "CREATE UNIQUE INDEX ux_recipients_campaign_row ON recipients (campaign_id, input_row)",
-        # Only the owner of a key holds it in dedupe_key (see the module docstring).
-        """CREATE UNIQUE INDEX ux_recipients_campaign_dedupe ON recipients (campaign_id, dedupe_key)
-            WHERE dedupe_key IS NOT NULL""",
-        "CREATE INDEX ix_recipients_campaign_state_id ON recipients (campaign_id, state, id)",
-        # (campaign_id) is (campaign_id, id) underneath: keyset pagination of iter_rows without states.
-        "CREATE INDEX ix_recipients_campaign_id ON recipients (campaign_id)",
-        "CREATE INDEX ix_recipients_email_id ON recipients (email_id) WHERE email_id IS NOT NULL",
-    ),
-    # v2: work leases (owner and token exist since v1; the expiry is new) and campaign roles.
-    (
-        "ALTER TABLE recipients ADD COLUMN lease_expires_at TEXT",
-        """CREATE TABLE roles (
-            campaign_id TEXT NOT NULL,
-            role        TEXT NOT NULL,
-            owner       TEXT NOT NULL,
-            expires_at  TEXT NOT NULL,
-            PRIMARY KEY (campaign_id, role)
-        )""",
-    ),
-    # v3: the same outbox, its state CHECK written as a chain of equalities. SQLite evaluates
-    # ``state IN (…)`` in a CHECK by building a temporary b-tree of the six values on every write
-    # to ``state``: three times per email, about a sixth of the writer's CPU. A CHECK cannot be
-    # altered in place, so the table is rebuilt (one copy of every row, once) with its indexes.
-    (
-        """CREATE TABLE recipients_v3 (
-            id                 INTEGER PRIMARY KEY,
-            campaign_id        TEXT NOT NULL REFERENCES campaigns (id),
-            input_row          INTEGER NOT NULL,
-            email              TEXT NOT NULL,
-            name               TEXT NOT NULL DEFAULT '',
-            recipient_key      TEXT,
-            dedupe_key         TEXT,
-            state              TEXT NOT NULL CHECK (state = 'pending' OR state = 'sending'
-                                   OR state = 'submitted' OR state = 'final' OR state = 'rejected'
-                                   OR state = 'skipped'),
-            reason             TEXT NOT NULL DEFAULT '',
-            payload            TEXT NOT NULL DEFAULT '{}',
-            attempts           INTEGER NOT NULL DEFAULT 0,
-            attempt_started_at TEXT,
-            attempt_ended_at   TEXT,
-            correlation        TEXT NOT NULL DEFAULT '',
-            email_id           TEXT,
-            message_id         TEXT NOT NULL DEFAULT '',
-            submitted_at       TEXT,
-            status             TEXT NOT NULL DEFAULT '',
-            flags              TEXT NOT NULL DEFAULT '[]',
-            status_details     TEXT NOT NULL DEFAULT '',
-            smtp_code          INTEGER,
-            smtp_message       TEXT NOT NULL DEFAULT '',
-            try_count          INTEGER NOT NULL DEFAULT 0,
-            final_at           TEXT,
-            lease_owner        TEXT NOT NULL DEFAULT '',
-            lease_token        INTEGER NOT NULL DEFAULT 0,
-            lease_expires_at   TEXT
-        )""",
-        f"INSERT INTO recipients_v3 ({_V3_COLUMNS}) SELECT {_V3_COLUMNS} FROM recipients",
-        "DROP TABLE recipients",
-        "ALTER TABLE recipients_v3 RENAME TO recipients",
-        "CREATE UNIQUE INDEX ux_recipients_campaign_row ON recipients (campaign_id, input_row)",
-        """CREATE UNIQUE INDEX ux_recipients_campaign_dedupe ON recipients (campaign_id, dedupe_key)
-            WHERE dedupe_key IS NOT NULL""",
-        "CREATE INDEX ix_recipients_campaign_state_id ON recipients (campaign_id, state, id)",
-        "CREATE INDEX ix_recipients_campaign_id ON recipients (campaign_id)",
-        "CREATE INDEX ix_recipients_email_id ON recipients (email_id) WHERE email_id IS NOT NULL",
-    ),
-    # v4: the database's own id, which the send journal names (a replaced file is another id).
-    (
-        "CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        "INSERT INTO store_meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))))",
-    ),
-)
-SCHEMA_VERSION: Final[int] = len(MIGRATIONS)
-
-_ROW_COLUMNS = (
-    "id, campaign_id, input_row, email, name, recipient_key, state, payload, reason, attempts, "
-    "attempt_started_at, attempt_ended_at, correlation, email_id, message_id, submitted_at, status, "
-    "flags, status_details, smtp_code, smtp_message, try_count, final_at, lease_owner, lease_token, "
-    "lease_expires_at"
-)
+_ROW_COLUMNS: Final = ROW_COLUMN_LIST
 # The outcomes file reads every row but never shows its payload (the template variables, often the
 # largest column): those rows come back with an empty one, which spares decoding it per row.
 _OUTCOME_COLUMNS = _ROW_COLUMNS.replace(", payload, ", ", '{}', ")
-_CAMPAIGN_COLUMNS = "id, created_at, state, spec, admitted_all"
 
 
 def _outcome_ts(column: str) -> str:
@@ -305,15 +189,10 @@ def _dt_parse(text: str | None) -> datetime | None:
 
 
 _STATES: Final[dict[str, RowState]] = {s.value: s for s in RowState}
-# _row_from_db passes the columns positionally (keywords cost more for 26 fields): the columns of
-# _ROW_COLUMNS and the fields of RecipientRow must stay in the same order.
-if [f.name for f in fields(RecipientRow)] != [
-    {"input_row": "row", "recipient_key": "key"}.get(c, c) for c in _ROW_COLUMNS.split(", ")
-]:
-    raise ImportError("sqlite store: _ROW_COLUMNS is out of step with the fields of RecipientRow")
 
 
 def _row_from_db(r: tuple[Any, ...]) -> RecipientRow:
+    # The columns come in the order of RecipientRow's fields (ROW_COLUMNS), passed positionally.
     # Called for every row read (the outcomes file reads them all), hence the shortcuts.
     flags = r[17]
     return RecipientRow(
@@ -368,6 +247,10 @@ def _campaigns_of(conn: sqlite3.Connection, row_ids: list[int]) -> dict[str, int
     return out
 
 
+def _first(values: tuple[Any, ...]) -> Any:
+    return values[0]
+
+
 def _outcome_values_from_db(r: tuple[Any, ...]) -> tuple[Any, ...]:
     # _OUTCOME_VALUES has everything in its outcome shape but flags, which are stored as JSON.
     flags = r[8]
@@ -395,75 +278,27 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
-def _current_state(conn: sqlite3.Connection, row_id: int, lease_token: int | None = None) -> RowState:
-    """The row's state; ``StoreError`` if it does not exist, ``LeaseLostError`` if the fence refuses."""
-    found = conn.execute(
-        "SELECT state, lease_token, lease_owner FROM recipients WHERE id = ?", (row_id,)
-    ).fetchone()
-    if found is None:
-        raise StoreError(f"no outbox row with id {row_id}")
-    state, token, owner = found
-    if lease_token is not None and not holds_lease(lease_token, token, owner):
-        raise lease_lost(row_id, lease_token, token, owner)
-    return RowState(state)
-
-
-# Appended to a guarded UPDATE's WHERE, with the lease token as its parameter. A write without a
-# token uses the statement without it: no token, no check.
-_FENCE: Final = " AND lease_token = ? AND lease_owner <> ''"
-
-
-# For each state, the states ``TRANSITIONS`` allows to move into it.
-_SOURCES: Final[dict[RowState, tuple[str, ...]]] = {
-    target: tuple(sorted(src.value for src, targets in TRANSITIONS.items() if target in targets))
-    for target in RowState
-}
-
-
 @dataclass(frozen=True, slots=True)
 class _Move:
-    """One guarded single-row UPDATE, its SQL built once (not on every write).
+    """The guarded single-row UPDATE of a declared write, its SQL built once (not on every write).
 
-    Parameters: the ``sets`` parameters, then the row id, then (``fenced`` only) the lease token.
+    Parameters: the values of the write's columns, then the row id, then (``fenced`` only) the lease
+    token. A write without a token uses the statement without the fence: no token, no check.
     """
 
-    target: RowState | None
-    """The state the row moves to; None: it stays ``sending`` (``mark_ambiguous``)."""
+    write: RowWrite
     plain: str
     fenced: str
 
-
-def _move(target: RowState, sets: str) -> _Move:
-    # The state values are the enum's own constants, so they are inlined rather than bound.
-    assigns = [f"state = '{target.value}'"]
-    if target in KEY_RELEASING_STATES:
-        assigns.append("dedupe_key = NULL")
-    if target.is_terminal:
-        assigns += ["lease_owner = ''", "lease_expires_at = NULL"]
-    assigns.append(sets)
-    sources = ", ".join(f"'{s}'" for s in _SOURCES[target])
-    plain = f"UPDATE recipients SET {', '.join(assigns)} WHERE id = ? AND state IN ({sources})"
-    return _Move(target, plain, plain + _FENCE)
+    @classmethod
+    def of(cls, write: RowWrite) -> _Move:
+        return cls(write, sqlite_update(write), sqlite_update(write, fenced=True))
 
 
-_TO_SENDING: Final = _move(
-    RowState.SENDING,
-    "attempts = attempts + 1, attempt_started_at = ?, attempt_ended_at = NULL, correlation = ?",
-)
-_TO_SUBMITTED: Final = _move(RowState.SUBMITTED, "email_id = ?, message_id = ?, submitted_at = ?")
-_WITH_REASON: Final[dict[RowState, _Move]] = {
-    target: _move(target, "reason = ?") for target in (RowState.PENDING, RowState.REJECTED, RowState.SKIPPED)
-}
-_AMBIGUOUS_SQL: Final = (
-    "UPDATE recipients SET attempt_ended_at = ?, reason = ? WHERE id = ? AND state = 'sending'"
-)
-_AMBIGUOUS: Final = _Move(None, _AMBIGUOUS_SQL, _AMBIGUOUS_SQL + _FENCE)
-_FINALISABLE: Final = ", ".join(f"'{s.value}'" for s in sorted(FINALISABLE_STATES))
-_FINAL: Final = (
-    "UPDATE recipients SET state = 'final', status = ?, flags = ?, status_details = ?, smtp_code = ?, "
-    "smtp_message = ?, try_count = ?, final_at = ?, reason = ?, lease_owner = '', lease_expires_at = NULL "
-    f"WHERE id = ? AND state IN ({_FINALISABLE})"
-)
+_MOVES: Final[dict[RowWrite, _Move]] = {w: _Move.of(w) for w in ROW_WRITES if w.fenced}
+_TO_SENDING: Final = _MOVES[TO_SENDING]
+_TO_SUBMITTED: Final = _MOVES[TO_SUBMITTED]
+_FINAL: Final = sqlite_update(TO_FINAL)
 
 
 @dataclass(slots=True)
@@ -491,12 +326,11 @@ class _Op:
 
 def _refuse(conn: sqlite3.Connection, op: _Op) -> NoReturn:
     """Raise why ``op``'s guarded UPDATE changed nothing: unknown row, stale lease, or wrong state."""
-    state = _current_state(conn, op.row_id, op.lease_token)  # raises for the first two
-    target = op.move.target if op.move is not None else None
-    if target is None:
-        raise StoreError(f"row {op.row_id}: mark_ambiguous needs state sending, not {state.value}")
-    check_transition(op.row_id, state, target)
-    raise StoreError(f"row {op.row_id}: could not move to {target.value}")  # defensive, unreachable
+    assert op.move is not None  # only guarded UPDATEs are refused
+    found = conn.execute(
+        "SELECT state, lease_token, lease_owner FROM recipients WHERE id = ?", (op.row_id,)
+    ).fetchone()
+    raise row_write_refusal(op.move.write, op.row_id, op.lease_token, found)
 
 
 _STOP: Final = object()
@@ -515,7 +349,7 @@ def _deliver(items: list[_Delivery]) -> None:
             fut.set_exception(exc)
 
 
-class SqliteStore:
+class SqliteStore(SqlStore):
     """The outbox state machine in a SQLite file, with group commit (see the module docstring).
 
     ``path`` is the database file (created if missing). ``busy_timeout_s`` is how long a write
@@ -563,18 +397,6 @@ class SqliteStore:
 
     def __repr__(self) -> str:
         return f"SqliteStore({self.path!r}, durability={self.durability!r})"
-
-    @property
-    def commits(self) -> int:
-        """Write transactions committed by this instance so far (group commit: far fewer than writes)."""
-        return self._commits
-
-    async def __aenter__(self) -> SqliteStore:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -640,40 +462,13 @@ class SqliteStore:
                 )
             conn.execute(f"PRAGMA synchronous = {'FULL' if self.durability == 'full' else 'NORMAL'}")
             conn.execute("PRAGMA foreign_keys = ON")
-            self._migrate(conn)
+            migrate(conn, self.path)
+            self._commits += 1
             self._open_journal(conn)
         except BaseException:
             conn.close()
             raise
         return conn
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        # BEGIN IMMEDIATE takes the write lock first, so two processes opening the same new file
-        # cannot both apply v1.
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version "
-                "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
-            )
-            current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
-            if current > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path}: database schema v{current} is newer than this bulksend supports "
-                    f"(v{SCHEMA_VERSION}); upgrade bulksend"
-                )
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[version - 1]:
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
-                    (version, _dt_text(datetime.now(UTC))),
-                )
-            conn.execute("COMMIT")
-            self._commits += 1
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     # -- the send journal --------------------------------------------------------------------
     def _open_journal(self, conn: sqlite3.Connection) -> None:
@@ -983,18 +778,21 @@ class SqliteStore:
         result: _T = await fut
         return result
 
+    _timestamp = staticmethod(_dt_text)
+
     async def _row_write(
-        self, move: _Move, row_id: int, params: tuple[Any, ...], lease_token: int | None
+        self, write: RowWrite, row_id: int, values: tuple[Any, ...], lease_token: int | None
     ) -> None:
-        """Queue the guarded UPDATE ``move`` of one row (``params``: its assignments) and await it."""
+        """Queue the guarded UPDATE of ``write`` for one row and await its commit."""
         if not self._accepting:
             raise StoreError("the store is not open")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
+        move = _MOVES[write]
         if lease_token is None:
-            sql, args = move.plain, (*params, row_id)
+            sql, args = move.plain, (*values, row_id)
         else:
-            sql, args = move.fenced, (*params, row_id, lease_token)
+            sql, args = move.fenced, (*values, row_id, lease_token)
         self._queue.put(_Op(loop, fut, None, True, sql, args, row_id, move, lease_token))
         await fut
 
@@ -1022,6 +820,30 @@ class SqliteStore:
             if not keep:  # the store was closed while this read ran
                 conn.close()
 
+    # The statements of SqlStore: SQLite's tables, parameters and row decoding. The outcomes file never
+    # shows a payload: iter_outcomes leaves it out (see _OUTCOME_COLUMNS).
+    _recipients = "recipients"
+    _campaigns = "campaigns"
+    _roles = "roles"
+    _OUTCOME_COLUMNS = _OUTCOME_COLUMNS
+
+    @staticmethod
+    def _mark(n: int) -> str:
+        return f"?{n}"
+
+    async def _fetch_rows(self, sql: str, args: tuple[Any, ...]) -> list[RecipientRow]:
+        return await self._read(lambda conn: [_row_from_db(r) for r in conn.execute(sql, args)])
+
+    async def _fetch_campaigns(self, sql: str, args: tuple[Any, ...]) -> list[CampaignRecord]:
+        return await self._read(lambda conn: [_campaign_from_db(r) for r in conn.execute(sql, args)])
+
+    async def _fetch_value(self, sql: str, args: tuple[Any, ...]) -> Any:
+        return await self._read(lambda conn: conn.execute(sql, args).fetchone()[0])
+
+    async def _execute(self, sql: str, args: tuple[Any, ...]) -> int:
+        # One statement: when it fails, nothing of it was written (no savepoint needed).
+        return await self._write(lambda conn: conn.execute(sql, args).rowcount, single_write=True)
+
     async def pragma(self, name: str) -> Any:
         """The value of ``PRAGMA <name>`` as the writer connection sees it (for checks and diagnostics)."""
         if not _PRAGMA_NAME.match(name):
@@ -1040,47 +862,10 @@ class SqliteStore:
                 "ON CONFLICT (id) DO NOTHING",
                 (campaign_id, created, CampaignState.RUNNING.value, blob),
             )
-            found = conn.execute(f"SELECT {_CAMPAIGN_COLUMNS} FROM campaigns WHERE id = ?", (campaign_id,))
+            found = conn.execute(f"SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = ?", (campaign_id,))
             return _campaign_from_db(found.fetchone())
 
         return await self._write(op)
-
-    async def get_campaign(self, campaign_id: str) -> CampaignRecord | None:
-        def op(conn: sqlite3.Connection) -> CampaignRecord | None:
-            found = conn.execute(f"SELECT {_CAMPAIGN_COLUMNS} FROM campaigns WHERE id = ?", (campaign_id,))
-            r = found.fetchone()
-            return None if r is None else _campaign_from_db(r)
-
-        return await self._read(op)
-
-    async def list_campaigns(self) -> list[CampaignRecord]:
-        """Every campaign, oldest first."""
-
-        def op(conn: sqlite3.Connection) -> list[CampaignRecord]:
-            found = conn.execute(f"SELECT {_CAMPAIGN_COLUMNS} FROM campaigns ORDER BY created_at, id")
-            return [_campaign_from_db(r) for r in found]
-
-        return await self._read(op)
-
-    async def set_campaign_state(self, campaign_id: str, state: CampaignState) -> None:
-        value = CampaignState(state).value
-
-        def op(conn: sqlite3.Connection) -> None:
-            cur = conn.execute("UPDATE campaigns SET state = ? WHERE id = ?", (value, campaign_id))
-            if cur.rowcount == 0:
-                raise StoreError(f"unknown campaign {campaign_id!r}")
-
-        await self._write(op)
-
-    async def mark_admitted_all(self, campaign_id: str) -> None:
-        """Record that every row of the source is admitted."""
-
-        def op(conn: sqlite3.Connection) -> None:
-            cur = conn.execute("UPDATE campaigns SET admitted_all = 1 WHERE id = ?", (campaign_id,))
-            if cur.rowcount == 0:
-                raise StoreError(f"unknown campaign {campaign_id!r}")
-
-        await self._write(op)
 
     # -- admission ---------------------------------------------------------------------------
     async def admit(self, campaign_id: str, rows: Sequence[NewRecipient]) -> list[AdmitResult]:
@@ -1145,77 +930,13 @@ class SqliteStore:
 
         return await self._write(op)
 
-    async def max_admitted_row(self, campaign_id: str) -> int:
-        """Highest admitted ``row`` (0 if none)."""
-
-        def op(conn: sqlite3.Connection) -> int:
-            found = conn.execute(
-                "SELECT COALESCE(MAX(input_row), 0) FROM recipients WHERE campaign_id = ?", (campaign_id,)
-            )
-            return int(found.fetchone()[0])
-
-        return await self._read(op)
-
-    # -- dispatch ----------------------------------------------------------------------------
-    async def mark_sending(
-        self, row_id: int, *, started_at: datetime, correlation: str, lease_token: int | None = None
-    ) -> None:
-        """pending → sending, attempts += 1, committed before returning: call it before the POST.
-
-        Fenced by ``lease_token`` when given (``LeaseLostError``, nothing written).
-        """
-        await self._row_write(_TO_SENDING, row_id, (_dt_text(started_at), correlation), lease_token)
-
-    async def mark_submitted(
-        self,
-        row_id: int,
-        *,
-        email_id: str,
-        message_id: str,
-        submitted_at: datetime,
-        lease_token: int | None = None,
-    ) -> None:
-        """sending → submitted with TEM's email id. Fenced by ``lease_token`` when given."""
-        params = (email_id or None, message_id, _dt_text(submitted_at))
-        await self._row_write(_TO_SUBMITTED, row_id, params, lease_token)
-
-    async def mark_ambiguous(
-        self, row_id: int, *, ended_at: datetime, reason: str, lease_token: int | None = None
-    ) -> None:
-        """Stay ``sending`` but record when the ambiguous attempt ended (reconcile later). Fenced."""
-        await self._row_write(_AMBIGUOUS, row_id, (_dt_text(ended_at), reason), lease_token)
-
-    async def mark_retry(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
-        """sending → pending: reconciliation proved the email was not created. The lease stays."""
-        await self._row_write(_WITH_REASON[RowState.PENDING], row_id, (reason,), lease_token)
-
-    async def mark_rejected(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
-        """pending/sending → rejected (the row gives its dedupe key and its lease up)."""
-        await self._row_write(_WITH_REASON[RowState.REJECTED], row_id, (reason,), lease_token)
-
-    async def mark_skipped(self, row_id: int, *, reason: str, lease_token: int | None = None) -> None:
-        """pending → skipped (the row gives its dedupe key and its lease up)."""
-        await self._row_write(_WITH_REASON[RowState.SKIPPED], row_id, (reason,), lease_token)
-
+    # -- dispatch (the mark_* methods are StoreBase's) ----------------------------------------
     async def mark_final(self, updates: Sequence[FinalUpdate]) -> None:
         """submitted/sending → final, many rows in one commit, all or nothing.
 
         Rows already final are left as they are (the tracker may learn a final status twice).
         """
-        params = [
-            (
-                u.status,
-                orjson.dumps(u.flags).decode() if u.flags else "[]",
-                u.status_details,
-                u.smtp_code,
-                u.smtp_message,
-                u.try_count,
-                _dt_text(u.final_at),
-                u.reason,
-                u.id,
-            )
-            for u in updates
-        ]
+        params = [(*final_values(u, _dt_text), u.id) for u in updates]
 
         def op(conn: sqlite3.Connection) -> None:
             if conn.executemany(_FINAL, params).rowcount == len(params):
@@ -1223,39 +944,25 @@ class SqliteStore:
             # Some rows did not move. Every row that could is final now, so a row found in any other
             # state (or not found) is a problem; a final one moved now or was final already (the
             # tracker learned it twice), which is fine.
-            problems: list[str] = []
-            for p in params:
-                row_id = p[-1]
-                found = conn.execute("SELECT state FROM recipients WHERE id = ?", (row_id,)).fetchone()
-                if found is None:
-                    problems.append(f"row {row_id} (no such row)")
-                elif found[0] != RowState.FINAL.value:
-                    problems.append(f"row {row_id} (state {found[0]})")
-            if problems:
-                raise final_problems(problems)  # rolls this operation back to its savepoint
+            found = (
+                (p[-1], conn.execute("SELECT state FROM recipients WHERE id = ?", (p[-1],)).fetchone())
+                for p in params
+            )
+            # Raising rolls this operation back to its savepoint.
+            check_finalisable(((row_id, None if f is None else f[0]) for row_id, f in found), ALREADY_FINAL)
 
         await self._write(op)
 
     # -- leases ------------------------------------------------------------------------------
-    async def claim(
-        self,
-        campaign_id: str,
-        *,
-        worker_id: str,
-        limit: int,
-        lease_s: float,
-        states: Sequence[RowState] = (RowState.PENDING,),
-    ) -> list[RecipientRow]:
-        """Lease up to ``limit`` unleased (or expired) rows in ``states``, lowest ids first; durable.
+    async def _idle(self) -> None:
+        return None
 
-        One UPDATE on the single writer connection, so two claims can never take the same row.
-        """
-        duration = check_lease_args(worker_id, lease_s)
-        wanted = sorted({RowState(s).value for s in states})
-        if limit <= 0 or not wanted:
-            return []
+    async def _claim(
+        self, campaign_id: str, worker_id: str, limit: int, lease_s: float, wanted: list[str]
+    ) -> list[RecipientRow]:
+        # One UPDATE on the single writer connection, so two claims can never take the same row.
         now = utc(self._clock())
-        now_text, expires_text = _dt_text(now), _dt_text(now + duration)
+        now_text, expires_text = _dt_text(now), _dt_text(now + timedelta(seconds=lease_s))
 
         def op(conn: sqlite3.Connection) -> list[RecipientRow]:
             cur = conn.execute(
@@ -1323,110 +1030,34 @@ class SqliteStore:
 
         return await self._write(op, single_write=True)
 
-    async def release_role(self, campaign_id: str, role: str, *, worker_id: str) -> None:
-        """Give the role back if this worker holds it."""
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "DELETE FROM roles WHERE campaign_id = ? AND role = ? AND owner = ?",
-                (campaign_id, role, worker_id),
-            )
-
-        await self._write(op, single_write=True)
-
     # -- reads -------------------------------------------------------------------------------
-    async def get_row(self, row_id: int) -> RecipientRow | None:
-        def op(conn: sqlite3.Connection) -> RecipientRow | None:
-            r = conn.execute(f"SELECT {_ROW_COLUMNS} FROM recipients WHERE id = ?", (row_id,)).fetchone()
-            return None if r is None else _row_from_db(r)
-
-        return await self._read(op)
-
     async def rows_by_email_id(self, campaign_id: str, email_ids: Sequence[str]) -> dict[str, RecipientRow]:
         """The rows of the campaign holding these TEM email ids (unknown ids are absent)."""
-        wanted = sorted({e for e in email_ids if e})
-
-        def op(conn: sqlite3.Connection) -> dict[str, RecipientRow]:
-            found: dict[str, RecipientRow] = {}
-            for chunk in _chunks(wanted):
-                for r in conn.execute(
-                    f"SELECT {_ROW_COLUMNS} FROM recipients "
-                    # "+campaign_id" keeps the planner off the campaign index: without statistics it
-                    # would scan a whole campaign instead of probing ix_recipients_email_id.
-                    f"WHERE email_id IN ({_marks(len(chunk))}) AND +campaign_id = ?",
-                    (*chunk, campaign_id),
-                ):
-                    row = _row_from_db(r)
-                    found[row.email_id] = row
-            return found
-
-        return await self._read(op)
+        # "+campaign_id" keeps the planner off the campaign index: without statistics it would
+        # scan a whole campaign instead of probing ix_recipients_email_id.
+        rows = await self._rows_in(
+            "email_id IN ({}) AND +campaign_id = ?", {e for e in email_ids if e}, campaign_id
+        )
+        return {row.email_id: row for row in rows}
 
     async def rows_by_keys(self, campaign_id: str, keys: Sequence[str]) -> dict[str, RecipientRow]:
         """The rows of the campaign that own these dedupe keys (keys nobody owns are absent)."""
-        wanted = sorted(set(keys))
+        # The owner of a key holds it in dedupe_key: ux_recipients_campaign_dedupe finds it.
+        rows = await self._rows_in("dedupe_key IN ({}) AND campaign_id = ?", set(keys), campaign_id)
+        return {row.key: row for row in rows if row.key is not None}
 
-        def op(conn: sqlite3.Connection) -> dict[str, RecipientRow]:
-            found: dict[str, RecipientRow] = {}
-            for chunk in _chunks(wanted):
-                # The owner of a key holds it in dedupe_key: ux_recipients_campaign_dedupe finds it.
-                for r in conn.execute(
-                    f"SELECT dedupe_key, {_ROW_COLUMNS} FROM recipients "
-                    f"WHERE campaign_id = ? AND dedupe_key IN ({_marks(len(chunk))})",
-                    (campaign_id, *chunk),
-                ):
-                    found[r[0]] = _row_from_db(r[1:])
+    async def _rows_in(self, where: str, wanted: set[str], campaign_id: str) -> list[RecipientRow]:
+        """The rows matching ``where`` (its ``{}``: the marks of a chunk of ``wanted``, then the campaign)."""
+        values = sorted(wanted)
+
+        def op(conn: sqlite3.Connection) -> list[RecipientRow]:
+            found: list[RecipientRow] = []
+            for chunk in _chunks(values):
+                sql = f"SELECT {_ROW_COLUMNS} FROM recipients WHERE {where.format(_marks(len(chunk)))}"
+                found += map(_row_from_db, conn.execute(sql, (*chunk, campaign_id)))
             return found
 
         return await self._read(op)
-
-    async def iter_rows(
-        self,
-        campaign_id: str,
-        *,
-        states: Sequence[RowState] = (),
-        after_id: int = 0,
-        batch_size: int = 1000,
-    ) -> AsyncIterator[RecipientRow]:
-        """Rows of a campaign in ``id`` order, optionally only in ``states``; keyset pages on ``id``."""
-        wanted = sorted({RowState(s).value for s in states})
-        if len(wanted) <= 1:
-            state_filter = "AND state = ?" if wanted else ""
-            sql = (
-                f"SELECT {_ROW_COLUMNS} FROM recipients WHERE campaign_id = ? {state_filter} AND id > ? "
-                "ORDER BY id LIMIT ?"
-            )
-        else:
-            # One index-ordered page per state, merged: each part walks (campaign_id, state, id) in
-            # order, so a page costs O(states × batch) however large the campaign is.
-            part = (
-                f"SELECT * FROM (SELECT {_ROW_COLUMNS} FROM recipients "
-                "WHERE campaign_id = ? AND state = ? AND id > ? ORDER BY id LIMIT ?)"
-            )
-            sql = " UNION ALL ".join([part] * len(wanted)) + " ORDER BY id LIMIT ?"
-        last_id = after_id
-        while True:
-
-            def page(conn: sqlite3.Connection, after: int = last_id) -> list[RecipientRow]:
-                if len(wanted) <= 1:
-                    args: tuple[Any, ...] = (campaign_id, *wanted, after, batch_size)
-                else:
-                    per_state = [v for s in wanted for v in (campaign_id, s, after, batch_size)]
-                    args = (*per_state, batch_size)
-                return [_row_from_db(r) for r in conn.execute(sql, args)]
-
-            rows = await self._read(page)
-            for row in rows:
-                yield row
-            if len(rows) < batch_size:
-                return
-            last_id = rows[-1].id
-
-    async def iter_outcomes(self, campaign_id: str, *, batch_size: int = 1000) -> AsyncIterator[RecipientRow]:
-        """Every row of the campaign in input ``row`` order, ``payload`` left empty (keyset pages)."""
-        async for page in self._in_row_order(_OUTCOME_COLUMNS, 2, _row_from_db, campaign_id, batch_size):
-            for row in page:
-                yield row
 
     async def iter_outcome_values(
         self, campaign_id: str, *, batch_size: int = 1000
@@ -1436,42 +1067,18 @@ class SqliteStore:
         The cheap path for the outcomes file (see :class:`OutcomeValuesSource`): only the fields
         a line shows, with the timestamps turned into their outcome text by SQLite itself.
         """
-        async for page in self._in_row_order(
-            _OUTCOME_VALUES, 0, _outcome_values_from_db, campaign_id, batch_size
-        ):
-            yield page
+        sql = self._in_row_order_sql(_OUTCOME_VALUES)
 
-    async def _in_row_order(
-        self,
-        columns: str,
-        row_at: int,
-        build: Callable[[tuple[Any, ...]], _T],
-        campaign_id: str,
-        batch_size: int,
-    ) -> AsyncIterator[list[_T]]:
-        """Pages of ``build(r)`` for every row of the campaign in input ``row`` order, keyset-paged
-        on ``input_row`` (at position ``row_at`` of ``columns``)."""
-        first_sql = f"SELECT {columns} FROM recipients WHERE campaign_id = ? ORDER BY input_row LIMIT ?"
-        next_sql = (
-            f"SELECT {columns} FROM recipients WHERE campaign_id = ? AND input_row > ? "
-            "ORDER BY input_row LIMIT ?"
-        )
-        last_row: int | None = None
-        while True:
+        async def page(after: int) -> list[tuple[Any, ...]]:
+            def op(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+                return [
+                    _outcome_values_from_db(r) for r in conn.execute(sql, (campaign_id, after, batch_size))
+                ]
 
-            def page(conn: sqlite3.Connection, after: int | None = last_row) -> tuple[list[_T], int | None]:
-                if after is None:
-                    cur = conn.execute(first_sql, (campaign_id, batch_size))
-                else:
-                    cur = conn.execute(next_sql, (campaign_id, after, batch_size))
-                raw = cur.fetchall()
-                return [build(r) for r in raw], (raw[-1][row_at] if raw else None)
+            return await self._read(op)
 
-            items, last_row = await self._read(page)
-            if items:
-                yield items
-            if len(items) < batch_size:
-                return
+        async for values in keyset_pages(page, FIRST_INPUT_ROW, batch_size, _first):
+            yield values
 
     async def counts(self, campaign_id: str) -> dict[str, int]:
         """Number of rows by state, and of final rows by status as ``status:<s>`` (zeros omitted)."""
