@@ -16,18 +16,20 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamConfig
 from nats.js.client import JetStreamContext
 
-from bulksend.errors import ConfigError
-from bulksend.sinks.results import NatsResultConfig, NatsResultPublisher, publisher_from_config
-from bulksend.sources.base import BrokerError, JobSource, source_from_config
-from bulksend.sources.nats import (
+from bulksend.brokers import publisher_from_config, source_from_config
+from bulksend.brokers.base import BrokerError, JobSource
+from bulksend.brokers.nats import (
     HEADER_ORIGINAL_SEQUENCE,
     HEADER_ORIGINAL_STREAM,
     HEADER_ORIGINAL_SUBJECT,
     HEADER_REASON,
+    NatsResultConfig,
+    NatsResultPublisher,
     NatsSource,
     NatsSourceConfig,
     subject_matches,
 )
+from bulksend.errors import ConfigError
 
 URL = "nats://127.0.0.1:4222"
 

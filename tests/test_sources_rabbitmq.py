@@ -11,10 +11,10 @@ import orjson
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
+from bulksend.brokers import publisher_from_config, source_from_config
+from bulksend.brokers.base import BrokerError, Delivery, JobSource
+from bulksend.brokers.rabbitmq import HEADER_REASON, HEADER_SOURCE_QUEUE, RabbitResultPublisher, RabbitSource
 from bulksend.errors import ConfigError
-from bulksend.sinks.results import RabbitResultPublisher, publisher_from_config
-from bulksend.sources.base import BrokerError, Delivery, JobSource, source_from_config
-from bulksend.sources.rabbitmq import HEADER_REASON, HEADER_SOURCE_QUEUE, RabbitSource
 
 URL = "amqp://guest:guest@127.0.0.1:5672/"
 

@@ -11,10 +11,10 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from bulksend.brokers import publisher_from_config, source_from_config
+from bulksend.brokers.base import BrokerError, JobSource
+from bulksend.brokers.redis_streams import RedisResultPublisher, RedisStreamSource
 from bulksend.errors import ConfigError
-from bulksend.sinks.results import RedisResultPublisher, publisher_from_config
-from bulksend.sources.base import BrokerError, JobSource, source_from_config
-from bulksend.sources.redis_streams import RedisStreamSource
 
 URL = "redis://127.0.0.1:6379/0"
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -56,16 +57,18 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from bulksend.errors import ConfigError
-from bulksend.sources.base import (
+from bulksend.brokers.base import (
     BaseDelivery,
     BrokerError,
     ConfigReader,
     Delivery,
     OpenClose,
+    encode_outcome,
+    not_open,
     redact_url,
     scrub,
 )
+from bulksend.errors import ConfigError
 
 __all__ = [
     "HEADER_REASON",
@@ -76,7 +79,7 @@ __all__ = [
     "connect_rabbit",
 ]
 
-log = structlog.get_logger("bulksend.sources.rabbitmq")
+log = structlog.get_logger("bulksend.brokers.rabbitmq")
 
 HEADER_REASON: Final = "x-bulksend-reason"
 HEADER_SOURCE_QUEUE: Final = "x-bulksend-source-queue"
@@ -205,7 +208,7 @@ class RabbitDelivery(BaseDelivery):
 
 
 class RabbitSource(OpenClose):
-    """A :class:`~bulksend.sources.base.JobSource` over a RabbitMQ queue."""
+    """A :class:`~bulksend.brokers.base.JobSource` over a RabbitMQ queue."""
 
     def __init__(self, config: RabbitSourceConfig | None = None) -> None:
         self.config = config or RabbitSourceConfig()
@@ -338,3 +341,124 @@ class RabbitSource(OpenClose):
     def __repr__(self) -> str:
         state = "open" if self._conn is not None else "closed"
         return f"RabbitSource({self.name!r}, url={redact_url(self.config.url)!r}, {state})"
+
+
+# -- results publisher --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RabbitResultConfig:
+    """Settings of a :class:`RabbitResultPublisher`."""
+
+    url: str = field(default="amqp://guest:guest@127.0.0.1:5672/", repr=False)
+    queue: str = "bulksend.results"
+    exchange: str | None = None
+    routing_key: str | None = None
+    connect_timeout_s: float = 5.0
+
+    @classmethod
+    def from_mapping(cls, cfg: Any) -> RabbitResultConfig:
+        r = ConfigReader(
+            cfg,
+            where="results (rabbitmq)",
+            known=("url", "queue", "exchange", "routing_key", "connect_timeout_s"),
+        )
+        d = cls()
+        return cls(
+            url=r.text("url", d.url),
+            queue=r.text("queue", d.queue),
+            exchange=r.optional_text("exchange"),
+            routing_key=r.optional_text("routing_key"),
+            connect_timeout_s=r.seconds("connect_timeout_s", d.connect_timeout_s),
+        )
+
+
+class RabbitResultPublisher(OpenClose):
+    """Outcomes to a durable RabbitMQ queue (or an existing exchange), with publisher confirms.
+
+    Configuration (``kind = "rabbitmq"``, under ``[results]``):
+
+    =====================  ======================================  ====================================
+    ``url``                ``amqp://guest:guest@127.0.0.1:5672/``  broker URL
+    ``queue``              ``bulksend.results``                    durable queue, declared on open;
+                                                                   outcomes go to it through the
+                                                                   default exchange
+    ``exchange``           (none)                                  publish to this existing exchange
+                                                                   instead (``queue`` is then not
+                                                                   declared)
+    ``routing_key``        the queue name                          routing key used with ``exchange``
+    ``connect_timeout_s``  ``5``                                   timeout of the first connection
+    =====================  ======================================  ====================================
+
+    Messages are persistent, ``content_type`` ``application/json``, published with confirms and
+    ``mandatory`` (an unroutable outcome is an error, not a silent drop).
+    """
+
+    def __init__(self, config: RabbitResultConfig | None = None) -> None:
+        self.config = config or RabbitResultConfig()
+        self._conn: AbstractRobustConnection | None = None
+        self._exchange: AbstractExchange | None = None
+
+    @property
+    def name(self) -> str:
+        cfg = self.config
+        if cfg.exchange:
+            return f"rabbitmq:{cfg.exchange}/{cfg.routing_key or cfg.queue}"
+        return f"rabbitmq:{cfg.queue}"
+
+    async def open(self) -> None:
+        if self._conn is not None:
+            return
+        cfg = self.config
+        conn = await connect_rabbit(cfg.url, connect_timeout_s=cfg.connect_timeout_s)
+        try:
+            channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+            if cfg.exchange:
+                exchange = await channel.get_exchange(cfg.exchange, ensure=True)
+            else:
+                await channel.declare_queue(cfg.queue, durable=True)
+                exchange = channel.default_exchange
+        except (aiormq.exceptions.AMQPError, OSError, TimeoutError, RuntimeError) as exc:
+            await conn.close()
+            raise BrokerError(f"{self.name}: cannot set up the results destination: {exc}") from None
+        self._conn, self._exchange = conn, exchange
+
+    async def close(self) -> None:
+        conn, self._conn, self._exchange = self._conn, None, None
+        if conn is not None:
+            with contextlib.suppress(aiormq.exceptions.AMQPError, OSError, RuntimeError):
+                await conn.close()
+
+    async def publish(self, outcome: Mapping[str, Any]) -> None:
+        exchange = self._exchange
+        if exchange is None:
+            raise not_open(self.name)
+        message = aio_pika.Message(
+            encode_outcome(outcome),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        routing_key = self.config.routing_key or self.config.queue
+        try:
+            await exchange.publish(message, routing_key=routing_key, mandatory=True)
+        except (aiormq.exceptions.AMQPError, OSError, TimeoutError, RuntimeError) as exc:
+            raise BrokerError(
+                f"{self.name}: cannot publish an outcome: {exc or type(exc).__name__}"
+            ) from None
+
+    async def healthy(self) -> bool:
+        conn = self._conn
+        return conn is not None and not conn.is_closed and conn.connected.is_set()
+
+    def __repr__(self) -> str:
+        return f"RabbitResultPublisher({self.name!r}, url={redact_url(self.config.url)!r})"
+
+
+def make_source(cfg: Mapping[str, Any]) -> RabbitSource:
+    """Build (not open) the job source of a ``[[sources]]`` table."""
+    return RabbitSource.from_config(cfg)
+
+
+def make_publisher(cfg: Mapping[str, Any]) -> RabbitResultPublisher:
+    """Build (not open) the result publisher of a ``[results]`` table."""
+    return RabbitResultPublisher(RabbitResultConfig.from_mapping(cfg))

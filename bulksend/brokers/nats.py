@@ -56,8 +56,10 @@ sequence; ``lag()`` is the consumer's count of jobs not yet delivered.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import quote
@@ -81,16 +83,18 @@ from nats.js.api import (
 )
 from nats.js.client import JetStreamContext
 
-from bulksend.errors import ConfigError
-from bulksend.sources.base import (
+from bulksend.brokers.base import (
     BaseDelivery,
     BrokerError,
     ConfigReader,
     Delivery,
     OpenClose,
+    encode_outcome,
+    not_open,
     redact_url,
     scrub,
 )
+from bulksend.errors import ConfigError
 
 __all__ = [
     "HEADER_DELIVERY_COUNT",
@@ -106,7 +110,7 @@ __all__ = [
     "subject_matches",
 ]
 
-log = structlog.get_logger("bulksend.sources.nats")
+log = structlog.get_logger("bulksend.brokers.nats")
 
 HEADER_REASON: Final = "Bulksend-Dead-Letter-Reason"
 HEADER_ORIGINAL_SUBJECT: Final = "Bulksend-Original-Subject"
@@ -331,7 +335,7 @@ class NatsDelivery(BaseDelivery):
 
 
 class NatsSource(OpenClose):
-    """A :class:`~bulksend.sources.base.JobSource` over a JetStream durable pull consumer."""
+    """A :class:`~bulksend.brokers.base.JobSource` over a JetStream durable pull consumer."""
 
     def __init__(self, config: NatsSourceConfig | None = None) -> None:
         self.config = config or NatsSourceConfig()
@@ -577,3 +581,110 @@ class NatsSource(OpenClose):
     def __repr__(self) -> str:
         state = "open" if self._nc is not None else "closed"
         return f"NatsSource({self.name!r}, url={redact_url(self.config.url)!r}, {state})"
+
+
+# -- results publisher --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NatsResultConfig:
+    """Settings of a :class:`NatsResultPublisher`."""
+
+    url: str = field(default="nats://127.0.0.1:4222", repr=False)
+    subject: str = "bulksend.results"
+    connect_timeout_s: float = 5.0
+
+    @classmethod
+    def from_mapping(cls, cfg: Any) -> NatsResultConfig:
+        r = ConfigReader(cfg, where="results (nats)", known=("url", "subject", "connect_timeout_s"))
+        d = cls()
+        return cls(
+            url=r.text("url", d.url),
+            subject=r.text("subject", d.subject),
+            connect_timeout_s=r.seconds("connect_timeout_s", d.connect_timeout_s),
+        )
+
+
+class NatsResultPublisher(OpenClose):
+    """Outcomes to a NATS subject (through JetStream when a stream captures it).
+
+    Configuration (``kind = "nats"``, under ``[results]``):
+
+    =====================  =========================  ================================================
+    ``url``                ``nats://127.0.0.1:4222``  server URL (credentials inline are never logged)
+    ``subject``            ``bulksend.results``       subject outcomes are published to
+    ``connect_timeout_s``  ``5``                      timeout of one connection attempt
+    =====================  =========================  ================================================
+
+    If a JetStream stream captures ``subject`` (checked on open), outcomes are published through
+    JetStream and each publish waits for the stream's confirmation; otherwise they are plain NATS
+    messages, seen only by subscribers connected at the time.
+    """
+
+    def __init__(self, config: NatsResultConfig | None = None) -> None:
+        self.config = config or NatsResultConfig()
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+
+    @property
+    def name(self) -> str:
+        return f"nats:{self.config.subject}"
+
+    @property
+    def uses_jetstream(self) -> bool:
+        """Whether publishes go through JetStream (a stream captured the subject at open)."""
+        return self._js is not None
+
+    async def open(self) -> None:
+        if self._nc is not None:
+            return
+        nc = await connect_nats(self.config.url, connect_timeout_s=self.config.connect_timeout_s)
+        js = nc.jetstream(timeout=_REQUEST_TIMEOUT_S)
+        try:
+            await js.find_stream_name_by_subject(self.config.subject)
+        except nats.js.errors.NotFoundError:
+            self._js = None
+        except (TimeoutError, nats.errors.Error):
+            # JetStream unavailable (not enabled, or not answering): plain NATS publishes.
+            self._js = None
+        else:
+            self._js = js
+        self._nc = nc
+
+    async def close(self) -> None:
+        nc, self._nc, self._js = self._nc, None, None
+        if nc is not None:
+            with contextlib.suppress(OSError, TimeoutError, nats.errors.Error):
+                await nc.flush(timeout=2)
+            await nc.close()
+
+    async def publish(self, outcome: Mapping[str, Any]) -> None:
+        nc = self._nc
+        if nc is None:
+            raise not_open(self.name)
+        body = encode_outcome(outcome)
+        try:
+            if self._js is not None:
+                await self._js.publish(self.config.subject, body, timeout=_REQUEST_TIMEOUT_S)
+            else:
+                await nc.publish(self.config.subject, body)
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            raise BrokerError(
+                f"{self.name}: cannot publish an outcome: {exc or type(exc).__name__}"
+            ) from None
+
+    async def healthy(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    def __repr__(self) -> str:
+        return f"NatsResultPublisher({self.name!r}, url={redact_url(self.config.url)!r})"
+
+
+def make_source(cfg: Mapping[str, Any]) -> NatsSource:
+    """Build (not open) the job source of a ``[[sources]]`` table."""
+    return NatsSource.from_config(cfg)
+
+
+def make_publisher(cfg: Mapping[str, Any]) -> NatsResultPublisher:
+    """Build (not open) the result publisher of a ``[results]`` table."""
+    return NatsResultPublisher(NatsResultConfig.from_mapping(cfg))

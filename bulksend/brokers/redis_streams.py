@@ -65,7 +65,7 @@ id; ``lag()`` is the group's count of entries not yet delivered (Redis 7's ``lag
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -75,17 +75,19 @@ import redis.exceptions
 import structlog
 from redis.typing import EncodableT, FieldT
 
-from bulksend.errors import ConfigError
-from bulksend.sources.base import (
+from bulksend.brokers.base import (
     BaseDelivery,
     BrokerError,
     ConfigReader,
     Delivery,
     OpenClose,
     default_consumer_name,
+    encode_outcome,
+    not_open,
     redact_url,
     scrub,
 )
+from bulksend.errors import ConfigError
 
 __all__ = [
     "RedisStreamDelivery",
@@ -94,7 +96,7 @@ __all__ = [
     "connect_redis",
 ]
 
-log = structlog.get_logger("bulksend.sources.redis")
+log = structlog.get_logger("bulksend.brokers.redis")
 
 _REDIS_ERRORS: Final = (redis.exceptions.RedisError, OSError, TimeoutError)
 _KNOWN_KEYS: Final = (
@@ -255,7 +257,7 @@ class RedisStreamDelivery(BaseDelivery):
 
 
 class RedisStreamSource(OpenClose):
-    """A :class:`~bulksend.sources.base.JobSource` over a Redis stream and consumer group."""
+    """A :class:`~bulksend.brokers.base.JobSource` over a Redis stream and consumer group."""
 
     def __init__(self, config: RedisStreamSourceConfig | None = None) -> None:
         self.config = config or RedisStreamSourceConfig()
@@ -451,3 +453,100 @@ class RedisStreamSource(OpenClose):
     def __repr__(self) -> str:
         state = "open" if self._client is not None else "closed"
         return f"RedisStreamSource({self.name!r}, url={redact_url(self.config.url)!r}, {state})"
+
+
+# -- results publisher --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RedisResultConfig:
+    """Settings of a :class:`RedisResultPublisher`."""
+
+    url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
+    stream: str = "bulksend:results"
+    body_field: str = "body"
+    maxlen: int = 1_000_000
+    connect_timeout_s: float = 5.0
+
+    @classmethod
+    def from_mapping(cls, cfg: Any) -> RedisResultConfig:
+        r = ConfigReader(
+            cfg, where="results (redis)", known=("url", "stream", "body_field", "maxlen", "connect_timeout_s")
+        )
+        d = cls()
+        return cls(
+            url=r.text("url", d.url),
+            stream=r.text("stream", d.stream),
+            body_field=r.text("body_field", d.body_field),
+            maxlen=r.integer("maxlen", d.maxlen),
+            connect_timeout_s=r.seconds("connect_timeout_s", d.connect_timeout_s),
+        )
+
+
+class RedisResultPublisher(OpenClose):
+    """Outcomes added to a Redis stream, trimmed to about ``maxlen`` entries.
+
+    Configuration (``kind = "redis"``, under ``[results]``):
+
+    =====================  ============================  ==============================================
+    ``url``                ``redis://127.0.0.1:6379/0``  server URL
+    ``stream``             ``bulksend:results``          stream outcomes are added to
+    ``body_field``         ``body``                      entry field holding the outcome JSON
+    ``maxlen``             ``1000000``                   the stream is trimmed to about this many
+                                                         entries (``XADD ... MAXLEN ~``)
+    ``connect_timeout_s``  ``5``                         timeout to connect
+    =====================  ============================  ==============================================
+    """
+
+    def __init__(self, config: RedisResultConfig | None = None) -> None:
+        self.config = config or RedisResultConfig()
+        self._client: aioredis.Redis | None = None
+
+    @property
+    def name(self) -> str:
+        return f"redis:{self.config.stream}"
+
+    async def open(self) -> None:
+        if self._client is None:
+            self._client = await connect_redis(
+                self.config.url, connect_timeout_s=self.config.connect_timeout_s
+            )
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def publish(self, outcome: Mapping[str, Any]) -> None:
+        client = self._client
+        if client is None:
+            raise not_open(self.name)
+        cfg = self.config
+        try:
+            await client.xadd(
+                cfg.stream, {cfg.body_field: encode_outcome(outcome)}, maxlen=cfg.maxlen, approximate=True
+            )
+        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            raise BrokerError(f"{self.name}: cannot publish an outcome: {exc}") from None
+
+    async def healthy(self) -> bool:
+        client = self._client
+        if client is None:
+            return False
+        try:
+            return bool(await client.ping())
+        except (redis.exceptions.RedisError, OSError, TimeoutError):
+            return False
+
+    def __repr__(self) -> str:
+        return f"RedisResultPublisher({self.name!r}, url={redact_url(self.config.url)!r})"
+
+
+def make_source(cfg: Mapping[str, Any]) -> RedisStreamSource:
+    """Build (not open) the job source of a ``[[sources]]`` table."""
+    return RedisStreamSource.from_config(cfg)
+
+
+def make_publisher(cfg: Mapping[str, Any]) -> RedisResultPublisher:
+    """Build (not open) the result publisher of a ``[results]`` table."""
+    return RedisResultPublisher(RedisResultConfig.from_mapping(cfg))
