@@ -30,7 +30,7 @@ import os
 import socket
 import unicodedata
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Final, Literal, Protocol, Self, runtime_checkable
+from typing import Any, ClassVar, Final, Generic, Literal, Protocol, Self, TypeVar, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -45,14 +45,20 @@ __all__ = [
     "MAX_REASON_CHARS",
     "SETTLE_TIMEOUT_S",
     "BaseDelivery",
+    "BrokerClient",
+    "BrokerDelivery",
     "BrokerError",
+    "BrokerPublisher",
+    "BrokerSource",
     "ConfigReader",
     "Delivery",
     "JobSource",
     "OpenClose",
+    "PublishThenAck",
     "ResultPublisher",
     "Settlement",
     "clean_reason",
+    "connect_error",
     "default_consumer_name",
     "encode_outcome",
     "not_open",
@@ -407,3 +413,149 @@ def encode_outcome(outcome: Mapping[str, Any]) -> bytes:
 def not_open(name: str) -> BrokerError:
     """The error of a publish through a publisher that is not open."""
     return BrokerError(f"{name}: publisher is not open")
+
+
+def connect_error(broker: str, url: str, exc: BaseException) -> BrokerError:
+    """The error of a failed connection to ``broker`` at ``url``, without the URL's password."""
+    return BrokerError(
+        f"cannot connect to {broker} at {redact_url(url)}: {scrub(str(exc), url) or type(exc).__name__}"
+    )
+
+
+# -- the common frame of the network brokers ----------------------------------------------------
+
+ErrorTypes = tuple[type[BaseException], ...]
+T = TypeVar("T")
+
+
+class BrokerConfig(Protocol):
+    """The settings every network broker has (frozen dataclasses built ``from_mapping``)."""
+
+    @property
+    def url(self) -> str: ...
+
+
+ConfigT = TypeVar("ConfigT", bound=BrokerConfig)
+
+
+class BrokerClient(OpenClose, Generic[ConfigT]):
+    """A source or publisher of one broker: its settings, its label and a repr without secrets.
+
+    Subclasses set ``config_type`` (a settings dataclass with a ``from_mapping`` classmethod) and
+    implement ``name`` and ``_is_open``.
+    """
+
+    config_type: ClassVar[type[Any]]
+
+    def __init__(self, config: ConfigT | None = None) -> None:
+        self.config: ConfigT = config if config is not None else self.config_type()
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Self:
+        """Build from a configuration mapping (keys in the class docstring)."""
+        return cls(cls.config_type.from_mapping(cfg))
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    def _is_open(self) -> bool:
+        raise NotImplementedError
+
+    def _require(self, handle: T | None) -> T:
+        """``handle`` (a connection, channel or context set by ``open``), or the error of a closed one."""
+        if handle is None:
+            raise BrokerError(f"{self.name}: not open")
+        return handle
+
+    def __repr__(self) -> str:
+        state = "open" if self._is_open() else "closed"
+        return f"{type(self).__name__}({self.name!r}, url={redact_url(self.config.url)!r}, {state})"
+
+
+class BrokerSource(BrokerClient[ConfigT]):
+    """A :class:`JobSource` of a network broker: ``receive`` checks, then calls ``_receive`` alone.
+
+    Subclasses implement ``_receive(max_messages, timeout_s)``, which runs under a lock (one
+    receive at a time) with ``max_messages >= 1`` on an open source.
+    """
+
+    def __init__(self, config: ConfigT | None = None) -> None:
+        super().__init__(config)
+        self._receive_lock = anyio.Lock()
+
+    async def receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
+        if not self._is_open():
+            raise BrokerError(f"{self.name}: receive() on a source that is not open")
+        if max_messages < 1:
+            return []
+        async with self._receive_lock:
+            return await self._receive(max_messages, timeout_s)
+
+    async def _receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
+        raise NotImplementedError
+
+
+class BrokerPublisher(BrokerClient[ConfigT]):
+    """A :class:`ResultPublisher` of a network broker: ``publish`` encodes, ``_send`` sends.
+
+    ``errors`` are the client library's exceptions for a broker that is gone or refuses; they
+    become a :class:`BrokerError`.
+    """
+
+    errors: ClassVar[ErrorTypes]
+
+    async def publish(self, outcome: Mapping[str, Any]) -> None:
+        if not self._is_open():
+            raise not_open(self.name)
+        body = encode_outcome(outcome)
+        try:
+            await self._send(body)
+        except self.errors as exc:
+            raise BrokerError(
+                f"{self.name}: cannot publish an outcome: {exc or type(exc).__name__}"
+            ) from None
+
+    async def _send(self, body: bytes) -> None:
+        raise NotImplementedError
+
+
+class BrokerDelivery(BaseDelivery):
+    """A delivery whose broker calls go through ``_call``, turning ``errors`` into :class:`BrokerError`."""
+
+    __slots__ = ()
+
+    errors: ClassVar[ErrorTypes]
+
+    async def _call(self, op: Awaitable[object], what: str) -> None:
+        try:
+            await op
+        except self.errors as exc:
+            raise BrokerError(
+                f"{self.source}: {what} of message {self.message_id} failed: {exc or type(exc).__name__}"
+            ) from None
+
+
+class PublishThenAck(BrokerDelivery):
+    """Dead-lettering as two broker calls: publish (confirmed) to the dead-letter destination, then ack.
+
+    Subclasses implement ``_publish_dead_letter(reason)`` and ``_ack``.
+    """
+
+    __slots__ = ("_dead_lettered",)
+
+    def __init__(self, *, body: bytes, source: str, message_id: str, redelivered: bool) -> None:
+        super().__init__(body=body, source=source, message_id=message_id, redelivered=redelivered)
+        self._dead_lettered = False
+
+    async def _dead_letter(self, reason: str) -> None:
+        # Published and confirmed first, acked second: a crash in between leaves the job with the
+        # broker (redelivered, dead-lettered again) rather than lost. _dead_lettered keeps a retry
+        # after a failed ack from publishing a second copy.
+        if not self._dead_lettered:
+            await self._call(self._publish_dead_letter(reason), "dead-letter publish")
+            self._dead_lettered = True
+        await self._ack()
+
+    async def _publish_dead_letter(self, reason: str) -> None:
+        raise NotImplementedError

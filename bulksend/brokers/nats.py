@@ -84,13 +84,13 @@ from nats.js.api import (
 from nats.js.client import JetStreamContext
 
 from bulksend.brokers.base import (
-    BaseDelivery,
     BrokerError,
+    BrokerPublisher,
+    BrokerSource,
     ConfigReader,
     Delivery,
-    OpenClose,
-    encode_outcome,
-    not_open,
+    PublishThenAck,
+    connect_error,
     redact_url,
     scrub,
 )
@@ -118,6 +118,8 @@ HEADER_ORIGINAL_STREAM: Final = "Bulksend-Original-Stream"
 HEADER_ORIGINAL_SEQUENCE: Final = "Bulksend-Original-Sequence"
 HEADER_DELIVERY_COUNT: Final = "Bulksend-Delivery-Count"
 
+# What nats-py raises for a server that is gone or refuses an operation.
+_NATS_ERRORS: Final = (OSError, TimeoutError, nats.errors.Error)
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _SUBJECT_RE: Final = re.compile(r"^[^\s.]+(\.[^\s.]+)*$")
 _REQUEST_TIMEOUT_S: Final = 5.0
@@ -242,10 +244,8 @@ async def connect_nats(url: str, *, connect_timeout_s: float, name: str = "bulks
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
         )
-    except (OSError, TimeoutError, nats.errors.Error) as exc:
-        raise BrokerError(
-            f"cannot connect to NATS at {redact_url(url)}: {scrub(str(exc), url) or type(exc).__name__}"
-        ) from None
+    except _NATS_ERRORS as exc:
+        raise connect_error("NATS", url, exc) from None
     client.append(nc)
     nc.options["max_reconnect_attempts"] = -1
     nc.options["reconnect_time_wait"] = 2.0
@@ -277,10 +277,12 @@ def _status(msg: Msg) -> str | None:
     return headers.get("Status")
 
 
-class NatsDelivery(BaseDelivery):
+class NatsDelivery(PublishThenAck):
     """A job from a :class:`NatsSource`; ``msg`` is the underlying JetStream message."""
 
-    __slots__ = ("_dead_lettered", "_owner", "msg")
+    __slots__ = ("_owner", "msg")
+
+    errors = _NATS_ERRORS
 
     def __init__(self, owner: NatsSource, msg: Msg) -> None:
         meta = msg.metadata
@@ -292,7 +294,6 @@ class NatsDelivery(BaseDelivery):
         )
         self._owner = owner
         self.msg = msg
-        self._dead_lettered = False
 
     async def _ack(self) -> None:
         await self._call(self.msg.ack(), "ack")
@@ -300,45 +301,31 @@ class NatsDelivery(BaseDelivery):
     async def _release(self) -> None:
         await self._call(self.msg.nak(), "nak")
 
-    async def _dead_letter(self, reason: str) -> None:
-        # Published and confirmed first, acked second: a crash in between leaves the job in the
-        # stream (redelivered, dead-lettered again) rather than lost. _dead_lettered keeps a
-        # retry after a failed ack from publishing a second copy.
-        if not self._dead_lettered:
-            meta = self.msg.metadata
-            headers = {k: v for k, v in (self.msg.headers or {}).items() if not k.lower().startswith("nats-")}
-            headers.update(
-                {
-                    HEADER_REASON: header_value(reason),
-                    HEADER_ORIGINAL_SUBJECT: self.msg.subject,
-                    HEADER_ORIGINAL_STREAM: meta.stream,
-                    HEADER_ORIGINAL_SEQUENCE: str(meta.sequence.stream),
-                    HEADER_DELIVERY_COUNT: str(meta.num_delivered),
-                }
-            )
-            cfg = self._owner.config
-            js = self._owner._jetstream()
-            publish = js.publish(
-                cfg.dead_letter_subject, self.msg.data, headers=headers, timeout=_REQUEST_TIMEOUT_S
-            )
-            await self._call(publish, "dead-letter publish")
-            self._dead_lettered = True
-        await self._call(self.msg.ack(), "ack")
-
-    async def _call(self, op: Any, what: str) -> None:
-        try:
-            await op
-        except (OSError, TimeoutError, nats.errors.Error) as exc:
-            raise BrokerError(
-                f"{self.source}: {what} of message {self.message_id} failed: {exc or type(exc).__name__}"
-            ) from None
+    async def _publish_dead_letter(self, reason: str) -> None:
+        meta = self.msg.metadata
+        headers = {k: v for k, v in (self.msg.headers or {}).items() if not k.lower().startswith("nats-")}
+        headers.update(
+            {
+                HEADER_REASON: header_value(reason),
+                HEADER_ORIGINAL_SUBJECT: self.msg.subject,
+                HEADER_ORIGINAL_STREAM: meta.stream,
+                HEADER_ORIGINAL_SEQUENCE: str(meta.sequence.stream),
+                HEADER_DELIVERY_COUNT: str(meta.num_delivered),
+            }
+        )
+        js = self._owner._require(self._owner._js)
+        await js.publish(
+            self._owner.config.dead_letter_subject, self.msg.data, headers=headers, timeout=_REQUEST_TIMEOUT_S
+        )
 
 
-class NatsSource(OpenClose):
+class NatsSource(BrokerSource[NatsSourceConfig]):
     """A :class:`~bulksend.brokers.base.JobSource` over a JetStream durable pull consumer."""
 
+    config_type = NatsSourceConfig
+
     def __init__(self, config: NatsSourceConfig | None = None) -> None:
-        self.config = config or NatsSourceConfig()
+        super().__init__(config)
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._sub: Subscription | None = None
@@ -349,22 +336,14 @@ class NatsSource(OpenClose):
         # whose end was not seen (a disconnect); they are handed out first next time.
         self._replies: deque[Msg] = deque()
         self._reply_event: anyio.Event | None = None
-        self._receive_lock = anyio.Lock()
         self._closed = False
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> NatsSource:
-        """Build from a configuration mapping (keys in the module docstring)."""
-        return cls(NatsSourceConfig.from_mapping(cfg))
 
     @property
     def name(self) -> str:
         return f"nats:{self.config.stream}/{self.config.durable}"
 
-    def _jetstream(self) -> JetStreamContext:
-        if self._js is None:
-            raise BrokerError(f"{self.name}: not open")
-        return self._js
+    def _is_open(self) -> bool:
+        return self._nc is not None and not self._closed
 
     async def open(self) -> None:
         if self._nc is not None:
@@ -388,17 +367,8 @@ class NatsSource(OpenClose):
         cfg = self.config
         owner = await self._stream_for(js, cfg.subject)
         if owner is None:
-            await self._api(
-                js.add_stream(
-                    StreamConfig(
-                        name=cfg.stream,
-                        subjects=[cfg.subject],
-                        retention=RetentionPolicy.WORK_QUEUE,
-                        storage=StorageType.FILE,
-                        description="bulksend send jobs",
-                    )
-                ),
-                f"create stream {cfg.stream!r}",
+            await self._add_stream(
+                js, cfg.stream, cfg.subject, RetentionPolicy.WORK_QUEUE, "bulksend send jobs", "stream"
             )
         elif owner != cfg.stream:
             raise ConfigError(
@@ -409,18 +379,33 @@ class NatsSource(OpenClose):
     async def _ensure_dead_letter_stream(self, js: JetStreamContext) -> None:
         cfg = self.config
         if await self._stream_for(js, cfg.dead_letter_subject) is None:
-            await self._api(
-                js.add_stream(
-                    StreamConfig(
-                        name=cfg.dead_letter_stream,
-                        subjects=[cfg.dead_letter_subject],
-                        retention=RetentionPolicy.LIMITS,
-                        storage=StorageType.FILE,
-                        description="bulksend dead-lettered jobs",
-                    )
-                ),
-                f"create dead-letter stream {cfg.dead_letter_stream!r}",
+            await self._add_stream(
+                js,
+                cfg.dead_letter_stream,
+                cfg.dead_letter_subject,
+                RetentionPolicy.LIMITS,
+                "bulksend dead-lettered jobs",
+                "dead-letter stream",
             )
+
+    async def _add_stream(
+        self,
+        js: JetStreamContext,
+        name: str,
+        subject: str,
+        retention: RetentionPolicy,
+        description: str,
+        what: str,
+    ) -> None:
+        """Create a file-backed stream ``name`` capturing ``subject`` (``what`` names it in errors)."""
+        config = StreamConfig(
+            name=name,
+            subjects=[subject],
+            retention=retention,
+            storage=StorageType.FILE,
+            description=description,
+        )
+        await self._api(js.add_stream(config), f"create {what} {name!r}")
 
     async def _ensure_consumer(self, js: JetStreamContext) -> None:
         cfg = self.config
@@ -469,7 +454,7 @@ class NatsSource(OpenClose):
             # Acks are written asynchronously: flush so the ones already "sent" reach the server.
             with anyio.move_on_after(2.0):
                 await nc.flush(timeout=2)
-        except (OSError, TimeoutError, nats.errors.Error):
+        except _NATS_ERRORS:
             pass
         await nc.close()
         log.info("nats source closed", source=self.name)
@@ -490,26 +475,21 @@ class NatsSource(OpenClose):
             self._reply_event = None
         return self._replies.popleft()
 
-    async def receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
-        if self._nc is None or self._closed:
-            raise BrokerError(f"{self.name}: receive() on a source that is not open")
-        if max_messages < 1:
-            return []
-        async with self._receive_lock:
-            start = anyio.current_time()
-            msgs = self._take_leftovers(max_messages)
-            if not msgs:
-                # One job, waiting up to timeout_s: returns as soon as any job is available.
-                msgs = await self._pull(1, expires_s=max(timeout_s, _MIN_EXPIRES_S), no_wait=False)
-                if msgs:
-                    # Then what is already waiting, up to the batch: the first job's metadata
-                    # says how many are pending, so this request never has to wait.
-                    more = min(max_messages - 1, msgs[0].metadata.num_pending)
-                    if more > 0:
-                        remaining = timeout_s - (anyio.current_time() - start)
-                        expires_s = min(max(remaining, _MIN_EXPIRES_S), _TOP_UP_EXPIRES_S)
-                        msgs += await self._pull(more, expires_s=expires_s, no_wait=True)
-            return [NatsDelivery(self, m) for m in msgs]
+    async def _receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
+        start = anyio.current_time()
+        msgs = self._take_leftovers(max_messages)
+        if not msgs:
+            # One job, waiting up to timeout_s: returns as soon as any job is available.
+            msgs = await self._pull(1, expires_s=max(timeout_s, _MIN_EXPIRES_S), no_wait=False)
+            if msgs:
+                # Then what is already waiting, up to the batch: the first job's metadata
+                # says how many are pending, so this request never has to wait.
+                more = min(max_messages - 1, msgs[0].metadata.num_pending)
+                if more > 0:
+                    remaining = timeout_s - (anyio.current_time() - start)
+                    expires_s = min(max(remaining, _MIN_EXPIRES_S), _TOP_UP_EXPIRES_S)
+                    msgs += await self._pull(more, expires_s=expires_s, no_wait=True)
+        return [NatsDelivery(self, m) for m in msgs]
 
     def _take_leftovers(self, limit: int) -> list[Msg]:
         out: list[Msg] = []
@@ -521,9 +501,7 @@ class NatsSource(OpenClose):
 
     async def _pull(self, batch: int, *, expires_s: float, no_wait: bool) -> list[Msg]:
         """One pull request, followed to its end: ``batch`` jobs or the server's closing status."""
-        nc = self._nc
-        if nc is None:
-            raise BrokerError(f"{self.name}: not open")
+        nc = self._require(self._nc)
         cfg = self.config
         self._request_seq += 1
         reply = f"{self._inbox}.{self._request_seq}"
@@ -578,10 +556,6 @@ class NatsSource(OpenClose):
             return None
         return int(info.num_pending) if info.num_pending is not None else None
 
-    def __repr__(self) -> str:
-        state = "open" if self._nc is not None else "closed"
-        return f"NatsSource({self.name!r}, url={redact_url(self.config.url)!r}, {state})"
-
 
 # -- results publisher --------------------------------------------------------------------------
 
@@ -605,7 +579,7 @@ class NatsResultConfig:
         )
 
 
-class NatsResultPublisher(OpenClose):
+class NatsResultPublisher(BrokerPublisher[NatsResultConfig]):
     """Outcomes to a NATS subject (through JetStream when a stream captures it).
 
     Configuration (``kind = "nats"``, under ``[results]``):
@@ -621,14 +595,20 @@ class NatsResultPublisher(OpenClose):
     messages, seen only by subscribers connected at the time.
     """
 
+    config_type = NatsResultConfig
+    errors = _NATS_ERRORS
+
     def __init__(self, config: NatsResultConfig | None = None) -> None:
-        self.config = config or NatsResultConfig()
+        super().__init__(config)
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
 
     @property
     def name(self) -> str:
         return f"nats:{self.config.subject}"
+
+    def _is_open(self) -> bool:
+        return self._nc is not None
 
     @property
     def uses_jetstream(self) -> bool:
@@ -654,30 +634,18 @@ class NatsResultPublisher(OpenClose):
     async def close(self) -> None:
         nc, self._nc, self._js = self._nc, None, None
         if nc is not None:
-            with contextlib.suppress(OSError, TimeoutError, nats.errors.Error):
+            with contextlib.suppress(*_NATS_ERRORS):
                 await nc.flush(timeout=2)
             await nc.close()
 
-    async def publish(self, outcome: Mapping[str, Any]) -> None:
-        nc = self._nc
-        if nc is None:
-            raise not_open(self.name)
-        body = encode_outcome(outcome)
-        try:
-            if self._js is not None:
-                await self._js.publish(self.config.subject, body, timeout=_REQUEST_TIMEOUT_S)
-            else:
-                await nc.publish(self.config.subject, body)
-        except (OSError, TimeoutError, nats.errors.Error) as exc:
-            raise BrokerError(
-                f"{self.name}: cannot publish an outcome: {exc or type(exc).__name__}"
-            ) from None
+    async def _send(self, body: bytes) -> None:
+        if self._js is not None:
+            await self._js.publish(self.config.subject, body, timeout=_REQUEST_TIMEOUT_S)
+        else:
+            await self._require(self._nc).publish(self.config.subject, body)
 
     async def healthy(self) -> bool:
         return self._nc is not None and self._nc.is_connected
-
-    def __repr__(self) -> str:
-        return f"NatsResultPublisher({self.name!r}, url={redact_url(self.config.url)!r})"
 
 
 def make_source(cfg: Mapping[str, Any]) -> NatsSource:
@@ -687,4 +655,4 @@ def make_source(cfg: Mapping[str, Any]) -> NatsSource:
 
 def make_publisher(cfg: Mapping[str, Any]) -> NatsResultPublisher:
     """Build (not open) the result publisher of a ``[results]`` table."""
-    return NatsResultPublisher(NatsResultConfig.from_mapping(cfg))
+    return NatsResultPublisher.from_config(cfg)

@@ -58,15 +58,13 @@ from aio_pika.abc import (
 )
 
 from bulksend.brokers.base import (
-    BaseDelivery,
     BrokerError,
+    BrokerPublisher,
+    BrokerSource,
     ConfigReader,
     Delivery,
-    OpenClose,
-    encode_outcome,
-    not_open,
-    redact_url,
-    scrub,
+    PublishThenAck,
+    connect_error,
 )
 from bulksend.errors import ConfigError
 
@@ -144,15 +142,15 @@ async def connect_rabbit(url: str, *, connect_timeout_s: float) -> AbstractRobus
             client_properties={"connection_name": "bulksend"},
         )
     except _AMQP_ERRORS as exc:
-        raise BrokerError(
-            f"cannot connect to RabbitMQ at {redact_url(url)}: {scrub(str(exc), url) or type(exc).__name__}"
-        ) from None
+        raise connect_error("RabbitMQ", url, exc) from None
 
 
-class RabbitDelivery(BaseDelivery):
+class RabbitDelivery(PublishThenAck):
     """A job from a :class:`RabbitSource`; ``message`` is the aio-pika message."""
 
-    __slots__ = ("_dead_lettered", "_owner", "message")
+    __slots__ = ("_owner", "message")
+
+    errors = _AMQP_ERRORS
 
     def __init__(self, owner: RabbitSource, message: AbstractIncomingMessage) -> None:
         super().__init__(
@@ -163,7 +161,6 @@ class RabbitDelivery(BaseDelivery):
         )
         self._owner = owner
         self.message = message
-        self._dead_lettered = False
 
     async def _ack(self) -> None:
         await self._call(self.message.ack(), "ack")
@@ -171,47 +168,34 @@ class RabbitDelivery(BaseDelivery):
     async def _release(self) -> None:
         await self._call(self.message.nack(requeue=True), "nack")
 
-    async def _dead_letter(self, reason: str) -> None:
-        # Confirmed publish first, ack second: a crash in between redelivers the job (and it is
-        # dead-lettered again) instead of losing it.
-        if not self._dead_lettered:
-            m = self.message
-            headers: dict[str, Any] = dict(m.headers or {})
-            headers[HEADER_REASON] = reason
-            headers[HEADER_SOURCE_QUEUE] = self._owner.config.queue
-            dead = aio_pika.Message(
-                m.body,
-                headers=headers,
-                content_type=m.content_type,
-                content_encoding=m.content_encoding,
-                message_id=m.message_id,
-                correlation_id=m.correlation_id,
-                timestamp=m.timestamp,
-                type=m.type,
-                app_id=m.app_id,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            )
-            exchange = self._owner._dead_letter_exchange()
-            publish = exchange.publish(dead, routing_key=self._owner.config.queue, mandatory=True)
-            await self._call(publish, "dead-letter publish")
-            self._dead_lettered = True
-        await self._call(self.message.ack(), "ack")
-
-    async def _call(self, op: Any, what: str) -> None:
-        try:
-            await op
-        except _AMQP_ERRORS as exc:
-            raise BrokerError(
-                f"{self.source}: {what} of message {self.message_id} failed "
-                f"({exc or type(exc).__name__}); the broker redelivers it"
-            ) from None
+    async def _publish_dead_letter(self, reason: str) -> None:
+        m = self.message
+        headers: dict[str, Any] = dict(m.headers or {})
+        headers[HEADER_REASON] = reason
+        headers[HEADER_SOURCE_QUEUE] = self._owner.config.queue
+        dead = aio_pika.Message(
+            m.body,
+            headers=headers,
+            content_type=m.content_type,
+            content_encoding=m.content_encoding,
+            message_id=m.message_id,
+            correlation_id=m.correlation_id,
+            timestamp=m.timestamp,
+            type=m.type,
+            app_id=m.app_id,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        exchange = self._owner._require(self._owner._dlx)
+        await exchange.publish(dead, routing_key=self._owner.config.queue, mandatory=True)
 
 
-class RabbitSource(OpenClose):
+class RabbitSource(BrokerSource[RabbitSourceConfig]):
     """A :class:`~bulksend.brokers.base.JobSource` over a RabbitMQ queue."""
 
+    config_type = RabbitSourceConfig
+
     def __init__(self, config: RabbitSourceConfig | None = None) -> None:
-        self.config = config or RabbitSourceConfig()
+        super().__init__(config)
         self._conn: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._info_channel: AbstractChannel | None = None
@@ -219,21 +203,13 @@ class RabbitSource(OpenClose):
         # Pushed by the broker, at most `prefetch` of them (basic.qos); drained by receive().
         self._buffer: deque[AbstractIncomingMessage] = deque()
         self._buffer_event: anyio.Event | None = None
-        self._receive_lock = anyio.Lock()
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> RabbitSource:
-        """Build from a configuration mapping (keys in the module docstring)."""
-        return cls(RabbitSourceConfig.from_mapping(cfg))
 
     @property
     def name(self) -> str:
         return f"rabbitmq:{self.config.queue}"
 
-    def _dead_letter_exchange(self) -> AbstractExchange:
-        if self._dlx is None:
-            raise BrokerError(f"{self.name}: not open")
-        return self._dlx
+    def _is_open(self) -> bool:
+        return self._conn is not None
 
     async def open(self) -> None:
         if self._conn is not None:
@@ -295,28 +271,23 @@ class RabbitSource(OpenClose):
         if self._buffer_event is not None:
             self._buffer_event.set()
 
-    async def receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
-        if self._conn is None:
-            raise BrokerError(f"{self.name}: receive() on a source that is not open")
-        if max_messages < 1:
-            return []
-        async with self._receive_lock:
-            with anyio.move_on_after(max(0.0, timeout_s)):
-                while not self._buffer:
-                    self._buffer_event = anyio.Event()
-                    try:
-                        await self._buffer_event.wait()
-                    finally:
-                        self._buffer_event = None
-            out: list[Delivery] = []
-            while self._buffer and len(out) < max_messages:
-                message = self._buffer.popleft()
+    async def _receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
+        with anyio.move_on_after(max(0.0, timeout_s)):
+            while not self._buffer:
+                self._buffer_event = anyio.Event()
                 try:
-                    message.channel  # noqa: B018 - raises when the channel it came on is closed
-                except aio_pika.exceptions.ChannelInvalidStateError:
-                    continue  # its channel is gone, so the broker has requeued it
-                out.append(RabbitDelivery(self, message))
-            return out
+                    await self._buffer_event.wait()
+                finally:
+                    self._buffer_event = None
+        out: list[Delivery] = []
+        while self._buffer and len(out) < max_messages:
+            message = self._buffer.popleft()
+            try:
+                message.channel  # noqa: B018 - raises when the channel it came on is closed
+            except aio_pika.exceptions.ChannelInvalidStateError:
+                continue  # its channel is gone, so the broker has requeued it
+            out.append(RabbitDelivery(self, message))
+        return out
 
     async def healthy(self) -> bool:
         conn, channel = self._conn, self._channel
@@ -337,10 +308,6 @@ class RabbitSource(OpenClose):
             return None
         count = declared.message_count
         return int(count) if count is not None else None
-
-    def __repr__(self) -> str:
-        state = "open" if self._conn is not None else "closed"
-        return f"RabbitSource({self.name!r}, url={redact_url(self.config.url)!r}, {state})"
 
 
 # -- results publisher --------------------------------------------------------------------------
@@ -373,7 +340,7 @@ class RabbitResultConfig:
         )
 
 
-class RabbitResultPublisher(OpenClose):
+class RabbitResultPublisher(BrokerPublisher[RabbitResultConfig]):
     """Outcomes to a durable RabbitMQ queue (or an existing exchange), with publisher confirms.
 
     Configuration (``kind = "rabbitmq"``, under ``[results]``):
@@ -394,8 +361,11 @@ class RabbitResultPublisher(OpenClose):
     ``mandatory`` (an unroutable outcome is an error, not a silent drop).
     """
 
+    config_type = RabbitResultConfig
+    errors = _AMQP_ERRORS
+
     def __init__(self, config: RabbitResultConfig | None = None) -> None:
-        self.config = config or RabbitResultConfig()
+        super().__init__(config)
         self._conn: AbstractRobustConnection | None = None
         self._exchange: AbstractExchange | None = None
 
@@ -405,6 +375,9 @@ class RabbitResultPublisher(OpenClose):
         if cfg.exchange:
             return f"rabbitmq:{cfg.exchange}/{cfg.routing_key or cfg.queue}"
         return f"rabbitmq:{cfg.queue}"
+
+    def _is_open(self) -> bool:
+        return self._exchange is not None
 
     async def open(self) -> None:
         if self._conn is not None:
@@ -418,7 +391,7 @@ class RabbitResultPublisher(OpenClose):
             else:
                 await channel.declare_queue(cfg.queue, durable=True)
                 exchange = channel.default_exchange
-        except (aiormq.exceptions.AMQPError, OSError, TimeoutError, RuntimeError) as exc:
+        except _AMQP_ERRORS as exc:
             await conn.close()
             raise BrokerError(f"{self.name}: cannot set up the results destination: {exc}") from None
         self._conn, self._exchange = conn, exchange
@@ -429,29 +402,16 @@ class RabbitResultPublisher(OpenClose):
             with contextlib.suppress(aiormq.exceptions.AMQPError, OSError, RuntimeError):
                 await conn.close()
 
-    async def publish(self, outcome: Mapping[str, Any]) -> None:
-        exchange = self._exchange
-        if exchange is None:
-            raise not_open(self.name)
+    async def _send(self, body: bytes) -> None:
         message = aio_pika.Message(
-            encode_outcome(outcome),
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            body, content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT
         )
         routing_key = self.config.routing_key or self.config.queue
-        try:
-            await exchange.publish(message, routing_key=routing_key, mandatory=True)
-        except (aiormq.exceptions.AMQPError, OSError, TimeoutError, RuntimeError) as exc:
-            raise BrokerError(
-                f"{self.name}: cannot publish an outcome: {exc or type(exc).__name__}"
-            ) from None
+        await self._require(self._exchange).publish(message, routing_key=routing_key, mandatory=True)
 
     async def healthy(self) -> bool:
         conn = self._conn
         return conn is not None and not conn.is_closed and conn.connected.is_set()
-
-    def __repr__(self) -> str:
-        return f"RabbitResultPublisher({self.name!r}, url={redact_url(self.config.url)!r})"
 
 
 def make_source(cfg: Mapping[str, Any]) -> RabbitSource:
@@ -461,4 +421,4 @@ def make_source(cfg: Mapping[str, Any]) -> RabbitSource:
 
 def make_publisher(cfg: Mapping[str, Any]) -> RabbitResultPublisher:
     """Build (not open) the result publisher of a ``[results]`` table."""
-    return RabbitResultPublisher(RabbitResultConfig.from_mapping(cfg))
+    return RabbitResultPublisher.from_config(cfg)

@@ -77,13 +77,14 @@ from redis.typing import EncodableT, FieldT
 
 from bulksend.brokers.base import (
     BaseDelivery,
+    BrokerDelivery,
     BrokerError,
+    BrokerPublisher,
+    BrokerSource,
     ConfigReader,
     Delivery,
-    OpenClose,
+    connect_error,
     default_consumer_name,
-    encode_outcome,
-    not_open,
     redact_url,
     scrub,
 )
@@ -192,9 +193,7 @@ async def connect_redis(url: str, *, connect_timeout_s: float) -> aioredis.Redis
             await client.ping()
     except _REDIS_ERRORS as exc:
         await client.aclose()
-        raise BrokerError(
-            f"cannot connect to Redis at {redact_url(url)}: {scrub(str(exc), url) or type(exc).__name__}"
-        ) from None
+        raise connect_error("Redis", url, exc) from None
     return client
 
 
@@ -202,10 +201,12 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class RedisStreamDelivery(BaseDelivery):
+class RedisStreamDelivery(BrokerDelivery):
     """A job from a :class:`RedisStreamSource` (``message_id`` is the stream entry id)."""
 
     __slots__ = ("_owner",)
+
+    errors = _REDIS_ERRORS
 
     def __init__(self, owner: RedisStreamSource, entry_id: str, body: bytes, *, redelivered: bool) -> None:
         super().__init__(
@@ -218,20 +219,10 @@ class RedisStreamDelivery(BaseDelivery):
         self._owner = owner
 
     async def _ack(self) -> None:
-        cfg = self._owner.config
-        client = self._owner._client_or_fail()
-        try:
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.xack(cfg.stream, cfg.group, self.message_id)
-                if cfg.delete_on_ack:
-                    pipe.xdel(cfg.stream, self.message_id)
-                await pipe.execute()
-        except _REDIS_ERRORS as exc:
-            raise BrokerError(f"{self.source}: ack of {self.message_id} failed: {exc}") from None
+        await self._call(self._remove(), "ack")
 
     async def _dead_letter(self, reason: str) -> None:
         cfg = self._owner.config
-        client = self._owner._client_or_fail()
         entry: dict[FieldT, EncodableT] = {
             "body": self.body,
             "reason": reason,
@@ -239,43 +230,44 @@ class RedisStreamDelivery(BaseDelivery):
             "source_id": self.message_id,
             "consumer": cfg.consumer,
         }
-        try:
-            # One transaction: the dead letter exists if and only if the job was acked.
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.xadd(cfg.dead_letter_stream, entry, maxlen=cfg.dead_letter_maxlen, approximate=True)
-                pipe.xack(cfg.stream, cfg.group, self.message_id)
-                if cfg.delete_on_ack:
-                    pipe.xdel(cfg.stream, self.message_id)
-                await pipe.execute()
-        except _REDIS_ERRORS as exc:
-            raise BrokerError(f"{self.source}: dead-letter of {self.message_id} failed: {exc}") from None
+        await self._call(self._remove(dead_letter=entry), "dead-letter")
+
+    async def _remove(self, dead_letter: dict[FieldT, EncodableT] | None = None) -> None:
+        """XACK (and XDEL with delete_on_ack) the entry, after adding ``dead_letter`` to the DLQ."""
+        cfg = self._owner.config
+        client = self._owner._require(self._owner._client)
+        # One transaction: the dead letter exists if and only if the job was acked.
+        async with client.pipeline(transaction=True) as pipe:
+            if dead_letter is not None:
+                maxlen = cfg.dead_letter_maxlen
+                pipe.xadd(cfg.dead_letter_stream, dead_letter, maxlen=maxlen, approximate=True)
+            pipe.xack(cfg.stream, cfg.group, self.message_id)
+            if cfg.delete_on_ack:
+                pipe.xdel(cfg.stream, self.message_id)
+            await pipe.execute()
 
     async def _release(self) -> None:
         # Nothing to send: the entry stays pending and XAUTOCLAIM hands it out again once it has
         # been idle for claim_idle_s (see the module docstring).
-        self._owner._client_or_fail()
+        self._owner._require(self._owner._client)
 
 
-class RedisStreamSource(OpenClose):
+class RedisStreamSource(BrokerSource[RedisStreamSourceConfig]):
     """A :class:`~bulksend.brokers.base.JobSource` over a Redis stream and consumer group."""
 
+    config_type = RedisStreamSourceConfig
+
     def __init__(self, config: RedisStreamSourceConfig | None = None) -> None:
-        self.config = config or RedisStreamSourceConfig()
+        super().__init__(config)
         self._client: aioredis.Redis | None = None
         # Entry ids handed out and not yet settled: bounds memory (max_in_flight) and keeps a
         # claim of our own slow entry from handing it out a second time.
         self._in_flight: set[str] = set()
         self._claim_cursor = "0-0"
         self._room_event: anyio.Event | None = None
-        self._receive_lock = anyio.Lock()
         self._swept_at: float | None = None
         self.forgotten: list[str] = []
         """Consumers this process deleted from the group (dead ones), most recent last, bounded."""
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> RedisStreamSource:
-        """Build from a configuration mapping (keys in the module docstring)."""
-        return cls(RedisStreamSourceConfig.from_mapping(cfg))
 
     @property
     def name(self) -> str:
@@ -286,10 +278,8 @@ class RedisStreamSource(OpenClose):
         """Deliveries handed out by this process and not yet settled."""
         return len(self._in_flight)
 
-    def _client_or_fail(self) -> aioredis.Redis:
-        if self._client is None:
-            raise BrokerError(f"{self.name}: not open")
-        return self._client
+    def _is_open(self) -> bool:
+        return self._client is not None
 
     def _forget(self, delivery: BaseDelivery) -> None:
         self._in_flight.discard(delivery.message_id)
@@ -335,43 +325,38 @@ class RedisStreamSource(OpenClose):
             await client.aclose()
         log.info("redis source closed", source=self.name)
 
-    async def receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
-        client = self._client
-        if client is None:
-            raise BrokerError(f"{self.name}: receive() on a source that is not open")
-        if max_messages < 1:
-            return []
+    async def _receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
+        client = self._require(self._client)
         cfg = self.config
-        async with self._receive_lock:
-            if len(self._in_flight) >= cfg.max_in_flight:
-                # At the bound: wait (up to timeout_s) for a settlement to make room.
-                with anyio.move_on_after(max(0.0, timeout_s)):
-                    while len(self._in_flight) >= cfg.max_in_flight:
-                        self._room_event = anyio.Event()
-                        await self._room_event.wait()
-                self._room_event = None
-            room = min(max_messages, cfg.max_in_flight - len(self._in_flight))
-            if room <= 0:
-                return []
-            try:
-                out = await self._claim(client, room)
-                await self._forget_dead_consumers(client)
-                rest = room - len(out)
-                if rest > 0:
-                    # Block only when there is nothing to return yet; BLOCK 0 would mean forever.
-                    block_ms = int(timeout_s * 1000) if not out else 0
-                    reply: Any = await client.xreadgroup(
-                        cfg.group,
-                        cfg.consumer,
-                        {cfg.stream: ">"},
-                        count=rest,
-                        block=block_ms if block_ms > 0 else None,
-                    )
-                    for _stream, entries in reply or []:
-                        out += self._deliveries(entries, redelivered=False)
-            except _REDIS_ERRORS as exc:
-                raise BrokerError(f"{self.name}: cannot read jobs: {exc}") from None
-            return out
+        if len(self._in_flight) >= cfg.max_in_flight:
+            # At the bound: wait (up to timeout_s) for a settlement to make room.
+            with anyio.move_on_after(max(0.0, timeout_s)):
+                while len(self._in_flight) >= cfg.max_in_flight:
+                    self._room_event = anyio.Event()
+                    await self._room_event.wait()
+            self._room_event = None
+        room = min(max_messages, cfg.max_in_flight - len(self._in_flight))
+        if room <= 0:
+            return []
+        try:
+            out = await self._claim(client, room)
+            await self._forget_dead_consumers(client)
+            rest = room - len(out)
+            if rest > 0:
+                # Block only when there is nothing to return yet; BLOCK 0 would mean forever.
+                block_ms = int(timeout_s * 1000) if not out else 0
+                reply: Any = await client.xreadgroup(
+                    cfg.group,
+                    cfg.consumer,
+                    {cfg.stream: ">"},
+                    count=rest,
+                    block=block_ms if block_ms > 0 else None,
+                )
+                for _stream, entries in reply or []:
+                    out += self._deliveries(entries, redelivered=False)
+        except _REDIS_ERRORS as exc:
+            raise BrokerError(f"{self.name}: cannot read jobs: {exc}") from None
+        return out
 
     async def _claim(self, client: aioredis.Redis, count: int) -> list[Delivery]:
         cfg = self.config
@@ -450,10 +435,6 @@ class RedisStreamSource(OpenClose):
             log.debug("redis lag unavailable", source=self.name, error=str(exc))
         return None
 
-    def __repr__(self) -> str:
-        state = "open" if self._client is not None else "closed"
-        return f"RedisStreamSource({self.name!r}, url={redact_url(self.config.url)!r}, {state})"
-
 
 # -- results publisher --------------------------------------------------------------------------
 
@@ -483,7 +464,7 @@ class RedisResultConfig:
         )
 
 
-class RedisResultPublisher(OpenClose):
+class RedisResultPublisher(BrokerPublisher[RedisResultConfig]):
     """Outcomes added to a Redis stream, trimmed to about ``maxlen`` entries.
 
     Configuration (``kind = "redis"``, under ``[results]``):
@@ -498,13 +479,19 @@ class RedisResultPublisher(OpenClose):
     =====================  ============================  ==============================================
     """
 
+    config_type = RedisResultConfig
+    errors = _REDIS_ERRORS
+
     def __init__(self, config: RedisResultConfig | None = None) -> None:
-        self.config = config or RedisResultConfig()
+        super().__init__(config)
         self._client: aioredis.Redis | None = None
 
     @property
     def name(self) -> str:
         return f"redis:{self.config.stream}"
+
+    def _is_open(self) -> bool:
+        return self._client is not None
 
     async def open(self) -> None:
         if self._client is None:
@@ -517,17 +504,10 @@ class RedisResultPublisher(OpenClose):
         if client is not None:
             await client.aclose()
 
-    async def publish(self, outcome: Mapping[str, Any]) -> None:
-        client = self._client
-        if client is None:
-            raise not_open(self.name)
+    async def _send(self, body: bytes) -> None:
         cfg = self.config
-        try:
-            await client.xadd(
-                cfg.stream, {cfg.body_field: encode_outcome(outcome)}, maxlen=cfg.maxlen, approximate=True
-            )
-        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
-            raise BrokerError(f"{self.name}: cannot publish an outcome: {exc}") from None
+        client = self._require(self._client)
+        await client.xadd(cfg.stream, {cfg.body_field: body}, maxlen=cfg.maxlen, approximate=True)
 
     async def healthy(self) -> bool:
         client = self._client
@@ -538,9 +518,6 @@ class RedisResultPublisher(OpenClose):
         except (redis.exceptions.RedisError, OSError, TimeoutError):
             return False
 
-    def __repr__(self) -> str:
-        return f"RedisResultPublisher({self.name!r}, url={redact_url(self.config.url)!r})"
-
 
 def make_source(cfg: Mapping[str, Any]) -> RedisStreamSource:
     """Build (not open) the job source of a ``[[sources]]`` table."""
@@ -549,4 +526,4 @@ def make_source(cfg: Mapping[str, Any]) -> RedisStreamSource:
 
 def make_publisher(cfg: Mapping[str, Any]) -> RedisResultPublisher:
     """Build (not open) the result publisher of a ``[results]`` table."""
-    return RedisResultPublisher(RedisResultConfig.from_mapping(cfg))
+    return RedisResultPublisher.from_config(cfg)
