@@ -26,8 +26,10 @@ library is loaded only for a broker in use. They need anyio's asyncio backend.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
+import typing
 import unicodedata
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, Final, Generic, Literal, Protocol, Self, TypeVar, runtime_checkable
@@ -49,6 +51,7 @@ __all__ = [
     "BrokerDelivery",
     "BrokerError",
     "BrokerPublisher",
+    "BrokerSettings",
     "BrokerSource",
     "ConfigReader",
     "Delivery",
@@ -428,24 +431,56 @@ ErrorTypes = tuple[type[BaseException], ...]
 T = TypeVar("T")
 
 
-class BrokerConfig(Protocol):
-    """The settings every network broker has (frozen dataclasses built ``from_mapping``)."""
+class BrokerSettings:
+    """Base of a broker's settings dataclass: one configuration key per field, read by its type.
 
-    @property
-    def url(self) -> str: ...
+    ``str`` fields are non-empty strings (``str | None``, or a ``str`` defaulting to ``""`` that
+    ``__post_init__`` fills in, are optional), ``int`` ones integers >= 1, ``float`` ones seconds
+    > 0 (or >= 0 with ``metadata={"allow_zero": True}``), ``bool`` ones booleans, and a field with
+    ``metadata={"choices": (...)}`` one of those. ``where`` labels the errors.
+    """
+
+    __slots__ = ()
+
+    where: ClassVar[str]
+    url: str
+
+    @classmethod
+    def from_mapping(cls, cfg: Any) -> Self:
+        """The settings of a configuration table; :class:`ConfigError` names a bad or unknown key."""
+        specs = dataclasses.fields(cls)  # type: ignore[arg-type]
+        hints = typing.get_type_hints(cls)
+        r = ConfigReader(cfg, where=cls.where, known=[f.name for f in specs])
+        values: dict[str, Any] = {}
+        for f in specs:
+            key, kind = f.name, hints[f.name]
+            default: Any = f.default
+            if "choices" in f.metadata:
+                values[key] = r.choice(key, default, f.metadata["choices"])
+            elif kind is bool:
+                values[key] = r.boolean(key, default)
+            elif kind is int:
+                values[key] = r.integer(key, default)
+            elif kind is float:
+                values[key] = r.seconds(key, default, allow_zero=f.metadata.get("allow_zero", False))
+            elif kind is str and default:
+                values[key] = r.text(key, default)
+            else:
+                values[key] = r.optional_text(key) or default
+        return cls(**values)
 
 
-ConfigT = TypeVar("ConfigT", bound=BrokerConfig)
+ConfigT = TypeVar("ConfigT", bound=BrokerSettings)
 
 
 class BrokerClient(OpenClose, Generic[ConfigT]):
     """A source or publisher of one broker: its settings, its label and a repr without secrets.
 
-    Subclasses set ``config_type`` (a settings dataclass with a ``from_mapping`` classmethod) and
-    implement ``name`` and ``_is_open``.
+    Subclasses set ``config_type`` (their :class:`BrokerSettings`) and implement ``name`` and
+    ``_is_open``.
     """
 
-    config_type: ClassVar[type[Any]]
+    config_type: ClassVar[type[Any]]  # type[ConfigT], which a ClassVar cannot spell
 
     def __init__(self, config: ConfigT | None = None) -> None:
         self.config: ConfigT = config if config is not None else self.config_type()

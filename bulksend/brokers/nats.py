@@ -61,7 +61,7 @@ import re
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 from urllib.parse import quote
 
 import anyio
@@ -86,8 +86,8 @@ from nats.js.client import JetStreamContext
 from bulksend.brokers.base import (
     BrokerError,
     BrokerPublisher,
+    BrokerSettings,
     BrokerSource,
-    ConfigReader,
     Delivery,
     PublishThenAck,
     connect_error,
@@ -132,17 +132,6 @@ _TOP_UP_EXPIRES_S: Final = 0.05
 # How long past a request's expiry to wait for the server's end-of-request status before
 # concluding the connection is in trouble (anything arriving later is kept for the next call).
 _STATUS_GRACE_S: Final = 2.0
-_KNOWN_KEYS: Final = (
-    "url",
-    "stream",
-    "subject",
-    "durable",
-    "dead_letter_subject",
-    "dead_letter_stream",
-    "max_ack_pending",
-    "ack_wait_s",
-    "connect_timeout_s",
-)
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -158,8 +147,10 @@ def subject_matches(pattern: str, subject: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class NatsSourceConfig:
+class NatsSourceConfig(BrokerSettings):
     """Settings of a :class:`NatsSource` (see the module docstring for each key)."""
+
+    where: ClassVar[str] = "job source (nats)"
 
     url: str = field(default="nats://127.0.0.1:4222", repr=False)
     stream: str = "BULKSEND_JOBS"
@@ -172,7 +163,7 @@ class NatsSourceConfig:
     connect_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
-        where = "job source (nats)"
+        where = self.where
         if not self.dead_letter_stream:
             object.__setattr__(self, "dead_letter_stream", f"{self.stream}_DLQ")
         for key in ("stream", "durable", "dead_letter_stream"):
@@ -193,22 +184,6 @@ class NatsSourceConfig:
             raise ConfigError(f"{where}: max_ack_pending must be >= 1")
         if self.ack_wait_s <= 0 or self.connect_timeout_s <= 0:
             raise ConfigError(f"{where}: ack_wait_s and connect_timeout_s must be > 0")
-
-    @classmethod
-    def from_mapping(cls, cfg: Any) -> NatsSourceConfig:
-        r = ConfigReader(cfg, where="job source (nats)", known=_KNOWN_KEYS)
-        d = cls()
-        return cls(
-            url=r.text("url", d.url),
-            stream=r.text("stream", d.stream),
-            subject=r.text("subject", d.subject),
-            durable=r.text("durable", d.durable),
-            dead_letter_subject=r.text("dead_letter_subject", d.dead_letter_subject),
-            dead_letter_stream=r.optional_text("dead_letter_stream") or "",
-            max_ack_pending=r.integer("max_ack_pending", d.max_ack_pending),
-            ack_wait_s=r.seconds("ack_wait_s", d.ack_wait_s),
-            connect_timeout_s=r.seconds("connect_timeout_s", d.connect_timeout_s),
-        )
 
 
 async def connect_nats(url: str, *, connect_timeout_s: float, name: str = "bulksend") -> NatsClient:
@@ -561,22 +536,14 @@ class NatsSource(BrokerSource[NatsSourceConfig]):
 
 
 @dataclass(frozen=True, slots=True)
-class NatsResultConfig:
+class NatsResultConfig(BrokerSettings):
     """Settings of a :class:`NatsResultPublisher`."""
+
+    where: ClassVar[str] = "results (nats)"
 
     url: str = field(default="nats://127.0.0.1:4222", repr=False)
     subject: str = "bulksend.results"
     connect_timeout_s: float = 5.0
-
-    @classmethod
-    def from_mapping(cls, cfg: Any) -> NatsResultConfig:
-        r = ConfigReader(cfg, where="results (nats)", known=("url", "subject", "connect_timeout_s"))
-        d = cls()
-        return cls(
-            url=r.text("url", d.url),
-            subject=r.text("subject", d.subject),
-            connect_timeout_s=r.seconds("connect_timeout_s", d.connect_timeout_s),
-        )
 
 
 class NatsResultPublisher(BrokerPublisher[NatsResultConfig]):

@@ -43,7 +43,7 @@ import contextlib
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import aio_pika
 import aio_pika.exceptions
@@ -60,8 +60,8 @@ from aio_pika.abc import (
 from bulksend.brokers.base import (
     BrokerError,
     BrokerPublisher,
+    BrokerSettings,
     BrokerSource,
-    ConfigReader,
     Delivery,
     PublishThenAck,
     connect_error,
@@ -84,31 +84,24 @@ HEADER_SOURCE_QUEUE: Final = "x-bulksend-source-queue"
 
 # Exceptions aio-pika/aiormq raise for a broker that is gone or refuses an operation.
 _AMQP_ERRORS: Final = (aiormq.exceptions.AMQPError, OSError, TimeoutError, RuntimeError)
-_KNOWN_KEYS: Final = (
-    "url",
-    "queue",
-    "dead_letter_exchange",
-    "dead_letter_queue",
-    "prefetch",
-    "queue_type",
-    "connect_timeout_s",
-)
 
 
 @dataclass(frozen=True, slots=True)
-class RabbitSourceConfig:
+class RabbitSourceConfig(BrokerSettings):
     """Settings of a :class:`RabbitSource` (see the module docstring for each key)."""
+
+    where: ClassVar[str] = "job source (rabbitmq)"
 
     url: str = field(default="amqp://guest:guest@127.0.0.1:5672/", repr=False)
     queue: str = "bulksend.jobs"
     dead_letter_exchange: str = "bulksend.dlx"
     dead_letter_queue: str = "bulksend.jobs.dlq"
     prefetch: int = 256
-    queue_type: str = "classic"
+    queue_type: str = field(default="classic", metadata={"choices": ("classic", "quorum")})
     connect_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
-        where = "job source (rabbitmq)"
+        where = self.where
         if self.queue == self.dead_letter_queue:
             raise ConfigError(f"{where}: queue and dead_letter_queue must differ")
         if self.queue_type not in ("classic", "quorum"):
@@ -117,20 +110,6 @@ class RabbitSourceConfig:
             raise ConfigError(f"{where}: prefetch must be 1..65535 (AMQP's limit)")
         if self.connect_timeout_s <= 0:
             raise ConfigError(f"{where}: connect_timeout_s must be > 0")
-
-    @classmethod
-    def from_mapping(cls, cfg: Any) -> RabbitSourceConfig:
-        r = ConfigReader(cfg, where="job source (rabbitmq)", known=_KNOWN_KEYS)
-        d = cls()
-        return cls(
-            url=r.text("url", d.url),
-            queue=r.text("queue", d.queue),
-            dead_letter_exchange=r.text("dead_letter_exchange", d.dead_letter_exchange),
-            dead_letter_queue=r.text("dead_letter_queue", d.dead_letter_queue),
-            prefetch=r.integer("prefetch", d.prefetch),
-            queue_type=r.choice("queue_type", d.queue_type, ("classic", "quorum")),
-            connect_timeout_s=r.seconds("connect_timeout_s", d.connect_timeout_s),
-        )
 
 
 async def connect_rabbit(url: str, *, connect_timeout_s: float) -> AbstractRobustConnection:
@@ -314,30 +293,16 @@ class RabbitSource(BrokerSource[RabbitSourceConfig]):
 
 
 @dataclass(frozen=True, slots=True)
-class RabbitResultConfig:
+class RabbitResultConfig(BrokerSettings):
     """Settings of a :class:`RabbitResultPublisher`."""
+
+    where: ClassVar[str] = "results (rabbitmq)"
 
     url: str = field(default="amqp://guest:guest@127.0.0.1:5672/", repr=False)
     queue: str = "bulksend.results"
     exchange: str | None = None
     routing_key: str | None = None
     connect_timeout_s: float = 5.0
-
-    @classmethod
-    def from_mapping(cls, cfg: Any) -> RabbitResultConfig:
-        r = ConfigReader(
-            cfg,
-            where="results (rabbitmq)",
-            known=("url", "queue", "exchange", "routing_key", "connect_timeout_s"),
-        )
-        d = cls()
-        return cls(
-            url=r.text("url", d.url),
-            queue=r.text("queue", d.queue),
-            exchange=r.optional_text("exchange"),
-            routing_key=r.optional_text("routing_key"),
-            connect_timeout_s=r.seconds("connect_timeout_s", d.connect_timeout_s),
-        )
 
 
 class RabbitResultPublisher(BrokerPublisher[RabbitResultConfig]):

@@ -67,7 +67,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import anyio
 import redis.asyncio as aioredis
@@ -80,8 +80,8 @@ from bulksend.brokers.base import (
     BrokerDelivery,
     BrokerError,
     BrokerPublisher,
+    BrokerSettings,
     BrokerSource,
-    ConfigReader,
     Delivery,
     connect_error,
     default_consumer_name,
@@ -100,20 +100,6 @@ __all__ = [
 log = structlog.get_logger("bulksend.brokers.redis")
 
 _REDIS_ERRORS: Final = (redis.exceptions.RedisError, OSError, TimeoutError)
-_KNOWN_KEYS: Final = (
-    "url",
-    "stream",
-    "group",
-    "consumer",
-    "dead_letter_stream",
-    "claim_idle_s",
-    "body_field",
-    "delete_on_ack",
-    "max_in_flight",
-    "dead_letter_maxlen",
-    "connect_timeout_s",
-    "forget_consumer_s",
-)
 
 # Deletes the group's consumers (other than ARGV[2]) idle for at least ARGV[3] ms and holding no
 # pending entry. One script, so nothing can be delivered to a consumer between check and delete.
@@ -133,24 +119,26 @@ return removed
 
 
 @dataclass(frozen=True, slots=True)
-class RedisStreamSourceConfig:
+class RedisStreamSourceConfig(BrokerSettings):
     """Settings of a :class:`RedisStreamSource` (see the module docstring for each key)."""
+
+    where: ClassVar[str] = "job source (redis)"
 
     url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     stream: str = "bulksend:jobs"
     group: str = "bulksend"
     consumer: str = ""
     dead_letter_stream: str = "bulksend:jobs:dlq"
-    claim_idle_s: float = 60.0
+    claim_idle_s: float = field(default=60.0, metadata={"allow_zero": True})
     body_field: str = "body"
     delete_on_ack: bool = True
     max_in_flight: int = 1000
     dead_letter_maxlen: int = 100_000
     connect_timeout_s: float = 5.0
-    forget_consumer_s: float = 600.0
+    forget_consumer_s: float = field(default=600.0, metadata={"allow_zero": True})
 
     def __post_init__(self) -> None:
-        where = "job source (redis)"
+        where = self.where
         if not self.consumer:
             object.__setattr__(self, "consumer", default_consumer_name())
         if self.stream == self.dead_letter_stream:
@@ -161,25 +149,6 @@ class RedisStreamSourceConfig:
             )
         if self.max_in_flight < 1 or self.dead_letter_maxlen < 1:
             raise ConfigError(f"{where}: max_in_flight and dead_letter_maxlen must be >= 1")
-
-    @classmethod
-    def from_mapping(cls, cfg: Any) -> RedisStreamSourceConfig:
-        r = ConfigReader(cfg, where="job source (redis)", known=_KNOWN_KEYS)
-        d = cls(consumer="-")
-        return cls(
-            url=r.text("url", d.url),
-            stream=r.text("stream", d.stream),
-            group=r.text("group", d.group),
-            consumer=r.optional_text("consumer") or "",
-            dead_letter_stream=r.text("dead_letter_stream", d.dead_letter_stream),
-            claim_idle_s=r.seconds("claim_idle_s", d.claim_idle_s, allow_zero=True),
-            body_field=r.text("body_field", d.body_field),
-            delete_on_ack=r.boolean("delete_on_ack", d.delete_on_ack),
-            max_in_flight=r.integer("max_in_flight", d.max_in_flight),
-            dead_letter_maxlen=r.integer("dead_letter_maxlen", d.dead_letter_maxlen),
-            connect_timeout_s=r.seconds("connect_timeout_s", d.connect_timeout_s),
-            forget_consumer_s=r.seconds("forget_consumer_s", d.forget_consumer_s, allow_zero=True),
-        )
 
 
 async def connect_redis(url: str, *, connect_timeout_s: float) -> aioredis.Redis:
@@ -440,28 +409,16 @@ class RedisStreamSource(BrokerSource[RedisStreamSourceConfig]):
 
 
 @dataclass(frozen=True, slots=True)
-class RedisResultConfig:
+class RedisResultConfig(BrokerSettings):
     """Settings of a :class:`RedisResultPublisher`."""
+
+    where: ClassVar[str] = "results (redis)"
 
     url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     stream: str = "bulksend:results"
     body_field: str = "body"
     maxlen: int = 1_000_000
     connect_timeout_s: float = 5.0
-
-    @classmethod
-    def from_mapping(cls, cfg: Any) -> RedisResultConfig:
-        r = ConfigReader(
-            cfg, where="results (redis)", known=("url", "stream", "body_field", "maxlen", "connect_timeout_s")
-        )
-        d = cls()
-        return cls(
-            url=r.text("url", d.url),
-            stream=r.text("stream", d.stream),
-            body_field=r.text("body_field", d.body_field),
-            maxlen=r.integer("maxlen", d.maxlen),
-            connect_timeout_s=r.seconds("connect_timeout_s", d.connect_timeout_s),
-        )
 
 
 class RedisResultPublisher(BrokerPublisher[RedisResultConfig]):
