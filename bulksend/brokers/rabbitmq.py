@@ -1,40 +1,8 @@
-"""Jobs from a RabbitMQ queue, with manual acks and a dead-letter exchange.
+"""RabbitMQ (``kind = "rabbitmq"``): jobs from a queue with a dead-letter exchange, outcomes to a queue.
 
-Configuration (``kind = "rabbitmq"``):
-
-=========================  ======================================  ===================================
-key                        default                                 meaning
-=========================  ======================================  ===================================
-``url``                    ``amqp://guest:guest@127.0.0.1:5672/``  broker URL (``amqps://`` for TLS);
-                                                                   the password is never logged
-``queue``                  ``bulksend.jobs``                       durable queue of jobs
-``dead_letter_exchange``   ``bulksend.dlx``                        direct exchange for refused jobs
-``dead_letter_queue``      ``bulksend.jobs.dlq``                   durable queue bound to it
-``prefetch``               ``256``                                 most unacknowledged jobs this
-                                                                   process holds (``basic.qos``)
-``queue_type``             ``classic``                             ``classic`` or ``quorum``
-                                                                   (replicated; for clusters)
-``connect_timeout_s``      ``5``                                   timeout of the first connection
-=========================  ======================================  ===================================
-
-On :meth:`RabbitSource.open` (all idempotent): the dead-letter exchange (direct, durable), the
-dead-letter queue bound to it with the job queue's name as routing key, and the job queue with
-``x-dead-letter-exchange`` / ``x-dead-letter-routing-key`` pointing there, so that messages the
-broker itself dead-letters (rejected, expired, over a length limit) land in the same place. A
-queue that already exists with other arguments is refused by the broker; the error says so.
-
-The connection is robust (aio-pika reconnects and restores the channel, its QoS and the
-consumer). The broker pushes at most ``prefetch`` unacknowledged jobs; they wait in a buffer of
-that size and ``receive(n, timeout_s)`` hands out at most ``n`` of them. Jobs still in the buffer
-when a connection drops were requeued by the broker and are skipped here.
-
-Settling: ``ack`` is ``basic.ack``; ``release`` is ``basic.nack`` with requeue (redelivered with
-``redelivered`` set); ``dead_letter`` publishes the body, with its original properties and
-headers plus ``x-bulksend-reason`` and ``x-bulksend-source-queue``, to the dead-letter exchange
-with publisher confirms (and ``mandatory``, so an unbound dead-letter queue is an error, not a
-silent drop), then acks the original. Closing the connection requeues whatever is unacked.
-
-``message_id`` is the delivery tag (per channel); ``lag()`` is the queue's count of ready jobs.
+:class:`RabbitSource` reads jobs with manual acks, :class:`RabbitResultPublisher` publishes
+outcomes with confirms and :func:`connect_rabbit` connects; their docstrings list every
+configuration key.
 """
 
 from __future__ import annotations
@@ -88,7 +56,7 @@ _AMQP_ERRORS: Final = (aiormq.exceptions.AMQPError, OSError, TimeoutError, Runti
 
 @dataclass(frozen=True, slots=True)
 class RabbitSourceConfig(BrokerSettings):
-    """Settings of a :class:`RabbitSource` (see the module docstring for each key)."""
+    """Settings of a :class:`RabbitSource` (its docstring describes each key)."""
 
     where: ClassVar[str] = "job source (rabbitmq)"
 
@@ -169,7 +137,44 @@ class RabbitDelivery(PublishThenAck):
 
 
 class RabbitSource(BrokerSource[RabbitSourceConfig]):
-    """A :class:`~bulksend.brokers.base.JobSource` over a RabbitMQ queue."""
+    """A :class:`~bulksend.brokers.base.JobSource` over a RabbitMQ queue.
+
+    Configuration (``kind = "rabbitmq"``):
+
+    =========================  ======================================  ===================================
+    key                        default                                 meaning
+    =========================  ======================================  ===================================
+    ``url``                    ``amqp://guest:guest@127.0.0.1:5672/``  broker URL (``amqps://`` for TLS);
+                                                                       the password is never logged
+    ``queue``                  ``bulksend.jobs``                       durable queue of jobs
+    ``dead_letter_exchange``   ``bulksend.dlx``                        direct exchange for refused jobs
+    ``dead_letter_queue``      ``bulksend.jobs.dlq``                   durable queue bound to it
+    ``prefetch``               ``256``                                 most unacknowledged jobs this
+                                                                       process holds (``basic.qos``)
+    ``queue_type``             ``classic``                             ``classic`` or ``quorum``
+                                                                       (replicated; for clusters)
+    ``connect_timeout_s``      ``5``                                   timeout of the first connection
+    =========================  ======================================  ===================================
+
+    On :meth:`RabbitSource.open` (all idempotent): the dead-letter exchange (direct, durable), the
+    dead-letter queue bound to it with the job queue's name as routing key, and the job queue with
+    ``x-dead-letter-exchange`` / ``x-dead-letter-routing-key`` pointing there, so that messages the
+    broker itself dead-letters (rejected, expired, over a length limit) land in the same place. A
+    queue that already exists with other arguments is refused by the broker; the error says so.
+
+    The connection is robust (aio-pika reconnects and restores the channel, its QoS and the
+    consumer). The broker pushes at most ``prefetch`` unacknowledged jobs; they wait in a buffer of
+    that size and ``receive(n, timeout_s)`` hands out at most ``n`` of them. Jobs still in the buffer
+    when a connection drops were requeued by the broker and are skipped here.
+
+    Settling: ``ack`` is ``basic.ack``; ``release`` is ``basic.nack`` with requeue (redelivered with
+    ``redelivered`` set); ``dead_letter`` publishes the body, with its original properties and
+    headers plus ``x-bulksend-reason`` and ``x-bulksend-source-queue``, to the dead-letter exchange
+    with publisher confirms (and ``mandatory``, so an unbound dead-letter queue is an error, not a
+    silent drop), then acks the original. Closing the connection requeues whatever is unacked.
+
+    ``message_id`` is the delivery tag (per channel); ``lag()`` is the queue's count of ready jobs.
+    """
 
     config_type = RabbitSourceConfig
 

@@ -1,66 +1,7 @@
-"""Jobs from a Redis stream, read through a consumer group.
+"""Redis Streams (``kind = "redis"``): jobs through a consumer group, outcomes added to a stream.
 
-Producers add one entry per job with the job JSON in one field::
-
-    XADD bulksend:jobs * body '{"version": 1, ...}'
-
-Configuration (``kind = "redis"``):
-
-======================  ==========================  =============================================
-key                     default                     meaning
-======================  ==========================  =============================================
-``url``                 ``redis://127.0.0.1:6379/0`` server URL (``rediss://`` for TLS); the
-                                                    password is never logged
-``stream``              ``bulksend:jobs``           stream of jobs
-``group``               ``bulksend``                consumer group shared by every bulksend process
-``consumer``            ``<hostname>-<pid>``        this process's consumer name in the group
-``dead_letter_stream``  ``bulksend:jobs:dlq``       stream refused jobs are added to
-``claim_idle_s``        ``60``                      a job delivered to a consumer and left
-                                                    unacknowledged this long is taken over (from a
-                                                    crashed process, or after a release)
-``body_field``          ``body``                    entry field holding the job JSON
-``delete_on_ack``       ``true``                    XDEL each job once acked or dead-lettered
-``max_in_flight``       ``1000``                    most unsettled jobs this process holds
-``dead_letter_maxlen``  ``100000``                  the dead-letter stream is trimmed to about
-                                                    this many entries (``MAXLEN ~``)
-``connect_timeout_s``   ``5``                       timeout to connect
-``forget_consumer_s``   ``600``                     another consumer of the group idle this long
-                                                    and holding no pending entry is deleted from
-                                                    the group (a process that died)
-======================  ==========================  =============================================
-
-On :meth:`RedisStreamSource.open`: ``XGROUP CREATE <stream> <group> 0 MKSTREAM`` (an existing group
-is fine), so jobs added before the group existed are delivered too.
-
-Receiving: ``receive(n, timeout_s)`` first takes over (``XAUTOCLAIM``) jobs that have been pending on
-some consumer for more than ``claim_idle_s`` — they come with ``redelivered=True`` — then reads new
-ones with ``XREADGROUP ... COUNT <rest> BLOCK <timeout>`` (not blocking when it already has some).
-Redis has no server-side bound on unacknowledged entries, so ``max_in_flight`` bounds them here.
-Claiming keeps a cursor, so a long pending list is scanned a piece per call.
-
-Settling: ``ack`` is ``XACK`` (plus ``XDEL`` with ``delete_on_ack``, in one MULTI/EXEC);
-``dead_letter`` is ``XADD`` to the dead-letter stream of ``{body, reason, source_stream, source_id,
-consumer}`` together with the ``XACK``/``XDEL``, atomically in one MULTI/EXEC. ``release`` sends
-nothing: the entry stays pending and is claimed again (by this or another process) once idle for
-``claim_idle_s``. Redis streams have no "give back now"; a short ``claim_idle_s`` makes releases
-come back sooner, at the price of taking over jobs from consumers that are merely slow.
-
-``delete_on_ack`` keeps memory bounded (Redis holds streams in RAM) and makes the stream a work
-queue. Turn it off when other consumer groups read the same stream, and trim it otherwise
-(``XADD ... MAXLEN ~`` by the producers, or ``XTRIM``).
-
-On close, this consumer is removed from the group if it holds no pending entries (so per-process
-names do not pile up); otherwise it stays, and its pending jobs are claimed by others later.
-A process that died (``kill -9``) cannot remove itself: once its entries have been claimed
-(``XAUTOCLAIM``, above) it holds none, and the next receive after it has been idle for
-``forget_consumer_s`` deletes it (``XGROUP DELCONSUMER``). The check and the delete run in one
-Lua script, so a consumer that reads an entry in between is never deleted with it (deleting a
-consumer drops its pending entries). The sweep runs at most every ``forget_consumer_s / 4``
-seconds (at least 1 s apart), and logs ``redis.consumers_forgotten``.
-
-An entry without ``body_field`` arrives with an empty body, which :func:`bulksend.jobs.parse_job`
-refuses ("empty message"), so it is dead-lettered like any bad job. ``message_id`` is the entry
-id; ``lag()`` is the group's count of entries not yet delivered (Redis 7's ``lag``).
+:class:`RedisStreamSource` reads jobs, :class:`RedisResultPublisher` adds outcomes and
+:func:`connect_redis` connects; their docstrings list every configuration key.
 """
 
 from __future__ import annotations
@@ -120,7 +61,7 @@ return removed
 
 @dataclass(frozen=True, slots=True)
 class RedisStreamSourceConfig(BrokerSettings):
-    """Settings of a :class:`RedisStreamSource` (see the module docstring for each key)."""
+    """Settings of a :class:`RedisStreamSource` (its docstring describes each key)."""
 
     where: ClassVar[str] = "job source (redis)"
 
@@ -217,12 +158,75 @@ class RedisStreamDelivery(BrokerDelivery):
 
     async def _release(self) -> None:
         # Nothing to send: the entry stays pending and XAUTOCLAIM hands it out again once it has
-        # been idle for claim_idle_s (see the module docstring).
+        # been idle for claim_idle_s (see :class:`RedisStreamSource`).
         self._owner._require(self._owner._client)
 
 
 class RedisStreamSource(BrokerSource[RedisStreamSourceConfig]):
-    """A :class:`~bulksend.brokers.base.JobSource` over a Redis stream and consumer group."""
+    """A :class:`~bulksend.brokers.base.JobSource` over a Redis stream and consumer group.
+
+    Producers add one entry per job with the job JSON in one field::
+
+        XADD bulksend:jobs * body '{"version": 1, ...}'
+
+    Configuration (``kind = "redis"``):
+
+    ======================  ==========================  =============================================
+    key                     default                     meaning
+    ======================  ==========================  =============================================
+    ``url``                 ``redis://127.0.0.1:6379/0`` server URL (``rediss://`` for TLS); the
+                                                        password is never logged
+    ``stream``              ``bulksend:jobs``           stream of jobs
+    ``group``               ``bulksend``                consumer group shared by every bulksend process
+    ``consumer``            ``<hostname>-<pid>``        this process's consumer name in the group
+    ``dead_letter_stream``  ``bulksend:jobs:dlq``       stream refused jobs are added to
+    ``claim_idle_s``        ``60``                      a job delivered to a consumer and left
+                                                        unacknowledged this long is taken over (from a
+                                                        crashed process, or after a release)
+    ``body_field``          ``body``                    entry field holding the job JSON
+    ``delete_on_ack``       ``true``                    XDEL each job once acked or dead-lettered
+    ``max_in_flight``       ``1000``                    most unsettled jobs this process holds
+    ``dead_letter_maxlen``  ``100000``                  the dead-letter stream is trimmed to about
+                                                        this many entries (``MAXLEN ~``)
+    ``connect_timeout_s``   ``5``                       timeout to connect
+    ``forget_consumer_s``   ``600``                     another consumer of the group idle this long
+                                                        and holding no pending entry is deleted from
+                                                        the group (a process that died)
+    ======================  ==========================  =============================================
+
+    On :meth:`RedisStreamSource.open`: ``XGROUP CREATE <stream> <group> 0 MKSTREAM`` (an existing group
+    is fine), so jobs added before the group existed are delivered too.
+
+    Receiving: ``receive(n, timeout_s)`` first takes over (``XAUTOCLAIM``) jobs that have been pending on
+    some consumer for more than ``claim_idle_s`` — they come with ``redelivered=True`` — then reads new
+    ones with ``XREADGROUP ... COUNT <rest> BLOCK <timeout>`` (not blocking when it already has some).
+    Redis has no server-side bound on unacknowledged entries, so ``max_in_flight`` bounds them here.
+    Claiming keeps a cursor, so a long pending list is scanned a piece per call.
+
+    Settling: ``ack`` is ``XACK`` (plus ``XDEL`` with ``delete_on_ack``, in one MULTI/EXEC);
+    ``dead_letter`` is ``XADD`` to the dead-letter stream of ``{body, reason, source_stream, source_id,
+    consumer}`` together with the ``XACK``/``XDEL``, atomically in one MULTI/EXEC. ``release`` sends
+    nothing: the entry stays pending and is claimed again (by this or another process) once idle for
+    ``claim_idle_s``. Redis streams have no "give back now"; a short ``claim_idle_s`` makes releases
+    come back sooner, at the price of taking over jobs from consumers that are merely slow.
+
+    ``delete_on_ack`` keeps memory bounded (Redis holds streams in RAM) and makes the stream a work
+    queue. Turn it off when other consumer groups read the same stream, and trim it otherwise
+    (``XADD ... MAXLEN ~`` by the producers, or ``XTRIM``).
+
+    On close, this consumer is removed from the group if it holds no pending entries (so per-process
+    names do not pile up); otherwise it stays, and its pending jobs are claimed by others later.
+    A process that died (``kill -9``) cannot remove itself: once its entries have been claimed
+    (``XAUTOCLAIM``, above) it holds none, and the next receive after it has been idle for
+    ``forget_consumer_s`` deletes it (``XGROUP DELCONSUMER``). The check and the delete run in one
+    Lua script, so a consumer that reads an entry in between is never deleted with it (deleting a
+    consumer drops its pending entries). The sweep runs at most every ``forget_consumer_s / 4``
+    seconds (at least 1 s apart), and logs ``redis.consumers_forgotten``.
+
+    An entry without ``body_field`` arrives with an empty body, which :func:`bulksend.jobs.parse_job`
+    refuses ("empty message"), so it is dead-lettered like any bad job. ``message_id`` is the entry
+    id; ``lag()`` is the group's count of entries not yet delivered (Redis 7's ``lag``).
+    """
 
     config_type = RedisStreamSourceConfig
 
