@@ -21,11 +21,11 @@ from typing import Any
 import anyio
 import orjson
 
+from bulksend.brokers.memory import MemoryQueue, MemorySource
 from bulksend.daemon.config import load_daemon_config
 from bulksend.daemon.service import Daemon
 from bulksend.sandbox import Sandbox, SandboxConfig
 from bulksend.secret import Secret
-from bulksend.sources.base import MemoryQueue, MemorySource
 from bulksend.store.sqlite import SqliteStore
 from bulksend.tem.config import TemSettings
 

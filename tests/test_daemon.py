@@ -19,6 +19,8 @@ import orjson
 import pytest
 import structlog
 
+from bulksend.brokers.base import Delivery, Settlement
+from bulksend.brokers.memory import MemoryQueue, MemoryResultPublisher, MemorySource
 from bulksend.daemon.config import DaemonConfig, load_daemon_config
 from bulksend.daemon.jobs import job_campaign_id, job_row
 from bulksend.daemon.service import Daemon
@@ -26,8 +28,6 @@ from bulksend.errors import ConfigError, StoreError
 from bulksend.sandbox import Sandbox
 from bulksend.secret import Secret
 from bulksend.sinks.outcomes import OUTCOME_FIELDS
-from bulksend.sinks.results import MemoryResultPublisher
-from bulksend.sources.base import Delivery, MemoryQueue, MemorySource, Settlement
 from bulksend.store.base import AdmitResult, CampaignState, NewRecipient
 from bulksend.store.sqlite import SqliteStore
 from bulksend.tem.config import TemSettings

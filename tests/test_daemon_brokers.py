@@ -26,11 +26,11 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 
+from bulksend.brokers.nats import HEADER_REASON as NATS_REASON
+from bulksend.brokers.rabbitmq import HEADER_REASON as RABBIT_REASON
 from bulksend.daemon.config import load_daemon_config
 from bulksend.daemon.service import Daemon
 from bulksend.sandbox import Sandbox
-from bulksend.sources.nats import HEADER_REASON as NATS_REASON
-from bulksend.sources.rabbitmq import HEADER_REASON as RABBIT_REASON
 from tests.conftest import settings_for
 from tests.test_daemon import (
     DaemonWatch,

@@ -20,6 +20,8 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from bulksend.brokers.base import Delivery, clean_reason
+from bulksend.brokers.memory import MemorySource
 from bulksend.daemon.config import load_daemon_config
 from bulksend.daemon.jobs import JobIntake, JobTemplate, compile_template, job_campaign_id, job_row
 from bulksend.daemon.service import Daemon
@@ -28,7 +30,6 @@ from bulksend.metrics import Metrics
 from bulksend.pipeline.dispatch import SendItem
 from bulksend.render import Rejection, RenderedEmail, Renderer
 from bulksend.sandbox import Sandbox, SandboxConfig
-from bulksend.sources.base import Delivery, MemorySource, clean_reason
 from bulksend.store.base import AdmitResult, NewRecipient, RecipientRow, RowState
 from bulksend.store.memory import MemoryStore
 from tests.conftest import PROJECT, SECRET, settings_for

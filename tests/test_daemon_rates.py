@@ -14,11 +14,11 @@ import aiohttp
 import anyio
 import pytest
 
+from bulksend.brokers.memory import MemoryQueue
 from bulksend.daemon.config import load_daemon_config
 from bulksend.errors import ConfigError
 from bulksend.pipeline.nested import NestedLimiter
 from bulksend.sandbox import Sandbox
-from bulksend.sources.base import MemoryQueue
 from tests.test_daemon import RecordingSource, job, make_daemon, running, write_config
 from tests.test_daemon_admin import CAMPAIGN, admin_daemon, is_over, recipients_csv
 

@@ -13,20 +13,19 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from bulksend.errors import BulksendError, ConfigError
-from bulksend.jobs import MAX_JOB_BYTES, MAX_VARIABLE_DEPTH, JobError, SendJob, parse_job
-from bulksend.sinks.results import MemoryResultPublisher, encode_outcome, publisher_from_config
-from bulksend.sources.base import (
+from bulksend.brokers import publisher_from_config, source_from_config
+from bulksend.brokers.base import (
     BrokerError,
     Delivery,
     JobSource,
-    MemoryQueue,
-    MemorySource,
     ResultPublisher,
     clean_reason,
+    encode_outcome,
     redact_url,
-    source_from_config,
 )
+from bulksend.brokers.memory import MemoryQueue, MemoryResultPublisher, MemorySource
+from bulksend.errors import BulksendError, ConfigError
+from bulksend.jobs import MAX_JOB_BYTES, MAX_VARIABLE_DEPTH, JobError, SendJob, parse_job
 from bulksend.tem.models import format_rfc3339
 from tests.strategies import deep_nesting, extreme_times, json_values, odd_text, to_wire
 

@@ -33,6 +33,7 @@ import orjson
 import structlog
 from anyio.abc import ObjectSendStream
 
+from bulksend.brokers.base import Delivery, JobSource
 from bulksend.campaign import Campaign, campaign_from_dict
 from bulksend.errors import BulksendError, CampaignError, StoreError
 from bulksend.jobs import JobError, SendJob, parse_job
@@ -42,7 +43,6 @@ from bulksend.pipeline.stats import OutcomeHook
 from bulksend.pipeline.tracker import Tracker
 from bulksend.render import Rejection, Renderer, RenderPacer
 from bulksend.settings import SendingSettings, TrackingSettings
-from bulksend.sources.base import Delivery, JobSource
 from bulksend.store.base import AdmitResult, NewRecipient, RecipientRow, RowState, Store
 from bulksend.tem.models import Email, format_rfc3339
 

@@ -53,6 +53,8 @@ from bulksend.admin.control import (
     spooled_name,
     write_private,
 )
+from bulksend.brokers import publisher_from_config, source_from_config
+from bulksend.brokers.base import JobSource, ResultPublisher
 from bulksend.campaign import Campaign, FileAccess, campaign_from_dict, check_campaign_id
 from bulksend.daemon.cancel import settle_canceled
 from bulksend.daemon.config import DaemonConfig
@@ -86,8 +88,6 @@ from bulksend.pipeline.tracker import Tracker
 from bulksend.render import Rejection
 from bulksend.send import account_limiter
 from bulksend.sinks.outcomes import outcome_lines
-from bulksend.sinks.results import publisher_from_config
-from bulksend.sources.base import JobSource, ResultPublisher, source_from_config
 from bulksend.store import open_store
 from bulksend.store.base import AdmitResult, CampaignRecord, CampaignState, NewRecipient, RowState, Store
 from bulksend.tem.client import TemClient

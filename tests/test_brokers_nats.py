@@ -1,90 +1,66 @@
-"""NATS JetStream job source and result publisher, against the local nats-server (127.0.0.1:4222)."""
+"""NATS JetStream job source and result publisher, against the local nats-server (127.0.0.1:4222).
+
+What only this broker does; the contract all sources keep is in test_broker_contract.py.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 from urllib.parse import unquote
 
 import nats
 import nats.js.errors
 import orjson
 import pytest
-from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamConfig
 from nats.js.client import JetStreamContext
 
-from bulksend.errors import ConfigError
-from bulksend.sinks.results import NatsResultConfig, NatsResultPublisher, publisher_from_config
-from bulksend.sources.base import BrokerError, JobSource, source_from_config
-from bulksend.sources.nats import (
+from bulksend.brokers import publisher_from_config, source_from_config
+from bulksend.brokers.nats import (
     HEADER_ORIGINAL_SEQUENCE,
     HEADER_ORIGINAL_STREAM,
     HEADER_ORIGINAL_SUBJECT,
     HEADER_REASON,
+    NatsResultConfig,
+    NatsResultPublisher,
     NatsSource,
     NatsSourceConfig,
     subject_matches,
 )
-
-URL = "nats://127.0.0.1:4222"
+from bulksend.errors import ConfigError
+from tests.brokers import NATS_URL, NatsHarness
 
 SourceFactory = Callable[..., Awaitable[NatsSource]]
 
 
 @pytest.fixture
-def names() -> dict[str, str]:
-    """Stream and subject names unique to one test."""
-    uid = uuid.uuid4().hex[:12]
-    return {
-        "stream": f"TJOBS_{uid}",
-        "subject": f"test.{uid}.jobs",
-        "dead_letter_subject": f"test.{uid}.dlq",
-        "durable": "bulksend",
-    }
+async def harness() -> AsyncIterator[NatsHarness]:
+    """A JetStream stream and subject on names unique to one test, cleaned up afterwards."""
+    async with NatsHarness() as h:
+        yield h
 
 
 @pytest.fixture
-async def admin(names: dict[str, str]) -> AsyncIterator[JetStreamContext]:
-    """A separate JetStream connection for publishing and inspecting; deletes the test's streams."""
-    nc: NatsClient = await nats.connect(URL)
-    js = nc.jetstream()
-    yield js
-    for stream in (names["stream"], f"{names['stream']}_DLQ"):
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await js.delete_stream(stream)
-    await nc.close()
+def names(harness: NatsHarness) -> dict[str, str]:
+    return harness.names
 
 
 @pytest.fixture
-async def make_source(names: dict[str, str], admin: JetStreamContext) -> AsyncIterator[SourceFactory]:
-    """Open NatsSources on the test's stream; closes whatever is still open at the end."""
-    opened: list[NatsSource] = []
-
-    async def make(**overrides: Any) -> NatsSource:
-        source = NatsSource.from_config({"kind": "nats", "url": URL, **names, **overrides})
-        await source.open()
-        opened.append(source)
-        return source
-
-    yield make
-    for source in opened:
-        await source.close()
+def admin(harness: NatsHarness) -> JetStreamContext:
+    return harness.admin
 
 
-async def publish(js: JetStreamContext, subject: str, count: int) -> None:
-    for i in range(count):
-        await js.publish(subject, orjson.dumps({"n": i}))
+@pytest.fixture
+def make_source(harness: NatsHarness) -> SourceFactory:
+    return harness.make_source
 
 
 async def test_receive_never_returns_more_than_asked(
-    make_source: SourceFactory, admin: JetStreamContext, names: dict[str, str]
+    make_source: SourceFactory, admin: JetStreamContext, names: dict[str, str], harness: NatsHarness
 ) -> None:
     """With 100 jobs waiting, receive(3) hands out exactly 3 and the other 97 stay on the server."""
     source = await make_source()
-    await publish(admin, names["subject"], 100)
+    await harness.publish(100)
     got = await source.receive(3, timeout_s=5)
     assert [orjson.loads(d.body)["n"] for d in got] == [0, 1, 2]
     assert await source.lag() == 97
@@ -97,67 +73,8 @@ async def test_receive_never_returns_more_than_asked(
     assert not any(d.redelivered for d in got + rest)
 
 
-async def test_max_ack_pending_bounds_unacked_jobs(
-    make_source: SourceFactory, admin: JetStreamContext, names: dict[str, str]
-) -> None:
-    """At max_ack_pending unacked jobs the server sends nothing more until one is acked."""
-    source = await make_source(max_ack_pending=4)
-    await publish(admin, names["subject"], 10)
-    held = await source.receive(10, timeout_s=5)
-    assert len(held) == 4
-    assert await source.receive(10, timeout_s=0.3) == []
-    await held[0].ack()
-    more = await source.receive(10, timeout_s=5)
-    assert len(more) == 1
-    assert await source.lag() == 5
 
 
-async def test_acked_job_is_gone_and_not_redelivered(
-    make_source: SourceFactory, admin: JetStreamContext, names: dict[str, str]
-) -> None:
-    """An acked job leaves the work-queue stream and a new consumer process does not see it again."""
-    source = await make_source(ack_wait_s=0.3)
-    await publish(admin, names["subject"], 1)
-    [delivery] = await source.receive(10, timeout_s=5)
-    await delivery.ack()
-    assert delivery.settled == "acked"
-    await source.close()
-    again = await make_source(ack_wait_s=0.3)
-    # Longer than ack_wait: an unacked job would have come back within this wait.
-    assert await again.receive(10, timeout_s=0.6) == []
-    assert (await admin.stream_info(names["stream"])).state.messages == 0
-
-
-async def test_job_of_a_dead_consumer_is_redelivered(
-    make_source: SourceFactory, admin: JetStreamContext, names: dict[str, str]
-) -> None:
-    """A job held unacked by a consumer that goes away comes back to another one after ack_wait."""
-    first = await make_source(ack_wait_s=0.5)
-    await publish(admin, names["subject"], 1)
-    [lost] = await first.receive(1, timeout_s=5)
-    assert lost.redelivered is False
-    await first.close()  # gone without acking, as if the process had crashed
-    second = await make_source(ack_wait_s=0.5)
-    # The server holds this pull request open until ack_wait expires and redelivers the job.
-    [again] = await second.receive(1, timeout_s=5)
-    assert again.redelivered is True
-    assert again.message_id == lost.message_id
-    assert again.body == lost.body
-
-
-async def test_release_redelivers_at_once(
-    make_source: SourceFactory, admin: JetStreamContext, names: dict[str, str]
-) -> None:
-    """A released job is redelivered straight away (NAK), marked redelivered."""
-    source = await make_source()
-    await publish(admin, names["subject"], 1)
-    [delivery] = await source.receive(1, timeout_s=5)
-    await delivery.release()
-    await delivery.ack()  # already settled: ignored
-    assert delivery.settled == "released"
-    [again] = await source.receive(1, timeout_s=5)
-    assert again.redelivered is True
-    assert again.message_id == delivery.message_id
 
 
 async def test_dead_letter_carries_reason_and_removes_original(
@@ -182,22 +99,6 @@ async def test_dead_letter_carries_reason_and_removes_original(
     assert (await admin.stream_info(names["stream"])).state.messages == 0
     assert await source.receive(1, timeout_s=0.2) == []
 
-
-async def test_healthy_and_lag_follow_the_connection(
-    make_source: SourceFactory, admin: JetStreamContext, names: dict[str, str]
-) -> None:
-    """healthy() is True while connected and False after close; lag() counts jobs not yet delivered."""
-    source = await make_source()
-    assert isinstance(source, JobSource)
-    assert await source.healthy() is True
-    assert await source.lag() == 0
-    await publish(admin, names["subject"], 7)
-    assert await source.lag() == 7
-    await source.close()
-    assert await source.healthy() is False
-    assert await source.lag() is None
-    with pytest.raises(BrokerError, match="not open"):
-        await source.receive(1, timeout_s=0)
 
 
 async def test_open_is_idempotent_and_updates_consumer_limits(
@@ -247,15 +148,6 @@ def test_subject_matching_follows_nats_wildcards() -> None:
     assert not subject_matches("a.>", "a")
 
 
-async def test_unreachable_server_fails_fast_without_password() -> None:
-    """Opening against a closed port raises BrokerError whose text hides the URL's password."""
-    source = NatsSource.from_config(
-        {"kind": "nats", "url": "nats://u:s3cr3tpw@127.0.0.1:1", "connect_timeout_s": 1}
-    )
-    with pytest.raises(BrokerError) as info:
-        await source.open()
-    assert "s3cr3tpw" not in str(info.value)
-
 
 async def test_result_publisher_uses_jetstream_when_a_stream_captures_the_subject(
     admin: JetStreamContext, names: dict[str, str]
@@ -263,7 +155,7 @@ async def test_result_publisher_uses_jetstream_when_a_stream_captures_the_subjec
     """Outcomes published to a subject inside a stream are stored there as JSON."""
     subject = names["subject"].replace(".jobs", ".results")
     await admin.add_stream(StreamConfig(name=names["stream"], subjects=[subject]))
-    publisher = publisher_from_config({"kind": "nats", "url": URL, "subject": subject})
+    publisher = publisher_from_config({"kind": "nats", "url": NATS_URL, "subject": subject})
     assert isinstance(publisher, NatsResultPublisher)
     async with publisher:
         assert publisher.uses_jetstream
@@ -277,11 +169,11 @@ async def test_result_publisher_uses_jetstream_when_a_stream_captures_the_subjec
 async def test_result_publisher_without_stream_reaches_subscribers(names: dict[str, str]) -> None:
     """Without a stream, outcomes are plain NATS messages that a live subscriber receives."""
     subject = names["subject"].replace(".jobs", ".plain")
-    listener = await nats.connect(URL)
+    listener = await nats.connect(NATS_URL)
     try:
         sub = await listener.subscribe(subject)
         await listener.flush()
-        async with NatsResultPublisher(NatsResultConfig(url=URL, subject=subject)) as publisher:
+        async with NatsResultPublisher(NatsResultConfig(url=NATS_URL, subject=subject)) as publisher:
             assert not publisher.uses_jetstream
             await publisher.publish({"status": "failed", "flags": ["hard_bounce"]})
         msg = await sub.next_msg(timeout=5)

@@ -1,65 +1,18 @@
-"""Jobs from a NATS JetStream stream, through a durable pull consumer.
+"""NATS JetStream (``kind = "nats"``): jobs from a durable pull consumer, outcomes to a subject.
 
-Configuration (``kind = "nats"``):
-
-=======================  =========================  ===============================================
-key                      default                    meaning
-=======================  =========================  ===============================================
-``url``                  ``nats://127.0.0.1:4222``  server URL; credentials may be inline
-                                                    (``nats://user:password@host:4222``) and are
-                                                    never logged
-``stream``               ``BULKSEND_JOBS``          stream holding the jobs; created if missing
-``subject``              ``bulksend.jobs``          subject jobs are published to (the consumer's
-                                                    filter; wildcards allowed)
-``durable``              ``bulksend``               durable consumer name, shared by every bulksend
-                                                    process reading this stream
-``dead_letter_subject``  ``bulksend.jobs.dlq``      where refused jobs are published
-``dead_letter_stream``   ``<stream>_DLQ``           stream created for the dead-letter subject when
-                                                    no stream captures it yet
-``max_ack_pending``      ``1000``                   most unacknowledged jobs the consumer may hold,
-                                                    across all processes
-``ack_wait_s``           ``60``                     an unacknowledged job is redelivered after this
-``connect_timeout_s``    ``5``                      timeout of one connection attempt
-=======================  =========================  ===============================================
-
-On :meth:`NatsSource.open`:
-
-- if no stream captures ``subject``, the stream ``stream`` is created (file storage, work-queue
-  retention: a job leaves the stream when it is acked). If another stream already captures it,
-  that is a configuration error (name that stream in ``stream``). An existing stream is never
-  modified;
-- if no stream captures ``dead_letter_subject``, ``dead_letter_stream`` is created for it (file
-  storage, limits retention: dead letters stay until someone removes them). The consumer's filter
-  must not match ``dead_letter_subject``, or dead letters would come back as jobs;
-- the durable pull consumer is created, or updated with the configured ``max_ack_pending`` and
-  ``ack_wait_s``: explicit acks, delivering everything in the stream.
-
-Receiving: ``receive(n, timeout_s)`` asks the server for one job, waiting at most ``timeout_s``,
-then for at most ``n - 1`` more that are already waiting (the first job's metadata says how many),
-waiting at most 50 ms for those. Each pull request is followed to its end (its batch, or the server's "no
-messages"/"timeout" status for that request), so no request outlives the call and no job is
-pushed to this process that it did not ask for. ``max_ack_pending`` bounds what all consumers
-hold unacknowledged: at the bound, the server sends nothing until acks free room.
-
-Settling: ``ack`` is a plain JetStream ack (no round trip; a lost ack means one redelivery, which
-the daemon's idempotency-key check absorbs); ``release`` is a NAK (redelivered at once);
-``dead_letter`` publishes the body to ``dead_letter_subject`` and waits for JetStream's
-confirmation, then acks the original. The dead letter carries the headers
-``Bulksend-Dead-Letter-Reason`` (printable ASCII as is, anything else percent-encoded as UTF-8:
-``urllib.parse.unquote`` gives the text back), ``Bulksend-Original-Subject``, ``Bulksend-Original-Stream``,
-``Bulksend-Original-Sequence`` and ``Bulksend-Delivery-Count``, plus the original message's own
-headers (except ``Nats-*`` ones, so the dead-letter stream never drops one as a duplicate).
-
-``redelivered`` is true when JetStream's delivery count is above 1; ``message_id`` is the stream
-sequence; ``lag()`` is the consumer's count of jobs not yet delivered.
+:class:`NatsSource` reads jobs and dead-letters to a subject of its own stream,
+:class:`NatsResultPublisher` publishes outcomes and :func:`connect_nats` connects; their
+docstrings list every configuration key.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 from urllib.parse import quote
 
 import anyio
@@ -81,16 +34,18 @@ from nats.js.api import (
 )
 from nats.js.client import JetStreamContext
 
-from bulksend.errors import ConfigError
-from bulksend.sources.base import (
-    BaseDelivery,
+from bulksend.brokers.base import (
     BrokerError,
-    ConfigReader,
+    BrokerPublisher,
+    BrokerSettings,
+    BrokerSource,
     Delivery,
-    OpenClose,
+    PublishThenAck,
+    connect_error,
     redact_url,
     scrub,
 )
+from bulksend.errors import ConfigError
 
 __all__ = [
     "HEADER_DELIVERY_COUNT",
@@ -106,7 +61,7 @@ __all__ = [
     "subject_matches",
 ]
 
-log = structlog.get_logger("bulksend.sources.nats")
+log = structlog.get_logger("bulksend.brokers.nats")
 
 HEADER_REASON: Final = "Bulksend-Dead-Letter-Reason"
 HEADER_ORIGINAL_SUBJECT: Final = "Bulksend-Original-Subject"
@@ -114,6 +69,8 @@ HEADER_ORIGINAL_STREAM: Final = "Bulksend-Original-Stream"
 HEADER_ORIGINAL_SEQUENCE: Final = "Bulksend-Original-Sequence"
 HEADER_DELIVERY_COUNT: Final = "Bulksend-Delivery-Count"
 
+# What nats-py raises for a server that is gone or refuses an operation.
+_NATS_ERRORS: Final = (OSError, TimeoutError, nats.errors.Error)
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _SUBJECT_RE: Final = re.compile(r"^[^\s.]+(\.[^\s.]+)*$")
 _REQUEST_TIMEOUT_S: Final = 5.0
@@ -126,17 +83,6 @@ _TOP_UP_EXPIRES_S: Final = 0.05
 # How long past a request's expiry to wait for the server's end-of-request status before
 # concluding the connection is in trouble (anything arriving later is kept for the next call).
 _STATUS_GRACE_S: Final = 2.0
-_KNOWN_KEYS: Final = (
-    "url",
-    "stream",
-    "subject",
-    "durable",
-    "dead_letter_subject",
-    "dead_letter_stream",
-    "max_ack_pending",
-    "ack_wait_s",
-    "connect_timeout_s",
-)
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -152,8 +98,10 @@ def subject_matches(pattern: str, subject: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class NatsSourceConfig:
-    """Settings of a :class:`NatsSource` (see the module docstring for each key)."""
+class NatsSourceConfig(BrokerSettings):
+    """Settings of a :class:`NatsSource` (its docstring describes each key)."""
+
+    where: ClassVar[str] = "job source (nats)"
 
     url: str = field(default="nats://127.0.0.1:4222", repr=False)
     stream: str = "BULKSEND_JOBS"
@@ -166,7 +114,7 @@ class NatsSourceConfig:
     connect_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
-        where = "job source (nats)"
+        where = self.where
         if not self.dead_letter_stream:
             object.__setattr__(self, "dead_letter_stream", f"{self.stream}_DLQ")
         for key in ("stream", "durable", "dead_letter_stream"):
@@ -187,22 +135,6 @@ class NatsSourceConfig:
             raise ConfigError(f"{where}: max_ack_pending must be >= 1")
         if self.ack_wait_s <= 0 or self.connect_timeout_s <= 0:
             raise ConfigError(f"{where}: ack_wait_s and connect_timeout_s must be > 0")
-
-    @classmethod
-    def from_mapping(cls, cfg: Any) -> NatsSourceConfig:
-        r = ConfigReader(cfg, where="job source (nats)", known=_KNOWN_KEYS)
-        d = cls()
-        return cls(
-            url=r.text("url", d.url),
-            stream=r.text("stream", d.stream),
-            subject=r.text("subject", d.subject),
-            durable=r.text("durable", d.durable),
-            dead_letter_subject=r.text("dead_letter_subject", d.dead_letter_subject),
-            dead_letter_stream=r.optional_text("dead_letter_stream") or "",
-            max_ack_pending=r.integer("max_ack_pending", d.max_ack_pending),
-            ack_wait_s=r.seconds("ack_wait_s", d.ack_wait_s),
-            connect_timeout_s=r.seconds("connect_timeout_s", d.connect_timeout_s),
-        )
 
 
 async def connect_nats(url: str, *, connect_timeout_s: float, name: str = "bulksend") -> NatsClient:
@@ -238,10 +170,8 @@ async def connect_nats(url: str, *, connect_timeout_s: float, name: str = "bulks
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
         )
-    except (OSError, TimeoutError, nats.errors.Error) as exc:
-        raise BrokerError(
-            f"cannot connect to NATS at {redact_url(url)}: {scrub(str(exc), url) or type(exc).__name__}"
-        ) from None
+    except _NATS_ERRORS as exc:
+        raise connect_error("NATS", url, exc) from None
     client.append(nc)
     nc.options["max_reconnect_attempts"] = -1
     nc.options["reconnect_time_wait"] = 2.0
@@ -273,10 +203,12 @@ def _status(msg: Msg) -> str | None:
     return headers.get("Status")
 
 
-class NatsDelivery(BaseDelivery):
+class NatsDelivery(PublishThenAck):
     """A job from a :class:`NatsSource`; ``msg`` is the underlying JetStream message."""
 
-    __slots__ = ("_dead_lettered", "_owner", "msg")
+    __slots__ = ("_owner", "msg")
+
+    errors = _NATS_ERRORS
 
     def __init__(self, owner: NatsSource, msg: Msg) -> None:
         meta = msg.metadata
@@ -288,7 +220,6 @@ class NatsDelivery(BaseDelivery):
         )
         self._owner = owner
         self.msg = msg
-        self._dead_lettered = False
 
     async def _ack(self) -> None:
         await self._call(self.msg.ack(), "ack")
@@ -296,45 +227,86 @@ class NatsDelivery(BaseDelivery):
     async def _release(self) -> None:
         await self._call(self.msg.nak(), "nak")
 
-    async def _dead_letter(self, reason: str) -> None:
-        # Published and confirmed first, acked second: a crash in between leaves the job in the
-        # stream (redelivered, dead-lettered again) rather than lost. _dead_lettered keeps a
-        # retry after a failed ack from publishing a second copy.
-        if not self._dead_lettered:
-            meta = self.msg.metadata
-            headers = {k: v for k, v in (self.msg.headers or {}).items() if not k.lower().startswith("nats-")}
-            headers.update(
-                {
-                    HEADER_REASON: header_value(reason),
-                    HEADER_ORIGINAL_SUBJECT: self.msg.subject,
-                    HEADER_ORIGINAL_STREAM: meta.stream,
-                    HEADER_ORIGINAL_SEQUENCE: str(meta.sequence.stream),
-                    HEADER_DELIVERY_COUNT: str(meta.num_delivered),
-                }
-            )
-            cfg = self._owner.config
-            js = self._owner._jetstream()
-            publish = js.publish(
-                cfg.dead_letter_subject, self.msg.data, headers=headers, timeout=_REQUEST_TIMEOUT_S
-            )
-            await self._call(publish, "dead-letter publish")
-            self._dead_lettered = True
-        await self._call(self.msg.ack(), "ack")
-
-    async def _call(self, op: Any, what: str) -> None:
-        try:
-            await op
-        except (OSError, TimeoutError, nats.errors.Error) as exc:
-            raise BrokerError(
-                f"{self.source}: {what} of message {self.message_id} failed: {exc or type(exc).__name__}"
-            ) from None
+    async def _publish_dead_letter(self, reason: str) -> None:
+        meta = self.msg.metadata
+        headers = {k: v for k, v in (self.msg.headers or {}).items() if not k.lower().startswith("nats-")}
+        headers.update(
+            {
+                HEADER_REASON: header_value(reason),
+                HEADER_ORIGINAL_SUBJECT: self.msg.subject,
+                HEADER_ORIGINAL_STREAM: meta.stream,
+                HEADER_ORIGINAL_SEQUENCE: str(meta.sequence.stream),
+                HEADER_DELIVERY_COUNT: str(meta.num_delivered),
+            }
+        )
+        js = self._owner._require(self._owner._js)
+        await js.publish(
+            self._owner.config.dead_letter_subject, self.msg.data, headers=headers, timeout=_REQUEST_TIMEOUT_S
+        )
 
 
-class NatsSource(OpenClose):
-    """A :class:`~bulksend.sources.base.JobSource` over a JetStream durable pull consumer."""
+class NatsSource(BrokerSource[NatsSourceConfig]):
+    """A :class:`~bulksend.brokers.base.JobSource` over a JetStream durable pull consumer.
+
+    Configuration (``kind = "nats"``):
+
+    =======================  =========================  ===============================================
+    key                      default                    meaning
+    =======================  =========================  ===============================================
+    ``url``                  ``nats://127.0.0.1:4222``  server URL; credentials may be inline
+                                                        (``nats://user:password@host:4222``) and are
+                                                        never logged
+    ``stream``               ``BULKSEND_JOBS``          stream holding the jobs; created if missing
+    ``subject``              ``bulksend.jobs``          subject jobs are published to (the consumer's
+                                                        filter; wildcards allowed)
+    ``durable``              ``bulksend``               durable consumer name, shared by every bulksend
+                                                        process reading this stream
+    ``dead_letter_subject``  ``bulksend.jobs.dlq``      where refused jobs are published
+    ``dead_letter_stream``   ``<stream>_DLQ``           stream created for the dead-letter subject when
+                                                        no stream captures it yet
+    ``max_ack_pending``      ``1000``                   most unacknowledged jobs the consumer may hold,
+                                                        across all processes
+    ``ack_wait_s``           ``60``                     an unacknowledged job is redelivered after this
+    ``connect_timeout_s``    ``5``                      timeout of one connection attempt
+    =======================  =========================  ===============================================
+
+    On :meth:`NatsSource.open`:
+
+    - if no stream captures ``subject``, the stream ``stream`` is created (file storage, work-queue
+      retention: a job leaves the stream when it is acked). If another stream already captures it,
+      that is a configuration error (name that stream in ``stream``). An existing stream is never
+      modified;
+    - if no stream captures ``dead_letter_subject``, ``dead_letter_stream`` is created for it (file
+      storage, limits retention: dead letters stay until someone removes them). The consumer's filter
+      must not match ``dead_letter_subject``, or dead letters would come back as jobs;
+    - the durable pull consumer is created, or updated with the configured ``max_ack_pending`` and
+      ``ack_wait_s``: explicit acks, delivering everything in the stream.
+
+    Receiving: ``receive(n, timeout_s)`` asks the server for one job, waiting at most ``timeout_s``,
+    then for at most ``n - 1`` more that are already waiting (the first job's metadata says how many),
+    waiting at most 50 ms for those. Each pull request is followed to its end (its batch, or the server's "no
+    messages"/"timeout" status for that request), so no request outlives the call and no job is
+    pushed to this process that it did not ask for. ``max_ack_pending`` bounds what all consumers
+    hold unacknowledged: at the bound, the server sends nothing until acks free room.
+
+    Settling: ``ack`` is a plain JetStream ack (no round trip; a lost ack means one redelivery, which
+    the daemon's idempotency-key check absorbs); ``release`` is a NAK (redelivered at once);
+    ``dead_letter`` publishes the body to ``dead_letter_subject`` and waits for JetStream's
+    confirmation, then acks the original. The dead letter carries the headers
+    ``Bulksend-Dead-Letter-Reason`` (printable ASCII as is, anything else percent-encoded as
+    UTF-8: ``urllib.parse.unquote`` gives the text back), ``Bulksend-Original-Subject``,
+    ``Bulksend-Original-Stream``, ``Bulksend-Original-Sequence`` and ``Bulksend-Delivery-Count``,
+    plus the original message's own headers (except ``Nats-*`` ones, so the dead-letter stream
+    never drops one as a duplicate).
+
+    ``redelivered`` is true when JetStream's delivery count is above 1; ``message_id`` is the stream
+    sequence; ``lag()`` is the consumer's count of jobs not yet delivered.
+    """
+
+    config_type = NatsSourceConfig
 
     def __init__(self, config: NatsSourceConfig | None = None) -> None:
-        self.config = config or NatsSourceConfig()
+        super().__init__(config)
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._sub: Subscription | None = None
@@ -345,22 +317,14 @@ class NatsSource(OpenClose):
         # whose end was not seen (a disconnect); they are handed out first next time.
         self._replies: deque[Msg] = deque()
         self._reply_event: anyio.Event | None = None
-        self._receive_lock = anyio.Lock()
         self._closed = False
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> NatsSource:
-        """Build from a configuration mapping (keys in the module docstring)."""
-        return cls(NatsSourceConfig.from_mapping(cfg))
 
     @property
     def name(self) -> str:
         return f"nats:{self.config.stream}/{self.config.durable}"
 
-    def _jetstream(self) -> JetStreamContext:
-        if self._js is None:
-            raise BrokerError(f"{self.name}: not open")
-        return self._js
+    def _is_open(self) -> bool:
+        return self._nc is not None and not self._closed
 
     async def open(self) -> None:
         if self._nc is not None:
@@ -384,17 +348,8 @@ class NatsSource(OpenClose):
         cfg = self.config
         owner = await self._stream_for(js, cfg.subject)
         if owner is None:
-            await self._api(
-                js.add_stream(
-                    StreamConfig(
-                        name=cfg.stream,
-                        subjects=[cfg.subject],
-                        retention=RetentionPolicy.WORK_QUEUE,
-                        storage=StorageType.FILE,
-                        description="bulksend send jobs",
-                    )
-                ),
-                f"create stream {cfg.stream!r}",
+            await self._add_stream(
+                js, cfg.stream, cfg.subject, RetentionPolicy.WORK_QUEUE, "bulksend send jobs", "stream"
             )
         elif owner != cfg.stream:
             raise ConfigError(
@@ -405,18 +360,33 @@ class NatsSource(OpenClose):
     async def _ensure_dead_letter_stream(self, js: JetStreamContext) -> None:
         cfg = self.config
         if await self._stream_for(js, cfg.dead_letter_subject) is None:
-            await self._api(
-                js.add_stream(
-                    StreamConfig(
-                        name=cfg.dead_letter_stream,
-                        subjects=[cfg.dead_letter_subject],
-                        retention=RetentionPolicy.LIMITS,
-                        storage=StorageType.FILE,
-                        description="bulksend dead-lettered jobs",
-                    )
-                ),
-                f"create dead-letter stream {cfg.dead_letter_stream!r}",
+            await self._add_stream(
+                js,
+                cfg.dead_letter_stream,
+                cfg.dead_letter_subject,
+                RetentionPolicy.LIMITS,
+                "bulksend dead-lettered jobs",
+                "dead-letter stream",
             )
+
+    async def _add_stream(
+        self,
+        js: JetStreamContext,
+        name: str,
+        subject: str,
+        retention: RetentionPolicy,
+        description: str,
+        what: str,
+    ) -> None:
+        """Create a file-backed stream ``name`` capturing ``subject`` (``what`` names it in errors)."""
+        config = StreamConfig(
+            name=name,
+            subjects=[subject],
+            retention=retention,
+            storage=StorageType.FILE,
+            description=description,
+        )
+        await self._api(js.add_stream(config), f"create {what} {name!r}")
 
     async def _ensure_consumer(self, js: JetStreamContext) -> None:
         cfg = self.config
@@ -465,7 +435,7 @@ class NatsSource(OpenClose):
             # Acks are written asynchronously: flush so the ones already "sent" reach the server.
             with anyio.move_on_after(2.0):
                 await nc.flush(timeout=2)
-        except (OSError, TimeoutError, nats.errors.Error):
+        except _NATS_ERRORS:
             pass
         await nc.close()
         log.info("nats source closed", source=self.name)
@@ -486,26 +456,21 @@ class NatsSource(OpenClose):
             self._reply_event = None
         return self._replies.popleft()
 
-    async def receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
-        if self._nc is None or self._closed:
-            raise BrokerError(f"{self.name}: receive() on a source that is not open")
-        if max_messages < 1:
-            return []
-        async with self._receive_lock:
-            start = anyio.current_time()
-            msgs = self._take_leftovers(max_messages)
-            if not msgs:
-                # One job, waiting up to timeout_s: returns as soon as any job is available.
-                msgs = await self._pull(1, expires_s=max(timeout_s, _MIN_EXPIRES_S), no_wait=False)
-                if msgs:
-                    # Then what is already waiting, up to the batch: the first job's metadata
-                    # says how many are pending, so this request never has to wait.
-                    more = min(max_messages - 1, msgs[0].metadata.num_pending)
-                    if more > 0:
-                        remaining = timeout_s - (anyio.current_time() - start)
-                        expires_s = min(max(remaining, _MIN_EXPIRES_S), _TOP_UP_EXPIRES_S)
-                        msgs += await self._pull(more, expires_s=expires_s, no_wait=True)
-            return [NatsDelivery(self, m) for m in msgs]
+    async def _receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
+        start = anyio.current_time()
+        msgs = self._take_leftovers(max_messages)
+        if not msgs:
+            # One job, waiting up to timeout_s: returns as soon as any job is available.
+            msgs = await self._pull(1, expires_s=max(timeout_s, _MIN_EXPIRES_S), no_wait=False)
+            if msgs:
+                # Then what is already waiting, up to the batch: the first job's metadata
+                # says how many are pending, so this request never has to wait.
+                more = min(max_messages - 1, msgs[0].metadata.num_pending)
+                if more > 0:
+                    remaining = timeout_s - (anyio.current_time() - start)
+                    expires_s = min(max(remaining, _MIN_EXPIRES_S), _TOP_UP_EXPIRES_S)
+                    msgs += await self._pull(more, expires_s=expires_s, no_wait=True)
+        return [NatsDelivery(self, m) for m in msgs]
 
     def _take_leftovers(self, limit: int) -> list[Msg]:
         out: list[Msg] = []
@@ -517,9 +482,7 @@ class NatsSource(OpenClose):
 
     async def _pull(self, batch: int, *, expires_s: float, no_wait: bool) -> list[Msg]:
         """One pull request, followed to its end: ``batch`` jobs or the server's closing status."""
-        nc = self._nc
-        if nc is None:
-            raise BrokerError(f"{self.name}: not open")
+        nc = self._require(self._nc)
         cfg = self.config
         self._request_seq += 1
         reply = f"{self._inbox}.{self._request_seq}"
@@ -574,6 +537,95 @@ class NatsSource(OpenClose):
             return None
         return int(info.num_pending) if info.num_pending is not None else None
 
-    def __repr__(self) -> str:
-        state = "open" if self._nc is not None else "closed"
-        return f"NatsSource({self.name!r}, url={redact_url(self.config.url)!r}, {state})"
+
+# -- results publisher --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NatsResultConfig(BrokerSettings):
+    """Settings of a :class:`NatsResultPublisher`."""
+
+    where: ClassVar[str] = "results (nats)"
+
+    url: str = field(default="nats://127.0.0.1:4222", repr=False)
+    subject: str = "bulksend.results"
+    connect_timeout_s: float = 5.0
+
+
+class NatsResultPublisher(BrokerPublisher[NatsResultConfig]):
+    """Outcomes to a NATS subject (through JetStream when a stream captures it).
+
+    Configuration (``kind = "nats"``, under ``[results]``):
+
+    =====================  =========================  ================================================
+    ``url``                ``nats://127.0.0.1:4222``  server URL (credentials inline are never logged)
+    ``subject``            ``bulksend.results``       subject outcomes are published to
+    ``connect_timeout_s``  ``5``                      timeout of one connection attempt
+    =====================  =========================  ================================================
+
+    If a JetStream stream captures ``subject`` (checked on open), outcomes are published through
+    JetStream and each publish waits for the stream's confirmation; otherwise they are plain NATS
+    messages, seen only by subscribers connected at the time.
+    """
+
+    config_type = NatsResultConfig
+    errors = _NATS_ERRORS
+
+    def __init__(self, config: NatsResultConfig | None = None) -> None:
+        super().__init__(config)
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+
+    @property
+    def name(self) -> str:
+        return f"nats:{self.config.subject}"
+
+    def _is_open(self) -> bool:
+        return self._nc is not None
+
+    @property
+    def uses_jetstream(self) -> bool:
+        """Whether publishes go through JetStream (a stream captured the subject at open)."""
+        return self._js is not None
+
+    async def open(self) -> None:
+        if self._nc is not None:
+            return
+        nc = await connect_nats(self.config.url, connect_timeout_s=self.config.connect_timeout_s)
+        js = nc.jetstream(timeout=_REQUEST_TIMEOUT_S)
+        try:
+            await js.find_stream_name_by_subject(self.config.subject)
+        except nats.js.errors.NotFoundError:
+            self._js = None
+        except (TimeoutError, nats.errors.Error):
+            # JetStream unavailable (not enabled, or not answering): plain NATS publishes.
+            self._js = None
+        else:
+            self._js = js
+        self._nc = nc
+
+    async def close(self) -> None:
+        nc, self._nc, self._js = self._nc, None, None
+        if nc is not None:
+            with contextlib.suppress(*_NATS_ERRORS):
+                await nc.flush(timeout=2)
+            await nc.close()
+
+    async def _send(self, body: bytes) -> None:
+        if self._js is not None:
+            await self._js.publish(self.config.subject, body, timeout=_REQUEST_TIMEOUT_S)
+        else:
+            await self._require(self._nc).publish(self.config.subject, body)
+
+    async def healthy(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+
+def make_source(cfg: Mapping[str, Any]) -> NatsSource:
+    """Build (not open) the job source of a ``[[sources]]`` table."""
+    return NatsSource.from_config(cfg)
+
+
+def make_publisher(cfg: Mapping[str, Any]) -> NatsResultPublisher:
+    """Build (not open) the result publisher of a ``[results]`` table."""
+    return NatsResultPublisher.from_config(cfg)

@@ -1,0 +1,205 @@
+"""One test's view of each real broker (local servers): unique names, an admin client, sources.
+
+A :class:`Harness` creates names no other test uses, opens a separate admin connection for
+publishing and inspecting, opens sources on those names and, on exit, closes them and deletes
+what the test created. The broker contract suite runs over all three; each broker's own tests
+use its harness directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Mapping
+from typing import Any, ClassVar, Generic, Self, TypeVar
+
+import aio_pika
+import nats
+import nats.js.errors
+import orjson
+import redis.asyncio as aioredis
+from aio_pika.abc import AbstractChannel, AbstractConnection
+from nats.aio.client import Client as NatsClient
+from nats.js.client import JetStreamContext
+
+from bulksend.brokers.base import BrokerSource, Delivery, JobSource
+from bulksend.brokers.nats import NatsSource
+from bulksend.brokers.rabbitmq import RabbitSource
+from bulksend.brokers.redis_streams import RedisStreamSource
+
+NATS_URL = "nats://127.0.0.1:4222"
+RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+S = TypeVar("S", bound=BrokerSource[Any])
+
+
+class Harness(Generic[S]):
+    """Sources of one broker on names unique to one test; ``async with`` cleans up after it."""
+
+    source_type: ClassVar[type[Any]]
+    kind: ClassVar[str]
+    url: ClassVar[str]
+    bound_key: ClassVar[str]
+    """The setting bounding a consumer's unsettled jobs."""
+    unreachable_url: ClassVar[str]
+    """A URL with the password ``s3cr3tpw``, on a closed port."""
+    takeover: ClassVar[Mapping[str, Any]] = {}
+    """Settings of a consumer that soon takes over jobs left unsettled by another."""
+    stable_ids: ClassVar[bool] = True
+    """A redelivered job keeps its ``message_id`` (not so for RabbitMQ's per-channel delivery tags)."""
+
+    def __init__(self) -> None:
+        self.uid = uuid.uuid4().hex[:12]
+        self.names = self.make_names(self.uid)
+        self._opened: list[S] = []
+
+    def make_names(self, uid: str) -> dict[str, str]:
+        raise NotImplementedError
+
+    async def publish(self, count: int) -> None:
+        """Publish ``count`` jobs ``{"n": 0}``, ``{"n": 1}``, ... to the test's job queue."""
+        raise NotImplementedError
+
+    async def make_source(self, **overrides: Any) -> S:
+        """An open source on the test's names (``overrides`` replace settings); closed at exit."""
+        settings = {"kind": self.kind, "url": self.url, **self.names, **overrides}
+        source: S = self.source_type.from_config(settings)
+        await source.open()
+        self._opened.append(source)
+        return source
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for source in self._opened:
+            await source.close()
+
+
+async def receive_exactly(source: JobSource, count: int) -> list[Delivery]:
+    """Receive until ``count`` deliveries arrived (a broker may push them over a few moments)."""
+    got: list[Delivery] = []
+    while len(got) < count:
+        batch = await source.receive(count - len(got), timeout_s=5)
+        assert batch, f"only {len(got)} of {count} deliveries arrived"
+        got += batch
+    return got
+
+
+def job(n: int) -> bytes:
+    return orjson.dumps({"n": n})
+
+
+class NatsHarness(Harness[NatsSource]):
+    """JetStream: a stream and subject per test; ``admin`` is a JetStream context."""
+
+    source_type = NatsSource
+    kind = "nats"
+    url = NATS_URL
+    bound_key = "max_ack_pending"
+    unreachable_url = "nats://u:s3cr3tpw@127.0.0.1:1"
+    takeover: ClassVar[Mapping[str, Any]] = {"ack_wait_s": 0.3}
+    admin: JetStreamContext
+
+    def make_names(self, uid: str) -> dict[str, str]:
+        return {
+            "stream": f"TJOBS_{uid}",
+            "subject": f"test.{uid}.jobs",
+            "dead_letter_subject": f"test.{uid}.dlq",
+            "durable": "bulksend",
+        }
+
+    async def __aenter__(self) -> Self:
+        self._nc: NatsClient = await nats.connect(self.url)
+        self.admin = self._nc.jetstream()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await super().__aexit__(*exc_info)
+        for stream in (self.names["stream"], f"{self.names['stream']}_DLQ"):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await self.admin.delete_stream(stream)
+        await self._nc.close()
+
+    async def publish(self, count: int) -> None:
+        for i in range(count):
+            await self.admin.publish(self.names["subject"], job(i))
+
+
+class RabbitHarness(Harness[RabbitSource]):
+    """RabbitMQ: a job queue, dead-letter exchange and queue per test; ``admin`` is a channel."""
+
+    source_type = RabbitSource
+    kind = "rabbitmq"
+    url = RABBIT_URL
+    bound_key = "prefetch"
+    unreachable_url = "amqp://u:s3cr3tpw@127.0.0.1:1/"
+    stable_ids = False
+    admin: AbstractChannel
+
+    def make_names(self, uid: str) -> dict[str, str]:
+        return {
+            "queue": f"test.{uid}.jobs",
+            "dead_letter_exchange": f"test.{uid}.dlx",
+            "dead_letter_queue": f"test.{uid}.dlq",
+        }
+
+    async def __aenter__(self) -> Self:
+        self._conn: AbstractConnection = await aio_pika.connect(self.url)
+        self.admin = await self._conn.channel()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await super().__aexit__(*exc_info)
+        names = self.names
+        cleanup = await self._conn.channel()
+        for queue in (names["queue"], names["dead_letter_queue"], names["queue"] + ".results"):
+            await cleanup.queue_delete(queue)
+        await cleanup.exchange_delete(names["dead_letter_exchange"])
+        await self._conn.close()
+
+    async def publish(self, count: int) -> None:
+        for i in range(count):
+            message = aio_pika.Message(job(i))
+            await self.admin.default_exchange.publish(message, routing_key=self.names["queue"])
+
+
+class RedisHarness(Harness[RedisStreamSource]):
+    """Redis Streams: a stream and dead-letter stream per test; ``admin`` is an untyped client."""
+
+    source_type = RedisStreamSource
+    kind = "redis"
+    url = REDIS_URL
+    bound_key = "max_in_flight"
+    unreachable_url = "redis://:s3cr3tpw@127.0.0.1:1/0"
+    takeover: ClassVar[Mapping[str, Any]] = {"consumer": "second", "claim_idle_s": 0}
+    admin: Any
+
+    def make_names(self, uid: str) -> dict[str, str]:
+        return {"stream": f"test:{uid}:jobs", "dead_letter_stream": f"test:{uid}:dlq", "group": "bulksend"}
+
+    async def __aenter__(self) -> Self:
+        self.admin = aioredis.from_url(self.url)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await super().__aexit__(*exc_info)
+        names = self.names
+        await self.admin.delete(names["stream"], names["dead_letter_stream"], names["stream"] + ":results")
+        await self.admin.aclose()
+
+    async def publish(self, count: int) -> None:
+        await xadd_jobs(self.admin, self.names["stream"], count)
+
+
+async def xadd_jobs(client: Any, stream: str, count: int) -> list[str]:
+    """Add ``count`` jobs ``{"n": i}`` to a Redis ``stream``; returns their entry ids."""
+    return [(await client.xadd(stream, {"body": job(i)})).decode() for i in range(count)]
+
+
+HARNESSES: dict[str, type[Harness[Any]]] = {
+    "nats": NatsHarness,
+    "rabbitmq": RabbitHarness,
+    "redis": RedisHarness,
+}
