@@ -21,17 +21,13 @@ from bulksend.daemon.config import load_daemon_config
 from bulksend.daemon.service import Daemon
 from bulksend.errors import ConfigError
 from bulksend.sandbox import Sandbox
-from tests.conftest import settings_for
 from tests.test_daemon import (
-    CollectingPublisher,
     DaemonWatch,
-    ObservedStore,
     RecordingSource,
     job,
-    running,
     write_config,
 )
-from tests.test_daemon_admin import TOKEN, Admin
+from tests.test_daemon_admin import TOKEN, Admin, admin_daemon
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("_plain_logging")
@@ -68,21 +64,8 @@ async def guarded_daemon(
     tmp_path: Path, sandbox: Sandbox, **admin: Any
 ) -> AsyncIterator[tuple[Daemon, Admin, RecordingSource, DaemonWatch]]:
     """A running daemon whose [admin] table gets ``admin`` on top of a token and a free port."""
-    path = write_config(
-        tmp_path / "daemon",
-        sources=[{"kind": "memory", "name": "jobs"}],
-        admin={"listen": "127.0.0.1:0", "token": TOKEN, **admin},
-    )
-    loaded = load_daemon_config(path)
-    store = ObservedStore(loaded.data_dir / "bulksend.db")
-    daemon = Daemon(loaded, settings_for(sandbox), store=store)
-    source = RecordingSource()
-    daemon.sources = [source]
-    daemon.publisher = CollectingPublisher()
-    watch = DaemonWatch(daemon)
-    with anyio.fail_after(60):
-        async with running(daemon), aiohttp.ClientSession() as http:
-            yield daemon, Admin(daemon, http, store), source, watch
+    async with admin_daemon(tmp_path / "daemon", sandbox, admin=admin) as running_daemon:
+        yield running_daemon
 
 
 def campaigns_dir(daemon: Daemon) -> Path:

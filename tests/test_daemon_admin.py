@@ -6,7 +6,7 @@ committed a write (so the tests wait on events, never on the clock).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -123,13 +123,14 @@ class Admin:
 
 @asynccontextmanager
 async def admin_daemon(
-    tmp_path: Path, sandbox: Sandbox, **config: Any
+    tmp_path: Path, sandbox: Sandbox, *, admin: Mapping[str, Any] | None = None, **config: Any
 ) -> AsyncIterator[tuple[Daemon, Admin, RecordingSource, DaemonWatch]]:
-    """A running daemon with an admin token and one memory job source, and a client for its API."""
+    """A running daemon with an admin token and one memory job source, and a client for its API;
+    ``admin`` adds to its [admin] table, ``config`` to the other tables."""
     path = write_config(
         tmp_path,
         sources=[{"kind": "memory", "name": "jobs"}],
-        admin={"listen": "127.0.0.1:0", "token": TOKEN},
+        admin={"listen": "127.0.0.1:0", "token": TOKEN, **(admin or {})},
         **config,
     )
     loaded = load_daemon_config(path)
