@@ -31,8 +31,8 @@ SERVICE_MODULES = frozenset(
 )
 """Modules whose every test talks to a server."""
 
-SERVICE_FIXTURES = frozenset({"broker", "schema"})
-"""Fixtures that connect to a server: a real broker (test_daemon_brokers) or a PostgreSQL schema."""
+SERVICE_FIXTURES = frozenset({"broker", "live_daemon", "schema"})
+"""Fixtures that connect to a server: a real broker, a daemon on Redis, a PostgreSQL schema."""
 
 SERVICE_PARAMS = frozenset({"postgres"})
 """Parameter values that select a server backend (the store contract's ``backend``)."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 from anyio.abc import Process
 
 from bulksend.daemon.jobs import job_campaign_id
@@ -26,6 +27,8 @@ from tests.conftest import PROJECT, SECRET
 from tests.test_daemon import job, write_config
 from tests.test_daemon_brokers import NatsBroker, RedisBroker
 from tests.waiting import PATIENCE_S, wait_until
+
+pytestmark = pytest.mark.services  # each test runs the daemon on Redis or NATS
 
 GRACE_S = 5.0
 

@@ -294,6 +294,7 @@ async def test_outbox_table_is_tuned_for_frequent_updates(schema: str) -> None:
 
 
 # -- dead workers --------------------------------------------------------------------------------
+@pytest.mark.services
 @pytest.mark.slow
 async def test_killed_workers_rows_are_taken_back_without_waiting_for_its_lease(tmp_path: Path) -> None:
     """Two workers with a 10-minute lease, one SIGKILLed mid-way: the other takes the dead worker's
