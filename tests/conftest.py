@@ -22,6 +22,32 @@ from bulksend.store import open_store
 from bulksend.tem.client import TemClient
 from bulksend.tem.config import TemSettings
 
+# -- tests that need PostgreSQL, Redis, NATS or RabbitMQ on 127.0.0.1 ----------------------------
+# They carry the ``services`` marker, so ``python -m pytest -m "not services"`` runs everything else
+# on a machine without those servers. Marked here, by module, fixture or parameter, or in the test
+# module itself (``pytestmark`` / ``@pytest.mark.services``) when only some of its tests need them.
+SERVICE_MODULES = frozenset(
+    {"test_sources_nats", "test_sources_rabbitmq", "test_sources_redis", "test_store_postgres"}
+)
+"""Modules whose every test talks to a server."""
+
+SERVICE_FIXTURES = frozenset({"broker", "live_daemon", "schema"})
+"""Fixtures that connect to a server: a real broker, a daemon on Redis, a PostgreSQL schema."""
+
+SERVICE_PARAMS = frozenset({"postgres"})
+"""Parameter values that select a server backend (the store contract's ``backend``)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.path.stem
+        fixtures = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        params = set(map(str, callspec.params.values())) if callspec is not None else set()
+        if module in SERVICE_MODULES or fixtures & SERVICE_FIXTURES or params & SERVICE_PARAMS:
+            item.add_marker(pytest.mark.services)
+
+
 SECRET = "test-sandbox-secret-5f1c"
 PROJECT = "11111111-2222-4333-8444-555555555555"
 

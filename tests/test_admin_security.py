@@ -5,7 +5,7 @@ nesting, job streams, leaked paths and file modes."""
 from __future__ import annotations
 
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,17 +21,14 @@ from bulksend.daemon.config import load_daemon_config
 from bulksend.daemon.service import Daemon
 from bulksend.errors import ConfigError
 from bulksend.sandbox import Sandbox
-from tests.conftest import settings_for
 from tests.test_daemon import (
-    CollectingPublisher,
     DaemonWatch,
-    ObservedStore,
     RecordingSource,
     job,
-    running,
     write_config,
 )
-from tests.test_daemon_admin import TOKEN, Admin
+from tests.test_daemon_admin import TOKEN, Admin, admin_daemon
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("_plain_logging")
 
@@ -67,33 +64,12 @@ async def guarded_daemon(
     tmp_path: Path, sandbox: Sandbox, **admin: Any
 ) -> AsyncIterator[tuple[Daemon, Admin, RecordingSource, DaemonWatch]]:
     """A running daemon whose [admin] table gets ``admin`` on top of a token and a free port."""
-    path = write_config(
-        tmp_path / "daemon",
-        sources=[{"kind": "memory", "name": "jobs"}],
-        admin={"listen": "127.0.0.1:0", "token": TOKEN, **admin},
-    )
-    loaded = load_daemon_config(path)
-    store = ObservedStore(loaded.data_dir / "bulksend.db")
-    daemon = Daemon(loaded, settings_for(sandbox), store=store)
-    source = RecordingSource()
-    daemon.sources = [source]
-    daemon.publisher = CollectingPublisher()
-    watch = DaemonWatch(daemon)
-    with anyio.fail_after(60):
-        async with running(daemon), aiohttp.ClientSession() as http:
-            yield daemon, Admin(daemon, http, store), source, watch
+    async with admin_daemon(tmp_path / "daemon", sandbox, admin=admin) as running_daemon:
+        yield running_daemon
 
 
 def campaigns_dir(daemon: Daemon) -> Path:
     return daemon.config.data_dir / "campaigns"
-
-
-async def until(check: Callable[[], bool], timeout_s: float = 10) -> None:
-    """Return once ``check()`` holds (a file appeared, a slot freed), failing after ``timeout_s``."""
-    with anyio.fail_after(timeout_s):
-        # Polled: a file appearing on disk has no event to wait on.
-        while not check():  # noqa: ASYNC110
-            await anyio.sleep(0.01)
 
 
 async def connect(daemon: Daemon) -> SocketStream:
@@ -279,7 +255,7 @@ async def test_concurrent_submissions_of_one_id_give_one_201_and_one_409(
                 + head_part
             )
             spooled = campaigns_dir(daemon) / "twin" / "people.csv"
-            await until(spooled.exists)
+            await wait_until(spooled.exists, what=f"{spooled} on disk")
             other = b"email,first_name\nmallory@example.com,Mal\n"
             status, answer = await admin.call(
                 "POST", "/v1/campaigns", data=form(campaign_toml("twin"), other)
@@ -352,16 +328,17 @@ async def test_connections_beyond_the_limit_get_503_and_a_freed_slot_serves_agai
         assert refused.startswith(b"HTTP/1.1 503"), refused
         assert b"too many connections" in refused
         await idle[0].aclose()
-        with anyio.fail_after(10):
-            while True:
-                probe = await connect(daemon)
-                async with probe:
-                    await probe.send(b"GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-                    answer = await read_until_closed(probe)
-                if answer.startswith(b"HTTP/1.1 200"):
-                    break
-                assert answer.startswith(b"HTTP/1.1 503"), answer
-                await anyio.sleep(0.01)
+
+        async def served() -> bool:
+            """Whether a fresh connection is served (until the freed slot is seen: refused)."""
+            probe = await connect(daemon)
+            async with probe:
+                await probe.send(b"GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+                answer = await read_until_closed(probe)
+            assert answer.startswith((b"HTTP/1.1 200", b"HTTP/1.1 503")), answer
+            return answer.startswith(b"HTTP/1.1 200")
+
+        await wait_until(served, what="a connection slot freed")
         await idle[1].aclose()
         assert (await admin.call("GET", "/healthz", token=None))[0] == 200
 

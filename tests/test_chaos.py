@@ -11,6 +11,7 @@ import pytest
 from bulksend.sandbox import Sandbox, SandboxConfig
 from bulksend.store import open_store
 from scripts.chaos import PROJECT, SECRET, _drain, _wait_for_event, run_chaos, start_sender, write_campaign
+from tests.waiting import wait_until
 
 
 @pytest.mark.slow
@@ -37,7 +38,11 @@ async def test_sigterm_drains_and_rerun_completes(tmp_path: Path) -> None:
         assert await _wait_for_event(proc, "campaign.start")
         async with anyio.create_task_group() as tg:
             tg.start_soon(_drain, proc)
-            await anyio.sleep(0.5)  # let it get well into sending: the stop must land mid-flight
+            # Well into sending (by the sandbox's count: it answers from this process, so nothing
+            # more is accepted between the check and the signal): the stop must land mid-flight.
+            await wait_until(
+                lambda: len(sandbox.stats().accepted_by_recipient) >= 1000, what="1000 emails accepted"
+            )
             proc.send_signal(signal.SIGTERM)
             code = await proc.wait()
         assert code == 130

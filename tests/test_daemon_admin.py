@@ -6,8 +6,7 @@ committed a write (so the tests wait on events, never on the clock).
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from tests.test_daemon import (
     running,
     write_config,
 )
+from tests.waiting import wait_until
 
 TOKEN = "admin-token-7c1d9e"
 
@@ -123,13 +123,14 @@ class Admin:
 
 @asynccontextmanager
 async def admin_daemon(
-    tmp_path: Path, sandbox: Sandbox, **config: Any
+    tmp_path: Path, sandbox: Sandbox, *, admin: Mapping[str, Any] | None = None, **config: Any
 ) -> AsyncIterator[tuple[Daemon, Admin, RecordingSource, DaemonWatch]]:
-    """A running daemon with an admin token and one memory job source, and a client for its API."""
+    """A running daemon with an admin token and one memory job source, and a client for its API;
+    ``admin`` adds to its [admin] table, ``config`` to the other tables."""
     path = write_config(
         tmp_path,
         sources=[{"kind": "memory", "name": "jobs"}],
-        admin={"listen": "127.0.0.1:0", "token": TOKEN},
+        admin={"listen": "127.0.0.1:0", "token": TOKEN, **(admin or {})},
         **config,
     )
     loaded = load_daemon_config(path)
@@ -142,15 +143,6 @@ async def admin_daemon(
     with anyio.fail_after(60):
         async with running(daemon), aiohttp.ClientSession() as http:
             yield daemon, Admin(daemon, http, store), source, watch
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
-    """Poll ``check`` every 50 ms until it is true; fail after ``timeout_s``."""
-    with anyio.fail_after(timeout_s):
-        for _ in itertools.count():
-            if await check():
-                return
-            await anyio.sleep(0.05)
 
 
 def sent_to(sandbox: Sandbox, addresses: list[str]) -> int:
@@ -472,7 +464,7 @@ async def test_a_refused_key_at_run_time_stops_sending_and_the_daemon_stays_up_n
                 return status == 503 and late["counts"]["sending"] == 0 and late["state"] == "failed"
 
             # Polled: the last step (the run's end) writes nothing the store could signal.
-            await eventually(settled, 30)
+            await wait_until(settled, what="readyz 503 and campaign 'late' failed")
             status, ready = await admin.call("GET", "/readyz", token=None)
             metrics = (await admin.call("GET", "/metrics"))[1]
             late = await admin.campaign("late")

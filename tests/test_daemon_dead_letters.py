@@ -28,6 +28,7 @@ def _plain_logging() -> None:
     structlog.reset_defaults()
 
 
+@pytest.mark.services
 async def test_dead_letters_endpoint_counts_and_explains(tmp_path: Path, sandbox: Sandbox) -> None:
     """Bad jobs on Redis show up in GET /v1/dead-letters with their count, kinds and reasons
     (newest first), behind the admin token like every other route."""

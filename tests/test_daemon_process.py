@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 from anyio.abc import Process
 
 from bulksend.daemon.jobs import job_campaign_id
@@ -25,6 +26,9 @@ from bulksend.store.sqlite import SqliteStore
 from tests.conftest import PROJECT, SECRET
 from tests.test_daemon import job, write_config
 from tests.test_daemon_brokers import NatsBroker, RedisBroker
+from tests.waiting import PATIENCE_S, wait_until
+
+pytestmark = pytest.mark.services  # each test runs the daemon on Redis or NATS
 
 GRACE_S = 5.0
 
@@ -67,7 +71,7 @@ async def daemon_process(config: Path) -> AsyncIterator[Process]:
     """A started child daemon (its log drained); killed if the block leaves it running."""
     proc = await start_daemon(config)
     try:
-        with anyio.fail_after(20):
+        with anyio.fail_after(PATIENCE_S):
             problem = await wait_for_event(proc, "daemon.started")
             assert problem is None, f"the daemon exited before it started:\n{problem}"
         async with anyio.create_task_group() as tg:
@@ -86,6 +90,11 @@ async def stop(proc: Process) -> int:
     proc.send_signal(signal.SIGTERM)
     with anyio.fail_after(GRACE_S + 5):
         return await proc.wait()
+
+
+def accepted(sandbox: Sandbox) -> int:
+    """Emails the sandbox has accepted so far, all recipients together."""
+    return sum(sandbox.stats().accepted_by_recipient.values())
 
 
 async def store_counts(tmp_path: Path) -> dict[str, int]:
@@ -135,9 +144,11 @@ def check_once(
 async def test_sigkill_mid_stream_then_restart_sends_everyone_once(tmp_path: Path) -> None:
     """A daemon SIGKILLed while sending on Redis, then restarted, emails each of 300 jobs exactly
     once (redelivered jobs send nothing twice) and publishes every job's one outcome, none lost."""
-    rng = random.Random()
+    rng = random.Random(300)
     keys, bodies = many_jobs(300, "kill")
-    sandbox_config = SandboxConfig(secret_key=SECRET, project_id=PROJECT, latency_ms=20, latency_jitter_ms=5)
+    sandbox_config = SandboxConfig(
+        secret_key=SECRET, project_id=PROJECT, latency_ms=20, latency_jitter_ms=5, seed=300
+    )
     broker = RedisBroker()
     await broker.open()
     try:
@@ -149,17 +160,21 @@ async def test_sigkill_mid_stream_then_restart_sends_everyone_once(tmp_path: Pat
                 sources=[broker.source_config(claim_idle_s=0.5)],
                 results=broker.results_config(),
                 daemon={"grace_s": GRACE_S, "job_batch": 50},
-                sending={"rate_per_s": 200, "concurrency": 16, "timeout_s": 2},
+                # Slow enough that the stream outlasts the wait for a first result many times over.
+                sending={"rate_per_s": 100, "concurrency": 16, "timeout_s": 2},
                 tracking={"poll_interval_s": 0.1, "settle_s": 0.2},
             )
             await broker.publish(bodies)
             async with daemon_process(config) as proc:
-                # Sending and tracking are under way once a first result is out; kill a little later.
-                await broker.read_results({next(iter(keys))}, timeout_s=20)
-                await anyio.sleep(rng.uniform(0.0, 0.3))
+                # Sending and tracking are under way once a first result is out; kill a (seeded)
+                # few sends later. The sandbox answers from this process: between the check and
+                # the kill it accepts nothing, so the kill lands where the count says.
+                await broker.read_results({next(iter(keys))}, timeout_s=PATIENCE_S)
+                target = min(accepted(sandbox) + rng.randint(0, 30), len(keys) // 2)
+                await wait_until(lambda: accepted(sandbox) >= target, what=f"{target} emails accepted")
                 proc.send_signal(signal.SIGKILL)
                 await proc.wait()
-            sent_before = sum(sandbox.stats().accepted_by_recipient.values())
+            sent_before = accepted(sandbox)
             assert 0 < sent_before < len(keys), sent_before  # the kill landed mid-stream
             async with daemon_process(config) as proc:
                 await broker.read_results(set(keys), timeout_s=40)
@@ -191,14 +206,18 @@ async def test_sigterm_drains_and_the_restart_finishes(tmp_path: Path) -> None:
             )
             async with daemon_process(config) as proc:
                 await broker.publish(bodies)
-                await broker.read_results({next(iter(keys))}, timeout_s=20)
+                # Stop once sending is under way, judged by the sandbox's own count. It answers
+                # from this process, so the daemon cannot get further ahead while this test is
+                # slow to look: the stop lands mid-stream on a loaded machine too. (Waiting for a
+                # first result instead, tracking included, could see every job sent by then.)
+                await wait_until(lambda: accepted(sandbox) >= 20, what="20 emails accepted")
                 assert await stop(proc) == 0
             counts = await store_counts(tmp_path)
             assert counts.get("sending", 0) == 0, counts
             left = await broker.jobs_left()
             assert left > 0, counts  # stopped mid-stream: jobs not taken yet are still on the broker
-            sent_before = sum(sandbox.stats().accepted_by_recipient.values())
-            assert 0 < sent_before < len(keys)
+            sent_before = accepted(sandbox)
+            assert 20 <= sent_before < len(keys), sent_before
             async with daemon_process(config) as proc:
                 await broker.read_results(set(keys), timeout_s=40)
                 assert await stop(proc) == 0
@@ -232,15 +251,11 @@ async def test_a_second_signal_forces_the_stop_and_exits_130(tmp_path: Path) -> 
             async with daemon_process(config) as proc:
                 await broker.publish(bodies)
                 # Polled: the sandbox's own counter of answers lost after the email was created.
-                with anyio.fail_after(20):
-                    for _ in range(10**6):
-                        if sandbox.stats().faults.get("5xx_after", 0) > 0:
-                            break
-                        await anyio.sleep(0.05)
+                await wait_until(lambda: sandbox.stats().faults.get("5xx_after", 0) > 0, what="a lost answer")
                 # Two different signals: two of the same may be merged into one while pending.
                 proc.send_signal(signal.SIGTERM)
                 proc.send_signal(signal.SIGINT)
-                with anyio.fail_after(20):
+                with anyio.fail_after(PATIENCE_S):
                     code = await proc.wait()
         assert code == 130
         counts = await store_counts(tmp_path)

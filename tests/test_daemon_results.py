@@ -239,6 +239,7 @@ class CuttableProxy:
             await sink.send_eof()
 
 
+@pytest.mark.services
 async def test_results_broker_away_then_back_without_restart(tmp_path: Path, sandbox: Sandbox) -> None:
     """The Redis that takes results goes away (connections cut, new ones refused): outcomes are
     held and /readyz names the results destination; once it is back, the running daemon publishes

@@ -77,6 +77,7 @@ async def seed_leftovers(path: Path, keys: list[str]) -> None:
         await store.close()
 
 
+@pytest.mark.services
 async def test_recovery_and_stop_summaries(tmp_path: Path, sandbox: Sandbox) -> None:
     """A start after a crash logs one daemon.recovery line counting the rows it takes over (one to
     reconcile, three jobs, three results due); the stop logs one daemon.stopped line saying nothing
@@ -109,6 +110,7 @@ async def test_recovery_and_stop_summaries(tmp_path: Path, sandbox: Sandbox) -> 
     assert stopped["left"] == {"pending": 0, "sending": 0, "submitted": 0}
 
 
+@pytest.mark.services
 async def test_stop_summary_says_what_is_left(tmp_path: Path, sandbox: Sandbox) -> None:
     """Stopped before a slow TEM could take everything, daemon.stopped counts the rows left exactly
     as the store holds them afterwards (the next start's work)."""

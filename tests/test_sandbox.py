@@ -20,6 +20,7 @@ from bulksend.sandbox.app import is_loopback_host
 from bulksend.sandbox.cli import config_from_args, configure
 from bulksend.sandbox.state import EmailFilter, EmailStore, Timing, format_timestamp
 from bulksend.tem.models import parse_rfc3339
+from bulksend.testing import FakeClock
 
 PREFIX = "/transactional-email/v1alpha1/regions/fr-par"
 SECRET = "test-secret"
@@ -44,19 +45,6 @@ EMAIL_FIELDS = {
     "last_tries",
     "flags",
 }
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, start: float = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Api:
@@ -134,7 +122,7 @@ def message(*rcpts: str, **extra: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0, allow_backwards=True)
 
 
 @pytest.fixture

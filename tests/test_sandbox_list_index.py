@@ -27,6 +27,7 @@ from bulksend.sandbox.state import (
     status_at,
     view_at,
 )
+from bulksend.testing import FakeClock
 
 PREFIX = "/transactional-email/v1alpha1/regions/fr-par"
 SECRET = "index-test-secret"
@@ -234,22 +235,9 @@ def test_timings_the_index_cannot_rely_on_fall_back_to_the_generic_answer() -> N
         assert store.list_page(flt, "updated_at_desc", now, 0, 100) == (len(expected), expected)
 
 
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 @pytest.fixture

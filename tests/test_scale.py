@@ -8,6 +8,8 @@ import pytest
 
 from scripts.scale import run_scale
 
+pytestmark = pytest.mark.services  # workers share a PostgreSQL store
+
 
 @pytest.mark.slow
 async def test_three_workers_one_killed_exactly_once_within_rate(tmp_path: Path) -> None:

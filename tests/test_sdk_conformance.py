@@ -25,25 +25,13 @@ from scaleway.tem.v1alpha1 import (
 from scaleway_core.api import ScalewayException
 
 from bulksend.sandbox import SandboxConfig, ThreadedSandbox, sandbox_in_thread
+from bulksend.testing import FakeClock
 
 # The SDK validates credentials' shapes: an SCW access key and a UUID secret key.
 ACCESS_KEY = "SCWSANDBOXSANDBOX000"
 SECRET_KEY = "0a0b0c0d-1111-4222-8333-444455556666"
 PROJECT = "11111111-2222-4333-8444-555555555555"
 T0 = 1_700_000_000.0
-
-
-class FakeClock:
-    """A clock the test moves by hand (read from the sandbox thread, moved from the test)."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
@@ -56,7 +44,7 @@ class Env:
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # requests must talk to the sandbox directly
-    clock = FakeClock()
+    clock = FakeClock(T0)
     config = SandboxConfig(
         secret_key=SECRET_KEY, project_id=PROJECT, sending_after_s=10.0, final_after_s=5.0, hold_s=3600.0
     )

@@ -25,6 +25,8 @@ from bulksend.clock import FakeClock
 from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.shared_limiter import RedisRateLimiter
 
+pytestmark = pytest.mark.services  # the limiter's state lives in Redis
+
 REDIS_URL = os.environ.get("BULKSEND_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 

@@ -29,6 +29,7 @@ from scripts.chaos import SECRET as CHAOS_SECRET
 from scripts.chaos import _drain, start_sender
 from scripts.chaos import write_campaign as write_csv_campaign
 from tests.conftest import PROJECT, CampaignWriter, read_jsonl, run_once, settings_for
+from tests.waiting import wait_until
 
 
 def people(n: int) -> list[dict[str, Any]]:
@@ -163,8 +164,8 @@ async def test_sigkill_then_lost_wal_is_refused_and_reconciled(tmp_path: Path, d
         proc = await start_sender(campaign, sandbox.url)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_drain, proc)
-            while len(sandbox.stats().accepted_by_recipient) < 600:  # noqa: ASYNC110 - another process
-                await anyio.sleep(0.02)
+            # The sandbox answers from this process: it accepts nothing between the check and the kill.
+            await wait_until(lambda: len(sandbox.stats().accepted_by_recipient) >= 600, what="600 emails")
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
         state = _state_file(tmp_path)

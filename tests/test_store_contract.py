@@ -38,24 +38,12 @@ from bulksend.store import (
     open_store,
 )
 from bulksend.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
+from bulksend.testing import FakeClock
 
 POSTGRES_DSN = os.environ.get("BULKSEND_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
 CAMPAIGN = "spring-sale"
-
-
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @dataclass
@@ -85,7 +73,7 @@ class Opener:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
 
 
 async def drop_schema(schema: str) -> None:
@@ -102,11 +90,11 @@ async def drop_schema(schema: str) -> None:
 async def backend(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Backend]:
     if request.param == "memory":
         # One instance is the storage: close() + open() on it is a "restart" that keeps the data.
-        shared = MemoryStore(clock=clock)
+        shared = MemoryStore(clock=clock.utcnow)
         yield Backend("memory", lambda: shared)
     elif request.param == "sqlite":
         path = tmp_path / "outbox.db"
-        yield Backend("sqlite", lambda: SqliteStore(path, clock=clock))
+        yield Backend("sqlite", lambda: SqliteStore(path, clock=clock.utcnow))
     else:
         from bulksend.store.postgres import PostgresStore
 
@@ -114,7 +102,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClo
         schema = f"bulksend_test_{uuid.uuid4().hex}"
         try:
             yield Backend(
-                "postgres", lambda: PostgresStore(POSTGRES_DSN, schema=schema, max_size=4, clock=clock)
+                "postgres", lambda: PostgresStore(POSTGRES_DSN, schema=schema, max_size=4, clock=clock.utcnow)
             )
         finally:
             await drop_schema(schema)
@@ -235,7 +223,7 @@ async def test_create_campaign_is_idempotent(opener: Opener, clock: FakeClock) -
     assert first.state is CampaignState.RUNNING
     assert first.spec == {"fingerprint": "abc", "n": [1, 2]}
     assert first.admitted_all is False
-    assert first.created_at == clock.now
+    assert first.created_at == clock.utcnow()
     clock.advance(60)
     store = await opener.restart(store)
     again = await store.create_campaign("c1", {"fingerprint": "changed"})
@@ -798,7 +786,7 @@ async def test_claim_leases_lowest_ids_with_new_token(store: Store, clock: FakeC
     assert [r.id for r in claimed] == [ids[1], ids[3], ids[4]]
     for row in claimed:
         assert (row.state, row.lease_owner, row.lease_token) == (RowState.PENDING, "w1", 1)
-        assert row.lease_expires_at == clock.now + timedelta(seconds=LEASE_S)
+        assert row.lease_expires_at == clock.utcnow() + timedelta(seconds=LEASE_S)
         assert row.payload == {"n": row.row, "first": "Zoë"}
     stored = await store.get_row(ids[1])
     assert stored == claimed[0]
@@ -985,7 +973,7 @@ async def test_renew_extends_only_leases_still_held(store: Store, clock: FakeClo
     assert await store.renew(worker_id="w1", row_ids=ids[:2], lease_s=LEASE_S) == set(ids[:2])
     renewed = await store.get_row(ids[0])
     assert renewed is not None
-    assert renewed.lease_expires_at == clock.now + timedelta(seconds=LEASE_S)
+    assert renewed.lease_expires_at == clock.utcnow() + timedelta(seconds=LEASE_S)
     clock.advance(5)  # ids[2] expired, the others were renewed
     taken = await store.claim(CAMPAIGN, worker_id="w2", limit=3, lease_s=LEASE_S)
     assert [r.id for r in taken] == [ids[2]]
@@ -1130,8 +1118,8 @@ async def test_sqlite_v1_database_is_migrated_to_leases(tmp_path: Path) -> None:
             "payload) VALUES ('old', 1, 'a@example.com', 'a@example.com', 'a@example.com', 'pending', ?)",
             ('{"n": 1}',),
         )
-    clock = FakeClock()
-    store = SqliteStore(path, clock=clock)
+    clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
+    store = SqliteStore(path, clock=clock.utcnow)
     await store.open()
     try:
         [row] = [r async for r in store.iter_rows("old")]
@@ -1140,7 +1128,7 @@ async def test_sqlite_v1_database_is_migrated_to_leases(tmp_path: Path) -> None:
         assert (held.id, held.lease_token, held.lease_expires_at) == (
             row.id,
             1,
-            clock.now + timedelta(seconds=LEASE_S),
+            clock.utcnow() + timedelta(seconds=LEASE_S),
         )
         assert await store.acquire_role("old", "admit", worker_id="w1", ttl_s=10)
     finally:

@@ -31,6 +31,7 @@ from bulksend.tem import (
     TemSettings,
     create_session,
 )
+from bulksend.testing import FakeClock
 from tests.test_tem_errors import (
     Answer,
     CraftedTem,
@@ -44,26 +45,9 @@ OTHER_PROJECT = "99999999-8888-4777-8666-555555555555"
 T0 = datetime(2024, 4, 1, 7, 55, 36, 758671, tzinfo=UTC)
 
 
-class FakeClock:
-    """Seconds since the epoch that only move when a test says so."""
-
-    def __init__(self, start: datetime = T0) -> None:
-        self.now = start.timestamp()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-    @property
-    def dt(self) -> datetime:
-        return datetime.fromtimestamp(self.now, UTC)
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 @pytest.fixture

@@ -45,6 +45,7 @@ from bulksend.tem.config import TemSettings
 from scripts.chaos import _drain, start_sender
 from scripts.scale import run_scale
 from tests.conftest import PROJECT, SECRET, CampaignWriter, run_once
+from tests.waiting import wait_until
 
 DSN = os.environ.get("BULKSEND_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 # Trust authentication ignores the password: it is here to prove it never reaches a message.
@@ -293,6 +294,7 @@ async def test_outbox_table_is_tuned_for_frequent_updates(schema: str) -> None:
 
 
 # -- dead workers --------------------------------------------------------------------------------
+@pytest.mark.services
 @pytest.mark.slow
 async def test_killed_workers_rows_are_taken_back_without_waiting_for_its_lease(tmp_path: Path) -> None:
     """Two workers with a 10-minute lease, one SIGKILLed mid-way: the other takes the dead worker's
@@ -426,14 +428,16 @@ async def test_worker_serves_prometheus_metrics_while_it_sends(
         drain = anyio.create_task_group()
         async with drain, aiohttp.ClientSession() as http:
             drain.start_soon(_drain, proc)  # keep the child's log pipe from filling up
-            with anyio.fail_after(60):
-                while True:  # until the first sends show up in the series
-                    async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
-                        assert response.status == 200
-                        text = await response.text()
-                    if 'bulksend_api_calls_total{code="200",endpoint="send"}' in text:
-                        break
-                    await anyio.sleep(0.05)
+            text = ""
+
+            async def sends_counted() -> bool:
+                nonlocal text
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                    assert response.status == 200
+                    text = await response.text()
+                return 'bulksend_api_calls_total{code="200",endpoint="send"}' in text
+
+            await wait_until(sends_counted, what="the first sends in the metrics")
             drain.cancel_scope.cancel()
         # Every series the daemon's metrics define, under the same names.
         for family in Metrics(process_metrics=False).registry.collect():

@@ -1,0 +1,248 @@
+"""Helpers for tests of bulksend and of code built on it: a fake clock that makes timing exact.
+
+:class:`FakeClock` serves both kinds of time the code takes: it is a :class:`bulksend.clock.Clock`
+(``monotonic()`` and ``sleep()``) for pacing and timeouts, and a wall clock for the sandbox
+(``clock()``: seconds since the epoch) and the stores (``clock.utcnow()``: an aware datetime).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import math
+from collections.abc import Sized
+from datetime import UTC, datetime
+
+import anyio
+import anyio.lowlevel
+
+__all__ = ["FakeClock"]
+
+
+class _Sleeper:
+    __slots__ = ("cancelled", "deadline", "event", "woken")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.event = anyio.Event()
+        self.woken = False
+        self.cancelled = False
+
+
+class _CountWaiter:
+    __slots__ = ("count", "event")
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.event = anyio.Event()
+
+
+# Used only when the event loop does not expose its ready queue (not CPython's asyncio loop):
+# how many consecutive loop iterations the autojump check waits before it assumes every task
+# is blocked.
+_FALLBACK_IDLE_ROUNDS = 64
+
+
+class FakeClock:
+    """A clock whose time only moves when told to (or, with ``autojump``, when everyone sleeps).
+
+    Manual mode (default): :meth:`sleep` blocks until :meth:`advance` moves ``now`` to or past the
+    sleeper's deadline. Use :meth:`wait_for_sleepers` to know that tasks have reached their sleep
+    before advancing, so tests need no real sleeps.
+
+    Autojump mode (``FakeClock(autojump=True)``): whenever the event loop has nothing left to run
+    (every task is blocked), time jumps straight to the earliest pending deadline and the sleepers
+    due then are woken, in deadline order and FIFO among equal deadlines. A simulation of
+    ``N`` seconds of pacing therefore runs as fast as the code under test can go, and the same
+    program always observes the same timestamps. Semantics and limits:
+
+    * Time never moves while any task is runnable, so code between two awaits sees a frozen ``now``.
+    * "Blocked" means blocked on anything: a task waiting for real I/O counts as blocked too, so
+      autojump is meant for in-memory simulations (limiters, pipelines over memory streams), not
+      for tests that talk to real sockets; use manual mode there.
+    * A task that busy-waits (``while clock.monotonic() < t: await anyio.sleep(0)``) keeps the loop
+      busy and time never moves: sleep on the clock instead.
+    * Autojump needs the asyncio backend. It watches the loop's ready queue; on an event loop that
+      does not expose one it falls back to waiting a fixed number of loop iterations.
+    * If only sleepers with an infinite deadline remain, time does not jump (that is a deadlock).
+
+    As a wall clock: calling the clock (``clock()``) gives ``now`` as seconds since the epoch, and
+    :meth:`utcnow` the same instant as an aware datetime; ``start`` may be given as a datetime.
+    With ``allow_backwards=True``, :meth:`advance` also takes negative steps, like a wall clock
+    that an NTP correction sets back (monotonic users must leave it off).
+
+    Not thread-safe for sleeping: use one FakeClock per event loop. Reading it from another
+    thread (a sandbox served from a thread) while the test advances it is fine.
+    """
+
+    def __init__(
+        self, start: float | datetime = 0.0, *, autojump: bool = False, allow_backwards: bool = False
+    ) -> None:
+        if isinstance(start, datetime):
+            start = start.timestamp()
+        if not math.isfinite(start):
+            raise ValueError(f"FakeClock start must be a finite number of seconds, got {start!r}")
+        self._now = float(start)
+        self.autojump = autojump
+        self.allow_backwards = allow_backwards
+        self._heap: list[tuple[float, int, _Sleeper]] = []
+        self._seq = itertools.count()
+        self._live = 0
+        self._count_waiters: list[_CountWaiter] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._jump_handle: asyncio.Handle | None = None
+        self._idle_rounds = 0
+
+    # -- reading time --------------------------------------------------------------------------
+    @property
+    def now(self) -> float:
+        """Current fake time in seconds."""
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._now
+
+    def __call__(self) -> float:
+        """``now``: the clock as a wall-clock source (seconds since the epoch)."""
+        return self._now
+
+    def utcnow(self) -> datetime:
+        """``now`` as an aware UTC datetime (the stores' clock)."""
+        return datetime.fromtimestamp(self._now, UTC)
+
+    @property
+    def sleepers(self) -> int:
+        """How many tasks are currently sleeping on this clock."""
+        return self._live
+
+    def next_deadline(self) -> float | None:
+        """Earliest deadline among current sleepers, or None when nobody sleeps."""
+        self._prune()
+        return self._heap[0][0] if self._heap else None
+
+    # -- moving time ---------------------------------------------------------------------------
+    def advance(self, seconds: float) -> None:
+        """Move time forward by ``seconds`` and wake every sleeper whose deadline has passed.
+
+        Woken tasks run the next time the caller yields to the event loop. A negative step (only
+        with ``allow_backwards``) moves the wall clock back and wakes nobody.
+        """
+        if not math.isfinite(seconds) or (seconds < 0 and not self.allow_backwards):
+            raise ValueError(f"FakeClock.advance needs a finite number of seconds >= 0, got {seconds!r}")
+        self._now += seconds
+        self._wake_due()
+
+    def advance_to(self, when: float) -> None:
+        """Move time forward to ``when`` (no-op if already past it) and wake due sleepers."""
+        if not math.isfinite(when):
+            raise ValueError(f"FakeClock.advance_to needs a finite time, got {when!r}")
+        if when > self._now:
+            self._now = when
+        self._wake_due()
+
+    # -- sleeping ------------------------------------------------------------------------------
+    async def sleep(self, seconds: float) -> None:
+        """Block until fake time reaches now + ``seconds``. ``seconds <= 0`` just yields once."""
+        if math.isnan(seconds):
+            raise ValueError("FakeClock.sleep: seconds is NaN")
+        if seconds <= 0:
+            await anyio.lowlevel.checkpoint()
+            return
+        if self.autojump:
+            # Before registering: it raises outside asyncio, and the jump only runs once we block.
+            self._schedule_jump()
+        sleeper = _Sleeper(self._now + seconds)
+        heapq.heappush(self._heap, (sleeper.deadline, next(self._seq), sleeper))
+        self._live += 1
+        self._notify_count_waiters()
+        try:
+            await sleeper.event.wait()
+        finally:
+            if not sleeper.woken:
+                # Cancelled (or failed) while asleep: forget the entry. It stays in the heap until
+                # popped, but is skipped and no longer counted.
+                sleeper.cancelled = True
+                self._live -= 1
+
+    async def wait_for_sleepers(self, count: int) -> None:
+        """Return once at least ``count`` tasks are sleeping on this clock (manual-mode helper)."""
+        if self._live >= count:
+            await anyio.lowlevel.checkpoint()
+            return
+        waiter = _CountWaiter(count)
+        self._count_waiters.append(waiter)
+        try:
+            await waiter.event.wait()
+        finally:
+            if waiter in self._count_waiters:
+                self._count_waiters.remove(waiter)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _prune(self) -> None:
+        heap = self._heap
+        while heap and heap[0][2].cancelled:
+            heapq.heappop(heap)
+
+    def _wake_due(self) -> None:
+        heap = self._heap
+        now = self._now
+        while heap and heap[0][0] <= now:
+            _, _, sleeper = heapq.heappop(heap)
+            if sleeper.cancelled:
+                continue
+            sleeper.woken = True
+            self._live -= 1
+            sleeper.event.set()
+
+    def _notify_count_waiters(self) -> None:
+        for waiter in [w for w in self._count_waiters if self._live >= w.count]:
+            self._count_waiters.remove(waiter)
+            waiter.event.set()
+
+    def _schedule_jump(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError("FakeClock(autojump=True) needs the asyncio backend") from None
+        if self._jump_handle is not None and self._loop is loop:
+            return
+        self._loop = loop
+        self._idle_rounds = 0
+        self._jump_handle = loop.call_soon(self._jump_if_idle)
+
+    def _loop_is_idle(self, loop: asyncio.AbstractEventLoop) -> bool:
+        # CPython's asyncio loop keeps runnable callbacks (task steps included) in ``_ready``. When
+        # this callback runs and that queue is empty, every task is blocked on something: exactly
+        # the moment a real clock would let time pass.
+        ready = getattr(loop, "_ready", None)
+        if isinstance(ready, Sized):
+            return len(ready) == 0
+        self._idle_rounds += 1
+        return self._idle_rounds >= _FALLBACK_IDLE_ROUNDS
+
+    def _jump_if_idle(self) -> None:
+        self._jump_handle = None
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if not self._loop_is_idle(loop):
+            # Check again after the runnable callbacks had their turn (one check per loop pass).
+            self._jump_handle = loop.call_soon(self._jump_if_idle)
+            return
+        self._idle_rounds = 0
+        self._prune()
+        if not self._heap:
+            return
+        deadline = self._heap[0][0]
+        if not math.isfinite(deadline):
+            return
+        if deadline > self._now:
+            self._now = deadline
+        self._wake_due()
+        if self._live:
+            self._jump_handle = loop.call_soon(self._jump_if_idle)
+
+    def __repr__(self) -> str:
+        mode = ", autojump=True" if self.autojump else ""
+        return f"FakeClock(now={self._now!r}{mode}, sleepers={self._live})"
