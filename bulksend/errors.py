@@ -5,27 +5,18 @@
     BulksendError
     ├── ConfigError              settings missing or invalid (names the variable/key to fix)
     ├── CampaignError            a campaign-level mistake found before anything is sent
-    │                            (file, line and fix in the message)
     ├── StoreError               the state store cannot be opened or used
     │   └── StateLostError       the state is older than what was already sent (reconcile first)
     └── TemError                 anything that went wrong talking to TEM
         ├── TemTransportError    no usable HTTP answer (transient)
         │   ├── TemConnectionError   connection refused, reset or dropped
         │   └── TemTimeoutError      no answer in time (the send may still have happened)
-        └── TemApiError          TEM answered with a non-2xx status (``status``, ``type``,
-            │                    ``message``, ``raw_body``, ``details``)
-            ├── TemPermanentError            4xx other than 429: never retried
-            │   ├── InvalidArgumentsError    400 (``invalid_arguments`` or ``Validation Error``)
-            │   ├── AuthenticationError      401 ``denied_authentication``
-            │   ├── PermissionsDeniedError   403 ``permissions_denied``
-            │   ├── QuotaExceededError       403 ``quotas_exceeded``
-            │   ├── NotFoundError            404 ``not_found``
-            │   ├── TransientStateError      409 ``transient_state``
-            │   ├── PreconditionFailedError  412 ``precondition_failed``
-            │   └── LockedError              423 ``locked``
-            └── TemTransientError            429 and 5xx: retried with backoff
-                ├── RateLimitedError         429 (``retry_after_s`` when the server said)
-                └── ServerError              5xx (``OutOfStockError`` for 503 ``out_of_stock``)
+        └── TemApiError          TEM answered with a non-2xx status
+            ├── TemPermanentError    4xx other than 429, never retried: one subclass per
+            │                        TEM error type (InvalidArgumentsError 400 … LockedError 423)
+            └── TemTransientError    429 and 5xx: retried with backoff
+                ├── RateLimitedError     429 (``retry_after_s`` when the server said)
+                └── ServerError          5xx (``OutOfStockError`` for 503 ``out_of_stock``)
 
 ``error.transient`` tells whether retrying may help. The HTTP → error mapping lives in exactly one
 place, :func:`bulksend.tem.errors.error_from_response`. No error text ever carries the secret key.

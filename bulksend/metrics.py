@@ -7,37 +7,9 @@ plugs into the client directly. Gauges whose value already lives somewhere (a qu
 store count) are better read at scrape time with :meth:`Metrics.add_gauge_callback` than copied
 by a loop.
 
-Exposed series (all prefixed ``bulksend_``; the list with PromQL queries is in docs/daemon.md)::
-
-    emails_total{campaign,status}          counter  final outcomes (sent/failed/canceled/rejected/
-                                                    skipped/unknown); a submitted campaign's series
-                                                    are dropped once it ends (forget_campaign)
-    api_calls_total{endpoint,code}         counter  TEM calls (endpoint: send/get/list/cancel/statistics;
-                                                    code: HTTP status, "0" for a transport error)
-    api_call_duration_seconds{endpoint}    histogram  TEM call latency
-    api_throttled_total                    counter  429 answers
-    limiter_rate_per_second                gauge    current rate of the shared limiter
-    limiter_measured_rate_per_second       gauge    answers not throttled per second (last second)
-    limiter_ceiling_per_second             gauge    the rate the account last refused (429), or the
-                                                    configured rate before any throttling
-    retry_budget_tokens                    gauge    retries the budget allows right now
-    circuit_state                          gauge    0 closed, 1 half-open (probing), 2 open
-    in_flight_emails                       gauge    TEM send requests in flight
-    tracker_backlog_emails                 gauge    emails submitted, not final yet
-    queue_lag_messages{source}             gauge    messages waiting in a source queue
-    jobs_total{source,result}              counter  queue messages by result (admitted/duplicate/
-                                                    dead_lettered)
-    dead_letters_total{source,reason_kind} counter  dead-lettered messages by kind of reason
-    results_published_messages_total       counter  job results the results broker took
-    results_failed_messages_total          counter  job results the results broker refused (held,
-                                                    published again later)
-    results_backlog_messages               gauge    job results held, waiting to be published
-    reconciliations_total{outcome}         counter  ambiguous sends looked up at TEM (adopted/
-                                                    resent/deferred)
-    store_errors_total{operation}          counter  store operations that failed
-    ready                                  gauge    1 while /readyz would answer 200, else 0
-
-plus the standard ``process_*``, ``python_gc_*`` and ``python_info`` series unless disabled.
+Every series (all prefixed ``bulksend_``), with PromQL queries, is listed in docs/daemon.md
+("Health and metrics"); the standard ``process_*``, ``python_gc_*`` and ``python_info`` series
+come too unless disabled.
 
 Every method is cheap and thread-safe (prometheus-client locks each value), and none raises on a
 label value it has not seen before: metrics must never break the pipeline that feeds them.

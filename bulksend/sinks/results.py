@@ -3,49 +3,18 @@
 Every publisher implements :class:`bulksend.sources.base.ResultPublisher`; ``publish(outcome)``
 encodes the mapping with orjson (datetimes as RFC 3339 UTC with ``Z``; naive ones taken as UTC)
 and returns once the broker has the message, raising :class:`~bulksend.sources.base.BrokerError`
-when it cannot. Build one with :func:`publisher_from_config`; ``kind`` picks the broker:
+when it cannot. Build one with :func:`publisher_from_config`; ``kind`` picks the broker
+(``"nats"``, ``"rabbitmq"``, ``"redis"``; their keys: docs/daemon.md, "Broker keys"), and
+``kind = "memory"`` keeps outcomes in a list (:class:`MemoryResultPublisher`), for tests.
 
-``kind = "nats"``
+NATS: if a JetStream stream captures ``subject`` (checked on open), each publish waits for the
+stream's confirmation; otherwise outcomes are plain NATS messages, seen only by subscribers
+connected at the time.
 
-=====================  =========================  ================================================
-``url``                ``nats://127.0.0.1:4222``  server URL (credentials inline are never logged)
-``subject``            ``bulksend.results``       subject outcomes are published to
-``connect_timeout_s``  ``5``                      timeout of one connection attempt
-=====================  =========================  ================================================
-
-If a JetStream stream captures ``subject`` (checked on open), outcomes are published through
-JetStream and each publish waits for the stream's confirmation; otherwise they are plain NATS
-messages, seen only by subscribers connected at the time.
-
-``kind = "rabbitmq"``
-
-=====================  ======================================  ====================================
-``url``                ``amqp://guest:guest@127.0.0.1:5672/``  broker URL
-``queue``              ``bulksend.results``                    durable queue, declared on open;
-                                                               outcomes go to it through the
-                                                               default exchange
-``exchange``           (none)                                  publish to this existing exchange
-                                                               instead (``queue`` is then not
-                                                               declared)
-``routing_key``        the queue name                          routing key used with ``exchange``
-``connect_timeout_s``  ``5``                                   timeout of the first connection
-=====================  ======================================  ====================================
-
-Messages are persistent, ``content_type`` ``application/json``, published with confirms and
+RabbitMQ: messages are persistent, ``application/json``, published with confirms and
 ``mandatory`` (an unroutable outcome is an error, not a silent drop).
 
-``kind = "redis"``
-
-=====================  ============================  ==============================================
-``url``                ``redis://127.0.0.1:6379/0``  server URL
-``stream``             ``bulksend:results``          stream outcomes are added to
-``body_field``         ``body``                      entry field holding the outcome JSON
-``maxlen``             ``1000000``                   the stream is trimmed to about this many
-                                                     entries (``XADD ... MAXLEN ~``)
-``connect_timeout_s``  ``5``                         timeout to connect
-=====================  ============================  ==============================================
-
-``kind = "memory"`` keeps outcomes in a list (:class:`MemoryResultPublisher`), for tests.
+Redis: the stream is trimmed to about ``maxlen`` entries (``XADD … MAXLEN ~``).
 """
 
 from __future__ import annotations

@@ -1,48 +1,28 @@
 """Job sources and result publishers: the small protocol between the daemon and the brokers.
 
 A **job source** hands out messages (:class:`Delivery`) pull-style; the daemon parses each one
-(:func:`bulksend.jobs.parse_job`), admits it durably into its outbox, and only *then* settles it::
-
-    source = source_from_config({"kind": "nats", "stream": "BULKSEND_JOBS", ...})
-    await source.open()
-    while running:
-        for delivery in await source.receive(max_messages=room, timeout_s=1.0):
-            try:
-                job = parse_job(delivery.body)
-            except JobError as exc:
-                await delivery.dead_letter(exc.reason)   # to the DLQ, with the reason
-                continue
-            await store.admit(...)                       # durable first ...
-            await delivery.ack()                         # ... then acknowledged
-    await source.close()
-
+(:func:`bulksend.jobs.parse_job`), admits it durably into its outbox, and only *then* acks it.
 Contract every source keeps:
 
 - **Backpressure.** ``receive(n, timeout_s)`` returns at most ``n`` deliveries, possibly none,
-  within about ``timeout_s`` seconds. A source never takes more from its broker than it was
-  asked for, beyond a broker-side bound on unsettled messages (NATS ``max_ack_pending``,
-  RabbitMQ ``prefetch``, Redis ``max_in_flight``), so a daemon that asks only for what it has room
-  for never holds more than that in memory. Call ``receive`` from one task at a time.
-- **At least once.** A delivery that is never acked comes back (to this or another consumer)
-  with ``redelivered=True``: after a release, a crash, a closed connection or a timeout. A job
-  may therefore be seen twice; the daemon deduplicates by the job's ``idempotency_key``.
-- **Settle exactly once.** Each delivery is settled by one of :meth:`Delivery.ack` (after the
-  outbox row is durable), :meth:`Delivery.dead_letter` (the body and reason go to the dead-letter
-  destination, then the original is acked) or :meth:`Delivery.release` (given back unprocessed,
-  for a shutdown before admission). The first settlement that succeeds wins; later calls (and
-  calls made while one is in progress) do nothing. A settlement that fails raises
-  :class:`BrokerError` and leaves the delivery unsettled: the broker will redeliver it.
-  Settlements are shielded from cancellation (for at most :data:`SETTLE_TIMEOUT_S`), so a
-  shutdown cannot cut a dead-letter between its publish and its ack.
-- **Closing** leaves unsettled deliveries to the broker: RabbitMQ requeues them at once, NATS
-  after ``ack_wait_s``, Redis when another consumer claims them after ``claim_idle_s``.
+  within about ``timeout_s``. A source never takes more from its broker than it was asked for,
+  beyond a broker-side bound on unsettled messages, so a daemon that asks only for what it has
+  room for never holds more than that in memory. Call ``receive`` from one task at a time.
+- **At least once.** A delivery never acked comes back (here or elsewhere) with
+  ``redelivered=True``; the daemon deduplicates by the job's ``idempotency_key``.
+- **Settle exactly once.** By :meth:`Delivery.ack` (after the outbox row is durable),
+  :meth:`Delivery.dead_letter` (body and reason to the dead-letter destination, then acked) or
+  :meth:`Delivery.release` (given back unprocessed). The first settlement that succeeds wins;
+  later calls do nothing. A failed one raises :class:`BrokerError` and leaves the delivery to be
+  redelivered. Settlements are shielded from cancellation (for at most
+  :data:`SETTLE_TIMEOUT_S`), so a shutdown cannot cut a dead-letter between publish and ack.
+- **Closing** leaves unsettled deliveries to the broker, which redelivers them.
 
 A **result publisher** sends one JSON object per final outcome to a results destination.
 
-The broker implementations live in :mod:`bulksend.sources.nats`, :mod:`bulksend.sources.rabbitmq`
-and :mod:`bulksend.sources.redis_streams` (their docstrings list every configuration key), the
-publishers in :mod:`bulksend.sinks.results`. They use asyncio client libraries, so they need
-anyio's asyncio backend. :class:`MemorySource` is a real in-process implementation for tests.
+The implementations are in :mod:`bulksend.sources.nats`, :mod:`~bulksend.sources.rabbitmq`,
+:mod:`~bulksend.sources.redis_streams` and :mod:`bulksend.sinks.results` (their keys: docs/daemon.md,
+"Broker keys"); they need anyio's asyncio backend. :class:`MemorySource` is for tests.
 """
 
 from __future__ import annotations

@@ -1,54 +1,23 @@
 """Jobs from a NATS JetStream stream, through a durable pull consumer.
 
-Configuration (``kind = "nats"``):
+Configuration keys (``kind = "nats"``) and their defaults: docs/daemon.md, "Broker keys".
 
-=======================  =========================  ===============================================
-key                      default                    meaning
-=======================  =========================  ===============================================
-``url``                  ``nats://127.0.0.1:4222``  server URL; credentials may be inline
-                                                    (``nats://user:password@host:4222``) and are
-                                                    never logged
-``stream``               ``BULKSEND_JOBS``          stream holding the jobs; created if missing
-``subject``              ``bulksend.jobs``          subject jobs are published to (the consumer's
-                                                    filter; wildcards allowed)
-``durable``              ``bulksend``               durable consumer name, shared by every bulksend
-                                                    process reading this stream
-``dead_letter_subject``  ``bulksend.jobs.dlq``      where refused jobs are published
-``dead_letter_stream``   ``<stream>_DLQ``           stream created for the dead-letter subject when
-                                                    no stream captures it yet
-``max_ack_pending``      ``1000``                   most unacknowledged jobs the consumer may hold,
-                                                    across all processes
-``ack_wait_s``           ``60``                     an unacknowledged job is redelivered after this
-``connect_timeout_s``    ``5``                      timeout of one connection attempt
-=======================  =========================  ===============================================
+On :meth:`NatsSource.open`, a stream is created for ``subject`` (work-queue retention: a job leaves
+it when acked) and for ``dead_letter_subject`` (limits retention: dead letters stay) only when no
+stream captures them yet; an existing stream is never modified, and one that captures ``subject``
+under another name is a configuration error. The consumer's filter must not match
+``dead_letter_subject``, or dead letters would come back as jobs. The durable pull consumer is
+created or updated with ``max_ack_pending`` and ``ack_wait_s`` (explicit acks).
 
-On :meth:`NatsSource.open`:
-
-- if no stream captures ``subject``, the stream ``stream`` is created (file storage, work-queue
-  retention: a job leaves the stream when it is acked). If another stream already captures it,
-  that is a configuration error (name that stream in ``stream``). An existing stream is never
-  modified;
-- if no stream captures ``dead_letter_subject``, ``dead_letter_stream`` is created for it (file
-  storage, limits retention: dead letters stay until someone removes them). The consumer's filter
-  must not match ``dead_letter_subject``, or dead letters would come back as jobs;
-- the durable pull consumer is created, or updated with the configured ``max_ack_pending`` and
-  ``ack_wait_s``: explicit acks, delivering everything in the stream.
-
-Receiving: ``receive(n, timeout_s)`` asks the server for one job, waiting at most ``timeout_s``,
-then for at most ``n - 1`` more that are already waiting (the first job's metadata says how many),
-waiting at most 50 ms for those. Each pull request is followed to its end (its batch, or the server's "no
-messages"/"timeout" status for that request), so no request outlives the call and no job is
-pushed to this process that it did not ask for. ``max_ack_pending`` bounds what all consumers
-hold unacknowledged: at the bound, the server sends nothing until acks free room.
+``receive(n, timeout_s)`` waits at most ``timeout_s`` for one job, then 50 ms for at most ``n - 1``
+already waiting. Each pull request is followed to its end (its batch, or the server's status for
+it), so no request outlives the call and no job is pushed that this process did not ask for.
 
 Settling: ``ack`` is a plain JetStream ack (no round trip; a lost ack means one redelivery, which
-the daemon's idempotency-key check absorbs); ``release`` is a NAK (redelivered at once);
-``dead_letter`` publishes the body to ``dead_letter_subject`` and waits for JetStream's
-confirmation, then acks the original. The dead letter carries the headers
-``Bulksend-Dead-Letter-Reason`` (printable ASCII as is, anything else percent-encoded as UTF-8:
-``urllib.parse.unquote`` gives the text back), ``Bulksend-Original-Subject``, ``Bulksend-Original-Stream``,
-``Bulksend-Original-Sequence`` and ``Bulksend-Delivery-Count``, plus the original message's own
-headers (except ``Nats-*`` ones, so the dead-letter stream never drops one as a duplicate).
+the daemon's idempotency-key check absorbs); ``release`` is a NAK; ``dead_letter`` publishes the
+body to ``dead_letter_subject``, waits for JetStream's confirmation, then acks the original. The
+dead letter carries the reason and origin headers of docs/message-format.md plus the original
+headers except ``Nats-*`` ones, so the dead-letter stream never drops one as a duplicate.
 
 ``redelivered`` is true when JetStream's delivery count is above 1; ``message_id`` is the stream
 sequence; ``lag()`` is the consumer's count of jobs not yet delivered.

@@ -1,21 +1,6 @@
 """Jobs from a RabbitMQ queue, with manual acks and a dead-letter exchange.
 
-Configuration (``kind = "rabbitmq"``):
-
-=========================  ======================================  ===================================
-key                        default                                 meaning
-=========================  ======================================  ===================================
-``url``                    ``amqp://guest:guest@127.0.0.1:5672/``  broker URL (``amqps://`` for TLS);
-                                                                   the password is never logged
-``queue``                  ``bulksend.jobs``                       durable queue of jobs
-``dead_letter_exchange``   ``bulksend.dlx``                        direct exchange for refused jobs
-``dead_letter_queue``      ``bulksend.jobs.dlq``                   durable queue bound to it
-``prefetch``               ``256``                                 most unacknowledged jobs this
-                                                                   process holds (``basic.qos``)
-``queue_type``             ``classic``                             ``classic`` or ``quorum``
-                                                                   (replicated; for clusters)
-``connect_timeout_s``      ``5``                                   timeout of the first connection
-=========================  ======================================  ===================================
+Configuration keys (``kind = "rabbitmq"``) and their defaults: docs/daemon.md, "Broker keys".
 
 On :meth:`RabbitSource.open` (all idempotent): the dead-letter exchange (direct, durable), the
 dead-letter queue bound to it with the job queue's name as routing key, and the job queue with
@@ -28,11 +13,11 @@ consumer). The broker pushes at most ``prefetch`` unacknowledged jobs; they wait
 that size and ``receive(n, timeout_s)`` hands out at most ``n`` of them. Jobs still in the buffer
 when a connection drops were requeued by the broker and are skipped here.
 
-Settling: ``ack`` is ``basic.ack``; ``release`` is ``basic.nack`` with requeue (redelivered with
-``redelivered`` set); ``dead_letter`` publishes the body, with its original properties and
-headers plus ``x-bulksend-reason`` and ``x-bulksend-source-queue``, to the dead-letter exchange
-with publisher confirms (and ``mandatory``, so an unbound dead-letter queue is an error, not a
-silent drop), then acks the original. Closing the connection requeues whatever is unacked.
+Settling: ``ack`` is ``basic.ack``; ``release`` is ``basic.nack`` with requeue; ``dead_letter``
+publishes the body, with its original properties and headers plus ``x-bulksend-reason`` and
+``x-bulksend-source-queue``, to the dead-letter exchange with publisher confirms (and
+``mandatory``, so an unbound dead-letter queue is an error, not a silent drop), then acks the
+original. Closing the connection requeues whatever is unacked.
 
 ``message_id`` is the delivery tag (per channel); ``lag()`` is the queue's count of ready jobs.
 """

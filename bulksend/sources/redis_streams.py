@@ -1,66 +1,29 @@
 """Jobs from a Redis stream, read through a consumer group.
 
-Producers add one entry per job with the job JSON in one field::
+Producers ``XADD`` one entry per job with the job JSON in ``body_field``. Configuration keys
+(``kind = "redis"``) and their defaults: docs/daemon.md, "Broker keys". On open, the group is
+created at id ``0`` (``MKSTREAM``), so jobs added before it existed are delivered too.
 
-    XADD bulksend:jobs * body '{"version": 1, ...}'
+``receive(n, timeout_s)`` first takes over (``XAUTOCLAIM``, with a cursor so a long pending list is
+scanned a piece per call) jobs pending on some consumer for more than ``claim_idle_s`` — they come
+with ``redelivered=True`` — then reads new ones with ``XREADGROUP … BLOCK``. Redis has no
+server-side bound on unacknowledged entries, so ``max_in_flight`` bounds them here.
 
-Configuration (``kind = "redis"``):
+``ack`` is ``XACK`` (plus ``XDEL`` with ``delete_on_ack``), and ``dead_letter`` an ``XADD`` to the
+dead-letter stream with the ``XACK``/``XDEL``, each atomic in one MULTI/EXEC. ``release`` sends
+nothing: Redis streams have no "give back now", so the entry is claimed again once idle for
+``claim_idle_s`` (a short one brings releases back sooner, at the price of taking over jobs from
+consumers that are merely slow). ``delete_on_ack`` keeps memory bounded (Redis holds streams in
+RAM); turn it off when other groups read the stream, and trim it otherwise.
 
-======================  ==========================  =============================================
-key                     default                     meaning
-======================  ==========================  =============================================
-``url``                 ``redis://127.0.0.1:6379/0`` server URL (``rediss://`` for TLS); the
-                                                    password is never logged
-``stream``              ``bulksend:jobs``           stream of jobs
-``group``               ``bulksend``                consumer group shared by every bulksend process
-``consumer``            ``<hostname>-<pid>``        this process's consumer name in the group
-``dead_letter_stream``  ``bulksend:jobs:dlq``       stream refused jobs are added to
-``claim_idle_s``        ``60``                      a job delivered to a consumer and left
-                                                    unacknowledged this long is taken over (from a
-                                                    crashed process, or after a release)
-``body_field``          ``body``                    entry field holding the job JSON
-``delete_on_ack``       ``true``                    XDEL each job once acked or dead-lettered
-``max_in_flight``       ``1000``                    most unsettled jobs this process holds
-``dead_letter_maxlen``  ``100000``                  the dead-letter stream is trimmed to about
-                                                    this many entries (``MAXLEN ~``)
-``connect_timeout_s``   ``5``                       timeout to connect
-``forget_consumer_s``   ``600``                     another consumer of the group idle this long
-                                                    and holding no pending entry is deleted from
-                                                    the group (a process that died)
-======================  ==========================  =============================================
-
-On :meth:`RedisStreamSource.open`: ``XGROUP CREATE <stream> <group> 0 MKSTREAM`` (an existing group
-is fine), so jobs added before the group existed are delivered too.
-
-Receiving: ``receive(n, timeout_s)`` first takes over (``XAUTOCLAIM``) jobs that have been pending on
-some consumer for more than ``claim_idle_s`` — they come with ``redelivered=True`` — then reads new
-ones with ``XREADGROUP ... COUNT <rest> BLOCK <timeout>`` (not blocking when it already has some).
-Redis has no server-side bound on unacknowledged entries, so ``max_in_flight`` bounds them here.
-Claiming keeps a cursor, so a long pending list is scanned a piece per call.
-
-Settling: ``ack`` is ``XACK`` (plus ``XDEL`` with ``delete_on_ack``, in one MULTI/EXEC);
-``dead_letter`` is ``XADD`` to the dead-letter stream of ``{body, reason, source_stream, source_id,
-consumer}`` together with the ``XACK``/``XDEL``, atomically in one MULTI/EXEC. ``release`` sends
-nothing: the entry stays pending and is claimed again (by this or another process) once idle for
-``claim_idle_s``. Redis streams have no "give back now"; a short ``claim_idle_s`` makes releases
-come back sooner, at the price of taking over jobs from consumers that are merely slow.
-
-``delete_on_ack`` keeps memory bounded (Redis holds streams in RAM) and makes the stream a work
-queue. Turn it off when other consumer groups read the same stream, and trim it otherwise
-(``XADD ... MAXLEN ~`` by the producers, or ``XTRIM``).
-
-On close, this consumer is removed from the group if it holds no pending entries (so per-process
-names do not pile up); otherwise it stays, and its pending jobs are claimed by others later.
-A process that died (``kill -9``) cannot remove itself: once its entries have been claimed
-(``XAUTOCLAIM``, above) it holds none, and the next receive after it has been idle for
-``forget_consumer_s`` deletes it (``XGROUP DELCONSUMER``). The check and the delete run in one
-Lua script, so a consumer that reads an entry in between is never deleted with it (deleting a
-consumer drops its pending entries). The sweep runs at most every ``forget_consumer_s / 4``
-seconds (at least 1 s apart), and logs ``redis.consumers_forgotten``.
+On close, this consumer leaves the group if it holds no pending entries, so per-process names do
+not pile up. A process that died cannot: once its entries are claimed, the next receive after it
+has been idle ``forget_consumer_s`` deletes it. The check and the delete are one Lua script, so a
+consumer that reads an entry in between is never deleted with it (that would drop its entries).
 
 An entry without ``body_field`` arrives with an empty body, which :func:`bulksend.jobs.parse_job`
-refuses ("empty message"), so it is dead-lettered like any bad job. ``message_id`` is the entry
-id; ``lag()`` is the group's count of entries not yet delivered (Redis 7's ``lag``).
+refuses, so it is dead-lettered like any bad job. ``message_id`` is the entry id; ``lag()`` is the
+group's count of entries not yet delivered (Redis 7's ``lag``).
 """
 
 from __future__ import annotations
