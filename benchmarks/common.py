@@ -691,9 +691,7 @@ def run_sampled(
         threads.append(thread)
 
     try:
-        return run_measured(
-            command, timeout_s=timeout_s, env=env, cwd=cwd, cpus=cpus, on_start=start_sampler
-        )
+        return run_measured(command, timeout_s=timeout_s, env=env, cwd=cwd, cpus=cpus, on_start=start_sampler)
     finally:
         stop.set()
         for thread in threads:

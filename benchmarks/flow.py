@@ -134,6 +134,7 @@ def _run(
             work, emails, rate_per_s=rate_per_s, poll_interval_s=poll_interval_s, settle_s=settle_s
         )
         with SandboxProcess(final_after_s=0.2, cpus=cpus.sandbox, **sandbox) as sb:
+
             def read(pid: int, started: float) -> bool:
                 try:
                     t, st = stamped(sb.stats, started)

@@ -155,6 +155,7 @@ def run_rate_adherence(opts: RateOptions) -> dict[str, Any]:
         with SandboxProcess(
             final_after_s=opts.final_after_s, rate_limit_per_s=opts.server_limit_per_s, cpus=cpus.sandbox
         ) as sandbox:
+
             def sample(pid: int, started: float) -> bool:
                 try:
                     t, accepted = stamped(lambda: int(sandbox.stats()["emails_total"]), started)
