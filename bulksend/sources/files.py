@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
+from itertools import islice
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -52,6 +53,7 @@ __all__ = [
     "RecipientInput",
     "check_recipients",
     "iter_recipients",
+    "read_batch",
     "split_attachments",
 ]
 
@@ -157,6 +159,12 @@ def iter_recipients(path: Path, *, start_after_row: int = 0) -> Iterator[Recipie
         raise CampaignError(
             "the recipients file does not exist; fix the 'recipients' path", path=str(path)
         ) from None
+
+
+def read_batch(reader: Iterator[RecipientInput | BadRow], n: int) -> list[RecipientInput | BadRow]:
+    """The next ``n`` records of ``reader`` (fewer at its end). It reads the file: run it in a
+    worker thread, never on the event loop."""
+    return list(islice(reader, n))
 
 
 # ---------------------------------------------------------------------------------------------
