@@ -8,6 +8,7 @@ that the parent process calls, never in a child whose CPU time is being measured
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import re
@@ -23,7 +24,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar
 
 import orjson
 
@@ -35,6 +36,7 @@ __all__ = [
     "ChildResult",
     "CpuPlan",
     "SandboxProcess",
+    "add_run_arguments",
     "bulksend_command",
     "child_env",
     "cpu_model",
@@ -46,11 +48,15 @@ __all__ = [
     "read_proc_rss_kb",
     "render_bodies",
     "run_measured",
+    "run_sampled",
     "sampling",
     "sandbox_client_env",
+    "stamped",
     "uses_uvloop",
     "write_campaign",
+    "write_raw",
     "write_recipients",
+    "write_report",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +68,7 @@ BENCH_ACCESS_KEY = "SCWBENCHMARKSANDBOX0"
 BENCH_PROJECT_ID = "11111111-2222-4333-8444-555555555555"
 
 SANDBOX_SECRET_ENV = "BULKSEND_SANDBOX_SECRET"  # read by `python -m bulksend.sandbox`
+_T = TypeVar("_T")
 _URL_RE = re.compile(r"http://[0-9A-Za-z.\-\[\]:]+:\d+")
 
 
@@ -646,6 +653,78 @@ def run_measured(
             stdout=out_path.read_text(errors="replace"),
             stderr=err_path.read_text(errors="replace"),
         )
+
+
+def run_sampled(
+    command: Sequence[str],
+    sample: Callable[[int, float], bool],
+    *,
+    interval_s: float,
+    first_after_s: float = 0.0,
+    join_timeout_s: float = 30.0,
+    timeout_s: float,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    cpus: frozenset[int] | None = None,
+) -> ChildResult:
+    """:func:`run_measured`, with a sampler thread watching the child while it runs.
+
+    Once the child runs, a background thread waits ``first_after_s``, then calls
+    ``sample(pid, started)`` (``started``: ``time.monotonic()`` when the child was seen running)
+    every ``interval_s`` until it returns False or the child ends. The thread only reads, in the
+    parent process, so the child's own measurements stay its own.
+    """
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def start_sampler(pid: int) -> None:
+        started = time.monotonic()
+
+        def loop() -> None:
+            if stop.wait(first_after_s):
+                return
+            while sample(pid, started) and not stop.wait(interval_s):
+                pass
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        threads.append(thread)
+
+    try:
+        return run_measured(command, timeout_s=timeout_s, env=env, cwd=cwd, cpus=cpus, on_start=start_sampler)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=join_timeout_s)
+
+
+def stamped(read: Callable[[], _T], since: float) -> tuple[float, _T]:
+    """``read()``, stamped halfway through the call (the value was read then), in seconds since
+    the ``time.monotonic()`` value ``since``."""
+    asked = time.monotonic()
+    value = read()
+    return (asked + time.monotonic()) / 2 - since, value
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every ``bulksend send`` benchmark takes: concurrency, polling, pinning, --json."""
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--poll-interval-s", type=float, default=1.0)
+    parser.add_argument("--no-pin", action="store_true", help="do not pin the sandbox and bulksend to CPUs")
+    parser.add_argument("--json", type=Path, default=None, help="write the raw numbers here")
+
+
+def write_raw(raw: Any, json_path: Path | None) -> None:
+    """Write a benchmark's raw numbers to ``json_path``, when given, and say where."""
+    if json_path is not None:
+        json_path.write_bytes(orjson.dumps(raw, option=orjson.OPT_INDENT_2))
+        print(f"raw numbers: {json_path}")
+
+
+def write_report(report: str, raw: Any, json_path: Path | None) -> None:
+    """Print a benchmark's report, then :func:`write_raw`."""
+    print(report)
+    write_raw(raw, json_path)
 
 
 def _kill_group(pgid: int) -> None:

@@ -52,6 +52,7 @@ from benchmarks.common import (
     sandbox_client_env,
     uses_uvloop,
     write_campaign,
+    write_raw,
 )
 
 __all__ = ["CompareOptions", "Measurement", "main", "run_compare"]
@@ -620,9 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run_compare(opts)
     print()
     print(format_report(result))
-    if args.json is not None:
-        args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-        print(f"\nraw numbers: {args.json}")
+    write_raw(result, args.json)
     return 0  # targets are reported, not enforced
 
 

@@ -27,14 +27,10 @@ import argparse
 import shutil
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import orjson
 
 from benchmarks import flow_nested
 from benchmarks.common import (
@@ -44,9 +40,11 @@ from benchmarks.common import (
     machine_info,
     plan_cpus,
     precompile,
-    run_measured,
+    run_sampled,
     sandbox_client_env,
+    stamped,
     write_campaign,
+    write_raw,
 )
 
 __all__ = ["Sample", "main", "scenario_faults", "scenario_outage", "scenario_unknown_limit"]
@@ -136,48 +134,33 @@ def _run(
             work, emails, rate_per_s=rate_per_s, poll_interval_s=poll_interval_s, settle_s=settle_s
         )
         with SandboxProcess(final_after_s=0.2, cpus=cpus.sandbox, **sandbox) as sb:
-            stop = threading.Event()
-            threads: list[threading.Thread] = []
 
-            def start_sampler(pid: int) -> None:
-                t0 = time.monotonic()
-
-                def loop() -> None:
-                    while not stop.is_set():
-                        asked = time.monotonic()
-                        try:
-                            st = sb.stats()
-                        except OSError:
-                            return
-                        sample = Sample(
-                            t=(asked + time.monotonic()) / 2 - t0,
-                            created=int(st["emails_total"]),
-                            requests=sum(int(v) for v in st["requests"].values()),
-                            throttled=int(st["rate_limited"]),
-                            outage=int(st.get("outage_answers") or 0),
-                        )
-                        samples.append(sample)
-                        if during is not None:
-                            during(sb, sample, events)
-                        stop.wait(SAMPLE_S)
-
-                thread = threading.Thread(target=loop, daemon=True)
-                thread.start()
-                threads.append(thread)
-
-            try:
-                res = run_measured(
-                    bulksend_command(campaign),
-                    timeout_s=timeout_s,
-                    env=sandbox_client_env(sb.url, work),
-                    cwd=work,
-                    cpus=cpus.client,
-                    on_start=start_sampler,
+            def read(pid: int, started: float) -> bool:
+                try:
+                    t, st = stamped(sb.stats, started)
+                except OSError:
+                    return False
+                sample = Sample(
+                    t=t,
+                    created=int(st["emails_total"]),
+                    requests=sum(int(v) for v in st["requests"].values()),
+                    throttled=int(st["rate_limited"]),
+                    outage=int(st.get("outage_answers") or 0),
                 )
-            finally:
-                stop.set()
-                for thread in threads:
-                    thread.join(timeout=30)
+                samples.append(sample)
+                if during is not None:
+                    during(sb, sample, events)
+                return True
+
+            res = run_sampled(
+                bulksend_command(campaign),
+                read,
+                interval_s=SAMPLE_S,
+                timeout_s=timeout_s,
+                env=sandbox_client_env(sb.url, work),
+                cwd=work,
+                cpus=cpus.client,
+            )
             res.check("bulksend send")
             stats = sb.full_stats()
     finally:
@@ -385,11 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if 4 in chosen:
         results.append(scenario_nested())
         print(format_report(results[-1:]), flush=True)
-    if args.json is not None:
-        args.json.write_bytes(
-            orjson.dumps({"machine": machine, "results": results}, option=orjson.OPT_INDENT_2)
-        )
-        print(f"raw numbers: {args.json}")
+    write_raw({"machine": machine, "results": results}, args.json)
     return 0  # a report, not a gate (see benchmarks/README.md)
 
 

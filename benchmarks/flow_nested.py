@@ -42,6 +42,7 @@ from benchmarks.common import (
     precompile,
     sandbox_client_env,
     write_recipients,
+    write_report,
 )
 
 __all__ = ["main", "scenario_nested", "steady_rate"]
@@ -354,9 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="write the raw numbers here")
     args = p.parse_args(argv)
     result = scenario_nested(args.duration_s, quiet=False)
-    print(format_report(result))
-    if args.json is not None:
-        args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    write_report(format_report(result), result, args.json)
     return 0
 
 

@@ -19,17 +19,15 @@ import argparse
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
-
 from benchmarks.common import (
     SandboxProcess,
+    add_run_arguments,
     bulksend_command,
     describe_machine,
     machine_info,
@@ -37,9 +35,10 @@ from benchmarks.common import (
     precompile,
     read_proc_cpu_s,
     read_proc_rss_kb,
-    run_measured,
+    run_sampled,
     sandbox_client_env,
     write_campaign,
+    write_report,
 )
 
 __all__ = ["MillionOptions", "main", "run_million"]
@@ -94,52 +93,41 @@ def run_million(opts: MillionOptions) -> dict[str, Any]:
             size_mb = (work / f"recipients.{opts.recipients_format}").stat().st_size / 1e6
             print(f"generated {opts.emails:,} recipients ({size_mb:,.0f} MB) in {gen_s:.1f} s", flush=True)
         with SandboxProcess(final_after_s=opts.final_after_s, cpus=cpus.sandbox) as sandbox:
-            env = sandbox_client_env(sandbox.url, work)
-            stop = threading.Event()
-            threads: list[threading.Thread] = []
+            next_note = opts.progress_every_s
 
-            def start_sampler(pid: int) -> None:
-                t0 = time.monotonic()
-
-                def loop() -> None:
-                    # /proc only: asking the sandbox for its stats would serialise a map of every
-                    # recipient, disturbing the very run being measured.
-                    next_note = opts.progress_every_s
-                    while not stop.wait(opts.sample_interval_s):
-                        rss = read_proc_rss_kb(pid)
-                        if rss is None:
-                            return
-                        elapsed = time.monotonic() - t0
-                        samples.append((elapsed, rss[0]))
-                        if not opts.quiet and elapsed >= next_note:
-                            next_note += opts.progress_every_s
-                            print(
-                                f"  {elapsed:6.0f} s: bulksend RSS {rss[0] / 1024:.0f} MB, "
-                                f"CPU {read_proc_cpu_s(pid) or 0:.0f} s; sandbox CPU "
-                                f"{sandbox.cpu_s() - sandbox_cpu_at_start:.0f} s",
-                                flush=True,
-                            )
-
-                thread = threading.Thread(target=loop, daemon=True)
-                thread.start()
-                threads.append(thread)
+            def sample(pid: int, started: float) -> bool:
+                # /proc only: asking the sandbox for its stats would serialise a map of every
+                # recipient, disturbing the very run being measured.
+                nonlocal next_note
+                rss = read_proc_rss_kb(pid)
+                if rss is None:
+                    return False
+                elapsed = time.monotonic() - started
+                samples.append((elapsed, rss[0]))
+                if not opts.quiet and elapsed >= next_note:
+                    next_note += opts.progress_every_s
+                    print(
+                        f"  {elapsed:6.0f} s: bulksend RSS {rss[0] / 1024:.0f} MB, "
+                        f"CPU {read_proc_cpu_s(pid) or 0:.0f} s; sandbox CPU "
+                        f"{sandbox.cpu_s() - sandbox_cpu_at_start:.0f} s",
+                        flush=True,
+                    )
+                return True
 
             sandbox_cpu_at_start = sandbox.cpu_s()
             if not opts.quiet:
                 print(f"sending through {sandbox.url} ({cpus.describe()})…", flush=True)
-            try:
-                res = run_measured(
-                    bulksend_command(work / "campaign.toml"),
-                    timeout_s=opts.timeout_s,
-                    env=env,
-                    cwd=work,
-                    cpus=cpus.client,
-                    on_start=start_sampler,
-                )
-            finally:
-                stop.set()
-                for thread in threads:
-                    thread.join(timeout=10)
+            res = run_sampled(
+                bulksend_command(work / "campaign.toml"),
+                sample,
+                interval_s=opts.sample_interval_s,
+                first_after_s=opts.sample_interval_s,
+                join_timeout_s=10,
+                timeout_s=opts.timeout_s,
+                env=sandbox_client_env(sandbox.url, work),
+                cwd=work,
+                cpus=cpus.client,
+            )
             res.check("bulksend send")
             sandbox_cpu = sandbox.cpu_s() - sandbox_cpu_at_start
             stats = sandbox.stats()
@@ -203,11 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.million", description=__doc__.splitlines()[0])
     p.add_argument("--emails", type=int, default=1_000_000)
     p.add_argument("--format", choices=["csv", "jsonl"], default="csv", help="recipients file format")
-    p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--poll-interval-s", type=float, default=1.0)
     p.add_argument("--timeout-s", type=float, default=3600.0, help="bound on the bulksend run")
-    p.add_argument("--no-pin", action="store_true", help="do not pin the sandbox and bulksend to CPUs")
-    p.add_argument("--json", type=Path, default=None, help="write the raw numbers here")
+    add_run_arguments(p)
     args = p.parse_args(argv)
     result = run_million(
         MillionOptions(
@@ -219,10 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pin=not args.no_pin,
         )
     )
-    print(format_report(result))
-    if args.json is not None:
-        args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-        print(f"raw numbers: {args.json}")
+    write_report(format_report(result), result, args.json)
     return 0
 
 

@@ -19,8 +19,6 @@ import argparse
 import shutil
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -31,14 +29,17 @@ import orjson
 
 from benchmarks.common import (
     SandboxProcess,
+    add_run_arguments,
     bulksend_command,
     describe_machine,
     machine_info,
     plan_cpus,
     precompile,
-    run_measured,
+    run_sampled,
     sandbox_client_env,
+    stamped,
     write_campaign,
+    write_report,
 )
 
 __all__ = ["RateOptions", "achieved_rate", "main", "per_second", "run_rate_adherence"]
@@ -154,29 +155,14 @@ def run_rate_adherence(opts: RateOptions) -> dict[str, Any]:
         with SandboxProcess(
             final_after_s=opts.final_after_s, rate_limit_per_s=opts.server_limit_per_s, cpus=cpus.sandbox
         ) as sandbox:
-            env = sandbox_client_env(sandbox.url, work)
-            stop = threading.Event()
-            threads: list[threading.Thread] = []
 
-            def start_sampler(pid: int) -> None:
-                t0 = time.monotonic()
-
-                def loop() -> None:
-                    while not stop.is_set():
-                        asked = time.monotonic()
-                        try:
-                            accepted = int(sandbox.stats()["emails_total"])
-                        except OSError:
-                            return
-                        # Stamp the sample halfway through the call: the counter was read then.
-                        samples.append(((asked + time.monotonic()) / 2 - t0, accepted))
-                        if accepted >= n:
-                            return
-                        stop.wait(opts.sample_interval_s)
-
-                thread = threading.Thread(target=loop, daemon=True)
-                thread.start()
-                threads.append(thread)
+            def sample(pid: int, started: float) -> bool:
+                try:
+                    t, accepted = stamped(lambda: int(sandbox.stats()["emails_total"]), started)
+                except OSError:
+                    return False
+                samples.append((t, accepted))
+                return accepted < n
 
             if not opts.quiet:
                 limit = f"{opts.server_limit_per_s:g}/s" if opts.server_limit_per_s else "nothing"
@@ -185,19 +171,15 @@ def run_rate_adherence(opts: RateOptions) -> dict[str, Any]:
                     f"{limit} ({sandbox.url}, {cpus.describe()})…",
                     flush=True,
                 )
-            try:
-                res = run_measured(
-                    bulksend_command(campaign),
-                    timeout_s=opts.timeout_s or 120.0 + 3 * opts.duration_s,
-                    env=env,
-                    cwd=work,
-                    cpus=cpus.client,
-                    on_start=start_sampler,
-                )
-            finally:
-                stop.set()
-                for thread in threads:
-                    thread.join(timeout=30)
+            res = run_sampled(
+                bulksend_command(campaign),
+                sample,
+                interval_s=opts.sample_interval_s,
+                timeout_s=opts.timeout_s or 120.0 + 3 * opts.duration_s,
+                env=sandbox_client_env(sandbox.url, work),
+                cwd=work,
+                cpus=cpus.client,
+            )
             res.check("bulksend send")
             stats = sandbox.stats()
         outcome_rate = _outcome_rate(work / "out" / "bench.jsonl")
@@ -290,10 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the sandbox's limit in requests/s (default: --rate; 0: no limit, bulksend's pacing alone)",
     )
     p.add_argument("--duration-s", type=float, default=30.0, help="rate × duration emails are sent")
-    p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--poll-interval-s", type=float, default=1.0)
-    p.add_argument("--no-pin", action="store_true", help="do not pin the sandbox and bulksend to CPUs")
-    p.add_argument("--json", type=Path, default=None, help="write the raw numbers here")
+    add_run_arguments(p)
     args = p.parse_args(argv)
     result = run_rate_adherence(
         RateOptions(
@@ -305,10 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pin=not args.no_pin,
         )
     )
-    print(format_report(result))
-    if args.json is not None:
-        args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-        print(f"raw numbers: {args.json}")
+    write_report(format_report(result), result, args.json)
     return 0
 
 

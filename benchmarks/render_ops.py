@@ -34,9 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
-
-from benchmarks.common import BENCH_PROJECT_ID, write_campaign
+from benchmarks.common import BENCH_PROJECT_ID, write_campaign, write_raw
 
 __all__ = ["main", "run_render_ops"]
 
@@ -162,8 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fig = result[label]
         runs = ", ".join(f"{x:.2f}" for x in fig["runs"])
         print(f"  {label:<7} {fig['cpu_us_per_row']:8.2f}   (runs: {runs})")
-    if args.json is not None:
-        args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    write_raw(result, args.json)
     return 0
 
 

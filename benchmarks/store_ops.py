@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
-import orjson
 
+from benchmarks.common import write_report
 from bulksend.send import uvloop_available
 from bulksend.sinks.outcomes import outcome_lines
 from bulksend.store import FinalUpdate, MemoryStore, NewRecipient, SqliteStore, Store
@@ -242,9 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stores=tuple(args.stores or StoreOpsOptions.stores),
     )
     results = _run(opts)
-    print(format_report(results))
-    if args.json is not None:
-        args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    write_report(format_report(results), results, args.json)
     return 0
 
 

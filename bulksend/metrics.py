@@ -7,37 +7,9 @@ plugs into the client directly. Gauges whose value already lives somewhere (a qu
 store count) are better read at scrape time with :meth:`Metrics.add_gauge_callback` than copied
 by a loop.
 
-Exposed series (all prefixed ``bulksend_``; the list with PromQL queries is in docs/daemon.md)::
-
-    emails_total{campaign,status}          counter  final outcomes (sent/failed/canceled/rejected/
-                                                    skipped/unknown); a submitted campaign's series
-                                                    are dropped once it ends (forget_campaign)
-    api_calls_total{endpoint,code}         counter  TEM calls (endpoint: send/get/list/cancel/statistics;
-                                                    code: HTTP status, "0" for a transport error)
-    api_call_duration_seconds{endpoint}    histogram  TEM call latency
-    api_throttled_total                    counter  429 answers
-    limiter_rate_per_second                gauge    current rate of the shared limiter
-    limiter_measured_rate_per_second       gauge    answers not throttled per second (last second)
-    limiter_ceiling_per_second             gauge    the rate the account last refused (429), or the
-                                                    configured rate before any throttling
-    retry_budget_tokens                    gauge    retries the budget allows right now
-    circuit_state                          gauge    0 closed, 1 half-open (probing), 2 open
-    in_flight_emails                       gauge    TEM send requests in flight
-    tracker_backlog_emails                 gauge    emails submitted, not final yet
-    queue_lag_messages{source}             gauge    messages waiting in a source queue
-    jobs_total{source,result}              counter  queue messages by result (admitted/duplicate/
-                                                    dead_lettered)
-    dead_letters_total{source,reason_kind} counter  dead-lettered messages by kind of reason
-    results_published_messages_total       counter  job results the results broker took
-    results_failed_messages_total          counter  job results the results broker refused (held,
-                                                    published again later)
-    results_backlog_messages               gauge    job results held, waiting to be published
-    reconciliations_total{outcome}         counter  ambiguous sends looked up at TEM (adopted/
-                                                    resent/deferred)
-    store_errors_total{operation}          counter  store operations that failed
-    ready                                  gauge    1 while /readyz would answer 200, else 0
-
-plus the standard ``process_*``, ``python_gc_*`` and ``python_info`` series unless disabled.
+Every series (all prefixed ``bulksend_``), with PromQL queries, is listed in docs/daemon.md
+("Health and metrics"); the standard ``process_*``, ``python_gc_*`` and ``python_info`` series
+come too unless disabled.
 
 Every method is cheap and thread-safe (prometheus-client locks each value), and none raises on a
 label value it has not seen before: metrics must never break the pipeline that feeds them.
@@ -127,17 +99,18 @@ class Metrics:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
             GCCollector(registry=r)
-        self.emails = Counter(
+        counter, gauge = self._counter, self._gauge
+        self.emails = counter(
             "bulksend_emails_total",
             "Recipients that reached their final outcome, by campaign and outcome status.",
-            ["campaign", "status"],
-            registry=r,
+            "campaign",
+            "status",
         )
-        self.api_calls = Counter(
+        self.api_calls = counter(
             "bulksend_api_calls_total",
             "TEM API calls by endpoint and HTTP status code (0: transport error, no HTTP answer).",
-            ["endpoint", "code"],
-            registry=r,
+            "endpoint",
+            "code",
         )
         self.api_latency = Histogram(
             "bulksend_api_call_duration_seconds",
@@ -146,90 +119,71 @@ class Metrics:
             buckets=API_LATENCY_BUCKETS_S,
             registry=r,
         )
-        self.api_throttled = Counter(
-            "bulksend_api_throttled_total", "TEM API answers 429 (too many requests).", registry=r
+        self.api_throttled = counter(
+            "bulksend_api_throttled_total", "TEM API answers 429 (too many requests)."
         )
-        self.limiter_rate = Gauge(
+        self.limiter_rate = gauge(
             "bulksend_limiter_rate_per_second",
             "Current rate of the shared TEM request limiter, in requests per second.",
-            registry=r,
         )
-        self.measured_rate = Gauge(
+        self.measured_rate = gauge(
             "bulksend_limiter_measured_rate_per_second",
             "TEM answers that were not throttled, per second, over the last second.",
-            registry=r,
         )
-        self.ceiling = Gauge(
+        self.ceiling = gauge(
             "bulksend_limiter_ceiling_per_second",
             "The rate the account last refused with throttling (the configured rate before any).",
-            registry=r,
         )
-        self.retry_tokens = Gauge(
-            "bulksend_retry_budget_tokens", "Retries the retry budget allows right now.", registry=r
+        self.retry_tokens = gauge(
+            "bulksend_retry_budget_tokens", "Retries the retry budget allows right now."
         )
-        self.circuit_state = Gauge(
+        self.circuit_state = gauge(
             "bulksend_circuit_state",
             "Circuit breaker in front of TEM: 0 closed, 1 half-open (probing), 2 open (waiting).",
-            registry=r,
         )
-        self.in_flight = Gauge("bulksend_in_flight_emails", "TEM send requests in flight.", registry=r)
-        self.backlog = Gauge(
-            "bulksend_tracker_backlog_emails",
-            "Emails submitted to TEM whose final status is not known yet.",
-            registry=r,
+        self.in_flight = gauge("bulksend_in_flight_emails", "TEM send requests in flight.")
+        self.backlog = gauge(
+            "bulksend_tracker_backlog_emails", "Emails submitted to TEM whose final status is not known yet."
         )
-        self.queue_lag = Gauge(
-            "bulksend_queue_lag_messages",
-            "Messages waiting in a source queue, by source.",
-            ["source"],
-            registry=r,
+        self.queue_lag = gauge(
+            "bulksend_queue_lag_messages", "Messages waiting in a source queue, by source.", "source"
         )
-        self.jobs = Counter(
+        self.jobs = counter(
             "bulksend_jobs_total",
             "Queue messages by source and result (admitted, duplicate, dead_lettered).",
-            ["source", "result"],
-            registry=r,
+            "source",
+            "result",
         )
-        self.dead_letters = Counter(
+        self.dead_letters = counter(
             "bulksend_dead_letters_total",
             "Dead-lettered queue messages by source and kind of reason.",
-            ["source", "reason_kind"],
-            registry=r,
+            "source",
+            "reason_kind",
         )
-        self.results_published = Counter(
-            "bulksend_results_published_messages_total",
-            "Job results the results broker took.",
-            registry=r,
+        self.results_published = counter(
+            "bulksend_results_published_messages_total", "Job results the results broker took."
         )
-        self.results_failed = Counter(
+        self.results_failed = counter(
             "bulksend_results_failed_messages_total",
             "Job results whose publish failed (held and published again later).",
-            registry=r,
         )
-        self.results_backlog = Gauge(
+        self.results_backlog = gauge(
             "bulksend_results_backlog_messages",
             "Job results held after a failed publish, waiting to be published again.",
-            registry=r,
         )
-        self.reconciliations = Counter(
+        self.reconciliations = counter(
             "bulksend_reconciliations_total",
             "Ambiguous sends looked up at TEM, by outcome (adopted: TEM had the email; resent: it "
             "had not, sent again; deferred: the lookup failed, left for later).",
-            ["outcome"],
-            registry=r,
+            "outcome",
         )
         for outcome in RECONCILE_OUTCOMES:
             self.reconciliations.labels(outcome)  # at 0 from the start, so rate() sees the first
-        self.store_errors = Counter(
-            "bulksend_store_errors_total",
-            "Store operations that failed, by operation.",
-            ["operation"],
-            registry=r,
+        self.store_errors = counter(
+            "bulksend_store_errors_total", "Store operations that failed, by operation.", "operation"
         )
-        self.ready = Gauge(
-            "bulksend_ready",
-            "1 while every readiness check passes (/readyz answers 200), else 0.",
-            registry=r,
+        self.ready = gauge(
+            "bulksend_ready", "1 while every readiness check passes (/readyz answers 200), else 0."
         )
         self._callbacks: dict[str, _CallbackGauge] = {}
         self._statuses_by_campaign: dict[str, set[str]] = {}
@@ -237,6 +191,12 @@ class Metrics:
 
     def __repr__(self) -> str:
         return f"Metrics(callbacks={sorted(self._callbacks)!r})"
+
+    def _counter(self, name: str, documentation: str, *labelnames: str) -> Counter:
+        return Counter(name, documentation, labelnames, registry=self.registry)
+
+    def _gauge(self, name: str, documentation: str, *labelnames: str) -> Gauge:
+        return Gauge(name, documentation, labelnames, registry=self.registry)
 
     # -- what the daemon calls -------------------------------------------------------------------
     def on_api_response(self, endpoint: str, code: int, elapsed_s: float) -> None:

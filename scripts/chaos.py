@@ -11,10 +11,8 @@ restarted each time, then left to finish. The verdict: every valid recipient got
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -25,9 +23,15 @@ import orjson
 from anyio.abc import Process
 
 from bulksend.sandbox import Sandbox, SandboxConfig
+from scripts import common
+from scripts.common import count_delivery, drain, wait_for_event, write_campaign_files
 
 SECRET = "chaos-sandbox-secret"
 PROJECT = "11111111-2222-4333-8444-555555555555"
+
+# Under their former names too: suites that drive senders themselves import them from here.
+_drain = drain
+_wait_for_event = wait_for_event
 
 CAMPAIGN = """\
 [campaign]
@@ -81,50 +85,15 @@ def write_campaign(
     folder: Path, recipients: int, *, rate_per_s: float, concurrency: int
 ) -> tuple[Path, set[str]]:
     """A CSV campaign with a few invalid rows; returns the campaign file and the valid addresses."""
-    folder.mkdir(parents=True, exist_ok=True)
-    valid: set[str] = set()
-    with open(folder / "recipients.csv", "w", encoding="utf-8") as fh:
-        fh.write("email,first_name,n\n")
-        for i in range(recipients):
-            if i % 500 == 250:
-                fh.write(f"broken-{i},X,{i}\n")  # invalid address: rejected, never sent
-                continue
-            address = f"user{i}@example.com"
-            valid.add(address)
-            fh.write(f"{address},P{i},{i}\n")
-    path = folder / "campaign.toml"
-    path.write_text(CAMPAIGN.format(rate=rate_per_s, concurrency=concurrency), encoding="utf-8")
-    return path, valid
+    campaign = CAMPAIGN.format(rate=rate_per_s, concurrency=concurrency)
+    return write_campaign_files(folder, recipients, campaign, broken_every=500)
 
 
 async def start_sender(
     campaign: Path, api_url: str, *, project: str = PROJECT, secret: str = SECRET, extra: tuple[str, ...] = ()
 ) -> Process:
-    """``bulksend send CAMPAIGN`` as a child process with JSON logs on stderr (``extra``: more options)."""
-    env = dict(os.environ)
-    env.update(SCW_SECRET_KEY=secret, SCW_DEFAULT_PROJECT_ID=project, SCW_API_URL=api_url)
-    command = [sys.executable, "-m", "bulksend.cli", "send", str(campaign), "--no-progress"]
-    command += ["--log-format", "json", "--log-level", "info", *extra]
-    return await anyio.open_process(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-async def _wait_for_event(proc: Process, event: str) -> bool:
-    """Read the child's JSON log until ``event`` appears (True) or the child exits (False)."""
-    assert proc.stderr is not None
-    buffer = b""
-    async for chunk in proc.stderr:
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            if f'"event":"{event}"'.encode() in line:
-                return True
-    return False
-
-
-async def _drain(proc: Process) -> None:
-    assert proc.stderr is not None
-    async for _ in proc.stderr:
-        pass
+    """``bulksend send CAMPAIGN`` as a child process, by default on this script's sandbox account."""
+    return await common.start_sender(campaign, api_url, project=project, secret=secret, extra=extra)
 
 
 async def run_chaos(
@@ -164,12 +133,12 @@ async def run_chaos(
             while done_kills < kills:
                 proc = await start_sender(campaign, sandbox.url)
                 runs += 1
-                started = await _wait_for_event(proc, "campaign.start")
+                started = await wait_for_event(proc, "campaign.start")
                 if not started:  # finished (or failed) before it could be killed
                     await proc.wait()
                     break
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(_drain, proc)
+                    tg.start_soon(drain, proc)
                     # The chaos itself: a random moment while it is sending.
                     await anyio.sleep(rng.uniform(0.05, max_kill_delay_s))
                     if proc.returncode is None:
@@ -180,12 +149,10 @@ async def run_chaos(
             proc = await start_sender(campaign, sandbox.url)
             runs += 1
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_drain, proc)
+                tg.start_soon(drain, proc)
                 final_code = await proc.wait()
             stats = sandbox.stats()
-    counts = stats.accepted_by_recipient
-    duplicates = sum(1 for n in counts.values() if n > 1)
-    missing = sum(1 for address in valid if counts.get(address, 0) == 0)
+    duplicates, missing = count_delivery(stats.accepted_by_recipient, valid)
     lines = [orjson.loads(line) for line in (folder / "outcomes.jsonl").read_bytes().splitlines() if line]
     statuses: dict[str, int] = {}
     for line in lines:

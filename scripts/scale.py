@@ -19,6 +19,8 @@ import signal
 import sys
 import tempfile
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,8 +29,8 @@ import anyio
 import orjson
 from anyio.abc import Process
 
-from bulksend.sandbox import Sandbox, SandboxConfig
-from scripts.chaos import _drain, _wait_for_event, start_sender
+from bulksend.sandbox import Sandbox, SandboxConfig, SandboxStats
+from scripts.common import count_delivery, drain, start_sender, wait_for_event, write_campaign_files
 
 SECRET = "scale-sandbox-secret"
 PG_DSN = os.environ.get("BULKSEND_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -70,6 +72,36 @@ class ScaleResult:
     wall_s: float
     exit_codes: list[int] = field(default_factory=list)
 
+    @classmethod
+    def from_sandbox(
+        cls,
+        stats: SandboxStats,
+        valid: set[str],
+        *,
+        workers: int,
+        recipients: int,
+        killed: bool,
+        rate_per_s: float,
+        achieved_rate_per_s: float,
+        wall_s: float,
+        exit_codes: list[int],
+    ) -> ScaleResult:
+        """The verdict of one run, from what the sandbox accepted."""
+        duplicates, missing = count_delivery(stats.accepted_by_recipient, valid)
+        return cls(
+            workers=workers,
+            recipients=recipients,
+            killed=killed,
+            duplicates=duplicates,
+            missing=missing,
+            send_requests=stats.requests.get("send", 0),
+            throttled=stats.rate_limited,
+            rate_per_s=rate_per_s,
+            achieved_rate_per_s=achieved_rate_per_s,
+            wall_s=wall_s,
+            exit_codes=exit_codes,
+        )
+
     @property
     def throttled_share(self) -> float:
         total = self.send_requests + self.throttled
@@ -77,20 +109,9 @@ class ScaleResult:
 
 
 def write_campaign(folder: Path, recipients: int, *, rate: float, concurrency: int) -> tuple[Path, set[str]]:
-    folder.mkdir(parents=True, exist_ok=True)
-    valid: set[str] = set()
-    with open(folder / "recipients.csv", "w", encoding="utf-8") as fh:
-        fh.write("email,first_name,n\n")
-        for i in range(recipients):
-            address = f"user{i}@example.com"
-            valid.add(address)
-            fh.write(f"{address},P{i},{i}\n")
-    path = folder / "campaign.toml"
-    path.write_text(
-        CAMPAIGN.format(campaign_id=f"scale-{uuid.uuid4().hex[:8]}", rate=rate, concurrency=concurrency),
-        encoding="utf-8",
-    )
-    return path, valid
+    campaign_id = f"scale-{uuid.uuid4().hex[:8]}"
+    campaign = CAMPAIGN.format(campaign_id=campaign_id, rate=rate, concurrency=concurrency)
+    return write_campaign_files(folder, recipients, campaign)
 
 
 async def _worker(
@@ -127,6 +148,17 @@ async def _drop_schema(schema: str) -> None:
         await conn.close()
 
 
+@asynccontextmanager
+async def _scratch_store(prefix: str) -> AsyncIterator[str]:
+    """The URL of a PostgreSQL store in a schema of its own, dropped on the way out."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    try:
+        yield f"{PG_DSN}?schema={schema}"
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _drop_schema(schema)
+
+
 async def run_scale(
     folder: Path,
     *,
@@ -144,8 +176,6 @@ async def run_scale(
     rng = random.Random(seed)
     campaign, valid = write_campaign(folder, recipients, rate=rate_per_s, concurrency=concurrency)
     project = str(uuid.uuid4())  # the shared limiter's key is per account: keep runs apart
-    schema = f"bulksend_scale_{uuid.uuid4().hex[:10]}"
-    store_url = f"{PG_DSN}?schema={schema}"
     config = SandboxConfig(
         secret_key=SECRET,
         project_id=project,
@@ -159,7 +189,7 @@ async def run_scale(
     )
     codes: list[int] = []
     started = anyio.current_time()
-    try:
+    async with _scratch_store("bulksend_scale") as store_url:
         with anyio.fail_after(timeout_s):
             async with Sandbox(config, host="127.0.0.1", port=0) as sandbox:
                 procs = [
@@ -169,8 +199,8 @@ async def run_scale(
                 async with anyio.create_task_group() as tg:
                     if kill:
                         victim = procs[0]
-                        assert await _wait_for_event(victim, "campaign.start")
-                        tg.start_soon(_drain, victim)
+                        assert await wait_for_event(victim, "campaign.start")
+                        tg.start_soon(drain, victim)
                         # Mid-way through sending: about a third of the expected run time.
                         await anyio.sleep(recipients / rate_per_s / 3 * rng.uniform(0.8, 1.2))
                         victim.send_signal(signal.SIGKILL)
@@ -179,15 +209,11 @@ async def run_scale(
                     else:
                         rest = procs
                     for proc in rest:
-                        tg.start_soon(_drain, proc)
+                        tg.start_soon(drain, proc)
                     for proc in rest:
                         codes.append(await proc.wait())
                 stats = sandbox.stats()
-    finally:
-        with anyio.CancelScope(shield=True):
-            await _drop_schema(schema)
     wall = anyio.current_time() - started
-    counts = stats.accepted_by_recipient
     lines = [orjson.loads(x) for x in (folder / "outcomes.jsonl").read_bytes().splitlines() if x]
     created = sorted(
         datetime.fromisoformat(line["submitted_at"].replace("Z", "+00:00"))
@@ -199,14 +225,12 @@ async def run_scale(
     # their reconciliation, then trickle out) reads as the rate limiter holding the rate wrongly.
     lo, hi = len(created) // 20, len(created) - 1 - len(created) // 20
     span = (created[hi] - created[lo]).total_seconds() if hi > lo else 0.0
-    return ScaleResult(
+    return ScaleResult.from_sandbox(
+        stats,
+        valid,
         workers=workers,
         recipients=recipients,
         killed=kill,
-        duplicates=sum(1 for n in counts.values() if n > 1),
-        missing=sum(1 for a in valid if counts.get(a, 0) == 0),
-        send_requests=stats.requests.get("send", 0),
-        throttled=stats.rate_limited,
         rate_per_s=rate_per_s,
         achieved_rate_per_s=(hi - lo) / span if span else 0.0,
         wall_s=wall,
@@ -231,8 +255,6 @@ async def run_kills(
     would. ``wall_s`` is from the first start to the last exit: compare with ``kills=0``."""
     campaign, valid = write_campaign(folder, recipients, rate=rate_per_s, concurrency=concurrency)
     project = str(uuid.uuid4())
-    schema = f"bulksend_kills_{uuid.uuid4().hex[:10]}"
-    store_url = f"{PG_DSN}?schema={schema}"
     more = ("--prefetch", str(prefetch)) if prefetch is not None else ()
     config = SandboxConfig(
         secret_key=SECRET,
@@ -244,7 +266,7 @@ async def run_kills(
     codes: list[int] = []
     done = 0
     started = anyio.current_time()
-    try:
+    async with _scratch_store("bulksend_kills") as store_url:
         with anyio.fail_after(timeout_s):
             async with Sandbox(config, host="127.0.0.1", port=0) as sandbox:
 
@@ -254,7 +276,7 @@ async def run_kills(
                 procs = [await start(n) for n in range(workers)]
                 async with anyio.create_task_group() as tg:
                     for proc in procs:
-                        tg.start_soon(_drain, proc)
+                        tg.start_soon(drain, proc)
                     for k in range(kills):
                         await anyio.sleep(recipients / rate_per_s / (kills + 1))
                         n = k % workers
@@ -264,25 +286,19 @@ async def run_kills(
                         codes.append(await procs[n].wait())
                         done += 1
                         procs[n] = await start(n)
-                        tg.start_soon(_drain, procs[n])
+                        tg.start_soon(drain, procs[n])
                     for proc in procs:
                         codes.append(await proc.wait())
                 stats = sandbox.stats()
-    finally:
-        with anyio.CancelScope(shield=True):
-            await _drop_schema(schema)
     wall = anyio.current_time() - started
-    counts = stats.accepted_by_recipient
-    return ScaleResult(
+    return ScaleResult.from_sandbox(
+        stats,
+        valid,
         workers=workers,
         recipients=recipients,
         killed=done > 0,
-        duplicates=sum(1 for n in counts.values() if n > 1),
-        missing=sum(1 for a in valid if counts.get(a, 0) == 0),
-        send_requests=stats.requests.get("send", 0),
-        throttled=stats.rate_limited,
         rate_per_s=rate_per_s,
-        achieved_rate_per_s=len(counts) / wall if wall else 0.0,
+        achieved_rate_per_s=len(stats.accepted_by_recipient) / wall if wall else 0.0,
         wall_s=wall,
         exit_codes=codes,
     )

@@ -1,20 +1,8 @@
 """The admin HTTP API of ``bulksend serve`` (aiohttp.web), over a :class:`DaemonControl`.
 
-Routes (JSON in and out; every error is ``{"error": "…"}`` with a fitting status)::
-
-    GET  /healthz                        open   the process is alive
-    GET  /readyz                         open   every dependency is ready (else 503)
-    GET  /metrics                        token  Prometheus text (open with metrics_public=True)
-    POST /v1/campaigns                   token  multipart: `campaign` part, then `recipients` file → 201
-    GET  /v1/campaigns                   token  every campaign with its progress counts
-    GET  /v1/campaigns/{id}              token  one campaign
-    GET  /v1/campaigns/{id}/outcomes     token  outcome lines, streamed as JSON Lines
-    POST /v1/campaigns/{id}/pause        token
-    POST /v1/campaigns/{id}/resume       token
-    POST /v1/campaigns/{id}/cancel       token
-    GET  /v1/templates                   token  names of the registered templates
-    GET  /v1/dead-letters                token  dead letters since start: counts, recent reasons
-    PUT  /v1/templates/{name}            token  create or replace a template → 204
+Every route, its authentication and its answers are in docs/admin-api.md. JSON in and out; every
+error is ``{"error": "…"}`` with a fitting status; ``/healthz`` and ``/readyz`` are open, the rest
+needs the token (``/metrics`` is open with ``metrics_public=True``).
 
 Authentication is ``Authorization: Bearer <admin token>``, compared in constant time. Without a
 configured token the API is open, which :func:`check_listen_address` allows on loopback only. The

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -37,7 +37,7 @@ import orjson
 from bulksend.campaign import FileAccess, campaign_from_dict, check_campaign_id, parse_campaign_toml
 from bulksend.errors import CampaignError, Conflict, ControlError, NotFound
 from bulksend.sinks.outcomes import outcome_lines
-from bulksend.sources.files import BadRow, RecipientInput, iter_recipients
+from bulksend.sources.files import BadRow, RecipientInput, iter_recipients, read_batch
 from bulksend.store.base import (
     CANCELED_BEFORE_SENDING,
     CampaignState,
@@ -541,7 +541,7 @@ class MemoryControl:
         reader = iter_recipients(path)
         total = 0
         while True:
-            chunk = await anyio.to_thread.run_sync(_take, reader, ADMIT_BATCH)
+            chunk = await anyio.to_thread.run_sync(read_batch, reader, ADMIT_BATCH)
             if not chunk:
                 return total
             total += len(chunk)
@@ -556,15 +556,6 @@ async def _remove_tree(folder: Path) -> None:
         async for child in root.iterdir():
             await child.unlink(missing_ok=True)
         await root.rmdir()
-
-
-def _take(reader: Iterator[RecipientInput | BadRow], n: int) -> list[RecipientInput | BadRow]:
-    out: list[RecipientInput | BadRow] = []
-    for rec in reader:
-        out.append(rec)
-        if len(out) >= n:
-            break
-    return out
 
 
 def _new_recipient(rec: RecipientInput | BadRow) -> NewRecipient:

@@ -15,7 +15,6 @@ Each step is idempotent, so a stop in the middle is taken up again by the next s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from functools import partial
 
@@ -30,7 +29,7 @@ from bulksend.pipeline.reconcile import Reconciler
 from bulksend.pipeline.runner import CampaignRun
 from bulksend.pipeline.stats import OutcomeHook
 from bulksend.pipeline.tracker import final_update
-from bulksend.sources.files import BadRow, RecipientInput, iter_recipients
+from bulksend.sources.files import iter_recipients, read_batch
 from bulksend.store.base import CANCELED_BEFORE_SENDING, NewRecipient, RowState
 from bulksend.tem.models import Email, EmailStatus, ListEmailsQuery, OrderBy
 
@@ -70,7 +69,7 @@ async def _cancel_unread(run: CampaignRun, on_outcome: OutcomeHook) -> int:
     reader = iter_recipients(run.campaign.recipients, start_after_row=start)
     total = 0
     while True:
-        chunk = await anyio.to_thread.run_sync(_take, reader, _ADMIT_BATCH)
+        chunk = await anyio.to_thread.run_sync(read_batch, reader, _ADMIT_BATCH)
         if not chunk:
             break
         rows = [
@@ -194,12 +193,3 @@ async def _cancel_new_at_tem(run: CampaignRun, on_outcome: OutcomeHook) -> int:
             await on_outcome(cid, [(row.id, _CANCELED)])
             canceled += 1
     return canceled
-
-
-def _take(reader: Iterator[RecipientInput | BadRow], n: int) -> list[RecipientInput | BadRow]:
-    out: list[RecipientInput | BadRow] = []
-    for rec in reader:
-        out.append(rec)
-        if len(out) >= n:
-            break
-    return out

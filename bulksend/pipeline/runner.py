@@ -42,7 +42,7 @@ from bulksend.pipeline.stats import OutcomeHook, RunStats
 from bulksend.pipeline.tracker import Tracker, final_update
 from bulksend.render import Rejection, RenderedEmail, Renderer, RenderPacer
 from bulksend.sinks.outcomes import outcome_lines, write_outcomes
-from bulksend.sources.files import BadRow, RecipientInput, iter_recipients, split_attachments
+from bulksend.sources.files import BadRow, RecipientInput, iter_recipients, read_batch, split_attachments
 from bulksend.store import describe_store
 from bulksend.store.base import (
     CampaignRecord,
@@ -540,7 +540,7 @@ class CampaignRun:
         wait in the store for whichever worker claims them.
         """
         c = self.campaign
-        chunk = await anyio.to_thread.run_sync(_take, reader, ADMIT_BATCH)
+        chunk = await anyio.to_thread.run_sync(read_batch, reader, ADMIT_BATCH)
         if not chunk:
             return False
         rows: list[NewRecipient] = []
@@ -697,15 +697,6 @@ class CampaignRun:
             )
         log.info("campaign.end", campaign=c.id, complete=complete, **counts)
         return result
-
-
-def _take(reader: Iterator[RecipientInput | BadRow], n: int) -> list[RecipientInput | BadRow]:
-    out: list[RecipientInput | BadRow] = []
-    for rec in reader:
-        out.append(rec)
-        if len(out) >= n:
-            break
-    return out
 
 
 def attachments_of(variables: dict[str, Any]) -> tuple[str, ...]:

@@ -4,48 +4,25 @@
 semantics as :class:`~bulksend.pipeline.limiter.AimdLimiter` (read that module first), but the
 schedule and the rate live in one Redis hash shared by every process using the same ``key``, so N
 bulksend workers on N machines together stay within ``rate_per_s``: one budget per TEM account.
+How it is deployed and what fails how: docs/scaling.md, "The shared rate limiter".
 
-How it works
-------------
-One Lua script (loaded once, then called with ``EVALSHA``) does everything atomically on the
-Redis server, in one round trip:
-
-* it first applies the feedback this process gathered since its last call: successes (additive
-  increase of ``increase_per_s`` per second since the last shared increase, capped at the target)
-  and throttles (a multiplicative decrease, at most once per ``cooldown_s`` *across all
-  processes*, and a ``Retry-After`` pause that every process honours);
-* then GCRA: from the shared theoretical arrival time (``tat``), the current rate and the pause,
-  it reserves this caller's slot, stores the new ``tat`` and returns how long to wait.
-
-The caller sleeps locally, then calls the script once more to *confirm* its slot: if no throttle
-re-planned the schedule in between (or the slot was due before the re-plan), the slot is granted;
-otherwise the caller gets a new slot under the new plan. This is the shared form of AimdLimiter's
-epoch check, and it is what lets a decrease or a pause reach requests already waiting in every
-process, not only the ones arriving later. A request granted at once costs one round trip; one
-that had to wait costs two. A waiter cancelled while asleep hands its slot back when nobody
+One Lua script (``EVALSHA``) does everything atomically, in one round trip: it applies the
+feedback this process gathered since its last call (additive increase; a multiplicative decrease
+at most once per ``cooldown_s`` *across all processes*; a ``Retry-After`` pause every process
+honours), then reserves the caller's GCRA slot and returns how long to wait. Feedback is folded
+into the next call because ``on_success``/``on_throttle`` are not async. After sleeping, the caller
+*confirms* its slot with a second call: if a throttle re-planned the schedule meanwhile, it gets a
+new slot. That shared form of AimdLimiter's epoch check lets a decrease reach requests already
+waiting in every process. A waiter cancelled while asleep hands its slot back when nobody
 reserved after it (one more, shielded, round trip).
 
-Feedback is folded into the next script call because ``on_success``/``on_throttle`` are plain
-(non-async) methods: a throttle reaches the other processes with this process's next
-``acquire`` (or waiter waking up), typically within one interval, or at once with :meth:`sync`.
-
-Time
-----
-By default the script reads the Redis server's clock (``TIME``), so processes on machines whose
-clocks disagree still share one schedule. When a ``clock`` is given (tests:
-:class:`~bulksend.clock.FakeClock`), its ``monotonic()`` is sent as ``now`` instead; every process
-sharing a key must then use the same clock. Local sleeping always uses ``clock`` (default: the
-system clock): the script returns *durations*, never absolute times, to sleep for.
-
-Failures
---------
-If Redis cannot be reached, ``acquire`` does not grant anything: it retries with a capped
-exponential backoff until Redis answers again (or the caller is cancelled). Pausing every sender
-is the only safe choice, since nobody could tell how much of the account's budget the others use.
-The state is a few numbers with a time-to-live (``state_ttl_s``, renewed by every call): when Redis
-restarts empty or the key expires, the schedule starts afresh at ``rate_per_s``, and AIMD finds the
-sustainable rate again from there. Every process sharing a key must use the same settings
-(``rate_per_s``, ``burst``…): each call applies the caller's.
+The script reads the Redis server's clock (``TIME``), so skewed machines share one schedule; an
+injected ``clock`` (tests) is sent as ``now`` instead, and then every process sharing a key must
+use it. The script returns *durations*, never absolute times, so local sleeping needs no shared
+clock. If Redis cannot be reached, ``acquire`` grants nothing and retries with a capped backoff:
+pausing every sender is the only safe choice, since nobody could tell how much of the account's
+budget the others use. The state expires after ``state_ttl_s`` idle and then starts afresh at
+``rate_per_s``. Every process sharing a key must use the same settings: each call applies its own.
 """
 
 from __future__ import annotations

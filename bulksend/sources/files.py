@@ -1,29 +1,20 @@
 """Streaming recipient reader for CSV and JSONL files.
 
 One recipient per record; bad records become :class:`BadRow` with a reason a person can act on,
-and reading goes on. Nothing is ever loaded whole: memory stays flat whatever the file size.
+and reading goes on. Nothing is ever loaded whole: memory stays flat whatever the file size. The
+format rules (columns, delimiters, quoting, JSONL keys) are in docs/campaign-file.md, Recipients.
 
 Row numbers are *input line numbers* (1-based), so a person can jump straight to the line in an
 editor: in a CSV the header is line 1 and the first recipient is row 2; a record whose quoted value
 spans several lines has the number of the line it starts on. In JSONL the row is the line number
 and blank lines are skipped (they keep their numbers).
 
-CSV rules:
+The ``attachments`` value also stays in ``vars["attachments"]`` (a ``;``-separated string) so that
+a stored ``vars`` is enough to render the row again on resume.
 
-- an ``email`` column is required (header matched case-insensitively); ``name`` is optional;
-  ``attachments`` is optional (``;``-separated paths, relative to the recipients file); every other
-  column becomes a template variable (always a string). The attachments value also stays in
-  ``vars["attachments"]`` (a ``;``-separated string) so that a stored ``vars`` is enough to render
-  the row again on resume;
-- the delimiter (``,``, ``;`` or tab) is sniffed from the header line; ``.tsv`` files are tab
-  separated; a UTF-8 byte order mark is accepted;
-- a quoted value may span at most :data:`MAX_RECORD_LINES` lines. A quote that is never closed
-  rejects only the line it opened on: reading resumes with the next line, so one stray quote does
-  not swallow the rest of the file.
-
-JSONL rules: one JSON object per line with a string ``email``; ``name`` (string or null) and
-``attachments`` (``;``-separated string or list of strings, kept in ``vars`` as a ``;``-separated
-string) are optional; every other key becomes a template variable with its JSON value.
+A quoted value may span at most :data:`MAX_RECORD_LINES` lines. A quote that is never closed
+rejects only the line it opened on: reading resumes with the next line, so one stray quote does
+not swallow the rest of the file.
 
 Sizes are bounded, so a hostile file costs bounded memory: a record (CSV) or line (JSONL) of at
 most :data:`MAX_RECORD_CHARS`, values of at most :data:`MAX_VALUE_CHARS`, at most
@@ -41,6 +32,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
+from itertools import islice
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -61,6 +53,7 @@ __all__ = [
     "RecipientInput",
     "check_recipients",
     "iter_recipients",
+    "read_batch",
     "split_attachments",
 ]
 
@@ -166,6 +159,12 @@ def iter_recipients(path: Path, *, start_after_row: int = 0) -> Iterator[Recipie
         raise CampaignError(
             "the recipients file does not exist; fix the 'recipients' path", path=str(path)
         ) from None
+
+
+def read_batch(reader: Iterator[RecipientInput | BadRow], n: int) -> list[RecipientInput | BadRow]:
+    """The next ``n`` records of ``reader`` (fewer at its end). It reads the file: run it in a
+    worker thread, never on the event loop."""
+    return list(islice(reader, n))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,46 +8,20 @@ State machine (transitions only go forward; anything else raises ``StoreError``)
         ├──► rejected   (bad input, or a permanent API 4xx)        ─┐
         └──► skipped    (duplicate recipient, canceled before send) ─┴─ terminal, like final
 
-``sending`` is written and made durable *before* the POST goes out, so a crash between the POST and
-recording its answer leaves a ``sending`` row, which must be reconciled against TEM (``GET /emails``
-by recipient, subject and the attempt's time window) before it may be sent again. That is what
-keeps "nobody gets the email twice" true without an idempotency key on the API.
+``sending`` is durable *before* the POST goes out, so a crash between the POST and recording its
+answer leaves a ``sending`` row, reconciled against TEM before it may be sent again: that keeps
+"nobody gets the email twice" true without an idempotency key on the API. Every awaited write is
+durable when the await returns (implementations group concurrent writes into one commit).
 
-Every write that a caller awaits is durable when the await returns (implementations group
-concurrent writes into one commit so that durability stays cheap).
-
-Work leases and fencing (many workers on one store)
----------------------------------------------------
-When several workers share one store (PostgreSQL), each row must be sent by exactly one live
-worker. A worker takes rows with :meth:`Store.claim`, which gives it a *lease* on each row: an
-owner (``lease_owner``), an expiry (``lease_expires_at``) and a **fencing token**
-(``lease_token``), a per-row counter that every claim increments. The worker passes that token to
-every dispatch write (``mark_sending(..., lease_token=row.lease_token)`` and so on); the store
-applies the write only while the row still carries that token and an owner, and otherwise raises
-:class:`LeaseLostError` and writes nothing. A worker that stalled past its lease (a long GC pause,
-a network partition) and whose rows were claimed by another worker therefore cannot record over
-the new owner: its token is stale. Until somebody else claims the row, an expired lease still
-fences correctly for its holder (nobody else can have the row), so a slow worker that comes back
-in time may record the answer it got.
-
-Leases are kept alive with :meth:`Store.renew` and given back with :meth:`Store.release`; a row
-reaching a terminal state (``final``, ``rejected``, ``skipped``) loses its lease (owner and expiry
-are cleared, the token keeps its value). ``mark_final`` is never fenced: any worker may learn an
-email's final status, and it is idempotent. Without ``lease_token`` every write behaves exactly as
-in single-process mode and ignores leases.
-
-A row a dead worker left ``sending`` becomes claimable with ``states=(RowState.SENDING,)`` once its
-lease expired; the new owner must *reconcile* it (look it up at TEM) before any new attempt,
-never resend it blindly. In multi-worker mode every worker must take its rows through ``claim``:
-a row that is ``sending`` without a lease looks abandoned to ``claim``.
-
-Campaign-level roles (:meth:`Store.acquire_role`) make sure one worker at a time admits a
-campaign's recipient file (``"admit"``) and one tracks its emails (``"track"``). A role is a lease
-with a time-to-live, renewed by acquiring it again before it expires.
-
-Time for leases and roles comes from the store's clock: the local clock for the memory and SQLite
-stores (one host), the database server's clock for PostgreSQL (one clock for every worker,
-whatever the skew between their machines), unless a clock is injected (tests).
+Many workers on one store (docs/scaling.md, "How work is divided"): :meth:`Store.claim` leases rows
+with a **fencing token** (``lease_token``, incremented by every claim). Dispatch writes given the
+token apply only while the row still carries it, else raise :class:`LeaseLostError` and write
+nothing, so a worker that stalled past its lease cannot record over the new owner. A terminal row
+loses its lease; ``mark_final`` is never fenced (idempotent); without ``lease_token`` writes ignore
+leases. A ``sending`` row of a dead worker is claimable once its lease expired, and must be
+reconciled, never resent blindly. :meth:`Store.acquire_role` gives one worker at a time a
+campaign's ``"admit"`` or ``"track"`` role. Leases and roles use the store's clock: the local one
+for memory and SQLite, the database server's for PostgreSQL, or an injected one (tests).
 """
 
 from __future__ import annotations

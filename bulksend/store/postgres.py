@@ -1,57 +1,27 @@
 """The outbox in PostgreSQL: one database shared by many bulksend workers on many machines.
 
 Same protocol, state machine, dedupe and idempotency rules as the SQLite store (the contract suite
-runs against both), plus what many workers need: row leases with fencing tokens
-(``claim``/``renew``/``release`` and the ``lease_token`` keyword of the dispatch writes) and
-campaign roles (``acquire_role``/``release_role``). See :mod:`bulksend.store.base`.
+runs against both), plus row leases with fencing tokens and campaign roles (see
+:mod:`bulksend.store.base`). Deployment: docs/scaling.md.
 
-Connections and transactions
-----------------------------
-An asyncpg pool (``min_size``..``max_size`` connections). Every write runs in its own transaction,
-committed before the awaiting caller is told anything, so an acknowledged write is as durable as
-the server's ``synchronous_commit`` makes it (``on``, the default, means flushed to the WAL on disk).
-A transaction that hits a deadlock or a serialization failure is retried a few times; any other
-database error becomes ``StoreError``. A connection lost during ``COMMIT`` leaves the outcome
-unknown: the caller gets ``StoreError`` although the write may have happened, which the state
-machine tolerates (a ``sending`` row is always reconciled before it is sent again).
+Every write runs in its own transaction, committed before the caller is told anything; deadlocks
+and serialization failures are retried, other database errors become ``StoreError``. A connection
+lost during ``COMMIT`` leaves the outcome unknown; the state machine tolerates it (a ``sending`` row
+is always reconciled before it is sent again).
 
-Group commit
-------------
-The per-row dispatch writes (``mark_sending``, ``mark_submitted``, ``mark_ambiguous``,
-``mark_retry``, ``mark_rejected``, ``mark_skipped``) are the hot path: one or two per email. With
-``group_commit=True`` (the default) concurrent calls are queued; the first caller that finds no
-flush in progress becomes the *leader* and writes everything queued in ONE transaction, with ONE
-``UPDATE … FROM unnest(…)`` statement per kind of write, then wakes every caller of the batch;
-callers that queued meanwhile elect the next leader among themselves. No background task is
-needed, so the store stays a plain object with ``open``/``close``. A batch never holds two writes
-of the same row (the second waits for the next batch), which keeps per-row order exactly that of
-the calls. A write whose row is unknown, whose transition is illegal or whose lease is lost fails
-alone (its guarded UPDATE matched nothing); the rest of the batch commits.
+Group commit (``group_commit=True``): concurrent dispatch writes are queued; the first caller that
+finds no flush in progress *leads*, writing everything queued in ONE transaction with one
+``UPDATE … FROM unnest(…)`` per kind of write, so no background task is needed. A batch never holds
+two writes of one row, which keeps per-row order that of the calls; a write that is unknown,
+illegal or fenced off fails alone. Once queued, a write is carried out even if its caller is
+cancelled; a leader cancelled mid-flush finishes the flush first (shielded).
 
-A caller cancelled before its write is queued writes nothing; once queued, the write is carried
-out (by whichever caller leads the next flush, or by ``close()``) even if its caller has gone. A
-leader cancelled in the middle of a flush finishes the flush first (shielded).
-
-Admission takes a transaction-scoped advisory lock per campaign, reads which rows and keys are
-taken, and inserts the new rows with one ``INSERT … SELECT FROM unnest(…)``: concurrent admissions
-of one campaign are serialised (first wins stays true), admissions of different campaigns are not.
-
-Time
-----
-Leases, roles and campaign creation times use the database server's clock
-(``statement_timestamp()``): every worker sees the same ``now`` however skewed the machines'
-clocks are. A ``clock`` passed to the constructor replaces it (its value is sent as a query
-parameter), which is how tests move time without sleeping.
-
-Schema
-------
-Everything lives in one PostgreSQL schema (``schema``, default ``bulksend``), created if missing.
-``<schema>.schema_version`` records applied migrations; ``MIGRATIONS`` (in
-:mod:`bulksend.store.migrations.postgres`) is append-only. Migrations
-run in one transaction under ``pg_advisory_xact_lock``, so N workers starting at once apply each
-step exactly once, and a database migrated by a newer bulksend is refused. ``payload``, ``spec``
-and ``flags`` are ``jsonb``; datetimes are ``timestamptz`` (they come back as aware UTC datetimes;
-naive ones given to the store are taken as UTC).
+Admission takes a transaction-scoped advisory lock per campaign, so concurrent admissions of one
+campaign are serialised (first wins stays true) and different campaigns' are not. Leases and
+roles use the server's clock (``statement_timestamp()``) unless a ``clock`` is injected (tests).
+Everything lives in one schema (default ``bulksend``); ``MIGRATIONS`` is append-only and runs under
+``pg_advisory_xact_lock``, so N workers starting at once apply each step exactly once, and a
+database migrated by a newer bulksend is refused.
 """
 
 from __future__ import annotations
@@ -155,8 +125,8 @@ SESSION_SETTINGS: Final[dict[str, str]] = {
     # asyncpg prepares every statement once per connection. With the default plan cache mode,
     # PostgreSQL switches a statement to a generic plan after five runs and keeps it: planned while
     # the outbox was nearly empty, the batched ``mark_sending`` UPDATE stayed a sequential scan of
-    # the whole table (40-150 ms per call) for the rest of the run. Custom plans cost a few hundred
-    # microseconds of planning per statement and always see the current table size.
+    # the whole table for the rest of the run. Custom plans cost some planning per statement and
+    # always see the current table size (figures in benchmarks/README.md).
     "plan_cache_mode": "force_custom_plan",
     # A worker's machine that vanishes without closing its connections (power loss, partition) is
     # noticed by the server within about 25 s, which frees its session lock (see register_worker).

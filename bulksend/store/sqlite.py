@@ -1,73 +1,28 @@
 """The outbox in one SQLite file: durable, single-host, thousands of acknowledged writes per second.
 
-Threading model
----------------
-One **writer thread** owns the only write connection. Async callers never touch it: each write is
-queued as a small function (the per-email dispatch writes as a prepared statement and its
-parameters, which costs less), and the caller awaits a future. The writer takes *everything* queued,
-runs it in ONE transaction (``BEGIN IMMEDIATE`` … ``COMMIT``), then resolves every caller's future
-with ``loop.call_soon_threadsafe``. While one commit is being fsynced, the next writes pile up in
-the queue and share the next commit: this **group commit** is what makes ``synchronous=FULL``
-affordable (one fsync for hundreds of ``mark_sending`` calls instead of one each).
+One **writer thread** owns the only write connection; async callers queue each write and await a
+future. The writer takes everything queued and runs it in ONE transaction, then resolves every
+caller's future: while one commit is fsynced, the next writes pile up and share the next commit.
+This **group commit** is what makes ``synchronous=FULL`` affordable. The writer **lingers**
+``commit_linger_s`` after a batch's first write, so commits carry more writes for a latency that a
+send's round trip to TEM dwarfs (figures in benchmarks/README.md). Each operation runs in its own
+``SAVEPOINT`` (one guarded ``UPDATE`` needs none), so a failing one fails only its caller; a failed
+``COMMIT`` fails the whole batch. Reads use a pool of read-only connections (WAL) in worker threads:
+neither reads nor writes block the event loop.
 
-The writer **lingers** ``commit_linger_s`` (2 ms by default) after the first write of a batch
-before it takes the queue. Without it, a writer that wakes the moment one write is queued commits
-a dozen writes at a time, and on a busy host every commit costs page writes to the WAL, a
-thread switch each way and a wake-up of the event loop: twice as many writes per commit take
-5–12 % off a campaign's CPU (see ``benchmarks/README.md``), for 2 ms more latency per write,
-which a send's own round trip to TEM dwarfs.
+``durability="full"`` (the default) fsyncs every commit before its callers are told;
+``"normal"`` survives ``kill -9`` but may lose the last commits on a power loss, and a lost
+``sending`` mark can mean a duplicate email (docs/delivery-guarantees.md, Durability). A send
+journal beside the file (:mod:`bulksend.store.journal`) catches a database that lost sends at
+open (:meth:`SqliteStore.state_loss`). An awaited write is committed when the await returns; a
+cancelled caller's write may still be committed after it has gone.
 
-Each queued operation runs inside its own ``SAVEPOINT``: an operation that fails (an illegal
-transition, an unknown row) is rolled back to its savepoint and fails only its own caller; the rest
-of the batch commits. An operation that is one guarded ``UPDATE`` (every state transition of a
-single row) skips the savepoint: when it changes nothing, it wrote nothing. A failed ``COMMIT``
-(disk full, I/O error) fails every caller of the batch, and none of their writes happened.
-
-Reads use separate read-only connections (WAL lets them run while the writer commits) from a
-small pool, in anyio worker threads, so neither reads nor writes ever block the event loop.
-
-Durability
-----------
-The database is in WAL mode. ``durability="full"`` (the default) sets ``synchronous=FULL``: every
-commit is fsynced before its callers are told, so an acknowledged write survives a power loss or
-an OS crash. ``durability="normal"`` sets ``synchronous=NORMAL``: commits are only fsynced at WAL
-checkpoints, so an acknowledged write survives the process being killed (``kill -9``, OOM) but the
-last commits may be lost on a power loss or OS crash — and a lost ``sending`` mark can mean a
-duplicate email. Use ``normal`` only where the machine itself is trusted (or for throughput tests).
-
-A send journal beside the file (``<path>.sends``, :mod:`bulksend.store.journal`) counts the sends
-started per campaign, so a database that lost some (a deleted WAL, a restored copy) is caught at
-open: :meth:`SqliteStore.state_loss`. The database, its WAL and the journal are created ``0600``.
-
-An awaited write is committed when the await returns. A caller cancelled while waiting does not
-undo anything: its write may still be committed (or fail) after the caller has gone.
-
-Schema
-------
-``schema_version`` records applied migrations; ``MIGRATIONS`` (:mod:`bulksend.store.migrations.sqlite`)
-is append-only (never edit a released step, add the next one): v1 is the outbox, v2 adds lease
-expiry and campaign roles (a v1 file is migrated in place when a newer bulksend opens it), v3
-rebuilds ``recipients`` with a cheaper ``state`` CHECK (a copy of every row, once, when an older
-file is first opened: about 9 s for a million rows on a 2-CPU machine, and the file keeps the old
-table's pages as free space, reused by later rows); v4 adds ``store_meta`` with the database's
-random ``store_id``.
-``recipients.recipient_key`` is the dedupe key as admitted (kept for output);
-``recipients.dedupe_key`` holds it only while the row *owns* it — a duplicate is admitted
-``skipped`` with ``dedupe_key`` NULL, and a row that becomes ``rejected`` or ``skipped`` gives its
-key up — so the unique partial index on ``(campaign_id, dedupe_key)`` enforces "first wins"
-without tripping over skipped duplicates. Datetimes are stored as ISO-8601
-UTC text with microseconds (sortable as text) and come back as aware UTC datetimes; naive datetimes
-are taken as UTC. ``payload``, ``spec`` and ``flags`` are JSON text (orjson).
-
-Leases
-------
-``claim``/``renew``/``release`` and the roles are ordinary queued writes (committed before they
-return, grouped like any other). Their ``now`` is the store's ``clock``: one host shares one clock,
-so leases mean the same to every process on it. Fenced writes add
-``lease_token = ? AND lease_owner <> ''`` to their guarded UPDATE, so the fence and the state
-check are one atomic statement.
-
-The store needs an asyncio event loop (anyio on asyncio, uvloop included).
+``MIGRATIONS`` (:mod:`bulksend.store.migrations.sqlite`) is append-only. ``recipients.dedupe_key`` holds the
+dedupe key only while the row *owns* it (a duplicate is admitted ``skipped`` with NULL, a row
+turning ``rejected`` or ``skipped`` gives it up), so a unique partial index enforces "first wins".
+Datetimes are ISO-8601 UTC text (sortable); naive ones are taken as UTC. Lease writes are queued
+like any other, on the store's clock; fenced writes add the token to their guarded UPDATE, so the
+fence and the state check are one atomic statement. The store needs an asyncio event loop.
 """
 
 from __future__ import annotations
