@@ -38,10 +38,8 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import orjson
 
-from bulksend.errors import ConfigError
-
 # BrokerError lives in the error tree; it belongs to this module's API too.
-from bulksend.errors import BrokerError
+from bulksend.errors import BrokerError, ConfigError
 
 __all__ = [
     "MAX_REASON_CHARS",
