@@ -20,7 +20,7 @@ import anyio
 import orjson
 from anyio.abc import SocketStream
 
-from bulksend.admin import MemoryControl, create_admin_app, serve_admin
+from bulksend.daemon.admin import MemoryControl, create_admin_app, serve_admin
 from bulksend.metrics import Metrics
 from bulksend.secret import Secret
 

@@ -163,7 +163,7 @@ def _revision() -> str | None:
 
 def uses_uvloop() -> bool:
     """Whether ``bulksend send`` runs on uvloop here (it does whenever uvloop imports)."""
-    from bulksend.send import uvloop_available
+    from bulksend.cli.send import uvloop_available
 
     return uvloop_available()
 
@@ -508,10 +508,10 @@ def render_bodies(campaign_path: Path, out_path: Path, *, project_id: str = BENC
     These are the request bodies the floor and the SDK loops send, so every client POSTs the
     same bytes. Returns the number of bodies written.
     """
-    from bulksend.campaign import load_campaign
-    from bulksend.pipeline.runner import correlation_of
-    from bulksend.render import Rejection, Renderer
-    from bulksend.sources.files import BadRow, iter_recipients
+    from bulksend.campaign.load import load_campaign
+    from bulksend.campaign.recipients import BadRow, iter_recipients
+    from bulksend.campaign.render import Rejection, Renderer
+    from bulksend.pipeline.run import correlation_of
 
     campaign = load_campaign(campaign_path)
     renderer = Renderer(campaign, project_id=project_id)

@@ -18,10 +18,10 @@ from pathlib import Path
 import anyio
 import orjson
 
-from bulksend.campaign import load_campaign
+from bulksend.campaign.load import load_campaign
 from bulksend.pipeline.limiter import AimdLimiter
 from bulksend.pipeline.reconcile import CampaignReconcile
-from bulksend.pipeline.runner import CampaignRun
+from bulksend.pipeline.run import CampaignRun
 from bulksend.pipeline.stats import RunStats
 from bulksend.sandbox import Sandbox, SandboxConfig
 from bulksend.secret import Secret

@@ -3,8 +3,8 @@
 Three in-process measurements over a generated campaign (the one ``benchmarks.compare`` sends:
 subject, text and HTML templates each using ``first_name``, ``city`` and ``code``):
 
-- **read**: :func:`bulksend.sources.files.iter_recipients` alone, every row of the file;
-- **render**: :meth:`bulksend.render.Renderer.render` alone, over rows read beforehand (the
+- **read**: :func:`bulksend.campaign.recipients.iter_recipients` alone, every row of the file;
+- **render**: :meth:`bulksend.campaign.render.Renderer.render` alone, over rows read beforehand (the
   correlation references are built beforehand too: they are the runner's, not the renderer's);
 - **both**: reading and rendering each row, as ``bulksend send`` does before it stores a row.
 
@@ -67,10 +67,10 @@ def run_render_ops(
     repeat: int = 3,
 ) -> dict[str, Any]:
     """Measure read, render and both over ``rows`` generated recipients; returns the figures."""
-    from bulksend.campaign import load_campaign
-    from bulksend.pipeline.runner import correlation_of
-    from bulksend.render import Rejection, Renderer
-    from bulksend.sources.files import BadRow, RecipientInput, iter_recipients
+    from bulksend.campaign.load import load_campaign
+    from bulksend.campaign.recipients import BadRow, RecipientInput, iter_recipients
+    from bulksend.campaign.render import Rejection, Renderer
+    from bulksend.pipeline.run import correlation_of
 
     with tempfile.TemporaryDirectory(prefix="bulksend-render-ops-") as tmp:
         toml = write_campaign(Path(tmp), rows, fmt=fmt)

@@ -12,9 +12,9 @@ import orjson
 import pytest
 import structlog
 
-from bulksend.campaign import Campaign, load_campaign
+from bulksend.campaign.load import Campaign, load_campaign
 from bulksend.pipeline.limiter import AimdLimiter
-from bulksend.pipeline.runner import CampaignRun, RunResult
+from bulksend.pipeline.run import CampaignRun, RunResult
 from bulksend.pipeline.stats import RunStats
 from bulksend.sandbox import Sandbox, SandboxConfig
 from bulksend.secret import Secret

@@ -17,7 +17,7 @@ import structlog
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from bulksend.admin import (
+from bulksend.daemon.admin import (
     CampaignInfo,
     DaemonControl,
     MemoryControl,

@@ -22,7 +22,7 @@ def imported_after(code: str) -> list[str]:
 
 def test_daemon_imports_no_broker_client() -> None:
     """Importing the daemon (and the registry) loads none of nats, aio_pika or redis."""
-    assert imported_after("import bulksend.daemon.service, bulksend.cli, bulksend.brokers") == []
+    assert imported_after("import bulksend.daemon.service, bulksend.cli.main, bulksend.brokers") == []
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Tests of the campaign model and its validation (bulksend.campaign)."""
+"""Tests of the campaign model and its validation (bulksend.campaign.load)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bulksend.campaign import (
+from bulksend.campaign.load import (
     Campaign,
     OutputSettings,
     SendingSettings,

@@ -14,8 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bulksend.admin.control import parse_submission, spooled_name
-from bulksend.campaign import (
+from bulksend.campaign.load import (
     MAX_ATTACHMENT_FILE_BYTES,
     MAX_CAMPAIGN_DEPTH,
     MAX_TEMPLATE_FILE_BYTES,
@@ -24,7 +23,8 @@ from bulksend.campaign import (
     check_campaign_id,
     load_campaign,
 )
-from bulksend.cli import main
+from bulksend.cli.main import main
+from bulksend.daemon.admin.control import parse_submission, spooled_name
 from bulksend.errors import CampaignError
 from tests.test_campaign import BASE, make
 

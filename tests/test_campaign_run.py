@@ -8,7 +8,7 @@ import pytest
 import structlog.contextvars
 import structlog.testing
 
-from bulksend.pipeline.runner import CampaignRun
+from bulksend.pipeline.run import CampaignRun
 from bulksend.pipeline.stats import RunStats
 from bulksend.sandbox import Sandbox
 from tests.conftest import CampaignWriter, read_jsonl, run_once

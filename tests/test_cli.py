@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bulksend.cli import main
+from bulksend.cli.main import main
 from bulksend.sandbox import SandboxConfig, sandbox_in_thread
 from tests.conftest import PROJECT, SECRET
 

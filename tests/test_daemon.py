@@ -22,9 +22,9 @@ import structlog
 from bulksend.brokers.base import Delivery, Settlement
 from bulksend.brokers.memory import MemoryQueue, MemoryResultPublisher, MemorySource
 from bulksend.daemon.config import DaemonConfig, load_daemon_config
-from bulksend.daemon.jobs import job_campaign_id, job_row
 from bulksend.daemon.service import Daemon
 from bulksend.errors import ConfigError, StoreError
+from bulksend.jobs.intake import job_campaign_id, job_row
 from bulksend.sandbox import Sandbox
 from bulksend.secret import Secret
 from bulksend.sinks.outcomes import OUTCOME_FIELDS

@@ -391,7 +391,7 @@ async def test_total_counts_and_created_at_are_known_from_the_first_answer(
 def test_a_template_without_a_sender_is_refused_by_name(tmp_path: Path) -> None:
     """A daemon template without `from` is refused with its name and how to add the sender,
     not with the campaign file's `[campaign]` wording."""
-    from bulksend.daemon.jobs import compile_template
+    from bulksend.jobs.intake import compile_template
 
     empty = tmp_path / "none.jsonl"
     empty.touch()

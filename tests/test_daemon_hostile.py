@@ -22,13 +22,13 @@ from hypothesis import strategies as st
 
 from bulksend.brokers.base import Delivery, clean_reason
 from bulksend.brokers.memory import MemorySource
+from bulksend.campaign.render import Rejection, RenderedEmail, Renderer
 from bulksend.daemon.config import load_daemon_config
-from bulksend.daemon.jobs import JobIntake, JobTemplate, compile_template, job_campaign_id, job_row
 from bulksend.daemon.service import Daemon
-from bulksend.jobs import JobError, parse_job
+from bulksend.jobs.format import JobError, parse_job
+from bulksend.jobs.intake import JobIntake, JobTemplate, compile_template, job_campaign_id, job_row
 from bulksend.metrics import Metrics
 from bulksend.pipeline.dispatch import SendItem
-from bulksend.render import Rejection, RenderedEmail, Renderer
 from bulksend.sandbox import Sandbox, SandboxConfig
 from bulksend.store.base import AdmitResult, NewRecipient, RecipientRow, RowState
 from bulksend.store.memory import MemoryStore

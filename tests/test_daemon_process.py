@@ -20,7 +20,7 @@ import anyio
 import pytest
 from anyio.abc import Process
 
-from bulksend.daemon.jobs import job_campaign_id
+from bulksend.jobs.intake import job_campaign_id
 from bulksend.sandbox import Sandbox, SandboxConfig
 from bulksend.store.sqlite import SqliteStore
 from tests.conftest import PROJECT, SECRET

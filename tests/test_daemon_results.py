@@ -17,9 +17,9 @@ from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 
 from bulksend.clock import FakeClock
 from bulksend.daemon.config import load_daemon_config
-from bulksend.daemon.jobs import job_campaign_id, job_row
 from bulksend.daemon.results import ResultBacklog, result_id, result_message
 from bulksend.daemon.service import Daemon
+from bulksend.jobs.intake import job_campaign_id, job_row
 from bulksend.metrics import Metrics
 from bulksend.sandbox import Sandbox
 from bulksend.store.base import RecipientRow, RowState

@@ -13,11 +13,11 @@ import anyio
 import pytest
 import structlog
 
-from bulksend.admin.throttle import OTHER_CLIENTS, UnauthorizedLog
 from bulksend.clock import FakeClock
+from bulksend.daemon.admin.throttle import OTHER_CLIENTS, UnauthorizedLog
 from bulksend.daemon.config import load_daemon_config
-from bulksend.daemon.jobs import job_campaign_id, job_row
 from bulksend.daemon.service import Daemon
+from bulksend.jobs.intake import job_campaign_id, job_row
 from bulksend.sandbox import Sandbox
 from bulksend.store.base import NewRecipient, RowState
 from bulksend.store.sqlite import SqliteStore

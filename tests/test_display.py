@@ -10,10 +10,10 @@ import orjson
 import pytest
 from rich.console import Console
 
-from bulksend.cli import main
-from bulksend.display import print_error
+from bulksend.cli.display import print_error
+from bulksend.cli.main import main
+from bulksend.cli.summary import Summary, print_summary
 from bulksend.sandbox import SandboxConfig, sandbox_in_thread
-from bulksend.summary import Summary, print_summary
 from tests.conftest import PROJECT, SECRET
 from tests.test_cli import env_for, write
 

@@ -12,13 +12,13 @@ from typing import Any
 import anyio
 import pytest
 
+from bulksend.campaign.render import RenderedEmail, Renderer
 from bulksend.errors import TemTransportError
 from bulksend.pipeline.dispatch import SendItem, utcnow
 from bulksend.pipeline.engine import EngineSettings, SendEngine
 from bulksend.pipeline.limiter import AimdLimiter
 from bulksend.pipeline.retry import RetryPolicy
 from bulksend.pipeline.stats import RunStats
-from bulksend.render import RenderedEmail, Renderer
 from bulksend.sandbox import Sandbox
 from bulksend.store import open_store
 from bulksend.store.base import NewRecipient, RowState, Store

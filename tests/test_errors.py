@@ -65,8 +65,8 @@ def test_docstring_tree_matches_the_classes() -> None:
 
 def test_moved_errors_keep_their_old_import_paths() -> None:
     """Code importing an error from the module that used to define it gets the same class."""
-    from bulksend.admin.control import Conflict, ControlError, NotFound
-    from bulksend.jobs import JobError
+    from bulksend.daemon.admin.control import Conflict, ControlError, NotFound
+    from bulksend.jobs.format import JobError
     from bulksend.pipeline.dispatch import AccountRefusedError
     from bulksend.sources.base import BrokerError
     from bulksend.store.base import LeaseLostError

@@ -342,8 +342,8 @@ def test_signal_of_keeps_the_three_signals_apart(exc: BaseException, signal: Sig
 
 def test_summary_says_which_limit_was_found_only_after_throttling() -> None:
     """`bulksend send` notes "found the account's limit at ~200/s" when TEM throttled, not otherwise."""
+    from bulksend.cli.send import flow_notes
     from bulksend.pipeline.stats import RunStats
-    from bulksend.send import flow_notes
 
     clock = FakeClock()
     limiter = FlowLimiter(CubicLimiter(2000.0, clock=clock), clock=clock)
@@ -363,8 +363,8 @@ def test_summary_says_which_limit_was_found_only_after_throttling() -> None:
 def test_progress_line_shows_the_flow_figures() -> None:
     """The progress line of `bulksend send` shows the measured rate, the ceiling, the retry budget
     and the breaker state of a flow limiter, and only the old figures for a plain limiter."""
+    from bulksend.cli.progress import _line
     from bulksend.pipeline.stats import RunStats
-    from bulksend.progress import _line
 
     clock = FakeClock()
     limiter = FlowLimiter(CubicLimiter(300.0, clock=clock), clock=clock)

@@ -25,7 +25,7 @@ from bulksend.brokers.base import (
 )
 from bulksend.brokers.memory import MemoryQueue, MemoryResultPublisher, MemorySource
 from bulksend.errors import BulksendError, ConfigError
-from bulksend.jobs import MAX_JOB_BYTES, MAX_VARIABLE_DEPTH, JobError, SendJob, parse_job
+from bulksend.jobs.format import MAX_JOB_BYTES, MAX_VARIABLE_DEPTH, JobError, SendJob, parse_job
 from bulksend.tem.models import format_rfc3339
 from tests.strategies import deep_nesting, extreme_times, json_values, odd_text, to_wire
 

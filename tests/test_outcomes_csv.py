@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bulksend.cli import main
+from bulksend.cli.main import main
 from bulksend.sandbox import SandboxConfig, sandbox_in_thread
 from bulksend.sinks.outcomes import CSV_FORMULA_TRIGGERS, OUTCOME_FIELDS, write_outcomes
 from tests.conftest import PROJECT, SECRET

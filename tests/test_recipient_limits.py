@@ -10,8 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bulksend.errors import CampaignError
-from bulksend.sources.files import (
+from bulksend.campaign.recipients import (
     MAX_COLUMNS,
     MAX_RECORD_CHARS,
     MAX_VALUE_CHARS,
@@ -19,6 +18,7 @@ from bulksend.sources.files import (
     RecipientInput,
     iter_recipients,
 )
+from bulksend.errors import CampaignError
 
 
 def _write(folder: Path, name: str, data: bytes) -> Path:

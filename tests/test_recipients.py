@@ -1,4 +1,4 @@
-"""Tests of the streaming recipient reader (bulksend.sources.files)."""
+"""Tests of the streaming recipient reader (bulksend.campaign.recipients)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from bulksend.errors import CampaignError
-from bulksend.sources.files import (
+from bulksend.campaign.recipients import (
     MAX_RECORD_LINES,
     BadRow,
     RecipientInput,
     check_recipients,
     iter_recipients,
 )
+from bulksend.errors import CampaignError
 
 
 def write(path: Path, text: str | bytes) -> Path:

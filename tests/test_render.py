@@ -1,4 +1,4 @@
-"""Tests of the per-recipient renderer (bulksend.render)."""
+"""Tests of the per-recipient renderer (bulksend.campaign.render)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import orjson
 import pytest
 from markupsafe import Markup
 
-from bulksend.campaign import Campaign, campaign_from_dict, new_template_environment
+from bulksend.campaign.load import Campaign, campaign_from_dict, new_template_environment
+from bulksend.campaign.render import Rejection, RenderedEmail, Renderer, _Part
+from bulksend.campaign.validate import MAX_EMAIL_BYTES, _check_address, check_address
 from bulksend.errors import CampaignError
-from bulksend.render import Rejection, RenderedEmail, Renderer, _Part
 from bulksend.tem.models import Address, Attachment, CreateEmailRequest, Header
-from bulksend.validate import MAX_EMAIL_BYTES, _check_address, check_address
 
 PROJECT = "11111111-2222-3333-4444-555555555555"
 

@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 from jinja2 import StrictUndefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from bulksend.campaign import RenderLimits, campaign_from_dict, load_campaign, new_template_environment
-from bulksend.daemon.jobs import compile_template
+from bulksend.campaign.load import RenderLimits, campaign_from_dict, load_campaign, new_template_environment
+from bulksend.campaign.render import Rejection, RenderedEmail, Renderer
+from bulksend.campaign.templating import end_render, start_render
 from bulksend.errors import CampaignError
-from bulksend.render import Rejection, RenderedEmail, Renderer
+from bulksend.jobs.intake import compile_template
 from bulksend.sandbox import Sandbox, SandboxConfig, sandbox_in_thread
-from bulksend.templating import end_render, start_render
 from tests.conftest import PROJECT as PROJECT_ID
 from tests.conftest import SECRET
 from tests.test_daemon import WELCOME, RecordingSource, job, make_daemon, running

@@ -14,11 +14,11 @@ from typing import Any
 import anyio
 import pytest
 
-from bulksend.campaign import Campaign
+from bulksend.campaign.load import Campaign
 from bulksend.errors import StateLostError, StoreError
 from bulksend.pipeline.limiter import AimdLimiter
 from bulksend.pipeline.reconcile import CampaignReconcile
-from bulksend.pipeline.runner import CampaignRun, RunResult
+from bulksend.pipeline.run import CampaignRun, RunResult
 from bulksend.pipeline.stats import RunStats
 from bulksend.sandbox import Sandbox, SandboxConfig
 from bulksend.store import SqliteStore, open_store
@@ -379,7 +379,7 @@ def test_reconcile_all_is_refused_as_one_of_several_workers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--reconcile-all with --worker exits 1 and says to run it once, alone, before the workers."""
-    from bulksend.cli import main
+    from bulksend.cli.main import main
 
     campaign, _ = write_csv_campaign(tmp_path, 3, rate_per_s=10, concurrency=1)
     monkeypatch.setenv("SCW_SECRET_KEY", CHAOS_SECRET)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bulksend import send
+from bulksend.cli import send
 from bulksend.errors import ConfigError
 from bulksend.secret import Secret
 from bulksend.tem import TemSettings

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from bulksend.campaign import load_campaign
+from bulksend.campaign.load import load_campaign
+from bulksend.campaign.render import Rejection, RenderedEmail, Renderer
+from bulksend.campaign.validate import check_attachment, check_header, check_name, check_subject
 from bulksend.errors import CampaignError
-from bulksend.render import Rejection, RenderedEmail, Renderer
-from bulksend.validate import check_attachment, check_header, check_name, check_subject
 
 PROJECT = "11111111-2222-4333-8444-555555555555"
 

@@ -26,8 +26,9 @@ import pytest
 import redis.asyncio
 from anyio.abc import Process
 
-from bulksend.campaign import load_campaign
-from bulksend.cli import main
+from bulksend.campaign.load import load_campaign
+from bulksend.cli.main import main
+from bulksend.cli.send import RunOptions, campaign_limiter
 from bulksend.clock import FakeClock
 from bulksend.errors import CampaignError, ConfigError, StoreError
 from bulksend.metrics import Metrics
@@ -37,7 +38,6 @@ from bulksend.pipeline.limiter import AimdLimiter
 from bulksend.pipeline.nested import NestedLimiter
 from bulksend.sandbox import Sandbox, SandboxConfig, sandbox_in_thread
 from bulksend.secret import Secret
-from bulksend.send import RunOptions, campaign_limiter
 from bulksend.settings import DEFAULT_LIMITER_PREFIX, load_account_settings
 from bulksend.store import NewRecipient, RowState
 from bulksend.store.postgres import PostgresStore

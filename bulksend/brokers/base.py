@@ -85,7 +85,7 @@ class Delivery(Protocol):
 
     @property
     def body(self) -> bytes:
-        """The message payload (a job, for :func:`bulksend.jobs.parse_job`)."""
+        """The message payload (a job, for :func:`bulksend.jobs.format.parse_job`)."""
         ...
 
     @property

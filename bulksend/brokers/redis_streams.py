@@ -223,7 +223,7 @@ class RedisStreamSource(BrokerSource[RedisStreamSourceConfig]):
     consumer drops its pending entries). The sweep runs at most every ``forget_consumer_s / 4``
     seconds (at least 1 s apart), and logs ``redis.consumers_forgotten``.
 
-    An entry without ``body_field`` arrives with an empty body, which :func:`bulksend.jobs.parse_job`
+    An entry without ``body_field`` arrives with an empty body, which :func:`bulksend.jobs.format.parse_job`
     refuses ("empty message"), so it is dead-lettered like any bad job. ``message_id`` is the entry
     id; ``lag()`` is the group's count of entries not yet delivered (Redis 7's ``lag``).
     """

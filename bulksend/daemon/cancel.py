@@ -22,14 +22,14 @@ import anyio
 import anyio.to_thread
 import structlog
 
+from bulksend.campaign.recipients import iter_recipients, read_batch
 from bulksend.errors import BulksendError, TemError, TemPermanentError
 from bulksend.pipeline.dispatch import SendItem
 from bulksend.pipeline.paced import paced_call
 from bulksend.pipeline.reconcile import Reconciler
-from bulksend.pipeline.runner import CampaignRun
+from bulksend.pipeline.run import CampaignRun
 from bulksend.pipeline.stats import OutcomeHook
 from bulksend.pipeline.tracker import final_update
-from bulksend.sources.files import iter_recipients, read_batch
 from bulksend.store.base import CANCELED_BEFORE_SENDING, NewRecipient, RowState
 from bulksend.tem.models import Email, EmailStatus, ListEmailsQuery, OrderBy
 

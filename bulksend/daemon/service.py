@@ -37,8 +37,13 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
-from bulksend.admin.api import AdminServer, check_listen_address, create_admin_app, serve_admin
-from bulksend.admin.control import (
+from bulksend.brokers import publisher_from_config, source_from_config
+from bulksend.brokers.base import JobSource, ResultPublisher
+from bulksend.campaign.load import Campaign, FileAccess, campaign_from_dict, check_campaign_id
+from bulksend.campaign.render import Rejection
+from bulksend.cli.send import account_limiter
+from bulksend.daemon.admin.api import AdminServer, check_listen_address, create_admin_app, serve_admin
+from bulksend.daemon.admin.control import (
     CampaignInfo,
     CampaignStatus,
     Conflict,
@@ -53,20 +58,9 @@ from bulksend.admin.control import (
     spooled_name,
     write_private,
 )
-from bulksend.brokers import publisher_from_config, source_from_config
-from bulksend.brokers.base import JobSource, ResultPublisher
-from bulksend.campaign import Campaign, FileAccess, campaign_from_dict, check_campaign_id
 from bulksend.daemon.cancel import settle_canceled
 from bulksend.daemon.config import DaemonConfig
 from bulksend.daemon.deadletters import DeadLetterBook
-from bulksend.daemon.jobs import (
-    JobIntake,
-    JobSink,
-    JobTemplate,
-    compile_template,
-    item_from_job_row,
-    job_campaign_id,
-)
 from bulksend.daemon.results import RESULTS_BACKLOG_UNREADY, ResultBacklog, result_message
 from bulksend.daemon.stopping import end_reconciliations
 from bulksend.daemon.summaries import row_states, unsettled_deliveries
@@ -76,17 +70,23 @@ from bulksend.errors import (
     StoreError,
     first_bulksend_error,
 )
+from bulksend.jobs.intake import (
+    JobIntake,
+    JobSink,
+    JobTemplate,
+    compile_template,
+    item_from_job_row,
+    job_campaign_id,
+)
 from bulksend.metrics import RECONCILE_OUTCOMES, Metrics
 from bulksend.pipeline.dispatch import AccountRefusedError, SendItem
 from bulksend.pipeline.engine import EngineSettings, SendEngine, campaign_tracker
 from bulksend.pipeline.flow import flow_stats
 from bulksend.pipeline.nested import NestedLimiter, nested
 from bulksend.pipeline.retry import RetryPolicy
-from bulksend.pipeline.runner import CampaignRun
+from bulksend.pipeline.run import CampaignRun
 from bulksend.pipeline.stats import RunStats
 from bulksend.pipeline.tracker import Tracker
-from bulksend.render import Rejection
-from bulksend.send import account_limiter
 from bulksend.sinks.outcomes import outcome_lines
 from bulksend.store import open_store
 from bulksend.store.base import AdmitResult, CampaignRecord, CampaignState, NewRecipient, RowState, Store

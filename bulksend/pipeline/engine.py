@@ -1,6 +1,6 @@
 """The send engine: dispatch, retries, reconciliation and the resends it decides, written once.
 
-Both a campaign run (:class:`~bulksend.pipeline.runner.CampaignRun`, in ``bulksend send`` and in
+Both a campaign run (:class:`~bulksend.pipeline.run.CampaignRun`, in ``bulksend send`` and in
 the daemon) and the daemon's job streams send through a :class:`SendEngine`::
 
     feeders (intake, resume) ──► stream of a lane ──► work() tasks ──► Dispatcher ──► TEM
@@ -32,7 +32,7 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from bulksend.campaign import Campaign
+from bulksend.campaign.load import Campaign
 from bulksend.pipeline.dispatch import AccountRefusedError, Dispatcher, SendItem
 from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.reconcile import Reconciler

@@ -29,6 +29,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
+from bulksend.campaign.validate import normalize_address
 from bulksend.errors import TemError
 from bulksend.pipeline.dispatch import SendItem, utcnow
 from bulksend.pipeline.flow import spend_retry
@@ -39,7 +40,6 @@ from bulksend.pipeline.stats import RunStats
 from bulksend.store.base import LeaseLostError, RecipientRow, RowState, Store
 from bulksend.tem.client import TemClient
 from bulksend.tem.models import Email, ListEmailsQuery, OrderBy
-from bulksend.validate import normalize_address
 
 __all__ = ["CampaignReconcile", "Reconciler", "reconcile_campaign"]
 

@@ -23,7 +23,7 @@ import anyio
 import orjson
 from aiohttp import web
 
-from bulksend.validate import MAX_EMAIL_BYTES
+from bulksend.campaign.validate import MAX_EMAIL_BYTES
 
 from .config import UUID_RE, SandboxConfig, SandboxStats
 from .request import parse_create_email, parse_timestamp

@@ -1,5 +1,5 @@
 """Parsing and validation of the sandbox's request inputs, with TEM's rules from
-:mod:`bulksend.validate` (the rules themselves are not repeated here).
+:mod:`bulksend.campaign.validate` (the rules themselves are not repeated here).
 
 Errors are ``(argument_name, help_message)`` pairs; the argument name is the top-level field of the
 request (``from``, ``to``, ``cc``, ``bcc``, ``subject``, ``text``, ``html``, ``project_id``,
@@ -12,8 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from bulksend.tem.models import parse_rfc3339
-from bulksend.validate import (
+from bulksend.campaign.validate import (
     MAX_ATTACHMENTS,
     MAX_EMAIL_BYTES,
     MAX_RECIPIENTS,
@@ -23,6 +22,7 @@ from bulksend.validate import (
     check_name,
     check_subject,
 )
+from bulksend.tem.models import parse_rfc3339
 
 from .config import UUID_RE
 

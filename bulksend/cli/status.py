@@ -18,7 +18,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from bulksend.display import print_error
+from bulksend.cli.display import print_error
 from bulksend.errors import BulksendError
 from bulksend.settings import load_account_settings, redact_url
 from bulksend.store import Store, describe_store, open_store

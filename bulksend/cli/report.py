@@ -7,9 +7,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bulksend.display import print_error
+from bulksend.cli.display import print_error
+from bulksend.cli.summary import print_summary, summarize_outcomes
 from bulksend.sinks.outcomes import read_outcomes
-from bulksend.summary import print_summary, summarize_outcomes
 
 __all__ = ["configure", "run"]
 

@@ -16,11 +16,11 @@ from bulksend import __version__
 
 # sub-command → module providing configure(parser) and run(args) -> int
 _COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("bulksend.demo", "run a 10,000-recipient demo campaign against the built-in sandbox"),
-    "send": ("bulksend.send", "send a campaign file (TOML) and write per-recipient outcomes"),
-    "report": ("bulksend.report", "summarise an outcomes file (.jsonl or .csv)"),
-    "status": ("bulksend.status", "show workers, rows by state and rates from a shared store"),
-    "serve": ("bulksend.serve", "run the daemon: queue-fed jobs and an admin HTTP API"),
+    "demo": ("bulksend.cli.demo", "run a 10,000-recipient demo campaign against the built-in sandbox"),
+    "send": ("bulksend.cli.send", "send a campaign file (TOML) and write per-recipient outcomes"),
+    "report": ("bulksend.cli.report", "summarise an outcomes file (.jsonl or .csv)"),
+    "status": ("bulksend.cli.status", "show workers, rows by state and rates from a shared store"),
+    "serve": ("bulksend.cli.serve", "run the daemon: queue-fed jobs and an admin HTTP API"),
     "sandbox": ("bulksend.sandbox.cli", "run a local TEM sandbox server"),
 }
 

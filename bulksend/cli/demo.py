@@ -19,13 +19,13 @@ from pathlib import Path
 import orjson
 from rich.console import Console
 
-from bulksend.campaign import load_campaign
-from bulksend.display import print_error, print_text, styled
+from bulksend.campaign.load import load_campaign
+from bulksend.cli.display import print_error, print_text, styled
+from bulksend.cli.send import RunOptions, add_output_options, run_campaign
 from bulksend.errors import CampaignError
 from bulksend.log import configure_logging
 from bulksend.sandbox import Sandbox, SandboxConfig
 from bulksend.secret import Secret
-from bulksend.send import RunOptions, add_output_options, run_campaign
 from bulksend.tem.config import TemSettings
 
 __all__ = ["configure", "run", "write_demo_campaign"]

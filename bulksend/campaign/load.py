@@ -33,12 +33,9 @@ import orjson
 from jinja2 import StrictUndefined, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
-from bulksend.errors import CampaignError
-from bulksend.settings import Bound, SendingSettings, TrackingSettings
-from bulksend.sources.files import RECIPIENT_SUFFIXES, check_recipients
-from bulksend.tem.models import Address, Attachment, format_rfc3339, parse_rfc3339
-from bulksend.templating import BoundedEnvironment, RenderLimits
-from bulksend.validate import (
+from bulksend.campaign.recipients import RECIPIENT_SUFFIXES, check_recipients
+from bulksend.campaign.templating import BoundedEnvironment, RenderLimits
+from bulksend.campaign.validate import (
     MAX_ATTACHMENTS,
     MAX_EMAIL_BYTES,
     check_address,
@@ -47,6 +44,9 @@ from bulksend.validate import (
     check_name,
     check_subject,
 )
+from bulksend.errors import CampaignError
+from bulksend.settings import Bound, SendingSettings, TrackingSettings
+from bulksend.tem.models import Address, Attachment, format_rfc3339, parse_rfc3339
 
 __all__ = [
     "CAMPAIGN_ID_PATTERN",
@@ -146,7 +146,7 @@ def new_template_environment(*, html: bool) -> SandboxedEnvironment:
     given, so one template cannot change what the next one sees), ``StrictUndefined`` (a missing
     variable is an error, never an empty string) and autoescaping only for the HTML body. Trailing
     newlines of template files are kept. Renders are bounded in size, loops and time by the
-    :class:`~bulksend.templating.RenderLimits` in effect (see :mod:`bulksend.templating`).
+    :class:`~bulksend.campaign.templating.RenderLimits` in effect (see :mod:`bulksend.campaign.templating`).
     """
     return BoundedEnvironment(
         undefined=StrictUndefined,
@@ -172,7 +172,7 @@ class OutputSettings:
 @dataclass(frozen=True)
 class Campaign:
     """A validated campaign. ``subject``, ``text``, ``html`` and header values are template SOURCES
-    (compiled by :class:`bulksend.render.Renderer`); attachments are loaded and base64-encoded.
+    (compiled by :class:`bulksend.campaign.render.Renderer`); attachments are loaded and base64-encoded.
 
     ``fingerprint`` is a sha256 over the resolved content (id, sender, templates, headers,
     attachments, recipient file content, send_before), not over the sending/tracking settings, so a

@@ -31,7 +31,17 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
-from bulksend.campaign import Campaign
+from bulksend.campaign.load import Campaign
+from bulksend.campaign.recipients import (
+    BadRow,
+    RecipientInput,
+    iter_recipients,
+    read_batch,
+    split_attachments,
+)
+from bulksend.campaign.render import Rejection, RenderedEmail, Renderer, RenderPacer
+from bulksend.campaign.validate import normalize_address
+from bulksend.cli.summary import Summary, tally_line
 from bulksend.errors import CampaignError, StateLostError
 from bulksend.pipeline.dispatch import AccountRefusedError, SendItem, utcnow
 from bulksend.pipeline.engine import EngineSettings, SendEngine, TrackerSink, campaign_tracker
@@ -40,9 +50,7 @@ from bulksend.pipeline.reconcile import CampaignReconcile, reconcile_campaign
 from bulksend.pipeline.retry import RetryPolicy
 from bulksend.pipeline.stats import OutcomeHook, RunStats
 from bulksend.pipeline.tracker import Tracker, final_update
-from bulksend.render import Rejection, RenderedEmail, Renderer, RenderPacer
 from bulksend.sinks.outcomes import outcome_lines, write_outcomes
-from bulksend.sources.files import BadRow, RecipientInput, iter_recipients, read_batch, split_attachments
 from bulksend.store import describe_store
 from bulksend.store.base import (
     CampaignRecord,
@@ -53,10 +61,8 @@ from bulksend.store.base import (
     RowState,
     Store,
 )
-from bulksend.summary import Summary, tally_line
 from bulksend.tem.client import TemClient
 from bulksend.tem.models import Email
-from bulksend.validate import normalize_address
 
 __all__ = ["AfterSending", "CampaignRun", "RunResult", "attachments_of", "correlation_of"]
 

@@ -27,8 +27,13 @@ import anyio
 import structlog
 from rich.console import Console
 
-from bulksend.campaign import Campaign, load_campaign
-from bulksend.display import print_error, print_text
+from bulksend.campaign.load import Campaign, load_campaign
+from bulksend.campaign.recipients import BadRow, iter_recipients
+from bulksend.campaign.render import Rejection, Renderer
+from bulksend.campaign.validate import normalize_address
+from bulksend.cli.display import print_error, print_text
+from bulksend.cli.progress import show_progress
+from bulksend.cli.summary import Summary, print_summary, summarize_outcomes
 from bulksend.errors import BulksendError, CampaignError, ConfigError, StateLostError, first_bulksend_error
 from bulksend.log import configure_logging, register_secret
 from bulksend.pipeline.dispatch import AccountRefusedError
@@ -36,18 +41,13 @@ from bulksend.pipeline.flow import CubicLimiter, FlowLimiter, flow_stats
 from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.nested import NestedLimiter
 from bulksend.pipeline.presence import worker_presence
-from bulksend.pipeline.runner import CampaignRun, RunResult, attachments_of, correlation_of
+from bulksend.pipeline.run import CampaignRun, RunResult, attachments_of, correlation_of
 from bulksend.pipeline.stats import RunStats
-from bulksend.progress import show_progress
-from bulksend.render import Rejection, Renderer
 from bulksend.settings import DEFAULT_LIMITER_PREFIX, limiter_key, load_account_settings
 from bulksend.sinks.outcomes import read_outcomes
-from bulksend.sources.files import BadRow, iter_recipients
 from bulksend.store import open_store
-from bulksend.summary import Summary, print_summary, summarize_outcomes
 from bulksend.tem.client import TemClient
 from bulksend.tem.config import TemSettings
-from bulksend.validate import normalize_address
 
 if TYPE_CHECKING:
     from bulksend.metrics import Metrics

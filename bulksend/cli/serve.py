@@ -15,12 +15,12 @@ import anyio
 import structlog
 from rich.console import Console
 
+from bulksend.cli.display import print_error
+from bulksend.cli.send import uvloop_available
 from bulksend.daemon.config import load_daemon_config
 from bulksend.daemon.service import Daemon
-from bulksend.display import print_error
 from bulksend.errors import BulksendError, first_bulksend_error
 from bulksend.log import configure_logging, register_secret
-from bulksend.send import uvloop_available
 from bulksend.tem.config import TemSettings
 
 __all__ = ["configure", "run"]

@@ -1,6 +1,6 @@
 """The control protocol between the admin HTTP API and the daemon, and an in-memory implementation.
 
-The admin API (:mod:`bulksend.admin.api`) knows nothing about queues, stores or TEM: it turns HTTP
+The admin API (:mod:`bulksend.daemon.admin.api`) knows nothing about queues, stores or TEM: it turns HTTP
 requests into calls on a :class:`DaemonControl` and the results (or :class:`NotFound`,
 :class:`Conflict`, :class:`~bulksend.errors.CampaignError`) into HTTP answers. The daemon implements
 the protocol; :class:`MemoryControl` implements it over an outbox :class:`~bulksend.store.base.Store`
@@ -34,10 +34,11 @@ import anyio
 import anyio.to_thread
 import orjson
 
-from bulksend.campaign import FileAccess, campaign_from_dict, check_campaign_id, parse_campaign_toml
+from bulksend.campaign.load import FileAccess, campaign_from_dict, check_campaign_id, parse_campaign_toml
+from bulksend.campaign.recipients import BadRow, RecipientInput, iter_recipients, read_batch
+from bulksend.campaign.validate import check_address, normalize_address
 from bulksend.errors import CampaignError, Conflict, ControlError, NotFound
 from bulksend.sinks.outcomes import outcome_lines
-from bulksend.sources.files import BadRow, RecipientInput, iter_recipients, read_batch
 from bulksend.store.base import (
     CANCELED_BEFORE_SENDING,
     CampaignState,
@@ -47,7 +48,6 @@ from bulksend.store.base import (
     Store,
 )
 from bulksend.store.memory import MemoryStore
-from bulksend.validate import check_address, normalize_address
 
 __all__ = [
     "CAMPAIGN_STATUSES",

@@ -29,11 +29,14 @@ from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import escape
 
-from bulksend.campaign import CORRELATION_HEADER, Campaign, guess_attachment_type, new_template_environment
-from bulksend.errors import CampaignError
-from bulksend.tem.models import Attachment, format_rfc3339
-from bulksend.templating import check_output, end_render, start_render
-from bulksend.validate import (
+from bulksend.campaign.load import (
+    CORRELATION_HEADER,
+    Campaign,
+    guess_attachment_type,
+    new_template_environment,
+)
+from bulksend.campaign.templating import check_output, end_render, start_render
+from bulksend.campaign.validate import (
     MAX_ATTACHMENTS,
     MAX_EMAIL_BYTES,
     check_address,
@@ -42,6 +45,8 @@ from bulksend.validate import (
     check_name,
     check_subject,
 )
+from bulksend.errors import CampaignError
+from bulksend.tem.models import Attachment, format_rfc3339
 
 __all__ = ["Rejection", "RenderPacer", "RenderedEmail", "Renderer"]
 

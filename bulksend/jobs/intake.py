@@ -34,14 +34,14 @@ import structlog
 from anyio.abc import ObjectSendStream
 
 from bulksend.brokers.base import Delivery, JobSource
-from bulksend.campaign import Campaign, campaign_from_dict
+from bulksend.campaign.load import Campaign, campaign_from_dict
+from bulksend.campaign.render import Rejection, Renderer, RenderPacer
 from bulksend.errors import BulksendError, CampaignError, StoreError
-from bulksend.jobs import JobError, SendJob, parse_job
+from bulksend.jobs.format import JobError, SendJob, parse_job
 from bulksend.metrics import Metrics
 from bulksend.pipeline.dispatch import SendItem
 from bulksend.pipeline.stats import OutcomeHook
 from bulksend.pipeline.tracker import Tracker
-from bulksend.render import Rejection, Renderer, RenderPacer
 from bulksend.settings import SendingSettings, TrackingSettings
 from bulksend.store.base import AdmitResult, NewRecipient, RecipientRow, RowState, Store
 from bulksend.tem.models import Email, format_rfc3339

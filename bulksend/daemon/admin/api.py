@@ -32,7 +32,9 @@ import structlog
 from aiohttp import BodyPartReader, MultipartReader, hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
-from bulksend.admin.control import (
+from bulksend.campaign.load import CAMPAIGN_ID_PATTERN
+from bulksend.campaign.validate import check_address, check_header
+from bulksend.daemon.admin.control import (
     JOB_CAMPAIGN_PREFIX,
     CampaignInfo,
     Conflict,
@@ -40,12 +42,10 @@ from bulksend.admin.control import (
     NotFound,
     safe_filename,
 )
-from bulksend.admin.throttle import UnauthorizedLog
-from bulksend.campaign import CAMPAIGN_ID_PATTERN
+from bulksend.daemon.admin.throttle import UnauthorizedLog
 from bulksend.errors import CampaignError, ConfigError
 from bulksend.metrics import Metrics
 from bulksend.secret import Secret
-from bulksend.validate import check_address, check_header
 
 __all__ = [
     "MAX_CAMPAIGN_BYTES",

@@ -31,8 +31,8 @@ from typing import Any, Final
 
 import orjson
 
+from bulksend.campaign.validate import check_name
 from bulksend.errors import JobError, JobErrorKind
-from bulksend.validate import check_name
 
 __all__ = [
     "JOB_VERSION",

@@ -1,0 +1,1 @@
+"""A campaign: its file (TOML), its recipients, and rendering and checking each recipient's email."""

@@ -1,0 +1,1 @@
+"""``bulksend serve``: the long-lived daemon, its configuration and its admin API."""
