@@ -20,8 +20,9 @@ import orjson
 from rich.console import Console
 
 from bulksend.campaign.load import load_campaign
+from bulksend.cli.args import configure_demo as configure
 from bulksend.cli.display import print_error, print_text, styled
-from bulksend.cli.send import RunOptions, add_output_options, run_campaign
+from bulksend.cli.send import RunOptions, run_campaign
 from bulksend.errors import CampaignError
 from bulksend.log import configure_logging
 from bulksend.sandbox import Sandbox, SandboxConfig
@@ -166,22 +167,6 @@ def write_demo_campaign(
         lines.insert((j + 1) * len(lines) // (len(bad) + 1), row)
     (folder / "recipients.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     return campaign
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--dir",
-        type=Path,
-        default=Path("bulksend-demo"),
-        help="folder for the demo campaign and its outcomes (default ./bulksend-demo)",
-    )
-    parser.add_argument(
-        "--recipients", type=int, default=10_000, help="number of recipients (default 10,000)"
-    )
-    parser.add_argument(
-        "--rate", type=float, default=20_000, help="rate_per_s of the campaign (default 20,000)"
-    )
-    add_output_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:

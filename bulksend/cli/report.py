@@ -7,15 +7,12 @@ from pathlib import Path
 
 from rich.console import Console
 
+from bulksend.cli.args import configure_report as configure
 from bulksend.cli.display import print_error
 from bulksend.cli.summary import print_summary, summarize_outcomes
 from bulksend.sinks.outcomes import read_outcomes
 
 __all__ = ["configure", "run"]
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("outcomes", type=Path, help="outcomes file written by `bulksend send`")
 
 
 def run(args: argparse.Namespace) -> int:

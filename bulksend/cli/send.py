@@ -31,6 +31,7 @@ from bulksend.campaign.load import Campaign, load_campaign
 from bulksend.campaign.recipients import BadRow, iter_recipients
 from bulksend.campaign.render import Rejection, Renderer
 from bulksend.campaign.validate import normalize_address
+from bulksend.cli.args import configure_send as configure
 from bulksend.cli.display import print_error, print_text
 from bulksend.cli.progress import show_progress
 from bulksend.cli.summary import Summary, print_summary, summarize_outcomes
@@ -58,103 +59,6 @@ log = structlog.get_logger("bulksend.send")
 
 EXIT_OK, EXIT_CONFIG, EXIT_ACCOUNT, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_STATE_LOST = 4
-
-
-def add_api_options(parser: argparse.ArgumentParser) -> None:
-    """Options that override the SCW_* environment and the scw profile."""
-    g = parser.add_argument_group("API settings (override SCW_* variables and the scw profile)")
-    g.add_argument("--api-url", help="API base URL (SCW_API_URL; default https://api.scaleway.com)")
-    g.add_argument("--project-id", help="project id (SCW_DEFAULT_PROJECT_ID)")
-    g.add_argument("--region", help="region (SCW_DEFAULT_REGION; default fr-par)")
-    g.add_argument("--profile", help="scw config profile (SCW_PROFILE)")
-
-
-def add_output_options(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("output")
-    g.add_argument(
-        "--log-format",
-        choices=["auto", "console", "json"],
-        default="auto",
-        help="log lines as console text or JSON (default: console on a terminal)",
-    )
-    g.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
-    g.add_argument("--no-progress", action="store_true", help="no live progress display")
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("campaign", type=Path, help="campaign file (TOML)")
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="render and validate every recipient, send nothing, say what would be rejected",
-    )
-    parser.add_argument(
-        "--reconcile-all",
-        action="store_true",
-        help="before sending, look every unfinished recipient up at TEM (batched lists) and never "
-        "resend what TEM already has: the way back after the state store lost sends",
-    )
-    parser.add_argument(
-        "--store",
-        help="state store: a SQLite file (default from the campaign) or postgresql://… shared by workers "
-        "(or BULKSEND_STORE_URL, or store_url in the settings file: keeps a password out of `ps`)",
-    )
-    parser.add_argument(
-        "--settings",
-        type=Path,
-        metavar="FILE",
-        help="account settings file (TOML; default $BULKSEND_SETTINGS or ~/.config/bulksend/settings.toml "
-        "if it exists): store_url, redis_url, limiter_prefix, account_rate_per_s",
-    )
-    g = parser.add_argument_group("scale-out (several processes on one campaign)")
-    g.add_argument(
-        "--worker",
-        action="store_true",
-        help="run as one of several workers on the campaign (needs a PostgreSQL --store)",
-    )
-    g.add_argument("--worker-id", help="this worker's name (default hostname-pid)")
-    g.add_argument(
-        "--shared-limiter",
-        metavar="REDIS_URL",
-        help="redis://… — one rate limit shared by every process of the account "
-        "(or BULKSEND_REDIS_URL, or redis_url in the settings file)",
-    )
-    g.add_argument(
-        "--prefetch",
-        type=int,
-        metavar="N",
-        help="rows a worker claims ahead of its sends (default 4 × concurrency); a dead worker's are "
-        "taken back within seconds",
-    )
-    g.add_argument(
-        "--metrics-port",
-        type=int,
-        metavar="PORT",
-        help="serve Prometheus metrics on GET /metrics at this port (0: a free one, logged as "
-        "metrics.listening); the same series as the daemon's",
-    )
-    g.add_argument(
-        "--metrics-host",
-        default="127.0.0.1",
-        help="interface of --metrics-port (default 127.0.0.1; no token: keep it private)",
-    )
-    g.add_argument(
-        "--lease-s",
-        type=float,
-        default=30.0,
-        help="how long a worker's claim on a recipient lasts without renewal (default 30)",
-    )
-    parser.add_argument(
-        "--outcomes", type=Path, help="outcomes file (.jsonl or .csv); default from the campaign"
-    )
-    parser.add_argument(
-        "--grace-s",
-        type=float,
-        default=30.0,
-        help="on Ctrl-C/SIGTERM, seconds to let in-flight requests finish (default 30)",
-    )
-    add_api_options(parser)
-    add_output_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:

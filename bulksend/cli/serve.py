@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import signal
-from pathlib import Path
 
 import anyio
 import structlog
 from rich.console import Console
 
+from bulksend.cli.args import configure_serve as configure
 from bulksend.cli.display import print_error
 from bulksend.cli.send import uvloop_available
 from bulksend.daemon.config import load_daemon_config
@@ -29,17 +29,6 @@ log = structlog.get_logger("bulksend.serve")
 
 EXIT_FORCED = 130
 """Exit code of a stop forced by a second signal (128 + SIGINT, as shells report an interrupt)."""
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, required=True, help="daemon config file (TOML)")
-    parser.add_argument(
-        "--log-format",
-        choices=["auto", "console", "json"],
-        default="json",
-        help="log lines as JSON (default) or console text",
-    )
-    parser.add_argument("--log-level", default="info", help="debug, info (default), warning, error")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -18,6 +17,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from bulksend.cli.args import configure_status as configure
 from bulksend.cli.display import print_error
 from bulksend.errors import BulksendError
 from bulksend.settings import load_account_settings, redact_url
@@ -26,20 +26,6 @@ from bulksend.store import Store, describe_store, open_store
 __all__ = ["collect_status", "configure", "run"]
 
 _STATES = ("pending", "sending", "submitted", "final", "rejected", "skipped")
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("campaign", nargs="?", help="one campaign id (default: every campaign)")
-    parser.add_argument(
-        "--store",
-        help="the shared store (postgresql://… or a SQLite file); default BULKSEND_STORE_URL or "
-        "store_url in the settings file",
-    )
-    parser.add_argument("--settings", type=Path, metavar="FILE", help="account settings file (TOML)")
-    parser.add_argument("--json", action="store_true", help="one JSON document instead of tables")
-    parser.add_argument(
-        "--window-s", type=float, default=10.0, help="the rate is over this many recent seconds (default 10)"
-    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,75 +10,10 @@ import sys
 import anyio
 
 from .app import Sandbox, is_loopback_host
-from .config import DEFAULT_PROJECT_ID, DEFAULT_SECRET_KEY, SandboxConfig
+from .args import SECRET_ENV, configure
+from .config import DEFAULT_SECRET_KEY, SandboxConfig
 
 __all__ = ["SECRET_ENV", "config_from_args", "configure", "run"]
-
-SECRET_ENV = "BULKSEND_SANDBOX_SECRET"
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the sandbox options to ``parser``."""
-    net = parser.add_argument_group("server")
-    net.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    net.add_argument(
-        "--port", type=int, default=8025, help="TCP port, 0 for any free one (default: %(default)s)"
-    )
-    net.add_argument(
-        "--secret-key",
-        default=None,
-        help=f"X-Auth-Token to expect (default: ${SECRET_ENV} or {DEFAULT_SECRET_KEY!r})",
-    )
-    net.add_argument("--project-id", default=DEFAULT_PROJECT_ID, help="project used when a send omits one")
-    net.add_argument(
-        "--allow-from-domain",
-        action="append",
-        default=None,
-        metavar="DOMAIN",
-        help="only accept senders of this domain (repeatable; default: any)",
-    )
-
-    life = parser.add_argument_group("lifecycle (seconds)")
-    life.add_argument("--sending-after-s", type=float, default=0.0, help="time an email stays `new`")
-    life.add_argument("--final-after-s", type=float, default=0.0, help="time in `sending` per delivery try")
-    life.add_argument("--soft-bounce-retry-s", type=float, default=0.0, help="extra wait before a retry")
-    life.add_argument("--hold-s", type=float, default=3600.0, help="time `hold…` recipients stay `new`")
-
-    chaos = parser.add_argument_group("latency, limits and faults")
-    chaos.add_argument("--latency-ms", type=float, default=0.0, help="added latency per request")
-    chaos.add_argument("--jitter-ms", type=float, default=0.0, help="uniform extra latency per request")
-    chaos.add_argument(
-        "--rate-limit",
-        type=float,
-        default=None,
-        metavar="PER_S",
-        help="requests/s over all API calls; excess gets a bare 429",
-    )
-    chaos.add_argument(
-        "--rate-burst", type=float, default=None, help="token bucket size (default: rate/10, min 1)"
-    )
-    chaos.add_argument(
-        "--fault-5xx-before",
-        type=float,
-        default=0.0,
-        metavar="P",
-        help="probability of a 5xx before the request takes effect",
-    )
-    chaos.add_argument(
-        "--fault-5xx-after",
-        type=float,
-        default=0.0,
-        metavar="P",
-        help="probability of a 5xx after the request took effect (ambiguous send)",
-    )
-    chaos.add_argument(
-        "--fault-drop",
-        type=float,
-        default=0.0,
-        metavar="P",
-        help="probability of closing the connection without an answer",
-    )
-    chaos.add_argument("--seed", type=int, default=None, help="seed for reproducible faults and jitter")
 
 
 def config_from_args(args: argparse.Namespace) -> SandboxConfig:

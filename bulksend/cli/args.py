@@ -1,0 +1,225 @@
+"""Every sub-command's arguments, declared without importing what runs the command.
+
+``bulksend --help`` and ``bulksend send --help`` build their parser from this module alone (plus
+argparse), so they answer at once: the implementations (aiohttp, Rich, Jinja, the brokers, the
+daemon…) are imported only when a command runs (see :mod:`bulksend.cli.main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "COMMANDS",
+    "Command",
+    "add_api_options",
+    "add_output_options",
+    "configure_demo",
+    "configure_report",
+    "configure_send",
+    "configure_serve",
+    "configure_status",
+]
+
+
+def add_api_options(parser: argparse.ArgumentParser) -> None:
+    """Options that override the SCW_* environment and the scw profile."""
+    g = parser.add_argument_group("API settings (override SCW_* variables and the scw profile)")
+    g.add_argument("--api-url", help="API base URL (SCW_API_URL; default https://api.scaleway.com)")
+    g.add_argument("--project-id", help="project id (SCW_DEFAULT_PROJECT_ID)")
+    g.add_argument("--region", help="region (SCW_DEFAULT_REGION; default fr-par)")
+    g.add_argument("--profile", help="scw config profile (SCW_PROFILE)")
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """Log format and level, and the live progress display."""
+    g = parser.add_argument_group("output")
+    g.add_argument(
+        "--log-format",
+        choices=["auto", "console", "json"],
+        default="auto",
+        help="log lines as console text or JSON (default: console on a terminal)",
+    )
+    g.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
+    g.add_argument("--no-progress", action="store_true", help="no live progress display")
+
+
+def configure_send(parser: argparse.ArgumentParser) -> None:
+    """``bulksend send CAMPAIGN.toml``."""
+    parser.add_argument("campaign", type=Path, help="campaign file (TOML)")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="render and validate every recipient, send nothing, say what would be rejected",
+    )
+    parser.add_argument(
+        "--reconcile-all",
+        action="store_true",
+        help="before sending, look every unfinished recipient up at TEM (batched lists) and never "
+        "resend what TEM already has: the way back after the state store lost sends",
+    )
+    parser.add_argument(
+        "--store",
+        help="state store: a SQLite file (default from the campaign) or postgresql://… shared by workers "
+        "(or BULKSEND_STORE_URL, or store_url in the settings file: keeps a password out of `ps`)",
+    )
+    parser.add_argument(
+        "--settings",
+        type=Path,
+        metavar="FILE",
+        help="account settings file (TOML; default $BULKSEND_SETTINGS or ~/.config/bulksend/settings.toml "
+        "if it exists): store_url, redis_url, limiter_prefix, account_rate_per_s",
+    )
+    g = parser.add_argument_group("scale-out (several processes on one campaign)")
+    g.add_argument(
+        "--worker",
+        action="store_true",
+        help="run as one of several workers on the campaign (needs a PostgreSQL --store)",
+    )
+    g.add_argument("--worker-id", help="this worker's name (default hostname-pid)")
+    g.add_argument(
+        "--shared-limiter",
+        metavar="REDIS_URL",
+        help="redis://… — one rate limit shared by every process of the account "
+        "(or BULKSEND_REDIS_URL, or redis_url in the settings file)",
+    )
+    g.add_argument(
+        "--prefetch",
+        type=int,
+        metavar="N",
+        help="rows a worker claims ahead of its sends (default 4 × concurrency); a dead worker's are "
+        "taken back within seconds",
+    )
+    g.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on GET /metrics at this port (0: a free one, logged as "
+        "metrics.listening); the same series as the daemon's",
+    )
+    g.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="interface of --metrics-port (default 127.0.0.1; no token: keep it private)",
+    )
+    g.add_argument(
+        "--lease-s",
+        type=float,
+        default=30.0,
+        help="how long a worker's claim on a recipient lasts without renewal (default 30)",
+    )
+    parser.add_argument(
+        "--outcomes", type=Path, help="outcomes file (.jsonl or .csv); default from the campaign"
+    )
+    parser.add_argument(
+        "--grace-s",
+        type=float,
+        default=30.0,
+        help="on Ctrl-C/SIGTERM, seconds to let in-flight requests finish (default 30)",
+    )
+    add_api_options(parser)
+    add_output_options(parser)
+
+
+def configure_serve(parser: argparse.ArgumentParser) -> None:
+    """``bulksend serve --config daemon.toml``."""
+    parser.add_argument("--config", type=Path, required=True, help="daemon config file (TOML)")
+    parser.add_argument(
+        "--log-format",
+        choices=["auto", "console", "json"],
+        default="json",
+        help="log lines as JSON (default) or console text",
+    )
+    parser.add_argument("--log-level", default="info", help="debug, info (default), warning, error")
+
+
+def configure_demo(parser: argparse.ArgumentParser) -> None:
+    """``bulksend demo``."""
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("bulksend-demo"),
+        help="folder for the demo campaign and its outcomes (default ./bulksend-demo)",
+    )
+    parser.add_argument(
+        "--recipients", type=int, default=10_000, help="number of recipients (default 10,000)"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=20_000, help="rate_per_s of the campaign (default 20,000)"
+    )
+    add_output_options(parser)
+
+
+def configure_report(parser: argparse.ArgumentParser) -> None:
+    """``bulksend report OUTCOMES``."""
+    parser.add_argument("outcomes", type=Path, help="outcomes file written by `bulksend send`")
+
+
+def configure_status(parser: argparse.ArgumentParser) -> None:
+    """``bulksend status [CAMPAIGN]``."""
+    parser.add_argument("campaign", nargs="?", help="one campaign id (default: every campaign)")
+    parser.add_argument(
+        "--store",
+        help="the shared store (postgresql://… or a SQLite file); default BULKSEND_STORE_URL or "
+        "store_url in the settings file",
+    )
+    parser.add_argument("--settings", type=Path, metavar="FILE", help="account settings file (TOML)")
+    parser.add_argument("--json", action="store_true", help="one JSON document instead of tables")
+    parser.add_argument(
+        "--window-s", type=float, default=10.0, help="the rate is over this many recent seconds (default 10)"
+    )
+
+
+def _configure_sandbox(parser: argparse.ArgumentParser) -> None:
+    # The sandbox declares its own options (``python -m bulksend.sandbox`` uses them too); its
+    # argument module imports neither aiohttp nor the server.
+    from bulksend.sandbox.args import configure
+
+    configure(parser)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One sub-command: its help line, its arguments, and the module whose ``run(args)`` runs it."""
+
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    module: str
+
+
+COMMANDS: dict[str, Command] = {
+    "demo": Command(
+        "run a 10,000-recipient demo campaign against the built-in sandbox",
+        configure_demo,
+        "bulksend.cli.demo",
+    ),
+    "send": Command(
+        "send a campaign file (TOML) and write per-recipient outcomes",
+        configure_send,
+        "bulksend.cli.send",
+    ),
+    "report": Command(
+        "summarise an outcomes file (.jsonl or .csv)",
+        configure_report,
+        "bulksend.cli.report",
+    ),
+    "status": Command(
+        "show workers, rows by state and rates from a shared store",
+        configure_status,
+        "bulksend.cli.status",
+    ),
+    "serve": Command(
+        "run the daemon: queue-fed jobs and an admin HTTP API",
+        configure_serve,
+        "bulksend.cli.serve",
+    ),
+    "sandbox": Command(
+        "run a local TEM sandbox server",
+        _configure_sandbox,
+        "bulksend.sandbox.cli",
+    ),
+}
+"""Sub-command name → :class:`Command`, in the order ``bulksend --help`` lists them."""
