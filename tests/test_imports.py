@@ -68,3 +68,35 @@ def test_building_the_parser_and_every_help_loads_no_command_implementation() ->
     )
     assert "bulksend.cli.main" in loaded
     assert loaded_among(loaded, HEAVY_FOR_HELP) == []
+
+
+LIBRARY = (
+    "bulksend.pipeline.run",
+    "bulksend.pipeline.account",
+    "bulksend.daemon.service",
+    "bulksend.jobs.intake",
+    "bulksend.campaign.render",
+    "bulksend.sinks.summary",
+)
+
+
+def test_the_library_needs_neither_the_command_line_nor_rich() -> None:
+    """A campaign run and the daemon import without Rich installed, and without any bulksend.cli module."""
+    loaded = modules_loaded_by(
+        f"""
+        import importlib, importlib.abc, sys
+
+        class NoRich(importlib.abc.MetaPathFinder):
+            # As if Rich were not installed: structlog, which only uses it when present, falls back.
+            def find_spec(self, name, path=None, target=None):
+                if name == "rich" or name.startswith("rich."):
+                    raise ImportError(f"{{name}} is blocked")
+                return None
+
+        sys.meta_path.insert(0, NoRich())
+        for name in {LIBRARY!r}:
+            importlib.import_module(name)
+        """
+    )
+    assert set(LIBRARY) <= loaded
+    assert loaded_among(loaded, ("rich", "bulksend.cli")) == []

@@ -9,8 +9,9 @@ from rich.console import Console
 
 from bulksend.cli.args import configure_report as configure
 from bulksend.cli.display import print_error
-from bulksend.cli.summary import print_summary, summarize_outcomes
+from bulksend.cli.summary import print_summary
 from bulksend.sinks.outcomes import read_outcomes
+from bulksend.sinks.summary import summarize_outcomes
 
 __all__ = ["configure", "run"]
 

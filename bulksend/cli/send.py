@@ -34,18 +34,20 @@ from bulksend.campaign.validate import normalize_address
 from bulksend.cli.args import configure_send as configure
 from bulksend.cli.display import print_error, print_text
 from bulksend.cli.progress import show_progress
-from bulksend.cli.summary import Summary, print_summary, summarize_outcomes
+from bulksend.cli.summary import print_summary
 from bulksend.errors import BulksendError, CampaignError, ConfigError, StateLostError, first_bulksend_error
 from bulksend.log import configure_logging, register_secret
+from bulksend.pipeline.account import account_limiter
 from bulksend.pipeline.dispatch import AccountRefusedError
-from bulksend.pipeline.flow import CubicLimiter, FlowLimiter, flow_stats
+from bulksend.pipeline.flow import flow_stats
 from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.nested import NestedLimiter
 from bulksend.pipeline.presence import worker_presence
 from bulksend.pipeline.run import CampaignRun, RunResult, attachments_of, correlation_of
 from bulksend.pipeline.stats import RunStats
-from bulksend.settings import DEFAULT_LIMITER_PREFIX, limiter_key, load_account_settings
+from bulksend.settings import DEFAULT_LIMITER_PREFIX, load_account_settings
 from bulksend.sinks.outcomes import read_outcomes
+from bulksend.sinks.summary import Summary, summarize_outcomes
 from bulksend.store import open_store
 from bulksend.tem.client import TemClient
 from bulksend.tem.config import TemSettings
@@ -243,35 +245,6 @@ async def _main(
         return await _run(
             campaign, dataclasses.replace(settings, api_url=api_url), options, holder, before_run
         )
-
-
-def account_limiter(
-    rate_per_s: float,
-    *,
-    shared_limiter_url: str | None = None,
-    project_id: str = "",
-    region: str = "",
-    prefix: str = DEFAULT_LIMITER_PREFIX,
-) -> RateLimiter:
-    """The one limiter for every API call of the account: in-process, or shared through Redis.
-
-    Either way it is a :class:`~bulksend.pipeline.flow.FlowLimiter`: a retry budget and a circuit
-    breaker (per process) in front of the pacer. In one process the pacer finds the account's
-    limit by CUBIC from the measured rate (docs/flow-control.md); through Redis the shared rate
-    lives in Redis and adapts by AIMD there.
-    """
-    burst = max(1.0, min(10.0, rate_per_s / 50))
-    if shared_limiter_url is None:
-        return FlowLimiter(CubicLimiter(rate_per_s, burst=burst))
-    import redis.asyncio
-
-    from bulksend.pipeline.shared_limiter import RedisRateLimiter
-
-    tuning: dict[str, Any] = {"burst": burst, "decrease_factor": 0.85, "increase_per_s": rate_per_s / 3}
-    client = redis.asyncio.from_url(shared_limiter_url, socket_timeout=5)
-    # One key per TEM account and region: every process sending for this project shares one budget.
-    key = limiter_key(prefix, project_id, region)
-    return FlowLimiter(RedisRateLimiter(client, key=key, rate_per_s=rate_per_s, **tuning))
 
 
 def campaign_limiter(campaign: Campaign, settings: TemSettings, options: RunOptions) -> RateLimiter:

@@ -41,7 +41,6 @@ from bulksend.brokers import publisher_from_config, source_from_config
 from bulksend.brokers.base import JobSource, ResultPublisher
 from bulksend.campaign.load import Campaign, FileAccess, campaign_from_dict, check_campaign_id
 from bulksend.campaign.render import Rejection
-from bulksend.cli.send import account_limiter
 from bulksend.daemon.admin.api import AdminServer, check_listen_address, create_admin_app, serve_admin
 from bulksend.daemon.admin.control import (
     CampaignInfo,
@@ -79,6 +78,7 @@ from bulksend.jobs.intake import (
     job_campaign_id,
 )
 from bulksend.metrics import RECONCILE_OUTCOMES, Metrics
+from bulksend.pipeline.account import account_limiter
 from bulksend.pipeline.dispatch import AccountRefusedError, SendItem
 from bulksend.pipeline.engine import EngineSettings, SendEngine, campaign_tracker
 from bulksend.pipeline.flow import flow_stats

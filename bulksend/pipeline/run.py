@@ -41,7 +41,6 @@ from bulksend.campaign.recipients import (
 )
 from bulksend.campaign.render import Rejection, RenderedEmail, Renderer, RenderPacer
 from bulksend.campaign.validate import normalize_address
-from bulksend.cli.summary import Summary, tally_line
 from bulksend.errors import CampaignError, StateLostError
 from bulksend.pipeline.dispatch import AccountRefusedError, SendItem, utcnow
 from bulksend.pipeline.engine import EngineSettings, SendEngine, TrackerSink, campaign_tracker
@@ -51,6 +50,7 @@ from bulksend.pipeline.retry import RetryPolicy
 from bulksend.pipeline.stats import OutcomeHook, RunStats
 from bulksend.pipeline.tracker import Tracker, final_update
 from bulksend.sinks.outcomes import outcome_lines, write_outcomes
+from bulksend.sinks.summary import Summary, tally_line
 from bulksend.store import describe_store
 from bulksend.store.base import (
     CampaignRecord,
