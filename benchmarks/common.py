@@ -163,7 +163,7 @@ def _revision() -> str | None:
 
 def uses_uvloop() -> bool:
     """Whether ``bulksend send`` runs on uvloop here (it does whenever uvloop imports)."""
-    from bulksend.cli.send import uvloop_available
+    from bulksend.cli.runtime import uvloop_available
 
     return uvloop_available()
 

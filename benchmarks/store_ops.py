@@ -34,7 +34,7 @@ from typing import Any, Literal
 import anyio
 
 from benchmarks.common import write_report
-from bulksend.cli.send import uvloop_available
+from bulksend.cli.runtime import uvloop_available
 from bulksend.sinks.outcomes import outcome_lines
 from bulksend.store import FinalUpdate, MemoryStore, NewRecipient, SqliteStore, Store
 

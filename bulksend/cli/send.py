@@ -14,9 +14,7 @@ import dataclasses
 import functools
 import math
 import os
-import signal
 import socket
-import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ from bulksend.campaign.validate import normalize_address
 from bulksend.cli.args import configure_send as configure
 from bulksend.cli.display import print_error, print_text
 from bulksend.cli.progress import show_progress
+from bulksend.cli.runtime import stop_on_signals, uvloop_available
 from bulksend.cli.summary import print_summary
 from bulksend.errors import BulksendError, CampaignError, ConfigError, StateLostError, first_bulksend_error
 from bulksend.log import configure_logging, register_secret
@@ -172,14 +171,6 @@ def run_campaign(
         print_error(console, found)
         return EXIT_CONFIG
     return _report(result, console)
-
-
-def uvloop_available() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _preflight(campaign: Campaign) -> None:
@@ -336,7 +327,15 @@ async def _run(
                 store, worker_id=options.worker_id, campaign_id=campaign.id, stats=stats
             )
             async with presence, anyio.create_task_group() as tg:
-                tg.start_soon(_watch_signals, runner)
+                tg.start_soon(
+                    functools.partial(
+                        stop_on_signals,
+                        runner.request_stop,
+                        runner.abort,
+                        stopping=lambda: runner.stopping,
+                        notice="\nstopping: finishing in-flight requests (Ctrl-C again to stop now)\n",
+                    )
+                )
                 if metrics is not None and options.metrics_port is not None:
                     from bulksend.metrics_server import serve_metrics
 
@@ -410,17 +409,6 @@ def _about(rate: float) -> str:
     digits = max(0, 1 - math.floor(math.log10(rate)))
     rounded = round(rate, 1 - math.floor(math.log10(rate)))
     return f"{rounded:,.{digits}f}" if digits else f"{rounded:,.0f}"
-
-
-async def _watch_signals(runner: CampaignRun) -> None:
-    """First Ctrl-C/SIGTERM: graceful stop. Second: stop now."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            if not runner.stopping:
-                sys.stderr.write("\nstopping: finishing in-flight requests (Ctrl-C again to stop now)\n")
-                runner.request_stop()
-            else:
-                runner.abort()
 
 
 def _report(result: RunResult, console: Console) -> int:

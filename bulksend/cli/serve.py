@@ -8,7 +8,6 @@ ones be reconciled within ``daemon.grace_s``, and record them (exit 0). Second s
 from __future__ import annotations
 
 import argparse
-import signal
 
 import anyio
 import structlog
@@ -16,7 +15,7 @@ from rich.console import Console
 
 from bulksend.cli.args import configure_serve as configure
 from bulksend.cli.display import print_error
-from bulksend.cli.send import uvloop_available
+from bulksend.cli.runtime import stop_on_signals, uvloop_available
 from bulksend.daemon.config import load_daemon_config
 from bulksend.daemon.service import Daemon
 from bulksend.errors import BulksendError, first_bulksend_error
@@ -82,17 +81,6 @@ def run(args: argparse.Namespace) -> int:
 
 async def _main(daemon: Daemon) -> None:
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_signals, daemon)
+        tg.start_soon(stop_on_signals, daemon.request_stop, daemon.abort)
         await daemon.run()
         tg.cancel_scope.cancel()
-
-
-async def _signals(daemon: Daemon) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        first = True
-        async for _ in signals:
-            if first:
-                daemon.request_stop()
-                first = False
-            else:
-                daemon.abort()
