@@ -1,5 +1,5 @@
-"""The campaign model: a TOML campaign file (or an equivalent mapping) turned into a validated,
-immutable :class:`Campaign`.
+"""Loading a campaign: a TOML campaign file (or an equivalent mapping) turned into a validated,
+immutable :class:`~bulksend.campaign.model.Campaign`.
 
 Every campaign-level mistake is found here, before anything is sent, and raised as
 :class:`~bulksend.errors.CampaignError` naming the file, the line and the fix. Templates are
@@ -7,9 +7,10 @@ compiled up front (syntax errors point into the template's own file), campaign a
 loaded and base64-encoded once, and the recipients file is checked (suffix, existence, CSV header).
 
 Files a campaign names are read only if they are regular files within a size cap. A campaign
-from the admin API is *confined* (:class:`FileAccess`): its files must resolve, symlinks
-followed, inside the folder the operator allows, or it names no file at all.
+from the admin API is *confined* (:class:`~bulksend.campaign.model.FileAccess`): its files must
+resolve, symlinks followed, inside the folder the operator allows, or it names no file at all.
 
+The model's classes are re-exported here, for callers that load a campaign and use it.
 The reference of every key is ``docs/campaign-file.md``.
 """
 
@@ -24,7 +25,6 @@ import re
 import stat
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, Final, NoReturn
@@ -33,6 +33,15 @@ import orjson
 from jinja2 import StrictUndefined, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
+from bulksend.campaign.model import (
+    CAMPAIGN_ID_PATTERN,
+    CORRELATION_HEADER,
+    Campaign,
+    FileAccess,
+    OutputSettings,
+    SendingSettings,
+    TrackingSettings,
+)
 from bulksend.campaign.recipients import RECIPIENT_SUFFIXES, check_recipients
 from bulksend.campaign.templating import BoundedEnvironment, RenderLimits
 from bulksend.campaign.validate import (
@@ -45,7 +54,7 @@ from bulksend.campaign.validate import (
     check_subject,
 )
 from bulksend.errors import CampaignError
-from bulksend.settings import Bound, SendingSettings, TrackingSettings
+from bulksend.settings import Bound
 from bulksend.tem.models import Address, Attachment, format_rfc3339, parse_rfc3339
 
 __all__ = [
@@ -68,15 +77,9 @@ __all__ = [
     "parse_campaign_toml",
 ]
 
-CORRELATION_HEADER: Final = "X-Bulksend-Ref"
-"""Added to every email by the renderer; reserved (a campaign may not set it)."""
-
 MAX_RENDER_LOOP_ITERATIONS: Final = 10_000_000
 MAX_RENDER_S: Final = 10.0
 
-CAMPAIGN_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-"""Every campaign id: 1–64 letters, digits, ``.``, ``_`` or ``-``, starting with a letter or digit
-(so an id is always a safe file name: no ``/``, never ``.`` or ``..``)."""
 MAX_TEMPLATE_FILE_BYTES: Final = 1024 * 1024
 """Largest ``text_file`` / ``html_file`` read."""
 MAX_ATTACHMENT_FILE_BYTES: Final = MAX_EMAIL_BYTES * 3 // 4
@@ -155,77 +158,6 @@ def new_template_environment(*, html: bool) -> SandboxedEnvironment:
         auto_reload=False,
         cache_size=0,
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Model
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OutputSettings:
-    """Where outcomes go (``.jsonl`` or ``.csv``)."""
-
-    outcomes: Path
-
-
-@dataclass(frozen=True)
-class Campaign:
-    """A validated campaign. ``subject``, ``text``, ``html`` and header values are template SOURCES
-    (compiled by :class:`bulksend.campaign.render.Renderer`); attachments are loaded and base64-encoded.
-
-    ``fingerprint`` is a sha256 over the resolved content (id, sender, templates, headers,
-    attachments, recipient file content, send_before), not over the sending/tracking settings, so a
-    resumed campaign can be told apart from an edited one while its pace may still be changed.
-    """
-
-    id: str
-    path: Path
-    from_: Address
-    subject: str
-    text: str
-    html: str
-    recipients: Path
-    headers: tuple[tuple[str, str], ...]
-    attachments: tuple[Attachment, ...]
-    send_before: datetime | None
-    sending: SendingSettings
-    tracking: TrackingSettings
-    output: OutputSettings
-    store_path: Path
-    fingerprint: str = field(repr=False)
-    render: RenderLimits = field(default_factory=RenderLimits)
-    legacy_fingerprint: str = field(default="", repr=False)
-    """The fingerprint with the recipient file's path instead of its content, as recorded by
-    earlier versions: a campaign they started still resumes from the same folder."""
-
-    @property
-    def attachments_bytes(self) -> int:
-        """Size of the campaign attachments once encoded (base64), as they count toward 2 MB."""
-        return sum(len(a.content) for a in self.attachments)
-
-    attachments_root: Path | None = None
-    """The folder per-recipient attachments resolve against and must stay inside (symlinks
-    resolved); None: recipients may not name files at all."""
-
-
-@dataclass(frozen=True)
-class FileAccess:
-    """Which files a campaign may name (``text_file``, ``html_file``, attachments, and the
-    per-recipient ``attachments`` column).
-
-    Unconfined (the CLI, the daemon's own config): paths are relative to the campaign's folder and
-    per-recipient files to the recipients file's folder. Confined (the admin API): every path is
-    relative to ``root`` and must resolve inside it; with no ``root``, no file may be named.
-    """
-
-    confined: bool = False
-    root: Path | None = None
-
-    @classmethod
-    def confined_to(cls, root: Path | None) -> FileAccess:
-        """Files only from inside ``root`` (resolved now); None: no files at all."""
-        return cls(confined=True, root=Path(root).resolve() if root is not None else None)
 
 
 # ---------------------------------------------------------------------------------------------

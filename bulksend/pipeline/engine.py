@@ -32,7 +32,7 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from bulksend.campaign.load import Campaign
+from bulksend.campaign.model import Campaign
 from bulksend.pipeline.dispatch import AccountRefusedError, Dispatcher, SendItem
 from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.reconcile import Reconciler

@@ -31,7 +31,7 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
-from bulksend.campaign.load import Campaign
+from bulksend.campaign.model import Campaign
 from bulksend.campaign.recipients import (
     BadRow,
     RecipientInput,
