@@ -40,6 +40,7 @@ import orjson
 
 # BrokerError lives in the error tree; it belongs to this module's API too.
 from bulksend.errors import BrokerError, ConfigError
+from bulksend.lifecycle import OpenClose
 
 __all__ = [
     "MAX_REASON_CHARS",
@@ -195,23 +196,6 @@ class ResultPublisher(Protocol):
 
 
 # -- shared helpers for the implementations -----------------------------------------------------
-
-
-class OpenClose:
-    """``async with`` support for anything with ``open()``/``close()``."""
-
-    async def open(self) -> None:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        raise NotImplementedError
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
 
 class BaseDelivery:

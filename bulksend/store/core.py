@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, Final, TypeVar
 
-from bulksend.brokers.base import OpenClose
+from bulksend.lifecycle import OpenClose
 from bulksend.store.base import RecipientRow, RowState
 from bulksend.store.rules import (
     TO_AMBIGUOUS,
