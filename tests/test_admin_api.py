@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -21,6 +22,7 @@ from bulksend.daemon.admin import (
     CampaignInfo,
     DaemonControl,
     MemoryControl,
+    Submission,
     check_listen_address,
     create_admin_app,
 )
@@ -381,21 +383,16 @@ class _FirstChunkSignal(MemoryControl):
         super().__init__(spool_dir, clock=lambda: NOW)
         self.first_chunk = anyio.Event()
 
-    async def submit_campaign(
-        self,
-        campaign: Mapping[str, Any] | str,
-        recipients: AsyncIterator[bytes] | bytes,
-        recipients_filename: str,
-    ) -> CampaignInfo:
-        assert not isinstance(recipients, bytes)
-        source = recipients
+    async def submit_campaign(self, submission: Submission) -> CampaignInfo:
+        assert not isinstance(submission.recipients, bytes)
+        source = submission.recipients
 
         async def signalling() -> AsyncIterator[bytes]:
             async for chunk in source:
                 self.first_chunk.set()
                 yield chunk
 
-        return await super().submit_campaign(campaign, signalling(), recipients_filename)
+        return await super().submit_campaign(dataclasses.replace(submission, recipients=signalling()))
 
 
 async def test_recipients_reach_the_control_before_the_upload_ends(

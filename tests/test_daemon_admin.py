@@ -17,6 +17,7 @@ import orjson
 import pytest
 import structlog
 
+from bulksend.daemon.admin.control import Submission
 from bulksend.daemon.config import load_daemon_config
 from bulksend.daemon.service import Daemon
 from bulksend.errors import CampaignError, ConfigError
@@ -364,7 +365,9 @@ async def test_job_campaign_ids_are_reserved(tmp_path: Path, sandbox: Sandbox) -
         form.add_field("recipients", recipients_csv(["x@example.com"]), filename="people.csv")
         status, body = await admin.call("POST", "/v1/campaigns", data=form)
         with pytest.raises(CampaignError):
-            await daemon.submit_campaign(CAMPAIGN.format(id="jobs.x", concurrency=2), b"email\n", "r.csv")
+            await daemon.submit_campaign(
+                Submission(CAMPAIGN.format(id="jobs.x", concurrency=2), b"email\n", "r.csv")
+            )
     assert status == 400
     assert "reserved" in body["error"], body
 

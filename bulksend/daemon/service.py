@@ -39,7 +39,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from bulksend.brokers import publisher_from_config, source_from_config
 from bulksend.brokers.base import JobSource, ResultPublisher
-from bulksend.campaign.load import Campaign, FileAccess, campaign_from_dict, check_campaign_id
+from bulksend.campaign.load import Campaign, FileAccess, campaign_from_dict
 from bulksend.campaign.render import Rejection
 from bulksend.daemon.admin.api import AdminServer, check_listen_address, create_admin_app, serve_admin
 from bulksend.daemon.admin.control import (
@@ -47,11 +47,10 @@ from bulksend.daemon.admin.control import (
     CampaignStatus,
     Conflict,
     NotFound,
+    Submission,
     campaign_folder_error,
-    check_sender_given,
     count_recipients,
     new_campaign_folder,
-    parse_submission,
     safe_filename,
     spool_private,
     spooled_name,
@@ -810,26 +809,10 @@ class Daemon:
         if cid in self._errors or (record is not None and record.state in over):
             self.metrics.forget_campaign(cid)
 
-    async def submit_campaign(
-        self,
-        campaign: Mapping[str, Any] | str,
-        recipients: AsyncIterator[bytes] | bytes,
-        recipients_filename: str,
-    ) -> CampaignInfo:
+    async def submit_campaign(self, submission: Submission) -> CampaignInfo:
         if self._stopping:
             raise Conflict("the daemon is shutting down; submit again once it is back")
-        data = await anyio.to_thread.run_sync(parse_submission, campaign)
-        table = data.get("campaign")
-        if not isinstance(table, Mapping):
-            raise CampaignError("the campaign needs a [campaign] table with an `id`", path="campaign")
-        # The id becomes a folder name: it is checked before anything else happens.
-        cid = check_campaign_id(table.get("id"))
-        if cid.startswith("jobs."):
-            raise CampaignError(
-                f"campaign id {cid!r}: ids starting with 'jobs.' are reserved for queued jobs; pick another",
-                path="campaign",
-            )
-        check_sender_given(table, as_json=not isinstance(campaign, str))
+        data, cid = await submission.parse()
         await self._refuse_taken(cid)
         # Reserved in the store before the disk is touched: of two submissions of one id (in this
         # process or another sharing the store), one gets the folder and the other a 409.
@@ -842,10 +825,10 @@ class Daemon:
             folder = await anyio.to_thread.run_sync(
                 new_campaign_folder, self.config.data_dir / "campaigns", cid
             )
-            filename = spooled_name(recipients_filename)
-            chunks = self._renewing(cid, token, recipients)
+            filename = spooled_name(submission.recipients_filename)
+            chunks = self._renewing(cid, token, submission.recipients)
             await spool_private(chunks, folder / filename)
-            data["campaign"] = {**table, "recipients": filename}
+            data["campaign"] = {**data["campaign"], "recipients": filename}
             # Outcomes stay inside the campaign's folder whatever the submission asked for.
             data["output"] = {"outcomes": "outcomes.jsonl"}
             loaded = await anyio.to_thread.run_sync(

@@ -40,6 +40,7 @@ from bulksend.daemon.admin.control import (
     Conflict,
     DaemonControl,
     NotFound,
+    Submission,
     safe_filename,
 )
 from bulksend.daemon.admin.throttle import UnauthorizedLog
@@ -457,7 +458,7 @@ async def _submit(request: web.Request) -> web.Response:
                 return _error(400, "the 'campaign' part must come before the 'recipients' part")
             filename = _recipients_filename(part)
             control = request.app[_CONTROL]
-            info = await control.submit_campaign(campaign, _chunks(part, timeout_s), filename)
+            info = await control.submit_campaign(Submission(campaign, _chunks(part, timeout_s), filename))
         else:
             return _error(400, f"unexpected part {part.name!r}; send 'campaign' and 'recipients'")
     # Whatever follows the recipients is ignored, but read, so the connection can be reused.

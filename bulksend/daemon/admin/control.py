@@ -59,6 +59,7 @@ __all__ = [
     "DaemonControl",
     "MemoryControl",
     "NotFound",
+    "Submission",
     "campaign_folder_error",
     "check_sender_given",
     "count_recipients",
@@ -112,24 +113,50 @@ class CampaignInfo:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A campaign and its recipients, as the admin API received them.
+
+    ``campaign`` is TOML text or a parsed JSON object, with the keys of a campaign file
+    (docs/campaign-file.md); the uploaded recipients replace ``campaign.recipients``.
+    ``recipients`` is the CSV/JSONL upload, streamed in chunks: it is only valid until
+    :meth:`DaemonControl.submit_campaign` returns, so persist it (spool or admit) before returning,
+    and abandon the submission if iterating it raises (the client went away).
+    ``recipients_filename`` is a bare file name (no directory) whose suffix tells the format.
+    """
+
+    campaign: Mapping[str, Any] | str
+    recipients: AsyncIterator[bytes] | bytes
+    recipients_filename: str
+
+    async def parse(self) -> tuple[dict[str, Any], str]:
+        """The campaign as a fresh dict (:func:`parse_submission`) and its checked id.
+
+        The id becomes a folder name and a store key, so it is checked before anything is stored:
+        raises ``CampaignError`` for a campaign without a ``[campaign]`` table, with an invalid id
+        or one of the job streams' ids, or without a sender.
+        """
+        data = await anyio.to_thread.run_sync(parse_submission, self.campaign)
+        table = data.get("campaign")
+        if not isinstance(table, Mapping):
+            raise CampaignError("the campaign needs a [campaign] table with an `id`", path="campaign")
+        campaign_id = check_campaign_id(table.get("id"))
+        if campaign_id.startswith(JOB_CAMPAIGN_PREFIX):
+            raise CampaignError(
+                f"campaign id {campaign_id!r}: ids starting with 'jobs.' are reserved for queued jobs; "
+                "pick another",
+                path="campaign",
+            )
+        check_sender_given(table, as_json=not isinstance(self.campaign, str))
+        return data, campaign_id
+
+
 @runtime_checkable
 class DaemonControl(Protocol):
     """What the admin API may ask of the daemon. Every method may raise ``ControlError`` subclasses."""
 
-    async def submit_campaign(
-        self,
-        campaign: Mapping[str, Any] | str,
-        recipients: AsyncIterator[bytes] | bytes,
-        recipients_filename: str,
-    ) -> CampaignInfo:
+    async def submit_campaign(self, submission: Submission) -> CampaignInfo:
         """Accept a campaign and its recipients and start running it.
-
-        ``campaign`` is TOML text or a parsed JSON object, with the keys of a campaign file
-        (docs/campaign-file.md); the uploaded recipients replace ``campaign.recipients``.
-        ``recipients`` is the CSV/JSONL upload, streamed in chunks: it is only valid until this
-        call returns, so persist it (spool or admit) before returning, and abandon the submission
-        if iterating it raises (the client went away). ``recipients_filename`` is a bare file name
-        (no directory) whose suffix tells the format.
 
         Raises ``CampaignError`` for bad input (HTTP 400 with its message) and ``Conflict`` when a
         campaign with the same id exists (409).
@@ -376,30 +403,14 @@ class MemoryControl:
             self._opened = False
 
     # -- protocol ----------------------------------------------------------------------------
-    async def submit_campaign(
-        self,
-        campaign: Mapping[str, Any] | str,
-        recipients: AsyncIterator[bytes] | bytes,
-        recipients_filename: str,
-    ) -> CampaignInfo:
+    async def submit_campaign(self, submission: Submission) -> CampaignInfo:
         store = await self._ready_store()
-        data = await anyio.to_thread.run_sync(parse_submission, campaign)
-        section = data.get("campaign")
-        if not isinstance(section, Mapping):
-            raise CampaignError("the campaign needs a [campaign] table with an `id`", path="campaign")
-        campaign_id = check_campaign_id(section.get("id"))
-        if campaign_id.startswith(JOB_CAMPAIGN_PREFIX):
-            raise CampaignError(
-                f"campaign id {campaign_id!r}: ids starting with 'jobs.' are reserved for queued jobs; "
-                "pick another",
-                path="campaign",
-            )
-        check_sender_given(section, as_json=not isinstance(campaign, str))
+        data, campaign_id = await submission.parse()
         if campaign_id in self._reserved or await store.get_campaign(campaign_id) is not None:
             raise Conflict(f"a campaign with id {campaign_id!r} already exists; give this one a new id")
-        if not safe_filename(recipients_filename):
+        if not safe_filename(submission.recipients_filename):
             raise CampaignError("the recipients upload needs a file name ending in .csv, .tsv or .jsonl")
-        filename = spooled_name(recipients_filename)
+        filename = spooled_name(submission.recipients_filename)
         # Reserve the id before touching the disk: two concurrent submissions of one id must not
         # both pass the check above.
         self._reserved.add(campaign_id)
@@ -409,8 +420,8 @@ class MemoryControl:
             await anyio.Path(folder).mkdir(mode=0o700)
             spooled = folder / filename
             try:
-                size, chunks = await spool_private(recipients, spooled)
-                data["campaign"] = {**section, "recipients": filename}
+                size, chunks = await spool_private(submission.recipients, spooled)
+                data["campaign"] = {**data["campaign"], "recipients": filename}
                 built = await anyio.to_thread.run_sync(
                     lambda: campaign_from_dict(data, base_dir=folder, source="campaign", files=self.files)
                 )
