@@ -81,6 +81,7 @@ __all__ = [
     "TemTransportError",
     "TransientStateError",
     "first_bulksend_error",
+    "json_type_name",
 ]
 
 
@@ -348,3 +349,18 @@ def first_bulksend_error(exc: BaseException) -> BulksendError | None:
             if found is not None:
                 return found
     return None
+
+
+def json_type_name(value: object) -> str:
+    """The JSON type of a decoded value, as error messages name it: ``"string"``, ``"null"``…"""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"

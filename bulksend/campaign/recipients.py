@@ -39,7 +39,7 @@ from typing import Any, BinaryIO, Final
 
 import orjson
 
-from bulksend.errors import CampaignError
+from bulksend.errors import CampaignError, json_type_name
 
 __all__ = [
     "CSV_SUFFIXES",
@@ -599,7 +599,7 @@ def _iter_jsonl(path: Path, start_after_row: int) -> Iterator[RecipientInput | B
             if type(obj) is not dict:
                 yield BadRow(
                     lineno,
-                    f"the line is a JSON {_json_type(obj)}, not an object; write one object per line, "
+                    f"the line is a JSON {json_type_name(obj)}, not an object; write one object per line, "
                     f'like {{"email": "ann@example.com", "name": "Ann"}}',
                 )
                 continue
@@ -615,12 +615,12 @@ def _iter_jsonl(path: Path, start_after_row: int) -> Iterator[RecipientInput | B
             elif not isinstance(name, str):
                 yield BadRow(
                     lineno,
-                    f"'name' is a JSON {_json_type(name)}, not a string; write it as a string",
+                    f"'name' is a JSON {json_type_name(name)}, not a string; write it as a string",
                     email=email.strip() if isinstance(email, str) else "",
                 )
                 continue
             if not isinstance(email, str):
-                what = "missing" if email is None else f"a JSON {_json_type(email)}, not a string"
+                what = "missing" if email is None else f"a JSON {json_type_name(email)}, not a string"
                 yield BadRow(
                     lineno,
                     f"'email' is {what}; every object needs an \"email\" string",
@@ -686,17 +686,3 @@ def _json_reason(raw: bytes, exc: orjson.JSONDecodeError) -> str:
             f"save the file as UTF-8"
         )
     return f"the line is not valid JSON ({exc.msg} at column {exc.colno}); write one JSON object per line"
-
-
-def _json_type(value: object) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if value is None:
-        return "null"
-    return "object"

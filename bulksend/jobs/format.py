@@ -32,7 +32,7 @@ from typing import Any, Final
 import orjson
 
 from bulksend.campaign.validate import check_name
-from bulksend.errors import JobError, JobErrorKind
+from bulksend.errors import JobError, JobErrorKind, json_type_name
 
 __all__ = [
     "JOB_VERSION",
@@ -140,34 +140,18 @@ def parse_job(body: bytes) -> SendJob:
     template = _bounded_str(doc, "template", MAX_TEMPLATE_CHARS)
     key = _bounded_str(doc, "idempotency_key", MAX_KEY_CHARS)
 
-    if "recipient" not in doc:
-        raise JobError("missing field 'recipient'", kind="missing_field", field="recipient")
-    recipient = doc["recipient"]
+    recipient = _required(doc, "recipient")
     if not isinstance(recipient, dict):
-        raise JobError(
-            f'recipient must be an object like {{"email": "a@example.com"}}, got {_json_type(recipient)}',
-            kind="invalid_field",
-            field="recipient",
-        )
+        raise _wrong_type("recipient", 'an object like {"email": "a@example.com"}', recipient)
     _refuse_unknown(recipient, _RECIPIENT_FIELDS, prefix="recipient.")
-    if "email" not in recipient:
-        raise JobError("missing field 'recipient.email'", kind="missing_field", field="recipient.email")
-    email = recipient["email"]
+    email = _required(recipient, "recipient.email")
     if not isinstance(email, str):
-        raise JobError(
-            f"recipient.email must be a string, got {_json_type(email)}",
-            kind="invalid_field",
-            field="recipient.email",
-        )
+        raise _wrong_type("recipient.email", "a string", email)
     if not email:
         raise JobError("recipient.email is empty", kind="invalid_field", field="recipient.email")
     name = recipient.get("name")
     if name is not None and not isinstance(name, str):
-        raise JobError(
-            f"recipient.name must be a string or null, got {_json_type(name)}",
-            kind="invalid_field",
-            field="recipient.name",
-        )
+        raise _wrong_type("recipient.name", "a string or null", name)
     if name is not None and (problem := check_name(name, "recipient.name")) is not None:
         raise JobError(problem, kind="invalid_field", field="recipient.name")
 
@@ -175,20 +159,12 @@ def parse_job(body: bytes) -> SendJob:
     if variables is None:
         variables = {}
     elif not isinstance(variables, dict):
-        raise JobError(
-            f"variables must be an object of template variables, got {_json_type(variables)}",
-            kind="invalid_field",
-            field="variables",
-        )
+        raise _wrong_type("variables", "an object of template variables", variables)
     _check_variables(variables)
 
     want_result = doc.get("results")
     if want_result is not None and not isinstance(want_result, bool):
-        raise JobError(
-            f"results must be true, false or null, got {_json_type(want_result)}",
-            kind="invalid_field",
-            field="results",
-        )
+        raise _wrong_type("results", "true, false or null", want_result)
 
     return SendJob(
         version=version,
@@ -245,11 +221,9 @@ def _refuse_unknown(doc: Mapping[str, Any], allowed: tuple[str, ...], *, prefix:
 
 
 def _bounded_str(doc: Mapping[str, Any], name: str, max_chars: int) -> str:
-    if name not in doc:
-        raise JobError(f"missing field '{name}'", kind="missing_field", field=name)
-    value = doc[name]
+    value = _required(doc, name)
     if not isinstance(value, str):
-        raise JobError(f"{name} must be a string, got {_json_type(value)}", kind="invalid_field", field=name)
+        raise _wrong_type(name, "a string", value)
     if not 1 <= len(value) <= max_chars:
         raise JobError(
             f"{name} must be 1..{max_chars} characters (it has {len(value)})",
@@ -307,11 +281,7 @@ def _send_before(value: Any) -> datetime | None:
         return None
     example = "for example 2026-12-31T00:00:00Z"
     if not isinstance(value, str):
-        raise JobError(
-            f"send_before must be an RFC 3339 time string ({example}), got {_json_type(value)}",
-            kind="invalid_field",
-            field="send_before",
-        )
+        raise _wrong_type("send_before", f"an RFC 3339 time string ({example})", value)
     if not _RFC3339.match(value):
         raise JobError(
             f"send_before {value[:60]!r} is not an RFC 3339 time with an offset ({example})",
@@ -336,15 +306,20 @@ def _send_before(value: Any) -> datetime | None:
         ) from None
 
 
+def _required(doc: Mapping[str, Any], field: str) -> Any:
+    """The value of ``field`` (a dotted path whose last part is the key in ``doc``), which must be there."""
+    key = field.rpartition(".")[2]
+    if key not in doc:
+        raise JobError(f"missing field '{field}'", kind="missing_field", field=field)
+    return doc[key]
+
+
+def _wrong_type(field: str, expected: str, value: Any) -> JobError:
+    """The error for ``field`` holding a JSON value of another type than ``expected``."""
+    return JobError(f"{field} must be {expected}, got {_json_type(value)}", kind="invalid_field", field=field)
+
+
 def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
+    """The JSON type of ``value`` as "got …" says it: ``null``, or with its article (``a string``)."""
+    name = json_type_name(value)
+    return name if value is None else f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
