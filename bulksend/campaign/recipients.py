@@ -192,27 +192,23 @@ class _Header:
 
 
 def _read_header(path: Path, f: io.TextIOWrapper) -> _Header:
+    # Every problem found here is on the header line.
+    header_error = partial(CampaignError, path=str(path), line=1)
     line = f.readline(MAX_RECORD_CHARS + 1)
     if len(line) > MAX_RECORD_CHARS:
-        raise CampaignError(
+        raise header_error(
             f"the header line is longer than {MAX_RECORD_CHARS:,} characters; a recipients file may "
-            f"have at most {MAX_COLUMNS:,} columns, with short names",
-            path=str(path),
-            line=1,
+            f"have at most {MAX_COLUMNS:,} columns, with short names"
         )
     # Leading blank lines would make "row = line number" confusing; the header must be line 1.
     if not line.strip():
-        raise CampaignError(
+        raise header_error(
             "the first line must be the header (column names, one of them 'email'); "
-            "the file is empty or starts with a blank line",
-            path=str(path),
-            line=1,
+            "the file is empty or starts with a blank line"
         )
     if _has_surrogate(line):
-        raise CampaignError(
-            "the header line is not valid UTF-8; save the file as UTF-8 (in a spreadsheet: 'CSV UTF-8')",
-            path=str(path),
-            line=1,
+        raise header_error(
+            "the header line is not valid UTF-8; save the file as UTF-8 (in a spreadsheet: 'CSV UTF-8')"
         )
     if path.suffix.lower() == ".tsv":
         delimiter = "\t"
@@ -223,43 +219,31 @@ def _read_header(path: Path, f: io.TextIOWrapper) -> _Header:
     try:
         columns = tuple(c.strip() for c in next(csv.reader([line], delimiter=delimiter, strict=True)))
     except csv.Error as exc:
-        raise CampaignError(
+        raise header_error(
             f"the header line has broken quoting ({exc}); write the column names separated by "
-            f"{_delimiter_name(delimiter)}",
-            path=str(path),
-            line=1,
+            f"{_delimiter_name(delimiter)}"
         ) from None
     if len(columns) > MAX_COLUMNS:
-        raise CampaignError(
+        raise header_error(
             f"the header has {len(columns):,} columns; a recipients file may have at most "
-            f"{MAX_COLUMNS:,}: keep only the columns the templates use",
-            path=str(path),
-            line=1,
+            f"{MAX_COLUMNS:,}: keep only the columns the templates use"
         )
     lowered = [c.lower() for c in columns]
     for special in ("email", "name", _ATTACHMENTS_KEY):
         if lowered.count(special) > 1:
-            raise CampaignError(
-                f"the header has more than one {special!r} column; keep one",
-                path=str(path),
-                line=1,
-            )
+            raise header_error(f"the header has more than one {special!r} column; keep one")
     if "email" not in lowered:
         found = ", ".join(repr(c) for c in columns[:10]) + (" …" if len(columns) > 10 else "")
-        raise CampaignError(
+        raise header_error(
             f"the header has no 'email' column (columns found: {found}, separated by "
-            f"{_delimiter_name(delimiter)}); name the column holding the addresses 'email'",
-            path=str(path),
-            line=1,
+            f"{_delimiter_name(delimiter)}); name the column holding the addresses 'email'"
         )
     seen: set[str] = set()
     for c in columns:
         if c and c in seen:
-            raise CampaignError(
+            raise header_error(
                 f"the header has two columns named {c!r}; rename one (each column becomes a "
-                f"template variable)",
-                path=str(path),
-                line=1,
+                f"template variable)"
             )
         seen.add(c)
     email_index = lowered.index("email")

@@ -29,6 +29,7 @@ from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import escape
 
+from bulksend.campaign import validate
 from bulksend.campaign.load import (
     CORRELATION_HEADER,
     Campaign,
@@ -36,15 +37,6 @@ from bulksend.campaign.load import (
     new_template_environment,
 )
 from bulksend.campaign.templating import check_output, end_render, start_render
-from bulksend.campaign.validate import (
-    MAX_ATTACHMENTS,
-    MAX_EMAIL_BYTES,
-    check_address,
-    check_attachment,
-    check_header,
-    check_name,
-    check_subject,
-)
 from bulksend.errors import CampaignError
 from bulksend.tem.models import Attachment, format_rfc3339
 
@@ -255,14 +247,14 @@ class Renderer:
             for p in (self._subject, self._text, self._html, *(p for _, p in self._headers))
         )
         if self._subject.constant is not None:
-            reason = check_subject(self._subject.constant)
+            reason = validate.check_subject(self._subject.constant)
             if reason:
                 raise CampaignError(f"the subject is refused for every recipient: {reason}")
 
         # Headers: constant ones are rendered and checked now; templated ones per recipient.
         for key, part in self._headers:
             if part.constant is not None:
-                reason = check_header(key, part.constant)
+                reason = validate.check_header(key, part.constant)
                 if reason:
                     raise CampaignError(f"header {key!r} is refused for every recipient: {reason}")
         self._all_headers_constant = all(p.constant is not None for _, p in self._headers)
@@ -326,14 +318,14 @@ class Renderer:
         attachments: Sequence[str],
     ) -> RenderedEmail | Rejection:
         email = email.strip()
-        reason = check_address(email)
+        reason = validate.check_address(email)
         if reason:
             return Rejection(f"invalid recipient address: {reason}")
         name = name.strip() if name else ""
-        reason = check_name(name)
+        reason = validate.check_name(name)
         if reason:
             return Rejection(reason)
-        reason = check_header(CORRELATION_HEADER, correlation)
+        reason = validate.check_header(CORRELATION_HEADER, correlation)
         if reason:
             return Rejection(f"invalid correlation reference: {reason}")
 
@@ -358,7 +350,7 @@ class Renderer:
                 for key, part in self._headers:
                     value = part.render(ctx)
                     if part.constant is None:
-                        reason = check_header(key, value)
+                        reason = validate.check_header(key, value)
                         if reason:
                             return Rejection(f"after rendering, {reason}")
                     headers.append({"key": key, "value": value})
@@ -378,7 +370,7 @@ class Renderer:
             return Rejection(f"the {part.what} template failed: {type(exc).__name__}: {exc}")
 
         if self._subject.constant is None:
-            reason = check_subject(subject)
+            reason = validate.check_subject(subject)
             if reason:
                 return Rejection(f"the rendered subject is refused: {reason}")
         if not text and not html:
@@ -386,10 +378,10 @@ class Renderer:
 
         attachments_json = self._campaign_attachments
         if attachments:
-            if self._n_campaign_attachments + len(attachments) > MAX_ATTACHMENTS:
+            if self._n_campaign_attachments + len(attachments) > validate.MAX_ATTACHMENTS:
                 return Rejection(
                     f"{self._n_campaign_attachments + len(attachments)} attachments; TEM allows at most "
-                    f"{MAX_ATTACHMENTS} per email"
+                    f"{validate.MAX_ATTACHMENTS} per email"
                 )
             fragments = [attachments_json] if attachments_json else []
             for rel in attachments:
@@ -431,9 +423,9 @@ class Renderer:
             )
         )
         size = len(body)
-        if size > MAX_EMAIL_BYTES:
+        if size > validate.MAX_EMAIL_BYTES:
             return Rejection(
-                f"the email is {size:,} bytes once encoded; TEM accepts at most {MAX_EMAIL_BYTES:,} "
+                f"the email is {size:,} bytes once encoded; TEM accepts at most {validate.MAX_EMAIL_BYTES:,} "
                 f"(2 MB, attachments included); shorten the content or send a link instead of an attachment"
             )
         return RenderedEmail(body=body, subject=subject, size_bytes=size)
@@ -465,13 +457,19 @@ class Renderer:
             )
         shown = str(path) if self._root_is_recipients_folder else rel
         try:
-            st = path.stat()
+            return self._attachment_file(rel, path)
         except FileNotFoundError:
             return Rejection(f"attachment {rel!r} does not exist (looked for {shown!r})")
+        except IsADirectoryError:
+            return Rejection(f"attachment {rel!r} is a folder, not a file")
         except OSError as exc:
             return Rejection(f"attachment {rel!r} cannot be read ({exc.strerror})")
+
+    def _attachment_file(self, rel: str, path: Path) -> bytes | Rejection:
+        """The JSON fragment of the attachment file at ``path``; raises ``OSError`` when unreadable."""
+        st = path.stat()
         if stat.S_ISDIR(st.st_mode):
-            return Rejection(f"attachment {rel!r} is a folder, not a file")
+            raise IsADirectoryError(path)
         if not stat.S_ISREG(st.st_mode):
             # A FIFO would block the read forever; a device has no end.
             return Rejection(f"attachment {rel!r} is not a regular file; name a regular file")
@@ -481,20 +479,15 @@ class Renderer:
                 self._attachment_cache.move_to_end(path)
                 return cached[2]
         encoded_size = 4 * ((st.st_size + 2) // 3)
-        if encoded_size > MAX_EMAIL_BYTES:
+        if encoded_size > validate.MAX_EMAIL_BYTES:
             return Rejection(
                 f"attachment {rel!r} is {st.st_size:,} bytes ({encoded_size:,} once base64-encoded); "
-                f"a whole email must stay under {MAX_EMAIL_BYTES:,} bytes"
+                f"a whole email must stay under {validate.MAX_EMAIL_BYTES:,} bytes"
             )
-        try:
-            data = path.read_bytes()
-        except IsADirectoryError:
-            return Rejection(f"attachment {rel!r} is a folder, not a file")
-        except OSError as exc:
-            return Rejection(f"attachment {rel!r} cannot be read ({exc.strerror})")
+        data = path.read_bytes()
         content = base64.b64encode(data).decode("ascii")
         mime = guess_attachment_type(path.name)
-        reason = check_attachment(path.name, mime, content)
+        reason = validate.check_attachment(path.name, mime, content)
         if reason:
             return Rejection(f"per-recipient {reason}; send a PDF, an image, a text or an office document")
         fragment = orjson.dumps(Attachment(name=path.name, type=mime, content=content).to_json())
