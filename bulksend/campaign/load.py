@@ -25,6 +25,7 @@ import re
 import stat
 import tomllib
 from collections.abc import Mapping
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, Final, NoReturn
@@ -421,25 +422,18 @@ def _bracket_balance(text: str) -> int:
     return text.count("[") - text.count("]")
 
 
+@dataclass(slots=True)
 class _Builder:
-    def __init__(
-        self,
-        data: Mapping[str, Any],
-        *,
-        base_dir: Path,
-        source: str,
-        path: Path,
-        locator: _KeyLocator | None,
-        overridden: set[tuple[str, ...]],
-        files: FileAccess | None = None,
-    ) -> None:
-        self.data = data
-        self.base_dir = base_dir
-        self.source = source
-        self.path = path
-        self.locator = locator
-        self.overridden = overridden
-        self.files = files or FileAccess()
+    """Builds one campaign from its mapping; ``fail`` locates each mistake in the file."""
+
+    data: Mapping[str, Any]
+    _: KW_ONLY
+    base_dir: Path
+    source: str
+    path: Path
+    locator: _KeyLocator | None
+    overridden: set[tuple[str, ...]]
+    files: FileAccess = field(default_factory=FileAccess)
 
     # -- errors ---------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -137,38 +137,23 @@ def compile_template(
     return JobTemplate(name, campaign, Renderer(campaign, project_id=project_id), dict(spec))
 
 
+@dataclass(kw_only=True, eq=False)
 class JobIntake:
     """Consumes one source: parse, admit, ack, queue; dead-letters what cannot be sent."""
 
-    def __init__(
-        self,
-        *,
-        source: JobSource,
-        store: Store,
-        templates: Mapping[str, JobTemplate],
-        dispatch: ObjectSendStream[SendItem],
-        metrics: Metrics,
-        batch: int,
-        receive_timeout_s: float,
-        is_queued: Callable[[int], bool],
-        on_queued: Callable[[int], None],
-        ensure_campaign: Callable[[JobTemplate], Awaitable[None]],
-        after_admit: AfterAdmit | None = None,
-        on_dead_letter: OnDeadLetter | None = None,
-    ) -> None:
-        self.source = source
-        self._store = store
-        self._templates = templates
-        self._dispatch = dispatch
-        self._metrics = metrics
-        self._batch = batch
-        self._timeout_s = receive_timeout_s
-        self._is_queued = is_queued
-        self._on_queued = on_queued
-        self._ensure_campaign = ensure_campaign
-        self._after_admit = after_admit
-        self._on_dead_letter = on_dead_letter
-        self.stop_scope = anyio.CancelScope()
+    source: JobSource
+    store: Store
+    templates: Mapping[str, JobTemplate]
+    dispatch: ObjectSendStream[SendItem]
+    metrics: Metrics
+    batch: int
+    receive_timeout_s: float
+    is_queued: Callable[[int], bool]
+    on_queued: Callable[[int], None]
+    ensure_campaign: Callable[[JobTemplate], Awaitable[None]]
+    after_admit: AfterAdmit | None = None
+    on_dead_letter: OnDeadLetter | None = None
+    stop_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope, init=False)
 
     async def run(self) -> None:
         """Pull until stopped. Blocking on a full dispatch queue is the backpressure.
@@ -176,13 +161,13 @@ class JobIntake:
         A broker or store failure does not stop the intake: the batch's unsettled messages are
         given back (so they are redelivered, never lost), and pulling resumes after a backoff.
         """
-        async with self._dispatch:
+        async with self.dispatch:
             with self.stop_scope:
                 backoff_s = _RETRY_MIN_S
                 while True:
                     deliveries: Sequence[Delivery] = ()
                     try:
-                        deliveries = await self.source.receive(self._batch, self._timeout_s)
+                        deliveries = await self.source.receive(self.batch, self.receive_timeout_s)
                         if deliveries:
                             await self.handle(deliveries)
                     except anyio.BrokenResourceError:
@@ -198,7 +183,7 @@ class JobIntake:
                             "retry_in_s": backoff_s,
                         }
                         if isinstance(exc, StoreError):
-                            self._metrics.store_error("admit")
+                            self.metrics.store_error("admit")
                         if isinstance(exc, _OUTAGE):
                             log.warning("job.intake_failed", **fields)
                         else:
@@ -248,7 +233,7 @@ class JobIntake:
             items: list[SendItem] = []
             for delivery, job, template, new, body, subject in accepted:
                 res = results[(template.campaign.id, new.row)]
-                fresh = res.state is RowState.PENDING and not self._is_queued(res.id)
+                fresh = res.state is RowState.PENDING and not self.is_queued(res.id)
                 try:
                     await delivery.ack()
                 except Exception as exc:
@@ -258,9 +243,9 @@ class JobIntake:
                     log.warning(
                         "job.ack_failed", source=name, message_id=delivery.message_id, error=repr(exc)
                     )
-                self._metrics.job(name, "admitted" if fresh else "duplicate")
+                self.metrics.job(name, "admitted" if fresh else "duplicate")
                 if fresh:
-                    self._on_queued(res.id)
+                    self.on_queued(res.id)
                     items.append(
                         SendItem(
                             res.id,
@@ -282,7 +267,7 @@ class JobIntake:
                         state=res.state.value,
                     )
         for item in items:
-            await self._dispatch.send(item)
+            await self.dispatch.send(item)
 
     def _prepare(self, delivery: Delivery) -> _Accepted | _Refusal:
         """Parse, check and render one message (no I/O): what to admit, or why not."""
@@ -290,9 +275,9 @@ class JobIntake:
             job = parse_job(delivery.body)
         except JobError as exc:
             return _Refusal(exc.reason, exc.kind)
-        template = self._templates.get(job.template)
+        template = self.templates.get(job.template)
         if template is None:
-            known = ", ".join(sorted(self._templates)) or "none"
+            known = ", ".join(sorted(self.templates)) or "none"
             return _Refusal(f"unknown template {job.template!r} (registered: {known})", "template")
         row = job_row(job.idempotency_key)
         correlation = f"{template.campaign.id}/{row}"
@@ -356,13 +341,13 @@ class JobIntake:
             by_campaign.setdefault(template.campaign.id, []).append(new)
         results: dict[tuple[str, int], AdmitResult] = {}
         for campaign_id, rows in by_campaign.items():
-            await self._ensure_campaign(self._templates[rows[0].payload["template"]])
-            admitted = {res.row: res for res in await self._store.admit(campaign_id, rows)}
+            await self.ensure_campaign(self.templates[rows[0].payload["template"]])
+            admitted = {res.row: res for res in await self.store.admit(campaign_id, rows)}
             for row_number, res in admitted.items():
                 results[(campaign_id, row_number)] = res
-            if self._after_admit is not None:
+            if self.after_admit is not None:
                 # Still before any ack: what the hook records is durable with the rows.
-                await self._after_admit(campaign_id, [(new, admitted[new.row]) for new in rows])
+                await self.after_admit(campaign_id, [(new, admitted[new.row]) for new in rows])
         return results
 
     async def _dead_letter(self, delivery: Delivery, reason: str, kind: str) -> None:
@@ -373,10 +358,10 @@ class JobIntake:
             # of the batch must still be admitted.
             log.warning("job.dead_letter_failed", source=self.source.name, error=repr(exc))
             return
-        self._metrics.job(self.source.name, "dead_lettered")
-        self._metrics.dead_letter(self.source.name, kind)
-        if self._on_dead_letter is not None:
-            self._on_dead_letter(self.source.name, delivery.message_id, reason, kind)
+        self.metrics.job(self.source.name, "dead_lettered")
+        self.metrics.dead_letter(self.source.name, kind)
+        if self.on_dead_letter is not None:
+            self.on_dead_letter(self.source.name, delivery.message_id, reason, kind)
         log.info("job.dead_lettered", source=self.source.name, message_id=delivery.message_id, reason=reason)
 
 
