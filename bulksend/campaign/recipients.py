@@ -329,25 +329,21 @@ def _iter_csv(path: Path, start_after_row: int) -> Iterator[RecipientInput | Bad
         def build(row: int, fields: list[str], line: str) -> RecipientInput | BadRow:
             """One record's fields → a recipient (or the reason it is bad)."""
             if len(fields) != ncols:
-                return BadRow(
-                    row,
+                reason = (
                     f"the line has {len(fields)} values but the header has {ncols} columns; "
-                    f"a value containing {_delimiter_name(delimiter)[:-1]}s must be wrapped in double quotes",
-                    email=_recovered(fields, email_i),
-                    name=_recovered(fields, name_i),
+                    f"a value containing {_delimiter_name(delimiter)[:-1]}s must be wrapped in double quotes"
                 )
+                return _recovered_row(row, reason, fields, header)
             email = fields[email_i].strip()
             name = fields[name_i].strip() if name_i is not None else ""
             if len(line) > MAX_VALUE_CHARS:
                 for i, value in enumerate(fields):
                     if len(value) > MAX_VALUE_CHARS:
-                        return BadRow(
-                            row,
+                        reason = (
                             f"the value of column {header.columns[i] or f'#{i + 1}'!r} is "
-                            f"{len(value):,} characters long; at most {MAX_VALUE_CHARS:,} are allowed",
-                            email=_recovered(fields, email_i),
-                            name=_recovered(fields, name_i),
+                            f"{len(value):,} characters long; at most {MAX_VALUE_CHARS:,} are allowed"
                         )
+                        return _recovered_row(row, reason, fields, header)
             if not line.isascii() and _has_surrogate(line):
                 return _utf8_bad_row(row, fields, line, header, email, name)
             if get_vars is not None:
@@ -510,6 +506,13 @@ def _recovered(fields: list[str], index: int | None) -> str:
     if len(value) > _MAX_ADDRESS_CHARS or _has_surrogate(value):
         return ""
     return value
+
+
+def _recovered_row(row: int, reason: str, fields: list[str], header: _Header) -> BadRow:
+    """A bad row, keeping the email and name its fields hold (when plausible) for its outcome."""
+    return BadRow(
+        row, reason, email=_recovered(fields, header.email_index), name=_recovered(fields, header.name_index)
+    )
 
 
 def _utf8_bad_row(row: int, fields: list[str], line: str, header: _Header, email: str, name: str) -> BadRow:
