@@ -23,6 +23,7 @@ from bulksend.pipeline.flow import (
 )
 from bulksend.pipeline.limiter import AimdLimiter
 from bulksend.pipeline.retry import Signal, signal_of
+from tests.test_limiter import acquirers
 
 
 @dataclass
@@ -219,15 +220,7 @@ async def test_open_breaker_holds_every_request_and_lets_one_probe_through() -> 
     for _ in range(10):
         limiter.on_failure()
     assert state_of(limiter.breaker) is BreakerState.OPEN
-    granted: list[int] = []
-
-    async def caller(i: int) -> None:
-        await limiter.acquire()
-        granted.append(i)
-
-    async with anyio.create_task_group() as tg:
-        for i in range(5):
-            tg.start_soon(caller, i)
+    async with acquirers(limiter, clock, 5) as granted:
         await clock.wait_for_sleepers(5)
         assert granted == []
         clock.advance(0.25)
@@ -240,7 +233,7 @@ async def test_open_breaker_holds_every_request_and_lets_one_probe_through() -> 
         limiter.on_success()
         assert state_of(limiter.breaker) is BreakerState.CLOSED
         clock.advance(0.05)
-    assert sorted(granted) == [0, 1, 2, 3, 4]
+    assert sorted(i for i, _ in granted) == [0, 1, 2, 3, 4]
 
 
 async def test_breaker_closing_restarts_the_cubic_curve_below_the_old_rate() -> None:

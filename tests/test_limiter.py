@@ -8,6 +8,8 @@ from __future__ import annotations
 import bisect
 import math
 import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import anyio
@@ -31,18 +33,32 @@ def max_grants_in_window(times: list[float], window_s: float) -> int:
     return best
 
 
-async def acquire_all(limiter: AimdLimiter, clock: FakeClock, n: int) -> list[float]:
-    """Run ``n`` concurrent acquirers; return the fake time at which each was granted."""
-    times: list[float] = []
+@asynccontextmanager
+async def acquirers(limiter: RateLimiter, clock: FakeClock, n: int) -> AsyncIterator[list[tuple[int, float]]]:
+    """Start ``n`` tasks that acquire once each, in index order; yields the grants as they come,
+    ``(task index, fake time)``, and on exit waits for every task."""
+    grants: list[tuple[int, float]] = []
 
-    async def one() -> None:
+    async def one(i: int) -> None:
         await limiter.acquire()
-        times.append(clock.monotonic())
+        grants.append((i, clock.monotonic()))
 
     async with anyio.create_task_group() as tg:
-        for _ in range(n):
-            tg.start_soon(one)
-    return times
+        for i in range(n):
+            tg.start_soon(one, i)
+        yield grants
+
+
+async def acquire_all(
+    limiter: AimdLimiter, clock: FakeClock, n: int, *, at: tuple[float, Callable[[], None]] | None = None
+) -> list[float]:
+    """Run ``n`` concurrent acquirers; return the fake time at which each was granted, in grant
+    order. ``at=(t, call)`` makes ``call()`` at fake time ``t``, while they wait."""
+    async with acquirers(limiter, clock, n) as grants:
+        if at is not None:
+            await clock.sleep(at[0])
+            at[1]()
+    return [t for _, t in grants]
 
 
 class TokenBucketServer:
@@ -268,16 +284,9 @@ async def test_waiters_are_served_in_arrival_order() -> None:
     """Acquirers that queue up one after another are granted in that order."""
     clock = FakeClock(autojump=True)
     limiter = AimdLimiter(50, clock=clock)
-    order: list[int] = []
-
-    async def one(i: int) -> None:
-        await limiter.acquire()
-        order.append(i)
-
-    async with anyio.create_task_group() as tg:
-        for i in range(200):
-            tg.start_soon(one, i)
-    assert order == list(range(200))
+    async with acquirers(limiter, clock, 200) as grants:
+        pass
+    assert [i for i, _ in grants] == list(range(200))
 
 
 async def test_kinds_are_counted_separately() -> None:
@@ -381,21 +390,8 @@ async def test_decrease_also_reschedules_waiters_already_queued() -> None:
     """Waiters queued at the old rate are re-spaced at the new rate after a throttle."""
     clock = FakeClock(autojump=True)
     limiter = AimdLimiter(100, clock=clock)
-    times: list[float] = []
-
-    async def one() -> None:
-        await limiter.acquire()
-        times.append(clock.monotonic())
-
-    async def throttle_at(t: float) -> None:
-        await clock.sleep(t)
-        limiter.on_throttle()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(throttle_at, 0.105)  # after 11 grants (0.00 … 0.10) at 100/s
-        for _ in range(40):
-            tg.start_soon(one)
-    times.sort()
+    # The throttle comes after 11 grants (0.00 … 0.10) at 100/s.
+    times = sorted(await acquire_all(limiter, clock, 40, at=(0.105, limiter.on_throttle)))
     before = [t for t in times if t <= 0.105]
     after = [t for t in times if t > 0.105]
     assert len(before) == 11
@@ -411,22 +407,12 @@ async def test_retry_after_pauses_all_grants() -> None:
     """A throttle with retry_after_s holds every grant until the pause ends, then paces again."""
     clock = FakeClock(autojump=True)
     limiter = AimdLimiter(100, clock=clock)
-    times: list[float] = []
 
-    async def one() -> None:
-        await limiter.acquire()
-        times.append(clock.monotonic())
-
-    async def throttle_at(t: float) -> None:
-        await clock.sleep(t)
+    def throttle() -> None:
         limiter.on_throttle(retry_after_s=2.0)
-        assert limiter.paused_until == pytest.approx(t + 2.0)
+        assert limiter.paused_until == pytest.approx(0.055 + 2.0)
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(throttle_at, 0.055)
-        for _ in range(30):
-            tg.start_soon(one)
-    times.sort()
+    times = sorted(await acquire_all(limiter, clock, 30, at=(0.055, throttle)))
     assert not [t for t in times if 0.055 < t < 2.055]
     resumed = [t for t in times if t >= 2.055]
     assert resumed[0] == pytest.approx(2.055)  # resumes at the end of the pause, no burst
