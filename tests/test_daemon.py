@@ -19,7 +19,7 @@ import orjson
 import pytest
 import structlog
 
-from bulksend.brokers.base import Delivery, Settlement
+from bulksend.brokers.base import BaseDelivery, Delivery
 from bulksend.brokers.memory import MemoryQueue, MemoryResultPublisher, MemorySource
 from bulksend.daemon.config import DaemonConfig, load_daemon_config
 from bulksend.daemon.service import Daemon
@@ -28,7 +28,7 @@ from bulksend.jobs.intake import job_campaign_id, job_row
 from bulksend.sandbox import Sandbox
 from bulksend.secret import Secret
 from bulksend.sinks.outcomes import OUTCOME_FIELDS
-from bulksend.store.base import AdmitResult, CampaignState, NewRecipient
+from bulksend.store.base import AdmitResult, NewRecipient
 from bulksend.store.sqlite import SqliteStore
 from bulksend.tem.config import TemSettings
 from tests.conftest import PROJECT, settings_for
@@ -252,45 +252,29 @@ def _row_of(body: bytes) -> int:
     return job_row(str(orjson.loads(body)["idempotency_key"]))
 
 
-class RecordingDelivery:
+class RecordingDelivery(BaseDelivery):
     """A delivery that logs, into ``events``, the moment the daemon asks to acknowledge it."""
 
     def __init__(self, inner: Delivery, owner: RecordingSource) -> None:
+        super().__init__(
+            body=inner.body,
+            source=inner.source,
+            message_id=inner.message_id,
+            redelivered=inner.redelivered,
+            on_settled=lambda _: owner.changed(),
+        )
         self._inner = inner
         self._owner = owner
 
-    @property
-    def body(self) -> bytes:
-        return self._inner.body
-
-    @property
-    def source(self) -> str:
-        return self._inner.source
-
-    @property
-    def message_id(self) -> str:
-        return self._inner.message_id
-
-    @property
-    def redelivered(self) -> bool:
-        return self._inner.redelivered
-
-    @property
-    def settled(self) -> Settlement | None:
-        return self._inner.settled
-
-    async def ack(self) -> None:
+    async def _ack(self) -> None:
         self._owner.events.append(("ack", _row_of(self.body)))
         await self._inner.ack()
-        self._owner.changed()
 
-    async def dead_letter(self, reason: str) -> None:
+    async def _dead_letter(self, reason: str) -> None:
         await self._inner.dead_letter(reason)
-        self._owner.changed()
 
-    async def release(self) -> None:
+    async def _release(self) -> None:
         await self._inner.release()
-        self._owner.changed()
 
 
 class RecordingSource(MemorySource):
@@ -345,41 +329,14 @@ class ObservedStore(SqliteStore):
                     return
                 await changed.wait()
 
-    async def admit(self, campaign_id: str, rows: Sequence[NewRecipient]) -> list[AdmitResult]:
-        results = await super().admit(campaign_id, rows)
+    # Every write of the SQLite store, row moves included, is committed through one of these two.
+    async def _write(self, *args: Any, **kwargs: Any) -> Any:
+        result = await super()._write(*args, **kwargs)
         self._wake()
-        return results
+        return result
 
-    async def set_campaign_state(self, campaign_id: str, state: CampaignState) -> None:
-        await super().set_campaign_state(campaign_id, state)
-        self._wake()
-
-    async def mark_sending(self, *args: Any, **kwargs: Any) -> None:
-        await super().mark_sending(*args, **kwargs)
-        self._wake()
-
-    async def mark_submitted(self, *args: Any, **kwargs: Any) -> None:
-        await super().mark_submitted(*args, **kwargs)
-        self._wake()
-
-    async def mark_ambiguous(self, *args: Any, **kwargs: Any) -> None:
-        await super().mark_ambiguous(*args, **kwargs)
-        self._wake()
-
-    async def mark_retry(self, *args: Any, **kwargs: Any) -> None:
-        await super().mark_retry(*args, **kwargs)
-        self._wake()
-
-    async def mark_rejected(self, *args: Any, **kwargs: Any) -> None:
-        await super().mark_rejected(*args, **kwargs)
-        self._wake()
-
-    async def mark_skipped(self, *args: Any, **kwargs: Any) -> None:
-        await super().mark_skipped(*args, **kwargs)
-        self._wake()
-
-    async def mark_final(self, *args: Any, **kwargs: Any) -> None:
-        await super().mark_final(*args, **kwargs)
+    async def _row_write(self, *args: Any, **kwargs: Any) -> None:
+        await super()._row_write(*args, **kwargs)
         self._wake()
 
 

@@ -64,9 +64,8 @@ def test_report_prints_flags_and_reasons_with_brackets(
     outcomes.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
     assert main(["report", str(outcomes)]) == 0
     out = capsys.readouterr().out
-    assert "[/y]" in out
-    assert "[bold]" in out
-    assert "[/x].pdf" in out
+    for shown in ("[/y]", "[bold]", "[/x].pdf"):
+        assert shown in out, out
 
 
 def test_send_with_a_bracketed_attachment_cell_ends_with_its_summary(
