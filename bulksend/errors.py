@@ -44,6 +44,7 @@ place, :func:`bulksend.tem.errors.error_from_response`. No error text ever carri
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, Literal
 
 __all__ = [
@@ -224,6 +225,8 @@ class TemTimeoutError(TemTransportError):
     """No answer in time."""
 
 
+# eq and repr stay those of an exception: equal only to itself, shown with its message.
+@dataclass(eq=False, repr=False)
 class TemApiError(TemError):
     """TEM answered with a non-2xx status.
 
@@ -231,24 +234,17 @@ class TemApiError(TemError):
     ``details`` (parsed ``details``/``fields`` when present) and ``raw_body`` (at most 4 KiB of text).
     """
 
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "",
-        raw_body: str = "",
-        details: Any = None,
-        retry_after_s: float | None = None,
-    ) -> None:
-        self.status = status
-        self.type = type
-        self.message = message
-        self.raw_body = raw_body
-        self.details = details
-        self.retry_after_s = retry_after_s
-        label = f"{status} {type}".strip() if type else str(status)
-        super().__init__(f"TEM answered {label}: {message}")
+    status: int
+    message: str
+    _: KW_ONLY
+    type: str = ""
+    raw_body: str = ""
+    details: Any = None
+    retry_after_s: float | None = None
+
+    def __post_init__(self) -> None:
+        label = f"{self.status} {self.type}".strip() if self.type else str(self.status)
+        super().__init__(f"TEM answered {label}: {self.message}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_api_error, (type(self), self.__dict__))
