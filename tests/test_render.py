@@ -175,13 +175,29 @@ def test_default_filter_makes_a_variable_optional(tmp_path: Path) -> None:
     )
 
 
-def test_subject_with_a_line_break_is_rejected(tmp_path: Path) -> None:
-    """A variable that puts a newline in the subject makes it invalid: the row is rejected."""
+@pytest.mark.parametrize(
+    ("name", "variables", "reason"),
+    [
+        (
+            "",
+            {"first_name": "A\nBcc: x@example.com"},
+            "the rendered subject is refused: the subject contains a line break",
+        ),
+        (
+            "Ann\nBcc: x@example.com",
+            {"first_name": "A"},
+            "the recipient name contains a line break; remove it",
+        ),
+    ],
+    ids=["subject-from-a-variable", "recipient-name"],
+)
+def test_line_break_in_subject_or_recipient_name_is_rejected(
+    tmp_path: Path, name: str, variables: dict[str, str], reason: str
+) -> None:
+    """A line break in the subject (put there by a variable) or in the recipient's display name
+    could inject headers: the row is rejected, saying which."""
     r = Renderer(campaign(tmp_path), project_id=PROJECT)
-    reason = rejected(
-        r.render("a@example.com", "", {"first_name": "A\nBcc: x@example.com"}, correlation="c/1")
-    )
-    assert reason == "the rendered subject is refused: the subject contains a line break"
+    assert rejected(r.render("a@example.com", name, variables, correlation="c/1")) == reason
 
 
 def test_header_injection_and_empty_header_are_rejected(tmp_path: Path) -> None:
@@ -198,15 +214,6 @@ def test_header_injection_and_empty_header_are_rejected(tmp_path: Path) -> None:
     )
     empty = rejected(r.render("a@example.com", "", {"first_name": "A", "ref": " "}, correlation="c/1"))
     assert empty == "after rendering, header 'X-Ref' has an empty value"
-
-
-def test_recipient_name_with_line_break_is_rejected(tmp_path: Path) -> None:
-    """A display name with a line break could inject headers, so the row is rejected."""
-    r = Renderer(campaign(tmp_path), project_id=PROJECT)
-    reason = rejected(
-        r.render("a@example.com", "Ann\nBcc: x@example.com", {"first_name": "A"}, correlation="c/1")
-    )
-    assert reason == "the recipient name contains a line break; remove it"
 
 
 def test_email_over_2mb_is_rejected_with_its_size(tmp_path: Path) -> None:
