@@ -52,6 +52,7 @@ __all__ = [
     "BadRow",
     "RecipientInput",
     "check_recipients",
+    "csv_header",
     "iter_recipients",
     "read_batch",
     "split_attachments",
@@ -140,6 +141,13 @@ def check_recipients(path: Path) -> None:
     if kind == "csv":
         with _open_text(path) as f:
             _read_header(path, f)
+
+
+def csv_header(path: Path) -> tuple[str, tuple[str, ...]]:
+    """A CSV recipients file's delimiter and column names, as written (checked as when reading)."""
+    with _open_text(path) as f:
+        header = _read_header(path, f)
+    return header.delimiter, header.columns
 
 
 def iter_recipients(path: Path, *, start_after_row: int = 0) -> Iterator[RecipientInput | BadRow]:

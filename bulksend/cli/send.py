@@ -26,6 +26,7 @@ import structlog
 from rich.console import Console
 
 from bulksend.campaign.load import Campaign, load_campaign
+from bulksend.campaign.preflight import check_template_variables
 from bulksend.campaign.recipients import BadRow, iter_recipients
 from bulksend.campaign.render import Rejection, Renderer
 from bulksend.campaign.validate import normalize_address
@@ -141,7 +142,7 @@ def run_campaign(
     """
     register_secret(settings.secret_key.reveal())
     try:
-        _preflight(campaign)
+        check_template_variables(campaign)
     except CampaignError as exc:
         print_error(console, exc)
         return EXIT_CONFIG
@@ -171,19 +172,6 @@ def run_campaign(
         print_error(console, found)
         return EXIT_CONFIG
     return _report(result, console)
-
-
-def _preflight(campaign: Campaign) -> None:
-    """Campaign-level checks of the recipient file (e.g. no `email` column) before anything runs."""
-    reader = iter_recipients(campaign.recipients)
-    try:
-        next(reader)
-    except StopIteration:
-        pass
-    finally:
-        close = getattr(reader, "close", None)
-        if close is not None:
-            close()
 
 
 def _count_rows(path: Path) -> int:
@@ -451,7 +439,11 @@ def _report(result: RunResult, console: Console) -> int:
 
 
 def dry_run(campaign: Campaign, *, console: Console) -> int:
-    """Render and validate every recipient without sending; report what would be rejected."""
+    """Render and validate every recipient without sending; report what would be rejected.
+
+    Raises :class:`CampaignError` when the campaign is refused before any row is read.
+    """
+    check_template_variables(campaign)
     renderer = Renderer(campaign, project_id="00000000-0000-4000-8000-000000000000")
     summary = Summary(f"dry run of campaign {campaign.id} (nothing sent)")
     seen: dict[str, int] = {}

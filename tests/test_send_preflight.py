@@ -1,0 +1,150 @@
+"""`bulksend send` before and beside a campaign: the template-variable preflight."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from bulksend.campaign.load import load_campaign
+from bulksend.campaign.preflight import required_variables
+from bulksend.cli.main import main
+from bulksend.sandbox import SandboxConfig, sandbox_in_thread
+from tests.conftest import PROJECT, SECRET
+from tests.test_cli import CAMPAIGN as CLI_CAMPAIGN
+from tests.test_cli import env_for
+
+# The command-line tests' pace and tracking, with this module's own [campaign] and outcomes.
+CAMPAIGN = (
+    """\
+[campaign]
+id = "pre"
+from = {{ email = "news@example.com", name = "News" }}
+subject = {subject}
+text = {text}
+html = {html}
+recipients = "{recipients}"
+{extra}
+"""
+    + CLI_CAMPAIGN[CLI_CAMPAIGN.index("[sending]") : CLI_CAMPAIGN.index("[output]")]
+    + '[output]\noutcomes = "out/pre.jsonl"\n'
+)
+
+
+def write_campaign(
+    folder: Path,
+    rows: list[dict[str, Any]],
+    *,
+    jsonl: bool = False,
+    subject: str = "Hello {{ first_name }}",
+    text: str = "Hi {{ first_name }}, your {{ plan }} plan.",
+    html: str = "<p>Hi {{ first_name }}</p>",
+    extra: str = "",
+) -> Path:
+    """A campaign over ``rows`` as CSV (columns of the first row) or JSONL; returns its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if jsonl:
+        name = "people.jsonl"
+        (folder / name).write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    else:
+        name = "people.csv"
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        (folder / name).write_text(out.getvalue(), encoding="utf-8")
+    path = folder / "campaign.toml"
+
+    def q(s: str) -> str:
+        return orjson.dumps(s).decode()
+
+    path.write_text(
+        CAMPAIGN.format(subject=q(subject), text=q(text), html=q(html), recipients=name, extra=extra),
+        encoding="utf-8",
+    )
+    return path
+
+
+def people(n: int, **extra: str) -> list[dict[str, Any]]:
+    return [
+        {"email": f"p{i}@example.com", "name": f"P {i}", "first_name": f"F{i}", "plan": "pro", **extra}
+        for i in range(n)
+    ]
+
+
+# -- 1. template-variable preflight -------------------------------------------------------------
+
+
+def test_a_variable_no_column_provides_refuses_dry_run_and_send(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`{{ city }}` with no city column exits 1 before anything is sent, naming the variable, the
+    template and the columns; neither a dry run nor a send writes state or outcomes."""
+    path = write_campaign(tmp_path, people(3), subject="Hello {{ first_name }} in {{ city }}")
+    assert main(["send", str(path), "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "error: template variable 'city' (subject) is not a column of people.csv; "
+        "columns: email, name, first_name, plan."
+    ), err
+    assert "{{ city | default('') }}" in err
+    assert not (tmp_path / "pre.rejected.csv").exists()
+    with sandbox_in_thread(SandboxConfig(secret_key=SECRET, project_id=PROJECT)) as sb:
+        env_for(monkeypatch, sb.url)
+        assert main(["send", str(path), "--no-progress"]) == 1
+        assert sb.stats().emails_total == 0
+    assert "template variable 'city' (subject)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_several_missing_variables_are_named_with_their_templates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every missing variable is named once, with every template that uses it."""
+    path = write_campaign(
+        tmp_path,
+        people(2),
+        subject="{{ city }}",
+        text="{{ zip }} {{ city }}",
+        html="<p>{{ city }}</p>",
+        extra='headers = { "X-Zone" = "{{ zone }}" }',
+    )
+    assert main(["send", str(path), "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "template variables 'city' (subject, text, html), 'zip' (text) and 'zone' (header X-Zone) "
+        "are not columns of people.csv"
+    ) in err.replace("\n", " ")
+
+
+def test_jsonl_keys_are_taken_from_the_first_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A key some of the first rows have passes (rows without it are rejected one by one); a key
+    none of them has refuses the campaign, naming the keys found."""
+    rows = people(3)
+    rows[0]["city"] = "Paris"
+    ok = write_campaign(tmp_path / "ok", rows, jsonl=True, subject="{{ city }}")
+    assert main(["send", str(ok), "--dry-run"]) == 0
+    capsys.readouterr()
+    bad = write_campaign(tmp_path / "bad", people(3), jsonl=True, subject="{{ city }}")
+    assert main(["send", str(bad), "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert "template variable 'city' (subject) is not a key of any row of people.jsonl; " in err
+    assert "keys: email, name, first_name, plan." in err
+
+
+def test_optional_provided_and_builtin_names_are_not_required(tmp_path: Path) -> None:
+    """Names guarded by `default` or `is defined`, the renderer's own (email, name, campaign),
+    the environment's globals and names set in the template need no column."""
+    path = write_campaign(
+        tmp_path,
+        people(1),
+        subject="{{ nick | default('friend') }} {{ email }} {{ name }} {{ campaign }}",
+        text="{% if city is defined %}{{ city }}{% endif %}{% for i in range(2) %}{{ i }}{% endfor %}"
+        "{% set x = 1 %}{{ x }} {{ plan }}",
+        html="{{ lipsum(1) }} {{ d_var | d('') }}",
+    )
+    assert required_variables(load_campaign(path)) == {"plan": ("text",)}
