@@ -1,19 +1,24 @@
-"""`bulksend send` before and beside a campaign: the template-variable preflight."""
+"""`bulksend send` before and beside a campaign: the template-variable preflight, rejection reasons
+grouped by kind."""
 
 from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from rich.console import Console
 
 from bulksend.campaign.load import load_campaign
 from bulksend.campaign.preflight import required_variables
 from bulksend.cli.main import main
+from bulksend.cli.summary import Summary, print_summary
 from bulksend.sandbox import SandboxConfig, sandbox_in_thread
+from bulksend.sinks.summary import reason_kind, summarize_outcomes
 from tests.conftest import PROJECT, SECRET
 from tests.test_cli import CAMPAIGN as CLI_CAMPAIGN
 from tests.test_cli import env_for
@@ -148,3 +153,77 @@ def test_optional_provided_and_builtin_names_are_not_required(tmp_path: Path) ->
         html="{{ lipsum(1) }} {{ d_var | d('') }}",
     )
     assert required_variables(load_campaign(path)) == {"plan": ("text",)}
+
+
+# -- 2. reasons grouped by kind -----------------------------------------------------------------
+
+
+def test_reason_kind_replaces_row_specific_parts() -> None:
+    """Row numbers, the row's address and quoted addresses become placeholders; the rest stays."""
+    assert reason_kind("duplicate of row 12") == "duplicate of row N"
+    assert (
+        reason_kind("invalid recipient address: 'x y' contains white space", email="x y")
+        == "invalid recipient address: <address> contains white space"
+    )
+    assert (
+        reason_kind("invalid recipient address: 'a@@b' is not an email address (it needs exactly one '@')")
+        == "invalid recipient address: <address> is not an email address (it needs exactly one '@')"
+    )
+    assert reason_kind("missing template variable 'city' in the subject template") == (
+        "missing template variable 'city' in the subject template"
+    )
+    long = "word " * 200
+    assert reason_kind(long).endswith("word …")
+
+
+def test_dry_run_and_send_group_reasons_by_kind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """202 rows missing the same variable are one line with their count and first row, in the dry
+    run and in the send summary; a kind of one row shows its own reason."""
+    rows = people(205)
+    rows[0]["city"] = "Paris"
+    rows[1]["city"] = "Lyon"
+    rows[2]["email"] = "not an address"
+    path = write_campaign(tmp_path, rows, jsonl=True, subject="Hello {{ city }}")
+    expected = "202 rows (first row 4): missing template variable 'city' in the subject template;"
+    assert main(["send", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert expected in out
+    assert "row 3: invalid recipient address: the email address contains white space" in out
+    assert out.count("missing template variable") == 1
+    with sandbox_in_thread(SandboxConfig(secret_key=SECRET, project_id=PROJECT)) as sb:
+        env_for(monkeypatch, sb.url)
+        assert main(["send", str(path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert expected in out
+    assert out.count("missing template variable") == 1
+
+
+def test_terminal_table_wraps_reasons_at_word_boundaries() -> None:
+    """On a narrow terminal the reasons table wraps between words: every word stays whole."""
+    reason = (
+        "missing template variable 'city' in the subject template; add a 'city' column/key for this recipient"
+    )
+    summary = summarize_outcomes(
+        "t", [{"row": r, "status": "rejected", "reason": reason, "email": f"a{r}@x.com"} for r in range(2, 9)]
+    )
+    out = io.StringIO()
+    print_summary(summary, Console(file=out, width=60, force_terminal=True, color_system=None), always=())
+    text = out.getvalue()
+    table = text.split("why not sent")[1]
+    cells = " ".join(line.split("│")[3].strip() for line in table.splitlines() if line.count("│") == 4)
+    assert cells.split() == reason.split()
+    assert "sent" not in text.split("why not sent")[0]  # `always=()` leaves out sent 0 / failed 0
+
+
+def test_plain_output_has_one_line_per_kind() -> None:
+    """Piped, each kind is one line (never wrapped), and more than ten kinds end in one count line."""
+    summary = Summary(
+        "t", reasons=Counter({f"reason number {i} " + " ".join("x" * 60): 12 - i for i in range(12)})
+    )
+    out = io.StringIO()
+    print_summary(summary, Console(file=out, width=40))
+    lines = out.getvalue().splitlines()
+    assert "  12 rows: reason number 0 " + "x " * 59 + "x" in lines
+    assert "  … and 2 more kinds (3 rows): see the outcomes" in lines

@@ -27,7 +27,7 @@ from rich.console import Console
 
 from bulksend.campaign.load import Campaign, load_campaign
 from bulksend.campaign.preflight import check_template_variables
-from bulksend.campaign.recipients import BadRow, iter_recipients
+from bulksend.campaign.recipients import BadRow, RecipientInput, iter_recipients
 from bulksend.campaign.render import Rejection, Renderer
 from bulksend.campaign.validate import normalize_address
 from bulksend.cli.args import configure_send as configure
@@ -47,8 +47,9 @@ from bulksend.pipeline.run import CampaignRun, RunResult, attachments_of, correl
 from bulksend.pipeline.stats import RunStats
 from bulksend.settings import DEFAULT_LIMITER_PREFIX, load_account_settings
 from bulksend.sinks.outcomes import read_outcomes
-from bulksend.sinks.summary import Summary, summarize_outcomes
+from bulksend.sinks.summary import Summary, summarize_outcomes, tally_line
 from bulksend.store import open_store
+from bulksend.store.rules import duplicate_reason
 from bulksend.tem.client import TemClient
 from bulksend.tem.config import TemSettings
 
@@ -418,7 +419,7 @@ def _report(result: RunResult, console: Console) -> int:
         # An already finished campaign: its outcomes file is the record of flags and reasons.
         full = summarize_outcomes(title, read_outcomes(result.outcomes_path))
     if full is not None:
-        summary.by_flag, summary.reasons = full.by_flag, full.reasons
+        summary.by_flag, summary.reasons, summary.examples = full.by_flag, full.reasons, full.examples
     if not result.already_finished:
         by_kind: dict[str, int] = {}
         for (kind, _status), n in stats.api_calls.items():
@@ -448,27 +449,28 @@ def dry_run(campaign: Campaign, *, console: Console) -> int:
     summary = Summary(f"dry run of campaign {campaign.id} (nothing sent)")
     seen: dict[str, int] = {}
     for rec in iter_recipients(campaign.recipients):
-        if isinstance(rec, BadRow):
-            summary.by_status["rejected"] += 1
-            summary.reasons[f"row {rec.row}: {rec.reason}"[:120]] += 1
-            continue
-        result = renderer.render(
-            rec.email,
-            rec.name,
-            rec.vars,
-            correlation=correlation_of(campaign.id, rec.row),
-            attachments=attachments_of(rec.vars),
-        )
-        if isinstance(result, Rejection):
-            summary.by_status["rejected"] += 1
-            summary.reasons[f"row {rec.row}: {result.reason}"[:120]] += 1
-            continue
-        key = normalize_address(rec.email)
-        if key in seen:
-            summary.by_status["skipped"] += 1
-            summary.reasons[f"row {rec.row}: duplicate of row {seen[key]}"] += 1
-            continue
-        seen[key] = rec.row
-        summary.by_status["would send"] += 1
+        status, reason = _dry_outcome(campaign, renderer, rec, seen)
+        tally_line(summary, {"row": rec.row, "status": status, "reason": reason, "email": rec.email})
     print_summary(summary, Console())
     return EXIT_OK
+
+
+def _dry_outcome(
+    campaign: Campaign, renderer: Renderer, rec: RecipientInput | BadRow, seen: dict[str, int]
+) -> tuple[str, str | None]:
+    """``(status, reason)`` a row would get: rejected, skipped (a duplicate) or would send."""
+    if isinstance(rec, BadRow):
+        return "rejected", rec.reason
+    result = renderer.render(
+        rec.email,
+        rec.name,
+        rec.vars,
+        correlation=correlation_of(campaign.id, rec.row),
+        attachments=attachments_of(rec.vars),
+    )
+    if isinstance(result, Rejection):
+        return "rejected", result.reason
+    first = seen.setdefault(normalize_address(rec.email), rec.row)
+    if first != rec.row:
+        return "skipped", duplicate_reason(first)
+    return "would send", None
