@@ -1,5 +1,5 @@
 """`bulksend send` before and beside a campaign: the template-variable preflight, rejection reasons
-grouped by kind."""
+grouped by kind, the dry run's rejects file."""
 
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ from rich.console import Console
 
 from bulksend.campaign.load import load_campaign
 from bulksend.campaign.preflight import required_variables
+from bulksend.campaign.recipients import BadRow, iter_recipients
 from bulksend.cli.main import main
 from bulksend.cli.summary import Summary, print_summary
 from bulksend.sandbox import SandboxConfig, sandbox_in_thread
 from bulksend.sinks.summary import reason_kind, summarize_outcomes
-from tests.conftest import PROJECT, SECRET
+from tests.conftest import PROJECT, SECRET, read_jsonl
 from tests.test_cli import CAMPAIGN as CLI_CAMPAIGN
 from tests.test_cli import env_for
 
@@ -227,3 +228,80 @@ def test_plain_output_has_one_line_per_kind() -> None:
     lines = out.getvalue().splitlines()
     assert "  12 rows: reason number 0 " + "x " * 59 + "x" in lines
     assert "  … and 2 more kinds (3 rows): see the outcomes" in lines
+
+
+# -- 3. the dry run's rejects file -------------------------------------------------------------
+
+BROKEN_CSV = (
+    "email;first_name;plan;\r\n"
+    "ann@example.com;Ann;pro;\r\n"
+    'bad-address;Bob;"multi\r\nline";\r\n'
+    "\r\n"
+    "cy@example.com;Cy;basic;\r\n"
+    '"unclosed;Dee;x;\r\n'
+    "dee@example.com;Dee;x;\r\n"
+    "ann@example.com;Dup;pro;\r\n"
+    "eve@;Eve;x;\r\n"
+)
+
+
+def test_dry_run_writes_rejected_csv_rows_as_they_were_with_a_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rejected rows are copied as written (delimiter, quoting, line endings, an unnamed column)
+    with a reason column; duplicates are not rejects; the table leaves out sent/failed."""
+    path = write_campaign(tmp_path, people(1))
+    (tmp_path / "people.csv").write_text(BROKEN_CSV, encoding="utf-8", newline="")
+    assert main(["send", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "│ sent" not in out
+    assert "│ failed" not in out
+    rejects = tmp_path / "out" / "pre.rejected.csv"
+    assert f"rejected rows: {rejects} (3, with a reason column)" in out
+    lines = rejects.read_bytes().decode("utf-8").split("\r\n")
+    assert lines[0] == "email;first_name;plan;;reason"
+    assert lines[1] == 'bad-address;Bob;"multi'
+    assert lines[2].startswith("line\";;invalid recipient address: 'bad-address' is not an email address")
+    assert lines[3].startswith('"unclosed;Dee;x;;"a quoted value opened on this line is never closed')
+    assert lines[4].startswith("eve@;Eve;x;;invalid recipient address:")
+    assert lines[5:] == [""]
+    read = list(iter_recipients(rejects))
+    assert [r.email for r in read if not isinstance(r, BadRow)] == ["bad-address", "eve@"]
+
+
+def test_dry_run_rejects_jsonl_and_rejects_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A JSONL input gives JSONL rejects at --rejects PATH: each object with a reason key, a line
+    that is not an object kept as text; a rejects name in another format is refused."""
+    rows = people(2)
+    rows[1]["email"] = "nope"
+    rows[1]["reason"] = "already has one"
+    path = write_campaign(tmp_path, rows, jsonl=True)
+    with (tmp_path / "people.jsonl").open("ab") as fh:
+        fh.write(b"[1, 2]\n")
+    target = tmp_path / "fix" / "again.jsonl"
+    assert main(["send", str(path), "--dry-run", "--rejects", str(target)]) == 0
+    written = read_jsonl(target)
+    assert written[0]["email"] == "nope"
+    assert written[0]["reason"] == "already has one"
+    assert written[0]["reason_2"].startswith("invalid recipient address: 'nope'")
+    assert written[1] == {"reason": written[1]["reason"], "original": "[1, 2]"}
+    assert written[1]["reason"].startswith("the line is a JSON array, not an object")
+    capsys.readouterr()
+    assert main(["send", str(path), "--dry-run", "--rejects", str(tmp_path / "r.csv")]) == 1
+    assert "name the file with a .jsonl suffix" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--rejects", "x.csv"], "--rejects is where --dry-run writes the rejected rows: add --dry-run"),
+    ],
+)
+def test_bad_options_exit_1_saying_what_to_change(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    """A wrong option value or combination exits 1 with one error line, before any file is read."""
+    assert main(["send", str(tmp_path / "missing.toml"), *extra]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}"), err
+    assert err.count("\n") == 1

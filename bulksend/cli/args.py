@@ -56,6 +56,13 @@ def configure_send(parser: argparse.ArgumentParser) -> None:
         help="render and validate every recipient, send nothing, say what would be rejected",
     )
     parser.add_argument(
+        "--rejects",
+        type=Path,
+        metavar="PATH",
+        help="with --dry-run: where to write the rejected rows, in the recipients file's format with a "
+        "`reason` column added (default <campaign id>.rejected.csv or .jsonl next to the outcomes file)",
+    )
+    parser.add_argument(
         "--reconcile-all",
         action="store_true",
         help="before sending, look every unfinished recipient up at TEM (batched lists) and never "

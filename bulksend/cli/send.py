@@ -27,7 +27,14 @@ from rich.console import Console
 
 from bulksend.campaign.load import Campaign, load_campaign
 from bulksend.campaign.preflight import check_template_variables
-from bulksend.campaign.recipients import BadRow, RecipientInput, iter_recipients
+from bulksend.campaign.recipients import (
+    CSV_SUFFIXES,
+    RECIPIENT_SUFFIXES,
+    BadRow,
+    RecipientInput,
+    iter_recipients,
+)
+from bulksend.campaign.rejects import RejectsWriter
 from bulksend.campaign.render import Rejection, Renderer
 from bulksend.campaign.validate import normalize_address
 from bulksend.cli.args import configure_send as configure
@@ -68,10 +75,11 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, args.log_level)
     console = Console(stderr=True, soft_wrap=True)
     try:
+        check_arguments(args)
         campaign = load_campaign(args.campaign)
         campaign = _with_overrides(campaign, outcomes=args.outcomes)
         if args.dry_run:
-            return dry_run(campaign, console=console)
+            return dry_run(campaign, console=console, options=_dry_run_options(args, campaign))
         settings = TemSettings.load(
             api_url=args.api_url, project_id=args.project_id, region=args.region, profile=args.profile
         )
@@ -117,6 +125,12 @@ def run(args: argparse.Namespace) -> int:
         reconcile_all=args.reconcile_all,
     )
     return run_campaign(campaign, settings, console=console, options=options)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse option values and combinations that cannot work, saying what to change (ConfigError)."""
+    if args.rejects is not None and not args.dry_run:
+        raise ConfigError("--rejects is where --dry-run writes the rejected rows: add --dry-run")
 
 
 def _with_overrides(campaign: Campaign, *, outcomes: Path | None) -> Campaign:
@@ -439,19 +453,60 @@ def _report(result: RunResult, console: Console) -> int:
     return EXIT_INTERRUPTED if result.stopped else EXIT_INCOMPLETE
 
 
-def dry_run(campaign: Campaign, *, console: Console) -> int:
-    """Render and validate every recipient without sending; report what would be rejected.
+@dataclass(frozen=True)
+class DryRunOptions:
+    """What a dry run writes besides its summary."""
+
+    rejects: Path | None = None
+    """Where the rejected rows go; None: no file."""
+
+
+def default_rejects_path(campaign: Campaign) -> Path:
+    """``<campaign id>.rejected.csv`` (or the recipient file's own suffix) next to the outcomes file."""
+    return campaign.output.outcomes.parent / f"{campaign.id}.rejected{campaign.recipients.suffix.lower()}"
+
+
+def _dry_run_options(args: argparse.Namespace, campaign: Campaign) -> DryRunOptions:
+    rejects = args.rejects or default_rejects_path(campaign)
+    wanted = campaign.recipients.suffix.lower() in CSV_SUFFIXES
+    suffix = rejects.suffix.lower()
+    if (suffix in CSV_SUFFIXES) != wanted or suffix not in RECIPIENT_SUFFIXES:
+        raise ConfigError(
+            f"--rejects {str(rejects)!r}: the rejected rows are written in the recipients file's "
+            f"format; name the file with a {campaign.recipients.suffix} suffix"
+        )
+    return DryRunOptions(rejects=rejects)
+
+
+def dry_run(campaign: Campaign, *, console: Console, options: DryRunOptions | None = None) -> int:
+    """Render and validate every recipient without sending; report what would be rejected and
+    write the rejected rows where ``options`` say.
 
     Raises :class:`CampaignError` when the campaign is refused before any row is read.
     """
+    options = options or DryRunOptions()
     check_template_variables(campaign)
     renderer = Renderer(campaign, project_id="00000000-0000-4000-8000-000000000000")
     summary = Summary(f"dry run of campaign {campaign.id} (nothing sent)")
+    rejects = RejectsWriter(campaign.recipients, options.rejects) if options.rejects else None
     seen: dict[str, int] = {}
-    for rec in iter_recipients(campaign.recipients):
-        status, reason = _dry_outcome(campaign, renderer, rec, seen)
-        tally_line(summary, {"row": rec.row, "status": status, "reason": reason, "email": rec.email})
-    print_summary(summary, Console())
+    try:
+        for rec in iter_recipients(campaign.recipients):
+            status, reason = _dry_outcome(campaign, renderer, rec, seen)
+            if rejects is not None:
+                rejects.row(rec.row, reason if status == "rejected" else None)
+            tally_line(summary, {"row": rec.row, "status": status, "reason": reason, "email": rec.email})
+        rejected = rejects.finish() if rejects is not None else 0
+    except BaseException:
+        if rejects is not None:
+            rejects.discard()
+        raise
+    if rejects is not None and rejected:
+        summary.notes.append(
+            f"rejected rows: {rejects.target} ({rejected:,}, with a reason column); fix them there and "
+            "send that file as a campaign of its own"
+        )
+    print_summary(summary, Console(), always=())
     return EXIT_OK
 
 
