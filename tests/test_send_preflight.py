@@ -1,11 +1,14 @@
 """`bulksend send` before and beside a campaign: the template-variable preflight, rejection reasons
-grouped by kind, the dry run's rejects file."""
+grouped by kind, the dry run's rejects file, previews."""
 
 from __future__ import annotations
 
 import csv
+import email
+import email.policy
 import io
 from collections import Counter
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -291,9 +294,69 @@ def test_dry_run_rejects_jsonl_and_rejects_path(tmp_path: Path, capsys: pytest.C
     assert "name the file with a .jsonl suffix" in capsys.readouterr().err
 
 
+# -- 4. previews -----------------------------------------------------------------------------------
+
+
+def _read_eml(path: Path) -> EmailMessage:
+    msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def test_preview_alone_writes_eml_files_and_sends_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--preview 2 writes the first two emails that would be sent, with From, To, Subject, the
+    campaign's headers and both bodies, needs no credentials and writes no state or outcomes."""
+    rows = people(4)
+    rows[0]["email"] = "broken"
+    path = write_campaign(
+        tmp_path, rows, extra='headers = { "List-Unsubscribe" = "<https://x.example/u/{{ plan }}>" }'
+    )
+    assert main(["send", str(path), "--preview", "2"]) == 0
+    folder = tmp_path / "pre-preview"
+    assert sorted(p.name for p in folder.iterdir()) == ["row-000003.eml", "row-000004.eml"]
+    msg = _read_eml(folder / "row-000003.eml")
+    assert msg["From"] == "News <news@example.com>"
+    assert msg["To"] == "P 1 <p1@example.com>"
+    assert msg["Subject"] == "Hello F1"
+    assert msg["List-Unsubscribe"] == "<https://x.example/u/pro>"
+    assert msg["X-Bulksend-Ref"] == "pre/3"
+    text = msg.get_body(("plain",))
+    html = msg.get_body(("html",))
+    assert text is not None
+    assert text.get_content().splitlines() == ["Hi F1, your pro plan."]
+    assert html is not None
+    assert "<p>Hi F1</p>" in html.get_content()
+    assert not (tmp_path / "out").exists()
+    assert f"preview: 2 emails as .eml files in {folder}" in capsys.readouterr().out
+
+
+def test_preview_writes_only_inside_its_folder(tmp_path: Path) -> None:
+    """A link planted under a preview's name is replaced, not followed; earlier previews go away;
+    names come from row numbers even for an address full of path characters."""
+    rows = people(2)
+    rows[0]["email"] = "a/b@example.com"
+    path = write_campaign(tmp_path, rows)
+    folder = tmp_path / "pv"
+    folder.mkdir()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep", encoding="utf-8")
+    (folder / "row-000003.eml").symlink_to(outside)
+    (folder / "row-000009.eml").write_text("stale", encoding="utf-8")
+    (folder / "notes.txt").write_text("mine", encoding="utf-8")
+    assert main(["send", str(path), "--dry-run", "--preview", "5", "--preview-dir", str(folder)]) == 0
+    assert outside.read_text(encoding="utf-8") == "keep"
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "row-000002.eml", "row-000003.eml"]
+    assert not (folder / "row-000003.eml").is_symlink()
+    assert _read_eml(folder / "row-000002.eml")["To"] == "P 0 <a/b@example.com>"
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
+        (["--preview", "0"], "--preview must be at least 1 (got 0)"),
+        (["--preview-dir", "x"], "--preview-dir needs --preview N"),
         (["--rejects", "x.csv"], "--rejects is where --dry-run writes the rejected rows: add --dry-run"),
     ],
 )

@@ -80,6 +80,20 @@ def configure_send(parser: argparse.ArgumentParser) -> None:
         help="account settings file (TOML; default $BULKSEND_SETTINGS or ~/.config/bulksend/settings.toml "
         "if it exists): store_url, redis_url, limiter_prefix, account_rate_per_s",
     )
+    g = parser.add_argument_group("try it first (nothing is sent to the recipients)")
+    g.add_argument(
+        "--preview",
+        type=int,
+        metavar="N",
+        help="write the first N rendered emails as .eml files to open in a mail client; sends nothing "
+        "(alone, or with --dry-run)",
+    )
+    g.add_argument(
+        "--preview-dir",
+        type=Path,
+        metavar="DIR",
+        help="folder for --preview (default <campaign id>-preview next to the campaign file)",
+    )
     g = parser.add_argument_group("scale-out (several processes on one campaign)")
     g.add_argument(
         "--worker",

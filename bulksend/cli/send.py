@@ -24,9 +24,11 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 from rich.console import Console
+from rich.text import Text
 
 from bulksend.campaign.load import Campaign, load_campaign
 from bulksend.campaign.preflight import check_template_variables
+from bulksend.campaign.preview import PreviewWriter
 from bulksend.campaign.recipients import (
     CSV_SUFFIXES,
     RECIPIENT_SUFFIXES,
@@ -52,7 +54,7 @@ from bulksend.pipeline.nested import NestedLimiter
 from bulksend.pipeline.presence import worker_presence
 from bulksend.pipeline.run import CampaignRun, RunResult, attachments_of, correlation_of
 from bulksend.pipeline.stats import RunStats
-from bulksend.settings import DEFAULT_LIMITER_PREFIX, load_account_settings
+from bulksend.settings import DEFAULT_LIMITER_PREFIX, Bound, load_account_settings
 from bulksend.sinks.outcomes import read_outcomes
 from bulksend.sinks.summary import Summary, summarize_outcomes, tally_line
 from bulksend.store import open_store
@@ -63,7 +65,14 @@ from bulksend.tem.config import TemSettings
 if TYPE_CHECKING:
     from bulksend.metrics import Metrics
 
-__all__ = ["configure", "run", "run_campaign"]
+__all__ = [
+    "DryRunOptions",
+    "RunOptions",
+    "configure",
+    "dry_run",
+    "run",
+    "run_campaign",
+]
 
 log = structlog.get_logger("bulksend.send")
 
@@ -78,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         check_arguments(args)
         campaign = load_campaign(args.campaign)
         campaign = _with_overrides(campaign, outcomes=args.outcomes)
-        if args.dry_run:
+        if args.dry_run or args.preview is not None:
             return dry_run(campaign, console=console, options=_dry_run_options(args, campaign))
         settings = TemSettings.load(
             api_url=args.api_url, project_id=args.project_id, region=args.region, profile=args.profile
@@ -127,8 +136,22 @@ def run(args: argparse.Namespace) -> int:
     return run_campaign(campaign, settings, console=console, options=options)
 
 
+def _problem(flag: str, value: object, bound: Bound) -> None:
+    """Raise a ConfigError naming ``flag`` when ``value`` is outside ``bound``."""
+    problem = bound.problem(value)
+    if problem is not None:
+        raise ConfigError(f"{flag} {problem}")
+
+
+_AT_LEAST_ONE = Bound(1, integer=True)
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse option values and combinations that cannot work, saying what to change (ConfigError)."""
+    if args.preview is not None:
+        _problem("--preview", args.preview, _AT_LEAST_ONE)
+    if args.preview_dir is not None and args.preview is None:
+        raise ConfigError("--preview-dir needs --preview N (how many emails to write)")
     if args.rejects is not None and not args.dry_run:
         raise ConfigError("--rejects is where --dry-run writes the rejected rows: add --dry-run")
 
@@ -459,6 +482,12 @@ class DryRunOptions:
 
     rejects: Path | None = None
     """Where the rejected rows go; None: no file."""
+    preview: int = 0
+    """How many rendered emails to write as ``.eml`` files."""
+    preview_dir: Path | None = None
+    whole_file: bool = True
+    """Render every row and print the summary (``--dry-run``); False: only until the previews
+    are written (``--preview`` alone)."""
 
 
 def default_rejects_path(campaign: Campaign) -> Path:
@@ -466,21 +495,34 @@ def default_rejects_path(campaign: Campaign) -> Path:
     return campaign.output.outcomes.parent / f"{campaign.id}.rejected{campaign.recipients.suffix.lower()}"
 
 
+def default_preview_dir(campaign: Campaign) -> Path:
+    """``<campaign id>-preview`` next to the campaign file."""
+    folder = campaign.path if campaign.path.is_dir() else campaign.path.parent
+    return folder / f"{campaign.id}-preview"
+
+
 def _dry_run_options(args: argparse.Namespace, campaign: Campaign) -> DryRunOptions:
-    rejects = args.rejects or default_rejects_path(campaign)
-    wanted = campaign.recipients.suffix.lower() in CSV_SUFFIXES
-    suffix = rejects.suffix.lower()
-    if (suffix in CSV_SUFFIXES) != wanted or suffix not in RECIPIENT_SUFFIXES:
-        raise ConfigError(
-            f"--rejects {str(rejects)!r}: the rejected rows are written in the recipients file's "
-            f"format; name the file with a {campaign.recipients.suffix} suffix"
-        )
-    return DryRunOptions(rejects=rejects)
+    rejects = None
+    if args.dry_run:
+        rejects = args.rejects or default_rejects_path(campaign)
+        wanted = campaign.recipients.suffix.lower() in CSV_SUFFIXES
+        suffix = rejects.suffix.lower()
+        if (suffix in CSV_SUFFIXES) != wanted or suffix not in RECIPIENT_SUFFIXES:
+            raise ConfigError(
+                f"--rejects {str(rejects)!r}: the rejected rows are written in the recipients file's "
+                f"format; name the file with a {campaign.recipients.suffix} suffix"
+            )
+    return DryRunOptions(
+        rejects=rejects,
+        preview=args.preview or 0,
+        preview_dir=args.preview_dir or default_preview_dir(campaign),
+        whole_file=args.dry_run,
+    )
 
 
 def dry_run(campaign: Campaign, *, console: Console, options: DryRunOptions | None = None) -> int:
-    """Render and validate every recipient without sending; report what would be rejected and
-    write the rejected rows where ``options`` say.
+    """Render and validate every recipient without sending; report what would be rejected, write
+    the rejected rows and the previews ``options`` ask for.
 
     Raises :class:`CampaignError` when the campaign is refused before any row is read.
     """
@@ -488,11 +530,16 @@ def dry_run(campaign: Campaign, *, console: Console, options: DryRunOptions | No
     check_template_variables(campaign)
     renderer = Renderer(campaign, project_id="00000000-0000-4000-8000-000000000000")
     summary = Summary(f"dry run of campaign {campaign.id} (nothing sent)")
+    previews = None
+    if options.preview:
+        previews = PreviewWriter(options.preview_dir or default_preview_dir(campaign), options.preview)
     rejects = RejectsWriter(campaign.recipients, options.rejects) if options.rejects else None
     seen: dict[str, int] = {}
     try:
         for rec in iter_recipients(campaign.recipients):
-            status, reason = _dry_outcome(campaign, renderer, rec, seen)
+            if not options.whole_file and previews is not None and previews.full:
+                break
+            status, reason = _dry_outcome(campaign, renderer, rec, seen, previews)
             if rejects is not None:
                 rejects.row(rec.row, reason if status == "rejected" else None)
             tally_line(summary, {"row": rec.row, "status": status, "reason": reason, "email": rec.email})
@@ -501,17 +548,29 @@ def dry_run(campaign: Campaign, *, console: Console, options: DryRunOptions | No
         if rejects is not None:
             rejects.discard()
         raise
+    if previews is not None:
+        where = f"{len(previews.written):,} emails as .eml files in {previews.folder}"
+        summary.notes.append(f"preview: {where}" if previews.written else "preview: no row renders")
     if rejects is not None and rejected:
         summary.notes.append(
             f"rejected rows: {rejects.target} ({rejected:,}, with a reason column); fix them there and "
             "send that file as a campaign of its own"
         )
-    print_summary(summary, Console(), always=())
+    if options.whole_file:
+        print_summary(summary, Console(), always=())
+    else:
+        out = Console()
+        for note in summary.notes:
+            out.print(Text(note), soft_wrap=not out.is_terminal)
     return EXIT_OK
 
 
 def _dry_outcome(
-    campaign: Campaign, renderer: Renderer, rec: RecipientInput | BadRow, seen: dict[str, int]
+    campaign: Campaign,
+    renderer: Renderer,
+    rec: RecipientInput | BadRow,
+    seen: dict[str, int],
+    previews: PreviewWriter | None,
 ) -> tuple[str, str | None]:
     """``(status, reason)`` a row would get: rejected, skipped (a duplicate) or would send."""
     if isinstance(rec, BadRow):
@@ -528,4 +587,6 @@ def _dry_outcome(
     first = seen.setdefault(normalize_address(rec.email), rec.row)
     if first != rec.row:
         return "skipped", duplicate_reason(first)
+    if previews is not None:
+        previews.add(rec.row, result)
     return "would send", None
