@@ -1,5 +1,5 @@
 """`bulksend send` before and beside a campaign: the template-variable preflight, rejection reasons
-grouped by kind, the dry run's rejects file, previews."""
+grouped by kind, the dry run's rejects file, previews, pace overrides."""
 
 from __future__ import annotations
 
@@ -355,6 +355,9 @@ def test_preview_writes_only_inside_its_folder(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
+        (["--rate", "0"], "--rate must be greater than 0 (got 0.0)"),
+        (["--rate", "nan"], "--rate must be finite (got nan)"),
+        (["--concurrency", "0"], "--concurrency must be at least 1 (got 0)"),
         (["--preview", "0"], "--preview must be at least 1 (got 0)"),
         (["--preview-dir", "x"], "--preview-dir needs --preview N"),
         (["--rejects", "x.csv"], "--rejects is where --dry-run writes the rejected rows: add --dry-run"),
@@ -368,3 +371,29 @@ def test_bad_options_exit_1_saying_what_to_change(
     err = capsys.readouterr().err
     assert err.startswith(f"error: {message}"), err
     assert err.count("\n") == 1
+
+
+def test_options_that_are_not_numbers_are_argparse_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--rate fast` or `--concurrency 2.5` is refused by the parser (exit 2), naming the option."""
+    for extra in (["--rate", "fast"], ["--concurrency", "2.5"]):
+        with pytest.raises(SystemExit) as raised:
+            main(["send", "c.toml", *extra])
+        assert raised.value.code == 2
+        assert f"argument {extra[0]}: invalid" in capsys.readouterr().err
+
+
+# -- 6. pace overrides ---------------------------------------------------------------------------
+
+
+def test_rate_and_concurrency_override_the_campaign_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The run starts with the rate and concurrency given on the command line, not the file's."""
+    path = write_campaign(tmp_path, people(2))
+    with sandbox_in_thread(SandboxConfig(secret_key=SECRET, project_id=PROJECT)) as sb:
+        env_for(monkeypatch, sb.url)
+        args = ["send", str(path), "--no-progress", "--log-format", "json", "--log-level", "info"]
+        assert main([*args, "--rate", "321.5", "--concurrency", "3"]) == 0
+    events = [orjson.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    start = next(e for e in events if e.get("event") == "campaign.start")
+    assert (start["rate_per_s"], start["concurrency"]) == (321.5, 3)

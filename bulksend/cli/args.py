@@ -94,6 +94,9 @@ def configure_send(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="folder for --preview (default <campaign id>-preview next to the campaign file)",
     )
+    g = parser.add_argument_group("pace (override the campaign file's [sending])")
+    g.add_argument("--rate", type=float, metavar="PER_S", help="emails per second (rate_per_s)")
+    g.add_argument("--concurrency", type=int, metavar="N", help="requests in flight at most (concurrency)")
     g = parser.add_argument_group("scale-out (several processes on one campaign)")
     g.add_argument(
         "--worker",

@@ -54,7 +54,7 @@ from bulksend.pipeline.nested import NestedLimiter
 from bulksend.pipeline.presence import worker_presence
 from bulksend.pipeline.run import CampaignRun, RunResult, attachments_of, correlation_of
 from bulksend.pipeline.stats import RunStats
-from bulksend.settings import DEFAULT_LIMITER_PREFIX, Bound, load_account_settings
+from bulksend.settings import DEFAULT_LIMITER_PREFIX, Bound, SendingSettings, load_account_settings
 from bulksend.sinks.outcomes import read_outcomes
 from bulksend.sinks.summary import Summary, summarize_outcomes, tally_line
 from bulksend.store import open_store
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True, soft_wrap=True)
     try:
         check_arguments(args)
-        campaign = load_campaign(args.campaign)
+        campaign = load_campaign(args.campaign, overrides=sending_overrides(args))
         campaign = _with_overrides(campaign, outcomes=args.outcomes)
         if args.dry_run or args.preview is not None:
             return dry_run(campaign, console=console, options=_dry_run_options(args, campaign))
@@ -148,12 +148,28 @@ _AT_LEAST_ONE = Bound(1, integer=True)
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse option values and combinations that cannot work, saying what to change (ConfigError)."""
+    for flag, value, key in (
+        ("--rate", args.rate, "rate_per_s"),
+        ("--concurrency", args.concurrency, "concurrency"),
+    ):
+        if value is not None:
+            _problem(flag, value, SendingSettings.BOUNDS[key])
     if args.preview is not None:
         _problem("--preview", args.preview, _AT_LEAST_ONE)
     if args.preview_dir is not None and args.preview is None:
         raise ConfigError("--preview-dir needs --preview N (how many emails to write)")
     if args.rejects is not None and not args.dry_run:
         raise ConfigError("--rejects is where --dry-run writes the rejected rows: add --dry-run")
+
+
+def sending_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The campaign's [sending] keys that ``--rate`` and ``--concurrency`` replace."""
+    overrides: dict[str, Any] = {}
+    if args.rate is not None:
+        overrides["sending.rate_per_s"] = args.rate
+    if args.concurrency is not None:
+        overrides["sending.concurrency"] = args.concurrency
+    return overrides
 
 
 def _with_overrides(campaign: Campaign, *, outcomes: Path | None) -> Campaign:
