@@ -1,5 +1,5 @@
 """`bulksend send` before and beside a campaign: the template-variable preflight, rejection reasons
-grouped by kind, the dry run's rejects file, previews, pace overrides."""
+grouped by kind, the dry run's rejects file, previews, samples and pace overrides."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
 import pytest
 from rich.console import Console
@@ -23,6 +24,8 @@ from bulksend.cli.main import main
 from bulksend.cli.summary import Summary, print_summary
 from bulksend.sandbox import SandboxConfig, sandbox_in_thread
 from bulksend.sinks.summary import reason_kind, summarize_outcomes
+from bulksend.tem.client import TemClient
+from bulksend.tem.models import ListEmailsQuery
 from tests.conftest import PROJECT, SECRET, read_jsonl
 from tests.test_cli import CAMPAIGN as CLI_CAMPAIGN
 from tests.test_cli import env_for
@@ -352,9 +355,54 @@ def test_preview_writes_only_inside_its_folder(tmp_path: Path) -> None:
     assert _read_eml(folder / "row-000002.eml")["To"] == "P 0 <a/b@example.com>"
 
 
+# -- 5. samples --------------------------------------------------------------------------------
+
+
+async def _subjects_to(url: str, address: str) -> list[str]:
+    from bulksend.secret import Secret
+    from bulksend.tem.config import TemSettings
+
+    async with TemClient(TemSettings(secret_key=Secret(SECRET), project_id=PROJECT, api_url=url)) as tem:
+        page = await tem.list_emails(ListEmailsQuery(mail_rcpt=address), page_size=100)
+    return sorted(e.subject for e in page.emails)
+
+
+def test_samples_go_to_one_address_and_the_real_run_still_sends_to_everyone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--sample 2 --to ADDRESS sends the first two valid rows, each with its own variables, to
+    ADDRESS only; nothing is recorded, so the next run sends to every recipient exactly once."""
+    rows = people(4)
+    rows[0]["email"] = "broken"
+    path = write_campaign(tmp_path, rows)
+    with sandbox_in_thread(SandboxConfig(secret_key=SECRET, project_id=PROJECT)) as sb:
+        env_for(monkeypatch, sb.url)
+        assert main(["send", str(path), "--sample", "2", "--to", "me@example.org", "--no-progress"]) == 0
+        assert sb.stats().accepted_by_recipient == {"me@example.org": 2}
+        assert not (tmp_path / "out").exists()
+        out = capsys.readouterr().out
+        assert "sent 2 of 2 samples of campaign pre to me@example.org (rows 3, 4)" in out
+        assert anyio.run(_subjects_to, sb.url, "me@example.org") == ["[sample] Hello F1", "[sample] Hello F2"]
+        assert main(["send", str(path), "--no-progress"]) == 0
+        assert sb.stats().accepted_by_recipient == {
+            "me@example.org": 2,
+            "p1@example.com": 1,
+            "p2@example.com": 1,
+            "p3@example.com": 1,
+        }
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
+        (["--sample", "2"], "--sample N and --to ADDRESS go together"),
+        (["--to", "me@example.org"], "--sample N and --to ADDRESS go together"),
+        (["--sample", "2", "--to", "me@@example.org"], "--to: 'me@@example.org' is not an email address"),
+        (["--sample", "0", "--to", "me@example.org"], "--sample must be at least 1 (got 0)"),
+        (
+            ["--sample", "1", "--to", "me@example.org", "--dry-run"],
+            "--sample sends to --to only; run --dry-run",
+        ),
         (["--rate", "0"], "--rate must be greater than 0 (got 0.0)"),
         (["--rate", "nan"], "--rate must be finite (got nan)"),
         (["--concurrency", "0"], "--concurrency must be at least 1 (got 0)"),

@@ -94,6 +94,14 @@ def configure_send(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="folder for --preview (default <campaign id>-preview next to the campaign file)",
     )
+    g.add_argument(
+        "--sample",
+        type=int,
+        metavar="N",
+        help="send the first N valid rows, each rendered with its own variables, to --to only, with the "
+        "subject prefixed '[sample] '; records nothing, so a later run still sends to everyone",
+    )
+    g.add_argument("--to", metavar="ADDRESS", help="the address that receives the --sample emails")
     g = parser.add_argument_group("pace (override the campaign file's [sending])")
     g.add_argument("--rate", type=float, metavar="PER_S", help="emails per second (rate_per_s)")
     g.add_argument("--concurrency", type=int, metavar="N", help="requests in flight at most (concurrency)")

@@ -38,11 +38,12 @@ from bulksend.campaign.recipients import (
 )
 from bulksend.campaign.rejects import RejectsWriter
 from bulksend.campaign.render import Rejection, Renderer
-from bulksend.campaign.validate import normalize_address
+from bulksend.campaign.validate import check_address, normalize_address
 from bulksend.cli.args import configure_send as configure
 from bulksend.cli.display import print_error, print_text
 from bulksend.cli.progress import show_progress
 from bulksend.cli.runtime import stop_on_signals, uvloop_available
+from bulksend.cli.sample import SAMPLE_PREFIX, SampleResult, render_samples, send_samples
 from bulksend.cli.summary import print_summary
 from bulksend.errors import BulksendError, CampaignError, ConfigError, StateLostError, first_bulksend_error
 from bulksend.log import configure_logging, register_secret
@@ -72,6 +73,7 @@ __all__ = [
     "dry_run",
     "run",
     "run_campaign",
+    "sample_run",
 ]
 
 log = structlog.get_logger("bulksend.send")
@@ -133,6 +135,10 @@ def run(args: argparse.Namespace) -> int:
         metrics_host=args.metrics_host,
         reconcile_all=args.reconcile_all,
     )
+    if args.sample is not None:
+        return sample_run(
+            campaign, settings, to=args.to.strip(), count=args.sample, console=console, options=options
+        )
     return run_campaign(campaign, settings, console=console, options=options)
 
 
@@ -154,12 +160,25 @@ def check_arguments(args: argparse.Namespace) -> None:
     ):
         if value is not None:
             _problem(flag, value, SendingSettings.BOUNDS[key])
-    if args.preview is not None:
-        _problem("--preview", args.preview, _AT_LEAST_ONE)
+    for flag in ("preview", "sample"):
+        if getattr(args, flag) is not None:
+            _problem(f"--{flag}", getattr(args, flag), _AT_LEAST_ONE)
     if args.preview_dir is not None and args.preview is None:
         raise ConfigError("--preview-dir needs --preview N (how many emails to write)")
     if args.rejects is not None and not args.dry_run:
         raise ConfigError("--rejects is where --dry-run writes the rejected rows: add --dry-run")
+    if (args.sample is None) != (args.to is None):
+        raise ConfigError(
+            "--sample N and --to ADDRESS go together: the first N valid rows are sent to ADDRESS only"
+        )
+    if args.sample is None:
+        return
+    for flag in ("dry_run", "preview", "worker", "reconcile_all"):
+        if getattr(args, flag) not in (None, False):
+            raise ConfigError(f"--sample sends to --to only; run --{flag.replace('_', '-')} on its own")
+    reason = check_address(args.to.strip())
+    if reason is not None:
+        raise ConfigError(f"--to: {reason}; give the address that should receive the samples")
 
 
 def sending_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -213,19 +232,25 @@ def run_campaign(
             backend_options={"use_uvloop": uvloop_available()},
         )
     except (BulksendError, BaseExceptionGroup) as raised:
-        found = first_bulksend_error(raised)
-        if found is None:
-            raise
-        if isinstance(found, StateLostError):
-            print_error(console, found, label="refused")
-            return EXIT_STATE_LOST
-        if isinstance(found, AccountRefusedError):
-            print_error(console, found, label="stopped")
-            print_text(console, "Nothing was lost: rerun the same command to resume once this is fixed.")
-            return EXIT_ACCOUNT
-        print_error(console, found)
-        return EXIT_CONFIG
+        return _exit_code_of(raised, console)
     return _report(result, console)
+
+
+def _exit_code_of(raised: BaseException, console: Console) -> int:
+    """Print the bulksend error a run raised (alone or in a group) and give its exit code;
+    anything else is raised again."""
+    found = first_bulksend_error(raised)
+    if found is None:
+        raise raised
+    if isinstance(found, StateLostError):
+        print_error(console, found, label="refused")
+        return EXIT_STATE_LOST
+    if isinstance(found, AccountRefusedError):
+        print_error(console, found, label="stopped")
+        print_text(console, "Nothing was lost: rerun the same command to resume once this is fixed.")
+        return EXIT_ACCOUNT
+    print_error(console, found)
+    return EXIT_CONFIG
 
 
 def _count_rows(path: Path) -> int:
@@ -606,3 +631,48 @@ def _dry_outcome(
     if previews is not None:
         previews.add(rec.row, result)
     return "would send", None
+
+
+def sample_run(
+    campaign: Campaign,
+    settings: TemSettings,
+    *,
+    to: str,
+    count: int,
+    console: Console,
+    options: RunOptions,
+) -> int:
+    """``--sample N --to ADDRESS``: the first N valid rows sent to ADDRESS, nothing recorded."""
+    register_secret(settings.secret_key.reveal())
+    try:
+        check_template_variables(campaign)
+        samples = render_samples(campaign, to=to, count=count, project_id=settings.project_id)
+    except CampaignError as exc:
+        print_error(console, exc)
+        return EXIT_CONFIG
+    if not samples:
+        print_error(console, "no row of the recipients file renders: run --dry-run to see why")
+        return EXIT_CONFIG
+
+    async def main() -> SampleResult:
+        limiter = campaign_limiter(campaign, settings, options)
+        return await send_samples(campaign, settings, samples, to=to, limiter=limiter, stats=RunStats())
+
+    try:
+        result = anyio.run(main, backend_options={"use_uvloop": uvloop_available()})
+    except (BulksendError, BaseExceptionGroup) as raised:
+        return _exit_code_of(raised, console)
+    out = Console()
+    rows = ", ".join(map(str, result.sent))
+    print_text(
+        out,
+        f"sent {len(result.sent):,} of {count:,} samples of campaign {campaign.id} to {to}"
+        + (f" (rows {rows})" if rows else "")
+        + f", subject prefixed {SAMPLE_PREFIX.strip()!r}. Nothing was recorded: "
+        f"`bulksend send {campaign.path}` still sends to every recipient.",
+    )
+    if result.rendered < count:
+        print_text(out, f"only {result.rendered:,} rows render: run --dry-run to see why the others do not")
+    for row, reason in result.not_sent:
+        print_text(out, f"row {row}: not sent: {reason}")
+    return EXIT_OK if not result.not_sent else EXIT_INCOMPLETE
