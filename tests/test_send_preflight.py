@@ -1,5 +1,6 @@
 """`bulksend send` before and beside a campaign: the template-variable preflight, rejection reasons
-grouped by kind, the dry run's rejects file, previews, samples and pace overrides."""
+grouped by kind, the dry run's rejects file, previews, samples, pace overrides and the
+unsubscribe reminder."""
 
 from __future__ import annotations
 
@@ -445,3 +446,36 @@ def test_rate_and_concurrency_override_the_campaign_file(
     events = [orjson.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     start = next(e for e in events if e.get("event") == "campaign.start")
     assert (start["rate_per_s"], start["concurrency"]) == (321.5, 3)
+
+
+# -- 7. the unsubscribe reminder ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rows", "header", "reminded"), [(5001, False, True), (5000, False, False), (5001, True, False)]
+)
+def test_large_campaign_without_list_unsubscribe_gets_one_reminder_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], rows: int, header: bool, reminded: bool
+) -> None:
+    """Over 5,000 recipients and no List-Unsubscribe header: one reminder line on stderr."""
+    extra = 'headers = { "list-unsubscribe" = "<mailto:u@example.com>" }' if header else ""
+    path = write_campaign(tmp_path, people(rows), subject="Hi", text="Hi", html="", extra=extra)
+    assert main(["send", str(path), "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert ("reminder: 5,001 recipients and no List-Unsubscribe header" in err) is reminded
+    assert err.count("\n") == (1 if reminded else 0)
+
+
+def test_send_prints_the_reminder_before_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real send prints the reminder on stderr before its first request (here refused: wrong key)."""
+    path = write_campaign(tmp_path, people(6000), subject="Hi", text="Hi", html="")
+    with sandbox_in_thread(SandboxConfig(secret_key=SECRET, project_id=PROJECT)) as sb:
+        env_for(monkeypatch, sb.url)
+        monkeypatch.setenv("SCW_SECRET_KEY", "not-the-key")
+        assert main(["send", str(path), "--no-progress"]) == 2
+        assert sb.stats().emails_total == 0
+    err = capsys.readouterr().err
+    assert err.startswith("reminder: 6,000 recipients and no List-Unsubscribe header."), err
+    assert "not-the-key" not in err

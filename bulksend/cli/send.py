@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import structlog
@@ -70,6 +70,7 @@ __all__ = [
     "DryRunOptions",
     "RunOptions",
     "configure",
+    "count_rows",
     "dry_run",
     "run",
     "run_campaign",
@@ -214,11 +215,15 @@ def run_campaign(
     instead of ``settings.api_url`` (the demo runs its sandbox that way, in-process).
     """
     register_secret(settings.secret_key.reveal())
+    options = options or RunOptions()
     try:
         check_template_variables(campaign)
     except CampaignError as exc:
         print_error(console, exc)
         return EXIT_CONFIG
+    total = options.total_rows if options.total_rows is not None else count_rows(campaign.recipients)
+    options = dataclasses.replace(options, total_rows=total)
+    remind_unsubscribe(campaign, total, console)
     holder: dict[str, Any] = {}
     try:
         result = anyio.run(
@@ -226,7 +231,7 @@ def run_campaign(
             campaign,
             settings,
             serve,
-            options or RunOptions(),
+            options,
             holder,
             before_run,
             backend_options={"use_uvloop": uvloop_available()},
@@ -253,13 +258,30 @@ def _exit_code_of(raised: BaseException, console: Console) -> int:
     return EXIT_CONFIG
 
 
-def _count_rows(path: Path) -> int:
-    """Approximate recipients in the file (lines minus a CSV header), for the ETA only."""
+UNSUBSCRIBE_REMINDER_ROWS: Final = 5_000
+"""More recipients than this, and no List-Unsubscribe header: ``bulksend send`` prints a reminder."""
+
+
+def remind_unsubscribe(campaign: Campaign, rows: int, console: Console) -> None:
+    """One line on stderr when a large campaign gives its recipients no way to unsubscribe."""
+    if rows <= UNSUBSCRIBE_REMINDER_ROWS or any(k.lower() == "list-unsubscribe" for k, _ in campaign.headers):
+        return
+    print_text(
+        console,
+        f"reminder: {rows:,} recipients and no List-Unsubscribe header. TEM is for transactional email "
+        "(newsletters and mass marketing break Scaleway's anti-spam policy); if these people can opt "
+        'out, add headers = { "List-Unsubscribe" = "<https://…>" } to [campaign].',
+    )
+
+
+def count_rows(path: Path) -> int:
+    """Recipients in the file, counted cheaply as lines (minus a CSV header): blank lines and
+    values spanning lines make it a little high. For the ETA and the unsubscribe reminder."""
     n = 0
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
             n += chunk.count(b"\n")
-    return max(0, n - 1) if path.suffix.lower() == ".csv" else n
+    return max(0, n - 1) if path.suffix.lower() in CSV_SUFFIXES else n
 
 
 @dataclass(frozen=True)
@@ -287,6 +309,8 @@ class RunOptions:
     metrics_host: str = "127.0.0.1"
     reconcile_all: bool = False
     """Look every unfinished recipient up at TEM before sending (after a loss of state)."""
+    total_rows: int | None = None
+    """Recipients in the file (:func:`count_rows`), for the ETA; None: counted when the run starts."""
 
 
 async def _main(
@@ -360,7 +384,11 @@ async def _run(
     before_run: Callable[[CampaignRun], None] | None,
 ) -> RunResult:
     stats = RunStats()
-    stats.total_rows = await anyio.to_thread.run_sync(_count_rows, campaign.recipients)
+    stats.total_rows = (
+        options.total_rows
+        if options.total_rows is not None
+        else await anyio.to_thread.run_sync(count_rows, campaign.recipients)
+    )
     store = open_store(options.store_url or campaign.store_path)
     await store.open()
     try:
@@ -569,6 +597,8 @@ def dry_run(campaign: Campaign, *, console: Console, options: DryRunOptions | No
     """
     options = options or DryRunOptions()
     check_template_variables(campaign)
+    if options.whole_file:
+        remind_unsubscribe(campaign, count_rows(campaign.recipients), console)
     renderer = Renderer(campaign, project_id="00000000-0000-4000-8000-000000000000")
     summary = Summary(f"dry run of campaign {campaign.id} (nothing sent)")
     previews = None
