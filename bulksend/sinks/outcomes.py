@@ -21,7 +21,13 @@ import anyio
 import orjson
 
 from bulksend.private import make_private_dirs
-from bulksend.store.base import CANCELED_BEFORE_SENDING, OutcomeValuesSource, RecipientRow, Store
+from bulksend.store.base import (
+    CANCELED_BEFORE_SENDING,
+    OUTCOME_FACT_FIELDS,
+    OutcomeValuesSource,
+    RecipientRow,
+    Store,
+)
 
 __all__ = [
     "CSV_FORMULA_TRIGGERS",
@@ -35,23 +41,8 @@ __all__ = [
     "write_outcomes",
 ]
 
-OUTCOME_FIELDS: Final = (
-    "email",
-    "name",
-    "row",
-    "status",
-    "email_id",
-    "message_id",
-    "flags",
-    "status_details",
-    "smtp_code",
-    "smtp_message",
-    "try_count",
-    "submitted_at",
-    "final_at",
-    "attempts",
-    "reason",
-)
+OUTCOME_FIELDS: Final = ("email", "name", "row", "status", *OUTCOME_FACT_FIELDS, "reason")
+"""The fields of an outcome line, in the order of the CSV columns."""
 OUTCOME_STATUSES: Final = ("sent", "failed", "canceled", "rejected", "skipped", "unknown")
 _UNFINISHED: Final = "rerun the same command to resume"
 

@@ -35,6 +35,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 from bulksend.errors import LeaseLostError
 
 __all__ = [
+    "OUTCOME_FACT_FIELDS",
     "OUTCOME_VALUE_FIELDS",
     "AdmitResult",
     "CampaignRecord",
@@ -167,13 +168,7 @@ class RecipientRow:
     """When the lease runs out (store clock); ``None`` when nobody holds it."""
 
 
-OUTCOME_VALUE_FIELDS: Final = (
-    "row",
-    "email",
-    "name",
-    "state",
-    "status",
-    "reason",
+OUTCOME_FACT_FIELDS: Final = (
     "email_id",
     "message_id",
     "flags",
@@ -185,6 +180,9 @@ OUTCOME_VALUE_FIELDS: Final = (
     "final_at",
     "attempts",
 )
+"""The fields of a row that its outcome line shows as they are, in the order the line has them."""
+
+OUTCOME_VALUE_FIELDS: Final = ("row", "email", "name", "state", "status", "reason", *OUTCOME_FACT_FIELDS)
 """The values :meth:`OutcomeValuesSource.iter_outcome_values` gives per row, in this order."""
 
 
