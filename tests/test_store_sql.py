@@ -7,6 +7,7 @@ schema of their own, dropped after.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import uuid
@@ -22,6 +23,28 @@ from bulksend.store.rules import FINALISABLE_STATES, ROW_WRITES, TO_AMBIGUOUS, T
 from bulksend.store.sql import postgres_update, sqlite_update
 
 DSN = os.environ.get("BULKSEND_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+# The first 16 hex digits of the SHA-256 of each released step's statements (joined by NUL). A
+# new step appends its digest here; a released one must never change.
+@pytest.mark.parametrize(
+    ("migrations", "released"),
+    [
+        (pg_migrations.MIGRATIONS, ("dbd98be1cfebf645", "308a68625643d617", "f95594930df62142")),
+        (
+            sqlite_migrations.MIGRATIONS,
+            ("d516f14f15c298e5", "51bf81582bcf4702", "6edd5b8b4cbf4313", "71cb554e9df0bee3"),
+        ),
+    ],
+    ids=["postgres", "sqlite"],
+)
+def test_released_migration_steps_keep_their_text(
+    migrations: tuple[tuple[str, ...], ...], released: tuple[str, ...]
+) -> None:
+    """Steps built from the shared table declarations still say exactly what was released, so an
+    edit of a declaration cannot change how an existing database was, or a new one is, migrated."""
+    digests = tuple(hashlib.sha256("\0".join(step).encode()).hexdigest()[:16] for step in migrations)
+    assert digests[: len(released)] == released
 
 
 def _parameters(write: RowWrite, *, fenced: bool) -> int:

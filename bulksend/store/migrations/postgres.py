@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from bulksend.store.migrations import steps_to_apply
+from bulksend.store.migrations import (
+    CAMPAIGN_COLUMNS,
+    POSTGRES_TYPES,
+    ROLE_COLUMNS,
+    create_table,
+    outbox_columns,
+    steps_to_apply,
+)
 
 if TYPE_CHECKING:
     import asyncpg
@@ -18,46 +25,12 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate"]
 
 # Ordered, append-only: MIGRATIONS[i] brings the schema from version i to i + 1. ``{s}`` is the
 # quoted schema name.
+_S: Final = "{s}."
 MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # v1: campaigns, the outbox with its leases, campaign roles.
     (
-        """CREATE TABLE {s}.campaigns (
-            id           text PRIMARY KEY,
-            created_at   timestamptz NOT NULL,
-            state        text NOT NULL CHECK (state IN ('running', 'paused', 'canceled', 'finished')),
-            spec         jsonb NOT NULL,
-            admitted_all boolean NOT NULL DEFAULT false
-        )""",
-        """CREATE TABLE {s}.recipients (
-            id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            campaign_id        text NOT NULL REFERENCES {s}.campaigns (id),
-            input_row          bigint NOT NULL,
-            email              text NOT NULL,
-            name               text NOT NULL DEFAULT '',
-            recipient_key      text,
-            dedupe_key         text,
-            state              text NOT NULL CHECK (state IN
-                                   ('pending', 'sending', 'submitted', 'final', 'rejected', 'skipped')),
-            reason             text NOT NULL DEFAULT '',
-            payload            jsonb NOT NULL DEFAULT '{{}}',
-            attempts           integer NOT NULL DEFAULT 0,
-            attempt_started_at timestamptz,
-            attempt_ended_at   timestamptz,
-            correlation        text NOT NULL DEFAULT '',
-            email_id           text,
-            message_id         text NOT NULL DEFAULT '',
-            submitted_at       timestamptz,
-            status             text NOT NULL DEFAULT '',
-            flags              jsonb NOT NULL DEFAULT '[]',
-            status_details     text NOT NULL DEFAULT '',
-            smtp_code          integer,
-            smtp_message       text NOT NULL DEFAULT '',
-            try_count          integer NOT NULL DEFAULT 0,
-            final_at           timestamptz,
-            lease_owner        text NOT NULL DEFAULT '',
-            lease_token        bigint NOT NULL DEFAULT 0,
-            lease_expires_at   timestamptz
-        )""",
+        create_table("campaigns", CAMPAIGN_COLUMNS, POSTGRES_TYPES, _S),
+        create_table("recipients", outbox_columns(), POSTGRES_TYPES, _S),
         "CREATE UNIQUE INDEX ux_recipients_campaign_row ON {s}.recipients (campaign_id, input_row)",
         # Only the owner of a key holds it in dedupe_key (as in the SQLite store).
         """CREATE UNIQUE INDEX ux_recipients_campaign_dedupe ON {s}.recipients (campaign_id, dedupe_key)
@@ -66,13 +39,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX ix_recipients_campaign_state_id ON {s}.recipients (campaign_id, state, id)",
         "CREATE INDEX ix_recipients_campaign_id ON {s}.recipients (campaign_id, id)",
         "CREATE INDEX ix_recipients_email_id ON {s}.recipients (email_id) WHERE email_id IS NOT NULL",
-        """CREATE TABLE {s}.roles (
-            campaign_id text NOT NULL,
-            role        text NOT NULL,
-            owner       text NOT NULL,
-            expires_at  timestamptz NOT NULL,
-            PRIMARY KEY (campaign_id, role)
-        )""",
+        create_table("roles", ROLE_COLUMNS, POSTGRES_TYPES, _S),
     ),
     # v2: the outbox is updated 3-5 times per row within minutes of its insert. Free room in each
     # page lets the lease updates (claim, renew, release: no indexed column changes) stay HOT, and
