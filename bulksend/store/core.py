@@ -3,9 +3,10 @@
 :class:`StoreBase` gives each backend the same argument checks and the same shape for the calls of
 the :class:`~bulksend.store.base.Store` protocol that differ only in how a backend touches its data:
 the ``mark_*`` dispatch writes (one declared :class:`~bulksend.store.rules.RowWrite` each, applied
-by the backend's ``_row_write``), ``claim``, and the keyset-paged ``iter_rows`` and
-``iter_outcomes``. Each page of those is found again from the last key seen, never by an offset,
-so a page costs the same however far into a campaign it is.
+by the backend's ``_row_write``), the leases and roles (``claim``, ``renew``, ``release``,
+``acquire_role``), and the keyset-paged ``iter_rows`` and ``iter_outcomes``. Each page of those
+is found again from the last key seen, never by an offset, so a page costs the same however far
+into a campaign it is.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, Final, TypeVar
 
+from bulksend.errors import StoreError
 from bulksend.lifecycle import OpenClose
 from bulksend.store.base import RecipientRow, RowState
 from bulksend.store.rules import (
@@ -75,6 +77,18 @@ class StoreBase(OpenClose):
         self, campaign_id: str, worker_id: str, limit: int, lease_s: float, states: list[str]
     ) -> list[RecipientRow]:
         """``claim`` with checked arguments, ``limit`` > 0 and ``states`` (values, sorted) not empty."""
+        raise NotImplementedError
+
+    async def _renew(self, worker_id: str, row_ids: list[int], lease_s: float) -> set[int]:
+        """``renew`` with checked arguments, ``row_ids`` sorted without repeats."""
+        raise NotImplementedError
+
+    async def _release(self, worker_id: str, row_ids: list[int]) -> None:
+        """``release`` with a checked ``worker_id``, ``row_ids`` sorted without repeats."""
+        raise NotImplementedError
+
+    async def _acquire_role(self, campaign_id: str, role: str, worker_id: str, ttl_s: float) -> bool:
+        """``acquire_role`` with checked arguments."""
         raise NotImplementedError
 
     async def _rows_page(
@@ -154,6 +168,22 @@ class StoreBase(OpenClose):
             await self._idle()
             return []
         return await self._claim(campaign_id, worker_id, limit, lease_s, wanted)
+
+    async def renew(self, *, worker_id: str, row_ids: Sequence[int], lease_s: float) -> set[int]:
+        """Extend this worker's leases on these rows to now + ``lease_s``; the ids still this worker's."""
+        check_lease_args(worker_id, lease_s)
+        return await self._renew(worker_id, sorted(set(row_ids)), lease_s)
+
+    async def release(self, *, worker_id: str, row_ids: Sequence[int]) -> None:
+        """Give back this worker's leases on these rows (others' are left alone)."""
+        if not worker_id:
+            raise StoreError("worker_id must not be empty")
+        await self._release(worker_id, sorted(set(row_ids)))
+
+    async def acquire_role(self, campaign_id: str, role: str, *, worker_id: str, ttl_s: float) -> bool:
+        """Take or renew the campaign role for ``ttl_s``; False if another live worker holds it."""
+        check_lease_args(worker_id, ttl_s, "ttl_s")
+        return await self._acquire_role(campaign_id, role, worker_id, ttl_s)
 
     # -- reads -------------------------------------------------------------------------------
     async def iter_rows(

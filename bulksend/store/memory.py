@@ -42,11 +42,10 @@ from bulksend.store.rules import (
     FINALISABLE_STATES,
     KEY_RELEASING_STATES,
     RowWrite,
+    admitted_as,
     check_finalisable,
-    check_lease_args,
-    check_new_rows,
     check_transition,
-    duplicate_reason,
+    checked_payloads,
     encode_json,
     holds_lease,
     lease_lost,
@@ -188,9 +187,8 @@ class MemoryStore(StoreBase):
         """Insert rows atomically; idempotent on ``row``; first pending row with a key wins it."""
         await self._enter()
         self._campaign(campaign_id)
-        check_new_rows(rows)
         # Encode every payload before touching anything: a bad one fails the whole call, unwritten.
-        blobs = [encode_json(r.payload, f"payload of row {r.row}") for r in rows]
+        blobs = checked_payloads(rows)
         by_row = self._by_input_row.setdefault(campaign_id, {})
         owners = self._dedupe.setdefault(campaign_id, {})
         ids = self._ids.setdefault(campaign_id, [])
@@ -202,13 +200,7 @@ class MemoryStore(StoreBase):
                 ex = self._rows[existing_id]
                 results.append(AdmitResult(id=ex.id, row=ex.row, state=ex.state, reason=ex.reason))
                 continue
-            state, reason = r.state, r.reason
-            if state is RowState.PENDING and r.key is not None:
-                owner = owners.get(r.key)
-                if owner is None:
-                    owners[r.key] = r.row
-                else:
-                    state, reason = RowState.SKIPPED, duplicate_reason(owner)
+            state, reason, _ = admitted_as(r, owners)
             row_id = self._next_id
             self._next_id += 1
             self._rows[row_id] = RecipientRow(
@@ -308,38 +300,31 @@ class MemoryStore(StoreBase):
                 break
         return claimed
 
-    async def renew(self, *, worker_id: str, row_ids: Sequence[int], lease_s: float) -> set[int]:
-        """Extend this worker's leases on these rows; the ids still this worker's."""
+    async def _renew(self, worker_id: str, row_ids: list[int], lease_s: float) -> set[int]:
         await self._enter()
-        duration = check_lease_args(worker_id, lease_s)
-        expires = self._now() + duration
+        expires = self._now() + timedelta(seconds=lease_s)
         kept: set[int] = set()
-        for row_id in set(row_ids):
+        for row_id in row_ids:
             row = self._rows.get(row_id)
             if row is not None and row.lease_owner == worker_id:
                 self._rows[row_id] = replace(row, lease_expires_at=expires)
                 kept.add(row_id)
         return kept
 
-    async def release(self, *, worker_id: str, row_ids: Sequence[int]) -> None:
-        """Give back this worker's leases on these rows."""
+    async def _release(self, worker_id: str, row_ids: list[int]) -> None:
         await self._enter()
-        if not worker_id:
-            raise StoreError("worker_id must not be empty")
-        for row_id in set(row_ids):
+        for row_id in row_ids:
             row = self._rows.get(row_id)
             if row is not None and row.lease_owner == worker_id:
                 self._rows[row_id] = replace(row, lease_owner="", lease_expires_at=None)
 
-    async def acquire_role(self, campaign_id: str, role: str, *, worker_id: str, ttl_s: float) -> bool:
-        """Take or renew the campaign role for ``ttl_s``; False if another live worker holds it."""
+    async def _acquire_role(self, campaign_id: str, role: str, worker_id: str, ttl_s: float) -> bool:
         await self._enter()
-        duration = check_lease_args(worker_id, ttl_s, "ttl_s")
         now = self._now()
         held = self._roles.get((campaign_id, role))
         if held is not None and held.owner != worker_id and held.expires_at > now:
             return False
-        self._roles[(campaign_id, role)] = _Role(owner=worker_id, expires_at=now + duration)
+        self._roles[(campaign_id, role)] = _Role(owner=worker_id, expires_at=now + timedelta(seconds=ttl_s))
         return True
 
     async def release_role(self, campaign_id: str, role: str, *, worker_id: str) -> None:

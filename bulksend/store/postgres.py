@@ -54,10 +54,10 @@ from bulksend.store.rules import (
     ROW_WRITES,
     TO_FINAL,
     RowWrite,
+    admitted_as,
     check_finalisable,
     check_lease_args,
-    check_new_rows,
-    duplicate_reason,
+    checked_payloads,
     encode_json,
     final_values,
     row_write_refusal,
@@ -557,9 +557,8 @@ class PostgresStore(SqlStore):
 
         One multi-row INSERT for the whole call, under a per-campaign advisory lock.
         """
-        check_new_rows(rows)
         # Encoded here, before any round trip, so a bad payload fails with nothing written.
-        blobs = [encode_json(r.payload, f"payload of row {r.row}").decode() for r in rows]
+        blobs = [blob.decode() for blob in checked_payloads(rows)]
         rows = list(rows)
         s = self._s
         inserted_count = 0
@@ -604,14 +603,7 @@ class PostgresStore(SqlStore):
             for r, blob in zip(rows, blobs, strict=True):
                 if r.row in done or r.row in planned:
                     continue
-                state, reason, dedupe = r.state, r.reason, None
-                if state is RowState.PENDING and r.key is not None:
-                    owner = owners.get(r.key)
-                    if owner is None:
-                        owners[r.key] = r.row
-                        dedupe = r.key
-                    else:
-                        state, reason = RowState.SKIPPED, duplicate_reason(owner)
+                state, reason, dedupe = admitted_as(r, owners)
                 planned[r.row] = (state, reason)
                 for col, value in zip(
                     cols, (r.row, r.email, r.name, r.key, dedupe, state.value, reason, blob), strict=True
@@ -732,10 +724,7 @@ class PostgresStore(SqlStore):
 
         return await self._transaction(tx)
 
-    async def renew(self, *, worker_id: str, row_ids: Sequence[int], lease_s: float) -> set[int]:
-        """Extend this worker's leases on these rows to now + ``lease_s``; the ids still this worker's."""
-        check_lease_args(worker_id, lease_s)
-        ids = sorted(set(row_ids))
+    async def _renew(self, worker_id: str, row_ids: list[int], lease_s: float) -> set[int]:
         now = self._now()
 
         async def tx(conn: Connection) -> set[int]:
@@ -743,7 +732,7 @@ class PostgresStore(SqlStore):
                 f"UPDATE {self._s}.recipients "
                 f"SET lease_expires_at = {_NOW % 3} + $4::float8 * interval '1 second' "
                 "WHERE id = ANY($1::bigint[]) AND lease_owner = $2 RETURNING id",
-                ids,
+                row_ids,
                 worker_id,
                 now,
                 float(lease_s),
@@ -752,25 +741,18 @@ class PostgresStore(SqlStore):
 
         return await self._transaction(tx)
 
-    async def release(self, *, worker_id: str, row_ids: Sequence[int]) -> None:
-        """Give back this worker's leases on these rows (others' are left alone)."""
-        if not worker_id:
-            raise StoreError("worker_id must not be empty")
-        ids = sorted(set(row_ids))
-
+    async def _release(self, worker_id: str, row_ids: list[int]) -> None:
         async def tx(conn: Connection) -> None:
             await conn.execute(
                 f"UPDATE {self._s}.recipients SET lease_owner = '', lease_expires_at = NULL "
                 "WHERE id = ANY($1::bigint[]) AND lease_owner = $2",
-                ids,
+                row_ids,
                 worker_id,
             )
 
         await self._transaction(tx)
 
-    async def acquire_role(self, campaign_id: str, role: str, *, worker_id: str, ttl_s: float) -> bool:
-        """Take or renew the campaign role for ``ttl_s``; False if another live worker holds it."""
-        check_lease_args(worker_id, ttl_s, "ttl_s")
+    async def _acquire_role(self, campaign_id: str, role: str, worker_id: str, ttl_s: float) -> bool:
         now = self._now()
 
         async def tx(conn: Connection) -> bool:

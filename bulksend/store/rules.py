@@ -32,10 +32,11 @@ __all__ = [
     "TO_SKIPPED",
     "TO_SUBMITTED",
     "RowWrite",
+    "admitted_as",
     "check_finalisable",
     "check_lease_args",
-    "check_new_rows",
     "check_transition",
+    "checked_payloads",
     "duplicate_reason",
     "encode_json",
     "final_problems",
@@ -83,11 +84,26 @@ def check_transition(row_id: int, current: RowState, target: RowState) -> None:
         raise StoreError(f"row {row_id}: illegal transition {current.value} → {target.value}")
 
 
-def check_new_rows(rows: Sequence[NewRecipient]) -> None:
-    """Refuse rows that may not be admitted as given (before anything is written)."""
+def checked_payloads(rows: Sequence[NewRecipient]) -> list[bytes]:
+    """The JSON payloads of rows to admit; ``StoreError`` for a row that may not be admitted as
+    given or a payload that is not JSON. Called before anything is written."""
     for r in rows:
         if r.state not in ADMIT_STATES:
             raise StoreError(f"row {r.row}: cannot admit a row in state {r.state.value}")
+    return [encode_json(r.payload, f"payload of row {r.row}") for r in rows]
+
+
+def admitted_as(r: NewRecipient, owners: dict[str, int]) -> tuple[RowState, str, str | None]:
+    """The state, reason and dedupe key a new row is admitted with: the first pending row with a
+    key owns it, a later one is skipped. ``owners`` maps the campaign's owned keys to their input
+    rows, and gains the row's key when the row takes it."""
+    if r.state is RowState.PENDING and r.key is not None:
+        owner = owners.get(r.key)
+        if owner is not None:
+            return RowState.SKIPPED, duplicate_reason(owner), None
+        owners[r.key] = r.row
+        return r.state, r.reason, r.key
+    return r.state, r.reason, None
 
 
 def check_lease_args(worker_id: str, seconds: float, what: str = "lease_s") -> timedelta:

@@ -68,10 +68,9 @@ from bulksend.store.rules import (
     TO_SENDING,
     TO_SUBMITTED,
     RowWrite,
+    admitted_as,
     check_finalisable,
-    check_lease_args,
-    check_new_rows,
-    duplicate_reason,
+    checked_payloads,
     encode_json,
     final_values,
     row_write_refusal,
@@ -825,9 +824,8 @@ class SqliteStore(SqlStore):
     # -- admission ---------------------------------------------------------------------------
     async def admit(self, campaign_id: str, rows: Sequence[NewRecipient]) -> list[AdmitResult]:
         """Insert rows durably in one commit; idempotent on ``row``; first pending row with a key wins it."""
-        check_new_rows(rows)
         # Encoded here, on the caller's side, so a bad payload fails before anything is queued.
-        blobs = [encode_json(r.payload, f"payload of row {r.row}").decode() for r in rows]
+        blobs = [blob.decode() for blob in checked_payloads(rows)]
         rows = list(rows)
 
         def op(conn: sqlite3.Connection) -> list[AdmitResult]:
@@ -861,14 +859,7 @@ class SqliteStore(SqlStore):
                 if existing is not None:  # admitted before (resume) or earlier in this call
                     results.append(existing)
                     continue
-                state, reason, dedupe = r.state, r.reason, None
-                if state is RowState.PENDING and r.key is not None:
-                    owner = owners.get(r.key)
-                    if owner is None:
-                        owners[r.key] = r.row
-                        dedupe = r.key
-                    else:
-                        state, reason = RowState.SKIPPED, duplicate_reason(owner)
+                state, reason, dedupe = admitted_as(r, owners)
                 inserts.append(
                     (next_id, campaign_id, r.row, r.email, r.name, r.key, dedupe, state.value, reason, blob)
                 )
@@ -931,15 +922,12 @@ class SqliteStore(SqlStore):
 
         return await self._write(op, single_write=True)
 
-    async def renew(self, *, worker_id: str, row_ids: Sequence[int], lease_s: float) -> set[int]:
-        """Extend this worker's leases on these rows to now + ``lease_s``; the ids still this worker's."""
-        duration = check_lease_args(worker_id, lease_s)
-        expires_text = _dt_text(utc(self._clock()) + duration)
-        ids = sorted(set(row_ids))
+    async def _renew(self, worker_id: str, row_ids: list[int], lease_s: float) -> set[int]:
+        expires_text = _dt_text(utc(self._clock()) + timedelta(seconds=lease_s))
 
         def op(conn: sqlite3.Connection) -> set[int]:
             kept: set[int] = set()
-            for chunk in _chunks(ids):
+            for chunk in _chunks(row_ids):
                 cur = conn.execute(
                     "UPDATE recipients SET lease_expires_at = ? "
                     f"WHERE lease_owner = ? AND id IN ({_marks(len(chunk))}) RETURNING id",
@@ -950,14 +938,9 @@ class SqliteStore(SqlStore):
 
         return await self._write(op)
 
-    async def release(self, *, worker_id: str, row_ids: Sequence[int]) -> None:
-        """Give back this worker's leases on these rows (others' are left alone)."""
-        if not worker_id:
-            raise StoreError("worker_id must not be empty")
-        ids = sorted(set(row_ids))
-
+    async def _release(self, worker_id: str, row_ids: list[int]) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            for chunk in _chunks(ids):
+            for chunk in _chunks(row_ids):
                 conn.execute(
                     "UPDATE recipients SET lease_owner = '', lease_expires_at = NULL "
                     f"WHERE lease_owner = ? AND id IN ({_marks(len(chunk))})",
@@ -966,11 +949,9 @@ class SqliteStore(SqlStore):
 
         await self._write(op)
 
-    async def acquire_role(self, campaign_id: str, role: str, *, worker_id: str, ttl_s: float) -> bool:
-        """Take or renew the campaign role for ``ttl_s``; False if another live worker holds it."""
-        duration = check_lease_args(worker_id, ttl_s, "ttl_s")
+    async def _acquire_role(self, campaign_id: str, role: str, worker_id: str, ttl_s: float) -> bool:
         now = utc(self._clock())
-        now_text, expires_text = _dt_text(now), _dt_text(now + duration)
+        now_text, expires_text = _dt_text(now), _dt_text(now + timedelta(seconds=ttl_s))
 
         def op(conn: sqlite3.Connection) -> bool:
             # One upsert: insert, or take over when the holder is us or its lease has run out.
