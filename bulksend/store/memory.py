@@ -22,7 +22,7 @@ import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.lowlevel
 import orjson
@@ -32,8 +32,6 @@ from bulksend.store.base import (
     AdmitResult,
     CampaignRecord,
     CampaignState,
-    FinalUpdate,
-    NewRecipient,
     RecipientRow,
     RowState,
 )
@@ -41,7 +39,6 @@ from bulksend.store.core import StoreBase
 from bulksend.store.rules import (
     FINALISABLE_STATES,
     KEY_RELEASING_STATES,
-    RowWrite,
     admitted_as,
     check_finalisable,
     check_transition,
@@ -53,6 +50,10 @@ from bulksend.store.rules import (
     utc,
     utc_or_none,
 )
+
+if TYPE_CHECKING:
+    from bulksend.store.base import FinalUpdate, NewRecipient
+    from bulksend.store.rules import RowWrite
 
 __all__ = ["MemoryStore"]
 

@@ -44,8 +44,6 @@ from bulksend.store.base import (
     AdmitResult,
     CampaignRecord,
     CampaignState,
-    FinalUpdate,
-    NewRecipient,
     RecipientRow,
     RowState,
 )
@@ -53,7 +51,6 @@ from bulksend.store.migrations.postgres import MIGRATIONS, SCHEMA_VERSION, migra
 from bulksend.store.rules import (
     ROW_WRITES,
     TO_FINAL,
-    RowWrite,
     admitted_as,
     check_finalisable,
     check_lease_args,
@@ -84,6 +81,9 @@ __all__ = [
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
+
+    from bulksend.store.base import FinalUpdate, NewRecipient
+    from bulksend.store.rules import RowWrite
 
     Connection: TypeAlias = PoolConnectionProxy[asyncpg.Record]
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from os import PathLike, fspath
 from pathlib import Path
-from typing import Any, Final, Literal, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -52,8 +52,6 @@ from bulksend.store.base import (
     AdmitResult,
     CampaignRecord,
     CampaignState,
-    FinalUpdate,
-    NewRecipient,
     RecipientRow,
     RowState,
     SendRecord,
@@ -67,7 +65,6 @@ from bulksend.store.rules import (
     TO_FINAL,
     TO_SENDING,
     TO_SUBMITTED,
-    RowWrite,
     admitted_as,
     check_finalisable,
     checked_payloads,
@@ -83,6 +80,10 @@ from bulksend.store.sql import (
     SqlStore,
     sqlite_update,
 )
+
+if TYPE_CHECKING:
+    from bulksend.store.base import FinalUpdate, NewRecipient
+    from bulksend.store.rules import RowWrite
 
 __all__ = ["JOURNAL_SUFFIX", "MIGRATIONS", "SCHEMA_VERSION", "Durability", "SqliteStore"]
 
