@@ -45,6 +45,7 @@ from bulksend.tem.config import TemSettings
 from scripts.chaos import _drain, start_sender
 from scripts.scale import run_scale
 from tests.conftest import PROJECT, SECRET, CampaignWriter, run_once
+from tests.stores import scratch_schema
 from tests.waiting import wait_until
 
 DSN = os.environ.get("BULKSEND_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -55,13 +56,8 @@ DSN_WITH_PASSWORD = DSN.replace("postgres@", "postgres:hunter2-pw@", 1)
 
 @pytest.fixture
 async def schema() -> AsyncIterator[str]:
-    name = f"bulksend_wk_{uuid.uuid4().hex[:12]}"
-    yield name
-    conn = await asyncpg.connect(DSN)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await conn.close()
+    async with scratch_schema("bulksend_wk") as name:
+        yield name
 
 
 # -- campaign identity ---------------------------------------------------------------------------
