@@ -7,20 +7,20 @@ These tests need a server: ``BULKSEND_TEST_POSTGRES_DSN`` (default
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import anyio
+import anyio.abc
 import asyncpg
 import pytest
 
 from bulksend.errors import StoreError
 from bulksend.store import LeaseLostError, NewRecipient, RowState
 from bulksend.store.postgres import SCHEMA_VERSION, PostgresStore, redact_dsn
+from tests.stores import POSTGRES_DSN, scratch_schema
 
-DSN = os.environ.get("BULKSEND_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+DSN = POSTGRES_DSN
 NOW = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 CAMPAIGN = "c"
 
@@ -34,13 +34,8 @@ def recipients(n: int, start: int = 1) -> list[NewRecipient]:
 
 @pytest.fixture
 async def schema() -> AsyncIterator[str]:
-    name = f"bulksend_test_{uuid.uuid4().hex}"
-    yield name
-    conn = await asyncpg.connect(DSN)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await conn.close()
+    async with scratch_schema() as name:
+        yield name
 
 
 @pytest.fixture
@@ -82,6 +77,24 @@ class RowLock:
 
     async def release(self) -> None:
         await self.tx.commit()
+
+
+@pytest.fixture
+def lock(admin: asyncpg.Connection[asyncpg.Record], schema: str) -> RowLock:
+    return RowLock(admin, schema)
+
+
+async def admitted(store: PostgresStore, n: int) -> list[int]:
+    """The ids of ``n`` new rows of the campaign."""
+    return [r.id for r in await store.admit(CAMPAIGN, recipients(n))]
+
+
+async def stall_flush(tg: anyio.abc.TaskGroup, store: PostgresStore, lock: RowLock, row_id: int) -> None:
+    """Lock the row and start a write of it: the flush that write leads waits on the lock, so the
+    writes started after it queue up until ``lock.release()``."""
+    await lock.hold(row_id)
+    tg.start_soon(lambda: store.mark_sending(row_id, started_at=NOW, correlation="first"))
+    await anyio.wait_all_tasks_blocked()
 
 
 # -- schema and connection -------------------------------------------------------------------
@@ -153,18 +166,13 @@ def test_redact_dsn() -> None:
 
 
 # -- group commit ----------------------------------------------------------------------------
-async def test_writes_queued_behind_a_flush_share_one_commit(
-    store: PostgresStore, schema: str, admin: asyncpg.Connection[asyncpg.Record]
-) -> None:
+async def test_writes_queued_behind_a_flush_share_one_commit(store: PostgresStore, lock: RowLock) -> None:
     """Writes that queue while a flush is in progress are committed together, in one transaction."""
-    ids = [r.id for r in await store.admit(CAMPAIGN, recipients(41))]
-    lock = RowLock(admin, schema)
-    await lock.hold(ids[0])
+    ids = await admitted(store, 41)
     before = store.commits
     async with anyio.create_task_group() as tg:
         # The first write leads a flush that waits on the locked row…
-        tg.start_soon(lambda: store.mark_sending(ids[0], started_at=NOW, correlation="first"))
-        await anyio.wait_all_tasks_blocked()
+        await stall_flush(tg, store, lock, ids[0])
         # …and these forty queue up behind it.
         for row_id in ids[1:]:
             tg.start_soon(send, store, row_id)
@@ -174,15 +182,12 @@ async def test_writes_queued_behind_a_flush_share_one_commit(
     assert await store.counts(CAMPAIGN) == {"sending": 41}
 
 
-async def test_failures_in_a_batch_fail_alone(
-    store: PostgresStore, schema: str, admin: asyncpg.Connection[asyncpg.Record]
-) -> None:
+async def test_failures_in_a_batch_fail_alone(store: PostgresStore, lock: RowLock) -> None:
     """In one group commit, an illegal transition, an unknown row and a stale lease fail; the rest commits."""
-    ids = [r.id for r in await store.admit(CAMPAIGN, recipients(6))]
+    ids = await admitted(store, 6)
     await store.mark_sending(ids[1], started_at=NOW, correlation="c")
     [held] = await store.claim(CAMPAIGN, worker_id="w1", limit=1, lease_s=30)
     assert held.id == ids[0]
-    lock = RowLock(admin, schema)
     await lock.hold(ids[5])
     outcomes: dict[str, BaseException | None] = {}
 
@@ -231,16 +236,11 @@ async def test_failures_in_a_batch_fail_alone(
     }
 
 
-async def test_two_writes_of_one_row_keep_their_order(
-    store: PostgresStore, schema: str, admin: asyncpg.Connection[asyncpg.Record]
-) -> None:
+async def test_two_writes_of_one_row_keep_their_order(store: PostgresStore, lock: RowLock) -> None:
     """Two queued writes of the same row go to separate batches, applied in call order."""
-    ids = [r.id for r in await store.admit(CAMPAIGN, recipients(2))]
-    lock = RowLock(admin, schema)
-    await lock.hold(ids[1])
+    ids = await admitted(store, 2)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: store.mark_sending(ids[1], started_at=NOW, correlation="c"))
-        await anyio.wait_all_tasks_blocked()
+        await stall_flush(tg, store, lock, ids[1])
         tg.start_soon(lambda: store.mark_sending(ids[0], started_at=NOW, correlation="c"))
         await anyio.wait_all_tasks_blocked()
         tg.start_soon(lambda: store.mark_submitted(ids[0], email_id="e", message_id="m", submitted_at=NOW))
@@ -251,16 +251,11 @@ async def test_two_writes_of_one_row_keep_their_order(
     assert (row.state, row.email_id) == (RowState.SUBMITTED, "e")
 
 
-async def test_cancelled_waiter_write_still_happens(
-    store: PostgresStore, schema: str, admin: asyncpg.Connection[asyncpg.Record]
-) -> None:
+async def test_cancelled_waiter_write_still_happens(store: PostgresStore, lock: RowLock) -> None:
     """A caller cancelled after its write was queued does not undo it: the write is committed later."""
-    ids = [r.id for r in await store.admit(CAMPAIGN, recipients(2))]
-    lock = RowLock(admin, schema)
-    await lock.hold(ids[0])
+    ids = await admitted(store, 2)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: store.mark_sending(ids[0], started_at=NOW, correlation="c"))
-        await anyio.wait_all_tasks_blocked()
+        await stall_flush(tg, store, lock, ids[0])
         scopes: list[anyio.CancelScope] = []
 
         async def queued() -> None:
@@ -285,7 +280,7 @@ async def test_without_group_commit_each_write_commits_alone(schema: str) -> Non
     """group_commit=False runs every per-row write in its own transaction."""
     async with PostgresStore(DSN, schema=schema, group_commit=False) as s:
         await s.create_campaign(CAMPAIGN, {})
-        ids = [r.id for r in await s.admit(CAMPAIGN, recipients(30))]
+        ids = await admitted(s, 30)
         before = s.commits
         async with anyio.create_task_group() as tg:
             for row_id in ids:
@@ -329,12 +324,9 @@ async def test_concurrent_admissions_of_one_campaign_keep_first_wins(
     assert sorted(owners) == sorted({f"k{i}@example.com" for i in range(50)})
 
 
-async def test_claim_skips_rows_locked_by_another_transaction(
-    store: PostgresStore, schema: str, admin: asyncpg.Connection[asyncpg.Record]
-) -> None:
+async def test_claim_skips_rows_locked_by_another_transaction(store: PostgresStore, lock: RowLock) -> None:
     """claim does not wait for a row another transaction holds (SKIP LOCKED): it takes the next ones."""
-    ids = [r.id for r in await store.admit(CAMPAIGN, recipients(4))]
-    lock = RowLock(admin, schema)
+    ids = await admitted(store, 4)
     await lock.hold(ids[0])
     try:
         with anyio.fail_after(10):

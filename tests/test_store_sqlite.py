@@ -23,6 +23,7 @@ from bulksend.sinks.outcomes import outcome_from_values, outcome_lines, outcome_
 from bulksend.store import FinalUpdate, LeaseLostError, NewRecipient, RowState, SqliteStore
 from bulksend.store.base import OutcomeValuesSource
 from bulksend.store.sqlite import _FINAL, _TO_SENDING, _TO_SUBMITTED, MIGRATIONS, SCHEMA_VERSION, Durability
+from tests.stores import hard_bounce
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +37,30 @@ async def opened(path: Path, *, durability: Durability = "full", busy_timeout_s:
     store = SqliteStore(path, durability=durability, busy_timeout_s=busy_timeout_s)
     await store.open()
     return store
+
+
+async def opened_with_rows(path: Path, n: int) -> tuple[SqliteStore, list[int]]:
+    """A store opened on ``path`` with campaign ``c`` of ``n`` rows, and the ids of the rows."""
+    store = await opened(path)
+    await store.create_campaign("c", {})
+    return store, [r.id for r in await store.admit("c", recipients(n))]
+
+
+def assert_fully_migrated(path: Path) -> set[str]:
+    """Check that the file went through every migration and has the outbox's indexes; its tables."""
+    with sqlite3.connect(path) as conn:
+        versions = [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY version")]
+        indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+    assert {
+        "ux_recipients_campaign_row",
+        "ux_recipients_campaign_dedupe",
+        "ix_recipients_campaign_state_id",
+        "ix_recipients_campaign_id",
+        "ix_recipients_email_id",
+    } <= indexes
+    return tables
 
 
 class WriterHold:
@@ -119,16 +144,7 @@ async def test_reopen_existing_schema_is_idempotent(tmp_path: Path) -> None:
         store = await opened(path)
         assert (await store.get_row(res.id)) is not None
         await store.close()
-    with sqlite3.connect(path) as conn:
-        versions = [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY version")]
-        indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert versions == list(range(1, SCHEMA_VERSION + 1))
-    assert {
-        "ux_recipients_campaign_row",
-        "ux_recipients_campaign_dedupe",
-        "ix_recipients_campaign_state_id",
-        "ix_recipients_email_id",
-    } <= indexes
+    assert_fully_migrated(path)
     assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -199,19 +215,7 @@ async def test_v2_database_is_rebuilt_to_v3_with_every_column_kept(tmp_path: Pat
         assert [r.id async for r in store.iter_rows("old", states=[RowState.PENDING])] == [8]
     finally:
         await store.close()
-    with sqlite3.connect(path) as conn:
-        versions = [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY version")]
-        indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-        tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert versions == list(range(1, SCHEMA_VERSION + 1))
-    assert {
-        "ux_recipients_campaign_row",
-        "ux_recipients_campaign_dedupe",
-        "ix_recipients_campaign_state_id",
-        "ix_recipients_campaign_id",
-        "ix_recipients_email_id",
-    } <= indexes
-    assert "recipients_v3" not in tables
+    assert "recipients_v3" not in assert_fully_migrated(path)
 
 
 async def test_two_instances_open_one_new_file(tmp_path: Path) -> None:
@@ -357,16 +361,7 @@ async def test_outcome_values_give_the_same_lines_as_full_rows(tmp_path: Path) -
         await store.mark_final(
             [
                 FinalUpdate(id=ids[3], status="sent", try_count=1, final_at=whole),
-                FinalUpdate(
-                    id=ids[4],
-                    status="failed",
-                    flags=("hard_bounce", "mailbox_not_found"),
-                    status_details="mailbox unavailable",
-                    smtp_code=550,
-                    smtp_message="5.1.1 no such user",
-                    try_count=2,
-                    final_at=fraction,
-                ),
+                hard_bounce(ids[4], fraction),
                 FinalUpdate(id=ids[5], status="unknown", final_at=fraction, reason="still not final"),
             ]
         )
@@ -386,9 +381,7 @@ async def test_outcome_values_give_the_same_lines_as_full_rows(tmp_path: Path) -
 async def test_failed_operation_fails_only_itself(tmp_path: Path) -> None:
     """An illegal transition in a batch fails its own caller while the rest of the batch commits."""
     path = tmp_path / "o.db"
-    store = await opened(path)
-    await store.create_campaign("c", {})
-    ids = [r.id for r in await store.admit("c", recipients(6))]
+    store, ids = await opened_with_rows(path, 6)
     await store.mark_sending(ids[0], started_at=NOW, correlation="first")
     hold = WriterHold(store)
     outcomes: dict[int, str] = {}
@@ -519,9 +512,7 @@ async def test_locked_database_fails_writes_then_recovers(tmp_path: Path) -> Non
 async def test_close_flushes_queued_writes(tmp_path: Path) -> None:
     """close() commits writes already queued before it stops the writer."""
     path = tmp_path / "o.db"
-    store = await opened(path)
-    await store.create_campaign("c", {})
-    ids = [r.id for r in await store.admit("c", recipients(50))]
+    store, ids = await opened_with_rows(path, 50)
     hold = WriterHold(store)
     async with anyio.create_task_group() as tg:
         await hold.start(tg)
