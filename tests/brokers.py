@@ -31,7 +31,7 @@ NATS_URL = "nats://127.0.0.1:4222"
 RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
-S = TypeVar("S", bound=BrokerSource[Any])
+S = TypeVar("S", bound=BrokerSource[Any, Any])
 
 
 class Harness(Generic[S]):

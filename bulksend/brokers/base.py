@@ -31,6 +31,7 @@ import os
 import socket
 import typing
 import unicodedata
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, Final, Generic, Literal, Protocol, Self, TypeVar, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
@@ -54,6 +55,7 @@ __all__ = [
     "BrokerSource",
     "ConfigReader",
     "Delivery",
+    "Inbox",
     "JobSource",
     "OpenClose",
     "PublishThenAck",
@@ -426,6 +428,7 @@ class BrokerSettings:
 
     where: ClassVar[str]
     url: str
+    connect_timeout_s: float
 
     @classmethod
     def from_mapping(cls, cfg: Any) -> Self:
@@ -453,19 +456,26 @@ class BrokerSettings:
 
 
 ConfigT = TypeVar("ConfigT", bound=BrokerSettings)
+ConnT = TypeVar("ConnT")
 
 
-class BrokerClient(OpenClose, Generic[ConfigT]):
-    """A source or publisher of one broker: its settings, its label and a repr without secrets.
+class BrokerClient(OpenClose, Generic[ConfigT, ConnT]):
+    """A source or publisher of one broker: its settings, its connection, its label and a repr
+    without secrets.
 
-    Subclasses set ``config_type`` (their :class:`BrokerSettings`) and implement ``name`` and
-    ``_is_open``.
+    Subclasses set ``config_type`` (their :class:`BrokerSettings`) and ``errors`` (the client
+    library's exceptions for a broker that is gone or refuses), and implement ``name``,
+    ``_connect`` and ``_disconnect(conn)``, and ``_setup(conn)`` when something must exist before
+    use. ``open`` connects and sets up, closing the connection again if the set-up fails; while
+    open, the connection is ``_conn``.
     """
 
     config_type: ClassVar[type[Any]]  # type[ConfigT], which a ClassVar cannot spell
+    errors: ClassVar[ErrorTypes]
 
     def __init__(self, config: ConfigT | None = None) -> None:
         self.config: ConfigT = config if config is not None else self.config_type()
+        self._conn: ConnT | None = None
 
     @classmethod
     def from_config(cls, cfg: Any) -> Self:
@@ -476,8 +486,33 @@ class BrokerClient(OpenClose, Generic[ConfigT]):
     def name(self) -> str:
         raise NotImplementedError
 
-    def _is_open(self) -> bool:
+    async def open(self) -> None:
+        if self._conn is not None:
+            return
+        conn = await self._connect()
+        try:
+            await self._setup(conn)
+        except BaseException:
+            await self._disconnect(conn)
+            raise
+        self._conn = conn
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._disconnect(conn)
+
+    async def _connect(self) -> ConnT:
         raise NotImplementedError
+
+    async def _setup(self, conn: ConnT) -> None:
+        """Declare what must exist before use, on a new connection (nothing by default)."""
+
+    async def _disconnect(self, conn: ConnT) -> None:
+        raise NotImplementedError
+
+    def _is_open(self) -> bool:
+        return self._conn is not None
 
     def _require(self, handle: T | None) -> T:
         """``handle`` (a connection, channel or context set by ``open``), or the error of a closed one."""
@@ -490,7 +525,7 @@ class BrokerClient(OpenClose, Generic[ConfigT]):
         return f"{type(self).__name__}({self.name!r}, url={redact_url(self.config.url)!r}, {state})"
 
 
-class BrokerSource(BrokerClient[ConfigT]):
+class BrokerSource(BrokerClient[ConfigT, ConnT]):
     """A :class:`JobSource` of a network broker: ``receive`` checks, then calls ``_receive`` alone.
 
     Subclasses implement ``_receive(max_messages, timeout_s)``, which runs under a lock (one
@@ -513,14 +548,9 @@ class BrokerSource(BrokerClient[ConfigT]):
         raise NotImplementedError
 
 
-class BrokerPublisher(BrokerClient[ConfigT]):
-    """A :class:`ResultPublisher` of a network broker: ``publish`` encodes, ``_send`` sends.
-
-    ``errors`` are the client library's exceptions for a broker that is gone or refuses; they
-    become a :class:`BrokerError`.
-    """
-
-    errors: ClassVar[ErrorTypes]
+class BrokerPublisher(BrokerClient[ConfigT, ConnT]):
+    """A :class:`ResultPublisher` of a network broker: ``publish`` encodes, ``_send`` sends; the
+    client's ``errors`` become a :class:`BrokerError`."""
 
     async def publish(self, outcome: Mapping[str, Any]) -> None:
         if not self._is_open():
@@ -535,6 +565,41 @@ class BrokerPublisher(BrokerClient[ConfigT]):
 
     async def _send(self, body: bytes) -> None:
         raise NotImplementedError
+
+
+class Inbox(Generic[T]):
+    """Messages a client library pushes from its callback, waiting for the one task that reads them."""
+
+    def __init__(self) -> None:
+        self._items: deque[T] = deque()
+        self._arrived: anyio.Event | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def put(self, item: T) -> None:
+        """Add ``item``: a coroutine, so that it can be the client library's message callback."""
+        self._items.append(item)
+        if self._arrived is not None:
+            self._arrived.set()
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Wait at most ``timeout_s`` seconds for a message to be there; whether one is."""
+        with anyio.move_on_after(max(0.0, timeout_s)):
+            while not self._items:
+                self._arrived = anyio.Event()
+                try:
+                    await self._arrived.wait()
+                finally:
+                    self._arrived = None
+        return bool(self._items)
+
+    def popleft(self) -> T:
+        """The oldest message (the inbox must not be empty)."""
+        return self._items.popleft()
+
+    def clear(self) -> None:
+        self._items.clear()
 
 
 class BrokerDelivery(BaseDelivery):

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, TypeVar
 from urllib.parse import quote
 
 import anyio
@@ -35,11 +33,13 @@ from nats.js.api import (
 from nats.js.client import JetStreamContext
 
 from bulksend.brokers.base import (
+    BrokerClient,
     BrokerError,
     BrokerPublisher,
     BrokerSettings,
     BrokerSource,
     Delivery,
+    Inbox,
     PublishThenAck,
     connect_error,
     redact_url,
@@ -98,43 +98,11 @@ def subject_matches(pattern: str, subject: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class NatsSourceConfig(BrokerSettings):
-    """Settings of a :class:`NatsSource` (its docstring describes each key)."""
-
-    where: ClassVar[str] = "job source (nats)"
+class NatsSettings(BrokerSettings):
+    """The settings a NATS source and publisher share: the server and the connection timeout."""
 
     url: str = field(default="nats://127.0.0.1:4222", repr=False)
-    stream: str = "BULKSEND_JOBS"
-    subject: str = "bulksend.jobs"
-    durable: str = "bulksend"
-    dead_letter_subject: str = "bulksend.jobs.dlq"
-    dead_letter_stream: str = ""
-    max_ack_pending: int = 1000
-    ack_wait_s: float = 60.0
     connect_timeout_s: float = 5.0
-
-    def __post_init__(self) -> None:
-        where = self.where
-        if not self.dead_letter_stream:
-            object.__setattr__(self, "dead_letter_stream", f"{self.stream}_DLQ")
-        for key in ("stream", "durable", "dead_letter_stream"):
-            if not _NAME_RE.match(getattr(self, key)):
-                raise ConfigError(f"{where}: {key} may only hold letters, digits, '_' and '-'")
-        for key in ("subject", "dead_letter_subject"):
-            if not _SUBJECT_RE.match(getattr(self, key)):
-                raise ConfigError(f"{where}: {key} must be a NATS subject such as 'bulksend.jobs'")
-        if any(t in ("*", ">") for t in self.dead_letter_subject.split(".")):
-            raise ConfigError(f"{where}: dead_letter_subject must not contain wildcards")
-        if subject_matches(self.subject, self.dead_letter_subject):
-            raise ConfigError(
-                f"{where}: subject {self.subject!r} matches dead_letter_subject "
-                f"{self.dead_letter_subject!r}, so dead letters would come back as jobs; "
-                "pick a dead-letter subject outside the job subject"
-            )
-        if self.max_ack_pending < 1:
-            raise ConfigError(f"{where}: max_ack_pending must be >= 1")
-        if self.ack_wait_s <= 0 or self.connect_timeout_s <= 0:
-            raise ConfigError(f"{where}: ack_wait_s and connect_timeout_s must be > 0")
 
 
 async def connect_nats(url: str, *, connect_timeout_s: float, name: str = "bulksend") -> NatsClient:
@@ -176,6 +144,63 @@ async def connect_nats(url: str, *, connect_timeout_s: float, name: str = "bulks
     nc.options["max_reconnect_attempts"] = -1
     nc.options["reconnect_time_wait"] = 2.0
     return nc
+
+
+NatsSettingsT = TypeVar("NatsSettingsT", bound=NatsSettings)
+
+
+class NatsConnection(BrokerClient[NatsSettingsT, NatsClient]):
+    """How a NATS source or publisher connects (:func:`connect_nats`) and disconnects."""
+
+    errors = _NATS_ERRORS
+
+    async def _connect(self) -> NatsClient:
+        return await connect_nats(self.config.url, connect_timeout_s=self.config.connect_timeout_s)
+
+    async def _disconnect(self, conn: NatsClient) -> None:
+        # Acks and publishes are written asynchronously: flush so the ones already "sent" reach
+        # the server.
+        with contextlib.suppress(*_NATS_ERRORS), anyio.move_on_after(2.0):
+            await conn.flush(timeout=2)
+        await conn.close()
+
+
+@dataclass(frozen=True, slots=True)
+class NatsSourceConfig(NatsSettings):
+    """Settings of a :class:`NatsSource` (its docstring describes each key)."""
+
+    where: ClassVar[str] = "job source (nats)"
+
+    stream: str = "BULKSEND_JOBS"
+    subject: str = "bulksend.jobs"
+    durable: str = "bulksend"
+    dead_letter_subject: str = "bulksend.jobs.dlq"
+    dead_letter_stream: str = ""
+    max_ack_pending: int = 1000
+    ack_wait_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        where = self.where
+        if not self.dead_letter_stream:
+            object.__setattr__(self, "dead_letter_stream", f"{self.stream}_DLQ")
+        for key in ("stream", "durable", "dead_letter_stream"):
+            if not _NAME_RE.match(getattr(self, key)):
+                raise ConfigError(f"{where}: {key} may only hold letters, digits, '_' and '-'")
+        for key in ("subject", "dead_letter_subject"):
+            if not _SUBJECT_RE.match(getattr(self, key)):
+                raise ConfigError(f"{where}: {key} must be a NATS subject such as 'bulksend.jobs'")
+        if any(t in ("*", ">") for t in self.dead_letter_subject.split(".")):
+            raise ConfigError(f"{where}: dead_letter_subject must not contain wildcards")
+        if subject_matches(self.subject, self.dead_letter_subject):
+            raise ConfigError(
+                f"{where}: subject {self.subject!r} matches dead_letter_subject "
+                f"{self.dead_letter_subject!r}, so dead letters would come back as jobs; "
+                "pick a dead-letter subject outside the job subject"
+            )
+        if self.max_ack_pending < 1:
+            raise ConfigError(f"{where}: max_ack_pending must be >= 1")
+        if self.ack_wait_s <= 0 or self.connect_timeout_s <= 0:
+            raise ConfigError(f"{where}: ack_wait_s and connect_timeout_s must be > 0")
 
 
 # Printable ASCII stays as it is; "%" and anything else is percent-encoded (UTF-8).
@@ -245,7 +270,7 @@ class NatsDelivery(PublishThenAck):
         )
 
 
-class NatsSource(BrokerSource[NatsSourceConfig]):
+class NatsSource(NatsConnection[NatsSourceConfig], BrokerSource[NatsSourceConfig, NatsClient]):
     """A :class:`~bulksend.brokers.base.JobSource` over a JetStream durable pull consumer.
 
     Configuration (``kind = "nats"``):
@@ -307,7 +332,6 @@ class NatsSource(BrokerSource[NatsSourceConfig]):
 
     def __init__(self, config: NatsSourceConfig | None = None) -> None:
         super().__init__(config)
-        self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._sub: Subscription | None = None
         self._inbox = ""
@@ -315,34 +339,21 @@ class NatsSource(BrokerSource[NatsSourceConfig]):
         # Replies to our pull requests (jobs and status messages), filled by the subscription's
         # callback and read only by receive(). Jobs left here between calls come from a request
         # whose end was not seen (a disconnect); they are handed out first next time.
-        self._replies: deque[Msg] = deque()
-        self._reply_event: anyio.Event | None = None
-        self._closed = False
+        self._replies: Inbox[Msg] = Inbox()
 
     @property
     def name(self) -> str:
         return f"nats:{self.config.stream}/{self.config.durable}"
 
-    def _is_open(self) -> bool:
-        return self._nc is not None and not self._closed
-
-    async def open(self) -> None:
-        if self._nc is not None:
-            return
-        cfg = self.config
-        nc = await connect_nats(cfg.url, connect_timeout_s=cfg.connect_timeout_s)
-        try:
-            js = nc.jetstream(timeout=_REQUEST_TIMEOUT_S)
-            await self._ensure_stream(js)
-            await self._ensure_dead_letter_stream(js)
-            await self._ensure_consumer(js)
-            self._inbox = nc.new_inbox()
-            self._sub = await nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
-        except BaseException:
-            await nc.close()
-            raise
-        self._nc, self._js, self._closed = nc, js, False
-        log.info("nats source open", source=self.name, subject=cfg.subject)
+    async def _setup(self, conn: NatsClient) -> None:
+        js = conn.jetstream(timeout=_REQUEST_TIMEOUT_S)
+        await self._ensure_stream(js)
+        await self._ensure_dead_letter_stream(js)
+        await self._ensure_consumer(js)
+        self._inbox = conn.new_inbox()
+        self._sub = await conn.subscribe(f"{self._inbox}.*", cb=self._replies.put)
+        self._js = js
+        log.info("nats source open", source=self.name, subject=self.config.subject)
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
         cfg = self.config
@@ -426,35 +437,16 @@ class NatsSource(BrokerSource[NatsSourceConfig]):
             raise BrokerError(f"{self.name}: cannot {what}: {exc or type(exc).__name__}") from None
 
     async def close(self) -> None:
-        nc, self._nc, self._js, self._sub = self._nc, None, None, None
-        self._closed = True
+        self._js = self._sub = None
         self._replies.clear()
-        if nc is None:
-            return
-        try:
-            # Acks are written asynchronously: flush so the ones already "sent" reach the server.
-            with anyio.move_on_after(2.0):
-                await nc.flush(timeout=2)
-        except _NATS_ERRORS:
-            pass
-        await nc.close()
-        log.info("nats source closed", source=self.name)
-
-    async def _on_reply(self, msg: Msg) -> None:
-        self._replies.append(msg)
-        if self._reply_event is not None:
-            self._reply_event.set()
+        if self._conn is not None:
+            await super().close()
+            log.info("nats source closed", source=self.name)
 
     async def _next_reply(self, deadline: float) -> Msg | None:
-        while not self._replies:
-            remaining = deadline - anyio.current_time()
-            if remaining <= 0:
-                return None
-            self._reply_event = anyio.Event()
-            with anyio.move_on_after(remaining):
-                await self._reply_event.wait()
-            self._reply_event = None
-        return self._replies.popleft()
+        if await self._replies.wait(deadline - anyio.current_time()):
+            return self._replies.popleft()
+        return None
 
     async def _receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
         start = anyio.current_time()
@@ -482,7 +474,7 @@ class NatsSource(BrokerSource[NatsSourceConfig]):
 
     async def _pull(self, batch: int, *, expires_s: float, no_wait: bool) -> list[Msg]:
         """One pull request, followed to its end: ``batch`` jobs or the server's closing status."""
-        nc = self._require(self._nc)
+        nc = self._require(self._conn)
         cfg = self.config
         self._request_seq += 1
         reply = f"{self._inbox}.{self._request_seq}"
@@ -523,8 +515,8 @@ class NatsSource(BrokerSource[NatsSourceConfig]):
         return got
 
     async def healthy(self) -> bool:
-        nc = self._nc
-        return nc is not None and not self._closed and nc.is_connected
+        nc = self._conn
+        return nc is not None and nc.is_connected
 
     async def lag(self) -> int | None:
         js = self._js
@@ -542,17 +534,15 @@ class NatsSource(BrokerSource[NatsSourceConfig]):
 
 
 @dataclass(frozen=True, slots=True)
-class NatsResultConfig(BrokerSettings):
+class NatsResultConfig(NatsSettings):
     """Settings of a :class:`NatsResultPublisher`."""
 
     where: ClassVar[str] = "results (nats)"
 
-    url: str = field(default="nats://127.0.0.1:4222", repr=False)
     subject: str = "bulksend.results"
-    connect_timeout_s: float = 5.0
 
 
-class NatsResultPublisher(BrokerPublisher[NatsResultConfig]):
+class NatsResultPublisher(NatsConnection[NatsResultConfig], BrokerPublisher[NatsResultConfig, NatsClient]):
     """Outcomes to a NATS subject (through JetStream when a stream captures it).
 
     Configuration (``kind = "nats"``, under ``[results]``):
@@ -569,30 +559,22 @@ class NatsResultPublisher(BrokerPublisher[NatsResultConfig]):
     """
 
     config_type = NatsResultConfig
-    errors = _NATS_ERRORS
 
     def __init__(self, config: NatsResultConfig | None = None) -> None:
         super().__init__(config)
-        self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
 
     @property
     def name(self) -> str:
         return f"nats:{self.config.subject}"
 
-    def _is_open(self) -> bool:
-        return self._nc is not None
-
     @property
     def uses_jetstream(self) -> bool:
         """Whether publishes go through JetStream (a stream captured the subject at open)."""
         return self._js is not None
 
-    async def open(self) -> None:
-        if self._nc is not None:
-            return
-        nc = await connect_nats(self.config.url, connect_timeout_s=self.config.connect_timeout_s)
-        js = nc.jetstream(timeout=_REQUEST_TIMEOUT_S)
+    async def _setup(self, conn: NatsClient) -> None:
+        js = conn.jetstream(timeout=_REQUEST_TIMEOUT_S)
         try:
             await js.find_stream_name_by_subject(self.config.subject)
         except nats.js.errors.NotFoundError:
@@ -602,30 +584,21 @@ class NatsResultPublisher(BrokerPublisher[NatsResultConfig]):
             self._js = None
         else:
             self._js = js
-        self._nc = nc
 
     async def close(self) -> None:
-        nc, self._nc, self._js = self._nc, None, None
-        if nc is not None:
-            with contextlib.suppress(*_NATS_ERRORS):
-                await nc.flush(timeout=2)
-            await nc.close()
+        self._js = None
+        await super().close()
 
     async def _send(self, body: bytes) -> None:
         if self._js is not None:
             await self._js.publish(self.config.subject, body, timeout=_REQUEST_TIMEOUT_S)
         else:
-            await self._require(self._nc).publish(self.config.subject, body)
+            await self._require(self._conn).publish(self.config.subject, body)
 
     async def healthy(self) -> bool:
-        return self._nc is not None and self._nc.is_connected
+        return self._conn is not None and self._conn.is_connected
 
 
-def make_source(cfg: Mapping[str, Any]) -> NatsSource:
-    """Build (not open) the job source of a ``[[sources]]`` table."""
-    return NatsSource.from_config(cfg)
-
-
-def make_publisher(cfg: Mapping[str, Any]) -> NatsResultPublisher:
-    """Build (not open) the result publisher of a ``[results]`` table."""
-    return NatsResultPublisher.from_config(cfg)
+# The builders (not openers) the registry in bulksend.brokers calls with a configuration table.
+make_source = NatsSource.from_config
+make_publisher = NatsResultPublisher.from_config

@@ -8,10 +8,8 @@ configuration key.
 from __future__ import annotations
 
 import contextlib
-from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, TypeVar
 
 import aio_pika
 import aio_pika.exceptions
@@ -26,11 +24,13 @@ from aio_pika.abc import (
 )
 
 from bulksend.brokers.base import (
+    BrokerClient,
     BrokerError,
     BrokerPublisher,
     BrokerSettings,
     BrokerSource,
     Delivery,
+    Inbox,
     PublishThenAck,
     connect_error,
 )
@@ -55,18 +55,58 @@ _AMQP_ERRORS: Final = (aiormq.exceptions.AMQPError, OSError, TimeoutError, Runti
 
 
 @dataclass(frozen=True, slots=True)
-class RabbitSourceConfig(BrokerSettings):
+class RabbitSettings(BrokerSettings):
+    """The settings a RabbitMQ source and publisher share: the broker and the connection timeout."""
+
+    url: str = field(default="amqp://guest:guest@127.0.0.1:5672/", repr=False)
+    connect_timeout_s: float = 5.0
+
+
+async def connect_rabbit(url: str, *, connect_timeout_s: float) -> AbstractRobustConnection:
+    """A robust connection (reconnects by itself once up); errors never show the password."""
+    try:
+        return await aio_pika.connect_robust(
+            url,
+            timeout=connect_timeout_s,
+            client_properties={"connection_name": "bulksend"},
+        )
+    except _AMQP_ERRORS as exc:
+        raise connect_error("RabbitMQ", url, exc) from None
+
+
+RabbitSettingsT = TypeVar("RabbitSettingsT", bound=RabbitSettings)
+
+
+class RabbitConnection(BrokerClient[RabbitSettingsT, AbstractRobustConnection]):
+    """How a RabbitMQ source or publisher connects (:func:`connect_rabbit`), opens its channel
+    and disconnects."""
+
+    errors = _AMQP_ERRORS
+
+    async def _connect(self) -> AbstractRobustConnection:
+        return await connect_rabbit(self.config.url, connect_timeout_s=self.config.connect_timeout_s)
+
+    async def _disconnect(self, conn: AbstractRobustConnection) -> None:
+        with contextlib.suppress(*_AMQP_ERRORS):
+            await conn.close()
+
+    @staticmethod
+    async def _confirming_channel(conn: AbstractRobustConnection) -> AbstractChannel:
+        """A channel with publisher confirms, on which an unroutable ``mandatory`` publish raises."""
+        return await conn.channel(publisher_confirms=True, on_return_raises=True)
+
+
+@dataclass(frozen=True, slots=True)
+class RabbitSourceConfig(RabbitSettings):
     """Settings of a :class:`RabbitSource` (its docstring describes each key)."""
 
     where: ClassVar[str] = "job source (rabbitmq)"
 
-    url: str = field(default="amqp://guest:guest@127.0.0.1:5672/", repr=False)
     queue: str = "bulksend.jobs"
     dead_letter_exchange: str = "bulksend.dlx"
     dead_letter_queue: str = "bulksend.jobs.dlq"
     prefetch: int = 256
     queue_type: str = field(default="classic", metadata={"choices": ("classic", "quorum")})
-    connect_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         where = self.where
@@ -80,16 +120,16 @@ class RabbitSourceConfig(BrokerSettings):
             raise ConfigError(f"{where}: connect_timeout_s must be > 0")
 
 
-async def connect_rabbit(url: str, *, connect_timeout_s: float) -> AbstractRobustConnection:
-    """A robust connection (reconnects by itself once up); errors never show the password."""
-    try:
-        return await aio_pika.connect_robust(
-            url,
-            timeout=connect_timeout_s,
-            client_properties={"connection_name": "bulksend"},
-        )
-    except _AMQP_ERRORS as exc:
-        raise connect_error("RabbitMQ", url, exc) from None
+# The properties of a refused job that its dead letter keeps (besides body and headers).
+_KEPT_PROPERTIES: Final = (
+    "content_type",
+    "content_encoding",
+    "message_id",
+    "correlation_id",
+    "timestamp",
+    "type",
+    "app_id",
+)
 
 
 class RabbitDelivery(PublishThenAck):
@@ -120,23 +160,17 @@ class RabbitDelivery(PublishThenAck):
         headers: dict[str, Any] = dict(m.headers or {})
         headers[HEADER_REASON] = reason
         headers[HEADER_SOURCE_QUEUE] = self._owner.config.queue
+        kept: dict[str, Any] = {name: getattr(m, name) for name in _KEPT_PROPERTIES}
         dead = aio_pika.Message(
-            m.body,
-            headers=headers,
-            content_type=m.content_type,
-            content_encoding=m.content_encoding,
-            message_id=m.message_id,
-            correlation_id=m.correlation_id,
-            timestamp=m.timestamp,
-            type=m.type,
-            app_id=m.app_id,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            m.body, headers=headers, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, **kept
         )
         exchange = self._owner._require(self._owner._dlx)
         await exchange.publish(dead, routing_key=self._owner.config.queue, mandatory=True)
 
 
-class RabbitSource(BrokerSource[RabbitSourceConfig]):
+class RabbitSource(
+    RabbitConnection[RabbitSourceConfig], BrokerSource[RabbitSourceConfig, AbstractRobustConnection]
+):
     """A :class:`~bulksend.brokers.base.JobSource` over a RabbitMQ queue.
 
     Configuration (``kind = "rabbitmq"``):
@@ -180,28 +214,20 @@ class RabbitSource(BrokerSource[RabbitSourceConfig]):
 
     def __init__(self, config: RabbitSourceConfig | None = None) -> None:
         super().__init__(config)
-        self._conn: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._info_channel: AbstractChannel | None = None
         self._dlx: AbstractExchange | None = None
         # Pushed by the broker, at most `prefetch` of them (basic.qos); drained by receive().
-        self._buffer: deque[AbstractIncomingMessage] = deque()
-        self._buffer_event: anyio.Event | None = None
+        self._buffer: Inbox[AbstractIncomingMessage] = Inbox()
 
     @property
     def name(self) -> str:
         return f"rabbitmq:{self.config.queue}"
 
-    def _is_open(self) -> bool:
-        return self._conn is not None
-
-    async def open(self) -> None:
-        if self._conn is not None:
-            return
+    async def _setup(self, conn: AbstractRobustConnection) -> None:
         cfg = self.config
-        conn = await connect_rabbit(cfg.url, connect_timeout_s=cfg.connect_timeout_s)
         try:
-            channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+            channel = await self._confirming_channel(conn)
             await channel.set_qos(prefetch_count=cfg.prefetch)
             type_args: dict[str, Any] = {"x-queue-type": "quorum"} if cfg.queue_type == "quorum" else {}
             dlx = await channel.declare_exchange(
@@ -223,46 +249,27 @@ class RabbitSource(BrokerSource[RabbitSourceConfig]):
             # A second channel for lag(): a failed passive declare closes its channel, and that
             # must never be the one consuming.
             info_channel = await conn.channel(publisher_confirms=False)
-            await queue.consume(self._on_message, no_ack=False)
+            await queue.consume(self._buffer.put, no_ack=False)
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
-            await conn.close()
             raise BrokerError(
                 f"{self.name}: the broker refused a declaration ({exc}); a queue or exchange with "
                 "this name exists with other settings: delete it or pick other names"
             ) from None
         except _AMQP_ERRORS as exc:
-            await conn.close()
             raise BrokerError(f"{self.name}: cannot set up queues: {exc or type(exc).__name__}") from None
-        except BaseException:
-            await conn.close()
-            raise
-        self._conn, self._channel, self._info_channel, self._dlx = conn, channel, info_channel, dlx
+        self._channel, self._info_channel, self._dlx = channel, info_channel, dlx
         log.info("rabbitmq source open", source=self.name, prefetch=cfg.prefetch)
 
     async def close(self) -> None:
-        conn = self._conn
-        self._conn = self._channel = self._info_channel = self._dlx = None
+        self._channel = self._info_channel = self._dlx = None
         # Unacked jobs (buffered or handed out) are requeued by the broker when the channel closes.
         self._buffer.clear()
-        if conn is None:
-            return
-        with contextlib.suppress(*_AMQP_ERRORS):
-            await conn.close()
-        log.info("rabbitmq source closed", source=self.name)
-
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        self._buffer.append(message)
-        if self._buffer_event is not None:
-            self._buffer_event.set()
+        if self._conn is not None:
+            await super().close()
+            log.info("rabbitmq source closed", source=self.name)
 
     async def _receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
-        with anyio.move_on_after(max(0.0, timeout_s)):
-            while not self._buffer:
-                self._buffer_event = anyio.Event()
-                try:
-                    await self._buffer_event.wait()
-                finally:
-                    self._buffer_event = None
+        await self._buffer.wait(timeout_s)
         out: list[Delivery] = []
         while self._buffer and len(out) < max_messages:
             message = self._buffer.popleft()
@@ -298,19 +305,19 @@ class RabbitSource(BrokerSource[RabbitSourceConfig]):
 
 
 @dataclass(frozen=True, slots=True)
-class RabbitResultConfig(BrokerSettings):
+class RabbitResultConfig(RabbitSettings):
     """Settings of a :class:`RabbitResultPublisher`."""
 
     where: ClassVar[str] = "results (rabbitmq)"
 
-    url: str = field(default="amqp://guest:guest@127.0.0.1:5672/", repr=False)
     queue: str = "bulksend.results"
     exchange: str | None = None
     routing_key: str | None = None
-    connect_timeout_s: float = 5.0
 
 
-class RabbitResultPublisher(BrokerPublisher[RabbitResultConfig]):
+class RabbitResultPublisher(
+    RabbitConnection[RabbitResultConfig], BrokerPublisher[RabbitResultConfig, AbstractRobustConnection]
+):
     """Outcomes to a durable RabbitMQ queue (or an existing exchange), with publisher confirms.
 
     Configuration (``kind = "rabbitmq"``, under ``[results]``):
@@ -332,11 +339,9 @@ class RabbitResultPublisher(BrokerPublisher[RabbitResultConfig]):
     """
 
     config_type = RabbitResultConfig
-    errors = _AMQP_ERRORS
 
     def __init__(self, config: RabbitResultConfig | None = None) -> None:
         super().__init__(config)
-        self._conn: AbstractRobustConnection | None = None
         self._exchange: AbstractExchange | None = None
 
     @property
@@ -346,31 +351,22 @@ class RabbitResultPublisher(BrokerPublisher[RabbitResultConfig]):
             return f"rabbitmq:{cfg.exchange}/{cfg.routing_key or cfg.queue}"
         return f"rabbitmq:{cfg.queue}"
 
-    def _is_open(self) -> bool:
-        return self._exchange is not None
-
-    async def open(self) -> None:
-        if self._conn is not None:
-            return
+    async def _setup(self, conn: AbstractRobustConnection) -> None:
         cfg = self.config
-        conn = await connect_rabbit(cfg.url, connect_timeout_s=cfg.connect_timeout_s)
         try:
-            channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+            channel = await self._confirming_channel(conn)
             if cfg.exchange:
                 exchange = await channel.get_exchange(cfg.exchange, ensure=True)
             else:
                 await channel.declare_queue(cfg.queue, durable=True)
                 exchange = channel.default_exchange
         except _AMQP_ERRORS as exc:
-            await conn.close()
             raise BrokerError(f"{self.name}: cannot set up the results destination: {exc}") from None
-        self._conn, self._exchange = conn, exchange
+        self._exchange = exchange
 
     async def close(self) -> None:
-        conn, self._conn, self._exchange = self._conn, None, None
-        if conn is not None:
-            with contextlib.suppress(aiormq.exceptions.AMQPError, OSError, RuntimeError):
-                await conn.close()
+        self._exchange = None
+        await super().close()
 
     async def _send(self, body: bytes) -> None:
         message = aio_pika.Message(
@@ -384,11 +380,6 @@ class RabbitResultPublisher(BrokerPublisher[RabbitResultConfig]):
         return conn is not None and not conn.is_closed and conn.connected.is_set()
 
 
-def make_source(cfg: Mapping[str, Any]) -> RabbitSource:
-    """Build (not open) the job source of a ``[[sources]]`` table."""
-    return RabbitSource.from_config(cfg)
-
-
-def make_publisher(cfg: Mapping[str, Any]) -> RabbitResultPublisher:
-    """Build (not open) the result publisher of a ``[results]`` table."""
-    return RabbitResultPublisher.from_config(cfg)
+# The builders (not openers) the registry in bulksend.brokers calls with a configuration table.
+make_source = RabbitSource.from_config
+make_publisher = RabbitResultPublisher.from_config

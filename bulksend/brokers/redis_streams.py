@@ -6,9 +6,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, TypeVar
 
 import anyio
 import redis.asyncio as aioredis
@@ -18,6 +18,7 @@ from redis.typing import EncodableT, FieldT
 
 from bulksend.brokers.base import (
     BaseDelivery,
+    BrokerClient,
     BrokerDelivery,
     BrokerError,
     BrokerPublisher,
@@ -60,36 +61,11 @@ return removed
 
 
 @dataclass(frozen=True, slots=True)
-class RedisStreamSourceConfig(BrokerSettings):
-    """Settings of a :class:`RedisStreamSource` (its docstring describes each key)."""
-
-    where: ClassVar[str] = "job source (redis)"
+class RedisSettings(BrokerSettings):
+    """The settings a Redis source and publisher share: the server and the connection timeout."""
 
     url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
-    stream: str = "bulksend:jobs"
-    group: str = "bulksend"
-    consumer: str = ""
-    dead_letter_stream: str = "bulksend:jobs:dlq"
-    claim_idle_s: float = field(default=60.0, metadata={"allow_zero": True})
-    body_field: str = "body"
-    delete_on_ack: bool = True
-    max_in_flight: int = 1000
-    dead_letter_maxlen: int = 100_000
     connect_timeout_s: float = 5.0
-    forget_consumer_s: float = field(default=600.0, metadata={"allow_zero": True})
-
-    def __post_init__(self) -> None:
-        where = self.where
-        if not self.consumer:
-            object.__setattr__(self, "consumer", default_consumer_name())
-        if self.stream == self.dead_letter_stream:
-            raise ConfigError(f"{where}: stream and dead_letter_stream must differ")
-        if self.claim_idle_s < 0 or self.connect_timeout_s <= 0 or self.forget_consumer_s < 0:
-            raise ConfigError(
-                f"{where}: claim_idle_s and forget_consumer_s must be >= 0 and connect_timeout_s > 0"
-            )
-        if self.max_in_flight < 1 or self.dead_letter_maxlen < 1:
-            raise ConfigError(f"{where}: max_in_flight and dead_letter_maxlen must be >= 1")
 
 
 async def connect_redis(url: str, *, connect_timeout_s: float) -> aioredis.Redis:
@@ -105,6 +81,62 @@ async def connect_redis(url: str, *, connect_timeout_s: float) -> aioredis.Redis
         await client.aclose()
         raise connect_error("Redis", url, exc) from None
     return client
+
+
+RedisSettingsT = TypeVar("RedisSettingsT", bound=RedisSettings)
+
+
+class RedisConnection(BrokerClient[RedisSettingsT, aioredis.Redis]):
+    """How a Redis source or publisher connects (:func:`connect_redis`) and disconnects."""
+
+    errors = _REDIS_ERRORS
+
+    async def _connect(self) -> aioredis.Redis:
+        return await connect_redis(self.config.url, connect_timeout_s=self.config.connect_timeout_s)
+
+    async def _disconnect(self, conn: aioredis.Redis) -> None:
+        await conn.aclose()
+
+    async def healthy(self) -> bool:
+        client = self._conn
+        if client is None:
+            return False
+        try:
+            with anyio.fail_after(2):
+                return bool(await client.ping())
+        except _REDIS_ERRORS:
+            return False
+
+
+@dataclass(frozen=True, slots=True)
+class RedisStreamSourceConfig(RedisSettings):
+    """Settings of a :class:`RedisStreamSource` (its docstring describes each key)."""
+
+    where: ClassVar[str] = "job source (redis)"
+
+    stream: str = "bulksend:jobs"
+    group: str = "bulksend"
+    consumer: str = ""
+    dead_letter_stream: str = "bulksend:jobs:dlq"
+    claim_idle_s: float = field(default=60.0, metadata={"allow_zero": True})
+    body_field: str = "body"
+    delete_on_ack: bool = True
+    max_in_flight: int = 1000
+    dead_letter_maxlen: int = 100_000
+    forget_consumer_s: float = field(default=600.0, metadata={"allow_zero": True})
+
+    def __post_init__(self) -> None:
+        where = self.where
+        if not self.consumer:
+            object.__setattr__(self, "consumer", default_consumer_name())
+        if self.stream == self.dead_letter_stream:
+            raise ConfigError(f"{where}: stream and dead_letter_stream must differ")
+        if self.claim_idle_s < 0 or self.connect_timeout_s <= 0 or self.forget_consumer_s < 0:
+            raise ConfigError(
+                f"{where}: claim_idle_s and forget_consumer_s must be >= 0 and connect_timeout_s > 0"
+            )
+        if self.max_in_flight < 1 or self.dead_letter_maxlen < 1:
+            raise ConfigError(f"{where}: max_in_flight and dead_letter_maxlen must be >= 1")
 
 
 def _text(value: Any) -> str:
@@ -145,7 +177,7 @@ class RedisStreamDelivery(BrokerDelivery):
     async def _remove(self, dead_letter: dict[FieldT, EncodableT] | None = None) -> None:
         """XACK (and XDEL with delete_on_ack) the entry, after adding ``dead_letter`` to the DLQ."""
         cfg = self._owner.config
-        client = self._owner._require(self._owner._client)
+        client = self._owner._require(self._owner._conn)
         # One transaction: the dead letter exists if and only if the job was acked.
         async with client.pipeline(transaction=True) as pipe:
             if dead_letter is not None:
@@ -159,10 +191,12 @@ class RedisStreamDelivery(BrokerDelivery):
     async def _release(self) -> None:
         # Nothing to send: the entry stays pending and XAUTOCLAIM hands it out again once it has
         # been idle for claim_idle_s (see :class:`RedisStreamSource`).
-        self._owner._require(self._owner._client)
+        self._owner._require(self._owner._conn)
 
 
-class RedisStreamSource(BrokerSource[RedisStreamSourceConfig]):
+class RedisStreamSource(
+    RedisConnection[RedisStreamSourceConfig], BrokerSource[RedisStreamSourceConfig, aioredis.Redis]
+):
     """A :class:`~bulksend.brokers.base.JobSource` over a Redis stream and consumer group.
 
     Producers add one entry per job with the job JSON in one field::
@@ -232,7 +266,6 @@ class RedisStreamSource(BrokerSource[RedisStreamSourceConfig]):
 
     def __init__(self, config: RedisStreamSourceConfig | None = None) -> None:
         super().__init__(config)
-        self._client: aioredis.Redis | None = None
         # Entry ids handed out and not yet settled: bounds memory (max_in_flight) and keeps a
         # claim of our own slow entry from handing it out a second time.
         self._in_flight: set[str] = set()
@@ -251,35 +284,25 @@ class RedisStreamSource(BrokerSource[RedisStreamSourceConfig]):
         """Deliveries handed out by this process and not yet settled."""
         return len(self._in_flight)
 
-    def _is_open(self) -> bool:
-        return self._client is not None
-
     def _forget(self, delivery: BaseDelivery) -> None:
         self._in_flight.discard(delivery.message_id)
         if self._room_event is not None:
             self._room_event.set()
 
-    async def open(self) -> None:
-        if self._client is not None:
-            return
+    async def _setup(self, conn: aioredis.Redis) -> None:
         cfg = self.config
-        client = await connect_redis(cfg.url, connect_timeout_s=cfg.connect_timeout_s)
         try:
-            await client.xgroup_create(cfg.stream, cfg.group, id="0", mkstream=True)
-        except redis.exceptions.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                await client.aclose()
-                raise BrokerError(f"{self.name}: cannot create the consumer group: {exc}") from None
+            await conn.xgroup_create(cfg.stream, cfg.group, id="0", mkstream=True)
         except _REDIS_ERRORS as exc:
-            await client.aclose()
-            raise BrokerError(f"{self.name}: cannot create the consumer group: {exc}") from None
-        self._client = client
+            # BUSYGROUP: the group exists already, which is what open() wants.
+            if "BUSYGROUP" not in str(exc):
+                raise BrokerError(f"{self.name}: cannot create the consumer group: {exc}") from None
         self._in_flight.clear()
         self._claim_cursor = "0-0"
         log.info("redis source open", source=self.name, consumer=cfg.consumer)
 
     async def close(self) -> None:
-        client, self._client = self._client, None
+        client, self._conn = self._conn, None
         self._in_flight.clear()
         if client is None:
             return
@@ -295,11 +318,11 @@ class RedisStreamSource(BrokerSource[RedisStreamSourceConfig]):
         except _REDIS_ERRORS as exc:
             log.debug("redis consumer cleanup skipped", source=self.name, error=str(exc))
         finally:
-            await client.aclose()
+            await self._disconnect(client)
         log.info("redis source closed", source=self.name)
 
     async def _receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
-        client = self._require(self._client)
+        client = self._require(self._conn)
         cfg = self.config
         if len(self._in_flight) >= cfg.max_in_flight:
             # At the bound: wait (up to timeout_s) for a settlement to make room.
@@ -377,18 +400,8 @@ class RedisStreamSource(BrokerSource[RedisStreamSourceConfig]):
             out.append(RedisStreamDelivery(self, entry_id, bytes(body), redelivered=redelivered))
         return out
 
-    async def healthy(self) -> bool:
-        client = self._client
-        if client is None:
-            return False
-        try:
-            with anyio.fail_after(2):
-                return bool(await client.ping())
-        except (*_REDIS_ERRORS, TimeoutError):
-            return False
-
     async def lag(self) -> int | None:
-        client = self._client
+        client = self._conn
         if client is None:
             return None
         cfg = self.config
@@ -413,19 +426,19 @@ class RedisStreamSource(BrokerSource[RedisStreamSourceConfig]):
 
 
 @dataclass(frozen=True, slots=True)
-class RedisResultConfig(BrokerSettings):
+class RedisResultConfig(RedisSettings):
     """Settings of a :class:`RedisResultPublisher`."""
 
     where: ClassVar[str] = "results (redis)"
 
-    url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     stream: str = "bulksend:results"
     body_field: str = "body"
     maxlen: int = 1_000_000
-    connect_timeout_s: float = 5.0
 
 
-class RedisResultPublisher(BrokerPublisher[RedisResultConfig]):
+class RedisResultPublisher(
+    RedisConnection[RedisResultConfig], BrokerPublisher[RedisResultConfig, aioredis.Redis]
+):
     """Outcomes added to a Redis stream, trimmed to about ``maxlen`` entries.
 
     Configuration (``kind = "redis"``, under ``[results]``):
@@ -441,50 +454,17 @@ class RedisResultPublisher(BrokerPublisher[RedisResultConfig]):
     """
 
     config_type = RedisResultConfig
-    errors = _REDIS_ERRORS
-
-    def __init__(self, config: RedisResultConfig | None = None) -> None:
-        super().__init__(config)
-        self._client: aioredis.Redis | None = None
 
     @property
     def name(self) -> str:
         return f"redis:{self.config.stream}"
 
-    def _is_open(self) -> bool:
-        return self._client is not None
-
-    async def open(self) -> None:
-        if self._client is None:
-            self._client = await connect_redis(
-                self.config.url, connect_timeout_s=self.config.connect_timeout_s
-            )
-
-    async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
-
     async def _send(self, body: bytes) -> None:
         cfg = self.config
-        client = self._require(self._client)
+        client = self._require(self._conn)
         await client.xadd(cfg.stream, {cfg.body_field: body}, maxlen=cfg.maxlen, approximate=True)
 
-    async def healthy(self) -> bool:
-        client = self._client
-        if client is None:
-            return False
-        try:
-            return bool(await client.ping())
-        except (redis.exceptions.RedisError, OSError, TimeoutError):
-            return False
 
-
-def make_source(cfg: Mapping[str, Any]) -> RedisStreamSource:
-    """Build (not open) the job source of a ``[[sources]]`` table."""
-    return RedisStreamSource.from_config(cfg)
-
-
-def make_publisher(cfg: Mapping[str, Any]) -> RedisResultPublisher:
-    """Build (not open) the result publisher of a ``[results]`` table."""
-    return RedisResultPublisher.from_config(cfg)
+# The builders (not openers) the registry in bulksend.brokers calls with a configuration table.
+make_source = RedisStreamSource.from_config
+make_publisher = RedisResultPublisher.from_config
