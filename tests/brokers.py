@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import aio_pika
 import nats
 import nats.js.errors
 import orjson
+import pytest
 import redis.asyncio as aioredis
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from nats.aio.client import Client as NatsClient
@@ -75,6 +76,19 @@ class Harness(Generic[S]):
     async def __aexit__(self, *exc_info: object) -> None:
         for source in self._opened:
             await source.close()
+
+
+H = TypeVar("H", bound=Harness[Any])
+
+
+def harness_fixture(harness_type: type[H]) -> Callable[[], AsyncIterator[H]]:
+    """A fixture ``harness``: a ``harness_type`` on names unique to one test, cleaned up after it."""
+
+    async def harness() -> AsyncIterator[H]:
+        async with harness_type() as h:
+            yield h
+
+    return pytest.fixture(harness)
 
 
 async def receive_exactly(source: JobSource, count: int) -> list[Delivery]:

@@ -5,7 +5,6 @@ What only this broker does; the contract all sources keep is in test_broker_cont
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import unquote
 
 import nats
@@ -13,7 +12,6 @@ import nats.js.errors
 import orjson
 import pytest
 from nats.js.api import StreamConfig
-from nats.js.client import JetStreamContext
 
 from bulksend.brokers import publisher_from_config, source_from_config
 from bulksend.brokers.nats import (
@@ -28,43 +26,19 @@ from bulksend.brokers.nats import (
     subject_matches,
 )
 from bulksend.errors import ConfigError
-from tests.brokers import NATS_URL, NatsHarness
+from tests.brokers import NATS_URL, NatsHarness, harness_fixture
 
-SourceFactory = Callable[..., Awaitable[NatsSource]]
-
-
-@pytest.fixture
-async def harness() -> AsyncIterator[NatsHarness]:
-    """A JetStream stream and subject on names unique to one test, cleaned up afterwards."""
-    async with NatsHarness() as h:
-        yield h
+harness = harness_fixture(NatsHarness)
 
 
-@pytest.fixture
-def names(harness: NatsHarness) -> dict[str, str]:
-    return harness.names
-
-
-@pytest.fixture
-def admin(harness: NatsHarness) -> JetStreamContext:
-    return harness.admin
-
-
-@pytest.fixture
-def make_source(harness: NatsHarness) -> SourceFactory:
-    return harness.make_source
-
-
-async def test_receive_never_returns_more_than_asked(
-    make_source: SourceFactory, admin: JetStreamContext, names: dict[str, str], harness: NatsHarness
-) -> None:
+async def test_receive_never_returns_more_than_asked(harness: NatsHarness) -> None:
     """With 100 jobs waiting, receive(3) hands out exactly 3 and the other 97 stay on the server."""
-    source = await make_source()
+    source = await harness.make_source()
     await harness.publish(100)
     got = await source.receive(3, timeout_s=5)
     assert [orjson.loads(d.body)["n"] for d in got] == [0, 1, 2]
     assert await source.lag() == 97
-    info = await admin.consumer_info(names["stream"], names["durable"])
+    info = await harness.admin.consumer_info(harness.names["stream"], harness.names["durable"])
     assert info.num_ack_pending == 3
     for d in got:
         await d.ack()
@@ -73,53 +47,46 @@ async def test_receive_never_returns_more_than_asked(
     assert not any(d.redelivered for d in got + rest)
 
 
-
-
-
-
-async def test_dead_letter_carries_reason_and_removes_original(
-    make_source: SourceFactory, admin: JetStreamContext, names: dict[str, str]
-) -> None:
+async def test_dead_letter_carries_reason_and_removes_original(harness: NatsHarness) -> None:
     """dead_letter publishes the body with reason and origin headers to the DLQ and acks the job."""
-    source = await make_source()
-    await admin.publish(names["subject"], b"not json", headers={"Trace-Id": "t-1", "Nats-Msg-Id": "m-1"})
+    source = await harness.make_source()
+    await harness.admin.publish(
+        harness.names["subject"], b"not json", headers={"Trace-Id": "t-1", "Nats-Msg-Id": "m-1"}
+    )
     [delivery] = await source.receive(1, timeout_s=5)
     await delivery.dead_letter("not JSON: unexpected character\nline 1 — 100% «bad»")
-    dlq_stream = f"{names['stream']}_DLQ"
-    dead = await admin.get_last_msg(dlq_stream, names["dead_letter_subject"])
+    dlq_stream = f"{harness.names['stream']}_DLQ"
+    dead = await harness.admin.get_last_msg(dlq_stream, harness.names["dead_letter_subject"])
     assert dead.data == b"not json"
     headers = dead.headers or {}
     assert headers[HEADER_REASON].startswith("not JSON: unexpected character line 1 %E2%80%94 100%25 ")
     assert unquote(headers[HEADER_REASON]) == "not JSON: unexpected character line 1 — 100% «bad»"
-    assert headers[HEADER_ORIGINAL_SUBJECT] == names["subject"]
-    assert headers[HEADER_ORIGINAL_STREAM] == names["stream"]
+    assert headers[HEADER_ORIGINAL_SUBJECT] == harness.names["subject"]
+    assert headers[HEADER_ORIGINAL_STREAM] == harness.names["stream"]
     assert headers[HEADER_ORIGINAL_SEQUENCE] == delivery.message_id
     assert headers["Trace-Id"] == "t-1"
     assert "Nats-Msg-Id" not in headers
-    assert (await admin.stream_info(names["stream"])).state.messages == 0
+    assert (await harness.admin.stream_info(harness.names["stream"])).state.messages == 0
     assert await source.receive(1, timeout_s=0.2) == []
 
 
-
-async def test_open_is_idempotent_and_updates_consumer_limits(
-    make_source: SourceFactory, admin: JetStreamContext, names: dict[str, str]
-) -> None:
+async def test_open_is_idempotent_and_updates_consumer_limits(harness: NatsHarness) -> None:
     """Opening again with the same names reuses the stream and applies a changed max_ack_pending."""
-    await make_source(max_ack_pending=10)
-    await make_source(max_ack_pending=20)
-    info = await admin.consumer_info(names["stream"], names["durable"])
+    await harness.make_source(max_ack_pending=10)
+    await harness.make_source(max_ack_pending=20)
+    info = await harness.admin.consumer_info(harness.names["stream"], harness.names["durable"])
     assert info.config.max_ack_pending == 20
-    stream = await admin.stream_info(names["stream"])
-    assert stream.config.subjects == [names["subject"]]
+    stream = await harness.admin.stream_info(harness.names["stream"])
+    assert stream.config.subjects == [harness.names["subject"]]
 
 
-async def test_subject_owned_by_another_stream_is_a_config_error(
-    make_source: SourceFactory, admin: JetStreamContext, names: dict[str, str]
-) -> None:
+async def test_subject_owned_by_another_stream_is_a_config_error(harness: NatsHarness) -> None:
     """A job subject already captured by a differently named stream is refused, naming that stream."""
-    await admin.add_stream(StreamConfig(name=names["stream"], subjects=[names["subject"]]))
-    with pytest.raises(ConfigError, match=names["stream"]):
-        await make_source(stream=f"{names['stream']}X")
+    await harness.admin.add_stream(
+        StreamConfig(name=harness.names["stream"], subjects=[harness.names["subject"]])
+    )
+    with pytest.raises(ConfigError, match=harness.names["stream"]):
+        await harness.make_source(stream=f"{harness.names['stream']}X")
 
 
 def test_config_refuses_unknown_keys_and_dead_letter_loops() -> None:
@@ -148,13 +115,12 @@ def test_subject_matching_follows_nats_wildcards() -> None:
     assert not subject_matches("a.>", "a")
 
 
-
 async def test_result_publisher_uses_jetstream_when_a_stream_captures_the_subject(
-    admin: JetStreamContext, names: dict[str, str]
+    harness: NatsHarness,
 ) -> None:
     """Outcomes published to a subject inside a stream are stored there as JSON."""
-    subject = names["subject"].replace(".jobs", ".results")
-    await admin.add_stream(StreamConfig(name=names["stream"], subjects=[subject]))
+    subject = harness.names["subject"].replace(".jobs", ".results")
+    await harness.admin.add_stream(StreamConfig(name=harness.names["stream"], subjects=[subject]))
     publisher = publisher_from_config({"kind": "nats", "url": NATS_URL, "subject": subject})
     assert isinstance(publisher, NatsResultPublisher)
     async with publisher:
@@ -162,13 +128,13 @@ async def test_result_publisher_uses_jetstream_when_a_stream_captures_the_subjec
         assert await publisher.healthy()
         await publisher.publish({"idempotency_key": "k-1", "status": "sent"})
     assert not await publisher.healthy()
-    stored = await admin.get_last_msg(names["stream"], subject)
+    stored = await harness.admin.get_last_msg(harness.names["stream"], subject)
     assert orjson.loads(stored.data or b"") == {"idempotency_key": "k-1", "status": "sent"}
 
 
-async def test_result_publisher_without_stream_reaches_subscribers(names: dict[str, str]) -> None:
+async def test_result_publisher_without_stream_reaches_subscribers(harness: NatsHarness) -> None:
     """Without a stream, outcomes are plain NATS messages that a live subscriber receives."""
-    subject = names["subject"].replace(".jobs", ".plain")
+    subject = harness.names["subject"].replace(".jobs", ".plain")
     listener = await nats.connect(NATS_URL)
     try:
         sub = await listener.subscribe(subject)
@@ -184,14 +150,16 @@ async def test_result_publisher_without_stream_reaches_subscribers(names: dict[s
 
 @pytest.mark.parametrize("status", ["503", "100", "404", "409"])
 async def test_job_with_a_status_header_is_a_job_not_a_server_status(
-    make_source: SourceFactory, admin: JetStreamContext, names: dict[str, str], status: str
+    harness: NatsHarness, status: str
 ) -> None:
     """A producer's own "Status" header does not make a stored job look like JetStream's pull
     status: the job and the one after it are handed out (it used to be skipped for ever, or to
     fail the whole pull)."""
-    source = await make_source()
-    await admin.publish(names["subject"], b'{"n": 0}', headers={"Status": status, "Description": "mine"})
-    await admin.publish(names["subject"], b'{"n": 1}')
+    source = await harness.make_source()
+    await harness.admin.publish(
+        harness.names["subject"], b'{"n": 0}', headers={"Status": status, "Description": "mine"}
+    )
+    await harness.admin.publish(harness.names["subject"], b'{"n": 1}')
     got = await source.receive(10, timeout_s=5)
     assert [orjson.loads(d.body)["n"] for d in got] == [0, 1]
     for d in got:

@@ -5,8 +5,6 @@ What only this broker does; the contract all sources keep is in test_broker_cont
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-
 import aio_pika
 import orjson
 import pytest
@@ -14,33 +12,11 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from bulksend.brokers import publisher_from_config, source_from_config
 from bulksend.brokers.base import BrokerError
-from bulksend.brokers.rabbitmq import HEADER_REASON, HEADER_SOURCE_QUEUE, RabbitResultPublisher, RabbitSource
+from bulksend.brokers.rabbitmq import HEADER_REASON, HEADER_SOURCE_QUEUE, RabbitResultPublisher
 from bulksend.errors import ConfigError
-from tests.brokers import RABBIT_URL, RabbitHarness, receive_exactly
+from tests.brokers import RABBIT_URL, RabbitHarness, harness_fixture, receive_exactly
 
-SourceFactory = Callable[..., Awaitable[RabbitSource]]
-
-
-@pytest.fixture
-async def harness() -> AsyncIterator[RabbitHarness]:
-    """RabbitMQ queues and exchange on names unique to one test, cleaned up afterwards."""
-    async with RabbitHarness() as h:
-        yield h
-
-
-@pytest.fixture
-def names(harness: RabbitHarness) -> dict[str, str]:
-    return harness.names
-
-
-@pytest.fixture
-def admin(harness: RabbitHarness) -> AbstractChannel:
-    return harness.admin
-
-
-@pytest.fixture
-def make_source(harness: RabbitHarness) -> SourceFactory:
-    return harness.make_source
+harness = harness_fixture(RabbitHarness)
 
 
 async def get_one(channel: AbstractChannel, queue: str) -> AbstractIncomingMessage:
@@ -52,11 +28,9 @@ async def get_one(channel: AbstractChannel, queue: str) -> AbstractIncomingMessa
     raise AssertionError(f"no message in {queue}")
 
 
-async def test_receive_never_returns_more_than_asked(
-    make_source: SourceFactory, harness: RabbitHarness
-) -> None:
+async def test_receive_never_returns_more_than_asked(harness: RabbitHarness) -> None:
     """With 100 jobs waiting, receive(3) hands out at most 3; the rest come in later calls."""
-    source = await make_source(prefetch=10)
+    source = await harness.make_source(prefetch=10)
     await harness.publish(100)
     first = await source.receive(3, timeout_s=5)
     assert 1 <= len(first) <= 3
@@ -74,25 +48,20 @@ async def test_receive_never_returns_more_than_asked(
     assert await source.receive(3, timeout_s=0.2) == []
 
 
-
-
-
-
-async def test_dead_letter_carries_reason_and_removes_original(
-    make_source: SourceFactory, admin: AbstractChannel, names: dict[str, str]
-) -> None:
+async def test_dead_letter_carries_reason_and_removes_original(harness: RabbitHarness) -> None:
     """dead_letter puts the body, its headers and the reason in the DLQ and acks the original."""
-    source = await make_source()
-    await admin.default_exchange.publish(
-        aio_pika.Message(b"{oops", headers={"trace-id": "t-7"}, message_id="m-7"), routing_key=names["queue"]
+    source = await harness.make_source()
+    await harness.admin.default_exchange.publish(
+        aio_pika.Message(b"{oops", headers={"trace-id": "t-7"}, message_id="m-7"),
+        routing_key=harness.names["queue"],
     )
     [delivery] = await receive_exactly(source, 1)
     await delivery.dead_letter("not JSON: unexpected end of data")
-    dead = await get_one(admin, names["dead_letter_queue"])
+    dead = await get_one(harness.admin, harness.names["dead_letter_queue"])
     assert dead.body == b"{oops"
     headers = dead.headers or {}
     assert headers[HEADER_REASON] == "not JSON: unexpected end of data"
-    assert headers[HEADER_SOURCE_QUEUE] == names["queue"]
+    assert headers[HEADER_SOURCE_QUEUE] == harness.names["queue"]
     assert headers["trace-id"] == "t-7"
     assert dead.message_id == "m-7"
     await dead.ack()
@@ -100,28 +69,23 @@ async def test_dead_letter_carries_reason_and_removes_original(
     assert await source.receive(1, timeout_s=0.2) == []
 
 
-async def test_broker_dead_lettering_lands_in_the_same_dlq(
-    make_source: SourceFactory, admin: AbstractChannel, names: dict[str, str], harness: RabbitHarness
-) -> None:
+async def test_broker_dead_lettering_lands_in_the_same_dlq(harness: RabbitHarness) -> None:
     """A job the broker dead-letters itself (rejected without requeue) reaches the configured DLQ."""
-    source = await make_source()
+    source = await harness.make_source()
     await source.close()  # the queues stay; nobody consumes them now
     await harness.publish(1)
-    message = await get_one(admin, names["queue"])
+    message = await get_one(harness.admin, harness.names["queue"])
     await message.reject(requeue=False)
-    dead = await get_one(admin, names["dead_letter_queue"])
+    dead = await get_one(harness.admin, harness.names["dead_letter_queue"])
     assert orjson.loads(dead.body) == {"n": 0}
     await dead.ack()
 
 
-
-async def test_redeclaring_with_other_arguments_is_explained(
-    make_source: SourceFactory, names: dict[str, str]
-) -> None:
+async def test_redeclaring_with_other_arguments_is_explained(harness: RabbitHarness) -> None:
     """A job queue that exists with different settings (here: its type) gives a BrokerError that says so."""
-    await make_source()
+    await harness.make_source()
     with pytest.raises(BrokerError, match="exists with other settings"):
-        await make_source(queue_type="quorum")
+        await harness.make_source(queue_type="quorum")
 
 
 def test_config_refuses_unknown_keys_and_bad_values() -> None:
@@ -137,19 +101,16 @@ def test_config_refuses_unknown_keys_and_bad_values() -> None:
     assert source.name == "rabbitmq:bulksend.jobs"
 
 
-
-async def test_result_publisher_delivers_to_a_durable_queue(
-    admin: AbstractChannel, names: dict[str, str]
-) -> None:
+async def test_result_publisher_delivers_to_a_durable_queue(harness: RabbitHarness) -> None:
     """Outcomes are published as persistent JSON messages readable from the results queue."""
-    queue = names["queue"] + ".results"
+    queue = harness.names["queue"] + ".results"
     publisher = publisher_from_config({"kind": "rabbitmq", "url": RABBIT_URL, "queue": queue})
     assert isinstance(publisher, RabbitResultPublisher)
     async with publisher:
         assert await publisher.healthy()
         await publisher.publish({"idempotency_key": "k-2", "status": "sent", "try_count": 1})
     assert not await publisher.healthy()
-    message = await get_one(admin, queue)
+    message = await get_one(harness.admin, queue)
     assert orjson.loads(message.body) == {"idempotency_key": "k-2", "status": "sent", "try_count": 1}
     assert message.content_type == "application/json"
     assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
