@@ -1,17 +1,18 @@
 """One test's view of each real broker (local servers): unique names, an admin client, sources.
 
-A :class:`Harness` creates names no other test uses, opens a separate admin connection for
-publishing and inspecting, opens sources on those names and, on exit, closes them and deletes
-what the test created. The broker contract suite runs over all three; each broker's own tests
-use its harness directly.
+A :class:`Harness` creates names no other test uses (for jobs, dead letters and results), opens
+a separate admin connection for publishing and inspecting, opens sources on those names and, on
+exit, closes them and deletes what the test created. The broker contract suite runs over all
+three; each broker's own tests and the daemon's broker tests use its harness directly.
 """
 
 from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, ClassVar, Generic, Self, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import nats
@@ -43,8 +44,6 @@ class Harness(Generic[S]):
     url: ClassVar[str]
     bound_key: ClassVar[str]
     """The setting bounding a consumer's unsettled jobs."""
-    unreachable_url: ClassVar[str]
-    """A URL with the password ``s3cr3tpw``, on a closed port."""
     takeover: ClassVar[Mapping[str, Any]] = {}
     """Settings of a consumer that soon takes over jobs left unsettled by another."""
     stable_ids: ClassVar[bool] = True
@@ -56,16 +55,33 @@ class Harness(Generic[S]):
         self._opened: list[S] = []
 
     def make_names(self, uid: str) -> dict[str, str]:
+        """The job source's settings that name what it uses: queues, streams, subjects."""
         raise NotImplementedError
 
-    async def publish(self, count: int) -> None:
-        """Publish ``count`` jobs ``{"n": 0}``, ``{"n": 1}``, ... to the test's job queue."""
+    @property
+    def unreachable_url(self) -> str:
+        """A URL of this broker with the password ``s3cr3tpw``, on a closed port."""
+        return urlunsplit(urlsplit(self.url)._replace(netloc="u:s3cr3tpw@127.0.0.1:1"))
+
+    def source_config(self, **overrides: Any) -> dict[str, Any]:
+        """The configuration of a job source on the test's names (``overrides`` replace settings)."""
+        return {"kind": self.kind, "url": self.url, **self.names, **overrides}
+
+    def results_config(self) -> dict[str, Any]:
+        """The configuration of a results publisher to the test's results destination."""
         raise NotImplementedError
+
+    async def publish(self, bodies: Sequence[bytes]) -> None:
+        """Publish one job message per body to the test's job queue."""
+        raise NotImplementedError
+
+    async def publish_jobs(self, count: int) -> None:
+        """Publish ``count`` jobs ``{"n": 0}``, ``{"n": 1}``, ... to the test's job queue."""
+        await self.publish([job(i) for i in range(count)])
 
     async def make_source(self, **overrides: Any) -> S:
         """An open source on the test's names (``overrides`` replace settings); closed at exit."""
-        settings = {"kind": self.kind, "url": self.url, **self.names, **overrides}
-        source: S = self.source_type.from_config(settings)
+        source: S = self.source_type.from_config(self.source_config(**overrides))
         await source.open()
         self._opened.append(source)
         return source
@@ -106,13 +122,13 @@ def job(n: int) -> bytes:
 
 
 class NatsHarness(Harness[NatsSource]):
-    """JetStream: a stream and subject per test; ``admin`` is a JetStream context."""
+    """JetStream: job and dead-letter streams and a results subject per test; ``admin`` is a
+    JetStream context."""
 
     source_type = NatsSource
     kind = "nats"
     url = NATS_URL
     bound_key = "max_ack_pending"
-    unreachable_url = "nats://u:s3cr3tpw@127.0.0.1:1"
     takeover: ClassVar[Mapping[str, Any]] = {"ack_wait_s": 0.3}
     admin: JetStreamContext
 
@@ -124,6 +140,18 @@ class NatsHarness(Harness[NatsSource]):
             "durable": "bulksend",
         }
 
+    @property
+    def results_subject(self) -> str:
+        return f"test.{self.uid}.results"
+
+    @property
+    def results_stream(self) -> str:
+        """The name for a stream on the results subject, which a test may create."""
+        return f"TRESULTS_{self.uid}"
+
+    def results_config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "url": self.url, "subject": self.results_subject}
+
     async def __aenter__(self) -> Self:
         self._nc: NatsClient = await nats.connect(self.url)
         self.admin = self._nc.jetstream()
@@ -131,24 +159,24 @@ class NatsHarness(Harness[NatsSource]):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await super().__aexit__(*exc_info)
-        for stream in (self.names["stream"], f"{self.names['stream']}_DLQ"):
+        for stream in (self.names["stream"], f"{self.names['stream']}_DLQ", self.results_stream):
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await self.admin.delete_stream(stream)
         await self._nc.close()
 
-    async def publish(self, count: int) -> None:
-        for i in range(count):
-            await self.admin.publish(self.names["subject"], job(i))
+    async def publish(self, bodies: Sequence[bytes]) -> None:
+        for body in bodies:
+            await self.admin.publish(self.names["subject"], body)
 
 
 class RabbitHarness(Harness[RabbitSource]):
-    """RabbitMQ: a job queue, dead-letter exchange and queue per test; ``admin`` is a channel."""
+    """RabbitMQ: a job queue, dead-letter exchange and queue and a results queue per test;
+    ``admin`` is a channel."""
 
     source_type = RabbitSource
     kind = "rabbitmq"
     url = RABBIT_URL
     bound_key = "prefetch"
-    unreachable_url = "amqp://u:s3cr3tpw@127.0.0.1:1/"
     stable_ids = False
     admin: AbstractChannel
 
@@ -159,6 +187,13 @@ class RabbitHarness(Harness[RabbitSource]):
             "dead_letter_queue": f"test.{uid}.dlq",
         }
 
+    @property
+    def results_queue(self) -> str:
+        return f"test.{self.uid}.results"
+
+    def results_config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "url": self.url, "queue": self.results_queue}
+
     async def __aenter__(self) -> Self:
         self._conn: AbstractConnection = await aio_pika.connect(self.url)
         self.admin = await self._conn.channel()
@@ -168,30 +203,36 @@ class RabbitHarness(Harness[RabbitSource]):
         await super().__aexit__(*exc_info)
         names = self.names
         cleanup = await self._conn.channel()
-        for queue in (names["queue"], names["dead_letter_queue"], names["queue"] + ".results"):
+        for queue in (names["queue"], names["dead_letter_queue"], self.results_queue):
             await cleanup.queue_delete(queue)
         await cleanup.exchange_delete(names["dead_letter_exchange"])
         await self._conn.close()
 
-    async def publish(self, count: int) -> None:
-        for i in range(count):
-            message = aio_pika.Message(job(i))
+    async def publish(self, bodies: Sequence[bytes]) -> None:
+        for body in bodies:
+            message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
             await self.admin.default_exchange.publish(message, routing_key=self.names["queue"])
 
 
 class RedisHarness(Harness[RedisStreamSource]):
-    """Redis Streams: a stream and dead-letter stream per test; ``admin`` is an untyped client."""
+    """Redis Streams: job, dead-letter and results streams per test; ``admin`` is an untyped client."""
 
     source_type = RedisStreamSource
     kind = "redis"
     url = REDIS_URL
     bound_key = "max_in_flight"
-    unreachable_url = "redis://:s3cr3tpw@127.0.0.1:1/0"
     takeover: ClassVar[Mapping[str, Any]] = {"consumer": "second", "claim_idle_s": 0}
     admin: Any
 
     def make_names(self, uid: str) -> dict[str, str]:
         return {"stream": f"test:{uid}:jobs", "dead_letter_stream": f"test:{uid}:dlq", "group": "bulksend"}
+
+    @property
+    def results_stream(self) -> str:
+        return f"test:{self.uid}:results"
+
+    def results_config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "url": self.url, "stream": self.results_stream}
 
     async def __aenter__(self) -> Self:
         self.admin = aioredis.from_url(self.url)
@@ -200,11 +241,12 @@ class RedisHarness(Harness[RedisStreamSource]):
     async def __aexit__(self, *exc_info: object) -> None:
         await super().__aexit__(*exc_info)
         names = self.names
-        await self.admin.delete(names["stream"], names["dead_letter_stream"], names["stream"] + ":results")
+        await self.admin.delete(names["stream"], names["dead_letter_stream"], self.results_stream)
         await self.admin.aclose()
 
-    async def publish(self, count: int) -> None:
-        await xadd_jobs(self.admin, self.names["stream"], count)
+    async def publish(self, bodies: Sequence[bytes]) -> None:
+        for body in bodies:
+            await self.admin.xadd(self.names["stream"], {"body": body})
 
 
 async def xadd_jobs(client: Any, stream: str, count: int) -> list[str]:

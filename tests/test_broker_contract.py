@@ -27,7 +27,7 @@ async def test_bound_holds_back_jobs_until_one_is_settled(broker: Harness[Any]) 
     """At its bound on unsettled jobs (NATS max_ack_pending, RabbitMQ prefetch, Redis
     max_in_flight) a consumer gets nothing more until it settles one; lag() counts the rest."""
     source = await broker.make_source(**{broker.bound_key: 4})
-    await broker.publish(10)
+    await broker.publish_jobs(10)
     held = await receive_exactly(source, 4)
     assert await source.receive(10, timeout_s=0.3) == []
     assert await source.lag() == 6
@@ -40,7 +40,7 @@ async def test_bound_holds_back_jobs_until_one_is_settled(broker: Harness[Any]) 
 async def test_acked_job_is_not_redelivered(broker: Harness[Any]) -> None:
     """An acked job stays gone when its consumer closes and another one starts."""
     source = await broker.make_source(**broker.takeover)
-    await broker.publish(1)
+    await broker.publish_jobs(1)
     [delivery] = await receive_exactly(source, 1)
     await delivery.ack()
     assert delivery.settled == "acked"
@@ -55,7 +55,7 @@ async def test_job_of_a_dead_consumer_is_redelivered(broker: Harness[Any]) -> No
     """A job held unsettled by a consumer that goes away comes back to another one, marked
     redelivered; settling it through the closed consumer fails and leaves it unsettled."""
     first = await broker.make_source()
-    await broker.publish(1)
+    await broker.publish_jobs(1)
     [lost] = await receive_exactly(first, 1)
     assert lost.redelivered is False
     await first.close()  # gone without acking, as if the process had crashed
@@ -72,7 +72,7 @@ async def test_job_of_a_dead_consumer_is_redelivered(broker: Harness[Any]) -> No
 async def test_release_redelivers(broker: Harness[Any]) -> None:
     """A released job is delivered again, marked redelivered; settling it again does nothing."""
     source = await broker.make_source(**broker.takeover)
-    await broker.publish(1)
+    await broker.publish_jobs(1)
     [delivery] = await receive_exactly(source, 1)
     await delivery.release()
     await delivery.ack()  # already settled: ignored
@@ -89,7 +89,7 @@ async def test_healthy_and_lag_follow_the_connection(broker: Harness[Any]) -> No
     assert isinstance(source, JobSource)
     assert await source.healthy() is True
     assert await source.lag() == 0
-    await broker.publish(5)
+    await broker.publish_jobs(5)
     await receive_exactly(source, 1)
     assert await source.lag() == 4
     await source.close()

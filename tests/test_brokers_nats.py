@@ -34,7 +34,7 @@ harness = harness_fixture(NatsHarness)
 async def test_receive_never_returns_more_than_asked(harness: NatsHarness) -> None:
     """With 100 jobs waiting, receive(3) hands out exactly 3 and the other 97 stay on the server."""
     source = await harness.make_source()
-    await harness.publish(100)
+    await harness.publish_jobs(100)
     got = await source.receive(3, timeout_s=5)
     assert [orjson.loads(d.body)["n"] for d in got] == [0, 1, 2]
     assert await source.lag() == 97
@@ -119,16 +119,16 @@ async def test_result_publisher_uses_jetstream_when_a_stream_captures_the_subjec
     harness: NatsHarness,
 ) -> None:
     """Outcomes published to a subject inside a stream are stored there as JSON."""
-    subject = harness.names["subject"].replace(".jobs", ".results")
-    await harness.admin.add_stream(StreamConfig(name=harness.names["stream"], subjects=[subject]))
-    publisher = publisher_from_config({"kind": "nats", "url": NATS_URL, "subject": subject})
+    subject = harness.results_subject
+    await harness.admin.add_stream(StreamConfig(name=harness.results_stream, subjects=[subject]))
+    publisher = publisher_from_config(harness.results_config())
     assert isinstance(publisher, NatsResultPublisher)
     async with publisher:
         assert publisher.uses_jetstream
         assert await publisher.healthy()
         await publisher.publish({"idempotency_key": "k-1", "status": "sent"})
     assert not await publisher.healthy()
-    stored = await harness.admin.get_last_msg(harness.names["stream"], subject)
+    stored = await harness.admin.get_last_msg(harness.results_stream, subject)
     assert orjson.loads(stored.data or b"") == {"idempotency_key": "k-1", "status": "sent"}
 
 

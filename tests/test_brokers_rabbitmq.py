@@ -14,7 +14,7 @@ from bulksend.brokers import publisher_from_config, source_from_config
 from bulksend.brokers.base import BrokerError
 from bulksend.brokers.rabbitmq import HEADER_REASON, HEADER_SOURCE_QUEUE, RabbitResultPublisher
 from bulksend.errors import ConfigError
-from tests.brokers import RABBIT_URL, RabbitHarness, harness_fixture, receive_exactly
+from tests.brokers import RabbitHarness, harness_fixture, receive_exactly
 
 harness = harness_fixture(RabbitHarness)
 
@@ -31,7 +31,7 @@ async def get_one(channel: AbstractChannel, queue: str) -> AbstractIncomingMessa
 async def test_receive_never_returns_more_than_asked(harness: RabbitHarness) -> None:
     """With 100 jobs waiting, receive(3) hands out at most 3; the rest come in later calls."""
     source = await harness.make_source(prefetch=10)
-    await harness.publish(100)
+    await harness.publish_jobs(100)
     first = await source.receive(3, timeout_s=5)
     assert 1 <= len(first) <= 3
     seen = list(first)
@@ -73,7 +73,7 @@ async def test_broker_dead_lettering_lands_in_the_same_dlq(harness: RabbitHarnes
     """A job the broker dead-letters itself (rejected without requeue) reaches the configured DLQ."""
     source = await harness.make_source()
     await source.close()  # the queues stay; nobody consumes them now
-    await harness.publish(1)
+    await harness.publish_jobs(1)
     message = await get_one(harness.admin, harness.names["queue"])
     await message.reject(requeue=False)
     dead = await get_one(harness.admin, harness.names["dead_letter_queue"])
@@ -103,8 +103,8 @@ def test_config_refuses_unknown_keys_and_bad_values() -> None:
 
 async def test_result_publisher_delivers_to_a_durable_queue(harness: RabbitHarness) -> None:
     """Outcomes are published as persistent JSON messages readable from the results queue."""
-    queue = harness.names["queue"] + ".results"
-    publisher = publisher_from_config({"kind": "rabbitmq", "url": RABBIT_URL, "queue": queue})
+    queue = harness.results_queue
+    publisher = publisher_from_config(harness.results_config())
     assert isinstance(publisher, RabbitResultPublisher)
     async with publisher:
         assert await publisher.healthy()

@@ -15,7 +15,7 @@ from bulksend.brokers import publisher_from_config, source_from_config
 from bulksend.brokers.base import JobSource
 from bulksend.brokers.redis_streams import RedisResultPublisher, RedisStreamSource
 from bulksend.errors import ConfigError
-from tests.brokers import REDIS_URL, RedisHarness, harness_fixture, xadd_jobs
+from tests.brokers import RedisHarness, harness_fixture, xadd_jobs
 
 harness = harness_fixture(RedisHarness)
 
@@ -186,8 +186,8 @@ def test_config_refuses_unknown_keys_and_bad_values() -> None:
 
 async def test_result_publisher_adds_to_a_trimmed_stream(harness: RedisHarness) -> None:
     """Outcomes are XADDed as JSON to the results stream."""
-    stream = harness.names["stream"] + ":results"
-    publisher = publisher_from_config({"kind": "redis", "url": REDIS_URL, "stream": stream, "maxlen": 1000})
+    stream = harness.results_stream
+    publisher = publisher_from_config({**harness.results_config(), "maxlen": 1000})
     assert isinstance(publisher, RedisResultPublisher)
     async with publisher:
         assert await publisher.healthy()

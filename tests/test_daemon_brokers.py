@@ -1,29 +1,23 @@
 """The daemon end to end on each real broker (NATS JetStream, RabbitMQ, Redis Streams) and the sandbox.
 
 Each test gets its own stream/queue names (a uuid) and deletes them afterwards. The broker
-adapters below are shared with the process tests.
+adapters below, built on the harnesses of :mod:`tests.brokers`, are shared with the process tests.
 """
 
 from __future__ import annotations
 
 import contextlib
-import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import unquote
 
-import aio_pika
 import anyio
 import nats
 import nats.errors
-import nats.js.errors
 import orjson
 import pytest
-import redis.asyncio as aioredis
-import structlog
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
-from nats.aio.client import Client as NatsClient
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from nats.js.client import JetStreamContext
 
 from bulksend.brokers.nats import HEADER_REASON as NATS_REASON
@@ -31,6 +25,7 @@ from bulksend.brokers.rabbitmq import HEADER_REASON as RABBIT_REASON
 from bulksend.daemon.config import load_daemon_config
 from bulksend.daemon.service import Daemon
 from bulksend.sandbox import Sandbox
+from tests.brokers import Harness, NatsHarness, RabbitHarness, RedisHarness
 from tests.conftest import settings_for
 from tests.test_daemon import (
     DaemonWatch,
@@ -41,45 +36,35 @@ from tests.test_daemon import (
     write_config,
 )
 
-NATS_URL = "nats://127.0.0.1:4222"
-RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/"
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture(autouse=True)
-def _plain_logging() -> None:
-    """Log through structlog's defaults (the current stdout): a test that ran a CLI command
-    in-process may have left structlog writing to its captured stream, closed since."""
-    structlog.reset_defaults()
-
-
 Result = dict[str, Any]
 
 
-class Broker:
-    """One broker's job queue, dead-letter destination and results destination, for one test."""
+class Broker(Harness[Any]):
+    """A :class:`~tests.brokers.Harness` that also reads what the daemon sends back: its results
+    and dead letters."""
 
-    kind = ""
+    source_defaults: ClassVar[Mapping[str, Any]] = {}
+    """Settings of the daemon's job source besides the test's names (a test may override them)."""
 
     def __init__(self) -> None:
-        self.uid = uuid.uuid4().hex[:12]
+        super().__init__()
         self.results: list[Result] = []
         """Every result read from the results destination so far, in order."""
 
     def source_config(self, **overrides: Any) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def results_config(self) -> dict[str, Any]:
-        raise NotImplementedError
+        return super().source_config(**{**self.source_defaults, **overrides})
 
     async def open(self) -> None:
         """Connect, and create what must exist before the daemon starts."""
+        await self.__aenter__()
+        await self._prepare_results()
+
+    async def _prepare_results(self) -> None:
+        """Create what reading the results needs (nothing by default)."""
 
     async def close(self) -> None:
         """Delete everything the test created, then disconnect."""
-
-    async def publish(self, bodies: Sequence[bytes]) -> None:
-        raise NotImplementedError
+        await self.__aexit__(None, None, None)
 
     async def _read(self, timeout_s: float) -> list[Result]:
         """Results that arrive within ``timeout_s`` (a blocking read; possibly none)."""
@@ -104,55 +89,19 @@ class Broker:
         raise NotImplementedError
 
 
-class NatsBroker(Broker):
-    kind = "nats"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stream = f"TJOBS_{self.uid}"
-        self.subject = f"test.{self.uid}.jobs"
-        self.dlq_subject = f"test.{self.uid}.dlq"
-        self.results_stream = f"TRESULTS_{self.uid}"
-        self.results_subject = f"test.{self.uid}.results"
-        self._nc: NatsClient | None = None
-        self._results: Any = None
+class NatsBroker(Broker, NatsHarness):
+    source_defaults: ClassVar[Mapping[str, Any]] = {"ack_wait_s": 5}
+    _results: Any
 
     @property
     def js(self) -> JetStreamContext:
-        assert self._nc is not None
-        return self._nc.jetstream()
+        return self.admin
 
-    def source_config(self, **overrides: Any) -> dict[str, Any]:
-        return {
-            "kind": "nats",
-            "url": NATS_URL,
-            "stream": self.stream,
-            "subject": self.subject,
-            "dead_letter_subject": self.dlq_subject,
-            "ack_wait_s": 5,
-            **overrides,
-        }
-
-    def results_config(self) -> dict[str, Any]:
-        return {"kind": "nats", "url": NATS_URL, "subject": self.results_subject}
-
-    async def open(self) -> None:
-        self._nc = await nats.connect(NATS_URL)
+    async def _prepare_results(self) -> None:
         # A stream on the results subject makes the daemon publish through JetStream (stored,
         # confirmed), and lets the test read results that arrived before it asked.
         await self.js.add_stream(name=self.results_stream, subjects=[self.results_subject])
         self._results = await self.js.pull_subscribe(self.results_subject, durable="reader")
-
-    async def close(self) -> None:
-        for stream in (self.stream, f"{self.stream}_DLQ", self.results_stream):
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                await self.js.delete_stream(stream)
-        if self._nc is not None:
-            await self._nc.close()
-
-    async def publish(self, bodies: Sequence[bytes]) -> None:
-        for body in bodies:
-            await self.js.publish(self.subject, body)
 
     async def _read(self, timeout_s: float) -> list[Result]:
         try:
@@ -164,8 +113,9 @@ class NatsBroker(Broker):
         return [orjson.loads(m.data) for m in msgs]
 
     async def dead_letters(self, n: int, timeout_s: float = 10) -> list[tuple[bytes, str]]:
-        stream = f"{self.stream}_DLQ"
-        sub = await self.js.pull_subscribe(self.dlq_subject, durable="dlq-reader", stream=stream)
+        stream = f"{self.names['stream']}_DLQ"
+        subject = self.names["dead_letter_subject"]
+        sub = await self.js.pull_subscribe(subject, durable="dlq-reader", stream=stream)
         got: list[tuple[bytes, str]] = []
         with anyio.fail_after(timeout_s):
             while len(got) < n:
@@ -175,64 +125,23 @@ class NatsBroker(Broker):
         return got
 
     async def jobs_left(self) -> int:
-        consumer = await self.js.consumer_info(self.stream, "bulksend")
-        stream = await self.js.stream_info(self.stream)
+        consumer = await self.js.consumer_info(self.names["stream"], "bulksend")
+        stream = await self.js.stream_info(self.names["stream"])
         unacked = int(consumer.num_pending or 0) + int(consumer.num_ack_pending or 0)
         return unacked + int(stream.state.messages)
 
 
-class RabbitBroker(Broker):
-    kind = "rabbitmq"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.queue = f"test.{self.uid}.jobs"
-        self.dlx = f"test.{self.uid}.dlx"
-        self.dlq = f"test.{self.uid}.dlq"
-        self.results_queue = f"test.{self.uid}.results"
-        self._conn: AbstractConnection | None = None
-        self._channel: AbstractChannel | None = None
+class RabbitBroker(Broker, RabbitHarness):
+    source_defaults: ClassVar[Mapping[str, Any]] = {"prefetch": 50}
 
     @property
     def channel(self) -> AbstractChannel:
-        assert self._channel is not None
-        return self._channel
+        return self.admin
 
-    def source_config(self, **overrides: Any) -> dict[str, Any]:
-        return {
-            "kind": "rabbitmq",
-            "url": RABBIT_URL,
-            "queue": self.queue,
-            "dead_letter_exchange": self.dlx,
-            "dead_letter_queue": self.dlq,
-            "prefetch": 50,
-            **overrides,
-        }
-
-    def results_config(self) -> dict[str, Any]:
-        return {"kind": "rabbitmq", "url": RABBIT_URL, "queue": self.results_queue}
-
-    async def open(self) -> None:
-        self._conn = await aio_pika.connect(RABBIT_URL)
-        self._channel = await self._conn.channel()
+    async def _prepare_results(self) -> None:
         await self.channel.set_qos(prefetch_count=200)
         # Declared as the daemon's publisher declares it, so it exists before anything is published.
         self._results: AbstractQueue = await self.channel.declare_queue(self.results_queue, durable=True)
-
-    async def close(self) -> None:
-        if self._conn is None:
-            return
-        cleanup = await self._conn.channel()
-        for queue in (self.queue, self.dlq, self.results_queue):
-            await cleanup.queue_delete(queue)
-        await cleanup.exchange_delete(self.dlx)
-        await self._conn.close()
-
-    async def publish(self, bodies: Sequence[bytes]) -> None:
-        # The daemon declares the job queue (with its dead-letter arguments) when it starts.
-        for body in bodies:
-            message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
-            await self.channel.default_exchange.publish(message, routing_key=self.queue)
 
     async def _take(self, queue: AbstractQueue, n: int, timeout_s: float) -> list[AbstractIncomingMessage]:
         got: list[AbstractIncomingMessage] = []
@@ -252,51 +161,25 @@ class RabbitBroker(Broker):
         return [orjson.loads(m.body) for m in first + rest]
 
     async def dead_letters(self, n: int, timeout_s: float = 10) -> list[tuple[bytes, str]]:
-        queue = await self.channel.get_queue(self.dlq)
+        queue = await self.channel.get_queue(self.names["dead_letter_queue"])
         got = await self._take(queue, n, timeout_s)
         return [(m.body, str((m.headers or {})[RABBIT_REASON])) for m in got]
 
     async def jobs_left(self) -> int:
         # Passive declare: ready messages. Unacknowledged ones went back to ready when the
         # daemon's connection closed, so after a stop this counts them too.
-        queue = await self.channel.declare_queue(self.queue, passive=True)
+        queue = await self.channel.declare_queue(self.names["queue"], passive=True)
         return int(queue.declaration_result.message_count or 0)
 
 
-class RedisBroker(Broker):
-    kind = "redis"
-
+class RedisBroker(Broker, RedisHarness):
     def __init__(self) -> None:
         super().__init__()
-        self.stream = f"test:{self.uid}:jobs"
-        self.dlq = f"test:{self.uid}:dlq"
-        self.results_stream = f"test:{self.uid}:results"
-        self._client: Any = None
         self._last_id = "0"
 
-    def source_config(self, **overrides: Any) -> dict[str, Any]:
-        return {
-            "kind": "redis",
-            "url": REDIS_URL,
-            "stream": self.stream,
-            "group": "bulksend",
-            "dead_letter_stream": self.dlq,
-            **overrides,
-        }
-
-    def results_config(self) -> dict[str, Any]:
-        return {"kind": "redis", "url": REDIS_URL, "stream": self.results_stream}
-
-    async def open(self) -> None:
-        self._client = aioredis.from_url(REDIS_URL)
-
-    async def close(self) -> None:
-        await self._client.delete(self.stream, self.dlq, self.results_stream)
-        await self._client.aclose()
-
-    async def publish(self, bodies: Sequence[bytes]) -> None:
-        for body in bodies:
-            await self._client.xadd(self.stream, {"body": body})
+    @property
+    def _client(self) -> Any:
+        return self.admin
 
     async def _read(self, timeout_s: float) -> list[Result]:
         reply = await self._client.xread(
@@ -312,12 +195,13 @@ class RedisBroker(Broker):
     async def dead_letters(self, n: int, timeout_s: float = 10) -> list[tuple[bytes, str]]:
         # Dead letters are written (in one transaction with the ack) before the message counts as
         # handled, so they are all there once the daemon has handled every message.
-        entries = await self._client.xrange(self.dlq, count=n)
+        entries = await self._client.xrange(self.names["dead_letter_stream"], count=n)
         return [(fields[b"body"], fields[b"reason"].decode()) for _, fields in entries]
 
     async def jobs_left(self) -> int:
-        pending = await self._client.xpending(self.stream, "bulksend")
-        return int(pending["pending"]) + int(await self._client.xlen(self.stream))
+        stream = self.names["stream"]
+        pending = await self._client.xpending(stream, "bulksend")
+        return int(pending["pending"]) + int(await self._client.xlen(stream))
 
 
 BROKERS: dict[str, type[Broker]] = {"nats": NatsBroker, "rabbitmq": RabbitBroker, "redis": RedisBroker}
