@@ -11,27 +11,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 from tenacity import RetryCallState
 
+from bulksend import errors
 from bulksend.clock import FakeClock
-from bulksend.errors import (
-    AuthenticationError,
-    CampaignError,
-    ConfigError,
-    InvalidArgumentsError,
-    LockedError,
-    NotFoundError,
-    OutOfStockError,
-    PermissionsDeniedError,
-    PreconditionFailedError,
-    QuotaExceededError,
-    RateLimitedError,
-    ServerError,
-    StoreError,
-    TemConnectionError,
-    TemPermanentError,
-    TemTimeoutError,
-    TemTransportError,
-    TransientStateError,
-)
 from bulksend.pipeline.retry import (
     RetryPolicy,
     is_safe_to_resend,
@@ -41,7 +22,7 @@ from bulksend.pipeline.retry import (
 )
 
 
-def with_sent(exc: TemTransportError, sent: bool) -> TemTransportError:
+def with_sent(exc: errors.TemTransportError, sent: bool) -> errors.TemTransportError:
     """Mark a transport error with whether the request may have reached TEM."""
     exc.sent = sent
     return exc
@@ -61,25 +42,25 @@ class Recorder:
 
 
 def failing(
-    errors: list[BaseException], result: str = "ok", *, clock: FakeClock | None = None, takes_s: float = 0.0
+    failures: list[BaseException], result: str = "ok", *, clock: FakeClock | None = None, takes_s: float = 0.0
 ) -> tuple[Callable[[], Awaitable[str]], list[int]]:
-    """An async callable that raises ``errors`` in turn, then returns ``result``; counts its calls."""
+    """An async callable that raises ``failures`` in turn, then returns ``result``; counts its calls."""
     calls = [0]
 
     async def call() -> str:
         calls[0] += 1
         if clock is not None and takes_s:
             clock.advance(takes_s)
-        if calls[0] <= len(errors):
-            raise errors[calls[0] - 1]
+        if calls[0] <= len(failures):
+            raise failures[calls[0] - 1]
         return result
 
     return call, calls
 
 
-def server_error() -> ServerError:
+def server_error() -> errors.ServerError:
     # TEM's own JSON error body: the API answered, so a send may have created the email.
-    return ServerError(502, "bad gateway", raw_body='{"message": "bad gateway"}')
+    return errors.ServerError(502, "bad gateway", raw_body='{"message": "bad gateway"}')
 
 
 # --------------------------------------------------------------------------------------------------
@@ -89,12 +70,12 @@ def server_error() -> ServerError:
 @pytest.mark.parametrize(
     "exc",
     [
-        RateLimitedError(429, "too many requests"),
-        RateLimitedError(429, "slow down", retry_after_s=2.0),
-        ServerError(500, "boom"),
-        OutOfStockError(503, "out of stock", type="out_of_stock"),
-        TemConnectionError("connection reset"),
-        TemTimeoutError("no answer in 30 s"),
+        errors.RateLimitedError(429, "too many requests"),
+        errors.RateLimitedError(429, "slow down", retry_after_s=2.0),
+        errors.ServerError(500, "boom"),
+        errors.OutOfStockError(503, "out of stock", type="out_of_stock"),
+        errors.TemConnectionError("connection reset"),
+        errors.TemTimeoutError("no answer in 30 s"),
     ],
 )
 def test_transient_errors_are_transient(exc: BaseException) -> None:
@@ -105,18 +86,18 @@ def test_transient_errors_are_transient(exc: BaseException) -> None:
 @pytest.mark.parametrize(
     "exc",
     [
-        InvalidArgumentsError(400, "bad"),
-        AuthenticationError(401, "denied"),
-        PermissionsDeniedError(403, "nope"),
-        QuotaExceededError(403, "quota"),
-        NotFoundError(404, "gone"),
-        TransientStateError(409, "changing"),
-        PreconditionFailedError(412, "too late"),
-        LockedError(423, "locked"),
-        TemPermanentError(418, "teapot"),
-        ConfigError("SCW_SECRET_KEY is not set"),
-        CampaignError("bad template"),
-        StoreError("disk full"),
+        errors.InvalidArgumentsError(400, "bad"),
+        errors.AuthenticationError(401, "denied"),
+        errors.PermissionsDeniedError(403, "nope"),
+        errors.QuotaExceededError(403, "quota"),
+        errors.NotFoundError(404, "gone"),
+        errors.TransientStateError(409, "changing"),
+        errors.PreconditionFailedError(412, "too late"),
+        errors.LockedError(423, "locked"),
+        errors.TemPermanentError(418, "teapot"),
+        errors.ConfigError("SCW_SECRET_KEY is not set"),
+        errors.CampaignError("bad template"),
+        errors.StoreError("disk full"),
         ValueError("a bug"),
         KeyboardInterrupt(),
     ],
@@ -129,25 +110,25 @@ def test_permanent_and_foreign_errors_are_not_transient(exc: BaseException) -> N
 @pytest.mark.parametrize(
     ("exc", "safe"),
     [
-        (RateLimitedError(429, "too many requests"), True),
-        (RateLimitedError(429, "slow down", retry_after_s=1.0), True),
-        (with_sent(TemConnectionError("connection refused"), sent=False), True),
-        (with_sent(TemTimeoutError("connect timeout"), sent=False), True),
-        (with_sent(TemConnectionError("reset after write"), sent=True), False),
-        (TemConnectionError("dropped, unknown when"), False),  # default ``sent``: it may have gone
-        (with_sent(TemTimeoutError("read timeout"), sent=True), False),
-        (TemTimeoutError("read timeout"), False),
-        (ServerError(500, "boom"), False),
-        (ServerError(502, "bad gateway"), True),  # no body: the gateway answered by itself
-        (ServerError(502, "bad gateway", raw_body="<html><h1>502 Bad Gateway</h1></html>"), True),
-        (ServerError(503, "unavailable", raw_body="upstream connect error"), True),
-        (ServerError(503, "unavailable", raw_body='{"message": "service unavailable"}'), False),
-        (ServerError(502, "internal", type="internal_error", raw_body="{}"), False),
-        (ServerError(504, "gateway timeout", raw_body="upstream request timeout"), False),
-        (ServerError(500, "boom", raw_body="<html>500</html>"), False),
-        (OutOfStockError(503, "out of stock"), False),
-        (InvalidArgumentsError(400, "bad"), False),
-        (NotFoundError(404, "gone"), False),
+        (errors.RateLimitedError(429, "too many requests"), True),
+        (errors.RateLimitedError(429, "slow down", retry_after_s=1.0), True),
+        (with_sent(errors.TemConnectionError("connection refused"), sent=False), True),
+        (with_sent(errors.TemTimeoutError("connect timeout"), sent=False), True),
+        (with_sent(errors.TemConnectionError("reset after write"), sent=True), False),
+        (errors.TemConnectionError("dropped, unknown when"), False),  # default ``sent``: it may have gone
+        (with_sent(errors.TemTimeoutError("read timeout"), sent=True), False),
+        (errors.TemTimeoutError("read timeout"), False),
+        (errors.ServerError(500, "boom"), False),
+        (errors.ServerError(502, "bad gateway"), True),  # no body: the gateway answered by itself
+        (errors.ServerError(502, "bad gateway", raw_body="<html><h1>502 Bad Gateway</h1></html>"), True),
+        (errors.ServerError(503, "unavailable", raw_body="upstream connect error"), True),
+        (errors.ServerError(503, "unavailable", raw_body='{"message": "service unavailable"}'), False),
+        (errors.ServerError(502, "internal", type="internal_error", raw_body="{}"), False),
+        (errors.ServerError(504, "gateway timeout", raw_body="upstream request timeout"), False),
+        (errors.ServerError(500, "boom", raw_body="<html>500</html>"), False),
+        (errors.OutOfStockError(503, "out of stock"), False),
+        (errors.InvalidArgumentsError(400, "bad"), False),
+        (errors.NotFoundError(404, "gone"), False),
         (ValueError("a bug"), False),
     ],
 )
@@ -159,10 +140,10 @@ def test_is_safe_to_resend(exc: BaseException, safe: bool) -> None:
 
 def test_retry_after_of_reads_only_api_errors() -> None:
     """retry_after_of returns the server's Retry-After when an API error carries one."""
-    assert retry_after_of(RateLimitedError(429, "x", retry_after_s=4.5)) == 4.5
-    assert retry_after_of(RateLimitedError(429, "x")) is None
-    assert retry_after_of(RateLimitedError(429, "x", retry_after_s=math.nan)) is None
-    assert retry_after_of(TemConnectionError("reset")) is None
+    assert retry_after_of(errors.RateLimitedError(429, "x", retry_after_s=4.5)) == 4.5
+    assert retry_after_of(errors.RateLimitedError(429, "x")) is None
+    assert retry_after_of(errors.RateLimitedError(429, "x", retry_after_s=math.nan)) is None
+    assert retry_after_of(errors.TemConnectionError("reset")) is None
     assert retry_after_of(None) is None
 
 
@@ -173,10 +154,10 @@ def test_retry_after_of_follows_explicit_chaining() -> None:
         pass
 
     chained = Wrapper("retry me")
-    chained.__cause__ = RateLimitedError(429, "x", retry_after_s=3.0)  # what ``raise … from`` sets
+    chained.__cause__ = errors.RateLimitedError(429, "x", retry_after_s=3.0)  # what ``raise … from`` sets
     assert retry_after_of(chained) == 3.0
     unrelated = Wrapper("unrelated")
-    unrelated.__context__ = RateLimitedError(429, "x", retry_after_s=3.0)  # raised while handling
+    unrelated.__context__ = errors.RateLimitedError(429, "x", retry_after_s=3.0)  # raised while handling
     assert retry_after_of(unrelated) is None
 
 
@@ -205,11 +186,11 @@ def test_nonsense_policy_is_refused(kwargs: dict[str, object], name: str) -> Non
 async def test_transient_errors_are_retried_up_to_max_attempts() -> None:
     """A call failing transiently every time is attempted max_attempts times; the last error surfaces."""
     sleep = Recorder()
-    errors: list[BaseException] = [server_error() for _ in range(10)]
-    call, calls = failing(errors)
-    with pytest.raises(ServerError) as info:
+    failures: list[BaseException] = [server_error() for _ in range(10)]
+    call, calls = failing(failures)
+    with pytest.raises(errors.ServerError) as info:
         await retrying(RetryPolicy(max_attempts=4), sleep=sleep)(call)
-    assert info.value is errors[3]  # the last error itself, not a tenacity.RetryError
+    assert info.value is failures[3]  # the last error itself, not a tenacity.RetryError
     assert calls[0] == 4
     assert len(sleep.sleeps) == 3
 
@@ -217,7 +198,7 @@ async def test_transient_errors_are_retried_up_to_max_attempts() -> None:
 async def test_success_after_transient_failures_returns_the_result() -> None:
     """A call that fails twice then succeeds returns its result after two waits."""
     sleep = Recorder()
-    call, calls = failing([server_error(), TemConnectionError("reset")], result="done")
+    call, calls = failing([server_error(), errors.TemConnectionError("reset")], result="done")
     assert await retrying(RetryPolicy(), sleep=sleep)(call) == "done"
     assert calls[0] == 3
     assert len(sleep.sleeps) == 2
@@ -226,10 +207,10 @@ async def test_success_after_transient_failures_returns_the_result() -> None:
 @pytest.mark.parametrize(
     "exc",
     [
-        InvalidArgumentsError(400, "Invalid email from address"),
-        AuthenticationError(401, "authentication is denied"),
-        QuotaExceededError(403, "quota"),
-        NotFoundError(404, "not found"),
+        errors.InvalidArgumentsError(400, "Invalid email from address"),
+        errors.AuthenticationError(401, "authentication is denied"),
+        errors.QuotaExceededError(403, "quota"),
+        errors.NotFoundError(404, "not found"),
         ValueError("a bug"),
     ],
 )
@@ -262,7 +243,10 @@ async def test_retry_after_is_honoured_when_longer_than_the_backoff() -> None:
     """A 429 with Retry-After waits at least that long, even beyond max_backoff_s."""
     sleep = Recorder()
     call, calls = failing(
-        [RateLimitedError(429, "slow down", retry_after_s=7.0), RateLimitedError(429, "bare body")],
+        [
+            errors.RateLimitedError(429, "slow down", retry_after_s=7.0),
+            errors.RateLimitedError(429, "bare body"),
+        ],
         result="sent",
     )
     policy = RetryPolicy(initial_backoff_s=0.1, max_backoff_s=1.0)
@@ -277,7 +261,7 @@ async def test_retry_after_shorter_than_backoff_does_not_shorten_it() -> None:
     policy = RetryPolicy(initial_backoff_s=2.0, max_backoff_s=2.0)
     for _ in range(20):
         sleep = Recorder()
-        call, _ = failing([RateLimitedError(429, "x", retry_after_s=0.25)])
+        call, _ = failing([errors.RateLimitedError(429, "x", retry_after_s=0.25)])
         await retrying(policy, sleep=sleep)(call)
         assert 0.25 <= sleep.sleeps[0] <= 2.0
 
@@ -286,10 +270,10 @@ async def test_stops_when_the_elapsed_budget_would_be_exceeded() -> None:
     """No retry starts whose wait would end past max_elapsed_s; attempt durations count too."""
     clock = FakeClock()
     sleep = Recorder(clock)
-    errors: list[BaseException] = [RateLimitedError(429, "x", retry_after_s=4.0) for _ in range(100)]
-    call, calls = failing(errors, clock=clock, takes_s=2.0)
+    failures: list[BaseException] = [errors.RateLimitedError(429, "x", retry_after_s=4.0) for _ in range(100)]
+    call, calls = failing(failures, clock=clock, takes_s=2.0)
     policy = RetryPolicy(max_attempts=100, max_elapsed_s=10.0, initial_backoff_s=0.01, max_backoff_s=0.01)
-    with pytest.raises(RateLimitedError):
+    with pytest.raises(errors.RateLimitedError):
         await retrying(policy, sleep=sleep, clock=clock)(call)
     # attempt 1: 0→2, wait → 6; attempt 2: 6→8, and a wait to 12 would end past the 10 s budget.
     assert calls[0] == 2
@@ -300,7 +284,7 @@ async def test_stops_when_the_elapsed_budget_would_be_exceeded() -> None:
 async def test_clock_sleep_is_the_default_when_a_clock_is_given() -> None:
     """Given only a clock, retrying sleeps on it (a FakeClock in autojump mode runs instantly)."""
     clock = FakeClock(autojump=True)
-    call, calls = failing([RateLimitedError(429, "x", retry_after_s=60.0)], result="ok")
+    call, calls = failing([errors.RateLimitedError(429, "x", retry_after_s=60.0)], result="ok")
     assert await retrying(RetryPolicy(), clock=clock)(call) == "ok"
     assert calls[0] == 2
     assert clock.now == 60.0
@@ -315,10 +299,14 @@ async def test_elapsed_budget_is_per_call_when_the_object_is_reused() -> None:
         sleep=sleep,
         clock=clock,
     )
-    first, first_calls = failing([RateLimitedError(429, "x", retry_after_s=4.0)], clock=clock, takes_s=0.5)
+    first, first_calls = failing(
+        [errors.RateLimitedError(429, "x", retry_after_s=4.0)], clock=clock, takes_s=0.5
+    )
     assert await retry(first) == "ok"
     clock.advance(100.0)
-    second, second_calls = failing([RateLimitedError(429, "x", retry_after_s=4.0)], clock=clock, takes_s=0.5)
+    second, second_calls = failing(
+        [errors.RateLimitedError(429, "x", retry_after_s=4.0)], clock=clock, takes_s=0.5
+    )
     assert await retry(second) == "ok"
     assert (first_calls[0], second_calls[0]) == (2, 2)
 
@@ -328,20 +316,21 @@ async def test_sends_retry_only_when_safe_to_resend() -> None:
     policy = RetryPolicy()
     sleep = Recorder()
     call, calls = failing(
-        [RateLimitedError(429, "x"), with_sent(TemConnectionError("refused"), sent=False)], result="id-1"
+        [errors.RateLimitedError(429, "x"), with_sent(errors.TemConnectionError("refused"), sent=False)],
+        result="id-1",
     )
     assert await retrying(policy, retry_on=is_safe_to_resend, sleep=sleep)(call) == "id-1"
     assert calls[0] == 3
 
     ambiguous = server_error()
     call, calls = failing([ambiguous])
-    with pytest.raises(ServerError) as info:
+    with pytest.raises(errors.ServerError) as info:
         await retrying(policy, retry_on=is_safe_to_resend, sleep=sleep)(call)
     assert info.value is ambiguous
     assert calls[0] == 1
 
-    call, calls = failing([with_sent(TemTimeoutError("read timeout"), sent=True)])
-    with pytest.raises(TemTimeoutError):
+    call, calls = failing([with_sent(errors.TemTimeoutError("read timeout"), sent=True)])
+    with pytest.raises(errors.TemTimeoutError):
         await retrying(policy, retry_on=is_safe_to_resend, sleep=sleep)(call)
     assert calls[0] == 1
 
@@ -354,7 +343,7 @@ async def test_before_sleep_sees_every_retry() -> None:
         assert state.outcome is not None
         seen.append((state.attempt_number, type(state.outcome.exception()).__name__))
 
-    call, _ = failing([server_error(), RateLimitedError(429, "x")])
+    call, _ = failing([server_error(), errors.RateLimitedError(429, "x")])
     await retrying(RetryPolicy(), sleep=Recorder(), before_sleep=hook)(call)
     assert seen == [(1, "ServerError"), (2, "RateLimitedError")]
 
@@ -375,21 +364,21 @@ async def test_failures_that_do_not_count_only_spend_time() -> None:
     while counted failures still stop at max_attempts."""
     clock = FakeClock()
     sleep = Recorder(clock)
-    errors: list[BaseException] = [RateLimitedError(429, "slow down") for _ in range(7)]
-    call, calls = failing(errors, result="sent")
+    failures: list[BaseException] = [errors.RateLimitedError(429, "slow down") for _ in range(7)]
+    call, calls = failing(failures, result="sent")
     policy = RetryPolicy(max_attempts=2, max_elapsed_s=300)
-    not_429 = lambda e: not isinstance(e, RateLimitedError)  # noqa: E731
+    not_429 = lambda e: not isinstance(e, errors.RateLimitedError)  # noqa: E731
     assert await retrying(policy, sleep=sleep, clock=clock, counts_as_attempt=not_429)(call) == "sent"
     assert calls[0] == 8
 
     call, calls = failing([server_error(), server_error(), server_error()], result="sent")
-    with pytest.raises(ServerError):
+    with pytest.raises(errors.ServerError):
         await retrying(policy, sleep=sleep, clock=clock, counts_as_attempt=not_429)(call)
     assert calls[0] == 2
 
     fresh = FakeClock()
-    call, calls = failing([RateLimitedError(429, "slow down") for _ in range(1000)], result="sent")
-    with pytest.raises(RateLimitedError):
+    call, calls = failing([errors.RateLimitedError(429, "slow down") for _ in range(1000)], result="sent")
+    with pytest.raises(errors.RateLimitedError):
         await retrying(policy, sleep=Recorder(fresh), clock=fresh, counts_as_attempt=not_429)(call)
     assert fresh.now <= 300  # the time budget still ends it
     assert calls[0] < 1000

@@ -17,24 +17,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from bulksend.errors import (
-    AuthenticationError,
-    InvalidArgumentsError,
-    LockedError,
-    NotFoundError,
-    OutOfStockError,
-    PermissionsDeniedError,
-    PreconditionFailedError,
-    QuotaExceededError,
-    RateLimitedError,
-    ServerError,
-    TemApiError,
-    TemConnectionError,
-    TemPermanentError,
-    TemTimeoutError,
-    TemTransientError,
-    TransientStateError,
-)
+from bulksend import errors
 from bulksend.secret import Secret
 from bulksend.tem import CreateEmailRequest, TemClient, TemProtocolError, TemSettings
 from bulksend.tem.errors import error_from_response, parse_retry_after
@@ -185,7 +168,7 @@ def send_request(subject: str) -> CreateEmailRequest:
 RESOURCE = {"resource": "email", "resource_id": EMAIL_ID}
 
 # case → (answer, class, type, message, details)
-API_CASES: dict[str, tuple[Answer, type[TemApiError], str, str, Any]] = {
+API_CASES: dict[str, tuple[Answer, type[errors.TemApiError], str, str, Any]] = {
     "invalid-arguments": (
         Answer.json(
             400,
@@ -197,21 +180,21 @@ API_CASES: dict[str, tuple[Answer, type[TemApiError], str, str, Any]] = {
                 "type": "invalid_arguments",
             },
         ),
-        InvalidArgumentsError,
+        errors.InvalidArgumentsError,
         "invalid_arguments",
         "invalid argument(s)",
         [{"argument_name": "to", "reason": "constraint", "help_message": "at most 10 recipients"}],
     ),
     "validation-error": (
         Answer.json(400, {"message": "Validation Error", "fields": {"subject": ["is too short"]}}),
-        InvalidArgumentsError,
+        errors.InvalidArgumentsError,
         "",
         "Validation Error",
         {"subject": ["is too short"]},
     ),
     "invalid-from": (
         Answer.json(400, {"message": "Invalid email from address"}),
-        InvalidArgumentsError,
+        errors.InvalidArgumentsError,
         "",
         "Invalid email from address",
         None,
@@ -226,7 +209,7 @@ API_CASES: dict[str, tuple[Answer, type[TemApiError], str, str, Any]] = {
                 "type": "denied_authentication",
             },
         ),
-        AuthenticationError,
+        errors.AuthenticationError,
         "denied_authentication",
         "authentication is denied",
         {"method": "api_key", "reason": "invalid_argument"},
@@ -240,7 +223,7 @@ API_CASES: dict[str, tuple[Answer, type[TemApiError], str, str, Any]] = {
                 "type": "permissions_denied",
             },
         ),
-        PermissionsDeniedError,
+        errors.PermissionsDeniedError,
         "permissions_denied",
         "insufficient permissions",
         [{"action": "create", "resource": "transactional_email_email"}],
@@ -254,14 +237,14 @@ API_CASES: dict[str, tuple[Answer, type[TemApiError], str, str, Any]] = {
                 "type": "quotas_exceeded",
             },
         ),
-        QuotaExceededError,
+        errors.QuotaExceededError,
         "quotas_exceeded",
         "quota(s) exceeded for this resource",
         [{"resource": "emails_per_month", "quota": 10000, "current": 10000}],
     ),
     "not-found": (
         Answer.json(404, {"message": "resource is not found", "type": "not_found", **RESOURCE}),
-        NotFoundError,
+        errors.NotFoundError,
         "not_found",
         "resource is not found",
         RESOURCE,
@@ -276,7 +259,7 @@ API_CASES: dict[str, tuple[Answer, type[TemApiError], str, str, Any]] = {
                 **RESOURCE,
             },
         ),
-        TransientStateError,
+        errors.TransientStateError,
         "transient_state",
         "resource is in a transient state",
         {"current_state": "sending", **RESOURCE},
@@ -291,56 +274,56 @@ API_CASES: dict[str, tuple[Answer, type[TemApiError], str, str, Any]] = {
                 "help_message": "only new emails can be canceled",
             },
         ),
-        PreconditionFailedError,
+        errors.PreconditionFailedError,
         "precondition_failed",
         "precondition is not respected",
         {"precondition": "email_not_new", "help_message": "only new emails can be canceled"},
     ),
     "locked": (
         Answer.json(423, {"message": "resource is locked", "type": "locked", **RESOURCE}),
-        LockedError,
+        errors.LockedError,
         "locked",
         "resource is locked",
         RESOURCE,
     ),
     "rate-limited-json": (
         Answer.json(429, {"message": "too many requests", "type": "too_many_requests"}),
-        RateLimitedError,
+        errors.RateLimitedError,
         "too_many_requests",
         "too many requests",
         None,
     ),
     "rate-limited-bare": (
         Answer(429, b"Too Many Requests", content_type="text/plain"),
-        RateLimitedError,
+        errors.RateLimitedError,
         "",
         "Too Many Requests",
         None,
     ),
     "internal-500": (
         Answer.json(500, {"message": "internal error", "type": "internal_error"}),
-        ServerError,
+        errors.ServerError,
         "internal_error",
         "internal error",
         None,
     ),
     "bad-gateway-json": (
         Answer.json(502, {"message": "bad gateway"}),
-        ServerError,
+        errors.ServerError,
         "",
         "bad gateway",
         None,
     ),
     "out-of-stock": (
         Answer.json(503, {"message": "out of stock", "type": "out_of_stock", "resource": "smtp"}),
-        OutOfStockError,
+        errors.OutOfStockError,
         "out_of_stock",
         "out of stock",
         {"resource": "smtp"},
     ),
     "unavailable-503": (
         Answer(503, b"", content_type="text/plain"),
-        ServerError,
+        errors.ServerError,
         "",
         "server error",
         None,
@@ -351,13 +334,13 @@ API_CASES: dict[str, tuple[Answer, type[TemApiError], str, str, Any]] = {
             b"<html><head><title>502 Bad Gateway</title></head><body>502 Bad Gateway</body></html>",
             content_type="text/html",
         ),
-        ServerError,
+        errors.ServerError,
         "",
         "<html><head><title>502 Bad Gateway</title></head><body>502 Bad Gateway</body></html>",
         None,
     ),
-    "empty-400": (Answer(400, b""), InvalidArgumentsError, "", "request refused", None),
-    "empty-500": (Answer(500, b""), ServerError, "", "server error", None),
+    "empty-400": (Answer(400, b""), errors.InvalidArgumentsError, "", "request refused", None),
+    "empty-500": (Answer(500, b""), errors.ServerError, "", "server error", None),
 }
 
 
@@ -367,7 +350,7 @@ async def test_api_error_shapes_map_to_typed_errors(crafted: CraftedTem, case: s
     answer, cls, type_, message, details = API_CASES[case]
     crafted.answers[case] = answer
     async with TemClient(crafted.settings()) as tem:
-        with pytest.raises(TemApiError) as info:
+        with pytest.raises(errors.TemApiError) as info:
             await tem.get_email(case)
     err = info.value
     assert type(err) is cls
@@ -377,7 +360,7 @@ async def test_api_error_shapes_map_to_typed_errors(crafted: CraftedTem, case: s
     assert err.details == details
     assert err.raw_body == answer.body.decode()
     assert err.transient is (answer.status == 429 or answer.status >= 500)
-    assert isinstance(err, TemTransientError if err.transient else TemPermanentError)
+    assert isinstance(err, errors.TemTransientError if err.transient else errors.TemPermanentError)
     assert str(answer.status) in str(err)
 
 
@@ -386,9 +369,9 @@ async def test_validation_fields_are_readable_for_both_400_shapes(crafted: Craft
     crafted.answers["invalid-arguments"] = API_CASES["invalid-arguments"][0]
     crafted.answers["validation-error"] = API_CASES["validation-error"][0]
     async with TemClient(crafted.settings()) as tem:
-        with pytest.raises(InvalidArgumentsError) as typed:
+        with pytest.raises(errors.InvalidArgumentsError) as typed:
             await tem.send_email(send_request("invalid-arguments"))
-        with pytest.raises(InvalidArgumentsError) as old:
+        with pytest.raises(errors.InvalidArgumentsError) as old:
             await tem.send_email(send_request("validation-error"))
     assert typed.value.fields == {"to": "at most 10 recipients"}
     assert old.value.fields == {"subject": ["is too short"]}
@@ -398,7 +381,7 @@ async def test_bare_429_without_retry_after_has_no_hint(crafted: CraftedTem) -> 
     """The gateway's bare text 429 with no header is a RateLimitedError with ``retry_after_s`` None."""
     crafted.answers["bare"] = Answer(429, b"Too Many Requests", content_type="text/plain")
     async with TemClient(crafted.settings()) as tem:
-        with pytest.raises(RateLimitedError) as info:
+        with pytest.raises(errors.RateLimitedError) as info:
             await tem.send_email(send_request("bare"))
     assert info.value.retry_after_s is None
     assert info.value.transient
@@ -421,7 +404,7 @@ async def test_bare_429_honours_retry_after(crafted: CraftedTem, retry_after: st
         429, b"Too Many Requests", headers={"Retry-After": retry_after}, content_type="text/plain"
     )
     async with TemClient(crafted.settings()) as tem:
-        with pytest.raises(RateLimitedError) as info:
+        with pytest.raises(errors.RateLimitedError) as info:
             await tem.get_email("bare")
     assert check(info.value.retry_after_s), info.value.retry_after_s
 
@@ -439,18 +422,18 @@ def test_parse_retry_after_uses_the_given_now() -> None:
 def test_typed_body_never_contradicts_the_status_family() -> None:
     """A 5xx is never permanent and a 4xx never transient, whatever ``type`` the body claims."""
     body = orjson.dumps({"message": "x", "type": "not_found"})
-    assert type(error_from_response(500, body)) is ServerError
+    assert type(error_from_response(500, body)) is errors.ServerError
     body = orjson.dumps({"message": "x", "type": "out_of_stock"})
-    assert type(error_from_response(404, body)) is NotFoundError
-    assert type(error_from_response(418, b"")) is TemPermanentError
-    assert type(error_from_response(504, b"")) is ServerError
+    assert type(error_from_response(404, body)) is errors.NotFoundError
+    assert type(error_from_response(418, b"")) is errors.TemPermanentError
+    assert type(error_from_response(504, b"")) is errors.ServerError
 
 
 def test_api_errors_survive_pickling() -> None:
     """Errors cross process boundaries with their class and attributes intact."""
     err = error_from_response(429, b"Too Many Requests", {"Retry-After": "3"})
     copy = pickle.loads(pickle.dumps(err))
-    assert type(copy) is RateLimitedError
+    assert type(copy) is errors.RateLimitedError
     assert (copy.status, copy.retry_after_s, copy.message) == (429, 3.0, "Too Many Requests")
 
 
@@ -458,7 +441,7 @@ async def test_error_on_send_comes_from_the_send_endpoint(crafted: CraftedTem) -
     """A non-2xx on ``send`` raises the mapped error too (send and get share one mapping)."""
     crafted.answers["quota"] = API_CASES["quota"][0]
     async with TemClient(crafted.settings()) as tem:
-        with pytest.raises(QuotaExceededError):
+        with pytest.raises(errors.QuotaExceededError):
             await tem.send_email(send_request("quota"))
     assert crafted.seen[-1].method == "POST"
 
@@ -474,7 +457,7 @@ async def test_connection_refused_is_not_sent() -> None:
         secret_key=Secret("k"), project_id=PROJECT_ID, api_url=f"http://127.0.0.1:{closed_port()}"
     )
     async with TemClient(settings) as tem:
-        with pytest.raises(TemConnectionError) as info:
+        with pytest.raises(errors.TemConnectionError) as info:
             await tem.send_email(send_request("anything"))
     assert info.value.sent is False
     assert info.value.transient
@@ -484,7 +467,7 @@ async def test_connection_dropped_mid_request_is_ambiguous(crafted: CraftedTem) 
     """A server that closes the connection after reading the request gives ``sent=True``."""
     crafted.answers["drop"] = Answer(drop=True)
     async with TemClient(crafted.settings()) as tem:
-        with pytest.raises(TemConnectionError) as info:
+        with pytest.raises(errors.TemConnectionError) as info:
             await tem.send_email(send_request("drop"))
     assert info.value.sent is True
     assert len(crafted.seen) == 1  # the request did arrive: that is why it is ambiguous
@@ -494,7 +477,7 @@ async def test_no_answer_in_time_is_a_timeout(crafted: CraftedTem) -> None:
     """A server that never answers raises TemTimeoutError (``sent=True``) after ``timeout_s``."""
     crafted.answers["hang"] = Answer(hang=True)
     async with TemClient(crafted.settings(), timeout_s=0.2) as tem:
-        with pytest.raises(TemTimeoutError) as info:
+        with pytest.raises(errors.TemTimeoutError) as info:
             await tem.send_email(send_request("hang"))
     assert info.value.sent is True
     assert info.value.transient
@@ -502,10 +485,10 @@ async def test_no_answer_in_time_is_a_timeout(crafted: CraftedTem) -> None:
 
 def test_transport_errors_keep_sent_through_pickling() -> None:
     """``sent`` is a keyword with a backwards-compatible default and survives pickling."""
-    assert TemConnectionError("boom").sent is True
-    err = TemConnectionError("refused", sent=False)
+    assert errors.TemConnectionError("boom").sent is True
+    err = errors.TemConnectionError("refused", sent=False)
     copy = pickle.loads(pickle.dumps(err))
-    assert (type(copy), copy.sent, str(copy)) == (TemConnectionError, False, "refused")
+    assert (type(copy), copy.sent, str(copy)) == (errors.TemConnectionError, False, "refused")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -572,6 +555,6 @@ def test_every_form_of_throttling_is_a_rate_limited_error(
     """A 429, the gateway's x-envoy-ratelimited header and a too_many_requests type all mean
     "slow down", whatever status carries them: the one signal that moves the send rate."""
     err = error_from_response(status, body, headers)
-    assert isinstance(err, RateLimitedError)
+    assert isinstance(err, errors.RateLimitedError)
     assert err.status == status
     assert err.transient

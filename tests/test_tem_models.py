@@ -8,22 +8,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from bulksend.tem.models import (
-    Address,
-    Attachment,
-    CreateEmailRequest,
-    Email,
-    EmailFlag,
-    EmailStatus,
-    Header,
-    ListEmailsPage,
-    ListEmailsQuery,
-    OrderBy,
-    RcptType,
-    Statistics,
-    format_rfc3339,
-    parse_rfc3339,
-)
+from bulksend.tem import models
 
 # ---------------------------------------------------------------------------------------------
 # RFC 3339
@@ -44,7 +29,7 @@ from bulksend.tem.models import (
 )
 def test_parse_rfc3339_accepts_nanoseconds_offsets_and_no_fraction(text: str, expected: datetime) -> None:
     """Nanosecond fractions are truncated to µs, offsets are normalised to UTC, no offset means UTC."""
-    parsed = parse_rfc3339(text)
+    parsed = models.parse_rfc3339(text)
     assert parsed == expected
     assert parsed is not None
     assert parsed.utcoffset() == timedelta(0)
@@ -52,19 +37,19 @@ def test_parse_rfc3339_accepts_nanoseconds_offsets_and_no_fraction(text: str, ex
 
 def test_parse_rfc3339_empty_is_none_and_garbage_raises() -> None:
     """None or "" give None; text that is not a timestamp raises ValueError."""
-    assert parse_rfc3339(None) is None
-    assert parse_rfc3339("") is None
+    assert models.parse_rfc3339(None) is None
+    assert models.parse_rfc3339("") is None
     with pytest.raises(ValueError, match="RFC 3339"):
-        parse_rfc3339("yesterday")
+        models.parse_rfc3339("yesterday")
 
 
 def test_format_rfc3339_is_utc_with_z() -> None:
     """Datetimes are sent in UTC with a Z suffix; naive ones are taken as UTC."""
     paris = timezone(timedelta(hours=2))
-    assert format_rfc3339(datetime(2024, 4, 1, 9, 0, tzinfo=paris)) == "2024-04-01T07:00:00Z"
-    assert format_rfc3339(datetime(2024, 4, 1, 7, 0, 0, 5)) == "2024-04-01T07:00:00.000005Z"
+    assert models.format_rfc3339(datetime(2024, 4, 1, 9, 0, tzinfo=paris)) == "2024-04-01T07:00:00Z"
+    assert models.format_rfc3339(datetime(2024, 4, 1, 7, 0, 0, 5)) == "2024-04-01T07:00:00.000005Z"
     value = datetime(2024, 4, 1, 7, 0, 0, 123456, tzinfo=UTC)
-    assert parse_rfc3339(format_rfc3339(value)) == value
+    assert models.parse_rfc3339(models.format_rfc3339(value)) == value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,20 +84,20 @@ FULL_EMAIL = {
 @example(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))
 def test_format_rfc3339_round_trips_every_year(value: datetime) -> None:
     """Any time of years 1..9999 formats as RFC 3339 (four-digit year) and parses back to itself."""
-    text = format_rfc3339(value)
+    text = models.format_rfc3339(value)
     assert len(text.split("-", 1)[0]) == 4, text
-    assert parse_rfc3339(text) == value
+    assert models.parse_rfc3339(text) == value
 
 
 def test_email_from_json_reads_every_field() -> None:
     """A complete Email object is parsed into typed fields (mail_rcpt preferred over rcpt_to)."""
-    email = Email.from_json(FULL_EMAIL)
+    email = models.Email.from_json(FULL_EMAIL)
     assert email.id == "e1"
     assert email.mail_rcpt == "ann@example.org"
-    assert email.rcpt_type is RcptType.CC
-    assert email.status is EmailStatus.FAILED
+    assert email.rcpt_type is models.RcptType.CC
+    assert email.status is models.EmailStatus.FAILED
     assert email.created_at == datetime(2024, 4, 1, 7, 55, 36, 758671, tzinfo=UTC)
-    assert email.flags == (EmailFlag.HARD_BOUNCE, EmailFlag.MAILBOX_NOT_FOUND)
+    assert email.flags == (models.EmailFlag.HARD_BOUNCE, models.EmailFlag.MAILBOX_NOT_FOUND)
     assert email.last_try is not None
     assert email.last_try.code == 550
     assert email.is_final
@@ -120,10 +105,10 @@ def test_email_from_json_reads_every_field() -> None:
 
 def test_email_from_json_tolerates_missing_keys() -> None:
     """Missing keys mean empty or zero, as TEM documents; the deprecated rcpt_to is a fallback."""
-    email = Email.from_json({"id": "e2", "rcpt_to": "bob@example.org"})
+    email = models.Email.from_json({"id": "e2", "rcpt_to": "bob@example.org"})
     assert email.mail_rcpt == "bob@example.org"
-    assert email.status is EmailStatus.UNKNOWN
-    assert email.rcpt_type is RcptType.UNKNOWN_RCPT_TYPE
+    assert email.status is models.EmailStatus.UNKNOWN
+    assert email.rcpt_type is models.RcptType.UNKNOWN_RCPT_TYPE
     assert (email.try_count, email.last_tries, email.flags, email.created_at) == (0, (), (), None)
     assert email.last_try is None
     assert not email.is_final
@@ -131,18 +116,18 @@ def test_email_from_json_tolerates_missing_keys() -> None:
 
 def test_unknown_enum_values_map_to_unknown_and_keep_the_raw_value() -> None:
     """A status, flag or recipient type TEM adds later becomes UNKNOWN instead of crashing."""
-    email = Email.from_json(
+    email = models.Email.from_json(
         {"id": "e3", "status": "quarantined", "rcpt_type": "resent_to", "flags": ["spam", "new_flag"]}
     )
-    assert email.status is EmailStatus.UNKNOWN
-    assert email.rcpt_type is RcptType.UNKNOWN_RCPT_TYPE
-    assert email.flags == (EmailFlag.SPAM, EmailFlag.UNKNOWN_FLAG)
+    assert email.status is models.EmailStatus.UNKNOWN
+    assert email.rcpt_type is models.RcptType.UNKNOWN_RCPT_TYPE
+    assert email.flags == (models.EmailFlag.SPAM, models.EmailFlag.UNKNOWN_FLAG)
     assert email.raw_flags == ("spam", "new_flag")
 
 
 def test_malformed_values_do_not_lose_the_email() -> None:
     """Bad timestamps, non-numeric counts, junk tries and nulls degrade to empty values."""
-    email = Email.from_json(
+    email = models.Email.from_json(
         {
             "id": "e4",
             "created_at": "not a time",
@@ -163,27 +148,27 @@ def test_malformed_values_do_not_lose_the_email() -> None:
 @pytest.mark.parametrize(
     ("status", "final"),
     [
-        (EmailStatus.NEW, False),
-        (EmailStatus.SENDING, False),
-        (EmailStatus.SENT, True),
-        (EmailStatus.FAILED, True),
-        (EmailStatus.CANCELED, True),
-        (EmailStatus.UNKNOWN, False),
+        (models.EmailStatus.NEW, False),
+        (models.EmailStatus.SENDING, False),
+        (models.EmailStatus.SENT, True),
+        (models.EmailStatus.FAILED, True),
+        (models.EmailStatus.CANCELED, True),
+        (models.EmailStatus.UNKNOWN, False),
     ],
 )
-def test_is_final(status: EmailStatus, final: bool) -> None:
+def test_is_final(status: models.EmailStatus, final: bool) -> None:
     """Only sent, failed and canceled are final; new, sending and unknown may still change."""
     assert status.is_final is final
-    assert Email(id="x", status=status).is_final is final
+    assert models.Email(id="x", status=status).is_final is final
 
 
 def test_list_page_and_statistics_parse_tolerantly() -> None:
     """List pages skip non-object entries; statistics default missing counts to zero."""
-    page = ListEmailsPage.from_json({"total_count": "3", "emails": [FULL_EMAIL, "junk"]})
+    page = models.ListEmailsPage.from_json({"total_count": "3", "emails": [FULL_EMAIL, "junk"]})
     assert page.total_count == 3
     assert [e.id for e in page.emails] == ["e1"]
-    assert ListEmailsPage.from_json({}) == ListEmailsPage(total_count=0, emails=())
-    stats = Statistics.from_json({"total_count": 5, "sent_count": 4, "failed_count": None})
+    assert models.ListEmailsPage.from_json({}) == models.ListEmailsPage(total_count=0, emails=())
+    stats = models.Statistics.from_json({"total_count": 5, "sent_count": 4, "failed_count": None})
     assert (stats.total_count, stats.sent_count, stats.failed_count, stats.new_count) == (5, 4, 0, 0)
 
 
@@ -194,15 +179,15 @@ def test_list_page_and_statistics_parse_tolerantly() -> None:
 
 def test_list_query_to_params_repeats_list_keys() -> None:
     """statuses and flags repeat their key, times are RFC 3339 UTC, empty filters are left out."""
-    query = ListEmailsQuery(
+    query = models.ListEmailsQuery(
         project_id="p",
         mail_rcpt="ann@example.org",
         subject="",
         since=datetime(2024, 4, 1, tzinfo=UTC),
         until=datetime(2024, 4, 2, 2, tzinfo=timezone(timedelta(hours=2))),
-        statuses=(EmailStatus.SENT, EmailStatus.FAILED),
-        flags=(EmailFlag.SPAM, EmailFlag.HARD_BOUNCE),
-        order_by=OrderBy.CREATED_AT_ASC,
+        statuses=(models.EmailStatus.SENT, models.EmailStatus.FAILED),
+        flags=(models.EmailFlag.SPAM, models.EmailFlag.HARD_BOUNCE),
+        order_by=models.OrderBy.CREATED_AT_ASC,
     )
     assert query.to_params() == [
         ("project_id", "p"),
@@ -215,20 +200,20 @@ def test_list_query_to_params_repeats_list_keys() -> None:
         ("flags", "hard_bounce"),
         ("order_by", "created_at_asc"),
     ]
-    assert ListEmailsQuery().to_params() == []
+    assert models.ListEmailsQuery().to_params() == []
 
 
 def test_create_email_request_to_json() -> None:
     """The send body uses TEM's key names, fills an empty project id and omits empty optional lists."""
-    request = CreateEmailRequest(
-        from_=Address("news@example.com", "News"),
-        to=(Address("ann@example.org"),),
-        bcc=(Address("audit@example.org", "Audit"),),
+    request = models.CreateEmailRequest(
+        from_=models.Address("news@example.com", "News"),
+        to=(models.Address("ann@example.org"),),
+        bcc=(models.Address("audit@example.org", "Audit"),),
         subject="Hi",
         text="t",
-        attachments=(Attachment("a.txt", "text/plain", "aGk="),),
+        attachments=(models.Attachment("a.txt", "text/plain", "aGk="),),
         send_before=datetime(2030, 1, 1, tzinfo=UTC),
-        additional_headers=(Header("List-Unsubscribe", "<https://example.com/u>"),),
+        additional_headers=(models.Header("List-Unsubscribe", "<https://example.com/u>"),),
     )
     body = request.to_json(default_project_id="p-default")
     assert body["from"] == {"email": "news@example.com", "name": "News"}
@@ -239,5 +224,5 @@ def test_create_email_request_to_json() -> None:
     assert body["send_before"] == "2030-01-01T00:00:00Z"
     assert body["attachments"] == [{"name": "a.txt", "type": "text/plain", "content": "aGk="}]
     assert body["additional_headers"] == [{"key": "List-Unsubscribe", "value": "<https://example.com/u>"}]
-    explicit = CreateEmailRequest(from_=Address("a@example.com"), project_id="p-own")
+    explicit = models.CreateEmailRequest(from_=models.Address("a@example.com"), project_id="p-own")
     assert explicit.to_json(default_project_id="p-default")["project_id"] == "p-own"

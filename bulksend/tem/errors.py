@@ -18,49 +18,35 @@ from typing import Any
 
 import orjson
 
-from bulksend.errors import (
-    AuthenticationError,
-    InvalidArgumentsError,
-    LockedError,
-    NotFoundError,
-    OutOfStockError,
-    PermissionsDeniedError,
-    PreconditionFailedError,
-    QuotaExceededError,
-    RateLimitedError,
-    ServerError,
-    TemApiError,
-    TemPermanentError,
-    TransientStateError,
-)
+from bulksend import errors
 
 __all__ = ["error_from_response", "parse_retry_after"]
 
 _MAX_RAW = 4096
 
-_BY_TYPE: dict[str, type[TemApiError]] = {
-    "invalid_arguments": InvalidArgumentsError,
-    "denied_authentication": AuthenticationError,
-    "permissions_denied": PermissionsDeniedError,
-    "quotas_exceeded": QuotaExceededError,
-    "not_found": NotFoundError,
-    "transient_state": TransientStateError,
-    "precondition_failed": PreconditionFailedError,
-    "locked": LockedError,
-    "too_many_requests": RateLimitedError,
-    "out_of_stock": OutOfStockError,
+_BY_TYPE: dict[str, type[errors.TemApiError]] = {
+    "invalid_arguments": errors.InvalidArgumentsError,
+    "denied_authentication": errors.AuthenticationError,
+    "permissions_denied": errors.PermissionsDeniedError,
+    "quotas_exceeded": errors.QuotaExceededError,
+    "not_found": errors.NotFoundError,
+    "transient_state": errors.TransientStateError,
+    "precondition_failed": errors.PreconditionFailedError,
+    "locked": errors.LockedError,
+    "too_many_requests": errors.RateLimitedError,
+    "out_of_stock": errors.OutOfStockError,
 }
 
-_BY_STATUS: dict[int, type[TemApiError]] = {
-    400: InvalidArgumentsError,
-    401: AuthenticationError,
-    403: PermissionsDeniedError,
-    404: NotFoundError,
-    409: TransientStateError,
-    412: PreconditionFailedError,
-    423: LockedError,
-    429: RateLimitedError,
-    503: ServerError,
+_BY_STATUS: dict[int, type[errors.TemApiError]] = {
+    400: errors.InvalidArgumentsError,
+    401: errors.AuthenticationError,
+    403: errors.PermissionsDeniedError,
+    404: errors.NotFoundError,
+    409: errors.TransientStateError,
+    412: errors.PreconditionFailedError,
+    423: errors.LockedError,
+    429: errors.RateLimitedError,
+    503: errors.ServerError,
 }
 
 
@@ -85,28 +71,30 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return max(0.0, seconds)
 
 
-def _class_for(status: int, type_: str, throttled: bool = False) -> type[TemApiError]:
+def _class_for(status: int, type_: str, throttled: bool = False) -> type[errors.TemApiError]:
     if throttled or (type_ == "too_many_requests" and status >= 400):
         # Throttling moves the send rate, whatever status carries it (docs/flow-control.md).
-        return RateLimitedError
+        return errors.RateLimitedError
     cls = _BY_TYPE.get(type_)
     if cls is not None:
         # Trust a typed body only when it agrees with the status family: a 5xx is never
         # "permanent" and a 4xx never "transient", whatever the body says.
-        if status == 429 and cls is RateLimitedError:
+        if status == 429 and cls is errors.RateLimitedError:
             return cls
-        if status >= 500 and issubclass(cls, ServerError):
+        if status >= 500 and issubclass(cls, errors.ServerError):
             return cls
-        if 400 <= status < 500 and status != 429 and issubclass(cls, TemPermanentError):
+        if 400 <= status < 500 and status != 429 and issubclass(cls, errors.TemPermanentError):
             return cls
     if status in _BY_STATUS:
         return _BY_STATUS[status]
     if status >= 500:
-        return ServerError
-    return TemPermanentError
+        return errors.ServerError
+    return errors.TemPermanentError
 
 
-def error_from_response(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> TemApiError:
+def error_from_response(
+    status: int, body: bytes, headers: Mapping[str, str] | None = None
+) -> errors.TemApiError:
     """Build the typed error for a non-2xx answer. Never raises."""
     headers = headers or {}
     raw = body[:_MAX_RAW].decode("utf-8", "replace")
