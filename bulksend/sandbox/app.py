@@ -16,14 +16,14 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import anyio
 import orjson
 from aiohttp import web
 
 from bulksend.campaign.validate import MAX_EMAIL_BYTES
+from bulksend.lifecycle import OpenClose
 
 from .config import UUID_RE, SandboxConfig, SandboxStats
 from .request import parse_create_email, parse_timestamp
@@ -98,7 +98,7 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-class Sandbox:
+class Sandbox(OpenClose):
     """A local TEM server. Use ``async with Sandbox(cfg) as sb:`` or ``await sb.start()/stop()``.
 
     ``clock`` returns seconds (default ``time.time``); it drives every lifecycle decision,
@@ -256,17 +256,9 @@ class Sandbox:
         if runner is not None:
             await runner.cleanup()
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+    # ``async with`` (from OpenClose) starts and stops the server.
+    open = start
+    close = stop
 
     # -- internals --------------------------------------------------------------------------------
 

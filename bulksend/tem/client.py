@@ -25,8 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
-from types import TracebackType
-from typing import Any, Final, Literal, NamedTuple, Self
+from typing import Any, Final, Literal, NamedTuple
 from urllib.parse import quote
 
 import aiohttp
@@ -36,6 +35,7 @@ from yarl import URL
 
 from bulksend import __version__
 from bulksend.errors import TemConnectionError, TemError, TemProtocolError, TemTimeoutError
+from bulksend.lifecycle import OpenClose
 from bulksend.tem.config import TemSettings
 from bulksend.tem.errors import error_from_response
 from bulksend.tem.models import (
@@ -114,7 +114,7 @@ def create_session(
     )
 
 
-class TemClient:
+class TemClient(OpenClose):
     """Async client of the TEM email endpoints for one set of :class:`TemSettings`.
 
     Use it as ``async with TemClient(settings) as tem: ...``. With ``session=`` it shares an existing
@@ -193,18 +193,6 @@ class TemClient:
         if self._owns_session and self._session is not None:
             session, self._session = self._session, None
             await session.close()
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # -- endpoints ---------------------------------------------------------------------------------
 
