@@ -169,7 +169,9 @@ def test_list_page_and_statistics_parse_tolerantly() -> None:
     assert [e.id for e in page.emails] == ["e1"]
     assert models.ListEmailsPage.from_json({}) == models.ListEmailsPage(total_count=0, emails=())
     stats = models.Statistics.from_json({"total_count": 5, "sent_count": 4, "failed_count": None})
-    assert (stats.total_count, stats.sent_count, stats.failed_count, stats.new_count) == (5, 4, 0, 0)
+    assert stats == models.Statistics(total_count=5, sent_count=4)
+    answer = {"total_count": 9, "new_count": 1, "sending_count": "2", "sent_count": 3, "canceled_count": 3}
+    assert models.Statistics.from_json(answer) == models.Statistics(9, 1, 2, 3, 0, 3)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Self
 
 __all__ = [
     "Address",
@@ -33,7 +33,19 @@ __all__ = [
 ]
 
 
-class EmailStatus(StrEnum):
+class _TolerantEnum(StrEnum):
+    """An enum of wire values whose first member stands for any value this version does not know."""
+
+    @classmethod
+    def parse(cls, value: object) -> Self:
+        """Map a wire value to a member; anything unrecognised is the first (unknown) member."""
+        try:
+            return cls(str(value))
+        except ValueError:
+            return next(iter(cls))
+
+
+class EmailStatus(_TolerantEnum):
     """Status of one email (one recipient). ``new`` and ``sending`` are transient."""
 
     UNKNOWN = "unknown"
@@ -48,21 +60,13 @@ class EmailStatus(StrEnum):
         """True once TEM will not change the status any more."""
         return self in _FINAL_STATUSES
 
-    @classmethod
-    def parse(cls, value: object) -> EmailStatus:
-        """Map a wire value to a status; anything unrecognised is ``UNKNOWN``."""
-        try:
-            return cls(str(value))
-        except ValueError:
-            return cls.UNKNOWN
-
 
 _FINAL_STATUSES = frozenset({EmailStatus.SENT, EmailStatus.FAILED, EmailStatus.CANCELED})
 FINAL_STATUSES: frozenset[EmailStatus] = _FINAL_STATUSES
 TRANSIENT_STATUSES: frozenset[EmailStatus] = frozenset({EmailStatus.NEW, EmailStatus.SENDING})
 
 
-class EmailFlag(StrEnum):
+class EmailFlag(_TolerantEnum):
     """Flags TEM attaches to an email. Unknown wire values map to ``UNKNOWN_FLAG``."""
 
     UNKNOWN_FLAG = "unknown_flag"
@@ -75,30 +79,14 @@ class EmailFlag(StrEnum):
     SEND_BEFORE_EXPIRATION = "send_before_expiration"
     BLOCKLISTED = "blocklisted"
 
-    @classmethod
-    def parse(cls, value: object) -> EmailFlag:
-        """Map a wire value to a flag; anything unrecognised is ``UNKNOWN_FLAG``."""
-        try:
-            return cls(str(value))
-        except ValueError:
-            return cls.UNKNOWN_FLAG
 
-
-class RcptType(StrEnum):
-    """Recipient type of an email."""
+class RcptType(_TolerantEnum):
+    """Recipient type of an email. Unknown wire values map to ``UNKNOWN_RCPT_TYPE``."""
 
     UNKNOWN_RCPT_TYPE = "unknown_rcpt_type"
     TO = "to"
     CC = "cc"
     BCC = "bcc"
-
-    @classmethod
-    def parse(cls, value: object) -> RcptType:
-        """Map a wire value to a recipient type; anything unrecognised is ``UNKNOWN_RCPT_TYPE``."""
-        try:
-            return cls(str(value))
-        except ValueError:
-            return cls.UNKNOWN_RCPT_TYPE
 
 
 class OrderBy(StrEnum):
@@ -415,14 +403,8 @@ class Statistics:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Statistics:
-        return cls(
-            total_count=_int(data.get("total_count")),
-            new_count=_int(data.get("new_count")),
-            sending_count=_int(data.get("sending_count")),
-            sent_count=_int(data.get("sent_count")),
-            failed_count=_int(data.get("failed_count")),
-            canceled_count=_int(data.get("canceled_count")),
-        )
+        # Every field is a count under its own name in TEM's answer.
+        return cls(**{f.name: _int(data.get(f.name)) for f in fields(cls)})
 
 
 def statuses(values: Iterable[str | EmailStatus]) -> tuple[EmailStatus, ...]:
