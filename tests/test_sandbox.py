@@ -18,6 +18,7 @@ import pytest
 from bulksend.sandbox import Sandbox, SandboxConfig, SandboxStats
 from bulksend.sandbox.app import is_loopback_host
 from bulksend.sandbox.cli import config_from_args, configure
+from bulksend.sandbox.request import CreateEmail
 from bulksend.sandbox.state import EmailFilter, EmailStore, Timing, format_timestamp
 from bulksend.tem.models import parse_rfc3339
 from bulksend.testing import FakeClock
@@ -985,15 +986,8 @@ def test_store_window_query_uses_creation_order() -> None:
     store = EmailStore()
     timing = Timing()
     for i in range(10_000):
-        store.create(
-            project_id=PROJECT,
-            mail_from="a@example.com",
-            subject="s",
-            send_before=None,
-            timing=timing,
-            recipients=[(f"u{i}@example.org", "to")],
-            now=T0 + i,
-        )
+        send = CreateEmail(PROJECT, "a@example.com", "s", None, ((f"u{i}@example.org", "to"),))
+        store.create(send, timing=timing, now=T0 + i)
     selected = store.select(
         EmailFilter(since=T0 + 100, until=T0 + 199, statuses=frozenset({"sent"})), T0 + 20_000
     )

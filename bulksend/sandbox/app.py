@@ -403,15 +403,7 @@ class Sandbox(OpenClose):
             return _invalid(errors, "Invalid email from address" if sender_refused else "invalid argument(s)")
         now = self._clock()
         store = self._store
-        positions = store.create(
-            project_id=parsed.project_id,
-            mail_from=parsed.mail_from,
-            subject=parsed.subject,
-            send_before=parsed.send_before,
-            timing=self._timing,
-            recipients=parsed.recipients,
-            now=now,
-        )
+        positions = store.create(parsed, timing=self._timing, now=now)
         # TEM answers a send with the emails as queued (`new`), whatever happens next.
         return _json({"emails": [store.render(p, now, as_created=True) for p in positions]})
 

@@ -29,10 +29,12 @@ import time
 from array import array
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+
+from .request import CreateEmail
 
 __all__ = [
     "ORDER_BY_VALUES",
@@ -395,28 +397,19 @@ class EmailStore:
 
     # -- writes ---------------------------------------------------------------------------------
 
-    def create(
-        self,
-        *,
-        project_id: str,
-        mail_from: str,
-        subject: str,
-        send_before: float | None,
-        timing: Timing,
-        recipients: Sequence[tuple[str, str]],
-        now: float,
-    ) -> range:
-        """Create one email per ``(address, rcpt_type)``; returns their positions."""
+    def create(self, send: CreateEmail, *, timing: Timing, now: float) -> range:
+        """Create one email per recipient of ``send``; returns their positions."""
         # A clock that steps back (NTP, a test) must not break the sorted order bisect relies on.
         created_at = now if now >= self._last_created_at else self._last_created_at
         self._last_created_at = created_at
         emails = self.emails
         start = len(emails)
+        send_before = send.send_before
         message = Message(
             len(self._msg_start),
-            sys.intern(project_id),
-            sys.intern(mail_from),
-            sys.intern(subject),
+            sys.intern(send.project_id),
+            sys.intern(send.mail_from),
+            sys.intern(send.subject),
             created_at,
             send_before,
             timing,
@@ -434,7 +427,7 @@ class EmailStore:
         else:
             ordinary_final_at = leave_new
         position = start
-        for address, rcpt_type in recipients:
+        for address, rcpt_type in send.recipients:
             outcome = outcome_for(address)
             email = StoredEmail(message, address, rcpt_type, outcome)
             emails.append(email)
