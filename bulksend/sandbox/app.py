@@ -16,7 +16,7 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import orjson
@@ -24,6 +24,7 @@ from aiohttp import web
 
 from bulksend.campaign.validate import MAX_EMAIL_BYTES
 from bulksend.lifecycle import OpenClose
+from bulksend.tem.models import EmailFlag, EmailStatus
 
 from .config import UUID_RE, SandboxConfig, SandboxStats
 from .request import parse_create_email, parse_timestamp
@@ -35,23 +36,13 @@ REGION = "fr-par"
 API_PREFIX = "/transactional-email/v1alpha1/regions/{region}"
 REQUEST_KINDS = ("send", "get", "list", "cancel", "statistics", "other")
 FAULT_KINDS = ("5xx_before", "5xx_after", "drop_created", "drop_not_created")
-_STATUSES = frozenset({"unknown", "new", "sending", "sent", "failed", "canceled"})
-_FLAGS = frozenset(
-    {
-        "unknown_flag",
-        "soft_bounce",
-        "hard_bounce",
-        "spam",
-        "mailbox_full",
-        "mailbox_not_found",
-        "greylisted",
-        "send_before_expiration",
-        "blocklisted",
-    }
-)
+# What the list endpoint accepts as statuses and flags: exactly the values TEM documents.
+_STATUSES = frozenset(EmailStatus)
+_FLAGS = frozenset(EmailFlag)
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 1000
 
+_T = TypeVar("_T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _JSON = "application/json"
@@ -88,6 +79,13 @@ def _not_found(resource: str, resource_id: str) -> web.Response:
     )
 
 
+def _started(value: _T | None) -> _T:
+    """``value``, known only once the sandbox is started."""
+    if value is None:
+        raise RuntimeError("the sandbox is not started")
+    return value
+
+
 def is_loopback_host(host: str) -> bool:
     """True when ``host`` only listens on the loopback interface."""
     if host == "localhost":
@@ -119,18 +117,10 @@ class Sandbox(OpenClose):
         self._port = port
         self._clock: Callable[[], float] = clock if clock is not None else time.time
         self._shutdown_timeout_s = shutdown_timeout_s
-        self._store = EmailStore()
-        self._requests = dict.fromkeys(REQUEST_KINDS, 0)
-        self._faults = dict.fromkeys(FAULT_KINDS, 0)
-        self._rate_limited = 0
-        self._outage_until = -math.inf
         self._outage_status = 503
-        self._outage_answers = 0
         self._runner: web.AppRunner | None = None
         self._bound_port: int | None = None
-        self._tokens = 0.0
-        self._tokens_at = 0.0
-        self._rng = random.Random(self._config.seed)
+        self._clear()
         self._apply_config(None)
 
     def __repr__(self) -> str:
@@ -146,17 +136,12 @@ class Sandbox(OpenClose):
     @property
     def url(self) -> str:
         """The API URL to give clients (``SCW_API_URL``), without a trailing slash."""
-        url = self._url_or_none()
-        if url is None:
-            raise RuntimeError("the sandbox is not started")
-        return url
+        return _started(self._url_or_none())
 
     @property
     def port(self) -> int:
         """The bound TCP port."""
-        if self._bound_port is None:
-            raise RuntimeError("the sandbox is not started")
-        return self._bound_port
+        return _started(self._bound_port)
 
     @property
     def store(self) -> EmailStore:
@@ -201,13 +186,7 @@ class Sandbox(OpenClose):
 
     def reset(self) -> None:
         """Forget every email and counter (ids handed out before become unknown)."""
-        self._store = EmailStore()
-        self._requests = dict.fromkeys(REQUEST_KINDS, 0)
-        self._faults = dict.fromkeys(FAULT_KINDS, 0)
-        self._rate_limited = 0
-        self._outage_until = -math.inf
-        self._outage_answers = 0
-        self._rng = random.Random(self._config.seed)
+        self._clear()
         self._tokens = self._config.burst
         self._tokens_at = self._clock()
 
@@ -261,6 +240,16 @@ class Sandbox(OpenClose):
     close = stop
 
     # -- internals --------------------------------------------------------------------------------
+
+    def _clear(self) -> None:
+        """The emails, counters and random draws of a fresh sandbox."""
+        self._store = EmailStore()
+        self._requests = dict.fromkeys(REQUEST_KINDS, 0)
+        self._faults = dict.fromkeys(FAULT_KINDS, 0)
+        self._rate_limited = 0
+        self._outage_until = -math.inf
+        self._outage_answers = 0
+        self._rng = random.Random(self._config.seed)
 
     def _url_or_none(self) -> str | None:
         if self._bound_port is None or self._runner is None:

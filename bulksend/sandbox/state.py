@@ -766,19 +766,12 @@ class EmailStore:
 
     def statistics(self, flt: EmailFilter, now: float) -> dict[str, int]:
         """Counts by status of the emails matching ``flt``."""
-        counts = {"new": 0, "sending": 0, "sent": 0, "failed": 0, "canceled": 0}
+        counts = dict.fromkeys(("new", "sending", "sent", "failed", "canceled"), 0)
         emails = self.emails
         positions = self.select(flt, now)
         for p in positions:
             counts[status_at(emails[p], now)] += 1
-        return {
-            "total_count": len(positions),
-            "new_count": counts["new"],
-            "sending_count": counts["sending"],
-            "sent_count": counts["sent"],
-            "failed_count": counts["failed"],
-            "canceled_count": counts["canceled"],
-        }
+        return {"total_count": len(positions)} | {f"{status}_count": n for status, n in counts.items()}
 
 
 def _created_at(email: StoredEmail) -> float:
