@@ -683,32 +683,19 @@ async def test_page_and_page_size_take_only_plain_whole_numbers(api: Api, value:
         assert [d["argument_name"] for d in data["details"]] == [name]
 
 
-@pytest.mark.parametrize(
-    ("order_by", "key", "reverse"),
-    [
-        ("created_at_asc", "created_at", False),
-        ("created_at_desc", "created_at", True),
-        ("updated_at_asc", "updated_at", False),
-        ("updated_at_desc", "updated_at", True),
-        ("status_asc", "status", False),
-        ("status_desc", "status", True),
-        ("mail_from_asc", "mail_from", False),
-        ("mail_from_desc", "mail_from", True),
-        ("mail_rcpt_asc", "mail_rcpt", False),
-        ("mail_rcpt_desc", "mail_rcpt", True),
-        ("subject_asc", "subject", False),
-        ("subject_desc", "subject", True),
-    ],
-)
+@pytest.mark.parametrize("direction", ["asc", "desc"])
+@pytest.mark.parametrize("key", ["created_at", "updated_at", "status", "mail_from", "mail_rcpt", "subject"])
 async def test_list_orders_by_every_order_by_value(
-    api: Api, sandbox: Sandbox, clock: FakeClock, order_by: str, key: str, reverse: bool
+    api: Api, sandbox: Sandbox, clock: FakeClock, key: str, direction: str
 ) -> None:
-    """Each of the 12 order_by values sorts the page by that field in that direction."""
+    """Each of the 12 order_by values (a field, then asc or desc) sorts the page by that field in that
+    direction."""
+    order_by = f"{key}_{direction}"
     await _mixed_population(api, sandbox, clock)
     status, data = await api.list_emails([("order_by", order_by), ("page_size", "100")])
     assert status == 200
     values = [e[key].lower() for e in data["emails"]]
-    assert values == sorted(values, reverse=reverse)
+    assert values == sorted(values, reverse=direction == "desc")
     assert len(set(values)) > 1
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import urllib.error
@@ -37,25 +38,13 @@ VALID: dict[str, Any] = {
 @example("0001-01-01T00:00:00+14:00")
 @example("9999-12-31 23:59:59 14:00")
 def test_timestamps_parse_or_raise_value_error(value: str) -> None:
-    """since, until and send_before either parse to a finite time or raise ValueError, nothing else."""
-    try:
-        seconds = parse_timestamp(value)
-    except ValueError:
-        return
-    assert math.isfinite(seconds)
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.one_of(extreme_times, odd_text))
-@example("9999-12-31T23:59:59-14:00")
-def test_parse_rfc3339_returns_utc_or_raises_value_error(value: str) -> None:
-    """parse_rfc3339 gives a UTC time (or None for empty) or raises ValueError, nothing else."""
-    try:
+    """since, until and send_before either parse to a finite time or raise ValueError, and
+    parse_rfc3339 gives a UTC time (or None for empty) or raises ValueError: nothing else."""
+    with contextlib.suppress(ValueError):
+        assert math.isfinite(parse_timestamp(value))
+    with contextlib.suppress(ValueError):
         parsed = parse_rfc3339(value)
-    except ValueError:
-        return
-    if parsed is not None:
-        assert parsed.utcoffset() == timedelta(0)
+        assert parsed is None or parsed.utcoffset() == timedelta(0)
 
 
 def _check_answer(body: bytes | None, data: Any) -> None:
