@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -15,28 +16,33 @@ from .config import SandboxConfig, SandboxStats
 __all__ = ["ThreadedSandbox", "sandbox_in_thread"]
 
 
+@dataclass(frozen=True)
 class ThreadedSandbox:
     """A handle on a sandbox served from another thread; every call crosses into its loop."""
 
-    def __init__(self, sandbox: Sandbox, portal: BlockingPortal) -> None:
-        self._sandbox = sandbox
-        self._portal = portal
+    _sandbox: Sandbox
+    _portal: BlockingPortal
 
     @property
     def url(self) -> str:
+        """The API URL to give clients."""
         return self._sandbox.url
 
     @property
     def config(self) -> SandboxConfig:
+        """The current configuration."""
         return self._sandbox.config
 
     def stats(self) -> SandboxStats:
+        """A snapshot of the counters."""
         return self._portal.call(self._sandbox.stats)
 
     def update(self, **changes: Any) -> SandboxConfig:
+        """Change settings live; returns the new configuration."""
         return self._portal.call(lambda: self._sandbox.update(**changes))
 
     def reset(self) -> None:
+        """Forget every email and counter."""
         self._portal.call(self._sandbox.reset)
 
 
