@@ -63,6 +63,24 @@ def server_error() -> errors.ServerError:
     return errors.ServerError(502, "bad gateway", raw_body='{"message": "bad gateway"}')
 
 
+# Never worth a retry: permanent 4xx, configuration and input mistakes, foreign exceptions.
+NOT_TRANSIENT: list[BaseException] = [
+    errors.InvalidArgumentsError(400, "bad"),
+    errors.AuthenticationError(401, "denied"),
+    errors.PermissionsDeniedError(403, "nope"),
+    errors.QuotaExceededError(403, "quota"),
+    errors.NotFoundError(404, "gone"),
+    errors.TransientStateError(409, "changing"),
+    errors.PreconditionFailedError(412, "too late"),
+    errors.LockedError(423, "locked"),
+    errors.TemPermanentError(418, "teapot"),
+    errors.ConfigError("SCW_SECRET_KEY is not set"),
+    errors.CampaignError("bad template"),
+    errors.StoreError("disk full"),
+    ValueError("a bug"),
+]
+
+
 # --------------------------------------------------------------------------------------------------
 # classification
 
@@ -83,25 +101,7 @@ def test_transient_errors_are_transient(exc: BaseException) -> None:
     assert is_transient(exc)
 
 
-@pytest.mark.parametrize(
-    "exc",
-    [
-        errors.InvalidArgumentsError(400, "bad"),
-        errors.AuthenticationError(401, "denied"),
-        errors.PermissionsDeniedError(403, "nope"),
-        errors.QuotaExceededError(403, "quota"),
-        errors.NotFoundError(404, "gone"),
-        errors.TransientStateError(409, "changing"),
-        errors.PreconditionFailedError(412, "too late"),
-        errors.LockedError(423, "locked"),
-        errors.TemPermanentError(418, "teapot"),
-        errors.ConfigError("SCW_SECRET_KEY is not set"),
-        errors.CampaignError("bad template"),
-        errors.StoreError("disk full"),
-        ValueError("a bug"),
-        KeyboardInterrupt(),
-    ],
-)
+@pytest.mark.parametrize("exc", [*NOT_TRANSIENT, KeyboardInterrupt()])
 def test_permanent_and_foreign_errors_are_not_transient(exc: BaseException) -> None:
     """4xx other than 429, configuration mistakes and foreign exceptions are never retried."""
     assert not is_transient(exc)
@@ -204,16 +204,7 @@ async def test_success_after_transient_failures_returns_the_result() -> None:
     assert len(sleep.sleeps) == 2
 
 
-@pytest.mark.parametrize(
-    "exc",
-    [
-        errors.InvalidArgumentsError(400, "Invalid email from address"),
-        errors.AuthenticationError(401, "authentication is denied"),
-        errors.QuotaExceededError(403, "quota"),
-        errors.NotFoundError(404, "not found"),
-        ValueError("a bug"),
-    ],
-)
+@pytest.mark.parametrize("exc", NOT_TRANSIENT)
 async def test_permanent_errors_are_never_retried(exc: BaseException) -> None:
     """A permanent 4xx (or a foreign exception) propagates after a single attempt, without waiting."""
     sleep = Recorder()
