@@ -24,14 +24,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     net.add_argument(
         "--secret-key",
-        default=None,
         help=f"X-Auth-Token to expect (default: ${SECRET_ENV} or {DEFAULT_SECRET_KEY!r})",
     )
     net.add_argument("--project-id", default=DEFAULT_PROJECT_ID, help="project used when a send omits one")
     net.add_argument(
         "--allow-from-domain",
         action="append",
-        default=None,
         metavar="DOMAIN",
         help="only accept senders of this domain (repeatable; default: any)",
     )
@@ -48,32 +46,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     chaos.add_argument(
         "--rate-limit",
         type=float,
-        default=None,
         metavar="PER_S",
         help="requests/s over all API calls; excess gets a bare 429",
     )
-    chaos.add_argument(
-        "--rate-burst", type=float, default=None, help="token bucket size (default: rate/10, min 1)"
-    )
-    chaos.add_argument(
-        "--fault-5xx-before",
-        type=float,
-        default=0.0,
-        metavar="P",
-        help="probability of a 5xx before the request takes effect",
-    )
-    chaos.add_argument(
-        "--fault-5xx-after",
-        type=float,
-        default=0.0,
-        metavar="P",
-        help="probability of a 5xx after the request took effect (ambiguous send)",
-    )
-    chaos.add_argument(
-        "--fault-drop",
-        type=float,
-        default=0.0,
-        metavar="P",
-        help="probability of closing the connection without an answer",
-    )
-    chaos.add_argument("--seed", type=int, default=None, help="seed for reproducible faults and jitter")
+    chaos.add_argument("--rate-burst", type=float, help="token bucket size (default: rate/10, min 1)")
+    for flag, what in (
+        ("--fault-5xx-before", "a 5xx before the request takes effect"),
+        ("--fault-5xx-after", "a 5xx after the request took effect (ambiguous send)"),
+        ("--fault-drop", "closing the connection without an answer"),
+    ):
+        chaos.add_argument(flag, type=float, default=0.0, metavar="P", help=f"probability of {what}")
+    chaos.add_argument("--seed", type=int, help="seed for reproducible faults and jitter")
