@@ -6,6 +6,7 @@ import base64
 import re
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import aiohttp
 import orjson
 import pytest
 
-from bulksend.sandbox import Sandbox, SandboxConfig, SandboxStats
+from bulksend.sandbox import Sandbox, SandboxConfig, SandboxStats, sandbox_in_thread
 from bulksend.sandbox.app import is_loopback_host
 from bulksend.sandbox.cli import config_from_args, configure
 from bulksend.sandbox.request import CreateEmail
@@ -1117,3 +1118,19 @@ async def test_outage_refuses_bad_bodies(api: Api, sandbox: Sandbox, body: bytes
         hint = (await r.json())["message"]
         assert "seconds" in hint or "status" in hint
     assert (await api.send(message("ok@example.org")))[0] == 200
+
+
+def test_threaded_sandbox_settings_and_counters_cross_into_its_loop() -> None:
+    """From a plain thread, config follows update(), stats() sees requests and reset() forgets them."""
+    with sandbox_in_thread(SandboxConfig(secret_key=SECRET)) as sb:
+        changed = sb.update(latency_ms=5.0)
+        assert sb.config == changed
+        assert sb.config.latency_ms == 5.0
+        url = f"{sb.url}{PREFIX}/emails/unknown"
+        request = urllib.request.Request(url, headers={"X-Auth-Token": SECRET})
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(request, timeout=30)
+        assert answer.value.code == 404
+        assert sb.stats().requests["get"] == 1
+        sb.reset()
+        assert sb.stats().requests["get"] == 0

@@ -30,8 +30,8 @@ class ThreadedSandbox:
 
     @property
     def config(self) -> SandboxConfig:
-        """The current configuration."""
-        return self._sandbox.config
+        """The current configuration, as the sandbox's loop sees it."""
+        return self._portal.call(lambda: self._sandbox.config)
 
     def stats(self) -> SandboxStats:
         """A snapshot of the counters."""
