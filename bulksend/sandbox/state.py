@@ -103,28 +103,18 @@ class Timing:
     hold_s: float = 3600.0
 
 
+# Slots: one is built per send. eq=False: two sends with equal fields are still two messages.
+@dataclass(slots=True, eq=False)
 class Message:
     """What the recipients of one send share."""
 
-    __slots__ = ("created_at", "mail_from", "project_id", "send_before", "seq", "subject", "timing")
-
-    def __init__(
-        self,
-        seq: int,
-        project_id: str,
-        mail_from: str,
-        subject: str,
-        created_at: float,
-        send_before: float | None,
-        timing: Timing,
-    ) -> None:
-        self.seq = seq
-        self.project_id = project_id
-        self.mail_from = mail_from
-        self.subject = subject
-        self.created_at = created_at
-        self.send_before = send_before
-        self.timing = timing
+    seq: int
+    project_id: str
+    mail_from: str
+    subject: str
+    created_at: float
+    send_before: float | None
+    timing: Timing
 
 
 class StoredEmail:
