@@ -1,8 +1,13 @@
-"""Helpers for tests of bulksend and of code built on it: a fake clock that makes timing exact.
+"""Helpers for tests of bulksend and of code built on it: a fake clock that makes timing exact,
+the TOML writers that build campaign and daemon files, and a campaign run set up in-process.
 
 :class:`FakeClock` serves both kinds of time the code takes: it is a :class:`bulksend.clock.Clock`
 (``monotonic()`` and ``sleep()``) for pacing and timeouts, and a wall clock for the sandbox
 (``clock()``: seconds since the epoch) and the stores (``clock.utcnow()``: an aware datetime).
+
+:func:`campaign_toml` writes a campaign file from Python values (over a default sender, subject
+and text), :func:`toml_document` any TOML file of tables, such as a daemon configuration.
+:func:`campaign_run` sets a campaign up as one ``bulksend send`` would, in-process.
 """
 
 from __future__ import annotations
@@ -11,13 +16,35 @@ import asyncio
 import heapq
 import itertools
 import math
-from collections.abc import Sized
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence, Sized
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from os import PathLike
+from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
+import orjson
 
-__all__ = ["FakeClock"]
+if TYPE_CHECKING:
+    from bulksend.campaign.model import Campaign
+    from bulksend.pipeline.run import CampaignRun
+    from bulksend.pipeline.stats import RunStats
+    from bulksend.tem.config import TemSettings
+
+__all__ = [
+    "TEST_SENDER",
+    "FakeClock",
+    "TomlTable",
+    "campaign_run",
+    "campaign_toml",
+    "toml_document",
+    "toml_key",
+    "toml_table",
+    "toml_value",
+]
 
 
 class _Sleeper:
@@ -246,3 +273,113 @@ class FakeClock:
     def __repr__(self) -> str:
         mode = ", autojump=True" if self.autojump else ""
         return f"FakeClock(now={self._now!r}{mode}, sleepers={self._live})"
+
+
+# -- TOML files ------------------------------------------------------------------------------------
+
+TomlTable = Mapping[str, object]
+"""A TOML table: keys and their values (strings, numbers, booleans, arrays, inline tables)."""
+
+TEST_SENDER: Mapping[str, str] = MappingProxyType({"email": "news@example.com", "name": "Example News"})
+"""The sender of :func:`campaign_toml` unless the campaign names its own."""
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def toml_key(key: str) -> str:
+    """``key`` as a TOML key: bare when TOML allows it, quoted otherwise."""
+    return key if _BARE_KEY.fullmatch(key) else toml_value(key)
+
+
+def toml_value(value: object) -> str:
+    """``value`` as a TOML value: a string, number, boolean, array or inline table."""
+    if isinstance(value, str):
+        # A JSON string is a TOML basic string, but for DEL, which TOML wants escaped too.
+        return orjson.dumps(value).decode().replace("\x7f", "\\u007f")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{toml_key(str(k))} = {toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, Sequence):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML value for {value!r}")
+
+
+def toml_table(name: str, values: TomlTable, *, array: bool = False) -> str:
+    """The table ``[name]`` (with ``array``: one ``[[name]]`` of an array of tables) and its keys.
+
+    ``name`` is written as given, so a dotted one (``templates.welcome``) names a sub-table.
+    """
+    head = f"[[{name}]]" if array else f"[{name}]"
+    return head + "\n" + "".join(f"{toml_key(k)} = {toml_value(v)}\n" for k, v in values.items())
+
+
+def toml_document(tables: Mapping[str, TomlTable | Sequence[TomlTable]]) -> str:
+    """A TOML document of ``tables``, in order; a sequence of tables becomes an array of tables.
+
+    No blank lines: a key's line number is easy to tell, for tests of the errors that name it.
+    """
+    return "".join(
+        toml_table(name, table)
+        if isinstance(table, Mapping)
+        else "".join(toml_table(name, element, array=True) for element in table)
+        for name, table in tables.items()
+    )
+
+
+def campaign_toml(
+    campaign_id: str, *, campaign: TomlTable = MappingProxyType({}), **tables: TomlTable
+) -> str:
+    """A campaign file: ``[campaign]`` with ``campaign_id``, :data:`TEST_SENDER`, a subject and a
+    text that greet ``first_name`` (each overridden, and keys such as ``recipients`` added, by
+    ``campaign``), then ``tables`` (``sending``, ``tracking``, ``output``…) in order."""
+    head = {
+        "id": campaign_id,
+        "from": TEST_SENDER,
+        "subject": "Hello {{ first_name }}",
+        "text": "Hi {{ first_name }}",
+        **campaign,
+    }
+    return toml_document({"campaign": head, **tables})
+
+
+# -- a campaign run in-process -------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def campaign_run(
+    campaign: Campaign,
+    settings: TemSettings,
+    *,
+    stats: RunStats,
+    store_url: str | PathLike[str] | None = None,
+    grace_s: float = 30.0,
+) -> AsyncIterator[CampaignRun]:
+    """A run of ``campaign`` set up as one ``bulksend send`` sets it up, all closed on the way out.
+
+    Its store (the campaign's own, or ``store_url``) is opened, its TEM client for ``settings``
+    reports every response to ``stats``, its AIMD limiter starts at the campaign's rate (burst 10).
+    """
+    # Imported here, not above: bulksend.clock imports this module, and the pipeline imports it.
+    from bulksend.pipeline.limiter import AimdLimiter
+    from bulksend.pipeline.run import CampaignRun
+    from bulksend.store import open_store
+    from bulksend.tem.client import TemClient
+
+    store = open_store(store_url or campaign.store_path)
+    await store.open()
+    try:
+        async with TemClient(settings, on_response=stats.on_response) as tem:
+            yield CampaignRun(
+                campaign,
+                store=store,
+                tem=tem,
+                limiter=AimdLimiter(campaign.sending.rate_per_s, burst=10),
+                project_id=settings.project_id,
+                stats=stats,
+                grace_s=grace_s,
+            )
+    finally:
+        await store.close()

@@ -33,28 +33,6 @@ PROJECT = "11111111-2222-4333-8444-555555555555"
 _drain = drain
 _wait_for_event = wait_for_event
 
-CAMPAIGN = """\
-[campaign]
-id = "chaos"
-from = {{ email = "news@example.com", name = "Chaos" }}
-subject = "Hello {{{{ first_name }}}}"
-text = "Hi {{{{ first_name }}}}, this is row {{{{ n }}}}."
-recipients = "recipients.csv"
-
-[sending]
-rate_per_s = {rate}
-concurrency = {concurrency}
-timeout_s = 2
-max_attempts = 10
-
-[tracking]
-poll_interval_s = 0.2
-settle_s = 0.3
-
-[output]
-outcomes = "outcomes.jsonl"
-"""
-
 
 @dataclass
 class ChaosResult:
@@ -85,8 +63,14 @@ def write_campaign(
     folder: Path, recipients: int, *, rate_per_s: float, concurrency: int
 ) -> tuple[Path, set[str]]:
     """A CSV campaign with a few invalid rows; returns the campaign file and the valid addresses."""
-    campaign = CAMPAIGN.format(rate=rate_per_s, concurrency=concurrency)
-    return write_campaign_files(folder, recipients, campaign, broken_every=500)
+    return write_campaign_files(
+        folder,
+        recipients,
+        "chaos",
+        sending={"rate_per_s": rate_per_s, "concurrency": concurrency, "timeout_s": 2, "max_attempts": 10},
+        tracking={"poll_interval_s": 0.2, "settle_s": 0.3},
+        broken_every=500,
+    )
 
 
 async def start_sender(

@@ -12,16 +12,25 @@ from pathlib import Path
 import anyio
 from anyio.abc import Process
 
+from bulksend.testing import TomlTable, campaign_toml
+
 __all__ = ["count_delivery", "drain", "start_sender", "wait_for_event", "write_campaign_files"]
 
 
 def write_campaign_files(
-    folder: Path, recipients: int, campaign_toml: str, *, broken_every: int | None = None
+    folder: Path,
+    recipients: int,
+    campaign_id: str,
+    *,
+    sending: TomlTable,
+    tracking: TomlTable,
+    broken_every: int | None = None,
 ) -> tuple[Path, set[str]]:
     """``recipients.csv`` (columns ``email,first_name,n``) and ``campaign.toml`` in ``folder``.
 
-    With ``broken_every``, one row in that many (from its middle) has an invalid address: it is
-    rejected, never sent. Returns the campaign file and the valid addresses.
+    The campaign has the ``sending`` and ``tracking`` settings given and writes its outcomes to
+    ``outcomes.jsonl``. With ``broken_every``, one row in that many (from its middle) has an
+    invalid address: it is rejected, never sent. Returns the campaign file and the valid addresses.
     """
     folder.mkdir(parents=True, exist_ok=True)
     valid: set[str] = set()
@@ -35,7 +44,17 @@ def write_campaign_files(
             valid.add(address)
             fh.write(f"{address},P{i},{i}\n")
     path = folder / "campaign.toml"
-    path.write_text(campaign_toml, encoding="utf-8")
+    campaign = {"text": "Hi {{ first_name }}, row {{ n }}.", "recipients": "recipients.csv"}
+    path.write_text(
+        campaign_toml(
+            campaign_id,
+            campaign=campaign,
+            sending=sending,
+            tracking=tracking,
+            output={"outcomes": "outcomes.jsonl"},
+        ),
+        encoding="utf-8",
+    )
     return path, valid
 
 

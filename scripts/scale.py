@@ -36,27 +36,6 @@ SECRET = "scale-sandbox-secret"
 PG_DSN = os.environ.get("BULKSEND_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("BULKSEND_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
-CAMPAIGN = """\
-[campaign]
-id = "{campaign_id}"
-from = {{ email = "news@example.com", name = "Scale" }}
-subject = "Hello {{{{ first_name }}}}"
-text = "Hi {{{{ first_name }}}}, row {{{{ n }}}}."
-recipients = "recipients.csv"
-
-[sending]
-rate_per_s = {rate}
-concurrency = {concurrency}
-timeout_s = 5
-
-[tracking]
-poll_interval_s = 0.5
-settle_s = 0.5
-
-[output]
-outcomes = "outcomes.jsonl"
-"""
-
 
 @dataclass
 class ScaleResult:
@@ -109,9 +88,13 @@ class ScaleResult:
 
 
 def write_campaign(folder: Path, recipients: int, *, rate: float, concurrency: int) -> tuple[Path, set[str]]:
-    campaign_id = f"scale-{uuid.uuid4().hex[:8]}"
-    campaign = CAMPAIGN.format(campaign_id=campaign_id, rate=rate, concurrency=concurrency)
-    return write_campaign_files(folder, recipients, campaign)
+    return write_campaign_files(
+        folder,
+        recipients,
+        f"scale-{uuid.uuid4().hex[:8]}",
+        sending={"rate_per_s": rate, "concurrency": concurrency, "timeout_s": 5},
+        tracking={"poll_interval_s": 0.5, "settle_s": 0.5},
+    )
 
 
 async def _worker(

@@ -13,14 +13,12 @@ import pytest
 import structlog
 
 from bulksend.campaign.load import Campaign, load_campaign
-from bulksend.pipeline.limiter import AimdLimiter
 from bulksend.pipeline.run import CampaignRun, RunResult
 from bulksend.pipeline.stats import RunStats
 from bulksend.sandbox import Sandbox, SandboxConfig
 from bulksend.secret import Secret
-from bulksend.store import open_store
-from bulksend.tem.client import TemClient
 from bulksend.tem.config import TemSettings
+from bulksend.testing import campaign_run, campaign_toml
 
 # -- tests that need PostgreSQL, Redis, NATS or RabbitMQ on 127.0.0.1 ----------------------------
 # They carry the ``services`` marker, so ``python -m pytest -m "not services"`` runs everything else
@@ -64,14 +62,8 @@ def _reset_logging() -> Iterator[None]:
 @pytest.fixture
 async def sandbox() -> AsyncIterator[Sandbox]:
     """A sandbox with a fast lifecycle on a free loopback port."""
-    config = SandboxConfig(
-        secret_key=SECRET,
-        project_id=PROJECT,
-        sending_after_s=0.0,
-        final_after_s=0.0,
-        soft_bounce_retry_s=0.0,
-        seed=1,
-    )
+    # The sandbox's default lifecycle is the fast one: every step at once, no soft-bounce wait.
+    config = SandboxConfig(secret_key=SECRET, project_id=PROJECT, seed=1)
     async with Sandbox(config, host="127.0.0.1", port=0) as sb:
         yield sb
 
@@ -81,18 +73,6 @@ def settings_for(sb: Sandbox) -> TemSettings:
 
 
 CampaignWriter = Callable[..., Campaign]
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, str):
-        return orjson.dumps(value).decode()
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return str(value)
 
 
 @pytest.fixture
@@ -119,9 +99,7 @@ def write_campaign(tmp_path: Path) -> CampaignWriter:
         folder.mkdir(exist_ok=True)
         lines = [r if isinstance(r, bytes) else orjson.dumps(r) for r in recipients]
         (folder / "recipients.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-        campaign = {
-            "id": campaign_id,
-            "from": {"email": "news@example.com", "name": "Example News"},
+        campaign: dict[str, object] = {
             "subject": subject,
             "text": text,
             "html": html,
@@ -129,15 +107,18 @@ def write_campaign(tmp_path: Path) -> CampaignWriter:
         }
         if headers:
             campaign["headers"] = dict(headers)
-        body = "[campaign]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in campaign.items())
-        body += (
-            f"[sending]\nrate_per_s = {rate_per_s}\nconcurrency = {concurrency}\ntimeout_s = {timeout_s}\n"
+        body = campaign_toml(
+            campaign_id,
+            campaign=campaign,
+            sending={"rate_per_s": rate_per_s, "concurrency": concurrency, "timeout_s": timeout_s},
+            tracking={
+                "poll_interval_s": poll_interval_s,
+                "give_up_after_s": give_up_after_s,
+                "settle_s": settle_s,
+            },
+            output={"outcomes": "outcomes.jsonl"},
         )
-        body += (
-            f"[tracking]\npoll_interval_s = {poll_interval_s}\ngive_up_after_s = {give_up_after_s}\n"
-            f"settle_s = {settle_s}\n"
-        )
-        body += '[output]\noutcomes = "outcomes.jsonl"\n' + extra
+        body += extra
         path = folder / "campaign.toml"
         path.write_text(body, encoding="utf-8")
         loaded = load_campaign(path)
@@ -156,24 +137,12 @@ async def run_once(
 ) -> RunResult:
     """Run ``campaign`` against ``sb`` with a fresh client and store handle, like one CLI run."""
     stats = stats or RunStats()
-    store = open_store(store_url or campaign.store_path)
-    await store.open()
-    try:
-        async with TemClient(settings_for(sb), on_response=stats.on_response) as tem:
-            runner = CampaignRun(
-                campaign,
-                store=store,
-                tem=tem,
-                limiter=AimdLimiter(campaign.sending.rate_per_s, burst=10),
-                project_id=PROJECT,
-                stats=stats,
-                grace_s=10,
-            )
-            if on_start is not None:
-                on_start(runner)
-            return await runner.run()
-    finally:
-        await store.close()
+    async with campaign_run(
+        campaign, settings_for(sb), stats=stats, store_url=store_url, grace_s=10
+    ) as runner:
+        if on_start is not None:
+            on_start(runner)
+        return await runner.run()
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -30,28 +30,25 @@ from bulksend.errors import ConfigError
 from bulksend.metrics import Metrics
 from bulksend.secret import Secret
 from bulksend.sinks.outcomes import OUTCOME_FIELDS
+from bulksend.testing import campaign_toml
 
 TOKEN = "adm-3f9c1e7b52d04a8e"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-
-CAMPAIGN_TOML = """\
-[campaign]
-id = "{id}"
-from = {{ email = "news@example.com", name = "Example News" }}
-subject = "Hello {{{{ first_name | default('there') }}}}"
-text = "Hi {{{{ first_name | default('there') }}}}"
-
-[sending]
-rate_per_s = 50
-"""
 
 Client = TestClient[aiohttp.web.Request, aiohttp.web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
 
 
 def toml(campaign_id: str = "spring") -> str:
-    return CAMPAIGN_TOML.format(id=campaign_id)
+    return campaign_toml(
+        campaign_id,
+        campaign={
+            "subject": "Hello {{ first_name | default('there') }}",
+            "text": "Hi {{ first_name | default('there') }}",
+        },
+        sending={"rate_per_s": 50},
+    )
 
 
 SENDER = {"email": "news@example.com", "name": "News"}

@@ -9,29 +9,23 @@ import pytest
 
 from bulksend.cli.main import main
 from bulksend.sandbox import SandboxConfig, sandbox_in_thread
+from bulksend.testing import campaign_toml
 from tests.conftest import PROJECT, SECRET
-
-CAMPAIGN = """\
-[campaign]
-id = "cli-test"
-from = {{ email = "news@example.com", name = "News" }}
-subject = "Hello {{{{ first_name }}}}"
-text = "Hi {{{{ first_name }}}}"
-recipients = "people.csv"
-[sending]
-rate_per_s = 2000
-concurrency = 8
-[tracking]
-poll_interval_s = 0.05
-settle_s = 0.05
-[output]
-outcomes = "{outcomes}"
-"""
-
 
 PEOPLE = (
     "email,first_name\nann@example.com,Ann\nbounce1@example.com,Bob\nnot-an-address,Cy\nANN@example.com,Dup\n"
 )
+
+
+def campaign_file(outcomes: str = "out.jsonl") -> str:
+    """The command-line tests' campaign: ``people.csv``, a fast pace and quick tracking."""
+    return campaign_toml(
+        "cli-test",
+        campaign={"recipients": "people.csv"},
+        sending={"rate_per_s": 2000, "concurrency": 8},
+        tracking={"poll_interval_s": 0.05, "settle_s": 0.05},
+        output={"outcomes": outcomes},
+    )
 
 
 def write(tmp_path: Path, *, outcomes: str = "out.jsonl", rows: str | None = None) -> Path:
@@ -40,7 +34,7 @@ def write(tmp_path: Path, *, outcomes: str = "out.jsonl", rows: str | None = Non
         encoding="utf-8",
     )
     path = tmp_path / "campaign.toml"
-    path.write_text(CAMPAIGN.format(outcomes=outcomes), encoding="utf-8")
+    path.write_text(campaign_file(outcomes), encoding="utf-8")
     return path
 
 

@@ -31,6 +31,7 @@ from bulksend.sinks.outcomes import OUTCOME_FIELDS
 from bulksend.store.base import AdmitResult, NewRecipient
 from bulksend.store.sqlite import SqliteStore
 from bulksend.tem.config import TemSettings
+from bulksend.testing import toml_table
 from tests.conftest import PROJECT, settings_for
 
 # -- shared helpers ------------------------------------------------------------------------------
@@ -44,23 +45,6 @@ WELCOME: dict[str, Any] = {
 
 RESULT_FIELDS = frozenset(OUTCOME_FIELDS) | {"idempotency_key"}
 """What every published result carries at least: the outcome-file fields and the job's key."""
-
-
-def toml_value(value: Any) -> str:
-    """``value`` as a TOML value (strings, numbers, booleans, inline tables, arrays)."""
-    if isinstance(value, str):
-        return orjson.dumps(value).decode()
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{toml_value(str(k))} = {toml_value(v)}" for k, v in value.items()) + " }"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return repr(value)
-
-
-def _table(name: str, values: Mapping[str, Any]) -> str:
-    return f"[{name}]\n" + "".join(f"{key} = {toml_value(v)}\n" for key, v in values.items()) + "\n"
 
 
 def write_config(
@@ -79,21 +63,21 @@ def write_config(
     folder.mkdir(parents=True, exist_ok=True)
     body = ""
     if api_url is not None:
-        body += _table("api", {"api_url": api_url})
-    body += _table("store", {"url": "state/bulksend.db"})
-    body += _table(
+        body += toml_table("api", {"api_url": api_url})
+    body += toml_table("store", {"url": "state/bulksend.db"})
+    body += toml_table(
         "daemon",
         {"data_dir": "state", "grace_s": 5, "job_batch": 20, "receive_timeout_s": 0.05, **(daemon or {})},
     )
-    body += _table("sending", {"rate_per_s": 5000, "concurrency": 8, "timeout_s": 5, **(sending or {})})
-    body += _table("tracking", {"poll_interval_s": 0.05, "settle_s": 0.05, **(tracking or {})})
-    body += _table("admin", {"listen": "127.0.0.1:0", **(admin or {})})
+    body += toml_table("sending", {"rate_per_s": 5000, "concurrency": 8, "timeout_s": 5, **(sending or {})})
+    body += toml_table("tracking", {"poll_interval_s": 0.05, "settle_s": 0.05, **(tracking or {})})
+    body += toml_table("admin", {"listen": "127.0.0.1:0", **(admin or {})})
     if results is not None:
-        body += _table("results", results)
+        body += toml_table("results", results)
     for source in sources:
-        body += "[[sources]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in source.items()) + "\n"
+        body += toml_table("sources", source, array=True)
     for name, spec in (templates if templates is not None else {"welcome": WELCOME}).items():
-        body += _table(f"templates.{name}", spec)
+        body += toml_table(f"templates.{name}", spec)
     path = folder / "daemon.toml"
     path.write_text(body, encoding="utf-8")
     return path

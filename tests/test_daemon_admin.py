@@ -24,6 +24,7 @@ from bulksend.errors import CampaignError, ConfigError
 from bulksend.sandbox import Sandbox
 from bulksend.sinks.outcomes import OUTCOME_FIELDS
 from bulksend.store.base import CANCELED_BEFORE_SENDING
+from bulksend.testing import campaign_toml
 from tests.conftest import SECRET, settings_for
 from tests.test_daemon import (
     CollectingPublisher,
@@ -46,20 +47,14 @@ def _plain_logging() -> None:
     structlog.reset_defaults()
 
 
-CAMPAIGN = """\
-[campaign]
-id = "{id}"
-from = {{ email = "news@example.com", name = "Example News" }}
-subject = "Hello {{{{ first_name }}}}"
-text = "Hi {{{{ first_name }}}}, row {{{{ n }}}}."
-
-[sending]
-concurrency = {concurrency}
-
-[tracking]
-poll_interval_s = 0.05
-settle_s = 0.05
-"""
+def campaign_file(campaign_id: str, concurrency: int = 2) -> str:
+    """A campaign file to submit: its recipients come with it, their columns ``email,first_name,n``."""
+    return campaign_toml(
+        campaign_id,
+        campaign={"text": "Hi {{ first_name }}, row {{ n }}."},
+        sending={"concurrency": concurrency},
+        tracking={"poll_interval_s": 0.05, "settle_s": 0.05},
+    )
 
 
 def recipients_csv(addresses: list[str]) -> bytes:
@@ -89,7 +84,7 @@ class Admin:
 
     async def submit(self, campaign_id: str, addresses: list[str], *, concurrency: int = 2) -> dict[str, Any]:
         form = aiohttp.FormData()
-        form.add_field("campaign", CAMPAIGN.format(id=campaign_id, concurrency=concurrency))
+        form.add_field("campaign", campaign_file(campaign_id, concurrency))
         csv = recipients_csv(addresses)
         form.add_field("recipients", csv, filename="people.csv", content_type="text/csv")
         status, body = await self.call("POST", "/v1/campaigns", data=form)
@@ -231,7 +226,7 @@ async def test_campaign_runs_to_finished_with_one_outcome_line_per_row(
 
 def _resubmit(campaign_id: str) -> aiohttp.FormData:
     form = aiohttp.FormData()
-    form.add_field("campaign", CAMPAIGN.format(id=campaign_id, concurrency=2))
+    form.add_field("campaign", campaign_file(campaign_id))
     form.add_field("recipients", recipients_csv(["x@example.com"]), filename="people.csv")
     return form
 
@@ -361,13 +356,11 @@ async def test_job_campaign_ids_are_reserved(tmp_path: Path, sandbox: Sandbox) -
     """A submitted campaign may not take an id of the `jobs.` namespace, where queued jobs live."""
     async with admin_daemon(tmp_path, sandbox) as (daemon, admin, _, _):
         form = aiohttp.FormData()
-        form.add_field("campaign", CAMPAIGN.format(id="jobs.welcome", concurrency=2))
+        form.add_field("campaign", campaign_file("jobs.welcome"))
         form.add_field("recipients", recipients_csv(["x@example.com"]), filename="people.csv")
         status, body = await admin.call("POST", "/v1/campaigns", data=form)
         with pytest.raises(CampaignError):
-            await daemon.submit_campaign(
-                Submission(CAMPAIGN.format(id="jobs.x", concurrency=2), b"email\n", "r.csv")
-            )
+            await daemon.submit_campaign(Submission(campaign_file("jobs.x"), b"email\n", "r.csv"))
     assert status == 400
     assert "reserved" in body["error"], body
 

@@ -20,11 +20,11 @@ from bulksend.errors import ConfigError
 from bulksend.pipeline.nested import NestedLimiter
 from bulksend.sandbox import Sandbox
 from tests.test_daemon import RecordingSource, job, make_daemon, running, write_config
-from tests.test_daemon_admin import CAMPAIGN, admin_daemon, is_over, recipients_csv
+from tests.test_daemon_admin import admin_daemon, campaign_file, is_over, recipients_csv
 
 
 def _campaign(campaign_id: str, rate_per_s: float | None) -> str:
-    text = CAMPAIGN.format(id=campaign_id, concurrency=4)
+    text = campaign_file(campaign_id, 4)
     if rate_per_s is not None:
         text = text.replace("[sending]\n", f"[sending]\nrate_per_s = {rate_per_s}\n")
     return text

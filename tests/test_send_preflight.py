@@ -28,10 +28,10 @@ from bulksend.sinks.summary import reason_kind, summarize_outcomes
 from bulksend.tem.client import TemClient
 from bulksend.tem.models import ListEmailsQuery
 from tests.conftest import PROJECT, SECRET, read_jsonl
-from tests.test_cli import CAMPAIGN as CLI_CAMPAIGN
-from tests.test_cli import env_for
+from tests.test_cli import campaign_file, env_for
 
 # The command-line tests' pace and tracking, with this module's own [campaign] and outcomes.
+CLI_CAMPAIGN = campaign_file()
 CAMPAIGN = (
     """\
 [campaign]
