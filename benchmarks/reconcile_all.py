@@ -19,62 +19,35 @@ import anyio
 import orjson
 
 from bulksend.campaign.load import load_campaign
-from bulksend.pipeline.limiter import AimdLimiter
 from bulksend.pipeline.reconcile import CampaignReconcile
-from bulksend.pipeline.run import CampaignRun
 from bulksend.pipeline.stats import RunStats
 from bulksend.sandbox import Sandbox, SandboxConfig
 from bulksend.secret import Secret
-from bulksend.store import open_store
-from bulksend.tem.client import TemClient
 from bulksend.tem.config import TemSettings
+from bulksend.testing import campaign_run, campaign_toml
 
 SECRET = "reconcile-bench-secret"
 PROJECT = "11111111-2222-4333-8444-555555555555"
-CAMPAIGN = """\
-[campaign]
-id = "bench"
-from = { email = "news@example.com" }
-subject = "Hello {{ first_name }}"
-text = "Hi {{ first_name }}"
-recipients = "recipients.jsonl"
-[sending]
-rate_per_s = 20000
-concurrency = 64
-timeout_s = 1
-[tracking]
-poll_interval_s = 0.5
-settle_s = 0.1
-[output]
-outcomes = "outcomes.jsonl"
-"""
+CAMPAIGN = campaign_toml(
+    "bench",
+    campaign={"from": {"email": "news@example.com"}, "recipients": "recipients.jsonl"},
+    sending={"rate_per_s": 20000, "concurrency": 64, "timeout_s": 1},
+    tracking={"poll_interval_s": 0.5, "settle_s": 0.1},
+    output={"outcomes": "outcomes.jsonl"},
+)
 
 
 async def _run(folder: Path, sb: Sandbox, *, reconcile: bool) -> tuple[CampaignReconcile | None, float]:
     campaign = load_campaign(folder / "campaign.toml")
-    stats = RunStats()
-    store = open_store(campaign.store_path)
-    await store.open()
-    try:
-        settings = TemSettings(secret_key=Secret(SECRET), project_id=PROJECT, api_url=sb.url)
-        async with TemClient(settings, on_response=stats.on_response) as tem:
-            runner = CampaignRun(
-                campaign,
-                store=store,
-                tem=tem,
-                limiter=AimdLimiter(campaign.sending.rate_per_s, burst=10),
-                project_id=PROJECT,
-                stats=stats,
-            )
-            took, report = 0.0, None
-            if reconcile:
-                start = time.perf_counter()
-                report = await runner.reconcile_all()
-                took = time.perf_counter() - start
-            await runner.run()
-            return report, took
-    finally:
-        await store.close()
+    settings = TemSettings(secret_key=Secret(SECRET), project_id=PROJECT, api_url=sb.url)
+    async with campaign_run(campaign, settings, stats=RunStats()) as runner:
+        took, report = 0.0, None
+        if reconcile:
+            start = time.perf_counter()
+            report = await runner.reconcile_all()
+            took = time.perf_counter() - start
+        await runner.run()
+        return report, took
 
 
 def _lose_state(db: Path) -> None:

@@ -24,6 +24,7 @@ from bulksend.sandbox import Sandbox, SandboxConfig
 from bulksend.store import SqliteStore, open_store
 from bulksend.store.journal import SendJournal
 from bulksend.tem.client import TemClient
+from bulksend.testing import campaign_run
 from scripts.chaos import PROJECT as CHAOS_PROJECT
 from scripts.chaos import SECRET as CHAOS_SECRET
 from scripts.chaos import _drain, start_sender
@@ -40,23 +41,9 @@ async def reconcile_then_run(
     campaign: Campaign, sb: Sandbox, stats: RunStats
 ) -> tuple[CampaignReconcile, RunResult]:
     """``bulksend send --reconcile-all`` in-process: the reconcile entry point, then the run."""
-    store = open_store(campaign.store_path)
-    await store.open()
-    try:
-        async with TemClient(settings_for(sb), on_response=stats.on_response) as tem:
-            runner = CampaignRun(
-                campaign,
-                store=store,
-                tem=tem,
-                limiter=AimdLimiter(campaign.sending.rate_per_s, burst=10),
-                project_id=PROJECT,
-                stats=stats,
-                grace_s=10,
-            )
-            report = await runner.reconcile_all()
-            return report, await runner.run()
-    finally:
-        await store.close()
+    async with campaign_run(campaign, settings_for(sb), stats=stats, grace_s=10) as runner:
+        report = await runner.reconcile_all()
+        return report, await runner.run()
 
 
 def _forget(path: Path) -> None:
