@@ -244,11 +244,7 @@ async def _stderr_of(proc: Any) -> str:
 async def test_damaged_journal_line_is_a_loss(tmp_path: Path) -> None:
     """A journal line garbled before the last one makes every campaign of the store suspect."""
     path = tmp_path / "s.db"
-    async with SqliteStore(path) as store:
-        await store.create_campaign("c", {})
-        [res] = await store.admit("c", [_new(2)])
-        await store.mark_sending(res.id, started_at=_now(), correlation="c/2")
-    journal = Path(f"{path}.sends")
+    journal = await _sends_started(path, 1)
     _prepend_garbage(journal)
     async with SqliteStore(path) as store:
         loss = store.state_loss("c")
@@ -269,14 +265,9 @@ async def test_journal_is_compacted_and_keeps_its_counts(
     """Past its size bound the journal is rewritten as one snapshot, with every count intact."""
     monkeypatch.setattr("bulksend.store.journal._COMPACT_BYTES", 300)
     path = tmp_path / "s.db"
-    async with SqliteStore(path) as store:
-        await store.create_campaign("c", {})
-        rows = await store.admit("c", [_new(i) for i in range(2, 32)])
-        for r in rows:  # one commit, so one journal line, each
-            await store.mark_sending(r.id, started_at=_now(), correlation="x")
-    lines = _lines_of(Path(f"{path}.sends"))
-    assert len(lines) < 10
-    assert SendJournal(Path(f"{path}.sends"), sync=False).load().entries["c"].started == 30
+    journal = await _sends_started(path, 30)
+    assert len(_lines_of(journal)) < 10
+    assert SendJournal(journal, sync=False).load().entries["c"].started == 30
     async with SqliteStore(path) as store:
         assert store.state_loss("c") is None
 
@@ -285,11 +276,7 @@ async def test_missing_journal_is_rebuilt_and_torn_tail_ignored(tmp_path: Path) 
     """A missing journal is rebuilt from the database (no loss), and a last line torn by a crash
     mid-append is ignored rather than taken for damage."""
     path = tmp_path / "s.db"
-    async with SqliteStore(path) as store:
-        await store.create_campaign("c", {})
-        [res] = await store.admit("c", [_new(2)])
-        await store.mark_sending(res.id, started_at=_now(), correlation="c/2")
-    journal = Path(f"{path}.sends")
+    journal = await _sends_started(path, 1)
     _forget(journal)
     async with SqliteStore(path) as store:
         assert store.state_loss("c") is None
@@ -348,6 +335,16 @@ def test_state_files_are_private(tmp_path: Path) -> None:
         assert folder.stat().st_mode & 0o777 == 0o700, folder
     with sqlite3.connect(tmp_path / "new" / "deeper" / "s.db") as conn:
         assert conn.execute("SELECT COUNT(*) FROM campaigns").fetchone()[0] == 1
+
+
+async def _sends_started(path: Path, rows: int) -> Path:
+    """A store at ``path`` whose campaign ``c`` has ``rows`` rows marked `sending`, one commit (so
+    one journal line) each; returns its send journal."""
+    async with SqliteStore(path) as store:
+        await store.create_campaign("c", {})
+        for r in await store.admit("c", [_new(i) for i in range(2, 2 + rows)]):
+            await store.mark_sending(r.id, started_at=_now(), correlation=f"c/{r.row}")
+    return Path(f"{path}.sends")
 
 
 def _new(row: int) -> Any:
