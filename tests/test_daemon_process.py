@@ -25,7 +25,7 @@ from bulksend.sandbox import Sandbox, SandboxConfig
 from bulksend.store.sqlite import SqliteStore
 from tests.conftest import PROJECT, SECRET
 from tests.test_daemon import job, write_config
-from tests.test_daemon_brokers import NatsBroker, RedisBroker
+from tests.test_daemon_brokers import Broker, NatsBroker, RedisBroker
 from tests.waiting import PATIENCE_S, wait_until
 
 pytestmark = pytest.mark.services  # each test runs the daemon on Redis or NATS
@@ -141,93 +141,105 @@ def check_once(
         assert len({(c["email_id"], c["status"], c["final_at"]) for c in copies}) == 1, (key, copies)
 
 
+@asynccontextmanager
+async def on_broker(broker: Broker, **sandbox: Any) -> AsyncIterator[Sandbox]:
+    """``broker`` opened (and closed on the way out), and a sandbox on loopback with the ``sandbox``
+    settings, answering from this process."""
+    await broker.open()
+    try:
+        config = SandboxConfig(secret_key=SECRET, project_id=PROJECT, **sandbox)
+        async with Sandbox(config, host="127.0.0.1", port=0) as sb:
+            yield sb
+    finally:
+        await broker.close()
+
+
+def stream_config(
+    tmp_path: Path,
+    sandbox: Sandbox,
+    broker: Broker,
+    source: dict[str, Any],
+    *,
+    rate_per_s: float,
+    job_batch: int,
+) -> Path:
+    """A daemon on ``sandbox`` reading ``source`` and publishing its results to ``broker``: it
+    sends at ``rate_per_s``, 16 at a time, and tracks quickly."""
+    return write_config(
+        tmp_path,
+        api_url=sandbox.url,
+        sources=[source],
+        results=broker.results_config(),
+        daemon={"grace_s": GRACE_S, "job_batch": job_batch},
+        sending={"rate_per_s": rate_per_s, "concurrency": 16, "timeout_s": 2},
+        tracking={"poll_interval_s": 0.1, "settle_s": 0.2},
+    )
+
+
+async def run_to_the_end(config: Path, broker: Broker, keys: dict[str, str]) -> None:
+    """Start the daemon again, let it publish every job's result, stop it (exit 0), and read any
+    result it published twice."""
+    async with daemon_process(config) as proc:
+        await broker.read_results(set(keys), timeout_s=40)
+        assert await stop(proc) == 0
+    await broker.read_rest()
+
+
 async def test_sigkill_mid_stream_then_restart_sends_everyone_once(tmp_path: Path) -> None:
     """A daemon SIGKILLed while sending on Redis, then restarted, emails each of 300 jobs exactly
     once (redelivered jobs send nothing twice) and publishes every job's one outcome, none lost."""
     rng = random.Random(300)
     keys, bodies = many_jobs(300, "kill")
-    sandbox_config = SandboxConfig(
-        secret_key=SECRET, project_id=PROJECT, latency_ms=20, latency_jitter_ms=5, seed=300
-    )
     broker = RedisBroker()
-    await broker.open()
-    try:
-        async with Sandbox(sandbox_config, host="127.0.0.1", port=0) as sandbox:
-            config = write_config(
-                tmp_path,
-                api_url=sandbox.url,
-                # A short claim_idle_s: the killed consumer's unacked jobs are taken over quickly.
-                sources=[broker.source_config(claim_idle_s=0.5)],
-                results=broker.results_config(),
-                daemon={"grace_s": GRACE_S, "job_batch": 50},
-                # Slow enough that the stream outlasts the wait for a first result many times over.
-                sending={"rate_per_s": 100, "concurrency": 16, "timeout_s": 2},
-                tracking={"poll_interval_s": 0.1, "settle_s": 0.2},
-            )
-            await broker.publish(bodies)
-            async with daemon_process(config) as proc:
-                # Sending and tracking are under way once a first result is out; kill a (seeded)
-                # few sends later. The sandbox answers from this process: between the check and
-                # the kill it accepts nothing, so the kill lands where the count says.
-                await broker.read_results({next(iter(keys))}, timeout_s=PATIENCE_S)
-                target = min(accepted(sandbox) + rng.randint(0, 30), len(keys) // 2)
-                await wait_until(lambda: accepted(sandbox) >= target, what=f"{target} emails accepted")
-                proc.send_signal(signal.SIGKILL)
-                await proc.wait()
-            sent_before = accepted(sandbox)
-            assert 0 < sent_before < len(keys), sent_before  # the kill landed mid-stream
-            async with daemon_process(config) as proc:
-                await broker.read_results(set(keys), timeout_s=40)
-                assert await stop(proc) == 0
-            await broker.read_rest()
-            check_once(sandbox, set(keys.values()), broker.results, set(keys), repeats_allowed=True)
+    async with on_broker(broker, latency_ms=20, latency_jitter_ms=5, seed=300) as sandbox:
+        # A short claim_idle_s: the killed consumer's unacked jobs are taken over quickly.
+        source = broker.source_config(claim_idle_s=0.5)
+        # 100/s: slow enough that the stream outlasts the wait for a first result many times over.
+        config = stream_config(tmp_path, sandbox, broker, source, rate_per_s=100, job_batch=50)
+        await broker.publish(bodies)
+        async with daemon_process(config) as proc:
+            # Sending and tracking are under way once a first result is out; kill a (seeded)
+            # few sends later. The sandbox answers from this process: between the check and
+            # the kill it accepts nothing, so the kill lands where the count says.
+            await broker.read_results({next(iter(keys))}, timeout_s=PATIENCE_S)
+            target = min(accepted(sandbox) + rng.randint(0, 30), len(keys) // 2)
+            await wait_until(lambda: accepted(sandbox) >= target, what=f"{target} emails accepted")
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+        sent_before = accepted(sandbox)
+        assert 0 < sent_before < len(keys), sent_before  # the kill landed mid-stream
+        await run_to_the_end(config, broker, keys)
+        check_once(sandbox, set(keys.values()), broker.results, set(keys), repeats_allowed=True)
         assert await broker.jobs_left() == 0
-    finally:
-        await broker.close()
 
 
 async def test_sigterm_drains_and_the_restart_finishes(tmp_path: Path) -> None:
     """SIGTERM mid-stream on NATS: exit 0 within the grace period, no row left `sending`, jobs not
     yet taken stay on the broker for the next run, which completes with no duplicates."""
     keys, bodies = many_jobs(400, "term")
-    sandbox_config = SandboxConfig(secret_key=SECRET, project_id=PROJECT, latency_ms=20)
     broker = NatsBroker()
-    await broker.open()
-    try:
-        async with Sandbox(sandbox_config, host="127.0.0.1", port=0) as sandbox:
-            config = write_config(
-                tmp_path,
-                api_url=sandbox.url,
-                sources=[broker.source_config(ack_wait_s=1)],
-                results=broker.results_config(),
-                daemon={"grace_s": GRACE_S, "job_batch": 20},
-                sending={"rate_per_s": 300, "concurrency": 16, "timeout_s": 2},
-                tracking={"poll_interval_s": 0.1, "settle_s": 0.2},
-            )
-            async with daemon_process(config) as proc:
-                await broker.publish(bodies)
-                # Stop once sending is under way, judged by the sandbox's own count. It answers
-                # from this process, so the daemon cannot get further ahead while this test is
-                # slow to look: the stop lands mid-stream on a loaded machine too. (Waiting for a
-                # first result instead, tracking included, could see every job sent by then.)
-                await wait_until(lambda: accepted(sandbox) >= 20, what="20 emails accepted")
-                assert await stop(proc) == 0
-            counts = await store_counts(tmp_path)
-            assert counts.get("sending", 0) == 0, counts
-            left = await broker.jobs_left()
-            assert left > 0, counts  # stopped mid-stream: jobs not taken yet are still on the broker
-            sent_before = accepted(sandbox)
-            assert 20 <= sent_before < len(keys), sent_before
-            async with daemon_process(config) as proc:
-                await broker.read_results(set(keys), timeout_s=40)
-                assert await stop(proc) == 0
-            await broker.read_rest()
-            check_once(sandbox, set(keys.values()), broker.results, set(keys))
-        assert await broker.jobs_left() == 0
+    async with on_broker(broker, latency_ms=20) as sandbox:
+        source = broker.source_config(ack_wait_s=1)
+        config = stream_config(tmp_path, sandbox, broker, source, rate_per_s=300, job_batch=20)
+        async with daemon_process(config) as proc:
+            await broker.publish(bodies)
+            # Stop once sending is under way, judged by the sandbox's own count. It answers
+            # from this process, so the daemon cannot get further ahead while this test is
+            # slow to look: the stop lands mid-stream on a loaded machine too. (Waiting for a
+            # first result instead, tracking included, could see every job sent by then.)
+            await wait_until(lambda: accepted(sandbox) >= 20, what="20 emails accepted")
+            assert await stop(proc) == 0
         counts = await store_counts(tmp_path)
-        assert counts.get("final") == len(keys), counts
-    finally:
-        await broker.close()
+        assert counts.get("sending", 0) == 0, counts
+        left = await broker.jobs_left()
+        assert left > 0, counts  # stopped mid-stream: jobs not taken yet are still on the broker
+        sent_before = accepted(sandbox)
+        assert 20 <= sent_before < len(keys), sent_before
+        await run_to_the_end(config, broker, keys)
+        check_once(sandbox, set(keys.values()), broker.results, set(keys))
+        assert await broker.jobs_left() == 0
+    counts = await store_counts(tmp_path)
+    assert counts.get("final") == len(keys), counts
 
 
 async def test_a_second_signal_forces_the_stop_and_exits_130(tmp_path: Path) -> None:
@@ -235,30 +247,25 @@ async def test_a_second_signal_forces_the_stop_and_exits_130(tmp_path: Path) -> 
     long); a second one stops at once and the daemon exits 130, not 0: the stop was forced. The
     rows left `sending` are reconciled by the next start."""
     _, bodies = many_jobs(20, "forced")
-    sandbox_config = SandboxConfig(secret_key=SECRET, project_id=PROJECT, fault_5xx_after_p=1.0, seed=3)
     broker = NatsBroker()
-    await broker.open()
-    try:
-        async with Sandbox(sandbox_config, host="127.0.0.1", port=0) as sandbox:
-            config = write_config(
-                tmp_path,
-                api_url=sandbox.url,
-                sources=[broker.source_config(ack_wait_s=1)],
-                daemon={"grace_s": 60},
-                sending={"max_attempts": 1},
-                tracking={"settle_s": 120},
-            )
-            async with daemon_process(config) as proc:
-                await broker.publish(bodies)
-                # Polled: the sandbox's own counter of answers lost after the email was created.
-                await wait_until(lambda: sandbox.stats().faults.get("5xx_after", 0) > 0, what="a lost answer")
-                # Two different signals: two of the same may be merged into one while pending.
-                proc.send_signal(signal.SIGTERM)
-                proc.send_signal(signal.SIGINT)
-                with anyio.fail_after(PATIENCE_S):
-                    code = await proc.wait()
-        assert code == 130
-        counts = await store_counts(tmp_path)
-        assert counts.get("sending", 0) > 0, counts  # left for the next start's recovery
-    finally:
-        await broker.close()
+    async with on_broker(broker, fault_5xx_after_p=1.0, seed=3) as sandbox:
+        config = write_config(
+            tmp_path,
+            api_url=sandbox.url,
+            sources=[broker.source_config(ack_wait_s=1)],
+            daemon={"grace_s": 60},
+            sending={"max_attempts": 1},
+            tracking={"settle_s": 120},
+        )
+        async with daemon_process(config) as proc:
+            await broker.publish(bodies)
+            # Polled: the sandbox's own counter of answers lost after the email was created.
+            await wait_until(lambda: sandbox.stats().faults.get("5xx_after", 0) > 0, what="a lost answer")
+            # Two different signals: two of the same may be merged into one while pending.
+            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGINT)
+            with anyio.fail_after(PATIENCE_S):
+                code = await proc.wait()
+    assert code == 130
+    counts = await store_counts(tmp_path)
+    assert counts.get("sending", 0) > 0, counts  # left for the next start's recovery
