@@ -10,12 +10,11 @@ restarted each time, then left to finish. The verdict: every valid recipient got
 
 from __future__ import annotations
 
-import argparse
 import random
 import signal
 import sys
-import tempfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -157,29 +156,13 @@ async def run_chaos(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--recipients", type=int, default=20_000)
+    parser = common.script_parser(__doc__, recipients=20_000, rate=1000)
     parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--max-kill-delay-s", type=float, default=0.6)
-    parser.add_argument("--rate", type=float, default=1000, help="campaign rate_per_s (default 1000)")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bulksend-chaos-") as tmp:
-        result = anyio.run(
-            lambda: run_chaos(
-                Path(tmp),
-                recipients=args.recipients,
-                kills=args.kills,
-                seed=args.seed,
-                max_kill_delay_s=args.max_kill_delay_s,
-                rate_per_s=args.rate,
-                timeout_s=3600,
-            )
-        )
-    print(orjson.dumps({**result.__dict__, "ok": result.ok}, option=orjson.OPT_INDENT_2).decode())
-    return 0 if result.ok else 1
+    run = partial(run_chaos, **vars(parser.parse_args()), timeout_s=3600)
+    result = common.run_in_scratch_folder("bulksend-chaos-", run)
+    return common.print_verdict({**result.__dict__, "ok": result.ok}, result.ok)
 
 
 if __name__ == "__main__":

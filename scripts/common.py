@@ -1,20 +1,35 @@
-"""Shared pieces of the scripts: the generated campaign, the ``bulksend send`` child processes
-and the exactly-once verdict."""
+"""Shared pieces of the scripts: the generated campaign, the ``bulksend send`` child processes,
+the exactly-once verdict, and the command line around a run."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+import tempfile
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
+import orjson
 from anyio.abc import Process
 
 from bulksend.testing import TomlTable, campaign_toml
 
-__all__ = ["count_delivery", "drain", "start_sender", "wait_for_event", "write_campaign_files"]
+__all__ = [
+    "count_delivery",
+    "drain",
+    "print_verdict",
+    "run_in_scratch_folder",
+    "script_parser",
+    "start_sender",
+    "wait_for_event",
+    "write_campaign_files",
+]
+
+_T = TypeVar("_T")
 
 
 def write_campaign_files(
@@ -94,3 +109,29 @@ def count_delivery(accepted_by_recipient: Mapping[str, int], valid: Iterable[str
     duplicates = sum(1 for n in accepted_by_recipient.values() if n > 1)
     missing = sum(1 for address in valid if accepted_by_recipient.get(address, 0) == 0)
     return duplicates, missing
+
+
+def script_parser(doc: str | None, *, recipients: int, rate: float) -> argparse.ArgumentParser:
+    """A script's parser: ``doc`` as its help, ``--recipients`` and ``--rate`` with these defaults.
+
+    Each option's destination is named after the run's parameter it sets (``--rate``:
+    ``rate_per_s``), so the parsed options can be passed to the run as they are.
+    """
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipients", type=int, default=recipients)
+    parser.add_argument(
+        "--rate", dest="rate_per_s", type=float, default=rate, help=f"campaign rate_per_s (default {rate:g})"
+    )
+    return parser
+
+
+def run_in_scratch_folder(prefix: str, run: Callable[[Path], Awaitable[_T]]) -> _T:
+    """``run(folder)`` in an event loop, on a temporary folder removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        return anyio.run(run, Path(tmp))
+
+
+def print_verdict(result: Mapping[str, object], ok: bool) -> int:
+    """Print a run's figures as indented JSON; the exit code: 0 when ``ok``, 1 otherwise."""
+    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    return 0 if ok else 1

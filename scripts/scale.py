@@ -12,17 +12,16 @@ creation times of the emails, over the middle 90 % of them) against
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import signal
 import sys
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -30,7 +29,16 @@ import orjson
 from anyio.abc import Process
 
 from bulksend.sandbox import Sandbox, SandboxConfig, SandboxStats
-from scripts.common import count_delivery, drain, start_sender, wait_for_event, write_campaign_files
+from scripts.common import (
+    count_delivery,
+    drain,
+    print_verdict,
+    run_in_scratch_folder,
+    script_parser,
+    start_sender,
+    wait_for_event,
+    write_campaign_files,
+)
 
 SECRET = "scale-sandbox-secret"
 PG_DSN = os.environ.get("BULKSEND_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -288,29 +296,16 @@ async def run_kills(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__, recipients=10_000, rate=400)
     parser.add_argument("--workers", type=int, default=3)
-    parser.add_argument("--recipients", type=int, default=10_000)
-    parser.add_argument("--rate", type=float, default=400)
     parser.add_argument("--kill", action="store_true")
-    parser.add_argument("--no-rate-limit", action="store_true", help="uncapped: measure raw throughput")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bulksend-scale-") as tmp:
-        result = anyio.run(
-            lambda: run_scale(
-                Path(tmp),
-                workers=args.workers,
-                recipients=args.recipients,
-                rate_per_s=args.rate,
-                kill=args.kill,
-                rate_limited=not args.no_rate_limit,
-            )
-        )
+    parser.add_argument(
+        "--no-rate-limit", dest="rate_limited", action="store_false", help="uncapped: measure raw throughput"
+    )
+    run = partial(run_scale, **vars(parser.parse_args()))
+    result = run_in_scratch_folder("bulksend-scale-", run)
     out = {**result.__dict__, "throttled_share": result.throttled_share}
-    print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
-    return 0 if result.duplicates == 0 and result.missing == 0 else 1
+    return print_verdict(out, result.duplicates == 0 and result.missing == 0)
 
 
 if __name__ == "__main__":
