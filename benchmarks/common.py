@@ -12,6 +12,7 @@ import argparse
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +37,8 @@ __all__ = [
     "ChildResult",
     "CpuPlan",
     "SandboxProcess",
+    "SendOptions",
+    "Workbench",
     "add_run_arguments",
     "bulksend_command",
     "child_env",
@@ -44,15 +47,18 @@ __all__ = [
     "machine_info",
     "plan_cpus",
     "precompile",
+    "prepare",
     "read_proc_cpu_s",
     "read_proc_rss_kb",
     "render_bodies",
     "run_measured",
+    "run_options",
     "run_sampled",
     "sampling",
     "sandbox_client_env",
     "stamped",
     "uses_uvloop",
+    "workbench",
     "write_campaign",
     "write_raw",
     "write_recipients",
@@ -196,6 +202,14 @@ def plan_cpus(pin: bool = True) -> CpuPlan:
     if len(allowed) < 2:
         return CpuPlan(None, None)
     return CpuPlan(frozenset(allowed[:1]), frozenset(allowed[1:]))
+
+
+def prepare() -> dict[str, Any]:
+    """What a benchmark does first: describe the machine (:func:`machine_info`), then write the
+    bytecode caches (:func:`precompile`); returns the description."""
+    machine = machine_info()
+    precompile()
+    return machine
 
 
 def _pin(pid: int, cpus: frozenset[int] | None) -> None:
@@ -698,6 +712,52 @@ def run_sampled(
             thread.join(timeout=join_timeout_s)
 
 
+@dataclass(frozen=True)
+class Workbench:
+    """Where a benchmark runs ``bulksend send`` against the sandbox: a scratch folder, the CPUs."""
+
+    work: Path
+    cpus: CpuPlan
+
+    def send_sampled(
+        self,
+        campaign: Path,
+        sandbox: SandboxProcess,
+        sample: Callable[[int, float], bool],
+        *,
+        interval_s: float,
+        timeout_s: float,
+        first_after_s: float = 0.0,
+        join_timeout_s: float = 30.0,
+    ) -> ChildResult:
+        """``bulksend send CAMPAIGN`` against ``sandbox``, from the scratch folder on the client
+        CPUs, sampled while it runs (:func:`run_sampled`); raises if it fails or times out."""
+        res = run_sampled(
+            bulksend_command(campaign),
+            sample,
+            interval_s=interval_s,
+            first_after_s=first_after_s,
+            join_timeout_s=join_timeout_s,
+            timeout_s=timeout_s,
+            env=sandbox_client_env(sandbox.url, self.work),
+            cwd=self.work,
+            cpus=self.cpus.client,
+        )
+        res.check("bulksend send")
+        return res
+
+
+@contextmanager
+def workbench(prefix: str, pin: bool = True) -> Iterator[Workbench]:
+    """A :class:`Workbench`: a scratch folder named ``prefix…``, removed on the way out, and the
+    CPU plan (:func:`plan_cpus`)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield Workbench(work, plan_cpus(pin))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def stamped(read: Callable[[], _T], since: float) -> tuple[float, _T]:
     """``read()``, stamped halfway through the call (the value was read then), in seconds since
     the ``time.monotonic()`` value ``since``."""
@@ -706,12 +766,29 @@ def stamped(read: Callable[[], _T], since: float) -> tuple[float, _T]:
     return (asked + time.monotonic()) / 2 - since, value
 
 
+@dataclass
+class SendOptions:
+    """What every benchmark of ``bulksend send`` against the sandbox process is run with."""
+
+    concurrency: int = 64
+    poll_interval_s: float = 1.0
+    final_after_s: float = 0.2
+    """The sandbox's lifecycle: an email is final this long after its send."""
+    pin: bool = True
+    quiet: bool = False
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The options every ``bulksend send`` benchmark takes: concurrency, polling, pinning, --json."""
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--poll-interval-s", type=float, default=1.0)
     parser.add_argument("--no-pin", action="store_true", help="do not pin the sandbox and bulksend to CPUs")
     parser.add_argument("--json", type=Path, default=None, help="write the raw numbers here")
+
+
+def run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`SendOptions` fields that :func:`add_run_arguments` parsed, as keyword arguments."""
+    return {"concurrency": args.concurrency, "poll_interval_s": args.poll_interval_s, "pin": not args.no_pin}
 
 
 def write_raw(raw: Any, json_path: Path | None) -> None:

@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -42,15 +40,16 @@ from benchmarks.common import (
     REPO_ROOT,
     CpuPlan,
     SandboxProcess,
+    SendOptions,
     bulksend_command,
     describe_machine,
-    machine_info,
-    plan_cpus,
-    precompile,
+    prepare,
     render_bodies,
     run_measured,
+    run_options,
     sandbox_client_env,
     uses_uvloop,
+    workbench,
     write_campaign,
     write_raw,
 )
@@ -70,24 +69,19 @@ CLIENT_LABELS: dict[str, str] = {
 
 
 @dataclass
-class CompareOptions:
+class CompareOptions(SendOptions):
     """What to measure. Defaults are the benchmark's; the smoke test shrinks them."""
 
     emails: int = 20_000
     sdk_pool_emails: int = 2_000
     sdk_seq_emails: int = 500
     latencies_ms: tuple[float, ...] = (20.0, 0.0)
-    concurrency: int = 64
     sdk_threads: int = 32
     recipients_format: Literal["csv", "jsonl"] = "csv"
-    poll_interval_s: float = 1.0
-    final_after_s: float = 0.2
     repeat: int = 1
-    pin: bool = True
     target_latency_ms: float = 20.0
     child_timeout_s: float | None = None
     clients: tuple[str, ...] = ("floor", "bulksend", "sdk-pool", "sdk-seq")
-    quiet: bool = False
 
 
 @dataclass
@@ -282,19 +276,18 @@ def _summary(runs: Sequence[Measurement]) -> dict[str, Any]:
 
 def run_compare(opts: CompareOptions) -> dict[str, Any]:
     """Run every client at every latency; returns the raw numbers and the target checks."""
-    cpus = plan_cpus(opts.pin)
-    precompile()
+    machine = prepare()
     uvloop = uses_uvloop()
-    result: dict[str, Any] = {
-        "machine": machine_info(),
-        "options": asdict(opts),
-        "cpus": cpus.describe(),
-        "uvloop": uvloop,
-        "runs": {},
-        "summary": {},
-    }
-    work = Path(tempfile.mkdtemp(prefix="bulksend-bench-compare-"))
-    try:
+    with workbench("bulksend-bench-compare-", opts.pin) as bench:
+        work, cpus = bench.work, bench.cpus
+        result: dict[str, Any] = {
+            "machine": machine,
+            "options": asdict(opts),
+            "cpus": cpus.describe(),
+            "uvloop": uvloop,
+            "runs": {},
+            "summary": {},
+        }
         _say(opts, f"generating {opts.emails:,} recipients ({opts.recipients_format}) and their bodies…")
         campaign = write_campaign(
             work / "campaign",
@@ -339,8 +332,6 @@ def run_compare(opts: CompareOptions) -> dict[str, Any]:
                         )
             result["runs"][key] = {c: [m.to_json() for m in ms] for c, ms in runs.items()}
             result["summary"][key] = {c: _summary(ms) for c, ms in runs.items() if ms}
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     result["ratios"] = {k: _ratios(v) for k, v in result["summary"].items()}
     result["targets"] = _targets(result, opts.target_latency_ms)
     return result
@@ -607,14 +598,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sdk_pool_emails=args.sdk_emails if args.sdk_emails is not None else 2_000,
         sdk_seq_emails=args.sdk_emails if args.sdk_emails is not None else 500,
         latencies_ms=args.latencies,
-        concurrency=args.concurrency,
         sdk_threads=args.sdk_threads,
         recipients_format=args.format,
-        poll_interval_s=args.poll_interval_s,
         repeat=max(1, args.repeat),
-        pin=not args.no_pin,
         child_timeout_s=args.child_timeout_s,
         clients=clients,
+        **run_options(args),
     )
     opts.sdk_pool_emails = min(opts.sdk_pool_emails, opts.emails)
     opts.sdk_seq_emails = min(opts.sdk_seq_emails, opts.emails)

@@ -24,9 +24,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,14 +33,10 @@ from typing import Any
 from benchmarks import flow_nested
 from benchmarks.common import (
     SandboxProcess,
-    bulksend_command,
     describe_machine,
-    machine_info,
-    plan_cpus,
-    precompile,
-    run_sampled,
-    sandbox_client_env,
+    prepare,
     stamped,
+    workbench,
     write_campaign,
     write_raw,
 )
@@ -125,15 +119,13 @@ def _run(
     timeout_s: float = 600.0,
 ) -> Run:
     """Send ``emails`` at ``rate_per_s`` to a sandbox started with ``sandbox`` options."""
-    cpus = plan_cpus(True)
-    work = Path(tempfile.mkdtemp(prefix="bulksend-bench-flow-"))
     samples: list[Sample] = []
     events: dict[str, float] = {}
-    try:
+    with workbench("bulksend-bench-flow-") as bench:
         campaign = write_campaign(
-            work, emails, rate_per_s=rate_per_s, poll_interval_s=poll_interval_s, settle_s=settle_s
+            bench.work, emails, rate_per_s=rate_per_s, poll_interval_s=poll_interval_s, settle_s=settle_s
         )
-        with SandboxProcess(final_after_s=0.2, cpus=cpus.sandbox, **sandbox) as sb:
+        with SandboxProcess(final_after_s=0.2, cpus=bench.cpus.sandbox, **sandbox) as sb:
 
             def read(pid: int, started: float) -> bool:
                 try:
@@ -152,19 +144,8 @@ def _run(
                     during(sb, sample, events)
                 return True
 
-            res = run_sampled(
-                bulksend_command(campaign),
-                read,
-                interval_s=SAMPLE_S,
-                timeout_s=timeout_s,
-                env=sandbox_client_env(sb.url, work),
-                cwd=work,
-                cpus=cpus.client,
-            )
-            res.check("bulksend send")
+            res = bench.send_sampled(campaign, sb, read, interval_s=SAMPLE_S, timeout_s=timeout_s)
             stats = sb.full_stats()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return Run(emails, samples, stats, res.wall_s, res.stdout, events)
 
 
@@ -351,9 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="write the raw numbers here")
     args = p.parse_args(argv)
     chosen = set(args.scenario or (1, 2, 3, 4))
-    machine = machine_info()
+    machine = prepare()
     print(describe_machine(machine), flush=True)
-    precompile()
     results: list[dict[str, Any]] = []
     if 1 in chosen:
         for limit in args.limit or (50.0, 200.0, 1000.0):

@@ -16,9 +16,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -27,16 +25,14 @@ from typing import Any, Literal
 
 from benchmarks.common import (
     SandboxProcess,
+    SendOptions,
     add_run_arguments,
-    bulksend_command,
     describe_machine,
-    machine_info,
-    plan_cpus,
-    precompile,
+    prepare,
     read_proc_cpu_s,
     read_proc_rss_kb,
-    run_sampled,
-    sandbox_client_env,
+    run_options,
+    workbench,
     write_campaign,
     write_report,
 )
@@ -47,19 +43,14 @@ RSS_TARGET_MB = 200.0
 
 
 @dataclass
-class MillionOptions:
+class MillionOptions(SendOptions):
     """What to run; the defaults are the benchmark's."""
 
     emails: int = 1_000_000
     recipients_format: Literal["csv", "jsonl"] = "csv"
-    concurrency: int = 64
-    poll_interval_s: float = 1.0
-    final_after_s: float = 0.2
-    pin: bool = True
     timeout_s: float = 3600.0
     sample_interval_s: float = 1.0
     progress_every_s: float = 30.0
-    quiet: bool = False
 
 
 def _count_final(outcomes: Path) -> tuple[int, int]:
@@ -74,15 +65,12 @@ def _count_final(outcomes: Path) -> tuple[int, int]:
 
 def run_million(opts: MillionOptions) -> dict[str, Any]:
     """Generate, send, track; returns the raw numbers (and the RSS verdict)."""
-    machine = machine_info()
-    cpus = plan_cpus(opts.pin)
-    precompile()
-    work = Path(tempfile.mkdtemp(prefix="bulksend-bench-million-"))
+    machine = prepare()
     samples: list[tuple[float, int]] = []  # (seconds since start, RSS KiB)
-    try:
+    with workbench("bulksend-bench-million-", opts.pin) as bench:
         started = time.monotonic()
         campaign = write_campaign(
-            work,
+            bench.work,
             opts.emails,
             fmt=opts.recipients_format,
             concurrency=opts.concurrency,
@@ -90,9 +78,9 @@ def run_million(opts: MillionOptions) -> dict[str, Any]:
         )
         gen_s = time.monotonic() - started
         if not opts.quiet:
-            size_mb = (work / f"recipients.{opts.recipients_format}").stat().st_size / 1e6
+            size_mb = (bench.work / f"recipients.{opts.recipients_format}").stat().st_size / 1e6
             print(f"generated {opts.emails:,} recipients ({size_mb:,.0f} MB) in {gen_s:.1f} s", flush=True)
-        with SandboxProcess(final_after_s=opts.final_after_s, cpus=cpus.sandbox) as sandbox:
+        with SandboxProcess(final_after_s=opts.final_after_s, cpus=bench.cpus.sandbox) as sandbox:
             next_note = opts.progress_every_s
 
             def sample(pid: int, started: float) -> bool:
@@ -116,30 +104,25 @@ def run_million(opts: MillionOptions) -> dict[str, Any]:
 
             sandbox_cpu_at_start = sandbox.cpu_s()
             if not opts.quiet:
-                print(f"sending through {sandbox.url} ({cpus.describe()})…", flush=True)
-            res = run_sampled(
-                bulksend_command(work / "campaign.toml"),
+                print(f"sending through {sandbox.url} ({bench.cpus.describe()})…", flush=True)
+            res = bench.send_sampled(
+                campaign,
+                sandbox,
                 sample,
                 interval_s=opts.sample_interval_s,
                 first_after_s=opts.sample_interval_s,
                 join_timeout_s=10,
                 timeout_s=opts.timeout_s,
-                env=sandbox_client_env(sandbox.url, work),
-                cwd=work,
-                cpus=cpus.client,
             )
-            res.check("bulksend send")
             sandbox_cpu = sandbox.cpu_s() - sandbox_cpu_at_start
             stats = sandbox.stats()
             sandbox_rss = sandbox.rss_kb()
-        lines, final = _count_final(work / "out" / "bench.jsonl")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        lines, final = _count_final(bench.work / "out" / "bench.jsonl")
     peak_mb = res.max_rss_kb / 1024
     return {
         "machine": machine,
         "options": asdict(opts),
-        "cpus": cpus.describe(),
+        "cpus": bench.cpus.describe(),
         "campaign": str(campaign.name),
         "emails": opts.emails,
         "wall_s": res.wall_s,
@@ -194,16 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timeout-s", type=float, default=3600.0, help="bound on the bulksend run")
     add_run_arguments(p)
     args = p.parse_args(argv)
-    result = run_million(
-        MillionOptions(
-            emails=args.emails,
-            recipients_format=args.format,
-            concurrency=args.concurrency,
-            poll_interval_s=args.poll_interval_s,
-            timeout_s=args.timeout_s,
-            pin=not args.no_pin,
-        )
+    opts = MillionOptions(
+        emails=args.emails, recipients_format=args.format, timeout_s=args.timeout_s, **run_options(args)
     )
+    result = run_million(opts)
     write_report(format_report(result), result, args.json)
     return 0
 

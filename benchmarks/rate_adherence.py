@@ -16,9 +16,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -29,15 +27,13 @@ import orjson
 
 from benchmarks.common import (
     SandboxProcess,
+    SendOptions,
     add_run_arguments,
-    bulksend_command,
     describe_machine,
-    machine_info,
-    plan_cpus,
-    precompile,
-    run_sampled,
-    sandbox_client_env,
+    prepare,
+    run_options,
     stamped,
+    workbench,
     write_campaign,
     write_report,
 )
@@ -49,20 +45,15 @@ MAX_429_SHARE = 0.005
 
 
 @dataclass
-class RateOptions:
+class RateOptions(SendOptions):
     """What to run; the defaults are the benchmark's."""
 
     rate_per_s: float = 500.0
     server_limit_per_s: float | None = 500.0
     """The sandbox's limit (``None``: unlimited, to see bulksend's own pacing alone)."""
     duration_s: float = 30.0
-    concurrency: int = 64
-    poll_interval_s: float = 1.0
-    final_after_s: float = 0.2
     sample_interval_s: float = 0.25
-    pin: bool = True
     timeout_s: float | None = None
-    quiet: bool = False
 
     @property
     def emails(self) -> int:
@@ -138,22 +129,21 @@ def _outcome_rate(outcomes: Path) -> float | None:
 
 def run_rate_adherence(opts: RateOptions) -> dict[str, Any]:
     """Run the campaign against the rate-limited sandbox; returns numbers and verdicts."""
-    machine = machine_info()
-    cpus = plan_cpus(opts.pin)
-    precompile()
+    machine = prepare()
     n = opts.emails
-    work = Path(tempfile.mkdtemp(prefix="bulksend-bench-rate-"))
     samples: list[tuple[float, int]] = []  # (seconds since the child started, emails accepted)
-    try:
+    with workbench("bulksend-bench-rate-", opts.pin) as bench:
         campaign = write_campaign(
-            work,
+            bench.work,
             n,
             rate_per_s=opts.rate_per_s,
             concurrency=opts.concurrency,
             poll_interval_s=opts.poll_interval_s,
         )
         with SandboxProcess(
-            final_after_s=opts.final_after_s, rate_limit_per_s=opts.server_limit_per_s, cpus=cpus.sandbox
+            final_after_s=opts.final_after_s,
+            rate_limit_per_s=opts.server_limit_per_s,
+            cpus=bench.cpus.sandbox,
         ) as sandbox:
 
             def sample(pid: int, started: float) -> bool:
@@ -168,23 +158,18 @@ def run_rate_adherence(opts: RateOptions) -> dict[str, Any]:
                 limit = f"{opts.server_limit_per_s:g}/s" if opts.server_limit_per_s else "nothing"
                 print(
                     f"sending {n:,} emails at rate_per_s={opts.rate_per_s:g} to a sandbox limited to "
-                    f"{limit} ({sandbox.url}, {cpus.describe()})…",
+                    f"{limit} ({sandbox.url}, {bench.cpus.describe()})…",
                     flush=True,
                 )
-            res = run_sampled(
-                bulksend_command(campaign),
+            res = bench.send_sampled(
+                campaign,
+                sandbox,
                 sample,
                 interval_s=opts.sample_interval_s,
                 timeout_s=opts.timeout_s or 120.0 + 3 * opts.duration_s,
-                env=sandbox_client_env(sandbox.url, work),
-                cwd=work,
-                cpus=cpus.client,
             )
-            res.check("bulksend send")
             stats = sandbox.stats()
-        outcome_rate = _outcome_rate(work / "out" / "bench.jsonl")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        outcome_rate = _outcome_rate(bench.work / "out" / "bench.jsonl")
 
     phase = achieved_rate(samples, n)
     requests: dict[str, int] = stats["requests"]
@@ -195,7 +180,7 @@ def run_rate_adherence(opts: RateOptions) -> dict[str, Any]:
     return {
         "machine": machine,
         "options": asdict(opts),
-        "cpus": cpus.describe(),
+        "cpus": bench.cpus.describe(),
         "emails": n,
         "accepted": stats["emails_total"],
         "wall_s": res.wall_s,
@@ -274,16 +259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--duration-s", type=float, default=30.0, help="rate × duration emails are sent")
     add_run_arguments(p)
     args = p.parse_args(argv)
-    result = run_rate_adherence(
-        RateOptions(
-            rate_per_s=args.rate,
-            server_limit_per_s=(args.rate if args.server_limit is None else args.server_limit) or None,
-            duration_s=args.duration_s,
-            concurrency=args.concurrency,
-            poll_interval_s=args.poll_interval_s,
-            pin=not args.no_pin,
-        )
+    server_limit = (args.rate if args.server_limit is None else args.server_limit) or None
+    opts = RateOptions(
+        rate_per_s=args.rate, server_limit_per_s=server_limit, duration_s=args.duration_s, **run_options(args)
     )
+    result = run_rate_adherence(opts)
     write_report(format_report(result), result, args.json)
     return 0
 
