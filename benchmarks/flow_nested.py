@@ -44,6 +44,7 @@ from benchmarks.common import (
     write_recipients,
     write_report,
 )
+from bulksend.testing import campaign_toml, toml_document
 
 __all__ = ["main", "scenario_nested", "steady_rate"]
 
@@ -76,59 +77,35 @@ def _free_port() -> int:
 
 def _config(work: Path, api_url: str, port: int, stream: str) -> Path:
     path = work / "daemon.toml"
-    path.write_text(
-        f"""
-[api]
-api_url = "{api_url}"
-project_id = "{BENCH_PROJECT_ID}"
-
-[store]
-url = "state/bulksend.db"
-
-[daemon]
-data_dir = "state"
-grace_s = 5
-
-[sending]
-rate_per_s = {ACCOUNT_RATE_PER_S:g}
-concurrency = 64
-
-[tracking]
-poll_interval_s = 1.0
-settle_s = 2
-
-[admin]
-listen = "127.0.0.1:{port}"
-token = "{TOKEN}"
-
-[[sources]]
-kind = "redis"
-url = "{REDIS_URL}"
-stream = "{stream}"
-group = "bench"
-
-[templates.welcome]
-from = {{ email = "jobs@example.com", name = "Jobs" }}
-subject = "Welcome {{{{ first_name }}}}"
-text = "Hi {{{{ first_name }}}}"
-""",
-        encoding="utf-8",
+    config = toml_document(
+        {
+            "api": {"api_url": api_url, "project_id": BENCH_PROJECT_ID},
+            "store": {"url": "state/bulksend.db"},
+            "daemon": {"data_dir": "state", "grace_s": 5},
+            "sending": {"rate_per_s": ACCOUNT_RATE_PER_S, "concurrency": 64},
+            "tracking": {"poll_interval_s": 1.0, "settle_s": 2},
+            "admin": {"listen": f"127.0.0.1:{port}", "token": TOKEN},
+            "sources": [{"kind": "redis", "url": REDIS_URL, "stream": stream, "group": "bench"}],
+            "templates.welcome": {
+                "from": {"email": "jobs@example.com", "name": "Jobs"},
+                "subject": "Welcome {{ first_name }}",
+                "text": "Hi {{ first_name }}",
+            },
+        }
     )
+    path.write_text(config, encoding="utf-8")
     return path
 
 
 def _campaign_toml(cid: str, rate: float) -> str:
-    return f"""
-[campaign]
-id = "{cid}"
-from = {{ email = "{cid}@example.com", name = "Bench" }}
-subject = "Hello {{{{ first_name }}}}"
-text = "Hi {{{{ first_name }}}} from {{{{ city }}}}"
-
-[sending]
-rate_per_s = {rate:g}
-concurrency = 32
-"""
+    return campaign_toml(
+        cid,
+        campaign={
+            "from": {"email": f"{cid}@example.com", "name": "Bench"},
+            "text": "Hi {{ first_name }} from {{ city }}",
+        },
+        sending={"rate_per_s": rate, "concurrency": 32},
+    )
 
 
 def _admin(url: str, method: str, path: str, body: bytes | None = None, ctype: str = "") -> Any:

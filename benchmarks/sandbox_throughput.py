@@ -9,7 +9,7 @@ The run is bounded: warm-up plus measurement, then everything stops.
 
 Usage::
 
-    python benchmarks/sandbox_throughput.py --duration-s 10
+    python -m benchmarks.sandbox_throughput --duration-s 10
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
+
+from benchmarks.common import cpu_model
 
 _PATH = "/transactional-email/v1alpha1/regions/fr-par/emails"
 
@@ -231,7 +233,7 @@ def main() -> int:
     errors = sum(c[2] for c in counts)
     rate = ok_window / args.duration_s
     server_cpu = (cpu_after - cpu_before) / args.duration_s
-    machine = f"{platform.machine()} {_cpu_model()} ({os.cpu_count()} CPUs)"
+    machine = f"{platform.machine()} {cpu_model()} ({os.cpu_count()} CPUs)"
     print(f"machine      : {machine}, Python {platform.python_version()}")
     print(f"server       : python {' '.join(server_cmd[1:])} (uvloop), pinned to CPU {args.server_cpu}")
     print(
@@ -249,17 +251,6 @@ def main() -> int:
     print(f"non-200      : {errors}")
     print(f"emails stored: {stats['emails_total']:,}")
     return 0 if errors == 0 else 1
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

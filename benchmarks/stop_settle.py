@@ -28,41 +28,34 @@ from bulksend.sandbox import Sandbox, SandboxConfig
 from bulksend.secret import Secret
 from bulksend.store.sqlite import SqliteStore
 from bulksend.tem.config import TemSettings
+from bulksend.testing import TEST_SENDER, toml_document
 
 _SECRET = "bench-stop-secret"
 _PROJECT = "00000000-0000-4000-8000-000000000001"
 
-_CONFIG = """\
-[store]
-url = "state/bulksend.db"
 
-[daemon]
-data_dir = "state"
-grace_s = {grace_s}
-job_batch = 50
-receive_timeout_s = 0.05
-
-[sending]
-rate_per_s = {rate}
-concurrency = 32
-timeout_s = 5
-
-[tracking]
-poll_interval_s = 0.2
-settle_s = {settle_s}
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[sources]]
-kind = "memory"
-name = "jobs"
-
-[templates.welcome]
-from = {{ email = "news@example.com", name = "Example News" }}
-subject = "Welcome, {{{{ first_name }}}}"
-text = "Hi {{{{ first_name }}}}."
-"""
+def _config(args: argparse.Namespace) -> str:
+    """The daemon's configuration: a SQLite store under ``state``, jobs from a memory queue."""
+    return toml_document(
+        {
+            "store": {"url": "state/bulksend.db"},
+            "daemon": {
+                "data_dir": "state",
+                "grace_s": args.grace_s,
+                "job_batch": 50,
+                "receive_timeout_s": 0.05,
+            },
+            "sending": {"rate_per_s": args.rate_per_s, "concurrency": 32, "timeout_s": 5},
+            "tracking": {"poll_interval_s": 0.2, "settle_s": args.settle_s},
+            "admin": {"listen": "127.0.0.1:0"},
+            "sources": [{"kind": "memory", "name": "jobs"}],
+            "templates.welcome": {
+                "from": TEST_SENDER,
+                "subject": "Welcome, {{ first_name }}",
+                "text": "Hi {{ first_name }}.",
+            },
+        }
+    )
 
 
 def _job(i: int) -> bytes:
@@ -89,7 +82,7 @@ async def one_run(args: argparse.Namespace, run: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as work:
         folder = Path(work)
         path = folder / "daemon.toml"
-        path.write_text(_CONFIG.format(grace_s=args.grace_s, rate=args.rate_per_s, settle_s=args.settle_s))
+        path.write_text(_config(args), encoding="utf-8")
         async with Sandbox(sandbox_config, host="127.0.0.1", port=0) as sandbox:
             settings = TemSettings(secret_key=Secret(_SECRET), project_id=_PROJECT, api_url=sandbox.url)
             daemon = Daemon(load_daemon_config(path), settings)
