@@ -15,11 +15,8 @@ import argparse
 import functools
 import statistics
 import sys
-import tempfile
-from pathlib import Path
 
-import anyio
-
+from scripts.common import run_in_scratch_folder
 from scripts.scale import run_kills, run_scale
 
 
@@ -45,19 +42,17 @@ def main() -> int:
         return _kills(args)
     print(f"{'workers':>7} {'emails/s':>9} {'wall s':>7} {'dupes':>5} {'missing':>7}")
     for workers in args.workers:
-        with tempfile.TemporaryDirectory(prefix="bulksend-scale-") as tmp:
-            run = functools.partial(
-                run_scale,
-                Path(tmp),
-                workers=workers,
-                recipients=args.recipients,
-                rate_per_s=1_000_000,
-                concurrency=args.concurrency,
-                kill=False,
-                rate_limited=False,
-                timeout_s=900,
-            )
-            result = anyio.run(run)
+        run = functools.partial(
+            run_scale,
+            workers=workers,
+            recipients=args.recipients,
+            rate_per_s=1_000_000,
+            concurrency=args.concurrency,
+            kill=False,
+            rate_limited=False,
+            timeout_s=900,
+        )
+        result = run_in_scratch_folder("bulksend-scale-", run)
         print(
             f"{workers:>7} {result.achieved_rate_per_s:>9.0f} {result.wall_s:>7.1f} "
             f"{result.duplicates:>5} {result.missing:>7}",
@@ -71,18 +66,16 @@ def _kills(args: argparse.Namespace) -> int:
     walls: dict[int, list[float]] = {0: [], args.kills: []}
     for _ in range(args.repeat):
         for kills in (0, args.kills):
-            with tempfile.TemporaryDirectory(prefix="bulksend-kills-") as tmp:
-                run = functools.partial(
-                    run_kills,
-                    Path(tmp),
-                    workers=3,
-                    recipients=args.recipients,
-                    rate_per_s=args.rate,
-                    concurrency=args.concurrency,
-                    kills=kills,
-                    lease_s=args.lease_s,
-                )
-                result = anyio.run(run)
+            run = functools.partial(
+                run_kills,
+                workers=3,
+                recipients=args.recipients,
+                rate_per_s=args.rate,
+                concurrency=args.concurrency,
+                kills=kills,
+                lease_s=args.lease_s,
+            )
+            result = run_in_scratch_folder("bulksend-kills-", run)
             walls[kills].append(result.wall_s)
             print(
                 f"{kills:>5} {result.wall_s:>7.1f} {result.recipients - result.missing:>7} "
