@@ -25,7 +25,7 @@ from bulksend.testing import campaign_run, campaign_toml
 # on a machine without those servers. Marked here, by module, fixture or parameter, or in the test
 # module itself (``pytestmark`` / ``@pytest.mark.services``) when only some of its tests need them.
 SERVICE_MODULES = frozenset(
-    {"test_sources_nats", "test_sources_rabbitmq", "test_sources_redis", "test_store_postgres"}
+    {"test_brokers_nats", "test_brokers_rabbitmq", "test_brokers_redis", "test_store_postgres"}
 )
 """Modules whose every test talks to a server."""
 
