@@ -167,26 +167,11 @@ class CubicLimiter(AimdLimiter):
         if self._w_max is not None:
             self._rate = self._cubic(self._clock.monotonic())
 
-    def on_throttle(self, retry_after_s: float | None = None) -> None:
-        """Cut to β × the measured rate (once per cooldown), and honour ``Retry-After``."""
-        now = self._clock.monotonic()
-        self._throttles += 1
-        replan = False
-        if self._last_decrease is None or now - self._last_decrease >= self._cooldown_s:
-            measured = self._meter.rate_per_s()
-            going_through = self._rate if measured is None else min(self._rate, measured)
-            self._restart_epoch(now, max(self._min_rate, going_through))
-            self._last_decrease = now
-            self._decreases += 1
-            replan = True
-        if retry_after_s is not None and math.isfinite(retry_after_s) and retry_after_s > 0:
-            until = now + min(retry_after_s, self._max_pause_s)
-            if until > self._paused_until:
-                self._paused_until = until
-                self._pauses += 1
-                replan = True
-        if replan:
-            self._replan(now, self._paused_until)
+    def _decrease(self, now: float) -> None:
+        """Cut to β × the rate going through (the measured rate, or the current one if lower)."""
+        measured = self._meter.rate_per_s()
+        going_through = self._rate if measured is None else min(self._rate, measured)
+        self._restart_epoch(now, max(self._min_rate, going_through))
 
     def on_recovered(self) -> None:
         """After an outage: restart from β × the rate before it and grow back along the curve."""

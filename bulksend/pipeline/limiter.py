@@ -26,12 +26,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol, Unpack, runtime_checkable
+from typing import Protocol, TypeGuard, Unpack, runtime_checkable
 
 from bulksend.clock import SYSTEM_CLOCK, Clock
 from bulksend.settings import LimiterTuning, TuningOptions
 
-__all__ = ["AimdLimiter", "LimiterStats", "RateLimiter"]
+__all__ = ["AimdLimiter", "LimiterBase", "LimiterStats", "RateLimiter", "honoured_pause"]
 
 
 @runtime_checkable
@@ -84,7 +84,57 @@ class LimiterStats:
     acquired_by_kind: Mapping[str, int] = field(default_factory=dict)
 
 
-class AimdLimiter:
+def honoured_pause(retry_after_s: float | None) -> TypeGuard[float]:
+    """Whether a throttling answer's ``Retry-After`` asks for a pause (a finite one, over zero)."""
+    return retry_after_s is not None and math.isfinite(retry_after_s) and retry_after_s > 0
+
+
+class LimiterBase:
+    """What the in-process and the Redis-shared limiters keep alike: the checked tuning (kept as
+    :attr:`tuning`), the clock, and this process's counters behind :class:`LimiterStats`."""
+
+    def __init__(self, rate_per_s: float, clock: Clock | None, tuning: TuningOptions) -> None:
+        # Both limiters check their tuning with the same class: both refuse the same values.
+        self.tuning = t = LimiterTuning.of(rate_per_s, tuning)
+        self._clock: Clock = clock if clock is not None else SYSTEM_CLOCK
+        self._target = float(t.rate_per_s)
+        self._min_rate = t.floor_per_s
+        self._acquired = 0
+        self._by_kind: dict[str, int] = {}
+        self._throttles = 0
+        self._waiting = 0
+        self._wait_s_total = 0.0
+
+    @property
+    def target_rate_per_s(self) -> float:
+        return self._target
+
+    @property
+    def min_rate_per_s(self) -> float:
+        return self._min_rate
+
+    def _granted(self, kind: str, started: float) -> None:
+        """Count one slot of ``kind`` granted to an ``acquire`` that began at ``started``."""
+        self._acquired += 1
+        self._by_kind[kind] = self._by_kind.get(kind, 0) + 1
+        self._wait_s_total += self._clock.monotonic() - started
+
+    def _stats(self, *, rate_per_s: float, decreases: int, pauses: int) -> LimiterStats:
+        """The counters with the rate and adaptation figures the subclass knows."""
+        return LimiterStats(
+            acquired=self._acquired,
+            throttles=self._throttles,
+            decreases=decreases,
+            pauses=pauses,
+            rate_per_s=rate_per_s,
+            target_rate_per_s=self._target,
+            waiting=self._waiting,
+            wait_s_total=self._wait_s_total,
+            acquired_by_kind=MappingProxyType(dict(self._by_kind)),
+        )
+
+
+class AimdLimiter(LimiterBase):
     """In-process GCRA pacer with AIMD rate adaptation; share one instance among all tasks.
 
     The tuning (``rate_per_s``, ``min_rate_per_s``, ``decrease_factor``, ``increase_per_s``,
@@ -101,11 +151,8 @@ class AimdLimiter:
     def __init__(
         self, rate_per_s: float, *, clock: Clock | None = None, **tuning: Unpack[TuningOptions]
     ) -> None:
-        # The Redis-shared limiter checks its tuning with the same class: both refuse the same values.
-        self.tuning = t = LimiterTuning.of(rate_per_s, tuning)
-        self._clock: Clock = clock if clock is not None else SYSTEM_CLOCK
-        self._target = float(t.rate_per_s)
-        self._min_rate = t.floor_per_s
+        super().__init__(rate_per_s, clock, tuning)
+        t = self.tuning
         self._factor = float(t.decrease_factor)
         self._increase_per_s = t.increase
         self._burst = float(t.burst)
@@ -125,27 +172,13 @@ class AimdLimiter:
         # reserving to know whether its slot still holds.
         self._epoch = 0
         self._replanned_at = -math.inf
-
-        self._acquired = 0
-        self._by_kind: dict[str, int] = {}
-        self._throttles = 0
         self._decreases = 0
         self._pauses = 0
-        self._waiting = 0
-        self._wait_s_total = 0.0
 
     # -- properties ----------------------------------------------------------------------------
     @property
     def rate_per_s(self) -> float:
         return self._rate
-
-    @property
-    def target_rate_per_s(self) -> float:
-        return self._target
-
-    @property
-    def min_rate_per_s(self) -> float:
-        return self._min_rate
 
     @property
     def paused_until(self) -> float | None:
@@ -155,17 +188,7 @@ class AimdLimiter:
     @property
     def stats(self) -> LimiterStats:
         """A consistent snapshot of the counters."""
-        return LimiterStats(
-            acquired=self._acquired,
-            throttles=self._throttles,
-            decreases=self._decreases,
-            pauses=self._pauses,
-            rate_per_s=self._rate,
-            target_rate_per_s=self._target,
-            waiting=self._waiting,
-            wait_s_total=self._wait_s_total,
-            acquired_by_kind=MappingProxyType(dict(self._by_kind)),
-        )
+        return self._stats(rate_per_s=self._rate, decreases=self._decreases, pauses=self._pauses)
 
     # -- pacing --------------------------------------------------------------------------------
     def _reserve(self, now: float) -> tuple[float, float, float]:
@@ -241,9 +264,7 @@ class AimdLimiter:
         finally:
             self._waiting -= 1
         self._committed_tat = max(self._committed_tat, tat_after)
-        self._acquired += 1
-        self._by_kind[kind] = self._by_kind.get(kind, 0) + 1
-        self._wait_s_total += clock.monotonic() - started
+        self._granted(kind, started)
 
     # -- adaptation ----------------------------------------------------------------------------
     def on_success(self) -> None:
@@ -265,13 +286,13 @@ class AimdLimiter:
         if self._last_decrease is None or now - self._last_decrease >= self._cooldown_s:
             # The 429s of requests already in flight at the old rate arrive within about one
             # round trip; the cooldown makes them count as one signal instead of halving repeatedly.
-            self._rate = max(self._min_rate, self._rate * self._factor)
+            self._decrease(now)
             self._last_decrease = now
             self._decreases += 1
             replan = True
         # Recovery restarts from the throttle, not from the last success before it.
         self._last_increase = now
-        if retry_after_s is not None and math.isfinite(retry_after_s) and retry_after_s > 0:
+        if honoured_pause(retry_after_s):
             until = now + min(retry_after_s, self._max_pause_s)
             if until > self._paused_until:
                 self._paused_until = until
@@ -279,6 +300,10 @@ class AimdLimiter:
                 replan = True
         if replan:
             self._replan(now, self._paused_until)
+
+    def _decrease(self, now: float) -> None:
+        """Cut the rate on throttling: by ``decrease_factor``, down to the floor."""
+        self._rate = max(self._min_rate, self._rate * self._factor)
 
     def __repr__(self) -> str:
         return (

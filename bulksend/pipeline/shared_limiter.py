@@ -39,9 +39,9 @@ import redis.asyncio
 import redis.exceptions
 import structlog
 
-from bulksend.clock import SYSTEM_CLOCK, Clock
-from bulksend.pipeline.limiter import LimiterStats
-from bulksend.settings import LimiterTuning, TuningOptions
+from bulksend.clock import Clock
+from bulksend.pipeline.limiter import LimiterBase, LimiterStats, honoured_pause
+from bulksend.settings import TuningOptions
 
 __all__ = ["RedisRateLimiter", "SharedLimiterState"]
 
@@ -226,7 +226,7 @@ def _number(name: str, value: object) -> float:
     return number
 
 
-class RedisRateLimiter:
+class RedisRateLimiter(LimiterBase):
     """GCRA pacing with AIMD adaptation, shared through Redis by every process using ``key``.
 
     :param redis: an asyncio Redis client (``redis.asyncio.Redis``); ``decode_responses`` may be
@@ -264,8 +264,8 @@ class RedisRateLimiter:
     ) -> None:
         if not key:
             raise ValueError("key must not be empty")
-        # Checked by the same class as AimdLimiter's tuning, so the two refuse the same values.
-        self.tuning = t = LimiterTuning.of(rate_per_s, tuning)
+        super().__init__(rate_per_s, clock, tuning)
+        t = self.tuning
         ttl = _number("state_ttl_s", state_ttl_s)
         backoff = _number("max_backoff_s", max_backoff_s)
         if ttl <= 0 or backoff <= 0:
@@ -277,13 +277,10 @@ class RedisRateLimiter:
         self._script = redis.register_script(_LUA)
         self.key = key
         self._shared_clock = clock is not None
-        self._clock: Clock = clock if clock is not None else SYSTEM_CLOCK
-        self._target = target = float(t.rate_per_s)
-        self._min_rate = t.floor_per_s
         self._config = tuple(
             repr(float(value))
             for value in (
-                target,
+                self._target,
                 self._min_rate,
                 t.decrease_factor,
                 t.increase,
@@ -305,13 +302,8 @@ class RedisRateLimiter:
         self._pending_retry_after: float | None = None
 
         self._state = SharedLimiterState(
-            rate_per_s=target, paused_for_s=0.0, decreases=0, pauses=0, throttles=0, grants=0, epoch=0
+            rate_per_s=self._target, paused_for_s=0.0, decreases=0, pauses=0, throttles=0, grants=0, epoch=0
         )
-        self._acquired = 0
-        self._by_kind: dict[str, int] = {}
-        self._throttles = 0
-        self._waiting = 0
-        self._wait_s_total = 0.0
         self._round_trips = 0
         self._redis_errors = 0
 
@@ -320,14 +312,6 @@ class RedisRateLimiter:
     def rate_per_s(self) -> float:
         """The shared rate as of this process's last call to Redis."""
         return self._state.rate_per_s
-
-    @property
-    def target_rate_per_s(self) -> float:
-        return self._target
-
-    @property
-    def min_rate_per_s(self) -> float:
-        return self._min_rate
 
     @property
     def shared(self) -> SharedLimiterState:
@@ -347,17 +331,8 @@ class RedisRateLimiter:
     @property
     def stats(self) -> LimiterStats:
         """This process's counters; ``decreases``/``pauses`` and the rate are the shared ones."""
-        return LimiterStats(
-            acquired=self._acquired,
-            throttles=self._throttles,
-            decreases=self._state.decreases,
-            pauses=self._state.pauses,
-            rate_per_s=self._state.rate_per_s,
-            target_rate_per_s=self._target,
-            waiting=self._waiting,
-            wait_s_total=self._wait_s_total,
-            acquired_by_kind=MappingProxyType(dict(self._by_kind)),
-        )
+        state = self._state
+        return self._stats(rate_per_s=state.rate_per_s, decreases=state.decreases, pauses=state.pauses)
 
     # -- the script ----------------------------------------------------------------------------
     def _now_arg(self) -> str:
@@ -471,9 +446,7 @@ class RedisRateLimiter:
                 reply = await self._call("acquire", reply)
         finally:
             self._waiting -= 1
-        self._acquired += 1
-        self._by_kind[kind] = self._by_kind.get(kind, 0) + 1
-        self._wait_s_total += clock.monotonic() - started
+        self._granted(kind, started)
 
     async def _give_back(self, reservation: _Reply) -> None:
         # Shielded so the cancellation that brought us here does not cut it short; bounded so a
@@ -494,7 +467,7 @@ class RedisRateLimiter:
         (call :meth:`sync` to send it at once)."""
         self._throttles += 1
         self._pending_throttles += 1
-        if retry_after_s is not None and math.isfinite(retry_after_s) and retry_after_s > 0:
+        if honoured_pause(retry_after_s):
             self._pending_retry_after = max(retry_after_s, self._pending_retry_after or 0.0)
 
     @property
