@@ -8,6 +8,7 @@ import anyio
 import orjson
 
 from bulksend.clock import FakeClock
+from bulksend.pipeline.context import SendContext
 from bulksend.pipeline.dispatch import SendItem, utcnow
 from bulksend.pipeline.flow import FlowLimiter, RetryBudget
 from bulksend.pipeline.limiter import AimdLimiter
@@ -70,16 +71,12 @@ async def test_one_listing_answers_every_ambiguous_row_of_a_batch(sandbox: Sandb
         lists_before = sandbox.stats().requests["list"]
         async with anyio.create_task_group() as tg:
             reconciler = Reconciler(
+                SendContext(store, tem, limiter, stats, RetryPolicy(max_attempts=2)),
                 task_group=tg,
-                store=store,
-                tem=tem,
-                limiter=limiter,
-                stats=stats,
                 mail_from=SENDER,
                 settle_s=0.0,
                 skew_s=1.0,
                 timeout_s=5.0,
-                retry=RetryPolicy(max_attempts=2),
                 resend=resend,
                 on_final=on_final,
                 batch_window_s=0.0,

@@ -25,7 +25,6 @@ import structlog
 from bulksend.campaign.recipients import iter_recipients, read_batch
 from bulksend.errors import BulksendError, TemError, TemPermanentError
 from bulksend.pipeline.dispatch import SendItem
-from bulksend.pipeline.paced import paced_call
 from bulksend.pipeline.reconcile import Reconciler
 from bulksend.pipeline.run import CampaignRun
 from bulksend.pipeline.stats import OutcomeHook
@@ -38,7 +37,6 @@ __all__ = ["settle_canceled"]
 log = structlog.get_logger("bulksend.daemon.cancel")
 
 _ADMIT_BATCH = 500
-_LIST_PAGE = 1000
 _CANCELED = "canceled"
 
 
@@ -122,16 +120,12 @@ async def _reconcile_sending(run: CampaignRun, on_outcome: OutcomeHook) -> int:
 
     async with anyio.create_task_group() as tg:
         reconciler = Reconciler(
+            run.context,
             task_group=tg,
-            store=store,
-            tem=run.tem,
-            limiter=run.limiter,
-            stats=run.stats,
             mail_from=c.from_.email,
             settle_s=c.tracking.settle_s,
             skew_s=run.skew_s,
             timeout_s=c.sending.timeout_s,
-            retry=run.retry,
             resend=never_created,
             on_final=already_final,
         )
@@ -144,7 +138,7 @@ async def _reconcile_sending(run: CampaignRun, on_outcome: OutcomeHook) -> int:
 
 async def _cancel_new_at_tem(run: CampaignRun, on_outcome: OutcomeHook) -> int:
     """Cancel at TEM every email of the campaign still ``new``; they end ``canceled``."""
-    store, cid, c = run.store, run.campaign.id, run.campaign
+    store, cid, c, context = run.store, run.campaign.id, run.campaign, run.context
     record = await store.get_campaign(cid)
     if record is None:
         return 0
@@ -156,18 +150,8 @@ async def _cancel_new_at_tem(run: CampaignRun, on_outcome: OutcomeHook) -> int:
     )
     emails: list[Email] = []
     try:
-        page = 1
-        while True:
-            result = await paced_call(
-                run.limiter,
-                run.retry,
-                "list",
-                partial(run.tem.list_emails, query, page=page, page_size=_LIST_PAGE),
-            )
+        async for result in context.list_pages(query):
             emails.extend(result.emails)
-            if len(result.emails) < _LIST_PAGE:
-                break
-            page += 1
     except TemError as exc:
         # Not fatal: those emails are tracked to whatever TEM does with them.
         log.warning("campaign.cancel_list_failed", campaign=cid, error=str(exc))
@@ -179,9 +163,7 @@ async def _cancel_new_at_tem(run: CampaignRun, on_outcome: OutcomeHook) -> int:
         if row is None or row.state is not RowState.SUBMITTED:
             continue
         try:
-            answer = await paced_call(
-                run.limiter, run.retry, "cancel", partial(run.tem.cancel_email, email.id)
-            )
+            answer = await context.paced("cancel", partial(context.tem.cancel_email, email.id))
         except TemPermanentError:
             continue  # already past `new`: its real status comes from tracking
         except TemError as exc:

@@ -41,19 +41,18 @@ from bulksend.errors import (
     TemError,
     TemPermanentError,
 )
+from bulksend.pipeline.context import SendContext
 from bulksend.pipeline.flow import report_failure, spend_retry
-from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.retry import (
-    RetryPolicy,
     Signal,
     is_safe_to_resend,
     retry_after_of,
     retrying,
     signal_of,
 )
-from bulksend.pipeline.stats import OutcomeHook, RunStats
-from bulksend.store.base import LeaseLostError, Store
-from bulksend.tem.client import SentEmail, TemClient
+from bulksend.pipeline.stats import OutcomeHook
+from bulksend.store.base import LeaseLostError
+from bulksend.tem.client import SentEmail
 
 __all__ = ["AccountRefusedError", "Dispatcher", "SendItem"]
 
@@ -100,25 +99,15 @@ class Dispatcher:
 
     def __init__(
         self,
+        context: SendContext,
         *,
-        store: Store,
-        tem: TemClient,
-        limiter: RateLimiter,
-        stats: RunStats,
-        retry: RetryPolicy,
         on_ambiguous: Callable[[SendItem, datetime, datetime], Awaitable[None]],
-        sleep: Callable[[float], Awaitable[None]] | None = None,
         on_outcome: OutcomeHook | None = None,
         on_submitted: Callable[[SendItem, str], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> None:
-        self._store = store
-        self._tem = tem
-        self._limiter = limiter
-        self._stats = stats
-        self._retry = retry
+        self._ctx = context
         self._on_ambiguous = on_ambiguous
-        self._sleep = sleep
         self._on_outcome = on_outcome
         self._on_submitted = on_submitted
         self._should_stop = should_stop
@@ -133,18 +122,19 @@ class Dispatcher:
                 # Most sends succeed at once: build the retry machinery only for one that did not.
                 await self._attempt(item)
             except _Retryable as first:
-                if self._retry.max_attempts <= 1:
+                policy = self._ctx.retry
+                if policy.max_attempts <= 1:
                     raise
                 # The remaining attempts, after a jittered first backoff (honouring Retry-After).
                 retry_after = retry_after_of(first) or 0.0
-                await (self._sleep or anyio.sleep)(
-                    max(retry_after, random.uniform(0, self._retry.initial_backoff_s))
+                await (self._ctx.sleep or anyio.sleep)(
+                    max(retry_after, random.uniform(0, policy.initial_backoff_s))
                 )
-                rest = dataclasses.replace(self._retry, max_attempts=self._retry.max_attempts - 1)
+                rest = dataclasses.replace(policy, max_attempts=policy.max_attempts - 1)
                 async for attempt in retrying(
                     rest,
                     retry_on=lambda e: isinstance(e, _Retryable),
-                    sleep=self._sleep,
+                    sleep=self._ctx.sleep,
                     # A 429 means "later", and the shared limiter is already slowing everyone
                     # down: it costs retry time, not one of the few attempts.
                     counts_as_attempt=lambda e: (
@@ -152,7 +142,7 @@ class Dispatcher:
                     ),
                 ):
                     with attempt:
-                        await spend_retry(self._limiter)
+                        await spend_retry(self._ctx.limiter)
                         await self._attempt(item)
         except LeaseLostError:
             # Our lease expired and another worker owns the row now: it reconciles whatever this
@@ -171,12 +161,12 @@ class Dispatcher:
                 reason=str(exc.cause),
                 hint="left pending; rerun the same command to resume",
             )
-            self._stats.deferred += 1
+            self._ctx.stats.deferred += 1
             return False
         return True
 
     async def _attempt(self, item: SendItem) -> None:
-        await self._limiter.acquire("send")
+        await self._ctx.limiter.acquire("send")
         if self._should_stop is not None and self._should_stop():
             # Paused or stopping while this task waited for its slot: the row stays `pending`.
             raise _NotPending
@@ -185,14 +175,14 @@ class Dispatcher:
             # Not shielded: a cancellation lands either before the write is queued (nothing
             # happened) or after it (the store's writer still commits it, no POST follows, and the
             # next run reconciles the row, finds no email and sends it).
-            await self._store.mark_sending(
+            await self._ctx.store.mark_sending(
                 item.row_id, started_at=started_at, correlation=item.correlation, lease_token=item.lease_token
             )
         except StoreError as exc:
             raise _NotPending from exc
-        self._stats.in_flight += 1
+        self._ctx.stats.in_flight += 1
         try:
-            emails = await self._tem.submit(item.body)
+            emails = await self._ctx.tem.submit(item.body)
         except TemPermanentError as exc:
             await self._permanent(item, exc)
             return
@@ -200,28 +190,28 @@ class Dispatcher:
             await self._transient(item, exc, started_at)
             return
         finally:
-            self._stats.in_flight -= 1
-        self._limiter.on_success()
+            self._ctx.stats.in_flight -= 1
+        self._ctx.limiter.on_success()
         email = _pick(emails, item.email)
         with anyio.CancelScope(shield=True):
-            await self._store.mark_submitted(
+            await self._ctx.store.mark_submitted(
                 item.row_id,
                 email_id=email.id,
                 message_id=email.message_id,
                 submitted_at=email.created_at or utcnow(),
                 lease_token=item.lease_token,
             )
-        self._stats.add_submitted()
+        self._ctx.stats.add_submitted()
         if self._on_submitted is not None:
             self._on_submitted(item, email.id)
 
     async def _permanent(self, item: SendItem, exc: TemPermanentError) -> None:
         # A 4xx means TEM refused the request: no email was created, so the row may leave
         # `sending` without reconciliation.
-        self._limiter.on_success()
+        self._ctx.limiter.on_success()
         if isinstance(exc, AuthenticationError | PermissionsDeniedError | QuotaExceededError):
             with anyio.CancelScope(shield=True):
-                await self._store.mark_retry(
+                await self._ctx.store.mark_retry(
                     item.row_id, reason=f"account refused: {exc.message}", lease_token=item.lease_token
                 )
             raise AccountRefusedError(_account_hint(exc)) from exc
@@ -230,8 +220,8 @@ class Dispatcher:
         if fields:
             reason += " — " + "; ".join(f"{k}: {v}" for k, v in fields.items())
         with anyio.CancelScope(shield=True):
-            await self._store.mark_rejected(item.row_id, reason=reason, lease_token=item.lease_token)
-        self._stats.rejected += 1
+            await self._ctx.store.mark_rejected(item.row_id, reason=reason, lease_token=item.lease_token)
+        self._ctx.stats.rejected += 1
         log.debug("email.rejected", row=item.row, reason=reason)
         if self._on_outcome is not None:
             await self._on_outcome(item.campaign_id, [(item.row_id, "rejected")])
@@ -239,21 +229,21 @@ class Dispatcher:
     async def _transient(self, item: SendItem, exc: TemError, started_at: datetime) -> None:
         signal = signal_of(exc)
         if signal is Signal.THROTTLE:
-            self._limiter.on_throttle(exc.retry_after_s if isinstance(exc, TemApiError) else None)
+            self._ctx.limiter.on_throttle(exc.retry_after_s if isinstance(exc, TemApiError) else None)
         elif signal is Signal.FAILURE:
             # A 5xx or a transport failure never slows the rate; a run of them trips the breaker.
-            report_failure(self._limiter)
+            report_failure(self._ctx.limiter)
         if is_safe_to_resend(exc):
             with anyio.CancelScope(shield=True):
-                await self._store.mark_retry(item.row_id, reason=str(exc), lease_token=item.lease_token)
+                await self._ctx.store.mark_retry(item.row_id, reason=str(exc), lease_token=item.lease_token)
             raise _Retryable(exc) from exc
         # Ambiguous: TEM may have created the email. Never resend blindly.
         ended_at = utcnow()
         with anyio.CancelScope(shield=True):
-            await self._store.mark_ambiguous(
+            await self._ctx.store.mark_ambiguous(
                 item.row_id, ended_at=ended_at, reason=str(exc), lease_token=item.lease_token
             )
-        self._stats.ambiguous += 1
+        self._ctx.stats.ambiguous += 1
         log.debug("email.ambiguous", row=item.row, error=str(exc))
         await self._on_ambiguous(item, started_at, ended_at)
 

@@ -22,6 +22,7 @@ run).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from bulksend.campaign.model import Campaign
+from bulksend.pipeline.context import SendContext
 from bulksend.pipeline.dispatch import AccountRefusedError, Dispatcher, SendItem
 from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.reconcile import Reconciler
@@ -108,17 +110,13 @@ def campaign_tracker(
     """The tracker of a campaign's submitted emails, with the campaign's ``[tracking]`` settings."""
     t = campaign.tracking
     return Tracker(
+        SendContext(store, tem, limiter, stats, retry),
         campaign_id=campaign.id,
-        store=store,
-        tem=tem,
-        limiter=limiter,
-        stats=stats,
         settings=TrackerSettings(
             poll_interval_s=t.poll_interval_s, give_up_after_s=t.give_up_after_s, page_size=t.page_size
         ),
         since=since,
         mail_from=campaign.from_.email,
-        retry=retry,
         on_outcome=on_outcome,
     )
 
@@ -157,11 +155,7 @@ class SendEngine:
         drain_queue: Callable[[], bool] | None = None,
         log_items: bool = False,
     ) -> None:
-        self._store = store
-        self._tem = tem
-        self._limiter = limiter
-        self._stats = stats
-        self._retry = retry
+        self._ctx = SendContext(store, tem, limiter, stats, retry)
         self._sink = sink
         self._settings = settings
         self._should_stop = should_stop
@@ -180,11 +174,7 @@ class SendEngine:
 
     def _dispatcher(self, limiter: RateLimiter) -> Dispatcher:
         return Dispatcher(
-            store=self._store,
-            tem=self._tem,
-            limiter=limiter,
-            stats=self._stats,
-            retry=self._retry,
+            dataclasses.replace(self._ctx, limiter=limiter),
             on_ambiguous=self.reconcile,
             on_outcome=self._sink.on_outcome,
             on_submitted=self._sink.on_submitted,
@@ -206,16 +196,12 @@ class SendEngine:
             async with anyio.create_task_group() as tg:
                 # Outlives the body while draining: a resend may be ambiguous again.
                 self._reconciler = Reconciler(
+                    self._ctx,
                     task_group=tg,
-                    store=self._store,
-                    tem=self._tem,
-                    limiter=self._limiter,
-                    stats=self._stats,
                     mail_from=s.mail_from,
                     settle_s=s.settle_s,
                     skew_s=s.skew_s,
                     timeout_s=s.timeout_s,
-                    retry=self._retry,
                     resend=self.resend,
                     on_final=self._sink.on_found,
                 )

@@ -23,7 +23,6 @@ import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import partial
 
 import anyio
 import structlog
@@ -31,20 +30,13 @@ from anyio.abc import TaskGroup
 
 from bulksend.campaign.validate import normalize_address
 from bulksend.errors import TemError
+from bulksend.pipeline.context import SendContext
 from bulksend.pipeline.dispatch import SendItem, utcnow
 from bulksend.pipeline.flow import spend_retry
-from bulksend.pipeline.limiter import RateLimiter
-from bulksend.pipeline.paced import paced_call
-from bulksend.pipeline.retry import RetryPolicy
-from bulksend.pipeline.stats import RunStats
 from bulksend.store.base import LeaseLostError, RecipientRow, RowState, Store
-from bulksend.tem.client import TemClient
 from bulksend.tem.models import Email, ListEmailsQuery, OrderBy
 
 __all__ = ["CampaignReconcile", "Reconciler", "reconcile_campaign"]
-
-LIST_PAGE_SIZE = 1000
-"""Emails per list call of :func:`reconcile_campaign` (TEM's largest page)."""
 
 log = structlog.get_logger("bulksend.reconcile")
 
@@ -69,35 +61,26 @@ class Reconciler:
 
     def __init__(
         self,
+        context: SendContext,
         *,
         task_group: TaskGroup,
-        store: Store,
-        tem: TemClient,
-        limiter: RateLimiter,
-        stats: RunStats,
         mail_from: str,
         settle_s: float,
         skew_s: float,
         timeout_s: float,
-        retry: RetryPolicy,
         resend: Callable[[SendItem], Awaitable[bool]],
         on_final: Callable[[Email, int], Awaitable[None]],
-        sleep: Callable[[float], Awaitable[None]] | None = None,
         batch_window_s: float = 1.0,
     ) -> None:
+        self._ctx = context
         self._tg = task_group
-        self._store = store
-        self._tem = tem
-        self._limiter = limiter
-        self._stats = stats
         self._mail_from = mail_from
         self._settle_s = settle_s
         self._skew_s = skew_s
         self._timeout_s = timeout_s
-        self._retry = retry
         self._resend = resend
         self._on_final = on_final
-        self._sleep = sleep or anyio.sleep
+        self._sleep = context.sleep or anyio.sleep
         self._batch_window_s = batch_window_s
         self._due: list[tuple[datetime, int, _Ambiguous]] = []
         self._seq = itertools.count()
@@ -148,8 +131,8 @@ class Reconciler:
                 # Unknown is not "not sent": leave the rows `sending`; the next run reconciles them.
                 for amb in rows:
                     self.pending -= 1
-                    self._stats.deferred += 1
-                    self._stats.reconcile_deferred += 1
+                    self._ctx.stats.deferred += 1
+                    self._ctx.stats.reconcile_deferred += 1
                     log.warning(
                         "email.reconcile_failed",
                         row=amb.item.row,
@@ -170,21 +153,11 @@ class Reconciler:
             order_by=OrderBy.CREATED_AT_ASC,
         )
         by_rcpt: dict[str, list[Email]] = {}
-        page = 1
-        while True:
-            result = await paced_call(
-                self._limiter,
-                self._retry,
-                "list",
-                partial(self._tem.list_emails, query, page=page, page_size=LIST_PAGE_SIZE),
-                sleep=self._sleep,
-            )
+        async for result in self._ctx.list_pages(query):
             self.list_calls += 1
             for email in result.emails:
                 by_rcpt.setdefault(email.mail_rcpt.lower(), []).append(email)
-            if len(result.emails) < LIST_PAGE_SIZE:
-                return by_rcpt
-            page += 1
+        return by_rcpt
 
     async def _decide(self, amb: _Ambiguous, matches: list[Email]) -> None:
         item = amb.item
@@ -194,15 +167,15 @@ class Reconciler:
             if matches:
                 found = matches[0]
                 with anyio.CancelScope(shield=True):
-                    await self._store.mark_submitted(
+                    await self._ctx.store.mark_submitted(
                         item.row_id,
                         email_id=found.id,
                         message_id=found.message_id,
                         submitted_at=found.created_at or utcnow(),
                         lease_token=item.lease_token,
                     )
-                self._stats.reconciled_adopted += 1
-                self._stats.add_submitted()
+                self._ctx.stats.reconciled_adopted += 1
+                self._ctx.stats.add_submitted()
                 if found.is_final:
                     # The lookup already tells the final status: record it now, as the tracker's
                     # incremental lists may have passed this email's update while no row owned it.
@@ -210,7 +183,7 @@ class Reconciler:
                 log.debug("email.reconciled", row=item.row, outcome="adopted", email_id=found.id)
                 return
             with anyio.CancelScope(shield=True):
-                await self._store.mark_retry(
+                await self._ctx.store.mark_retry(
                     item.row_id, reason="reconciled: TEM had not created it", lease_token=item.lease_token
                 )
         except LeaseLostError:
@@ -219,13 +192,13 @@ class Reconciler:
             return
         finally:
             self.pending -= 1
-        self._stats.reconciled_resent += 1
+        self._ctx.stats.reconciled_resent += 1
         log.debug("email.reconciled", row=item.row, outcome="resend")
         self._tg.start_soon(self._send_again, item)
 
     async def _send_again(self, item: SendItem) -> None:
         # A resend is a retry: it spends the retry budget like any other.
-        await spend_retry(self._limiter)
+        await spend_retry(self._ctx.limiter)
         await self._resend(item)
 
 
@@ -264,11 +237,8 @@ class CampaignReconcile:
 
 
 async def reconcile_campaign(
+    context: SendContext,
     *,
-    store: Store,
-    tem: TemClient,
-    limiter: RateLimiter,
-    retry: RetryPolicy,
     campaign_id: str,
     mail_from: str,
     since: datetime,
@@ -278,7 +248,6 @@ async def reconcile_campaign(
     settle_s: float,
     skew_s: float,
     not_before: datetime | None = None,
-    sleep: Callable[[float], Awaitable[None]] | None = None,
 ) -> CampaignReconcile:
     """Look every unfinished row of the campaign up at TEM in batched lists; adopt what TEM has.
 
@@ -290,11 +259,11 @@ async def reconcile_campaign(
     Waits first until ``not_before`` (when the last send the journal recorded can no longer be
     in flight). A TEM error propagates: nothing is taken as "not sent" on a failed lookup.
     """
-    pause = sleep or anyio.sleep
+    store = context.store
     if not_before is not None:
         delay = (not_before - utcnow()).total_seconds()
         if delay > 0:
-            await pause(delay)
+            await (context.sleep or anyio.sleep)(delay)
     report = CampaignReconcile()
     listed_at = utcnow()
     query = ListEmailsQuery(
@@ -303,21 +272,10 @@ async def reconcile_campaign(
         until=listed_at + timedelta(seconds=skew_s),
         order_by=OrderBy.CREATED_AT_ASC,
     )
-    page = 1
-    while True:
-        result = await paced_call(
-            limiter,
-            retry,
-            "list",
-            partial(tem.list_emails, query, page=page, page_size=LIST_PAGE_SIZE),
-            sleep=sleep,
-        )
+    async for result in context.list_pages(query):
         report.list_calls += 1
         report.listed += len(result.emails)
         await _adopt_page(store, campaign_id, result.emails, subject_of, on_final, report)
-        if len(result.emails) < LIST_PAGE_SIZE:
-            break
-        page += 1
     # A `sending` row TEM does not have: not created, if its attempt was over (plus the time TEM
     # may take to list an email) before the listing began and it started inside the window.
     settled = listed_at - timedelta(seconds=settle_s)

@@ -42,6 +42,7 @@ from bulksend.campaign.recipients import (
 from bulksend.campaign.render import Rejection, RenderedEmail, Renderer, RenderPacer
 from bulksend.campaign.validate import normalize_address
 from bulksend.errors import CampaignError, StateLostError
+from bulksend.pipeline.context import SendContext
 from bulksend.pipeline.dispatch import AccountRefusedError, SendItem, utcnow
 from bulksend.pipeline.engine import EngineSettings, SendEngine, TrackerSink, campaign_tracker
 from bulksend.pipeline.limiter import RateLimiter
@@ -159,9 +160,9 @@ class CampaignRun:
         """Set by :meth:`reconcile_all`: when the campaign's first send may have happened."""
 
     @property
-    def retry(self) -> RetryPolicy:
-        """The campaign's retry policy for TEM calls."""
-        return self._retry
+    def context(self) -> SendContext:
+        """What the run sends with: its store, TEM client, limiter, counters and retry policy."""
+        return SendContext(self.store, self.tem, self.limiter, self.stats, self._retry)
 
     @property
     def skew_s(self) -> float:
@@ -322,10 +323,7 @@ class CampaignRun:
                     await self._on_outcome(c.id, [(row_id, email.status.value)])
 
             report = await reconcile_campaign(
-                store=self.store,
-                tem=self.tem,
-                limiter=self.limiter,
-                retry=self._retry,
+                self.context,
                 campaign_id=c.id,
                 mail_from=c.from_.email,
                 since=since - timedelta(minutes=1),

@@ -11,23 +11,20 @@ an email still transient after ``give_up_after_s`` ends ``unknown``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import structlog
 
 from bulksend.errors import NotFoundError, TemError
+from bulksend.pipeline.context import SendContext
 from bulksend.pipeline.dispatch import utcnow
-from bulksend.pipeline.limiter import RateLimiter
-from bulksend.pipeline.paced import paced_call
-from bulksend.pipeline.retry import RetryPolicy
-from bulksend.pipeline.stats import OutcomeHook, RunStats
-from bulksend.store.base import FinalUpdate, RecipientRow, RowState, Store
-from bulksend.tem.client import TemClient
+from bulksend.pipeline.stats import OutcomeHook
+from bulksend.store.base import FinalUpdate, RecipientRow, RowState
 from bulksend.tem.models import FINAL_STATUSES, Email, ListEmailsQuery, OrderBy, parse_rfc3339
 
 __all__ = ["Tracker", "TrackerSettings", "final_update"]
@@ -38,7 +35,6 @@ PAGE_SIZE_MAX = 1000
 _RECENT_MAX = 200_000
 _EXPECT_MAX = 100_000
 _FINAL_VALUES = frozenset(s.value for s in FINAL_STATUSES)
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,30 +99,21 @@ class Tracker:
 
     def __init__(
         self,
+        context: SendContext,
         *,
         campaign_id: str,
-        store: Store,
-        tem: TemClient,
-        limiter: RateLimiter,
-        stats: RunStats,
         settings: TrackerSettings,
         since: datetime,
         mail_from: str,
-        retry: RetryPolicy,
-        sleep: Callable[[float], Awaitable[None]] | None = None,
         on_outcome: OutcomeHook | None = None,
     ) -> None:
+        self._ctx = context
         self._campaign_id = campaign_id
         self._on_outcome = on_outcome
-        self._store = store
-        self._tem = tem
-        self._limiter = limiter
-        self._stats = stats
         self._settings = settings
         self._since = since
         self._mail_from = mail_from
-        self._retry = retry
-        self._sleep = sleep or anyio.sleep
+        self._sleep = context.sleep or anyio.sleep
         self._watermark: datetime | None = None
         self._recent: dict[str, None] = {}
         self._expected: dict[str, int] = {}
@@ -161,11 +148,8 @@ class Tracker:
 
     async def outstanding(self) -> int:
         """Rows submitted and not final yet (rows still ``sending`` belong to reconciliation)."""
-        counts = await self._store.counts(self._campaign_id)
+        counts = await self._ctx.store.counts(self._campaign_id)
         return counts.get(RowState.SUBMITTED.value, 0)
-
-    async def _call(self, kind: str, fn: Callable[[], Awaitable[_T]]) -> _T:
-        return await paced_call(self._limiter, self._retry, kind, fn, sleep=self._sleep)
 
     async def poll(self) -> int:
         """One incremental sweep of newly final emails; returns how many rows became final."""
@@ -184,8 +168,8 @@ class Tracker:
         page = 1
         while True:
             try:
-                emails = await self._call(
-                    "list", partial(self._tem.list_emails_raw, query, page=page, page_size=page_size)
+                emails = await self._ctx.paced(
+                    "list", partial(self._ctx.tem.list_emails_raw, query, page=page, page_size=page_size)
                 )
             except TemError as exc:
                 log.warning("tracker.poll_failed", error=str(exc))
@@ -239,7 +223,8 @@ class Tracker:
                 matched.append(raw["id"])
         if unknown:
             # Emails submitted before this run (or beyond the in-memory cap): ask the store.
-            rows = await self._store.rows_by_email_id(self._campaign_id, [str(raw["id"]) for raw in unknown])
+            ids = [str(raw["id"]) for raw in unknown]
+            rows = await self._ctx.store.rows_by_email_id(self._campaign_id, ids)
             matched.extend(rows)
             updates.extend(
                 final_update_raw(rows[raw["id"]].id, raw)
@@ -257,7 +242,7 @@ class Tracker:
             return 0, []
         for e in finals:
             self._expected.pop(e.id, None)  # recorded here: the lists must not record it again
-        rows = await self._store.rows_by_email_id(self._campaign_id, [e.id for e in finals])
+        rows = await self._ctx.store.rows_by_email_id(self._campaign_id, [e.id for e in finals])
         updates = [
             final_update(rows[e.id].id, e)
             for e in finals
@@ -282,17 +267,18 @@ class Tracker:
 
     async def _finalize(self, updates: Sequence[FinalUpdate]) -> None:
         with anyio.CancelScope(shield=True):
-            await self._store.mark_final(updates)
+            await self._ctx.store.mark_final(updates)
         self._count(updates)
         if self._on_outcome is not None:
             await self._on_outcome(self._campaign_id, [(u.id, u.status) for u in updates])
 
     def _count(self, updates: Sequence[FinalUpdate]) -> None:
+        stats = self._ctx.stats
         for u in updates:
-            self._stats.final += 1
-            self._stats.final_by_status[u.status] += 1
+            stats.final += 1
+            stats.final_by_status[u.status] += 1
             for flag in u.flags:
-                self._stats.final_by_flag[flag] += 1
+                stats.final_by_flag[flag] += 1
             self._straggler_next_read.pop(u.id, None)
 
     async def stragglers(self) -> None:
@@ -302,7 +288,7 @@ class Tracker:
         give_up = timedelta(seconds=self._settings.give_up_after_s)
         reads = 0
         gave_up: list[FinalUpdate] = []
-        async for row in self._store.iter_rows(self._campaign_id, states=[RowState.SUBMITTED]):
+        async for row in self._ctx.store.iter_rows(self._campaign_id, states=[RowState.SUBMITTED]):
             submitted = row.submitted_at or now
             age = now - submitted
             if age >= give_up:
@@ -315,7 +301,7 @@ class Tracker:
                 continue
             reads += 1
             try:
-                email = await self._call("get", partial(self._tem.get_email, row.email_id))
+                email = await self._ctx.paced("get", partial(self._ctx.tem.get_email, row.email_id))
             except NotFoundError:
                 continue
             except TemError as exc:
