@@ -64,19 +64,12 @@ if ARGV[2] == '' then
 else
   now = tonumber(ARGV[2])
 end
-local target = tonumber(ARGV[3])
-local min_rate = tonumber(ARGV[4])
-local factor = tonumber(ARGV[5])
-local increase = tonumber(ARGV[6])
-local burst = tonumber(ARGV[7])
-local cooldown = tonumber(ARGV[8])
-local max_pause = tonumber(ARGV[9])
-local successes = tonumber(ARGV[10])
-local throttles = tonumber(ARGV[11])
-local retry_after = tonumber(ARGV[12])
-local old_epoch = tonumber(ARGV[13])
-local old_slot = tonumber(ARGV[14])
-local ttl_ms = tonumber(ARGV[17])
+-- ARGV[3] to ARGV[17] are numbers ('' becomes nil).
+local num = {}
+for i = 3, 17 do num[i] = tonumber(ARGV[i]) end
+local target, min_rate, factor, increase, burst, cooldown, max_pause = unpack(num, 3, 9)
+local successes, throttles, retry_after, old_epoch, old_slot = unpack(num, 10, 14)
+local ttl_ms = num[17]
 
 local NEVER = -1e300
 local function fmt(x) return string.format('%.17g', x) end
@@ -159,8 +152,8 @@ if op == 'acquire' then
   end
 elseif op == 'cancel' then
   -- Hand an abandoned slot back if nobody reserved after it and no re-plan happened since.
-  local before = tonumber(ARGV[15])
-  local after = tonumber(ARGV[16])
+  local before = num[15]
+  local after = num[16]
   if old_epoch == epoch and after ~= nil and tat == after then
     tat = before
   end
