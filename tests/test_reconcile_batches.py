@@ -12,7 +12,7 @@ from bulksend.pipeline.context import SendContext
 from bulksend.pipeline.dispatch import SendItem, utcnow
 from bulksend.pipeline.flow import FlowLimiter, RetryBudget
 from bulksend.pipeline.limiter import AimdLimiter
-from bulksend.pipeline.reconcile import Reconciler
+from bulksend.pipeline.reconcile import Reconciler, ReconcileSettings
 from bulksend.pipeline.retry import RetryPolicy
 from bulksend.pipeline.stats import RunStats
 from bulksend.sandbox import Sandbox
@@ -72,11 +72,8 @@ async def test_one_listing_answers_every_ambiguous_row_of_a_batch(sandbox: Sandb
         async with anyio.create_task_group() as tg:
             reconciler = Reconciler(
                 SendContext(store, tem, limiter, stats, RetryPolicy(max_attempts=2)),
+                ReconcileSettings(settle_s=0.0, timeout_s=5.0, skew_s=1.0, mail_from=SENDER),
                 task_group=tg,
-                mail_from=SENDER,
-                settle_s=0.0,
-                skew_s=1.0,
-                timeout_s=5.0,
                 resend=resend,
                 on_final=on_final,
                 batch_window_s=0.0,

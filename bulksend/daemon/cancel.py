@@ -25,7 +25,7 @@ import structlog
 from bulksend.campaign.recipients import iter_recipients, read_batch
 from bulksend.errors import BulksendError, TemError, TemPermanentError
 from bulksend.pipeline.dispatch import SendItem
-from bulksend.pipeline.reconcile import Reconciler
+from bulksend.pipeline.reconcile import Reconciler, ReconcileSettings
 from bulksend.pipeline.run import CampaignRun
 from bulksend.pipeline.stats import OutcomeHook
 from bulksend.pipeline.tracker import final_update
@@ -119,13 +119,16 @@ async def _reconcile_sending(run: CampaignRun, on_outcome: OutcomeHook) -> int:
         await on_outcome(cid, [(row_id, email.status.value)])
 
     async with anyio.create_task_group() as tg:
+        settings = ReconcileSettings(
+            settle_s=c.tracking.settle_s,
+            timeout_s=c.sending.timeout_s,
+            skew_s=run.skew_s,
+            mail_from=c.from_.email,
+        )
         reconciler = Reconciler(
             run.context,
+            settings,
             task_group=tg,
-            mail_from=c.from_.email,
-            settle_s=c.tracking.settle_s,
-            skew_s=run.skew_s,
-            timeout_s=c.sending.timeout_s,
             resend=never_created,
             on_final=already_final,
         )

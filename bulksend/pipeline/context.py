@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
+import anyio
+
 from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.paced import paced_call
 from bulksend.pipeline.retry import RetryPolicy
@@ -38,8 +40,8 @@ class SendContext:
     limiter: RateLimiter
     stats: RunStats
     retry: RetryPolicy
-    sleep: Callable[[float], Awaitable[None]] | None = None
-    """How the stages wait between attempts and for a settle time (None: :func:`anyio.sleep`)."""
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep
+    """How the stages wait: between attempts, for a settle time, between polls."""
 
     async def paced(self, kind: str, fn: Callable[[], Awaitable[_T]]) -> _T:
         """Make one API call of ``kind`` through the limiter, retrying transient errors."""

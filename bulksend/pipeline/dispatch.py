@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 import anyio
 import structlog
@@ -50,11 +51,11 @@ from bulksend.pipeline.retry import (
     retrying,
     signal_of,
 )
-from bulksend.pipeline.stats import OutcomeHook
 from bulksend.store.base import LeaseLostError
 from bulksend.tem.client import SentEmail
+from bulksend.tem.models import Email
 
-__all__ = ["AccountRefusedError", "Dispatcher", "SendItem"]
+__all__ = ["AccountRefusedError", "Dispatcher", "OutcomeSink", "SendItem", "record_submitted"]
 
 log = structlog.get_logger("bulksend.dispatch")
 
@@ -76,6 +77,22 @@ class SendItem:
     """Fencing token of this worker's lease on the row (scale-out); None in single-process mode."""
     lane: str = ""
     """The engine lane that sends it (a job stream's name); empty or unknown: the default lane."""
+
+
+class OutcomeSink(Protocol):
+    """Where the engine reports what becomes of the rows it sends."""
+
+    def on_submitted(self, item: SendItem, email_id: str) -> None:
+        """TEM accepted the item's email (it is ``submitted``): follow it to its final status."""
+        ...
+
+    async def on_found(self, email: Email, row_id: int) -> None:
+        """Reconciliation found the row's email at TEM, already final: record its status."""
+        ...
+
+    async def on_outcome(self, campaign_id: str, rows: Sequence[tuple[int, str]]) -> None:
+        """Rows reached a terminal state without tracking (e.g. ``rejected`` by TEM)."""
+        ...
 
 
 def utcnow() -> datetime:
@@ -100,16 +117,14 @@ class Dispatcher:
     def __init__(
         self,
         context: SendContext,
+        sink: OutcomeSink,
         *,
         on_ambiguous: Callable[[SendItem, datetime, datetime], Awaitable[None]],
-        on_outcome: OutcomeHook | None = None,
-        on_submitted: Callable[[SendItem, str], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self._ctx = context
+        self._sink = sink
         self._on_ambiguous = on_ambiguous
-        self._on_outcome = on_outcome
-        self._on_submitted = on_submitted
         self._should_stop = should_stop
 
     async def send(self, item: SendItem) -> bool:
@@ -127,9 +142,7 @@ class Dispatcher:
                     raise
                 # The remaining attempts, after a jittered first backoff (honouring Retry-After).
                 retry_after = retry_after_of(first) or 0.0
-                await (self._ctx.sleep or anyio.sleep)(
-                    max(retry_after, random.uniform(0, policy.initial_backoff_s))
-                )
+                await self._ctx.sleep(max(retry_after, random.uniform(0, policy.initial_backoff_s)))
                 rest = dataclasses.replace(policy, max_attempts=policy.max_attempts - 1)
                 async for attempt in retrying(
                     rest,
@@ -193,17 +206,8 @@ class Dispatcher:
             self._ctx.stats.in_flight -= 1
         self._ctx.limiter.on_success()
         email = _pick(emails, item.email)
-        with anyio.CancelScope(shield=True):
-            await self._ctx.store.mark_submitted(
-                item.row_id,
-                email_id=email.id,
-                message_id=email.message_id,
-                submitted_at=email.created_at or utcnow(),
-                lease_token=item.lease_token,
-            )
-        self._ctx.stats.add_submitted()
-        if self._on_submitted is not None:
-            self._on_submitted(item, email.id)
+        await record_submitted(self._ctx, item, email)
+        self._sink.on_submitted(item, email.id)
 
     async def _permanent(self, item: SendItem, exc: TemPermanentError) -> None:
         # A 4xx means TEM refused the request: no email was created, so the row may leave
@@ -223,8 +227,7 @@ class Dispatcher:
             await self._ctx.store.mark_rejected(item.row_id, reason=reason, lease_token=item.lease_token)
         self._ctx.stats.rejected += 1
         log.debug("email.rejected", row=item.row, reason=reason)
-        if self._on_outcome is not None:
-            await self._on_outcome(item.campaign_id, [(item.row_id, "rejected")])
+        await self._sink.on_outcome(item.campaign_id, [(item.row_id, "rejected")])
 
     async def _transient(self, item: SendItem, exc: TemError, started_at: datetime) -> None:
         signal = signal_of(exc)
@@ -246,6 +249,22 @@ class Dispatcher:
         self._ctx.stats.ambiguous += 1
         log.debug("email.ambiguous", row=item.row, error=str(exc))
         await self._on_ambiguous(item, started_at, ended_at)
+
+
+async def record_submitted(context: SendContext, item: SendItem, email: SentEmail | Email) -> None:
+    """Record ``email`` as the one TEM holds for the item's row (``submitted``) and count it.
+
+    Shielded, so that a cancellation landing right after TEM answered cannot lose the email id.
+    """
+    with anyio.CancelScope(shield=True):
+        await context.store.mark_submitted(
+            item.row_id,
+            email_id=email.id,
+            message_id=email.message_id,
+            submitted_at=email.created_at or utcnow(),
+            lease_token=item.lease_token,
+        )
+    context.stats.add_submitted()
 
 
 def _pick(emails: list[SentEmail], address: str) -> SentEmail:

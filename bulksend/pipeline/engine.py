@@ -25,9 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
 
 import anyio
 import structlog
@@ -35,9 +33,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from bulksend.campaign.model import Campaign
 from bulksend.pipeline.context import SendContext
-from bulksend.pipeline.dispatch import AccountRefusedError, Dispatcher, SendItem
+from bulksend.pipeline.dispatch import AccountRefusedError, Dispatcher, OutcomeSink, SendItem
 from bulksend.pipeline.limiter import RateLimiter
-from bulksend.pipeline.reconcile import Reconciler
+from bulksend.pipeline.reconcile import Reconciler, ReconcileSettings
 from bulksend.pipeline.retry import RetryPolicy
 from bulksend.pipeline.stats import OutcomeHook, RunStats
 from bulksend.pipeline.tracker import Tracker, TrackerSettings
@@ -48,34 +46,8 @@ from bulksend.tem.models import Email
 __all__ = ["EngineSettings", "OutcomeSink", "SendEngine", "TrackerSink", "campaign_tracker"]
 
 
-class OutcomeSink(Protocol):
-    """Where the engine reports what becomes of the rows it sends."""
-
-    def on_submitted(self, item: SendItem, email_id: str) -> None:
-        """TEM accepted the item's email (it is ``submitted``): follow it to its final status."""
-        ...
-
-    async def on_found(self, email: Email, row_id: int) -> None:
-        """Reconciliation found the row's email at TEM, already final: record its status."""
-        ...
-
-    async def on_outcome(self, campaign_id: str, rows: Sequence[tuple[int, str]]) -> None:
-        """Rows reached a terminal state without tracking (e.g. ``rejected`` by TEM)."""
-        ...
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """How ambiguous sends are reconciled."""
-
-    settle_s: float
-    """Wait after an ambiguous attempt before looking it up (TEM may still be creating it)."""
-    timeout_s: float
-    """The client's request timeout: how late an attempt with no recorded end may reach TEM."""
-    skew_s: float = 5.0
-    """Clock skew allowed between this machine and TEM, on each side of the lookup window."""
-    mail_from: str = ""
-    """The sender to look emails up by when an item does not carry its own."""
+EngineSettings = ReconcileSettings
+"""The engine's settings: how it reconciles ambiguous sends."""
 
 
 class TrackerSink:
@@ -175,9 +147,8 @@ class SendEngine:
     def _dispatcher(self, limiter: RateLimiter) -> Dispatcher:
         return Dispatcher(
             dataclasses.replace(self._ctx, limiter=limiter),
+            self._sink,
             on_ambiguous=self.reconcile,
-            on_outcome=self._sink.on_outcome,
-            on_submitted=self._sink.on_submitted,
             should_stop=self._should_stop,
         )
 
@@ -191,17 +162,13 @@ class SendEngine:
         time). A callable is asked on leaving, with the number of reconciliations under way (a
         graceful stop lets them finish within its grace).
         """
-        s = self._settings
         try:
             async with anyio.create_task_group() as tg:
                 # Outlives the body while draining: a resend may be ambiguous again.
                 self._reconciler = Reconciler(
                     self._ctx,
+                    self._settings,
                     task_group=tg,
-                    mail_from=s.mail_from,
-                    settle_s=s.settle_s,
-                    skew_s=s.skew_s,
-                    timeout_s=s.timeout_s,
                     resend=self.resend,
                     on_final=self._sink.on_found,
                 )

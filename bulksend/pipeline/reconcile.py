@@ -31,14 +31,28 @@ from anyio.abc import TaskGroup
 from bulksend.campaign.validate import normalize_address
 from bulksend.errors import TemError
 from bulksend.pipeline.context import SendContext
-from bulksend.pipeline.dispatch import SendItem, utcnow
+from bulksend.pipeline.dispatch import SendItem, record_submitted, utcnow
 from bulksend.pipeline.flow import spend_retry
 from bulksend.store.base import LeaseLostError, RecipientRow, RowState, Store
 from bulksend.tem.models import Email, ListEmailsQuery, OrderBy
 
-__all__ = ["CampaignReconcile", "Reconciler", "reconcile_campaign"]
+__all__ = ["CampaignReconcile", "ReconcileSettings", "Reconciler", "reconcile_campaign"]
 
 log = structlog.get_logger("bulksend.reconcile")
+
+
+@dataclass(frozen=True)
+class ReconcileSettings:
+    """How ambiguous sends are reconciled."""
+
+    settle_s: float
+    """Wait after an ambiguous attempt before looking it up (TEM may still be creating it)."""
+    timeout_s: float
+    """The client's request timeout: how late an attempt with no recorded end may reach TEM."""
+    skew_s: float = 5.0
+    """Clock skew allowed between this machine and TEM, on each side of the lookup window."""
+    mail_from: str = ""
+    """The sender to look emails up by when an item does not carry its own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,25 +76,18 @@ class Reconciler:
     def __init__(
         self,
         context: SendContext,
+        settings: ReconcileSettings,
         *,
         task_group: TaskGroup,
-        mail_from: str,
-        settle_s: float,
-        skew_s: float,
-        timeout_s: float,
         resend: Callable[[SendItem], Awaitable[bool]],
         on_final: Callable[[Email, int], Awaitable[None]],
         batch_window_s: float = 1.0,
     ) -> None:
         self._ctx = context
+        self._settings = settings
         self._tg = task_group
-        self._mail_from = mail_from
-        self._settle_s = settle_s
-        self._skew_s = skew_s
-        self._timeout_s = timeout_s
         self._resend = resend
         self._on_final = on_final
-        self._sleep = context.sleep or anyio.sleep
         self._batch_window_s = batch_window_s
         self._due: list[tuple[datetime, int, _Ambiguous]] = []
         self._seq = itertools.count()
@@ -94,8 +101,8 @@ class Reconciler:
         self.pending += 1
         # Without a recorded end (a crash mid-POST), the request could have reached TEM up to the
         # client timeout after it started.
-        end = ended_at or started_at + timedelta(seconds=self._timeout_s)
-        due = end + timedelta(seconds=self._settle_s)
+        end = ended_at or started_at + timedelta(seconds=self._settings.timeout_s)
+        due = end + timedelta(seconds=self._settings.settle_s)
         heapq.heappush(self._due, (due, next(self._seq), _Ambiguous(item, started_at, end)))
         if not self._flushing:
             # The flusher ends when nothing is left, so that the caller's task group can finish.
@@ -110,7 +117,7 @@ class Reconciler:
                 # that went ambiguous just after it share its listing.
                 delay = (first_due - utcnow()).total_seconds() + self._batch_window_s
                 if delay > 0:
-                    await self._sleep(delay)
+                    await self._ctx.sleep(delay)
                 now = utcnow()
                 batch: list[_Ambiguous] = []
                 while self._due and self._due[0][0] <= now:
@@ -123,7 +130,7 @@ class Reconciler:
     async def _reconcile(self, batch: list[_Ambiguous]) -> None:
         by_sender: dict[str, list[_Ambiguous]] = {}
         for amb in batch:
-            by_sender.setdefault(amb.item.mail_from or self._mail_from, []).append(amb)
+            by_sender.setdefault(amb.item.mail_from or self._settings.mail_from, []).append(amb)
         for mail_from, rows in by_sender.items():
             try:
                 listed = await self._list(mail_from, rows)
@@ -141,11 +148,11 @@ class Reconciler:
                     )
                 continue
             for amb in rows:
-                await self._decide(amb, _matches(amb, listed, self._skew_s))
+                await self._decide(amb, _matches(amb, listed, self._settings.skew_s))
 
     async def _list(self, mail_from: str, rows: list[_Ambiguous]) -> dict[str, list[Email]]:
         """The sender's emails created over the rows' attempts, by lower-cased recipient."""
-        skew = timedelta(seconds=self._skew_s)
+        skew = timedelta(seconds=self._settings.skew_s)
         query = ListEmailsQuery(
             mail_from=mail_from or None,
             since=min(a.started_at for a in rows) - skew,
@@ -166,16 +173,8 @@ class Reconciler:
                 log.warning("email.duplicate_found", row=item.row, email_ids=[e.id for e in matches])
             if matches:
                 found = matches[0]
-                with anyio.CancelScope(shield=True):
-                    await self._ctx.store.mark_submitted(
-                        item.row_id,
-                        email_id=found.id,
-                        message_id=found.message_id,
-                        submitted_at=found.created_at or utcnow(),
-                        lease_token=item.lease_token,
-                    )
+                await record_submitted(self._ctx, item, found)
                 self._ctx.stats.reconciled_adopted += 1
-                self._ctx.stats.add_submitted()
                 if found.is_final:
                     # The lookup already tells the final status: record it now, as the tracker's
                     # incremental lists may have passed this email's update while no row owned it.
@@ -263,7 +262,7 @@ async def reconcile_campaign(
     if not_before is not None:
         delay = (not_before - utcnow()).total_seconds()
         if delay > 0:
-            await (context.sleep or anyio.sleep)(delay)
+            await context.sleep(delay)
     report = CampaignReconcile()
     listed_at = utcnow()
     query = ListEmailsQuery(

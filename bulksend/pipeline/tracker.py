@@ -111,9 +111,13 @@ class Tracker:
         self._campaign_id = campaign_id
         self._on_outcome = on_outcome
         self._settings = settings
-        self._since = since
-        self._mail_from = mail_from
-        self._sleep = context.sleep or anyio.sleep
+        # Every poll lists the campaign's final emails, the last updated first.
+        self._query = ListEmailsQuery(
+            since=since,
+            mail_from=mail_from or None,
+            statuses=tuple(sorted(FINAL_STATUSES)),
+            order_by=OrderBy.UPDATED_AT_DESC,
+        )
         self._watermark: datetime | None = None
         self._recent: dict[str, None] = {}
         self._expected: dict[str, int] = {}
@@ -137,7 +141,7 @@ class Tracker:
                 await self.step()
             if sending_done is not None and sending_done.is_set() and await self.outstanding() == 0:
                 return
-            await self._sleep(self._settings.poll_interval_s)
+            await self._ctx.sleep(self._settings.poll_interval_s)
 
     async def step(self) -> None:
         """One round: a poll, plus the straggler pass when it is due."""
@@ -153,12 +157,6 @@ class Tracker:
 
     async def poll(self) -> int:
         """One incremental sweep of newly final emails; returns how many rows became final."""
-        query = ListEmailsQuery(
-            since=self._since,
-            mail_from=self._mail_from or None,
-            statuses=tuple(sorted(FINAL_STATUSES)),
-            order_by=OrderBy.UPDATED_AT_DESC,
-        )
         overlap = timedelta(seconds=self._settings.overlap_s)
         stop_before = self._watermark - overlap if self._watermark else None
         page_size = self._settings.page_size
@@ -168,9 +166,8 @@ class Tracker:
         page = 1
         while True:
             try:
-                emails = await self._ctx.paced(
-                    "list", partial(self._ctx.tem.list_emails_raw, query, page=page, page_size=page_size)
-                )
+                call = partial(self._ctx.tem.list_emails_raw, self._query, page=page, page_size=page_size)
+                emails = await self._ctx.paced("list", call)
             except TemError as exc:
                 log.warning("tracker.poll_failed", error=str(exc))
                 return made_final
