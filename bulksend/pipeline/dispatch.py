@@ -44,13 +44,7 @@ from bulksend.errors import (
 )
 from bulksend.pipeline.context import SendContext
 from bulksend.pipeline.flow import report_failure, spend_retry
-from bulksend.pipeline.retry import (
-    Signal,
-    is_safe_to_resend,
-    retry_after_of,
-    retrying,
-    signal_of,
-)
+from bulksend.pipeline.retry import Signal, is_safe_to_resend, retry_after_of, retrying, signal_of
 from bulksend.store.base import LeaseLostError
 from bulksend.tem.client import SentEmail
 from bulksend.tem.models import Email

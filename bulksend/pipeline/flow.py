@@ -25,7 +25,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from bulksend.clock import SYSTEM_CLOCK, Clock
 from bulksend.pipeline.limiter import AimdLimiter, RateLimiter
@@ -34,6 +34,7 @@ __all__ = [
     "BreakerState",
     "CircuitBreaker",
     "CubicLimiter",
+    "CubicPacing",
     "FlowLimiter",
     "FlowStats",
     "RateMeter",
@@ -81,6 +82,15 @@ class RateMeter:
         return sum(count for _, count in self._buckets) / span
 
 
+class CubicPacing(TypedDict, total=False):
+    """The pacing a :class:`CubicLimiter` takes as keywords, as :class:`~bulksend.settings.LimiterTuning`
+    describes and checks it (CUBIC replaces the decrease factor and the additive increase)."""
+
+    min_rate_per_s: float
+    burst: float
+    max_pause_s: float
+
+
 class CubicLimiter(AimdLimiter):
     """The GCRA pacer of :class:`AimdLimiter`, adapted by CUBIC from the measured rate.
 
@@ -101,11 +111,9 @@ class CubicLimiter(AimdLimiter):
         beta: float = 0.7,
         recovery_s: float = 1.0,
         probe_s: float = 4.0,
-        min_rate_per_s: float = 1.0,
-        burst: float = 1.0,
         cooldown_s: float = 0.5,
-        max_pause_s: float = 300.0,
         clock: Clock | None = None,
+        **pacing: Unpack[CubicPacing],
     ) -> None:
         if isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 < beta < 1:
             raise ValueError(f"beta must be between 0 and 1 (exclusive), got {beta!r}")
@@ -118,14 +126,7 @@ class CubicLimiter(AimdLimiter):
         if isinstance(probe_s, bool) or not isinstance(probe_s, int | float) or not 0 < probe_s < math.inf:
             raise ValueError(f"probe_s must be a finite number of seconds > 0, got {probe_s!r}")
         super().__init__(
-            rate_per_s,
-            min_rate_per_s=min_rate_per_s,
-            decrease_factor=beta,
-            increase_per_s=0.0,
-            burst=burst,
-            cooldown_s=cooldown_s,
-            max_pause_s=max_pause_s,
-            clock=clock,
+            rate_per_s, decrease_factor=beta, increase_per_s=0.0, cooldown_s=cooldown_s, clock=clock, **pacing
         )
         self._beta = float(beta)
         self._recovery_s = float(recovery_s)
