@@ -18,6 +18,7 @@ from bulksend.campaign.model import Campaign
 from bulksend.campaign.recipients import RecipientInput, iter_recipients
 from bulksend.campaign.render import RenderedEmail, Renderer
 from bulksend.campaign.validate import check_subject
+from bulksend.pipeline.context import SendContext
 from bulksend.pipeline.dispatch import Dispatcher, SendItem
 from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.retry import RetryPolicy
@@ -123,16 +124,10 @@ async def send_samples(
             limit_per_host=campaign.sending.concurrency + 2,
             on_response=stats.on_response,
         ) as tem:
-            dispatcher = Dispatcher(
-                store=store,
-                tem=tem,
-                limiter=limiter,
-                stats=stats,
-                retry=RetryPolicy(
-                    max_attempts=campaign.sending.max_attempts, max_elapsed_s=campaign.sending.max_retry_s
-                ),
-                on_ambiguous=on_ambiguous,
+            retry = RetryPolicy(
+                max_attempts=campaign.sending.max_attempts, max_elapsed_s=campaign.sending.max_retry_s
             )
+            dispatcher = Dispatcher(SendContext(store, tem, limiter, stats, retry), on_ambiguous=on_ambiguous)
             for item in items:
                 await dispatcher.send(item)
         for item in items:

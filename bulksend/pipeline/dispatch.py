@@ -111,9 +111,9 @@ class Dispatcher:
     def __init__(
         self,
         context: SendContext,
-        sink: OutcomeSink,
         *,
         on_ambiguous: Callable[[SendItem, datetime, datetime], Awaitable[None]],
+        sink: OutcomeSink | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self._ctx = context
@@ -201,7 +201,8 @@ class Dispatcher:
         self._ctx.limiter.on_success()
         email = _pick(emails, item.email)
         await record_submitted(self._ctx, item, email)
-        self._sink.on_submitted(item, email.id)
+        if self._sink is not None:
+            self._sink.on_submitted(item, email.id)
 
     async def _permanent(self, item: SendItem, exc: TemPermanentError) -> None:
         # A 4xx means TEM refused the request: no email was created, so the row may leave
@@ -221,7 +222,8 @@ class Dispatcher:
             await self._ctx.store.mark_rejected(item.row_id, reason=reason, lease_token=item.lease_token)
         self._ctx.stats.rejected += 1
         log.debug("email.rejected", row=item.row, reason=reason)
-        await self._sink.on_outcome(item.campaign_id, [(item.row_id, "rejected")])
+        if self._sink is not None:
+            await self._sink.on_outcome(item.campaign_id, [(item.row_id, "rejected")])
 
     async def _transient(self, item: SendItem, exc: TemError, started_at: datetime) -> None:
         signal = signal_of(exc)

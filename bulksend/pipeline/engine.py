@@ -22,9 +22,9 @@ run).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import InitVar, dataclass, field, replace
 from datetime import datetime
 
 import anyio
@@ -93,51 +93,47 @@ def campaign_tracker(
     )
 
 
+@dataclass(kw_only=True, eq=False)
 class SendEngine:
     """Sends items through their lane's limiter, reconciles ambiguous attempts, resends what TEM
     does not have. Use :meth:`running` around everything that feeds it.
 
-    :param limiter: the default lane's limiter.
-    :param should_stop: once true, nothing new is sent (items stay ``pending``).
-    :param on_done: called with each item the engine is done with (sent, deferred or refused),
-        so the caller can forget what it holds for it (a lease, a "queued" mark).
-    :param on_refused: called when TEM refuses the account (401/403): the caller stops sending
-        (through ``should_stop``); the requests already out come back refused too, and their rows
-        go back to ``pending``. Without it, the error propagates.
-    :param drain_queue: once sending stopped, whether the dispatch tasks still take queued items
-        (without sending them) so that feeders never block: a daemon that stays up after TEM
-        refused its key.
-    :param log_items: bind ``campaign`` and ``row`` to every log line of a send (job streams,
-        whose items belong to different campaigns).
+    ``store``, ``tem``, ``limiter`` (the default lane's), ``stats`` and ``retry`` make up the
+    :class:`~bulksend.pipeline.context.SendContext` every stage works with.
     """
 
-    def __init__(
-        self,
-        *,
-        store: Store,
-        tem: TemClient,
-        limiter: RateLimiter,
-        stats: RunStats,
-        retry: RetryPolicy,
-        sink: OutcomeSink,
-        settings: EngineSettings,
-        should_stop: Callable[[], bool],
-        on_done: Callable[[int], object] | None = None,
-        on_refused: Callable[[AccountRefusedError], object] | None = None,
-        drain_queue: Callable[[], bool] | None = None,
-        log_items: bool = False,
+    store: InitVar[Store]
+    tem: InitVar[TemClient]
+    limiter: InitVar[RateLimiter]
+    stats: InitVar[RunStats]
+    retry: InitVar[RetryPolicy]
+    sink: OutcomeSink
+    settings: EngineSettings
+    should_stop: Callable[[], bool]
+    """Once true, nothing new is sent (items stay ``pending``)."""
+    on_done: Callable[[int], object] | None = None
+    """Called with each item the engine is done with (sent, deferred or refused), so the caller
+    can forget what it holds for it (a lease, a "queued" mark)."""
+    on_refused: Callable[[AccountRefusedError], object] | None = None
+    """Called when TEM refuses the account (401/403): the caller stops sending (through
+    ``should_stop``); the requests already out come back refused too, and their rows go back to
+    ``pending``. Without it, the error propagates."""
+    drain_queue: Callable[[], bool] | None = None
+    """Once sending stopped, whether the dispatch tasks still take queued items (without sending
+    them) so that feeders never block: a daemon that stays up after TEM refused its key."""
+    log_items: bool = False
+    """Bind ``campaign`` and ``row`` to every log line of a send (job streams, whose items belong
+    to different campaigns)."""
+    _ctx: SendContext = field(init=False, repr=False)
+    _default: Dispatcher = field(init=False, repr=False)
+    _lanes: dict[str, Dispatcher] = field(default_factory=dict, init=False, repr=False)
+    _reconciler: Reconciler | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(
+        self, store: Store, tem: TemClient, limiter: RateLimiter, stats: RunStats, retry: RetryPolicy
     ) -> None:
         self._ctx = SendContext(store, tem, limiter, stats, retry)
-        self._sink = sink
-        self._settings = settings
-        self._should_stop = should_stop
-        self._on_done = on_done
-        self._on_refused = on_refused
-        self._drain_queue = drain_queue
-        self._log_items = log_items
         self._default = self._dispatcher(limiter)
-        self._lanes: dict[str, Dispatcher] = {}
-        self._reconciler: Reconciler | None = None
 
     def add_lane(self, name: str, limiter: RateLimiter) -> None:
         """Send the items whose ``lane`` is ``name`` through ``limiter`` (a ceiling nested in the
@@ -146,10 +142,10 @@ class SendEngine:
 
     def _dispatcher(self, limiter: RateLimiter) -> Dispatcher:
         return Dispatcher(
-            dataclasses.replace(self._ctx, limiter=limiter),
-            self._sink,
+            replace(self._ctx, limiter=limiter),
             on_ambiguous=self.reconcile,
-            should_stop=self._should_stop,
+            sink=self.sink,
+            should_stop=self.should_stop,
         )
 
     @asynccontextmanager
@@ -167,10 +163,10 @@ class SendEngine:
                 # Outlives the body while draining: a resend may be ambiguous again.
                 self._reconciler = Reconciler(
                     self._ctx,
-                    self._settings,
+                    self.settings,
                     task_group=tg,
                     resend=self.resend,
-                    on_final=self._sink.on_found,
+                    on_final=self.sink.on_found,
                 )
                 yield self
                 keep = drain(self._reconciler.pending) if callable(drain) else drain
@@ -189,24 +185,24 @@ class SendEngine:
         """Send one item through its lane. False when it was left ``pending`` (or not ours)."""
         dispatcher = self._lanes.get(item.lane, self._default) if item.lane else self._default
         try:
-            if self._log_items:
+            if self.log_items:
                 # Every log line about this job says which job stream and row it concerns.
                 with structlog.contextvars.bound_contextvars(campaign=item.campaign_id, row=item.row):
                     return await dispatcher.send(item)
             return await dispatcher.send(item)
         except AccountRefusedError as exc:
-            if self._on_refused is None:
+            if self.on_refused is None:
                 raise
-            self._on_refused(exc)
+            self.on_refused(exc)
             return False
         finally:
-            if self._on_done is not None:
-                self._on_done(item.row_id)
+            if self.on_done is not None:
+                self.on_done(item.row_id)
 
     async def resend(self, item: SendItem) -> bool:
         """Send again an item reconciliation proved TEM never created: the one path of every
         resend after an ambiguous answer."""
-        if self._should_stop():
+        if self.should_stop():
             return False  # the row is `pending`: the next run sends it
         return await self.send(item)
 
@@ -224,11 +220,11 @@ class SendEngine:
                         item = await receive.receive()
                 except anyio.EndOfStream:
                     return
-                if self._should_stop():
+                if self.should_stop():
                     # The item's row stays `pending`: durable, and resumed by the next run.
-                    if self._on_done is not None:
-                        self._on_done(item.row_id)
-                    if self._drain_queue is not None and self._drain_queue():
+                    if self.on_done is not None:
+                        self.on_done(item.row_id)
+                    if self.drain_queue is not None and self.drain_queue():
                         continue
                     return
                 await self.send(item)

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import anyio
@@ -63,6 +63,7 @@ class _Ambiguous:
     """When the attempt could last have reached TEM (its end, or its start plus the timeout)."""
 
 
+@dataclass(eq=False)
 class Reconciler:
     """Reconciles ambiguous rows in batches, inside the caller's task group.
 
@@ -73,41 +74,32 @@ class Reconciler:
     to ``pending`` and are sent again, each resend spending a token of the retry budget.
     """
 
-    def __init__(
-        self,
-        context: SendContext,
-        settings: ReconcileSettings,
-        *,
-        task_group: TaskGroup,
-        resend: Callable[[SendItem], Awaitable[bool]],
-        on_final: Callable[[Email, int], Awaitable[None]],
-        batch_window_s: float = 1.0,
-    ) -> None:
-        self._ctx = context
-        self._settings = settings
-        self._tg = task_group
-        self._resend = resend
-        self._on_final = on_final
-        self._batch_window_s = batch_window_s
-        self._due: list[tuple[datetime, int, _Ambiguous]] = []
-        self._seq = itertools.count()
-        self._flushing = False
-        self.pending = 0
-        self.list_calls = 0
-        """``GET /emails`` calls made to reconcile (pages included)."""
+    context: SendContext
+    settings: ReconcileSettings
+    task_group: TaskGroup
+    resend: Callable[[SendItem], Awaitable[bool]]
+    on_final: Callable[[Email, int], Awaitable[None]]
+    batch_window_s: float = 1.0
+    pending: int = field(default=0, init=False)
+    """Rows queued and not decided yet."""
+    list_calls: int = field(default=0, init=False)
+    """``GET /emails`` calls made to reconcile (pages included)."""
+    _due: list[tuple[datetime, int, _Ambiguous]] = field(default_factory=list, init=False, repr=False)
+    _seq: Iterator[int] = field(default_factory=itertools.count, init=False, repr=False)
+    _flushing: bool = field(default=False, init=False, repr=False)
 
     async def submit(self, item: SendItem, started_at: datetime, ended_at: datetime | None) -> None:
         """Queue ``item`` (whose row is ``sending``) for reconciliation; returns at once."""
         self.pending += 1
         # Without a recorded end (a crash mid-POST), the request could have reached TEM up to the
         # client timeout after it started.
-        end = ended_at or started_at + timedelta(seconds=self._settings.timeout_s)
-        due = end + timedelta(seconds=self._settings.settle_s)
+        end = ended_at or started_at + timedelta(seconds=self.settings.timeout_s)
+        due = end + timedelta(seconds=self.settings.settle_s)
         heapq.heappush(self._due, (due, next(self._seq), _Ambiguous(item, started_at, end)))
         if not self._flushing:
             # The flusher ends when nothing is left, so that the caller's task group can finish.
             self._flushing = True
-            self._tg.start_soon(self._flush)
+            self.task_group.start_soon(self._flush)
 
     async def _flush(self) -> None:
         try:
@@ -115,9 +107,9 @@ class Reconciler:
                 first_due = self._due[0][0]
                 # Wait for the first row's window to settle, and a little more so that the rows
                 # that went ambiguous just after it share its listing.
-                delay = (first_due - utcnow()).total_seconds() + self._batch_window_s
+                delay = (first_due - utcnow()).total_seconds() + self.batch_window_s
                 if delay > 0:
-                    await self._ctx.sleep(delay)
+                    await self.context.sleep(delay)
                 now = utcnow()
                 batch: list[_Ambiguous] = []
                 while self._due and self._due[0][0] <= now:
@@ -130,7 +122,7 @@ class Reconciler:
     async def _reconcile(self, batch: list[_Ambiguous]) -> None:
         by_sender: dict[str, list[_Ambiguous]] = {}
         for amb in batch:
-            by_sender.setdefault(amb.item.mail_from or self._settings.mail_from, []).append(amb)
+            by_sender.setdefault(amb.item.mail_from or self.settings.mail_from, []).append(amb)
         for mail_from, rows in by_sender.items():
             try:
                 listed = await self._list(mail_from, rows)
@@ -138,8 +130,8 @@ class Reconciler:
                 # Unknown is not "not sent": leave the rows `sending`; the next run reconciles them.
                 for amb in rows:
                     self.pending -= 1
-                    self._ctx.stats.deferred += 1
-                    self._ctx.stats.reconcile_deferred += 1
+                    self.context.stats.deferred += 1
+                    self.context.stats.reconcile_deferred += 1
                     log.warning(
                         "email.reconcile_failed",
                         row=amb.item.row,
@@ -148,11 +140,11 @@ class Reconciler:
                     )
                 continue
             for amb in rows:
-                await self._decide(amb, _matches(amb, listed, self._settings.skew_s))
+                await self._decide(amb, _matches(amb, listed, self.settings.skew_s))
 
     async def _list(self, mail_from: str, rows: list[_Ambiguous]) -> dict[str, list[Email]]:
         """The sender's emails created over the rows' attempts, by lower-cased recipient."""
-        skew = timedelta(seconds=self._settings.skew_s)
+        skew = timedelta(seconds=self.settings.skew_s)
         query = ListEmailsQuery(
             mail_from=mail_from or None,
             since=min(a.started_at for a in rows) - skew,
@@ -160,7 +152,7 @@ class Reconciler:
             order_by=OrderBy.CREATED_AT_ASC,
         )
         by_rcpt: dict[str, list[Email]] = {}
-        async for result in self._ctx.list_pages(query):
+        async for result in self.context.list_pages(query):
             self.list_calls += 1
             for email in result.emails:
                 by_rcpt.setdefault(email.mail_rcpt.lower(), []).append(email)
@@ -173,16 +165,16 @@ class Reconciler:
                 log.warning("email.duplicate_found", row=item.row, email_ids=[e.id for e in matches])
             if matches:
                 found = matches[0]
-                await record_submitted(self._ctx, item, found)
-                self._ctx.stats.reconciled_adopted += 1
+                await record_submitted(self.context, item, found)
+                self.context.stats.reconciled_adopted += 1
                 if found.is_final:
                     # The lookup already tells the final status: record it now, as the tracker's
                     # incremental lists may have passed this email's update while no row owned it.
-                    await self._on_final(found, item.row_id)
+                    await self.on_final(found, item.row_id)
                 log.debug("email.reconciled", row=item.row, outcome="adopted", email_id=found.id)
                 return
             with anyio.CancelScope(shield=True):
-                await self._ctx.store.mark_retry(
+                await self.context.store.mark_retry(
                     item.row_id, reason="reconciled: TEM had not created it", lease_token=item.lease_token
                 )
         except LeaseLostError:
@@ -191,14 +183,14 @@ class Reconciler:
             return
         finally:
             self.pending -= 1
-        self._ctx.stats.reconciled_resent += 1
+        self.context.stats.reconciled_resent += 1
         log.debug("email.reconciled", row=item.row, outcome="resend")
-        self._tg.start_soon(self._send_again, item)
+        self.task_group.start_soon(self._send_again, item)
 
     async def _send_again(self, item: SendItem) -> None:
         # A resend is a retry: it spends the retry budget like any other.
-        await spend_retry(self._ctx.limiter)
-        await self._resend(item)
+        await spend_retry(self.context.limiter)
+        await self.resend(item)
 
 
 def _matches(amb: _Ambiguous, by_rcpt: dict[str, list[Email]], skew_s: float) -> list[Email]:
