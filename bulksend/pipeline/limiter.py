@@ -26,7 +26,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol, TypeGuard, Unpack, runtime_checkable
+from typing import Protocol, TypedDict, TypeGuard, Unpack, runtime_checkable
 
 from bulksend.clock import SYSTEM_CLOCK, Clock
 from bulksend.settings import LimiterTuning, TuningOptions
@@ -84,6 +84,14 @@ class LimiterStats:
     acquired_by_kind: Mapping[str, int] = field(default_factory=dict)
 
 
+class _Adaptation(TypedDict):
+    """The figures of :class:`LimiterStats` that only the limiter's own adaptation knows."""
+
+    rate_per_s: float
+    decreases: int
+    pauses: int
+
+
 def honoured_pause(retry_after_s: float | None) -> TypeGuard[float]:
     """Whether a throttling answer's ``Retry-After`` asks for a pause (a finite one, over zero)."""
     return retry_after_s is not None and math.isfinite(retry_after_s) and retry_after_s > 0
@@ -119,18 +127,16 @@ class LimiterBase:
         self._by_kind[kind] = self._by_kind.get(kind, 0) + 1
         self._wait_s_total += self._clock.monotonic() - started
 
-    def _stats(self, *, rate_per_s: float, decreases: int, pauses: int) -> LimiterStats:
-        """The counters with the rate and adaptation figures the subclass knows."""
+    def _stats(self, **adaptation: Unpack[_Adaptation]) -> LimiterStats:
+        """The counters, with the rate and the adaptations the subclass knows."""
         return LimiterStats(
             acquired=self._acquired,
             throttles=self._throttles,
-            decreases=decreases,
-            pauses=pauses,
-            rate_per_s=rate_per_s,
             target_rate_per_s=self._target,
             waiting=self._waiting,
             wait_s_total=self._wait_s_total,
             acquired_by_kind=MappingProxyType(dict(self._by_kind)),
+            **adaptation,
         )
 
 
@@ -152,6 +158,9 @@ class AimdLimiter(LimiterBase):
         self, rate_per_s: float, *, clock: Clock | None = None, **tuning: Unpack[TuningOptions]
     ) -> None:
         super().__init__(rate_per_s, clock, tuning)
+        # The adaptations so far, beside the counters the base keeps.
+        self._decreases = 0
+        self._pauses = 0
         t = self.tuning
         self._factor = float(t.decrease_factor)
         self._increase_per_s = t.increase
@@ -172,8 +181,6 @@ class AimdLimiter(LimiterBase):
         # reserving to know whether its slot still holds.
         self._epoch = 0
         self._replanned_at = -math.inf
-        self._decreases = 0
-        self._pauses = 0
 
     # -- properties ----------------------------------------------------------------------------
     @property

@@ -297,8 +297,10 @@ class RedisRateLimiter(LimiterBase):
         self._state = SharedLimiterState(
             rate_per_s=self._target, paused_for_s=0.0, decreases=0, pauses=0, throttles=0, grants=0, epoch=0
         )
-        self._round_trips = 0
-        self._redis_errors = 0
+        self.round_trips = 0
+        """Script calls this instance made to Redis (successful ones)."""
+        self.redis_errors = 0
+        """Calls that failed because Redis could not be reached (each was retried)."""
 
     # -- properties ----------------------------------------------------------------------------
     @property
@@ -310,16 +312,6 @@ class RedisRateLimiter(LimiterBase):
     def shared(self) -> SharedLimiterState:
         """The shared state as of this process's last call to Redis (see :meth:`sync`)."""
         return self._state
-
-    @property
-    def round_trips(self) -> int:
-        """Script calls this instance made to Redis (successful ones)."""
-        return self._round_trips
-
-    @property
-    def redis_errors(self) -> int:
-        """Calls that failed because Redis could not be reached (each was retried)."""
-        return self._redis_errors
 
     @property
     def stats(self) -> LimiterStats:
@@ -361,7 +353,7 @@ class RedisRateLimiter(LimiterBase):
             if retry_after is not None:
                 self._pending_retry_after = max(retry_after, self._pending_retry_after or 0.0)
             raise
-        self._round_trips += 1
+        self.round_trips += 1
         values = [_text(v) for v in raw]
         state = SharedLimiterState(
             rate_per_s=float(values[4]),
@@ -395,7 +387,7 @@ class RedisRateLimiter(LimiterBase):
                 await self._clock.sleep(0.005)
                 continue
             except _UNREACHABLE as exc:
-                self._redis_errors += 1
+                self.redis_errors += 1
                 if not self._outage:
                     self._outage = True
                     log.warning(
