@@ -106,6 +106,10 @@ def outcome_from_values(values: Sequence[Any], *, unfinished: str = _UNFINISHED)
     else:
         status = "unknown"
         reason = reason or f"not finished (still {state}); {unfinished}"
+    if status == "unknown":
+        # `final_at` is when the email became final: an unknown one has not (a given-up row
+        # keeps the time tracking gave up in the store, which is not that).
+        final_at = None
     return {
         "email": email,
         "name": name,
