@@ -49,7 +49,14 @@ from bulksend.store.base import LeaseLostError
 from bulksend.tem.client import SentEmail
 from bulksend.tem.models import Email
 
-__all__ = ["AccountRefusedError", "Dispatcher", "OutcomeSink", "SendItem", "record_submitted"]
+__all__ = [
+    "AccountRefusedError",
+    "Dispatcher",
+    "OutcomeSink",
+    "SendItem",
+    "account_refusal",
+    "record_submitted",
+]
 
 log = structlog.get_logger("bulksend.dispatch")
 
@@ -208,12 +215,13 @@ class Dispatcher:
         # A 4xx means TEM refused the request: no email was created, so the row may leave
         # `sending` without reconciliation.
         self._ctx.limiter.on_success()
-        if isinstance(exc, AuthenticationError | PermissionsDeniedError | QuotaExceededError):
+        refused = account_refusal(exc)
+        if refused is not None:
             with anyio.CancelScope(shield=True):
                 await self._ctx.store.mark_retry(
                     item.row_id, reason=f"account refused: {exc.message}", lease_token=item.lease_token
                 )
-            raise AccountRefusedError(_account_hint(exc)) from exc
+            raise refused from exc
         reason = f"TEM refused the email ({exc.status} {exc.type or 'error'}): {exc.message}"
         fields = exc.fields
         if fields:
@@ -272,6 +280,13 @@ def _pick(emails: list[SentEmail], address: str) -> SentEmail:
     if emails:
         return emails[0]
     raise TemApiError(200, "TEM answered 200 without any email", type="protocol_error")
+
+
+def account_refusal(exc: TemError) -> AccountRefusedError | None:
+    """The account refusal ``exc`` is (a 401 or 403 that every other call would get too), or None."""
+    if isinstance(exc, AuthenticationError | PermissionsDeniedError | QuotaExceededError):
+        return AccountRefusedError(_account_hint(exc))
+    return None
 
 
 def _account_hint(exc: TemPermanentError) -> str:

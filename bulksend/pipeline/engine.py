@@ -78,6 +78,7 @@ def campaign_tracker(
     retry: RetryPolicy,
     since: datetime,
     on_outcome: OutcomeHook | None,
+    on_refused: Callable[[AccountRefusedError], object] | None = None,
 ) -> Tracker:
     """The tracker of a campaign's submitted emails, with the campaign's ``[tracking]`` settings."""
     t = campaign.tracking
@@ -90,6 +91,7 @@ def campaign_tracker(
         since=since,
         mail_from=campaign.from_.email,
         on_outcome=on_outcome,
+        on_refused=on_refused,
     )
 
 

@@ -246,6 +246,7 @@ class CampaignRun:
             retry=self._retry,
             since=since,
             on_outcome=self._on_outcome,
+            on_refused=self._refused,
         )
         sending_done = anyio.Event()
         with anyio.CancelScope() as root:

@@ -11,7 +11,7 @@ an email still transient after ``give_up_after_s`` ends ``unknown``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -22,7 +22,7 @@ import structlog
 
 from bulksend.errors import NotFoundError, TemError
 from bulksend.pipeline.context import SendContext
-from bulksend.pipeline.dispatch import utcnow
+from bulksend.pipeline.dispatch import AccountRefusedError, account_refusal, utcnow
 from bulksend.pipeline.stats import OutcomeHook
 from bulksend.store.base import FinalUpdate, RecipientRow, RowState
 from bulksend.tem.models import FINAL_STATUSES, Email, ListEmailsQuery, OrderBy, parse_rfc3339
@@ -106,10 +106,12 @@ class Tracker:
         since: datetime,
         mail_from: str,
         on_outcome: OutcomeHook | None = None,
+        on_refused: Callable[[AccountRefusedError], object] | None = None,
     ) -> None:
         self._ctx = context
         self._campaign_id = campaign_id
         self._on_outcome = on_outcome
+        self._on_refused = on_refused
         self._settings = settings
         # Every poll lists the campaign's final emails, the last updated first.
         self._query = ListEmailsQuery(
@@ -169,7 +171,8 @@ class Tracker:
                 call = partial(self._ctx.tem.list_emails_raw, self._query, page=page, page_size=page_size)
                 emails = await self._ctx.paced("list", call)
             except TemError as exc:
-                log.warning("tracker.poll_failed", error=str(exc))
+                if not self._refused(exc):
+                    log.warning("tracker.poll_failed", error=str(exc))
                 return made_final
             if emails and page == 1:
                 newest = _updated_at(emails[0])
@@ -199,6 +202,15 @@ class Tracker:
         if len(self._recent) > _RECENT_MAX:
             self._recent = dict(list(self._recent.items())[-_RECENT_MAX // 2 :])
         return made_final
+
+    def _refused(self, exc: TemError) -> bool:
+        """Hand an account refusal (401/403) to ``on_refused``, which stops the run and reports it:
+        a warning per poll before that report would only repeat it. False: not handled here."""
+        refused = account_refusal(exc) if self._on_refused is not None else None
+        if refused is None or self._on_refused is None:
+            return False
+        self._on_refused(refused)
+        return True
 
     async def _record(self, emails: Sequence[Email]) -> int:
         recorded, _ = await self._record_matched(emails)
@@ -302,6 +314,8 @@ class Tracker:
             except NotFoundError:
                 continue
             except TemError as exc:
+                if self._refused(exc):
+                    break
                 log.warning("tracker.get_failed", row=row.row, error=str(exc))
                 continue
             if email.status.is_final:
