@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import functools
+import io
+import os
+import sys
+import time
 from pathlib import Path
+from typing import BinaryIO
 
+import anyio
+import orjson
 import pytest
+from rich.console import Console
 
 from bulksend.cli.main import main
-from bulksend.sandbox import SandboxConfig, sandbox_in_thread
-from tests.conftest import PROJECT, SECRET
+from bulksend.cli.progress import show_progress
+from bulksend.pipeline.run import CampaignRun, Waiting
+from bulksend.pipeline.stats import RunStats
+from bulksend.sandbox import Sandbox, SandboxConfig, sandbox_in_thread
+from tests.conftest import PROJECT, SECRET, CampaignWriter, run_once
 from tests.test_cli import env_for, write
+from tests.waiting import wait_until
 
 
 def test_refused_key_prints_only_the_clear_message(
@@ -30,3 +43,101 @@ def test_refused_key_prints_only_the_clear_message(
     assert err.startswith("stopped: TEM refused the secret key (401"), err
     assert "Check SCW_SECRET_KEY" in err
     assert wrong_key not in err + captured.out
+
+
+class _Clock:
+    """The sandbox's clock, which a test can move forward (a `hold…` email is then sent)."""
+
+    def __init__(self) -> None:
+        self.shift_s = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.shift_s
+
+
+def _outputs(folder: Path) -> tuple[BinaryIO, BinaryIO]:
+    """Files for a child's stdout and stderr, as when a user redirects both to files."""
+    return open(folder / "stdout.txt", "wb"), open(folder / "stderr.txt", "wb")
+
+
+@pytest.mark.parametrize("log_format", ["console", "json"])
+async def test_progress_off_a_terminal_is_plain_lines_that_say_what_the_run_waits_for(
+    tmp_path: Path, log_format: str
+) -> None:
+    """With stderr redirected to a file, `bulksend send` prints whole progress lines (JSON log lines
+    with --log-format json), one as soon as the run waits for TEM to finish, and no live frame."""
+    path = write(tmp_path, rows="email,first_name\nann@example.com,Ann\nhold1@example.com,Hal\n")
+    clock = _Clock()
+    err_path = tmp_path / "stderr.txt"
+    with sandbox_in_thread(SandboxConfig(secret_key=SECRET, project_id=PROJECT), clock=clock) as sb:
+        env = {**os.environ, "SCW_SECRET_KEY": SECRET, "SCW_DEFAULT_PROJECT_ID": PROJECT}
+        env.update(SCW_API_URL=sb.url, SCW_CONFIG_PATH=str(tmp_path / "none.yaml"))
+        command = [sys.executable, "-m", "bulksend.cli", "send", str(path), "--log-format", log_format]
+        out, err = _outputs(tmp_path)
+        with out, err:
+            process = await anyio.open_process(command, stdout=out, stderr=err, env=env)
+        async with process:
+            await wait_until(
+                lambda: "waiting for 1 email to become final" in err_path.read_text(encoding="utf-8"),
+                what="a progress line saying the run waits for the held email",
+            )
+            clock.shift_s = 2 * sb.config.hold_s  # the held email leaves `new` and is sent
+            await process.wait()
+    assert process.returncode == 0
+    text = err_path.read_text(encoding="utf-8")
+    assert text.endswith("\n")
+    for frame in ("\x1b", "━", "\r"):  # no live frame, no colour
+        assert frame not in text
+    lines = text.splitlines()
+    if log_format == "json":
+        records = [orjson.loads(line) for line in lines]
+        waiting = [r for r in records if r["event"] == "campaign.progress" and r["waiting"]]
+        assert waiting[0]["waiting"] == "waiting for 1 email to become final"
+        assert (waiting[0]["total"], waiting[0]["level"]) == (2, "info")
+    else:
+        assert any(
+            line.startswith("progress: 1/2 done (50 %)")
+            and line.endswith("waiting for 1 email to become final")
+            for line in lines
+        ), lines
+    assert "sent" in (tmp_path / "stdout.txt").read_text(encoding="utf-8")
+
+
+async def test_run_says_it_waits_to_look_ambiguous_sends_up_on_the_live_display(
+    sandbox: Sandbox, write_campaign: CampaignWriter
+) -> None:
+    """While every send is ambiguous and waits to be looked up, the run says so as observable
+    state, and the live display on a terminal shows it instead of sitting at "in flight 0"."""
+    sandbox.update(fault_5xx_after_p=1.0)  # TEM creates each email, then answers 500
+    campaign = write_campaign([{"email": f"u{i}@example.com"} for i in range(3)], settle_s=3600)
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=200)
+    runners: list[CampaignRun] = []
+    stats = RunStats(total_rows=3)
+
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            await wait_until(lambda: bool(runners), what="the run to start")
+            runner = runners[0]
+            tg.start_soon(
+                functools.partial(
+                    show_progress, stats, runner.limiter, waiting=runner.waiting_for, console=console
+                )
+            )
+            await wait_until(
+                lambda: (w := runner.waiting_for()) is not None and w.what == "lookup" and w.count == 3,
+                what="the run to wait for its three lookups",
+            )
+            await wait_until(
+                lambda: "3 ambiguous sends: looking them up at TEM in" in screen.getvalue(),
+                what="the live display to show the wait",
+            )
+            runner.abort()
+
+        tg.start_soon(watch)
+        result = await run_once(campaign, sandbox, stats=stats, on_start=runners.append)
+        tg.cancel_scope.cancel()
+    assert not result.complete
+    wait = Waiting("lookup", 3, 3600.0)
+    assert wait.describe() == "3 ambiguous sends: looking them up at TEM in 3,600 s"

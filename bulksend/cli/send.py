@@ -41,7 +41,7 @@ from bulksend.campaign.render import Rejection, Renderer
 from bulksend.campaign.validate import check_address, normalize_address
 from bulksend.cli.args import configure_send as configure
 from bulksend.cli.display import print_error, print_text
-from bulksend.cli.progress import show_progress
+from bulksend.cli.progress import PLAIN_EVERY_S, show_progress
 from bulksend.cli.runtime import stop_on_signals, uvloop_available
 from bulksend.cli.sample import SAMPLE_PREFIX, SampleResult, render_samples, send_samples
 from bulksend.cli.summary import print_summary
@@ -124,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     options = RunOptions(
         progress=not args.no_progress,
+        progress_json=args.log_format == "json",
         grace_s=args.grace_s,
         store_url=store_url,
         worker_id=worker_id,
@@ -289,6 +290,10 @@ class RunOptions:
     """How to run a campaign, beyond the campaign file itself."""
 
     progress: bool = True
+    progress_every_s: float = PLAIN_EVERY_S
+    """Off a terminal: seconds between two progress lines."""
+    progress_json: bool = False
+    """Off a terminal: progress lines as JSON log lines (``--log-format json``)."""
     grace_s: float = 30.0
     store_url: str | None = None
     """Overrides the campaign's store: a SQLite path, or ``postgresql://…`` to share state."""
@@ -444,7 +449,16 @@ async def _run(
                         )
                     )
                 if options.progress:
-                    tg.start_soon(show_progress, stats, limiter)
+                    tg.start_soon(
+                        functools.partial(
+                            show_progress,
+                            stats,
+                            limiter,
+                            waiting=runner.waiting_for,
+                            plain_every_s=options.progress_every_s,
+                            json_lines=options.progress_json,
+                        )
+                    )
                 reconciled = await runner.reconcile_all() if options.reconcile_all else None
                 if reconciled is not None and reconciled.interrupted:
                     result = RunResult(

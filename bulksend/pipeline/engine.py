@@ -137,6 +137,11 @@ class SendEngine:
         self._ctx = SendContext(store, tem, limiter, stats, retry)
         self._default = self._dispatcher(limiter)
 
+    @property
+    def reconciler(self) -> Reconciler | None:
+        """The reconciliations under way, while :meth:`running` (None outside it)."""
+        return self._reconciler
+
     def add_lane(self, name: str, limiter: RateLimiter) -> None:
         """Send the items whose ``lane`` is ``name`` through ``limiter`` (a ceiling nested in the
         account's limiter, typically)."""

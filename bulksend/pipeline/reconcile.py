@@ -88,6 +88,13 @@ class Reconciler:
     _seq: Iterator[int] = field(default_factory=itertools.count, init=False, repr=False)
     _flushing: bool = field(default=False, init=False, repr=False)
 
+    @property
+    def next_lookup_at(self) -> datetime | None:
+        """When the next listing is due (None: none is waiting for its window to settle)."""
+        if not self._due:
+            return None
+        return self._due[0][0] + timedelta(seconds=self.batch_window_s)
+
     async def submit(self, item: SendItem, started_at: datetime, ended_at: datetime | None) -> None:
         """Queue ``item`` (whose row is ``sending``) for reconciliation; returns at once."""
         self.pending += 1

@@ -65,7 +65,7 @@ from bulksend.store.base import (
 from bulksend.tem.client import TemClient
 from bulksend.tem.models import Email
 
-__all__ = ["AfterSending", "CampaignRun", "RunResult", "attachments_of", "correlation_of"]
+__all__ = ["AfterSending", "CampaignRun", "RunResult", "Waiting", "attachments_of", "correlation_of"]
 
 log = structlog.get_logger("bulksend.run")
 
@@ -81,6 +81,30 @@ rows there)."""
 def correlation_of(campaign_id: str, row: int) -> str:
     """The per-recipient correlation reference carried in the ``X-Bulksend-Ref`` header."""
     return f"{campaign_id}/{row}"
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """What a run is waiting for while it sends nothing (see :meth:`CampaignRun.waiting_for`)."""
+
+    what: str
+    """``stopping`` (requests in flight after a stop), ``lookup`` (ambiguous sends to look up at
+    TEM), or ``final`` (submitted emails TEM has not finished with)."""
+    count: int
+    in_s: float | None = None
+    """For ``lookup``: seconds until the next lookup (None or 0: under way)."""
+
+    def describe(self) -> str:
+        """The wait in words, for a progress line."""
+        n = f"{self.count:,}"
+        if self.what == "stopping":
+            return f"stopping: waiting for {n} requests in flight"
+        if self.what == "lookup":
+            sends = "ambiguous send" if self.count == 1 else "ambiguous sends"
+            when = f"in {self.in_s:,.0f} s" if self.in_s is not None and self.in_s >= 0.5 else "now"
+            return f"{n} {sends}: looking them up at TEM {when}"
+        emails = "email" if self.count == 1 else "emails"
+        return f"waiting for {n} {emails} to become final"
 
 
 @dataclass
@@ -156,6 +180,8 @@ class CampaignRun:
         self._intake_scope = anyio.CancelScope()
         self._reconcile_all_scope = anyio.CancelScope()
         self._reconciling: set[int] = set()
+        self._engine: SendEngine | None = None
+        self._dispatch_done = False
         self._sent_since: datetime | None = None
         """Set by :meth:`reconcile_all`: when the campaign's first send may have happened."""
 
@@ -201,6 +227,24 @@ class CampaignRun:
         self._reconcile_all_scope.cancel()
         if self._root_scope is not None:
             self._root_scope.cancel()
+
+    def waiting_for(self) -> Waiting | None:
+        """What the run waits for while it sends nothing, or None while it sends (or reads).
+
+        Read by the progress display, so that a run that sits with nothing in flight says why.
+        """
+        s = self.stats
+        if self._stopping and s.in_flight:
+            return Waiting("stopping", s.in_flight)
+        reconciler = self._engine.reconciler if self._engine is not None else None
+        if self._dispatch_done and reconciler is not None and reconciler.pending > 0:
+            due = reconciler.next_lookup_at
+            in_s = None if due is None else max(0.0, (due - utcnow()).total_seconds())
+            return Waiting("lookup", reconciler.pending, in_s)
+        outstanding = s.submitted - s.final
+        if self.sending_over.is_set() and outstanding > 0:
+            return Waiting("final", outstanding)
+        return None
 
     # -- run ---------------------------------------------------------------------------------
     async def run(self) -> RunResult:
@@ -406,6 +450,7 @@ class CampaignRun:
             on_done=self._held.discard,
             on_refused=self._refused,
         )
+        self._engine = engine
         async with engine.running():
             if self.worker_id is None:
                 # Rows a previous run left `sending` may have reached TEM: reconcile, never resend.
@@ -428,6 +473,8 @@ class CampaignRun:
                     for _ in range(2 * c.sending.concurrency):
                         dispatch_tg.start_soon(engine.work, receive.clone())
                     receive.close()
+                # Nothing is left to send: only lookups of ambiguous sends may still be pending.
+                self._dispatch_done = True
                 renew_tg.cancel_scope.cancel()
             if self.worker_id is not None and self._held:
                 # Give back what this worker still holds (stopped early): others take it at once.
