@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -141,3 +143,55 @@ async def test_run_says_it_waits_to_look_ambiguous_sends_up_on_the_live_display(
     assert not result.complete
     wait = Waiting("lookup", 3, 3600.0)
     assert wait.describe() == "3 ambiguous sends: looking them up at TEM in 3,600 s"
+
+
+async def test_summary_after_ctrl_c_counts_rows_never_read_and_says_how_to_resume(tmp_path: Path) -> None:
+    """Ctrl-C during a send: the summary counts the rows of the file never read (the total is the
+    file's, not the rows read), says what was read and sent, and gives the command that resumes."""
+    rows = "".join(f"u{i}@example.com,U{i}\n" for i in range(1200))
+    path = write(tmp_path, rows="email,first_name\n" + rows)
+    path.write_text(
+        path.read_text().replace("rate_per_s = 2000\nconcurrency = 8", "rate_per_s = 20\nconcurrency = 2")
+    )
+    with sandbox_in_thread(SandboxConfig(secret_key=SECRET, project_id=PROJECT)) as sb:
+        env = {**os.environ, "SCW_SECRET_KEY": SECRET, "SCW_DEFAULT_PROJECT_ID": PROJECT}
+        env.update(SCW_API_URL=sb.url, SCW_CONFIG_PATH=str(tmp_path / "none.yaml"))
+        command = [sys.executable, "-m", "bulksend.cli", "send", str(path), "--no-progress"]
+        out, err = _outputs(tmp_path)
+        with out, err:
+            process = await anyio.open_process(command, stdout=out, stderr=err, env=env)
+        async with process:
+            await wait_until(
+                lambda: len(sb.stats().accepted_by_recipient) >= 5, what="a few emails to be sent"
+            )
+            process.send_signal(signal.SIGINT)
+            await process.wait()
+    assert process.returncode == 130
+    text = (tmp_path / "stdout.txt").read_text(encoding="utf-8")
+    flat = " ".join(text.split())
+    assert "read 500 of about 1,200 rows;" in flat, text
+    assert "about 700 rows not reached (never read)" in flat
+    assert re.search(r"not reached\s*│\s*700\s*│", text), text
+    assert re.search(r"total\s*│\s*1,200\s*│", text), text
+    assert f"To resume, run the same command again: bulksend send {path} (nobody" in flat
+
+
+async def test_send_rate_is_over_this_runs_sends_not_adoptions(
+    sandbox: Sandbox, write_campaign: CampaignWriter
+) -> None:
+    """Emails found at TEM by reconciliation (sent before, or answered ambiguously) count as
+    submitted but not in the sending span: the summary's rate is over this run's own sends."""
+    sandbox.update(fault_5xx_after_p=1.0)  # every email is created, then answered 500: adopted
+    campaign = write_campaign([{"email": f"u{i}@example.com"} for i in range(3)])
+    stats = RunStats()
+
+    async def heal() -> None:
+        await wait_until(lambda: stats.ambiguous == 3, what="the three sends to be ambiguous")
+        sandbox.update(fault_5xx_after_p=0.0)  # the lookups then find the emails
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(heal)
+        result = await run_once(campaign, sandbox, stats=stats)
+    assert result.complete
+    assert (stats.reconciled_adopted, stats.submitted_this_run) == (3, 3)
+    assert (stats.sent_this_run, stats.send_span_s, stats.submit_rate_per_s()) == (0, 0.0, 0.0)

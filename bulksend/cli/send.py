@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import math
 import os
+import shlex
 import socket
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -55,10 +56,17 @@ from bulksend.pipeline.nested import NestedLimiter
 from bulksend.pipeline.presence import worker_presence
 from bulksend.pipeline.run import CampaignRun, RunResult, attachments_of, correlation_of
 from bulksend.pipeline.stats import RunStats
-from bulksend.settings import DEFAULT_LIMITER_PREFIX, Bound, SendingSettings, load_account_settings
+from bulksend.settings import (
+    DEFAULT_LIMITER_PREFIX,
+    Bound,
+    SendingSettings,
+    load_account_settings,
+    redact_url,
+)
 from bulksend.sinks.outcomes import read_outcomes
 from bulksend.sinks.summary import Summary, summarize_outcomes, tally_line
 from bulksend.store import open_store
+from bulksend.store.base import RowState
 from bulksend.store.rules import duplicate_reason
 from bulksend.tem.client import TemClient
 from bulksend.tem.config import TemSettings
@@ -123,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_CONFIG
         worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     options = RunOptions(
+        resume_command=resume_command(args),
         progress=not args.no_progress,
         progress_json=args.log_format == "json",
         grace_s=args.grace_s,
@@ -239,7 +248,7 @@ def run_campaign(
         )
     except (BulksendError, BaseExceptionGroup) as raised:
         return _exit_code_of(raised, console)
-    return _report(result, console)
+    return _report(result, console, resume=options.resume_command or resume_command_of(campaign.path))
 
 
 def _exit_code_of(raised: BaseException, console: Console) -> int:
@@ -316,6 +325,9 @@ class RunOptions:
     """Look every unfinished recipient up at TEM before sending (after a loss of state)."""
     total_rows: int | None = None
     """Recipients in the file (:func:`count_rows`), for the ETA; None: counted when the run starts."""
+    resume_command: str | None = None
+    """The command that resumes the run, for the summary of a stopped run (default
+    ``bulksend send CAMPAIGN``)."""
 
 
 async def _main(
@@ -520,7 +532,60 @@ def _about(rate: float) -> str:
     return f"{rounded:,.{digits}f}" if digits else f"{rounded:,.0f}"
 
 
-def _report(result: RunResult, console: Console) -> int:
+_RESUME_OPTIONS: Final = (
+    ("--outcomes", "outcomes"),
+    ("--store", "store"),
+    ("--settings", "settings"),
+    ("--worker-id", "worker_id"),
+    ("--shared-limiter", "shared_limiter"),
+    ("--api-url", "api_url"),
+    ("--project-id", "project_id"),
+    ("--region", "region"),
+    ("--profile", "profile"),
+)
+"""The options of ``bulksend send`` that say which campaign state and account a run used."""
+
+
+def resume_command_of(campaign: Path, *options: str) -> str:
+    """``bulksend send CAMPAIGN [OPTIONS…]``, quoted for a shell."""
+    return shlex.join(["bulksend", "send", str(campaign), *options])
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The command that resumes this run: the same campaign file, store, outcomes and account
+    (a URL's password masked: keep it in the environment)."""
+    words: list[str] = ["--worker"] if args.worker else []
+    for flag, name in _RESUME_OPTIONS:
+        value = getattr(args, name)
+        if value is not None:
+            words += [flag, redact_url(str(value))]
+    return resume_command_of(args.campaign, *words)
+
+
+def _stopped_notes(result: RunResult, total_rows: int | None, resume: str) -> tuple[int, list[str]]:
+    """For a run that ended before every row was final: the rows of the file never read, and
+    what was read, sent and left, with the command that resumes."""
+    counts = result.counts
+    read = sum(counts.get(state.value, 0) for state in RowState)
+    submitted = counts.get("submitted", 0)
+    sent = submitted + counts.get(RowState.FINAL.value, 0)
+    unsent = counts.get("pending", 0) + counts.get("sending", 0)
+    not_reached = 0 if result.admitted_all or total_rows is None else max(0, total_rows - read)
+    of_file = "" if result.admitted_all or total_rows is None else f" of about {total_rows:,}"
+    line = f"stopped before the end: read {read:,}{of_file} rows; {sent:,} submitted to TEM"
+    if submitted:
+        line += f" ({submitted:,} not final yet: tracking resumes)"
+    if unsent:
+        line += f"; {unsent:,} read but not sent yet"
+    if not_reached:
+        line += f"; about {not_reached:,} rows not reached (never read)"
+    return not_reached, [
+        line + ".",
+        f"To resume, run the same command again: {resume} (nobody already submitted is sent again).",
+    ]
+
+
+def _report(result: RunResult, console: Console, *, resume: str) -> int:
     stats = result.stats
     counts = result.counts
     title = f"campaign {result.campaign_id}"
@@ -534,6 +599,10 @@ def _report(result: RunResult, console: Console) -> int:
             summary.by_status[key] += n
         elif key in ("pending", "sending", "submitted"):
             summary.by_status["unknown"] += n
+    if not result.complete:
+        not_reached, stopped = _stopped_notes(result, stats.total_rows, resume)
+        if not_reached:
+            summary.by_status["not reached"] = not_reached  # the total is then the file's
     full = result.summary
     if full is None and result.outcomes_path is not None and result.outcomes_path.exists():
         # An already finished campaign: its outcomes file is the record of flags and reasons.
@@ -549,10 +618,13 @@ def _report(result: RunResult, console: Console) -> int:
         summary.wall_time_s = stats.elapsed_s
         summary.sent_this_run = stats.submitted_this_run
         summary.send_rate_per_s = stats.submit_rate_per_s()
+        summary.send_span_s = stats.send_span_s
     if result.outcomes_path is not None:
         lines = f" ({result.outcome_lines:,} lines)" if result.outcome_lines else ""
         summary.notes.append(f"outcomes: {result.outcomes_path}{lines}")
     summary.notes.extend(result.notes)
+    if not result.complete:
+        summary.notes.extend(stopped)
     print_summary(summary, Console())
     if result.complete:
         return EXIT_OK

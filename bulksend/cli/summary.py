@@ -58,8 +58,9 @@ def print_summary(
     if summary.throttled is not None:
         extra.append(f"429 answers: {summary.throttled:,}")
     if summary.sent_this_run:
+        span = f" over {summary.send_span_s:,.1f} s, first send to last" if summary.send_span_s else ""
         extra.append(
-            f"submitted to TEM: {summary.sent_this_run:,} at {summary.send_rate_per_s:,.0f} emails/s"
+            f"submitted to TEM: {summary.sent_this_run:,} at {summary.send_rate_per_s:,.0f} emails/s{span}"
         )
     if summary.wall_time_s is not None:
         extra.append(

@@ -255,8 +255,11 @@ class Dispatcher:
         await self._on_ambiguous(item, started_at, ended_at)
 
 
-async def record_submitted(context: SendContext, item: SendItem, email: SentEmail | Email) -> None:
-    """Record ``email`` as the one TEM holds for the item's row (``submitted``) and count it.
+async def record_submitted(
+    context: SendContext, item: SendItem, email: SentEmail | Email, *, adopted: bool = False
+) -> None:
+    """Record ``email`` as the one TEM holds for the item's row (``submitted``) and count it
+    (``adopted``: found at TEM by reconciliation, not accepted in answer to a send of ours).
 
     Shielded, so that a cancellation landing right after TEM answered cannot lose the email id.
     """
@@ -268,7 +271,7 @@ async def record_submitted(context: SendContext, item: SendItem, email: SentEmai
             submitted_at=email.created_at or utcnow(),
             lease_token=item.lease_token,
         )
-    context.stats.add_submitted()
+    context.stats.add_submitted(adopted=adopted)
 
 
 def _pick(emails: list[SentEmail], address: str) -> SentEmail:

@@ -172,7 +172,7 @@ class Reconciler:
                 log.warning("email.duplicate_found", row=item.row, email_ids=[e.id for e in matches])
             if matches:
                 found = matches[0]
-                await record_submitted(self.context, item, found)
+                await record_submitted(self.context, item, found, adopted=True)
                 self.context.stats.reconciled_adopted += 1
                 if found.is_final:
                     # The lookup already tells the final status: record it now, as the tracker's

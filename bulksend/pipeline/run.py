@@ -123,6 +123,8 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
     summary: Summary | None = None
     """Outcomes by status and flag, counted while the outcomes file was written."""
+    admitted_all: bool = False
+    """Every row of the recipient file was read (admitted); False: a stop came first."""
 
 
 class CampaignRun:
@@ -270,6 +272,7 @@ class CampaignRun:
                 stats=self.stats,
                 outcomes_path=c.output.outcomes,
                 outcome_lines=lines,
+                admitted_all=True,
             )
         await self._baseline()
         log.info(
@@ -729,6 +732,7 @@ class CampaignRun:
             already_finished=False,
             counts=counts,
             stats=self.stats,
+            admitted_all=bool(record and record.admitted_all),
         )
         if complete and record is not None and record.state is CampaignState.RUNNING:
             await self.store.set_campaign_state(c.id, CampaignState.FINISHED)
@@ -742,11 +746,6 @@ class CampaignRun:
                 )
                 result.summary = summary
             result.outcomes_path = c.output.outcomes
-        if not complete:
-            result.notes.append(
-                f"{open_rows} recipients are not final yet; rerun the same command to resume "
-                "(nobody already submitted is sent again)."
-            )
         log.info("campaign.end", campaign=c.id, complete=complete, **counts)
         return result
 

@@ -42,17 +42,24 @@ class RunStats:
     """(endpoint kind, HTTP status or 0 for a transport error) → calls."""
 
     submitted_this_run: int = 0
+    sent_this_run: int = 0
+    """Emails this process's own sends got accepted (not those reconciliation adopted)."""
     first_submit_monotonic: float | None = None
     last_submit_monotonic: float | None = None
+    """The sending span: this process's first and last accepted send."""
     on_submitted: Callable[[int], None] | None = field(default=None, repr=False)
     """Called with the new ``submitted`` count after each submission (progress hooks, tests)."""
 
-    def add_submitted(self) -> None:
-        """Count one email accepted by TEM (or adopted by reconciliation)."""
-        now = time.monotonic()
-        if self.first_submit_monotonic is None:
-            self.first_submit_monotonic = now
-        self.last_submit_monotonic = now
+    def add_submitted(self, *, adopted: bool = False) -> None:
+        """Count one email accepted by TEM, or (``adopted``) found there by reconciliation: an
+        adoption may come long after the send (a settle time, a dead worker's row), so it does
+        not stretch the sending span."""
+        if not adopted:
+            now = time.monotonic()
+            if self.first_submit_monotonic is None:
+                self.first_submit_monotonic = now
+            self.last_submit_monotonic = now
+            self.sent_this_run += 1
         self.submitted_this_run += 1
         self.submitted += 1
         if self.on_submitted is not None:
@@ -75,9 +82,16 @@ class RunStats:
     def elapsed_s(self) -> float:
         return time.monotonic() - self.started_monotonic
 
-    def submit_rate_per_s(self) -> float:
-        """Submissions per second of this run, from its first to its last submission."""
+    @property
+    def send_span_s(self) -> float:
+        """Seconds from this process's first accepted send to its last (0 before two sends)."""
         first, last = self.first_submit_monotonic, self.last_submit_monotonic
-        if first is None or last is None or last <= first:
+        return 0.0 if first is None or last is None else last - first
+
+    def submit_rate_per_s(self) -> float:
+        """Sends per second of this run over its sending span (first to last accepted send), not
+        over the process's lifetime: a worker may wait for rows, and then for TEM, much longer."""
+        span = self.send_span_s
+        if span <= 0:
             return 0.0
-        return (self.submitted_this_run - 1) / (last - first)
+        return (self.sent_this_run - 1) / span

@@ -39,6 +39,8 @@ class Summary:
     wall_time_s: float | None = None
     sent_this_run: int = 0
     send_rate_per_s: float = 0.0
+    send_span_s: float = 0.0
+    """Seconds from this run's first accepted send to its last (what ``send_rate_per_s`` is over)."""
     notes: list[str] = field(default_factory=list)
 
     @property
