@@ -188,6 +188,40 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
 def configure_report(parser: argparse.ArgumentParser) -> None:
     """``bulksend report OUTCOMES``."""
     parser.add_argument("outcomes", type=Path, help="outcomes file written by `bulksend send`")
+    g = parser.add_argument_group("which rows")
+    g.add_argument(
+        "--status",
+        metavar="LIST",
+        help="only rows with one of these statuses, comma-separated: sent, failed, canceled, rejected, "
+        "skipped, unknown",
+    )
+    g.add_argument(
+        "--flag",
+        metavar="LIST",
+        help="only rows with one of these flags, comma-separated (hard_bounce, soft_bounce, …)",
+    )
+    g = parser.add_argument_group("what to print")
+    g.add_argument(
+        "--format",
+        choices=["table", "csv", "jsonl"],
+        default="table",
+        help="table: the summary (default); csv or jsonl: the rows themselves, to stdout",
+    )
+    g.add_argument(
+        "--domain",
+        action="store_true",
+        help="rows, sent, failed and other per recipient domain, the largest first",
+    )
+    g.add_argument(
+        "--top", type=int, default=20, metavar="N", help="with --domain: the N largest domains (default 20)"
+    )
+    g.add_argument(
+        "--resend-file",
+        type=Path,
+        metavar="PATH",
+        help="write the rows worth sending again (canceled, unknown, failed with a temporary flag) as a "
+        "recipients CSV, ready to send as a new campaign",
+    )
 
 
 def configure_status(parser: argparse.ArgumentParser) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "outcome_lines",
     "outcome_of",
     "read_outcomes",
+    "write_file_atomically",
     "write_outcomes",
 ]
 
@@ -213,6 +214,21 @@ async def write_outcomes(
     return count
 
 
+def write_file_atomically(path: Path, chunks: Iterable[bytes]) -> None:
+    """Write ``chunks`` to ``path`` through a private temporary file renamed into place (a file
+    that names recipients: ``0600``, never seen half written)."""
+    fh, tmp = _create_temp(path)
+    try:
+        for chunk in chunks:
+            fh.write(chunk)
+        _finish(fh, b"")
+        fh.close()
+        os.replace(tmp, path)
+    except BaseException:
+        _discard(fh, tmp)
+        raise
+
+
 def _create_temp(path: Path) -> tuple[BinaryIO, Path]:
     make_private_dirs(path.parent)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -233,14 +249,30 @@ def _finish(fh: BinaryIO, data: bytes) -> None:
     os.fsync(fh.fileno())
 
 
+_CSV_NUMBERS: Final = frozenset({"row", "smtp_code", "try_count", "attempts"})
+
+
+def _from_csv_cell(name: str, text: str | None) -> Any:
+    """A CSV cell as the JSONL line has it: numbers as numbers, empty as null, without the ``'``
+    that :func:`csv_cell` put before a formula trigger."""
+    if not text:
+        return [] if name == "flags" else None
+    if name == "flags":
+        return [f for f in text.split(";") if f]
+    if name in _CSV_NUMBERS and text.lstrip("-").isdigit():
+        return int(text)
+    if text.startswith("'") and text[1:2] and text[1:].startswith(CSV_FORMULA_TRIGGERS):
+        return text[1:]
+    return text
+
+
 def read_outcomes(path: Path) -> Iterable[Mapping[str, Any]]:
-    """Stream outcome lines back from a .jsonl or .csv file (for ``bulksend report``)."""
+    """Stream outcome lines back from a .jsonl or .csv file (for ``bulksend report``): a CSV
+    line reads as the JSONL line would (numbers, nulls, flags as a list)."""
     if path.suffix.lower() == ".csv":
         with open(path, newline="", encoding="utf-8") as fh:
             for rec in csv.DictReader(fh):
-                out: dict[str, Any] = dict(rec)
-                out["flags"] = [f for f in (rec.get("flags") or "").split(";") if f]
-                yield out
+                yield {k: _from_csv_cell(k, v) for k, v in rec.items() if k is not None}
     else:
         with open(path, "rb") as fh:
             for line in fh:
