@@ -247,7 +247,7 @@ async def test_stuck_email_ends_unknown(sandbox: Sandbox, write_campaign: Campai
     assert lines["stuck1@example.com"]["status"] == "unknown"
     assert lines["stuck1@example.com"]["reason"] == (
         "still not final at TEM 0.3 s after submission (tracking.give_up_after_s); TEM may still "
-        "deliver it: look its email_id up later"
+        "deliver it: run `bulksend recheck` on the outcomes file later to look it up again"
     )
 
 

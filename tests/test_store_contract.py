@@ -11,6 +11,7 @@ The PostgreSQL backend needs a server: ``BULKSEND_TEST_POSTGRES_DSN`` (default
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, fields
@@ -528,6 +529,37 @@ async def test_mark_final_is_idempotent(store: Store) -> None:
     await store.mark_final([FinalUpdate(id=row_id, status="failed", smtp_code=550)])
     await store.mark_final([FinalUpdate(id=row_id, status="canceled"), FinalUpdate(id=row_id, status="x")])
     assert await store.get_row(row_id) == before
+
+
+async def test_resolve_unknown_changes_only_given_up_rows(store: Store) -> None:
+    """resolve_unknown gives a row tracking gave up on (final, unknown) TEM's final facts, and
+    leaves every other row as it stands."""
+    ids = [r.id for r in await store.admit(CAMPAIGN, recipients([1, 2, 3]))]
+    for row_id in ids[:2]:
+        await drive(store, row_id, RowState.SUBMITTED)
+    await store.mark_final(
+        [FinalUpdate(id=ids[0], status="unknown", reason="gave up"), FinalUpdate(id=ids[1], status="sent")]
+    )
+    sent_before, pending_before = await store.get_row(ids[1]), await store.get_row(ids[2])
+    when = NOW + timedelta(hours=5)
+    facts = functools.partial(
+        FinalUpdate, status="failed", flags=("soft_bounce", "mailbox_full"), smtp_code=552, try_count=3
+    )
+    changed = await store.resolve_unknown([facts(id=i, final_at=when) for i in ids])
+    assert changed == 1
+    row = await store.get_row(ids[0])
+    assert row is not None
+    assert (row.state, row.status, row.flags, row.smtp_code, row.try_count, row.final_at, row.reason) == (
+        RowState.FINAL,
+        "failed",
+        ("soft_bounce", "mailbox_full"),
+        552,
+        3,
+        when,
+        "",
+    )
+    assert (await store.get_row(ids[1]), await store.get_row(ids[2])) == (sent_before, pending_before)
+    assert (await store.counts(CAMPAIGN)).get("status:unknown", 0) == 0
 
 
 async def test_mark_final_batch_is_all_or_nothing(store: Store) -> None:

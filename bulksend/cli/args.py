@@ -18,6 +18,7 @@ __all__ = [
     "add_api_options",
     "add_output_options",
     "configure_demo",
+    "configure_recheck",
     "configure_report",
     "configure_send",
     "configure_serve",
@@ -224,6 +225,26 @@ def configure_report(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def configure_recheck(parser: argparse.ArgumentParser) -> None:
+    """``bulksend recheck OUTCOMES_OR_CAMPAIGN``."""
+    parser.add_argument(
+        "target",
+        type=Path,
+        metavar="OUTCOMES_OR_CAMPAIGN",
+        help="an outcomes file (.jsonl or .csv), or a campaign file (.toml): then its state store and "
+        "its outcomes file are both updated",
+    )
+    parser.add_argument(
+        "--store",
+        help="with a campaign file: its state store, as given to `bulksend send --store` (default from "
+        "the campaign, or BULKSEND_STORE_URL, or store_url in the settings file)",
+    )
+    parser.add_argument("--settings", type=Path, metavar="FILE", help="account settings file (TOML)")
+    add_api_options(parser)
+    g = parser.add_argument_group("output")
+    g.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
+
+
 def configure_status(parser: argparse.ArgumentParser) -> None:
     """``bulksend status [CAMPAIGN]``."""
     parser.add_argument("campaign", nargs="?", help="one campaign id (default: every campaign)")
@@ -271,6 +292,11 @@ COMMANDS: dict[str, Command] = {
         "summarise an outcomes file (.jsonl or .csv)",
         configure_report,
         "bulksend.cli.report",
+    ),
+    "recheck": Command(
+        "look the unknown emails of an outcomes file (or a campaign) up at TEM again",
+        configure_recheck,
+        "bulksend.cli.recheck",
     ),
     "status": Command(
         "show workers, rows by state and rates from a shared store",

@@ -1,4 +1,5 @@
-"""The ``bulksend`` command line: ``demo``, ``send``, ``report``, ``status``, ``serve``, ``sandbox``.
+"""The ``bulksend`` command line: ``demo``, ``send``, ``report``, ``recheck``, ``status``, ``serve``,
+``sandbox``.
 
 The parser comes from :mod:`bulksend.cli.args`, which declares every sub-command's arguments
 without importing what runs it; the module with the chosen command's ``run(args) -> int`` is

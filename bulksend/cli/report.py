@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
             print_text(
                 notes,
                 f"resend file: {args.resend_file} ({count:,} rows; columns {', '.join(columns)}): send it as "
-                "the `recipients` of a new campaign.",
+                "the `recipients` of a new campaign (run `bulksend recheck` on the outcomes first: an "
+                "unknown email may still be delivered).",
             )
         lines = (line for line in read_outcomes(path) if wanted.matches(line))
         if args.domain:

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 import anyio
 import structlog
@@ -34,9 +35,9 @@ from bulksend.pipeline.context import SendContext
 from bulksend.pipeline.dispatch import SendItem, record_submitted, utcnow
 from bulksend.pipeline.flow import spend_retry
 from bulksend.store.base import LeaseLostError, RecipientRow, RowState, Store
-from bulksend.tem.models import Email, ListEmailsQuery, OrderBy
+from bulksend.tem.models import FINAL_STATUSES, Email, ListEmailsQuery, OrderBy
 
-__all__ = ["CampaignReconcile", "ReconcileSettings", "Reconciler", "reconcile_campaign"]
+__all__ = ["CampaignReconcile", "ReconcileSettings", "Reconciler", "find_final_emails", "reconcile_campaign"]
 
 log = structlog.get_logger("bulksend.reconcile")
 
@@ -351,3 +352,54 @@ async def _adopt_page(
                 # One line per row at debug: after a lost state there may be thousands of them.
                 log.debug("email.duplicate_found", row=row.row, email_ids=[e.id for e in matches])
             tg.start_soon(adopt, row, matches[0])
+
+
+WINDOW_GAP = timedelta(hours=1)
+"""Emails submitted further apart than this are looked up in separate listings: one window over
+a long gap would list every other email created in it."""
+
+
+async def find_final_emails(
+    context: SendContext,
+    *,
+    submitted: Mapping[str, datetime | None],
+    mail_from: str | None = None,
+    skew_s: float = 60.0,
+) -> dict[str, Email]:
+    """The emails among ``submitted`` (email id → when TEM accepted it) that are final at TEM now.
+
+    TEM's list filters by one ``message_id`` at a time, not by a set of ids, so the ids are found
+    in batched listings instead: the final emails (of ``mail_from``, when given) created in each
+    window of submissions, pages of 1000, oldest first, until every id of the window is seen. An
+    email without a submission time is read by id. A TEM error propagates (nothing is known then).
+    """
+    found: dict[str, Email] = {}
+    timed = sorted((at, email_id) for email_id, at in submitted.items() if at is not None)
+    windows: list[list[tuple[datetime, str]]] = []
+    for at, email_id in timed:
+        if windows and at - windows[-1][-1][0] <= WINDOW_GAP:
+            windows[-1].append((at, email_id))
+        else:
+            windows.append([(at, email_id)])
+    skew = timedelta(seconds=skew_s)
+    for window in windows:
+        wanted = {email_id for _, email_id in window}
+        query = ListEmailsQuery(
+            mail_from=mail_from or None,
+            since=window[0][0] - skew,
+            until=window[-1][0] + skew,
+            statuses=tuple(sorted(FINAL_STATUSES)),
+            order_by=OrderBy.CREATED_AT_ASC,
+        )
+        async for page in context.list_pages(query):
+            for email in page.emails:
+                if email.id in wanted and email.status.is_final:
+                    wanted.discard(email.id)
+                    found[email.id] = email
+            if not wanted:
+                break
+    for email_id in (email_id for email_id, at in submitted.items() if at is None):
+        email = await context.paced("get", partial(context.tem.get_email, email_id))
+        if email.status.is_final:
+            found[email_id] = email
+    return found

@@ -340,7 +340,7 @@ def _give_up(row: RecipientRow, now: datetime, after_s: float) -> FinalUpdate:
         final_at=now,
         reason=(
             f"still not final at TEM {span} after submission (tracking.give_up_after_s); "
-            "TEM may still deliver it: look its email_id up later"
+            "TEM may still deliver it: run `bulksend recheck` on the outcomes file later to look it up again"
         ),
     )
 

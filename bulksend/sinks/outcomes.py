@@ -24,6 +24,7 @@ from bulksend.private import make_private_dirs
 from bulksend.store.base import (
     CANCELED_BEFORE_SENDING,
     OUTCOME_FACT_FIELDS,
+    FinalUpdate,
     OutcomeValuesSource,
     RecipientRow,
     Store,
@@ -38,6 +39,7 @@ __all__ = [
     "outcome_lines",
     "outcome_of",
     "read_outcomes",
+    "resolved_line",
     "write_file_atomically",
     "write_outcomes",
 ]
@@ -127,6 +129,21 @@ def outcome_from_values(values: Sequence[Any], *, unfinished: str = _UNFINISHED)
         "final_at": final_at,
         "attempts": attempts,
         "reason": reason or None,
+    }
+
+
+def resolved_line(line: Mapping[str, Any], update: FinalUpdate) -> dict[str, Any]:
+    """An ``unknown`` outcome line with the final facts TEM gave later (``bulksend recheck``)."""
+    return {
+        **line,
+        "status": update.status,
+        "flags": list(update.flags),
+        "status_details": update.status_details or None,
+        "smtp_code": update.smtp_code,
+        "smtp_message": update.smtp_message or None,
+        "try_count": update.try_count,
+        "final_at": _iso(update.final_at),
+        "reason": update.reason or None,
     }
 
 

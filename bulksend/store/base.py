@@ -342,6 +342,11 @@ class Store(Protocol):
         Never fenced (any worker may learn a final status); ends the lease of every row it finalises.
         """
 
+    async def resolve_unknown(self, updates: Sequence[FinalUpdate]) -> int:
+        """final with status ``unknown`` (tracking gave up) → final with TEM's status, learned later
+        (``bulksend recheck``); returns how many rows changed. Rows in any other state or status are
+        left as they are."""
+
     # -- leases (many workers) -----------------------------------------------------------------
     async def claim(
         self,

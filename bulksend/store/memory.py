@@ -277,6 +277,28 @@ class MemoryStore(StoreBase):
                 reason=u.reason,
             )
 
+    async def resolve_unknown(self, updates: Sequence[FinalUpdate]) -> int:
+        """final ``unknown`` → final with TEM's status; other rows are left as they are."""
+        await self._enter()
+        changed = 0
+        for u in updates:
+            row = self._rows.get(u.id)
+            if row is None or row.state is not RowState.FINAL or row.status != "unknown":
+                continue
+            self._rows[u.id] = replace(
+                row,
+                status=str(u.status),
+                flags=tuple(str(f) for f in u.flags),
+                status_details=u.status_details,
+                smtp_code=u.smtp_code,
+                smtp_message=u.smtp_message,
+                try_count=u.try_count,
+                final_at=utc_or_none(u.final_at),
+                reason=u.reason,
+            )
+            changed += 1
+        return changed
+
     # -- leases ------------------------------------------------------------------------------
     async def _claim(
         self, campaign_id: str, worker_id: str, limit: int, lease_s: float, states: list[str]

@@ -13,14 +13,14 @@ names, among them the pages of the keyset walks of :class:`~bulksend.store.core.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
 from typing import Any, Final
 
 from bulksend.errors import StoreError
-from bulksend.store.base import CampaignRecord, CampaignState, RecipientRow, RowState
+from bulksend.store.base import CampaignRecord, CampaignState, FinalUpdate, RecipientRow, RowState
 from bulksend.store.core import StoreBase
-from bulksend.store.rules import RowWrite
+from bulksend.store.rules import TO_FINAL, RowWrite, final_values
 
 __all__ = [
     "ALREADY_FINAL",
@@ -191,6 +191,21 @@ class SqlStore(StoreBase):
     async def _execute(self, sql: str, args: tuple[Any, ...]) -> int:
         """Run one writing statement in a transaction of its own; the number of rows it changed."""
         raise NotImplementedError
+
+    async def resolve_unknown(self, updates: Sequence[FinalUpdate]) -> int:
+        """final ``unknown`` → final with TEM's status; one statement per row (a recheck is rare)."""
+        m = self._mark
+        columns = TO_FINAL.columns
+        assigns = ", ".join(f"{c} = {m(i)}" for i, c in enumerate(columns, start=1))
+        n = len(columns)
+        sql = (
+            f"UPDATE {self._recipients} SET {assigns} WHERE id = {m(n + 1)} "
+            f"AND state = '{RowState.FINAL.value}' AND status = 'unknown'"
+        )
+        changed = 0
+        for u in updates:
+            changed += await self._execute(sql, (*final_values(u, self._timestamp), u.id))
+        return changed
 
     async def set_campaign_state(self, campaign_id: str, state: CampaignState) -> None:
         value = CampaignState(state).value
