@@ -17,6 +17,8 @@ from bulksend.pipeline.run import CampaignRun, RunResult
 from bulksend.pipeline.stats import RunStats
 from bulksend.sandbox import Sandbox, SandboxConfig
 from bulksend.secret import Secret
+from bulksend.sinks.outcomes import outcome_lines, write_outcomes
+from bulksend.store import open_store
 from bulksend.tem.config import TemSettings
 from bulksend.testing import campaign_run, campaign_toml
 
@@ -143,6 +145,16 @@ async def run_once(
         if on_start is not None:
             on_start(runner)
         return await runner.run()
+
+
+async def outcomes_from_store(campaign: Campaign, path: Path) -> None:
+    """Write ``campaign``'s outcomes from its store to ``path`` (.jsonl or .csv), as a run does."""
+    store = open_store(campaign.store_path)
+    await store.open()
+    try:
+        await write_outcomes(path, outcome_lines(store, campaign.id))
+    finally:
+        await store.close()
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +15,7 @@ from bulksend.pipeline.run import CampaignRun
 from bulksend.pipeline.stats import RunStats
 from bulksend.sandbox import Sandbox
 from bulksend.sinks.outcomes import OUTCOME_FIELDS
-from tests.conftest import CampaignWriter, read_jsonl, run_once
+from tests.conftest import CampaignWriter, outcomes_from_store, read_jsonl, run_once
 
 
 def people(n: int, prefix: str = "user") -> list[dict[str, Any]]:
@@ -235,8 +238,11 @@ async def test_tracking_is_cheap_on_10k(sandbox: Sandbox, write_campaign: Campai
     assert stats.calls("send") == 10_000
 
 
-async def test_stuck_email_ends_unknown(sandbox: Sandbox, write_campaign: CampaignWriter) -> None:
-    """An email still transient after give_up_after_s ends `unknown` with that reason."""
+async def test_stuck_email_ends_unknown(
+    sandbox: Sandbox, write_campaign: CampaignWriter, tmp_path: Path
+) -> None:
+    """An email still transient after give_up_after_s ends `unknown` with that reason, and with
+    an empty `final_at` in JSONL and CSV (it never became final)."""
     campaign = write_campaign(
         [{"email": "stuck1@example.com"}, {"email": "fine@example.com"}], give_up_after_s=0.3
     )
@@ -244,7 +250,13 @@ async def test_stuck_email_ends_unknown(sandbox: Sandbox, write_campaign: Campai
     assert result.complete
     lines = {line["email"]: line for line in read_jsonl(campaign.output.outcomes)}
     assert lines["fine@example.com"]["status"] == "sent"
+    assert lines["fine@example.com"]["final_at"]
     assert lines["stuck1@example.com"]["status"] == "unknown"
+    assert lines["stuck1@example.com"]["final_at"] is None
+    await outcomes_from_store(campaign, tmp_path / "outcomes.csv")
+    cells = {r["email"]: r for r in csv.DictReader(io.StringIO((tmp_path / "outcomes.csv").read_text()))}
+    assert cells["stuck1@example.com"]["final_at"] == ""
+    assert cells["fine@example.com"]["final_at"] != ""
     assert lines["stuck1@example.com"]["reason"] == (
         "still not final at TEM 0.3 s after submission (tracking.give_up_after_s); TEM may still "
         "deliver it: run `bulksend recheck` on the outcomes file later to look it up again"

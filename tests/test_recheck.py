@@ -14,9 +14,8 @@ import pytest
 from bulksend.campaign.load import Campaign
 from bulksend.cli.main import main
 from bulksend.sandbox import Sandbox, SandboxConfig
-from bulksend.sinks.outcomes import outcome_lines, write_outcomes
 from bulksend.store import open_store
-from tests.conftest import PROJECT, SECRET, CampaignWriter, read_jsonl, run_once
+from tests.conftest import PROJECT, SECRET, CampaignWriter, outcomes_from_store, read_jsonl, run_once
 from tests.test_cli import env_for
 
 
@@ -72,12 +71,7 @@ async def test_recheck_of_an_outcomes_file_records_what_tem_says_now(
     """An unknown email still not final stays unknown (exit 3, file untouched); once TEM has sent
     it, recheck rewrites its line as sent, with final_at, found by a list call (no read by id)."""
     path = tmp_path / f"outcomes{suffix}"
-    store = open_store(gave_up.store_path)
-    await store.open()
-    try:
-        await write_outcomes(path, outcome_lines(store, gave_up.id))
-    finally:
-        await store.close()
+    await outcomes_from_store(gave_up, path)
     before = path.read_bytes()
     assert await _main("recheck", str(path)) == 3
     assert "1 are not final at TEM yet: run `bulksend recheck" in capsys.readouterr().out

@@ -13,9 +13,7 @@ import pytest
 from bulksend.campaign.load import Campaign
 from bulksend.cli.main import main
 from bulksend.sandbox import Sandbox
-from bulksend.sinks.outcomes import outcome_lines, write_outcomes
-from bulksend.store import open_store
-from tests.conftest import CampaignWriter, run_once
+from tests.conftest import CampaignWriter, outcomes_from_store, run_once
 
 RECIPIENTS = [
     {"email": "ann@example.com", "name": "Ann", "first_name": "Ann"},
@@ -137,12 +135,7 @@ async def test_csv_outcomes_read_back_as_the_jsonl_ones(
     """The same outcomes written as CSV export as the same JSONL lines: numbers, nulls, flags and
     the values a spreadsheet would run as formulas come back exactly."""
     as_csv = tmp_path / "outcomes.csv"
-    store = open_store(finished.store_path)
-    await store.open()
-    try:
-        await write_outcomes(as_csv, outcome_lines(store, finished.id))
-    finally:
-        await store.close()
+    await outcomes_from_store(finished, as_csv)
     _, from_jsonl, _ = _report(capsys, str(finished.output.outcomes), "--format", "jsonl")
     _, from_csv, _ = _report(capsys, str(as_csv), "--format", "jsonl")
     assert _jsonl(from_csv) == _jsonl(from_jsonl)

@@ -241,8 +241,6 @@ def configure_recheck(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--settings", type=Path, metavar="FILE", help="account settings file (TOML)")
     add_api_options(parser)
-    g = parser.add_argument_group("output")
-    g.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
 
 
 def configure_status(parser: argparse.ArgumentParser) -> None:

@@ -69,7 +69,7 @@ class Recheck:
 
 
 def run(args: argparse.Namespace) -> int:
-    configure_logging("auto", args.log_level)
+    configure_logging("auto", "warning")
     err = Console(stderr=True, soft_wrap=True)
     target: Path = args.target
     try:

@@ -264,18 +264,7 @@ class MemoryStore(StoreBase):
             row = self._rows[u.id]
             if row.state is RowState.FINAL:
                 continue  # the tracker may learn the same final status twice
-            self._move(
-                row,
-                RowState.FINAL,
-                status=str(u.status),
-                flags=tuple(str(f) for f in u.flags),
-                status_details=u.status_details,
-                smtp_code=u.smtp_code,
-                smtp_message=u.smtp_message,
-                try_count=u.try_count,
-                final_at=utc_or_none(u.final_at),
-                reason=u.reason,
-            )
+            self._move(row, RowState.FINAL, **_final_facts(u))
 
     async def resolve_unknown(self, updates: Sequence[FinalUpdate]) -> int:
         """final ``unknown`` → final with TEM's status; other rows are left as they are."""
@@ -285,17 +274,7 @@ class MemoryStore(StoreBase):
             row = self._rows.get(u.id)
             if row is None or row.state is not RowState.FINAL or row.status != "unknown":
                 continue
-            self._rows[u.id] = replace(
-                row,
-                status=str(u.status),
-                flags=tuple(str(f) for f in u.flags),
-                status_details=u.status_details,
-                smtp_code=u.smtp_code,
-                smtp_message=u.smtp_message,
-                try_count=u.try_count,
-                final_at=utc_or_none(u.final_at),
-                reason=u.reason,
-            )
+            self._rows[u.id] = replace(row, **_final_facts(u))
             changed += 1
         return changed
 
@@ -425,3 +404,17 @@ class MemoryStore(StoreBase):
                 k = f"status:{row.status}"
                 out[k] = out.get(k, 0) + 1
         return out
+
+
+def _final_facts(u: FinalUpdate) -> dict[str, Any]:
+    """The row fields ``u`` sets (``mark_final``, ``resolve_unknown``)."""
+    return {
+        "status": str(u.status),
+        "flags": tuple(str(f) for f in u.flags),
+        "status_details": u.status_details,
+        "smtp_code": u.smtp_code,
+        "smtp_message": u.smtp_message,
+        "try_count": u.try_count,
+        "final_at": utc_or_none(u.final_at),
+        "reason": u.reason,
+    }
