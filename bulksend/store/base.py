@@ -33,6 +33,7 @@ from enum import StrEnum
 from typing import Any, Final, Protocol, runtime_checkable
 
 from bulksend.errors import LeaseLostError
+from bulksend.suppression import SuppressionStore
 
 __all__ = [
     "OUTCOME_FACT_FIELDS",
@@ -267,8 +268,11 @@ class FinalUpdate:
 
 
 @runtime_checkable
-class Store(Protocol):
-    """The outbox state machine. Implementations: memory (tests, ``--dry-run``), SQLite, PostgreSQL."""
+class Store(SuppressionStore, Protocol):
+    """The outbox state machine. Implementations: memory (tests, ``--dry-run``), SQLite, PostgreSQL.
+
+    Every store also keeps the suppression list (:class:`~bulksend.suppression.SuppressionStore`).
+    """
 
     async def open(self) -> None:
         """Create or migrate the schema; idempotent."""

@@ -12,8 +12,8 @@ into a campaign it is.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import datetime
-from typing import Any, Final, TypeVar
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from bulksend.errors import StoreError
 from bulksend.lifecycle import OpenClose
@@ -28,11 +28,24 @@ from bulksend.store.rules import (
     RowWrite,
     check_lease_args,
 )
+from bulksend.suppression import (
+    SuppressionEntry,
+    SuppressionReason,
+    SuppressionSource,
+    merged,
+    normalize_suppressed,
+    strongest,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
 
 __all__ = ["FIRST_INPUT_ROW", "StoreBase", "keyset_pages"]
 
 _T = TypeVar("_T")
 _K = TypeVar("_K")
+
+_LONG_AGO: Final = datetime.min.replace(tzinfo=UTC)
 
 FIRST_INPUT_ROW: Final = -(2**63)
 """Below every input row (line numbers, >= 1 in practice, stored as 64-bit integers)."""
@@ -99,6 +112,24 @@ class StoreBase(OpenClose):
 
     async def _outcomes_page(self, campaign_id: str, after_row: int, batch_size: int) -> list[RecipientRow]:
         """Up to ``batch_size`` rows after input row ``after_row``, in input row order."""
+        raise NotImplementedError
+
+    async def _suppress(self, project_id: str, entries: list[SuppressionEntry]) -> None:
+        """``suppress`` with a checked project and at least one entry, one per key."""
+        raise NotImplementedError
+
+    async def _unsuppress(self, project_id: str, addresses: list[str], source: str | None) -> int:
+        """``unsuppress`` with a checked project and normalised addresses (sorted, no repeats)."""
+        raise NotImplementedError
+
+    async def _active_suppressions(self, project_id: str, addresses: list[str]) -> list[SuppressionEntry]:
+        """Every active entry of these normalised addresses (sorted, no repeats, not empty)."""
+        raise NotImplementedError
+
+    async def _suppression_page(
+        self, project_id: str, after: tuple[str, str], limit: int, active_only: bool
+    ) -> list[SuppressionEntry]:
+        """``list_suppressed`` with checked arguments and ``limit`` > 0."""
         raise NotImplementedError
 
     def _outward(self, row: RecipientRow) -> RecipientRow:
@@ -185,6 +216,62 @@ class StoreBase(OpenClose):
         check_lease_args(worker_id, ttl_s, "ttl_s")
         return await self._acquire_role(campaign_id, role, worker_id, ttl_s)
 
+    # -- suppression list (bulksend.suppression.SuppressionStore) -----------------------------
+    async def suppress(self, project_id: str, entries: Sequence[SuppressionEntry]) -> None:
+        """Add entries in one commit; one already listed merges (``bulksend.suppression.merged``)."""
+        _check_project(project_id)
+        # Two entries with one key in a call merge, as two calls in a row would.
+        unique: dict[tuple[str, str], SuppressionEntry] = {}
+        for entry in entries:
+            unique[entry.key] = merged(unique.get(entry.key), entry, _LONG_AGO)
+        if not unique:
+            await self._idle()
+            return
+        await self._suppress(project_id, list(unique.values()))
+
+    async def unsuppress(
+        self, project_id: str, addresses: Sequence[str], source: SuppressionSource | None = None
+    ) -> int:
+        """Remove the entries of these addresses (only ``source``'s if given); how many were removed."""
+        _check_project(project_id)
+        wanted = sorted({normalize_suppressed(a) for a in addresses})
+        if not wanted:
+            await self._idle()
+            return 0
+        return await self._unsuppress(
+            project_id, wanted, None if source is None else SuppressionSource(source).value
+        )
+
+    async def suppressed(
+        self, project_id: str, addresses: Sequence[str], *, ignore: Collection[SuppressionReason] = ()
+    ) -> dict[str, SuppressionEntry]:
+        """The active entry that speaks for each suppressed address, by normalised address."""
+        _check_project(project_id)
+        wanted = sorted({normalize_suppressed(a) for a in addresses})
+        if not wanted:
+            await self._idle()
+            return {}
+        by_address: dict[str, list[SuppressionEntry]] = {}
+        for entry in await self._active_suppressions(project_id, wanted):
+            if entry.reason not in ignore:
+                by_address.setdefault(entry.address, []).append(entry)
+        return {address: strongest(found) for address, found in by_address.items()}
+
+    async def list_suppressed(
+        self,
+        project_id: str,
+        after: tuple[str, str] | None = None,
+        limit: int = 1000,
+        *,
+        active_only: bool = False,
+    ) -> list[SuppressionEntry]:
+        """Up to ``limit`` entries in (address, reason) order after the key ``after``."""
+        _check_project(project_id)
+        if limit <= 0:
+            await self._idle()
+            return []
+        return await self._suppression_page(project_id, after or ("", ""), limit, active_only)
+
     # -- reads -------------------------------------------------------------------------------
     async def iter_rows(
         self,
@@ -213,6 +300,11 @@ class StoreBase(OpenClose):
         async for rows in keyset_pages(page, FIRST_INPUT_ROW, batch_size, _input_row):
             for row in rows:
                 yield self._outward(row)
+
+
+def _check_project(project_id: str) -> None:
+    if not project_id:
+        raise StoreError("project_id must not be empty")
 
 
 def _row_id(row: RecipientRow) -> int:

@@ -50,6 +50,7 @@ from bulksend.store.rules import (
     utc,
     utc_or_none,
 )
+from bulksend.suppression import SuppressionEntry, merged
 
 if TYPE_CHECKING:
     from bulksend.store.base import FinalUpdate, NewRecipient
@@ -87,6 +88,8 @@ class MemoryStore(StoreBase):
         self._by_email_id: dict[str, int] = {}
         self._roles: dict[tuple[str, str], _Role] = {}
         self._next_id = 1
+        # project → address → reason → entry (entries are frozen: handed out as they are).
+        self._suppressions: dict[str, dict[str, dict[str, SuppressionEntry]]] = {}
 
     async def open(self) -> None:
         """Make the store usable; data from before a ``close()`` is still there."""
@@ -392,6 +395,52 @@ class MemoryStore(StoreBase):
 
     # Pages hold the stored records; each is copied (payload decoded) only as it is yielded.
     _outward = _public
+
+    # -- suppression list --------------------------------------------------------------------
+    async def _suppress(self, project_id: str, entries: list[SuppressionEntry]) -> None:
+        await self._enter()
+        now = self._now()
+        listed = self._suppressions.setdefault(project_id, {})
+        for entry in entries:
+            reasons = listed.setdefault(entry.address, {})
+            reasons[entry.reason.value] = merged(reasons.get(entry.reason.value), entry, now)
+
+    async def _unsuppress(self, project_id: str, addresses: list[str], source: str | None) -> int:
+        await self._enter()
+        listed = self._suppressions.get(project_id, {})
+        removed = 0
+        for address in addresses:
+            reasons = listed.get(address, {})
+            for reason, entry in list(reasons.items()):
+                if source is None or entry.source.value == source:
+                    del reasons[reason]
+                    removed += 1
+            if not reasons:
+                listed.pop(address, None)
+        return removed
+
+    async def _active_suppressions(self, project_id: str, addresses: list[str]) -> list[SuppressionEntry]:
+        await self._enter()
+        now = self._now()
+        listed = self._suppressions.get(project_id, {})
+        return [e for a in addresses for e in listed.get(a, {}).values() if e.active(now)]
+
+    async def _suppression_page(
+        self, project_id: str, after: tuple[str, str], limit: int, active_only: bool
+    ) -> list[SuppressionEntry]:
+        await self._enter()
+        now = self._now()
+        listed = self._suppressions.get(project_id, {})
+        # Sorted per page: the memory store holds small lists (tests, dry runs).
+        page: list[SuppressionEntry] = []
+        for address in sorted(a for a in listed if a >= after[0]):
+            for reason in sorted(listed[address]):
+                entry = listed[address][reason]
+                if (address, reason) > after and (entry.active(now) or not active_only):
+                    page.append(entry)
+                    if len(page) == limit:
+                        return page
+        return page
 
     async def counts(self, campaign_id: str) -> dict[str, int]:
         """Number of rows by state, and of final rows by status as ``status:<s>`` (zeros omitted)."""
