@@ -37,6 +37,7 @@ from bulksend.store import (
     open_store,
 )
 from bulksend.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
+from bulksend.suppression import SuppressionEntry, SuppressionReason, SuppressionSource, iter_suppressed
 from bulksend.testing import FakeClock
 from tests.stores import POSTGRES_DSN, hard_bounce, scratch_schema
 
@@ -1090,6 +1091,161 @@ async def test_role_refuses_bad_arguments(store: Store) -> None:
         await store.acquire_role(CAMPAIGN, "admit", worker_id="", ttl_s=10)
     with pytest.raises(StoreError):
         await store.acquire_role(CAMPAIGN, "admit", worker_id="w1", ttl_s=0)
+
+
+# -- suppression list ------------------------------------------------------------------------
+PROJECT = "11111111-2222-4333-8444-555555555555"
+DAY = timedelta(days=1)
+
+
+def entry(
+    address: str,
+    reason: SuppressionReason = SuppressionReason.HARD_BOUNCE,
+    *,
+    source: SuppressionSource = SuppressionSource.AUTO,
+    since: datetime = NOW,
+    until: datetime | None = None,
+    origin: str = "spring-sale",
+) -> SuppressionEntry:
+    return SuppressionEntry(address, reason, source, since, until, origin)
+
+
+async def test_suppressed_finds_entries_by_normalised_address(store: Store) -> None:
+    """An entry is found whatever the case and spaces of the address asked; other addresses and
+    other projects see nothing."""
+    await store.suppress(PROJECT, [entry(" Gone@Example.COM ")])
+    found = await store.suppressed(PROJECT, ["gone@example.com", "GONE@example.com", "here@example.com"])
+    assert found == {"gone@example.com": entry("gone@example.com")}
+    assert found["gone@example.com"].describe() == "suppressed: hard_bounce since 2026-03-04 (spring-sale)"
+    assert await store.suppressed("another-project", ["gone@example.com"]) == {}
+    assert await store.suppressed(PROJECT, []) == {}
+
+
+async def test_suppressed_leaves_out_expired_entries(store: Store, clock: FakeClock) -> None:
+    """Only entries without an end, or ending after now (the store's clock), are active."""
+    now = clock.utcnow()
+    await store.suppress(
+        PROJECT,
+        [
+            entry("past@example.com", SuppressionReason.MAILBOX_FULL, until=now - DAY),
+            entry("soon@example.com", SuppressionReason.MAILBOX_FULL, until=now + DAY),
+            entry("ever@example.com"),
+        ],
+    )
+    wanted = ["past@example.com", "soon@example.com", "ever@example.com"]
+    assert sorted(await store.suppressed(PROJECT, wanted)) == ["ever@example.com", "soon@example.com"]
+    clock.advance(2 * DAY.total_seconds())
+    assert sorted(await store.suppressed(PROJECT, wanted)) == ["ever@example.com"]
+
+
+async def test_suppress_merges_an_entry_already_listed(store: Store, clock: FakeClock) -> None:
+    """A live entry keeps its earliest start and its latest end (no end beats any) and takes the
+    newer source and origin; an expired one is replaced outright."""
+    now = clock.utcnow()
+    await store.suppress(PROJECT, [entry("a@example.com", since=now - DAY, until=now + DAY)])
+    await store.suppress(
+        PROJECT,
+        [entry("a@example.com", source=SuppressionSource.TEM, since=now, until=now + 3 * DAY, origin="tem")],
+    )
+    [merged] = await store.list_suppressed(PROJECT)
+    assert (merged.since, merged.until, merged.source, merged.origin) == (
+        now - DAY,
+        now + 3 * DAY,
+        SuppressionSource.TEM,
+        "tem",
+    )
+    await store.suppress(PROJECT, [entry("a@example.com", since=now + DAY, until=None)])
+    [forever] = await store.list_suppressed(PROJECT)
+    assert (forever.since, forever.until) == (now - DAY, None)
+    await store.suppress(PROJECT, [entry("a@example.com", until=now + 9 * DAY)])
+    [still] = await store.list_suppressed(PROJECT)
+    assert still.until is None
+    await store.suppress(PROJECT, [entry("b@example.com", since=now - 9 * DAY, until=now - DAY)])
+    await store.suppress(PROJECT, [entry("b@example.com", since=now, until=now + DAY, origin="again")])
+    [_, renewed] = await store.list_suppressed(PROJECT)
+    assert (renewed.since, renewed.until, renewed.origin) == (now, now + DAY, "again")
+
+
+async def test_suppressed_gives_the_strongest_reason_not_ignored(store: Store) -> None:
+    """An address listed for several reasons is answered with the strongest one; reasons a
+    campaign ignores do not count."""
+    await store.suppress(
+        PROJECT,
+        [
+            entry("x@example.com", SuppressionReason.MAILBOX_FULL),
+            entry("x@example.com", SuppressionReason.UNSUBSCRIBE, source=SuppressionSource.UNSUBSCRIBE),
+            entry("y@example.com", SuppressionReason.MAILBOX_FULL),
+        ],
+    )
+    found = await store.suppressed(PROJECT, ["x@example.com", "y@example.com"])
+    assert {a: e.reason for a, e in found.items()} == {
+        "x@example.com": SuppressionReason.UNSUBSCRIBE,
+        "y@example.com": SuppressionReason.MAILBOX_FULL,
+    }
+    kept = await store.suppressed(
+        PROJECT, ["x@example.com", "y@example.com"], ignore={SuppressionReason.MAILBOX_FULL}
+    )
+    assert {a: e.reason for a, e in kept.items()} == {"x@example.com": SuppressionReason.UNSUBSCRIBE}
+
+
+async def test_unsuppress_removes_entries_of_one_source_or_all(store: Store) -> None:
+    """unsuppress removes an address's entries (only one source's when asked) and counts them."""
+    await store.suppress(
+        PROJECT,
+        [
+            entry("x@example.com"),
+            entry("x@example.com", SuppressionReason.MANUAL, source=SuppressionSource.MANUAL),
+            entry("y@example.com", SuppressionReason.MANUAL, source=SuppressionSource.MANUAL),
+        ],
+    )
+    assert await store.unsuppress(PROJECT, ["X@Example.com"], source=SuppressionSource.MANUAL) == 1
+    assert (await store.suppressed(PROJECT, ["x@example.com"]))["x@example.com"].reason == "hard_bounce"
+    assert await store.unsuppress(PROJECT, ["x@example.com", "y@example.com", "z@example.com"]) == 2
+    assert await store.list_suppressed(PROJECT) == []
+    assert await store.unsuppress(PROJECT, []) == 0
+
+
+async def test_list_suppressed_pages_in_key_order(store: Store, clock: FakeClock) -> None:
+    """Listing walks (address, reason) order a page at a time, with or without expired entries."""
+    now = clock.utcnow()
+    entries = [entry(f"u{n:02d}@example.com") for n in range(7)]
+    entries.append(entry("u03@example.com", SuppressionReason.SPAM))
+    entries.append(entry("u05@example.com", SuppressionReason.MAILBOX_FULL, until=now - DAY))
+    await store.suppress(PROJECT, list(reversed(entries)))
+    seen: list[tuple[str, str]] = []
+    after: tuple[str, str] | None = None
+    while page := await store.list_suppressed(PROJECT, after, 3):
+        seen += [e.key for e in page]
+        after = page[-1].key
+    assert seen == sorted(e.key for e in entries)
+    active = [e.key async for e in iter_suppressed(store, PROJECT, active_only=True, batch_size=2)]
+    assert active == sorted(e.key for e in entries if e.until is None)
+    assert await store.list_suppressed(PROJECT, limit=0) == []
+
+
+async def test_suppression_survives_a_restart_and_large_lookups(opener: Opener, store: Store) -> None:
+    """Entries are durable, and a lookup of more addresses than one statement holds finds them all."""
+    await store.suppress(PROJECT, [entry(f"r{n}@example.com") for n in range(0, 1300, 3)])
+    store = await opener.restart(store)
+    found = await store.suppressed(PROJECT, [f"r{n}@example.com" for n in range(1300)])
+    assert sorted(found) == sorted(f"r{n}@example.com" for n in range(0, 1300, 3))
+
+
+@pytest.mark.parametrize(
+    "address", ["no-at-sign", "", "a b@example.com", "ctl\x00@example.com", "x" * 250 + "@e.com"]
+)
+def test_suppression_entry_refuses_what_is_not_an_address(address: str) -> None:
+    """An entry needs an address: an '@', no spaces or control characters, at most 254 characters."""
+    with pytest.raises(StoreError):
+        entry(address)
+
+
+async def test_suppression_needs_a_project(store: Store) -> None:
+    """Every suppression call refuses an empty project id."""
+    with pytest.raises(StoreError):
+        await store.suppress("", [entry("a@example.com")])
+    with pytest.raises(StoreError):
+        await store.suppressed("", ["a@example.com"])
 
 
 # -- SQLite schema v2 --------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -69,6 +69,7 @@ from bulksend.store.sql import (
     SqlStore,
     postgres_update,
 )
+from bulksend.suppression import SuppressionEntry
 
 __all__ = [
     "MIGRATIONS",
@@ -273,6 +274,7 @@ class PostgresStore(SqlStore):
         self._recipients = f"{self._s}.recipients"
         self._campaigns = f"{self._s}.campaigns"
         self._roles = f"{self._s}.roles"
+        self._suppressions = f"{self._s}.suppressions"
         self._update_sql = {w: postgres_update(w, self._recipients) for w in ROW_WRITES}
 
     def __repr__(self) -> str:
@@ -415,6 +417,24 @@ class PostgresStore(SqlStore):
             return _rowcount(await conn.execute(sql, *args))
 
         return await self._transaction(tx)
+
+    def _wall_clock(self) -> datetime:
+        return self._now() or datetime.now(UTC)
+
+    _LEAST = "LEAST"
+    _GREATEST = "GREATEST"
+
+    async def _execute_many(self, sql: str, params: list[tuple[Any, ...]]) -> None:
+        async def tx(conn: Connection) -> None:
+            await conn.executemany(sql, params)
+
+        await self._transaction(tx)
+
+    async def _fetch_suppressions(self, sql: str, args: tuple[Any, ...]) -> list[SuppressionEntry]:
+        async def op(conn: Connection) -> list[SuppressionEntry]:
+            return [SuppressionEntry(*r) for r in await conn.fetch(sql, *args)]
+
+        return await self._read(op)
 
     async def _read(self, fn: Callable[[Connection], Awaitable[_T]]) -> _T:
         pool = self._require_pool()

@@ -15,18 +15,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from bulksend.errors import StoreError
 from bulksend.store.base import CampaignRecord, CampaignState, FinalUpdate, RecipientRow, RowState
 from bulksend.store.core import StoreBase
 from bulksend.store.rules import TO_FINAL, RowWrite, final_values
+from bulksend.suppression import SuppressionEntry
 
 __all__ = [
     "ALREADY_FINAL",
     "CAMPAIGN_COLUMNS",
     "ROW_COLUMNS",
     "ROW_COLUMN_LIST",
+    "SUPPRESSION_COLUMN_LIST",
     "SqlStore",
     "postgres_update",
     "sqlite_update",
@@ -72,6 +75,11 @@ if [f.name for f in fields(RecipientRow)] != [
     raise ImportError("store.sql: ROW_COLUMNS is out of step with the fields of RecipientRow")
 ROW_COLUMN_LIST: Final = ", ".join(ROW_COLUMNS)
 CAMPAIGN_COLUMNS: Final = "id, created_at, state, spec, admitted_all"
+SUPPRESSION_COLUMN_LIST: Final = "address, reason, source, since, until, origin"
+"""The columns of a ``SuppressionEntry``, in the order of its fields."""
+_LONG_AGO: Final = datetime(1, 1, 1, tzinfo=UTC)
+_IN_CHUNK: Final = 500
+"""Addresses per ``IN (…)`` list: one statement for a whole admission batch."""
 
 # The PostgreSQL type of every column a RowWrite sets (its values travel as arrays of it).
 # ``jsonb`` values travel as text and are cast in the statement.
@@ -165,6 +173,10 @@ class SqlStore(StoreBase):
     """The outbox table's name as SQL (schema-qualified where there is a schema)."""
     _campaigns: str
     _roles: str
+    _suppressions: str
+    _LEAST: str = "min"
+    """The dialect's two-argument minimum (and ``_GREATEST`` its maximum)."""
+    _GREATEST: str = "max"
     _OUTCOME_COLUMNS: str = ROW_COLUMN_LIST
     """The columns ``iter_outcomes`` reads (a store may leave the payload out)."""
 
@@ -206,6 +218,14 @@ class SqlStore(StoreBase):
         for u in updates:
             changed += await self._execute(sql, (*final_values(u, self._timestamp), u.id))
         return changed
+
+    async def _execute_many(self, sql: str, params: list[tuple[Any, ...]]) -> None:
+        """Run one writing statement once per parameter tuple, all in one transaction."""
+        raise NotImplementedError
+
+    async def _fetch_suppressions(self, sql: str, args: tuple[Any, ...]) -> list[SuppressionEntry]:
+        """The entries a query of ``SUPPRESSION_COLUMN_LIST`` finds."""
+        raise NotImplementedError
 
     async def set_campaign_state(self, campaign_id: str, state: CampaignState) -> None:
         value = CampaignState(state).value
@@ -290,3 +310,85 @@ class SqlStore(StoreBase):
             f"SELECT {columns} FROM {self._recipients} WHERE campaign_id = {m(1)} AND input_row > {m(2)} "
             f"ORDER BY input_row LIMIT {m(3)}"
         )
+
+    # -- suppression list --------------------------------------------------------------------
+    # Expiry is judged by this machine's clock (or the injected one): an entry's dates are days
+    # apart from anything a few seconds of clock skew could change.
+    def _wall_clock(self) -> datetime:
+        """Now, for suppression expiry (a store with an injected clock uses it)."""
+        return datetime.now(UTC)
+
+    def _wall_now(self) -> Any:
+        return self._timestamp(self._wall_clock())
+
+    async def _suppress(self, project_id: str, entries: list[SuppressionEntry]) -> None:
+        m, least, greatest = self._mark, self._LEAST, self._GREATEST
+        # An expired entry is replaced; a live one keeps its earliest start and latest end (none
+        # beats any), and takes the new source and origin (bulksend.suppression.merged).
+        expired = f"(s.until IS NOT NULL AND s.until <= {m(8)})"
+        sql = (
+            f"INSERT INTO {self._suppressions} AS s (project_id, {SUPPRESSION_COLUMN_LIST}) "
+            f"VALUES ({', '.join(m(i) for i in range(1, 8))}) "
+            "ON CONFLICT (project_id, address, reason) DO UPDATE SET "
+            f"since = CASE WHEN {expired} THEN excluded.since ELSE {least}(s.since, excluded.since) END, "
+            f"until = CASE WHEN {expired} THEN excluded.until "
+            "WHEN s.until IS NULL OR excluded.until IS NULL THEN NULL "
+            f"ELSE {greatest}(s.until, excluded.until) END, "
+            "source = excluded.source, origin = excluded.origin"
+        )
+        now, ts = self._wall_now(), self._timestamp
+        params = [
+            (
+                project_id,
+                e.address,
+                e.reason.value,
+                e.source.value,
+                ts(e.since),
+                None if e.until is None else ts(e.until),
+                e.origin,
+                now,
+            )
+            for e in entries
+        ]
+        await self._execute_many(sql, params)
+
+    def _address_in(self, first: int, n: int) -> str:
+        return f"address IN ({', '.join(self._mark(i) for i in range(first, first + n))})"
+
+    async def _unsuppress(self, project_id: str, addresses: list[str], source: str | None) -> int:
+        m = self._mark
+        removed = 0
+        for start in range(0, len(addresses), _IN_CHUNK):
+            chunk = addresses[start : start + _IN_CHUNK]
+            sql = (
+                f"DELETE FROM {self._suppressions} WHERE project_id = {m(1)} "
+                f"AND ({m(2)} = '' OR source = {m(2)}) AND {self._address_in(3, len(chunk))}"
+            )
+            removed += await self._execute(sql, (project_id, source or "", *chunk))
+        return removed
+
+    async def _active_suppressions(self, project_id: str, addresses: list[str]) -> list[SuppressionEntry]:
+        m = self._mark
+        now = self._wall_now()
+        found: list[SuppressionEntry] = []
+        for start in range(0, len(addresses), _IN_CHUNK):
+            chunk = addresses[start : start + _IN_CHUNK]
+            sql = (
+                f"SELECT {SUPPRESSION_COLUMN_LIST} FROM {self._suppressions} WHERE project_id = {m(1)} "
+                f"AND {self._address_in(3, len(chunk))} AND (until IS NULL OR until > {m(2)})"
+            )
+            found += await self._fetch_suppressions(sql, (project_id, now, *chunk))
+        return found
+
+    async def _suppression_page(
+        self, project_id: str, after: tuple[str, str], limit: int, active_only: bool
+    ) -> list[SuppressionEntry]:
+        m = self._mark
+        # Without active_only, the end is compared with the smallest time there is: always later.
+        sql = (
+            f"SELECT {SUPPRESSION_COLUMN_LIST} FROM {self._suppressions} WHERE project_id = {m(1)} "
+            f"AND (address, reason) > ({m(2)}, {m(3)}) AND (until IS NULL OR until > {m(5)}) "
+            f"ORDER BY address, reason LIMIT {m(4)}"
+        )
+        since = self._wall_now() if active_only else self._timestamp(_LONG_AGO)
+        return await self._fetch_suppressions(sql, (project_id, *after, limit, since))

@@ -80,6 +80,7 @@ from bulksend.store.sql import (
     SqlStore,
     sqlite_update,
 )
+from bulksend.suppression import SuppressionEntry
 
 if TYPE_CHECKING:
     from bulksend.store.base import FinalUpdate, NewRecipient
@@ -178,6 +179,12 @@ def _row_from_db(r: tuple[Any, ...]) -> RecipientRow:
         r[24],
         _dt_parse(r[25]),
     )
+
+
+def _suppression_from_db(r: tuple[Any, ...]) -> SuppressionEntry:
+    since = _dt_parse(r[3])
+    assert since is not None  # NOT NULL column
+    return SuppressionEntry(r[0], r[1], r[2], since, _dt_parse(r[4]), r[5])
 
 
 def _send_record(campaign_id: str, entry: JournalEntry) -> SendRecord:
@@ -780,6 +787,7 @@ class SqliteStore(SqlStore):
     _recipients = "recipients"
     _campaigns = "campaigns"
     _roles = "roles"
+    _suppressions = "suppressions"
     _OUTCOME_COLUMNS = _OUTCOME_COLUMNS
 
     @staticmethod
@@ -798,6 +806,15 @@ class SqliteStore(SqlStore):
     async def _execute(self, sql: str, args: tuple[Any, ...]) -> int:
         # One statement: when it fails, nothing of it was written (no savepoint needed).
         return await self._write(lambda conn: conn.execute(sql, args).rowcount, single_write=True)
+
+    def _wall_clock(self) -> datetime:
+        return utc(self._clock())
+
+    async def _execute_many(self, sql: str, params: list[tuple[Any, ...]]) -> None:
+        await self._write(lambda conn: conn.executemany(sql, params))
+
+    async def _fetch_suppressions(self, sql: str, args: tuple[Any, ...]) -> list[SuppressionEntry]:
+        return await self._read(lambda conn: [_suppression_from_db(r) for r in conn.execute(sql, args)])
 
     async def pragma(self, name: str) -> Any:
         """The value of ``PRAGMA <name>`` as the writer connection sees it (for checks and diagnostics)."""

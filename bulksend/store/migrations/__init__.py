@@ -23,6 +23,7 @@ __all__ = [
     "ROLE_COLUMNS",
     "SQLITE_TYPES",
     "STATE_IN",
+    "SUPPRESSION_COLUMNS",
     "column_names",
     "create_table",
     "outbox_columns",
@@ -107,6 +108,20 @@ ROLE_COLUMNS: Final = (
     "expires_at time NOT NULL",
     "PRIMARY KEY (campaign_id, role)",
 )
+
+
+SUPPRESSION_COLUMNS: Final = (
+    "project_id text NOT NULL",
+    "address text NOT NULL",
+    "reason text NOT NULL",
+    "source text NOT NULL",
+    "since time NOT NULL",
+    "until time",
+    "origin text NOT NULL DEFAULT ''",
+    # The key is the index of every lookup (a project's addresses) and of the listing order.
+    "PRIMARY KEY (project_id, address, reason)",
+)
+"""The suppression list (:mod:`bulksend.suppression`): one entry per project, address and reason."""
 
 
 def column_names(columns: Sequence[str]) -> list[str]:

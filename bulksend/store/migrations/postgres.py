@@ -1,7 +1,7 @@
 """The PostgreSQL store's schema migrations (see :mod:`bulksend.store.postgres`, "Schema").
 
 v1 is the outbox with its leases and campaign roles, v2 tunes the outbox's storage for its
-frequent updates, v3 adds the ``workers`` table.
+frequent updates, v3 adds the ``workers`` table, v4 the ``suppressions`` list.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from bulksend.store.migrations import (
     CAMPAIGN_COLUMNS,
     POSTGRES_TYPES,
     ROLE_COLUMNS,
+    SUPPRESSION_COLUMNS,
     create_table,
     outbox_columns,
     steps_to_apply,
@@ -68,6 +69,8 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             stats        jsonb NOT NULL DEFAULT '{{}}'
         )""",
     ),
+    # v4: the suppression list, per TEM project.
+    (create_table("suppressions", SUPPRESSION_COLUMNS, POSTGRES_TYPES, _S),),
 )
 SCHEMA_VERSION: Final[int] = len(MIGRATIONS)
 

@@ -2,7 +2,7 @@
 
 v1 is the outbox, v2 adds lease expiry and campaign roles, v3 rebuilds ``recipients`` with a
 cheaper ``state`` CHECK (one copy of every row, once), v4 adds ``store_meta`` with the database's
-random ``store_id``.
+random ``store_id``, v5 the ``suppressions`` list.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from bulksend.store.migrations import (
     CAMPAIGN_COLUMNS,
     ROLE_COLUMNS,
     SQLITE_TYPES,
+    SUPPRESSION_COLUMNS,
     column_names,
     create_table,
     outbox_columns,
@@ -73,6 +74,8 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         "INSERT INTO store_meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))))",
     ),
+    # v5: the suppression list, per TEM project.
+    (create_table("suppressions", SUPPRESSION_COLUMNS, SQLITE_TYPES),),
 )
 SCHEMA_VERSION: Final[int] = len(MIGRATIONS)
 
