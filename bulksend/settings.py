@@ -14,6 +14,7 @@ it). Each value comes from the command-line flag, else the environment, else the
 value                  environment                         settings file key
 =====================  ==================================  =======================
 store URL              ``BULKSEND_STORE_URL``              ``store_url``
+suppression list URL   ``BULKSEND_SUPPRESSION_URL``        ``suppression_url``
 Redis URL (limiter)    ``BULKSEND_REDIS_URL``              ``redis_url``
 limiter key prefix     ``BULKSEND_LIMITER_PREFIX``         ``limiter_prefix``
 account rate           ``BULKSEND_ACCOUNT_RATE_PER_S``     ``account_rate_per_s``
@@ -45,6 +46,7 @@ __all__ = [
     "AccountSettings",
     "AdminSettings",
     "Bound",
+    "GuardrailSettings",
     "LimiterTuning",
     "SendingSettings",
     "TrackingSettings",
@@ -58,6 +60,7 @@ __all__ = [
 DEFAULT_LIMITER_PREFIX: Final = "bulksend:rate"
 _KEYS: Final = {
     "store_url": "BULKSEND_STORE_URL",
+    "suppression_url": "BULKSEND_SUPPRESSION_URL",
     "redis_url": "BULKSEND_REDIS_URL",
     "limiter_prefix": "BULKSEND_LIMITER_PREFIX",
     "account_rate_per_s": "BULKSEND_ACCOUNT_RATE_PER_S",
@@ -171,6 +174,40 @@ class TrackingSettings(_Checked):
         return {key: getattr(self, key) for key in self.BOUNDS}
 
 
+@dataclass(frozen=True)
+class GuardrailSettings(_Checked):
+    """When a send pauses itself (``[guardrails]``, docs/deliverability.md): once the last
+    ``window`` final emails (at least ``min_emails`` of them) hold more than ``max_bad_rate`` hard
+    bounces and spam complaints. ``max_bad_rate = 1`` turns the guardrail off."""
+
+    SECTION: ClassVar[str] = "guardrails"
+    BOUNDS: ClassVar[Mapping[str, Bound]] = MappingProxyType(
+        {
+            "window": Bound(10, integer=True, maximum=100_000),
+            "min_emails": Bound(1, integer=True, maximum=100_000),
+            "max_bad_rate": Bound(0, exclusive=True, maximum=1),
+        }
+    )
+
+    window: int = 200
+    min_emails: int = 50
+    max_bad_rate: float = 0.05
+    """Under TEM's own alert line of 7 % rejected within 24 hours."""
+
+    def __post_init__(self) -> None:
+        _Checked.__post_init__(self)
+        if self.min_emails > self.window:
+            raise SettingError(
+                f"guardrails.min_emails must be at most guardrails.window ({self.window}), "
+                f"got {self.min_emails}",
+                key="min_emails",
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_bad_rate < 1
+
+
 class TuningOptions(TypedDict, total=False):
     """The tuning a limiter constructor takes as keywords besides its rate (see :class:`LimiterTuning`)."""
 
@@ -266,6 +303,9 @@ class AccountSettings:
 
     store_url: str | None = None
     """A SQLite path or ``postgresql://…``; None: the campaign's own SQLite file."""
+    suppression_url: str | None = None
+    """Where the suppression list lives; None: the store above if given, else the user's own
+    list (``bulksend.suppression.default_suppression_path``)."""
     redis_url: str | None = None
     """``redis://…`` for the rate limiter shared by every process of the account; None: in-process."""
     limiter_prefix: str = DEFAULT_LIMITER_PREFIX
@@ -291,7 +331,8 @@ class AccountSettings:
     def __repr__(self) -> str:
         # URLs may carry passwords: never in a repr.
         return (
-            f"AccountSettings(store_url={_masked(self.store_url)!r}, redis_url={_masked(self.redis_url)!r}, "
+            f"AccountSettings(store_url={_masked(self.store_url)!r}, "
+            f"suppression_url={_masked(self.suppression_url)!r}, redis_url={_masked(self.redis_url)!r}, "
             f"limiter_prefix={self.limiter_prefix!r}, account_rate_per_s={self.account_rate_per_s!r}, "
             f"source={self.source!r})"
         )
@@ -352,6 +393,7 @@ def load_account_settings(
         source = path
     flags: dict[str, Any] = {
         "store_url": store_url,
+        "suppression_url": None,
         "redis_url": redis_url,
         "limiter_prefix": limiter_prefix,
         "account_rate_per_s": account_rate_per_s,
@@ -367,6 +409,7 @@ def load_account_settings(
     rate = chosen.get("account_rate_per_s")
     return AccountSettings(
         store_url=_text(chosen.get("store_url")),
+        suppression_url=_text(chosen.get("suppression_url")),
         redis_url=_text(chosen.get("redis_url")),
         limiter_prefix=str(chosen.get("limiter_prefix") or DEFAULT_LIMITER_PREFIX),
         account_rate_per_s=None if rate is None else _rate(rate),
@@ -403,7 +446,7 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"settings file {str(path)!r}: unknown key(s) {', '.join(unknown)}; known: {', '.join(_KEYS)}"
         )
-    for key in ("store_url", "redis_url", "limiter_prefix"):
+    for key in ("store_url", "suppression_url", "redis_url", "limiter_prefix"):
         if key in data and not isinstance(data[key], str):
             raise ConfigError(f"settings file {str(path)!r}: {key} must be a string")
     rate = data.get("account_rate_per_s", 1)

@@ -1093,6 +1093,19 @@ async def test_role_refuses_bad_arguments(store: Store) -> None:
         await store.acquire_role(CAMPAIGN, "admit", worker_id="w1", ttl_s=0)
 
 
+async def test_campaign_state_keeps_its_reason(opener: Opener, store: Store) -> None:
+    """A state set with a reason keeps it across a restart; a state set without one clears it."""
+    await store.set_campaign_state(CAMPAIGN, CampaignState.PAUSED, reason="bounce storm")
+    store = await opener.restart(store)
+    paused = await store.get_campaign(CAMPAIGN)
+    assert paused is not None
+    assert (paused.state, paused.state_reason) == (CampaignState.PAUSED, "bounce storm")
+    await store.set_campaign_state(CAMPAIGN, CampaignState.RUNNING)
+    running = await store.get_campaign(CAMPAIGN)
+    assert running is not None
+    assert (running.state, running.state_reason) == (CampaignState.RUNNING, "")
+
+
 # -- suppression list ------------------------------------------------------------------------
 PROJECT = "11111111-2222-4333-8444-555555555555"
 DAY = timedelta(days=1)

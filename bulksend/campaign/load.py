@@ -54,8 +54,9 @@ from bulksend.campaign.validate import (
     check_name,
     check_subject,
 )
-from bulksend.errors import CampaignError
-from bulksend.settings import Bound
+from bulksend.errors import CampaignError, SettingError
+from bulksend.settings import Bound, GuardrailSettings
+from bulksend.suppression import NEVER_IGNORED, SuppressionReason
 from bulksend.tem.models import Address, Attachment, format_rfc3339, parse_rfc3339
 
 __all__ = [
@@ -186,6 +187,8 @@ _SCHEMA: Final[Mapping[str, frozenset[str]]] = {
     "output": frozenset({"outcomes"}),
     "store": frozenset({"path"}),
     "render": frozenset({"max_part_chars", "max_loop_iterations", "max_render_s"}),
+    "suppression": frozenset({"ignore"}),
+    "guardrails": frozenset({"window", "min_emails", "max_bad_rate"}),
 }
 _FROM_KEYS: Final = frozenset({"email", "name"})
 _ATTACHMENT_KEYS: Final = frozenset({"path", "name", "type"})
@@ -504,7 +507,9 @@ class _Builder:
             self.fail(f"{section_name}.{key} {problem}", section_name, key)
 
     def numbers(
-        self, section: Mapping[str, Any], settings: type[SendingSettings | TrackingSettings]
+        self,
+        section: Mapping[str, Any],
+        settings: type[SendingSettings | TrackingSettings | GuardrailSettings],
     ) -> dict[str, Any]:
         """The values of ``section`` checked against the settings' own bounds, here so that a
         wrong one is told with its file and line; keys left out take the settings' defaults."""
@@ -574,6 +579,8 @@ class _Builder:
         output = self.output(campaign_id)
         store_path = self.store(output)
         render = self.render()
+        suppression_ignore = self.suppression_ignore()
+        guardrails = self.guardrails()
 
         parts = (campaign_id, from_, subject, text, html, headers, attachments, recipients, send_before)
         fingerprint = _fingerprint(*parts)
@@ -597,6 +604,8 @@ class _Builder:
             fingerprint=fingerprint,
             legacy_fingerprint=legacy_fingerprint,
             render=render,
+            suppression_ignore=suppression_ignore,
+            guardrails=guardrails,
             attachments_root=self.files.root if self.files.confined else recipients.parent.resolve(),
         )
 
@@ -911,6 +920,39 @@ class _Builder:
 
     def tracking(self) -> TrackingSettings:
         return TrackingSettings(**self.numbers(self.table("tracking"), TrackingSettings))
+
+    def guardrails(self) -> GuardrailSettings:
+        try:
+            return GuardrailSettings(**self.numbers(self.table("guardrails"), GuardrailSettings))
+        except SettingError as exc:  # a rule between two keys, past each key's own bounds
+            self.fail(str(exc), "guardrails", exc.key)
+
+    def suppression_ignore(self) -> frozenset[SuppressionReason]:
+        """The reasons of ``[suppression] ignore``: suppressed addresses this campaign still sends to."""
+        value = self.table("suppression").get("ignore", [])
+        known = ", ".join(r.value for r in SuppressionReason if r not in NEVER_IGNORED)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.fail(
+                f'suppression.ignore must be a list of reasons, like ["mailbox_full"]; known: {known}',
+                "suppression",
+                "ignore",
+            )
+        reasons: set[SuppressionReason] = set()
+        for v in value:
+            if v not in SuppressionReason.__members__.values():
+                self.fail(
+                    f"suppression.ignore: {v!r} is not a reason; known: {known}", "suppression", "ignore"
+                )
+            reason = SuppressionReason(v)
+            if reason in NEVER_IGNORED:
+                self.fail(
+                    f"suppression.ignore cannot hold {v!r}: a person who unsubscribed is never sent to "
+                    "again by any campaign; remove it from the list",
+                    "suppression",
+                    "ignore",
+                )
+            reasons.add(reason)
+        return frozenset(reasons)
 
     def render(self) -> RenderLimits:
         # Ceilings as well as floors: campaigns also come through the admin API, and limits

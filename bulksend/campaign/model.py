@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Final
 
 from bulksend.campaign.templating import RenderLimits
-from bulksend.settings import SendingSettings, TrackingSettings
+from bulksend.settings import GuardrailSettings, SendingSettings, TrackingSettings
+from bulksend.suppression import SuppressionReason
 from bulksend.tem.models import Address, Attachment
 
 __all__ = [
@@ -74,6 +75,11 @@ class Campaign:
     def attachments_bytes(self) -> int:
         """Size of the campaign attachments once encoded (base64), as they count toward 2 MB."""
         return sum(len(a.content) for a in self.attachments)
+
+    suppression_ignore: frozenset[SuppressionReason] = frozenset()
+    """Suppression reasons this campaign sends to all the same (``[suppression] ignore``)."""
+    guardrails: GuardrailSettings = field(default_factory=GuardrailSettings)
+    """When the campaign pauses itself (``[guardrails]``)."""
 
     attachments_root: Path | None = None
     """The folder per-recipient attachments resolve against and must stay inside (symlinks

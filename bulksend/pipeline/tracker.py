@@ -11,7 +11,7 @@ an email still transient after ``give_up_after_s`` ends ``unknown``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -27,7 +27,12 @@ from bulksend.pipeline.stats import OutcomeHook
 from bulksend.store.base import FinalUpdate, RecipientRow, RowState
 from bulksend.tem.models import FINAL_STATUSES, Email, ListEmailsQuery, OrderBy, parse_rfc3339
 
-__all__ = ["Tracker", "TrackerSettings", "final_update"]
+__all__ = ["FinalsHook", "Tracker", "TrackerSettings", "final_update"]
+
+FinalsHook = Callable[[str, Sequence[tuple[FinalUpdate, str]]], Awaitable[None]]
+"""Called with (campaign id, [(final update, recipient address)]) once the updates are recorded,
+in the order TEM reported them; the address is empty when TEM's answer did not say it (a give-up).
+The suppression list and the guardrails learn bounces and complaints from it."""
 
 log = structlog.get_logger("bulksend.tracker")
 
@@ -107,11 +112,13 @@ class Tracker:
         mail_from: str,
         on_outcome: OutcomeHook | None = None,
         on_refused: Callable[[AccountRefusedError], object] | None = None,
+        on_finals: FinalsHook | None = None,
     ) -> None:
         self._ctx = context
         self._campaign_id = campaign_id
         self._on_outcome = on_outcome
         self._on_refused = on_refused
+        self._on_finals = on_finals
         self._settings = settings
         # Every poll lists the campaign's final emails, the last updated first.
         self._query = ListEmailsQuery(
@@ -221,6 +228,7 @@ class Tracker:
         if not fresh:
             return 0, []
         updates: list[FinalUpdate] = []
+        addresses: list[str] = []
         matched: list[str] = []
         unknown: list[Mapping[str, Any]] = []
         for raw in fresh:
@@ -229,19 +237,19 @@ class Tracker:
                 unknown.append(raw)
             else:
                 updates.append(final_update_raw(row_id, raw))
+                addresses.append(_recipient(raw))
                 matched.append(raw["id"])
         if unknown:
             # Emails submitted before this run (or beyond the in-memory cap): ask the store.
             ids = [str(raw["id"]) for raw in unknown]
             rows = await self._ctx.store.rows_by_email_id(self._campaign_id, ids)
             matched.extend(rows)
-            updates.extend(
-                final_update_raw(rows[raw["id"]].id, raw)
-                for raw in unknown
-                if raw["id"] in rows and rows[raw["id"]].state in (RowState.SUBMITTED, RowState.SENDING)
-            )
+            for raw in unknown:
+                if raw["id"] in rows and rows[raw["id"]].state in (RowState.SUBMITTED, RowState.SENDING):
+                    updates.append(final_update_raw(rows[raw["id"]].id, raw))
+                    addresses.append(_recipient(raw))
         if updates:
-            await self._finalize(updates)
+            await self._finalize(updates, addresses)
         return len(updates), matched
 
     async def _record_matched(self, emails: Sequence[Email]) -> tuple[int, list[str]]:
@@ -252,14 +260,14 @@ class Tracker:
         for e in finals:
             self._expected.pop(e.id, None)  # recorded here: the lists must not record it again
         rows = await self._ctx.store.rows_by_email_id(self._campaign_id, [e.id for e in finals])
-        updates = [
-            final_update(rows[e.id].id, e)
-            for e in finals
-            if e.id in rows and rows[e.id].state in (RowState.SUBMITTED, RowState.SENDING)
+        known = [
+            e for e in finals if e.id in rows and rows[e.id].state in (RowState.SUBMITTED, RowState.SENDING)
         ]
-        if updates:
-            await self._finalize(updates)
-        return len(updates), list(rows)
+        if known:
+            await self._finalize(
+                [final_update(rows[e.id].id, e) for e in known], [e.mail_rcpt for e in known]
+            )
+        return len(known), list(rows)
 
     def expect(self, email_id: str, row_id: int) -> None:
         """Note that ``email_id`` belongs to ``row_id`` (just submitted), saving a store lookup later.
@@ -272,11 +280,16 @@ class Tracker:
     async def record_known(self, email: Email, row_id: int) -> None:
         """Record a final email learned elsewhere (reconciliation) for ``row_id``."""
         if email.status.is_final:
-            await self._finalize([final_update(row_id, email)])
+            await self._finalize([final_update(row_id, email)], [email.mail_rcpt])
 
-    async def _finalize(self, updates: Sequence[FinalUpdate]) -> None:
+    async def _finalize(self, updates: Sequence[FinalUpdate], addresses: Sequence[str] = ()) -> None:
+        """Record final updates; ``addresses`` are their recipients, in the same order (if known)."""
         with anyio.CancelScope(shield=True):
             await self._ctx.store.mark_final(updates)
+            if self._on_finals is not None:
+                # Shielded too: a bounce learned is a suppression owed, whatever stops the run.
+                known = list(addresses) or [""] * len(updates)
+                await self._on_finals(self._campaign_id, list(zip(updates, known, strict=True)))
         self._count(updates)
         if self._on_outcome is not None:
             await self._on_outcome(self._campaign_id, [(u.id, u.status) for u in updates])
@@ -343,6 +356,10 @@ def _give_up(row: RecipientRow, now: datetime, after_s: float) -> FinalUpdate:
             "TEM may still deliver it: run `bulksend recheck` on the outcomes file later to look it up again"
         ),
     )
+
+
+def _recipient(raw: Mapping[str, Any]) -> str:
+    return str(raw.get("mail_rcpt") or raw.get("rcpt_to") or "")
 
 
 def _updated_at(raw: Mapping[str, Any]) -> datetime | None:

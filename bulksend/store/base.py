@@ -103,6 +103,9 @@ class CampaignRecord:
     """Free-form JSON-able description (the campaign file path, its fingerprint, settings…)."""
     admitted_all: bool = False
     """True once the whole recipient source was admitted (resume need not re-read it)."""
+    state_reason: str = ""
+    """Why the campaign is in its state, when something other than a person put it there (a
+    guardrail pausing it, say); empty otherwise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +291,8 @@ class Store(SuppressionStore, Protocol):
 
     async def list_campaigns(self) -> list[CampaignRecord]: ...
 
-    async def set_campaign_state(self, campaign_id: str, state: CampaignState) -> None: ...
+    async def set_campaign_state(self, campaign_id: str, state: CampaignState, *, reason: str = "") -> None:
+        """Set the campaign's state and its ``state_reason`` (cleared when ``reason`` is empty)."""
 
     async def mark_admitted_all(self, campaign_id: str) -> None:
         """Record that every row of the source is admitted."""

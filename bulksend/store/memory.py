@@ -175,10 +175,10 @@ class MemoryStore(StoreBase):
         recs = sorted(self._campaigns.values(), key=lambda c: (c.created_at, c.id))
         return [self._public_campaign(c) for c in recs]
 
-    async def set_campaign_state(self, campaign_id: str, state: CampaignState) -> None:
+    async def set_campaign_state(self, campaign_id: str, state: CampaignState, *, reason: str = "") -> None:
         await self._enter()
         rec = self._campaign(campaign_id)
-        self._campaigns[campaign_id] = replace(rec, state=CampaignState(state))
+        self._campaigns[campaign_id] = replace(rec, state=CampaignState(state), state_reason=reason)
 
     async def mark_admitted_all(self, campaign_id: str) -> None:
         """Record that every row of the source is admitted."""

@@ -167,6 +167,7 @@ def _campaign(r: asyncpg.Record) -> CampaignRecord:
         state=CampaignState(r["state"]),
         spec=orjson.loads(r["spec"]),
         admitted_all=r["admitted_all"],
+        state_reason=r["state_reason"],
     )
 
 

@@ -74,7 +74,7 @@ if [f.name for f in fields(RecipientRow)] != [
 ]:
     raise ImportError("store.sql: ROW_COLUMNS is out of step with the fields of RecipientRow")
 ROW_COLUMN_LIST: Final = ", ".join(ROW_COLUMNS)
-CAMPAIGN_COLUMNS: Final = "id, created_at, state, spec, admitted_all"
+CAMPAIGN_COLUMNS: Final = "id, created_at, state, spec, admitted_all, state_reason"
 SUPPRESSION_COLUMN_LIST: Final = "address, reason, source, since, until, origin"
 """The columns of a ``SuppressionEntry``, in the order of its fields."""
 _LONG_AGO: Final = datetime(1, 1, 1, tzinfo=UTC)
@@ -227,9 +227,10 @@ class SqlStore(StoreBase):
         """The entries a query of ``SUPPRESSION_COLUMN_LIST`` finds."""
         raise NotImplementedError
 
-    async def set_campaign_state(self, campaign_id: str, state: CampaignState) -> None:
+    async def set_campaign_state(self, campaign_id: str, state: CampaignState, *, reason: str = "") -> None:
         value = CampaignState(state).value
-        await self._update_campaign(f"state = {self._mark(1)}", (value,), campaign_id)
+        m = self._mark
+        await self._update_campaign(f"state = {m(1)}, state_reason = {m(2)}", (value, reason), campaign_id)
 
     async def mark_admitted_all(self, campaign_id: str) -> None:
         """Record that every row of the source is admitted."""

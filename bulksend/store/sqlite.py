@@ -228,6 +228,7 @@ def _campaign_from_db(r: tuple[Any, ...]) -> CampaignRecord:
         state=CampaignState(r[2]),
         spec=orjson.loads(r[3]),
         admitted_all=bool(r[4]),
+        state_reason=r[5],
     )
 
 

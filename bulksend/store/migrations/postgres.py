@@ -1,7 +1,8 @@
 """The PostgreSQL store's schema migrations (see :mod:`bulksend.store.postgres`, "Schema").
 
 v1 is the outbox with its leases and campaign roles, v2 tunes the outbox's storage for its
-frequent updates, v3 adds the ``workers`` table, v4 the ``suppressions`` list.
+frequent updates, v3 adds the ``workers`` table, v4 the ``suppressions`` list and
+the campaigns' ``state_reason``.
 """
 
 from __future__ import annotations
@@ -69,8 +70,11 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             stats        jsonb NOT NULL DEFAULT '{{}}'
         )""",
     ),
-    # v4: the suppression list, per TEM project.
-    (create_table("suppressions", SUPPRESSION_COLUMNS, POSTGRES_TYPES, _S),),
+    # v4: the suppression list, per TEM project; why a campaign is in its state (a guardrail).
+    (
+        create_table("suppressions", SUPPRESSION_COLUMNS, POSTGRES_TYPES, _S),
+        "ALTER TABLE {s}.campaigns ADD COLUMN state_reason text NOT NULL DEFAULT ''",
+    ),
 )
 SCHEMA_VERSION: Final[int] = len(MIGRATIONS)
 

@@ -2,7 +2,7 @@
 
 v1 is the outbox, v2 adds lease expiry and campaign roles, v3 rebuilds ``recipients`` with a
 cheaper ``state`` CHECK (one copy of every row, once), v4 adds ``store_meta`` with the database's
-random ``store_id``, v5 the ``suppressions`` list.
+random ``store_id``, v5 the ``suppressions`` list and the campaigns' ``state_reason``.
 """
 
 from __future__ import annotations
@@ -74,8 +74,11 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         "INSERT INTO store_meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))))",
     ),
-    # v5: the suppression list, per TEM project.
-    (create_table("suppressions", SUPPRESSION_COLUMNS, SQLITE_TYPES),),
+    # v5: the suppression list, per TEM project; why a campaign is in its state (a guardrail).
+    (
+        create_table("suppressions", SUPPRESSION_COLUMNS, SQLITE_TYPES),
+        "ALTER TABLE campaigns ADD COLUMN state_reason TEXT NOT NULL DEFAULT ''",
+    ),
 )
 SCHEMA_VERSION: Final[int] = len(MIGRATIONS)
 
