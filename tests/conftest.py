@@ -61,6 +61,14 @@ def _reset_logging() -> Iterator[None]:
     logging.getLogger().handlers.clear()
 
 
+@pytest.fixture(autouse=True)
+def _own_state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test has its own per-user state folder (the default suppression list lives there),
+    so no test reads or writes the real user's, nor sees another test's bounces."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+    monkeypatch.delenv("BULKSEND_SUPPRESSION_URL", raising=False)
+
+
 @pytest.fixture
 async def sandbox() -> AsyncIterator[Sandbox]:
     """A sandbox with a fast lifecycle on a free loopback port."""

@@ -64,6 +64,12 @@ def configure_send(parser: argparse.ArgumentParser) -> None:
         "`reason` column added (default <campaign id>.rejected.csv or .jsonl next to the outcomes file)",
     )
     parser.add_argument(
+        "--resume-paused",
+        action="store_true",
+        help="send again a campaign that paused itself (a bounce storm) or was paused; "
+        "without it a paused campaign only tracks what it already sent",
+    )
+    parser.add_argument(
         "--reconcile-all",
         action="store_true",
         help="before sending, look every unfinished recipient up at TEM (batched lists) and never "

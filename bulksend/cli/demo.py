@@ -199,7 +199,13 @@ def run(args: argparse.Namespace) -> int:
         async with Sandbox(config, host="127.0.0.1", port=0) as sandbox:
             yield sandbox.url
 
-    options = RunOptions(progress=not args.no_progress, progress_json=args.log_format == "json")
+    # Its own suppression list: the sandbox's bounces are no one's real addresses, and a second
+    # demo should show them again.
+    options = RunOptions(
+        progress=not args.no_progress,
+        progress_json=args.log_format == "json",
+        suppression_url=str(path.parent / "suppression.sqlite"),
+    )
     code = run_campaign(campaign, settings, serve=serve, console=console, options=options)
     print_text(console, f"summarise the outcomes again with: bulksend report {campaign.output.outcomes}")
     return code

@@ -56,6 +56,7 @@ from bulksend.pipeline.nested import NestedLimiter
 from bulksend.pipeline.presence import worker_presence
 from bulksend.pipeline.run import CampaignRun, RunResult, attachments_of, correlation_of
 from bulksend.pipeline.stats import RunStats
+from bulksend.pipeline.suppress import open_suppression_list
 from bulksend.settings import (
     DEFAULT_LIMITER_PREFIX,
     Bound,
@@ -145,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         reconcile_all=args.reconcile_all,
+        suppression_url=account.suppression_url,
+        resume_paused=args.resume_paused,
     )
     if args.sample is not None:
         return sample_run(
@@ -323,6 +326,10 @@ class RunOptions:
     metrics_host: str = "127.0.0.1"
     reconcile_all: bool = False
     """Look every unfinished recipient up at TEM before sending (after a loss of state)."""
+    suppression_url: str | None = None
+    """Where the suppression list lives (None: see bulksend.pipeline.suppress)."""
+    resume_paused: bool = False
+    """Send again a campaign that is paused (``--resume-paused``)."""
     total_rows: int | None = None
     """Recipients in the file (:func:`count_rows`), for the ETA; None: counted when the run starts."""
     resume_command: str | None = None
@@ -408,7 +415,11 @@ async def _run(
     )
     store = open_store(options.store_url or campaign.store_path)
     await store.open()
+    suppression = store
     try:
+        suppression = await open_suppression_list(
+            store, suppression_url=options.suppression_url, store_chosen=options.store_url is not None
+        )
         limiter = campaign_limiter(campaign, settings, options)
         metrics = _worker_metrics(stats, limiter) if options.metrics_port is not None else None
         async with TemClient(
@@ -431,6 +442,8 @@ async def _run(
                 lease_s=options.lease_s,
                 prefetch=options.prefetch,
                 on_outcome=None if metrics is None else metrics.on_outcome,
+                suppression=suppression,
+                resume_paused=options.resume_paused,
             )
             holder["runner"] = runner
             if before_run is not None:
@@ -499,6 +512,8 @@ async def _run(
     finally:
         with anyio.CancelScope(shield=True):
             await store.close()
+            if suppression is not store:
+                await suppression.close()
 
 
 def flow_notes(limiter: RateLimiter, stats: RunStats) -> list[str]:

@@ -38,7 +38,7 @@ from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.reconcile import Reconciler, ReconcileSettings
 from bulksend.pipeline.retry import RetryPolicy
 from bulksend.pipeline.stats import OutcomeHook, RunStats
-from bulksend.pipeline.tracker import Tracker, TrackerSettings
+from bulksend.pipeline.tracker import FinalsHook, Tracker, TrackerSettings
 from bulksend.store.base import Store
 from bulksend.tem.client import TemClient
 from bulksend.tem.models import Email
@@ -79,6 +79,7 @@ def campaign_tracker(
     since: datetime,
     on_outcome: OutcomeHook | None,
     on_refused: Callable[[AccountRefusedError], object] | None = None,
+    on_finals: FinalsHook | None = None,
 ) -> Tracker:
     """The tracker of a campaign's submitted emails, with the campaign's ``[tracking]`` settings."""
     t = campaign.tracking
@@ -92,6 +93,7 @@ def campaign_tracker(
         mail_from=campaign.from_.email,
         on_outcome=on_outcome,
         on_refused=on_refused,
+        on_finals=on_finals,
     )
 
 

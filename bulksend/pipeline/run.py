@@ -21,7 +21,8 @@ still finds every row where it really is.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+import dataclasses
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -45,10 +46,12 @@ from bulksend.errors import CampaignError, StateLostError
 from bulksend.pipeline.context import SendContext
 from bulksend.pipeline.dispatch import AccountRefusedError, SendItem, utcnow
 from bulksend.pipeline.engine import EngineSettings, SendEngine, TrackerSink, campaign_tracker
+from bulksend.pipeline.guard import BounceGuard
 from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.reconcile import CampaignReconcile, reconcile_campaign
 from bulksend.pipeline.retry import RetryPolicy
 from bulksend.pipeline.stats import OutcomeHook, RunStats
+from bulksend.pipeline.suppress import Screen
 from bulksend.pipeline.tracker import Tracker, final_update
 from bulksend.sinks.outcomes import outcome_lines, write_outcomes
 from bulksend.sinks.summary import Summary, tally_line
@@ -56,12 +59,14 @@ from bulksend.store import describe_store
 from bulksend.store.base import (
     CampaignRecord,
     CampaignState,
+    FinalUpdate,
     JournalledStore,
     NewRecipient,
     RecipientRow,
     RowState,
     Store,
 )
+from bulksend.suppression import SuppressionStore
 from bulksend.tem.client import TemClient
 from bulksend.tem.models import Email
 
@@ -149,6 +154,8 @@ class CampaignRun:
         claim_idle_s: float = 0.2,
         prefetch: int | None = None,
         after_sending: AfterSending | None = None,
+        suppression: SuppressionStore | None = None,
+        resume_paused: bool = False,
     ) -> None:
         self.campaign = campaign
         self.worker_id = worker_id
@@ -166,6 +173,12 @@ class CampaignRun:
         self.grace_s = grace_s
         self._skew_s = skew_s
         self._renderer = Renderer(campaign, project_id=project_id)
+        self._screen = Screen(suppression or store, project_id, campaign.suppression_ignore)
+        """The suppression list (the run's store's own unless another is given)."""
+        self.guard = BounceGuard(campaign.guardrails)
+        self._resume_paused = resume_paused
+        self.paused_reason: str | None = None
+        """Why the campaign is paused (by its guardrail, now or in an earlier run), if it is."""
         self._retry = RetryPolicy(
             max_attempts=campaign.sending.max_attempts, max_elapsed_s=campaign.sending.max_retry_s
         )
@@ -274,6 +287,8 @@ class CampaignRun:
                 outcome_lines=lines,
                 admitted_all=True,
             )
+        if record.state is CampaignState.PAUSED:
+            record = await self._unpause(record)
         await self._baseline()
         log.info(
             "campaign.start",
@@ -294,6 +309,7 @@ class CampaignRun:
             since=since,
             on_outcome=self._on_outcome,
             on_refused=self._refused,
+            on_finals=self._on_finals,
         )
         sending_done = anyio.Event()
         with anyio.CancelScope() as root:
@@ -317,6 +333,39 @@ class CampaignRun:
         if self.account_refused is not None:
             raise self.account_refused
         return result
+
+    # -- suppression and guardrails ---------------------------------------------------------------
+    async def _unpause(self, record: CampaignRecord) -> CampaignRecord:
+        """A paused campaign sends again only when asked (``--resume-paused``); else it only tracks."""
+        if not self._resume_paused:
+            self.paused_reason = record.state_reason
+            return record
+        await self.store.set_campaign_state(record.id, CampaignState.RUNNING)
+        log.info("campaign.resumed", campaign=record.id, was=record.state_reason or "paused")
+        return dataclasses.replace(record, state=CampaignState.RUNNING, state_reason="")
+
+    async def _on_finals(self, campaign_id: str, finals: Sequence[tuple[FinalUpdate, str]]) -> None:
+        """Final emails: suppress hard bounces and complaints; pause on a bounce storm."""
+        await self._screen.learn(finals, f"campaign {campaign_id}")
+        reason = self.guard.observe(update.flags for update, _ in finals)
+        if reason is not None and not self._stopping:
+            await self.pause_for(reason)
+
+    async def pause_for(self, reason: str) -> None:
+        """Pause the campaign for ``reason``: recorded in the store, sending stops, tracking goes on."""
+        c = self.campaign
+        record = await self.store.get_campaign(c.id)
+        if record is None or record.state is not CampaignState.RUNNING:
+            return  # paused, canceled or finished meanwhile: that stands
+        await self.store.set_campaign_state(c.id, CampaignState.PAUSED, reason=reason)
+        self.paused_reason = reason
+        log.warning(
+            "campaign.paused_by_guardrail",
+            campaign=c.id,
+            reason=reason,
+            hint="check the recipient list; resume with `bulksend send --resume-paused` or the admin API",
+        )
+        self.request_stop(keep_tracking=True)
 
     # -- lost state ----------------------------------------------------------------------------
     def _check_state(self) -> None:
@@ -537,7 +586,7 @@ class CampaignRun:
                     claimed = await self.store.claim(
                         c.id, worker_id=worker, limit=self.claim_batch, lease_s=self.lease_s
                     )
-                    for row in claimed:
+                    for row in await self._unsuppressed(claimed):
                         item = await self._item_from_row(row)
                         if item is not None:
                             self._held.add(row.id)
@@ -570,16 +619,46 @@ class CampaignRun:
             with self._intake_scope:
                 # Resume first: rows admitted by an earlier run but never sent. Reading by id means
                 # a row this run re-queues (a retry) is never picked up twice.
+                batch: list[RecipientRow] = []
                 async for row in self.store.iter_rows(c.id, states=[RowState.PENDING]):
-                    if row.id in self._reconciling:
-                        continue
-                    item = await self._item_from_row(row)
-                    if item is not None:
-                        await send.send(item)
+                    if row.id not in self._reconciling:
+                        batch.append(row)
+                    if len(batch) == ADMIT_BATCH:
+                        await self._send_held(send, batch)
+                        batch = []
+                await self._send_held(send, batch)
                 if not record.admitted_all:
                     start = await self.store.max_admitted_row(c.id)
                     await self._admit_file(send, start)
                     await self.store.mark_admitted_all(c.id)
+
+    async def _send_held(self, send: MemoryObjectSendStream[SendItem], rows: list[RecipientRow]) -> None:
+        """Queue rows an earlier run admitted, but for those suppressed since."""
+        for row in await self._unsuppressed(rows):
+            item = await self._item_from_row(row)
+            if item is not None:
+                await send.send(item)
+
+    async def _unsuppressed(self, rows: list[RecipientRow]) -> list[RecipientRow]:
+        """``rows`` (pending, admitted earlier) less those suppressed since: those are skipped."""
+        if not rows:
+            return rows
+        hits = await self._screen.held(rows)
+        if not hits:
+            return rows
+        skipped: list[tuple[int, str]] = []
+        with anyio.CancelScope(shield=True):
+            for row in rows:
+                entry = hits.get(row.id)
+                if entry is not None:
+                    token = row.lease_token if self.worker_id is not None else None
+                    await self.store.mark_skipped(row.id, reason=entry.describe(), lease_token=token)
+                    skipped.append((row.id, "skipped"))
+        self.stats.skipped += len(skipped)
+        self.stats.admitted -= len(skipped)
+        if self._on_outcome is not None:
+            await self._on_outcome(self.campaign.id, skipped)
+        return [row for row in rows if row.id not in hits]
 
     async def _admit_file(self, send: MemoryObjectSendStream[SendItem], start_after_row: int) -> None:
         reader = iter_recipients(self.campaign.recipients, start_after_row=start_after_row)
@@ -610,6 +689,8 @@ class CampaignRun:
                 # Slow templates: let signals and sends run between renders (nothing of this
                 # batch is stored yet, so a stop here loses nothing).
                 await anyio.lowlevel.checkpoint()
+        # One lookup for the batch: a suppressed recipient is admitted `skipped`, with why.
+        rows = await self._screen.admission(rows)
         # Durable before anything is sent: a crash from here on loses no accepted recipient.
         with anyio.CancelScope(shield=True):
             results = await self.store.admit(c.id, rows)
@@ -746,6 +827,11 @@ class CampaignRun:
                 )
                 result.summary = summary
             result.outcomes_path = c.output.outcomes
+        if self.paused_reason is not None and record is not None and record.state is CampaignState.PAUSED:
+            why = f": {self.paused_reason}. Check the recipient list, then" if self.paused_reason else "."
+            result.notes.append(
+                f"campaign paused{why} send the rest with `bulksend send {c.path} --resume-paused`."
+            )
         log.info("campaign.end", campaign=c.id, complete=complete, **counts)
         return result
 
