@@ -356,6 +356,7 @@ async def campaign_run(
     stats: RunStats,
     store_url: str | PathLike[str] | None = None,
     grace_s: float = 30.0,
+    resume_paused: bool = False,
 ) -> AsyncIterator[CampaignRun]:
     """A run of ``campaign`` set up as one ``bulksend send`` sets it up, all closed on the way out.
 
@@ -380,6 +381,7 @@ async def campaign_run(
                 project_id=settings.project_id,
                 stats=stats,
                 grace_s=grace_s,
+                resume_paused=resume_paused,
             )
     finally:
         await store.close()

@@ -144,11 +144,12 @@ async def run_once(
     stats: RunStats | None = None,
     on_start: Callable[[CampaignRun], None] | None = None,
     store_url: str | None = None,
+    resume_paused: bool = False,
 ) -> RunResult:
     """Run ``campaign`` against ``sb`` with a fresh client and store handle, like one CLI run."""
     stats = stats or RunStats()
     async with campaign_run(
-        campaign, settings_for(sb), stats=stats, store_url=store_url, grace_s=10
+        campaign, settings_for(sb), stats=stats, store_url=store_url, grace_s=10, resume_paused=resume_paused
     ) as runner:
         if on_start is not None:
             on_start(runner)
