@@ -185,6 +185,22 @@ class Metrics:
         self.ready = gauge(
             "bulksend_ready", "1 while every readiness check passes (/readyz answers 200), else 0."
         )
+        self.guardrail_paused = gauge(
+            "bulksend_guardrail_paused",
+            "1 while a campaign or job stream is paused by its guardrail (too many hard bounces or "
+            "spam complaints among its last final emails), else 0.",
+            "campaign",
+        )
+        self.guardrail_trips = counter(
+            "bulksend_guardrail_trips_total",
+            "Times a campaign's or job stream's guardrail paused it.",
+            "campaign",
+        )
+        self.suppressed = counter(
+            "bulksend_suppressed_total",
+            "Recipients skipped because their address is on the suppression list, by campaign.",
+            "campaign",
+        )
         self._callbacks: dict[str, _CallbackGauge] = {}
         self._statuses_by_campaign: dict[str, set[str]] = {}
         self._lock = Lock()
@@ -276,6 +292,12 @@ class Metrics:
     def store_error(self, operation: str) -> None:
         """Count one failed store operation (``operation`` names what was being done)."""
         self.store_errors.labels(operation).inc()
+
+    def guardrail(self, campaign: str, paused: bool) -> None:
+        """A guardrail paused ``campaign`` (a trip), or it was resumed."""
+        self.guardrail_paused.labels(campaign).set(1 if paused else 0)
+        if paused:
+            self.guardrail_trips.labels(campaign).inc()
 
     def set_ready(self, ready: bool) -> None:
         """Whether every readiness check passes."""

@@ -194,8 +194,9 @@ def test_every_series_name_says_its_unit() -> None:
     # `_created` gauges are prometheus-client's creation timestamps of the counters.
     gauges = {f.name for f in families if f.type == "gauge" and not f.name.endswith("_created")}
     units = ("_per_second", "_emails", "_messages", "_seconds", "_tokens")
-    # States, not quantities: 0/1 readiness, 0/1/2 for the breaker.
-    assert all(name.endswith(units) for name in gauges - {"bulksend_ready", "bulksend_circuit_state"}), gauges
+    # States, not quantities: 0/1 readiness, 0/1/2 for the breaker, 0/1 paused by a guardrail.
+    states = {"bulksend_ready", "bulksend_circuit_state", "bulksend_guardrail_paused"}
+    assert all(name.endswith(units) for name in gauges - states), gauges
 
 
 def test_reconciliation_and_store_error_counters() -> None:

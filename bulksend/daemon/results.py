@@ -18,6 +18,7 @@ import structlog
 
 from bulksend.clock import SYSTEM_CLOCK, Clock
 from bulksend.metrics import Metrics
+from bulksend.pipeline.suppress import is_suppressed
 from bulksend.sinks.outcomes import outcome_of
 from bulksend.store.base import RecipientRow
 
@@ -51,13 +52,17 @@ def result_id(campaign_id: str, row: int, status: str) -> str:
 def result_message(row: RecipientRow, campaign_id: str, *, unfinished: str) -> dict[str, Any]:
     """The JSON object published for one job's outcome (docs/message-format.md, Result messages)."""
     outcome = outcome_of(row, unfinished=unfinished)
-    return {
+    message = {
         "result_id": result_id(campaign_id, row.row, str(outcome.get("status"))),
         **outcome,
         "idempotency_key": row.payload.get("idempotency_key"),
         "template": row.payload.get("template"),
         "campaign": campaign_id,
     }
+    if is_suppressed(row.reason):
+        # Skipped because the address is on the suppression list (the reason says why).
+        message["suppressed"] = True
+    return message
 
 
 class ResultBacklog:

@@ -81,14 +81,24 @@ from bulksend.pipeline.account import account_limiter
 from bulksend.pipeline.dispatch import AccountRefusedError, SendItem
 from bulksend.pipeline.engine import EngineSettings, SendEngine, campaign_tracker
 from bulksend.pipeline.flow import flow_stats
+from bulksend.pipeline.guard import BounceGuard
 from bulksend.pipeline.nested import NestedLimiter, nested
 from bulksend.pipeline.retry import RetryPolicy
 from bulksend.pipeline.run import CampaignRun
 from bulksend.pipeline.stats import RunStats
+from bulksend.pipeline.suppress import Screen, is_suppressed
 from bulksend.pipeline.tracker import Tracker
 from bulksend.sinks.outcomes import outcome_lines
 from bulksend.store import open_store
-from bulksend.store.base import AdmitResult, CampaignRecord, CampaignState, NewRecipient, RowState, Store
+from bulksend.store.base import (
+    AdmitResult,
+    CampaignRecord,
+    CampaignState,
+    FinalUpdate,
+    NewRecipient,
+    RowState,
+    Store,
+)
 from bulksend.tem.client import TemClient
 from bulksend.tem.config import TemSettings
 
@@ -160,6 +170,14 @@ class Daemon:
         self._canceling: set[str] = set()
         """Campaigns canceled by this process (the store says so too, once its write is done)."""
         self._intakes: list[JobIntake] = []
+        self._screen = Screen(self.store, settings.project_id)
+        """The suppression list: the daemon's store keeps it (docs/deliverability.md)."""
+        self._guards: dict[str, BounceGuard] = {}
+        """Job campaign → the guardrail of its stream."""
+        self._held: dict[str, str] = {}
+        """Job campaigns whose stream a guardrail paused → why; their new jobs wait `pending`."""
+        self._lanes: dict[str, MemoryObjectSendStream[SendItem]] = {}
+        """The job lanes' queues, by stream name ("" is the default lane), while jobs run."""
         self._result_due: dict[int, int] = {}
         """Job row id → its entry in the results journal, while its result is not published yet."""
         self._journals: set[str] = set()
@@ -303,6 +321,7 @@ class Daemon:
         log.info("daemon.stopping", grace_s=self.config.grace_s)
         for intake in self._intakes:
             intake.stop_scope.cancel()
+        self._close_lanes()
         for run in list(self._runs.values()):
             run.request_stop()
         if self._tracker_tg is not None:
@@ -470,7 +489,10 @@ class Daemon:
             retry=self._retry,
             since=record.created_at - timedelta(minutes=1),
             on_outcome=self._on_job_outcome,
+            on_finals=self._on_job_finals,
         )
+        if record.state is CampaignState.PAUSED:
+            self._hold(cid, record.state_reason or "paused")
         self._trackers[cid] = tracker
         self._tracker_tg.start_soon(tracker.run, None)
 
@@ -520,6 +542,10 @@ class Daemon:
                 # way finish within grace_s (``_end_sending``); a forced one leaves their rows
                 # `sending` for the next start to reconcile.
                 queues = {name: send.clone() for name, (send, _) in lanes.items()}
+                # Kept open for streams resumed later; closed when the daemon stops.
+                self._lanes = {name: send.clone() for name, (send, _) in lanes.items()}
+                if self._stopping:
+                    self._close_lanes()
                 work_tg.start_soon(self._resume_jobs, engine, queues)
                 for source in self.sources:
                     send, _ = lanes.get(source.name, lanes[""])
@@ -536,6 +562,9 @@ class Daemon:
                         ensure_campaign=self._ensure_job_campaign,
                         after_admit=self._note_results_due,
                         on_dead_letter=self.dead_letter_book.record,
+                        screen=self._screen,
+                        on_suppressed=self._on_jobs_suppressed,
+                        is_held=self._held.__contains__,
                     )
                     self._intakes.append(intake)
                     work_tg.start_soon(self._run_intake, intake)
@@ -581,20 +610,28 @@ class Daemon:
                         if isinstance(item, SendItem) and row.attempt_started_at is not None:
                             self._queued.add(row.id)
                             await engine.reconcile(item, row.attempt_started_at, row.attempt_ended_at)
-                    async for row in self.store.iter_rows(cid, states=[RowState.PENDING]):
-                        if self._stopping:
-                            return
-                        if row.id in self._queued:
-                            continue
-                        item = item_from_job_row(row, template)
-                        if isinstance(item, Rejection):
-                            await self.store.mark_rejected(row.id, reason=item.reason)
-                            await self._on_job_outcome(cid, [(row.id, "rejected")])
-                            continue
-                        self._queued.add(row.id)
-                        await queues.get(item.lane, queues[""]).send(item)
+                    if cid not in self._held:
+                        await self._send_pending_jobs(template, queues)
             except anyio.BrokenResourceError:
                 return
+
+    async def _send_pending_jobs(
+        self, template: JobTemplate, queues: Mapping[str, MemoryObjectSendStream[SendItem]]
+    ) -> None:
+        """Queue the jobs of a template that wait `pending` (after a restart, or a paused stream)."""
+        cid = template.campaign.id
+        async for row in self.store.iter_rows(cid, states=[RowState.PENDING]):
+            if self._stopping:
+                return
+            if row.id in self._queued:
+                continue
+            item = item_from_job_row(row, template)
+            if isinstance(item, Rejection):
+                await self.store.mark_rejected(row.id, reason=item.reason)
+                await self._on_job_outcome(cid, [(row.id, "rejected")])
+                continue
+            self._queued.add(row.id)
+            await queues.get(item.lane, queues[""]).send(item)
 
     # -- job results -----------------------------------------------------------------------------
     # A result is published after its row is final in the store, so a crash in between would lose
@@ -614,7 +651,7 @@ class Daemon:
         due = {
             new.row: res.id
             for new, res in admitted
-            if not res.state.is_terminal
+            if (not res.state.is_terminal or is_suppressed(res.reason))
             and res.id not in self._result_due
             and self._wants_result(new.payload)
         }
@@ -654,6 +691,66 @@ class Daemon:
             if finished:
                 log.info("results.republish", campaign=cid, results=len(finished))
                 await self._publish_results(cid, finished)
+
+    async def _on_jobs_suppressed(self, campaign_id: str, rows: Sequence[tuple[int, str]]) -> None:
+        """Jobs admitted `skipped` as suppressed: counted, and their results published once
+        (a redelivered job's result is not due again)."""
+        for _, status in rows:
+            self.metrics.observe_outcome(campaign_id, status)
+        self.metrics.suppressed.labels(campaign_id).inc(len(rows))
+        await self._publish_results(campaign_id, [row_id for row_id, _ in rows if row_id in self._result_due])
+
+    # -- guardrails of the job streams -----------------------------------------------------------
+    async def _on_job_finals(self, campaign_id: str, finals: Sequence[tuple[FinalUpdate, str]]) -> None:
+        """Final emails of a job stream: suppress hard bounces and complaints; hold the stream on
+        a bounce storm."""
+        template = campaign_id.removeprefix("jobs.")
+        await self._screen.learn(finals, f"job stream {template}")
+        compiled = self._templates.get(template)
+        if compiled is None:
+            return
+        guard = self._guards.setdefault(campaign_id, BounceGuard(compiled.campaign.guardrails))
+        reason = guard.observe(update.flags for update, _ in finals)
+        if reason is None or campaign_id in self._held:
+            return
+        await self.store.set_campaign_state(campaign_id, CampaignState.PAUSED, reason=reason)
+        self._hold(campaign_id, reason)
+        log.warning(
+            "jobs.paused_by_guardrail",
+            template=template,
+            reason=reason,
+            hint=f"new jobs wait; resume with POST /v1/campaigns/{campaign_id}/resume",
+        )
+
+    def _close_lanes(self) -> None:
+        lanes, self._lanes = self._lanes, {}
+        for queue in lanes.values():
+            queue.close()
+
+    async def _send_resumed(self, template: JobTemplate) -> None:
+        """Queue the jobs a resumed stream kept waiting (a stop meanwhile leaves them `pending`)."""
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await self._send_pending_jobs(template, self._lanes)
+
+    def _hold(self, campaign_id: str, reason: str) -> None:
+        self._held[campaign_id] = reason
+        self.metrics.guardrail(campaign_id, paused=True)
+
+    async def _resume_stream(self, record: CampaignRecord) -> CampaignInfo:
+        """Send again the jobs of a stream its guardrail paused (the admin API's resume)."""
+        cid = record.id
+        if record.state is CampaignState.PAUSED:
+            await self.store.set_campaign_state(cid, CampaignState.RUNNING)
+        self._held.pop(cid, None)
+        guard = self._guards.get(cid)
+        if guard is not None:
+            guard.reset()
+        self.metrics.guardrail(cid, paused=False)
+        template = self._templates.get(cid.removeprefix("jobs."))
+        if template is not None and self._lanes and self._tg is not None:
+            self._tg.start_soon(self._send_resumed, template)
+        log.info("jobs.resumed", template=cid.removeprefix("jobs."))
+        return await self._info(cid)
 
     async def _on_job_outcome(self, campaign_id: str, rows: Sequence[tuple[int, str]]) -> None:
         for _, status in rows:
@@ -766,6 +863,7 @@ class Daemon:
             on_outcome=self._on_campaign_outcome,
             spec_extra={"daemon_dir": str(folder)},
             after_sending=self._after_sending,
+            on_paused=lambda cid, _: self.metrics.guardrail(cid, paused=True),
         )
         self._runs[campaign.id] = run
         self._errors.pop(campaign.id, None)
@@ -913,6 +1011,7 @@ class Daemon:
             counts=counts,
             total=total if isinstance(total, int) else None,
             error=self._errors.get(cid),
+            reason=record.state_reason or None,
         )
 
     async def list_campaigns(self) -> list[CampaignInfo]:
@@ -954,6 +1053,9 @@ class Daemon:
         return await self._info(campaign_id)
 
     async def resume(self, campaign_id: str) -> CampaignInfo:
+        stream = await self.store.get_campaign(campaign_id)
+        if stream is not None and stream.spec.get("kind") == "jobs" and "journal" not in stream.spec:
+            return await self._resume_stream(stream)
         record = await self._record_or_404(campaign_id)
         if record.state is CampaignState.RUNNING and campaign_id not in self._errors:
             return await self._info(campaign_id)
@@ -963,6 +1065,8 @@ class Daemon:
         if old is not None:
             old.abort()  # a paused run only tracks; the new run tracks too
         await self.store.set_campaign_state(campaign_id, CampaignState.RUNNING)
+        if record.state_reason:
+            self.metrics.guardrail(campaign_id, paused=False)
         folder = Path(str(record.spec.get("daemon_dir")))
         self._start_run(self._load_submitted(folder), folder)
         return await self._info(campaign_id)
@@ -1034,4 +1138,10 @@ class Daemon:
             details["results_backlog"] = len(self.results_backlog)
         if self._tem_refused is not None:
             details["tem"] = self._tem_refused
+        paused = dict(self._held)
+        for cid, run in self._runs.items():
+            if run.paused_reason:
+                paused[cid] = run.paused_reason
+        if paused:
+            details["guardrails"] = paused
         return details

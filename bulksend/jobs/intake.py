@@ -41,6 +41,7 @@ from bulksend.jobs.format import JobError, SendJob, parse_job
 from bulksend.metrics import Metrics
 from bulksend.pipeline.dispatch import SendItem
 from bulksend.pipeline.stats import OutcomeHook
+from bulksend.pipeline.suppress import Screen, is_suppressed
 from bulksend.pipeline.tracker import Tracker
 from bulksend.settings import SendingSettings, TrackingSettings
 from bulksend.store.base import AdmitResult, NewRecipient, RecipientRow, RowState, Store
@@ -153,6 +154,13 @@ class JobIntake:
     ensure_campaign: Callable[[JobTemplate], Awaitable[None]]
     after_admit: AfterAdmit | None = None
     on_dead_letter: OnDeadLetter | None = None
+    screen: Screen | None = None
+    """The suppression list: a job to a suppressed address is admitted ``skipped`` and acked."""
+    on_suppressed: OutcomeHook | None = None
+    """Called after the acks with (job campaign, [(row id, "skipped")]) for suppressed jobs."""
+    is_held: Callable[[str], bool] | None = None
+    """Whether a job campaign's stream is paused (its guardrail): its jobs are admitted and acked
+    but not sent, and wait ``pending`` until it is resumed."""
     stop_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope, init=False)
 
     async def run(self) -> None:
@@ -231,8 +239,10 @@ class JobIntake:
             accepted, results = await self._admit_isolated(accepted)
             # Durable now: acknowledge (a crash before this line means a redelivery, absorbed above).
             items: list[SendItem] = []
+            suppressed: dict[str, list[tuple[int, str]]] = {}
             for delivery, job, template, new, body, subject in accepted:
-                res = results[(template.campaign.id, new.row)]
+                cid = template.campaign.id
+                res = results[(cid, new.row)]
                 fresh = res.state is RowState.PENDING and not self.is_queued(res.id)
                 try:
                     await delivery.ack()
@@ -243,7 +253,16 @@ class JobIntake:
                     log.warning(
                         "job.ack_failed", source=name, message_id=delivery.message_id, error=repr(exc)
                     )
+                if res.state is RowState.SKIPPED and is_suppressed(res.reason):
+                    self.metrics.job(name, "suppressed")
+                    suppressed.setdefault(cid, []).append((res.id, RowState.SKIPPED.value))
+                    log.info(
+                        "job.suppressed", source=name, idempotency_key=job.idempotency_key, reason=res.reason
+                    )
+                    continue
                 self.metrics.job(name, "admitted" if fresh else "duplicate")
+                if fresh and self.is_held is not None and self.is_held(cid):
+                    continue  # pending and durable: sent once the stream is resumed
                 if fresh:
                     self.on_queued(res.id)
                     items.append(
@@ -266,6 +285,9 @@ class JobIntake:
                         idempotency_key=job.idempotency_key,
                         state=res.state.value,
                     )
+        if self.on_suppressed is not None:
+            for cid, rows in suppressed.items():
+                await self.on_suppressed(cid, rows)
         for item in items:
             await self.dispatch.send(item)
 
@@ -342,6 +364,9 @@ class JobIntake:
         results: dict[tuple[str, int], AdmitResult] = {}
         for campaign_id, rows in by_campaign.items():
             await self.ensure_campaign(self.templates[rows[0].payload["template"]])
+            if self.screen is not None:
+                # One lookup for the batch; a suppressed job is admitted `skipped`, with why.
+                rows = await self.screen.admission(rows)
             admitted = {res.row: res for res in await self.store.admit(campaign_id, rows)}
             for row_number, res in admitted.items():
                 results[(campaign_id, row_number)] = res

@@ -53,20 +53,24 @@ class BounceGuard:
         Trips once: later emails are still counted, and :meth:`reset` arms it again.
         """
         window = self._window
+        s = self.settings
+        armed = self.tripped is None and s.enabled
+        tripped: str | None = None
         for email_flags in flags:
             bad = not BAD_FLAGS.isdisjoint(email_flags)
             if len(window) == window.maxlen and window[0]:
                 self._bad -= 1
             window.append(bad)
             self._bad += bad
-        s = self.settings
-        if self.tripped is None and s.enabled and self.seen >= s.min_emails and self.rate > s.max_bad_rate:
-            self.tripped = (
-                f"{self._bad} of the last {self.seen} final emails ({self.rate:.1%}) were hard bounces or "
-                f"spam complaints, over guardrails.max_bad_rate ({s.max_bad_rate:.1%}; TEM alerts at 7 %)"
-            )
-            return self.tripped
-        return None
+            # Judged email by email, so a batch of finals trips at the email that crossed the line.
+            if armed and len(window) >= s.min_emails and self._bad > s.max_bad_rate * len(window):
+                tripped = self.tripped = (
+                    f"{self._bad} of the last {self.seen} final emails ({self.rate:.1%}) were hard bounces "
+                    f"or spam complaints, over guardrails.max_bad_rate ({s.max_bad_rate:.1%}; TEM alerts "
+                    "at 7 %)"
+                )
+                armed = False
+        return tripped
 
     def reset(self) -> None:
         """Forget the window and arm the guard again (sending resumed)."""

@@ -156,6 +156,7 @@ class CampaignRun:
         after_sending: AfterSending | None = None,
         suppression: SuppressionStore | None = None,
         resume_paused: bool = False,
+        on_paused: Callable[[str, str], object] | None = None,
     ) -> None:
         self.campaign = campaign
         self.worker_id = worker_id
@@ -177,6 +178,8 @@ class CampaignRun:
         """The suppression list (the run's store's own unless another is given)."""
         self.guard = BounceGuard(campaign.guardrails)
         self._resume_paused = resume_paused
+        self._on_paused = on_paused
+        """Called with (campaign id, reason) when the guardrail pauses the campaign."""
         self.paused_reason: str | None = None
         """Why the campaign is paused (by its guardrail, now or in an earlier run), if it is."""
         self._retry = RetryPolicy(
@@ -366,6 +369,8 @@ class CampaignRun:
             hint="check the recipient list; resume with `bulksend send --resume-paused` or the admin API",
         )
         self.request_stop(keep_tracking=True)
+        if self._on_paused is not None:
+            self._on_paused(c.id, reason)
 
     # -- lost state ----------------------------------------------------------------------------
     def _check_state(self) -> None:

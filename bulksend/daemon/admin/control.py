@@ -83,7 +83,8 @@ class CampaignInfo:
     ``counts`` are the store's counts: rows by state (``pending``, ``sending``, ``submitted``,
     ``final``, ``rejected``, ``skipped``) and final rows by TEM status as ``status:<s>``.
     ``total`` is the number of recipients read from the source when known (None while the
-    source is still being read). ``error`` says why a ``failed`` campaign stopped.
+    source is still being read). ``error`` says why a ``failed`` campaign stopped, ``reason`` why
+    it is in its state when a guardrail (not a person) put it there.
     """
 
     id: str
@@ -92,6 +93,7 @@ class CampaignInfo:
     counts: dict[str, int] = field(default_factory=dict)
     total: int | None = None
     error: str | None = None
+    reason: str | None = None
 
     @property
     def done(self) -> int:
@@ -110,6 +112,7 @@ class CampaignInfo:
             "done": self.done,
             "counts": dict(self.counts),
             "error": self.error,
+            "reason": self.reason,
         }
 
 
