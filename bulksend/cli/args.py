@@ -23,6 +23,7 @@ __all__ = [
     "configure_send",
     "configure_serve",
     "configure_status",
+    "configure_suppress",
 ]
 
 
@@ -264,6 +265,53 @@ def configure_status(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# The reasons and sources of bulksend.suppression, spelled out here so that `--help` imports nothing.
+SUPPRESSION_REASONS = (
+    "unsubscribe",
+    "spam",
+    "hard_bounce",
+    "mailbox_not_found",
+    "blocklisted",
+    "manual",
+    "mailbox_full",
+)
+SUPPRESSION_SOURCES = ("auto", "unsubscribe", "manual", "tem")
+
+
+def configure_suppress(parser: argparse.ArgumentParser) -> None:
+    """``bulksend suppress add|remove|list|import|export``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--store",
+        help="the store whose list to use (default: BULKSEND_SUPPRESSION_URL, else BULKSEND_STORE_URL, "
+        "else the per-user list)",
+    )
+    common.add_argument("--settings", type=Path, metavar="FILE", help="account settings file (TOML)")
+    common.add_argument("--project-id", help="TEM project of the list (SCW_DEFAULT_PROJECT_ID)")
+    common.add_argument("--profile", help="scw config profile (SCW_PROFILE)")
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add = sub.add_parser("add", parents=[common], help="suppress addresses")
+    add.add_argument("addresses", nargs="+", metavar="ADDRESS")
+    add.add_argument("--reason", choices=SUPPRESSION_REASONS, default="manual", help="default: manual")
+    add.add_argument("--until", help="end of the suppression (YYYY-MM-DD or RFC 3339; default: none)")
+    add.add_argument("--origin", default="bulksend suppress add", help="a note saying where it came from")
+    remove = sub.add_parser("remove", parents=[common], help="remove addresses from the list")
+    remove.add_argument("addresses", nargs="+", metavar="ADDRESS")
+    remove.add_argument("--source", choices=SUPPRESSION_SOURCES, help="only the entries from this source")
+    for name, what in (("list", "print the list as CSV"), ("export", "write the list to a CSV file")):
+        p = sub.add_parser(name, parents=[common], help=what)
+        if name == "export":
+            p.add_argument(
+                "file", type=Path, help="CSV file to write (address,reason,source,since,until,origin)"
+            )
+        p.add_argument("--all", action="store_true", help="expired entries too")
+    imp = sub.add_parser("import", parents=[common], help="add the entries of a CSV file")
+    imp.add_argument(
+        "file", type=Path, help="CSV with an address column (reason,source,since,until,origin optional)"
+    )
+    imp.add_argument("--reason", choices=SUPPRESSION_REASONS, default="manual", help="for rows without one")
+
+
 def _configure_sandbox(parser: argparse.ArgumentParser) -> None:
     # The sandbox declares its own options (``python -m bulksend.sandbox`` uses them too); its
     # argument module imports neither aiohttp nor the server.
@@ -306,6 +354,11 @@ COMMANDS: dict[str, Command] = {
         "show workers, rows by state and rates from a shared store",
         configure_status,
         "bulksend.cli.status",
+    ),
+    "suppress": Command(
+        "add, remove, list, import or export suppressed addresses",
+        configure_suppress,
+        "bulksend.cli.suppress",
     ),
     "serve": Command(
         "run the daemon: queue-fed jobs and an admin HTTP API",
