@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime
 from typing import Final, TextIO
 
 from bulksend.errors import StoreError
-from bulksend.sinks.outcomes import CSV_FORMULA_TRIGGERS, csv_cell
+from bulksend.sinks.outcomes import CSV_FORMULA_TRIGGERS
 from bulksend.suppression import SuppressionEntry, SuppressionReason, SuppressionSource
 from bulksend.tem.models import parse_rfc3339
 
@@ -65,11 +65,14 @@ def _when(text: str, column: str) -> datetime | str:
         return f"{column} {text[:40]!r} is not a date (write 2026-12-01 or 2026-12-01T08:00:00Z)"
 
 
+def _guarded(text: str) -> bool:
+    """Whether export gives ``text`` a leading quote: it looks like a formula, or like a guarded
+    cell already (so that import, which takes one quote off, gives it back as it was)."""
+    return text.lstrip("'").startswith(CSV_FORMULA_TRIGGERS)
+
+
 def _cell(text: str) -> str:
-    # An exported cell protected from spreadsheets: take the quote off again.
-    if text.startswith("'") and text[1:].startswith(CSV_FORMULA_TRIGGERS):
-        return text[1:]
-    return text
+    return text[1:] if text.startswith("'") and _guarded(text) else text
 
 
 def read_suppression_csv(
@@ -174,8 +177,7 @@ def write_suppression_csv(out: TextIO, entries: Iterable[SuppressionEntry], *, h
     for e in entries:
         until = e.until.isoformat().replace("+00:00", "Z") if e.until is not None else ""
         since = e.since.isoformat().replace("+00:00", "Z")
-        writer.writerow(
-            [csv_cell(v) for v in (e.address, e.reason.value, e.source.value, since, until, e.origin)]
-        )
+        cells = (e.address, e.reason.value, e.source.value, since, until, e.origin)
+        writer.writerow(["'" + c if _guarded(c) else c for c in cells])
         n += 1
     return n
