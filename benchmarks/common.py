@@ -258,7 +258,8 @@ def sandbox_client_env(api_url: str, work: Path) -> dict[str, str]:
     """The environment of a client of the benchmark sandbox: its URL, key, project and region.
 
     Every ``SCW_*`` setting bulksend reads is pinned, and ``SCW_CONFIG_PATH`` points at a file that
-    does not exist, so a developer's own Scaleway profile or region never leaks into a run.
+    does not exist, so a developer's own Scaleway profile or region never leaks into a run; the
+    per-user state (the suppression list) is the run's own.
     """
     return child_env(
         {
@@ -267,6 +268,9 @@ def sandbox_client_env(api_url: str, work: Path) -> dict[str, str]:
             "SCW_DEFAULT_REGION": "fr-par",
             "SCW_API_URL": api_url,
             "SCW_CONFIG_PATH": str(work / "no-scw-config.yaml"),
+            # The run's own suppression list: the sandbox's bounces are nobody's real addresses,
+            # and one run must not skip the recipients another one bounced.
+            "XDG_STATE_HOME": str(work / "state"),
         }
     )
 

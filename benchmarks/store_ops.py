@@ -1,6 +1,8 @@
 """CPU per row of the store operations on a campaign's hot path, SQLite against memory.
 
-Per email a campaign admits the row (in batches), marks it ``sending`` (durable before the POST)
+Per email a campaign looks its address up in the suppression list (one query per admission
+batch, against a list of ``--suppressed`` entries, one row in a hundred on it), admits the row (in
+batches), marks it ``sending`` (durable before the POST)
 and ``submitted`` (after it), finalises it (in batches from the tracker) and reads it back for the
 outcomes file. This script plays exactly that against a store, with no HTTP in between, and prints
 the CPU time of the whole process (every thread: the event loop, the SQLite writer, the read
@@ -35,11 +37,14 @@ import anyio
 
 from benchmarks.common import write_report
 from bulksend.cli.runtime import uvloop_available
+from bulksend.pipeline.suppress import Screen
 from bulksend.sinks.outcomes import outcome_lines
-from bulksend.store import FinalUpdate, MemoryStore, NewRecipient, SqliteStore, Store
+from bulksend.store import FinalUpdate, MemoryStore, NewRecipient, RowState, SqliteStore, Store
+from bulksend.suppression import SuppressionEntry, SuppressionReason, SuppressionSource
 
-PHASES = ("admit", "send", "final", "outcomes")
+PHASES = ("suppress", "admit", "send", "final", "outcomes")
 StoreKind = Literal["sqlite", "memory"]
+_PROJECT = "11111111-2222-4333-8444-555555555555"
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,8 @@ class StoreOpsOptions:
     final_batch: int = 100
     durability: Literal["full", "normal"] = "full"
     stores: tuple[StoreKind, ...] = ("sqlite", "memory")
+    suppressed: int = 50_000
+    """Entries on the suppression list of the project, besides the campaign's own 1 %."""
 
 
 @dataclass(frozen=True)
@@ -107,10 +114,29 @@ async def _play(store: Store, writer: threading.Thread | None, opts: StoreOpsOpt
     ]
     ids: list[int] = []
     out: dict[str, PhaseCpu] = {}
+    since = datetime.now(UTC)
+    listed = [f"gone{n}@example.org" for n in range(opts.suppressed)]
+    listed += [f"user{n}@example.com" for n in range(1, opts.rows + 1, 100)]
+    for start in range(0, len(listed), 5000):
+        await store.suppress(
+            _PROJECT,
+            [
+                SuppressionEntry(a, SuppressionReason.HARD_BOUNCE, SuppressionSource.AUTO, since)
+                for a in listed[start : start + 5000]
+            ],
+        )
+    screen = Screen(store, _PROJECT)
+
+    async def suppress() -> None:
+        # What admission adds per batch: one lookup, and the suppressed rows turned `skipped`.
+        for i, batch in enumerate(batches):
+            batches[i] = await screen.admission(batch)
+
+    out["suppress"] = await _phase(clock, suppress)
 
     async def admit() -> None:
         for batch in batches:
-            ids.extend(r.id for r in await store.admit(campaign_id, batch))
+            ids.extend(r.id for r in await store.admit(campaign_id, batch) if r.state is RowState.PENDING)
 
     out["admit"] = await _phase(clock, admit)
     now = datetime.now(UTC)
@@ -155,8 +181,8 @@ async def _play(store: Store, writer: threading.Thread | None, opts: StoreOpsOpt
         # What the outcomes file reads: the lines, through the store's cheapest path.
         async for _line in outcome_lines(store, campaign_id):
             n += 1
-        if n != len(ids):
-            raise RuntimeError(f"outcome_lines gave {n} lines for {len(ids)} admitted")
+        if n != opts.rows:
+            raise RuntimeError(f"outcome_lines gave {n} lines for {opts.rows} admitted")
 
     out["outcomes"] = await _phase(clock, outcomes)
     return out
@@ -229,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=StoreOpsOptions.repeat)
     parser.add_argument("--concurrency", type=int, default=StoreOpsOptions.concurrency)
     parser.add_argument("--durability", choices=("full", "normal"), default=StoreOpsOptions.durability)
+    parser.add_argument("--suppressed", type=int, default=StoreOpsOptions.suppressed)
     parser.add_argument("--store", choices=("sqlite", "memory"), action="append", dest="stores")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
@@ -239,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         repeat=args.repeat,
         concurrency=args.concurrency,
         durability=args.durability,
+        suppressed=max(0, args.suppressed),
         stores=tuple(args.stores or StoreOpsOptions.stores),
     )
     results = _run(opts)

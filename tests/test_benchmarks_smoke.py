@@ -151,7 +151,7 @@ def test_store_ops_smoke_measures_every_phase(tmp_path: Path, capsys: pytest.Cap
     out = tmp_path / "store.json"
     assert store_ops_main(["--rows", "300", "--repeat", "1", "--json", str(out)]) == 0
     report = capsys.readouterr().out
-    for phase in ("admit", "send", "final", "outcomes", "total"):
+    for phase in ("suppress", "admit", "send", "final", "outcomes", "total"):
         assert phase in report
     assert out.stat().st_size > 0
 
