@@ -562,6 +562,8 @@ class CampaignRun:
         async with send:
             with self._intake_scope:
                 while True:
+                    if await self._paused_elsewhere():
+                        return
                     if not admitted_all:
                         if await self.store.acquire_role(c.id, "admit", worker_id=worker, ttl_s=self.lease_s):
                             if reader is None:
@@ -604,6 +606,16 @@ class CampaignRun:
                             return
                     # Rows may still be leased by others (or a dead worker): look again shortly.
                     await anyio.sleep(self.claim_idle_s)
+
+    async def _paused_elsewhere(self) -> bool:
+        """Whether another worker's guardrail (or the daemon) paused the campaign: then this
+        worker stops sending too, and only tracks (one read per claim batch)."""
+        record = await self.store.get_campaign(self.campaign.id)
+        if record is None or record.state is not CampaignState.PAUSED:
+            return False
+        self.paused_reason = record.state_reason
+        self.request_stop(keep_tracking=True)
+        return True
 
     async def _renew_leases(self) -> None:
         """Keep this worker's leases alive while its rows wait, are in flight or are reconciled."""
