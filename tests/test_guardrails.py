@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from structlog.testing import capture_logs
 
+from bulksend.cli.main import main
 from bulksend.pipeline.guard import BounceGuard
-from bulksend.sandbox import Sandbox
+from bulksend.sandbox import Sandbox, SandboxConfig, sandbox_in_thread
 from bulksend.settings import GuardrailSettings
 from bulksend.store import CampaignState, SqliteStore
-from tests.conftest import CampaignWriter, read_jsonl, run_once
+from tests.conftest import PROJECT, SECRET, CampaignWriter, read_jsonl, run_once
+from tests.test_cli import env_for
 
 ROWS = 5_000
 STORM_FROM = 1_000
@@ -41,7 +45,8 @@ async def test_bounce_storm_pauses_the_campaign_before_6_percent_failed(
     assert record is not None
     assert record.state is CampaignState.PAUSED
     assert "hard bounces or spam complaints" in record.state_reason
-    assert any(note.startswith("campaign paused: ") and "--resume-paused" in note for note in result.notes)
+    assert result.paused
+    assert f"campaign paused: {record.state_reason}." in result.notes
     outcomes = read_jsonl(campaign.output.outcomes)
     emailed = [o for o in outcomes if o["status"] in ("sent", "failed")]
     failed = [o for o in emailed if o["status"] == "failed"]
@@ -52,7 +57,8 @@ async def test_bounce_storm_pauses_the_campaign_before_6_percent_failed(
     sent_before = sum(sandbox.stats().accepted_by_recipient.values())
     again = await run_once(campaign, sandbox)
     assert sum(sandbox.stats().accepted_by_recipient.values()) == sent_before
-    assert any("--resume-paused" in note for note in again.notes)
+    assert again.paused
+    assert f"campaign paused: {record.state_reason}." in again.notes
     await run_once(campaign, sandbox, resume_paused=True)
     assert sum(sandbox.stats().accepted_by_recipient.values()) > sent_before
 
@@ -86,3 +92,43 @@ def test_guardrail_settings_are_checked(values: dict[str, float], key: str) -> N
     with pytest.raises(ValueError, match=f"guardrails.{key}") as caught:
         GuardrailSettings(**values)  # type: ignore[arg-type]
     assert getattr(caught.value, "key", None) == key
+
+
+def test_send_says_how_to_resume_a_paused_campaign(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bulksend send` of a campaign that pauses itself exits 3 and says why and how to go on; run
+    again it sends nothing, and with --resume-paused it sends the rest."""
+    rows = "email\n" + "".join(f"{'bounce' if n % 2 else 'user'}{n}@example.com\n" for n in range(400))
+    (tmp_path / "people.csv").write_text(rows, encoding="utf-8")
+    path = tmp_path / "campaign.toml"
+    path.write_text(
+        """[campaign]
+id = "storm"
+from = { email = "news@example.com" }
+subject = "Hello"
+text = "Hi"
+recipients = "people.csv"
+[sending]
+rate_per_s = 200
+concurrency = 4
+[tracking]
+poll_interval_s = 0.05
+settle_s = 0.05
+[guardrails]
+window = 20
+min_emails = 10
+""",
+        encoding="utf-8",
+    )
+    with sandbox_in_thread(SandboxConfig(secret_key=SECRET, project_id=PROJECT)) as sb:
+        env_for(monkeypatch, sb.url)
+        assert main(["send", str(path), "--no-progress"]) == 3
+        out = " ".join(capsys.readouterr().out.split())
+        sent = sum(sb.stats().accepted_by_recipient.values())
+        assert "campaign paused: " in out
+        assert f"send the rest with: bulksend send {path} --resume-paused" in out
+        assert main(["send", str(path), "--no-progress"]) == 3
+        assert sum(sb.stats().accepted_by_recipient.values()) == sent
+        main(["send", str(path), "--no-progress", "--resume-paused"])
+        assert sum(sb.stats().accepted_by_recipient.values()) > sent

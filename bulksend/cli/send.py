@@ -594,10 +594,12 @@ def _stopped_notes(result: RunResult, total_rows: int | None, resume: str) -> tu
         line += f"; {unsent:,} read but not sent yet"
     if not_reached:
         line += f"; about {not_reached:,} rows not reached (never read)"
-    return not_reached, [
-        line + ".",
-        f"To resume, run the same command again: {resume} (nobody already submitted is sent again).",
-    ]
+    if result.paused:
+        # Running it again only tracks: sending again is an explicit act.
+        then = f"Check the recipient list, then send the rest with: {resume} --resume-paused"
+    else:
+        then = f"To resume, run the same command again: {resume}"
+    return not_reached, [line + ".", f"{then} (nobody already submitted is sent again)."]
 
 
 def _report(result: RunResult, console: Console, *, resume: str) -> int:
@@ -643,7 +645,8 @@ def _report(result: RunResult, console: Console, *, resume: str) -> int:
     print_summary(summary, Console())
     if result.complete:
         return EXIT_OK
-    return EXIT_INTERRUPTED if result.stopped else EXIT_INCOMPLETE
+    # A campaign that paused itself was not interrupted: recipients are still open (3).
+    return EXIT_INTERRUPTED if result.stopped and not result.paused else EXIT_INCOMPLETE
 
 
 @dataclass(frozen=True)

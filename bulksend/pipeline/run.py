@@ -130,6 +130,9 @@ class RunResult:
     """Outcomes by status and flag, counted while the outcomes file was written."""
     admitted_all: bool = False
     """Every row of the recipient file was read (admitted); False: a stop came first."""
+    paused: bool = False
+    """The campaign is paused (by its guardrail, or by a person): it sends again only when
+    resumed (``--resume-paused``), not by running it again."""
 
 
 class CampaignRun:
@@ -844,10 +847,10 @@ class CampaignRun:
                 )
                 result.summary = summary
             result.outcomes_path = c.output.outcomes
-        if self.paused_reason is not None and record is not None and record.state is CampaignState.PAUSED:
-            why = f": {self.paused_reason}. Check the recipient list, then" if self.paused_reason else "."
+        if record is not None and record.state is CampaignState.PAUSED:
+            result.paused = True
             result.notes.append(
-                f"campaign paused{why} send the rest with `bulksend send {c.path} --resume-paused`."
+                f"campaign paused: {self.paused_reason}." if self.paused_reason else "campaign paused."
             )
         log.info("campaign.end", campaign=c.id, complete=complete, **counts)
         return result
