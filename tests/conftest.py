@@ -21,6 +21,7 @@ from bulksend.sinks.outcomes import outcome_lines, write_outcomes
 from bulksend.store import open_store
 from bulksend.tem.config import TemSettings
 from bulksend.testing import campaign_run, campaign_toml
+from tests.moto import moto_endpoint as moto_endpoint  # the session's moto server (SQS/SNS API)
 
 # -- tests that need PostgreSQL, Redis, NATS or RabbitMQ on 127.0.0.1 ----------------------------
 # They carry the ``services`` marker, so ``python -m pytest -m "not services"`` runs everything else
