@@ -3,7 +3,8 @@
 A :class:`Harness` creates names no other test uses (for jobs, dead letters and results), opens
 a separate admin connection for publishing and inspecting, opens sources on those names and, on
 exit, closes them and deletes what the test created. The broker contract suite runs over all
-three; each broker's own tests and the daemon's broker tests use its harness directly.
+of them; each broker's own tests and the daemon's broker tests use its harness directly. SQS
+runs on the session's moto server (:mod:`tests.moto`), which :meth:`Harness.for_test` asks for.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from bulksend.brokers.base import BrokerSource, Delivery, JobSource
 from bulksend.brokers.nats import NatsSource
 from bulksend.brokers.rabbitmq import RabbitSource
 from bulksend.brokers.redis_streams import RedisStreamSource
+from bulksend.brokers.sqs import SqsSettings, SqsSource, sqs_client
+from tests.moto import MOTO_ACCESS_KEY, MOTO_REGION, MOTO_SECRET_KEY
 
 NATS_URL = "nats://127.0.0.1:4222"
 RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -41,7 +44,8 @@ class Harness(Generic[S]):
 
     source_type: ClassVar[type[Any]]
     kind: ClassVar[str]
-    url: ClassVar[str]
+    url: str
+    """The broker's URL (a class default, or set per instance for a server the session starts)."""
     bound_key: ClassVar[str]
     """The setting bounding a consumer's unsettled jobs."""
     takeover: ClassVar[Mapping[str, Any]] = {}
@@ -54,6 +58,11 @@ class Harness(Generic[S]):
         self.names = self.make_names(self.uid)
         self._opened: list[S] = []
 
+    @classmethod
+    def for_test(cls, request: pytest.FixtureRequest) -> Self:
+        """A harness for the test of ``request`` (one on a server the session starts asks for it)."""
+        return cls()
+
     def make_names(self, uid: str) -> dict[str, str]:
         """The job source's settings that name what it uses: queues, streams, subjects."""
         raise NotImplementedError
@@ -62,6 +71,10 @@ class Harness(Generic[S]):
     def unreachable_url(self) -> str:
         """A URL of this broker with the password ``s3cr3tpw``, on a closed port."""
         return urlunsplit(urlsplit(self.url)._replace(netloc="u:s3cr3tpw@127.0.0.1:1"))
+
+    def unreachable_config(self) -> dict[str, Any]:
+        """A source's configuration for this broker on a closed port, with the secret ``s3cr3tpw``."""
+        return {"kind": self.kind, "url": self.unreachable_url, "connect_timeout_s": 1}
 
     def source_config(self, **overrides: Any) -> dict[str, Any]:
         """The configuration of a job source on the test's names (``overrides`` replace settings)."""
@@ -100,8 +113,8 @@ H = TypeVar("H", bound=Harness[Any])
 def harness_fixture(harness_type: type[H]) -> Callable[[], AsyncIterator[H]]:
     """A fixture ``harness``: a ``harness_type`` on names unique to one test, cleaned up after it."""
 
-    async def harness() -> AsyncIterator[H]:
-        async with harness_type() as h:
+    async def harness(request: pytest.FixtureRequest) -> AsyncIterator[H]:
+        async with harness_type.for_test(request) as h:
             yield h
 
     return pytest.fixture(harness)
@@ -254,8 +267,101 @@ async def xadd_jobs(client: Any, stream: str, count: int) -> list[str]:
     return [(await client.xadd(stream, {"body": job(i)})).decode() for i in range(count)]
 
 
+class SqsHarness(Harness[SqsSource]):
+    """SQS on the session's moto server: job, dead-letter and results queues per test; ``admin``
+    is an SQS client with the queues' URLs in ``urls``."""
+
+    source_type = SqsSource
+    kind = "sqs"
+    bound_key = "max_in_flight"
+    admin: Any
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__()
+        self.url = endpoint
+        self.urls: dict[str, str] = {}
+        self._stack = contextlib.AsyncExitStack()
+
+    @classmethod
+    def for_test(cls, request: pytest.FixtureRequest) -> Self:
+        return cls(request.getfixturevalue("moto_endpoint"))
+
+    def make_names(self, uid: str) -> dict[str, str]:
+        return {"queue": f"test-{uid}-jobs", "dead_letter_queue": f"test-{uid}-dlq"}
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Endpoint, region and credentials: the keys every SQS configuration of the test shares."""
+        return {
+            "url": self.url,
+            "region": MOTO_REGION,
+            "access_key": MOTO_ACCESS_KEY,
+            "secret_key": MOTO_SECRET_KEY,
+        }
+
+    @property
+    def results_queue(self) -> str:
+        return f"test-{self.uid}-results"
+
+    def source_config(self, **overrides: Any) -> dict[str, Any]:
+        return {"kind": self.kind, **self.settings, **self.names, **overrides}
+
+    def results_config(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.settings, "queue": self.results_queue}
+
+    def unreachable_config(self) -> dict[str, Any]:
+        return {
+            **self.source_config(),
+            "url": "http://127.0.0.1:1",
+            "secret_key": "s3cr3tpw",
+            "connect_timeout_s": 1,
+        }
+
+    async def queue_url(self, name: str) -> str:
+        """The URL of the test's queue ``name`` (created by a source's or publisher's open)."""
+        if name not in self.urls:
+            self.urls[name] = (await self.admin.get_queue_url(QueueName=name))["QueueUrl"]
+        return self.urls[name]
+
+    async def __aenter__(self) -> Self:
+        self.admin = await self._stack.enter_async_context(
+            sqs_client(SqsSettings.from_mapping({"kind": self.kind, **self.settings}))
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await super().__aexit__(*exc_info)
+        for name in (self.names["queue"], self.names["dead_letter_queue"], self.results_queue):
+            with contextlib.suppress(self.admin.exceptions.QueueDoesNotExist):
+                await self.admin.delete_queue(QueueUrl=await self.queue_url(name))
+        await self._stack.aclose()
+
+    async def publish(self, bodies: Sequence[bytes]) -> None:
+        url = await self.queue_url(self.names["queue"])
+        for start in range(0, len(bodies), 10):
+            chunk = bodies[start : start + 10]
+            entries = [{"Id": str(i), "MessageBody": body.decode()} for i, body in enumerate(chunk)]
+            answer = await self.admin.send_message_batch(QueueUrl=url, Entries=entries)
+            assert not answer.get("Failed"), answer["Failed"]
+
+    async def receive_raw(
+        self, name: str, *, wait_s: int = 5, visibility_s: int = 30
+    ) -> list[dict[str, Any]]:
+        """Messages of the test's queue ``name`` as the admin client receives them (not deleted)."""
+        answer = await self.admin.receive_message(
+            QueueUrl=await self.queue_url(name),
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=wait_s,
+            VisibilityTimeout=visibility_s,
+            AttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        )
+        return list(answer.get("Messages", []))
+
+
 HARNESSES: dict[str, type[Harness[Any]]] = {
     "nats": NatsHarness,
     "rabbitmq": RabbitHarness,
     "redis": RedisHarness,
+    "sqs": SqsHarness,
 }

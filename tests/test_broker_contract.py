@@ -1,4 +1,4 @@
-"""The job-source contract, on each real broker (NATS JetStream, RabbitMQ, Redis Streams).
+"""The job-source contract, on each real broker (NATS JetStream, RabbitMQ, Redis Streams, SQS).
 
 What every source promises (see :class:`bulksend.brokers.base.JobSource`), run against the local
 servers through :mod:`tests.brokers`. Behaviour only one broker has is tested in its own file.
@@ -19,12 +19,12 @@ from tests.brokers import HARNESSES, Harness, receive_exactly
 @pytest.fixture(params=list(HARNESSES))
 async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Harness[Any]]:
     """Each broker in turn, on names unique to the test."""
-    async with HARNESSES[request.param]() as harness:
+    async with HARNESSES[request.param].for_test(request) as harness:
         yield harness
 
 
 async def test_bound_holds_back_jobs_until_one_is_settled(broker: Harness[Any]) -> None:
-    """At its bound on unsettled jobs (NATS max_ack_pending, RabbitMQ prefetch, Redis
+    """At its bound on unsettled jobs (NATS max_ack_pending, RabbitMQ prefetch, Redis and SQS
     max_in_flight) a consumer gets nothing more until it settles one; lag() counts the rest."""
     source = await broker.make_source(**{broker.bound_key: 4})
     await broker.publish_jobs(10)
@@ -100,8 +100,8 @@ async def test_healthy_and_lag_follow_the_connection(broker: Harness[Any]) -> No
 
 
 async def test_unreachable_server_fails_without_password(broker: Harness[Any]) -> None:
-    """Opening against a closed port raises BrokerError whose text hides the URL's password."""
-    source = source_from_config({"kind": broker.kind, "url": broker.unreachable_url, "connect_timeout_s": 1})
+    """Opening against a closed port raises BrokerError whose text hides the password or secret key."""
+    source = source_from_config(broker.unreachable_config())
     with pytest.raises(BrokerError) as info:
         await source.open()
     assert "s3cr3tpw" not in str(info.value)

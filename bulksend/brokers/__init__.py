@@ -6,12 +6,13 @@ kind            module                                  source; results publishe
 ``nats``        :mod:`bulksend.brokers.nats`            JetStream pull consumer; subject (or stream)
 ``rabbitmq``    :mod:`bulksend.brokers.rabbitmq`        queue with a dead-letter exchange; queue
 ``redis``       :mod:`bulksend.brokers.redis_streams`   stream and consumer group; stream
+``sqs``         :mod:`bulksend.brokers.sqs`             SQS queue (Scaleway Queues) with a DLQ; queue
 ``memory``      :mod:`bulksend.brokers.memory`          in-process queue; list, for tests
 ==============  ======================================  ===============================================
 
 Each module's source and publisher classes list their configuration keys. Building through
 :func:`source_from_config` and :func:`publisher_from_config` keeps the client libraries (nats-py,
-aio-pika, redis) out of a process that does not use them.
+aio-pika, redis, aiobotocore) out of a process that does not use them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ BROKERS: Final[Mapping[str, str]] = {
     "nats": "bulksend.brokers.nats",
     "rabbitmq": "bulksend.brokers.rabbitmq",
     "redis": "bulksend.brokers.redis_streams",
+    "sqs": "bulksend.brokers.sqs",
     "memory": "bulksend.brokers.memory",
 }
 """The module of each ``kind``."""
