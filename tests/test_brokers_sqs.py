@@ -5,11 +5,29 @@ What only this broker does; the contract all sources keep is in test_broker_cont
 
 from __future__ import annotations
 
+from typing import Any
+
+import anyio
+import orjson
 import pytest
 
-from bulksend.brokers.sqs import SqsSettings, queue_url, sqs_client
+from bulksend.brokers import publisher_from_config, source_from_config
+from bulksend.brokers.base import BrokerError, Delivery
+from bulksend.brokers.sqs import (
+    HEADER_ORIGINAL_MESSAGE_ID,
+    HEADER_ORIGINAL_QUEUE,
+    HEADER_REASON,
+    HEADER_RECEIVE_COUNT,
+    SqsResultPublisher,
+    SqsSettings,
+    SqsSource,
+    queue_url,
+    sqs_client,
+)
 from bulksend.errors import ConfigError
+from tests.brokers import SqsHarness, harness_fixture, receive_exactly
 from tests.moto import MOTO_ACCESS_KEY, MOTO_REGION, MOTO_SECRET_KEY
+from tests.waiting import wait_until
 
 
 async def test_client_reaches_moto_with_settings(moto_endpoint: str) -> None:
@@ -44,3 +62,181 @@ def test_settings_read_credentials_from_the_named_environment(monkeypatch: pytes
     assert inline.region == "fr-par"
     with pytest.raises(ConfigError, match="credentials"):
         SqsSettings.from_mapping({"kind": "sqs", "url": "https://ak:sk@sqs.example.com"})
+
+
+harness = harness_fixture(SqsHarness)
+
+
+async def queue_counts(harness: SqsHarness, name: str) -> tuple[int, int]:
+    """(visible, in flight) messages of the test's queue ``name``, as SQS counts them."""
+    attributes = (
+        await harness.admin.get_queue_attributes(
+            QueueUrl=await harness.queue_url(name),
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )
+    )["Attributes"]
+    return (
+        int(attributes["ApproximateNumberOfMessages"]),
+        int(attributes["ApproximateNumberOfMessagesNotVisible"]),
+    )
+
+
+async def test_receive_takes_batches_of_ten_up_to_what_was_asked(harness: SqsHarness) -> None:
+    """With 30 jobs waiting, receive(25) takes 25 in batches of at most 10; 5 stay visible."""
+    source = await harness.make_source()
+    await harness.publish_jobs(30)
+    got = await source.receive(25, timeout_s=5)
+    assert len(got) == 25
+    assert len({d.message_id for d in got}) == 25
+    assert not any(d.redelivered for d in got)
+    assert await queue_counts(harness, harness.names["queue"]) == (5, 25)
+    assert source.in_flight == 25
+
+
+async def test_open_creates_queues_with_a_redrive_policy_or_uses_urls(harness: SqsHarness) -> None:
+    """Missing queues are refused with create_queues off; created on open otherwise, the job queue
+    with a redrive policy to the dead-letter queue; queues named by URL are used as they are."""
+    with pytest.raises(BrokerError, match="cannot open the queues"):
+        await harness.make_source(create_queues=False)
+    await harness.make_source(max_receive_count=3)
+    job_url = await harness.queue_url(harness.names["queue"])
+    dlq_url = await harness.queue_url(harness.names["dead_letter_queue"])
+    attributes = (
+        await harness.admin.get_queue_attributes(QueueUrl=job_url, AttributeNames=["RedrivePolicy"])
+    )["Attributes"]
+    policy = orjson.loads(attributes["RedrivePolicy"])
+    assert int(policy["maxReceiveCount"]) == 3
+    assert policy["deadLetterTargetArn"].endswith(f":{harness.names['dead_letter_queue']}")
+    by_url = await harness.make_source(queue=job_url, dead_letter_queue=dlq_url, create_queues=False)
+    assert (by_url.queue_url, by_url.dead_letter_url) == (job_url, dlq_url)
+
+
+async def test_heartbeat_keeps_a_slow_admission_from_being_redelivered(harness: SqsHarness) -> None:
+    """A job held past its visibility timeout is not handed to another consumer while the heartbeat
+    extends it; the same timeout without a heartbeat lets a job go to that consumer."""
+    slow = await harness.make_source(visibility_timeout_s=2)
+    other = await harness.make_source(visibility_timeout_s=2)
+    # The control: received without a heartbeat (1 s visibility), the job comes back to `other`.
+    await harness.publish_jobs(1)
+    [unguarded] = await harness.receive_raw(harness.names["queue"], visibility_s=1)
+    [back] = await receive_exactly(other, 1)
+    assert (back.message_id, back.redelivered) == (unguarded["MessageId"], True)
+    await back.ack()
+    await harness.publish_jobs(1)
+    [held] = await receive_exactly(slow, 1)
+    seen: list[Delivery] = []
+
+    async def poll() -> None:
+        while True:
+            seen.extend(await other.receive(10, timeout_s=1))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(poll)
+        # Four rounds of extension: at least 4 × 2/3 s, longer than the 2 s timeout.
+        await wait_until(lambda: slow.extensions >= 4, what="four visibility extensions")
+        tg.cancel_scope.cancel()
+    assert seen == []
+    await held.ack()
+    await slow.close()  # sends the delete
+    assert await queue_counts(harness, harness.names["queue"]) == (0, 0)
+
+
+async def test_redrive_moves_a_job_received_too_often_to_the_dead_letter_queue(harness: SqsHarness) -> None:
+    """A job received max_receive_count times without being acked goes, by SQS's redrive policy,
+    to the dead-letter queue, and is not received again."""
+    source = await harness.make_source(max_receive_count=2)
+    await harness.publish_jobs(1)
+    for attempt in range(2):
+        [delivery] = await receive_exactly(source, 1)
+        assert delivery.redelivered is (attempt > 0)
+        await delivery.release()
+    assert await source.receive(1, timeout_s=1) == []
+    [moved] = await harness.receive_raw(harness.names["dead_letter_queue"])
+    assert orjson.loads(moved["Body"]) == {"n": 0}
+    assert await queue_counts(harness, harness.names["queue"]) == (0, 0)
+
+
+async def test_dead_letter_carries_reason_and_attributes_and_removes_original(harness: SqsHarness) -> None:
+    """dead_letter sends the body with the reason and origin as attributes, keeping as many of the
+    producer's attributes as fit SQS's 10, and the original is deleted."""
+    source = await harness.make_source()
+    url = await harness.queue_url(harness.names["queue"])
+    theirs: dict[str, Any] = {f"a{i}": {"DataType": "String", "StringValue": f"v{i}"} for i in range(9)}
+    theirs["blob"] = {"DataType": "Binary", "BinaryValue": b"\x00\xff"}
+    await harness.admin.send_message(QueueUrl=url, MessageBody="{oops", MessageAttributes=theirs)
+    [delivery] = await receive_exactly(source, 1)
+    await delivery.dead_letter("not JSON: unexpected end of data")
+    [dead] = await harness.receive_raw(harness.names["dead_letter_queue"])
+    assert dead["Body"] == "{oops"
+    attributes = {k: v.get("StringValue") for k, v in dead["MessageAttributes"].items()}
+    assert attributes[HEADER_REASON] == "not JSON: unexpected end of data"
+    assert attributes[HEADER_ORIGINAL_QUEUE] == url
+    assert attributes[HEADER_ORIGINAL_MESSAGE_ID] == delivery.message_id
+    assert attributes[HEADER_RECEIVE_COUNT] == "1"
+    assert len(attributes) == 10
+    await source.close()
+    assert await queue_counts(harness, harness.names["queue"]) == (0, 0)
+
+
+async def test_batch_delete_drops_a_refused_receipt_and_deletes_the_rest(harness: SqsHarness) -> None:
+    """Acks go out together in one DeleteMessageBatch at the next receive; the entry SQS refuses
+    (its message was purged, so its receipt handle is unknown) is recorded and dropped, and the
+    rest of the batch is deleted."""
+    source = await harness.make_source()
+    url = await harness.queue_url(harness.names["queue"])
+    await harness.publish_jobs(1)
+    [purged] = await receive_exactly(source, 1)
+    await harness.admin.purge_queue(QueueUrl=url)
+    await harness.publish_jobs(3)
+    rest = await receive_exactly(source, 3)
+    for delivery in [purged, *rest]:
+        await delivery.ack()
+    assert source.pending_deletes == 4
+    assert await queue_counts(harness, harness.names["queue"]) == (0, 3)
+    assert await source.receive(10, timeout_s=0) == []
+    assert source.pending_deletes == 0
+    assert [f.code for f in source.delete_failures] == ["ReceiptHandleIsInvalid"]
+    assert await queue_counts(harness, harness.names["queue"]) == (0, 0)
+
+
+def test_config_refuses_unknown_keys_and_bad_values() -> None:
+    """Unknown keys and bad values are configuration errors naming the key; the secret key never
+    shows in a repr."""
+    with pytest.raises(ConfigError, match="'visibility_timeout'"):
+        source_from_config({"kind": "sqs", "visibility_timeout": 5})
+    with pytest.raises(ConfigError, match="visibility_timeout_s"):
+        source_from_config({"kind": "sqs", "visibility_timeout_s": 50_000})
+    with pytest.raises(ConfigError, match="dead_letter_queue"):
+        source_from_config({"kind": "sqs", "queue": "jobs", "dead_letter_queue": "jobs"})
+    with pytest.raises(ConfigError, match="queue"):
+        source_from_config({"kind": "sqs", "queue": "no spaces please"})
+    with pytest.raises(ConfigError, match="FIFO"):
+        source_from_config({"kind": "sqs", "queue": "jobs.fifo", "dead_letter_queue": "dlq"})
+    source = source_from_config({"kind": "sqs", "secret_key": "hunter2-secret", "access_key": "AK"})
+    assert isinstance(source, SqsSource)
+    assert source.name == "sqs:bulksend-jobs"
+    assert "hunter2-secret" not in repr(source)
+    assert "hunter2-secret" not in repr(source.config)
+
+
+async def test_result_publisher_sends_concurrent_outcomes_in_shared_batches(harness: SqsHarness) -> None:
+    """Outcomes published together go out in SendMessageBatch calls of up to 10, each one once, as
+    JSON; a publish to a queue that is gone raises BrokerError."""
+    publisher = publisher_from_config(harness.results_config())
+    assert isinstance(publisher, SqsResultPublisher)
+    async with publisher:
+        assert await publisher.healthy()
+        async with anyio.create_task_group() as tg:
+            for i in range(25):
+                tg.start_soon(publisher.publish, {"idempotency_key": f"k-{i}", "status": "sent"})
+        assert 3 <= publisher.batches < 25
+        received: list[dict[str, Any]] = []
+        while len(received) < 25:
+            messages = await harness.receive_raw(harness.results_queue)
+            assert messages, f"only {len(received)} of 25 outcomes arrived"
+            received += [orjson.loads(m["Body"]) for m in messages]
+        assert sorted(r["idempotency_key"] for r in received) == sorted(f"k-{i}" for i in range(25))
+        await harness.admin.delete_queue(QueueUrl=await harness.queue_url(harness.results_queue))
+        with pytest.raises(BrokerError, match="cannot publish"):
+            await publisher.publish({"idempotency_key": "k-late", "status": "sent"})
+    assert not await publisher.healthy()

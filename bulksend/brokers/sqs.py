@@ -310,7 +310,7 @@ def fifo_fields(url: str, *, group: str, dedup: str) -> dict[str, str]:
     return {"MessageGroupId": group[:128], "MessageDeduplicationId": dedup[:128]}
 
 
-_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,80}(\\.fifo)?$")
+_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,80}(\.fifo)?$")
 
 
 def check_queue(value: str, key: str, *, where: str) -> None:
