@@ -1,4 +1,5 @@
-"""The daemon end to end on each real broker (NATS JetStream, RabbitMQ, Redis Streams) and the sandbox.
+"""The daemon end to end on each real broker (NATS JetStream, RabbitMQ, Redis Streams, SQS on moto)
+and the sandbox.
 
 Each test gets its own stream/queue names (a uuid) and deletes them afterwards. The broker
 adapters below, built on the harnesses of :mod:`tests.brokers`, are shared with the process tests.
@@ -7,6 +8,7 @@ adapters below, built on the harnesses of :mod:`tests.brokers`, are shared with 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,10 +24,11 @@ from nats.js.client import JetStreamContext
 
 from bulksend.brokers.nats import HEADER_REASON as NATS_REASON
 from bulksend.brokers.rabbitmq import HEADER_REASON as RABBIT_REASON
+from bulksend.brokers.sqs import HEADER_REASON as SQS_REASON
 from bulksend.daemon.config import load_daemon_config
 from bulksend.daemon.service import Daemon
 from bulksend.sandbox import Sandbox
-from tests.brokers import Harness, NatsHarness, RabbitHarness, RedisHarness
+from tests.brokers import Harness, NatsHarness, RabbitHarness, RedisHarness, SqsHarness
 from tests.conftest import settings_for
 from tests.test_daemon import (
     DaemonWatch,
@@ -46,10 +49,14 @@ class Broker(Harness[Any]):
     source_defaults: ClassVar[Mapping[str, Any]] = {}
     """Settings of the daemon's job source besides the test's names (a test may override them)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
         self.results: list[Result] = []
         """Every result read from the results destination so far, in order."""
+
+    def carries(self, body: bytes) -> bool:
+        """Whether a producer can publish ``body`` on this broker (all bytes, unless said otherwise)."""
+        return True
 
     def source_config(self, **overrides: Any) -> dict[str, Any]:
         return super().source_config(**{**self.source_defaults, **overrides})
@@ -204,13 +211,68 @@ class RedisBroker(Broker, RedisHarness):
         return int(pending["pending"]) + int(await self._client.xlen(stream))
 
 
-BROKERS: dict[str, type[Broker]] = {"nats": NatsBroker, "rabbitmq": RabbitBroker, "redis": RedisBroker}
+# The characters an SQS message body may hold (anything else, SQS refuses to take).
+_SQS_TEXT = re.compile("^[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]+$")
+
+
+class SqsBroker(Broker, SqsHarness):
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(endpoint)
+        self._dead: list[tuple[bytes, str]] = []
+
+    def carries(self, body: bytes) -> bool:
+        try:
+            return bool(_SQS_TEXT.match(body.decode()))
+        except UnicodeDecodeError:
+            return False
+
+    async def _prepare_results(self) -> None:
+        # Created as the daemon's publisher creates it, so the test can read it from the start.
+        self.urls[self.results_queue] = (await self.admin.create_queue(QueueName=self.results_queue))[
+            "QueueUrl"
+        ]
+
+    async def _take(self, name: str, wait_s: int) -> list[dict[str, Any]]:
+        messages = await self.receive_raw(name, wait_s=wait_s)
+        url = await self.queue_url(name)
+        for m in messages:
+            await self.admin.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+        return messages
+
+    async def _read(self, timeout_s: float) -> list[Result]:
+        return [orjson.loads(m["Body"]) for m in await self._take(self.results_queue, round(timeout_s))]
+
+    async def dead_letters(self, n: int, timeout_s: float = 10) -> list[tuple[bytes, str]]:
+        # Dead letters are sent (and confirmed) before the message counts as handled, so once the
+        # daemon has handled every message they are all there. Reading deletes them: keep them.
+        while messages := await self._take(self.names["dead_letter_queue"], 0):
+            self._dead += [
+                (m["Body"].encode(), m["MessageAttributes"][SQS_REASON]["StringValue"]) for m in messages
+            ]
+        return self._dead[:n]
+
+    async def jobs_left(self) -> int:
+        attributes = (
+            await self.admin.get_queue_attributes(
+                QueueUrl=await self.queue_url(self.names["queue"]),
+                AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+            )
+        )["Attributes"]
+        return sum(int(v) for v in attributes.values())
+
+
+BROKERS: dict[str, type[Broker]] = {
+    "nats": NatsBroker,
+    "rabbitmq": RabbitBroker,
+    "redis": RedisBroker,
+    "sqs": SqsBroker,
+}
 
 
 @pytest.fixture(params=sorted(BROKERS))
 async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
     """A broker with names unique to the test; everything is deleted afterwards."""
-    b = BROKERS[request.param]()
+    b = BROKERS[request.param].for_test(request)
     await b.open()
     try:
         yield b
