@@ -5,6 +5,7 @@ What only this broker does; the contract all sources keep is in test_broker_cont
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -24,6 +25,7 @@ from bulksend.brokers.sqs import (
     queue_url,
     sqs_client,
 )
+from bulksend.daemon.config import load_daemon_config
 from bulksend.errors import ConfigError
 from tests.brokers import SqsHarness, harness_fixture, receive_exactly
 from tests.moto import MOTO_ACCESS_KEY, MOTO_REGION, MOTO_SECRET_KEY
@@ -240,3 +242,23 @@ async def test_result_publisher_sends_concurrent_outcomes_in_shared_batches(harn
         with pytest.raises(BrokerError, match="cannot publish"):
             await publisher.publish({"idempotency_key": "k-late", "status": "sent"})
     assert not await publisher.healthy()
+
+
+def test_scaleway_example_config_builds_sqs_source_and_publisher() -> None:
+    """configs/daemon.scaleway-queues.toml loads, and its source and results point at Scaleway
+    Queues (endpoint, fr-par) with the credentials read from the variables it names."""
+    example = load_daemon_config(Path(__file__).parents[1] / "configs" / "daemon.scaleway-queues.toml")
+    assert example.receive_timeout_s == 20
+    [source] = [source_from_config(cfg) for cfg in example.sources]
+    assert example.results is not None
+    publisher = publisher_from_config(example.results)
+    assert isinstance(source, SqsSource)
+    assert isinstance(publisher, SqsResultPublisher)
+    for config in (source.config, publisher.config):
+        assert (config.url, config.region) == ("https://sqs.mnq.fr-par.scaleway.com", "fr-par")
+        assert (config.access_key_env, config.secret_key_env) == (
+            "BULKSEND_SQS_ACCESS_KEY",
+            "BULKSEND_SQS_SECRET_KEY",
+        )
+    assert (source.config.queue, source.config.dead_letter_queue) == ("bulksend-jobs", "bulksend-jobs-dlq")
+    assert source.config.create_queues is False

@@ -351,7 +351,7 @@ class SqsSourceConfig(SqsSettings):
     queue: str = "bulksend-jobs"
     dead_letter_queue: str = "bulksend-jobs-dlq"
     create_queues: bool = True
-    max_receive_count: int = 5
+    max_receive_count: int = 10
     visibility_timeout_s: int = 30
     max_in_flight: int = 1000
 
@@ -489,7 +489,7 @@ class SqsSource(SqsConnection[SqsSourceConfig], BrokerSource[SqsSourceConfig, SQ
     ``queue``                 ``bulksend-jobs``                        queue of jobs: a name or a URL
     ``dead_letter_queue``     ``bulksend-jobs-dlq``                    queue refused jobs are sent to
     ``create_queues``         ``true``                                 create missing queues on open
-    ``max_receive_count``     ``5``                                    redrive policy of a job queue
+    ``max_receive_count``     ``10``                                   redrive policy of a job queue
                                                                        created here
     ``visibility_timeout_s``  ``30``                                   a received job is hidden this long,
                                                                        extended while it is held
