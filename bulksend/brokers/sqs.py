@@ -240,6 +240,8 @@ class SqsConnection(BrokerClient[SqsSettingsT, SQSClient]):
         super().__init__(config)
         self._exit: contextlib.AsyncExitStack | None = None
         self._creds: SqsCredentials | None = None
+        self.queue_url = ""
+        """The URL of the queue read or written (set by ``_setup``)."""
 
     async def _connect(self) -> SQSClient:
         self._creds = self.config.credentials()
@@ -253,6 +255,22 @@ class SqsConnection(BrokerClient[SqsSettingsT, SQSClient]):
         if stack is not None:
             with contextlib.suppress(*SQS_ERRORS), anyio.move_on_after(5):
                 await stack.aclose()
+
+    async def healthy(self) -> bool:
+        return await self.queue_attribute("QueueArn") is not None
+
+    async def queue_attribute(self, name: QueueAttributeNameType) -> str | None:
+        """One attribute of the queue, or None when closed or unanswered (never raises)."""
+        conn = self._conn
+        if conn is None or not self.queue_url:
+            return None
+        try:
+            with anyio.fail_after(5):
+                answer = await conn.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=[name])
+        except SQS_ERRORS as exc:
+            log.debug("sqs queue attributes unavailable", queue=self.name, error=self.scrubbed(str(exc)))
+            return None
+        return answer.get("Attributes", {}).get(name)
 
     def scrubbed(self, text: str) -> str:
         """``text`` without the credentials (for logs and errors)."""
@@ -528,7 +546,6 @@ class SqsSource(SqsConnection[SqsSourceConfig], BrokerSource[SqsSourceConfig, SQ
 
     def __init__(self, config: SqsSourceConfig | None = None) -> None:
         super().__init__(config)
-        self.queue_url = ""
         self.dead_letter_url = ""
         self._leases: dict[str, _Lease] = {}
         self._to_delete: list[tuple[str, str, int]] = []
@@ -783,24 +800,9 @@ class SqsSource(SqsConnection[SqsSourceConfig], BrokerSource[SqsSourceConfig, SQ
                 )
             self._to_delete[:0] = retry
 
-    async def healthy(self) -> bool:
-        return await self._queue_attribute("QueueArn") is not None
-
     async def lag(self) -> int | None:
-        value = await self._queue_attribute("ApproximateNumberOfMessages")
+        value = await self.queue_attribute("ApproximateNumberOfMessages")
         return int(value) if value is not None and value.isdigit() else None
-
-    async def _queue_attribute(self, name: QueueAttributeNameType) -> str | None:
-        conn = self._conn
-        if conn is None or not self.queue_url:
-            return None
-        try:
-            with anyio.fail_after(5):
-                answer = await conn.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=[name])
-        except SQS_ERRORS as exc:
-            log.debug("sqs queue attributes unavailable", source=self.name, error=self.scrubbed(str(exc)))
-            return None
-        return answer.get("Attributes", {}).get(name)
 
 
 # -- results publisher --------------------------------------------------------------------------
@@ -852,7 +854,6 @@ class SqsResultPublisher(SqsConnection[SqsResultConfig], BrokerPublisher[SqsResu
 
     def __init__(self, config: SqsResultConfig | None = None) -> None:
         super().__init__(config)
-        self.queue_url = ""
         self._waiting: list[_Outgoing] = []
         self._send_lock = anyio.Lock()
         self.batches = 0
@@ -941,17 +942,6 @@ class SqsResultPublisher(SqsConnection[SqsResultConfig], BrokerPublisher[SqsResu
                     f"{self.name}: SQS refused an outcome: {refused.get('Code', '')} "
                     f"{self.scrubbed(str(refused.get('Message', '')))}".rstrip()
                 )
-
-    async def healthy(self) -> bool:
-        conn = self._conn
-        if conn is None or not self.queue_url:
-            return False
-        try:
-            with anyio.fail_after(5):
-                await conn.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])
-        except SQS_ERRORS:
-            return False
-        return True
 
 
 # The builders (not openers) the registry in bulksend.brokers calls with a configuration table.
