@@ -10,7 +10,7 @@ import pytest
 from bulksend.brokers import BROKERS, publisher_from_config, source_from_config
 from bulksend.errors import ConfigError
 
-CLIENTS = ("nats", "aio_pika", "aiormq", "redis")
+CLIENTS = ("nats", "aio_pika", "aiormq", "redis", "aiobotocore", "botocore")
 
 
 def imported_after(code: str) -> list[str]:
@@ -21,12 +21,18 @@ def imported_after(code: str) -> list[str]:
 
 
 def test_daemon_imports_no_broker_client() -> None:
-    """Importing the daemon (and the registry) loads none of nats, aio_pika or redis."""
+    """Importing the daemon (and the registry) loads none of nats, aio_pika, redis or aiobotocore."""
     assert imported_after("import bulksend.daemon.service, bulksend.cli.main, bulksend.brokers") == []
 
 
 @pytest.mark.parametrize(
-    ("kind", "loaded"), [("nats", ["nats"]), ("rabbitmq", ["aio_pika", "aiormq"]), ("redis", ["redis"])]
+    ("kind", "loaded"),
+    [
+        ("nats", ["nats"]),
+        ("rabbitmq", ["aio_pika", "aiormq"]),
+        ("redis", ["redis"]),
+        ("sqs", ["aiobotocore", "botocore"]),
+    ],
 )
 def test_building_a_source_imports_only_its_broker(kind: str, loaded: list[str]) -> None:
     """A configured source and publisher of one kind load that broker's client, and no other."""
@@ -39,8 +45,10 @@ def test_building_a_source_imports_only_its_broker(kind: str, loaded: list[str])
 
 def test_unknown_kind_or_table_is_a_config_error() -> None:
     """An unknown kind names the known ones; a value that is not a table is refused as such."""
-    assert list(BROKERS) == ["nats", "rabbitmq", "redis", "memory"]
-    with pytest.raises(ConfigError, match="job source: kind must be one of nats, rabbitmq, redis, memory"):
+    assert list(BROKERS) == ["nats", "rabbitmq", "redis", "sqs", "memory"]
+    with pytest.raises(
+        ConfigError, match="job source: kind must be one of nats, rabbitmq, redis, sqs, memory"
+    ):
         source_from_config({"kind": "kafka"})
     with pytest.raises(ConfigError, match="results: kind must be one of"):
         publisher_from_config({})
