@@ -25,7 +25,7 @@ from bulksend.sandbox import Sandbox
 from bulksend.store.base import RecipientRow, RowState
 from tests.conftest import settings_for
 from tests.test_daemon import job, running, write_config
-from tests.test_daemon_brokers import Broker, NatsBroker, RabbitBroker, RedisBroker, broker
+from tests.test_daemon_brokers import Broker, NatsBroker, RabbitBroker, RedisBroker, SqsBroker, broker
 
 __all__ = ["broker"]  # the broker fixture (one test per real broker), used here
 
@@ -76,6 +76,9 @@ async def refuse_results(broker: Broker) -> None:
     elif isinstance(broker, NatsBroker):
         # No stream captures the subject any more: a JetStream publish gets no answer.
         await broker.js.delete_stream(broker.results_stream)
+    elif isinstance(broker, SqsBroker):
+        # No queue at the URL any more: SendMessageBatch answers that it does not exist.
+        await broker.admin.delete_queue(QueueUrl=await broker.queue_url(broker.results_queue))
 
 
 async def take_results(broker: Broker) -> None:
@@ -87,6 +90,8 @@ async def take_results(broker: Broker) -> None:
     elif isinstance(broker, NatsBroker):
         await broker.js.add_stream(name=broker.results_stream, subjects=[broker.results_subject])
         broker._results = await broker.js.pull_subscribe(broker.results_subject, durable="reader")
+    elif isinstance(broker, SqsBroker):
+        await broker.admin.create_queue(QueueName=broker.results_queue)
 
 
 async def test_held_results_go_out_when_the_broker_is_back(

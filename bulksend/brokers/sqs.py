@@ -899,6 +899,21 @@ class SqsResultPublisher(SqsConnection[SqsResultConfig], BrokerPublisher[SqsResu
         if mine.error is not None:
             raise mine.error
 
+    async def healthy(self) -> bool:
+        # Whether the endpoint answers: an error answer about the queue (gone, refused) is a
+        # refusal, which holds results in the daemon's backlog, as a broker refusing a publish does.
+        conn = self._conn
+        if conn is None or not self.queue_url:
+            return False
+        try:
+            with anyio.fail_after(5):
+                await conn.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])
+        except botocore.exceptions.ClientError:
+            return True
+        except SQS_ERRORS:
+            return False
+        return True
+
     def _take_batch(self) -> list[_Outgoing]:
         batch: list[_Outgoing] = []
         size = 0
