@@ -499,7 +499,7 @@ async def test_memory_publisher_and_factories() -> None:
         await publisher.publish({"status": "sent", "final_at": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)})
     assert publisher.outcomes == [{"status": "sent", "final_at": "2026-01-02T03:04:05Z"}]
     with pytest.raises(ConfigError, match="kind"):
-        publisher_from_config({"kind": "sqs"})
+        publisher_from_config({"kind": "kafka"})
     with pytest.raises(ValueError, match="JSON"):
         encode_outcome({"x": object()})
 
