@@ -9,6 +9,8 @@
     │                            (file, line and fix in the message)
     ├── JobError                 a broker message is not a valid send job (``reason``, ``kind``)
     ├── BrokerError              a message broker is unreachable or refused an operation (transient)
+    ├── EventVerificationError   a webhook event envelope that may not be trusted (bad signature,
+    │                            certificate URL not allowed, certificate unusable)
     ├── ControlError             a daemon control request that cannot be carried out as asked
     │   ├── NotFound             no such campaign or template (the API answers 404)
     │   └── Conflict             the request clashes with the current state (409)
@@ -56,6 +58,7 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "ControlError",
+    "EventVerificationError",
     "InvalidArgumentsError",
     "JobError",
     "JobErrorKind",
@@ -171,6 +174,10 @@ class BrokerError(BulksendError):
     """A message broker could not be reached or refused an operation. Usually transient."""
 
     transient = True
+
+
+class EventVerificationError(BulksendError):
+    """A webhook event envelope that may not be trusted; the message says why."""
 
 
 class ControlError(BulksendError):

@@ -1,4 +1,4 @@
-"""Typed async client of the TEM email endpoints (send, get, list, cancel, statistics).
+"""Typed async client of the TEM email endpoints (send, get, list, cancel, statistics) and webhooks.
 
 The client is a thin, fast boundary: it encodes requests, maps every failure to the bulksend error
 tree exactly once, and decodes answers into the typed models. It does **not** retry and does
@@ -23,7 +23,7 @@ pass it to every client (the client then leaves it open), or let a client own a 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, Literal, NamedTuple
 from urllib.parse import quote
@@ -47,6 +47,7 @@ from bulksend.tem.models import (
     format_rfc3339,
     parse_rfc3339,
 )
+from bulksend.tem.webhooks import Webhook, WebhookEventRecord
 
 __all__ = [
     "MAX_PAGE_SIZE",
@@ -65,7 +66,7 @@ USER_AGENT: Final = f"bulksend/{__version__}"
 MAX_PAGE_SIZE: Final = 1000
 _MAX_RAW = 4096
 
-EndpointKind = Literal["send", "get", "list", "cancel", "statistics"]
+EndpointKind = Literal["send", "get", "list", "cancel", "statistics", "webhook"]
 ResponseObserver = Callable[[str, int, float], None]
 """``(endpoint kind, HTTP status or 0 for a transport error, elapsed seconds)``, after every request."""
 
@@ -369,6 +370,104 @@ class TemClient(OpenClose):
             )
         return Statistics.from_json(data)
 
+    # -- webhooks ----------------------------------------------------------------------------------
+
+    async def list_webhooks(self, *, domain_id: str | None = None, page_size: int = 100) -> list[Webhook]:
+        """``GET /webhooks`` of the settings' project (every page), optionally of one domain."""
+        params = [("project_id", self._settings.project_id)]
+        if domain_id:
+            params.append(("domain_id", domain_id))
+        return [
+            Webhook.from_json(w)
+            for w in await self._pages("/webhooks", "webhooks", params, page_size=page_size)
+        ]
+
+    async def create_webhook(
+        self, *, domain_id: str, name: str, event_types: Sequence[str], sns_arn: str
+    ) -> Webhook:
+        """``POST /webhooks``: TEM publishes the domain's ``event_types`` to the topic ``sns_arn``."""
+        body = {
+            "domain_id": domain_id,
+            "project_id": self._settings.project_id,
+            "name": name,
+            "event_types": list(event_types),
+            "sns_arn": sns_arn,
+        }
+        data, status, _ = await self._request("webhook", "POST", "/webhooks", body=orjson.dumps(body))
+        return self._webhook_or_error(status, data)
+
+    async def update_webhook(
+        self,
+        webhook_id: str,
+        *,
+        name: str | None = None,
+        event_types: Sequence[str] | None = None,
+        sns_arn: str | None = None,
+    ) -> Webhook:
+        """``PATCH /webhooks/{id}``: change what is given, keep the rest."""
+        body: dict[str, Any] = {}
+        if name is not None:
+            body["name"] = name
+        if event_types is not None:
+            body["event_types"] = list(event_types)
+        if sns_arn is not None:
+            body["sns_arn"] = sns_arn
+        path = _webhook_path(webhook_id)
+        data, status, _ = await self._request("webhook", "PATCH", path, body=orjson.dumps(body))
+        return self._webhook_or_error(status, data)
+
+    async def get_webhook(self, webhook_id: str) -> Webhook:
+        """``GET /webhooks/{id}``."""
+        data, status, _ = await self._request("webhook", "GET", _webhook_path(webhook_id))
+        return self._webhook_or_error(status, data)
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        """``DELETE /webhooks/{id}`` (permanent)."""
+        await self._request("webhook", "DELETE", _webhook_path(webhook_id), allow_empty=True)
+
+    async def list_webhook_events(
+        self,
+        webhook_id: str,
+        *,
+        email_id: str | None = None,
+        event_types: Sequence[str] = (),
+        page: int = 1,
+        page_size: int = 100,
+    ) -> list[WebhookEventRecord]:
+        """One page of ``GET /webhooks/{id}/events`` (newest first), optionally of one email."""
+        params: list[tuple[str, str]] = [("page", str(page)), ("page_size", str(page_size))]
+        if email_id:
+            params.append(("email_id", email_id))
+        params.extend(("event_types", t) for t in event_types)
+        path = _webhook_path(webhook_id) + "/events"
+        data, status, _ = await self._request("webhook", "GET", path, params=params)
+        events = data.get("webhook_events") if isinstance(data, Mapping) else None
+        if not isinstance(events, list):
+            raise self._protocol_error("webhook", status, "an answer without a 'webhook_events' list", data)
+        return [WebhookEventRecord.from_json(e) for e in events if isinstance(e, Mapping)]
+
+    async def _pages(
+        self, path: str, key: str, params: list[tuple[str, str]], *, page_size: int
+    ) -> list[Mapping[str, Any]]:
+        """Every item under ``key`` of a paged ``GET path``; stops after the first short page."""
+        items: list[Mapping[str, Any]] = []
+        page = 1
+        while True:
+            query = [*params, ("page", str(page)), ("page_size", str(page_size))]
+            data, status, _ = await self._request("webhook", "GET", path, params=query)
+            found = data.get(key) if isinstance(data, Mapping) else None
+            if not isinstance(found, list):
+                raise self._protocol_error("webhook", status, f"an answer without a {key!r} list", data)
+            items.extend(item for item in found if isinstance(item, Mapping))
+            if len(found) < page_size:
+                return items
+            page += 1
+
+    def _webhook_or_error(self, status: int, data: Any) -> Webhook:
+        if not isinstance(data, Mapping) or not data.get("id"):
+            raise self._protocol_error("webhook", status, "an answer that is not a webhook object", data)
+        return Webhook.from_json(data)
+
     # -- plumbing ----------------------------------------------------------------------------------
 
     def _email_or_error(self, kind: EndpointKind, status: int, data: Any) -> Email:
@@ -391,10 +490,12 @@ class TemClient(OpenClose):
         params: list[tuple[str, str]] | None = None,
         body: bytes | None = None,
         url: URL | None = None,
+        allow_empty: bool = False,
     ) -> tuple[Any, int, Mapping[str, str]]:
         """Send one request; return (decoded JSON, HTTP status, response headers) or raise a TemError.
 
-        ``url``, when given, is ``path`` already joined to the base URL and parsed.
+        ``url``, when given, is ``path`` already joined to the base URL and parsed. With
+        ``allow_empty``, an empty body (a ``204``) answers None.
         """
         session = self.session
         started = self._clock()
@@ -480,6 +581,8 @@ class TemClient(OpenClose):
                 elapsed_s=elapsed_s,
             )
             raise api_error
+        if allow_empty and not payload.strip():
+            return None, status, resp_headers
         try:
             return orjson.loads(payload), status, resp_headers
         except orjson.JSONDecodeError:
@@ -501,6 +604,12 @@ class TemClient(OpenClose):
             # An observer feeds metrics and adaptive limits; its bug must not turn a successful send
             # into a failed one (which the pipeline would then retry: a duplicate email).
             log.exception("tem.observer_failed", kind=kind)
+
+
+def _webhook_path(webhook_id: str) -> str:
+    if not webhook_id:
+        raise ValueError("webhook_id must not be empty")
+    return "/webhooks/" + quote(webhook_id, safe="")
 
 
 def _email_path(email_id: str) -> str:
