@@ -161,17 +161,29 @@ class TrackingSettings(_Checked):
             "give_up_after_s": Bound(0, exclusive=True),
             "page_size": Bound(1, integer=True, maximum=MAX_PAGE_SIZE),
             "settle_s": Bound(0),
+            "fallback_after_s": Bound(0, exclusive=True),
         }
     )
+    MODES: ClassVar[tuple[str, ...]] = ("polling", "events")
 
     poll_interval_s: float = 5
     give_up_after_s: float = 259200
     page_size: int = 1000
     settle_s: float = 30
+    fallback_after_s: float = 300
+    """With ``mode = "events"``: an email no event reported for this long is looked up by polling."""
+    mode: str = "polling"
+    """``polling`` (list calls learn final statuses) or ``events`` (TEM's webhook events do)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mode not in self.MODES:
+            modes = " or ".join(map(repr, self.MODES))
+            raise SettingError(f"{self.name_of('mode')} must be {modes} (got {self.mode!r})", key="mode")
 
     def table(self) -> dict[str, Any]:
         """The ``[tracking]`` table of these settings."""
-        return {key: getattr(self, key) for key in self.BOUNDS}
+        return {key: getattr(self, key) for key in (*self.BOUNDS, "mode")}
 
 
 @dataclass(frozen=True)

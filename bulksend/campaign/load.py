@@ -183,7 +183,9 @@ _SCHEMA: Final[Mapping[str, frozenset[str]]] = {
         }
     ),
     "sending": frozenset({"rate_per_s", "concurrency", "max_attempts", "max_retry_s", "timeout_s"}),
-    "tracking": frozenset({"poll_interval_s", "give_up_after_s", "page_size", "settle_s"}),
+    "tracking": frozenset(
+        {"poll_interval_s", "give_up_after_s", "page_size", "settle_s", "fallback_after_s", "mode"}
+    ),
     "output": frozenset({"outcomes"}),
     "store": frozenset({"path"}),
     "render": frozenset({"max_part_chars", "max_loop_iterations", "max_render_s"}),
@@ -919,7 +921,11 @@ class _Builder:
         return SendingSettings(**self.numbers(s, SendingSettings), rate_given="rate_per_s" in s)
 
     def tracking(self) -> TrackingSettings:
-        return TrackingSettings(**self.numbers(self.table("tracking"), TrackingSettings))
+        t = self.table("tracking")
+        mode = self.string(t, "tracking", "mode") or TrackingSettings.mode
+        if mode not in TrackingSettings.MODES:
+            self.fail(f"tracking.mode must be 'polling' or 'events' (got {mode!r})", "tracking", "mode")
+        return TrackingSettings(**self.numbers(t, TrackingSettings), mode=mode)
 
     def guardrails(self) -> GuardrailSettings:
         try:

@@ -25,7 +25,7 @@ _SECTIONS = {
     "store": {"url"},
     "daemon": {"data_dir", "grace_s", "worker_id", "job_batch", "receive_timeout_s", "results_default"},
     "sending": {"rate_per_s", "concurrency", "max_attempts", "max_retry_s", "timeout_s"},
-    "tracking": {"poll_interval_s", "give_up_after_s", "settle_s", "page_size"},
+    "tracking": {"poll_interval_s", "give_up_after_s", "settle_s", "page_size", "fallback_after_s", "mode"},
     "admin": {
         "listen",
         "token",
@@ -100,7 +100,13 @@ _SENDING_MINIMUMS = {
     "max_retry_s": 0,
     "timeout_s": 0.001,
 }
-_TRACKING_MINIMUMS = {"poll_interval_s": 0.001, "give_up_after_s": 0, "settle_s": 0, "page_size": 1}
+_TRACKING_MINIMUMS = {
+    "poll_interval_s": 0.001,
+    "give_up_after_s": 0,
+    "settle_s": 0,
+    "page_size": 1,
+    "fallback_after_s": 0.001,
+}
 
 
 def _numbers(table: dict[str, Any], where: str, minimums: Mapping[str, float]) -> dict[str, Any]:

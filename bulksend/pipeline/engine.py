@@ -87,7 +87,11 @@ def campaign_tracker(
         SendContext(store, tem, limiter, stats, retry),
         campaign_id=campaign.id,
         settings=TrackerSettings(
-            poll_interval_s=t.poll_interval_s, give_up_after_s=t.give_up_after_s, page_size=t.page_size
+            poll_interval_s=t.poll_interval_s,
+            give_up_after_s=t.give_up_after_s,
+            page_size=t.page_size,
+            mode=t.mode,
+            fallback_after_s=t.fallback_after_s,
         ),
         since=since,
         mail_from=campaign.from_.email,

@@ -7,6 +7,13 @@ skew and same-instant updates). A poll therefore costs about ``newly final / 100
 whatever the campaign size. Emails the lists have not reported after ``straggler_after_s`` are
 read one by one (``GET /emails/{id}``), with a per-email backoff so stuck soft bounces stay cheap;
 an email still transient after ``give_up_after_s`` ends ``unknown``.
+
+In ``events`` mode (:meth:`Tracker.apply_events`), TEM's webhook events say when an email is final,
+and the lists are only the safety net: an email no event reported for ``fallback_after_s`` is read
+by id, or, when more than ``fallback_batch`` are in that case (events stopped arriving), one
+incremental list poll answers them all. A lost event costs latency, never an outcome. Events and
+polls finalise under one lock, and only ``submitted`` rows: a duplicate, late or out-of-order event
+finds the row final (the first final status stays) and changes nothing.
 """
 
 from __future__ import annotations
@@ -20,14 +27,16 @@ from typing import Any
 import anyio
 import structlog
 
+from bulksend.campaign.validate import normalize_address
 from bulksend.errors import NotFoundError, TemError
 from bulksend.pipeline.context import SendContext
 from bulksend.pipeline.dispatch import AccountRefusedError, account_refusal, utcnow
 from bulksend.pipeline.stats import OutcomeHook
 from bulksend.store.base import FinalUpdate, RecipientRow, RowState
 from bulksend.tem.models import FINAL_STATUSES, Email, ListEmailsQuery, OrderBy, parse_rfc3339
+from bulksend.tem.webhooks import EmailEvent, WebhookEventType
 
-__all__ = ["FinalsHook", "Tracker", "TrackerSettings", "final_update"]
+__all__ = ["FinalsHook", "Tracker", "TrackerSettings", "event_update", "final_update"]
 
 FinalsHook = Callable[[str, Sequence[tuple[FinalUpdate, str]]], Awaitable[None]]
 """Called with (campaign id, [(final update, recipient address)]) once the updates are recorded,
@@ -39,6 +48,8 @@ log = structlog.get_logger("bulksend.tracker")
 PAGE_SIZE_MAX = 1000
 _RECENT_MAX = 200_000
 _EXPECT_MAX = 100_000
+_HELD_MAX = 10_000
+"""Final events held for emails not recorded as submitted yet; beyond, the fallback finds them."""
 _FINAL_VALUES = frozenset(s.value for s in FINAL_STATUSES)
 
 
@@ -53,6 +64,16 @@ class TrackerSettings:
     """Read an email by id once the lists have not reported it for this long (default 12 polls, ≥ 60 s)."""
     straggler_max_per_pass: int = 200
     """At most this many per-email reads per pass, to bound quota on a stuck campaign."""
+    mode: str = "polling"
+    """``polling``: list calls learn final statuses; ``events``: webhook events do, polls are the fallback."""
+    fallback_after_s: float = 300.0
+    """Events mode: an email no event reported for this long is looked up."""
+    fallback_batch: int = 20
+    """Events mode: more emails than this to look up in one pass take one list poll, not reads by id."""
+
+    @property
+    def events(self) -> bool:
+        return self.mode == "events"
 
     @property
     def straggler_s(self) -> float:
@@ -73,6 +94,25 @@ def final_update(row_id: int, email: Email) -> FinalUpdate:
         smtp_message=last.message if last is not None else "",
         try_count=email.try_count,
         final_at=email.updated_at or utcnow(),
+    )
+
+
+def event_update(row_id: int, event: EmailEvent) -> FinalUpdate:
+    """What the store records for an email a final webhook event reported.
+
+    Events carry less than an email read: the flags come from the event type, the try count is
+    the event's (or one delivery attempt, none for a blocklisted address).
+    """
+    tries = event.try_count or (0 if event.type is WebhookEventType.EMAIL_BLOCKLISTED else 1)
+    return FinalUpdate(
+        id=row_id,
+        status=event.final_status or "unknown",
+        flags=event.flags,
+        status_details=event.status_details,
+        smtp_code=event.response_code,
+        smtp_message=event.response_message,
+        try_count=tries,
+        final_at=event.created_at or utcnow(),
     )
 
 
@@ -131,13 +171,22 @@ class Tracker:
         self._recent: dict[str, None] = {}
         self._expected: dict[str, int] = {}
         """Final email ids already handled, so the overlap of the next poll costs no parsing."""
-        # Stragglers and give-ups are found by scanning the store's submitted rows: do it at half
-        # the shorter of the two delays, never more often than once per poll.
-        self._straggler_every = timedelta(
-            seconds=max(settings.poll_interval_s, min(settings.straggler_s, settings.give_up_after_s) / 2)
-        )
+        self._straggler_every = _pass_every(settings, settings.straggler_s)
         self._next_straggler_pass = utcnow() + self._straggler_every
         self._straggler_next_read: dict[int, tuple[datetime, float]] = {}
+        self._fallback_every = _pass_every(settings, settings.fallback_after_s)
+        self._next_fallback = utcnow() + self._fallback_every
+        self._last_event: dict[str, datetime] = {}
+        """Email id → when an event last reported it (a deferred email waits for its next event)."""
+        self._held: dict[str, tuple[datetime, EmailEvent]] = {}
+        """Final events whose email is not recorded ``submitted`` yet, by email id (or recipient)."""
+        self._finalizing = anyio.Lock()
+        """Events and polls finalise one at a time, so a row is never counted final twice."""
+        self._wake = anyio.Event()
+        self.events_applied = 0
+        """Rows made final by events."""
+        self.fallback_polls = 0
+        """Events mode: list polls the fallback made because many emails had no event."""
 
     async def run(self, sending_done: anyio.Event | None) -> None:
         """Poll until ``sending_done`` is set and nothing submitted is left to follow.
@@ -150,10 +199,23 @@ class Tracker:
                 await self.step()
             if sending_done is not None and sending_done.is_set() and await self.outstanding() == 0:
                 return
-            await self._ctx.sleep(self._settings.poll_interval_s)
+            if self._settings.events:
+                # Woken early when an event held for a just-submitted email can be applied.
+                with anyio.move_on_after(self._settings.poll_interval_s):
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+            else:
+                await self._ctx.sleep(self._settings.poll_interval_s)
 
     async def step(self) -> None:
-        """One round: a poll, plus the straggler pass when it is due."""
+        """One round: a poll, plus the straggler pass when it is due (in events mode: the held
+        events, plus the fallback pass when it is due)."""
+        if self._settings.events:
+            await self._apply_held()
+            if utcnow() >= self._next_fallback:
+                await self.fallback()
+                self._next_fallback = utcnow() + self._fallback_every
+            return
         await self.poll()
         if utcnow() >= self._next_straggler_pass:
             await self.stragglers()
@@ -227,6 +289,10 @@ class Tracker:
         """Record final emails given as decoded JSON; returns (rows made final, ids matching a row)."""
         if not fresh:
             return 0, []
+        async with self._finalizing:
+            return await self._record_raw_locked(fresh)
+
+    async def _record_raw_locked(self, fresh: Sequence[Mapping[str, Any]]) -> tuple[int, list[str]]:
         updates: list[FinalUpdate] = []
         addresses: list[str] = []
         matched: list[str] = []
@@ -257,6 +323,10 @@ class Tracker:
         finals = [e for e in emails if e.status.is_final and e.id]
         if not finals:
             return 0, []
+        async with self._finalizing:
+            return await self._record_matched_locked(finals)
+
+    async def _record_matched_locked(self, finals: Sequence[Email]) -> tuple[int, list[str]]:
         for e in finals:
             self._expected.pop(e.id, None)  # recorded here: the lists must not record it again
         rows = await self._ctx.store.rows_by_email_id(self._campaign_id, [e.id for e in finals])
@@ -276,11 +346,14 @@ class Tracker:
         """
         if len(self._expected) < _EXPECT_MAX:
             self._expected[email_id] = row_id
+        if email_id in self._held:
+            self._wake.set()  # its final event came before the send's answer: apply it now
 
     async def record_known(self, email: Email, row_id: int) -> None:
         """Record a final email learned elsewhere (reconciliation) for ``row_id``."""
         if email.status.is_final:
-            await self._finalize([final_update(row_id, email)], [email.mail_rcpt])
+            async with self._finalizing:
+                await self._finalize([final_update(row_id, email)], [email.mail_rcpt])
 
     async def _finalize(self, updates: Sequence[FinalUpdate], addresses: Sequence[str] = ()) -> None:
         """Record final updates; ``addresses`` are their recipients, in the same order (if known)."""
@@ -305,23 +378,56 @@ class Tracker:
 
     async def stragglers(self) -> None:
         """Read long-unreported emails one by one; give up on those past ``give_up_after_s``."""
+        stale = await self._stale_rows(self._settings.straggler_s, self._settings.straggler_max_per_pass)
+        await self._read(stale, self._settings.straggler_s)
+
+    async def fallback(self) -> None:
+        """Events mode: look up the emails no event reported for ``fallback_after_s`` — one list
+        poll when there are many (events stopped coming), else a read each; give up as usual."""
+        s = self._settings
+        most = max(s.straggler_max_per_pass, s.fallback_batch + 1)
+        stale = await self._stale_rows(s.fallback_after_s, most)
+        if len(stale) > s.fallback_batch:
+            log.warning(
+                "tracker.events_missing",
+                campaign=self._campaign_id,
+                emails=len(stale),
+                hint=f"no event for {s.fallback_after_s:g} s: polling for them; check the webhook, "
+                "its topic's subscription and the event queue",
+            )
+            self.fallback_polls += 1
+            await self.poll()
+            return
+        await self._read(stale, s.fallback_after_s)
+
+    async def _stale_rows(self, after_s: float, limit: int) -> list[RecipientRow]:
+        """Submitted rows unreported for ``after_s`` (since submission, or their last event) and due
+        for a read, ``limit`` at most; rows past ``give_up_after_s`` end ``unknown`` here."""
         now = utcnow()
-        straggler_s = self._settings.straggler_s
         give_up = timedelta(seconds=self._settings.give_up_after_s)
-        reads = 0
+        stale: list[RecipientRow] = []
         gave_up: list[FinalUpdate] = []
         async for row in self._ctx.store.iter_rows(self._campaign_id, states=[RowState.SUBMITTED]):
             submitted = row.submitted_at or now
-            age = now - submitted
-            if age >= give_up:
+            if now - submitted >= give_up:
                 gave_up.append(_give_up(row, now, self._settings.give_up_after_s))
+                self._expected.pop(row.email_id, None)  # a late event must not count it again
                 continue
-            if age.total_seconds() < straggler_s or reads >= self._settings.straggler_max_per_pass:
+            heard = max(submitted, self._last_event.get(row.email_id, submitted))
+            if (now - heard).total_seconds() < after_s or len(stale) >= limit:
                 continue
-            next_read, backoff_s = self._straggler_next_read.get(row.id, (now, straggler_s))
-            if next_read > now:
-                continue
-            reads += 1
+            next_read, _ = self._straggler_next_read.get(row.id, (now, after_s))
+            if next_read <= now:
+                stale.append(row)
+        if gave_up:
+            async with self._finalizing:
+                await self._finalize(gave_up)
+        return stale
+
+    async def _read(self, rows: Sequence[RecipientRow], first_backoff_s: float) -> None:
+        """Read each row's email by id; record the final ones, back off on the others."""
+        for row in rows:
+            now = utcnow()
             try:
                 email = await self._ctx.paced("get", partial(self._ctx.tem.get_email, row.email_id))
             except NotFoundError:
@@ -335,10 +441,109 @@ class Tracker:
                 await self._record([email])
             else:
                 # Exponential per-email backoff, capped at an hour: a soft bounce can last 72 h.
+                _, backoff_s = self._straggler_next_read.get(row.id, (now, first_backoff_s))
                 backoff_s = min(backoff_s * 2, 3600.0)
                 self._straggler_next_read[row.id] = (now + timedelta(seconds=backoff_s), backoff_s)
-        if gave_up:
-            await self._finalize(gave_up)
+
+    # -- events --------------------------------------------------------------------------------
+    async def apply_events(self, events: Sequence[EmailEvent], *, hold_unknown: bool = True) -> int:
+        """Record the final statuses ``events`` report; returns how many rows became final.
+
+        Only ``submitted`` rows are finalised: a row already final keeps its status (a duplicate,
+        late or out-of-order event changes nothing), and an event for an email not recorded as
+        submitted yet (its send's answer, or its reconciliation, is still on the way) is held and
+        applied once it is, or left to the fallback if that takes too long. ``hold_unknown=False``
+        drops those instead (events that may well be another campaign's).
+        """
+        now = utcnow()
+        finals: dict[str, EmailEvent] = {}
+        for event in events:
+            if event.email_id:
+                self._note_event(event.email_id, now)
+            if event.final_status is None:
+                continue
+            key = _event_key(event)
+            first = finals.get(key)
+            # Within a batch, the earliest final event wins, as it would have arriving alone first.
+            if first is None or _earlier(event, first):
+                finals[key] = event
+        if not finals:
+            return 0
+        async with self._finalizing:
+            made = await self._apply_locked([(now, e) for e in finals.values()], hold=hold_unknown)
+        self.events_applied += made
+        return made
+
+    async def _apply_held(self) -> None:
+        """Apply the held events whose emails are now recorded; forget the expired ones."""
+        if not self._held:
+            return
+        expired = utcnow() - timedelta(seconds=self._settings.fallback_after_s)
+        held = [(at, event) for at, event in self._held.values() if at >= expired]
+        self._held.clear()
+        if held:
+            async with self._finalizing:
+                self.events_applied += await self._apply_locked(held, hold=True)
+
+    async def _apply_locked(self, events: Sequence[tuple[datetime, EmailEvent]], *, hold: bool) -> int:
+        """Finalise the rows of these final events (each with when it arrived); with ``hold``, keep
+        those whose row is not ``submitted`` yet for later."""
+        updates: list[FinalUpdate] = []
+        addresses: list[str] = []
+        arrived: dict[str, datetime] = {}
+        by_id: list[EmailEvent] = []
+        by_rcpt: dict[str, EmailEvent] = {}
+        for at, event in events:
+            arrived[_event_key(event)] = at
+            if not event.email_id:
+                by_rcpt[normalize_address(event.email_to)] = event
+                continue
+            row_id = self._expected.pop(event.email_id, None)
+            if row_id is None:
+                by_id.append(event)
+            else:
+                updates.append(event_update(row_id, event))
+                addresses.append(event.email_to)
+        store, campaign = self._ctx.store, self._campaign_id
+        rows: dict[str, RecipientRow] = {}
+        if by_id:
+            rows = await store.rows_by_email_id(campaign, [e.email_id for e in by_id])
+        if by_rcpt:
+            by_key = await store.rows_by_keys(campaign, list(by_rcpt))
+            rows.update({_event_key(by_rcpt[key]): row for key, row in by_key.items()})
+        for event in [*by_id, *by_rcpt.values()]:
+            row = rows.get(_event_key(event))
+            if row is not None and row.state is RowState.SUBMITTED:
+                updates.append(event_update(row.id, event))
+                addresses.append(event.email_to or row.email)
+            elif hold and (row is None or row.state in (RowState.PENDING, RowState.SENDING)):
+                key = _event_key(event)
+                if key in self._held or len(self._held) < _HELD_MAX:
+                    self._held[key] = (arrived[key], event)
+            # Any other state is terminal: the row's first final status stays.
+        if updates:
+            await self._finalize(updates, addresses)
+        return len(updates)
+
+    def _note_event(self, email_id: str, now: datetime) -> None:
+        self._last_event[email_id] = now
+        if len(self._last_event) > _EXPECT_MAX:
+            self._last_event = dict(list(self._last_event.items())[-_EXPECT_MAX // 2 :])
+
+
+def _pass_every(settings: TrackerSettings, delay_s: float) -> timedelta:
+    """How often to scan the store's submitted rows for those unreported for ``delay_s`` (and the
+    give-ups): at half the shorter of the two delays, never more often than once per poll."""
+    return timedelta(seconds=max(settings.poll_interval_s, min(delay_s, settings.give_up_after_s) / 2))
+
+
+def _event_key(event: EmailEvent) -> str:
+    """The email an event is about: its id, or (``email_blocklisted``) its recipient."""
+    return event.email_id or "to:" + normalize_address(event.email_to)
+
+
+def _earlier(event: EmailEvent, than: EmailEvent) -> bool:
+    return event.created_at is not None and (than.created_at is None or event.created_at < than.created_at)
 
 
 def _give_up(row: RecipientRow, now: datetime, after_s: float) -> FinalUpdate:
