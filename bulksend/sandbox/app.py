@@ -8,6 +8,8 @@ needs no locking: one event loop owns it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import hmac
 import ipaddress
@@ -27,14 +29,16 @@ from bulksend.lifecycle import OpenClose
 from bulksend.tem.models import EmailFlag, EmailStatus
 
 from .config import UUID_RE, SandboxConfig, SandboxStats
+from .publish import CERT_PATH, CONFIRM_PATH, EventPublisher
 from .request import parse_create_email, parse_timestamp
 from .state import ORDER_BY_VALUES, EmailFilter, EmailStore, Timing
+from .webhooks import Emission, WebhookBook
 
 __all__ = ["API_PREFIX", "REGION", "Sandbox", "is_loopback_host"]
 
 REGION = "fr-par"
 API_PREFIX = "/transactional-email/v1alpha1/regions/{region}"
-REQUEST_KINDS = ("send", "get", "list", "cancel", "statistics", "other")
+REQUEST_KINDS = ("send", "get", "list", "cancel", "statistics", "webhook", "other")
 FAULT_KINDS = ("5xx_before", "5xx_after", "drop_created", "drop_not_created")
 # What the list endpoint accepts as statuses and flags: exactly the values TEM documents.
 _STATUSES = frozenset(EmailStatus)
@@ -46,6 +50,10 @@ _T = TypeVar("_T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _JSON = "application/json"
+_EMIT_POLL_S = 0.25
+"""Longest wait of the emitter between two looks at the clock (it may be a test's fake clock)."""
+_DELIVERIES = 32
+"""Webhook events handed over at once."""
 _UNAUTHORIZED = orjson.dumps(
     {
         "message": "authentication is denied",
@@ -120,6 +128,9 @@ class Sandbox(OpenClose):
         self._outage_status = 503
         self._runner: web.AppRunner | None = None
         self._bound_port: int | None = None
+        self._emitter: asyncio.Task[None] | None = None
+        self._emit_wake = asyncio.Event()
+        self._publisher = EventPublisher(lambda: self._config, lambda: self.url, self._clock)
         self._clear()
         self._apply_config(None)
 
@@ -147,6 +158,28 @@ class Sandbox(OpenClose):
     def store(self) -> EmailStore:
         """The email store (read it from the sandbox's own event loop only)."""
         return self._store
+
+    @property
+    def webhooks(self) -> WebhookBook:
+        """The webhooks and their event log (read them from the sandbox's own event loop only)."""
+        return self._webhooks
+
+    async def emit_due(self) -> int:
+        """Emit the webhook events due by now (the sandbox does it by itself every 0.25 s at most:
+        this is for tests on a fake clock); returns how many were handed to a topic."""
+        emissions = [*self._webhooks.take_due(self._store, self._clock()), *self._publisher.released()]
+        if not emissions:
+            return 0
+        gate = asyncio.Semaphore(_DELIVERIES)
+
+        async def deliver(emission: Emission) -> bool:
+            async with gate:
+                ok = await self._publisher.publish(emission)
+            if ok is not None:
+                self._webhooks.delivered(emission, ok=ok)
+            return bool(ok)
+
+        return sum(await asyncio.gather(*(deliver(e) for e in emissions)))
 
     def stats(self) -> SandboxStats:
         """A snapshot of the counters (the same content as ``GET /_sandbox/stats``)."""
@@ -201,7 +234,15 @@ class Sandbox(OpenClose):
         add("GET", f"{p}/emails/{{email_id}}", self._gated("get", self._get))
         add("POST", f"{p}/emails/{{email_id}}/cancel", self._gated("cancel", self._cancel))
         add("GET", f"{p}/statistics", self._gated("statistics", self._statistics))
+        add("GET", f"{p}/webhooks", self._gated("webhook", self._webhooks_list))
+        add("POST", f"{p}/webhooks", self._gated("webhook", self._webhooks_create))
+        add("GET", f"{p}/webhooks/{{webhook_id}}", self._gated("webhook", self._webhooks_get))
+        add("PATCH", f"{p}/webhooks/{{webhook_id}}", self._gated("webhook", self._webhooks_update))
+        add("DELETE", f"{p}/webhooks/{{webhook_id}}", self._gated("webhook", self._webhooks_delete))
+        add("GET", f"{p}/webhooks/{{webhook_id}}/events", self._gated("webhook", self._webhooks_events))
         add("*", f"{p}/{{tail:.*}}", self._gated("other", self._other))
+        add("GET", CERT_PATH, self._inspect_sns_cert)
+        add("GET", CONFIRM_PATH, self._inspect_sns_confirm)
         add("GET", "/_sandbox/stats", self._inspect_stats)
         add("POST", "/_sandbox/reset", self._inspect_reset)
         add("GET", "/_sandbox/config", self._inspect_config)
@@ -228,10 +269,17 @@ class Sandbox(OpenClose):
             raise
         self._runner = runner
         self._bound_port = int(runner.addresses[0][1])
+        self._emitter = asyncio.get_running_loop().create_task(self._emit_loop())
 
     async def stop(self) -> None:
         """Stop serving (idempotent); stored emails stay readable through ``stats()``."""
         runner, self._runner = self._runner, None
+        emitter, self._emitter = self._emitter, None
+        if emitter is not None:
+            emitter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await emitter
+            await self._publisher.close()
         if runner is not None:
             await runner.cleanup()
 
@@ -241,9 +289,20 @@ class Sandbox(OpenClose):
 
     # -- internals --------------------------------------------------------------------------------
 
+    async def _emit_loop(self) -> None:
+        """Emit webhook events as they fall due (nothing to do while no webhook exists)."""
+        while True:
+            await self.emit_due()
+            due = self._webhooks.next_due()
+            wait = _EMIT_POLL_S if due is None else min(_EMIT_POLL_S, max(0.0, due - self._clock()))
+            self._emit_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._emit_wake.wait(), wait)
+
     def _clear(self) -> None:
-        """The emails, counters and random draws of a fresh sandbox."""
+        """The emails, webhooks, counters and random draws of a fresh sandbox."""
         self._store = EmailStore()
+        self._webhooks = WebhookBook(default_project_id=self._config.project_id, clock=self._clock)
         self._requests = dict.fromkeys(REQUEST_KINDS, 0)
         self._faults = dict.fromkeys(FAULT_KINDS, 0)
         self._rate_limited = 0
@@ -393,6 +452,10 @@ class Sandbox(OpenClose):
         now = self._clock()
         store = self._store
         positions = store.create(parsed, timing=self._timing, now=now)
+        if self._webhooks.watches(parsed.mail_from.rpartition("@")[2]):
+            headers = tuple((h["key"], h["value"]) for h in data.get("additional_headers") or ())
+            self._webhooks.schedule(store, positions, headers)
+            self._emit_wake.set()
         # TEM answers a send with the emails as queued (`new`), whatever happens next.
         return _json({"emails": [store.render(p, now, as_created=True) for p in positions]})
 
@@ -451,6 +514,24 @@ class Sandbox(OpenClose):
         if errors or flt is None:
             return _invalid(errors)
         return _json(self._store.statistics(flt, self._clock()))
+
+    async def _webhooks_list(self, request: web.Request) -> web.StreamResponse:
+        return _answer(self._webhooks.find(request.rel_url.query))
+
+    async def _webhooks_create(self, request: web.Request) -> web.StreamResponse:
+        return _answer(self._webhooks.create(await _body(request)))
+
+    async def _webhooks_get(self, request: web.Request) -> web.StreamResponse:
+        return _answer(self._webhooks.get(request.match_info["webhook_id"]))
+
+    async def _webhooks_update(self, request: web.Request) -> web.StreamResponse:
+        return _answer(self._webhooks.update(request.match_info["webhook_id"], await _body(request)))
+
+    async def _webhooks_delete(self, request: web.Request) -> web.StreamResponse:
+        return _answer(self._webhooks.delete(request.match_info["webhook_id"]))
+
+    async def _webhooks_events(self, request: web.Request) -> web.StreamResponse:
+        return _answer(self._webhooks.events(request.match_info["webhook_id"], request.rel_url.query))
 
     async def _other(self, request: web.Request) -> web.StreamResponse:
         return _json({"message": "resource is not found", "type": "not_found"}, 404)
@@ -513,6 +594,18 @@ class Sandbox(OpenClose):
 
     # -- inspection endpoints (no auth: the sandbox is for loopback use) -------------------------------
 
+    async def _inspect_sns_cert(self, request: web.Request) -> web.StreamResponse:
+        if not self._publisher.cert_pem:
+            return _json({"message": "no certificate: no event was signed by a key of the sandbox"}, 404)
+        return web.Response(body=self._publisher.cert_pem, content_type="application/x-pem-file")
+
+    async def _inspect_sns_confirm(self, request: web.Request) -> web.StreamResponse:
+        query = request.rel_url.query
+        if not self._publisher.confirm(query.get("topic", ""), query.get("token", "")):
+            return _json({"message": "unknown topic or token"}, 404)
+        self._emit_wake.set()  # the held events go out now
+        return _json({"confirmed": query.get("topic", "")})
+
     async def _inspect_stats(self, request: web.Request) -> web.StreamResponse:
         return _json(self.stats().to_json())
 
@@ -549,6 +642,19 @@ class Sandbox(OpenClose):
             except (TypeError, ValueError) as exc:
                 return _json({"message": str(exc)}, 400)
         return _json(self._config.to_public_json())
+
+
+def _answer(answer: tuple[int, Any]) -> web.Response:
+    status, body = answer
+    return web.Response(status=status) if body is None else _json(body, status)
+
+
+async def _body(request: web.Request) -> Any:
+    """The request's JSON body, or None when it is not JSON (the endpoint then refuses it)."""
+    try:
+        return orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return None
 
 
 _UINT32 = re.compile(r"[0-9]{1,10}")

@@ -67,6 +67,16 @@ class SandboxConfig:
     """When set, a sender outside these domains gets 400 "Invalid email from address"."""
     seed: int | None = None
     """Seed of the fault and jitter generator, for reproducible runs."""
+    webhook_sns_url: str | None = None
+    """Publish webhook events to their webhook's ``sns_arn`` through the SNS API at this URL."""
+    webhook_http_url: str | None = None
+    """Or POST them, signed like SNS, to this URL (one HTTP subscription of every topic)."""
+    webhook_signing_key: str | None = field(default=None, repr=False)
+    """PEM file of the RSA key signing HTTP deliveries (default: a key made at start)."""
+    webhook_cert_url: str | None = None
+    """The ``SigningCertURL`` of that key's certificate (default: the sandbox serves its own)."""
+    webhook_signature_version: int = 2
+    """``SignatureVersion`` of HTTP deliveries: 1 (SHA1withRSA) or 2 (SHA256withRSA)."""
 
     def __post_init__(self) -> None:
         # Types first: values may come from JSON (PATCH /_sandbox/config), and a wrong type
@@ -115,6 +125,11 @@ class SandboxConfig:
             problems.append("allowed_from_domains must be a list of domain names")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             problems.append("seed must be a whole number")
+        for name in ("webhook_sns_url", "webhook_http_url", "webhook_signing_key", "webhook_cert_url"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                problems.append(f"{name} must be a string")
+        if self.webhook_signature_version not in (1, 2) or isinstance(self.webhook_signature_version, bool):
+            problems.append("webhook_signature_version must be 1 or 2")
         if problems:
             raise ValueError("invalid sandbox configuration: " + "; ".join(problems))
 

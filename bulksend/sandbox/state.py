@@ -47,6 +47,7 @@ __all__ = [
     "Timing",
     "final_at",
     "format_timestamp",
+    "lifecycle_events",
     "outcome_for",
     "status_at",
     "view_at",
@@ -264,6 +265,50 @@ def view_at(email: StoredEmail, now: float) -> EmailView:
         (code, text), flags = failure
         return EmailView("failed", first_try_at, f"{code} {text}", 1, ((1, first_try_at, code, text),), flags)
     return EmailView("sent", first_try_at, "250 2.0.0 OK", 1, ((1, first_try_at, *_TRY_OK),), ())
+
+
+# The webhook event of each failure outcome at its delivery try.
+_FAILURE_EVENT: dict[int, str] = {
+    Outcome.BOUNCE: "email_mailbox_not_found",
+    Outcome.SPAM: "email_spam",
+    Outcome.FULL: "email_dropped",
+}
+
+LifecycleEvent = tuple[float, str, int, int, str]
+"""(at, webhook event type, try count, SMTP code or 0, SMTP message)."""
+
+
+def lifecycle_events(email: StoredEmail) -> list[LifecycleEvent]:
+    """The webhook events TEM would emit for ``email`` (unless it is canceled), in time order.
+
+    ``email_queued`` at creation; then ``email_blocklisted`` when it leaves ``new`` for a
+    ``blocked…`` recipient, or the event of its delivery try (``email_delivered``, a failure, or
+    ``email_deferred`` for a soft bounce, followed by ``email_delivered`` at the retry). A
+    ``stuck…`` email is deferred once and heard of no more; an email whose ``send_before`` passed
+    fails without an event (TEM has no event type for it): only polling learns that.
+    """
+    m = email.message
+    t = m.timing
+    events: list[LifecycleEvent] = [(m.created_at, "email_queued", 0, 0, "")]
+    leave_new = _leave_new_at(email)
+    if m.send_before is not None and m.send_before < leave_new:
+        return events
+    outcome = email.outcome
+    if outcome == Outcome.BLOCKED:
+        return [*events, (leave_new, "email_blocklisted", 0, 0, "")]
+    first_try_at = leave_new + t.final_after_s
+    if outcome in (Outcome.SOFTBOUNCE, Outcome.GREYLIST, Outcome.STUCK):
+        code, text = _TRY_GREY if outcome == Outcome.GREYLIST else _TRY_SOFT
+        events.append((first_try_at, "email_deferred", 1, code, text))
+        if outcome != Outcome.STUCK:
+            second_try_at = first_try_at + t.final_after_s + t.soft_bounce_retry_s
+            events.append((second_try_at, "email_delivered", 2, *_TRY_OK))
+        return events
+    failure = _FINAL_FAILURE.get(outcome)
+    if failure is not None:
+        (code, text), _ = failure
+        return [*events, (first_try_at, _FAILURE_EVENT[outcome], 1, code, text)]
+    return [*events, (first_try_at, "email_delivered", 1, *_TRY_OK)]
 
 
 # ---------------------------------------------------------------------------------------------
