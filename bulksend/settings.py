@@ -18,7 +18,13 @@ suppression list URL   ``BULKSEND_SUPPRESSION_URL``        ``suppression_url``
 Redis URL (limiter)    ``BULKSEND_REDIS_URL``              ``redis_url``
 limiter key prefix     ``BULKSEND_LIMITER_PREFIX``         ``limiter_prefix``
 account rate           ``BULKSEND_ACCOUNT_RATE_PER_S``     ``account_rate_per_s``
+webhook events queue   ``BULKSEND_EVENTS_QUEUE``           ``events_queue``
+its SQS endpoint       ``BULKSEND_EVENTS_SQS_URL``         ``events_sqs_url``
+its SQS region         ``BULKSEND_EVENTS_SQS_REGION``      ``events_sqs_region``
 =====================  ==================================  =======================
+
+The events queue (``tracking.mode = "events"``) is read with the SQS credentials of
+``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY``; its endpoint defaults to Scaleway Queues.
 
 The settings file is ``--settings FILE``, else ``$BULKSEND_SETTINGS``, else
 ``$XDG_CONFIG_HOME/bulksend/settings.toml`` (``~/.config/bulksend/settings.toml``) if it exists.
@@ -64,6 +70,9 @@ _KEYS: Final = {
     "redis_url": "BULKSEND_REDIS_URL",
     "limiter_prefix": "BULKSEND_LIMITER_PREFIX",
     "account_rate_per_s": "BULKSEND_ACCOUNT_RATE_PER_S",
+    "events_queue": "BULKSEND_EVENTS_QUEUE",
+    "events_sqs_url": "BULKSEND_EVENTS_SQS_URL",
+    "events_sqs_region": "BULKSEND_EVENTS_SQS_REGION",
 }
 
 
@@ -326,6 +335,11 @@ class AccountSettings:
     """The account's budget for every API call; None: the campaign's ``rate_per_s`` is used."""
     source: Path | None = None
     """The settings file read, if any."""
+    events_queue: str | None = None
+    """Name or URL of the SQS queue TEM's webhook events arrive on (``tracking.mode = "events"``)."""
+    events_sqs_url: str | None = None
+    """The SQS endpoint of that queue; None: Scaleway Queues (``https://sqs.mnq.fr-par.scaleway.com``)."""
+    events_sqs_region: str | None = None
 
     def __post_init__(self) -> None:
         prefix = self.limiter_prefix
@@ -403,7 +417,7 @@ def load_account_settings(
     if named is not None or path.is_file():
         from_file = _read_file(path)
         source = path
-    flags: dict[str, Any] = {
+    flags: dict[str, Any] = dict.fromkeys(_KEYS) | {
         "store_url": store_url,
         "suppression_url": None,
         "redis_url": redis_url,
@@ -426,6 +440,9 @@ def load_account_settings(
         limiter_prefix=str(chosen.get("limiter_prefix") or DEFAULT_LIMITER_PREFIX),
         account_rate_per_s=None if rate is None else _rate(rate),
         source=source,
+        events_queue=_text(chosen.get("events_queue")),
+        events_sqs_url=_text(chosen.get("events_sqs_url")),
+        events_sqs_region=_text(chosen.get("events_sqs_region")),
     )
 
 
@@ -458,7 +475,7 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"settings file {str(path)!r}: unknown key(s) {', '.join(unknown)}; known: {', '.join(_KEYS)}"
         )
-    for key in ("store_url", "suppression_url", "redis_url", "limiter_prefix"):
+    for key in (k for k in _KEYS if k != "account_rate_per_s"):
         if key in data and not isinstance(data[key], str):
             raise ConfigError(f"settings file {str(path)!r}: {key} must be a string")
     rate = data.get("account_rate_per_s", 1)

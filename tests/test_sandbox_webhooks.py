@@ -69,7 +69,7 @@ async def test_invalid_webhooks_are_refused_with_the_argument_named(
 
 
 async def send(tem: TemClient, *recipients: str) -> list[str]:
-    ids = []
+    ids: list[str] = []
     for i, rcpt in enumerate(recipients):
         request = CreateEmailRequest(
             from_=Address("news@example.com"),

@@ -47,6 +47,7 @@ from bulksend.cli.runtime import stop_on_signals, uvloop_available
 from bulksend.cli.sample import SAMPLE_PREFIX, SampleResult, render_samples, send_samples
 from bulksend.cli.summary import print_summary
 from bulksend.errors import BulksendError, CampaignError, ConfigError, StateLostError, first_bulksend_error
+from bulksend.events.router import EventRouter
 from bulksend.log import configure_logging, register_secret
 from bulksend.pipeline.account import account_limiter
 from bulksend.pipeline.dispatch import AccountRefusedError
@@ -59,6 +60,7 @@ from bulksend.pipeline.stats import RunStats
 from bulksend.pipeline.suppress import open_suppression_list
 from bulksend.settings import (
     DEFAULT_LIMITER_PREFIX,
+    AccountSettings,
     Bound,
     SendingSettings,
     load_account_settings,
@@ -73,6 +75,7 @@ from bulksend.tem.client import TemClient
 from bulksend.tem.config import TemSettings
 
 if TYPE_CHECKING:
+    from bulksend.events.sqs import SqsEventSettings
     from bulksend.metrics import Metrics
 
 __all__ = [
@@ -131,8 +134,14 @@ def run(args: argparse.Namespace) -> int:
             print_error(console, f"--prefetch must be 0 or more, got {args.prefetch}")
             return EXIT_CONFIG
         worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    try:
+        events = events_settings(campaign, account)
+    except ConfigError as exc:
+        print_error(console, exc)
+        return EXIT_CONFIG
     options = RunOptions(
         resume_command=resume_command(args),
+        events=events,
         progress=not args.no_progress,
         progress_json=args.log_format == "json",
         grace_s=args.grace_s,
@@ -335,6 +344,32 @@ class RunOptions:
     resume_command: str | None = None
     """The command that resumes the run, for the summary of a stopped run (default
     ``bulksend send CAMPAIGN``)."""
+    events: SqsEventSettings | None = None
+    """The queue of TEM's webhook events, when the campaign tracks by events."""
+
+
+def events_settings(campaign: Campaign, account: AccountSettings) -> SqsEventSettings | None:
+    """The queue of webhook events a campaign with ``tracking.mode = "events"`` reads (None in
+    polling mode); :class:`ConfigError` when that mode has no queue configured."""
+    if campaign.tracking.mode != "events":
+        return None
+    if not account.events_queue:
+        raise ConfigError(
+            'tracking.mode = "events" needs the queue TEM\'s events arrive on: set BULKSEND_EVENTS_QUEUE '
+            "(or events_queue in the settings file) to its name or URL, and the queue's SQS credentials "
+            "in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (see `bulksend webhooks setup`)"
+        )
+    from bulksend.events.sqs import SqsEventSettings
+
+    settings = SqsEventSettings(queue=account.events_queue)
+    if account.events_sqs_url or account.events_sqs_region:
+        settings = dataclasses.replace(
+            settings,
+            url=account.events_sqs_url or settings.url,
+            region=account.events_sqs_region or settings.region,
+        )
+    settings.credentials()  # missing credentials are told now, not after the first sends
+    return settings
 
 
 async def _main(
@@ -430,6 +465,7 @@ async def _run(
             limit_per_host=campaign.sending.concurrency + 2,
             on_response=stats.on_response if metrics is None else metrics.on_response,
         ) as tem:
+            router = EventRouter() if options.events is not None else None
             runner = CampaignRun(
                 campaign,
                 store=store,
@@ -444,6 +480,7 @@ async def _run(
                 on_outcome=None if metrics is None else metrics.on_outcome,
                 suppression=suppression,
                 resume_paused=options.resume_paused,
+                events=router,
             )
             holder["runner"] = runner
             if before_run is not None:
@@ -484,6 +521,11 @@ async def _run(
                             json_lines=options.progress_json,
                         )
                     )
+                if options.events is not None and router is not None:
+                    # aiobotocore is the optional `sqs` extra: imported only by who reads a queue.
+                    from bulksend.events.sqs import SqsEventSource
+
+                    tg.start_soon(SqsEventSource(options.events, router.deliver).run)
                 reconciled = await runner.reconcile_all() if options.reconcile_all else None
                 if reconciled is not None and reconciled.interrupted:
                     result = RunResult(

@@ -43,6 +43,7 @@ from bulksend.campaign.recipients import (
 from bulksend.campaign.render import Rejection, RenderedEmail, Renderer, RenderPacer
 from bulksend.campaign.validate import normalize_address
 from bulksend.errors import CampaignError, StateLostError
+from bulksend.events.router import EventRouter
 from bulksend.pipeline.context import SendContext
 from bulksend.pipeline.dispatch import AccountRefusedError, SendItem, utcnow
 from bulksend.pipeline.engine import EngineSettings, SendEngine, TrackerSink, campaign_tracker
@@ -160,8 +161,11 @@ class CampaignRun:
         suppression: SuppressionStore | None = None,
         resume_paused: bool = False,
         on_paused: Callable[[str, str], object] | None = None,
+        events: EventRouter | None = None,
     ) -> None:
         self.campaign = campaign
+        self._events = events
+        """Where webhook events arrive (``tracking.mode = "events"``): the run's tracker joins it."""
         self.worker_id = worker_id
         """Set for scale-out: several processes share the campaign through leases in the store."""
         self.lease_s = lease_s
@@ -318,6 +322,8 @@ class CampaignRun:
             on_finals=self._on_finals,
         )
         sending_done = anyio.Event()
+        if self._events is not None:
+            self._events.register(c.id, tracker)
         with anyio.CancelScope() as root:
             self._root_scope = root
             if self._stopping:
@@ -335,6 +341,8 @@ class CampaignRun:
                 self.sending_over.set()
                 sending_done.set()
         self._root_scope = None
+        if self._events is not None:
+            self._events.unregister(c.id, tracker)
         result = await self._finish(hard_stopped=root.cancelled_caught)
         if self.account_refused is not None:
             raise self.account_refused
