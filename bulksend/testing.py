@@ -13,6 +13,7 @@ and text), :func:`toml_document` any TOML file of tables, such as a daemon confi
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 import math
@@ -30,6 +31,7 @@ import orjson
 
 if TYPE_CHECKING:
     from bulksend.campaign.model import Campaign
+    from bulksend.events.router import EventRouter
     from bulksend.pipeline.run import CampaignRun
     from bulksend.pipeline.stats import RunStats
     from bulksend.tem.config import TemSettings
@@ -44,6 +46,7 @@ __all__ = [
     "toml_key",
     "toml_table",
     "toml_value",
+    "topic_with_queue",
 ]
 
 
@@ -357,6 +360,7 @@ async def campaign_run(
     store_url: str | PathLike[str] | None = None,
     grace_s: float = 30.0,
     resume_paused: bool = False,
+    events: EventRouter | None = None,
 ) -> AsyncIterator[CampaignRun]:
     """A run of ``campaign`` set up as one ``bulksend send`` sets it up, all closed on the way out.
 
@@ -382,6 +386,30 @@ async def campaign_run(
                 stats=stats,
                 grace_s=grace_s,
                 resume_paused=resume_paused,
+                events=events,
             )
     finally:
         await store.close()
+
+
+async def topic_with_queue(
+    url: str, region: str, name: str, *, access_key: str, secret_key: str
+) -> tuple[str, str]:
+    """An SNS topic and an SQS queue subscribed to it (raw delivery off, as TEM's events need),
+    through the SNS and SQS APIs at ``url`` (moto in tests); returns (topic ARN, queue URL)."""
+    from aiobotocore.session import AioSession
+
+    session = AioSession()
+    client = functools.partial(
+        session.create_client,
+        region_name=region,
+        endpoint_url=url,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+    )
+    async with client("sns") as sns, client("sqs") as sqs:
+        arn = (await sns.create_topic(Name=name))["TopicArn"]
+        queue = (await sqs.create_queue(QueueName=name))["QueueUrl"]
+        attributes = await sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])
+        await sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=attributes["Attributes"]["QueueArn"])
+    return arn, queue
