@@ -58,8 +58,9 @@ def write_config(
     tracking: Mapping[str, Any] | None = None,
     admin: Mapping[str, Any] | None = None,
     templates: Mapping[str, Mapping[str, Any]] | None = None,
+    extra: str = "",
 ) -> Path:
-    """Write ``folder/daemon.toml`` with fast test defaults; returns its path."""
+    """Write ``folder/daemon.toml`` with fast test defaults (and ``extra`` TOML); returns its path."""
     folder.mkdir(parents=True, exist_ok=True)
     body = ""
     if api_url is not None:
@@ -78,6 +79,7 @@ def write_config(
         body += toml_table("sources", source, array=True)
     for name, spec in (templates if templates is not None else {"welcome": WELCOME}).items():
         body += toml_table(f"templates.{name}", spec)
+    body += extra
     path = folder / "daemon.toml"
     path.write_text(body, encoding="utf-8")
     return path

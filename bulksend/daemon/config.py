@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from bulksend.errors import ConfigError
+from bulksend.events.sns import DEFAULT_CERT_URLS, DEFAULT_SUBSCRIBE_URLS, UrlAllowlist
 from bulksend.secret import Secret
 from bulksend.settings import AdminSettings, SendingSettings, TrackingSettings
 
-__all__ = ["AdminSettings", "DaemonConfig", "load_daemon_config"]
+__all__ = ["AdminSettings", "DaemonConfig", "EventsConfig", "load_daemon_config"]
 
 _SECTIONS = {
     "api": {"api_url", "project_id", "region", "profile"},
@@ -35,6 +36,7 @@ _SECTIONS = {
         "read_timeout_s",
         "max_connections",
     },
+    "events": {"http", "cert_urls", "subscribe_urls", "trust_chain", "cert_ca_file", "topics", "sqs"},
     "results": None,  # checked by the publisher factory
     "sources": None,  # a list of tables, checked by the source factory
     "templates": None,  # name -> template table, checked when compiled
@@ -63,10 +65,31 @@ class DaemonConfig:
     """Each source's own ``rate_per_s`` (None: none), in the order of ``sources``: a ceiling inside
     the account's rate for the jobs of that stream."""
     templates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    events: EventsConfig = field(default_factory=lambda: EventsConfig())
 
     @property
     def base_dir(self) -> Path:
         return self.path.parent
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    """``[events]``: where TEM's webhook events arrive when ``tracking.mode = "events"``."""
+
+    http: bool = False
+    """Serve ``POST /events/sns`` on the admin server (SNS signature checked, no token)."""
+    cert_urls: tuple[str, ...] = DEFAULT_CERT_URLS
+    """Where signing certificates may be fetched from (URL prefix patterns, ``*`` for one label)."""
+    subscribe_urls: tuple[str, ...] = DEFAULT_SUBSCRIBE_URLS
+    """Which ``SubscribeURL`` a subscription confirmation may have the daemon visit."""
+    trust_chain: Path | None = None
+    """PEM certificates (Scaleway's per-region trust chain) a signing certificate must be issued by."""
+    cert_ca_file: Path | None = None
+    """CA certificates (PEM) trusted to fetch signing certificates over HTTPS; None: the system's."""
+    topics: tuple[str, ...] = ()
+    """Accepted ``TopicArn`` values over HTTP; empty: any."""
+    sqs: dict[str, Any] | None = None
+    """``[events.sqs]``: the queue subscribed to the webhook's topic (checked when the daemon starts)."""
 
 
 def _table(data: Mapping[str, Any], name: str, path: Path) -> dict[str, Any]:
@@ -157,6 +180,40 @@ def _boolean(table: Mapping[str, Any], key: str, default: bool, where: str) -> b
     return value
 
 
+def _strings(table: Mapping[str, Any], key: str, default: tuple[str, ...], path: Path) -> tuple[str, ...]:
+    value = table.get(key, list(default))
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{path}: events.{key} must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _events(table: Mapping[str, Any], base: Path, path: Path) -> EventsConfig:
+    files: dict[str, Path | None] = {}
+    for key in ("trust_chain", "cert_ca_file"):
+        name = table.get(key)
+        if name is not None and (not isinstance(name, str) or not (base / name).is_file()):
+            raise ConfigError(f"{path}: events.{key} must name a PEM file, got {name!r}")
+        files[key] = base / name if name is not None else None
+    sqs = table.get("sqs")
+    if sqs is not None and not isinstance(sqs, Mapping):
+        raise ConfigError(f"{path}: [events.sqs] must be a table")
+    config = EventsConfig(
+        http=_boolean(table, "http", False, "events"),
+        cert_urls=_strings(table, "cert_urls", DEFAULT_CERT_URLS, path),
+        subscribe_urls=_strings(table, "subscribe_urls", DEFAULT_SUBSCRIBE_URLS, path),
+        trust_chain=files["trust_chain"],
+        cert_ca_file=files["cert_ca_file"],
+        topics=_strings(table, "topics", (), path),
+        sqs=dict(sqs) if sqs is not None else None,
+    )
+    for key in ("cert_urls", "subscribe_urls"):
+        try:
+            UrlAllowlist(getattr(config, key))
+        except ValueError as exc:
+            raise ConfigError(f"{path}: events.{key}: {exc}") from None
+    return config
+
+
 def _listen(value: Any, path: Path) -> tuple[str, int]:
     if not isinstance(value, str) or ":" not in value:
         raise ConfigError(f"{path}: admin.listen must look like '127.0.0.1:8080', got {value!r}")
@@ -218,6 +275,13 @@ def load_daemon_config(path: Path | str, *, env: Mapping[str, str] | None = None
     if results is not None and not isinstance(results, Mapping):
         raise ConfigError(f"{path}: [results] must be a table")
     sending = _numbers(_table(data, "sending", path), "sending", _SENDING_MINIMUMS)
+    tracking = TrackingSettings(**_numbers(_table(data, "tracking", path), "tracking", _TRACKING_MINIMUMS))
+    events = _events(_table(data, "events", path), base, path)
+    if tracking.mode == "events" and not events.http and events.sqs is None:
+        raise ConfigError(
+            f'{path}: tracking.mode = "events" needs a way for events to arrive: an [events.sqs] queue '
+            "subscribed to the webhook's topic, or [events] http = true (see docs/daemon.md)"
+        )
     return DaemonConfig(
         path=path,
         store_url=store_url,
@@ -229,7 +293,8 @@ def load_daemon_config(path: Path | str, *, env: Mapping[str, str] | None = None
         receive_timeout_s=_number(daemon, "receive_timeout_s", 1.0, "daemon", minimum=0.01),
         results_default=_boolean(daemon, "results_default", True, "daemon"),
         sending=SendingSettings(**sending, rate_given="rate_per_s" in sending),
-        tracking=TrackingSettings(**_numbers(_table(data, "tracking", path), "tracking", _TRACKING_MINIMUMS)),
+        tracking=tracking,
+        events=events,
         admin=AdminSettings(
             host=host,
             port=port,

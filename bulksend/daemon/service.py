@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
@@ -68,6 +69,9 @@ from bulksend.errors import (
     StoreError,
     first_bulksend_error,
 )
+from bulksend.events.http import SnsHttpReceiver
+from bulksend.events.router import EventRouter
+from bulksend.events.sns import SnsVerifier, UrlAllowlist
 from bulksend.jobs.intake import (
     JobIntake,
     JobSink,
@@ -200,6 +204,10 @@ class Daemon:
         self._root: anyio.CancelScope | None = None
         self._gauges_scope: anyio.CancelScope | None = None
         self.admin_url: str | None = None
+        self.events: EventRouter | None = EventRouter() if config.tracking.mode == "events" else None
+        """Where webhook events go to the trackers (``tracking.mode = "events"``)."""
+        self.events_http: SnsHttpReceiver | None = None
+        self._event_scopes: list[anyio.CancelScope] = []
 
     # -- lifecycle -------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -242,6 +250,8 @@ class Daemon:
                             self._tg = tg
                             tg.start_soon(self._jobs_main)
                             tg.start_soon(self._refresh_gauges)
+                            if self.events is not None and self.config.events.sqs is not None:
+                                tg.start_soon(self._read_event_queue, self.events)
                             tg.start_soon(self.results_backlog.run)
                             await self._resume_campaigns()
                             task_status.started()
@@ -328,6 +338,8 @@ class Daemon:
             self._tracker_tg.cancel_scope.cancel()
         if self._gauges_scope is not None:
             self._gauges_scope.cancel()
+        for scope in self._event_scopes:
+            scope.cancel()
         self.results_backlog.stop()
         if self._root is not None:
             self._root.deadline = anyio.current_time() + self.config.grace_s
@@ -388,14 +400,37 @@ class Daemon:
             except BulksendError as exc:
                 log.warning("daemon.publisher_close_failed", error=str(exc))
 
+    async def _read_event_queue(self, router: EventRouter) -> None:
+        """Read webhook events off the ``[events.sqs]`` queue until the daemon stops."""
+        from bulksend.events.sqs import SqsEventSettings, SqsEventSource
+
+        settings = SqsEventSettings.from_mapping(self.config.events.sqs)
+        with anyio.CancelScope() as scope:
+            self._event_scopes.append(scope)
+            await SqsEventSource(settings, router.deliver, verifier=self._verifier()).run()
+
+    def _verifier(self) -> SnsVerifier:
+        e = self.config.events
+        return SnsVerifier(
+            e.cert_urls,
+            trust_chain=e.trust_chain.read_bytes() if e.trust_chain else None,
+            ssl_context=ssl.create_default_context(cafile=e.cert_ca_file) if e.cert_ca_file else None,
+        )
+
     async def _start_admin(self) -> AdminServer:
         a = self.config.admin
+        e = self.config.events
+        if self.events is not None and e.http:
+            self.events_http = SnsHttpReceiver(
+                self.events.deliver, self._verifier(), UrlAllowlist(e.subscribe_urls), topics=e.topics
+            )
         app = create_admin_app(
             self,
             token=a.token,
             metrics=self.metrics,
             metrics_public=a.metrics_public,
             read_timeout_s=a.read_timeout_s,
+            events=self.events_http,
         )
         server = await serve_admin(
             app, a.host, a.port, idle_timeout_s=a.idle_timeout_s, max_connections=a.max_connections
@@ -494,6 +529,8 @@ class Daemon:
         if record.state is CampaignState.PAUSED:
             self._hold(cid, record.state_reason or "paused")
         self._trackers[cid] = tracker
+        if self.events is not None:
+            self.events.register(cid, tracker)
         self._tracker_tg.start_soon(tracker.run, None)
 
     # -- the job pipeline ------------------------------------------------------------------------
@@ -864,6 +901,7 @@ class Daemon:
             spec_extra={"daemon_dir": str(folder)},
             after_sending=self._after_sending,
             on_paused=lambda cid, _: self.metrics.guardrail(cid, paused=True),
+            events=self.events,
         )
         self._runs[campaign.id] = run
         self._errors.pop(campaign.id, None)

@@ -57,10 +57,14 @@ class SnsHttpReceiver:
         """Topics whose subscription this process confirmed."""
 
     async def handle(self, request: web.Request) -> web.Response:
-        body = await request.content.read(MAX_ENVELOPE_BYTES + 1)
-        if len(body) > MAX_ENVELOPE_BYTES:
-            return _answer(413, f"larger than {MAX_ENVELOPE_BYTES} bytes")
-        envelope, event = read_message(body)
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await request.content.read(64 * 1024):
+            size += len(chunk)
+            if size > MAX_ENVELOPE_BYTES:
+                return _answer(413, f"larger than {MAX_ENVELOPE_BYTES} bytes")
+            chunks.append(chunk)
+        envelope, event = read_message(b"".join(chunks))
         if envelope is None:
             return _answer(400, "not an SNS message")
         if self.topics and envelope.topic_arn not in self.topics:

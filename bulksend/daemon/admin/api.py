@@ -45,6 +45,7 @@ from bulksend.daemon.admin.control import (
 )
 from bulksend.daemon.admin.throttle import UnauthorizedLog
 from bulksend.errors import CampaignError, ConfigError
+from bulksend.events.http import SnsHttpReceiver
 from bulksend.metrics import Metrics
 from bulksend.secret import Secret
 
@@ -135,8 +136,12 @@ def create_admin_app(
     metrics_public: bool = False,
     read_timeout_s: float = 30.0,
     unauthorized_log: UnauthorizedLog | None = None,
+    events: SnsHttpReceiver | None = None,
 ) -> web.Application:
     """The admin API as an ``aiohttp.web.Application``, serving ``control``.
+
+    With ``events``, ``POST /events/sns`` takes TEM's webhook events as Topics and Events delivers
+    them over HTTP: no token (SNS cannot send one), each message's SNS signature checked instead.
 
     ``token`` (None or empty: no authentication, for loopback only — see
     :func:`check_listen_address`) protects every route but ``/healthz`` and ``/readyz``;
@@ -147,6 +152,8 @@ def create_admin_app(
     """
     auth = _BearerAuth(token) if token else None
     public = (OPEN_ROUTES | {"metrics"}) if metrics_public else OPEN_ROUTES
+    if events is not None:
+        public = public | {"events.sns"}
     refusals = unauthorized_log or UnauthorizedLog()
     app = web.Application(middlewares=[_error_middleware, _auth_middleware(auth, public, refusals)])
     app.cleanup_ctx.append(partial(_flush_refusals, refusals))
@@ -167,6 +174,8 @@ def create_admin_app(
     r.add_get("/v1/templates", _templates, name="templates")
     r.add_put("/v1/templates/{name}", _put_template, name="template.put")
     r.add_get("/v1/dead-letters", _dead_letters, name="dead_letters")
+    if events is not None:
+        r.add_post("/events/sns", events.handle, name="events.sns")
     return app
 
 
