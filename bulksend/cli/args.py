@@ -24,6 +24,7 @@ __all__ = [
     "configure_serve",
     "configure_status",
     "configure_suppress",
+    "configure_webhooks",
 ]
 
 
@@ -312,6 +313,24 @@ def configure_suppress(parser: argparse.ArgumentParser) -> None:
     imp.add_argument("--reason", choices=SUPPRESSION_REASONS, default="manual", help="for rows without one")
 
 
+def configure_webhooks(parser: argparse.ArgumentParser) -> None:
+    """``bulksend webhooks setup --domain-id ID --sns-arn ARN``."""
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    setup = sub.add_parser(
+        "setup",
+        help="create or update the domain's TEM webhook for tracking by events, and say what to subscribe",
+        description="Create (or update) the TEM webhook that publishes a domain's email events to a "
+        "Topics and Events topic, then print the steps that connect the topic to bulksend.",
+    )
+    setup.add_argument("--domain-id", required=True, help="the TEM domain whose emails are tracked (UUID)")
+    setup.add_argument("--sns-arn", required=True, help="the Topics and Events topic to publish to (its ARN)")
+    setup.add_argument("--name", default="bulksend", help="the webhook's name (default %(default)s)")
+    target = setup.add_mutually_exclusive_group()
+    target.add_argument("--queue", help="the SQS queue (Scaleway Queues) bulksend reads: name or URL")
+    target.add_argument("--http-endpoint", help="or the daemon's URL of POST /events/sns")
+    add_api_options(setup)
+
+
 def _configure_sandbox(parser: argparse.ArgumentParser) -> None:
     # The sandbox declares its own options (``python -m bulksend.sandbox`` uses them too); its
     # argument module imports neither aiohttp nor the server.
@@ -364,6 +383,11 @@ COMMANDS: dict[str, Command] = {
         "run the daemon: queue-fed jobs and an admin HTTP API",
         configure_serve,
         "bulksend.cli.serve",
+    ),
+    "webhooks": Command(
+        "set up TEM's webhook events for tracking by events (tracking.mode = \"events\")",
+        configure_webhooks,
+        "bulksend.cli.webhooks",
     ),
     "sandbox": Command(
         "run a local TEM sandbox server",
