@@ -57,3 +57,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     ):
         chaos.add_argument(flag, type=float, default=0.0, metavar="P", help=f"probability of {what}")
     chaos.add_argument("--seed", type=int, help="seed for reproducible faults and jitter")
+
+    hooks = parser.add_argument_group("webhook events (after POST /webhooks, as TEM emits them)")
+    hooks.add_argument("--webhook-sns-url", metavar="URL", help="publish them through this SNS API (moto…)")
+    hooks.add_argument("--webhook-http-url", metavar="URL", help="or POST them, signed like SNS, to this URL")
+    hooks.add_argument("--webhook-signing-key", metavar="PEM", help="RSA key signing HTTP deliveries")
+    hooks.add_argument("--webhook-cert-url", metavar="URL", help="SigningCertURL of that key's certificate")

@@ -34,6 +34,10 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         latency_jitter_ms=args.jitter_ms,
         allowed_from_domains=tuple(args.allow_from_domain) if args.allow_from_domain else None,
         seed=args.seed,
+        webhook_sns_url=args.webhook_sns_url,
+        webhook_http_url=args.webhook_http_url,
+        webhook_signing_key=args.webhook_signing_key,
+        webhook_cert_url=args.webhook_cert_url,
     )
 
 
