@@ -15,13 +15,10 @@ import pytest
 from bulksend.daemon.config import load_daemon_config
 from bulksend.errors import ConfigError
 from bulksend.sandbox import Sandbox
-from bulksend.sandbox.webhooks import domain_id_of
-from bulksend.tem.client import TemClient
-from bulksend.tem.webhooks import EMAIL_EVENT_TYPES
 from bulksend.testing import toml_table
-from tests.conftest import settings_for
 from tests.pki import CertServer, cert_server, shared_pki
 from tests.test_daemon import job_set, make_daemon, running, write_config
+from tests.test_sandbox_webhooks import watch_example_com
 
 ARN = "arn:scw:sns:fr-par:project-11111111-2222-4333-8444-555555555555:tem-events"
 
@@ -61,13 +58,7 @@ async def test_jobs_tracked_by_http_events_need_no_list_call(
     )
     key = tmp_path / "signing.pem"
     key.write_bytes(shared_pki().signing_key_pem())
-    async with TemClient(settings_for(sandbox)) as tem:
-        await tem.create_webhook(
-            domain_id=domain_id_of("example.com"),
-            name="bulksend",
-            event_types=[t.value for t in EMAIL_EVENT_TYPES],
-            sns_arn=ARN,
-        )
+    await watch_example_com(sandbox, ARN)
     for body in jobs.bodies:
         source.publish(body)
     with anyio.fail_after(30):

@@ -13,12 +13,10 @@ from bulksend.events.router import EventRouter
 from bulksend.events.sqs import SqsEventSettings, SqsEventSource
 from bulksend.pipeline.stats import RunStats
 from bulksend.sandbox import Sandbox
-from bulksend.sandbox.webhooks import domain_id_of
-from bulksend.tem.client import TemClient
-from bulksend.tem.webhooks import EMAIL_EVENT_TYPES
 from bulksend.testing import campaign_run, topic_with_queue
 from tests.conftest import CampaignWriter, read_jsonl, settings_for
 from tests.moto import MOTO_ACCESS_KEY, MOTO_REGION, MOTO_SECRET_KEY
+from tests.test_sandbox_webhooks import watch_example_com
 
 
 @pytest.fixture
@@ -29,13 +27,7 @@ async def queue_of_events(sandbox: Sandbox, moto_endpoint: str) -> SqsEventSetti
         moto_endpoint, MOTO_REGION, name, access_key=MOTO_ACCESS_KEY, secret_key=MOTO_SECRET_KEY
     )
     sandbox.update(webhook_sns_url=moto_endpoint)
-    async with TemClient(settings_for(sandbox)) as tem:
-        await tem.create_webhook(
-            domain_id=domain_id_of("example.com"),
-            name="bulksend",
-            event_types=[t.value for t in EMAIL_EVENT_TYPES],
-            sns_arn=arn,
-        )
+    await watch_example_com(sandbox, arn)
     return SqsEventSettings(
         url=moto_endpoint,
         region=MOTO_REGION,

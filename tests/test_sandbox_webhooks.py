@@ -27,6 +27,12 @@ DOMAIN = domain_id_of("example.com")
 TYPES = [t.value for t in EMAIL_EVENT_TYPES]
 
 
+async def watch_example_com(sandbox: Sandbox, arn: str) -> None:
+    """Give the sandbox's example.com a webhook of every email event type, publishing to ``arn``."""
+    async with TemClient(settings_for(sandbox)) as tem:
+        await tem.create_webhook(domain_id=DOMAIN, name="bulksend", event_types=TYPES, sns_arn=arn)
+
+
 @pytest.fixture
 async def tem(sandbox: Sandbox) -> AsyncIterator[TemClient]:
     async with TemClient(settings_for(sandbox)) as client:

@@ -8,15 +8,14 @@ header is offered to every tracker, which each take only the emails they know.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import orjson
 import structlog
 
-from bulksend.events.sns import SnsEnvelope, parse_envelope
+from bulksend.events.sns import MAX_ENVELOPE_BYTES, SnsEnvelope, parse_envelope
 from bulksend.pipeline.tracker import Tracker
-from bulksend.tem.webhooks import EmailEvent, parse_email_event
+from bulksend.tem.webhooks import EmailEvent, json_object, parse_email_event
 
 __all__ = ["EventCounts", "EventRouter", "read_message"]
 
@@ -26,11 +25,8 @@ log = structlog.get_logger("bulksend.events")
 def read_message(body: bytes | str) -> tuple[SnsEnvelope | None, EmailEvent | None]:
     """A queue message or HTTP body: an SNS envelope and the TEM event in it, or a TEM event
     alone (an SQS subscription with raw message delivery). (None, None) when it is neither."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None, None
-    if not isinstance(data, Mapping):
+    data = json_object(body, MAX_ENVELOPE_BYTES)
+    if data is None:
         return None, None
     if "Type" in data:
         envelope = parse_envelope(data)

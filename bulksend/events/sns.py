@@ -36,9 +36,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import anyio
-import orjson
 
 from bulksend.errors import EventVerificationError as SnsVerificationError
+from bulksend.tem.webhooks import json_object
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
@@ -139,15 +139,8 @@ def parse_envelope(body: bytes | str | Mapping[str, Any]) -> SnsEnvelope | None:
     None for malformed JSON, a body over :data:`MAX_ENVELOPE_BYTES`, an unknown ``Type``, a field
     that is not a string or is too long, or a confirmation without its ``SubscribeURL``.
     """
-    data: object = body
-    if isinstance(body, bytes | str):
-        if len(body) > MAX_ENVELOPE_BYTES:
-            return None
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return None
-    if not isinstance(data, Mapping):
+    data = json_object(body, MAX_ENVELOPE_BYTES)
+    if data is None:
         return None
     kind = data.get("Type")
     if not isinstance(kind, str) or kind not in ENVELOPE_TYPES:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Final
 
@@ -41,6 +41,7 @@ __all__ = [
     "WebhookEventRecord",
     "WebhookEventStatus",
     "WebhookEventType",
+    "json_object",
     "parse_email_event",
 ]
 
@@ -146,6 +147,20 @@ class EmailEvent:
         return campaign if sep and row.isdigit() else ""
 
 
+def json_object(payload: bytes | str | Mapping[str, Any], max_bytes: int) -> Mapping[str, Any] | None:
+    """``payload`` as a JSON object (decoded if it is text), or None: not an object, not JSON, or
+    text longer than ``max_bytes``."""
+    data: object = payload
+    if isinstance(payload, bytes | str):
+        if len(payload) > max_bytes:
+            return None
+        try:
+            data = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return None
+    return data if isinstance(data, Mapping) else None
+
+
 def _text(value: object) -> str:
     return value[:_MAX_TEXT] if isinstance(value, str) else ""
 
@@ -170,15 +185,8 @@ def parse_email_event(payload: bytes | str | Mapping[str, Any]) -> EmailEvent | 
     ``email_id`` (or, for ``email_blocklisted``, a recipient): malformed JSON, a payload over
     :data:`MAX_EVENT_BYTES`, another type. Fields of the wrong type are taken as absent.
     """
-    data: object = payload
-    if isinstance(payload, bytes | str):
-        if len(payload) > MAX_EVENT_BYTES:
-            return None
-        try:
-            data = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return None
-    if not isinstance(data, Mapping):
+    data = json_object(payload, MAX_EVENT_BYTES)
+    if data is None:
         return None
     raw_type = data.get("type")
     kind = WebhookEventType.parse(raw_type) if isinstance(raw_type, str) else WebhookEventType.UNKNOWN_TYPE
@@ -227,13 +235,8 @@ class Webhook:
     def from_json(cls, data: Mapping[str, Any]) -> Webhook:
         types = data.get("event_types")
         return cls(
-            id=str(data.get("id") or ""),
-            domain_id=str(data.get("domain_id") or ""),
-            organization_id=str(data.get("organization_id") or ""),
-            project_id=str(data.get("project_id") or ""),
-            name=str(data.get("name") or ""),
+            **_texts(cls, data),
             event_types=tuple(str(t) for t in types) if isinstance(types, list) else (),
-            sns_arn=str(data.get("sns_arn") or ""),
             created_at=_opt_time(data, "created_at"),
             updated_at=_opt_time(data, "updated_at"),
         )
@@ -254,12 +257,9 @@ class WebhookEventRecord:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> WebhookEventRecord:
-        return cls(
-            id=str(data.get("id") or ""),
-            webhook_id=str(data.get("webhook_id") or ""),
-            type=str(data.get("type") or ""),
-            status=str(data.get("status") or ""),
-            email_id=str(data.get("email_id") or ""),
-            data=str(data.get("data") or ""),
-            created_at=_opt_time(data, "created_at"),
-        )
+        return cls(**_texts(cls, data), created_at=_opt_time(data, "created_at"))
+
+
+def _texts(cls: type, data: Mapping[str, Any]) -> dict[str, str]:
+    """The text fields of the dataclass ``cls`` from a wire object: a missing key is empty."""
+    return {f.name: str(data.get(f.name) or "") for f in fields(cls) if f.type == "str"}
