@@ -1,0 +1,126 @@
+"""One outcome line as the report reads it: typed, whichever file (JSONL or CSV) it came from.
+
+JSONL keeps values exactly; CSV holds every value as text, ``flags`` joined with ``;``, and a text
+cell a spreadsheet would run as a formula prefixed with ``'`` (:func:`~bulksend.sinks.outcomes.csv_cell`).
+:func:`parse_outcome` reads both back to the same :class:`Outcome`, and never raises on a value
+of the wrong type: a hand-edited file gives ``None`` or ``""`` where a value cannot be read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from bulksend.sinks.outcomes import CSV_FORMULA_TRIGGERS, read_outcomes
+
+__all__ = ["Outcome", "domain_of", "parse_outcome", "read_outcome_file"]
+
+_NO_DOMAIN: Final = "(no domain)"
+_MAX_DOMAIN_CHARS: Final = 255
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The fields of an outcome line the report uses; times are Unix seconds (UTC).
+
+    Not frozen: a frozen dataclass's ``__init__`` costs twice as much, and a report makes one
+    of these per row."""
+
+    row: int | None
+    email: str
+    name: str
+    status: str
+    flags: tuple[str, ...]
+    smtp_code: int | None
+    smtp_message: str
+    status_details: str
+    try_count: int
+    attempts: int
+    submitted_at: float | None
+    final_at: float | None
+    reason: str
+
+
+def _int(value: Any) -> int | None:
+    if type(value) is int:  # the usual case first (and not a bool, a subclass of int)
+        return value
+    if isinstance(value, str) and value.strip():
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _text(value: Any, from_csv: bool) -> str:
+    if type(value) is str:
+        text = value
+    elif value is None:
+        return ""
+    else:
+        text = str(value)
+    # csv_cell wrote "'" before a formula trigger; a text that starts so in JSONL is kept.
+    if from_csv and text[:1] == "'" and text[1:2] and text[1] in CSV_FORMULA_TRIGGERS:
+        return text[1:]
+    return text
+
+
+def _epoch(value: Any) -> float | None:
+    if type(value) is not str or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _flags(value: Any) -> tuple[str, ...]:
+    if not value:
+        return ()
+    if isinstance(value, str):
+        return tuple(f for f in value.split(";") if f)
+    if isinstance(value, list | tuple):
+        return tuple(str(f) for f in value if f)
+    return ()
+
+
+def parse_outcome(line: Mapping[str, Any], *, from_csv: bool = False) -> Outcome:
+    """``line`` (a JSONL object, or a CSV record with ``from_csv``) as an :class:`Outcome`."""
+    get = line.get
+    return Outcome(
+        _int(get("row")),
+        _text(get("email"), from_csv),
+        _text(get("name"), from_csv),
+        _text(get("status"), from_csv).strip() or "unknown",
+        _flags(get("flags")),
+        _int(get("smtp_code")),
+        _text(get("smtp_message"), from_csv),
+        _text(get("status_details"), from_csv),
+        _int(get("try_count")) or 0,
+        _int(get("attempts")) or 0,
+        _epoch(get("submitted_at")),
+        _epoch(get("final_at")),
+        _text(get("reason"), from_csv),
+    )
+
+
+def read_outcome_file(path: Path) -> Iterator[Outcome]:
+    """Stream the outcomes of a .jsonl or .csv file (raises ValueError on a line that is not JSON)."""
+    from_csv = path.suffix.lower() == ".csv"
+    for line in read_outcomes(path):
+        if not isinstance(line, Mapping):
+            raise ValueError(f"a line is not a JSON object: {str(line)[:80]!r}")
+        yield parse_outcome(line, from_csv=from_csv)
+
+
+def domain_of(email: str) -> str:
+    """The address's domain, lower-cased (``(no domain)`` when it has none)."""
+    at = email.rfind("@")
+    domain = email[at + 1 : at + 1 + _MAX_DOMAIN_CHARS].strip().lower()
+    return domain if at >= 0 and domain else _NO_DOMAIN
