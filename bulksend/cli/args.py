@@ -231,6 +231,13 @@ def configure_report(parser: argparse.ArgumentParser) -> None:
         help="write the rows worth sending again (canceled, unknown, failed with a temporary flag) as a "
         "recipients CSV, ready to send as a new campaign",
     )
+    g.add_argument(
+        "--html",
+        type=Path,
+        metavar="PATH",
+        help="also write the report of every row (whatever --status or --flag) as one self-contained HTML "
+        "file, with <name>.resend.csv beside it (docs/report.md)",
+    )
 
 
 def configure_recheck(parser: argparse.ArgumentParser) -> None:

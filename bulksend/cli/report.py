@@ -17,6 +17,7 @@ from rich.text import Text
 
 from bulksend.cli.args import configure_report as configure
 from bulksend.cli.display import print_error, print_text
+from bulksend.cli.html_report import write_html_report
 from bulksend.cli.summary import print_summary
 from bulksend.errors import ConfigError
 from bulksend.sinks.outcomes import OUTCOME_FIELDS, OUTCOME_STATUSES, csv_cell, read_outcomes
@@ -70,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print_error(err, f"{args.resend_file}: cannot write it: {exc.strerror or exc}")
         return 1
+    if args.html is not None:
+        return write_html_report(path, args.html, err)
     return 0
 
 

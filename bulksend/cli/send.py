@@ -42,6 +42,7 @@ from bulksend.campaign.render import Rejection, Renderer
 from bulksend.campaign.validate import check_address, normalize_address
 from bulksend.cli.args import configure_send as configure
 from bulksend.cli.display import print_error, print_text
+from bulksend.cli.html_report import campaign_report, record_campaign_timeline
 from bulksend.cli.progress import PLAIN_EVERY_S, show_progress
 from bulksend.cli.runtime import stop_on_signals, uvloop_available
 from bulksend.cli.sample import SAMPLE_PREFIX, SampleResult, render_samples, send_samples
@@ -260,7 +261,9 @@ def run_campaign(
         )
     except (BulksendError, BaseExceptionGroup) as raised:
         return _exit_code_of(raised, console)
-    return _report(result, console, resume=options.resume_command or resume_command_of(campaign.path))
+    code = _report(result, console, resume=options.resume_command or resume_command_of(campaign.path))
+    campaign_report(campaign, result.outcomes_path, console)
+    return code
 
 
 def _exit_code_of(raised: BaseException, console: Console) -> int:
@@ -526,6 +529,8 @@ async def _run(
                     from bulksend.events.sqs import SqsEventSource
 
                     tg.start_soon(SqsEventSource(options.events, router.deliver).run)
+                if options.worker_id is None:  # a worker sees only its share of the campaign
+                    tg.start_soon(record_campaign_timeline, campaign, stats, limiter)
                 reconciled = await runner.reconcile_all() if options.reconcile_all else None
                 if reconciled is not None and reconciled.interrupted:
                     result = RunResult(
