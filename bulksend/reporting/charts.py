@@ -107,11 +107,12 @@ def compact_number(value: float) -> str:
     return f"{value:,.0f}"
 
 
-def nice_ticks(high: float, count: int = 5) -> list[float]:
-    """Round tick values from 0 to at least ``high`` (steps of 1, 2 or 5 × a power of ten)."""
+def nice_ticks(high: float, count: int = 5, *, whole: bool = False) -> list[float]:
+    """Round tick values from 0 to at least ``high`` (steps of 1, 2 or 5 × a power of ten; with
+    ``whole``, steps of at least 1, for counts)."""
     if high <= 0 or not math.isfinite(high):
         return [0.0, 1.0]
-    raw = high / count
+    raw = max(high / count, 1.0) if whole else high / count
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
     n = math.ceil(high / step - 1e-9)
@@ -203,15 +204,17 @@ def time_series(
     width: int = 760,
     height: int = 250,
     empty: str = "nothing to draw yet",
+    whole: bool = False,
 ) -> Markup:
-    """Several series over a shared time axis and a y axis from 0 (lines, or areas under them)."""
+    """Several series over a shared time axis and a y axis from 0 (lines, or areas under them);
+    ``whole`` when the values are counts (no tick between two whole numbers)."""
     left, right, top, bottom = 52, width - 12, 40, height - 36
     times = [t for s in series for t, v in s.points if v is not None] + [m.t for m in markers]
     values = [v for s in series for _, v in s.points if v is not None]
     low, high = (min(times), max(times)) if times else (0.0, 1.0)
     if high <= low:
         low, high = low - 0.5, high + 0.5
-    y_ticks = nice_ticks(max(values, default=0.0))
+    y_ticks = nice_ticks(max(values, default=0.0), whole=whole)
     y_top = y_ticks[-1] or 1.0
 
     def x(t: float) -> float:

@@ -50,18 +50,19 @@ class LogHistogram:
         return 2 * self.gamma**key / (self.gamma + 1)
 
     def quantile(self, q: float) -> float | None:
-        """The value below which a share ``q`` (0–1) of the values lie; None when empty."""
+        """The ``q`` quantile (0–1), by nearest rank: the smallest value with at least a share
+        ``q`` of the values at or below it (``max`` for 1); None when empty."""
         if not self.count:
             return None
         if q >= 1:
             return self.max
-        rank = q * (self.count - 1)
+        target = max(1, math.ceil(q * self.count - 1e-9))
         seen = self.zeros
-        if rank < seen:
+        if seen >= target:
             return 0.0
         for key in sorted(self.buckets):
             seen += self.buckets[key]
-            if rank < seen:
+            if seen >= target:
                 return min(self._value(key), self.max)
         return self.max
 
