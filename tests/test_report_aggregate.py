@@ -345,3 +345,20 @@ def test_the_parser_takes_any_values_without_raising(values: dict[str, Any]) -> 
     assert isinstance(outcome.try_count, int)
     assert outcome.status
     ReportAggregate().add(outcome)
+
+
+def test_over_time_draws_the_send_and_counts_the_slow_tail_apart() -> None:
+    """A 100-s send whose last few emails became final two days later: the drawn window is the
+    send, at a fine interval, and the late final statuses are counted as `later`."""
+    agg = ReportAggregate()
+    for i in range(100):
+        late = i >= 97
+        agg.add(line(i + 1, "sent", submitted=T0 + i, final=T0 + i + (172_800 if late else 2)))
+    drawn = agg.over_time()
+    assert drawn.interval_s == 60  # two days of tail kept at one-minute intervals, within 5,000
+    assert drawn.rows[0][0] == T0
+    assert len(drawn.rows) == 2  # 12:00 and 12:01
+    assert sum(c[0] for _, c in drawn.rows) == 100
+    assert sum(c[1] for _, c in drawn.rows) == 97
+    assert drawn.later == 3
+    assert drawn.last_later == T0 + 172_920  # the end of the minute of the last one, T0 + 172,899 s

@@ -9,8 +9,10 @@ number of rows. :meth:`~ReportAggregate.to_json` gives everything as plain JSON 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -26,6 +28,7 @@ __all__ = [
     "MAX_TRY_COUNT",
     "SERIES",
     "DomainStats",
+    "OverTime",
     "ReportAggregate",
     "iso",
 ]
@@ -37,6 +40,13 @@ DEFERRED_FLAGS: Final = frozenset({"soft_bounce", "greylisted"})
 MAX_TRY_COUNT: Final = 10
 """``try_count`` values from this one up are counted together (``10+``)."""
 MAX_SAMPLES: Final = 3600
+TIMELINE_BUCKETS: Final = 5000
+"""Intervals the timeline keeps: 72 h of tracking (TEM's soft-bounce retries) at one minute
+each, so the send itself, often minutes long, is still drawn in detail (see :meth:`over_time`)."""
+MAX_POINTS: Final = 240
+"""Points drawn (and given by :meth:`ReportAggregate.to_json`) for the emails over time."""
+DRAWN_SHARE: Final = 0.95
+"""Share of the final statuses the drawn time window holds (every submission always)."""
 _MAX_OTHER_STATUSES: Final = 20
 _OTHER_STATUS: Final = "other"
 
@@ -46,6 +56,18 @@ def iso(t: float | None) -> str | None:
     if t is None:
         return None
     return datetime.fromtimestamp(t, UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class OverTime:
+    """Emails per interval (:data:`SERIES`) over the drawn window, and the final statuses after it."""
+
+    interval_s: int
+    rows: list[tuple[float, list[int]]]
+    later: int
+    """Final statuses after the window."""
+    last_later: float | None
+    """When the last of them came (the end of its interval)."""
 
 
 class DomainStats:
@@ -105,7 +127,7 @@ class ReportAggregate:
         """Seconds from submission to final status, of the sent and failed emails."""
         self.try_counts = [0] * (MAX_TRY_COUNT + 1)
         """Sent and failed emails by TEM's ``try_count`` (the last entry: that many or more)."""
-        self.timeline = TimeBuckets(len(SERIES))
+        self.timeline = TimeBuckets(len(SERIES), max_buckets=TIMELINE_BUCKETS)
         self.first_submitted: float | None = None
         self.last_final: float | None = None
         self.samples: list[Sample] = []
@@ -185,6 +207,28 @@ class ReportAggregate:
             self.samples = thin(self.samples, MAX_SAMPLES // 2)
 
     # -- reading -----------------------------------------------------------------------------
+    def over_time(self, max_points: int = MAX_POINTS) -> OverTime:
+        """Emails per interval over the time that matters: from the first submission to the last
+        one or to when 95 % of the final statuses were in, whichever is later. The rest (the
+        slow tail of soft bounces TEM retries for days) is counted in ``later``, not drawn."""
+        rows = self.timeline.rows()
+        events = [(t, c) for t, c in rows if any(c)]
+        if not events:
+            return OverTime(self.timeline.width, [], 0, None)
+        last_submitted = max((t for t, c in events if c[0]), default=events[0][0])
+        finals = sum(c[1] + c[2] for _, c in events)
+        needed = math.ceil(finals * DRAWN_SHARE)
+        end, seen = last_submitted, 0
+        for t, c in events:
+            seen += c[1] + c[2]
+            if seen >= needed:
+                end = max(end, t)
+                break
+        width, drawn = self.timeline.window(events[0][0], end, max_points=max_points)
+        later = [(t, c[1] + c[2]) for t, c in events if t > end]
+        last = later[-1][0] + self.timeline.width if later else None
+        return OverTime(width, drawn, sum(n for _, n in later), last)
+
     @property
     def not_sent(self) -> int:
         """Rows that were not delivered: every row but the sent ones."""
@@ -209,6 +253,7 @@ class ReportAggregate:
                 }
             )
         q = self.to_final.quantile
+        drawn = self.over_time()
         return {
             "rows": self.rows,
             "statuses": {k: v for k, v in self.by_status.items() if v or k in OUTCOME_STATUSES},
@@ -239,9 +284,11 @@ class ReportAggregate:
                 (f"{i}+" if i == MAX_TRY_COUNT else str(i)): n for i, n in enumerate(self.try_counts) if n
             },
             "timeline": {
-                "interval_s": self.timeline.width,
+                "interval_s": drawn.interval_s,
                 "series": list(SERIES),
-                "rows": [[iso(t), *counts] for t, counts in self.timeline.rows()],
+                "rows": [[iso(t), *counts] for t, counts in drawn.rows],
+                "final_later": drawn.later,
+                "last_final_later_at": iso(drawn.last_later),
             },
             "flow": [{**s.to_json(), "t": iso(s.t)} for s in self.samples],
             "first_submitted_at": iso(self.first_submitted),

@@ -266,7 +266,7 @@ def bars(
 ) -> Markup:
     """Horizontal bars, one per item, scaled to the largest value, with their text after them."""
     bar_height, gap = 16, 6
-    room = width - label_width - 90
+    room = width - label_width - 130  # the widest text after a bar: '1,000,000 (100.0 %)'
     biggest = max((b.value for b in items), default=0.0) or 1.0
     drawn = []
     for i, b in enumerate(items):

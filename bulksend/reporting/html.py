@@ -247,12 +247,12 @@ def _gauge(runs: list[list[Sample]], value: str) -> list[tuple[float, float | No
 
 
 def _over_time(agg: ReportAggregate) -> dict[str, Any]:
-    width = agg.timeline.width
-    rows = agg.timeline.rows()
+    drawn = agg.over_time()
+    width = drawn.interval_s
     half = width / 2
 
     def series(i: int) -> list[tuple[float, float | None]]:
-        return [(t + half, float(counts[i])) for t, counts in rows]
+        return [(t + half, float(counts[i])) for t, counts in drawn.rows]
 
     chart = time_series(
         [
@@ -266,10 +266,18 @@ def _over_time(agg: ReportAggregate) -> dict[str, Any]:
         empty="no email was submitted",
         whole=True,
     )
+    note = (
+        f"One point per {_interval(width)}: emails TEM accepted (submitted) and emails that became final "
+        "in that interval, by the time TEM gave."
+    )
+    if drawn.later:
+        note += (
+            f" Not drawn: {_count(drawn.later)} emails that became final later, until "
+            f"{_when(drawn.last_later)} (TEM retries soft bounces for up to 72 h)."
+        )
     view: dict[str, Any] = {
         "over_time": chart,
-        "interval_note": f"One point per {_interval(width)}: emails TEM accepted (submitted) and emails that "
-        "became final in that interval, by the time TEM gave.",
+        "interval_note": note,
         "rate_chart": "",
         "rate_note": "",
         "throttle_chart": "",

@@ -117,11 +117,12 @@ class TimeBuckets:
             counts = self.buckets[key] = [0] * self.series
         counts[series] += n
 
-    def _next_width(self) -> int:
-        for width in _WIDTHS:
-            if width > self.width:
-                return width
-        return self.width * 2
+    def _next_width(self, width: int | None = None) -> int:
+        current = self.width if width is None else width
+        for candidate in _WIDTHS:
+            if candidate > current:
+                return candidate
+        return current * 2
 
     def _widen(self, span: int) -> None:
         """Grow the interval until ``span`` intervals of the old width fit; merge the counts."""
@@ -152,6 +153,27 @@ class TimeBuckets:
             (float(key * self.width), list(self.buckets.get(key, zero)))
             for key in range(self._low, self._high + 1)
         ]
+
+    def window(
+        self, start: float, end: float, *, max_points: int
+    ) -> tuple[int, list[tuple[float, list[int]]]]:
+        """The intervals from ``start`` to ``end`` merged to at most ``max_points`` of a wider
+        width (the next widths of the same ladder, so merging stays exact): ``(width, rows)``."""
+        width = self.width
+        while (end - start) / width >= max_points:
+            width = self._next_width(width)
+        factor = width // self.width
+        merged: dict[int, list[int]] = {}
+        for key, counts in self.buckets.items():
+            t = key * self.width
+            if start <= t <= end:
+                into = merged.setdefault(key // factor, [0] * self.series)
+                for i, n in enumerate(counts):
+                    into[i] += n
+        if not merged:
+            return width, []
+        zero = [0] * self.series
+        return width, [(float(k * width), merged.get(k, zero)) for k in range(min(merged), max(merged) + 1)]
 
 
 @dataclass(frozen=True, slots=True)
