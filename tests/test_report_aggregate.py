@@ -362,3 +362,13 @@ def test_over_time_draws_the_send_and_counts_the_slow_tail_apart() -> None:
     assert sum(c[1] for _, c in drawn.rows) == 97
     assert drawn.later == 3
     assert drawn.last_later == T0 + 172_920  # the end of the minute of the last one, T0 + 172,899 s
+
+
+def test_over_time_draws_a_short_tail_with_the_send() -> None:
+    """Final statuses a little after the send, that fit at the same interval, are drawn too."""
+    agg = ReportAggregate()
+    for i in range(100):
+        agg.add(line(i + 1, "sent", submitted=T0 + i, final=T0 + i + (30 if i >= 97 else 2)))
+    drawn = agg.over_time()
+    assert drawn.later == 0
+    assert sum(c[1] for _, c in drawn.rows) == 100

@@ -225,6 +225,9 @@ class ReportAggregate:
                 end = max(end, t)
                 break
         width, drawn = self.timeline.window(events[0][0], end, max_points=max_points)
+        every_width, everything = self.timeline.window(events[0][0], events[-1][0], max_points=max_points)
+        if every_width <= width:  # the tail fits at the same interval: draw it all
+            return OverTime(width, everything, 0, None)
         later = [(t, c[1] + c[2]) for t, c in events if t > end]
         last = later[-1][0] + self.timeline.width if later else None
         return OverTime(width, drawn, sum(n for _, n in later), last)

@@ -193,6 +193,20 @@ def _paths(
     return "".join(line), "".join(area)
 
 
+def _placed(markers: Sequence[Marker], x: Callable[[float], float]) -> list[dict[str, Any]]:
+    """Markers with their x; a label only where it does not run into the previous one (each
+    keeps its title, shown on hover)."""
+    placed: list[dict[str, Any]] = []
+    free_from = -math.inf
+    for m in sorted(markers, key=lambda m: m.t):
+        at = round(x(m.t), 1)
+        label = m.label if at >= free_from else ""
+        if label:
+            free_from = at + 8 + 6.5 * len(label)
+        placed.append({"x": at, "label": label, "title": m.title, "color": m.color})
+    return placed
+
+
 def time_series(
     series: Sequence[Series],
     *,
@@ -254,9 +268,7 @@ def time_series(
         y_ticks=[{"y": round(y(v), 1), "label": compact_number(v)} for v in y_ticks],
         x_ticks=[{"x": _fmt(x(t)), "label": datetime.fromtimestamp(t, UTC).strftime(fmt)} for t in x_ticks],
         series=drawn,
-        markers=[
-            {"x": round(x(m.t), 1), "label": m.label, "title": m.title, "color": m.color} for m in markers
-        ],
+        markers=_placed(markers, x),
         empty="" if values else empty,
     )
 

@@ -31,12 +31,13 @@ from bulksend.reporting.charts import (
     time_series,
 )
 from bulksend.reporting.sketch import Groups
-from bulksend.reporting.timeline import Sample
+from bulksend.reporting.timeline import Sample, thin
 from bulksend.sinks.outcomes import OUTCOME_STATUSES
 
 __all__ = ["ReportMeta", "duration", "render_report", "render_sections", "stylesheet"]
 
 KINDS_SHOWN: Final = 15
+SAMPLES_DRAWN: Final = 500
 DOMAINS_SHOWN: Final = 20
 STATUS_COLORS: Final = {
     "sent": PALETTE["green"],
@@ -289,10 +290,12 @@ def _over_time(agg: ReportAggregate) -> dict[str, Any]:
     if not agg.samples:
         return view
     runs = _runs(agg.samples)
-    limit = Series("limiter rate", _gauge(runs, "limit_per_s"), PALETTE["orange"], dashed=True)
+    # A chart 760 units wide shows no more than this many points: fewer keep the file small.
+    shown = _runs(thin(agg.samples, SAMPLES_DRAWN))
+    limit = Series("limiter rate", _gauge(shown, "limit_per_s"), PALETTE["orange"], dashed=True)
     rates = [
-        Series("measured answers/s", _gauge(runs, "measured_per_s"), PALETTE["blue"]),
-        Series("submitted/s", _rates(runs, "submitted"), PALETTE["green"], area=True),
+        Series("measured answers/s", _gauge(shown, "measured_per_s"), PALETTE["blue"]),
+        Series("submitted/s", _rates(shown, "submitted"), PALETTE["green"], area=True),
     ]
     highest_limit = max((v for _, v in limit.points if v is not None), default=0.0)
     highest_rate = max((v for s in rates for _, v in s.points if v is not None), default=0.0)
@@ -326,7 +329,7 @@ def _over_time(agg: ReportAggregate) -> dict[str, Any]:
     )
     if throttled or tripped:
         view["throttle_chart"] = time_series(
-            [Series("429 answers/s", _rates(runs, "throttled"), PALETTE["vermillion"], area=True)],
+            [Series("429 answers/s", _rates(shown, "throttled"), PALETTE["vermillion"], area=True)],
             title="429 answers per second, and the circuit breaker's trips",
             y_unit="per second",
             markers=trips,

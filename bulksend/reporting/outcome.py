@@ -93,20 +93,41 @@ def _flags(value: Any) -> tuple[str, ...]:
 def parse_outcome(line: Mapping[str, Any], *, from_csv: bool = False) -> Outcome:
     """``line`` (a JSONL object, or a CSV record with ``from_csv``) as an :class:`Outcome`."""
     get = line.get
+    if from_csv:
+        return Outcome(
+            _int(get("row")),
+            _text(get("email"), True),
+            _text(get("name"), True),
+            _text(get("status"), True).strip() or "unknown",
+            _flags(get("flags")),
+            _int(get("smtp_code")),
+            _text(get("smtp_message"), True),
+            _text(get("status_details"), True),
+            _int(get("try_count")) or 0,
+            _int(get("attempts")) or 0,
+            _epoch(get("submitted_at")),
+            _epoch(get("final_at")),
+            _text(get("reason"), True),
+        )
+    # JSONL, a million times over: each value's usual type is checked inline, the helpers only
+    # see what a hand-edited file may hold.
+    row, email, name, status = get("row"), get("email"), get("name"), get("status")
+    code, message, details = get("smtp_code"), get("smtp_message"), get("status_details")
+    tries, attempts, reason, flags = get("try_count"), get("attempts"), get("reason"), get("flags")
     return Outcome(
-        _int(get("row")),
-        _text(get("email"), from_csv),
-        _text(get("name"), from_csv),
-        _text(get("status"), from_csv).strip() or "unknown",
-        _flags(get("flags")),
-        _int(get("smtp_code")),
-        _text(get("smtp_message"), from_csv),
-        _text(get("status_details"), from_csv),
-        _int(get("try_count")) or 0,
-        _int(get("attempts")) or 0,
+        row if type(row) is int else _int(row),
+        email if type(email) is str else _text(email, False),
+        name if type(name) is str else _text(name, False),
+        (status if type(status) is str else _text(status, False)).strip() or "unknown",
+        () if not flags else _flags(flags),
+        code if type(code) is int or code is None else _int(code),
+        message if type(message) is str else _text(message, False),
+        details if type(details) is str else _text(details, False),
+        tries if type(tries) is int else _int(tries) or 0,
+        attempts if type(attempts) is int else _int(attempts) or 0,
         _epoch(get("submitted_at")),
         _epoch(get("final_at")),
-        _text(get("reason"), from_csv),
+        reason if type(reason) is str else _text(reason, False),
     )
 
 

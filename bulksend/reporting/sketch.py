@@ -24,11 +24,11 @@ class LogHistogram:
     counted as 0. From 1 ms to a year at 1 %, that is at most 1,300 buckets, usually far fewer.
     """
 
-    __slots__ = ("_log_gamma", "buckets", "count", "floor", "gamma", "max", "zeros")
+    __slots__ = ("_per_log", "buckets", "count", "floor", "gamma", "max", "zeros")
 
     def __init__(self, relative_error: float = 0.01, *, floor: float = 0.001) -> None:
         self.gamma = (1 + relative_error) / (1 - relative_error)
-        self._log_gamma = math.log(self.gamma)
+        self._per_log = 1 / math.log(self.gamma)
         self.floor = floor
         self.buckets: dict[int, int] = {}
         self.zeros = 0
@@ -43,8 +43,9 @@ class LogHistogram:
         if value < self.floor:
             self.zeros += 1
             return
-        key = math.ceil(math.log(value) / self._log_gamma)
-        self.buckets[key] = self.buckets.get(key, 0) + 1
+        key = math.ceil(math.log(value) * self._per_log)
+        buckets = self.buckets
+        buckets[key] = buckets.get(key, 0) + 1
 
     def _value(self, key: int) -> float:
         return 2 * self.gamma**key / (self.gamma + 1)
