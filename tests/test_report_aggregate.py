@@ -60,9 +60,29 @@ def line(
     }
 
 
+def never_sent(row: int, status: str, reason: str, email: str | None = None) -> dict[str, Any]:
+    """The line of a row that never reached TEM."""
+    return line(row, status, email=email, reason=reason, try_count=0, attempts=0)
+
+
 def known_lines() -> list[dict[str, Any]]:
     """Twelve rows whose every count is known: the fixture of the aggregate tests."""
-    bounce = (550, "5.1.1 <{}>: user unknown")
+    hard_bounces = [
+        line(
+            row,
+            "failed",
+            email=email,
+            submitted=T0 + 2,
+            final=T0 + 14,
+            flags=("hard_bounce",),
+            smtp=(550, f"5.1.1 <{email}>: user unknown"),
+        )
+        for row, email in ((4, "b@other.org"), (5, "user5@example.com"))
+    ]
+    invalid = [
+        never_sent(row, "rejected", f"invalid recipient address: '{email}' is not an email address", email)
+        for row, email in ((8, "not-an-email"), (9, "c@x"))
+    ]
     return [
         line(1, "sent", submitted=T0, final=T0 + 2),
         line(2, "sent", submitted=T0 + 1, final=T0 + 5, attempts=3),
@@ -75,23 +95,7 @@ def known_lines() -> list[dict[str, Any]]:
             try_count=3,
             flags=("soft_bounce",),
         ),
-        line(
-            4,
-            "failed",
-            email="b@other.org",
-            submitted=T0 + 2,
-            final=T0 + 14,
-            flags=("hard_bounce",),
-            smtp=(bounce[0], bounce[1].format("b@other.org")),
-        ),
-        line(
-            5,
-            "failed",
-            submitted=T0 + 2,
-            final=T0 + 14,
-            flags=("hard_bounce",),
-            smtp=(bounce[0], bounce[1].format("user5@example.com")),
-        ),
+        *hard_bounces,
         line(
             6,
             "failed",
@@ -102,25 +106,10 @@ def known_lines() -> list[dict[str, Any]]:
             details="recipient is blocklisted",
         ),
         line(7, "failed", submitted=T0 + 3, final=T0 + 40, flags=("mailbox_full",), smtp=(552, "5.2.2 full")),
-        line(
-            8,
-            "rejected",
-            email="not-an-email",
-            try_count=0,
-            attempts=0,
-            reason="invalid recipient address: 'not-an-email' is not an email address",
-        ),
-        line(
-            9,
-            "rejected",
-            email="c@x",
-            try_count=0,
-            attempts=0,
-            reason="invalid recipient address: 'c@x' is not an email address",
-        ),
-        line(10, "skipped", email="user1@example.com", try_count=0, attempts=0, reason="duplicate of row 1"),
+        *invalid,
+        never_sent(10, "skipped", "duplicate of row 1", "user1@example.com"),
         line(11, "unknown", submitted=T0 + 4, try_count=0, reason="not finished (still submitted)"),
-        line(12, "canceled", try_count=0, attempts=0, reason="canceled with its campaign before it was sent"),
+        never_sent(12, "canceled", "canceled with its campaign before it was sent"),
     ]
 
 

@@ -13,14 +13,20 @@ from tests.conftest import PROJECT, SECRET
 from tests.test_cli import env_for, write
 
 
-def test_send_writes_the_report_the_resend_file_and_the_timeline(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A send writes <stem>.report.html, its timeline beside the outcomes, and says where the report is."""
+def sent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Send the test campaign through a sandbox; the folder of its outcomes (out/run.jsonl)."""
     path = write(tmp_path, outcomes="out/run.jsonl")
     with sandbox_in_thread(SandboxConfig(secret_key=SECRET, project_id=PROJECT)) as sb:
         env_for(monkeypatch, sb.url)
         assert main(["send", str(path), "--no-progress"]) == 0
+    return tmp_path / "out"
+
+
+def test_send_writes_the_report_the_resend_file_and_the_timeline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A send writes <stem>.report.html, its timeline beside the outcomes, and says where the report is."""
+    assert sent(tmp_path, monkeypatch) == tmp_path / "out"
     report = tmp_path / "out" / "run.report.html"
     page = report.read_text(encoding="utf-8")
     assert "Campaign cli-test" in page

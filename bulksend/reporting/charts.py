@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import jinja2
 from markupsafe import Markup
@@ -65,6 +65,23 @@ def render_template(name: str, **context: Any) -> Markup:
 
 
 @dataclass(frozen=True)
+class _Frame:
+    """A chart's size and its plot area (the room left for axes and labels around it)."""
+
+    width: float
+    height: float
+    left: float
+    right: float
+    top: float = 0.0
+    bottom: float = 0.0
+
+
+def _svg(template: str, title: str, chart_id: str | None, frame: _Frame, **context: Any) -> Markup:
+    """One chart: ``template`` with its id, title and frame (``f`` in the template)."""
+    return render_template(template, id=_chart_id(title, chart_id), title=title, f=frame, **context)
+
+
+@dataclass(frozen=True)
 class Series:
     """One line of a time series: ``(unix time, value)`` points; a ``None`` value breaks the line."""
 
@@ -75,14 +92,12 @@ class Series:
     dashed: bool = False
 
 
-@dataclass(frozen=True)
-class Marker:
-    """A moment to point at (a vertical dashed line with a short label)."""
+class Marker(NamedTuple):
+    """A moment to point at: a vertical dashed line with a short label, and a title on hover."""
 
     t: float
     label: str
     title: str
-    color: str = PALETTE["vermillion"]
 
 
 @dataclass(frozen=True)
@@ -203,7 +218,7 @@ def _placed(markers: Sequence[Marker], x: Callable[[float], float]) -> list[dict
         label = m.label if at >= free_from else ""
         if label:
             free_from = at + 8 + 6.5 * len(label)
-        placed.append({"x": at, "label": label, "title": m.title, "color": m.color})
+        placed.append({"x": at, "label": label, "title": m.title})
     return placed
 
 
@@ -214,6 +229,7 @@ def time_series(
     y_unit: str = "",
     x_note: str = "UTC",
     markers: Sequence[Marker] = (),
+    marker_color: str = PALETTE["vermillion"],
     chart_id: str | None = None,
     width: int = 760,
     height: int = 250,
@@ -222,7 +238,8 @@ def time_series(
 ) -> Markup:
     """Several series over a shared time axis and a y axis from 0 (lines, or areas under them);
     ``whole`` when the values are counts (no tick between two whole numbers)."""
-    left, right, top, bottom = 52, width - 12, 40, height - 36
+    frame = _Frame(width, height, left=52, right=width - 12, top=40, bottom=height - 36)
+    left, right, top, bottom = frame.left, frame.right, frame.top, frame.bottom
     times = [t for s in series for t, v in s.points if v is not None] + [m.t for m in markers]
     values = [v for s in series for _, v in s.points if v is not None]
     low, high = (min(times), max(times)) if times else (0.0, 1.0)
@@ -237,7 +254,7 @@ def time_series(
     def y(v: float) -> float:
         return bottom - v / y_top * (bottom - top)
 
-    x_ticks, fmt = _time_ticks(low, high, max(2, (right - left) // 90))
+    x_ticks, fmt = _time_ticks(low, high, max(2, int((right - left) // 90)))
     drawn = []
     legend_x = float(left)
     for s in series:
@@ -253,22 +270,18 @@ def time_series(
             }
         )
         legend_x += 28 + 6.5 * len(s.label)
-    return render_template(
+    return _svg(
         "timeseries.svg.j2",
-        id=_chart_id(title, chart_id),
-        title=title,
-        width=width,
-        height=height,
-        left=left,
-        right=right,
-        top=top,
-        bottom=bottom,
+        title,
+        chart_id,
+        frame,
         y_unit=y_unit,
         x_note=x_note,
         y_ticks=[{"y": round(y(v), 1), "label": compact_number(v)} for v in y_ticks],
         x_ticks=[{"x": _fmt(x(t)), "label": datetime.fromtimestamp(t, UTC).strftime(fmt)} for t in x_ticks],
         series=drawn,
         markers=_placed(markers, x),
+        marker_color=marker_color,
         empty="" if values else empty,
     )
 
@@ -293,13 +306,12 @@ def bars(
                 "color": b.color,
             }
         )
-    return render_template(
+    height = 8 + len(items) * (bar_height + gap)
+    return _svg(
         "bars.svg.j2",
-        id=_chart_id(title, chart_id),
-        title=title,
-        width=width,
-        height=8 + len(items) * (bar_height + gap),
-        label_width=label_width,
+        title,
+        chart_id,
+        _Frame(width, height, label_width, width),
         bar_height=bar_height,
         bars=drawn,
     )
@@ -316,7 +328,8 @@ def histogram(
     height: int = 180,
 ) -> Markup:
     """Vertical bars, one per ``(label, count)``, each with its count above it."""
-    left, right, top, bottom = 12, width - 12, 20, height - 40
+    frame = _Frame(width, height, left=12, right=width - 12, top=20, bottom=height - 40)
+    left, right, top, bottom = frame.left, frame.right, frame.top, frame.bottom
     biggest = max((n for _, n in bins), default=0) or 1
     slot = (right - left) / max(1, len(bins))
     bar = min(slot * 0.8, 96.0)
@@ -331,16 +344,4 @@ def histogram(
                 "y": round(bottom - n / biggest * (bottom - top), 1),
             }
         )
-    return render_template(
-        "histogram.svg.j2",
-        id=_chart_id(title, chart_id),
-        title=title,
-        width=width,
-        height=height,
-        left=left,
-        right=right,
-        bottom=bottom,
-        x_label=x_label,
-        color=color,
-        bins=drawn,
-    )
+    return _svg("histogram.svg.j2", title, chart_id, frame, x_label=x_label, color=color, bins=drawn)
