@@ -13,8 +13,9 @@ import pytest
 
 from bulksend.pipeline.account import account_limiter
 from bulksend.pipeline.stats import RunStats
+from bulksend.reporting.aggregate import ReportAggregate
 from bulksend.reporting.files import default_report_path, resend_path, timeline_path, write_report
-from bulksend.reporting.html import ReportMeta
+from bulksend.reporting.html import ReportMeta, render_report, render_sections
 from bulksend.reporting.timeline import RunInfo, read_timeline, record_timeline
 from bulksend.sinks.outcomes import write_outcomes
 from tests.test_report_aggregate import T0, known_lines
@@ -175,3 +176,22 @@ async def test_a_run_without_api_calls_leaves_no_timeline(tmp_path: Path) -> Non
         await anyio.lowlevel.checkpoint()
         tg.cancel_scope.cancel()
     assert not path.exists()
+
+
+def test_text_from_data_is_escaped_and_an_empty_aggregate_renders() -> None:
+    """Markup in answers, reasons, addresses and the campaign's names is shown as text, never run;
+    a report of nothing yet (a dashboard's first view) renders every section."""
+    hostile = "<script>alert(1)</script>"
+    lines = [
+        {**known_lines()[4], "smtp_message": hostile, "email": 'x@"><img src=x onerror=alert(1)>.example'},
+        {**known_lines()[7], "reason": hostile},
+    ]
+    aggregate = ReportAggregate().add_all(lines)
+    page = render_report(aggregate, ReportMeta(campaign_id=hostile, sender=hostile, outcomes_href="o.jsonl"))
+    assert "<script" not in page
+    assert "<img" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    empty = render_sections(ReportAggregate())
+    for section in ("bs-headline", "bs-over-time", "bs-why-not-sent", "bs-domains", "bs-timing"):
+        assert f'id="{section}"' in empty
+    assert "No outcome yet." in empty
