@@ -8,11 +8,10 @@ that already exist keep the mode their owner gave them.
 from __future__ import annotations
 
 import os
-import tempfile
 from os import PathLike
 from pathlib import Path
 
-__all__ = ["FILE_MODE", "FOLDER_MODE", "create_private_file", "make_private_dirs", "write_private_file"]
+__all__ = ["FILE_MODE", "FOLDER_MODE", "create_private_file", "make_private_dirs"]
 
 FILE_MODE = 0o600
 FOLDER_MODE = 0o700
@@ -47,18 +46,3 @@ def create_private_file(path: str | PathLike[str]) -> bool:
     finally:
         os.close(fd)
     return True
-
-
-def write_private_file(path: str | PathLike[str], data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically: written to a ``0600`` temporary file beside it
-    (created ``0600`` by mkstemp, in private folders), then renamed, so no reader sees half a file."""
-    target = Path(path)
-    make_private_dirs(target.parent)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -10,12 +10,11 @@ from typing import Any
 
 import anyio
 import orjson
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bulksend.reporting.aggregate import ReportAggregate
-from bulksend.reporting.outcome import Outcome, domain_of, parse_outcome, read_outcome_file
+from bulksend.reporting.outcome import Outcome, parse_outcome, read_outcome_file
 from bulksend.reporting.sketch import Groups, LogHistogram, TimeBuckets, TopItems
 from bulksend.sinks.outcomes import CSV_FORMULA_TRIGGERS, OUTCOME_STATUSES, write_outcomes
 
@@ -138,7 +137,7 @@ def test_counts_of_a_known_file_are_exact() -> None:
     assert top == {
         "example.com": (8, 2, 3, 0),
         "other.org": (2, 1, 1, 1),
-        "(no domain)": (1, 0, 0, 0),
+        "(none)": (1, 0, 0, 0),
         "x": (1, 0, 0, 0),
     }
     assert agg.try_counts[:4] == [1, 5, 0, 1]
@@ -259,20 +258,6 @@ def test_groups_count_new_kinds_as_other_once_full_and_keep_different_examples()
     assert groups.total == 5
     assert [(e.row, e.text) for e in groups.groups["a"].shown_examples()] == [(0, "x"), (2, "y")]
     assert [(e.row, e.text) for e in groups.groups["b"].shown_examples()] == [(3, "z")]
-
-
-@pytest.mark.parametrize(
-    ("email", "domain"),
-    [
-        ("Ann@Example.COM", "example.com"),
-        ("a@b@c.org", "c.org"),
-        ("nobody", "(no domain)"),
-        ("x@", "(no domain)"),
-    ],
-)
-def test_domain_of_an_address(email: str, domain: str) -> None:
-    """The domain is what follows the last '@', lower-cased; no domain is said so."""
-    assert domain_of(email) == domain
 
 
 # -- the outcomes parser, through the real writer -------------------------------------------------

@@ -36,7 +36,7 @@ def test_send_writes_the_report_the_resend_file_and_the_timeline(
     assert [r.campaign for r in runs] == ["cli-test"]
     assert runs[0].recipients == str((tmp_path / "people.csv").resolve())
     assert samples[-1].submitted == 2
-    assert f"report: {report}" in capsys.readouterr().err.replace("\n", "")
+    assert f"report: {report}" in capsys.readouterr().out.replace("\n", "")
     # bounce1@… is a hard bounce: permanent, so nobody is worth sending again.
     assert not (tmp_path / "out" / "run.resend.csv").exists()
 

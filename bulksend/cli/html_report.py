@@ -23,14 +23,12 @@ __all__ = ["campaign_report", "record_campaign_timeline", "write_html_report"]
 
 
 def write_html_report(outcomes: Path, html: Path, console: Console, *, meta: ReportMeta | None = None) -> int:
-    """Write the report of ``outcomes`` to ``html`` and say where; 0, or 1 when it could not be written."""
+    """Write the report of ``outcomes`` to ``html`` and say where on ``console`` (with the summary);
+    0, or 1 when it could not be written (said on stderr)."""
     try:
         files = write_report(outcomes, html, meta=meta)
-    except (ValueError, UnicodeDecodeError) as exc:
-        print_error(console, f"{outcomes} is not an outcomes file (.jsonl or .csv): {exc}")
-        return 1
-    except OSError as exc:
-        print_error(console, f"could not write the report {html}: {exc}")
+    except (ValueError, UnicodeDecodeError, OSError) as exc:  # not outcomes, or a file not writable
+        print_error(Console(stderr=True, soft_wrap=True), f"no report written to {html}: {exc}")
         return 1
     resend = ""
     if files.resend is not None:
@@ -45,8 +43,9 @@ def _sender(campaign: Campaign) -> str:
     return f"{sender.name} <{sender.email}>" if sender.name else sender.email
 
 
-def campaign_report(campaign: Campaign, outcomes: Path | None, console: Console) -> None:
-    """The report of a ``send`` run, beside its outcomes file (nothing when none was written).
+def campaign_report(campaign: Campaign, outcomes: Path | None) -> None:
+    """The report of a ``send`` run, beside its outcomes file (nothing when none was written);
+    where it is goes to stdout after the summary (stderr has the progress and the log lines).
 
     A report that cannot be written is said on stderr; it never changes how the run ended.
     """
@@ -55,7 +54,7 @@ def campaign_report(campaign: Campaign, outcomes: Path | None, console: Console)
     meta = ReportMeta(
         campaign_id=campaign.id, sender=_sender(campaign), recipients=str(campaign.recipients.resolve())
     )
-    write_html_report(outcomes, default_report_path(outcomes), console, meta=meta)
+    write_html_report(outcomes, default_report_path(outcomes), Console(soft_wrap=True), meta=meta)
 
 
 async def record_campaign_timeline(campaign: Campaign, stats: RunStats, limiter: RateLimiter) -> None:

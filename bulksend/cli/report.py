@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         print_error(err, f"{args.resend_file}: cannot write it: {exc.strerror or exc}")
         return 1
     if args.html is not None:
-        return write_html_report(path, args.html, err)
+        return write_html_report(path, args.html, notes)
     return 0
 
 

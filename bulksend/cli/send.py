@@ -262,7 +262,7 @@ def run_campaign(
     except (BulksendError, BaseExceptionGroup) as raised:
         return _exit_code_of(raised, console)
     code = _report(result, console, resume=options.resume_command or resume_command_of(campaign.path))
-    campaign_report(campaign, result.outcomes_path, console)
+    campaign_report(campaign, result.outcomes_path)
     return code
 
 

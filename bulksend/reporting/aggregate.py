@@ -17,10 +17,11 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from bulksend.reporting.answers import answer_of, normalize_answer
-from bulksend.reporting.outcome import Outcome, domain_of, parse_outcome
+from bulksend.reporting.outcome import Outcome, parse_outcome
 from bulksend.reporting.sketch import Group, Groups, LogHistogram, TimeBuckets, TopItems
 from bulksend.reporting.timeline import Sample, thin
 from bulksend.sinks.outcomes import OUTCOME_STATUSES
+from bulksend.sinks.report import domain_of
 from bulksend.sinks.summary import reason_kind
 
 __all__ = [

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
-from bulksend.private import write_private_file
 from bulksend.reporting.aggregate import ReportAggregate
 from bulksend.reporting.html import ReportMeta, render_report
-from bulksend.reporting.outcome import read_outcome_file
-from bulksend.reporting.resend import ResendWriter
+from bulksend.reporting.outcome import outcome_lines
+from bulksend.reporting.resend import RecipientVariables, resend_row
 from bulksend.reporting.timeline import RunInfo, file_sha256, read_timeline
+from bulksend.sinks.outcomes import write_file_atomically
+from bulksend.sinks.report import worth_resending, write_resend_file
 
 __all__ = [
     "ReportFiles",
@@ -109,32 +112,37 @@ def write_report(outcomes: Path, html: Path, *, meta: ReportMeta | None = None) 
     """
     runs, samples = read_timeline(timeline_path(outcomes))
     meta = _from_runs(meta or ReportMeta(), runs)
+    recipients = _recipients_at_hand(meta)
+    variables = RecipientVariables(recipients) if recipients is not None else None
     aggregate = ReportAggregate()
-    resend = ResendWriter(resend_path(html), recipients=_recipients_at_hand(meta))
-    try:
-        for outcome in read_outcome_file(outcomes):
+
+    def worth_it() -> Iterator[dict[str, Any]]:
+        # One pass: every line is counted, and the rows worth resending go on to the writer.
+        for line, outcome in outcome_lines(outcomes):
             aggregate.add(outcome)
-            resend.add(outcome)
-        resend_rows = resend.finish()
-    except BaseException:
-        resend.discard()
-        raise
+            if worth_resending(line):
+                yield resend_row(outcome, variables)
+
+    resend = resend_path(html)
+    resend_rows, _ = write_resend_file(resend, worth_it())
+    if not resend_rows:
+        resend.unlink()  # nothing to resend (and an earlier report's file would be stale)
     for sample in samples:
         aggregate.add_sample(sample)
     timeline = timeline_path(outcomes)
     meta = replace(
         meta,
         outcomes_href=_href(outcomes, html),
-        resend_href=_href(resend.path, html) if resend_rows else None,
+        resend_href=_href(resend, html) if resend_rows else None,
         resend_rows=resend_rows,
         timeline_href=_href(timeline, html) if runs else None,
         generated=time.time(),
     )
     document = render_report(aggregate, meta).encode()
-    write_private_file(html, document)
+    write_file_atomically(html, [document])
     return ReportFiles(
         html=html,
-        resend=resend.path if resend_rows else None,
+        resend=resend if resend_rows else None,
         resend_rows=resend_rows,
         rows=aggregate.rows,
         bytes=len(document),

@@ -57,6 +57,8 @@ _CARD_TITLES: Final = {
     "unknown": "not final when tracking stopped, or not finished yet",
     "retried": "took more than one attempt: by bulksend (429, 5xx) or by TEM (deferred delivery)",
 }
+_UNITS: Final = ((86400, "d", 3600, "h"), (3600, "h", 60, "min"), (60, "min", 1, "s"))
+"""A duration of a minute or more: its largest unit, then the next one (``2 h 05 min``)."""
 # Edges of the time-to-final histogram, in seconds, with their labels.
 _TO_FINAL_EDGES: Final = (
     (0.0, "< 0.1 s"),
@@ -117,7 +119,7 @@ def _share(n: int, total: int) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    """A duration to read: ``0.25 s``, ``4.5 s``, ``37 s``, ``4 min 05 s``, ``2 h 10 min``, ``3 d 4 h``.
+    """A duration to read: ``0.25 s``, ``4.5 s``, ``37 s``, ``4 min 05 s``, ``2 h 10 min``, ``3 d 04 h``.
 
     Two or three significant figures: the quantiles it shows are within 1–2 % anyway."""
     if seconds is None:
@@ -132,11 +134,10 @@ def duration(seconds: float | None) -> str:
     if s < 59.5:
         return f"{s:.0f} s"
     whole = round(s)
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60:02d} s"
-    if whole < 86400:
-        return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
-    return f"{whole // 86400} d {whole % 86400 // 3600} h"
+    for unit, name, part, part_name in _UNITS:
+        if whole >= unit:
+            return f"{whole // unit} {name} {whole % unit // part:02d} {part_name}"
+    return f"{whole} s"
 
 
 def _when(t: float | None) -> str:

@@ -12,14 +12,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from bulksend.sinks.outcomes import CSV_FORMULA_TRIGGERS, read_outcomes
 
-__all__ = ["Outcome", "domain_of", "parse_outcome", "read_outcome_file"]
-
-_NO_DOMAIN: Final = "(no domain)"
-_MAX_DOMAIN_CHARS: Final = 255
+__all__ = ["Outcome", "outcome_lines", "parse_outcome", "read_outcome_file"]
 
 
 @dataclass(slots=True)
@@ -131,17 +128,17 @@ def parse_outcome(line: Mapping[str, Any], *, from_csv: bool = False) -> Outcome
     )
 
 
-def read_outcome_file(path: Path) -> Iterator[Outcome]:
-    """Stream the outcomes of a .jsonl or .csv file (raises ValueError on a line that is not JSON)."""
+def outcome_lines(path: Path) -> Iterator[tuple[Mapping[str, Any], Outcome]]:
+    """Stream a .jsonl or .csv outcomes file: each line as written and as an :class:`Outcome`
+    (raises ValueError on a line that is not a JSON object)."""
     from_csv = path.suffix.lower() == ".csv"
     for line in read_outcomes(path):
         if not isinstance(line, Mapping):
             raise ValueError(f"a line is not a JSON object: {str(line)[:80]!r}")
-        yield parse_outcome(line, from_csv=from_csv)
+        yield line, parse_outcome(line, from_csv=from_csv)
 
 
-def domain_of(email: str) -> str:
-    """The address's domain, lower-cased (``(no domain)`` when it has none)."""
-    at = email.rfind("@")
-    domain = email[at + 1 : at + 1 + _MAX_DOMAIN_CHARS].strip().lower()
-    return domain if at >= 0 and domain else _NO_DOMAIN
+def read_outcome_file(path: Path) -> Iterator[Outcome]:
+    """Stream the outcomes of a .jsonl or .csv file (see :func:`outcome_lines`)."""
+    for _, outcome in outcome_lines(path):
+        yield outcome

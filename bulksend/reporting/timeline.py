@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import orjson
 
-from bulksend.private import write_private_file
+from bulksend.sinks.outcomes import write_file_atomically
 
 if TYPE_CHECKING:
     from bulksend.pipeline.limiter import RateLimiter
@@ -41,11 +41,6 @@ __all__ = [
     "thin",
     "write_timeline",
 ]
-
-MAX_RUN_SAMPLES: Final = 1800
-"""Samples one run keeps (half an hour at one a second, then one every 2 s, 4 s…)."""
-MAX_FILE_SAMPLES: Final = 3600
-"""Samples the file keeps over all runs (about 400 KB)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +171,7 @@ def write_timeline(path: Path, runs: list[RunInfo], samples: Iterable[Sample]) -
         out += orjson.dumps({"run": run.to_json()}) + b"\n"
         for line in by_run.get(i, ()):
             out += line + b"\n"
-    write_private_file(path, bytes(out))
+    write_file_atomically(path, [bytes(out)])
 
 
 def _take(stats: RunStats, limiter: RateLimiter, run: int) -> Sample:
@@ -197,6 +192,12 @@ def _take(stats: RunStats, limiter: RateLimiter, run: int) -> Sample:
         in_flight=stats.in_flight,
         circuit=flow.circuit.name.lower().replace("_", "-") if flow is not None else "",
     )
+
+
+MAX_RUN_SAMPLES: Final = 1800
+"""Samples one run keeps (half an hour at one a second, then one every 2 s, 4 s…)."""
+MAX_FILE_SAMPLES: Final = 3600
+"""Samples the file keeps over all runs (about 400 KB)."""
 
 
 def _with_sha256(run: RunInfo) -> RunInfo:
