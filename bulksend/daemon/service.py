@@ -47,7 +47,9 @@ from bulksend.daemon.admin.control import (
     CampaignInfo,
     CampaignStatus,
     Conflict,
+    JobStreamInfo,
     NotFound,
+    Overview,
     Submission,
     campaign_folder_error,
     count_recipients,
@@ -84,7 +86,7 @@ from bulksend.metrics import RECONCILE_OUTCOMES, Metrics
 from bulksend.pipeline.account import account_limiter
 from bulksend.pipeline.dispatch import AccountRefusedError, SendItem
 from bulksend.pipeline.engine import EngineSettings, SendEngine, campaign_tracker
-from bulksend.pipeline.flow import flow_stats
+from bulksend.pipeline.flow import FlowLimiter, flow_stats
 from bulksend.pipeline.guard import BounceGuard
 from bulksend.pipeline.nested import NestedLimiter, nested
 from bulksend.pipeline.retry import RetryPolicy
@@ -203,6 +205,11 @@ class Daemon:
         """A second signal forced the stop (``serve`` exits 130)."""
         self._root: anyio.CancelScope | None = None
         self._gauges_scope: anyio.CancelScope | None = None
+        self._job_counts: dict[str, dict[str, int]] = {}
+        self._queue_lag: dict[str, int] = {}
+        self._tracker_backlog = 0
+        """The last figures the gauges read from the store and the brokers (``overview`` shows
+        them, so a dashboard's polling costs neither a query nor a broker call)."""
         self.admin_url: str | None = None
         self.events: EventRouter | None = EventRouter() if config.tracking.mode == "events" else None
         """Where webhook events go to the trackers (``tracking.mode = "events"``)."""
@@ -456,15 +463,21 @@ class Daemon:
         backlog = 0
         for cid in [*self._known_job_campaigns, *self._runs]:
             try:
-                backlog += (await self.store.counts(cid)).get(RowState.SUBMITTED.value, 0)
+                counts = await self.store.counts(cid)
             except BulksendError:
                 self.metrics.store_error("counts")
+                continue
+            backlog += counts.get(RowState.SUBMITTED.value, 0)
+            if cid in self._known_job_campaigns:
+                self._job_counts[cid] = counts
         self.metrics.set_backlog(backlog)
+        self._tracker_backlog = backlog
         await self.health()  # keeps bulksend_ready current
         for source in self.sources:
             lag = await source.lag()
             if lag is not None:
                 self.metrics.set_queue_lag(source.name, lag)
+                self._queue_lag[source.name] = lag
 
     def _count_reconciliations(self) -> None:
         """Bring ``bulksend_reconciliations_total`` up to what the pipelines counted so far."""
@@ -1169,6 +1182,22 @@ class Daemon:
 
     async def dead_letters(self) -> dict[str, Any]:
         return self.dead_letter_book.as_json([s.name for s in self.sources])
+
+    async def overview(self) -> Overview:
+        budget = self.limiter.budget if isinstance(self.limiter, FlowLimiter) else None
+        zero = {s.value: 0 for s in RowState}
+        return Overview(
+            flow=flow_stats(self.limiter),
+            rate_per_s=self.rate_per_s,
+            retry_tokens_max=budget.max_tokens if budget is not None else None,
+            in_flight=self._in_flight(),
+            tracker_backlog=self._tracker_backlog,
+            queue_lag={s.name: self._queue_lag.get(s.name) for s in self.sources},
+            job_streams=[
+                JobStreamInfo(name, t.campaign.id, zero | self._job_counts.get(t.campaign.id, {}))
+                for name, t in sorted(self._templates.items())
+            ],
+        )
 
     async def health_details(self) -> dict[str, Any]:
         details: dict[str, Any] = {}

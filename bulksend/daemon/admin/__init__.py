@@ -18,6 +18,8 @@ from bulksend.daemon.admin.control import CampaignStatus as CampaignStatus
 from bulksend.daemon.admin.control import Conflict as Conflict
 from bulksend.daemon.admin.control import ControlError as ControlError
 from bulksend.daemon.admin.control import DaemonControl as DaemonControl
+from bulksend.daemon.admin.control import JobStreamInfo as JobStreamInfo
 from bulksend.daemon.admin.control import MemoryControl as MemoryControl
 from bulksend.daemon.admin.control import NotFound as NotFound
+from bulksend.daemon.admin.control import Overview as Overview
 from bulksend.daemon.admin.control import Submission as Submission

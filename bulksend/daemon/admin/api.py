@@ -1,8 +1,9 @@
 """The admin HTTP API of ``bulksend serve`` (aiohttp.web), over a :class:`DaemonControl`.
 
 Every route, its authentication and its answers are in docs/admin-api.md. JSON in and out; every
-error is ``{"error": "…"}`` with a fitting status; ``/healthz`` and ``/readyz`` are open, the rest
-needs the token (``/metrics`` is open with ``metrics_public=True``).
+error is ``{"error": "…"}`` with a fitting status; ``/healthz``, ``/readyz`` and the dashboard's
+static page (``/ui/``, :mod:`~bulksend.daemon.admin.dashboard`) are open, the rest needs the token
+(``/metrics`` is open with ``metrics_public=True``).
 
 Authentication is ``Authorization: Bearer <admin token>``, compared in constant time. Without a
 configured token the API is open, which :func:`check_listen_address` allows on loopback only. The
@@ -43,6 +44,7 @@ from bulksend.daemon.admin.control import (
     Submission,
     safe_filename,
 )
+from bulksend.daemon.admin.dashboard import UI_ROUTES, add_dashboard, security_headers
 from bulksend.daemon.admin.throttle import UnauthorizedLog
 from bulksend.errors import CampaignError, ConfigError
 from bulksend.events.http import SnsHttpReceiver
@@ -69,8 +71,9 @@ UPLOAD_CHUNK_BYTES: Final = 256 * 1024
 """Size of the chunks the recipients upload is read in."""
 OUTCOMES_FLUSH_BYTES: Final = 64 * 1024
 """Outcome lines are written to the socket in chunks of about this size."""
-OPEN_ROUTES: Final = frozenset({"healthz", "readyz"})
-"""Route names served without a token (``metrics`` too when ``metrics_public``)."""
+OPEN_ROUTES: Final = frozenset({"healthz", "readyz"}) | UI_ROUTES
+"""Route names served without a token (``metrics`` too when ``metrics_public``): the probes and
+the dashboard's static page, which holds no data."""
 
 NDJSON: Final = "application/x-ndjson"
 TEMPLATE_KEYS: Final = frozenset({"from", "subject", "text", "html", "headers"})
@@ -157,6 +160,7 @@ def create_admin_app(
     refusals = unauthorized_log or UnauthorizedLog()
     app = web.Application(middlewares=[_error_middleware, _auth_middleware(auth, public, refusals)])
     app.cleanup_ctx.append(partial(_flush_refusals, refusals))
+    app.on_response_prepare.append(security_headers)
     app[_CONTROL] = control
     app[_METRICS] = metrics
     app[_READ_TIMEOUT] = read_timeout_s
@@ -176,6 +180,8 @@ def create_admin_app(
     r.add_get("/v1/dead-letters", _dead_letters, name="dead_letters")
     if events is not None:
         r.add_post("/events/sns", events.handle, name="events.sns")
+    r.add_get("/v1/overview", _overview, name="overview")
+    add_dashboard(app)
     return app
 
 
@@ -624,9 +630,13 @@ async def _cancel(request: web.Request) -> web.Response:
     return _json(info.as_json())
 
 
-# -- dead letters --------------------------------------------------------------------------------
+# -- dead letters and the overview ---------------------------------------------------------------
 async def _dead_letters(request: web.Request) -> web.Response:
     return _json(await request.app[_CONTROL].dead_letters())
+
+
+async def _overview(request: web.Request) -> web.Response:
+    return _json((await request.app[_CONTROL].overview()).as_json())
 
 
 # -- templates -----------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from bulksend.campaign.load import FileAccess, campaign_from_dict, check_campaig
 from bulksend.campaign.recipients import BadRow, RecipientInput, iter_recipients, read_batch
 from bulksend.campaign.validate import check_address, normalize_address
 from bulksend.errors import CampaignError, Conflict, ControlError, NotFound
+from bulksend.pipeline.flow import FlowStats
 from bulksend.sinks.outcomes import outcome_lines
 from bulksend.store.base import (
     CANCELED_BEFORE_SENDING,
@@ -57,12 +58,15 @@ __all__ = [
     "Conflict",
     "ControlError",
     "DaemonControl",
+    "JobStreamInfo",
     "MemoryControl",
     "NotFound",
+    "Overview",
     "Submission",
     "campaign_folder_error",
     "check_sender_given",
     "count_recipients",
+    "done_of",
     "new_campaign_folder",
     "parse_submission",
     "safe_filename",
@@ -98,8 +102,7 @@ class CampaignInfo:
     @property
     def done(self) -> int:
         """Recipients with their outcome (final, rejected or skipped)."""
-        c = self.counts
-        return c.get("final", 0) + c.get("rejected", 0) + c.get("skipped", 0)
+        return done_of(self.counts)
 
     def as_json(self) -> dict[str, Any]:
         """The JSON object the admin API answers with (``created_at`` in RFC 3339, UTC)."""
@@ -113,6 +116,73 @@ class CampaignInfo:
             "counts": dict(self.counts),
             "error": self.error,
             "reason": self.reason,
+        }
+
+
+def done_of(counts: Mapping[str, int]) -> int:
+    """Rows of these store counts that have their outcome (final, rejected or skipped)."""
+    return counts.get("final", 0) + counts.get("rejected", 0) + counts.get("skipped", 0)
+
+
+@dataclass(frozen=True, slots=True)
+class JobStreamInfo:
+    """One job stream (``jobs.<template>``): its rows by state, as :attr:`CampaignInfo.counts`."""
+
+    template: str
+    campaign: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON object of ``GET /v1/overview``'s ``job_streams``."""
+        return {
+            "template": self.template,
+            "campaign": self.campaign,
+            "done": done_of(self.counts),
+            "counts": dict(self.counts),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """The daemon's live figures beside its campaigns: flow control of the account's limiter,
+    work in hand, each source's queue lag and each job stream's progress.
+
+    ``flow`` is None for a control without a limiter; ``queue_lag`` maps every source to the
+    messages waiting in it (None until the broker has said); ``rate_per_s`` is the configured
+    account rate and ``retry_tokens_max`` what the retry budget holds when full.
+    """
+
+    flow: FlowStats | None = None
+    rate_per_s: float | None = None
+    retry_tokens_max: float | None = None
+    in_flight: int = 0
+    tracker_backlog: int = 0
+    queue_lag: dict[str, int | None] = field(default_factory=dict)
+    job_streams: list[JobStreamInfo] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        """The answer of ``GET /v1/overview`` (docs/admin-api.md)."""
+        flow = self.flow
+        return {
+            "flow": None
+            if flow is None
+            else {
+                "rate_per_s": self.rate_per_s,
+                "current_rate_per_s": flow.rate_per_s,
+                "measured_rate_per_s": flow.measured_rate_per_s,
+                "ceiling_per_s": flow.ceiling_per_s,
+                "retry_tokens": flow.retry_tokens,
+                "retry_tokens_max": self.retry_tokens_max,
+                "retries": flow.retries,
+                "circuit": flow.circuit.name.lower().replace("_", "-"),
+                "circuit_opened": flow.circuit_opened,
+                "throttles": flow.throttles,
+                "failures": flow.failures,
+            },
+            "in_flight": self.in_flight,
+            "tracker_backlog": self.tracker_backlog,
+            "sources": [{"source": name, "queue_lag": lag} for name, lag in self.queue_lag.items()],
+            "job_streams": [stream.as_json() for stream in self.job_streams],
         }
 
 
@@ -210,6 +280,11 @@ class DaemonControl(Protocol):
     async def dead_letters(self) -> dict[str, Any]:
         """Dead letters since start, per source: ``{"since", "total", "sources": [{"source",
         "count", "by_kind", "recent": [{"at", "message_id", "kind", "reason"}]}]}``."""
+        ...
+
+    async def overview(self) -> Overview:
+        """The live figures of ``GET /v1/overview``; cheap (read from what the daemon keeps
+        current), as a dashboard asks for them every few seconds."""
         ...
 
 
@@ -496,6 +571,9 @@ class MemoryControl:
 
     async def dead_letters(self) -> dict[str, Any]:
         return {"since": self._started_at, "total": 0, "sources": []}
+
+    async def overview(self) -> Overview:
+        return Overview()
 
     # -- what a run would do ---------------------------------------------------------------------
     async def finish(self, campaign_id: str, status: str = "sent", *, flags: tuple[str, ...] = ()) -> None:

@@ -1,0 +1,125 @@
+"""The dashboard's server side: the static page at /ui/ and the JSON endpoints it reads.
+
+Over a real aiohttp server on loopback: :class:`MemoryControl` for the page and the headers, a
+real daemon against the sandbox for ``/v1/overview``. The page in a browser is
+tests/test_dashboard_browser.py.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from bulksend.daemon.admin.dashboard import CONTENT_SECURITY_POLICY
+from bulksend.sandbox import Sandbox
+from tests.test_admin_api import AUTH, Client, submit, toml
+from tests.test_admin_api import client as client
+from tests.test_admin_api import control as control
+from tests.test_admin_api import make_client as make_client
+from tests.test_admin_api import metrics as metrics
+from tests.test_daemon import job
+from tests.test_daemon_admin import admin_daemon
+from tests.waiting import wait_until
+
+UI_FILES = {
+    "/ui/": "text/html",
+    "/ui/dashboard.js": "text/javascript",
+    "/ui/dashboard.css": "text/css",
+    "/ui/favicon.svg": "image/svg+xml",
+}
+
+
+def assert_strict(headers: Any) -> None:
+    """The headers every answer of the admin API carries for a browser."""
+    assert headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Referrer-Policy"] == "no-referrer"
+    assert headers["X-Frame-Options"] == "DENY"
+
+
+async def test_the_page_is_open_strict_and_holds_no_data(client: Client) -> None:
+    """Every file of the page answers without a token, with its type and the strict headers, and
+    none holds a campaign's data: the page reads it from the API with the token."""
+    await submit(client, toml("secret-campaign"), b"email\nann@example.com\n", filename="people.csv")
+    for path, content_type in UI_FILES.items():
+        resp = await client.get(path)
+        assert resp.status == 200, path
+        assert resp.content_type == content_type, path
+        assert_strict(resp.headers)
+        body = await resp.text()
+        assert "secret-campaign" not in body
+        assert "ann@example.com" not in body
+    assert CONTENT_SECURITY_POLICY.startswith("default-src 'self'; script-src 'self';")
+
+
+async def test_the_page_has_no_inline_script_nor_style_nor_outside_host(client: Client) -> None:
+    """Scripts and styles come from files of the daemon itself: nothing the CSP would block,
+    and no address of another host."""
+    html = await (await client.get("/ui/")).text()
+    scripts = re.findall(r"<script\b[^>]*>(.*?)</script>", html, re.S)
+    assert scripts == [""]  # one script, loaded by src
+    assert re.search(r"<script\b[^>]*\bsrc=\"dashboard\.js\"", html)
+    assert "<style" not in html
+    assert not re.search(r"\bstyle=", html)
+    assert not re.search(r"\bon[a-z]+=", html)  # no inline event handler
+    for path in UI_FILES:
+        addresses = set(re.findall(r"\w+://[^\s\"')]*", await (await client.get(path)).text()))
+        assert addresses <= {"http://www.w3.org/2000/svg"}, path  # the SVG namespace: no request
+
+
+async def test_ui_paths(client: Client) -> None:
+    """/ui redirects to /ui/; a name that is not a file of the page is 404, whatever it holds."""
+    resp = await client.get("/ui", allow_redirects=False)
+    assert (resp.status, resp.headers["Location"]) == (308, "/ui/")
+    for name in ("nothing.js", "..%2F..%2Fapi.py", "index.html%00.js", "__init__.py"):
+        resp = await client.get(f"/ui/{name}")
+        assert resp.status == 404, name
+        assert "error" in await resp.json()
+    assert (await client.get("/ui/index.html")).status == 200
+
+
+async def test_overview_needs_the_token_and_says_what_a_memory_control_has(client: Client) -> None:
+    """/v1/overview is authenticated like the rest (with the strict headers on the 401 too); a
+    control without a limiter answers without flow figures, sources or job streams."""
+    refused = await client.get("/v1/overview")
+    assert refused.status == 401
+    assert_strict(refused.headers)
+    resp = await client.get("/v1/overview", headers=AUTH)
+    assert resp.status == 200
+    assert_strict(resp.headers)
+    assert await resp.json() == {
+        "flow": None,
+        "in_flight": 0,
+        "tracker_backlog": 0,
+        "sources": [],
+        "job_streams": [],
+    }
+
+
+async def test_overview_of_a_daemon(tmp_path: Path, sandbox: Sandbox) -> None:
+    """A daemon's overview states its limiter (configured rate, closed breaker, full retry
+    budget), its source with a queue lag once the broker has been asked, and each job stream's
+    rows by state: a job sent shows as done and sent."""
+    async with admin_daemon(tmp_path, sandbox) as (_, admin, source, watch):
+        source.publish(job("order-1", "ann@example.com"))
+        await watch.wait(outcomes=1)
+        seen: list[dict[str, Any]] = []
+
+        async def counted() -> bool:
+            status, body = await admin.call("GET", "/v1/overview")
+            assert status == 200, body
+            seen.append(body)
+            return bool(body["job_streams"][0]["done"] == 1 and body["sources"][0]["queue_lag"] is not None)
+
+        await wait_until(counted, what="the gauges' refresh reads the job stream's counts", poll_s=0.1)
+    overview = seen[-1]
+    flow = overview["flow"]
+    assert flow["rate_per_s"] == 5000.0
+    assert flow["circuit"] == "closed"
+    assert flow["retry_tokens"] == flow["retry_tokens_max"] > 0
+    assert overview["sources"] == [{"source": source.name, "queue_lag": 0}]
+    (stream,) = overview["job_streams"]
+    assert (stream["template"], stream["campaign"]) == ("welcome", "jobs.welcome")
+    assert stream["counts"]["status:sent"] == 1
+    assert stream["counts"]["pending"] == 0
