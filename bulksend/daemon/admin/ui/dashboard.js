@@ -186,7 +186,7 @@
         "tr",
         { "data-stream": s.template },
         cell(s.template),
-        cell(count(s.done), "num"),
+        cell(count(s.done), "num done"),
         cell(count(c.pending || 0), "num"),
         cell(count(c.sending || 0), "num"),
         cell(count(c.submitted || 0), "num"),
