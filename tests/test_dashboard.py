@@ -8,12 +8,20 @@ tests/test_dashboard_browser.py.
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import anyio
+import pytest
+
+from bulksend.daemon.admin import MemoryControl, Submission
 from bulksend.daemon.admin.dashboard import CONTENT_SECURITY_POLICY
+from bulksend.daemon.admin.reports import CampaignReport, CampaignReports
 from bulksend.sandbox import Sandbox
-from tests.test_admin_api import AUTH, Client, submit, toml
+from bulksend.testing import FakeClock
+from tests.test_admin_api import AUTH, Client, jsonl, submit, toml
 from tests.test_admin_api import client as client
 from tests.test_admin_api import control as control
 from tests.test_admin_api import make_client as make_client
@@ -26,6 +34,7 @@ UI_FILES = {
     "/ui/": "text/html",
     "/ui/dashboard.js": "text/javascript",
     "/ui/dashboard.css": "text/css",
+    "/ui/report.css": "text/css",
     "/ui/favicon.svg": "image/svg+xml",
 }
 
@@ -123,3 +132,96 @@ async def test_overview_of_a_daemon(tmp_path: Path, sandbox: Sandbox) -> None:
     assert (stream["template"], stream["campaign"]) == ("welcome", "jobs.welcome")
     assert stream["counts"]["status:sent"] == 1
     assert stream["counts"]["pending"] == 0
+
+
+# -- the campaign report -------------------------------------------------------------------------
+HOSTILE = "<script>alert(1)</script>"
+
+
+async def test_report_draws_the_campaigns_outcomes_escaped(client: Client, control: MemoryControl) -> None:
+    """The report of a finished campaign counts every row, draws its charts as SVG, and shows
+    what a recipients file holds as text: markup in an address never becomes markup."""
+    rows = jsonl("a@example.com", "b@example.org", f"{HOSTILE}@example.com", "not-an-address")
+    await submit(client, toml("spring"), rows)
+    await control.finish("spring", "sent")
+    resp = await client.get("/v1/campaigns/spring/report", headers=AUTH)
+    assert resp.status == 200
+    assert_strict(resp.headers)
+    body = await resp.json()
+    assert (body["id"], body["state"], body["done"], body["total"]) == ("spring", "finished", 4, 4)
+    assert body["built_at"].endswith("Z")
+    assert "<svg" in body["html"]
+    assert "<script" not in body["html"]
+    assert body["summary"]["rows"] == 4
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/v1/campaigns/ghost/report", 404),  # unknown
+        ("/v1/campaigns/jobs.welcome/report", 404),  # a job stream is not a campaign
+        ("/v1/campaigns/results:jobs.welcome/report", 404),  # nor its results journal
+        ("/v1/campaigns/-dash/report", 404),  # not an id a campaign can have
+        (f"/v1/campaigns/{'a' * 65}/report", 404),
+        ("/v1/campaigns/a%2F..%2Fb/report", 404),
+    ],
+)
+async def test_report_of_what_is_not_a_campaign_is_404(client: Client, path: str, status: int) -> None:
+    """Report ids follow the rule of every campaign route; without the token it is 401 first."""
+    assert (await client.get(path)).status == 401
+    resp = await client.get(path, headers=AUTH)
+    assert resp.status == status
+    assert "error" in await resp.json()
+
+
+async def test_reports_are_built_once_for_concurrent_readers_and_kept_while_nothing_moves(
+    control: MemoryControl,
+) -> None:
+    """Readers arriving during a build share it; the report is kept for min_age_s after the
+    campaign's counts move, and however long they stand still; then it is built again."""
+    clock = FakeClock()
+    reports = CampaignReports(min_age_s=2.0, cost_factor=0.0, clock=clock)
+    info = await control.submit_campaign(Submission(toml("spring"), jsonl("a@x.com", "b@x.com"), "r.jsonl"))
+    release = anyio.Event()
+    reads = 0
+
+    async def lines() -> AsyncIterator[dict[str, Any]]:
+        nonlocal reads
+        reads += 1
+        await release.wait()
+        async for line in control.outcomes("spring"):
+            yield line
+
+    got: list[CampaignReport] = []
+
+    async def read() -> None:
+        got.append(await reports.report(info, lines))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(read)
+        await anyio.wait_all_tasks_blocked()  # one build under way, two readers waiting for it
+        release.set()
+    assert (reports.builds, reads, len({id(r) for r in got})) == (1, 1, 1)
+
+    await control.finish("spring", "sent")
+    finished = await control.get_campaign("spring")
+    assert finished is not None
+    assert await reports.report(finished, lines) is got[0]  # moved, but built under 2 s ago
+    clock.advance(2.0)
+    rebuilt = await reports.report(finished, lines)
+    assert (reports.builds, rebuilt.summary["statuses"]["sent"]) == (2, 2)
+    clock.advance(3600.0)
+    assert await reports.report(finished, lines) is rebuilt  # nothing moved since: kept
+
+
+async def test_reports_kept_are_bounded(control: MemoryControl) -> None:
+    """Past max_entries, the report read longest ago is dropped, and built again when asked."""
+    reports = CampaignReports(max_entries=2, clock=FakeClock())
+    infos = [
+        await control.submit_campaign(Submission(toml(name), jsonl("a@x.com"), "r.jsonl"))
+        for name in ("one", "two", "three")
+    ]
+    for info in [*infos, infos[2], infos[1], infos[0]]:
+        await reports.report(info, partial(control.outcomes, info.id))
+    assert reports.builds == 4  # "one" was dropped for "three", then asked again

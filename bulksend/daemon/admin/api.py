@@ -45,6 +45,7 @@ from bulksend.daemon.admin.control import (
     safe_filename,
 )
 from bulksend.daemon.admin.dashboard import UI_ROUTES, add_dashboard, security_headers
+from bulksend.daemon.admin.reports import CampaignReports
 from bulksend.daemon.admin.throttle import UnauthorizedLog
 from bulksend.errors import CampaignError, ConfigError
 from bulksend.events.http import SnsHttpReceiver
@@ -91,6 +92,7 @@ _RECIPIENT_TYPES: Final = {
 
 _CONTROL: Final = web.AppKey("control", DaemonControl)
 _METRICS: Final = web.AppKey("metrics", Metrics)
+_REPORTS: Final = web.AppKey("reports", CampaignReports)
 _READ_TIMEOUT: Final = web.AppKey("read_timeout_s", float)
 _STREAMING: Final = web.RequestKey("streaming", bool)
 """Request key set once a streamed answer has started: an error after that cannot become JSON."""
@@ -163,6 +165,7 @@ def create_admin_app(
     app.on_response_prepare.append(security_headers)
     app[_CONTROL] = control
     app[_METRICS] = metrics
+    app[_REPORTS] = CampaignReports()
     app[_READ_TIMEOUT] = read_timeout_s
     r = app.router
     r.add_get("/healthz", _healthz, name="healthz", allow_head=True)
@@ -172,6 +175,7 @@ def create_admin_app(
     r.add_get("/v1/campaigns", _list, name="campaigns")
     r.add_get("/v1/campaigns/{campaign_id}", _get, name="campaign")
     r.add_get("/v1/campaigns/{campaign_id}/outcomes", _outcomes, name="campaign.outcomes")
+    r.add_get("/v1/campaigns/{campaign_id}/report", _report, name="campaign.report")
     r.add_post("/v1/campaigns/{campaign_id}/pause", _pause, name="campaign.pause")
     r.add_post("/v1/campaigns/{campaign_id}/resume", _resume, name="campaign.resume")
     r.add_post("/v1/campaigns/{campaign_id}/cancel", _cancel, name="campaign.cancel")
@@ -613,6 +617,26 @@ async def _outcomes(request: web.Request) -> web.StreamResponse:
         aclose = getattr(lines, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+async def _report(request: web.Request) -> web.Response:
+    campaign_id = _campaign_id(request)
+    control = request.app[_CONTROL]
+    info = await control.get_campaign(campaign_id)
+    if info is None:
+        raise NotFound(f"no campaign with id {campaign_id!r}")
+    report = await request.app[_REPORTS].report(info, partial(control.outcomes, campaign_id))
+    return _json(
+        {
+            "id": info.id,
+            "state": info.state,
+            "done": info.done,
+            "total": info.total,
+            "built_at": report.built_at,
+            "html": report.html,
+            "summary": report.summary,
+        }
+    )
 
 
 async def _pause(request: web.Request) -> web.Response:
