@@ -58,6 +58,7 @@ async def test_dashboard_signs_in_follows_a_campaign_and_pauses_it(tmp_path: Pat
     sandbox.update(latency_ms=60)  # one request at a time: about 15 sends a second
     addresses = [f"reader{i}@example.com" for i in range(400)]
     requests: list[Request] = []
+    console: list[str] = []
     async with admin_daemon(tmp_path, sandbox) as (_, admin, source, watch), chromium() as browser:
         await admin.submit("spring", addresses, concurrency=1)
         source.publish(job("order-1", "ann@example.com"))
@@ -66,6 +67,7 @@ async def test_dashboard_signs_in_follows_a_campaign_and_pauses_it(tmp_path: Pat
 
         page = await browser.new_page(viewport={"width": 1280, "height": 900})
         page.on("request", lambda request: requests.append(request))
+        page.on("console", lambda message: console.append(message.text))
         await page.goto(f"{admin.url}/ui/")
         await page.wait_for_selector("#login:not([hidden])")
         await sign_in(page, "not-the-token")
@@ -81,13 +83,15 @@ async def test_dashboard_signs_in_follows_a_campaign_and_pauses_it(tmp_path: Pat
         await page.wait_for_selector('#job-streams tr[data-stream="welcome"] td.done:text-is("1")')
         await page.wait_for_selector("#dead-letters tbody tr")
         assert await page.is_hidden("#login")
-        await page.screenshot(path=artifact("dashboard-overview.png"), full_page=True)
+        await page.screenshot(path=artifact("dashboard-overview.png"), full_page=True)  # docs/daemon.md
 
         await page.click('#campaigns a:text-is("spring")')
         await page.wait_for_selector("#campaign:not([hidden])")
+        await page.wait_for_selector("#report svg")  # the report's charts, drawn by the daemon
+        assert await page.is_visible("#report svg")
         moved = await wait_for_done(page, ">", await shown_done(page))
         await wait_for_done(page, ">", moved)  # and moves on: the view follows the campaign
-        await page.screenshot(path=artifact("dashboard-campaign.png"), full_page=True)
+        await page.screenshot(path=artifact("dashboard-campaign.png"))  # the view's top: docs/daemon.md
 
         await page.click("#c-pause")
         await page.wait_for_selector('#c-state:text-is("paused")')
@@ -99,6 +103,8 @@ async def test_dashboard_signs_in_follows_a_campaign_and_pauses_it(tmp_path: Pat
         await page.close()
 
     check_requests(requests)
+    # The page and the report's fragment ask for nothing the Content-Security-Policy refuses.
+    assert not [text for text in console if "Content Security Policy" in text], console
 
 
 async def check_progress_stopped(page: Page, admin: Admin, sandbox: Sandbox, addresses: list[str]) -> None:

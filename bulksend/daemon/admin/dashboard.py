@@ -15,6 +15,8 @@ from typing import Final
 
 from aiohttp import hdrs, web
 
+from bulksend.reporting.html import stylesheet
+
 __all__ = ["CONTENT_SECURITY_POLICY", "UI_ROUTES", "add_dashboard", "security_headers"]
 
 CONTENT_SECURITY_POLICY: Final = (
@@ -43,8 +45,10 @@ UI_ROUTES: Final = frozenset({"ui", "ui.index", "ui.asset"})
 
 
 def _load_assets() -> dict[str, tuple[bytes, str]]:
-    """Every file of ``ui/``, by name, with its content type (read once: a few kilobytes)."""
-    assets = {}
+    """Every file of ``ui/``, by name, with its content type (read once: a few kilobytes), and
+    the campaign report's stylesheet as ``report.css``: the report's sections the dashboard
+    shows look as they do in the report file."""
+    assets = {"report.css": (stylesheet().encode(), _TYPES[".css"])}
     for entry in files(__package__ or "bulksend.daemon.admin").joinpath("ui").iterdir():
         content_type = _TYPES.get("." + entry.name.rpartition(".")[2])
         if entry.is_file() and content_type is not None:

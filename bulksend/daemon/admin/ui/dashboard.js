@@ -299,9 +299,24 @@
       return;
     }
     if (report.html !== shownReport) {
-      // Rendered and escaped by the daemon (bulksend.reporting); scripts cannot run under its CSP.
-      area.innerHTML = report.html;
+      showFragment(area, report.html);
       shownReport = report.html;
+    }
+  }
+
+  // The report's sections, as bulksend.reporting draws them for the report file: markup the
+  // daemon renders, every value escaped (an attribute value never holds a bare `"`), and no script
+  // (none would run under the CSP anyway). The CSP also refuses inline style attributes, which
+  // the report uses for a few sizes (a domain's meter): they are parsed as data-bs-style and set
+  // through the CSSOM once in the page, which the policy allows for the page's own script.
+  function showFragment(area, html) {
+    const template = document.createElement("template");
+    template.innerHTML = html.replace(/ style="/g, ' data-bs-style="');
+    const styled = Array.from(template.content.querySelectorAll("[data-bs-style]"));
+    area.replaceChildren(template.content);
+    for (const node of styled) {
+      node.style.cssText = node.dataset.bsStyle;
+      delete node.dataset.bsStyle;
     }
   }
 
