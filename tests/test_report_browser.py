@@ -6,7 +6,6 @@ browser fails the test, with the command that installs it: a report nobody looke
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,30 +16,16 @@ from playwright.sync_api import Browser, Page, Route, sync_playwright
 from bulksend.reporting.files import timeline_path, write_report
 from bulksend.reporting.html import ReportMeta
 from bulksend.reporting.timeline import RunInfo, Sample, write_timeline
+from tests.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 from tests.test_report_aggregate import T0, known_lines
-
-CHROMIUM = Path(os.environ.get("BULKSEND_TEST_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: the report's browser test needs Debian's Chromium "
-            "(apt-get install -y chromium; .ci/run installs it)"
-        )
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run installs it)")
     with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=list(CHROMIUM_ARGS))
         yield launched
         launched.close()
 
