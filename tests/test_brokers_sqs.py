@@ -5,12 +5,15 @@ What only this broker does; the contract all sources keep is in test_broker_cont
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import anyio
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bulksend.brokers import publisher_from_config, source_from_config
 from bulksend.brokers.base import BrokerError, Delivery
@@ -22,7 +25,9 @@ from bulksend.brokers.sqs import (
     SqsResultPublisher,
     SqsSettings,
     SqsSource,
+    SqsSourceConfig,
     queue_url,
+    release_backoff,
     sqs_client,
 )
 from bulksend.daemon.config import load_daemon_config
@@ -158,6 +163,43 @@ async def test_redrive_moves_a_job_received_too_often_to_the_dead_letter_queue(h
     assert await queue_counts(harness, harness.names["queue"]) == (0, 0)
 
 
+@given(
+    counts=st.tuples(st.integers(1, 2000), st.integers(1, 2000)).map(sorted),
+    base_s=st.floats(0, 43200),
+    max_s=st.integers(1, 43200),
+    jitter=st.floats(0, 1),
+)
+def test_release_backoff_is_monotone_and_bounded(
+    counts: list[int], base_s: float, max_s: int, jitter: float
+) -> None:
+    """The backoff never shrinks as the receive count grows, never exceeds the cap nor the doubled
+    base, loses at most a quarter to jitter, and is 0 only for a base of 0."""
+    fewer, more = counts
+    backoff = release_backoff(fewer, base_s, max_s, jitter)
+    assert backoff <= release_backoff(more, base_s, max_s, jitter)
+    nominal = min(base_s * 2.0 ** min(fewer - 1, 1000), max_s)
+    assert nominal * 3 / 4 <= backoff <= math.ceil(nominal)
+    assert backoff <= max_s
+    assert (backoff == 0) is (base_s == 0)
+
+
+def test_default_backoffs_outlast_minutes_of_outage_before_the_redrive() -> None:
+    """With the defaults (1 s doubling to at most 300 s, a redrive after 10 receives) the tenth
+    receive of a job given back at every receive comes 384 to 511 s after its first: the sum of
+    the first nine backoffs, at most and at least jitter."""
+    config = SqsSourceConfig()
+    receives = config.max_receive_count
+    sums = [
+        sum(
+            release_backoff(n, config.release_backoff_s, config.release_backoff_max_s, jitter)
+            for n in range(1, receives)
+        )
+        for jitter in (1.0, 0.0)
+    ]
+    assert sums == [384, 511]
+    assert release_backoff(receives, config.release_backoff_s, config.release_backoff_max_s) == 300
+
+
 async def test_dead_letter_carries_reason_and_attributes_and_removes_original(harness: SqsHarness) -> None:
     """dead_letter sends the body with the reason and origin as attributes, keeping as many of the
     producer's attributes as fit SQS's 10, and the original is deleted."""
@@ -214,6 +256,15 @@ def test_config_refuses_unknown_keys_and_bad_values() -> None:
         source_from_config({"kind": "sqs", "queue": "no spaces please"})
     with pytest.raises(ConfigError, match="FIFO"):
         source_from_config({"kind": "sqs", "queue": "jobs.fifo", "dead_letter_queue": "dlq"})
+    for backoff in (
+        {"release_backoff_s": -1},
+        {"release_backoff_s": 301},
+        {"release_backoff_max_s": 0},
+        {"release_backoff_max_s": 43201},
+        {"release_backoff_max_s": 2.5},
+    ):
+        with pytest.raises(ConfigError, match=next(iter(backoff))):
+            source_from_config({"kind": "sqs", **backoff})
     source = source_from_config({"kind": "sqs", "secret_key": "hunter2-secret", "access_key": "AK"})
     assert isinstance(source, SqsSource)
     assert source.name == "sqs:bulksend-jobs"

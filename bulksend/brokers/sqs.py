@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import math
 import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -70,6 +71,7 @@ __all__ = [
     "call_batch",
     "error_code",
     "queue_url",
+    "release_backoff",
     "sqs_client",
     "sqs_session",
 ]
@@ -358,6 +360,22 @@ _MAX_ATTRIBUTES: Final = 10  # SQS's limit of message attributes per message
 # A delete the endpoint refused for its own reasons (not the handle's) is tried this many times.
 _DELETE_ATTEMPTS: Final = 3
 _LONG_POLL_MAX_S: Final = 20
+_MAX_VISIBILITY_S: Final = 43200  # SQS's limit: 12 hours
+# A release's backoff is cut by up to this fraction at random, so that jobs released together
+# (a whole batch, at an outage) do not all come back at the same moment.
+_BACKOFF_JITTER: Final = 0.25
+
+
+def release_backoff(receive_count: int, base_s: float, max_s: int, jitter: float = 0.0) -> int:
+    """The visibility timeout, in whole seconds, a release gives a message received ``receive_count``
+    times: ``base_s`` doubled for each receive after the first, at most ``max_s``, then cut by up
+    to a quarter as ``jitter`` (0 to 1) says; rounded up, so a positive ``base_s`` never gives 0."""
+    if base_s <= 0:
+        return 0
+    # 2**1000 times any base up to 12 hours still fits a float, and exceeds any cap.
+    doublings = min(max(receive_count, 1) - 1, 1000)
+    nominal = min(base_s * 2.0**doublings, max_s)
+    return min(math.ceil(nominal * (1 - _BACKOFF_JITTER * min(max(jitter, 0.0), 1.0))), max_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,6 +390,8 @@ class SqsSourceConfig(SqsSettings):
     max_receive_count: int = 10
     visibility_timeout_s: int = 30
     max_in_flight: int = 1000
+    release_backoff_s: float = field(default=1.0, metadata={"allow_zero": True})
+    release_backoff_max_s: int = 300
 
     def __post_init__(self) -> None:
         SqsSettings.__post_init__(self)
@@ -384,8 +404,12 @@ class SqsSourceConfig(SqsSettings):
             raise ConfigError(f"{where}: queue and dead_letter_queue must both be FIFO queues, or neither")
         if not 1 <= self.max_receive_count <= 1000:
             raise ConfigError(f"{where}: max_receive_count must be 1..1000 (SQS's limit)")
-        if not 1 <= self.visibility_timeout_s <= 43200:
+        if not 1 <= self.visibility_timeout_s <= _MAX_VISIBILITY_S:
             raise ConfigError(f"{where}: visibility_timeout_s must be 1..43200 (SQS's limit: 12 hours)")
+        if not 1 <= self.release_backoff_max_s <= _MAX_VISIBILITY_S:
+            raise ConfigError(f"{where}: release_backoff_max_s must be 1..43200 (SQS's limit: 12 hours)")
+        if not 0 <= self.release_backoff_s <= self.release_backoff_max_s:
+            raise ConfigError(f"{where}: release_backoff_s must be 0..release_backoff_max_s")
 
 
 class _Lease:
@@ -495,25 +519,28 @@ class SqsSource(SqsConnection[SqsSourceConfig], BrokerSource[SqsSourceConfig, SQ
 
     Configuration (``kind = "sqs"``):
 
-    ========================  =======================================  ===================================
-    key                       default                                  meaning
-    ========================  =======================================  ===================================
-    ``url``                   ``https://sqs.mnq.fr-par.scaleway.com``  the SQS endpoint
-    ``region``                ``fr-par``                               the region requests are signed for
-    ``access_key``            (from ``access_key_env``)                the SQS credentials' access key
-    ``secret_key``            (from ``secret_key_env``)                their secret key; never logged
-    ``access_key_env``        ``AWS_ACCESS_KEY_ID``                    variable holding the access key
-    ``secret_key_env``        ``AWS_SECRET_ACCESS_KEY``                variable holding the secret key
-    ``queue``                 ``bulksend-jobs``                        queue of jobs: a name or a URL
-    ``dead_letter_queue``     ``bulksend-jobs-dlq``                    queue refused jobs are sent to
-    ``create_queues``         ``true``                                 create missing queues on open
-    ``max_receive_count``     ``10``                                   redrive policy of a job queue
-                                                                       created here
-    ``visibility_timeout_s``  ``30``                                   a received job is hidden this long,
-                                                                       extended while it is held
-    ``max_in_flight``         ``1000``                                 most unsettled jobs this process holds
-    ``connect_timeout_s``     ``5``                                    timeout to connect
-    ========================  =======================================  ===================================
+    =========================  =======================================  ===================================
+    key                        default                                  meaning
+    =========================  =======================================  ===================================
+    ``url``                    ``https://sqs.mnq.fr-par.scaleway.com``  the SQS endpoint
+    ``region``                 ``fr-par``                               the region requests are signed for
+    ``access_key``             (from ``access_key_env``)                the SQS credentials' access key
+    ``secret_key``             (from ``secret_key_env``)                their secret key; never logged
+    ``access_key_env``         ``AWS_ACCESS_KEY_ID``                    variable holding the access key
+    ``secret_key_env``         ``AWS_SECRET_ACCESS_KEY``                variable holding the secret key
+    ``queue``                  ``bulksend-jobs``                        queue of jobs: a name or a URL
+    ``dead_letter_queue``      ``bulksend-jobs-dlq``                    queue refused jobs are sent to
+    ``create_queues``          ``true``                                 create missing queues on open
+    ``max_receive_count``      ``10``                                   redrive policy of a job queue
+                                                                        created here
+    ``visibility_timeout_s``   ``30``                                   a received job is hidden this long,
+                                                                        extended while it is held
+    ``max_in_flight``          ``1000``                                 most unsettled jobs this process holds
+    ``release_backoff_s``      ``1``                                    a released job is hidden this long,
+                                                                        doubled per receive (0: not hidden)
+    ``release_backoff_max_s``  ``300``                                  most a released job is hidden
+    ``connect_timeout_s``      ``5``                                    timeout to connect
+    =========================  =======================================  ===================================
 
     On :meth:`SqsSource.open`: queues named by URL are used as they are. A queue named by name is
     looked up; when missing and ``create_queues`` is on, the dead-letter queue is created, then the
