@@ -22,6 +22,7 @@ from bulksend.brokers.sqs import (
     HEADER_ORIGINAL_QUEUE,
     HEADER_REASON,
     HEADER_RECEIVE_COUNT,
+    SqsDelivery,
     SqsResultPublisher,
     SqsSettings,
     SqsSource,
@@ -150,8 +151,8 @@ async def test_heartbeat_keeps_a_slow_admission_from_being_redelivered(harness: 
 
 async def test_redrive_moves_a_job_received_too_often_to_the_dead_letter_queue(harness: SqsHarness) -> None:
     """A job received max_receive_count times without being acked goes, by SQS's redrive policy,
-    to the dead-letter queue, and is not received again."""
-    source = await harness.make_source(max_receive_count=2)
+    to the dead-letter queue, and is not received again (released at once: no backoff)."""
+    source = await harness.make_source(max_receive_count=2, release_backoff_s=0)
     await harness.publish_jobs(1)
     for attempt in range(2):
         [delivery] = await receive_exactly(source, 1)
@@ -161,6 +162,33 @@ async def test_redrive_moves_a_job_received_too_often_to_the_dead_letter_queue(h
     [moved] = await harness.receive_raw(harness.names["dead_letter_queue"])
     assert orjson.loads(moved["Body"]) == {"n": 0}
     assert await queue_counts(harness, harness.names["queue"]) == (0, 0)
+
+
+async def test_release_hides_the_job_for_a_backoff_growing_with_its_receive_count(
+    harness: SqsHarness,
+) -> None:
+    """Each release hides the job for release_backoff_s doubled per receive, up to
+    release_backoff_max_s, less at most a quarter of jitter: right after it the job is not
+    receivable. Once it is visible again (here: made so at once), it comes back with its receive
+    count grown, and the next release hides it longer."""
+    source = await harness.make_source(release_backoff_s=60, release_backoff_max_s=150)
+    url = await harness.queue_url(harness.names["queue"])
+    await harness.publish_jobs(1)
+    for count, nominal in enumerate([60, 120, 150, 150], start=1):
+        [delivery] = await receive_exactly(source, 1)
+        assert isinstance(delivery, SqsDelivery)
+        assert delivery.message["Attributes"]["ApproximateReceiveCount"] == str(count)
+        assert delivery.redelivered is (count > 1)
+        await delivery.release()
+        assert delivery.hidden_for_s is not None
+        assert nominal * 3 / 4 <= delivery.hidden_for_s <= nominal
+        assert await source.receive(1, timeout_s=0) == []
+        assert await queue_counts(harness, harness.names["queue"]) == (0, 1)
+        # What the backoff's end would do, without waiting for it.
+        await harness.admin.change_message_visibility(
+            QueueUrl=url, ReceiptHandle=delivery.receipt_handle, VisibilityTimeout=0
+        )
+    assert await harness.receive_raw(harness.names["dead_letter_queue"], wait_s=0) == []
 
 
 @given(

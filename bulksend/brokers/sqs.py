@@ -19,6 +19,7 @@ import functools
 import hashlib
 import math
 import os
+import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -412,13 +413,22 @@ class SqsSourceConfig(SqsSettings):
             raise ConfigError(f"{where}: release_backoff_s must be 0..release_backoff_max_s")
 
 
+def receive_count(message: MessageTypeDef) -> int:
+    """How many times SQS has handed ``message`` out, this receive included (its
+    ``ApproximateReceiveCount``; 1 when missing or garbled)."""
+    value = message.get("Attributes", {}).get("ApproximateReceiveCount", "1")
+    return max(1, int(value)) if value.isdigit() else 1
+
+
 class _Lease:
-    """A message this process holds: its current receipt handle, and when its visibility was last set."""
+    """A message this process holds: its current receipt handle, how many times SQS has handed it
+    out, and when its visibility was last set."""
 
-    __slots__ = ("extended_at", "lost", "receipt")
+    __slots__ = ("extended_at", "lost", "receipt", "receive_count")
 
-    def __init__(self, receipt: str, now: float) -> None:
+    def __init__(self, receipt: str, receive_count: int, now: float) -> None:
         self.receipt = receipt
+        self.receive_count = receive_count
         self.extended_at = now
         self.lost = False
 
@@ -426,21 +436,22 @@ class _Lease:
 class SqsDelivery(PublishThenAck):
     """A job from an :class:`SqsSource` (``message_id`` is the SQS MessageId)."""
 
-    __slots__ = ("_lease", "_owner", "message")
+    __slots__ = ("_lease", "_owner", "hidden_for_s", "message")
 
     errors = SQS_ERRORS
 
     def __init__(self, owner: SqsSource, message: MessageTypeDef, lease: _Lease) -> None:
-        attributes = message.get("Attributes", {})
         super().__init__(
             body=message.get("Body", "").encode(),
             source=owner.name,
             message_id=message.get("MessageId", ""),
-            redelivered=int(attributes.get("ApproximateReceiveCount", "1")) > 1,
+            redelivered=lease.receive_count > 1,
         )
         self._owner = owner
         self._lease = lease
         self.message = message
+        self.hidden_for_s: int | None = None
+        """The visibility timeout its release set (its backoff), once released."""
 
     @property
     def receipt_handle(self) -> str:
@@ -465,15 +476,24 @@ class SqsDelivery(PublishThenAck):
         self._owner._to_delete.append((self.message_id, lease.receipt, 0))
 
     async def _release(self) -> None:
+        # Hidden for a backoff that grows with its receive count rather than made visible at once:
+        # every receive counts towards the redrive policy, so a job released again and again
+        # through an outage would otherwise be dead-lettered within seconds.
         lease = self._held()
-        client = self._owner._require(self._owner._conn)
+        owner = self._owner
+        client = owner._require(owner._conn)
+        cfg = owner.config
+        hidden_for_s = release_backoff(
+            lease.receive_count, cfg.release_backoff_s, cfg.release_backoff_max_s, random.random()
+        )
         await self._call(
             client.change_message_visibility(
-                QueueUrl=self._owner.queue_url, ReceiptHandle=lease.receipt, VisibilityTimeout=0
+                QueueUrl=owner.queue_url, ReceiptHandle=lease.receipt, VisibilityTimeout=hidden_for_s
             ),
             "release",
         )
-        self._owner._forget(self.message_id)
+        self.hidden_for_s = hidden_for_s
+        owner._forget(self.message_id)
 
     async def _publish_dead_letter(self, reason: str) -> None:
         self._held()
@@ -559,11 +579,21 @@ class SqsSource(SqsConnection[SqsSourceConfig], BrokerSource[SqsSourceConfig, SQ
     (``DeleteMessageBatch``) at the next receive, heartbeat or close. A delete the endpoint refuses
     for the receipt handle (it expired: the message was received again elsewhere) is logged and
     dropped, since that redelivery is absorbed as a duplicate; one refused for another reason is
-    tried again. ``release`` makes the message visible at once (visibility 0); ``dead_letter``
-    sends the body to the dead-letter queue with the attributes ``Bulksend-Dead-Letter-Reason``,
-    ``Bulksend-Original-Queue``, ``Bulksend-Original-Message-Id`` and ``Bulksend-Receive-Count``
-    (plus the producer's attributes, up to SQS's 10), then acks. Closing flushes the deletes and
-    releases whatever is still held, so another consumer gets it at once.
+    tried again. ``dead_letter`` sends the body to the dead-letter queue with the attributes
+    ``Bulksend-Dead-Letter-Reason``, ``Bulksend-Original-Queue``, ``Bulksend-Original-Message-Id``
+    and ``Bulksend-Receive-Count`` (plus the producer's attributes, up to SQS's 10), then acks.
+    Closing flushes the deletes and makes whatever is still held visible at once, for another
+    consumer.
+
+    ``release`` (the daemon gives jobs back when it cannot admit them: the store is down) hides
+    the message for a backoff (:func:`release_backoff`) that grows with its receive count ``n``
+    (``ApproximateReceiveCount``): ``min(release_backoff_s * 2**(n-1), release_backoff_max_s)``
+    less up to a quarter at random, in whole seconds. Every receive counts towards the redrive
+    policy, so a job given back at once through an outage would be dead-lettered within seconds.
+    With the defaults and a redrive after 10 receives, the tenth receive comes 384 to 511 s after
+    the first (the sum of the first nine backoffs, 1 + 2 + ... + 256 s, less their jitter): an
+    outage of up to 6 minutes sends no valid job to the dead-letter queue. With
+    ``release_backoff_s = 0`` a released message is visible again at once.
 
     ``redelivered`` is true when SQS's ``ApproximateReceiveCount`` is above 1; ``lag()`` is the
     queue's ``ApproximateNumberOfMessages``.
@@ -736,8 +766,9 @@ class SqsSource(SqsConnection[SqsSourceConfig], BrokerSource[SqsSourceConfig, SQ
                     # One of ours, back after its visibility ran out: keep the newer receipt, and
                     # do not hand it out a second time.
                     lease.receipt, lease.extended_at, lease.lost = receipt, now, False
+                    lease.receive_count = receive_count(message)
                     continue
-                lease = self._leases[message_id] = _Lease(receipt, now)
+                lease = self._leases[message_id] = _Lease(receipt, receive_count(message), now)
                 out.append(SqsDelivery(self, message, lease))
                 want -= 1
             if len(messages) < ask:
