@@ -292,6 +292,12 @@ def read_outcomes(path: Path) -> Iterable[Mapping[str, Any]]:
                 yield {k: _from_csv_cell(k, v) for k, v in rec.items() if k is not None}
     else:
         with open(path, "rb") as fh:
-            for line in fh:
+            for number, line in enumerate(fh, 1):
                 if line.strip():
-                    yield orjson.loads(line)
+                    record = orjson.loads(line)
+                    if not isinstance(record, dict):
+                        raise ValueError(f"line {number} is not a JSON object")
+                    flags = record.get("flags")
+                    if flags is not None and not isinstance(flags, list):
+                        raise ValueError(f"line {number}: flags must be a list")
+                    yield record
