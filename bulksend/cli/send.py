@@ -50,7 +50,7 @@ from bulksend.cli.summary import print_summary
 from bulksend.errors import BulksendError, CampaignError, ConfigError, StateLostError, first_bulksend_error
 from bulksend.events.router import EventRouter
 from bulksend.log import configure_logging, register_secret
-from bulksend.pipeline.account import account_limiter
+from bulksend.pipeline.account import account_limiter, shared_limiter_client
 from bulksend.pipeline.dispatch import AccountRefusedError
 from bulksend.pipeline.flow import flow_stats
 from bulksend.pipeline.limiter import RateLimiter
@@ -76,6 +76,8 @@ from bulksend.tem.client import TemClient
 from bulksend.tem.config import TemSettings
 
 if TYPE_CHECKING:
+    import redis.asyncio
+
     from bulksend.events.sqs import SqsEventSettings
     from bulksend.metrics import Metrics
 
@@ -391,13 +393,19 @@ async def _main(
         )
 
 
-def campaign_limiter(campaign: Campaign, settings: TemSettings, options: RunOptions) -> RateLimiter:
+def campaign_limiter(
+    campaign: Campaign,
+    settings: TemSettings,
+    options: RunOptions,
+    shared: redis.asyncio.Redis | None = None,
+) -> RateLimiter:
     """The account's limiter, with the campaign's own ``rate_per_s`` as a ceiling inside it when the
-    account's rate comes from the account settings."""
+    account's rate comes from the account settings; ``shared``: the Redis client of
+    ``options.shared_limiter_url``, owned by the caller."""
     account_rate = options.account_rate_per_s or campaign.sending.rate_per_s
     limiter = account_limiter(
         account_rate,
-        shared_limiter_url=options.shared_limiter_url,
+        shared=shared,
         project_id=settings.project_id,
         region=settings.region,
         prefix=options.limiter_prefix,
@@ -454,11 +462,13 @@ async def _run(
     store = open_store(options.store_url or campaign.store_path)
     await store.open()
     suppression = store
+    url = options.shared_limiter_url
+    shared = shared_limiter_client(url) if url is not None else None
     try:
         suppression = await open_suppression_list(
             store, suppression_url=options.suppression_url, store_chosen=options.store_url is not None
         )
-        limiter = campaign_limiter(campaign, settings, options)
+        limiter = campaign_limiter(campaign, settings, options, shared)
         metrics = _worker_metrics(stats, limiter) if options.metrics_port is not None else None
         async with TemClient(
             settings,
@@ -558,6 +568,8 @@ async def _run(
             return result
     finally:
         with anyio.CancelScope(shield=True):
+            if shared is not None:
+                await shared.aclose()
             await store.close()
             if suppression is not store:
                 await suppression.close()
