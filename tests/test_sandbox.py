@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import re
 import subprocess
 import sys
@@ -74,7 +75,9 @@ class Api:
     async def send(self, body: dict[str, Any] | bytes, region: str = "fr-par") -> tuple[int, Any]:
         path = f"/transactional-email/v1alpha1/regions/{region}/emails"
         if isinstance(body, bytes):
-            return await self._call("POST", path, data=body, headers={"Content-Type": "application/json"})
+            # A file object: aiohttp warns (ResourceWarning) of raw bytes bodies over 1 MB.
+            data = io.BytesIO(body)
+            return await self._call("POST", path, data=data, headers={"Content-Type": "application/json"})
         return await self._call("POST", path, json=body)
 
     async def send_to(self, *rcpts: str, **extra: Any) -> list[dict[str, Any]]:
@@ -1075,6 +1078,10 @@ def test_cli_process_serves_and_stops_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        # What Popen's with block would do: its pipes are open until garbage collection otherwise.
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 async def test_timed_outage_answers_bare_5xx_creates_nothing_and_ends(
