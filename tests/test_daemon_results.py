@@ -206,7 +206,9 @@ class CuttableProxy:
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
         self.port = listener.extra(SocketAttribute.local_port)
         task_status.started()
-        await listener.serve(self._handle)
+        # serve() leaves the listening socket open when cancelled.
+        async with listener:
+            await listener.serve(self._handle)
 
     def go_away(self) -> None:
         """Drop every open connection; new ones are closed at once."""
