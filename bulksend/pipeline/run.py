@@ -519,7 +519,9 @@ class CampaignRun:
             on_refused=self._refused,
         )
         self._engine = engine
-        async with engine.running():
+        # The queue is closed however this ends: a run stopped before its tasks start never
+        # reaches their own `async with` (the tasks close their ends as they finish).
+        async with send, receive, engine.running():
             if self.worker_id is None:
                 # Rows a previous run left `sending` may have reached TEM: reconcile, never resend.
                 async for row in self.store.iter_rows(c.id, states=[RowState.SENDING]):
