@@ -1138,6 +1138,7 @@ def test_threaded_sandbox_settings_and_counters_cross_into_its_loop() -> None:
         request = urllib.request.Request(url, headers={"X-Auth-Token": SECRET})
         with pytest.raises(urllib.error.HTTPError) as answer:
             urllib.request.urlopen(request, timeout=30)
+        answer.value.close()  # the error is the response: it holds the connection open
         assert answer.value.code == 404
         assert sb.stats().requests["get"] == 1
         sb.reset()

@@ -150,6 +150,7 @@ def _call(url: str, *, data: bytes | None = None) -> int:
         with urllib.request.urlopen(request, timeout=30) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
+        exc.close()  # the error is the response: it holds the connection open
         return int(exc.code)
 
 
