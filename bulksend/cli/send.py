@@ -402,6 +402,9 @@ def campaign_limiter(
     """The account's limiter, with the campaign's own ``rate_per_s`` as a ceiling inside it when the
     account's rate comes from the account settings; ``shared``: the Redis client of
     ``options.shared_limiter_url``, owned by the caller."""
+    if options.shared_limiter_url is not None and shared is None:
+        # Without it the run would pace itself alone, against the account's other processes.
+        raise ValueError("options.shared_limiter_url is set: pass its client (shared_limiter_client)")
     account_rate = options.account_rate_per_s or campaign.sending.rate_per_s
     limiter = account_limiter(
         account_rate,
@@ -848,8 +851,15 @@ def sample_run(
         return EXIT_CONFIG
 
     async def main() -> SampleResult:
-        limiter = campaign_limiter(campaign, settings, options)
-        return await send_samples(campaign, settings, samples, to=to, limiter=limiter, stats=RunStats())
+        url = options.shared_limiter_url
+        shared = shared_limiter_client(url) if url is not None else None
+        try:
+            limiter = campaign_limiter(campaign, settings, options, shared)
+            return await send_samples(campaign, settings, samples, to=to, limiter=limiter, stats=RunStats())
+        finally:
+            if shared is not None:
+                with anyio.CancelScope(shield=True):
+                    await shared.aclose()
 
     try:
         result = anyio.run(main, backend_options={"use_uvloop": uvloop_available()})
