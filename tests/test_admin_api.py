@@ -465,9 +465,9 @@ async def test_outcomes_of_unknown_campaign_is_404(client: Client) -> None:
 class _BreaksMidStream(MemoryControl):
     """MemoryControl whose outcome stream fails after a few lines (a store that went away)."""
 
-    async def outcomes(self, campaign_id: str) -> AsyncIterator[dict[str, Any]]:
+    async def outcomes(self, campaign_id: str, *, live: bool = False) -> AsyncIterator[dict[str, Any]]:
         n = 0
-        async for line in super().outcomes(campaign_id):
+        async for line in super().outcomes(campaign_id, live=live):
             yield line
             n += 1
             if n == 3:

@@ -1079,10 +1079,10 @@ class Daemon:
             return None
         return await self._info(campaign_id)
 
-    async def outcomes(self, campaign_id: str) -> AsyncIterator[dict[str, Any]]:
+    async def outcomes(self, campaign_id: str, *, live: bool = False) -> AsyncIterator[dict[str, Any]]:
         if await self.store.get_campaign(campaign_id) is None:
             raise NotFound(f"no campaign {campaign_id!r}")
-        async for line in outcome_lines(self.store, campaign_id, unfinished=_UNFINISHED):
+        async for line in outcome_lines(self.store, campaign_id, unfinished=_UNFINISHED, live=live):
             yield line
 
     async def _record_or_404(self, campaign_id: str) -> CampaignRecord:

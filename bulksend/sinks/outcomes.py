@@ -32,6 +32,7 @@ from bulksend.store.base import (
 
 __all__ = [
     "CSV_FORMULA_TRIGGERS",
+    "IN_PROGRESS",
     "OUTCOME_FIELDS",
     "OUTCOME_STATUSES",
     "csv_cell",
@@ -47,6 +48,8 @@ __all__ = [
 OUTCOME_FIELDS: Final = ("email", "name", "row", "status", *OUTCOME_FACT_FIELDS, "reason")
 """The fields of an outcome line, in the order of the CSV columns."""
 OUTCOME_STATUSES: Final = ("sent", "failed", "canceled", "rejected", "skipped", "unknown")
+IN_PROGRESS: Final = "in progress"
+"""The status of a row not final yet in a live line (``live=True``): never in an outcomes file."""
 _UNFINISHED: Final = "rerun the same command to resume"
 
 
@@ -54,9 +57,10 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
-def outcome_of(row: RecipientRow, *, unfinished: str = _UNFINISHED) -> dict[str, Any]:
+def outcome_of(row: RecipientRow, *, unfinished: str = _UNFINISHED, live: bool = False) -> dict[str, Any]:
     """The outcome line of one row. A row that is not terminal yet reads as ``unknown``, with a
-    reason ending in ``unfinished`` (what the reader can do about it)."""
+    reason ending in ``unfinished`` (what the reader can do about it); with ``live`` (a report of
+    a campaign still running), as :data:`IN_PROGRESS`."""
     return outcome_from_values(
         (
             row.row,
@@ -77,10 +81,13 @@ def outcome_of(row: RecipientRow, *, unfinished: str = _UNFINISHED) -> dict[str,
             row.attempts,
         ),
         unfinished=unfinished,
+        live=live,
     )
 
 
-def outcome_from_values(values: Sequence[Any], *, unfinished: str = _UNFINISHED) -> dict[str, Any]:
+def outcome_from_values(
+    values: Sequence[Any], *, unfinished: str = _UNFINISHED, live: bool = False
+) -> dict[str, Any]:
     """The outcome line from a row's values in ``OUTCOME_VALUE_FIELDS`` order (see :func:`outcome_of`)."""
     (
         row,
@@ -106,6 +113,8 @@ def outcome_from_values(values: Sequence[Any], *, unfinished: str = _UNFINISHED)
         status = "canceled"  # never sent: canceled with its campaign
     elif state == "rejected" or state == "skipped":
         status = state
+    elif live:
+        status = IN_PROGRESS  # the store's state says so: pending, sending or submitted
     else:
         status = "unknown"
         reason = reason or f"not finished (still {state}); {unfinished}"
@@ -148,17 +157,18 @@ def resolved_line(line: Mapping[str, Any], update: FinalUpdate) -> dict[str, Any
 
 
 async def outcome_lines(
-    store: Store, campaign_id: str, *, unfinished: str = _UNFINISHED
+    store: Store, campaign_id: str, *, unfinished: str = _UNFINISHED, live: bool = False
 ) -> AsyncIterator[dict[str, Any]]:
     """Every row's outcome line, in input row order: through the store's cheaper
-    :class:`OutcomeValuesSource` path when it has one, else from its full rows."""
+    :class:`OutcomeValuesSource` path when it has one, else from its full rows. With ``live``,
+    a row not final yet reads :data:`IN_PROGRESS` (see :func:`outcome_of`)."""
     if isinstance(store, OutcomeValuesSource):
         async for page in store.iter_outcome_values(campaign_id):
             for values in page:
-                yield outcome_from_values(values, unfinished=unfinished)
+                yield outcome_from_values(values, unfinished=unfinished, live=live)
     else:
         async for row in store.iter_outcomes(campaign_id):
-            yield outcome_of(row, unfinished=unfinished)
+            yield outcome_of(row, unfinished=unfinished, live=live)
 
 
 # A spreadsheet opening the CSV runs a cell starting with one of these as a formula

@@ -625,7 +625,7 @@ async def _report(request: web.Request) -> web.Response:
     info = await control.get_campaign(campaign_id)
     if info is None:
         raise NotFound(f"no campaign with id {campaign_id!r}")
-    report = await request.app[_REPORTS].report(info, partial(control.outcomes, campaign_id))
+    report = await request.app[_REPORTS].report(info, partial(control.outcomes, campaign_id, live=True))
     return _json(
         {
             "id": info.id,

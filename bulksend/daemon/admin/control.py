@@ -244,9 +244,10 @@ class DaemonControl(Protocol):
         """One campaign, or None when unknown."""
         ...
 
-    def outcomes(self, campaign_id: str) -> AsyncIterator[dict[str, Any]]:
+    def outcomes(self, campaign_id: str, *, live: bool = False) -> AsyncIterator[dict[str, Any]]:
         """Outcome lines in input order, with the fields of the outcomes file (not finished yet:
-        ``unknown``). Raises ``NotFound`` on first iteration for an unknown campaign."""
+        ``unknown``; with ``live``, for the campaign's report, ``in progress``). Raises
+        ``NotFound`` on first iteration for an unknown campaign."""
         ...
 
     async def pause(self, campaign_id: str) -> CampaignInfo:
@@ -530,11 +531,11 @@ class MemoryControl:
             return None
         return await self._info(campaign_id)
 
-    async def outcomes(self, campaign_id: str) -> AsyncIterator[dict[str, Any]]:
+    async def outcomes(self, campaign_id: str, *, live: bool = False) -> AsyncIterator[dict[str, Any]]:
         store = await self._ready_store()
         if await store.get_campaign(campaign_id) is None:
             raise NotFound(f"no campaign with id {campaign_id!r}")
-        async for line in outcome_lines(store, campaign_id):
+        async for line in outcome_lines(store, campaign_id, live=live):
             yield line
 
     async def pause(self, campaign_id: str) -> CampaignInfo:

@@ -2,7 +2,9 @@
 
 ``GET /v1/campaigns/{id}/report`` answers with what :func:`bulksend.reporting.html.render_sections`
 draws from a :class:`~bulksend.reporting.aggregate.ReportAggregate` of the campaign's outcome
-lines, so the dashboard and the report file show the same charts, escaped on the server.
+lines, so the dashboard and the report file show the same charts, escaped on the server. The
+lines are the live ones (``live=True``): a row the store does not hold as final yet counts as
+``in progress``, not ``unknown`` (which says tracking gave up).
 
 A build reads every outcome line, so builds are bounded, whoever asks and however often: one at
 a time for the whole daemon (concurrent requests for one campaign share it), and a report is
