@@ -155,6 +155,39 @@ async def test_report_draws_the_campaigns_outcomes_escaped(client: Client, contr
     assert body["summary"]["rows"] == 4
 
 
+async def test_a_running_campaigns_report_counts_rows_not_final_as_in_progress(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """While a campaign runs, its report counts the emails TEM still holds (`hold…` stays new,
+    `stuck…` sending) as in progress, none as unknown; the outcomes stream keeps the file's
+    statuses (`unknown` with a reason)."""
+    async with admin_daemon(tmp_path, sandbox) as (_, admin, _source, _watch):
+        sent, held = ["ann@example.com", "bob@example.com"], ["hold1@example.com", "stuck2@example.com"]
+        await admin.submit("live", [*sent, *held])
+        running = await admin.wait_until(
+            "live", lambda c: c["counts"].get("status:sent") == 2 and c["counts"]["submitted"] == 2
+        )
+        assert running["state"] == "running"
+        status, report = await admin.call("GET", "/v1/campaigns/live/report")
+        assert status == 200, report
+        assert report["state"] == "running"
+        statuses = report["summary"]["statuses"]
+        assert (statuses["sent"], statuses["in progress"], statuses["unknown"]) == (2, 2, 0)
+        assert report["summary"]["not_sent_other"]["total"] == 0
+        assert 'data-key="in progress"' in report["html"]
+        lines = {line["email"]: line for line in await admin.outcomes("live")}
+        assert {lines[a]["status"] for a in held} == {"unknown"}
+        assert all(lines[a]["reason"] for a in held)
+
+
+async def test_rows_a_memory_control_has_not_sent_yet_are_in_progress(client: Client) -> None:
+    """A submitted campaign nobody ran yet: its pending rows are in progress, a bad one rejected."""
+    await submit(client, toml("waiting"), jsonl("a@example.com", "b@example.org", "not-an-address"))
+    body = await (await client.get("/v1/campaigns/waiting/report", headers=AUTH)).json()
+    statuses = body["summary"]["statuses"]
+    assert (statuses["in progress"], statuses["rejected"], statuses["unknown"]) == (2, 1, 0)
+
+
 @pytest.mark.parametrize(
     ("path", "status"),
     [

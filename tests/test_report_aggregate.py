@@ -14,9 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bulksend.reporting.aggregate import ReportAggregate
+from bulksend.reporting.html import render_sections
 from bulksend.reporting.outcome import Outcome, parse_outcome, read_outcome_file
 from bulksend.reporting.sketch import Groups, LogHistogram, TimeBuckets, TopItems
-from bulksend.sinks.outcomes import CSV_FORMULA_TRIGGERS, OUTCOME_STATUSES, write_outcomes
+from bulksend.sinks.outcomes import CSV_FORMULA_TRIGGERS, IN_PROGRESS, OUTCOME_STATUSES, write_outcomes
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC).timestamp()
 
@@ -145,6 +146,42 @@ def test_counts_of_a_known_file_are_exact() -> None:
     assert agg.to_final.quantile(1.0) == 60.0
     assert agg.first_submitted == T0
     assert agg.last_final == T0 + 61
+
+
+def test_rows_in_progress_are_counted_apart_not_as_unknown_nor_as_not_sent() -> None:
+    """A running campaign's live lines: rows not final yet are `in progress` (a card, a bar, a
+    note), never among the rows not sent or their reasons; the file's statuses are unchanged."""
+    lines = [
+        *known_lines(),
+        line(13, IN_PROGRESS, submitted=T0 + 5, try_count=0),
+        line(14, IN_PROGRESS, try_count=0, attempts=0),
+    ]
+    agg = ReportAggregate().add_all(lines)
+    assert agg.rows == 14
+    assert agg.by_status == {
+        "sent": 3,
+        "failed": 4,
+        "canceled": 1,
+        "rejected": 2,
+        "skipped": 1,
+        "unknown": 1,
+        IN_PROGRESS: 2,
+    }
+    assert (agg.in_progress, agg.not_sent) == (2, 9)
+    assert agg.not_sent_other.total == 3  # skipped, canceled and unknown: in progress has no reason
+    assert agg.to_json()["statuses"][IN_PROGRESS] == 2
+    assert sum(c[0] for _, c in agg.timeline.rows()) == 9  # row 13 was submitted
+    html = render_sections(agg)
+    assert 'data-key="in progress"' in html
+    assert "9 of 14 recipients were not sent: failed 4, canceled 1, rejected 2, skipped 1, unknown 1." in html
+    assert "2 still in progress." in html
+
+    only_sent = ReportAggregate().add_all([line(1, "sent", submitted=T0, final=T0 + 1), lines[-1]])
+    assert only_sent.not_sent == 0
+    assert "Every recipient final so far was sent. 1 still in progress." in render_sections(only_sent)
+    finished = ReportAggregate().add_all(known_lines())
+    assert IN_PROGRESS not in finished.to_json()["statuses"]
+    assert "in progress" not in render_sections(finished)
 
 
 def test_timeline_counts_submissions_and_final_statuses_per_interval() -> None:

@@ -20,7 +20,7 @@ from bulksend.reporting.answers import answer_of, normalize_answer
 from bulksend.reporting.outcome import Outcome, parse_outcome
 from bulksend.reporting.sketch import Group, Groups, LogHistogram, TimeBuckets, TopItems
 from bulksend.reporting.timeline import Sample, thin
-from bulksend.sinks.outcomes import OUTCOME_STATUSES
+from bulksend.sinks.outcomes import IN_PROGRESS, OUTCOME_STATUSES
 from bulksend.sinks.report import domain_of
 from bulksend.sinks.summary import reason_kind
 
@@ -104,7 +104,9 @@ class ReportAggregate:
     """Counts of a campaign's outcomes for the report (see the module docstring).
 
     ``add`` takes an :class:`~bulksend.reporting.outcome.Outcome` or an outcome line as written
-    in the outcomes file (a mapping); ``add_sample`` takes the run's flow-control samples.
+    in the outcomes file (a mapping); ``add_sample`` takes the run's flow-control samples. A
+    running campaign's live lines say :data:`~bulksend.sinks.outcomes.IN_PROGRESS` for a row not
+    final yet: counted apart (:attr:`in_progress`), neither sent nor among the rows not sent.
     """
 
     def __init__(self) -> None:
@@ -143,7 +145,7 @@ class ReportAggregate:
         by_status = self.by_status
         if status in by_status:
             by_status[status] += 1
-        elif len(by_status) < len(OUTCOME_STATUSES) + _MAX_OTHER_STATUSES:
+        elif status == IN_PROGRESS or len(by_status) < len(OUTCOME_STATUSES) + _MAX_OTHER_STATUSES:
             by_status[status] = 1
         else:
             by_status[_OTHER_STATUS] = by_status.get(_OTHER_STATUS, 0) + 1
@@ -180,7 +182,7 @@ class ReportAggregate:
                     domain.to_final.add(took)
         elif status == "rejected":
             self.rejections.add(self._reason_kind(o), o.row, o.reason or "(no reason given)")
-        else:
+        elif status != IN_PROGRESS:  # not a reason it was not sent: it may be yet
             self.not_sent_other.add(self._reason_kind(o), o.row, o.reason or f"({status})")
 
     @staticmethod
@@ -234,9 +236,14 @@ class ReportAggregate:
         return OverTime(width, drawn, sum(n for _, n in later), last)
 
     @property
+    def in_progress(self) -> int:
+        """Rows of a running campaign not final yet (live lines only)."""
+        return self.by_status.get(IN_PROGRESS, 0)
+
+    @property
     def not_sent(self) -> int:
-        """Rows that were not delivered: every row but the sent ones."""
-        return self.rows - self.by_status.get("sent", 0)
+        """Rows that were not delivered: every row but the sent ones and those still in progress."""
+        return self.rows - self.by_status.get("sent", 0) - self.in_progress
 
     def share(self, n: int) -> float:
         """``n`` as a share (0–1) of all rows."""

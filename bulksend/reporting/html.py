@@ -32,7 +32,7 @@ from bulksend.reporting.charts import (
 )
 from bulksend.reporting.sketch import Groups
 from bulksend.reporting.timeline import Sample, thin
-from bulksend.sinks.outcomes import OUTCOME_STATUSES
+from bulksend.sinks.outcomes import IN_PROGRESS, OUTCOME_STATUSES
 
 __all__ = ["ReportMeta", "duration", "render_report", "render_sections", "stylesheet"]
 
@@ -46,6 +46,7 @@ STATUS_COLORS: Final = {
     "rejected": PALETTE["orange"],
     "skipped": PALETTE["sky"],
     "unknown": PALETTE["purple"],
+    IN_PROGRESS: PALETTE["blue"],
 }
 _CARD_TITLES: Final = {
     "recipients": "rows of the recipients file",
@@ -55,6 +56,7 @@ _CARD_TITLES: Final = {
     "rejected": "bad input or refused by TEM: never sent",
     "skipped": "a duplicate of an earlier row",
     "unknown": "not final when tracking stopped, or not finished yet",
+    IN_PROGRESS: "the campaign is still running: not final yet",
     "retried": "took more than one attempt: by bulksend (429, 5xx) or by TEM (deferred delivery)",
 }
 _UNITS: Final = ((86400, "d", 3600, "h"), (3600, "h", 60, "min"), (60, "min", 1, "s"))
@@ -342,11 +344,19 @@ def _over_time(agg: ReportAggregate) -> dict[str, Any]:
 def _why_not_sent(agg: ReportAggregate) -> dict[str, Any]:
     failed = agg.by_status.get("failed", 0)
     rejected = agg.by_status.get("rejected", 0)
+    in_progress = f" {_count(agg.in_progress)} still in progress." if agg.in_progress else ""
     if agg.not_sent:
-        parts = [f"{status} {_count(n)}" for status, n in agg.by_status.items() if n and status != "sent"]
+        parts = [
+            f"{status} {_count(n)}"
+            for status, n in agg.by_status.items()
+            if n and status != "sent" and status != IN_PROGRESS
+        ]
         summary = (
             f"{_count(agg.not_sent)} of {_count(agg.rows)} recipients were not sent: {', '.join(parts)}."
+            + in_progress
         )
+    elif agg.in_progress:
+        summary = f"Every recipient final so far was sent.{in_progress}"
     else:
         summary = "Every recipient was sent." if agg.rows else "No outcome yet."
     by_flag = agg.failures_by_flag.most_common(KINDS_SHOWN)
