@@ -191,6 +191,31 @@ async def test_a_stopped_engine_sends_nothing_more(sandbox: Sandbox, renderer: R
     assert sink.submitted == []
 
 
+async def test_a_stop_while_the_row_is_marked_sending_sends_nothing(
+    sandbox: Sandbox, renderer: Renderer
+) -> None:
+    """A pause that lands while a task writes its row `sending` (after the task's last look at
+    ``should_stop``) still sends nothing: the row goes back to `pending` for the next run."""
+    stopped = False
+    async with engine_for(sandbox, should_stop=lambda: stopped) as (engine, store, sink, _limiter, _done):
+        (item,) = await admit(store, renderer, ["ann@example.com"])
+        mark_sending = store.mark_sending
+
+        async def mark_then_stop(*args: Any, **kwargs: Any) -> None:
+            nonlocal stopped
+            await mark_sending(*args, **kwargs)
+            stopped = True  # the pause answered while this write was on its way
+
+        store.mark_sending = mark_then_stop  # type: ignore[method-assign]
+        async with engine.running():
+            assert await engine.resend(item) is False
+        row = await store.get_row(item.row_id)
+    assert row is not None
+    assert row.state is RowState.PENDING
+    assert sandbox.stats().requests.get("send", 0) == 0
+    assert sink.submitted == []
+
+
 async def test_reconcile_outside_running_is_refused(sandbox: Sandbox, renderer: Renderer) -> None:
     """Handing a row to reconciliation when no ``running()`` hosts it is a programming error,
     said at once rather than lost."""

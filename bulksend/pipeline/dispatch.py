@@ -194,6 +194,15 @@ class Dispatcher:
             )
         except StoreError as exc:
             raise _NotPending from exc
+        if self._should_stop is not None and self._should_stop():
+            # Paused while the row was being marked: with no await from this check to the POST,
+            # a pause answered before it sends nothing more, and one answered after it finds the
+            # row `sending` until its outcome is recorded.
+            with anyio.CancelScope(shield=True):
+                await self._ctx.store.mark_retry(
+                    item.row_id, reason="stopped before the request went out", lease_token=item.lease_token
+                )
+            raise _NotPending
         self._ctx.stats.in_flight += 1
         try:
             emails = await self._ctx.tem.submit(item.body)
