@@ -11,9 +11,15 @@ an email still transient after ``give_up_after_s`` ends ``unknown``.
 In ``events`` mode (:meth:`Tracker.apply_events`), TEM's webhook events say when an email is final,
 and the lists are only the safety net: an email no event reported for ``fallback_after_s`` is read
 by id, or, when more than ``fallback_batch`` are in that case (events stopped arriving), one
-incremental list poll answers them all. A lost event costs latency, never an outcome. Events and
-polls finalise under one lock, and only ``submitted`` rows: a duplicate, late or out-of-order event
-finds the row final (the first final status stays) and changes nothing.
+incremental list poll answers them all. A lost event costs latency, never an outcome: a fallback
+pass runs every ``fallback_tick_s`` (half of ``fallback_after_s``, at least one poll interval),
+counted from when the previous pass began, so an email no event reported is looked up between
+``fallback_after_s`` and ``fallback_after_s + fallback_tick_s`` after its submission or its last
+event, whichever is later. Its read is then paced by the account limiter like every call, and a
+pass's reads wait for it together, not one after another. An email still not final when read is
+read again after ``2 × fallback_after_s``, then with a doubling backoff (at most an hour). Events
+and polls finalise under one lock, and only ``submitted`` rows: a duplicate, late or out-of-order
+event finds the row final (the first final status stays) and changes nothing.
 """
 
 from __future__ import annotations
@@ -50,6 +56,9 @@ _RECENT_MAX = 200_000
 _EXPECT_MAX = 100_000
 _HELD_MAX = 10_000
 """Final events held for emails not recorded as submitted yet; beyond, the fallback finds them."""
+_READS_AT_ONCE = 16
+"""Reads by id of one pass in flight at once: they queue for the limiter together, so a pass of n
+reads waits for the limiter about once (plus n slots), not n times behind the sends."""
 _FINAL_VALUES = frozenset(s.value for s in FINAL_STATUSES)
 
 
@@ -67,7 +76,7 @@ class TrackerSettings:
     mode: str = "polling"
     """``polling``: list calls learn final statuses; ``events``: webhook events do, polls are the fallback."""
     fallback_after_s: float = 300.0
-    """Events mode: an email no event reported for this long is looked up."""
+    """Events mode: an email no event reported for this long is looked up (within ``fallback_tick_s``)."""
     fallback_batch: int = 20
     """Events mode: more emails than this to look up in one pass take one list poll, not reads by id."""
 
@@ -80,6 +89,12 @@ class TrackerSettings:
         if self.straggler_after_s is not None:
             return self.straggler_after_s
         return max(60.0, 12 * self.poll_interval_s)
+
+    @property
+    def fallback_tick_s(self) -> float:
+        """Events mode: the fallback pass's period. An email no event reported is looked up at
+        most this long after ``fallback_after_s`` has passed since its submission or last event."""
+        return _pass_every_s(self, self.fallback_after_s)
 
 
 def final_update(row_id: int, email: Email) -> FinalUpdate:
@@ -153,8 +168,12 @@ class Tracker:
         on_outcome: OutcomeHook | None = None,
         on_refused: Callable[[AccountRefusedError], object] | None = None,
         on_finals: FinalsHook | None = None,
+        now: Callable[[], datetime] = utcnow,
     ) -> None:
+        """``now`` is the wall clock that rows' submission times are compared with; waits go
+        through ``context.sleep``: together, a test's fake clock."""
         self._ctx = context
+        self._now = now
         self._campaign_id = campaign_id
         self._on_outcome = on_outcome
         self._on_refused = on_refused
@@ -171,11 +190,11 @@ class Tracker:
         self._recent: dict[str, None] = {}
         self._expected: dict[str, int] = {}
         """Final email ids already handled, so the overlap of the next poll costs no parsing."""
-        self._straggler_every = _pass_every(settings, settings.straggler_s)
-        self._next_straggler_pass = utcnow() + self._straggler_every
+        self._straggler_every = timedelta(seconds=_pass_every_s(settings, settings.straggler_s))
+        self._next_straggler_pass = now() + self._straggler_every
         self._straggler_next_read: dict[int, tuple[datetime, float]] = {}
-        self._fallback_every = _pass_every(settings, settings.fallback_after_s)
-        self._next_fallback = utcnow() + self._fallback_every
+        self._fallback_every = timedelta(seconds=settings.fallback_tick_s)
+        self._next_fallback = now() + self._fallback_every
         self._last_event: dict[str, datetime] = {}
         """Email id → when an event last reported it (a deferred email waits for its next event)."""
         self._held: dict[str, tuple[datetime, EmailEvent]] = {}
@@ -195,31 +214,53 @@ class Tracker:
         something is outstanding: an idle stream costs no API calls.
         """
         while True:
-            if sending_done is not None or await self.outstanding() > 0:
+            busy = sending_done is not None or await self.outstanding() > 0
+            if busy:
                 await self.step()
             if sending_done is not None and sending_done.is_set() and await self.outstanding() == 0:
                 return
             if self._settings.events:
-                # Woken early when an event held for a just-submitted email can be applied.
-                with anyio.move_on_after(self._settings.poll_interval_s):
-                    await self._wake.wait()
-                self._wake = anyio.Event()
+                await self._nap(self._until_fallback_s() if busy else self._settings.poll_interval_s)
             else:
                 await self._ctx.sleep(self._settings.poll_interval_s)
+
+    def _until_fallback_s(self) -> float:
+        """Events mode: how long to wait before the next step — a poll interval, or less when the
+        fallback pass is due sooner (none when a long pass already made the next one due)."""
+        until = (self._next_fallback - self._now()).total_seconds()
+        return min(self._settings.poll_interval_s, max(0.0, until))
+
+    async def _nap(self, seconds: float) -> None:
+        """Wait ``seconds`` on the context's clock, or less when :meth:`expect` wakes the tracker
+        because an event held for a just-submitted email can be applied."""
+        wake = self._wake
+        async with anyio.create_task_group() as tg:
+
+            async def sleep() -> None:
+                await self._ctx.sleep(seconds)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(sleep)
+            await wake.wait()
+            tg.cancel_scope.cancel()
+        self._wake = anyio.Event()
 
     async def step(self) -> None:
         """One round: a poll, plus the straggler pass when it is due (in events mode: the held
         events, plus the fallback pass when it is due)."""
         if self._settings.events:
             await self._apply_held()
-            if utcnow() >= self._next_fallback:
+            began = self._now()
+            if began >= self._next_fallback:
+                # Counted from the pass's start: a pass slowed by the limiter must not push the
+                # next one back, or the emails falling due meanwhile wait for both.
+                self._next_fallback = began + self._fallback_every
                 await self.fallback()
-                self._next_fallback = utcnow() + self._fallback_every
             return
         await self.poll()
-        if utcnow() >= self._next_straggler_pass:
+        if self._now() >= self._next_straggler_pass:
             await self.stragglers()
-            self._next_straggler_pass = utcnow() + self._straggler_every
+            self._next_straggler_pass = self._now() + self._straggler_every
 
     async def outstanding(self) -> int:
         """Rows submitted and not final yet (rows still ``sending`` belong to reconciliation)."""
@@ -403,7 +444,7 @@ class Tracker:
     async def _stale_rows(self, after_s: float, limit: int) -> list[RecipientRow]:
         """Submitted rows unreported for ``after_s`` (since submission, or their last event) and due
         for a read, ``limit`` at most; rows past ``give_up_after_s`` end ``unknown`` here."""
-        now = utcnow()
+        now = self._now()
         give_up = timedelta(seconds=self._settings.give_up_after_s)
         stale: list[RecipientRow] = []
         gave_up: list[FinalUpdate] = []
@@ -425,18 +466,34 @@ class Tracker:
         return stale
 
     async def _read(self, rows: Sequence[RecipientRow], first_backoff_s: float) -> None:
-        """Read each row's email by id; record the final ones, back off on the others."""
-        for row in rows:
-            now = utcnow()
+        """Read each row's email by id, up to ``_READS_AT_ONCE`` at a time; record the final ones,
+        back off on the others. An account refusal ends the pass."""
+        if not rows:
+            return
+        slots = anyio.CapacityLimiter(_READS_AT_ONCE)
+        async with anyio.create_task_group() as tg:
+            for row in rows:
+                tg.start_soon(self._read_one, row, first_backoff_s, slots, tg.cancel_scope)
+
+    async def _read_one(
+        self,
+        row: RecipientRow,
+        first_backoff_s: float,
+        slots: anyio.CapacityLimiter,
+        scope: anyio.CancelScope,
+    ) -> None:
+        async with slots:
+            now = self._now()
             try:
                 email = await self._ctx.paced("get", partial(self._ctx.tem.get_email, row.email_id))
             except NotFoundError:
-                continue
+                return
             except TemError as exc:
                 if self._refused(exc):
-                    break
-                log.warning("tracker.get_failed", row=row.row, error=str(exc))
-                continue
+                    scope.cancel()
+                else:
+                    log.warning("tracker.get_failed", row=row.row, error=str(exc))
+                return
             if email.status.is_final:
                 await self._record([email])
             else:
@@ -455,7 +512,7 @@ class Tracker:
         applied once it is, or left to the fallback if that takes too long. ``hold_unknown=False``
         drops those instead (events that may well be another campaign's).
         """
-        now = utcnow()
+        now = self._now()
         finals: dict[str, EmailEvent] = {}
         for event in events:
             if event.email_id:
@@ -478,7 +535,7 @@ class Tracker:
         """Apply the held events whose emails are now recorded; forget the expired ones."""
         if not self._held:
             return
-        expired = utcnow() - timedelta(seconds=self._settings.fallback_after_s)
+        expired = self._now() - timedelta(seconds=self._settings.fallback_after_s)
         held = [(at, event) for at, event in self._held.values() if at >= expired]
         self._held.clear()
         if held:
@@ -531,10 +588,10 @@ class Tracker:
             self._last_event = dict(list(self._last_event.items())[-_EXPECT_MAX // 2 :])
 
 
-def _pass_every(settings: TrackerSettings, delay_s: float) -> timedelta:
+def _pass_every_s(settings: TrackerSettings, delay_s: float) -> float:
     """How often to scan the store's submitted rows for those unreported for ``delay_s`` (and the
     give-ups): at half the shorter of the two delays, never more often than once per poll."""
-    return timedelta(seconds=max(settings.poll_interval_s, min(delay_s, settings.give_up_after_s) / 2))
+    return max(settings.poll_interval_s, min(delay_s, settings.give_up_after_s) / 2)
 
 
 def _event_key(event: EmailEvent) -> str:
