@@ -879,11 +879,22 @@ async def test_inspection_counts_requests_by_kind(api: Api) -> None:
     await api.list_emails()
     await api.cancel(e["id"])
     await api.statistics()
-    status, data = await api._call("GET", f"{PREFIX}/domains")
+    await api._call("GET", f"{PREFIX}/project-consumption?project_id={PROJECT}")
+    status, data = await api._call("GET", f"{PREFIX}/pools")
     assert (status, data["type"]) == (404, "not_found")
     stats = await api.inspect()
-    expected = {"send": 1, "get": 2, "list": 1, "cancel": 1, "statistics": 1, "webhook": 0, "other": 1}
-    assert stats.requests == expected
+    assert stats.requests == {
+        "send": 1,
+        "get": 2,
+        "list": 1,
+        "cancel": 1,
+        "statistics": 1,
+        "webhook": 0,
+        "blocklists": 0,
+        "domains": 0,
+        "consumption": 1,
+        "other": 1,
+    }
     assert stats == api.sandbox.stats()
 
 

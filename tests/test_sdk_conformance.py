@@ -13,12 +13,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from scaleway import Client
 from scaleway.tem.v1alpha1 import (
+    BlocklistType,
     CreateEmailRequestAddress,
     CreateEmailRequestAttachment,
     CreateEmailRequestHeader,
+    DomainLastStatusRecordStatus,
+    DomainReputationStatus,
+    DomainStatus,
     EmailFlag,
     EmailRcptType,
     EmailStatus,
+    ListBlocklistsRequestOrderBy,
     ListEmailsRequestOrderBy,
     TemV1Alpha1API,
 )
@@ -216,3 +221,78 @@ def test_sdk_sees_api_errors(env: Env) -> None:
     with pytest.raises(ScalewayException) as info:
         env.api.list_emails()
     assert info.value.status_code == 401
+
+
+def test_domains_parse_with_status_reputation_and_records(env: Env) -> None:
+    """list_domains_all, get_domain and get_domain_last_status parse the sandbox's domains."""
+    _send(env.api, "ann@example.org")  # the sender's domain is registered by its first send
+    [domain] = env.api.list_domains_all(status=[DomainStatus.CHECKED])
+    assert (domain.name, domain.project_id, domain.status) == ("example.com", PROJECT, DomainStatus.CHECKED)
+    assert domain.reputation is not None
+    assert (domain.reputation.score, domain.reputation.status) == (90, DomainReputationStatus.EXCELLENT)
+    assert isinstance(domain.reputation.scored_at, datetime)
+    assert domain.records is not None
+    assert domain.records.dkim is not None
+    assert domain.records.dkim.name == f"{PROJECT}._domainkey"
+    assert env.api.get_domain(domain_id=domain.id) == domain
+    assert env.api.list_domains(name="example.com").domains == [domain]
+
+    env.sandbox.update(domain_status="unchecked", failing_records=("spf", "dkim"))
+    unchecked = env.api.get_domain(domain_id=domain.id)
+    assert (unchecked.status, unchecked.reputation) == (DomainStatus.UNCHECKED, None)
+    checks = env.api.get_domain_last_status(domain_id=domain.id)
+    assert checks.domain_name == "example.com"
+    assert checks.spf_record is not None
+    assert checks.spf_record.status == DomainLastStatusRecordStatus.NOT_FOUND
+    assert checks.spf_record.error
+    assert checks.dmarc_record is not None
+    assert checks.dmarc_record.status == DomainLastStatusRecordStatus.VALID
+    assert isinstance(checks.dmarc_record.last_valid_at, datetime)
+    with pytest.raises(ScalewayException) as info:
+        _send(env.api, "bob@example.org")
+    assert info.value.status_code == 400
+
+
+def test_blocklists_list_all_pages_and_bulk_create(env: Env) -> None:
+    """list_blocklists_all walks pages of typed entries; bulk_create_blocklists needs the Scale plan."""
+    _send(env.api, "ann@example.org")
+    [domain] = env.api.list_domains_all()
+    env.sandbox.block([f"gone{i}@example.org" for i in range(5)], type="mailbox_not_found")
+    env.clock.advance(1.0)
+    env.sandbox.block(["full@example.org"], type="mailbox_full", ends_in_s=600)
+    entries = env.api.list_blocklists_all(
+        domain_id=domain.id, page_size=2, order_by=ListBlocklistsRequestOrderBy.CREATED_AT_ASC
+    )
+    assert [e.email for e in entries] == [*(f"gone{i}@example.org" for i in range(5)), "full@example.org"]
+    full = entries[-1]
+    assert (full.type_, full.custom, full.domain_id) == (BlocklistType.MAILBOX_FULL, False, domain.id)
+    assert full.ends_at == datetime.fromtimestamp(T0 + 601, UTC)
+    only = env.api.list_blocklists(domain_id=domain.id, type_=BlocklistType.MAILBOX_FULL)
+    assert [e.email for e in only.blocklists] == ["full@example.org"]
+
+    with pytest.raises(ScalewayException) as info:
+        env.api.bulk_create_blocklists(
+            domain_id=domain.id, emails=["x@example.org"], type_=BlocklistType.MAILBOX_FULL
+        )
+    assert info.value.status_code == 403
+    env.sandbox.update(offer="scale")
+    created = env.api.bulk_create_blocklists(
+        domain_id=domain.id, emails=["x@example.org"], type_=BlocklistType.MAILBOX_NOT_FOUND, reason="bounced"
+    )
+    assert [(b.email, b.custom, b.reason) for b in created.blocklists] == [("x@example.org", True, "bounced")]
+    assert [e.email for e in env.api.list_blocklists_all(domain_id=domain.id, custom=True)] == [
+        "x@example.org"
+    ]
+
+
+def test_project_consumption_parses(env: Env) -> None:
+    """get_project_consumption reports the project's domains and emails of the month as integers."""
+    env.sandbox.update(monthly_emails_base=100)
+    _send(env.api, "ann@example.org", "bob@example.org")
+    consumption = env.api.get_project_consumption()
+    assert (consumption.project_id, consumption.monthly_emails_count, consumption.domains_count) == (
+        PROJECT,
+        102,
+        1,
+    )
+    assert consumption.custom_blocklists_count == 0

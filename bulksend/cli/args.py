@@ -392,7 +392,7 @@ COMMANDS: dict[str, Command] = {
         "bulksend.cli.serve",
     ),
     "webhooks": Command(
-        "set up TEM's webhook events for tracking by events (tracking.mode = \"events\")",
+        'set up TEM\'s webhook events for tracking by events (tracking.mode = "events")',
         configure_webhooks,
         "bulksend.cli.webhooks",
     ),

@@ -55,7 +55,7 @@ def next_steps(sns_arn: str, *, queue: str | None, http_endpoint: str | None) ->
             f"  aws sns subscribe --endpoint-url {_ENDPOINT['sns']} --topic-arn {sns_arn} "
             f"--protocol {'https' if http_endpoint.startswith('https') else 'http'} "
             f"--notification-endpoint {http_endpoint}",
-            "In the daemon's file: [tracking] mode = \"events\" and [events] http = true. The daemon "
+            'In the daemon\'s file: [tracking] mode = "events" and [events] http = true. The daemon '
             "confirms the subscription itself when its SubscribeURL matches events.subscribe_urls.",
         ]
     queue_name = queue or "tem-events"

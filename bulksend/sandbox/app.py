@@ -9,6 +9,7 @@ needs no locking: one event loop owns it.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import dataclasses
 import hmac
@@ -28,7 +29,8 @@ from bulksend.campaign.validate import MAX_EMAIL_BYTES
 from bulksend.lifecycle import OpenClose
 from bulksend.tem.models import EmailFlag, EmailStatus
 
-from .config import UUID_RE, SandboxConfig, SandboxStats
+from .config import DOMAIN_STATUSES, MAX_COUNT, UUID_RE, SandboxConfig, SandboxStats
+from .domains import BLOCKLIST_TYPES, DomainBook, SandboxDomain
 from .publish import CERT_PATH, CONFIRM_PATH, EventPublisher
 from .request import parse_create_email, parse_timestamp
 from .state import ORDER_BY_VALUES, EmailFilter, EmailStore, Timing
@@ -38,13 +40,34 @@ __all__ = ["API_PREFIX", "REGION", "Sandbox", "is_loopback_host"]
 
 REGION = "fr-par"
 API_PREFIX = "/transactional-email/v1alpha1/regions/{region}"
-REQUEST_KINDS = ("send", "get", "list", "cancel", "statistics", "webhook", "other")
+REQUEST_KINDS = (
+    "send",
+    "get",
+    "list",
+    "cancel",
+    "statistics",
+    "webhook",
+    "blocklists",
+    "domains",
+    "consumption",
+    "other",
+)
 FAULT_KINDS = ("5xx_before", "5xx_after", "drop_created", "drop_not_created")
 # What the list endpoint accepts as statuses and flags: exactly the values TEM documents.
 _STATUSES = frozenset(EmailStatus)
 _FLAGS = frozenset(EmailFlag)
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 1000
+MAX_BLOCKLIST_PAGE_SIZE = 100
+MAX_BLOCKLIST_EMAILS = 1000
+"""Most addresses one ``POST /blocklists`` may carry in the sandbox (TEM documents no limit)."""
+_BLOCKLIST_ORDERS = {
+    "created_at_asc": (lambda e: e.created_at, False),
+    "created_at_desc": (lambda e: e.created_at, True),
+    # No end sorts last, as the latest end of all.
+    "ends_at_asc": (lambda e: math.inf if e.ends_at is None else e.ends_at, False),
+    "ends_at_desc": (lambda e: math.inf if e.ends_at is None else e.ends_at, True),
+}
 
 _T = TypeVar("_T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -181,6 +204,43 @@ class Sandbox(OpenClose):
 
         return sum(await asyncio.gather(*(deliver(e) for e in emissions)))
 
+    @property
+    def domains(self) -> DomainBook:
+        """The domains and blocklists (read and change them from the sandbox's own event loop only)."""
+        return self._domains
+
+    def block(
+        self,
+        emails: list[str],
+        *,
+        type: str = "mailbox_not_found",
+        domain: str | None = None,
+        ends_in_s: float | None = None,
+        reason: str = "",
+    ) -> int:
+        """Script blocklist entries (TEM's automatic kind) for ``domain``, or every domain when None.
+
+        Returns how many were added; ``ValueError`` for a bad type, domain or duration.
+        """
+        if type not in BLOCKLIST_TYPES:
+            raise ValueError(f"type must be one of {', '.join(BLOCKLIST_TYPES)}, got {type!r}")
+        if ends_in_s is not None and not (isinstance(ends_in_s, int | float) and 0 < ends_in_s < math.inf):
+            raise ValueError(f"ends_in_s must be a number of seconds > 0, got {ends_in_s!r}")
+        if not all(isinstance(e, str) and "@" in e for e in emails):
+            raise ValueError("emails must be a list of email addresses")
+        now = self._clock()
+        domain_id = None
+        if domain is not None:
+            found = self._domains.lookup(domain, self._config, now)
+            if found is None:
+                raise ValueError(f"the sandbox does not accept {domain!r} as a sending domain")
+            domain_id = found.id
+        ends_at = None if ends_in_s is None else now + float(ends_in_s)
+        added = self._domains.block(
+            emails, type=type, now=now, domain_id=domain_id, reason=reason, ends_at=ends_at
+        )
+        return len(added)
+
     def stats(self) -> SandboxStats:
         """A snapshot of the counters (the same content as ``GET /_sandbox/stats``)."""
         return SandboxStats(
@@ -240,6 +300,12 @@ class Sandbox(OpenClose):
         add("PATCH", f"{p}/webhooks/{{webhook_id}}", self._gated("webhook", self._webhooks_update))
         add("DELETE", f"{p}/webhooks/{{webhook_id}}", self._gated("webhook", self._webhooks_delete))
         add("GET", f"{p}/webhooks/{{webhook_id}}/events", self._gated("webhook", self._webhooks_events))
+        add("GET", f"{p}/blocklists", self._gated("blocklists", self._list_blocklists))
+        add("POST", f"{p}/blocklists", self._gated("blocklists", self._create_blocklists))
+        add("GET", f"{p}/domains", self._gated("domains", self._list_domains))
+        add("GET", f"{p}/domains/{{domain_id}}", self._gated("domains", self._get_domain))
+        add("GET", f"{p}/domains/{{domain_id}}/verification", self._gated("domains", self._verification))
+        add("GET", f"{p}/project-consumption", self._gated("consumption", self._consumption))
         add("*", f"{p}/{{tail:.*}}", self._gated("other", self._other))
         add("GET", CERT_PATH, self._inspect_sns_cert)
         add("GET", CONFIRM_PATH, self._inspect_sns_confirm)
@@ -248,6 +314,7 @@ class Sandbox(OpenClose):
         add("GET", "/_sandbox/config", self._inspect_config)
         add("PATCH", "/_sandbox/config", self._inspect_config)
         add("POST", "/_sandbox/outage", self._inspect_outage)
+        add("POST", "/_sandbox/blocklists", self._inspect_block)
         return app
 
     async def start(self) -> None:
@@ -303,6 +370,7 @@ class Sandbox(OpenClose):
         """The emails, webhooks, counters and random draws of a fresh sandbox."""
         self._store = EmailStore()
         self._webhooks = WebhookBook(default_project_id=self._config.project_id, clock=self._clock)
+        self._domains = DomainBook()
         self._requests = dict.fromkeys(REQUEST_KINDS, 0)
         self._faults = dict.fromkeys(FAULT_KINDS, 0)
         self._rate_limited = 0
@@ -450,8 +518,16 @@ class Sandbox(OpenClose):
         if parsed is None:
             return _invalid(errors, "Invalid email from address" if sender_refused else "invalid argument(s)")
         now = self._clock()
+        domain = self._domains.lookup(parsed.mail_from.rpartition("@")[2], c, now)
+        if domain is None or c.domain_status != "checked":
+            status = "unknown" if domain is None else c.domain_status
+            return _invalid(
+                [("from", f"the domain of {parsed.mail_from!r} is {status}; only a checked domain may send")],
+                "Invalid email from address",
+            )
         store = self._store
-        positions = store.create(parsed, timing=self._timing, now=now)
+        blocked = self._domains.blocked(domain.id, now)
+        positions = store.create(parsed, timing=self._timing, now=now, blocked=blocked)
         if self._webhooks.watches(parsed.mail_from.rpartition("@")[2]):
             headers = tuple((h["key"], h["value"]) for h in data.get("additional_headers") or ())
             self._webhooks.schedule(store, positions, headers)
@@ -490,12 +566,7 @@ class Sandbox(OpenClose):
         query = request.rel_url.query
         errors: list[tuple[str, str]] = []
         flt = self._parse_filter(query, errors, listing=True)
-        page = _int_param(query, "page", 1, errors)
-        page_size = _int_param(query, "page_size", DEFAULT_PAGE_SIZE, errors)
-        if page < 1:
-            errors.append(("page", "page starts at 1"))
-        if not 1 <= page_size <= MAX_PAGE_SIZE:
-            errors.append(("page_size", f"page_size must be within 1..{MAX_PAGE_SIZE}"))
+        page, page_size = _page(query, errors, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         order_by = query.get("order_by") or "created_at_desc"
         if order_by not in ORDER_BY_VALUES:
             errors.append(("order_by", f"unknown order_by {order_by!r}"))
@@ -532,6 +603,160 @@ class Sandbox(OpenClose):
 
     async def _webhooks_events(self, request: web.Request) -> web.StreamResponse:
         return _answer(self._webhooks.events(request.match_info["webhook_id"], request.rel_url.query))
+
+    # -- deliverability endpoints ----------------------------------------------------------------
+
+    def _domain_or_404(self, request: web.Request) -> SandboxDomain | web.Response:
+        domain_id = request.match_info["domain_id"]
+        if not UUID_RE.match(domain_id):
+            return _invalid([("domain_id", "domain_id must be a UUID")])
+        domain = self._domains.by_id(domain_id, self._config)
+        return domain if domain is not None else _not_found("domain", domain_id)
+
+    async def _get_domain(self, request: web.Request) -> web.StreamResponse:
+        domain = self._domain_or_404(request)
+        if isinstance(domain, web.Response):
+            return domain
+        return _json(self._domains.render_domain(domain, self._config))
+
+    async def _verification(self, request: web.Request) -> web.StreamResponse:
+        domain = self._domain_or_404(request)
+        if isinstance(domain, web.Response):
+            return domain
+        return _json(self._domains.render_verification(domain, self._config))
+
+    async def _list_domains(self, request: web.Request) -> web.StreamResponse:
+        query = request.rel_url.query
+        errors: list[tuple[str, str]] = []
+        for name in ("project_id", "organization_id"):
+            value = query.get(name)
+            if value and not UUID_RE.match(value):
+                errors.append((name, f"{name} must be a UUID"))
+        statuses = query.getall("status", [])
+        bad = [s for s in statuses if s not in _DOMAIN_STATUSES]
+        if bad:
+            errors.append(("status", f"unknown status(es): {', '.join(bad)}"))
+        page, page_size = _page(query, errors, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        if errors:
+            return _invalid(errors)
+        c, now = self._config, self._clock()
+        wanted = query.get("name")
+        domains: list[SandboxDomain]
+        if wanted:
+            found = self._domains.lookup(wanted, c, now)
+            domains = [found] if found is not None else []
+        else:
+            domains = self._domains.domains(c, now)
+        project = query.get("project_id") or query.get("organization_id")
+        if (project and project.lower() != c.project_id.lower()) or (
+            statuses and c.domain_status not in statuses
+        ):
+            domains = []  # every domain is in the sandbox's project and has the configured status
+        shown = domains[(page - 1) * page_size : page * page_size]
+        return _json(
+            {"total_count": len(domains), "domains": [self._domains.render_domain(d, c) for d in shown]}
+        )
+
+    async def _list_blocklists(self, request: web.Request) -> web.StreamResponse:
+        query = request.rel_url.query
+        errors: list[tuple[str, str]] = []
+        domain_id = query.get("domain_id") or ""
+        if not UUID_RE.match(domain_id):
+            errors.append(("domain_id", "domain_id is required: a UUID"))
+        type_ = query.get("type")
+        if type_ is not None and type_ not in BLOCKLIST_TYPES:
+            errors.append(("type", f"unknown type {type_!r}"))
+        custom_text = query.get("custom")
+        custom = None if custom_text is None else _BOOLEANS.get(custom_text)
+        if custom_text is not None and custom is None:
+            errors.append(("custom", "custom must be true or false"))
+        order_by = query.get("order_by") or "created_at_desc"
+        if order_by not in _BLOCKLIST_ORDERS:
+            errors.append(("order_by", f"unknown order_by {order_by!r}"))
+        page, page_size = _page(query, errors, DEFAULT_PAGE_SIZE, MAX_BLOCKLIST_PAGE_SIZE)
+        if errors:
+            return _invalid(errors)
+        domain = self._domains.by_id(domain_id, self._config)
+        if domain is None:
+            return _not_found("domain", domain_id)
+        email = (query.get("email") or "").strip().lower()
+        entries = [
+            e
+            for e in self._domains.entries(domain.id, self._clock())
+            if (not email or e.email == email)
+            and (type_ in (None, "unknown_type") or e.type == type_)
+            and (custom is None or e.custom == custom)
+        ]
+        key, reverse = _BLOCKLIST_ORDERS[order_by]
+        entries.sort(key=key, reverse=reverse)
+        shown = entries[(page - 1) * page_size : page * page_size]
+        return _json({"total_count": len(entries), "blocklists": [e.render(domain.id) for e in shown]})
+
+    async def _create_blocklists(self, request: web.Request) -> web.StreamResponse:
+        try:
+            data = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return _invalid([("body", "the request body is not valid JSON")])
+        if not isinstance(data, dict):
+            return _invalid([("body", "the request body must be a JSON object")])
+        errors: list[tuple[str, str]] = []
+        domain_id = data.get("domain_id")
+        if not isinstance(domain_id, str) or not UUID_RE.match(domain_id):
+            errors.append(("domain_id", "domain_id is required: a UUID"))
+        emails = data.get("emails")
+        if (
+            not isinstance(emails, list)
+            or not 1 <= len(emails) <= MAX_BLOCKLIST_EMAILS
+            or not all(isinstance(e, str) and 3 <= len(e) <= 254 and "@" in e for e in emails)
+        ):
+            errors.append(("emails", f"emails must be a list of 1 to {MAX_BLOCKLIST_EMAILS} email addresses"))
+        type_ = data.get("type", "unknown_type")
+        if type_ not in BLOCKLIST_TYPES:
+            errors.append(("type", f"unknown type {type_!r}"))
+        reason = data.get("reason", "")
+        if not isinstance(reason, str):
+            errors.append(("reason", "reason must be a string"))
+        if errors:
+            return _invalid(errors)
+        domain = self._domains.by_id(str(domain_id), self._config)
+        if domain is None:
+            return _not_found("domain", str(domain_id))
+        if self._config.offer != "scale":
+            # Custom blocklists are a Scale-plan feature: the Essential plan's quota of them is 0.
+            return _json(
+                {
+                    "details": [{"resource": "custom_blocklists_per_domain", "quota": 0, "current": 0}],
+                    "message": "quota(s) exceeded for this resource",
+                    "type": "quotas_exceeded",
+                },
+                403,
+            )
+        assert isinstance(emails, list)
+        added = self._domains.block(
+            emails, type=str(type_), now=self._clock(), domain_id=domain.id, reason=reason, custom=True
+        )
+        return _json({"blocklists": [e.render(domain.id) for e in added]})
+
+    async def _consumption(self, request: web.Request) -> web.StreamResponse:
+        project_id = request.rel_url.query.get("project_id") or ""
+        if not UUID_RE.match(project_id):
+            return _invalid([("project_id", "project_id is required: a UUID")])
+        project_id = project_id.lower()
+        c, now = self._config, self._clock()
+        domains = [d for d in self._domains.domains(c, now) if d.project_id == project_id]
+        month = time.gmtime(now)
+        month_start = float(calendar.timegm((month.tm_year, month.tm_mon, 1, 0, 0, 0)))
+        sent = self._store.statistics(EmailFilter(project_id=project_id, since=month_start), now)
+        return _json(
+            {
+                "project_id": project_id,
+                "domains_count": len(domains),
+                "dedicated_ips_count": 0,
+                "monthly_emails_count": min(MAX_COUNT, c.monthly_emails_base + sent["total_count"]),
+                "webhooks_count": 0,
+                "custom_blocklists_count": self._domains.custom_count({d.id for d in domains}, now),
+            }
+        )
 
     async def _other(self, request: web.Request) -> web.StreamResponse:
         return _json({"message": "resource is not found", "type": "not_found"}, 404)
@@ -627,6 +852,24 @@ class Sandbox(OpenClose):
             return _json({"message": str(exc)}, 400)
         return _json({"seconds": body["seconds"], "status": self._outage_status, "until": until})
 
+    async def _inspect_block(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            body = None
+        known = {"emails", "type", "domain", "ends_in_s", "reason"}
+        if not isinstance(body, dict) or set(body) - known or not isinstance(body.get("emails"), list):
+            hint = (
+                'the body must be a JSON object like {"emails": ["ann@example.org"], '
+                '"type": "mailbox_full", "domain": "example.com", "ends_in_s": 86400}'
+            )
+            return _json({"message": hint}, 400)
+        try:
+            added = self.block(**body)
+        except (TypeError, ValueError) as exc:
+            return _json({"message": str(exc)}, 400)
+        return _json({"added": added})
+
     async def _inspect_config(self, request: web.Request) -> web.StreamResponse:
         if request.method == "PATCH":
             try:
@@ -635,8 +878,9 @@ class Sandbox(OpenClose):
                 return _json({"message": "the body must be a JSON object of settings"}, 400)
             if not isinstance(changes, dict):
                 return _json({"message": "the body must be a JSON object of settings"}, 400)
-            if isinstance(changes.get("allowed_from_domains"), list):
-                changes["allowed_from_domains"] = tuple(changes["allowed_from_domains"])
+            for name in ("allowed_from_domains", "failing_records"):
+                if isinstance(changes.get(name), list):
+                    changes[name] = tuple(changes[name])
             try:
                 self.update(**changes)
             except (TypeError, ValueError) as exc:
@@ -658,6 +902,24 @@ async def _body(request: web.Request) -> Any:
 
 
 _UINT32 = re.compile(r"[0-9]{1,10}")
+_DOMAIN_STATUSES = frozenset(("unknown", *DOMAIN_STATUSES))
+# What the API's gateway reads as a boolean query parameter (Go's strconv.ParseBool): the
+# official Python SDK sends "True" and "False".
+_BOOLEANS = {
+    **dict.fromkeys(("1", "t", "T", "true", "TRUE", "True"), True),
+    **dict.fromkeys(("0", "f", "F", "false", "FALSE", "False"), False),
+}
+
+
+def _page(query: Any, errors: list[tuple[str, str]], default_size: int, largest: int) -> tuple[int, int]:
+    """``(page, page_size)`` of a list query, checked as TEM checks them."""
+    page = _int_param(query, "page", 1, errors)
+    page_size = _int_param(query, "page_size", default_size, errors)
+    if page < 1:
+        errors.append(("page", "page starts at 1"))
+    if not 1 <= page_size <= largest:
+        errors.append(("page_size", f"page_size must be within 1..{largest}"))
+    return page, page_size
 
 
 def _int_param(query: Any, name: str, default: int, errors: list[tuple[str, str]]) -> int:

@@ -63,3 +63,43 @@ def configure(parser: argparse.ArgumentParser) -> None:
     hooks.add_argument("--webhook-http-url", metavar="URL", help="or POST them, signed like SNS, to this URL")
     hooks.add_argument("--webhook-signing-key", metavar="PEM", help="RSA key signing HTTP deliveries")
     hooks.add_argument("--webhook-cert-url", metavar="URL", help="SigningCertURL of that key's certificate")
+
+    dom = parser.add_argument_group("domains, blocklists and consumption (script a bad domain)")
+    dom.add_argument(
+        "--domain-status",
+        default="checked",
+        choices=("checked", "unchecked", "invalid", "locked", "revoked", "pending", "autoconfiguring"),
+        help="status of every sending domain; only checked ones may send (default: %(default)s)",
+    )
+    dom.add_argument(
+        "--domain-reputation",
+        type=int,
+        default=90,
+        metavar="SCORE",
+        help="reputation score 0..100 of every domain, -1 for not scored yet (default: %(default)s)",
+    )
+    dom.add_argument(
+        "--failing-record",
+        action="append",
+        choices=("spf", "dkim", "mx", "dmarc"),
+        help="a DNS record the domain verification reports missing (repeatable)",
+    )
+    dom.add_argument(
+        "--blocklist",
+        action="append",
+        metavar="TYPE:ADDRESS",
+        help="a blocklisted address, TYPE mailbox_full or mailbox_not_found (repeatable)",
+    )
+    dom.add_argument(
+        "--monthly-emails",
+        type=int,
+        default=0,
+        metavar="N",
+        help="emails the project sent this month before the sandbox's own (project consumption)",
+    )
+    dom.add_argument(
+        "--offer",
+        default="essential",
+        choices=("essential", "scale"),
+        help="the project's plan; custom blocklists need scale (default: %(default)s)",
+    )

@@ -13,7 +13,7 @@ from .app import Sandbox, is_loopback_host
 from .args import SECRET_ENV, configure
 from .config import DEFAULT_SECRET_KEY, SandboxConfig
 
-__all__ = ["SECRET_ENV", "config_from_args", "configure", "run"]
+__all__ = ["SECRET_ENV", "blocklist_from_args", "config_from_args", "configure", "run"]
 
 
 def config_from_args(args: argparse.Namespace) -> SandboxConfig:
@@ -38,13 +38,32 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         webhook_http_url=args.webhook_http_url,
         webhook_signing_key=args.webhook_signing_key,
         webhook_cert_url=args.webhook_cert_url,
+        domain_status=args.domain_status,
+        domain_reputation=None if args.domain_reputation == -1 else args.domain_reputation,
+        failing_records=tuple(args.failing_record or ()),
+        monthly_emails_base=args.monthly_emails,
+        offer=args.offer,
     )
+
+
+def blocklist_from_args(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """``(type, address)`` of each ``--blocklist TYPE:ADDRESS`` (``ValueError`` when malformed)."""
+    entries = []
+    for value in args.blocklist or ():
+        type_, sep, address = value.partition(":")
+        if not sep or type_ not in ("mailbox_full", "mailbox_not_found") or "@" not in address:
+            raise ValueError(
+                f"--blocklist {value!r}: write TYPE:ADDRESS, TYPE mailbox_full or mailbox_not_found"
+            )
+        entries.append((type_, address))
+    return entries
 
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; returns the process exit code."""
     try:
         config = config_from_args(args)
+        blocklist = blocklist_from_args(args)
     except ValueError as exc:
         print(f"bulksend sandbox: {exc}", file=sys.stderr)
         return 2
@@ -56,7 +75,13 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         anyio.run(
-            _serve, config, args.host, args.port, backend="asyncio", backend_options={"use_uvloop": True}
+            _serve,
+            config,
+            args.host,
+            args.port,
+            blocklist,
+            backend="asyncio",
+            backend_options={"use_uvloop": True},
         )
     except OSError as exc:
         print(
@@ -69,9 +94,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(config: SandboxConfig, host: str, port: int) -> None:
+async def _serve(config: SandboxConfig, host: str, port: int, blocklist: list[tuple[str, str]]) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with Sandbox(config, host=host, port=port) as sandbox:
+            for type_, address in blocklist:
+                sandbox.block([address], type=type_)
             # The sandbox key is not a real credential, but a custom one might be: only echo the default.
             key = DEFAULT_SECRET_KEY if config.secret_key == DEFAULT_SECRET_KEY else "<your --secret-key>"
             print(

@@ -22,6 +22,14 @@ _DURATIONS = ("sending_after_s", "final_after_s", "soft_bounce_retry_s", "hold_s
 _LATENCIES = ("latency_ms", "latency_jitter_ms")
 _PROBABILITIES = ("fault_5xx_before_p", "fault_5xx_after_p", "fault_drop_p")
 
+DOMAIN_STATUSES = ("checked", "unchecked", "invalid", "locked", "revoked", "pending", "autoconfiguring")
+"""What ``domain_status`` may be: TEM's domain statuses (but ``unknown``)."""
+DNS_RECORDS = ("spf", "dkim", "mx", "dmarc")
+"""The records TEM verifies, and what ``failing_records`` may name."""
+OFFERS = ("essential", "scale")
+MAX_COUNT = 2**31 - 1
+"""Largest count a consumption figure may hold (TEM's int32)."""
+
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
@@ -77,6 +85,17 @@ class SandboxConfig:
     """The ``SigningCertURL`` of that key's certificate (default: the sandbox serves its own)."""
     webhook_signature_version: int = 2
     """``SignatureVersion`` of HTTP deliveries: 1 (SHA1withRSA) or 2 (SHA256withRSA)."""
+    domain_status: str = "checked"
+    """Status of every sending domain; only ``checked`` ones may send (others get 400 "Invalid email
+    from address")."""
+    domain_reputation: int | None = 90
+    """Reputation score (0..100) of every domain; None: not scored yet (no ``reputation`` object)."""
+    failing_records: tuple[str, ...] = ()
+    """DNS records (``spf``, ``dkim``, ``mx``, ``dmarc``) the domain verification reports missing."""
+    monthly_emails_base: int = 0
+    """Emails the project had sent this month before the sandbox's own (project consumption)."""
+    offer: str = "essential"
+    """The project's plan: custom blocklists (``POST /blocklists``) need ``scale``."""
 
     def __post_init__(self) -> None:
         # Types first: values may come from JSON (PATCH /_sandbox/config), and a wrong type
@@ -103,8 +122,27 @@ class SandboxConfig:
         if self.allowed_from_domains is not None and not isinstance(self.allowed_from_domains, tuple):
             # A list would make the dataclass unhashable and invite accidental mutation.
             object.__setattr__(self, "allowed_from_domains", tuple(self.allowed_from_domains))
+        if not isinstance(self.failing_records, tuple):
+            object.__setattr__(self, "failing_records", tuple(self.failing_records))
+        problems += self._deliverability_problems()
         if problems:
             raise ValueError("invalid sandbox configuration: " + "; ".join(problems))
+
+    def _deliverability_problems(self) -> list[str]:
+        problems: list[str] = []
+        if self.domain_status not in DOMAIN_STATUSES:
+            problems.append(f"domain_status must be one of {', '.join(DOMAIN_STATUSES)}")
+        if self.domain_reputation is not None and not 0 <= self.domain_reputation <= 100:
+            problems.append("domain_reputation must be within 0..100 (or None: not scored yet)")
+        if unknown := sorted(set(self.failing_records) - set(DNS_RECORDS)):
+            problems.append(
+                f"failing_records may only name {', '.join(DNS_RECORDS)}: not {', '.join(unknown)}"
+            )
+        if not 0 <= self.monthly_emails_base <= MAX_COUNT:
+            problems.append(f"monthly_emails_base must be within 0..{MAX_COUNT}")
+        if self.offer not in OFFERS:
+            problems.append(f"offer must be one of {', '.join(OFFERS)}")
+        return problems
 
     def _check_types(self) -> None:
         problems: list[str] = []
@@ -123,8 +161,18 @@ class SandboxConfig:
             not isinstance(domains, list | tuple) or not all(isinstance(d, str) for d in domains)
         ):
             problems.append("allowed_from_domains must be a list of domain names")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            problems.append("seed must be a whole number")
+        for name in ("seed", "domain_reputation", "monthly_emails_base"):
+            value = getattr(self, name)
+            if value is None and name != "monthly_emails_base":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                problems.append(f"{name} must be a whole number")
+        for name in ("domain_status", "offer"):
+            if not isinstance(getattr(self, name), str):
+                problems.append(f"{name} must be a string")
+        records = self.failing_records
+        if not isinstance(records, list | tuple) or not all(isinstance(r, str) for r in records):
+            problems.append("failing_records must be a list of record names")
         for name in ("webhook_sns_url", "webhook_http_url", "webhook_signing_key", "webhook_cert_url"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 problems.append(f"{name} must be a string")
@@ -146,6 +194,7 @@ class SandboxConfig:
         out["secret_key"] = "***"
         if self.allowed_from_domains is not None:
             out["allowed_from_domains"] = list(self.allowed_from_domains)
+        out["failing_records"] = list(self.failing_records)
         return out
 
     @classmethod

@@ -432,8 +432,13 @@ class EmailStore:
 
     # -- writes ---------------------------------------------------------------------------------
 
-    def create(self, send: CreateEmail, *, timing: Timing, now: float) -> range:
-        """Create one email per recipient of ``send``; returns their positions."""
+    def create(
+        self, send: CreateEmail, *, timing: Timing, now: float, blocked: frozenset[str] = frozenset()
+    ) -> range:
+        """Create one email per recipient of ``send``; returns their positions.
+
+        A recipient in ``blocked`` (lower-cased addresses) fails as blocklisted, whatever its name.
+        """
         # A clock that steps back (NTP, a test) must not break the sorted order bisect relies on.
         created_at = now if now >= self._last_created_at else self._last_created_at
         self._last_created_at = created_at
@@ -464,6 +469,8 @@ class EmailStore:
         position = start
         for address, rcpt_type in send.recipients:
             outcome = outcome_for(address)
+            if blocked and address.lower() in blocked:
+                outcome = Outcome.BLOCKED
             email = StoredEmail(message, address, rcpt_type, outcome)
             emails.append(email)
             if self._indexable:

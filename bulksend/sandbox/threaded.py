@@ -45,6 +45,10 @@ class ThreadedSandbox:
         """Forget every email and counter."""
         self._portal.call(self._sandbox.reset)
 
+    def block(self, emails: list[str], **options: Any) -> int:
+        """Script blocklist entries (see :meth:`Sandbox.block`)."""
+        return self._portal.call(lambda: self._sandbox.block(emails, **options))
+
 
 @contextmanager
 def sandbox_in_thread(

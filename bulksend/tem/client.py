@@ -37,6 +37,17 @@ from bulksend import __version__
 from bulksend.errors import TemConnectionError, TemError, TemProtocolError, TemTimeoutError
 from bulksend.lifecycle import OpenClose
 from bulksend.tem.config import TemSettings
+from bulksend.tem.deliverability import (
+    Blocklist,
+    BlocklistOrderBy,
+    BlocklistType,
+    Domain,
+    DomainStatus,
+    DomainVerification,
+    ListBlocklistsPage,
+    ListDomainsPage,
+    ProjectConsumption,
+)
 from bulksend.tem.errors import error_from_response
 from bulksend.tem.models import (
     CreateEmailRequest,
@@ -50,6 +61,7 @@ from bulksend.tem.models import (
 from bulksend.tem.webhooks import Webhook, WebhookEventRecord
 
 __all__ = [
+    "MAX_BLOCKLIST_PAGE_SIZE",
     "MAX_PAGE_SIZE",
     "USER_AGENT",
     "EndpointKind",
@@ -64,9 +76,13 @@ log = structlog.get_logger("bulksend.tem")
 
 USER_AGENT: Final = f"bulksend/{__version__}"
 MAX_PAGE_SIZE: Final = 1000
+MAX_BLOCKLIST_PAGE_SIZE: Final = 100
+"""``GET /blocklists`` pages hold at most 100 entries (emails and domains: 1000)."""
 _MAX_RAW = 4096
 
-EndpointKind = Literal["send", "get", "list", "cancel", "statistics", "webhook"]
+EndpointKind = Literal[
+    "send", "get", "list", "cancel", "statistics", "webhook", "blocklists", "domains", "consumption"
+]
 ResponseObserver = Callable[[str, int, float], None]
 """``(endpoint kind, HTTP status or 0 for a transport error, elapsed seconds)``, after every request."""
 
@@ -468,6 +484,139 @@ class TemClient(OpenClose):
             raise self._protocol_error("webhook", status, "an answer that is not a webhook object", data)
         return Webhook.from_json(data)
 
+    # -- deliverability endpoints ------------------------------------------------------------------
+
+    async def list_blocklists(
+        self,
+        domain_id: str,
+        *,
+        email: str | None = None,
+        type: BlocklistType | None = None,
+        custom: bool | None = None,
+        order_by: BlocklistOrderBy | None = None,
+        page: int = 1,
+        page_size: int = MAX_BLOCKLIST_PAGE_SIZE,
+    ) -> ListBlocklistsPage:
+        """``GET /blocklists``: one page of a domain's blocked addresses (``page_size`` 1..100)."""
+        params = [("domain_id", domain_id)]
+        if email:
+            params.append(("email", email))
+        if type is not None:
+            params.append(("type", type.value))
+        if custom is not None:
+            params.append(("custom", "true" if custom else "false"))
+        if order_by is not None:
+            params.append(("order_by", order_by.value))
+        params += _page_params(page, page_size, MAX_BLOCKLIST_PAGE_SIZE)
+        data = await self._object("blocklists", "GET", "/blocklists", params=params, listed="blocklists")
+        return ListBlocklistsPage.from_json(data)
+
+    async def iter_blocklists(
+        self,
+        domain_id: str,
+        *,
+        type: BlocklistType | None = None,
+        custom: bool | None = None,
+        page_size: int = MAX_BLOCKLIST_PAGE_SIZE,
+    ) -> AsyncIterator[Blocklist]:
+        """Every blocklist entry of a domain, oldest first, page after page."""
+        page = 1
+        while True:
+            result = await self.list_blocklists(
+                domain_id,
+                type=type,
+                custom=custom,
+                order_by=BlocklistOrderBy.CREATED_AT_ASC,
+                page=page,
+                page_size=page_size,
+            )
+            for entry in result.blocklists:
+                yield entry
+            if len(result.blocklists) < page_size:
+                return
+            page += 1
+
+    async def create_blocklists(
+        self, domain_id: str, emails: list[str], *, type: BlocklistType, reason: str = ""
+    ) -> list[Blocklist]:
+        """``POST /blocklists``: block ``emails`` for the domain (custom blocklists: Scale plan only).
+
+        On the Essential plan TEM refuses with a 4xx (raised as a :class:`TemPermanentError`).
+        """
+        body = orjson.dumps({"domain_id": domain_id, "emails": emails, "type": type.value, "reason": reason})
+        data = await self._object("blocklists", "POST", "/blocklists", body=body, listed="blocklists")
+        return [Blocklist.from_json(b) for b in data.get("blocklists") or () if isinstance(b, Mapping)]
+
+    async def list_domains(
+        self,
+        *,
+        project_id: str | None = None,
+        name: str | None = None,
+        statuses: tuple[DomainStatus, ...] = (),
+        page: int = 1,
+        page_size: int = 100,
+    ) -> ListDomainsPage:
+        """``GET /domains``: one page (``page_size`` 1..1000).
+
+        ``project_id`` None lists the settings' project; ``""`` every project of the key.
+        """
+        project = self._settings.project_id if project_id is None else project_id
+        params = [("project_id", project)] if project else []
+        if name:
+            params.append(("name", name))
+        params.extend(("status", s.value) for s in statuses)
+        params += _page_params(page, page_size, MAX_PAGE_SIZE)
+        data = await self._object("domains", "GET", "/domains", params=params, listed="domains")
+        return ListDomainsPage.from_json(data)
+
+    async def find_domain(self, name: str, *, project_id: str | None = None) -> Domain | None:
+        """The project's domain called ``name`` (case-insensitive), or None when it has none."""
+        wanted = name.lower()
+        page = 1
+        while True:
+            result = await self.list_domains(project_id=project_id, name=name, page=page)
+            for domain in result.domains:
+                if domain.name.lower() == wanted:
+                    return domain
+            if len(result.domains) < 100:
+                return None
+            page += 1
+
+    async def get_domain(self, domain_id: str) -> Domain:
+        """``GET /domains/{domain_id}``: status, reputation and the records to publish."""
+        data = await self._object("domains", "GET", _domain_path(domain_id))
+        return Domain.from_json(data)
+
+    async def get_domain_verification(self, domain_id: str) -> DomainVerification:
+        """``GET /domains/{domain_id}/verification``: the last SPF, DKIM, MX and DMARC checks."""
+        data = await self._object("domains", "GET", _domain_path(domain_id) + "/verification")
+        return DomainVerification.from_json(data)
+
+    async def get_project_consumption(self, project_id: str | None = None) -> ProjectConsumption:
+        """``GET /project-consumption``: the project's use, emails sent this month included."""
+        params = [("project_id", project_id or self._settings.project_id)]
+        data = await self._object("consumption", "GET", "/project-consumption", params=params)
+        return ProjectConsumption.from_json(data)
+
+    async def _object(
+        self,
+        kind: EndpointKind,
+        method: str,
+        path: str,
+        *,
+        params: list[tuple[str, str]] | None = None,
+        body: bytes | None = None,
+        listed: str | None = None,
+    ) -> Mapping[str, Any]:
+        """One request whose answer must be a JSON object (holding a list under ``listed``)."""
+        data, status, _ = await self._request(kind, method, path, params=params, body=body)
+        if not isinstance(data, Mapping) or (
+            listed is not None and not isinstance(data.get(listed, []), list)
+        ):
+            shape = f"an object of '{listed}'" if listed else "an object"
+            raise self._protocol_error(kind, status, f"an answer that is not {shape}", data)
+        return data
+
     # -- plumbing ----------------------------------------------------------------------------------
 
     def _email_or_error(self, kind: EndpointKind, status: int, data: Any) -> Email:
@@ -610,6 +759,20 @@ def _webhook_path(webhook_id: str) -> str:
     if not webhook_id:
         raise ValueError("webhook_id must not be empty")
     return "/webhooks/" + quote(webhook_id, safe="")
+
+
+def _page_params(page: int, page_size: int, largest: int) -> list[tuple[str, str]]:
+    if page < 1:
+        raise ValueError(f"page must be >= 1, got {page}")
+    if not 1 <= page_size <= largest:
+        raise ValueError(f"page_size must be in 1..{largest}, got {page_size}")
+    return [("page", str(page)), ("page_size", str(page_size))]
+
+
+def _domain_path(domain_id: str) -> str:
+    if not domain_id:
+        raise ValueError("domain_id must not be empty")
+    return "/domains/" + quote(domain_id, safe="")
 
 
 def _email_path(email_id: str) -> str:
