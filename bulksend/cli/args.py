@@ -161,6 +161,19 @@ def configure_send(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="on Ctrl-C/SIGTERM, seconds to let in-flight requests finish (default 30)",
     )
+    g = parser.add_argument_group("deliverability (docs/deliverability.md)")
+    g.add_argument(
+        "--force",
+        action="store_true",
+        help="send even when the domain's reputation score is under 50 (TEM locks it there)",
+    )
+    g.add_argument(
+        "--monthly-quota",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="the project's monthly email quota, to warn past 70 %% of it (default 10,000; 0: no check)",
+    )
     add_api_options(parser)
     add_output_options(parser)
 

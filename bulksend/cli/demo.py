@@ -205,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         progress_json=args.log_format == "json",
         suppression_url=str(path.parent / "suppression.sqlite"),
+        monthly_quota=None,  # the sandbox has no monthly quota to warn about
     )
     code = run_campaign(campaign, settings, serve=serve, console=console, options=options)
     print_text(console, f"summarise the outcomes again with: bulksend report {campaign.output.outcomes}")

@@ -47,6 +47,8 @@ from bulksend.cli.progress import PLAIN_EVERY_S, show_progress
 from bulksend.cli.runtime import stop_on_signals, uvloop_available
 from bulksend.cli.sample import SAMPLE_PREFIX, SampleResult, render_samples, send_samples
 from bulksend.cli.summary import print_summary
+from bulksend.deliverability.before import before_sending
+from bulksend.deliverability.preflight import DEFAULT_MONTHLY_QUOTA
 from bulksend.errors import BulksendError, CampaignError, ConfigError, StateLostError, first_bulksend_error
 from bulksend.events.router import EventRouter
 from bulksend.log import configure_logging, register_secret
@@ -160,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
         reconcile_all=args.reconcile_all,
         suppression_url=account.suppression_url,
         resume_paused=args.resume_paused,
+        force=args.force,
+        monthly_quota=args.monthly_quota or None,
     )
     if args.sample is not None:
         return sample_run(
@@ -351,6 +355,11 @@ class RunOptions:
     ``bulksend send CAMPAIGN``)."""
     events: SqsEventSettings | None = None
     """The queue of TEM's webhook events, when the campaign tracks by events."""
+    force: bool = False
+    """Send even from a domain whose reputation score is under 50."""
+    monthly_quota: int | None = DEFAULT_MONTHLY_QUOTA
+    """The project's monthly quota, to warn past 70 % of it; None: no check."""
+
 
 
 def events_settings(campaign: Campaign, account: AccountSettings) -> SqsEventSettings | None:
@@ -501,6 +510,7 @@ async def _run(
             holder["runner"] = runner
             if before_run is not None:
                 before_run(runner)
+            await before_sending(tem, store, campaign, options, stats.total_rows)
             presence = worker_presence(
                 store, worker_id=options.worker_id, campaign_id=campaign.id, stats=stats
             )

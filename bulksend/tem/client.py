@@ -569,18 +569,26 @@ class TemClient(OpenClose):
         data = await self._object("domains", "GET", "/domains", params=params, listed="domains")
         return ListDomainsPage.from_json(data)
 
+    async def iter_domains(
+        self, *, project_id: str | None = None, name: str | None = None, page_size: int = 100
+    ) -> AsyncIterator[Domain]:
+        """Every domain of the project (see :meth:`list_domains`), page after page."""
+        page = 1
+        while True:
+            result = await self.list_domains(project_id=project_id, name=name, page=page, page_size=page_size)
+            for domain in result.domains:
+                yield domain
+            if len(result.domains) < page_size:
+                return
+            page += 1
+
     async def find_domain(self, name: str, *, project_id: str | None = None) -> Domain | None:
         """The project's domain called ``name`` (case-insensitive), or None when it has none."""
         wanted = name.lower()
-        page = 1
-        while True:
-            result = await self.list_domains(project_id=project_id, name=name, page=page)
-            for domain in result.domains:
-                if domain.name.lower() == wanted:
-                    return domain
-            if len(result.domains) < 100:
-                return None
-            page += 1
+        async for domain in self.iter_domains(project_id=project_id, name=name):
+            if domain.name.lower() == wanted:
+                return domain
+        return None
 
     async def get_domain(self, domain_id: str) -> Domain:
         """``GET /domains/{domain_id}``: status, reputation and the records to publish."""

@@ -1,0 +1,193 @@
+"""`bulksend send` before sending: the sender's domain at TEM, the monthly quota, and TEM's
+blocklists synced into the suppression list; `suppress push` the other way round."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from bulksend.campaign.load import load_campaign
+from bulksend.cli.main import main
+from bulksend.deliverability.blocklists import PushRefused, push_hard_bounces, sync_blocklists
+from bulksend.sandbox import Sandbox, SandboxConfig, sandbox_in_thread
+from bulksend.store import open_store
+from bulksend.store.memory import MemoryStore
+from bulksend.suppression import SuppressionEntry, SuppressionReason, SuppressionSource
+from bulksend.tem.client import TemClient
+from tests.conftest import PROJECT, SECRET, settings_for
+from tests.test_cli import env_for
+from tests.test_send_preflight import people, write_campaign
+
+NOW = datetime(2026, 1, 5, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        (
+            {"domain_status": "revoked"},
+            "the sending domain example.com is revoked at TEM, so TEM would refuse every email. To fix it, "
+            "the domain was deleted from TEM: add it again",
+        ),
+        (
+            {"domain_status": "unchecked", "failing_records": ("spf", "dkim")},
+            "the sending domain example.com is unchecked at TEM, so TEM would refuse every email. Failing "
+            "DNS checks: SPF not_found (no SPF record found at example.com;",
+        ),
+        (
+            {"domain_reputation": 42},
+            "example.com: reputation score 42/100 (bad): under 50, TEM locks the domain",
+        ),
+        (
+            {"allowed_from_domains": ("other.example",)},
+            "example.com, the sender's domain, is not a domain of TEM project",
+        ),
+    ],
+)
+def test_a_domain_that_must_not_send_stops_the_campaign_before_any_email(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    settings: dict[str, Any],
+    expected: str,
+) -> None:
+    """Unchecked, revoked, unknown or badly scored: exit 1, nothing sent, the reason and the fix shown."""
+    path = write_campaign(tmp_path, people(3))
+    config = SandboxConfig(secret_key=SECRET, project_id=PROJECT, **settings)
+    with sandbox_in_thread(config) as sb:
+        env_for(monkeypatch, sb.url)
+        assert main(["send", str(path), "--no-progress"]) == 1
+        assert sb.stats().emails_total == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"error: {expected}" in err, err
+
+
+def test_force_sends_from_a_low_reputation_domain_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--force sends despite a score under 50; a score under 70 and a missing DMARC record only warn."""
+    path = write_campaign(tmp_path, people(3))
+    config = SandboxConfig(secret_key=SECRET, project_id=PROJECT, domain_reputation=42)
+    with sandbox_in_thread(config) as sb:
+        env_for(monkeypatch, sb.url)
+        assert main(["send", str(path), "--no-progress", "--force"]) == 0
+        assert sb.stats().emails_total == 3
+        err = " ".join(capsys.readouterr().err.split())
+        assert (
+            "warning: example.com: reputation score 42/100 (bad), under 50: sending anyway (--force)" in err
+        )
+        sb.reset()
+        sb.update(domain_reputation=65, failing_records=("dmarc",))
+        again = write_campaign(tmp_path / "again", people(2))
+        assert main(["send", str(again), "--no-progress"]) == 0
+        assert sb.stats().emails_total == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "warning: example.com: failing DNS checks: DMARC not_found" in err
+    assert "Gmail and Yahoo require SPF, DKIM and DMARC" in err
+    assert "warning: example.com: reputation score 65/100 (average), under 70" in err
+
+
+def test_the_quota_warning_counts_this_months_emails_and_the_campaign(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Past 70 % of --monthly-quota with the campaign's recipients, a warning; under it, none."""
+    path = write_campaign(tmp_path, people(20))
+    config = SandboxConfig(secret_key=SECRET, project_id=PROJECT, monthly_emails_base=6_990)
+    with sandbox_in_thread(config) as sb:
+        env_for(monkeypatch, sb.url)
+        assert main(["send", str(path), "--no-progress", "--monthly-quota", "10000"]) == 0
+        err = " ".join(capsys.readouterr().err.split())
+        assert (
+            "warning: quota: 6,990 emails sent this month + 20 for this campaign = 70% of the monthly "
+            "quota (10,000); TEM alerts at 70%"
+        ) in err
+        sb.reset()
+        again = write_campaign(tmp_path / "again", people(5))
+        assert main(["send", str(again), "--no-progress"]) == 0
+    assert "quota" not in capsys.readouterr().err
+
+
+def test_tem_blocklists_are_synced_into_the_suppression_list_before_a_campaign(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before sending, TEM's entries land in the campaign's store with source tem, reason and end."""
+    path = write_campaign(tmp_path, people(3))
+    with sandbox_in_thread(SandboxConfig(secret_key=SECRET, project_id=PROJECT)) as sb:
+        sb.block(["p1@example.com"], type="mailbox_not_found")
+        sb.block(["full@example.org"], type="mailbox_full", ends_in_s=86_400)
+        env_for(monkeypatch, sb.url)
+        assert main(["send", str(path), "--no-progress"]) == 0
+    assert "suppression list: 2 addresses blocklisted by TEM" in capsys.readouterr().err
+
+    async def suppressed() -> dict[str, SuppressionEntry]:
+        store = open_store(load_campaign(path).store_path)
+        await store.open()
+        try:
+            return await store.suppressed(PROJECT, ["p1@example.com", "full@example.org", "p0@example.com"])
+        finally:
+            await store.close()
+
+    found = anyio.run(suppressed)
+    assert sorted(found) == ["full@example.org", "p1@example.com"]
+    gone, full = found["p1@example.com"], found["full@example.org"]
+    assert (gone.reason, gone.source, gone.until) == (
+        SuppressionReason.MAILBOX_NOT_FOUND,
+        SuppressionSource.TEM,
+        None,
+    )
+    assert (full.reason, full.source) == (SuppressionReason.MAILBOX_FULL, SuppressionSource.TEM)
+    assert full.until is not None
+    assert full.until > full.since
+
+
+async def test_sync_takes_out_entries_tem_no_longer_lists(sandbox: Sandbox) -> None:
+    """An address TEM unblocked leaves the list; entries from other sources stay."""
+    store = MemoryStore()
+    await store.open()
+    await store.suppress(
+        PROJECT,
+        [
+            SuppressionEntry(
+                "old@example.org", SuppressionReason.MAILBOX_NOT_FOUND, SuppressionSource.TEM, NOW
+            ),
+            SuppressionEntry("mine@example.org", SuppressionReason.MANUAL, SuppressionSource.MANUAL, NOW),
+        ],
+    )
+    sandbox.block(["new@example.org"], type="mailbox_not_found")
+    async with TemClient(settings_for(sandbox)) as tem:
+        assert await tem.find_domain("example.com") is not None
+        result = await sync_blocklists(tem, store)
+    assert (result.domains, result.entries, result.removed) == (1, 1, 1)
+    listed = await store.suppressed(PROJECT, ["old@example.org", "mine@example.org", "new@example.org"])
+    assert sorted(listed) == ["mine@example.org", "new@example.org"]
+
+
+async def test_push_adds_local_hard_bounces_as_custom_blocklists_on_the_scale_plan(sandbox: Sandbox) -> None:
+    """On Essential TEM refuses and the error names the Scale plan; on Scale, bounces not yet blocked go."""
+    store = MemoryStore()
+    await store.open()
+    entries = [
+        SuppressionEntry("a@example.org", SuppressionReason.HARD_BOUNCE, SuppressionSource.AUTO, NOW),
+        SuppressionEntry("b@example.org", SuppressionReason.MAILBOX_NOT_FOUND, SuppressionSource.AUTO, NOW),
+        SuppressionEntry("c@example.org", SuppressionReason.UNSUBSCRIBE, SuppressionSource.UNSUBSCRIBE, NOW),
+    ]
+    await store.suppress(PROJECT, entries)
+    sandbox.block(["b@example.org"], type="mailbox_not_found")
+    async with TemClient(settings_for(sandbox)) as tem:
+        domain = await tem.find_domain("example.com")
+        assert domain is not None
+        with pytest.raises(PushRefused, match="custom blocklists need TEM's Scale plan"):
+            await push_hard_bounces(tem, store)
+        sandbox.update(offer="scale")
+        result = await push_hard_bounces(tem, store)
+        assert (result.domains, result.pushed, result.already) == (1, 1, 1)
+        custom = await tem.list_blocklists(domain.id, custom=True)
+        assert [(b.email, b.type.value) for b in custom.blocklists] == [
+            ("a@example.org", "mailbox_not_found")
+        ]
+        with pytest.raises(PushRefused, match="not a domain of TEM project"):
+            await push_hard_bounces(tem, store, domain="elsewhere.example")
