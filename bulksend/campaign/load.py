@@ -29,6 +29,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, Final, NoReturn
+from urllib.parse import urlsplit
 
 import orjson
 from jinja2 import StrictUndefined, TemplateSyntaxError
@@ -42,6 +43,7 @@ from bulksend.campaign.model import (
     OutputSettings,
     SendingSettings,
     TrackingSettings,
+    UnsubscribeSettings,
 )
 from bulksend.campaign.recipients import RECIPIENT_SUFFIXES, check_recipients
 from bulksend.campaign.templating import BoundedEnvironment, RenderLimits
@@ -54,7 +56,8 @@ from bulksend.campaign.validate import (
     check_name,
     check_subject,
 )
-from bulksend.errors import CampaignError, SettingError
+from bulksend.deliverability.tokens import UnsubscribeSigner
+from bulksend.errors import CampaignError, ConfigError, SettingError
 from bulksend.settings import Bound, GuardrailSettings
 from bulksend.suppression import NEVER_IGNORED, SuppressionReason
 from bulksend.tem.models import Address, Attachment, format_rfc3339, parse_rfc3339
@@ -71,6 +74,7 @@ __all__ = [
     "RenderLimits",
     "SendingSettings",
     "TrackingSettings",
+    "UnsubscribeSettings",
     "campaign_from_dict",
     "check_campaign_id",
     "guess_attachment_type",
@@ -86,6 +90,8 @@ MAX_TEMPLATE_FILE_BYTES: Final = 1024 * 1024
 """Largest ``text_file`` / ``html_file`` read."""
 MAX_ATTACHMENT_FILE_BYTES: Final = MAX_EMAIL_BYTES * 3 // 4
 """Largest attachment file read: its base64 form alone fills a whole email."""
+_MAX_UNSUBSCRIBE_URL: Final = 200
+"""Longest ``[unsubscribe] url``: with a token and a mailto, the header stays under 998 characters."""
 MAX_CAMPAIGN_DEPTH: Final = 16
 """Deepest nesting of tables and arrays in a campaign (a real one needs 4)."""
 
@@ -191,6 +197,7 @@ _SCHEMA: Final[Mapping[str, frozenset[str]]] = {
     "render": frozenset({"max_part_chars", "max_loop_iterations", "max_render_s"}),
     "suppression": frozenset({"ignore"}),
     "guardrails": frozenset({"window", "min_emails", "max_bad_rate"}),
+    "unsubscribe": frozenset({"url", "mailto"}),
 }
 _FROM_KEYS: Final = frozenset({"email", "name"})
 _ATTACHMENT_KEYS: Final = frozenset({"path", "name", "type"})
@@ -574,6 +581,7 @@ class _Builder:
 
         recipients = self.recipients(c)
         headers = self.headers(c)
+        unsubscribe = self.unsubscribe(headers)
         attachments = self.attachments(c)
         send_before = self.send_before(c)
         sending = self.sending()
@@ -609,6 +617,7 @@ class _Builder:
             suppression_ignore=suppression_ignore,
             guardrails=guardrails,
             attachments_root=self.files.root if self.files.confined else recipients.parent.resolve(),
+            unsubscribe=unsubscribe,
         )
 
     def sender(self, c: Mapping[str, Any]) -> Address:
@@ -884,6 +893,48 @@ class _Builder:
                 *keypath,
             )
         return Attachment(name=name, type=mime, content=content)
+
+    def unsubscribe(self, headers: tuple[tuple[str, str], ...]) -> UnsubscribeSettings | None:
+        """``[unsubscribe]``: checked, and refused without the secret that signs its links."""
+        if "unsubscribe" not in self.data:
+            return None
+        u = self.table("unsubscribe")
+        url = (self.string(u, "unsubscribe", "url", required=True) or "").strip().rstrip("/")
+        parts = urlsplit(url)
+        local = parts.hostname in ("localhost", "127.0.0.1", "::1")
+        if (
+            not (parts.scheme == "https" or (parts.scheme == "http" and local))
+            or not parts.hostname
+            or parts.query
+            or parts.fragment
+            or len(url) > _MAX_UNSUBSCRIBE_URL
+        ):
+            self.fail(
+                f"unsubscribe.url must be the https:// base URL (at most {_MAX_UNSUBSCRIBE_URL} characters, "
+                'no query) where bulksend serve answers /u/, like url = "https://mail.example.com"; '
+                f"got {url[:80]!r}",
+                "unsubscribe",
+                "url",
+            )
+        mailto = self.string(u, "unsubscribe", "mailto")
+        if mailto is not None:
+            mailto = mailto.strip()
+            reason = check_address(mailto)
+            if reason:
+                self.fail(f"unsubscribe.mailto: {reason}", "unsubscribe", "mailto")
+        for key, _ in headers:
+            if key.lower() in ("list-unsubscribe", "list-unsubscribe-post"):
+                self.fail(
+                    f"header {key!r} is written by [unsubscribe]; remove it from campaign.headers",
+                    "campaign",
+                    "headers",
+                    key,
+                )
+        try:
+            UnsubscribeSigner.from_env()
+        except ConfigError as exc:
+            self.fail(str(exc), "unsubscribe")
+        return UnsubscribeSettings(url=url, mailto=mailto)
 
     def send_before(self, c: Mapping[str, Any]) -> datetime | None:
         value = c.get("send_before")

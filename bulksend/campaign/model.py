@@ -24,6 +24,7 @@ __all__ = [
     "OutputSettings",
     "SendingSettings",
     "TrackingSettings",
+    "UnsubscribeSettings",
 ]
 
 CORRELATION_HEADER: Final = "X-Bulksend-Ref"
@@ -39,6 +40,18 @@ class OutputSettings:
     """Where outcomes go (``.jsonl`` or ``.csv``)."""
 
     outcomes: Path
+
+
+@dataclass(frozen=True)
+class UnsubscribeSettings:
+    """``[unsubscribe]``: every email carries RFC 8058 one-click unsubscribe headers.
+
+    ``url`` is the public base URL of ``bulksend serve``'s ``/u/`` endpoint (no trailing slash);
+    ``mailto``, when set, is offered too. The links are signed with ``BULKSEND_UNSUBSCRIBE_SECRET``.
+    """
+
+    url: str
+    mailto: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,9 @@ class Campaign:
     attachments_root: Path | None = None
     """The folder per-recipient attachments resolve against and must stay inside (symlinks
     resolved); None: recipients may not name files at all."""
+
+    unsubscribe: UnsubscribeSettings | None = None
+    """One-click unsubscribe links (``[unsubscribe]``); None: none added."""
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,8 @@ def required_variables(campaign: Campaign) -> dict[str, tuple[str, ...]]:
         for name in sorted(meta.find_undeclared_variables(ast)):
             uses.setdefault(name, []).append(what)
     provided = PROVIDED | set(environments[False].globals)
+    if campaign.unsubscribe is not None:
+        provided |= {"unsubscribe_url"}
     return {name: tuple(whats) for name, whats in uses.items() if name not in provided | guarded}
 
 

@@ -33,11 +33,13 @@ from bulksend.campaign import validate
 from bulksend.campaign.load import (
     CORRELATION_HEADER,
     Campaign,
+    UnsubscribeSettings,
     guess_attachment_type,
     new_template_environment,
 )
 from bulksend.campaign.templating import check_output, end_render, start_render
-from bulksend.errors import CampaignError
+from bulksend.deliverability.tokens import UnsubscribeSigner
+from bulksend.errors import CampaignError, ConfigError
 from bulksend.tem.models import Attachment, format_rfc3339
 
 __all__ = ["Rejection", "RenderPacer", "RenderedEmail", "Renderer"]
@@ -45,6 +47,10 @@ __all__ = ["Rejection", "RenderPacer", "RenderedEmail", "Renderer"]
 _UNDEFINED_RE: Final = re.compile(r"^'([^']+)' is undefined$")
 _ATTACHMENT_CACHE_ENTRIES: Final = 64
 _ATTACHMENT_CACHE_BYTES: Final = 32 * 1024 * 1024
+UNSUBSCRIBE_HEADER: Final = "List-Unsubscribe"
+ONE_CLICK_HEADER: Final = "List-Unsubscribe-Post"
+ONE_CLICK_VALUE: Final = "List-Unsubscribe=One-Click"
+_ONE_CLICK_JSON: Final = orjson.dumps({"key": ONE_CLICK_HEADER, "value": ONE_CLICK_VALUE}) + b","
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +271,13 @@ class Renderer:
             if p.constant is not None
         )
         self._correlation_header_start = b'{"key":' + orjson.dumps(CORRELATION_HEADER) + b',"value":'
+        # One-click unsubscribe (RFC 8058): a signed link per recipient, and the POST marker.
+        self._unsubscribe: tuple[UnsubscribeSigner, UnsubscribeSettings] | None = None
+        if campaign.unsubscribe is not None:
+            try:
+                self._unsubscribe = (UnsubscribeSigner.from_env(), campaign.unsubscribe)
+            except ConfigError as exc:
+                raise CampaignError(str(exc)) from None
 
         # The body is spliced from bytes: a constant prefix, the attachments array, then the
         # per-recipient members, each string encoded on its own (the bytes orjson writes for a
@@ -336,6 +349,13 @@ class Renderer:
             "name": name,
             "campaign": self._campaign_id,
         }
+        unsubscribe_json = b""
+        if self._unsubscribe is not None:
+            link = self._unsubscribe_link(*self._unsubscribe, email)
+            if isinstance(link, Rejection):
+                return link
+            ctx["unsubscribe_url"] = link[0]
+            unsubscribe_json = link[1]
 
         part = self._subject
         try:
@@ -417,6 +437,7 @@ class Renderer:
                 dumps(html),
                 b',"additional_headers":[',
                 headers_json,
+                unsubscribe_json,
                 self._correlation_header_start,
                 dumps(correlation),
                 b"}]}",
@@ -429,6 +450,24 @@ class Renderer:
                 f"(2 MB, attachments included); shorten the content or send a link instead of an attachment"
             )
         return RenderedEmail(body=body, subject=subject, size_bytes=size)
+
+    def _unsubscribe_link(
+        self, signer: UnsubscribeSigner, settings: UnsubscribeSettings, email: str
+    ) -> tuple[str, bytes] | Rejection:
+        """The recipient's unsubscribe URL, and the JSON of its two headers (each followed by a comma)."""
+        try:
+            token = signer.token(self.project_id, email, self._campaign_id)
+        except ValueError as exc:
+            return Rejection(f"no unsubscribe link can be made for this recipient: {exc}")
+        url = f"{settings.url}/u/{token}"
+        value = f"<{url}>"
+        if settings.mailto:
+            value += f", <mailto:{settings.mailto}?subject=unsubscribe>"
+        reason = validate.check_header(UNSUBSCRIBE_HEADER, value)
+        if reason:
+            return Rejection(f"the unsubscribe header is refused: {reason}")
+        headers = orjson.dumps({"key": UNSUBSCRIBE_HEADER, "value": value}) + b"," + _ONE_CLICK_JSON
+        return url, headers
 
     def _recipient_attachment(self, rel: str) -> bytes | Rejection:
         """The JSON fragment of one per-recipient attachment, loaded (and cached) from disk."""

@@ -361,7 +361,6 @@ class RunOptions:
     """The project's monthly quota, to warn past 70 % of it; None: no check."""
 
 
-
 def events_settings(campaign: Campaign, account: AccountSettings) -> SqsEventSettings | None:
     """The queue of webhook events a campaign with ``tracking.mode = "events"`` reads (None in
     polling mode); :class:`ConfigError` when that mode has no queue configured."""

@@ -19,7 +19,7 @@ from bulksend.events.sns import DEFAULT_CERT_URLS, DEFAULT_SUBSCRIBE_URLS, UrlAl
 from bulksend.secret import Secret
 from bulksend.settings import AdminSettings, SendingSettings, TrackingSettings
 
-__all__ = ["AdminSettings", "DaemonConfig", "EventsConfig", "load_daemon_config"]
+__all__ = ["AdminSettings", "DaemonConfig", "DeliverabilitySettings", "EventsConfig", "load_daemon_config"]
 
 _SECTIONS = {
     "api": {"api_url", "project_id", "region", "profile"},
@@ -37,10 +37,27 @@ _SECTIONS = {
         "max_connections",
     },
     "events": {"http", "cert_urls", "subscribe_urls", "trust_chain", "cert_ca_file", "topics", "sqs"},
+    "deliverability": {"blocklist_sync_s", "force", "unsubscribe_max_age_days"},
     "results": None,  # checked by the publisher factory
     "sources": None,  # a list of tables, checked by the source factory
     "templates": None,  # name -> template table, checked when compiled
 }
+
+
+@dataclass(frozen=True)
+class DeliverabilitySettings:
+    """``[deliverability]`` (docs/deliverability.md)."""
+
+    blocklist_sync_s: float = 3600.0
+    """How often TEM's blocklists are synced into the suppression list; 0: never."""
+    force: bool = False
+    """Send even from a domain whose reputation score is under 50."""
+    unsubscribe_max_age_days: float = 0.0
+    """Unsubscribe links older than this are refused; 0: they never expire."""
+
+    @property
+    def unsubscribe_max_age_s(self) -> float | None:
+        return self.unsubscribe_max_age_days * 86_400.0 if self.unsubscribe_max_age_days else None
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,7 @@ class DaemonConfig:
     the account's rate for the jobs of that stream."""
     templates: dict[str, dict[str, Any]] = field(default_factory=dict)
     events: EventsConfig = field(default_factory=lambda: EventsConfig())
+    deliverability: DeliverabilitySettings = field(default_factory=DeliverabilitySettings)
 
     @property
     def base_dir(self) -> Path:
@@ -282,6 +300,7 @@ def load_daemon_config(path: Path | str, *, env: Mapping[str, str] | None = None
             f'{path}: tracking.mode = "events" needs a way for events to arrive: an [events.sqs] queue '
             "subscribed to the webhook's topic, or [events] http = true (see docs/daemon.md)"
         )
+    deliverability = _table(data, "deliverability", path)
     return DaemonConfig(
         path=path,
         store_url=store_url,
@@ -309,4 +328,11 @@ def load_daemon_config(path: Path | str, *, env: Mapping[str, str] | None = None
         sources=sources,
         source_rates=source_rates,
         templates={str(k): dict(v) for k, v in templates.items()},
+        deliverability=DeliverabilitySettings(
+            blocklist_sync_s=_number(deliverability, "blocklist_sync_s", 3600.0, "deliverability"),
+            force=_boolean(deliverability, "force", False, "deliverability"),
+            unsubscribe_max_age_days=_number(
+                deliverability, "unsubscribe_max_age_days", 0.0, "deliverability"
+            ),
+        ),
     )

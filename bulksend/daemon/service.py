@@ -22,6 +22,7 @@ or ``sending`` are picked up (resent or reconciled) by the next start.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import ssl
 import uuid
@@ -65,6 +66,10 @@ from bulksend.daemon.deadletters import DeadLetterBook
 from bulksend.daemon.results import RESULTS_BACKLOG_UNREADY, ResultBacklog, result_message
 from bulksend.daemon.stopping import end_reconciliations
 from bulksend.daemon.summaries import row_states, unsettled_deliveries
+from bulksend.deliverability.blocklists import sync_blocklists
+from bulksend.deliverability.preflight import DomainRefused, check_domain
+from bulksend.deliverability.tokens import SECRET_ENV, UnsubscribeSigner
+from bulksend.deliverability.unsubscribe import UnsubscribeEndpoint
 from bulksend.errors import (
     BulksendError,
     CampaignError,
@@ -210,11 +215,21 @@ class Daemon:
         self._tracker_backlog = 0
         """The last figures the gauges read from the store and the brokers (``overview`` shows
         them, so a dashboard's polling costs neither a query nor a broker call)."""
+        self._sync_scope: anyio.CancelScope | None = None
         self.admin_url: str | None = None
         self.events: EventRouter | None = EventRouter() if config.tracking.mode == "events" else None
         """Where webhook events go to the trackers (``tracking.mode = "events"``)."""
         self.events_http: SnsHttpReceiver | None = None
         self._event_scopes: list[anyio.CancelScope] = []
+        self.unsubscribe: UnsubscribeEndpoint | None = None
+        """``/u/{token}``, served when ``BULKSEND_UNSUBSCRIBE_SECRET`` is set."""
+        if os.environ.get(SECRET_ENV):
+            self.unsubscribe = UnsubscribeEndpoint(
+                UnsubscribeSigner.from_env(),
+                self.store,
+                settings.project_id,
+                max_age_s=config.deliverability.unsubscribe_max_age_s,
+            )
 
     # -- lifecycle -------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -247,6 +262,8 @@ class Daemon:
             ) as tem:
                 self._tem = tem
                 await self._load_templates()
+                for sender in sorted({t.campaign.from_.email for t in self._templates.values()}):
+                    await self._check_sender(sender)
                 await self._open_brokers()
                 runner = await self._start_admin()
                 await self._log_recovery()
@@ -260,6 +277,7 @@ class Daemon:
                             if self.events is not None and self.config.events.sqs is not None:
                                 tg.start_soon(self._read_event_queue, self.events)
                             tg.start_soon(self.results_backlog.run)
+                            tg.start_soon(self._sync_blocklists)
                             await self._resume_campaigns()
                             task_status.started()
                             log.info(
@@ -347,6 +365,8 @@ class Daemon:
             self._gauges_scope.cancel()
         for scope in self._event_scopes:
             scope.cancel()
+        if self._sync_scope is not None:
+            self._sync_scope.cancel()
         self.results_backlog.stop()
         if self._root is not None:
             self._root.deadline = anyio.current_time() + self.config.grace_s
@@ -439,11 +459,33 @@ class Daemon:
             read_timeout_s=a.read_timeout_s,
             events=self.events_http,
         )
+        if self.unsubscribe is not None:
+            self.unsubscribe.add_routes(app)
         server = await serve_admin(
             app, a.host, a.port, idle_timeout_s=a.idle_timeout_s, max_connections=a.max_connections
         )
         self.admin_url = server.url
         return server
+
+    async def _check_sender(self, sender: str) -> None:
+        """Refuse (``DomainRefused``) a sender whose domain must not send; log the warnings."""
+        assert self._tem is not None
+        check = await check_domain(self._tem, sender, force=self.config.deliverability.force)
+        for warning in check.warnings:
+            log.warning("domain.warning", domain=check.name, warning=warning)
+
+    async def _sync_blocklists(self) -> None:
+        """Copy TEM's blocklists into the suppression list now and every ``blocklist_sync_s``."""
+        every = self.config.deliverability.blocklist_sync_s
+        if not every or self._tem is None:
+            return
+        with anyio.CancelScope() as self._sync_scope:
+            while not self._stopping:
+                try:
+                    await sync_blocklists(self._tem, self.store)
+                except BulksendError as exc:
+                    log.warning("blocklists.sync_failed", error=str(exc), retry_in_s=every)
+                await anyio.sleep(every)
 
     def _in_flight(self) -> int:
         return self.stats.in_flight + sum(r.stats.in_flight for r in self._runs.values())
@@ -989,6 +1031,10 @@ class Daemon:
                     files=self._submitted_files(),
                 )
             )
+            try:
+                await self._check_sender(loaded.from_.email)
+            except DomainRefused as refused:
+                raise CampaignError(str(refused)) from None
             total = await anyio.to_thread.run_sync(count_recipients, loaded.recipients)
             await anyio.to_thread.run_sync(write_private, folder / "campaign.json", orjson.dumps(data))
             # The record exists before the reservation ends, so a later submission of this id
@@ -1157,6 +1203,10 @@ class Daemon:
 
     async def register_template(self, name: str, template: Mapping[str, Any]) -> None:
         compiled = self._compile(name, template, f"template {name}")
+        try:
+            await self._check_sender(compiled.campaign.from_.email)
+        except DomainRefused as refused:
+            raise CampaignError(str(refused)) from None
         folder = self.config.data_dir / "templates"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{safe_filename(name)}.json").write_bytes(orjson.dumps(dict(template)))

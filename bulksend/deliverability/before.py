@@ -19,6 +19,7 @@ from bulksend.deliverability.blocklists import sync_blocklists
 from bulksend.deliverability.preflight import check_domain, check_quota
 from bulksend.errors import BulksendError
 from bulksend.store.base import CampaignState, Store
+from bulksend.suppression import SuppressionStore
 from bulksend.tem.client import TemClient
 
 __all__ = ["SendChecks", "before_sending"]
@@ -47,9 +48,13 @@ async def before_sending(
     options: SendChecks,
     total_rows: int | None,
     *,
+    suppression: SuppressionStore | None = None,
     say: Callable[[str], None] = _stderr_line,
 ) -> None:
-    """Run the checks; a campaign that already finished is not checked (it sends nothing)."""
+    """Run the checks; a campaign that already finished is not checked (it sends nothing).
+
+    ``store`` holds the campaign's state; ``suppression`` the suppression list (default: ``store``).
+    """
     record = await store.get_campaign(campaign.id)
     if record is not None and record.state is CampaignState.FINISHED:
         return
@@ -58,7 +63,7 @@ async def before_sending(
         say(f"warning: {warning}")
     if check.domain is not None:
         try:
-            synced = await sync_blocklists(tem, store)
+            synced = await sync_blocklists(tem, store if suppression is None else suppression)
         except BulksendError as exc:
             say(f"warning: could not sync TEM's blocklists into the suppression list: {exc}")
         else:

@@ -21,11 +21,11 @@ from typing import Final
 import structlog
 
 from bulksend.errors import AuthenticationError, ConfigError, TemPermanentError
-from bulksend.store.base import Store
 from bulksend.suppression import (
     SuppressionEntry,
     SuppressionReason,
     SuppressionSource,
+    SuppressionStore,
     iter_suppressed,
 )
 from bulksend.tem.client import TemClient
@@ -94,7 +94,9 @@ def _entry(block: Blocklist, domain: Domain, now: datetime) -> SuppressionEntry:
     )
 
 
-async def sync_blocklists(tem: TemClient, store: Store, *, now: datetime | None = None) -> SyncResult:
+async def sync_blocklists(
+    tem: TemClient, store: SuppressionStore, *, now: datetime | None = None
+) -> SyncResult:
     """Copy the blocklists of every domain of the client's project into the suppression list."""
     now = now or datetime.now(UTC)
     project = tem.settings.project_id
@@ -128,7 +130,9 @@ async def sync_blocklists(tem: TemClient, store: Store, *, now: datetime | None 
     return SyncResult(domains=len(domains), entries=copied, removed=removed)
 
 
-async def push_hard_bounces(tem: TemClient, store: Store, *, domain: str | None = None) -> PushResult:
+async def push_hard_bounces(
+    tem: TemClient, store: SuppressionStore, *, domain: str | None = None
+) -> PushResult:
     """Add the project's local hard bounces to TEM as custom blocklists of each domain (or of
     ``domain`` only). Raises :class:`PushRefused` when TEM refuses (the Essential plan)."""
     project = tem.settings.project_id

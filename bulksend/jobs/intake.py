@@ -78,7 +78,18 @@ _RETRY_MIN_S = 0.1
 _RETRY_MAX_S = 5.0
 
 TEMPLATE_KEYS = frozenset(
-    {"from", "subject", "text", "html", "text_file", "html_file", "headers", "attachments", "send_before"}
+    {
+        "from",
+        "subject",
+        "text",
+        "html",
+        "text_file",
+        "html_file",
+        "headers",
+        "attachments",
+        "send_before",
+        "unsubscribe",
+    }
 )
 
 
@@ -128,12 +139,16 @@ def compile_template(
             'from = { email = "news@example.com", name = "Example News" }',
             path=source,
         )
+    fields = {k: v for k, v in spec.items() if k != "unsubscribe"}
     data = {
-        "campaign": {**spec, "id": job_campaign_id(name), "recipients": str(empty_recipients)},
+        "campaign": {**fields, "id": job_campaign_id(name), "recipients": str(empty_recipients)},
         "sending": dict(sending) if isinstance(sending, Mapping) else sending.table(),
         "tracking": dict(tracking) if isinstance(tracking, Mapping) else tracking.table(),
         "output": {"outcomes": str(outcomes)},
     }
+    if "unsubscribe" in spec:
+        # A template's `unsubscribe` is a campaign file's [unsubscribe] table.
+        data["unsubscribe"] = spec["unsubscribe"]
     campaign = campaign_from_dict(data, base_dir=base_dir, source=source)
     return JobTemplate(name, campaign, Renderer(campaign, project_id=project_id), dict(spec))
 

@@ -72,12 +72,12 @@ UPLOAD_CHUNK_BYTES: Final = 256 * 1024
 """Size of the chunks the recipients upload is read in."""
 OUTCOMES_FLUSH_BYTES: Final = 64 * 1024
 """Outcome lines are written to the socket in chunks of about this size."""
-OPEN_ROUTES: Final = frozenset({"healthz", "readyz"}) | UI_ROUTES
-"""Route names served without a token (``metrics`` too when ``metrics_public``): the probes and
-the dashboard's static page, which holds no data."""
+OPEN_ROUTES: Final = frozenset({"healthz", "readyz", "unsubscribe.page", "unsubscribe.post"}) | UI_ROUTES
+"""Route names served without a token (``metrics`` too when ``metrics_public``): the probes, the
+dashboard's static page, which holds no data, and the unsubscribe links (when served)."""
 
 NDJSON: Final = "application/x-ndjson"
-TEMPLATE_KEYS: Final = frozenset({"from", "subject", "text", "html", "headers"})
+TEMPLATE_KEYS: Final = frozenset({"from", "subject", "text", "html", "headers", "unsubscribe"})
 TEMPLATE_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SUBMITTED_ID_RE: Final = re.compile(CAMPAIGN_ID_PATTERN)
 RESERVED_HEADERS: Final = frozenset({"x-bulksend-ref"})
@@ -716,6 +716,9 @@ def validate_template(body: Any) -> dict[str, Any]:
             '{"email": "news@example.com", "name": "Example News"}'
         )
     _check_from(body["from"])
+    unsubscribe = body.get("unsubscribe", {})
+    if not isinstance(unsubscribe, dict) or not all(isinstance(v, str) for v in unsubscribe.values()):
+        raise CampaignError(""""unsubscribe" must be an object like {"url": "https://mail.example.com"}""")
     headers = body.get("headers", {})
     if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
         raise CampaignError("'headers' must be an object of strings")
