@@ -1,5 +1,5 @@
-"""`bulksend send` before sending: the sender's domain at TEM, the monthly quota, and TEM's
-blocklists synced into the suppression list; `suppress push` the other way round."""
+"""Before sending (`bulksend send` and `serve`): the sender's domain at TEM, the monthly quota,
+and TEM's blocklists synced into the suppression list; `suppress push` the other way round."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ import pytest
 
 from bulksend.campaign.load import load_campaign
 from bulksend.cli.main import main
+from bulksend.daemon.config import load_daemon_config
+from bulksend.daemon.service import Daemon
 from bulksend.deliverability.blocklists import PushRefused, push_hard_bounces, sync_blocklists
+from bulksend.deliverability.preflight import DomainRefused
+from bulksend.errors import CampaignError
 from bulksend.sandbox import Sandbox, SandboxConfig, sandbox_in_thread
 from bulksend.store import open_store
 from bulksend.store.memory import MemoryStore
@@ -20,7 +24,9 @@ from bulksend.suppression import SuppressionEntry, SuppressionReason, Suppressio
 from bulksend.tem.client import TemClient
 from tests.conftest import PROJECT, SECRET, settings_for
 from tests.test_cli import env_for
+from tests.test_daemon import WELCOME, running, write_config
 from tests.test_send_preflight import people, write_campaign
+from tests.waiting import wait_until
 
 NOW = datetime(2026, 1, 5, tzinfo=UTC)
 
@@ -191,3 +197,33 @@ async def test_push_adds_local_hard_bounces_as_custom_blocklists_on_the_scale_pl
         ]
         with pytest.raises(PushRefused, match="not a domain of TEM project"):
             await push_hard_bounces(tem, store, domain="elsewhere.example")
+
+
+async def test_serve_refuses_to_start_with_a_revoked_domain(tmp_path: Path, sandbox: Sandbox) -> None:
+    """A template whose sender's domain is revoked stops `bulksend serve` at start, with the fix."""
+    sandbox.update(domain_status="revoked")
+    daemon = Daemon(load_daemon_config(write_config(tmp_path)), settings_for(sandbox))
+    with pytest.raises(DomainRefused, match=r"example\.com is revoked at TEM"):
+        await daemon.run()
+    assert sandbox.stats().emails_total == 0
+
+
+async def test_serve_syncs_blocklists_and_refuses_a_low_reputation_campaign(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """serve copies TEM's blocklists into its store at start; a submitted campaign from a domain
+    scored under 50 is refused with a 400-worthy CampaignError."""
+    sandbox.block(["gone@example.org"], type="mailbox_not_found")
+    daemon = Daemon(load_daemon_config(write_config(tmp_path)), settings_for(sandbox))
+    async with running(daemon):
+
+        async def synced() -> bool:
+            return bool(await daemon.store.suppressed(PROJECT, ["gone@example.org"]))
+
+        await wait_until(synced, what="TEM's blocklist synced into the daemon's store")
+        sandbox.update(domain_reputation=30)
+        with pytest.raises(CampaignError, match="reputation score 30/100"):
+            await daemon.register_template("late", {**WELCOME})
+        [entry] = (await daemon.store.suppressed(PROJECT, ["gone@example.org"])).values()
+        assert entry.source is SuppressionSource.TEM
+        assert await daemon.templates() == ["welcome"]
