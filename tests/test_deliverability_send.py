@@ -195,6 +195,7 @@ async def test_push_adds_local_hard_bounces_as_custom_blocklists_on_the_scale_pl
         assert [(b.email, b.type.value) for b in custom.blocklists] == [
             ("a@example.org", "mailbox_not_found")
         ]
+        sandbox.update(allowed_from_domains=("example.com",))
         with pytest.raises(PushRefused, match="not a domain of TEM project"):
             await push_hard_bounces(tem, store, domain="elsewhere.example")
 
@@ -227,3 +228,36 @@ async def test_serve_syncs_blocklists_and_refuses_a_low_reputation_campaign(
         [entry] = (await daemon.store.suppressed(PROJECT, ["gone@example.org"])).values()
         assert entry.source is SuppressionSource.TEM
         assert await daemon.templates() == ["welcome"]
+
+
+def test_suppress_push_command_names_the_scale_plan_then_pushes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bulksend suppress push`: exit 1 naming the Scale plan on Essential; on Scale, the bounces go."""
+    db = tmp_path / "list.db"
+
+    async def seed() -> None:
+        store = open_store(str(db))
+        await store.open()
+        try:
+            entry = SuppressionEntry(
+                "a@example.org", SuppressionReason.HARD_BOUNCE, SuppressionSource.AUTO, NOW
+            )
+            await store.suppress(PROJECT, [entry])
+        finally:
+            await store.close()
+
+    anyio.run(seed)
+    with sandbox_in_thread(SandboxConfig(secret_key=SECRET, project_id=PROJECT)) as sb:
+        env_for(monkeypatch, sb.url)
+        assert main(["suppress", "push", "--store", str(db), "--domain", "example.com"]) == 1
+        err = " ".join(capsys.readouterr().err.split())
+        assert "error: TEM refused to create custom blocklists for example.com (TEM answered 403" in err
+        assert "custom blocklists need TEM's Scale plan" in err
+        sb.update(offer="scale")
+        assert main(["suppress", "push", "--store", str(db)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert (
+        "pushed 1 hard bounces to TEM as custom blocklists of 1 domain(s); 0 were blocklisted there already"
+        in out
+    )

@@ -300,7 +300,7 @@ SUPPRESSION_SOURCES = ("auto", "unsubscribe", "manual", "tem")
 
 
 def configure_suppress(parser: argparse.ArgumentParser) -> None:
-    """``bulksend suppress add|remove|list|import|export``."""
+    """``bulksend suppress add|remove|list|import|export|push``."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--store",
@@ -331,6 +331,17 @@ def configure_suppress(parser: argparse.ArgumentParser) -> None:
         "file", type=Path, help="CSV with an address column (reason,source,since,until,origin optional)"
     )
     imp.add_argument("--reason", choices=SUPPRESSION_REASONS, default="manual", help="for rows without one")
+    push = sub.add_parser(
+        "push",
+        parents=[common],
+        help="add the list's hard bounces to TEM as custom blocklists (needs TEM's Scale plan)",
+        description="Add the suppression list's hard bounces (reasons hard_bounce and mailbox_not_found) "
+        "to TEM as custom blocklists of each domain of the project, so that every sender of the project "
+        "stops mailing them. Custom blocklists need TEM's Scale plan: on Essential, TEM refuses.",
+    )
+    push.add_argument("--domain", help="only this sending domain (default: every domain of the project)")
+    push.add_argument("--api-url", help="API base URL (SCW_API_URL; default https://api.scaleway.com)")
+    push.add_argument("--region", help="region (SCW_DEFAULT_REGION; default fr-par)")
 
 
 def configure_webhooks(parser: argparse.ArgumentParser) -> None:
@@ -395,7 +406,7 @@ COMMANDS: dict[str, Command] = {
         "bulksend.cli.status",
     ),
     "suppress": Command(
-        "add, remove, list, import or export suppressed addresses",
+        "add, remove, list, import or export suppressed addresses; push hard bounces to TEM",
         configure_suppress,
         "bulksend.cli.suppress",
     ),

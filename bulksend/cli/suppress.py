@@ -1,4 +1,5 @@
-"""``bulksend suppress add|remove|list|import|export``: the suppression list by hand.
+"""``bulksend suppress add|remove|list|import|export``: the suppression list by hand; ``push``
+sends its hard bounces to TEM (:mod:`bulksend.deliverability.push`).
 
 The list is the one sends use (:mod:`bulksend.pipeline.suppress`): ``--store``, else
 ``BULKSEND_SUPPRESSION_URL``, else ``BULKSEND_STORE_URL`` (or the settings file's keys), else the
@@ -22,9 +23,10 @@ from rich.console import Console
 
 from bulksend.cli.args import configure_suppress as configure
 from bulksend.cli.display import print_error, print_text
+from bulksend.deliverability.push import run_push
 from bulksend.errors import BulksendError, ConfigError
 from bulksend.pipeline.suppress import default_suppression_path
-from bulksend.settings import load_account_settings
+from bulksend.settings import AccountSettings, load_account_settings
 from bulksend.store import Store, describe_store, open_store
 from bulksend.suppression import (
     SuppressionEntry,
@@ -44,15 +46,22 @@ _SHOWN_PROBLEMS: Final = 10
 _NO_KEY: Final = "not-needed-for-the-suppression-list"
 
 
+def suppression_target(store: str | None, account: AccountSettings) -> str:
+    """The list the command works on: ``--store``, else the account's suppression or shared store,
+    else the per-user list."""
+    return store or account.suppression_url or account.store_url or str(default_suppression_path())
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.action == "push":
+        return run_push(args)
     console = Console(stderr=True, soft_wrap=True)
     try:
         project = TemSettings.load(
             secret_key=_NO_KEY, project_id=args.project_id, profile=args.profile
         ).project_id
         account = load_account_settings(settings_file=args.settings, store_url=args.store)
-        target = args.store or account.suppression_url or account.store_url or default_suppression_path()
-        store = open_store(target)
+        store = open_store(suppression_target(args.store, account))
         return anyio.run(_act, args, store, project, console)
     except (BulksendError, OSError) as exc:
         print_error(console, exc)

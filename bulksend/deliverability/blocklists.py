@@ -143,11 +143,13 @@ async def push_hard_bounces(
             if e.reason in _HARD_BOUNCES and e.source is not SuppressionSource.TEM
         }
     )
-    domains = [d async for d in tem.iter_domains()]
-    if domain is not None:
-        domains = [d for d in domains if d.name.lower() == domain.strip().lower()]
-        if not domains:
+    if domain is None:
+        domains = [d async for d in tem.iter_domains()]
+    else:
+        found = await tem.find_domain(domain.strip())
+        if found is None:
             raise PushRefused(f"{domain} is not a domain of TEM project {project}")
+        domains = [found]
     pushed = already = 0
     for target in domains:
         blocked = {b.email.lower() async for b in tem.iter_blocklists(target.id)}
