@@ -295,13 +295,16 @@ UNSUBSCRIBE_REMINDER_ROWS: Final = 5_000
 
 def remind_unsubscribe(campaign: Campaign, rows: int, console: Console) -> None:
     """One line on stderr when a large campaign gives its recipients no way to unsubscribe."""
-    if rows <= UNSUBSCRIBE_REMINDER_ROWS or any(k.lower() == "list-unsubscribe" for k, _ in campaign.headers):
+    if rows <= UNSUBSCRIBE_REMINDER_ROWS or campaign.unsubscribe is not None:
+        return
+    if any(k.lower() == "list-unsubscribe" for k, _ in campaign.headers):
         return
     print_text(
         console,
         f"reminder: {rows:,} recipients and no List-Unsubscribe header. TEM is for transactional email "
         "(newsletters and mass marketing break Scaleway's anti-spam policy); if these people can opt "
-        'out, add headers = { "List-Unsubscribe" = "<https://…>" } to [campaign].',
+        "out, add an [unsubscribe] table (one-click links, docs/deliverability.md) or "
+        'headers = { "List-Unsubscribe" = "<https://…>" } to [campaign].',
     )
 
 

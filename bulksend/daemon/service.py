@@ -470,7 +470,12 @@ class Daemon:
     async def _check_sender(self, sender: str) -> None:
         """Refuse (``DomainRefused``) a sender whose domain must not send; log the warnings."""
         assert self._tem is not None
-        check = await check_domain(self._tem, sender, force=self.config.deliverability.force)
+        try:
+            check = await check_domain(self._tem, sender, force=self.config.deliverability.force)
+        except AccountRefusedError as exc:
+            # The daemon stays up when TEM refuses its key (not ready): the first send says so.
+            log.warning("domain.not_checked", domain=sender.rpartition("@")[2], error=str(exc))
+            return
         for warning in check.warnings:
             log.warning("domain.warning", domain=check.name, warning=warning)
 

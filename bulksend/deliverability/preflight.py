@@ -18,7 +18,8 @@ from typing import Final
 
 import structlog
 
-from bulksend.errors import ConfigError, TemError, TemPermanentError
+from bulksend.errors import AccountRefusedError, AuthenticationError, ConfigError, TemError, TemPermanentError
+from bulksend.pipeline.dispatch import account_refusal
 from bulksend.tem.client import TemClient
 from bulksend.tem.deliverability import Domain, DomainStatus, RecordCheck
 
@@ -86,12 +87,16 @@ def _failing_text(failing: list[tuple[str, RecordCheck]]) -> str:
 
 
 async def check_domain(tem: TemClient, sender: str, *, force: bool = False) -> DomainCheck:
-    """Check the domain of ``sender`` at TEM; raises :class:`DomainRefused` when it must not send."""
+    """Check the domain of ``sender`` at TEM; raises :class:`DomainRefused` when it must not send,
+    and ``AccountRefusedError`` when TEM refuses the key."""
     name = sender.rpartition("@")[2].strip().lower()
     result = DomainCheck(name)
     project = tem.settings.project_id
     try:
         domain = await tem.find_domain(name)
+    except AuthenticationError as exc:
+        # A wrong key fails every call: say so once, as a send would.
+        raise account_refusal(exc) or AccountRefusedError(str(exc)) from exc
     except TemError as exc:
         hint = (
             " (the key needs TransactionalEmailDomainReadOnly to read domains)"
