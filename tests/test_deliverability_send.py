@@ -31,6 +31,22 @@ from tests.waiting import wait_until
 NOW = datetime(2026, 1, 5, tzinfo=UTC)
 
 
+def send_with(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    path: Path,
+    *args: str,
+    **sandbox: Any,
+) -> tuple[int, int, str]:
+    """`bulksend send PATH ARGS` against a fresh sandbox with these settings: (exit code, emails
+    the sandbox got, stderr on one line)."""
+    with sandbox_in_thread(SandboxConfig(secret_key=SECRET, project_id=PROJECT, **sandbox)) as sb:
+        env_for(monkeypatch, sb.url)
+        code = main(["send", str(path), "--no-progress", *args])
+        emails = sb.stats().emails_total
+    return code, emails, " ".join(capsys.readouterr().err.split())
+
+
 @pytest.mark.parametrize(
     ("settings", "expected"),
     [
@@ -63,12 +79,8 @@ def test_a_domain_that_must_not_send_stops_the_campaign_before_any_email(
 ) -> None:
     """Unchecked, revoked, unknown or badly scored: exit 1, nothing sent, the reason and the fix shown."""
     path = write_campaign(tmp_path, people(3))
-    config = SandboxConfig(secret_key=SECRET, project_id=PROJECT, **settings)
-    with sandbox_in_thread(config) as sb:
-        env_for(monkeypatch, sb.url)
-        assert main(["send", str(path), "--no-progress"]) == 1
-        assert sb.stats().emails_total == 0
-    err = " ".join(capsys.readouterr().err.split())
+    code, emails, err = send_with(monkeypatch, capsys, path, **settings)
+    assert (code, emails) == (1, 0)
     assert f"error: {expected}" in err, err
 
 
@@ -77,21 +89,14 @@ def test_force_sends_from_a_low_reputation_domain_with_a_warning(
 ) -> None:
     """--force sends despite a score under 50; a score under 70 and a missing DMARC record only warn."""
     path = write_campaign(tmp_path, people(3))
-    config = SandboxConfig(secret_key=SECRET, project_id=PROJECT, domain_reputation=42)
-    with sandbox_in_thread(config) as sb:
-        env_for(monkeypatch, sb.url)
-        assert main(["send", str(path), "--no-progress", "--force"]) == 0
-        assert sb.stats().emails_total == 3
-        err = " ".join(capsys.readouterr().err.split())
-        assert (
-            "warning: example.com: reputation score 42/100 (bad), under 50: sending anyway (--force)" in err
-        )
-        sb.reset()
-        sb.update(domain_reputation=65, failing_records=("dmarc",))
-        again = write_campaign(tmp_path / "again", people(2))
-        assert main(["send", str(again), "--no-progress"]) == 0
-        assert sb.stats().emails_total == 2
-    err = " ".join(capsys.readouterr().err.split())
+    code, emails, err = send_with(monkeypatch, capsys, path, "--force", domain_reputation=42)
+    assert (code, emails) == (0, 3)
+    assert "warning: example.com: reputation score 42/100 (bad), under 50: sending anyway (--force)" in err
+    again = write_campaign(tmp_path / "again", people(2))
+    code, emails, err = send_with(
+        monkeypatch, capsys, again, domain_reputation=65, failing_records=("dmarc",)
+    )
+    assert (code, emails) == (0, 2)
     assert "warning: example.com: failing DNS checks: DMARC not_found" in err
     assert "Gmail and Yahoo require SPF, DKIM and DMARC" in err
     assert "warning: example.com: reputation score 65/100 (average), under 70" in err
@@ -102,19 +107,16 @@ def test_the_quota_warning_counts_this_months_emails_and_the_campaign(
 ) -> None:
     """Past 70 % of --monthly-quota with the campaign's recipients, a warning; under it, none."""
     path = write_campaign(tmp_path, people(20))
-    config = SandboxConfig(secret_key=SECRET, project_id=PROJECT, monthly_emails_base=6_990)
-    with sandbox_in_thread(config) as sb:
-        env_for(monkeypatch, sb.url)
-        assert main(["send", str(path), "--no-progress", "--monthly-quota", "10000"]) == 0
-        err = " ".join(capsys.readouterr().err.split())
-        assert (
-            "warning: quota: 6,990 emails sent this month + 20 for this campaign = 70% of the monthly "
-            "quota (10,000); TEM alerts at 70%"
-        ) in err
-        sb.reset()
-        again = write_campaign(tmp_path / "again", people(5))
-        assert main(["send", str(again), "--no-progress"]) == 0
-    assert "quota" not in capsys.readouterr().err
+    code, _, err = send_with(monkeypatch, capsys, path, "--monthly-quota", "10000", monthly_emails_base=6_990)
+    assert code == 0
+    assert (
+        "warning: quota: 6,990 emails sent this month + 20 for this campaign = 70% of the monthly "
+        "quota (10,000); TEM alerts at 70%"
+    ) in err
+    again = write_campaign(tmp_path / "again", people(5))
+    code, _, err = send_with(monkeypatch, capsys, again, monthly_emails_base=6_990)
+    assert code == 0
+    assert "quota" not in err
 
 
 def test_tem_blocklists_are_synced_into_the_suppression_list_before_a_campaign(

@@ -23,9 +23,9 @@ pass it to every client (the client then leaves it open), or let a client own a 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -73,6 +73,7 @@ __all__ = [
 ]
 
 log = structlog.get_logger("bulksend.tem")
+_T = TypeVar("_T")
 
 USER_AGENT: Final = f"bulksend/{__version__}"
 MAX_PAGE_SIZE: Final = 1000
@@ -345,14 +346,12 @@ class TemClient(OpenClose):
         Offset pagination: for a stable walk over a growing set, bound the query with ``until`` and
         sort ascending (``created_at_asc``).
         """
-        page = 1
-        while True:
-            result = await self.list_emails(query, page=page, page_size=page_size)
-            for email in result.emails:
-                yield email
-            if len(result.emails) < page_size:
-                return
-            page += 1
+
+        async def fetch(page: int) -> Sequence[Email]:
+            return (await self.list_emails(query, page=page, page_size=page_size)).emails
+
+        async for email in _walk_pages(fetch, page_size):
+            yield email
 
     async def get_statistics(
         self,
@@ -520,21 +519,17 @@ class TemClient(OpenClose):
         page_size: int = MAX_BLOCKLIST_PAGE_SIZE,
     ) -> AsyncIterator[Blocklist]:
         """Every blocklist entry of a domain, oldest first, page after page."""
-        page = 1
-        while True:
-            result = await self.list_blocklists(
-                domain_id,
-                type=type,
-                custom=custom,
-                order_by=BlocklistOrderBy.CREATED_AT_ASC,
-                page=page,
-                page_size=page_size,
-            )
-            for entry in result.blocklists:
-                yield entry
-            if len(result.blocklists) < page_size:
-                return
-            page += 1
+
+        async def fetch(page: int) -> Sequence[Blocklist]:
+            order = BlocklistOrderBy.CREATED_AT_ASC
+            return (
+                await self.list_blocklists(
+                    domain_id, type=type, custom=custom, order_by=order, page=page, page_size=page_size
+                )
+            ).blocklists
+
+        async for entry in _walk_pages(fetch, page_size):
+            yield entry
 
     async def create_blocklists(
         self, domain_id: str, emails: list[str], *, type: BlocklistType, reason: str = ""
@@ -573,14 +568,14 @@ class TemClient(OpenClose):
         self, *, project_id: str | None = None, name: str | None = None, page_size: int = 100
     ) -> AsyncIterator[Domain]:
         """Every domain of the project (see :meth:`list_domains`), page after page."""
-        page = 1
-        while True:
-            result = await self.list_domains(project_id=project_id, name=name, page=page, page_size=page_size)
-            for domain in result.domains:
-                yield domain
-            if len(result.domains) < page_size:
-                return
-            page += 1
+
+        async def fetch(page: int) -> Sequence[Domain]:
+            return (
+                await self.list_domains(project_id=project_id, name=name, page=page, page_size=page_size)
+            ).domains
+
+        async for domain in _walk_pages(fetch, page_size):
+            yield domain
 
     async def find_domain(self, name: str, *, project_id: str | None = None) -> Domain | None:
         """The project's domain called ``name`` (case-insensitive), or None when it has none."""
@@ -767,6 +762,18 @@ def _webhook_path(webhook_id: str) -> str:
     if not webhook_id:
         raise ValueError("webhook_id must not be empty")
     return "/webhooks/" + quote(webhook_id, safe="")
+
+
+async def _walk_pages(fetch: Callable[[int], Awaitable[Sequence[_T]]], page_size: int) -> AsyncIterator[_T]:
+    """Every item of ``fetch(1)``, ``fetch(2)``, …; stops after the first page shorter than ``page_size``."""
+    page = 1
+    while True:
+        items = await fetch(page)
+        for item in items:
+            yield item
+        if len(items) < page_size:
+            return
+        page += 1
 
 
 def _page_params(page: int, page_size: int, largest: int) -> list[tuple[str, str]]:
