@@ -15,7 +15,7 @@ from bulksend.cli.main import main
 from bulksend.daemon.config import load_daemon_config
 from bulksend.daemon.service import Daemon
 from bulksend.deliverability.blocklists import PushRefused, push_hard_bounces, sync_blocklists
-from bulksend.deliverability.preflight import DomainRefused
+from bulksend.deliverability.preflight import DomainRefused, check_domain
 from bulksend.errors import CampaignError
 from bulksend.sandbox import Sandbox, SandboxConfig, sandbox_in_thread
 from bulksend.store import open_store
@@ -263,3 +263,14 @@ def test_suppress_push_command_names_the_scale_plan_then_pushes(
         "pushed 1 hard bounces to TEM as custom blocklists of 1 domain(s); 0 were blocklisted there already"
         in out
     )
+
+
+async def test_a_domain_check_tem_does_not_answer_in_time_is_a_warning(sandbox: Sandbox) -> None:
+    """A slow API must not hold a start up: past the timeout the check gives up with a warning."""
+    sandbox.update(latency_ms=5_000)
+    async with TemClient(settings_for(sandbox)) as tem:
+        check = await check_domain(tem, "news@example.com", timeout_s=0.1)
+    assert check.domain is None
+    assert check.warnings == [
+        "could not check the sending domain example.com: no answer from TEM within 0.1 s"
+    ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
+import anyio
 import structlog
 
 from bulksend.errors import AccountRefusedError, AuthenticationError, ConfigError, TemError, TemPermanentError
@@ -24,6 +25,7 @@ from bulksend.tem.client import TemClient
 from bulksend.tem.deliverability import Domain, DomainStatus, RecordCheck
 
 __all__ = [
+    "CHECK_TIMEOUT_S",
     "DEFAULT_MONTHLY_QUOTA",
     "QUOTA_WARN_SHARE",
     "REFUSE_UNDER",
@@ -42,6 +44,8 @@ REFUSE_UNDER: Final = 50
 """Under this score TEM locks the domain: a campaign is refused unless forced."""
 DEFAULT_MONTHLY_QUOTA: Final = 10_000
 """TEM's default monthly quota (emails; each recipient counts as one)."""
+CHECK_TIMEOUT_S: Final = 10.0
+"""Longest wait for TEM's answers about the domain."""
 QUOTA_WARN_SHARE: Final = 0.7
 """TEM alerts at 70 % of the monthly quota; so does bulksend, before the campaign."""
 
@@ -86,12 +90,11 @@ def _failing_text(failing: list[tuple[str, RecordCheck]]) -> str:
     )
 
 
-async def check_domain(tem: TemClient, sender: str, *, force: bool = False) -> DomainCheck:
-    """Check the domain of ``sender`` at TEM; raises :class:`DomainRefused` when it must not send,
-    and ``AccountRefusedError`` when TEM refuses the key."""
-    name = sender.rpartition("@")[2].strip().lower()
-    result = DomainCheck(name)
-    project = tem.settings.project_id
+async def _read_domain(
+    tem: TemClient, name: str, result: DomainCheck
+) -> tuple[Domain | None, list[tuple[str, RecordCheck]]] | None:
+    """The domain called ``name`` and its failing DNS checks; None (and a warning) when TEM could
+    not say."""
     try:
         domain = await tem.find_domain(name)
     except AuthenticationError as exc:
@@ -104,7 +107,35 @@ async def check_domain(tem: TemClient, sender: str, *, force: bool = False) -> D
             else ""
         )
         result.warnings.append(f"could not check the sending domain {name}{hint}: {exc}")
+        return None
+    failing: list[tuple[str, RecordCheck]] = []
+    if domain is not None:
+        try:
+            failing = (await tem.get_domain_verification(domain.id)).failing()
+        except TemError as exc:
+            result.warnings.append(f"could not read the DNS checks of {name}: {exc}")
+    return domain, failing
+
+
+async def check_domain(
+    tem: TemClient, sender: str, *, force: bool = False, timeout_s: float = CHECK_TIMEOUT_S
+) -> DomainCheck:
+    """Check the domain of ``sender`` at TEM; raises :class:`DomainRefused` when it must not send,
+    and ``AccountRefusedError`` when TEM refuses the key. TEM not answering within ``timeout_s``
+    is a warning: a slow API must not hold a start up."""
+    name = sender.rpartition("@")[2].strip().lower()
+    result = DomainCheck(name)
+    project = tem.settings.project_id
+    read = None
+    with anyio.move_on_after(timeout_s) as scope:
+        read = await _read_domain(tem, name, result)
+    if scope.cancelled_caught:
+        result.warnings.append(
+            f"could not check the sending domain {name}: no answer from TEM within {timeout_s:g} s"
+        )
+    if read is None:
         return result
+    domain, failing = read
     if domain is None:
         raise DomainRefused(
             f"{name}, the sender's domain, is not a domain of TEM project {project}: TEM would refuse "
@@ -112,11 +143,6 @@ async def check_domain(tem: TemClient, sender: str, *, force: bool = False) -> D
             "of this project"
         )
     result.domain = domain
-    failing: list[tuple[str, RecordCheck]] = []
-    try:
-        failing = (await tem.get_domain_verification(domain.id)).failing()
-    except TemError as exc:
-        result.warnings.append(f"could not read the DNS checks of {name}: {exc}")
     if domain.status is not DomainStatus.CHECKED:
         fix = _FIXES.get(domain.status, _FIX_RECORDS)
         records = f" Failing DNS checks: {_failing_text(failing)}." if failing else ""
