@@ -4,7 +4,9 @@
 
     BulksendError
     ├── ConfigError              settings missing or invalid (names the variable/key to fix)
-    │   └── SettingError         one value out of its range (``key``; also a ``ValueError``)
+    │   ├── SettingError         one value out of its range (``key``; also a ``ValueError``)
+    │   ├── DomainRefused        the sender's domain must not send now (status, reputation; the fix)
+    │   └── PushRefused          TEM refused custom blocklists (the Scale plan)
     ├── CampaignError            a campaign-level mistake found before anything is sent
     │                            (file, line and fix in the message)
     ├── JobError                 a broker message is not a valid send job (``reason``, ``kind``)
@@ -58,6 +60,7 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "ControlError",
+    "DomainRefused",
     "EventVerificationError",
     "InvalidArgumentsError",
     "JobError",
@@ -69,6 +72,7 @@ __all__ = [
     "OutOfStockError",
     "PermissionsDeniedError",
     "PreconditionFailedError",
+    "PushRefused",
     "QuotaExceededError",
     "RateLimitedError",
     "ServerError",
@@ -108,6 +112,14 @@ class SettingError(ConfigError, ValueError):
     def __init__(self, message: str, *, key: str = "") -> None:
         super().__init__(message)
         self.key = key
+
+
+class DomainRefused(ConfigError):
+    """The sender's domain cannot send now, or should not (the message says why and what to do)."""
+
+
+class PushRefused(ConfigError):
+    """TEM refused to create custom blocklists (the message says why and what to do)."""
 
 
 class CampaignError(BulksendError):

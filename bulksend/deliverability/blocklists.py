@@ -20,7 +20,7 @@ from typing import Final
 
 import structlog
 
-from bulksend.errors import AuthenticationError, ConfigError, TemPermanentError
+from bulksend.errors import AuthenticationError, PushRefused, TemPermanentError
 from bulksend.suppression import (
     SuppressionEntry,
     SuppressionReason,
@@ -55,10 +55,6 @@ _SCALE_PLAN: Final = (
     "(Transactional Email → Plan), or rely on bulksend's own suppression list, which every "
     "bulksend send already consults and which needs no plan"
 )
-
-
-class PushRefused(ConfigError):
-    """TEM refused to create custom blocklists (the message says why and what to do)."""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,13 @@ from typing import Final
 import anyio
 import structlog
 
-from bulksend.errors import AccountRefusedError, AuthenticationError, ConfigError, TemError, TemPermanentError
+from bulksend.errors import (
+    AccountRefusedError,
+    AuthenticationError,
+    DomainRefused,
+    TemError,
+    TemPermanentError,
+)
 from bulksend.pipeline.dispatch import account_refusal
 from bulksend.tem.client import TemClient
 from bulksend.tem.deliverability import Domain, DomainStatus, RecordCheck
@@ -68,10 +74,6 @@ _FIXES: Final = {
         "that bounce or complain, and ask Scaleway's support to unlock it"
     ),
 }
-
-
-class DomainRefused(ConfigError):
-    """The sender's domain cannot send now, or should not (the message says why and what to do)."""
 
 
 @dataclass
