@@ -10,19 +10,19 @@ from typing import Any
 import anyio
 import pytest
 
-from bulksend.campaign.load import load_campaign
 from bulksend.cli.main import main
 from bulksend.daemon.config import load_daemon_config
 from bulksend.daemon.service import Daemon
 from bulksend.deliverability.blocklists import PushRefused, push_hard_bounces, sync_blocklists
 from bulksend.deliverability.preflight import DomainRefused, check_domain
 from bulksend.errors import CampaignError
+from bulksend.pipeline.suppress import default_suppression_path
 from bulksend.sandbox import Sandbox, SandboxConfig, sandbox_in_thread
 from bulksend.store import open_store
 from bulksend.store.memory import MemoryStore
 from bulksend.suppression import SuppressionEntry, SuppressionReason, SuppressionSource
 from bulksend.tem.client import TemClient
-from tests.conftest import PROJECT, SECRET, settings_for
+from tests.conftest import PROJECT, SECRET, read_jsonl, settings_for
 from tests.test_cli import env_for
 from tests.test_daemon import WELCOME, running, write_config
 from tests.test_send_preflight import people, write_campaign
@@ -122,7 +122,8 @@ def test_the_quota_warning_counts_this_months_emails_and_the_campaign(
 def test_tem_blocklists_are_synced_into_the_suppression_list_before_a_campaign(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Before sending, TEM's entries land in the campaign's store with source tem, reason and end."""
+    """Before sending, TEM's entries land in the suppression list with source tem, reason and end;
+    the campaign skips the blocklisted recipient."""
     path = write_campaign(tmp_path, people(3))
     with sandbox_in_thread(SandboxConfig(secret_key=SECRET, project_id=PROJECT)) as sb:
         sb.block(["p1@example.com"], type="mailbox_not_found")
@@ -130,9 +131,13 @@ def test_tem_blocklists_are_synced_into_the_suppression_list_before_a_campaign(
         env_for(monkeypatch, sb.url)
         assert main(["send", str(path), "--no-progress"]) == 0
     assert "suppression list: 2 addresses blocklisted by TEM" in capsys.readouterr().err
+    outcomes = {line["email"]: line for line in read_jsonl(path.parent / "out" / "pre.jsonl")}
+    assert outcomes["p1@example.com"]["status"] == "skipped"
+    assert outcomes["p1@example.com"]["reason"].startswith("suppressed: mailbox_not_found since ")
+    assert outcomes["p0@example.com"]["status"] == "sent"
 
     async def suppressed() -> dict[str, SuppressionEntry]:
-        store = open_store(load_campaign(path).store_path)
+        store = open_store(str(default_suppression_path()))  # the list sends consult
         await store.open()
         try:
             return await store.suppressed(PROJECT, ["p1@example.com", "full@example.org", "p0@example.com"])

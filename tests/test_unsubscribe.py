@@ -11,21 +11,27 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import anyio
 import orjson
 import pytest
 
 from bulksend.campaign.load import campaign_from_dict
 from bulksend.campaign.render import RenderedEmail, Renderer
+from bulksend.cli.main import main
 from bulksend.daemon.config import load_daemon_config
 from bulksend.daemon.service import Daemon
 from bulksend.deliverability.tokens import SECRET_ENV, UnsubscribeSigner
 from bulksend.deliverability.unsubscribe import RateLimit
 from bulksend.errors import CampaignError
-from bulksend.sandbox import Sandbox
+from bulksend.sandbox import Sandbox, SandboxConfig, ThreadedSandbox, sandbox_in_thread
+from bulksend.secret import Secret
 from bulksend.suppression import SuppressionReason, SuppressionSource
+from bulksend.tem.config import TemSettings
 from bulksend.testing import FakeClock
-from tests.conftest import PROJECT, settings_for
+from tests.conftest import PROJECT, SECRET, read_jsonl
+from tests.test_cli import env_for
 from tests.test_daemon import WELCOME, running, write_config
+from tests.test_send_preflight import people, write_campaign
 
 UNSUBSCRIBE_SECRET = "unsubscribe-test-secret-0123456789"
 ONE_CLICK = b"List-Unsubscribe=One-Click"
@@ -139,7 +145,7 @@ class Served:
 
 
 @asynccontextmanager
-async def serving(tmp_path: Path, sandbox: Sandbox) -> AsyncIterator[Served]:
+async def serving(tmp_path: Path, sandbox: Sandbox | ThreadedSandbox) -> AsyncIterator[Served]:
     """`bulksend serve` with an admin token, a template with [unsubscribe] and links valid 30 days
     (run in the test's own task: a fixture's teardown runs in another)."""
     template = {**WELCOME, "unsubscribe": {"url": "https://mail.example.com"}}
@@ -152,7 +158,8 @@ async def serving(tmp_path: Path, sandbox: Sandbox) -> AsyncIterator[Served]:
         path.read_text(encoding="utf-8") + "[deliverability]\nunsubscribe_max_age_days = 30\n",
         encoding="utf-8",
     )
-    daemon = Daemon(load_daemon_config(path), settings_for(sandbox))
+    settings = TemSettings(secret_key=Secret(SECRET), project_id=PROJECT, api_url=sandbox.url)
+    daemon = Daemon(load_daemon_config(path), settings)
     async with running(daemon), aiohttp.ClientSession() as http:
         yield Served(daemon, http, UnsubscribeSigner(UNSUBSCRIBE_SECRET))
 
@@ -216,3 +223,27 @@ async def test_bad_tokens_all_get_the_same_refusal(tmp_path: Path, sandbox: Sand
         assert status == 404
         assert "not valid" in body
         assert await served.entries("carl@example.org") == {}
+
+
+def test_an_unsubscribed_address_is_skipped_by_the_next_send(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After one POST to /u/, a campaign sent with the daemon's list skips the address and says why."""
+    with sandbox_in_thread(SandboxConfig(secret_key=SECRET, project_id=PROJECT)) as sandbox:
+
+        async def unsubscribe() -> None:
+            async with serving(tmp_path / "daemon", sandbox) as served:
+                token = served.token("p1@example.com")
+                async with served.http.post(served.url(token), data=ONE_CLICK, headers=FORM) as r:
+                    assert r.status == 200
+
+        anyio.run(unsubscribe)
+        path = write_campaign(tmp_path / "campaign", people(3))
+        env_for(monkeypatch, sandbox.url)
+        monkeypatch.setenv("BULKSEND_SUPPRESSION_URL", str(tmp_path / "daemon" / "state" / "bulksend.db"))
+        assert main(["send", str(path), "--no-progress"]) == 0
+        assert sandbox.stats().accepted_by_recipient == {"p0@example.com": 1, "p2@example.com": 1}
+    outcomes = {line["email"]: line for line in read_jsonl(tmp_path / "campaign" / "out" / "pre.jsonl")}
+    assert outcomes["p1@example.com"]["status"] == "skipped"
+    assert outcomes["p1@example.com"]["reason"].startswith("suppressed: unsubscribe since ")
+    assert {outcomes[f"p{i}@example.com"]["status"] for i in (0, 2)} == {"sent"}

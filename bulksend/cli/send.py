@@ -512,7 +512,7 @@ async def _run(
             holder["runner"] = runner
             if before_run is not None:
                 before_run(runner)
-            await before_sending(tem, store, campaign, options, stats.total_rows)
+            await before_sending(tem, store, campaign, options, stats.total_rows, suppression=suppression)
             presence = worker_presence(
                 store, worker_id=options.worker_id, campaign_id=campaign.id, stats=stats
             )
