@@ -130,6 +130,19 @@ def forbidden_character(text: str) -> str | None:
     return f"{name} U+{code:04X} at position {m.start() + 1}"
 
 
+_LINE_BREAK = "line break"
+
+
+def _header_text_problem(text: str) -> str | None:
+    """What may not stand in a header text: ``"line break"`` (CR or LF), a forbidden character
+    described by :func:`forbidden_character`, or None when ``text`` is fine."""
+    if text.isprintable():
+        return None
+    if "\r" in text or "\n" in text:
+        return _LINE_BREAK
+    return forbidden_character(text)
+
+
 def normalize_address(address: str) -> str:
     """The dedupe key of an address: trimmed and lower-cased."""
     return address.strip().lower()
@@ -191,14 +204,8 @@ def check_subject(subject: str) -> str | None:
 
 def check_name(name: str, what: str = "the recipient name") -> str | None:
     """Why a display name (a recipient's or the sender's) is refused, or None. Empty is fine."""
-    if name.isprintable():
-        return None
-    if "\r" in name or "\n" in name:
-        return f"{what} contains a line break; remove it"
-    bad = forbidden_character(name)
-    if bad is not None:
-        return f"{what} contains a {bad}; remove it"
-    return None
+    bad = _header_text_problem(name)
+    return None if bad is None else f"{what} contains a {bad}; remove it"
 
 
 def check_header(key: str, value: str) -> str | None:
@@ -218,14 +225,10 @@ def check_header(key: str, value: str) -> str | None:
             f"header name {key!r} is not a valid field name: use only printable ASCII characters "
             "other than ':' (no spaces, line breaks, control or non-ASCII characters)"
         )
-    if value.isprintable():
-        return None
-    if "\r" in value or "\n" in value:
+    bad = _header_text_problem(value)
+    if bad == _LINE_BREAK:
         return f"header {key!r} has a line break in its value (header injection is refused)"
-    bad = forbidden_character(value)
-    if bad is not None:
-        return f"header {key!r} has a {bad} in its value; remove it"
-    return None
+    return None if bad is None else f"header {key!r} has a {bad} in its value; remove it"
 
 
 def check_attachment(name: str, mime_type: str, content_b64: str) -> str | None:
