@@ -23,7 +23,7 @@ import hmac
 import ipaddress
 import re
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final, TypeVar
@@ -176,9 +176,9 @@ def create_admin_app(
     r.add_get("/v1/campaigns/{campaign_id}", _get, name="campaign")
     r.add_get("/v1/campaigns/{campaign_id}/outcomes", _outcomes, name="campaign.outcomes")
     r.add_get("/v1/campaigns/{campaign_id}/report", _report, name="campaign.report")
-    r.add_post("/v1/campaigns/{campaign_id}/pause", _pause, name="campaign.pause")
-    r.add_post("/v1/campaigns/{campaign_id}/resume", _resume, name="campaign.resume")
-    r.add_post("/v1/campaigns/{campaign_id}/cancel", _cancel, name="campaign.cancel")
+    for action in _CAMPAIGN_ACTIONS:
+        path = f"/v1/campaigns/{{campaign_id}}/{action}"
+        r.add_post(path, partial(_campaign_action, action), name=f"campaign.{action}")
     r.add_get("/v1/templates", _templates, name="templates")
     r.add_put("/v1/templates/{name}", _put_template, name="template.put")
     r.add_get("/v1/dead-letters", _dead_letters, name="dead_letters")
@@ -639,18 +639,16 @@ async def _report(request: web.Request) -> web.Response:
     )
 
 
-async def _pause(request: web.Request) -> web.Response:
-    info = await request.app[_CONTROL].pause(_campaign_id(request))
-    return _json(info.as_json())
+_CAMPAIGN_ACTIONS: Final[Mapping[str, Callable[[DaemonControl, str], Awaitable[CampaignInfo]]]] = {
+    "pause": lambda control, campaign_id: control.pause(campaign_id),
+    "resume": lambda control, campaign_id: control.resume(campaign_id),
+    "cancel": lambda control, campaign_id: control.cancel(campaign_id),
+}
+"""``POST /v1/campaigns/{campaign_id}/<action>``: the control call behind each action."""
 
 
-async def _resume(request: web.Request) -> web.Response:
-    info = await request.app[_CONTROL].resume(_campaign_id(request))
-    return _json(info.as_json())
-
-
-async def _cancel(request: web.Request) -> web.Response:
-    info = await request.app[_CONTROL].cancel(_campaign_id(request))
+async def _campaign_action(action: str, request: web.Request) -> web.Response:
+    info = await _CAMPAIGN_ACTIONS[action](request.app[_CONTROL], _campaign_id(request))
     return _json(info.as_json())
 
 
