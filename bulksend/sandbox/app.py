@@ -29,7 +29,7 @@ from bulksend.campaign.validate import MAX_EMAIL_BYTES
 from bulksend.lifecycle import OpenClose
 from bulksend.tem.models import EmailFlag, EmailStatus
 
-from .config import DOMAIN_STATUSES, MAX_COUNT, UUID_RE, SandboxConfig, SandboxStats
+from .config import DOMAIN_STATUSES, MAX_COUNT, UUID_RE, SandboxConfig, SandboxStats, check_uuid
 from .domains import BLOCKLIST_TYPES, DomainBook, SandboxDomain
 from .publish import CERT_PATH, CONFIRM_PATH, EventPublisher
 from .request import parse_create_email, parse_timestamp
@@ -701,8 +701,7 @@ class Sandbox(OpenClose):
             return _invalid([("body", "the request body must be a JSON object")])
         errors: list[tuple[str, str]] = []
         domain_id = data.get("domain_id")
-        if not isinstance(domain_id, str) or not UUID_RE.match(domain_id):
-            errors.append(("domain_id", "domain_id is required: a UUID"))
+        check_uuid(domain_id, "domain_id", "domain_id is required: a UUID", errors)
         emails = data.get("emails")
         if (
             not isinstance(emails, list)

@@ -33,6 +33,12 @@ MAX_COUNT = 2**31 - 1
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
+def check_uuid(value: object, name: str, help_message: str, errors: list[tuple[str, str]]) -> None:
+    """Note ``(name, help_message)`` in ``errors`` unless ``value`` is a UUID."""
+    if not isinstance(value, str) or not UUID_RE.match(value):
+        errors.append((name, help_message))
+
+
 @dataclass(frozen=True, slots=True)
 class SandboxConfig:
     """How the sandbox behaves. Change it live with ``Sandbox.update(**changes)``.

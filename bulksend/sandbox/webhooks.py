@@ -29,7 +29,7 @@ import orjson
 
 from bulksend.tem.webhooks import WebhookEventType
 
-from .config import UUID_RE
+from .config import UUID_RE, check_uuid
 from .state import EmailStore, format_timestamp, lifecycle_events
 
 __all__ = [
@@ -116,11 +116,9 @@ class WebhookBook:
             return _invalid([("body", "the request body must be a JSON object")])
         errors: list[tuple[str, str]] = []
         domain_id = body.get("domain_id")
-        if not isinstance(domain_id, str) or not UUID_RE.match(domain_id):
-            errors.append(("domain_id", "domain_id must be a UUID"))
+        check_uuid(domain_id, "domain_id", "domain_id must be a UUID", errors)
         project_id = body.get("project_id") or self.default_project_id
-        if not isinstance(project_id, str) or not UUID_RE.match(project_id):
-            errors.append(("project_id", "project_id must be a UUID"))
+        check_uuid(project_id, "project_id", "project_id must be a UUID", errors)
         for key in ("name", "event_types", "sns_arn"):
             if body.get(key) is None:
                 errors.append((key, f"{key} is required"))
