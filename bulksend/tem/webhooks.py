@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import orjson
 
-from bulksend.tem.models import _opt_time, _TolerantEnum, parse_rfc3339
+from bulksend.tem.models import _opt_time, _TolerantEnum
 
 __all__ = [
     "EMAIL_EVENT_TYPES",
@@ -199,17 +199,13 @@ def parse_email_event(payload: bytes | str | Mapping[str, Any]) -> EmailEvent | 
         return None
     code = data.get("email_response_code")
     tries = data.get("email_try_count")
-    try:
-        created_at = parse_rfc3339(_text(data.get("created_at")))
-    except ValueError:
-        created_at = None
     return EmailEvent(
         id=event_id,
         type=kind,
         email_id=email_id,
         email_to=email_to,
         ref=_ref(data.get("email_headers")),
-        created_at=created_at,
+        created_at=_opt_time(data, "created_at"),
         response_code=code if type(code) is int and 0 <= code < 1000 else None,
         response_message=_text(data.get("email_response_message") or data.get("email_error")),
         try_count=tries if type(tries) is int and 0 <= tries < 1_000_000 else 0,
