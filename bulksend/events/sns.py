@@ -71,6 +71,12 @@ DEFAULT_SUBSCRIBE_URLS: Final = ("https://sns.mnq.*.scaleway.com/", "https://sns
 """Where a subscription confirmation's ``SubscribeURL`` may point."""
 
 
+_NOTICE_SIGNED: Final = ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type")
+"""The keys a notification's signature covers, in the order SNS signs them."""
+_CONFIRM_SIGNED: Final = ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type")
+"""The keys a (un)subscription confirmation's signature covers, in order."""
+
+
 @dataclass(frozen=True, slots=True)
 class SnsEnvelope:
     """One SNS message envelope."""
@@ -89,22 +95,10 @@ class SnsEnvelope:
 
     def string_to_sign(self) -> bytes:
         """The canonical text SNS signs: ``name\\nvalue\\n`` for each field of the type, in order."""
-        if self.type == "Notification":
-            fields: list[tuple[str, str]] = [("Message", self.message), ("MessageId", self.message_id)]
-            if self.subject is not None:
-                fields.append(("Subject", self.subject))
-            fields += [("Timestamp", self.timestamp), ("TopicArn", self.topic_arn), ("Type", self.type)]
-        else:
-            fields = [
-                ("Message", self.message),
-                ("MessageId", self.message_id),
-                ("SubscribeURL", self.subscribe_url),
-                ("Timestamp", self.timestamp),
-                ("Token", self.token),
-                ("TopicArn", self.topic_arn),
-                ("Type", self.type),
-            ]
-        return "".join(f"{name}\n{value}\n" for name, value in fields).encode()
+        wire = self.to_json()
+        names = _NOTICE_SIGNED if self.type == "Notification" else _CONFIRM_SIGNED
+        # A notification without a subject signs no Subject line: to_json leaves the key out.
+        return "".join(f"{name}\n{wire[name]}\n" for name in names if name in wire).encode()
 
     def to_json(self) -> dict[str, str]:
         """The envelope as SNS writes it."""
