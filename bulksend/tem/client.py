@@ -269,7 +269,7 @@ class TemClient(OpenClose):
     async def get_email(self, email_id: str) -> Email:
         """``GET /emails/{email_id}``."""
         data, status, _ = await self._request("get", "GET", _email_path(email_id))
-        return self._email_or_error("get", status, data)
+        return self._resource_or_error("get", status, data, "an email", Email.from_json)
 
     async def cancel_email(self, email_id: str) -> Email:
         """``POST /emails/{email_id}/cancel``: works only while the email is ``new``.
@@ -278,7 +278,7 @@ class TemClient(OpenClose):
         as "not cancellable" and re-read the email.
         """
         data, status, _ = await self._request("cancel", "POST", _email_path(email_id) + "/cancel", body=b"{}")
-        return self._email_or_error("cancel", status, data)
+        return self._resource_or_error("cancel", status, data, "an email", Email.from_json)
 
     async def list_emails(
         self,
@@ -409,7 +409,7 @@ class TemClient(OpenClose):
             "sns_arn": sns_arn,
         }
         data, status, _ = await self._request("webhook", "POST", "/webhooks", body=orjson.dumps(body))
-        return self._webhook_or_error(status, data)
+        return self._resource_or_error("webhook", status, data, "a webhook", Webhook.from_json)
 
     async def update_webhook(
         self,
@@ -429,12 +429,12 @@ class TemClient(OpenClose):
             body["sns_arn"] = sns_arn
         path = _webhook_path(webhook_id)
         data, status, _ = await self._request("webhook", "PATCH", path, body=orjson.dumps(body))
-        return self._webhook_or_error(status, data)
+        return self._resource_or_error("webhook", status, data, "a webhook", Webhook.from_json)
 
     async def get_webhook(self, webhook_id: str) -> Webhook:
         """``GET /webhooks/{id}``."""
         data, status, _ = await self._request("webhook", "GET", _webhook_path(webhook_id))
-        return self._webhook_or_error(status, data)
+        return self._resource_or_error("webhook", status, data, "a webhook", Webhook.from_json)
 
     async def delete_webhook(self, webhook_id: str) -> None:
         """``DELETE /webhooks/{id}`` (permanent)."""
@@ -477,11 +477,6 @@ class TemClient(OpenClose):
             if len(found) < page_size:
                 return items
             page += 1
-
-    def _webhook_or_error(self, status: int, data: Any) -> Webhook:
-        if not isinstance(data, Mapping) or not data.get("id"):
-            raise self._protocol_error("webhook", status, "an answer that is not a webhook object", data)
-        return Webhook.from_json(data)
 
     # -- deliverability endpoints ------------------------------------------------------------------
 
@@ -622,10 +617,13 @@ class TemClient(OpenClose):
 
     # -- plumbing ----------------------------------------------------------------------------------
 
-    def _email_or_error(self, kind: EndpointKind, status: int, data: Any) -> Email:
+    def _resource_or_error(
+        self, kind: EndpointKind, status: int, data: Any, what: str, parse: Callable[[Mapping[str, Any]], _T]
+    ) -> _T:
+        """``parse(data)`` when ``data`` is an object with an ``id``, else a protocol error: not ``what``."""
         if not isinstance(data, Mapping) or not data.get("id"):
-            raise self._protocol_error(kind, status, "an answer that is not an email object", data)
-        return Email.from_json(data)
+            raise self._protocol_error(kind, status, f"an answer that is not {what} object", data)
+        return parse(data)
 
     def _protocol_error(self, kind: EndpointKind, status: int, what: str, data: Any) -> TemProtocolError:
         raw = orjson.dumps(data)[:_MAX_RAW].decode("utf-8", "replace") if data is not None else ""
