@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final, Literal, NamedTuple, TypeVar
+from typing import Any, Final, Literal, NamedTuple, TypedDict, TypeVar, Unpack
 from urllib.parse import quote
 
 import aiohttp
@@ -86,6 +86,13 @@ EndpointKind = Literal[
 ]
 ResponseObserver = Callable[[str, int, float], None]
 """``(endpoint kind, HTTP status or 0 for a transport error, elapsed seconds)``, after every request."""
+
+
+class _Payload(TypedDict, total=False):
+    """What :meth:`TemClient._object` passes on to :meth:`TemClient._request` besides method and path."""
+
+    params: list[tuple[str, str]] | None
+    body: bytes | None
 
 
 class SentEmail(NamedTuple):
@@ -602,12 +609,11 @@ class TemClient(OpenClose):
         method: str,
         path: str,
         *,
-        params: list[tuple[str, str]] | None = None,
-        body: bytes | None = None,
         listed: str | None = None,
+        **payload: Unpack[_Payload],
     ) -> Mapping[str, Any]:
         """One request whose answer must be a JSON object (holding a list under ``listed``)."""
-        data, status, _ = await self._request(kind, method, path, params=params, body=body)
+        data, status, _ = await self._request(kind, method, path, **payload)
         if not isinstance(data, Mapping) or (
             listed is not None and not isinstance(data.get(listed, []), list)
         ):
