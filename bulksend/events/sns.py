@@ -120,6 +120,17 @@ class SnsEnvelope:
         return out
 
 
+_REQUIRED: Final = {
+    "MessageId": "message_id",
+    "TopicArn": "topic_arn",
+    "Timestamp": "timestamp",
+    "SignatureVersion": "signature_version",
+    "Signature": "signature",
+    "SigningCertURL": "signing_cert_url",
+}
+"""Wire key → attribute of the short text fields every envelope must carry."""
+
+
 def _field(data: Mapping[str, Any], key: str, limit: int = _MAX_FIELD) -> str | None:
     value = data.get(key, "")
     if not isinstance(value, str) or len(value) > limit:
@@ -140,11 +151,11 @@ def parse_envelope(body: bytes | str | Mapping[str, Any]) -> SnsEnvelope | None:
     if not isinstance(kind, str) or kind not in ENVELOPE_TYPES:
         return None
     values: dict[str, str] = {}
-    for key in ("MessageId", "TopicArn", "Timestamp", "SignatureVersion", "Signature", "SigningCertURL"):
+    for key, attribute in _REQUIRED.items():
         value = _field(data, key)
         if value is None:
             return None
-        values[key] = value
+        values[attribute] = value
     message = _field(data, "Message", MAX_ENVELOPE_BYTES)
     subject = data.get("Subject")
     if message is None or (subject is not None and _field(data, "Subject") is None):
@@ -155,16 +166,11 @@ def parse_envelope(body: bytes | str | Mapping[str, Any]) -> SnsEnvelope | None:
         return None
     return SnsEnvelope(
         type=str(kind),
-        message_id=values["MessageId"],
-        topic_arn=values["TopicArn"],
         message=message,
-        timestamp=values["Timestamp"],
-        signature_version=values["SignatureVersion"],
-        signature=values["Signature"],
-        signing_cert_url=values["SigningCertURL"],
         subject=subject if isinstance(subject, str) else None,
         subscribe_url=subscribe_url,
         token=token,
+        **values,
     )
 
 
