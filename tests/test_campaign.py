@@ -64,14 +64,13 @@ def line_of(path: Path, needle: str) -> int:
 
 def test_full_campaign_loads_with_paths_resolved_and_settings_typed(tmp_path: Path) -> None:
     """Every key of the documented example is read, paths resolve against the campaign folder."""
-    toml = """\
-[campaign]
-id = "welcome-2026"
-from = { email = "news@example.com", name = "Example News" }
-subject = "Hello {{ first_name }}"
-text_file = "tpl/welcome.txt.j2"
-html_file = "tpl/welcome.html.j2"
-recipients = "data/recipients.csv"
+    toml = (
+        (
+            BASE.replace('text = "Hi {{ first_name }}"', 'text_file = "tpl/welcome.txt.j2"')
+            .replace('html = "<p>Hi {{ first_name }}</p>"', 'html_file = "tpl/welcome.html.j2"')
+            .replace('"recipients.csv"', '"data/recipients.csv"')
+        )
+        + """\
 headers = { "List-Unsubscribe" = "<https://example.com/u/{{ id }}>" }
 attachments = ["brochure.pdf", { path = "files/notes.txt", name = "Read me.txt" }]
 send_before = 2026-12-31T00:00:00Z
@@ -95,6 +94,7 @@ outcomes = "out/welcome.csv"
 [store]
 path = "state/welcome.sqlite"
 """
+    )
     files: dict[str, str | bytes] = {
         "tpl/welcome.txt.j2": "Hi {{ first_name }}\n",
         "tpl/welcome.html.j2": "<p>Hi {{ first_name }}</p>\n",
@@ -231,14 +231,6 @@ def test_missing_template_file_points_at_its_key(tmp_path: Path) -> None:
     assert "missing.txt' does not exist; fix the path" in str(err)
 
 
-def test_missing_recipients_file_points_at_its_key(tmp_path: Path) -> None:
-    """A recipients file that does not exist is reported at the recipients line."""
-    path = make(tmp_path, BASE.replace("recipients.csv", "nobody.csv"))
-    err = error_of(path)
-    assert err.line == line_of(path, "recipients =")
-    assert "nobody.csv' does not exist" in str(err)
-
-
 def test_recipients_csv_without_email_column(tmp_path: Path) -> None:
     """A recipients CSV whose header lacks an email column stops the campaign before any send."""
     path = make(tmp_path, **{"recipients.csv": "mail,first_name\n"})
@@ -248,47 +240,57 @@ def test_recipients_csv_without_email_column(tmp_path: Path) -> None:
     assert "no 'email' column" in str(err)
 
 
-def test_unknown_recipients_extension(tmp_path: Path) -> None:
-    """A recipients file that is neither CSV nor JSONL is refused at its key."""
-    path = make(tmp_path, BASE.replace("recipients.csv", "people.xlsx"), **{"people.xlsx": b"PK"})
+# --- Mistakes refused at their line -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("toml", "needle", "message"),
+    [
+        (BASE.replace("recipients.csv", "nobody.csv"), "recipients =", "nobody.csv' does not exist"),
+        (
+            BASE.replace("recipients.csv", "people.xlsx"),
+            "recipients =",
+            "cannot read recipients from a .xlsx file; use a .csv/.tsv file",
+        ),
+        (BASE + 'attachments = ["gone.pdf"]\n', "attachments", "gone.pdf' does not exist"),
+        (
+            BASE + 'attachments = ["setup.exe"]\n',
+            "attachments",
+            "attachment 'setup.exe' has type 'application/octet-stream', which TEM refuses",
+        ),
+        (
+            BASE.replace("subject =", "subjet ="),
+            "subjet",
+            "unknown key 'subjet' in [campaign]; did you mean 'subject'?",
+        ),
+        (
+            BASE + "concurrency = 4\n",
+            "concurrency",
+            "unknown key 'concurrency' in [campaign]; 'concurrency' belongs in the [sending] table",
+        ),
+        (
+            BASE + "\n[sendng]\nrate_per_s = 1\n",
+            "[sendng]",
+            "unknown key 'sendng' at the top level; did you mean [sending]?",
+        ),
+    ],
+    ids=[
+        "missing-recipients-file",
+        "unknown-recipients-extension",
+        "missing-attachment",
+        "attachment-of-a-refused-type",
+        "misspelt-key-suggests-the-closest",
+        "key-in-the-wrong-table-says-where-it-belongs",
+        "misspelt-table-suggests-the-closest",
+    ],
+)
+def test_mistake_is_refused_at_its_line(tmp_path: Path, toml: str, needle: str, message: str) -> None:
+    """A missing or refused side file, or a misspelt or misplaced key, is refused at its own line."""
+    # The files some cases name are there for every case: a file no key names is never read.
+    path = make(tmp_path, toml, **{"people.xlsx": b"PK", "setup.exe": b"MZ"})
     err = error_of(path)
-    assert err.line == line_of(path, "recipients =")
-    assert "cannot read recipients from a .xlsx file; use a .csv/.tsv file" in str(err)
-
-
-def test_missing_attachment(tmp_path: Path) -> None:
-    """A campaign attachment that does not exist is reported at the attachments line."""
-    path = make(tmp_path, BASE + 'attachments = ["gone.pdf"]\n')
-    err = error_of(path)
-    assert err.line == line_of(path, "attachments")
-    assert "gone.pdf' does not exist" in str(err)
-
-
-# --- Key mistakes -------------------------------------------------------------------------------
-
-
-def test_unknown_key_suggests_the_closest(tmp_path: Path) -> None:
-    """A misspelt key is refused at its line with a did-you-mean suggestion."""
-    path = make(tmp_path, BASE.replace("subject =", "subjet ="))
-    err = error_of(path)
-    assert err.line == line_of(path, "subjet")
-    assert "unknown key 'subjet' in [campaign]; did you mean 'subject'?" in str(err)
-
-
-def test_key_in_the_wrong_table_says_where_it_belongs(tmp_path: Path) -> None:
-    """A known key under the wrong table says which table it belongs in."""
-    path = make(tmp_path, BASE + "concurrency = 4\n")
-    err = error_of(path)
-    assert err.line == line_of(path, "concurrency")
-    assert "unknown key 'concurrency' in [campaign]; 'concurrency' belongs in the [sending] table" in str(err)
-
-
-def test_unknown_table_suggests_the_closest(tmp_path: Path) -> None:
-    """A misspelt table name is refused at its header line with a suggestion."""
-    path = make(tmp_path, BASE + "\n[sendng]\nrate_per_s = 1\n")
-    err = error_of(path)
-    assert err.line == line_of(path, "[sendng]")
-    assert "unknown key 'sendng' at the top level; did you mean [sending]?" in str(err)
+    assert err.line == line_of(path, needle)
+    assert message in str(err)
 
 
 @pytest.mark.parametrize(
@@ -392,14 +394,6 @@ def test_header_rules(tmp_path: Path) -> None:
 
 
 # --- Attachments --------------------------------------------------------------------------------
-
-
-def test_attachment_of_a_refused_type(tmp_path: Path) -> None:
-    """An attachment type TEM refuses (an .exe) stops the campaign, naming the type."""
-    path = make(tmp_path, BASE + 'attachments = ["setup.exe"]\n', **{"setup.exe": b"MZ"})
-    err = error_of(path)
-    assert err.line == line_of(path, "attachments")
-    assert "attachment 'setup.exe' has type 'application/octet-stream', which TEM refuses" in str(err)
 
 
 def test_attachment_too_big_is_refused_without_reading_it(tmp_path: Path) -> None:
