@@ -73,14 +73,30 @@ def test_csv_blank_lines_are_skipped_but_keep_their_numbers(tmp_path: Path) -> N
     assert bad(read_all(p)) == []
 
 
-def test_csv_quoted_value_spanning_lines_is_numbered_by_its_first_line(tmp_path: Path) -> None:
-    """A quoted multi-line value is one record, numbered by the line it starts on."""
-    text = 'email,name,address\na@example.com,"Ann ""the"" one","1 Road\nTown\nLand"\nb@example.com,B,x\n'
-    rows = read_all(write(tmp_path / "r.csv", text))
-    assert rows == [
-        RecipientInput(2, "a@example.com", 'Ann "the" one', {"address": "1 Road\nTown\nLand"}),
-        RecipientInput(5, "b@example.com", "B", {"address": "x"}),
-    ]
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            'email,name,address\na@example.com,"Ann ""the"" one","1 Road\nTown\nLand"\nb@example.com,B,x\n',
+            [
+                RecipientInput(2, "a@example.com", 'Ann "the" one', {"address": "1 Road\nTown\nLand"}),
+                RecipientInput(5, "b@example.com", "B", {"address": "x"}),
+            ],
+            id="quoted-value-spanning-lines-is-numbered-by-its-first-line",
+        ),
+        pytest.param(
+            'email,item\na@example.com,5" screen\nb@example.com,7" tablet\n',
+            [
+                RecipientInput(2, "a@example.com", "", {"item": '5" screen'}),
+                RecipientInput(3, "b@example.com", "", {"item": '7" tablet'}),
+            ],
+            id="stray-quotes-on-two-lines-do-not-merge-rows",
+        ),
+    ],
+)
+def test_csv_quotes_delimit_records(tmp_path: Path, text: str, expected: list[RecipientInput]) -> None:
+    """A quoted multi-line value is one record, numbered by its first line; a stray quote is literal."""
+    assert read_all(write(tmp_path / "r.csv", text)) == expected
 
 
 def test_csv_attachments_column_is_split_and_kept_in_vars(tmp_path: Path) -> None:
@@ -189,16 +205,6 @@ def test_csv_runaway_quote_is_capped_in_lines(tmp_path: Path) -> None:
     assert f"not closed within {MAX_RECORD_LINES} lines" in bad(rows)[0].reason
     assert [r.row for r in good(rows)] == list(range(3, 3 + n + 1))
     assert good(rows)[-1].name == "closing quote far away"
-
-
-def test_csv_stray_quotes_on_two_lines_do_not_merge_rows(tmp_path: Path) -> None:
-    """Quotes inside unquoted values (5" screen) are taken literally, never joining two rows."""
-    text = 'email,item\na@example.com,5" screen\nb@example.com,7" tablet\n'
-    rows = read_all(write(tmp_path / "r.csv", text))
-    assert rows == [
-        RecipientInput(2, "a@example.com", "", {"item": '5" screen'}),
-        RecipientInput(3, "b@example.com", "", {"item": '7" tablet'}),
-    ]
 
 
 def test_csv_text_after_a_closing_quote_is_broken_quoting(tmp_path: Path) -> None:
