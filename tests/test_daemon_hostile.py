@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import orjson
@@ -434,16 +434,24 @@ class _UnreleasableDelivery(RecordingDelivery):
         raise RuntimeError("channel is closed (simulated client bug)")
 
 
-class UnreleasableSource(RecordingSource):
+class _BrittleSource(RecordingSource):
+    """A real memory source whose deliveries are ``brittle`` ones: one way of settling them fails."""
+
+    brittle: ClassVar[type[RecordingDelivery]]
+
+    async def receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
+        got = await MemorySource.receive(self, max_messages, timeout_s)
+        return [self.brittle(d, self) for d in got]
+
+
+class UnreleasableSource(_BrittleSource):
     """A real memory source whose deliveries cannot be released."""
+
+    brittle = _UnreleasableDelivery
 
     def __init__(self) -> None:
         super().__init__()
         self.release_tried = anyio.Event()
-
-    async def receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
-        got = await MemorySource.receive(self, max_messages, timeout_s)
-        return [_UnreleasableDelivery(d, self) for d in got]
 
 
 async def test_failed_release_after_an_outage_does_not_stop_the_intake(
@@ -470,12 +478,10 @@ class _UnackableDelivery(RecordingDelivery):
         raise RuntimeError("connection reset during ack (simulated client bug)")
 
 
-class UnackableSource(RecordingSource):
+class UnackableSource(_BrittleSource):
     """A real memory source whose deliveries cannot be acknowledged."""
 
-    async def receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
-        got = await MemorySource.receive(self, max_messages, timeout_s)
-        return [_UnackableDelivery(d, self) for d in got]
+    brittle = _UnackableDelivery
 
 
 async def test_failed_ack_still_sends_the_admitted_jobs(tmp_path: Path, sandbox: Sandbox) -> None:
@@ -500,12 +506,10 @@ class _UndeadletterableDelivery(RecordingDelivery):
         raise RuntimeError("dead-letter exchange vanished (simulated client bug)")
 
 
-class UndeadletterableSource(RecordingSource):
+class UndeadletterableSource(_BrittleSource):
     """A real memory source whose deliveries cannot be dead-lettered."""
 
-    async def receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
-        got = await MemorySource.receive(self, max_messages, timeout_s)
-        return [_UndeadletterableDelivery(d, self) for d in got]
+    brittle = _UndeadletterableDelivery
 
 
 async def test_failed_dead_letter_does_not_hold_up_the_rest_of_the_batch(
