@@ -24,15 +24,8 @@ def people(n: int, prefix: str = "user") -> list[dict[str, Any]]:
 
 async def test_every_sandbox_outcome_kind(sandbox: Sandbox, write_campaign: CampaignWriter) -> None:
     """Each sandbox outcome kind ends with the matching status and flags, one line per input row."""
-    rows = [
-        {"email": "ok@example.com", "first_name": "Ok"},
-        {"email": "bounce1@example.com", "first_name": "B"},
-        {"email": "softbounce1@example.com", "first_name": "S"},
-        {"email": "blocked1@example.com", "first_name": "K"},
-        {"email": "spam1@example.com", "first_name": "Sp"},
-        {"email": "full1@example.com", "first_name": "F"},
-        {"email": "greylist1@example.com", "first_name": "G"},
-    ]
+    kinds = ("ok", "bounce1", "softbounce1", "blocked1", "spam1", "full1", "greylist1")
+    rows = [{"email": f"{kind}@example.com", "first_name": kind.title()} for kind in kinds]
     campaign = write_campaign(rows)
     result = await run_once(campaign, sandbox)
     assert result.complete
