@@ -782,11 +782,12 @@ class SendOptions:
     quiet: bool = False
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every ``bulksend send`` benchmark takes: concurrency, polling, pinning, --json."""
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--poll-interval-s", type=float, default=1.0)
-    parser.add_argument("--no-pin", action="store_true", help="do not pin the sandbox and bulksend to CPUs")
+def add_run_arguments(parser: argparse.ArgumentParser, clients: str = "bulksend") -> None:
+    """The options every ``bulksend send`` benchmark takes: concurrency, polling, pinning, --json;
+    ``clients`` names what is measured, in the help."""
+    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
+    parser.add_argument("--poll-interval-s", type=float, default=1.0, help="bulksend tracking poll interval")
+    parser.add_argument("--no-pin", action="store_true", help=f"do not pin the sandbox and {clients} to CPUs")
     parser.add_argument("--json", type=Path, default=None, help="write the raw numbers here")
 
 

@@ -41,6 +41,7 @@ from benchmarks.common import (
     CpuPlan,
     SandboxProcess,
     SendOptions,
+    add_run_arguments,
     bulksend_command,
     describe_machine,
     prepare,
@@ -562,17 +563,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="emails for the SDK variants (default: 2,000 for the pool, 500 for the sequential loop)",
     )
     p.add_argument("--latencies", type=_parse_latencies, default=(20.0, 0.0), help="ms, e.g. '20,0'")
-    p.add_argument("--concurrency", type=int, default=64, help="bulksend and floor requests in flight")
     p.add_argument("--sdk-threads", type=int, default=32)
     p.add_argument("--format", choices=["csv", "jsonl"], default="csv", help="recipients file format")
-    p.add_argument("--poll-interval-s", type=float, default=1.0, help="bulksend tracking poll interval")
     p.add_argument("--repeat", type=int, default=1, help="runs per client and latency; the median is shown")
-    p.add_argument("--no-pin", action="store_true", help="do not pin the sandbox and the clients to CPUs")
     p.add_argument("--clients", default="floor,bulksend,sdk-pool,sdk-seq", help="which clients to run")
     p.add_argument(
         "--child-timeout-s", type=float, default=None, help="bound on each child (default: scaled)"
     )
-    p.add_argument("--json", type=Path, default=None, help="write the raw numbers here")
+    add_run_arguments(p, clients="the clients")
     # Internal: the measured children.
     p.add_argument("--child", choices=["floor", "sdk-pool", "sdk-seq"], help=argparse.SUPPRESS)
     p.add_argument("--bodies", type=Path, help=argparse.SUPPRESS)
