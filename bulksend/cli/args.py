@@ -27,6 +27,8 @@ __all__ = [
     "configure_webhooks",
 ]
 
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
 
 def add_api_options(parser: argparse.ArgumentParser) -> None:
     """Options that override the SCW_* environment and the scw profile."""
@@ -37,16 +39,26 @@ def add_api_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--profile", help="scw config profile (SCW_PROFILE)")
 
 
+def _add_log_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, log_format: str, log_level: str
+) -> None:
+    """``--log-format`` and ``--log-level``, defaulting to a command's own ``log_format`` ("auto":
+    console text on a terminal, JSON elsewhere) and ``log_level``."""
+    shown = "console on a terminal" if log_format == "auto" else log_format
+    parser.add_argument(
+        "--log-format",
+        choices=["auto", "console", "json"],
+        default=log_format,
+        help=f"log lines as console text or JSON (default: {shown})",
+    )
+    levels = ", ".join(f"{name} (default)" if name == log_level else name for name in _LOG_LEVELS)
+    parser.add_argument("--log-level", default=log_level, help=levels)
+
+
 def add_output_options(parser: argparse.ArgumentParser) -> None:
     """Log format and level, and the live progress display."""
     g = parser.add_argument_group("output")
-    g.add_argument(
-        "--log-format",
-        choices=["auto", "console", "json"],
-        default="auto",
-        help="log lines as console text or JSON (default: console on a terminal)",
-    )
-    g.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
+    _add_log_options(g, log_format="auto", log_level="warning")
     g.add_argument("--no-progress", action="store_true", help="no live progress display")
 
 
@@ -181,13 +193,7 @@ def configure_send(parser: argparse.ArgumentParser) -> None:
 def configure_serve(parser: argparse.ArgumentParser) -> None:
     """``bulksend serve --config daemon.toml``."""
     parser.add_argument("--config", type=Path, required=True, help="daemon config file (TOML)")
-    parser.add_argument(
-        "--log-format",
-        choices=["auto", "console", "json"],
-        default="json",
-        help="log lines as JSON (default) or console text",
-    )
-    parser.add_argument("--log-level", default="info", help="debug, info (default), warning, error")
+    _add_log_options(parser, log_format="json", log_level="info")
 
 
 def configure_demo(parser: argparse.ArgumentParser) -> None:
