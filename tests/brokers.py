@@ -52,6 +52,8 @@ class Harness(Generic[S]):
     """Settings of a consumer that soon takes over jobs left unsettled by another."""
     stable_ids: ClassVar[bool] = True
     """A redelivered job keeps its ``message_id`` (not so for RabbitMQ's per-channel delivery tags)."""
+    results_key: ClassVar[str]
+    """The results publisher's setting that names its destination."""
 
     def __init__(self) -> None:
         self.uid = uuid.uuid4().hex[:12]
@@ -80,9 +82,14 @@ class Harness(Generic[S]):
         """The configuration of a job source on the test's names (``overrides`` replace settings)."""
         return {"kind": self.kind, "url": self.url, **self.names, **overrides}
 
+    @property
+    def results_destination(self) -> str:
+        """The test's results destination: a subject, queue or stream."""
+        raise NotImplementedError
+
     def results_config(self) -> dict[str, Any]:
         """The configuration of a results publisher to the test's results destination."""
-        raise NotImplementedError
+        return {"kind": self.kind, "url": self.url, self.results_key: self.results_destination}
 
     async def publish(self, bodies: Sequence[bytes]) -> None:
         """Publish one job message per body to the test's job queue."""
@@ -141,6 +148,7 @@ class NatsHarness(Harness[NatsSource]):
     source_type = NatsSource
     kind = "nats"
     url = NATS_URL
+    results_key = "subject"
     bound_key = "max_ack_pending"
     takeover: ClassVar[Mapping[str, Any]] = {"ack_wait_s": 0.3}
     admin: JetStreamContext
@@ -162,8 +170,7 @@ class NatsHarness(Harness[NatsSource]):
         """The name for a stream on the results subject, which a test may create."""
         return f"TRESULTS_{self.uid}"
 
-    def results_config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "url": self.url, "subject": self.results_subject}
+    results_destination = results_subject
 
     async def __aenter__(self) -> Self:
         self._nc: NatsClient = await nats.connect(self.url)
@@ -189,6 +196,7 @@ class RabbitHarness(Harness[RabbitSource]):
     source_type = RabbitSource
     kind = "rabbitmq"
     url = RABBIT_URL
+    results_key = "queue"
     bound_key = "prefetch"
     stable_ids = False
     admin: AbstractChannel
@@ -204,8 +212,7 @@ class RabbitHarness(Harness[RabbitSource]):
     def results_queue(self) -> str:
         return f"test.{self.uid}.results"
 
-    def results_config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "url": self.url, "queue": self.results_queue}
+    results_destination = results_queue
 
     async def __aenter__(self) -> Self:
         self._conn: AbstractConnection = await aio_pika.connect(self.url)
@@ -233,6 +240,7 @@ class RedisHarness(Harness[RedisStreamSource]):
     source_type = RedisStreamSource
     kind = "redis"
     url = REDIS_URL
+    results_key = "stream"
     bound_key = "max_in_flight"
     takeover: ClassVar[Mapping[str, Any]] = {"consumer": "second", "claim_idle_s": 0}
     admin: Any
@@ -244,8 +252,7 @@ class RedisHarness(Harness[RedisStreamSource]):
     def results_stream(self) -> str:
         return f"test:{self.uid}:results"
 
-    def results_config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "url": self.url, "stream": self.results_stream}
+    results_destination = results_stream
 
     async def __aenter__(self) -> Self:
         self.admin = aioredis.from_url(self.url)
