@@ -14,6 +14,7 @@ import pytest
 
 from bulksend.campaign.render import RenderedEmail, Renderer
 from bulksend.errors import TemTransportError
+from bulksend.pipeline.context import SendContext
 from bulksend.pipeline.dispatch import SendItem, utcnow
 from bulksend.pipeline.engine import EngineSettings, SendEngine
 from bulksend.pipeline.limiter import AimdLimiter
@@ -76,12 +77,9 @@ async def engine_for(
     sink = RecordingSink()
     done: list[int] = []
     async with TimingOutSends(settings_for(sandbox), timeout_s=5, failures=failures) as tem:
+        retry = RetryPolicy(max_attempts=3, max_elapsed_s=30, initial_backoff_s=0.01, max_backoff_s=0.05)
         engine = SendEngine(
-            store=store,
-            tem=tem,
-            limiter=limiter,
-            stats=RunStats(),
-            retry=RetryPolicy(max_attempts=3, max_elapsed_s=30, initial_backoff_s=0.01, max_backoff_s=0.05),
+            context=SendContext(store, tem, limiter, RunStats(), retry),
             sink=sink,
             settings=EngineSettings(settle_s=0.05, timeout_s=5, mail_from="news@example.com"),
             should_stop=should_stop,

@@ -89,6 +89,7 @@ from bulksend.jobs.intake import (
 )
 from bulksend.metrics import RECONCILE_OUTCOMES, Metrics
 from bulksend.pipeline.account import account_limiter
+from bulksend.pipeline.context import SendContext
 from bulksend.pipeline.dispatch import AccountRefusedError, SendItem
 from bulksend.pipeline.engine import EngineSettings, SendEngine, campaign_tracker
 from bulksend.pipeline.flow import FlowLimiter, flow_stats
@@ -569,6 +570,11 @@ class Daemon:
         self._known_job_campaigns.add(cid)
         self._start_tracker(template, record)
 
+    def _send_context(self) -> SendContext:
+        """What the job streams' engine and trackers work with (once TEM's client is open)."""
+        assert self._tem is not None
+        return SendContext(self.store, self._tem, self.limiter, self.stats, self._retry)
+
     def _start_tracker(self, template: JobTemplate, record: CampaignRecord) -> None:
         cid = template.campaign.id
         if cid in self._trackers or self._tem is None or self._tracker_tg is None:
@@ -577,11 +583,7 @@ class Daemon:
             return  # the trackers' group is closing or closed: the next start tracks these
         tracker = campaign_tracker(
             template.campaign,
-            store=self.store,
-            tem=self._tem,
-            limiter=self.limiter,
-            stats=self.stats,
-            retry=self._retry,
+            self._send_context(),
             since=record.created_at - timedelta(minutes=1),
             on_outcome=self._on_job_outcome,
             on_finals=self._on_job_finals,
@@ -605,11 +607,7 @@ class Daemon:
                     self._known_job_campaigns.add(template.campaign.id)
                     self._start_tracker(template, record)
             engine = SendEngine(
-                store=self.store,
-                tem=self._tem,
-                limiter=self.limiter,
-                stats=self.stats,
-                retry=self._retry,
+                context=self._send_context(),
                 sink=JobSink(self._trackers, self.store, self._on_job_outcome),
                 settings=EngineSettings(
                     settle_s=self.config.tracking.settle_s,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import InitVar, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import anyio
@@ -36,11 +36,8 @@ from bulksend.pipeline.context import SendContext
 from bulksend.pipeline.dispatch import AccountRefusedError, Dispatcher, OutcomeSink, SendItem
 from bulksend.pipeline.limiter import RateLimiter
 from bulksend.pipeline.reconcile import Reconciler, ReconcileSettings
-from bulksend.pipeline.retry import RetryPolicy
-from bulksend.pipeline.stats import OutcomeHook, RunStats
+from bulksend.pipeline.stats import OutcomeHook
 from bulksend.pipeline.tracker import FinalsHook, Tracker, TrackerSettings
-from bulksend.store.base import Store
-from bulksend.tem.client import TemClient
 from bulksend.tem.models import Email
 
 __all__ = ["EngineSettings", "OutcomeSink", "SendEngine", "TrackerSink", "campaign_tracker"]
@@ -70,12 +67,8 @@ class TrackerSink:
 
 def campaign_tracker(
     campaign: Campaign,
+    context: SendContext,
     *,
-    store: Store,
-    tem: TemClient,
-    limiter: RateLimiter,
-    stats: RunStats,
-    retry: RetryPolicy,
     since: datetime,
     on_outcome: OutcomeHook | None,
     on_refused: Callable[[AccountRefusedError], object] | None = None,
@@ -84,7 +77,7 @@ def campaign_tracker(
     """The tracker of a campaign's submitted emails, with the campaign's ``[tracking]`` settings."""
     t = campaign.tracking
     return Tracker(
-        SendContext(store, tem, limiter, stats, retry),
+        context,
         campaign_id=campaign.id,
         settings=TrackerSettings(
             poll_interval_s=t.poll_interval_s,
@@ -106,15 +99,10 @@ class SendEngine:
     """Sends items through their lane's limiter, reconciles ambiguous attempts, resends what TEM
     does not have. Use :meth:`running` around everything that feeds it.
 
-    ``store``, ``tem``, ``limiter`` (the default lane's), ``stats`` and ``retry`` make up the
-    :class:`~bulksend.pipeline.context.SendContext` every stage works with.
+    ``context`` is what every stage works with; its limiter is the default lane's.
     """
 
-    store: InitVar[Store]
-    tem: InitVar[TemClient]
-    limiter: InitVar[RateLimiter]
-    stats: InitVar[RunStats]
-    retry: InitVar[RetryPolicy]
+    context: SendContext
     sink: OutcomeSink
     settings: EngineSettings
     should_stop: Callable[[], bool]
@@ -132,16 +120,12 @@ class SendEngine:
     log_items: bool = False
     """Bind ``campaign`` and ``row`` to every log line of a send (job streams, whose items belong
     to different campaigns)."""
-    _ctx: SendContext = field(init=False, repr=False)
     _default: Dispatcher = field(init=False, repr=False)
     _lanes: dict[str, Dispatcher] = field(default_factory=dict, init=False, repr=False)
     _reconciler: Reconciler | None = field(default=None, init=False, repr=False)
 
-    def __post_init__(
-        self, store: Store, tem: TemClient, limiter: RateLimiter, stats: RunStats, retry: RetryPolicy
-    ) -> None:
-        self._ctx = SendContext(store, tem, limiter, stats, retry)
-        self._default = self._dispatcher(limiter)
+    def __post_init__(self) -> None:
+        self._default = self._dispatcher(self.context.limiter)
 
     @property
     def reconciler(self) -> Reconciler | None:
@@ -155,7 +139,7 @@ class SendEngine:
 
     def _dispatcher(self, limiter: RateLimiter) -> Dispatcher:
         return Dispatcher(
-            replace(self._ctx, limiter=limiter),
+            replace(self.context, limiter=limiter),
             on_ambiguous=self.reconcile,
             sink=self.sink,
             should_stop=self.should_stop,
@@ -175,7 +159,7 @@ class SendEngine:
             async with anyio.create_task_group() as tg:
                 # Outlives the body while draining: a resend may be ambiguous again.
                 self._reconciler = Reconciler(
-                    self._ctx,
+                    self.context,
                     self.settings,
                     task_group=tg,
                     resend=self.resend,

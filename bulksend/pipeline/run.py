@@ -311,11 +311,7 @@ class CampaignRun:
         since = min(record.created_at, self._sent_since or record.created_at) - timedelta(minutes=1)
         tracker = campaign_tracker(
             c,
-            store=self.store,
-            tem=self.tem,
-            limiter=self.limiter,
-            stats=self.stats,
-            retry=self._retry,
+            self.context,
             since=since,
             on_outcome=self._on_outcome,
             on_refused=self._refused,
@@ -502,11 +498,7 @@ class CampaignRun:
         c = self.campaign
         send, receive = anyio.create_memory_object_stream[SendItem](max_buffer_size=self.prefetch)
         engine = SendEngine(
-            store=self.store,
-            tem=self.tem,
-            limiter=self.limiter,
-            stats=self.stats,
-            retry=self._retry,
+            context=self.context,
             sink=TrackerSink(tracker, self._on_outcome),
             settings=EngineSettings(
                 settle_s=c.tracking.settle_s,
