@@ -293,20 +293,13 @@ def configure_status(parser: argparse.ArgumentParser) -> None:
 
 
 # The reasons and sources of bulksend.suppression, spelled out here so that `--help` imports nothing.
-SUPPRESSION_REASONS = (
-    "unsubscribe",
-    "spam",
-    "hard_bounce",
-    "mailbox_not_found",
-    "blocklisted",
-    "manual",
-    "mailbox_full",
-)
-SUPPRESSION_SOURCES = ("auto", "unsubscribe", "manual", "tem")
-
-
 def configure_suppress(parser: argparse.ArgumentParser) -> None:
     """``bulksend suppress add|remove|list|import|export|push``."""
+    # The list's own vocabulary (a light module: no store, no client is imported with it).
+    from bulksend.suppression import SuppressionReason, SuppressionSource
+
+    reasons = [r.value for r in SuppressionReason]
+    sources = [s.value for s in SuppressionSource]
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--store",
@@ -319,12 +312,12 @@ def configure_suppress(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     add = sub.add_parser("add", parents=[common], help="suppress addresses")
     add.add_argument("addresses", nargs="+", metavar="ADDRESS")
-    add.add_argument("--reason", choices=SUPPRESSION_REASONS, default="manual", help="default: manual")
+    add.add_argument("--reason", choices=reasons, default="manual", help="default: manual")
     add.add_argument("--until", help="end of the suppression (YYYY-MM-DD or RFC 3339; default: none)")
     add.add_argument("--origin", default="bulksend suppress add", help="a note saying where it came from")
     remove = sub.add_parser("remove", parents=[common], help="remove addresses from the list")
     remove.add_argument("addresses", nargs="+", metavar="ADDRESS")
-    remove.add_argument("--source", choices=SUPPRESSION_SOURCES, help="only the entries from this source")
+    remove.add_argument("--source", choices=sources, help="only the entries from this source")
     for name, what in (("list", "print the list as CSV"), ("export", "write the list to a CSV file")):
         p = sub.add_parser(name, parents=[common], help=what)
         if name == "export":
@@ -336,7 +329,7 @@ def configure_suppress(parser: argparse.ArgumentParser) -> None:
     imp.add_argument(
         "file", type=Path, help="CSV with an address column (reason,source,since,until,origin optional)"
     )
-    imp.add_argument("--reason", choices=SUPPRESSION_REASONS, default="manual", help="for rows without one")
+    imp.add_argument("--reason", choices=reasons, default="manual", help="for rows without one")
     push = sub.add_parser(
         "push",
         parents=[common],
