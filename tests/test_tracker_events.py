@@ -184,7 +184,7 @@ async def test_later_events_never_change_a_final_status() -> None:
         )
         assert made == 0
         assert await t.states() == {"a": ("final", "failed"), "b": ("final", "sent")}
-        assert t.tracker._ctx.stats.final == 2
+        assert t.tracker.context.stats.final == 2
         assert len(t.outcomes) == 2
 
 
@@ -263,7 +263,7 @@ def test_no_sequence_of_events_regresses_a_final_status(batches: list[list[tuple
                         assert (state, status) == ("final", first[email_id])
                     else:
                         assert state == "submitted"
-            assert t.tracker._ctx.stats.final == len(first)
+            assert t.tracker.context.stats.final == len(first)
             assert len(t.outcomes) == len(first)
 
     anyio.run(scenario)
@@ -349,7 +349,7 @@ async def test_an_email_no_event_reported_is_looked_up_within_one_tick_of_fallin
         TemClient(settings_for(sb), on_response=requests) as tem,
         tracked([], tem, fallback_after_s=after_s, poll_interval_s=3, clock=clock) as t,
     ):
-        tick_s = t.tracker._settings.fallback_tick_s
+        tick_s = t.tracker.settings.fallback_tick_s
         assert tick_s == after_s / 2
         sending_done, done = anyio.Event(), anyio.Event()
         submitted: dict[int, float] = {}

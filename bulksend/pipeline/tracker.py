@@ -25,7 +25,7 @@ event finds the row final (the first final status stays) and changes nothing.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -154,31 +154,31 @@ def final_update_raw(row_id: int, raw: Mapping[str, Any]) -> FinalUpdate:
     )
 
 
+@dataclass(eq=False)
 class Tracker:
-    """Follows a campaign's submitted emails to their final status."""
+    """Follows a campaign's submitted emails to their final status.
 
-    def __init__(
-        self,
-        context: SendContext,
-        *,
-        campaign_id: str,
-        settings: TrackerSettings,
-        since: datetime,
-        mail_from: str,
-        on_outcome: OutcomeHook | None = None,
-        on_refused: Callable[[AccountRefusedError], object] | None = None,
-        on_finals: FinalsHook | None = None,
-        now: Callable[[], datetime] = utcnow,
-    ) -> None:
-        """``now`` is the wall clock that rows' submission times are compared with; waits go
-        through ``context.sleep``: together, a test's fake clock."""
-        self._ctx = context
-        self._now = now
-        self._campaign_id = campaign_id
-        self._on_outcome = on_outcome
-        self._on_refused = on_refused
-        self._on_finals = on_finals
-        self._settings = settings
+    ``now`` is the wall clock that rows' submission times are compared with; waits go through
+    ``context.sleep``: together, a test's fake clock.
+    """
+
+    context: SendContext
+    _: KW_ONLY
+    campaign_id: str
+    settings: TrackerSettings
+    since: InitVar[datetime]
+    mail_from: InitVar[str]
+    on_outcome: OutcomeHook | None = None
+    on_refused: Callable[[AccountRefusedError], object] | None = None
+    on_finals: FinalsHook | None = None
+    now: Callable[[], datetime] = utcnow
+    events_applied: int = field(default=0, init=False)
+    """Rows made final by events."""
+    fallback_polls: int = field(default=0, init=False)
+    """Events mode: list polls the fallback made because many emails had no event."""
+
+    def __post_init__(self, since: datetime, mail_from: str) -> None:
+        settings, now = self.settings, self.now
         # Every poll lists the campaign's final emails, the last updated first.
         self._query = ListEmailsQuery(
             since=since,
@@ -202,10 +202,6 @@ class Tracker:
         self._finalizing = anyio.Lock()
         """Events and polls finalise one at a time, so a row is never counted final twice."""
         self._wake = anyio.Event()
-        self.events_applied = 0
-        """Rows made final by events."""
-        self.fallback_polls = 0
-        """Events mode: list polls the fallback made because many emails had no event."""
 
     async def run(self, sending_done: anyio.Event | None) -> None:
         """Poll until ``sending_done`` is set and nothing submitted is left to follow.
@@ -219,16 +215,16 @@ class Tracker:
                 await self.step()
             if sending_done is not None and sending_done.is_set() and await self.outstanding() == 0:
                 return
-            if self._settings.events:
-                await self._nap(self._until_fallback_s() if busy else self._settings.poll_interval_s)
+            if self.settings.events:
+                await self._nap(self._until_fallback_s() if busy else self.settings.poll_interval_s)
             else:
-                await self._ctx.sleep(self._settings.poll_interval_s)
+                await self.context.sleep(self.settings.poll_interval_s)
 
     def _until_fallback_s(self) -> float:
         """Events mode: how long to wait before the next step — a poll interval, or less when the
         fallback pass is due sooner (none when a long pass already made the next one due)."""
-        until = (self._next_fallback - self._now()).total_seconds()
-        return min(self._settings.poll_interval_s, max(0.0, until))
+        until = (self._next_fallback - self.now()).total_seconds()
+        return min(self.settings.poll_interval_s, max(0.0, until))
 
     async def _nap(self, seconds: float) -> None:
         """Wait ``seconds`` on the context's clock, or less when :meth:`expect` wakes the tracker
@@ -237,7 +233,7 @@ class Tracker:
         async with anyio.create_task_group() as tg:
 
             async def sleep() -> None:
-                await self._ctx.sleep(seconds)
+                await self.context.sleep(seconds)
                 tg.cancel_scope.cancel()
 
             tg.start_soon(sleep)
@@ -248,9 +244,9 @@ class Tracker:
     async def step(self) -> None:
         """One round: a poll, plus the straggler pass when it is due (in events mode: the held
         events, plus the fallback pass when it is due)."""
-        if self._settings.events:
+        if self.settings.events:
             await self._apply_held()
-            began = self._now()
+            began = self.now()
             if began >= self._next_fallback:
                 # Counted from the pass's start: a pass slowed by the limiter must not push the
                 # next one back, or the emails falling due meanwhile wait for both.
@@ -258,28 +254,28 @@ class Tracker:
                 await self.fallback()
             return
         await self.poll()
-        if self._now() >= self._next_straggler_pass:
+        if self.now() >= self._next_straggler_pass:
             await self.stragglers()
-            self._next_straggler_pass = self._now() + self._straggler_every
+            self._next_straggler_pass = self.now() + self._straggler_every
 
     async def outstanding(self) -> int:
         """Rows submitted and not final yet (rows still ``sending`` belong to reconciliation)."""
-        counts = await self._ctx.store.counts(self._campaign_id)
+        counts = await self.context.store.counts(self.campaign_id)
         return counts.get(RowState.SUBMITTED.value, 0)
 
     async def poll(self) -> int:
         """One incremental sweep of newly final emails; returns how many rows became final."""
-        overlap = timedelta(seconds=self._settings.overlap_s)
+        overlap = timedelta(seconds=self.settings.overlap_s)
         stop_before = self._watermark - overlap if self._watermark else None
-        page_size = self._settings.page_size
+        page_size = self.settings.page_size
         newest: datetime | None = None
         seen: dict[str, None] = {}
         made_final = 0
         page = 1
         while True:
             try:
-                call = partial(self._ctx.tem.list_emails_raw, self._query, page=page, page_size=page_size)
-                emails = await self._ctx.paced("list", call)
+                call = partial(self.context.tem.list_emails_raw, self._query, page=page, page_size=page_size)
+                emails = await self.context.paced("list", call)
             except TemError as exc:
                 if not self._refused(exc):
                     log.warning("tracker.poll_failed", error=str(exc))
@@ -316,10 +312,10 @@ class Tracker:
     def _refused(self, exc: TemError) -> bool:
         """Hand an account refusal (401/403) to ``on_refused``, which stops the run and reports it:
         a warning per poll before that report would only repeat it. False: not handled here."""
-        refused = account_refusal(exc) if self._on_refused is not None else None
-        if refused is None or self._on_refused is None:
+        refused = account_refusal(exc) if self.on_refused is not None else None
+        if refused is None or self.on_refused is None:
             return False
-        self._on_refused(refused)
+        self.on_refused(refused)
         return True
 
     async def _record(self, emails: Sequence[Email]) -> int:
@@ -349,7 +345,7 @@ class Tracker:
         if unknown:
             # Emails submitted before this run (or beyond the in-memory cap): ask the store.
             ids = [str(raw["id"]) for raw in unknown]
-            rows = await self._ctx.store.rows_by_email_id(self._campaign_id, ids)
+            rows = await self.context.store.rows_by_email_id(self.campaign_id, ids)
             matched.extend(rows)
             for raw in unknown:
                 if raw["id"] in rows and rows[raw["id"]].state in (RowState.SUBMITTED, RowState.SENDING):
@@ -370,7 +366,7 @@ class Tracker:
     async def _record_matched_locked(self, finals: Sequence[Email]) -> tuple[int, list[str]]:
         for e in finals:
             self._expected.pop(e.id, None)  # recorded here: the lists must not record it again
-        rows = await self._ctx.store.rows_by_email_id(self._campaign_id, [e.id for e in finals])
+        rows = await self.context.store.rows_by_email_id(self.campaign_id, [e.id for e in finals])
         known = [
             e for e in finals if e.id in rows and rows[e.id].state in (RowState.SUBMITTED, RowState.SENDING)
         ]
@@ -399,17 +395,17 @@ class Tracker:
     async def _finalize(self, updates: Sequence[FinalUpdate], addresses: Sequence[str] = ()) -> None:
         """Record final updates; ``addresses`` are their recipients, in the same order (if known)."""
         with anyio.CancelScope(shield=True):
-            await self._ctx.store.mark_final(updates)
-            if self._on_finals is not None:
+            await self.context.store.mark_final(updates)
+            if self.on_finals is not None:
                 # Shielded too: a bounce learned is a suppression owed, whatever stops the run.
                 known = list(addresses) or [""] * len(updates)
-                await self._on_finals(self._campaign_id, list(zip(updates, known, strict=True)))
+                await self.on_finals(self.campaign_id, list(zip(updates, known, strict=True)))
         self._count(updates)
-        if self._on_outcome is not None:
-            await self._on_outcome(self._campaign_id, [(u.id, u.status) for u in updates])
+        if self.on_outcome is not None:
+            await self.on_outcome(self.campaign_id, [(u.id, u.status) for u in updates])
 
     def _count(self, updates: Sequence[FinalUpdate]) -> None:
-        stats = self._ctx.stats
+        stats = self.context.stats
         for u in updates:
             stats.final += 1
             stats.final_by_status[u.status] += 1
@@ -419,19 +415,19 @@ class Tracker:
 
     async def stragglers(self) -> None:
         """Read long-unreported emails one by one; give up on those past ``give_up_after_s``."""
-        stale = await self._stale_rows(self._settings.straggler_s, self._settings.straggler_max_per_pass)
-        await self._read(stale, self._settings.straggler_s)
+        stale = await self._stale_rows(self.settings.straggler_s, self.settings.straggler_max_per_pass)
+        await self._read(stale, self.settings.straggler_s)
 
     async def fallback(self) -> None:
         """Events mode: look up the emails no event reported for ``fallback_after_s`` — one list
         poll when there are many (events stopped coming), else a read each; give up as usual."""
-        s = self._settings
+        s = self.settings
         most = max(s.straggler_max_per_pass, s.fallback_batch + 1)
         stale = await self._stale_rows(s.fallback_after_s, most)
         if len(stale) > s.fallback_batch:
             log.warning(
                 "tracker.events_missing",
-                campaign=self._campaign_id,
+                campaign=self.campaign_id,
                 emails=len(stale),
                 hint=f"no event for {s.fallback_after_s:g} s: polling for them; check the webhook, "
                 "its topic's subscription and the event queue",
@@ -444,14 +440,14 @@ class Tracker:
     async def _stale_rows(self, after_s: float, limit: int) -> list[RecipientRow]:
         """Submitted rows unreported for ``after_s`` (since submission, or their last event) and due
         for a read, ``limit`` at most; rows past ``give_up_after_s`` end ``unknown`` here."""
-        now = self._now()
-        give_up = timedelta(seconds=self._settings.give_up_after_s)
+        now = self.now()
+        give_up = timedelta(seconds=self.settings.give_up_after_s)
         stale: list[RecipientRow] = []
         gave_up: list[FinalUpdate] = []
-        async for row in self._ctx.store.iter_rows(self._campaign_id, states=[RowState.SUBMITTED]):
+        async for row in self.context.store.iter_rows(self.campaign_id, states=[RowState.SUBMITTED]):
             submitted = row.submitted_at or now
             if now - submitted >= give_up:
-                gave_up.append(_give_up(row, now, self._settings.give_up_after_s))
+                gave_up.append(_give_up(row, now, self.settings.give_up_after_s))
                 self._expected.pop(row.email_id, None)  # a late event must not count it again
                 continue
             heard = max(submitted, self._last_event.get(row.email_id, submitted))
@@ -483,9 +479,9 @@ class Tracker:
         scope: anyio.CancelScope,
     ) -> None:
         async with slots:
-            now = self._now()
+            now = self.now()
             try:
-                email = await self._ctx.paced("get", partial(self._ctx.tem.get_email, row.email_id))
+                email = await self.context.paced("get", partial(self.context.tem.get_email, row.email_id))
             except NotFoundError:
                 return
             except TemError as exc:
@@ -512,7 +508,7 @@ class Tracker:
         applied once it is, or left to the fallback if that takes too long. ``hold_unknown=False``
         drops those instead (events that may well be another campaign's).
         """
-        now = self._now()
+        now = self.now()
         finals: dict[str, EmailEvent] = {}
         for event in events:
             if event.email_id:
@@ -535,7 +531,7 @@ class Tracker:
         """Apply the held events whose emails are now recorded; forget the expired ones."""
         if not self._held:
             return
-        expired = self._now() - timedelta(seconds=self._settings.fallback_after_s)
+        expired = self.now() - timedelta(seconds=self.settings.fallback_after_s)
         held = [(at, event) for at, event in self._held.values() if at >= expired]
         self._held.clear()
         if held:
@@ -561,7 +557,7 @@ class Tracker:
             else:
                 updates.append(event_update(row_id, event))
                 addresses.append(event.email_to)
-        store, campaign = self._ctx.store, self._campaign_id
+        store, campaign = self.context.store, self.campaign_id
         rows: dict[str, RecipientRow] = {}
         if by_id:
             rows = await store.rows_by_email_id(campaign, [e.email_id for e in by_id])
