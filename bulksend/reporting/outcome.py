@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bulksend.sinks.outcomes import CSV_FORMULA_TRIGGERS, read_outcomes
+from bulksend.sinks.outcomes import read_outcomes
 
 __all__ = ["Outcome", "outcome_lines", "parse_outcome", "read_outcome_file"]
 
@@ -52,17 +52,10 @@ def _int(value: Any) -> int | None:
     return None
 
 
-def _text(value: Any, from_csv: bool) -> str:
-    if type(value) is str:
-        text = value
-    elif value is None:
+def _text(value: Any) -> str:
+    if value is None:
         return ""
-    else:
-        text = str(value)
-    # csv_cell wrote "'" before a formula trigger; a text that starts so in JSONL is kept.
-    if from_csv and text[:1] == "'" and text[1:2] and text[1] in CSV_FORMULA_TRIGGERS:
-        return text[1:]
-    return text
+    return str(value)
 
 
 def _epoch(value: Any) -> float | None:
@@ -87,55 +80,37 @@ def _flags(value: Any) -> tuple[str, ...]:
     return ()
 
 
-def parse_outcome(line: Mapping[str, Any], *, from_csv: bool = False) -> Outcome:
-    """``line`` (a JSONL object, or a CSV record with ``from_csv``) as an :class:`Outcome`."""
+def parse_outcome(line: Mapping[str, Any]) -> Outcome:
+    """``line`` (as :func:`~bulksend.sinks.outcomes.read_outcomes` gives it, from JSONL or CSV)
+    as an :class:`Outcome`."""
     get = line.get
-    if from_csv:
-        return Outcome(
-            _int(get("row")),
-            _text(get("email"), True),
-            _text(get("name"), True),
-            _text(get("status"), True).strip() or "unknown",
-            _flags(get("flags")),
-            _int(get("smtp_code")),
-            _text(get("smtp_message"), True),
-            _text(get("status_details"), True),
-            _int(get("try_count")) or 0,
-            _int(get("attempts")) or 0,
-            _epoch(get("submitted_at")),
-            _epoch(get("final_at")),
-            _text(get("reason"), True),
-        )
-    # JSONL, a million times over: each value's usual type is checked inline, the helpers only
+    # A million times over: each value's usual type is checked inline, the helpers only
     # see what a hand-edited file may hold.
     row, email, name, status = get("row"), get("email"), get("name"), get("status")
     code, message, details = get("smtp_code"), get("smtp_message"), get("status_details")
     tries, attempts, reason, flags = get("try_count"), get("attempts"), get("reason"), get("flags")
     return Outcome(
         row if type(row) is int else _int(row),
-        email if type(email) is str else _text(email, False),
-        name if type(name) is str else _text(name, False),
-        (status if type(status) is str else _text(status, False)).strip() or "unknown",
+        email if type(email) is str else _text(email),
+        name if type(name) is str else _text(name),
+        (status if type(status) is str else _text(status)).strip() or "unknown",
         () if not flags else _flags(flags),
         code if type(code) is int or code is None else _int(code),
-        message if type(message) is str else _text(message, False),
-        details if type(details) is str else _text(details, False),
+        message if type(message) is str else _text(message),
+        details if type(details) is str else _text(details),
         tries if type(tries) is int else _int(tries) or 0,
         attempts if type(attempts) is int else _int(attempts) or 0,
         _epoch(get("submitted_at")),
         _epoch(get("final_at")),
-        reason if type(reason) is str else _text(reason, False),
+        reason if type(reason) is str else _text(reason),
     )
 
 
 def outcome_lines(path: Path) -> Iterator[tuple[Mapping[str, Any], Outcome]]:
     """Stream a .jsonl or .csv outcomes file: each line as written and as an :class:`Outcome`
     (raises ValueError on a line that is not a JSON object)."""
-    from_csv = path.suffix.lower() == ".csv"
     for line in read_outcomes(path):
-        if not isinstance(line, Mapping):
-            raise ValueError(f"a line is not a JSON object: {str(line)[:80]!r}")
-        yield line, parse_outcome(line, from_csv=from_csv)
+        yield line, parse_outcome(line)
 
 
 def read_outcome_file(path: Path) -> Iterator[Outcome]:
