@@ -39,6 +39,7 @@ from bulksend.pipeline.context import SendContext
 from bulksend.pipeline.dispatch import AccountRefusedError, account_refusal, utcnow
 from bulksend.pipeline.stats import OutcomeHook
 from bulksend.store.base import FinalUpdate, RecipientRow, RowState
+from bulksend.store.rules import FINALISABLE_STATES
 from bulksend.tem.models import FINAL_STATUSES, Email, ListEmailsQuery, OrderBy, parse_rfc3339
 from bulksend.tem.webhooks import EmailEvent, WebhookEventType
 
@@ -348,7 +349,7 @@ class Tracker:
             rows = await self.context.store.rows_by_email_id(self.campaign_id, ids)
             matched.extend(rows)
             for raw in unknown:
-                if raw["id"] in rows and rows[raw["id"]].state in (RowState.SUBMITTED, RowState.SENDING):
+                if raw["id"] in rows and rows[raw["id"]].state in FINALISABLE_STATES:
                     updates.append(final_update_raw(rows[raw["id"]].id, raw))
                     addresses.append(_recipient(raw))
         if updates:
@@ -367,9 +368,7 @@ class Tracker:
         for e in finals:
             self._expected.pop(e.id, None)  # recorded here: the lists must not record it again
         rows = await self.context.store.rows_by_email_id(self.campaign_id, [e.id for e in finals])
-        known = [
-            e for e in finals if e.id in rows and rows[e.id].state in (RowState.SUBMITTED, RowState.SENDING)
-        ]
+        known = [e for e in finals if e.id in rows and rows[e.id].state in FINALISABLE_STATES]
         if known:
             await self._finalize(
                 [final_update(rows[e.id].id, e) for e in known], [e.mail_rcpt for e in known]
