@@ -528,9 +528,9 @@ class Sandbox(OpenClose):
         store = self._store
         blocked = self._domains.blocked(domain.id, now)
         positions = store.create(parsed, timing=self._timing, now=now, blocked=blocked)
-        if self._webhooks.watches(parsed.mail_from.rpartition("@")[2]):
+        if self._webhooks.watches(domain.id):
             headers = tuple((h["key"], h["value"]) for h in data.get("additional_headers") or ())
-            self._webhooks.schedule(store, positions, headers)
+            self._webhooks.schedule(store, positions, headers, domain.id)
             self._emit_wake.set()
         # TEM answers a send with the emails as queued (`new`), whatever happens next.
         return _json({"emails": [store.render(p, now, as_created=True) for p in positions]})

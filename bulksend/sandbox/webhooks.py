@@ -226,15 +226,16 @@ class WebhookBook:
         return 200, {"total_count": len(found), "webhook_events": _page(found, order_by, page, page_size)}
 
     # -- emission ---------------------------------------------------------------------------------
-    def watches(self, domain: str) -> bool:
-        """Whether a webhook watches this sending domain (so its emails' events are scheduled)."""
-        return bool(self._watched) and self._watched.get(domain_id_of(domain), 0) > 0
+    def watches(self, domain_id: str) -> bool:
+        """Whether a webhook watches the sending domain of this id (see :func:`domain_id_of`), so
+        its emails' events are scheduled."""
+        return bool(self._watched) and self._watched.get(domain_id, 0) > 0
 
-    def schedule(self, store: EmailStore, positions: Iterable[int], headers: Headers) -> None:
-        """Schedule the lifecycle events of the emails at ``positions`` (one send's recipients)."""
+    def schedule(self, store: EmailStore, positions: Iterable[int], headers: Headers, domain: str) -> None:
+        """Schedule the lifecycle events of the emails at ``positions`` (one send's recipients,
+        from the sending domain of id ``domain``)."""
         for position in positions:
             email = store.emails[position]
-            domain = domain_id_of(email.message.mail_from.rpartition("@")[2])
             for at, kind, tries, code, text in lifecycle_events(email):
                 heapq.heappush(
                     self._due, _Due(at, next(self._seq), position, kind, tries, code, text, headers, domain)
