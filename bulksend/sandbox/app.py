@@ -745,13 +745,13 @@ class Sandbox(OpenClose):
         domains = [d for d in self._domains.domains(c, now) if d.project_id == project_id]
         month = time.gmtime(now)
         month_start = float(calendar.timegm((month.tm_year, month.tm_mon, 1, 0, 0, 0)))
-        sent = self._store.statistics(EmailFilter(project_id=project_id, since=month_start), now)
+        sent = len(self._store.select(EmailFilter(project_id=project_id, since=month_start), now))
         return _json(
             {
                 "project_id": project_id,
                 "domains_count": len(domains),
                 "dedicated_ips_count": 0,
-                "monthly_emails_count": min(MAX_COUNT, c.monthly_emails_base + sent["total_count"]),
+                "monthly_emails_count": min(MAX_COUNT, c.monthly_emails_base + sent),
                 "webhooks_count": 0,
                 "custom_blocklists_count": self._domains.custom_count({d.id for d in domains}, now),
             }

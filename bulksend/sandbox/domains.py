@@ -218,12 +218,6 @@ class DomainBook:
         """Active custom entries of these domains."""
         return sum(1 for e in self._entries if e.custom and e.domain_id in domain_ids and e.active(now))
 
-    def clear(self) -> None:
-        """Forget every domain and entry."""
-        self._domains.clear()
-        self._entries.clear()
-        self._blocked.clear()
-
 
 def _records(domain: SandboxDomain) -> dict[str, dict[str, str]]:
     return {
