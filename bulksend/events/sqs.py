@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import anyio
 import structlog
 
-from bulksend.brokers.sqs import SQS_ERRORS, SqsSettings, queue_url, sqs_client
+from bulksend.brokers.sqs import SQS_ERRORS, SqsSettings, call_batch, queue_url, sqs_client
 from bulksend.errors import ConfigError, EventVerificationError
 from bulksend.events.router import read_message
 from bulksend.events.sns import SnsVerifier
@@ -114,7 +114,14 @@ class SqsEventSource:
             await self._deliver(events)
         # Only now: the events are recorded (or held for a row not recorded yet).
         entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
-        await client.delete_message_batch(QueueUrl=url, Entries=entries)
+        failed = await call_batch(
+            lambda chunk: client.delete_message_batch(QueueUrl=url, Entries=chunk), entries
+        )
+        if failed:
+            # Harmless: SQS delivers those again and an event applied twice changes nothing.
+            log.debug(
+                "events.delete_refused", count=len(failed), codes=sorted({f.code for f in failed.values()})
+            )
 
     async def _event_of(self, body: str) -> EmailEvent | None:
         envelope, event = read_message(body)
